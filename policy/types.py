@@ -1,0 +1,136 @@
+"""The vocabulary every part of schoolgate shares: who is asking, for what, and the answer.
+
+These are plain frozen values. Nothing here touches the network, the clock or the database,
+so the DNS daemon, the proxy and the console can all hand them around freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    """A person's or device's standing under the written policy."""
+
+    PUPIL = "pupil"
+    STAFF = "staff"
+    AUTHORISED = "authorised"  # seed 001 §9: "except for those with authorised access"
+    GUEST = "guest"
+    SUPERVISED = "supervised"  # seed 001 §9: banned for circumvention, close supervision only
+
+    @property
+    def strictness(self) -> int:
+        """Higher is stricter; an unknown device gets the strictest role its network allows."""
+        return _STRICTNESS[self]
+
+
+_STRICTNESS = {
+    Role.AUTHORISED: 0,
+    Role.STAFF: 1,
+    Role.PUPIL: 2,
+    Role.GUEST: 3,
+    Role.SUPERVISED: 4,
+}
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    BLOCK = "block"  # DNS answers the block address; the proxy shows the block page or kills TLS
+    SAFE_SEARCH = "safe_search"  # allowed, but the name is rewritten to the engine's safe host
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is asking. Built by schoolgate.identity from the source address."""
+
+    ip: str
+    mac: str | None = None
+    device_id: str | None = None  # the device register's key (asset tag, hostname or MAC)
+    device_name: str | None = None
+    person_id: str | None = None
+    person_name: str | None = None
+    role: Role | None = None  # None: fall back to the strictest role of the client's network
+    year_group: int | None = None  # pupils: Reception = 0, Year 1..6
+    groups: frozenset[str] = frozenset()  # classes or staff teams, e.g. {"6B"}
+    trusts_school_ca: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What is asked for: a hostname, and the URL when the proxy can see it."""
+
+    host: str
+    url: str | None = None
+
+
+class ExceptionScope(StrEnum):
+    PERSON = "person"
+    DEVICE = "device"
+    ROLE = "role"
+    GROUP = "group"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyException:
+    """A time-limited allowance, normally created by an approved access request (appendix A)."""
+
+    id: int
+    scope: ExceptionScope
+    subject: str  # person id, device id, role name or group name, according to scope
+    domain: str | None  # the domain and its subdomains; or
+    url_prefix: str | None  # a URL prefix (the proxy can honour it; DNS allows the host)
+    starts: datetime
+    expires: datetime
+    reason: str = ""
+    request_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """Seed 001 §9: a ban from school computing equipment other than with close supervision."""
+
+    id: int
+    device_id: str | None
+    person_id: str | None
+    mac: str | None
+    starts: datetime
+    until: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteBlock:
+    """A block added by a technician, e.g. after an inappropriate-content report (appendix B)."""
+
+    id: int
+    domain: str | None
+    url_prefix: str | None
+    roles: frozenset[Role]  # empty: every role
+    reason: str = ""
+    report_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer, with enough context to explain it to a headteacher."""
+
+    verdict: Verdict
+    rule_id: str
+    clause: str  # the written policy clause the rule implements, e.g. "Social Media Policy §6, §9"
+    reason: str  # plain words: "pupils may not use social media at school"
+    role: Role
+    service: str | None = None  # catalogue id, e.g. "facebook"
+    service_name: str | None = None  # display name, e.g. "Facebook"
+    category: str | None = None  # e.g. "social_media", "circumvention"
+    matched: str | None = None  # the listed domain that matched, e.g. "facebook.com"
+    locked: bool = False  # hard block: no exception or approval overrides it
+    exception_id: int | None = None  # set when an exception allowed this
+    rewrite_to: str | None = None  # SAFE_SEARCH: the host to answer with as a CNAME
+    valid_until: datetime | None = None  # next instant the verdict could change; None: not foreseeable
+    flags: frozenset[str] = field(default_factory=frozenset)  # e.g. {"circumvention"}
+
+    @property
+    def blocked(self) -> bool:
+        return self.verdict is Verdict.BLOCK

@@ -1,0 +1,182 @@
+"""The appliance configuration (`schoolgate.toml`): where things are and how daemons listen.
+
+The school's rules live in the policy file (see schoolgate.policy); this file says which
+policy file to load, where the database is, and how each daemon is wired to the network.
+It is read and validated once, at start-up; a mistake names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schoolgate.tomlpos import ConfigError, locate
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    id: str = "school"
+    name: str = "Our School"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""  # empty: SQLite in data_dir
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:5353"])
+    upstreams: list[str] = field(default_factory=lambda: ["127.0.0.1:53"])
+    workers: int = 1
+    upstream_timeout_ms: int = 1500
+    cache_size: int = 50_000
+    names: list[str] = field(default_factory=lambda: ["schoolgate.lan"])
+    watched_set_timeout_s: int = 3600
+    nftables: bool = False  # add watched addresses to the gateway's nftables sets
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen: str = "127.0.0.1:8081"
+    ca_dir: str = ""  # empty: <data_dir>/ca
+    nftables: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    lan_interface: str = "eth0"
+    wan_interface: str = ""
+    appliance_ipv4: str = "127.0.0.1"
+    appliance_ipv6: str = ""
+    lan_cidrs: list[str] = field(default_factory=list)
+    watched_prefixes: list[str] = field(default_factory=list)  # e.g. Meta's published ranges
+    doh_addresses: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    listen: str = "127.0.0.1:8443"
+    base_url: str = "https://schoolgate.lan:8443"
+    tls_cert: str = ""
+    tls_key: str = ""
+    plain_http: bool = False  # development only
+    secret_key_file: str = ""  # empty: <data_dir>/console-secret
+    session_minutes: int = 30
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    host: str = ""
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""
+    sender: str = "schoolgate@localhost"
+    digest_time: str = "07:30"
+    digest_recipients: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    allowed_days: int = 30
+    blocked_days: int = 365
+    alerts_days: int = 2190  # six years: safeguarding records
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    source: Path
+    policy: Path
+    data_dir: Path
+    site: SiteConfig = SiteConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    dns: DnsConfig = DnsConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    network: NetworkConfig = NetworkConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    mail: MailConfig = MailConfig()
+    retention: RetentionConfig = RetentionConfig()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'schoolgate.db'}"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "site": SiteConfig,
+    "database": DatabaseConfig,
+    "dns": DnsConfig,
+    "proxy": ProxyConfig,
+    "network": NetworkConfig,
+    "console": ConsoleConfig,
+    "mail": MailConfig,
+    "retention": RetentionConfig,
+}
+
+
+def _check_type(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list,):
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_check_type(v, item) for v in value)
+    if origin in (types.UnionType, typing.Union):
+        return any(_check_type(value, a) for a in typing.get_args(annotation))
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is type(None):
+        return value is None
+    return isinstance(value, annotation)
+
+
+def _section(path: Path, text: str, name: str, raw: Any, cls: type[Any]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, locate(text, (name,)), name, "must be a table, e.g. [" + name + "]")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        where = locate(text, (name, key))
+        if key not in known:
+            choices = ", ".join(sorted(known))
+            raise ConfigError(path, where, f"{name}.{key}", f"unknown setting (known: {choices})")
+        if not _check_type(value, hints[key]):
+            expected = getattr(hints[key], "__name__", str(hints[key]))
+            raise ConfigError(path, where, f"{name}.{key}", f"expected {expected}, got {value!r}")
+    return cls(**raw)
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read and validate the appliance configuration; raise ConfigError naming file, line, field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(path, None, "", f"cannot read the file: {err.strerror}") from err
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, getattr(err, "lineno", None), "", f"not valid TOML: {err}") from err
+    base = path.parent
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            kwargs[key] = _section(path, text, key, value, _SECTIONS[key])
+        elif key in ("policy", "data_dir"):
+            if not isinstance(value, str):
+                raise ConfigError(path, locate(text, (key,)), key, "must be a path in quotes")
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "policy", "data_dir"]))
+            raise ConfigError(path, locate(text, (key,)), key, f"unknown setting (known: {known})")
+    if "policy" not in raw:
+        hint = 'missing: the policy file to load, e.g. policy = "policy.toml"'
+        raise ConfigError(path, None, "policy", hint)
+    policy = (base / raw["policy"]).resolve()
+    data_dir = (base / raw.get("data_dir", "data")).resolve()
+    return AppConfig(source=path.resolve(), policy=policy, data_dir=data_dir, **kwargs)

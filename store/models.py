@@ -1,0 +1,389 @@
+"""The database schema: one typed SQLAlchemy model per thing a school keeps.
+
+Every row carries `site` (the school's short id) so that a multi-academy trust can later
+point several appliances at one central database. Times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from schoolgate.store.coltypes import UTCDateTime, utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+SITE = String(64)
+
+
+class Site(Base):
+    """A school. A trust's central database holds one row per school."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(SITE, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Person(Base):
+    """A pupil, member of staff or guest known to the school (from the MIS or a CSV import)."""
+
+    __tablename__ = "people"
+    __table_args__ = (UniqueConstraint("site", "external_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE, index=True)
+    external_id: Mapped[str] = mapped_column(String(100))  # MIS id or username; Client.person_id
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))  # schoolgate.policy.types.Role value
+    year_group: Mapped[int | None] = mapped_column(Integer)
+    groups: Mapped[str] = mapped_column(String(500), default="")  # comma-separated, e.g. "6B,choir"
+    email: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    devices: Mapped[list[Device]] = relationship(back_populates="person")
+
+
+class Device(Base):
+    """The device register: which device is whose, and whether it trusts the school CA."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        UniqueConstraint("site", "device_id"),
+        Index("ix_devices_site_mac", "site", "mac"),
+        Index("ix_devices_site_ip", "site", "ip"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE, index=True)
+    device_id: Mapped[str] = mapped_column(String(100))  # asset tag or hostname; Client.device_id
+    name: Mapped[str] = mapped_column(String(200))
+    mac: Mapped[str | None] = mapped_column(String(17))  # lower-case, colon separated
+    ip: Mapped[str | None] = mapped_column(String(45))  # a fixed address, if it has one
+    kind: Mapped[str] = mapped_column(String(40), default="")  # laptop, ipad, chromebook, desktop
+    role: Mapped[str | None] = mapped_column(String(20))  # overrides the owner's role (e.g. a class set)
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
+    trusts_school_ca: Mapped[bool] = mapped_column(Boolean, default=False)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    person: Mapped[Person | None] = relationship(back_populates="devices")
+
+
+class AccessEvent(Base):
+    """One access attempt, with the fields the DfE filtering and monitoring standards ask for.
+
+    Allowed traffic is logged per client and domain per minute (`count` adds up repeats);
+    blocked and flagged attempts are logged in full.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_site_ts", "site", "ts"),
+        Index("ix_events_site_verdict_ts", "site", "verdict", "ts"),
+        Index("ix_events_site_device_ts", "site", "device_id", "ts"),
+        Index("ix_events_site_person_ts", "site", "person_id", "ts"),
+        Index("ix_events_site_service_ts", "site", "service", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(10))  # dns, proxy, console
+    client_ip: Mapped[str] = mapped_column(String(45))
+    mac: Mapped[str | None] = mapped_column(String(17))
+    device_id: Mapped[str | None] = mapped_column(String(100))
+    device_name: Mapped[str | None] = mapped_column(String(200))
+    person_id: Mapped[str | None] = mapped_column(String(100))
+    person_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    host: Mapped[str] = mapped_column(String(255))
+    qtype: Mapped[str | None] = mapped_column(String(10))
+    url: Mapped[str | None] = mapped_column(Text)
+    search_term: Mapped[str | None] = mapped_column(Text)
+    verdict: Mapped[str] = mapped_column(String(12))
+    rule_id: Mapped[str] = mapped_column(String(100))
+    clause: Mapped[str] = mapped_column(String(300), default="")
+    service: Mapped[str | None] = mapped_column(String(60))
+    category: Mapped[str | None] = mapped_column(String(60))
+    flags: Mapped[str] = mapped_column(String(200), default="")  # comma-separated, e.g. "circumvention"
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class PolicyExceptionRow(Base):
+    """A time-limited allowance (schoolgate.policy.types.PolicyException), usually from an approval."""
+
+    __tablename__ = "exceptions"
+    __table_args__ = (Index("ix_exceptions_site_expires", "site", "expires"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    scope: Mapped[str] = mapped_column(String(10))  # person, device, role, group
+    subject: Mapped[str] = mapped_column(String(100))
+    domain: Mapped[str | None] = mapped_column(String(255))
+    url_prefix: Mapped[str | None] = mapped_column(Text)
+    starts: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("access_requests.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BanRow(Base):
+    """Seed 001 §9: a device or person moved to the supervised role until a date."""
+
+    __tablename__ = "bans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE, index=True)
+    device_id: Mapped[str | None] = mapped_column(String(100))
+    person_id: Mapped[str | None] = mapped_column(String(100))
+    mac: Mapped[str | None] = mapped_column(String(17))
+    starts: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SiteBlockRow(Base):
+    """A domain or URL a technician blocked, e.g. as the action on a content report."""
+
+    __tablename__ = "site_blocks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE, index=True)
+    domain: Mapped[str | None] = mapped_column(String(255))
+    url_prefix: Mapped[str | None] = mapped_column(Text)
+    roles: Mapped[str] = mapped_column(String(200), default="")  # comma-separated; empty: every role
+    reason: Mapped[str] = mapped_column(Text, default="")
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("content_reports.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AccessRequest(Base):
+    """Seed 001 appendix A: blocked content access request form, through triage to a decision."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (Index("ix_requests_site_status", "site", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    # submitted -> forwarded (triaged) -> approved | declined; or withdrawn, merged
+    status: Mapped[str] = mapped_column(String(20), default="submitted")
+    # Appendix A, the requester's part
+    requester: Mapped[str] = mapped_column(String(200))
+    staff_name: Mapped[str] = mapped_column(String(200), default="")
+    request_date: Mapped[date] = mapped_column(Date)
+    url: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    site_content: Mapped[str] = mapped_column(Text, default="")
+    reasons: Mapped[str] = mapped_column(Text, default="")
+    risks_and_controls: Mapped[str] = mapped_column(Text, default="")
+    # Where the request came from (prefilled from the block page)
+    device_id: Mapped[str | None] = mapped_column(String(100))
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    person_id: Mapped[str | None] = mapped_column(String(100))
+    blocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rule_id: Mapped[str | None] = mapped_column(String(100))
+    submitted_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Technician triage
+    triaged_by: Mapped[str | None] = mapped_column(String(200))
+    triaged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    technician_notes: Mapped[str] = mapped_column(Text, default="")
+    proposed_target: Mapped[str | None] = mapped_column(String(10))  # url or domain
+    proposed_value: Mapped[str | None] = mapped_column(Text)  # the URL prefix or domain
+    proposed_scope: Mapped[str | None] = mapped_column(String(10))  # person, device, group, role
+    proposed_subject: Mapped[str | None] = mapped_column(String(100))
+    proposed_starts: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    proposed_expires: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Headteacher decision (appendix A: authoriser, approved?, reasons, staff name, date, signature)
+    authoriser: Mapped[str | None] = mapped_column(String(200))
+    approved: Mapped[bool | None] = mapped_column(Boolean)
+    decision_reasons: Mapped[str] = mapped_column(Text, default="")
+    decided_by_name: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signature: Mapped[str | None] = mapped_column(String(200))  # re-authentication record
+    exception_id: Mapped[int | None] = mapped_column(Integer)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("access_requests.id"))
+    duplicate_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ContentReport(Base):
+    """Seed 001 appendix B: inappropriate content report form, and the technician's action."""
+
+    __tablename__ = "content_reports"
+    __table_args__ = (Index("ix_reports_site_status", "site", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open, actioned, closed
+    submitter_name: Mapped[str] = mapped_column(String(200))
+    submitted_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    accessed_by: Mapped[str] = mapped_column(String(200), default="")  # if known
+    report_date: Mapped[date] = mapped_column(Date)
+    urls: Mapped[str] = mapped_column(Text)  # one per line
+    nature: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # To be completed by the ICT technician
+    action_taken: Mapped[str] = mapped_column(Text, default="")
+    actioned_by_name: Mapped[str | None] = mapped_column(String(200))
+    actioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signature: Mapped[str | None] = mapped_column(String(200))
+
+
+class Alert(Base):
+    """A case for the DSL: raised by an alert rule from the events, folded while open."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_site_status", "site", "status"),
+        Index("ix_alerts_fold", "site", "kind", "device_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    kind: Mapped[str] = mapped_column(String(40))  # circumvention, repeated_blocks, safeguarding_term, ...
+    rule_id: Mapped[str] = mapped_column(String(100), default="")
+    category: Mapped[str | None] = mapped_column(String(60))  # e.g. self-harm, extremism
+    severity: Mapped[str] = mapped_column(String(10))  # low, medium, high, critical
+    status: Mapped[str] = mapped_column(String(12), default="new")  # new, in_review, resolved
+    title: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    device_id: Mapped[str | None] = mapped_column(String(100))
+    person_id: Mapped[str | None] = mapped_column(String(100))
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    trigger_count: Mapped[int] = mapped_column(Integer, default=1)
+    last_event_id: Mapped[int | None] = mapped_column(Integer)
+    assessment: Mapped[str | None] = mapped_column(String(20))  # true_positive, false_positive
+    outcome: Mapped[str] = mapped_column(Text, default="")
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    history: Mapped[list[AlertHistory]] = relationship(
+        back_populates="alert", order_by="AlertHistory.id", cascade="all, delete-orphan"
+    )
+
+
+class AlertHistory(Base):
+    """A note, a status change or a re-trigger on an alert case."""
+
+    __tablename__ = "alert_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(40))  # note, status, assessment, retrigger, ban
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    alert: Mapped[Alert] = relationship(back_populates="history")
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained record of every change to policy, people and approvals."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(60))  # e.g. exception.create, request.approve
+    object_type: Mapped[str] = mapped_column(String(60))
+    object_id: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class ConsoleUser(Base):
+    """Someone who signs in to the console."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str | None] = mapped_column(SITE, index=True)  # None: a trust-wide account
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_login: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    receives_digest: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    roles: Mapped[list[UserRole]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def role_names(self) -> frozenset[str]:
+        return frozenset(r.role for r in self.roles)
+
+
+class UserRole(Base):
+    """technician, dsl, headteacher, admin, trust_admin; a person may hold several."""
+
+    __tablename__ = "user_roles"
+    __table_args__ = (UniqueConstraint("user_id", "role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+
+    user: Mapped[ConsoleUser] = relationship(back_populates="roles")
+
+
+class Generation(Base):
+    """Change counters the daemons poll, so a new exception or ban applies within seconds."""
+
+    __tablename__ = "generations"
+
+    site: Mapped[str] = mapped_column(SITE, primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # e.g. "policy_overlay"
+    value: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DaemonStatus(Base):
+    """Heartbeat and counters of each running daemon (events written, dropped, queries...)."""
+
+    __tablename__ = "daemon_status"
+
+    site: Mapped[str] = mapped_column(SITE, primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # dns, proxy, scheduler, ...
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stats: Mapped[str] = mapped_column(Text, default="{}")  # JSON
