@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -22,12 +24,25 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from schoolgate.store.coltypes import UTCDateTime, utcnow
 
+# Named constraints: migrations can then drop or alter them by name on every backend
+# (SQLite's batch mode and PostgreSQL both need the name).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
 
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 SITE = String(64)
+# Events outgrow 32-bit ids in a trust's central PostgreSQL database; SQLite needs plain
+# INTEGER for its rowid primary key (and its integers are 64-bit anyway).
+BIG_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Site(Base):
@@ -103,7 +118,7 @@ class AccessEvent(Base):
         Index("ix_events_site_service_ts", "site", "service", "ts"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     site: Mapped[str] = mapped_column(SITE)
     ts: Mapped[datetime] = mapped_column(UTCDateTime)
     source: Mapped[str] = mapped_column(String(10))  # dns, proxy, console
@@ -231,6 +246,8 @@ class AccessRequest(Base):
     exception_id: Mapped[int | None] = mapped_column(Integer)
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("access_requests.id"))
     duplicate_count: Mapped[int] = mapped_column(Integer, default=0)
+    # SHA-256 of the token the block-page requester gets to look up the outcome (no account)
+    status_token_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class ContentReport(Base):
@@ -280,7 +297,7 @@ class Alert(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     trigger_count: Mapped[int] = mapped_column(Integer, default=1)
-    last_event_id: Mapped[int | None] = mapped_column(Integer)
+    last_event_id: Mapped[int | None] = mapped_column(BIG_ID)
     assessment: Mapped[str | None] = mapped_column(String(20))  # true_positive, false_positive
     outcome: Mapped[str] = mapped_column(Text, default="")
     notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -311,9 +328,11 @@ class AuditEntry(Base):
     """Append-only, hash-chained record of every change to policy, people and approvals."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("site", "seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     site: Mapped[str] = mapped_column(SITE, index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # position in the site's chain, from 1, no gaps
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(60))  # e.g. exception.create, request.approve
@@ -387,3 +406,42 @@ class DaemonStatus(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stats: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+
+
+class EventHourly(Base):
+    """Event counts per UTC hour, verdict, role and service: what the dashboard charts read.
+
+    Kept up to date from `events` by the scheduler (schoolgate.services.rollups), so charts
+    over weeks read a few thousand rows instead of hundreds of thousands of events.
+    """
+
+    __tablename__ = "event_hourly"
+    __table_args__ = (UniqueConstraint("site", "hour", "verdict", "role", "service"),)
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime)  # start of the UTC hour
+    verdict: Mapped[str] = mapped_column(String(12))
+    role: Mapped[str] = mapped_column(String(20))
+    service: Mapped[str] = mapped_column(String(60), default="")  # "" when no catalogue service matched
+    count: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+
+
+class EventDaily(Base):
+    """Event counts per Europe/London day for the top lists: per device, and per service or host.
+
+    `dimension` is "device" (key: device id, or the address of an unregistered device) or
+    "target" (key: the catalogue service, or the host when no service matched).
+    """
+
+    __tablename__ = "event_daily"
+    __table_args__ = (UniqueConstraint("site", "dimension", "verdict", "day", "key"),)
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    dimension: Mapped[str] = mapped_column(String(10))
+    verdict: Mapped[str] = mapped_column(String(12))
+    day: Mapped[date] = mapped_column(Date)  # the local (Europe/London) date
+    key: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(String(300), default="")  # e.g. "iPad 5 (Amira K)"
+    count: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)

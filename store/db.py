@@ -1,0 +1,172 @@
+"""Engines, sessions and schema upgrades for any SQLAlchemy URL.
+
+SQLite is the appliance's default. Several daemons write to one file at once, so every
+SQLite connection runs in WAL mode with a busy timeout and foreign keys on, and every
+transaction that may write starts with ``BEGIN IMMEDIATE``: it takes the write lock up
+front, so it waits (up to the busy timeout) instead of failing half-way when another
+process wrote first. Read-only work can ask for a deferred transaction instead (see
+``read_only``), which never contends with the writers in WAL mode.
+
+Everything SQLite-specific is in ``_setup_sqlite``; other URLs (PostgreSQL for a trust)
+get a plain engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+
+# Execution option read by the SQLite ``begin`` hook: "IMMEDIATE" (default) or "DEFERRED".
+BEGIN_MODE_OPTION = "schoolgate_begin"
+
+
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
+
+
+def make_engine(
+    url: str | URL,
+    *,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    echo: bool = False,
+    **kwargs: Any,
+) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, echo=echo, **kwargs)
+    database = parsed.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    # pysqlite's own timeout is the busy timeout for the lock taken by BEGIN IMMEDIATE.
+    connect_args.setdefault("timeout", busy_timeout_ms / 1000)
+    connect_args.setdefault("check_same_thread", False)
+    engine = create_engine(parsed, echo=echo, connect_args=connect_args, **kwargs)
+    _setup_sqlite(engine, busy_timeout_ms)
+    return engine
+
+
+def _setup_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    in_memory = engine.url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Take transaction control away from pysqlite (it would otherwise BEGIN lazily and
+        # DEFERRED, just before the first write); the "begin" hook below emits BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            if not in_memory:
+                # Persistent in the file; switching needs a moment alone with it (busy timeout).
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            # In WAL mode NORMAL is durable across application crashes; only an OS crash or
+            # power cut can lose the last commits, never corrupt the file.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(BEGIN_MODE_OPTION, "IMMEDIATE")
+        if mode not in ("IMMEDIATE", "DEFERRED", "EXCLUSIVE"):
+            raise ValueError(f"unknown SQLite begin mode {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine and pool, but SQLite transactions start DEFERRED (for pure reads).
+
+    A deferred transaction that later writes can fail with "database is locked" at once,
+    whatever the busy timeout, so use this only where nothing is written.
+    """
+    if not is_sqlite(engine):
+        return engine
+    return engine.execution_options(**{BEGIN_MODE_OPTION: "DEFERRED"})
+
+
+def session_factory(engine: Engine, *, readonly: bool = False) -> sessionmaker[Session]:
+    """Sessions bound to ``engine``; objects stay readable after commit (expire_on_commit off)."""
+    bind = read_only(engine) if readonly else engine
+    return sessionmaker(bind=bind, expire_on_commit=False)
+
+
+def alembic_config(engine: Engine | None = None, url: str | URL | None = None) -> Any:
+    """An alembic Config built in code: no alembic.ini is needed on the appliance."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", make_url(url).render_as_string(hide_password=False))
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def _engine_of(url_or_engine: str | URL | Engine) -> tuple[Engine, bool]:
+    if isinstance(url_or_engine, Engine):
+        return url_or_engine, False
+    return make_engine(url_or_engine), True
+
+
+def init_db(url_or_engine: str | URL | Engine) -> Engine:
+    """Bring the schema to the newest revision (alembic upgrade head); safe to repeat.
+
+    Returns the engine (the given one, or a new one made from the URL).
+    """
+    from alembic import command
+
+    engine, _ = _engine_of(url_or_engine)
+    command.upgrade(alembic_config(engine), "head")
+    return engine
+
+
+def downgrade_db(url_or_engine: str | URL | Engine, revision: str) -> None:
+    from alembic import command
+
+    engine, made = _engine_of(url_or_engine)
+    try:
+        command.downgrade(alembic_config(engine), revision)
+    finally:
+        if made:
+            engine.dispose()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def schema_differences(engine: Engine) -> list[Any]:
+    """What differs between the database and the models (alembic autogenerate's diff)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from schoolgate.store.models import Base
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff: list[Any] = compare_metadata(context, Base.metadata)
+        return diff
