@@ -130,6 +130,7 @@ class Decision:
     rewrite_to: str | None = None  # SAFE_SEARCH: the host to answer with as a CNAME
     valid_until: datetime | None = None  # next instant the verdict could change; None: not foreseeable
     flags: frozenset[str] = field(default_factory=frozenset)  # e.g. {"circumvention"}
+    list_id: str | None = None  # the policy's domain list that matched, when no catalogue service did
 
     @property
     def blocked(self) -> bool:

@@ -43,9 +43,18 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    listen: str = "127.0.0.1:8081"
+    listen: str = "127.0.0.1:8081"  # "*:8081": every address, IPv4 and IPv6
     ca_dir: str = ""  # empty: <data_dir>/ca
     nftables: bool = False
+    mode: str = "transparent"  # "regular" (an explicit HTTP proxy) for development only
+    stats_file: str = ""  # empty: <data_dir>/proxy-stats.json
+    neighbours: bool = True  # read the kernel's neighbour table for client MACs
+    resolvers: list[str] = field(default_factory=list)  # for learning watched addresses; empty: dns.upstreams
+    watched_names: list[str] = field(default_factory=list)  # resolved besides the catalogue's domains
+    prefix_hosts: list[str] = field(default_factory=list)  # "157.240.0.0/16 facebook.com": a service's ranges
+    address_refresh_s: int = 300
+    inspect_search_engines: bool = False  # decrypt allowed search engines on CA-trusting devices
+    upstream_ca_file: str = ""  # extra CA bundle for verifying servers when inspecting
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class NetworkConfig:
     lan_cidrs: list[str] = field(default_factory=list)
     watched_prefixes: list[str] = field(default_factory=list)  # e.g. Meta's published ranges
     doh_addresses: list[str] = field(default_factory=list)
+    known_doh_addresses: bool = True  # also refuse the well-known public DoH resolvers
+    nflog_group: int = 7  # where the ruleset logs refused circumvention attempts
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,9 @@ class ConsoleConfig:
     plain_http: bool = False  # development only
     secret_key_file: str = ""  # empty: <data_dir>/console-secret
     session_minutes: int = 30
+    lockout_failures: int = 5  # failed sign-ins in a row that lock an account...
+    lockout_minutes: int = 15  # ...for this long
+    address_failures: int = 20  # failed sign-ins from one address per 15 minutes before it must wait
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,20 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """The DSL's alert rules (schoolgate.services.alert_rules); times are Europe/London."""
+
+    repeated_blocks_threshold: int = 10  # blocked attempts by one device ...
+    repeated_blocks_window_minutes: int = 10  # ... within this many minutes raise an alert
+    out_of_hours_start: str = "19:00"  # activity from this time ...
+    out_of_hours_end: str = "07:00"  # ... until this time is out of hours
+    out_of_hours_roles: list[str] = field(default_factory=lambda: ["pupil"])
+    keywords_file: str = ""  # empty: the built-in safeguarding term list
+    immediate_severities: list[str] = field(default_factory=lambda: ["high", "critical"])
+    scan_interval_seconds: int = 30
+
+
+@dataclass(frozen=True)
 class AppConfig:
     source: Path
     policy: Path
@@ -102,6 +130,7 @@ class AppConfig:
     console: ConsoleConfig = ConsoleConfig()
     mail: MailConfig = MailConfig()
     retention: RetentionConfig = RetentionConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @property
     def database_url(self) -> str:
@@ -117,6 +146,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "console": ConsoleConfig,
     "mail": MailConfig,
     "retention": RetentionConfig,
+    "alerts": AlertsConfig,
 }
 
 

@@ -76,12 +76,108 @@ def locate(text: str, path: tuple[str | int, ...]) -> int | None:
             length = _prefix_len(full, path)
             if length == len(full) and length > best_len:
                 best, best_len = number, length
+                # key = [ ... ] over several lines: find the element (and its inline key)
+                if len(path) > length and isinstance(path[length], int):
+                    found = _in_array(lines, number - 1, key_match.end(), path[length:])
+                    if found is not None:
+                        best, best_len = found[0], length + found[1]
+                        continue
             # inline table on one line: key = { a = 1, b = 2 }
             if length == len(full) and len(path) > len(full) and isinstance(path[len(full)], str):
                 inner = str(path[len(full)])
                 if re.search(r"[{,]\s*" + re.escape(inner) + r"\s*=", line):
                     best, best_len = number, length + 1
     return best
+
+
+def _scan(lines: list[str], row: int, col: int) -> list[tuple[int, int, str]]:
+    """Characters of a TOML value from (row, col) with strings and comments blanked out, as
+    (row, col, char) triples, stopping where the value ends (depth back to zero)."""
+    out: list[tuple[int, int, str]] = []
+    depth = 0
+    quote = ""
+    started = False
+    for r in range(row, len(lines)):
+        text = lines[r]
+        c = col if r == row else 0
+        while c < len(text):
+            ch = text[c]
+            if quote:
+                if text.startswith(quote, c):
+                    c += len(quote)
+                    quote = ""
+                    continue
+                if ch == "\\" and quote in ('"', '"""'):
+                    c += 2
+                    continue
+                c += 1
+                continue
+            if ch == "#":
+                break
+            for opener in ('"""', "'''", '"', "'"):
+                if text.startswith(opener, c):
+                    quote = opener
+                    out.append((r, c, "s"))  # a string value starts here
+                    c += len(opener)
+                    break
+            else:
+                if ch in "[{":
+                    depth += 1
+                    started = True
+                elif ch in "]}":
+                    depth -= 1
+                out.append((r, c, ch))
+                c += 1
+                if started and depth == 0:
+                    return out
+                continue
+        if not started and r > row:
+            return out
+    return out
+
+
+def _in_array(lines: list[str], row: int, col: int, rest: tuple[str | int, ...]) -> tuple[int, int] | None:
+    """Line (1-based) of element rest[0] of the array starting after (row, col), and how many
+    parts of `rest` were matched (1, or 2 if rest[1] is a key found in an inline table)."""
+    chars = _scan(lines, row, col)
+    depth = 0
+    index = -1
+    expect = False
+    element_start: int | None = None
+    want = rest[0]
+    for position, (_r, _c, ch) in enumerate(chars):
+        if depth == 1 and expect and ch not in " \t,]":
+            index += 1
+            expect = False
+            if index == want:
+                element_start = position
+                break
+        if ch in "[{":
+            depth += 1
+            if depth == 1:
+                expect = True
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 1:
+            expect = True
+    if element_start is None:
+        return None
+    row_found = chars[element_start][0]
+    if len(rest) > 1 and isinstance(rest[1], str) and chars[element_start][2] == "{":
+        key = rest[1]
+        depth = 0
+        for r, c, ch in chars[element_start:]:
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            elif depth == 1 and ch not in " \t,=" and re.match(
+                r"(\"?)" + re.escape(key) + r"\1\s*=", lines[r][c:]
+            ):
+                return r + 1, 2
+    return row_found + 1, 1
 
 
 def _prefix_len(candidate: tuple[str | int, ...], wanted: tuple[str | int, ...]) -> int:

@@ -1,0 +1,746 @@
+"""From the parsed policy file to a `CompiledPolicy`, checking every field on the way.
+
+The compiler never opens files: the loader hands it the file's text, the parsed TOML, and a
+function that yields the lines of a list file. Every mistake becomes a `ConfigError` that
+names the file, the line and the field, in words a technician can act on, e.g.
+
+    policy.toml:42: rules[3].when: unknown window "lunchtime" (known: lunch, morning_break, ...)
+
+Rules are numbered from 1 in messages: rules[3] is the third [[rules]] block in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from schoolgate.policy.domains import MAX_LISTS, DomainTable
+from schoolgate.policy.engine import CompiledPolicy
+from schoolgate.policy.lists import (
+    FORMATS,
+    ListStats,
+    parse_adblock_rule,
+    parse_adguard_services,
+    parse_list,
+    valid_name,
+)
+from schoolgate.policy.model import (
+    Category,
+    DomainList,
+    DynamicClauses,
+    Network,
+    Rule,
+    SafeSearch,
+    School,
+    Service,
+)
+from schoolgate.policy.timeline import WEEKDAY_NAMES, Calendar, DayKind, Span, Term, Window, make_span, parse_clock
+from schoolgate.policy.types import Role, Verdict
+from schoolgate.tomlpos import ConfigError, locate
+
+Path = tuple[str | int, ...]
+ListReader = Callable[[str], Iterable[str]]  # list file (as written in the policy) -> its lines
+
+ROLE_NAMES = tuple(r.value for r in Role)
+CIRCUMVENTION = "circumvention"  # the category that is always a hard, flagged block
+MAX_WINDOWS = 60
+MAX_CATEGORIES = 60
+
+_TOP = ("school", "calendar", "windows", "networks", "categories", "services", "lists", "rules", "default", "dynamic")
+_SCHOOL = ("id", "name", "federation", "timezone", "block_ipv4", "block_ipv6", "unknown_network_role")
+_CALENDAR = ("terms", "closures")
+_TERM = ("name", "start", "end")
+_CLOSURE = ("date", "to", "reason", "kind")
+_CLOSURE_KINDS = ("closure", "inset")
+_WINDOW = ("from", "to", "times", "days", "calendar", "description")
+_NETWORK = ("name", "cidrs", "role")
+_CATEGORY = ("name", "locked", "flags", "description")
+_SERVICE = ("name", "category", "domains", "hosts", "safe_search", "safe_search_hosts", "locked")
+_LIST = ("name", "file", "format", "category", "services")
+_RULE = (
+    "id",
+    "clause",
+    "reason",
+    "action",
+    "roles",
+    "services",
+    "categories",
+    "lists",
+    "when",
+    "unless",
+    "year_groups",
+    "locked",
+    "safe_search",
+)
+_DEFAULT = ("action", "clause", "reason")
+_DYNAMIC = ("exception_clause", "site_block_clause", "ban_clause")
+_ACTIONS = {"allow": Verdict.ALLOW, "block": Verdict.BLOCK, "safe_search": Verdict.SAFE_SEARCH}
+_DAY_SETS = {
+    "mon-fri": (0, 1, 2, 3, 4),
+    "weekdays": (0, 1, 2, 3, 4),
+    "sat-sun": (5, 6),
+    "weekend": (5, 6),
+    "all": (0, 1, 2, 3, 4, 5, 6),
+    "mon-sun": (0, 1, 2, 3, 4, 5, 6),
+}
+
+
+def field_name(path: Path) -> str:
+    """("rules", 2, "when") -> "rules[3].when" (numbered from 1, as a person counts)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part + 1}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _known(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    return ", ".join(ordered) if ordered else "none defined"
+
+
+class _Source:
+    """The file being compiled: knows how to point at a field when something is wrong."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.text = text
+
+    def error(self, path: Path, message: str, *, element: int | None = None) -> ConfigError:
+        """`element`: the index of the offending value in a list field; it moves the line to
+        that value but is left out of the field name, since the message quotes the value."""
+        where = (*path, element) if element is not None else path
+        line = locate(self.text, where) if where else None
+        return ConfigError(self.path, line, field_name(path), message)
+
+    def table(self, value: Any, path: Path, allowed: tuple[str, ...], what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(path, f"must be a table ({what})")
+        for key in value:
+            if key not in allowed:
+                raise self.error((*path, key), f'unknown field "{key}" in {what} (known: {", ".join(allowed)})')
+        return value
+
+    def required(self, table: Mapping[str, Any], path: Path, key: str, hint: str) -> Any:
+        if key not in table:
+            raise self.error(path, f'missing required field "{key}": {hint}')
+        return table[key]
+
+    def string(self, value: Any, path: Path, *, empty_ok: bool = False) -> str:
+        if not isinstance(value, str):
+            raise self.error(path, f"must be text in quotes, got {_show(value)}")
+        if not empty_ok and not value.strip():
+            raise self.error(path, "must not be empty")
+        return value
+
+    def boolean(self, value: Any, path: Path) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(path, f"must be true or false, got {_show(value)}")
+        return value
+
+    def strings(self, value: Any, path: Path) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(path, f'must be a list of names in quotes, e.g. ["a", "b"]; got {_show(value)}')
+        return list(value)
+
+    def day(self, value: Any, path: Path) -> date:
+        if isinstance(value, date) and not hasattr(value, "hour"):
+            return value
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value.strip())
+            except ValueError:
+                pass
+        raise self.error(path, f"{_show(value)} is not a date; write it as YYYY-MM-DD, e.g. 2026-09-03")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _role(src: _Source, value: Any, path: Path, element: int | None = None) -> Role:
+    name = src.string(value, path)
+    try:
+        return Role(name)
+    except ValueError:
+        raise src.error(path, f'unknown role "{name}" (known: {", ".join(ROLE_NAMES)})', element=element) from None
+
+
+def _domain(src: _Source, value: Any, path: Path, element: int | None = None) -> str:
+    name = src.string(value, path).strip().lower().rstrip(".")
+    if not valid_name(name) or "." not in name:
+        message = f'"{value}" is not a domain name (write it like "facebook.com", no http:// or /)'
+        raise src.error(path, message, element=element)
+    return name
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+
+def _school(src: _Source, raw: Any) -> School:
+    table = src.table(raw, ("school",), _SCHOOL, "[school]")
+    school_id = src.string(
+        src.required(table, ("school",), "id", 'a short name, e.g. id = "kingswood"'), ("school", "id")
+    )
+    name = src.string(src.required(table, ("school",), "name", 'e.g. name = "Kingswood Primary"'), ("school", "name"))
+    tz_name = src.string(
+        src.required(table, ("school",), "timezone", 'e.g. timezone = "Europe/London"'), ("school", "timezone")
+    )
+    try:
+        zone = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise src.error(
+            ("school", "timezone"), f'unknown time zone "{tz_name}" (UK schools use "Europe/London")'
+        ) from None
+    ipv4 = src.string(
+        src.required(table, ("school",), "block_ipv4", "the address blocked names resolve to"), ("school", "block_ipv4")
+    )
+    try:
+        if ipaddress.ip_address(ipv4).version != 4:
+            raise ValueError
+    except ValueError:
+        raise src.error(("school", "block_ipv4"), f'"{ipv4}" is not an IPv4 address, e.g. "10.20.0.1"') from None
+    ipv6: str | None = None
+    if "block_ipv6" in table:
+        ipv6 = src.string(table["block_ipv6"], ("school", "block_ipv6"))
+        try:
+            if ipaddress.ip_address(ipv6).version != 6:
+                raise ValueError
+        except ValueError:
+            raise src.error(("school", "block_ipv6"), f'"{ipv6}" is not an IPv6 address, e.g. "fd20::1"') from None
+    unknown = Role.GUEST
+    if "unknown_network_role" in table:
+        unknown = _role(src, table["unknown_network_role"], ("school", "unknown_network_role"))
+    federation = src.string(table.get("federation", ""), ("school", "federation"), empty_ok=True)
+    return School(school_id, name, tz_name, zone, ipv4, ipv6, unknown, federation)
+
+
+def _calendar(src: _Source, raw: Any) -> Calendar:
+    table = src.table(raw, ("calendar",), _CALENDAR, "[calendar]")
+    terms_raw = src.required(
+        table, ("calendar",), "terms", "the term dates, e.g. terms = [{ name = ..., start = ..., end = ... }]"
+    )
+    if not isinstance(terms_raw, list) or not terms_raw:
+        raise src.error(("calendar", "terms"), "must be a list of terms, each { name, start, end }")
+    terms: list[Term] = []
+    for i, entry in enumerate(terms_raw):
+        path: Path = ("calendar", "terms", i)
+        item = src.table(entry, path, _TERM, "a term")
+        start = src.day(src.required(item, path, "start", "the first day of the term"), (*path, "start"))
+        end = src.day(src.required(item, path, "end", "the last day of the term"), (*path, "end"))
+        name = src.string(item.get("name", f"term {i + 1}"), (*path, "name"))
+        if end < start:
+            raise src.error((*path, "end"), f"the term ends ({end}) before it starts ({start})")
+        terms.append(Term(name, start, end))
+    closures: dict[date, str] = {}
+    inset: set[date] = set()
+    closures_raw = table.get("closures", [])
+    if not isinstance(closures_raw, list):
+        raise src.error(("calendar", "closures"), "must be a list of closure days, each { date, reason }")
+    for i, entry in enumerate(closures_raw):
+        path = ("calendar", "closures", i)
+        if isinstance(entry, (date, str)):
+            closures[src.day(entry, path)] = "closure day"
+            continue
+        item = src.table(entry, path, _CLOSURE, "a closure day")
+        first = src.day(src.required(item, path, "date", "the day the school is closed"), (*path, "date"))
+        last = src.day(item["to"], (*path, "to")) if "to" in item else first
+        if last < first:
+            raise src.error((*path, "to"), f"the closure ends ({last}) before it starts ({first})")
+        kind = src.string(item.get("kind", "closure"), (*path, "kind"))
+        if kind not in _CLOSURE_KINDS:
+            raise src.error(
+                (*path, "kind"),
+                f'unknown kind "{kind}" (known: closure = nobody in, inset = staff training day, pupils off)',
+            )
+        reason = src.string(item.get("reason", "INSET day" if kind == "inset" else "closure day"), (*path, "reason"))
+        day = first
+        while day <= last:
+            closures[day] = reason
+            if kind == "inset":
+                inset.add(day)
+            day = date.fromordinal(day.toordinal() + 1)
+    return Calendar(tuple(terms), closures, frozenset(inset))
+
+
+def _weekdays(src: _Source, value: Any, path: Path) -> frozenset[int]:
+    if isinstance(value, str) and value.strip().lower() in _DAY_SETS:
+        return frozenset(_DAY_SETS[value.strip().lower()])
+    names = src.strings(value, path)
+    out: set[int] = set()
+    for name in names:
+        key = name.strip().lower()[:3]
+        if key not in WEEKDAY_NAMES or len(name.strip()) < 3:
+            raise src.error(
+                path, f'unknown day "{name}" (use mon, tue, wed, thu, fri, sat, sun, or "mon-fri", "weekend", "all")'
+            )
+        out.add(WEEKDAY_NAMES.index(key))
+    if not out:
+        raise src.error(path, "needs at least one day")
+    return frozenset(out)
+
+
+def _span(src: _Source, start: Any, end: Any, path_start: Path, path_end: Path) -> Span:
+    begin = _clock(src, start, path_start)
+    finish = _clock(src, end, path_end)
+    try:
+        return make_span(begin, finish)
+    except ValueError as err:
+        raise src.error(path_end, str(err)) from None
+
+
+def _clock(src: _Source, value: Any, path: Path) -> int:
+    text = src.string(value, path)
+    try:
+        return parse_clock(text)
+    except ValueError as err:
+        raise src.error(path, str(err)) from None
+
+
+def _windows(src: _Source, raw: Any) -> tuple[Window, ...]:
+    if not isinstance(raw, dict):
+        raise src.error(("windows",), "must be a set of named windows, e.g. [windows.lunch]")
+    windows: list[Window] = []
+    for name, entry in raw.items():
+        path: Path = ("windows", name)
+        item = src.table(entry, path, _WINDOW, f"window {name}")
+        spans: list[Span] = []
+        if "times" in item:
+            if "from" in item or "to" in item:
+                raise src.error((*path, "times"), 'use either "times" or "from"/"to", not both')
+            for text in src.strings(item["times"], (*path, "times")):
+                start, sep, end = text.partition("-")
+                if not sep:
+                    raise src.error((*path, "times"), f'"{text}" should look like "10:30-10:45"')
+                spans.append(_span(src, start, end, (*path, "times"), (*path, "times")))
+            if not spans:
+                raise src.error((*path, "times"), "needs at least one time span")
+        else:
+            start = src.required(item, path, "from", 'when the window opens, e.g. from = "12:00"')
+            end = src.required(item, path, "to", 'when the window closes, e.g. to = "13:00"')
+            spans.append(_span(src, start, end, (*path, "from"), (*path, "to")))
+        kind = DayKind.SCHOOL_DAYS
+        if "calendar" in item:
+            value = src.string(item["calendar"], (*path, "calendar"))
+            try:
+                kind = DayKind(value)
+            except ValueError:
+                choices = ", ".join(k.value for k in DayKind)
+                raise src.error((*path, "calendar"), f'unknown calendar "{value}" (known: {choices})') from None
+        default_days = "mon-fri" if kind in (DayKind.SCHOOL_DAYS, DayKind.STAFF_DAYS) else "all"
+        days = _weekdays(src, item.get("days", default_days), (*path, "days"))
+        windows.append(Window(name, tuple(spans), days, kind))
+    if len(windows) > MAX_WINDOWS:
+        raise src.error(("windows",), f"too many windows ({len(windows)}; at most {MAX_WINDOWS})")
+    return tuple(windows)
+
+
+def _networks(src: _Source, raw: Any) -> tuple[Network, ...]:
+    if not isinstance(raw, list):
+        raise src.error(("networks",), "must be a list of [[networks]] blocks")
+    out: list[Network] = []
+    for i, entry in enumerate(raw):
+        path: Path = ("networks", i)
+        item = src.table(entry, path, _NETWORK, "a network")
+        name = src.string(item.get("name", f"network {i + 1}"), (*path, "name"))
+        cidrs = src.strings(src.required(item, path, "cidrs", 'e.g. cidrs = ["10.20.16.0/20"]'), (*path, "cidrs"))
+        role = _role(src, src.required(item, path, "role", 'the default role, e.g. role = "pupil"'), (*path, "role"))
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for n, cidr in enumerate(cidrs):
+            try:
+                nets.append(ipaddress.ip_network(cidr.strip(), strict=True))
+            except ValueError as err:
+                raise src.error(
+                    (*path, "cidrs"), element=n, message=f'"{cidr}" is not a network in CIDR form ({err})'
+                ) from None
+        out.append(Network(name, tuple(nets), role))
+    return tuple(out)
+
+
+def _categories(src: _Source, raw: Any) -> tuple[Category, ...]:
+    if not isinstance(raw, dict):
+        raise src.error(("categories",), "must be a set of named categories, e.g. [categories.social_media]")
+    out: list[Category] = []
+    for bit, (cid, entry) in enumerate(raw.items()):
+        path: Path = ("categories", cid)
+        item = src.table(entry, path, _CATEGORY, f"category {cid}")
+        locked = src.boolean(item.get("locked", False), (*path, "locked"))
+        flags = frozenset(src.strings(item.get("flags", []), (*path, "flags")))
+        if cid == CIRCUMVENTION:
+            # Seed 001 §9: getting round the filter is never allowed and always reported,
+            # whatever the file says; the category is a hard block and carries its flag.
+            locked, flags = True, flags | {CIRCUMVENTION}
+        out.append(
+            Category(
+                id=cid,
+                bit=bit,
+                name=src.string(item.get("name", cid), (*path, "name")),
+                locked=locked,
+                flags=flags,
+                description=src.string(item.get("description", ""), (*path, "description"), empty_ok=True),
+            )
+        )
+    if len(out) > MAX_CATEGORIES:
+        raise src.error(("categories",), f"too many categories (at most {MAX_CATEGORIES})")
+    return tuple(out)
+
+
+def _safe_search(src: _Source, value: Any, path: Path) -> SafeSearch:
+    if isinstance(value, str):
+        return SafeSearch(_domain(src, value, path))
+    if isinstance(value, dict):
+        item = src.table(value, path, ("strict", "moderate"), "safe_search")
+        strict = _domain(src, src.required(item, path, "strict", "the strict safe-search host"), (*path, "strict"))
+        moderate = _domain(src, item["moderate"], (*path, "moderate")) if "moderate" in item else None
+        return SafeSearch(strict, moderate)
+    raise src.error(path, 'must be a host, e.g. "forcesafesearch.google.com", or { strict = ..., moderate = ... }')
+
+
+def _services(src: _Source, raw: Any, categories: Mapping[str, Category]) -> tuple[Service, ...]:
+    if not isinstance(raw, dict):
+        raise src.error(("services",), "must be a set of named services, e.g. [services.facebook]")
+    out: list[Service] = []
+    owner: dict[tuple[str, bool], str] = {}
+    for index, (sid, entry) in enumerate(raw.items()):
+        path: Path = ("services", sid)
+        item = src.table(entry, path, _SERVICE, f"service {sid}")
+        category: str | None = None
+        if "category" in item:
+            category = src.string(item["category"], (*path, "category"))
+            if category not in categories:
+                raise src.error((*path, "category"), f'unknown category "{category}" (known: {_known(categories)})')
+        domains: list[str] = []
+        hosts: list[str] = []
+        for key, exact, bucket in (("domains", False, domains), ("hosts", True, hosts)):
+            for n, value in enumerate(src.strings(item.get(key, []), (*path, key))):
+                name = _domain(src, value, (*path, key), element=n)
+                previous = owner.get((name, exact))
+                if previous is not None and previous != sid:
+                    raise src.error(
+                        (*path, key), element=n, message=f'"{name}" is already listed under service "{previous}"'
+                    )
+                owner[(name, exact)] = sid
+                bucket.append(name)
+        if not domains and not hosts:
+            raise src.error(path, f'service "{sid}" needs "domains" (with subdomains) or "hosts" (exact names)')
+        safe = _safe_search(src, item["safe_search"], (*path, "safe_search")) if "safe_search" in item else None
+        safe_hosts: frozenset[str] | None = None
+        if "safe_search_hosts" in item:
+            if safe is None:
+                raise src.error((*path, "safe_search_hosts"), 'only makes sense together with "safe_search"')
+            safe_hosts = frozenset(
+                _domain(src, v, (*path, "safe_search_hosts"))
+                for v in src.strings(item["safe_search_hosts"], (*path, "safe_search_hosts"))
+            )
+        out.append(
+            Service(
+                id=sid,
+                index=index,
+                name=src.string(item.get("name", sid), (*path, "name")),
+                category=category,
+                domains=tuple(domains),
+                hosts=tuple(hosts),
+                safe_search=safe,
+                safe_search_hosts=safe_hosts,
+                locked=src.boolean(item.get("locked", False), (*path, "locked")),
+            )
+        )
+    return tuple(out)
+
+
+def _lists(
+    src: _Source, raw: Any, categories: Mapping[str, Category], reader: ListReader | None, table: DomainTable
+) -> tuple[DomainList, ...]:
+    if not isinstance(raw, dict):
+        raise src.error(("lists",), "must be a set of named lists, e.g. [lists.malware]")
+    if len(raw) > MAX_LISTS:
+        raise src.error(("lists",), f"too many lists ({len(raw)}; at most {MAX_LISTS}); merge some files")
+    out: list[DomainList] = []
+    for bit, (lid, entry) in enumerate(raw.items()):
+        path: Path = ("lists", lid)
+        item = src.table(entry, path, _LIST, f"list {lid}")
+        file = src.string(
+            src.required(item, path, "file", 'the list file, e.g. file = "lists/malware.txt"'), (*path, "file")
+        )
+        fmt = src.string(src.required(item, path, "format", f"one of {', '.join(FORMATS)}"), (*path, "format"))
+        if fmt not in FORMATS:
+            raise src.error((*path, "format"), f'unknown list format "{fmt}" (known: {", ".join(FORMATS)})')
+        category: str | None = None
+        if "category" in item:
+            category = src.string(item["category"], (*path, "category"))
+            if category not in categories:
+                raise src.error((*path, "category"), f'unknown category "{category}" (known: {_known(categories)})')
+        wanted: list[str] | None = None
+        if "services" in item:
+            if fmt != "adguard-services":
+                raise src.error((*path, "services"), 'only for format = "adguard-services"')
+            wanted = src.strings(item["services"], (*path, "services"))
+        if reader is None:
+            raise src.error((*path, "file"), "list files cannot be read here")
+        stats = ListStats()
+        exact: list[str] = []
+        before = table.count
+        try:
+            lines = reader(file)
+            if fmt == "adguard-services":
+                try:
+                    services = parse_adguard_services("".join(lines))
+                except ValueError as err:
+                    raise src.error((*path, "file"), f'"{file}": {err}') from None
+                chosen = wanted if wanted is not None else list(services)
+                for sid in chosen:
+                    if sid not in services:
+                        raise src.error((*path, "services"), f'"{sid}" is not in {file} (it has: {_known(services)})')
+                names: list[str] = []
+                for sid in chosen:
+                    for number, rule in enumerate(services[sid].rules, start=1):
+                        parsed = parse_adblock_rule(rule)
+                        if isinstance(parsed, str):
+                            stats.skip(number, rule, parsed)
+                            continue
+                        stats.accepted += 1
+                        if parsed[1]:
+                            stats.exact += 1
+                            exact.append(parsed[0])
+                        else:
+                            names.append(parsed[0])
+                table.add_many(names, bit)
+            else:
+                table.add_many(parse_list(fmt, lines, stats, exact), bit)
+        except FileNotFoundError:
+            raise src.error((*path, "file"), f'list file "{file}" not found') from None
+        except UnicodeDecodeError:
+            raise src.error((*path, "file"), f'list file "{file}" is not UTF-8 text') from None
+        except OSError as err:
+            raise src.error((*path, "file"), f'cannot read list file "{file}": {err.strerror or err}') from None
+        table.add_many(exact, bit, exact=True)
+        if stats.accepted == 0:
+            raise src.error((*path, "file"), f'list file "{file}" holds no domain names in {fmt} format')
+        out.append(
+            DomainList(
+                id=lid,
+                bit=bit,
+                name=src.string(item.get("name", lid), (*path, "name")),
+                file=file,
+                format=fmt,
+                category=category,
+                count=stats.accepted,
+                summary=stats.summary() + f"; {table.count - before} new to the policy",
+            )
+        )
+    return tuple(out)
+
+
+def _mask(src: _Source, value: Any, path: Path, known: Mapping[str, int], what: str) -> tuple[int, tuple[str, ...]]:
+    mask = 0
+    names = src.strings(value, path)
+    for n, name in enumerate(names):
+        if name not in known:
+            raise src.error(path, element=n, message=f'unknown {what} "{name}" (known: {_known(known)})')
+        mask |= 1 << known[name]
+    return mask, tuple(names)
+
+
+def _rule(
+    src: _Source,
+    entry: Any,
+    i: int,
+    *,
+    windows: Mapping[str, int],
+    services: Mapping[str, Service],
+    categories: Mapping[str, Category],
+    lists: Mapping[str, DomainList],
+) -> Rule:
+    path: Path = ("rules", i)
+    item = src.table(entry, path, _RULE, "a rule")
+    rule_id = src.string(
+        src.required(item, path, "id", 'a short unique name, e.g. id = "pupils-social-media"'), (*path, "id")
+    )
+    clause = src.string(
+        src.required(item, path, "clause", 'the written policy clause, e.g. clause = "Social Media Policy §9"'),
+        (*path, "clause"),
+    )
+    reason = src.string(
+        src.required(item, path, "reason", 'plain words, e.g. reason = "pupils may not use social media"'),
+        (*path, "reason"),
+    )
+    action_name = src.string(src.required(item, path, "action", "allow, block or safe_search"), (*path, "action"))
+    if action_name not in _ACTIONS:
+        raise src.error((*path, "action"), f'unknown action "{action_name}" (known: {", ".join(_ACTIONS)})')
+    action = _ACTIONS[action_name]
+    roles = frozenset(Role)
+    if "roles" in item:
+        names = src.strings(item["roles"], (*path, "roles"))
+        if not names:
+            raise src.error((*path, "roles"), "an empty list matches nobody; leave the field out to match every role")
+        roles = frozenset(_role(src, name, (*path, "roles"), element=n) for n, name in enumerate(names))
+    service_ids: set[int] = set()
+    for n, name in enumerate(src.strings(item.get("services", []), (*path, "services"))):
+        if name not in services:
+            raise src.error(
+                (*path, "services"), element=n, message=f'unknown service "{name}" (known: {_known(services)})'
+            )
+        service_ids.add(services[name].index)
+    category_mask, category_names = _mask(
+        src, item.get("categories", []), (*path, "categories"), {k: c.bit for k, c in categories.items()}, "category"
+    )
+    list_mask, _ = _mask(src, item.get("lists", []), (*path, "lists"), {k: d.bit for k, d in lists.items()}, "list")
+    when, when_names = _mask(src, item.get("when", []), (*path, "when"), windows, "window")
+    unless, unless_names = _mask(src, item.get("unless", []), (*path, "unless"), windows, "window")
+    year_groups: frozenset[int] | None = None
+    if "year_groups" in item:
+        value = item["year_groups"]
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 13 for v in value)
+        ):
+            raise src.error((*path, "year_groups"), "must be a list of year numbers 0-13 (Reception = 0), e.g. [5, 6]")
+        year_groups = frozenset(value)
+    locked = src.boolean(item.get("locked", False), (*path, "locked"))
+    if locked and action is not Verdict.BLOCK:
+        raise src.error((*path, "locked"), "only a block can be locked (a lock stops exceptions overriding it)")
+    level = "strict"
+    if "safe_search" in item:
+        if action is not Verdict.SAFE_SEARCH:
+            raise src.error((*path, "safe_search"), 'only for action = "safe_search"')
+        level = src.string(item["safe_search"], (*path, "safe_search"))
+        if level not in ("strict", "moderate"):
+            raise src.error((*path, "safe_search"), f'unknown level "{level}" (known: strict, moderate)')
+    if action is Verdict.SAFE_SEARCH:
+        if list_mask or not (service_ids or category_mask):
+            raise src.error(
+                (*path, "action"), "safe_search needs services or categories whose services have a safe_search host"
+            )
+        targeted = [s for s in services.values() if s.index in service_ids]
+        targeted += [s for s in services.values() if s.category in category_names and s not in targeted]
+        lacking = [s.id for s in targeted if s.safe_search is None]
+        if lacking:
+            raise src.error(
+                (*path, "action"),
+                f'safe_search: service "{lacking[0]}" has no safe_search host in its [services] entry',
+            )
+    return Rule(
+        id=rule_id,
+        position=i + 1,
+        clause=clause,
+        reason=reason,
+        action=action,
+        roles=roles,
+        services=frozenset(service_ids),
+        categories=category_mask,
+        lists=list_mask,
+        when=when,
+        unless=unless,
+        year_groups=year_groups,
+        locked=locked,
+        safe_search_level=level,
+        line=locate(src.text, path),
+        when_names=when_names,
+        unless_names=unless_names,
+    )
+
+
+def compile_policy(
+    path: str, text: str, data: Mapping[str, Any], read_list: ListReader | None = None
+) -> CompiledPolicy:
+    """Check and compile a parsed policy file. `path` is only used in error messages."""
+    src = _Source(path, text)
+    for key in data:
+        if key not in _TOP:
+            raise src.error((key,), f'unknown section "{key}" (known: {", ".join(_TOP)})')
+    school = _school(
+        src, src.required(data, (), "school", "add a [school] section with id, name, timezone, block_ipv4")
+    )
+    calendar = _calendar(src, src.required(data, (), "calendar", "add a [calendar] section with the term dates"))
+    windows = _windows(src, data.get("windows", {}))
+    networks = _networks(src, data.get("networks", []))
+    categories = _categories(src, data.get("categories", {}))
+    category_by_id = {c.id: c for c in categories}
+    services = _services(src, data.get("services", {}), category_by_id)
+    table = DomainTable()
+    lists = _lists(src, data.get("lists", {}), category_by_id, read_list, table)
+    rules_raw = src.required(data, (), "rules", "add [[rules]] blocks; the first rule that matches decides")
+    if not isinstance(rules_raw, list) or not rules_raw:
+        raise src.error(("rules",), "must be one or more [[rules]] blocks")
+    window_bits = {w.name: bit for bit, w in enumerate(windows)}
+    service_by_id = {s.id: s for s in services}
+    list_by_id = {d.id: d for d in lists}
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(rules_raw):
+        rule = _rule(
+            src, entry, i, windows=window_bits, services=service_by_id, categories=category_by_id, lists=list_by_id
+        )
+        if rule.id in seen:
+            raise src.error((*("rules", i), "id"), f'duplicate rule id "{rule.id}" (also rules[{seen[rule.id]}])')
+        seen[rule.id] = i + 1
+        rules.append(rule)
+    default = _default(src, data.get("default", {}), len(rules))
+    dynamic = _dynamic(src, data.get("dynamic", {}))
+    fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return CompiledPolicy(
+        source=path,
+        school=school,
+        calendar=calendar,
+        windows=windows,
+        networks=networks,
+        categories=categories,
+        services=services,
+        lists=lists,
+        rules=tuple(rules),
+        default_rule=default,
+        table=table,
+        dynamic=dynamic,
+        fingerprint=fingerprint,
+    )
+
+
+def _default(src: _Source, raw: Any, count: int) -> Rule:
+    item = src.table(raw, ("default",), _DEFAULT, "[default]")
+    action_name = src.string(item.get("action", "allow"), ("default", "action"))
+    if action_name not in ("allow", "block"):
+        raise src.error(("default", "action"), f'unknown action "{action_name}" (known: allow, block)')
+    return Rule(
+        id="default",
+        position=count + 1,
+        clause=src.string(item.get("clause", "Online Safety Policy (filtering)"), ("default", "clause")),
+        reason=src.string(
+            item.get("reason", "no rule limits this site" if action_name == "allow" else "not on the allowed list"),
+            ("default", "reason"),
+        ),
+        action=_ACTIONS[action_name],
+        roles=frozenset(Role),
+        services=frozenset(),
+        categories=0,
+        lists=0,
+        when=0,
+        unless=0,
+        line=locate(src.text, ("default",)),
+    )
+
+
+def _dynamic(src: _Source, raw: Any) -> DynamicClauses:
+    item = src.table(raw, ("dynamic",), _DYNAMIC, "[dynamic]")
+    base = DynamicClauses()
+    return DynamicClauses(
+        exception=src.string(item.get("exception_clause", base.exception), ("dynamic", "exception_clause")),
+        site_block=src.string(item.get("site_block_clause", base.site_block), ("dynamic", "site_block_clause")),
+        ban=src.string(item.get("ban_clause", base.ban), ("dynamic", "ban_clause")),
+    )

@@ -1,0 +1,130 @@
+"""The compiled pieces of a policy: what the compiler produces and the engine reads.
+
+Everything here is immutable once compiled; indices and bit masks replace names so that a
+decision compares integers, not strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import NamedTuple
+
+from schoolgate.policy.types import Role, Verdict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class School:
+    id: str
+    name: str
+    timezone: str
+    zone: tzinfo
+    block_ipv4: str
+    block_ipv6: str | None
+    unknown_network_role: Role
+    federation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    id: str
+    bit: int
+    name: str
+    locked: bool = False
+    flags: frozenset[str] = frozenset()
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SafeSearch:
+    """Hosts that answer only safe results; `moderate` falls back to `strict` if unset."""
+
+    strict: str
+    moderate: str | None = None
+
+    def target(self, level: str) -> str:
+        return self.moderate if level == "moderate" and self.moderate else self.strict
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    index: int
+    name: str
+    category: str | None
+    domains: tuple[str, ...]  # each covers its subdomains
+    hosts: tuple[str, ...]  # exact hosts only
+    safe_search: SafeSearch | None = None
+    safe_search_hosts: frozenset[str] | None = None  # None: every host of the service
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DomainList:
+    id: str
+    bit: int
+    name: str
+    file: str
+    format: str
+    category: str | None
+    count: int
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    networks: tuple[IPNetwork, ...]
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    position: int  # 1-based place in the file; the first matching rule wins
+    clause: str
+    reason: str
+    action: Verdict
+    roles: frozenset[Role]
+    services: frozenset[int]
+    categories: int  # bit mask of category bits
+    lists: int  # bit mask of list bits
+    when: int  # bit mask of windows; 0: at any time
+    unless: int
+    year_groups: frozenset[int] | None = None
+    locked: bool = False
+    safe_search_level: str = "strict"
+    line: int | None = None
+    when_names: tuple[str, ...] = ()
+    unless_names: tuple[str, ...] = ()
+
+    @property
+    def any_target(self) -> bool:
+        return not (self.services or self.categories or self.lists)
+
+
+class HostMatch(NamedTuple):
+    """What a host is, as far as the policy's catalogue and lists know. Hashable: it is part
+    of the key under which decisions are remembered."""
+
+    service: int  # -1: no catalogue service
+    service_domain: str | None
+    lists: int  # bit mask of lists holding the host
+    list_domain: str | None
+    categories: int  # bit mask: the service's category and the lists' categories
+    safe_search_host: bool  # the host is one a safe-search rewrite applies to
+
+
+NO_MATCH = HostMatch(-1, None, 0, None, 0, False)
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicClauses:
+    """Which written clauses the database-driven parts implement, for explanations."""
+
+    exception: str = "Social Media Policy §9 and appendix A (blocked content access request)"
+    site_block: str = "Social Media Policy §9 and appendix B (inappropriate content report)"
+    ban: str = "Social Media Policy §9 (ban after an attempt to circumvent the filter)"

@@ -1,0 +1,234 @@
+"""Exceptions, bans and technicians' site blocks laid over the compiled example policy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from schoolgate.policy import (
+    Ban,
+    Client,
+    ExceptionScope,
+    PolicyException,
+    Role,
+    SiteBlock,
+    Target,
+    Verdict,
+    decide,
+)
+from schoolgate.policy.engine import CompiledPolicy, url_key
+
+LONDON = ZoneInfo("Europe/London")
+TEACHER = Client(ip="10.41.10.20", person_id="T123", device_id="LAPTOP-7", mac="aa:bb:cc:00:00:07", role=Role.STAFF)
+PUPIL = Client(
+    ip="10.41.20.30", person_id="P6001", device_id="IPAD-31", role=Role.PUPIL, year_group=6, groups=frozenset({"6B"})
+)
+OTHER_PUPIL = Client(ip="10.41.20.31", person_id="P5002", role=Role.PUPIL, year_group=5, groups=frozenset({"5A"}))
+
+
+def local(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=LONDON)
+
+
+def exception(
+    id: int,
+    scope: ExceptionScope,
+    subject: str,
+    starts: str,
+    expires: str,
+    domain: str | None = None,
+    url_prefix: str | None = None,
+) -> PolicyException:
+    return PolicyException(
+        id=id,
+        scope=scope,
+        subject=subject,
+        domain=domain,
+        url_prefix=url_prefix,
+        starts=local(starts),
+        expires=local(expires),
+        reason="approved for a lesson",
+    )
+
+
+def test_no_overlay_returns_the_static_decision(example: CompiledPolicy) -> None:
+    layered = example.with_overlay()
+    now = local("2026-11-23 11:00")
+    assert decide(layered, TEACHER, Target("x.com"), now) is decide(example, TEACHER, Target("x.com"), now)
+
+
+def test_exception_expiring_mid_window_sets_valid_until_to_the_expiry(example: CompiledPolicy) -> None:
+    exc = exception(7, ExceptionScope.PERSON, "T123", "2026-11-23 09:00", "2026-11-23 11:20", domain="facebook.com")
+    layered = example.with_overlay(exceptions=[exc])
+    decision = decide(layered, TEACHER, Target("www.facebook.com"), local("2026-11-23 11:00"))
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.exception_id == 7
+    assert decision.rule_id == "exception-7"
+    assert decision.valid_until == local("2026-11-23 11:20")  # before the lunch edge at 12:00
+    assert "appendix A" in decision.clause
+    after = decide(layered, TEACHER, Target("www.facebook.com"), local("2026-11-23 11:20"))
+    assert (after.verdict, after.rule_id) == (Verdict.BLOCK, "staff-social-media-school-hours")
+    # The base example is untouched by the overlay.
+    assert decide(example, TEACHER, Target("www.facebook.com"), local("2026-11-23 11:00")).verdict is Verdict.BLOCK
+
+
+def test_upcoming_exception_bounds_the_block(example: CompiledPolicy) -> None:
+    exc = exception(8, ExceptionScope.GROUP, "6B", "2026-11-23 14:00", "2026-11-23 15:00", domain="x.com")
+    layered = example.with_overlay(exceptions=[exc])
+    before = decide(layered, PUPIL, Target("x.com"), local("2026-11-23 11:00"))
+    assert before.verdict is Verdict.BLOCK
+    assert before.valid_until == local("2026-11-23 14:00")
+    during = decide(layered, PUPIL, Target("api.x.com"), local("2026-11-23 14:30"))
+    assert (during.verdict, during.exception_id, during.valid_until) == (Verdict.ALLOW, 8, local("2026-11-23 15:00"))
+    other = decide(layered, OTHER_PUPIL, Target("x.com"), local("2026-11-23 14:30"))
+    assert other.verdict is Verdict.BLOCK
+
+
+@pytest.mark.parametrize(
+    ("scope", "subject", "client", "applies"),
+    [
+        (ExceptionScope.PERSON, "P6001", PUPIL, True),
+        (ExceptionScope.PERSON, "P6001", OTHER_PUPIL, False),
+        (ExceptionScope.DEVICE, "IPAD-31", PUPIL, True),
+        (ExceptionScope.DEVICE, "AA:BB:CC:00:00:07", TEACHER, True),  # by MAC
+        (ExceptionScope.DEVICE, "IPAD-31", OTHER_PUPIL, False),
+        (ExceptionScope.ROLE, "pupil", OTHER_PUPIL, True),
+        (ExceptionScope.ROLE, "staff", OTHER_PUPIL, False),
+        (ExceptionScope.GROUP, "5A", OTHER_PUPIL, True),
+        (ExceptionScope.GROUP, "5A", PUPIL, False),
+    ],
+)
+def test_exception_scopes(
+    example: CompiledPolicy, scope: ExceptionScope, subject: str, client: Client, applies: bool
+) -> None:
+    exc = exception(1, scope, subject, "2026-11-23 08:00", "2026-11-23 16:00", domain="instagram.com")
+    decision = decide(
+        example.with_overlay(exceptions=[exc]), client, Target("www.instagram.com"), local("2026-11-23 11:00")
+    )
+    assert (decision.verdict is Verdict.ALLOW) is applies
+
+
+def test_exceptions_cannot_lift_locked_blocks(example: CompiledPolicy) -> None:
+    exc = exception(2, ExceptionScope.ROLE, "staff", "2026-11-23 08:00", "2026-11-24 08:00", domain="nordvpn.com")
+    decision = decide(example.with_overlay(exceptions=[exc]), TEACHER, Target("nordvpn.com"), local("2026-11-23 11:00"))
+    assert (decision.verdict, decision.rule_id, decision.locked) == (Verdict.BLOCK, "no-circumvention", True)
+    assert decision.exception_id is None
+    assert decision.valid_until is None  # the exception's dates cannot change a locked block
+
+
+def test_url_prefix_exception(example: CompiledPolicy) -> None:
+    exc = exception(
+        3, ExceptionScope.GROUP, "6B", "2026-11-23 08:00", "2026-11-23 16:00", url_prefix="https://x.com/KingswoodPri"
+    )
+    layered = example.with_overlay(exceptions=[exc])
+    now = local("2026-11-23 11:00")
+    # DNS cannot see the URL: the host is let through and the proxy holds the line.
+    assert decide(layered, PUPIL, Target("x.com"), now).verdict is Verdict.ALLOW
+    inside = Target("x.com", url="http://X.com/KingswoodPri/status/1")
+    assert decide(layered, PUPIL, inside, now).verdict is Verdict.ALLOW
+    outside = Target("x.com", url="https://x.com/someone-else")
+    assert decide(layered, PUPIL, outside, now).verdict is Verdict.BLOCK
+    assert decide(layered, PUPIL, Target("twitter.com"), now).verdict is Verdict.BLOCK
+
+
+def test_ban_makes_the_client_supervised(example: CompiledPolicy) -> None:
+    ban = Ban(
+        id=4,
+        device_id="IPAD-31",
+        person_id=None,
+        mac=None,
+        starts=local("2026-11-23 09:00"),
+        until=local("2026-11-27 15:15"),
+        reason="tried a VPN",
+    )
+    layered = example.with_overlay(bans=[ban])
+    now = local("2026-11-23 11:00")
+    blocked = decide(layered, PUPIL, Target("example.org"), now)
+    assert (blocked.verdict, blocked.role, blocked.rule_id) == (
+        Verdict.BLOCK,
+        Role.SUPERVISED,
+        "supervised-everything-else",
+    )
+    assert "banned" in blocked.flags
+    assert blocked.valid_until == local("2026-11-27 15:15")  # the ban's end
+    assert decide(layered, PUPIL, Target("www.bbc.co.uk"), now).verdict is Verdict.ALLOW
+    assert decide(layered, OTHER_PUPIL, Target("example.org"), now).verdict is Verdict.ALLOW
+    before = decide(layered, PUPIL, Target("example.org"), local("2026-11-23 08:00"))
+    assert (before.verdict, before.valid_until) == (Verdict.ALLOW, local("2026-11-23 09:00"))
+    after = decide(layered, PUPIL, Target("example.org"), local("2026-11-27 15:15"))
+    assert after.verdict is Verdict.ALLOW
+
+
+def test_ban_by_mac_and_person(example: CompiledPolicy) -> None:
+    start, end = local("2026-11-23 00:00"), local("2026-11-30 00:00")
+    by_mac = Ban(id=5, device_id=None, person_id=None, mac="AA:BB:CC:00:00:07", starts=start, until=end)
+    by_person = Ban(id=6, device_id=None, person_id="P5002", mac=None, starts=start, until=end)
+    layered = example.with_overlay(bans=[by_mac, by_person])
+    now = local("2026-11-23 11:00")
+    assert decide(layered, TEACHER, Target("example.org"), now).role is Role.SUPERVISED
+    assert decide(layered, OTHER_PUPIL, Target("example.org"), now).role is Role.SUPERVISED
+    assert decide(layered, PUPIL, Target("example.org"), now).role is Role.PUPIL
+
+
+def test_site_blocks(example: CompiledPolicy) -> None:
+    everyone = SiteBlock(id=9, domain="badgames.example", url_prefix=None, roles=frozenset(), reason="reported")
+    pupils = SiteBlock(id=10, domain="chat.example", url_prefix=None, roles=frozenset({Role.PUPIL}))
+    page = SiteBlock(id=11, domain=None, url_prefix="https://news.example/nasty", roles=frozenset())
+    layered = example.with_overlay(blocks=[everyone, pupils, page])
+    now = local("2026-11-23 11:00")
+    decision = decide(layered, TEACHER, Target("www.badgames.example"), now)
+    assert (decision.verdict, decision.rule_id, decision.reason) == (Verdict.BLOCK, "site-block-9", "reported")
+    assert "appendix B" in decision.clause
+    assert decide(layered, PUPIL, Target("chat.example"), now).verdict is Verdict.BLOCK
+    assert decide(layered, TEACHER, Target("chat.example"), now).verdict is Verdict.ALLOW
+    assert decide(layered, PUPIL, Target("news.example"), now).verdict is Verdict.ALLOW  # DNS: no URL
+    nasty = Target("news.example", url="https://news.example/nasty/story")
+    assert decide(layered, PUPIL, nasty, now).verdict is Verdict.BLOCK
+    assert decide(layered, PUPIL, Target("news.example", url="https://news.example/ok"), now).verdict is Verdict.ALLOW
+
+
+def test_an_approved_exception_lifts_a_site_block(example: CompiledPolicy) -> None:
+    block = SiteBlock(id=12, domain="wiki.example", url_prefix=None, roles=frozenset())
+    exc = exception(13, ExceptionScope.PERSON, "T123", "2026-11-23 08:00", "2026-11-23 18:00", domain="wiki.example")
+    layered = example.with_overlay(exceptions=[exc], blocks=[block])
+    now = local("2026-11-23 11:00")
+    assert decide(layered, TEACHER, Target("wiki.example"), now).exception_id == 13
+    assert decide(layered, PUPIL, Target("wiki.example"), now).rule_id == "site-block-12"
+
+
+def test_a_site_block_overrides_safe_search(example: CompiledPolicy) -> None:
+    block = SiteBlock(id=14, domain="youtube.com", url_prefix=None, roles=frozenset({Role.PUPIL}))
+    decision = decide(example.with_overlay(blocks=[block]), PUPIL, Target("www.youtube.com"), local("2026-11-23 11:00"))
+    assert (decision.verdict, decision.rewrite_to) == (Verdict.BLOCK, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("https://Example.org/a?b=1", ("example.org", "example.org/a?b=1")),
+        ("http://example.org:443/", ("example.org", "example.org/")),
+        ("example.org/path", ("example.org", "example.org/path")),
+        ("https://example.org:8443/x", ("example.org", "example.org:8443/x")),
+        ("https://[::1/", None),
+        ("https:///nohost", None),
+    ],
+)
+def test_url_key(url: str, key: tuple[str, str] | None) -> None:
+    assert url_key(url) == key
+
+
+def test_exception_times_are_compared_as_instants(example: CompiledPolicy) -> None:
+    exc = PolicyException(
+        id=15,
+        scope=ExceptionScope.PERSON,
+        subject="T123",
+        domain="facebook.com",
+        url_prefix=None,
+        starts=datetime(2026, 11, 23, 10, 0, tzinfo=UTC),
+        expires=datetime(2026, 11, 23, 11, 0, 30, tzinfo=UTC),
+    )
+    layered = example.with_overlay(exceptions=[exc])
+    decision = decide(layered, TEACHER, Target("facebook.com"), local("2026-11-23 11:00"))
+    assert decision.valid_until == datetime(2026, 11, 23, 11, 0, 30, tzinfo=UTC)
