@@ -1,1 +1,38 @@
-"""schoolgate.proxy."""
+"""schoolgate.proxy: the transparent filtering proxy and the school CA.
+
+Running it (e.g. inside the lab's gateway namespace):
+
+    schoolgate ca init --config schoolgate.toml [--owner schoolgate-proxy]   # once
+    schoolgate proxy --config schoolgate.toml
+
+How it listens: one TCP port, `[proxy] listen` (default "127.0.0.1:8081"; use "*:8081" for
+every IPv4 and IPv6 address, or "0.0.0.0:8081"), in mitmproxy's transparent mode: the
+original destination comes from conntrack (SO_ORIGINAL_DST), so the nftables rule is a plain
+`redirect to :8081` of TCP 80 and 443 (both on the same port; TLS and HTTP are told apart by
+the first bytes) for the block address and the watched sets. It needs no capability beyond
+binding that port; it never opens an outgoing connection except for an allowed plain-HTTP
+request or, with `inspect_search_engines`, an allowed search. Allowed TLS is passed through
+byte for byte. Ready when the port accepts connections (the log says "listening on").
+
+What it needs: the policy file (`policy`), the database (`[database] url`, already migrated),
+the CA in `[proxy] ca_dir` (default <data_dir>/ca; the proxy refuses to start without it),
+and for the fronting check the upstream resolvers (`[proxy] resolvers`, default
+`[dns] upstreams`) to learn the watched services' addresses. The clock can be set with
+SCHOOLGATE_CLOCK_FILE (schoolgate.clock).
+
+What it does per connection (see schoolgate.proxy.addons and .judge): TLS is judged on the
+SNI and on the dialled address; allowed TLS is passed through undecrypted; blocked TLS is
+closed, or, for a device the register marks `trusts_school_ca`, decrypted with the school CA
+and answered with the block page (HTTP 403); plain HTTP is judged on the Host and blocked
+requests get the same page. A passed-through connection whose verdict expires (end of lunch)
+is judged again and closed if now blocked.
+
+What it reports: counters (connections_seen, tls_seen, passed_through, killed, intercepted,
+inspected, block_pages_served, http_requests, http_forwarded, upstream_refused,
+fronting_blocked, no_sni_blocked, passthroughs_closed, ...)
+in `daemon_status` (name "proxy", every second) and in <data_dir>/proxy-stats.json
+(`[proxy] stats_file`; also `schoolgate proxy stats --config FILE`).
+
+Modules: `daemon` (the master and the loop), `addons` (one concern each), `judge` (the
+pure verdict), `addresses` (address -> watched service), `blockpage`, `search`, `ca`, `cli`.
+"""

@@ -1,0 +1,517 @@
+"""The proxy's mitmproxy addons: one concern each, added to the master in the order of `build_addons`.
+
+    IdentifyClient   client_connected     who is this (IP -> MAC -> device -> person -> role)
+    TlsGate          tls_clienthello      judge the SNI and the dialled address: pass, kill, intercept
+    SearchTerms      request              note the search term of a visible search-engine request
+    HttpGate         request              judge plain HTTP; answer blocked requests with the block page
+    UpstreamGate     server_connect       refuse every server connection a verdict does not allow
+    Rejudge          running (a task)     close passed-through connections whose verdict has expired
+                                          and now blocks (the end of lunch ends the YouTube stream)
+    EventLog         tls_clienthello, request, client_disconnected   one event per decision
+    Counters         (observes all)       connections seen, passed through, killed, intercepted...
+    Forget           client_disconnected  drop the per-connection state
+
+How a blocked TLS connection is killed without decryption: TlsGate marks it `ignore_connection`
+(mitmproxy will not decrypt it) and UpstreamGate then refuses the server connection that the
+passthrough would open (`server.error`), upon which mitmproxy closes the client connection. No
+byte reaches the real server. With `connection_strategy = "lazy"` nothing is dialled before the
+ClientHello (TLS) or the request (HTTP) has been judged; a server connection that no verdict
+allows (an unjudged protocol, or eager dialling by mistake) is refused too: the gate fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.proxy import server_hooks
+
+from schoolgate.policy.types import Client, Decision, Target
+from schoolgate.proxy import blockpage
+from schoolgate.proxy.addresses import AddressBook
+from schoolgate.proxy.judge import (
+    FLAG_FRONTING,
+    FLAG_NO_SNI,
+    Action,
+    Decide,
+    Judgement,
+    judge_http,
+    judge_tls,
+)
+from schoolgate.proxy.search import search_term
+from schoolgate.store.events import EventRecord
+
+log = logging.getLogger(__name__)
+
+META_JUDGEMENT = "schoolgate.judgement"
+META_SEARCH = "schoolgate.search_term"
+META_BLOCK_PAGE = "schoolgate.block_page"
+REFUSED = "refused by the school's filtering policy"
+OptionsError: type[Exception] = exceptions.OptionsError  # mitmproxy's class is untyped
+
+
+@dataclass
+class ConnState:
+    """What the proxy knows about one client connection."""
+
+    client: Client
+    judgement: Judgement | None = None
+    requests_logged: int = 0
+    sni: str | None = None
+    dialled_ip: str | None = None
+    passthrough: bool = False  # TLS forwarded undecrypted: no later request will be judged
+
+
+class Connections:
+    """Per-connection state shared by the addons, keyed by mitmproxy's client connection id."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ConnState] = {}
+
+    def put(self, conn_id: str, state: ConnState) -> None:
+        self._states[conn_id] = state
+
+    def get(self, conn_id: str) -> ConnState | None:
+        return self._states.get(conn_id)
+
+    def pop(self, conn_id: str) -> ConnState | None:
+        return self._states.pop(conn_id, None)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def items(self) -> list[tuple[str, ConnState]]:
+        return list(self._states.items())
+
+
+@dataclass
+class ProxyCounters:
+    """Counters the e2e tests read to prove ordinary traffic never reaches the proxy."""
+
+    connections_seen: int = 0
+    tls_seen: int = 0
+    passed_through: int = 0
+    killed: int = 0
+    intercepted: int = 0
+    inspected: int = 0
+    http_requests: int = 0
+    http_forwarded: int = 0
+    block_pages_served: int = 0
+    upstream_refused: int = 0
+    fronting_blocked: int = 0
+    no_sni_blocked: int = 0
+    passthroughs_closed: int = 0
+    identity_errors: int = 0
+    judge_errors: int = 0
+    events_submitted: int = 0
+    events_refused: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class Services:
+    """What the addons need from the daemon; tests pass their own."""
+
+    decide: Decide
+    identify: Callable[[str], Client]
+    book: AddressBook
+    now: Callable[[], datetime]
+    site: str
+    submit_full: Callable[[EventRecord], bool]  # blocked, flagged and search events, one row each
+    submit_allowed: Callable[[EventRecord], bool]  # plain allowed traffic (aggregated per minute)
+    inspect: Callable[[str], bool] | None = None
+    close: Callable[[str], bool] | None = None  # close a client connection by id (the daemon's)
+    explain: Callable[[Decision, datetime], str] | None = None  # plain words for the block page
+    policy_version: Callable[[], object] | None = None  # changes when the policy or overlay does
+    connections: Connections = field(default_factory=Connections)
+    counters: ProxyCounters = field(default_factory=ProxyCounters)
+
+
+def _ip_of(address: Any) -> str | None:
+    """The IP literal of a (host, port) address, or None if it is a name or missing."""
+    if not address:
+        return None
+    host = str(address[0]).split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _state(services: Services, client: connection.Client) -> ConnState:
+    state = services.connections.get(client.id)
+    if state is None:  # a hook before client_connected (should not happen): identify now
+        state = ConnState(client=_identify(services, client))
+        services.connections.put(client.id, state)
+    return state
+
+
+def _identify(services: Services, client: connection.Client) -> Client:
+    ip = _ip_of(client.peername) or "0.0.0.0"
+    try:
+        return services.identify(ip)
+    except Exception:
+        # The register being unreadable must not open the filter: an unknown device gets the
+        # strictest role of its network from the policy.
+        services.counters.identity_errors += 1
+        log.exception("identifying %s failed; treating it as an unknown device", ip)
+        return Client(ip=ip)
+
+
+class IdentifyClient:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def client_connected(self, client: connection.Client) -> None:
+        # In a worker thread: the neighbour table is read over netlink, which must neither
+        # block the proxy's loop nor run inside it.
+        identified = await asyncio.to_thread(_identify, self.s, client)
+        self.s.connections.put(client.id, ConnState(client=identified))
+
+
+class TlsGate:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        state = _state(self.s, data.context.client)
+        state.sni = data.client_hello.sni
+        state.dialled_ip = _ip_of(data.context.server.address)
+        try:
+            judgement = judge_tls(
+                self.s.decide,
+                state.client,
+                state.sni,
+                dialled_ip=state.dialled_ip,
+                book=self.s.book,
+                now=self.s.now(),
+                inspect=self.s.inspect,
+            )
+        except Exception:
+            # No verdict: never decrypt, and UpstreamGate refuses the unjudged connection.
+            log.exception("judging the TLS connection to %r failed; closing it", state.sni)
+            self.s.counters.judge_errors += 1
+            data.ignore_connection = True
+            return
+        state.judgement = judgement
+        state.passthrough = judgement.action is Action.PASS
+        # PASS: forward the encrypted bytes untouched. KILL: also never decrypt; UpstreamGate
+        # refuses the server connection, which closes the client's.
+        if judgement.action in (Action.PASS, Action.KILL):
+            data.ignore_connection = True
+
+
+class SearchTerms:
+    def request(self, flow: http.HTTPFlow) -> None:
+        term = search_term(flow.request.pretty_host, flow.request.pretty_url)
+        if term:
+            flow.metadata[META_SEARCH] = term
+
+
+class HttpGate:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("schoolgate_school_name", str, "Our School", "The school's name on the block page.")
+        loader.add_option(
+            "schoolgate_console_url",
+            str,
+            "https://schoolgate.lan:8443",
+            "The console's base URL; the block page links to <url>/request?url=...&device=...",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "schoolgate_console_url" in updated:
+            parts = urlsplit(ctx.options.schoolgate_console_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                raise OptionsError(
+                    f"schoolgate_console_url: {ctx.options.schoolgate_console_url!r} is not a base URL "
+                    "like https://schoolgate.lan:8443"
+                )
+        if "schoolgate_school_name" in updated and not ctx.options.schoolgate_school_name.strip():
+            raise OptionsError("schoolgate_school_name: the block page needs the school's name")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._judge(flow)
+        except Exception:
+            log.exception("judging %s failed; refusing it", flow.request.pretty_url)
+            self.s.counters.judge_errors += 1
+            self._refuse(flow)
+
+    def _refuse(self, flow: http.HTTPFlow) -> None:
+        body = "The school's filter could not check this request, so it was refused. Please try again."
+        headers = {**blockpage.HEADERS, "Content-Type": "text/plain; charset=utf-8"}
+        flow.response = http.Response.make(503, body.encode("utf-8"), headers)
+        flow.metadata.pop(META_JUDGEMENT, None)
+
+    def _judge(self, flow: http.HTTPFlow) -> None:
+        state = _state(self.s, flow.client_conn)
+        judged = state.judgement
+        if flow.client_conn.tls and (judged is None or judged.action not in (Action.BLOCK_PAGE, Action.INSPECT)):
+            self._refuse(flow)  # decrypted without a verdict that allows it: cannot happen, fail closed
+            return
+        if flow.client_conn.tls and judged is not None and judged.action is Action.BLOCK_PAGE:
+            # Decrypted to show the block page: every request on it shares the ClientHello's
+            # verdict, with the URL now visible.
+            judgement = Judgement(
+                judged.decision,
+                Target(host=judged.target.host, url=flow.request.pretty_url),
+                judged.action,
+                judged.fronted_host,
+            )
+        else:
+            # Plain HTTP, or an inspected search engine: each request is judged on its own Host
+            # (inside an allowed TLS connection the Host may name a blocked site).
+            judgement = judge_http(
+                self.s.decide,
+                state.client,
+                Target(host=flow.request.pretty_host, url=flow.request.pretty_url),
+                dialled_ip=_ip_of(flow.server_conn.address),
+                book=self.s.book,
+                now=self.s.now(),
+            )
+            if flow.client_conn.tls and not judgement.blocked:
+                judgement = Judgement(judgement.decision, judgement.target, Action.INSPECT, None)
+            else:
+                state.judgement = judgement
+        flow.metadata[META_JUDGEMENT] = judgement
+        if judgement.action is Action.BLOCK_PAGE:
+            self._answer(flow, state.client, judgement)
+
+    def _answer(self, flow: http.HTTPFlow, client: Client, judgement: Judgement) -> None:
+        decision = judgement.decision
+        now = self.s.now()
+        info = blockpage.BlockInfo(
+            school=ctx.options.schoolgate_school_name,
+            host=judgement.target.host,
+            url=judgement.target.url,
+            rule_id=decision.rule_id,
+            clause=decision.clause,
+            reason=decision.reason,
+            at=now,
+            device=client.device_id,
+            device_name=client.device_name,
+            service_name=decision.service_name,
+            circumvention=FLAG_FRONTING in decision.flags or FLAG_NO_SNI in decision.flags,
+            explanation=self._explain(decision, now),
+        )
+        body = blockpage.render(info, ctx.options.schoolgate_console_url)
+        flow.response = http.Response.make(403, body.encode("utf-8"), blockpage.HEADERS)
+        flow.metadata[META_BLOCK_PAGE] = True
+
+
+    def _explain(self, decision: Decision, now: datetime) -> str | None:
+        if self.s.explain is None:
+            return None
+        try:
+            return self.s.explain(decision, now)
+        except Exception:  # the page must still be served, with the rule's own reason
+            log.exception("explaining a decision failed")
+            return None
+
+
+class UpstreamGate:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        state = self.s.connections.get(data.client.id)
+        judgement = state.judgement if state is not None else None
+        if judgement is None or judgement.action not in (Action.PASS, Action.INSPECT):
+            data.server.error = REFUSED
+
+
+class Rejudge:
+    """A passed-through TLS connection carries no further names to judge, so a verdict that was
+    "allow until 13:00" would otherwise last as long as the connection. Once a second, every
+    passed-through connection is judged again if its decision has reached its `valid_until`, or
+    if the policy or the database overlay changed since (a new ban, a revoked exception); if it
+    is blocked now, it is closed and the block is logged."""
+
+    def __init__(self, services: Services, interval: float = 1.0) -> None:
+        self.s = services
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._version: object = self._current_version()
+
+    def _current_version(self) -> object:
+        return self.s.policy_version() if self.s.policy_version is not None else None
+
+    def running(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="schoolgate-rejudge")
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("re-judging open connections failed")
+
+    def sweep(self) -> int:
+        """Re-judge the passthroughs that are due; returns how many were closed."""
+        now = self.s.now()
+        version = self._current_version()
+        changed = version != self._version
+        self._version = version
+        closed = 0
+        for conn_id, state in self.s.connections.items():
+            judgement = state.judgement
+            if not state.passthrough or judgement is None:
+                continue
+            until = judgement.decision.valid_until
+            if not changed and (until is None or until > now):
+                continue
+            fresh = judge_tls(
+                self.s.decide, state.client, state.sni, dialled_ip=state.dialled_ip, book=self.s.book, now=now
+            )
+            if not fresh.blocked:
+                state.judgement = fresh
+                continue
+            state.passthrough = False
+            state.judgement = Judgement(fresh.decision, fresh.target, Action.KILL, fresh.fronted_host)
+            if self.s.close is not None and self.s.close(conn_id):
+                closed += 1
+                self.s.counters.passthroughs_closed += 1
+            EventLog(self.s).submit(state, state.judgement)
+        return closed
+
+
+class EventLog:
+    """One event per decision, with the DfE fields (from EventRecord.from_decision)."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def submit(self, state: ConnState, judgement: Judgement, search: str | None = None) -> None:
+        record = EventRecord.from_decision(
+            judgement.decision,
+            state.client,
+            judgement.target,
+            site=self.s.site,
+            source="proxy",
+            ts=self.s.now(),
+            search_term=search,
+        )
+        if search or not record.is_plain_allow:
+            sink = self.s.submit_full
+        else:
+            # Allowed traffic is kept at domain level (folded per minute); blocked, flagged and
+            # search events keep the URL.
+            sink = self.s.submit_allowed
+            record = dataclasses.replace(record, url=None)
+        self.s.counters.events_submitted += 1
+        if not sink(record):
+            self.s.counters.events_refused += 1
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        state = self.s.connections.get(data.context.client.id)
+        judgement = state.judgement if state is not None else None
+        if state is not None and judgement is not None and judgement.action in (Action.PASS, Action.KILL):
+            self.submit(state, judgement)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = self.s.connections.get(flow.client_conn.id)
+        judgement = flow.metadata.get(META_JUDGEMENT)
+        if state is None or not isinstance(judgement, Judgement):
+            return
+        state.requests_logged += 1
+        self.submit(state, judgement, flow.metadata.get(META_SEARCH))
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        state = self.s.connections.get(client.id)
+        if state is None or state.judgement is None or state.requests_logged:
+            return
+        if state.judgement.action in (Action.BLOCK_PAGE, Action.INSPECT) and client.tls:
+            # Intercepted but no request came (e.g. the device did not trust the CA after all):
+            # the attempt is still recorded, by host.
+            self.submit(state, state.judgement)
+
+
+class Counters:
+    def __init__(self, services: Services) -> None:
+        self.c = services.counters
+        self.s = services
+
+    def client_connected(self, client: connection.Client) -> None:
+        self.c.connections_seen += 1
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        self.c.tls_seen += 1
+        state = self.s.connections.get(data.context.client.id)
+        if state is None or state.judgement is None:
+            return
+        judgement = state.judgement
+        if judgement.action is Action.PASS:
+            self.c.passed_through += 1
+        elif judgement.action is Action.KILL:
+            self.c.killed += 1
+        elif judgement.action is Action.BLOCK_PAGE:
+            self.c.intercepted += 1
+        elif judgement.action is Action.INSPECT:
+            self.c.inspected += 1
+        self._count_flags(judgement)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.c.http_requests += 1
+        if flow.metadata.get(META_BLOCK_PAGE):
+            self.c.block_pages_served += 1
+            judgement = flow.metadata.get(META_JUDGEMENT)
+            if isinstance(judgement, Judgement) and not flow.client_conn.tls:
+                self._count_flags(judgement)
+        else:
+            self.c.http_forwarded += 1
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.server.error == REFUSED:
+            self.c.upstream_refused += 1
+
+    def _count_flags(self, judgement: Judgement) -> None:
+        if not judgement.blocked:
+            return
+        if FLAG_FRONTING in judgement.decision.flags:
+            self.c.fronting_blocked += 1
+        if FLAG_NO_SNI in judgement.decision.flags:
+            self.c.no_sni_blocked += 1
+
+
+class Forget:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.s.connections.pop(client.id)
+
+
+def build_addons(services: Services) -> list[object]:
+    """The schoolgate addons in their one order (see the module docstring)."""
+    return [
+        IdentifyClient(services),
+        TlsGate(services),
+        SearchTerms(),
+        HttpGate(services),
+        UpstreamGate(services),
+        Rejudge(services),
+        EventLog(services),
+        Counters(services),
+        Forget(services),
+    ]

@@ -1,0 +1,327 @@
+"""schoolgate-proxy: mitmproxy embedded in the daemon's own asyncio loop.
+
+The master is built here (not a shelled-out mitmdump) with only the mitmproxy addons the
+proxy needs and the schoolgate addons in their one order (schoolgate.proxy.addons). Beside
+mitmproxy, the same loop runs:
+
+- a once-a-second tick: policy file and database generation checked (a change applies within
+  2 s; a broken policy keeps the last good one, and the error is in the stats), device register
+  reloaded when its generation moves, counters written to the stats file;
+- the address learner (schoolgate.proxy.addresses), every `proxy.address_refresh_s`.
+
+Events go through the store's EventWriter (its own thread) and AllowedAggregator; the writer
+also records the counters in `daemon_status` (name "proxy") every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schoolgate.config import AppConfig
+from schoolgate.policy.types import Client, Decision, Target
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from schoolgate.policy.engine import CompiledPolicy
+    from schoolgate.policy.loader import PolicyHolder
+
+log = logging.getLogger("schoolgate.proxy")
+
+STATS_FILE = "proxy-stats.json"
+OVERLAY_REFRESH_S = 60.0  # exceptions start and expire with time, not only with the generation
+
+
+def ca_dir_of(config: AppConfig) -> Path:
+    return Path(config.proxy.ca_dir) if config.proxy.ca_dir else config.data_dir / "ca"
+
+
+def stats_path_of(config: AppConfig) -> Path:
+    return Path(config.proxy.stats_file) if config.proxy.stats_file else config.data_dir / STATS_FILE
+
+
+def mode_spec(mode: str, listen: str) -> str:
+    """`transparent` + `0.0.0.0:8081` -> mitmproxy's `transparent@0.0.0.0:8081`.
+
+    `*:PORT` or `:PORT` listens on every address, IPv4 and IPv6 (mitmproxy's default host).
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"proxy.listen: {listen!r} needs a port, e.g. 0.0.0.0:8081 or *:8081")
+    host = host.strip("[]")
+    if mode not in ("transparent", "regular"):
+        raise ValueError(f"proxy.mode: {mode!r} is not one of transparent, regular")
+    if host in ("", "*"):
+        return f"{mode}@{port}"
+    return f"{mode}@{host}:{port}"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class PolicyFeed:
+    """The policy file plus the database overlay, kept current by `tick` (once a second)."""
+
+    holder: PolicyHolder
+    sessions: sessionmaker[Session]
+    site: str
+    now: Callable[[], datetime]
+    overlay_generation: int = -1
+    overlay_loaded_at: float = 0.0
+    reloads: int = 0
+    overlay_reloads: int = 0
+    last_error: str | None = None
+    skipped_rows: list[str] = field(default_factory=list)
+
+    def decide(self, client: Client, target: Target, now: datetime) -> Decision:
+        from schoolgate.policy.engine import decide
+
+        policy = self.holder.policy
+        assert policy is not None
+        return decide(policy, client, target, now)
+
+    def tick(self) -> None:
+        """Runs in a worker thread: file stat, one generation read, an overlay load if moved."""
+        from schoolgate.store.overlay import load_overlay, read_generation
+
+        if self.holder.reload_if_changed():
+            self.reloads += 1
+            log.info("policy reloaded from %s", self.holder.path)
+        self.last_error = str(self.holder.error) if self.holder.error is not None else None
+        with self.sessions() as session:
+            generation = read_generation(session, self.site)
+            stale = time.monotonic() - self.overlay_loaded_at > OVERLAY_REFRESH_S
+            if generation != self.overlay_generation or stale:
+                overlay = load_overlay(session, self.site, self.now())
+                self.holder.set_overlay(overlay.exceptions, overlay.bans, overlay.site_blocks)
+                self.overlay_generation = overlay.generation
+                self.overlay_loaded_at = time.monotonic()
+                self.overlay_reloads += 1
+                self.skipped_rows = list(overlay.skipped)
+
+
+def watched_names(policy: CompiledPolicy | None, extra: list[str], limit: int = 4000) -> list[str]:
+    """The names whose addresses mark a watched service: each catalogue service's domains and
+    exact hosts (with www.), plus `proxy.watched_names`."""
+    names: list[str] = [n.lower().rstrip(".") for n in extra]
+    for service in policy.services if policy is not None else ():
+        for domain in service.domains:
+            names.extend((domain, f"www.{domain}"))
+        names.extend(service.hosts)
+    return list(dict.fromkeys(n for n in names if n))[:limit]
+
+
+async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> int:
+    """Run the proxy until SIGTERM/SIGINT. Returns the exit status."""
+    from mitmproxy import master as mitm_master
+    from mitmproxy import options as mitm_options
+    from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+    from sqlalchemy.orm import sessionmaker
+
+    from schoolgate.clock import clock_from_env
+    from schoolgate.identity.neighbours import NeighbourTable
+    from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
+    from schoolgate.policy.loader import PolicyHolder
+    from schoolgate.proxy import ca
+    from schoolgate.proxy.addons import Services, build_addons
+    from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
+    from schoolgate.store.db import make_engine
+    from schoolgate.store.events import AllowedAggregator, EventWriter, StatusTarget
+
+    pconf = config.proxy
+    ca_dir = ca_dir_of(config)
+    ca_info = ca.check_ca(ca_dir)  # before mitmproxy could create a CA of its own
+    spec = mode_spec(pconf.mode, pconf.listen)
+    clock = clock_from_env()
+    site = config.site.id
+
+    holder = PolicyHolder(config.policy)
+    holder.load()  # no policy, no proxy: ConfigError reaches the command, which says why
+
+    engine = make_engine(config.database_url)
+    sessions = sessionmaker(bind=engine, expire_on_commit=False)
+    feed = PolicyFeed(holder, sessions, site, clock.now)
+    await asyncio.to_thread(feed.tick)
+
+    neighbours = NeighbourTable() if pconf.neighbours else None
+    identity = IdentityResolver(neighbours=neighbours)
+    register_reloader = RegisterReloader(sessions, site, identity)
+    await asyncio.to_thread(register_reloader.poll)
+
+    book = AddressBook()
+    try:
+        named = [parse_prefix_host(text) for text in pconf.prefix_hosts]
+    except ValueError as err:
+        raise ValueError(f"proxy.prefix_hosts: {err}") from err
+    try:
+        unnamed = [ipaddress.ip_network(p, strict=False) for p in config.network.watched_prefixes]
+    except ValueError as err:
+        raise ValueError(f"network.watched_prefixes: {err}") from err
+    book.set_prefixes(named, unnamed)
+    learner = AddressLearner(
+        book, pconf.resolvers or config.dns.upstreams, lifetime_s=float(config.dns.watched_set_timeout_s)
+    )
+
+    started = clock.now()
+    stats_path = stats_path_of(config)
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
+
+    services: Services | None = None
+
+    def snapshot() -> dict[str, Any]:
+        assert services is not None
+        return {
+            "counters": services.counters.as_dict(),
+            "open_connections": len(services.connections),
+            "addresses_known": len(book),
+            "address_lookups": learner.lookups,
+            "address_lookup_failures": learner.failures,
+            "policy_generation": holder.generation,
+            "policy_reloads": feed.reloads,
+            "policy_error": feed.last_error,
+            "overlay_generation": feed.overlay_generation,
+            "overlay_skipped": feed.skipped_rows[:20],
+            "register_reloads": register_reloader.reloads,
+            "listen": spec,
+            "ca_fingerprint": ca_info.sha256_fingerprint,
+        }
+
+    writer = EventWriter(
+        engine, status=StatusTarget(site=site, name="proxy", interval=1.0, started_at=started, extra=snapshot)
+    )
+    aggregator = AllowedAggregator(writer, clock=clock.now)
+
+    def inspect(host: str) -> bool:
+        from schoolgate.proxy.search import is_search_engine
+
+        return is_search_engine(host)
+
+    def close_connection(conn_id: str) -> bool:
+        """Close a client connection (and its server side) by mitmproxy's connection id."""
+        handler = addons.get("proxyserver").connections.get(conn_id)
+        transport = handler.transports.get(handler.client) if handler is not None else None
+        if transport is None or transport.handler is None:
+            return False
+        transport.handler.cancel("the school's policy no longer allows this connection")
+        return True
+
+    def explain(decision: Decision, now: datetime) -> str:
+        from schoolgate.policy.explain import explain_text
+
+        policy = holder.policy
+        return explain_text(decision, policy, now) if policy is not None else decision.reason
+
+    services = Services(
+        decide=feed.decide,
+        identify=identity.resolve,
+        book=book,
+        now=clock.now,
+        site=site,
+        submit_full=writer.submit,
+        submit_allowed=aggregator.submit,
+        inspect=inspect if pconf.inspect_search_engines else None,
+        close=close_connection,
+        explain=explain,
+        policy_version=lambda: (holder.generation, feed.overlay_generation),
+    )
+
+    opts: Any = mitm_options.Options()  # mitmproxy's option and addon APIs are untyped
+    master = mitm_master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=False)
+    addons: Any = master.addons
+    addons.add(core.Core())
+    addons.add(*build_addons(services))
+    addons.add(
+        block.Block(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),  # type: ignore[no-untyped-call]
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+    )
+    updates: dict[str, Any] = {
+        "mode": [spec],
+        "connection_strategy": "lazy",  # never dial a server before the verdict
+        "block_global": False,  # school LANs may use public addresses
+        "confdir": str(ca_dir),
+        "schoolgate_school_name": config.site.name,
+        "schoolgate_console_url": config.console.base_url,
+    }
+    if pconf.upstream_ca_file:
+        updates["ssl_verify_upstream_trusted_ca"] = pconf.upstream_ca_file
+    opts.update(**updates)
+
+    writer.start()
+    aggregator.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, master.shutdown)
+
+    async def tick_loop() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(feed.tick)
+                await asyncio.to_thread(register_reloader.poll)
+                if neighbours is not None:
+                    # Keep the MAC map current, so a new device's first connection is named.
+                    await asyncio.to_thread(neighbours.refresh)
+            except Exception:  # the database may be briefly locked or gone; keep filtering
+                log.exception("policy/register refresh failed; keeping the current ones")
+            try:
+                write_json_atomic(stats_path, {"updated": clock.now().isoformat(), **snapshot()})
+            except OSError as err:
+                log.warning("cannot write %s: %s", stats_path, err)
+            await asyncio.sleep(1.0)
+
+    async def learn_loop() -> None:
+        while True:
+            names = watched_names(holder.policy, list(pconf.watched_names))
+            try:
+                learnt = await learner.refresh(names)
+                log.debug("address book: %d addresses from %d names", learnt, len(names))
+            except Exception:
+                log.exception("address refresh failed")
+            await asyncio.sleep(max(5.0, float(pconf.address_refresh_s)))
+
+    async def announce() -> None:
+        ps = addons.get("proxyserver")
+        while not ps.listen_addrs():
+            await asyncio.sleep(0.05)
+        log.info("schoolgate proxy listening on %s (%s)", ps.listen_addrs(), spec)
+        if ready is not None:
+            ready()
+
+    tasks = [
+        asyncio.create_task(tick_loop(), name="proxy-tick"),
+        asyncio.create_task(learn_loop(), name="proxy-learn"),
+        asyncio.create_task(announce(), name="proxy-announce"),
+    ]
+    try:
+        await master.run()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        aggregator.stop()
+        writer.stop()
+        with contextlib.suppress(OSError):
+            write_json_atomic(stats_path, {"updated": clock.now().isoformat(), "stopped": True, **snapshot()})
+        engine.dispose()
+    return 0

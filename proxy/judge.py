@@ -1,0 +1,161 @@
+"""What the proxy does with one connection or request: the policy's verdict, plus the address check.
+
+Pure: it is given the policy's decide function, the client, the name (TLS SNI or HTTP Host),
+the address the client dialled and the address book; it returns a Judgement. The addons
+turn that into mitmproxy actions; the tests call it directly.
+
+The rules, in order:
+1. No name at all (a ClientHello without SNI): refused. Browsers always send SNI; a client
+   that hides the name from a watched address is getting round the filter. If the address is
+   known to be watched the event is flagged `circumvention` (`no_sni`).
+2. The name's own decision, if it blocks.
+3. Fronting: the name is allowed and names no catalogued service, but the dialled address
+   belongs to a watched service whose decision for this client blocks. Blocked with that
+   service's decision, flagged `circumvention` (`fronting`).
+4. Otherwise the name's decision (allowed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+from schoolgate.policy.types import Client, Decision, Target, Verdict
+from schoolgate.proxy.addresses import AddressBook
+
+Decide = Callable[[Client, Target, datetime], Decision]
+
+FLAG_CIRCUMVENTION = "circumvention"
+FLAG_FRONTING = "fronting"
+FLAG_NO_SNI = "no_sni"
+
+NO_SNI_RULE = "proxy.no-sni"
+NO_SNI_CLAUSE = "Online safety policy §9: attempts to circumvent the network's filtering"
+NO_SNI_REASON = "The connection hid which site it was for, so it was refused."
+FRONTING_REASON = "The connection named one site but was sent to {service}, which is blocked."
+
+
+class Action(StrEnum):
+    PASS = "pass"  # noqa: S105 (not a password)  # TLS: passthrough without decryption; HTTP: forward
+    KILL = "kill"  # close the connection; no decryption, no server connection
+    BLOCK_PAGE = "block_page"  # HTTP 403 with the school's block page (TLS: intercepted first)
+    INSPECT = "inspect"  # allowed, but decrypted to record search terms (devices that trust the CA)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    decision: Decision
+    target: Target  # what the client asked for (the SNI or Host, and the URL if visible)
+    action: Action
+    fronted_host: str | None = None  # the watched name the dialled address belongs to
+
+    @property
+    def blocked(self) -> bool:
+        return self.decision.verdict is Verdict.BLOCK
+
+
+def _within(name: str, domain: str) -> bool:
+    """`name` is `domain` or one of its subdomains (never the other way: an SNI of "com" is
+    not Facebook's, though "www.facebook.com" ends with it)."""
+    return name == domain or name.endswith("." + domain)
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def decide_name(
+    decide: Decide,
+    client: Client,
+    target: Target,
+    *,
+    dialled_ip: str | None,
+    book: AddressBook,
+    now: datetime,
+) -> tuple[Decision, str | None]:
+    """The decision for `target` sent to `dialled_ip` (rules 1-4 above) and the fronted name."""
+    host = target.host
+    if not host:
+        names = book.hosts_for(dialled_ip) if dialled_ip else []
+        watched = bool(names) or (dialled_ip is not None and book.is_watched(dialled_ip))
+        # Ask the policy about the services behind the address (or the bare address) so the
+        # event carries the client's effective role and, where known, the blocked service.
+        decisions = [decide(client, Target(host=name), now) for name in names]
+        blocked = [d for d in decisions if d.blocked]
+        base = (blocked or decisions or [decide(client, Target(host=dialled_ip or "unknown"), now)])[0]
+        watched_host = names[decisions.index(base)] if base in decisions else None
+        flags = {FLAG_NO_SNI, FLAG_CIRCUMVENTION} if watched else {FLAG_NO_SNI}
+        refused = replace(
+            base,
+            verdict=Verdict.BLOCK,
+            rule_id=base.rule_id if base.blocked else NO_SNI_RULE,
+            clause=base.clause if base.blocked else NO_SNI_CLAUSE,
+            reason=NO_SNI_REASON,
+            rewrite_to=None,
+            exception_id=None,
+            flags=base.flags | frozenset(flags),
+        )
+        return refused, watched_host
+    decision = decide(client, target, now)
+    if decision.blocked or dialled_ip is None:
+        return decision, None
+    behind_names = book.hosts_for(dialled_ip)
+    if not behind_names or any(_within(host, name) for name in behind_names):
+        return decision, None
+    if decision.service is not None and not _is_ip_literal(host):
+        # The name is itself a catalogued service: one operator's services share addresses.
+        return decision, None
+    for name in behind_names:
+        behind = decide(client, Target(host=name), now)
+        if behind.blocked:
+            fronted = replace(
+                behind,
+                reason=FRONTING_REASON.format(service=behind.service_name or name),
+                flags=behind.flags | {FLAG_CIRCUMVENTION, FLAG_FRONTING},
+            )
+            return fronted, name
+    return decision, None
+
+
+def judge_tls(
+    decide: Decide,
+    client: Client,
+    sni: str | None,
+    *,
+    dialled_ip: str | None,
+    book: AddressBook,
+    now: datetime,
+    inspect: Callable[[str], bool] | None = None,
+) -> Judgement:
+    """A TLS ClientHello: pass it through, kill it, or intercept it to show the block page."""
+    target = Target(host=(sni or "").lower().rstrip("."))
+    decision, fronted = decide_name(decide, client, target, dialled_ip=dialled_ip, book=book, now=now)
+    if decision.blocked:
+        action = Action.BLOCK_PAGE if client.trusts_school_ca and target.host else Action.KILL
+    elif client.trusts_school_ca and inspect is not None and inspect(target.host):
+        action = Action.INSPECT
+    else:
+        action = Action.PASS
+    return Judgement(decision, target, action, fronted)
+
+
+def judge_http(
+    decide: Decide,
+    client: Client,
+    request: Target,
+    *,
+    dialled_ip: str | None,
+    book: AddressBook,
+    now: datetime,
+) -> Judgement:
+    """A plain HTTP request (Host and URL): forward it, or answer with the block page."""
+    target = Target(host=request.host.lower().rstrip("."), url=request.url)
+    decision, fronted = decide_name(decide, client, target, dialled_ip=dialled_ip, book=book, now=now)
+    return Judgement(decision, target, Action.BLOCK_PAGE if decision.blocked else Action.PASS, fronted)

@@ -1,0 +1,487 @@
+"""The addons, driven through mitmproxy's own test master (taddons) with tflow connections,
+real TLS ClientHello bytes from Python's ssl module, the real policy and real SQLite events."""
+
+from __future__ import annotations
+
+import html
+import ssl
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from mitmproxy import connection, http, tls
+from mitmproxy.exceptions import OptionsError
+from mitmproxy.proxy import context, server_hooks
+from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.proxy.layers.tls import TlsClienthelloHook, parse_client_hello
+from mitmproxy.test import taddons, tflow
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from schoolgate.policy.types import Client, Role
+from schoolgate.proxy.addons import REFUSED, HttpGate, Rejudge, Services, build_addons
+from schoolgate.proxy.search import is_search_engine
+from schoolgate.store.events import EventWriter
+from schoolgate.store.models import AccessEvent
+
+SITE = "testschool"
+PUPIL = Client(
+    ip="10.20.1.5",
+    mac="02:00:00:00:00:05",
+    device_id="LAP-005",
+    device_name="Laptop 5",
+    person_id="p5",
+    person_name="Pupil Five",
+    role=Role.PUPIL,
+    trusts_school_ca=False,
+)
+TRUSTED_PUPIL = Client(
+    ip="10.20.1.6",
+    mac="02:00:00:00:00:06",
+    device_id="LAP-006",
+    device_name="Laptop 6",
+    person_id="p6",
+    person_name="Pupil Six",
+    role=Role.PUPIL,
+    trusts_school_ca=True,
+)
+STAFF = Client(
+    ip="10.20.1.7",
+    mac="02:00:00:00:00:07",
+    device_id="LAP-007",
+    device_name="Staff laptop",
+    person_id="s7",
+    person_name="Staff Seven",
+    role=Role.STAFF,
+    trusts_school_ca=True,
+)
+FACEBOOK_IP = "198.51.100.10"  # learnt as facebook.com's in the `book` fixture
+OTHER_IP = "203.0.113.7"
+
+
+def client_hello_bytes(sni: str | None) -> bytes:
+    """A real ClientHello, as Python's TLS stack sends it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls_obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls_obj.do_handshake()
+    return outgoing.read()
+
+
+def make_client(who: Client, dialled: str, port: int = 443) -> connection.Client:
+    client = tflow.tclient_conn()
+    client.peername = (who.ip, 50123)
+    client.sockname = (dialled, port)
+    client.tls = False
+    client.sni = None
+    return client
+
+
+class Harness:
+    def __init__(self, tctx: Any, services: Services) -> None:
+        self.tctx = tctx
+        self.services = services
+
+    def trigger(self, hook: Any) -> None:
+        self.tctx.master.event_loop.run_until_complete(self.tctx.master.addons.trigger_event(hook))
+
+    def connect(self, who: Client, dialled: str, port: int = 443) -> context.Context:
+        client = make_client(who, dialled, port)
+        self.trigger(server_hooks.ClientConnectedHook(client))
+        ctx = context.Context(client, self.tctx.options)
+        ctx.server.address = (dialled, port)  # transparent mode: the original destination
+        return ctx
+
+    def hello(self, ctx: context.Context, sni: str | None) -> tls.ClientHelloData:
+        parsed = parse_client_hello(client_hello_bytes(sni))
+        assert parsed is not None
+        data = tls.ClientHelloData(ctx, parsed)
+        self.trigger(TlsClienthelloHook(data))
+        return data
+
+    def server_connect(self, ctx: context.Context) -> connection.Server:
+        server = connection.Server(address=ctx.server.address)
+        data = server_hooks.ServerConnectionHookData(server=server, client=ctx.client)
+        self.trigger(server_hooks.ServerConnectHook(data))
+        return server
+
+    def request(self, ctx: context.Context, url: str, host_header: str | None = None) -> http.HTTPFlow:
+        flow = tflow.tflow(client_conn=ctx.client)
+        flow.server_conn.address = ctx.server.address
+        flow.request = http.Request.make("GET", url)
+        if host_header is not None:
+            flow.request.headers["Host"] = host_header
+        self.trigger(HttpRequestHook(flow))
+        return flow
+
+    def disconnect(self, ctx: context.Context) -> None:
+        self.trigger(server_hooks.ClientDisconnectedHook(ctx.client))
+
+
+@pytest.fixture
+def known_clients() -> dict[str, Client]:
+    return {c.ip: c for c in (PUPIL, TRUSTED_PUPIL, STAFF)}
+
+
+@pytest.fixture
+def harness(services: Services) -> Any:
+    with taddons.context(*build_addons(services)) as tctx:
+        tctx.options.update(schoolgate_school_name="Test Primary", schoolgate_console_url="https://console.test:8443")
+        yield Harness(tctx, services)
+
+
+def events(sessions: sessionmaker[Session], writer: EventWriter) -> list[AccessEvent]:
+    assert writer.flush()
+    with sessions() as session:
+        return list(session.scalars(select(AccessEvent).order_by(AccessEvent.id)))
+
+
+# --------------------------------------------------------------------------------------- TLS
+
+
+def test_allowed_sni_is_passed_through_without_decryption(harness: Harness, services: Services) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP)
+    data = harness.hello(ctx, "www.example.org")
+    assert data.ignore_connection is True
+    server = harness.server_connect(ctx)
+    assert server.error is None
+    assert services.counters.passed_through == 1
+    assert services.counters.killed == services.counters.intercepted == 0
+
+
+def test_blocked_sni_from_untrusted_device_is_killed(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    data = harness.hello(ctx, "www.facebook.com")
+    # Not decrypted (no certificate is ever shown) and the passthrough's server connection refused:
+    assert data.ignore_connection is True
+    server = harness.server_connect(ctx)
+    assert server.error == REFUSED
+    assert services.counters.killed == 1
+    assert services.counters.upstream_refused == 1
+    harness.disconnect(ctx)
+    (event,) = events(sessions, writer)
+    assert (event.verdict, event.rule_id, event.host, event.service) == (
+        "block",
+        "social-media",
+        "www.facebook.com",
+        "facebook",
+    )
+    assert (event.client_ip, event.mac, event.device_id, event.device_name) == (
+        PUPIL.ip,
+        PUPIL.mac,
+        PUPIL.device_id,
+        PUPIL.device_name,
+    )
+    assert (event.person_id, event.person_name, event.role, event.source, event.site) == (
+        PUPIL.person_id,
+        PUPIL.person_name,
+        "pupil",
+        "proxy",
+        SITE,
+    )
+    assert event.clause == "Social Media Policy §9"
+    assert event.url is None
+
+
+def test_blocked_sni_from_trusting_device_is_intercepted_and_answered(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(TRUSTED_PUPIL, FACEBOOK_IP)
+    data = harness.hello(ctx, "www.facebook.com")
+    assert data.ignore_connection is False  # mitmproxy will terminate TLS with the school CA
+    ctx.client.tls = True
+    ctx.client.sni = "www.facebook.com"
+    flow = harness.request(ctx, "https://www.facebook.com/groups/some?q=1")
+    assert flow.response is not None and flow.response.status_code == 403
+    page = flow.response.get_text()
+    assert page is not None
+    assert "www.facebook.com is blocked at Test Primary" in page or "Facebook is blocked at Test Primary" in page
+    assert "Social Media Policy §9" in page
+    assert "filtered and monitored" in page
+    assert "https://console.test:8443/request?url=https%3A%2F%2Fwww.facebook.com%2Fgroups%2Fsome%3Fq%3D1" in (
+        html.unescape(page)
+    )
+    assert "device=LAP-006" in page
+    assert flow.response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    # No server is dialled for an answered request; any attempt would be refused.
+    assert harness.server_connect(ctx).error == REFUSED
+    assert services.counters.intercepted == 1
+    assert services.counters.block_pages_served == 1
+    (event,) = events(sessions, writer)
+    assert event.url == "https://www.facebook.com/groups/some?q=1"
+    assert event.verdict == "block"
+
+
+def test_intercepted_connection_without_request_is_still_logged(
+    harness: Harness, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(TRUSTED_PUPIL, FACEBOOK_IP)
+    harness.hello(ctx, "www.facebook.com")
+    ctx.client.tls = True
+    harness.disconnect(ctx)
+    (event,) = events(sessions, writer)
+    assert (event.host, event.verdict, event.url) == ("www.facebook.com", "block", None)
+
+
+def test_staff_allowed_service_passes(harness: Harness, services: Services) -> None:
+    ctx = harness.connect(STAFF, OTHER_IP)
+    data = harness.hello(ctx, "web.whatsapp.com")
+    assert data.ignore_connection is True
+    assert harness.server_connect(ctx).error is None
+
+
+# ---------------------------------------------------------------------------------- fronting
+
+
+def test_innocent_sni_to_a_watched_address_is_fronting(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    data = harness.hello(ctx, "innocent.example.org")
+    assert data.ignore_connection is True
+    assert harness.server_connect(ctx).error == REFUSED
+    assert services.counters.fronting_blocked == 1
+    (event,) = events(sessions, writer)
+    assert event.host == "innocent.example.org"
+    assert event.verdict == "block"
+    assert event.service == "facebook"
+    assert set(event.flags.split(",")) == {"circumvention", "fronting"}
+
+
+def test_innocent_sni_to_an_ordinary_address_passes(harness: Harness) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP)
+    data = harness.hello(ctx, "innocent.example.org")
+    assert data.ignore_connection is True
+    assert harness.server_connect(ctx).error is None
+
+
+def test_catalogued_service_sharing_an_operators_address_is_not_fronting(harness: Harness) -> None:
+    # Meta serves WhatsApp from the same edges as Facebook: staff may use WhatsApp.
+    ctx = harness.connect(STAFF, FACEBOOK_IP)
+    data = harness.hello(ctx, "web.whatsapp.com")
+    assert data.ignore_connection is True
+    assert harness.server_connect(ctx).error is None
+
+
+def test_no_sni_to_a_watched_address_is_refused_and_flagged(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(TRUSTED_PUPIL, FACEBOOK_IP)
+    data = harness.hello(ctx, None)
+    assert data.ignore_connection is True  # no name to mint a certificate for: killed, not intercepted
+    assert harness.server_connect(ctx).error == REFUSED
+    assert services.counters.no_sni_blocked == 1
+    (event,) = events(sessions, writer)
+    assert event.verdict == "block"
+    assert {"circumvention", "no_sni"} <= set(event.flags.split(","))
+
+
+def test_ipv6_dialled_address_is_judged_too(harness: Harness) -> None:
+    ctx = harness.connect(PUPIL, "2001:db8::10")
+    harness.hello(ctx, "innocent.example.org")
+    assert harness.server_connect(ctx).error == REFUSED
+
+
+# -------------------------------------------------------------------------------------- HTTP
+
+
+XSS = "/<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+
+
+def test_blocked_http_host_gets_the_escaped_block_page(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP, 80)
+    flow = harness.request(ctx, "http://www.facebook.com" + XSS.replace(" ", "%20"))
+    assert flow.response is not None and flow.response.status_code == 403
+    page = flow.response.get_text()
+    assert page is not None
+    assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(2)&gt;", "")
+    assert "&lt;script&gt;" in page
+    assert "<img" not in page
+    link = html.unescape(page.split('class="button" href="', 1)[1].split('"', 1)[0])
+    assert link.startswith("https://console.test:8443/request?url=http%3A%2F%2Fwww.facebook.com%2F%3Cscript%3E")
+    assert "&device=LAP-005&at=2026-11-18T11%3A00%3A00%2B00%3A00&rule=social-media" in link
+    assert services.counters.block_pages_served == 1
+    (event,) = events(sessions, writer)
+    assert event.url is not None and event.url.startswith("http://www.facebook.com/<script>")
+
+
+def test_allowed_http_is_forwarded_and_logged_by_domain(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP, 80)
+    flow = harness.request(ctx, "http://www.example.org/private/page?token=1")
+    assert flow.response is None
+    assert harness.server_connect(ctx).error is None
+    assert services.counters.http_forwarded == 1
+    (event,) = events(sessions, writer)
+    assert (event.host, event.verdict, event.url) == ("www.example.org", "allow", None)
+
+
+def test_http_fronting_by_host_header(harness: Harness, services: Services) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP, 80)
+    flow = harness.request(ctx, f"http://{FACEBOOK_IP}/", host_header="innocent.example.org")
+    assert flow.response is not None and flow.response.status_code == 403
+    assert services.counters.fronting_blocked == 1
+
+
+def test_search_terms_are_captured_and_logged_in_full(
+    harness: Harness, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP, 80)
+    harness.request(ctx, "http://www.bing.com/search?q=how+to+get+round+the+filter&form=QBLH")
+    ctx2 = harness.connect(TRUSTED_PUPIL, FACEBOOK_IP)
+    harness.hello(ctx2, "www.facebook.com")
+    ctx2.client.tls = True
+    harness.request(ctx2, "https://www.facebook.com/search/top?q=%3Cb%3Ebold%3C%2Fb%3E")
+    bing, facebook = events(sessions, writer)
+    assert (bing.verdict, bing.search_term) == ("allow", "how to get round the filter")
+    assert facebook.search_term is None  # facebook's own search is not a search engine's
+    ctx3 = harness.connect(PUPIL, OTHER_IP, 80)
+    harness.request(ctx3, "http://www.youtube.com/results?search_query=minecraft+%3Cscript%3E")
+    *_, youtube = events(sessions, writer)
+    assert youtube.search_term == "minecraft <script>"  # stored as text; never rendered as HTML
+
+
+def test_unjudged_server_connections_fail_closed(harness: Harness) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP)
+    assert harness.server_connect(ctx).error == REFUSED  # e.g. a protocol that is neither
+
+
+def test_options_are_checked_in_configure(services: Services) -> None:
+    gate = HttpGate(services)
+    with taddons.context(gate) as tctx:
+        with pytest.raises(OptionsError):
+            tctx.configure(gate, schoolgate_console_url="javascript:alert(1)")
+        with pytest.raises(OptionsError):
+            tctx.configure(gate, schoolgate_school_name="  ")
+        tctx.configure(gate, schoolgate_console_url="https://schoolgate.lan:8443")
+
+
+# --------------------------------------------------------------------- verdicts that expire
+
+
+def test_passthrough_is_closed_when_its_verdict_expires(
+    harness: Harness, services: Services, clock: Any, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    closed: list[str] = []
+    services.close = lambda conn_id: closed.append(conn_id) is None
+    clock.instant = datetime(2026, 11, 18, 12, 59, 30, tzinfo=UTC)  # lunch: YouTube allowed
+    ctx = harness.connect(PUPIL, OTHER_IP)
+    staff_ctx = harness.connect(STAFF, OTHER_IP)
+    assert harness.hello(ctx, "www.youtube.com").ignore_connection
+    harness.hello(staff_ctx, "www.youtube.com")
+    rejudge = Rejudge(services)
+    assert rejudge.sweep() == 0  # still lunch
+    clock.instant = datetime(2026, 11, 18, 13, 0, 1, tzinfo=UTC)
+    assert rejudge.sweep() == 1
+    assert closed == [ctx.client.id]  # the pupil's stream ends; staff carry on
+    assert services.counters.passthroughs_closed == 1
+    assert rejudge.sweep() == 0  # judged once
+    youtube = [e for e in events(sessions, writer) if e.verdict == "block"]
+    assert [(e.host, e.rule_id, e.client_ip) for e in youtube] == [("www.youtube.com", "pupils-video", PUPIL.ip)]
+
+
+# ---------------------------------------------------------------------- inspecting searches
+
+
+def test_allowed_search_engine_is_inspected_on_trusting_devices(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    services.inspect = is_search_engine
+    ctx = harness.connect(TRUSTED_PUPIL, OTHER_IP)
+    assert harness.hello(ctx, "www.bing.com").ignore_connection is False  # decrypted
+    ctx.client.tls = True
+    flow = harness.request(ctx, "https://www.bing.com/search?q=am+i+safe")
+    assert flow.response is None  # forwarded to the real server
+    assert harness.server_connect(ctx).error is None
+    untrusted = harness.connect(PUPIL, OTHER_IP)
+    assert harness.hello(untrusted, "www.bing.com").ignore_connection is True  # never for other devices
+    assert services.counters.inspected == 1
+    fronted = harness.request(ctx, "https://www.bing.com/", host_header="www.facebook.com")
+    assert fronted.response is not None and fronted.response.status_code == 403  # a blocked Host inside
+    assert harness.server_connect(ctx).error == REFUSED
+    (search,) = [e for e in events(sessions, writer) if e.search_term]
+    assert (search.verdict, search.search_term, search.url) == (
+        "allow",
+        "am i safe",
+        "https://www.bing.com/search?q=am+i+safe",
+    )
+
+
+def test_fronting_through_an_address_shared_with_an_allowed_service(harness: Harness, services: Services) -> None:
+    # Staff may use WhatsApp but not Facebook; the edge serves both. The last name learnt for
+    # the address is WhatsApp's, yet an innocent SNI sent there is still fronting.
+    services.book.learn("whatsapp.com", [FACEBOOK_IP], 3600)
+    ctx = harness.connect(STAFF, FACEBOOK_IP)
+    harness.hello(ctx, "innocent.example.org")
+    assert harness.server_connect(ctx).error == REFUSED
+    assert services.counters.fronting_blocked == 1
+
+
+def test_block_page_says_when_the_verdict_changes(harness: Harness) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP, 80)
+    flow = harness.request(ctx, "http://www.youtube.com/watch?v=abc")  # 11:00: video is for lunchtime
+    assert flow.response is not None
+    page = flow.response.get_text() or ""
+    assert "Blocked: video sites are for lunchtime only (Acceptable Use Policy §4). YouTube. Changes at 12:00." in page
+
+
+def test_a_failing_policy_fails_closed(harness: Harness, services: Services) -> None:
+    def broken(*_: object) -> Any:
+        raise RuntimeError("policy engine bug")
+
+    services.decide = broken
+    ctx = harness.connect(TRUSTED_PUPIL, OTHER_IP)
+    data = harness.hello(ctx, "www.example.org")
+    assert data.ignore_connection is True  # never decrypted
+    assert harness.server_connect(ctx).error == REFUSED
+    plain = harness.connect(PUPIL, OTHER_IP, 80)
+    flow = harness.request(plain, "http://www.example.org/")
+    assert flow.response is not None and flow.response.status_code == 503
+    assert harness.server_connect(plain).error == REFUSED
+    assert services.counters.judge_errors == 2
+
+
+@pytest.mark.parametrize("sni", ["com", "facebook.com.evil.example", "book.com", "example"])
+def test_names_that_merely_overlap_a_watched_name_are_fronting(
+    harness: Harness, services: Services, sni: str
+) -> None:
+    services.book.learn("www.facebook.com", [FACEBOOK_IP], 3600)
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    harness.hello(ctx, sni)
+    assert harness.server_connect(ctx).error == REFUSED
+
+
+def test_a_policy_change_rejudges_open_passthroughs_but_not_plain_http(
+    harness: Harness, services: Services, policy: Any
+) -> None:
+    from schoolgate.policy.engine import decide
+
+    closed: list[str] = []
+    services.close = lambda conn_id: closed.append(conn_id) is None
+    version = [1]
+    services.policy_version = lambda: version[0]
+    current = [policy]
+    services.decide = lambda client, target, now: decide(current[0], client, target, now)
+    tls_ctx = harness.connect(STAFF, OTHER_IP)
+    harness.hello(tls_ctx, "web.whatsapp.com")  # staff may use WhatsApp (no end time)
+    http_ctx = harness.connect(STAFF, OTHER_IP, 80)
+    harness.request(http_ctx, "http://www.example.org/")
+    rejudge = Rejudge(services)
+    assert rejudge.sweep() == 0
+    # A ban for the staff device arrives through the overlay: the device is now supervised.
+    from schoolgate.policy.types import Ban
+
+    ban = Ban(id=1, device_id=STAFF.device_id, person_id=None, mac=None,
+              starts=datetime(2026, 1, 1, tzinfo=UTC), until=datetime(2027, 1, 1, tzinfo=UTC))
+    current[0] = policy.with_overlay(bans=[ban])
+    assert rejudge.sweep() == 0  # no version change, no valid_until: not re-judged yet
+    version[0] = 2
+    assert rejudge.sweep() == 1
+    assert closed == [tls_ctx.client.id]  # the plain-HTTP connection is judged per request instead
