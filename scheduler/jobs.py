@@ -1,0 +1,325 @@
+"""The scheduler's jobs: plain functions of (config, session_factory, now).
+
+Each job opens its own session (or several, to keep SQLite's write lock short), so tests
+call a job directly with an injected instant and a real database, and the APScheduler
+wiring in `runner` stays a thin layer of triggers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from schoolgate.config import AppConfig
+from schoolgate.services import rollups
+from schoolgate.services.actor import SCHEDULER
+from schoolgate.services.alert_rules import AlertEngine, AlertSettings, ScanResult
+from schoolgate.services.common import audit, bump_overlay
+from schoolgate.services.digest import dispatch_immediate, last_digest_at, send_digest
+from schoolgate.services.mailer import Mailer, SmtpMailer
+from schoolgate.services.policy_exceptions import expire_due
+from schoolgate.services.schooldays import is_school_day
+from schoolgate.store.models import AccessEvent, Alert, EventDaily, EventHourly, Generation
+
+if TYPE_CHECKING:
+    from schoolgate.policy import CompiledPolicy
+
+log = logging.getLogger(__name__)
+LONDON = ZoneInfo("Europe/London")
+SessionFactory = sessionmaker[Session] | Callable[[], Session]
+EXPIRY_MARK = "expiry_checked"  # generations row: when the expiry job last looked
+PURGE_BATCH = 5000
+SCAN_EVENTS_PER_TRANSACTION = 10_000
+MAX_SCAN_ROUNDS = 20  # a backlog beyond 200,000 events is worked off over several runs
+MAX_PURGE_BATCHES = 2000  # at most ten million rows a night; the rest waits for tomorrow
+
+
+def default_mailer(config: AppConfig) -> Mailer | None:
+    """The configured SMTP mailer, or None when no mail server is configured."""
+    return SmtpMailer(config.mail) if config.mail.host else None
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlertsOutcome:
+    scan: ScanResult
+    notified: list[int] = field(default_factory=list)
+    mail_error: str | None = None
+
+
+def alerts_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    engine: AlertEngine | None = None,
+    mailer: Mailer | None = None,
+) -> AlertsOutcome:
+    """Scan new events into cases, then email high-severity cases not yet notified."""
+    engine = engine or AlertEngine(AlertSettings.from_config(config.alerts))
+    site = config.site.id
+    scan = ScanResult()
+    for _ in range(MAX_SCAN_ROUNDS):
+        with session_factory() as session:
+            part = engine.scan(session, site, None, now, max_events=SCAN_EVENTS_PER_TRANSACTION)
+            session.commit()
+        scan.events += part.events
+        scan.cursor = part.cursor
+        scan.opened += part.opened
+        scan.folded += [case for case in part.folded if case not in scan.folded]
+        if part.events < SCAN_EVENTS_PER_TRANSACTION:
+            break
+    outcome = AlertsOutcome(scan=scan)
+    if mailer is None:
+        return outcome
+    with session_factory() as session:
+        try:
+            outcome.notified = dispatch_immediate(
+                session,
+                site=site,
+                site_name=config.site.name,
+                now=now,
+                mailer=mailer,
+                sender=config.mail.sender,
+                base_url=config.console.base_url,
+                severities=config.alerts.immediate_severities,
+                extra_recipients=config.mail.digest_recipients,
+                commit=session.commit,
+            )
+        except Exception as err:  # a mail failure must not stop the scans; it is retried
+            session.rollback()
+            outcome.mail_error = str(err)
+            log.warning("immediate alert email failed (will retry): %s", err)
+    return outcome
+
+
+# -- rollups -----------------------------------------------------------------------------------
+
+
+def rollups_job(config: AppConfig, session_factory: SessionFactory, now: datetime, *, max_batches: int = 20) -> int:
+    """Count new events into the dashboard's rollups, one short transaction per batch."""
+    counted = 0
+    for _ in range(max_batches):
+        with session_factory() as session:
+            before = rollups.read_cursor(session, config.site.id)
+            result = rollups.update_rollups(session, config.site.id, now)
+            session.commit()
+        counted += result.events
+        if result.cursor == before:
+            break
+    return counted
+
+
+# -- digest ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigestOutcome:
+    sent: bool
+    reason: str  # why not, or "sent"
+
+
+def digest_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    mailer: Mailer | None,
+    policy: CompiledPolicy | None = None,
+) -> DigestOutcome:
+    """Send the daily digest if today (Europe/London) is a school day and none went out today."""
+    today = now.astimezone(LONDON).date()
+    if not is_school_day(policy, today):
+        return DigestOutcome(False, f"{today} is not a school day")
+    if mailer is None:
+        return DigestOutcome(False, "no mail server is configured")
+    site = config.site.id
+    rollups_job(config, session_factory, now, max_batches=1000)  # the top lists read the rollups
+    with session_factory() as session:
+        previous = last_digest_at(session, site)
+        if previous is not None and previous.astimezone(LONDON).date() == today:
+            return DigestOutcome(False, "today's digest has already been sent")
+        sent = send_digest(
+            session,
+            site=site,
+            site_name=config.site.name,
+            now=now,
+            mailer=mailer,
+            sender=config.mail.sender,
+            base_url=config.console.base_url,
+            extra_recipients=config.mail.digest_recipients,
+        )
+        if not sent:
+            return DigestOutcome(False, "nobody receives the digest (no DSL with an email address)")
+        session.commit()
+    return DigestOutcome(True, "sent")
+
+
+# -- expiry ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpiryOutcome:
+    exceptions: list[int]
+    bans: list[int]
+    generation: int | None  # the new overlay generation, when something expired
+
+
+def expiry_job(config: AppConfig, session_factory: SessionFactory, now: datetime) -> ExpiryOutcome:
+    """Record exceptions and bans that ended since the last run, and bump the overlay once.
+
+    DNS and the proxy already stop applying them at their end (the decision's valid_until);
+    the bump makes them reload and drop the rows, and the audit log shows when each ended.
+    """
+    site = config.site.id
+    with session_factory() as session:
+        mark = session.get(Generation, (site, EXPIRY_MARK))
+        since = mark.changed_at if mark is not None else now - timedelta(days=1)
+        if since >= now:
+            return ExpiryOutcome([], [], None)
+        exception_ids, ban_ids = expire_due(session, site=site, since=since, now=now)
+        for exception_id in exception_ids:
+            audit(
+                session,
+                site=site,
+                actor=SCHEDULER,
+                action="exception.expire",
+                object_type="exception",
+                object_id=exception_id,
+                detail={},
+                now=now,
+            )
+        for ban_id in ban_ids:
+            audit(
+                session,
+                site=site,
+                actor=SCHEDULER,
+                action="ban.expire",
+                object_type="ban",
+                object_id=ban_id,
+                detail={},
+                now=now,
+            )
+        generation = bump_overlay(session, site=site, now=now) if exception_ids or ban_ids else None
+        if mark is None:
+            session.add(Generation(site=site, name=EXPIRY_MARK, value=1, changed_at=now))
+        else:
+            mark.value += 1
+            mark.changed_at = now
+        session.commit()
+    return ExpiryOutcome(exception_ids, ban_ids, generation)
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetentionOutcome:
+    allowed_deleted: int
+    blocked_deleted: int
+    alerts_deleted: int
+
+
+def _purge(session_factory: SessionFactory, condition_factory: Callable[[], list[ColumnElement[bool]]]) -> int:
+    """Delete matching events in short batches, one transaction each (writers keep flowing)."""
+    deleted = 0
+    for _ in range(MAX_PURGE_BATCHES):
+        with session_factory() as session:
+            ids = select(AccessEvent.id).where(*condition_factory()).limit(PURGE_BATCH).scalar_subquery()
+            result = session.execute(
+                delete(AccessEvent).where(AccessEvent.id.in_(ids)).execution_options(synchronize_session=False)
+            )
+            count = int(getattr(result, "rowcount", 0) or 0)
+            session.commit()
+        deleted += count
+        if count < PURGE_BATCH:
+            break
+    return deleted
+
+
+def retention_job(config: AppConfig, session_factory: SessionFactory, now: datetime) -> RetentionOutcome:
+    """Purge events past their retention (UK GDPR): plain allowed traffic after `allowed_days`,
+    blocked or flagged events after `blocked_days`; resolved alert cases after `alerts_days`."""
+    site = config.site.id
+    retention = config.retention
+    allowed_cutoff = now - timedelta(days=retention.allowed_days)
+    blocked_cutoff = now - timedelta(days=retention.blocked_days)
+    allowed = _purge(
+        session_factory,
+        lambda: [
+            AccessEvent.site == site,
+            AccessEvent.ts < allowed_cutoff,
+            AccessEvent.verdict != "block",
+            AccessEvent.flags == "",
+        ],
+    )
+    blocked = _purge(
+        session_factory,
+        lambda: [
+            AccessEvent.site == site,
+            AccessEvent.ts < blocked_cutoff,
+            or_(AccessEvent.verdict == "block", AccessEvent.flags != ""),
+        ],
+    )
+    alerts_cutoff = now - timedelta(days=retention.alerts_days)
+    with session_factory() as session:
+        # The rollups name devices too: they go when the longest-kept events go.
+        keep = max(retention.allowed_days, retention.blocked_days)
+        session.execute(
+            delete(EventHourly).where(EventHourly.site == site, EventHourly.hour < now - timedelta(days=keep))
+        )
+        oldest_day = (now - timedelta(days=keep)).astimezone(LONDON).date()
+        session.execute(delete(EventDaily).where(EventDaily.site == site, EventDaily.day < oldest_day))
+        old_alerts = session.scalars(
+            select(Alert).where(Alert.site == site, Alert.status == "resolved", Alert.updated_at < alerts_cutoff)
+        ).all()
+        for alert in old_alerts:
+            session.delete(alert)
+        if allowed or blocked or old_alerts:
+            audit(
+                session,
+                site=site,
+                actor=SCHEDULER,
+                action="retention.purge",
+                object_type="events",
+                object_id=site,
+                detail={
+                    "allowed_events": allowed,
+                    "blocked_events": blocked,
+                    "alert_cases": len(old_alerts),
+                    "allowed_before": allowed_cutoff.isoformat(),
+                    "blocked_before": blocked_cutoff.isoformat(),
+                },
+                now=now,
+            )
+        session.commit()
+    return RetentionOutcome(allowed, blocked, len(old_alerts))
+
+
+# -- heartbeat ---------------------------------------------------------------------------------
+
+
+def heartbeat_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    pid: int,
+    started_at: datetime,
+    stats: dict[str, object],
+) -> None:
+    from schoolgate.store.events import write_status
+
+    with session_factory() as session:
+        write_status(session, config.site.id, "scheduler", pid, started_at, {**stats, "at": now.isoformat()})
+        session.commit()

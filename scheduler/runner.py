@@ -1,0 +1,227 @@
+"""APScheduler wiring: which job runs when, in Europe/London time, until SIGTERM.
+
+The jobs themselves live in `jobs` and take the instant as an argument; here each trigger
+reads the clock (schoolgate.clock, so the lab can move time) and calls its job. A job that
+fails is logged and counted in the heartbeat; the scheduler carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime, time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from schoolgate.clock import Clock
+from schoolgate.config import AppConfig
+from schoolgate.scheduler import jobs
+from schoolgate.services.alert_rules import AlertEngine, AlertSettings
+from schoolgate.services.mailer import Mailer
+
+if TYPE_CHECKING:
+    from schoolgate.policy import CompiledPolicy
+
+log = logging.getLogger(__name__)
+LONDON = ZoneInfo("Europe/London")
+RETENTION_TIME = time(2, 30)  # nightly, when nobody is at school
+HEARTBEAT_SECONDS = 30
+EXPIRY_SECONDS = 30
+ROLLUP_SECONDS = 30
+
+
+def digest_trigger(at: str) -> CronTrigger:
+    """School-day mornings at `at` (HH:MM, Europe/London); the job skips holidays and INSET days."""
+    try:
+        when = time.fromisoformat(at)
+    except ValueError as err:
+        raise ValueError(f"[mail] digest_time: expected a time like 07:30, got {at!r}") from err
+    return CronTrigger(day_of_week="mon-fri", hour=when.hour, minute=when.minute, timezone=LONDON)
+
+
+def retention_trigger() -> CronTrigger:
+    return CronTrigger(hour=RETENTION_TIME.hour, minute=RETENTION_TIME.minute, timezone=LONDON)
+
+
+class PolicyCache:
+    """The compiled policy for the school-day calendar; reloaded when the file changes.
+
+    A policy that fails to load keeps the last good one (and is logged); with none at all
+    the digest falls back to weekdays.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime: int | None = None
+        self._policy: CompiledPolicy | None = None
+
+    def get(self) -> CompiledPolicy | None:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError as err:
+            log.error("cannot read the policy file %s: %s", self.path, err)
+            return self._policy
+        if mtime != self._mtime:
+            from schoolgate.policy import load_policy
+
+            try:
+                self._policy = load_policy(self.path)
+            except Exception as err:  # keep the last good policy whatever went wrong
+                log.error("cannot load the policy %s (keeping the last good one): %s", self.path, err)
+            self._mtime = mtime
+        return self._policy
+
+
+class SchedulerService:
+    """Owns the APScheduler instance and the state the jobs share (engine, mailer, counters)."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        session_factory: jobs.SessionFactory,
+        clock: Clock,
+        *,
+        mailer: Mailer | None = None,
+        policy: Callable[[], CompiledPolicy | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.session_factory = session_factory
+        self.clock = clock
+        self.mailer = mailer if mailer is not None else jobs.default_mailer(config)
+        self.policy = policy or PolicyCache(config.policy).get
+        self.engine = AlertEngine(AlertSettings.from_config(config.alerts))
+        self.started_at = clock.now()
+        self.stats: dict[str, Any] = {"runs": {}, "failures": {}, "last_error": ""}
+        self.scheduler = BackgroundScheduler(timezone=LONDON)
+        self._stop = threading.Event()
+        self._add_jobs()
+
+    def _add_jobs(self) -> None:
+        config = self.config
+        add = self.scheduler.add_job
+        common = {"coalesce": True, "max_instances": 1}
+        add(
+            self._guard("alerts", self.run_alerts),
+            IntervalTrigger(seconds=config.alerts.scan_interval_seconds),
+            id="alerts",
+            misfire_grace_time=60,
+            **common,
+        )
+        add(
+            self._guard("rollups", self.run_rollups),
+            IntervalTrigger(seconds=ROLLUP_SECONDS),
+            id="rollups",
+            misfire_grace_time=60,
+            **common,
+        )
+        add(
+            self._guard("expiry", self.run_expiry),
+            IntervalTrigger(seconds=EXPIRY_SECONDS),
+            id="expiry",
+            misfire_grace_time=60,
+            **common,
+        )
+        add(
+            self._guard("heartbeat", self.run_heartbeat),
+            IntervalTrigger(seconds=HEARTBEAT_SECONDS),
+            id="heartbeat",
+            misfire_grace_time=60,
+            **common,
+        )
+        # A digest late by up to two hours (appliance rebooting at 07:30) is still worth sending.
+        add(
+            self._guard("digest", self.run_digest),
+            digest_trigger(config.mail.digest_time),
+            id="digest",
+            misfire_grace_time=7200,
+            **common,
+        )
+        add(
+            self._guard("retention", self.run_retention),
+            retention_trigger(),
+            id="retention",
+            misfire_grace_time=6 * 3600,
+            **common,
+        )
+
+    def _guard(self, name: str, job: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                job()
+            except Exception as err:
+                log.exception("scheduler job %s failed", name)
+                failures = self.stats["failures"]
+                failures[name] = failures.get(name, 0) + 1
+                self.stats["last_error"] = f"{name}: {err}"[:500]
+            else:
+                runs = self.stats["runs"]
+                runs[name] = runs.get(name, 0) + 1
+
+        return run
+
+    # Each run_* reads the clock once and hands the instant to its job.
+    def run_alerts(self) -> jobs.AlertsOutcome:
+        return jobs.alerts_job(
+            self.config, self.session_factory, self.clock.now(), engine=self.engine, mailer=self.mailer
+        )
+
+    def run_rollups(self) -> int:
+        return jobs.rollups_job(self.config, self.session_factory, self.clock.now())
+
+    def run_expiry(self) -> jobs.ExpiryOutcome:
+        return jobs.expiry_job(self.config, self.session_factory, self.clock.now())
+
+    def run_digest(self) -> jobs.DigestOutcome:
+        outcome = jobs.digest_job(
+            self.config, self.session_factory, self.clock.now(), mailer=self.mailer, policy=self.policy()
+        )
+        log.info("digest: %s", outcome.reason)
+        return outcome
+
+    def run_retention(self) -> jobs.RetentionOutcome:
+        return jobs.retention_job(self.config, self.session_factory, self.clock.now())
+
+    def run_heartbeat(self) -> None:
+        jobs.heartbeat_job(
+            self.config,
+            self.session_factory,
+            self.clock.now(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            stats=self.stats,
+        )
+
+    def next_fire_time(self, job_id: str) -> datetime | None:
+        job = self.scheduler.get_job(job_id)
+        return getattr(job, "next_run_time", None) if job is not None else None
+
+    def run_forever(self) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop cleanly (running jobs finish)."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping the scheduler", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.scheduler.start()
+        log.info("scheduler started for site %s", self.config.site.id)
+        self._guard("heartbeat", self.run_heartbeat)()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.scheduler.shutdown(wait=True)
+            log.info("scheduler stopped")
+
+    def stop(self) -> None:
+        self._stop.set()

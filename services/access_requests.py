@@ -1,0 +1,586 @@
+"""Blocked content access requests (seed 001 appendix A), from the form to an exception.
+
+The journey: someone submits the form (from the block page, prefilled with the URL, device and
+time, or a member of staff in the console) -> an ICT technician triages it (checks the site,
+adds risks and control measures, proposes the scope and dates) and forwards it -> the
+headteacher approves or declines with reasons and a signature. Approval creates a
+time-limited exception that DNS and the proxy pick up at their next generation poll.
+
+Services flush but never commit: the caller (a console request, a scheduler job) owns the
+transaction, so a refusal part-way leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from schoolgate.policy.types import Client, ExceptionScope, Role
+from schoolgate.services.actor import BLOCK_PAGE, HEADTEACHER, TECHNICIAN, Actor, Signature
+from schoolgate.services.common import (
+    Page,
+    audit,
+    bump_overlay,
+    clean_text,
+    normalise_host,
+    parse_url,
+)
+from schoolgate.services.errors import (
+    Forbidden,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    RateLimited,
+)
+from schoolgate.services.policy_gate import refuse_if_locked
+from schoolgate.store.models import AccessRequest, PolicyExceptionRow
+
+if TYPE_CHECKING:
+    from schoolgate.policy import CompiledPolicy as Policy
+
+# Statuses. "forwarded" means triaged by a technician and awaiting the headteacher.
+SUBMITTED = "submitted"
+FORWARDED = "forwarded"
+APPROVED = "approved"
+DECLINED = "declined"
+WITHDRAWN = "withdrawn"
+MERGED = "merged"
+OPEN_STATUSES = (SUBMITTED, FORWARDED)
+STATUSES = (SUBMITTED, FORWARDED, APPROVED, DECLINED, WITHDRAWN, MERGED)
+
+#: Requests for one host from one device (or address) per rolling 24 hours.
+MAX_REQUESTS_PER_HOST_PER_DAY = 3
+#: Requests for any host from one device (or address) per rolling 24 hours.
+MAX_REQUESTS_PER_CLIENT_PER_DAY = 20
+#: The longest an approved exception may last.
+MAX_EXCEPTION_DAYS = 366
+#: How recent the headteacher's re-authentication must be for the signature to count.
+SIGNATURE_MAX_AGE = timedelta(minutes=10)
+
+REFERENCE_PREFIX = "AR-"
+LONDON = ZoneInfo("Europe/London")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestForm:
+    """Appendix A, the requester's part, plus what the block page knows about the attempt."""
+
+    requester: str  # who is asking (a pupil's or member of staff's name)
+    url: str  # the full URL that was blocked
+    reasons: str  # reasons for access
+    site_content: str = ""  # what the site contains, in the requester's words
+    staff_name: str = ""  # the member of staff supporting the request
+    risks_and_controls: str = ""  # identified risks and control measures (if the requester knows)
+    device_id: str | None = None  # from the block page: the device register's key
+    client_ip: str | None = None
+    person_id: str | None = None
+    blocked_at: datetime | None = None  # when the block page was shown
+    rule_id: str | None = None  # the rule that blocked it
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What the requester is told: the reference and the one-time status token."""
+
+    request: AccessRequest  # the new row (status "merged" when it joined an open request)
+    reference: str  # e.g. "AR-000042"
+    token: str  # shown once; with the reference it lets the requester look up the outcome
+    merged_into: AccessRequest | None  # the open request it was merged into, if any
+
+
+@dataclass(frozen=True, slots=True)
+class TriageForm:
+    """The technician's part: checks, risks and the proposed scope of the exception."""
+
+    technician_notes: str  # what the technician found when checking the site
+    risks_and_controls: str  # identified risks and the control measures proposed
+    target: str  # "domain" (the domain and its subdomains) or "url" (a URL prefix)
+    value: str  # the domain, or the URL prefix
+    scope: str  # "person", "device", "group" or "role"
+    subject: str  # person id, device id, group name or role name
+    starts: datetime  # aware
+    expires: datetime  # aware
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionForm:
+    """The headteacher's part: approved or not, reasons, and the signature."""
+
+    approve: bool
+    reasons: str
+    signature: Signature
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStatus:
+    """What the block-page requester may see about their request (no account needed)."""
+
+    reference: str
+    status: str  # for a merged request: the status of the request it joined
+    host: str
+    submitted_at: datetime
+    decided_at: datetime | None
+    decision_reasons: str  # the headteacher's reasons, once decided
+    access_starts: datetime | None  # when approved: the exception's window
+    access_expires: datetime | None
+
+
+def reference_for(request_id: int) -> str:
+    return f"{REFERENCE_PREFIX}{request_id:06d}"
+
+
+def parse_reference(reference: str) -> int:
+    """`AR-000042` (or `42`) -> 42; InvalidInput otherwise."""
+    text = reference.strip().upper()
+    text = text.removeprefix(REFERENCE_PREFIX)
+    if not text.isdigit() or len(text) > 12:
+        raise InvalidInput("That is not a request reference (it looks like AR-000042).", field="reference")
+    return int(text)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def get_request(session: Session, site: str, request_id: int) -> AccessRequest:
+    request = session.get(AccessRequest, request_id)
+    if request is None or request.site != site:
+        raise NotFound(f"There is no access request {reference_for(request_id)}.")
+    return request
+
+
+def list_requests(
+    session: Session,
+    site: str,
+    *,
+    statuses: Iterable[str] | None = None,
+    host: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> Page[AccessRequest]:
+    """Requests newest first; `statuses` e.g. ("forwarded",) for the headteacher's queue."""
+    conditions = [AccessRequest.site == site]
+    if statuses is not None:
+        conditions.append(AccessRequest.status.in_(list(statuses)))
+    if host:
+        conditions.append(AccessRequest.host == host.strip().lower())
+    total = session.scalar(select(func.count()).select_from(AccessRequest).where(*conditions)) or 0
+    rows = session.scalars(
+        select(AccessRequest)
+        .where(*conditions)
+        .order_by(AccessRequest.created_at.desc(), AccessRequest.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return Page(items=rows, total=total, limit=limit, offset=offset)
+
+
+def duplicates_of(session: Session, site: str, request_id: int) -> list[AccessRequest]:
+    """The requests merged into this one, oldest first."""
+    return list(
+        session.scalars(
+            select(AccessRequest)
+            .where(AccessRequest.site == site, AccessRequest.merged_into_id == request_id)
+            .order_by(AccessRequest.id)
+        )
+    )
+
+
+def _check_rate(session: Session, site: str, form: RequestForm, host: str, now: datetime) -> None:
+    """Refuse a flood from one device or address: per host, and overall, per rolling day."""
+    if form.device_id:
+        same_client = AccessRequest.device_id == form.device_id
+    elif form.client_ip:
+        same_client = AccessRequest.client_ip == form.client_ip
+    else:
+        return  # a member of staff typing into the console: no device to limit
+    since = now - timedelta(days=1)
+    recent = [AccessRequest.site == site, same_client, AccessRequest.created_at > since]
+    per_host = session.scalar(
+        select(func.count()).select_from(AccessRequest).where(*recent, AccessRequest.host == host)
+    )
+    if (per_host or 0) >= MAX_REQUESTS_PER_HOST_PER_DAY:
+        raise RateLimited(
+            f"{host} has already been requested {per_host} times from this device today. "
+            "The ICT technician has your earlier request; please wait for the outcome."
+        )
+    overall = session.scalar(select(func.count()).select_from(AccessRequest).where(*recent))
+    if (overall or 0) >= MAX_REQUESTS_PER_CLIENT_PER_DAY:
+        raise RateLimited("Too many access requests have been sent from this device today; please try again tomorrow.")
+
+
+def _find_open_duplicate(
+    session: Session, site: str, host: str, requester: str, form: RequestForm
+) -> AccessRequest | None:
+    """The oldest open request for `host` from the same requester (any case), device or person."""
+    # Open requests for one host are few: compare names in Python, where case folding
+    # covers every alphabet (SQLite's lower() folds ASCII only).
+    name = requester.casefold()
+    for candidate in session.scalars(
+        select(AccessRequest)
+        .where(
+            AccessRequest.site == site,
+            AccessRequest.host == host,
+            AccessRequest.status.in_(OPEN_STATUSES),
+            AccessRequest.merged_into_id.is_(None),
+        )
+        .order_by(AccessRequest.id)
+    ):
+        if (
+            candidate.requester.casefold() == name
+            or (form.device_id and candidate.device_id == form.device_id)
+            or (form.person_id and candidate.person_id == form.person_id)
+        ):
+            return candidate
+    return None
+
+
+def submit_request(
+    session: Session,
+    *,
+    site: str,
+    now: datetime,
+    form: RequestForm,
+    policy: Policy,
+    actor: Actor = BLOCK_PAGE,
+) -> Submitted:
+    """File an access request. A repeat of an open request (same host and the same requester,
+    device or person) is recorded but merged into the open one; a flood is refused (RateLimited);
+    a hard-blocked site is refused (LockedTarget)."""
+    requester = clean_text(form.requester, field="requester", max_len=200, required=True)
+    url, host = parse_url(form.url)
+    reasons = clean_text(form.reasons, field="reasons", max_len=4000, required=True)
+    site_content = clean_text(form.site_content, field="site_content", max_len=4000)
+    staff_name = clean_text(form.staff_name, field="staff_name", max_len=200)
+    risks = clean_text(form.risks_and_controls, field="risks_and_controls", max_len=4000)
+    device_id = clean_text(form.device_id, field="device_id", max_len=100) or None
+    person_id = clean_text(form.person_id, field="person_id", max_len=100) or None
+    client_ip = clean_text(form.client_ip, field="client_ip", max_len=45) or None
+    rule_id = clean_text(form.rule_id, field="rule_id", max_len=100) or None
+    if form.blocked_at is not None and form.blocked_at.tzinfo is None:
+        raise InvalidInput("The time of the block must include a time zone.", field="blocked_at")
+
+    client = Client(ip=client_ip or "0.0.0.0", device_id=device_id, person_id=person_id)
+    refuse_if_locked(policy, host, url, now, client)
+    cleaned = RequestForm(
+        requester=requester,
+        url=url,
+        reasons=reasons,
+        device_id=device_id,
+        client_ip=client_ip,
+        person_id=person_id,
+    )
+    _check_rate(session, site, cleaned, host, now)
+    original = _find_open_duplicate(session, site, host, requester, cleaned)
+
+    token = secrets.token_urlsafe(16)
+    request = AccessRequest(
+        site=site,
+        status=MERGED if original is not None else SUBMITTED,
+        requester=requester,
+        staff_name=staff_name,
+        request_date=now.astimezone(LONDON).date(),
+        url=url,
+        host=host,
+        site_content=site_content,
+        reasons=reasons,
+        risks_and_controls=risks,
+        device_id=device_id,
+        client_ip=client_ip,
+        person_id=person_id,
+        blocked_at=form.blocked_at,
+        rule_id=rule_id,
+        submitted_by_user_id=actor.user_id,
+        created_at=now,
+        merged_into_id=original.id if original is not None else None,
+        duplicate_count=0,
+        status_token_hash=_token_hash(token),
+    )
+    session.add(request)
+    if original is not None:
+        original.duplicate_count = (original.duplicate_count or 0) + 1
+    session.flush()
+    detail = {"host": host, "url": url, "requester": requester, "device_id": device_id}
+    if original is not None:
+        detail["merged_into"] = reference_for(original.id)
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="request.merge" if original is not None else "request.submit",
+        object_type="access_request",
+        object_id=request.id,
+        detail=detail,
+        now=now,
+    )
+    return Submitted(request=request, reference=reference_for(request.id), token=token, merged_into=original)
+
+
+def request_status(session: Session, site: str, reference: str, token: str) -> RequestStatus:
+    """The outcome as the requester may see it; NotFound unless reference and token match.
+
+    A wrong token and a missing request give the same answer, so references cannot be probed.
+    """
+    request_id = parse_reference(reference)
+    request = session.get(AccessRequest, request_id)
+    not_found = NotFound("No request matches that reference and code.")
+    if request is None or request.site != site or request.status_token_hash is None:
+        raise not_found
+    if not hmac.compare_digest(request.status_token_hash, _token_hash(token.strip())):
+        raise not_found
+    effective = request
+    if request.merged_into_id is not None:
+        effective = session.get(AccessRequest, request.merged_into_id) or request
+    exception = session.get(PolicyExceptionRow, effective.exception_id) if effective.exception_id is not None else None
+    decided = effective.status in (APPROVED, DECLINED)
+    return RequestStatus(
+        reference=reference_for(request.id),
+        status=effective.status,
+        host=request.host,
+        submitted_at=request.created_at,
+        decided_at=effective.decided_at if decided else None,
+        decision_reasons=effective.decision_reasons if decided else "",
+        access_starts=exception.starts if exception is not None and exception.revoked_at is None else None,
+        access_expires=exception.expires if exception is not None and exception.revoked_at is None else None,
+    )
+
+
+def _validate_scope(form: TriageForm, now: datetime) -> tuple[str | None, str | None, ExceptionScope, str]:
+    if form.target == "domain":
+        domain, url_prefix = normalise_host(form.value, field="value"), None
+    elif form.target == "url":
+        url_prefix, _host = parse_url(form.value, field="value")
+        domain = None
+    else:
+        raise InvalidInput("Choose whether to allow the whole domain or a URL prefix.", field="target")
+    try:
+        scope = ExceptionScope(form.scope)
+    except ValueError as err:
+        raise InvalidInput("Choose who the access is for: person, device, group or role.", field="scope") from err
+    subject = clean_text(form.subject, field="subject", max_len=100, required=True)
+    if scope is ExceptionScope.ROLE:
+        try:
+            role = Role(subject)
+        except ValueError as err:
+            names = ", ".join(r.value for r in Role if r is not Role.SUPERVISED)
+            raise InvalidInput(f"Unknown role {subject!r} (one of: {names}).", field="subject") from err
+        if role is Role.SUPERVISED:
+            raise InvalidInput("Supervised devices cannot be given exceptions.", field="subject")
+    if form.starts.tzinfo is None or form.expires.tzinfo is None:
+        raise InvalidInput("Start and expiry must include a time zone.", field="expires")
+    if form.expires <= form.starts:
+        raise InvalidInput("The expiry must be after the start.", field="expires")
+    if form.expires <= now:
+        raise InvalidInput("The expiry is already in the past.", field="expires")
+    if form.expires - form.starts > timedelta(days=MAX_EXCEPTION_DAYS):
+        raise InvalidInput(f"An exception may last at most {MAX_EXCEPTION_DAYS} days.", field="expires")
+    return domain, url_prefix, scope, subject
+
+
+def triage_request(
+    session: Session,
+    *,
+    site: str,
+    now: datetime,
+    actor: Actor,
+    request_id: int,
+    form: TriageForm,
+    policy: Policy,
+) -> AccessRequest:
+    """The technician's check: record findings and the proposed scope, forward to the headteacher.
+
+    A forwarded request may be triaged again (e.g. to narrow the scope) until it is decided."""
+    actor.require(TECHNICIAN, doing="triage access requests")
+    request = get_request(session, site, request_id)
+    if request.status not in OPEN_STATUSES:
+        raise InvalidTransition(f"{reference_for(request.id)} is {request.status} and cannot be triaged.")
+    notes = clean_text(form.technician_notes, field="technician_notes", max_len=4000, required=True)
+    risks = clean_text(form.risks_and_controls, field="risks_and_controls", max_len=4000, required=True)
+    domain, url_prefix, scope, subject = _validate_scope(form, now)
+    probe_host = domain or parse_url(url_prefix or "", field="value")[1]
+    refuse_if_locked(policy, probe_host, url_prefix, now)
+
+    request.status = FORWARDED
+    request.triaged_by = actor.display_name
+    request.triaged_at = now
+    request.technician_notes = notes
+    request.risks_and_controls = risks
+    request.proposed_target = form.target
+    request.proposed_value = domain or url_prefix
+    request.proposed_scope = scope.value
+    request.proposed_subject = subject
+    request.proposed_starts = form.starts
+    request.proposed_expires = form.expires
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="request.triage",
+        object_type="access_request",
+        object_id=request.id,
+        detail={
+            "target": form.target,
+            "value": request.proposed_value,
+            "scope": scope.value,
+            "subject": subject,
+            "starts": form.starts.isoformat(),
+            "expires": form.expires.isoformat(),
+        },
+        now=now,
+    )
+    return request
+
+
+def _check_signature(actor: Actor, signature: Signature, now: datetime) -> None:
+    if actor.user_id is None or signature.user_id != actor.user_id or signature.username != actor.name:
+        raise Forbidden("The signature must be your own: sign in again and confirm the decision.")
+    # A little slack for clock differences between gunicorn workers; none for stale sign-offs.
+    if signature.signed_at.tzinfo is None or not (
+        timedelta(seconds=-30) <= now - signature.signed_at <= SIGNATURE_MAX_AGE
+    ):
+        raise Forbidden("The signature has expired: confirm your password again to sign.")
+
+
+def decide_request(
+    session: Session,
+    *,
+    site: str,
+    now: datetime,
+    actor: Actor,
+    request_id: int,
+    decision: DecisionForm,
+    policy: Policy,
+) -> AccessRequest:
+    """The headteacher's decision. Approval needs a triaged (forwarded) request and creates the
+    exception with the proposed scope and dates; declining needs reasons and may be done
+    before triage. Both need a fresh signature (re-authentication) by the acting headteacher."""
+    actor.require(HEADTEACHER, doing="approve or decline access requests")
+    _check_signature(actor, decision.signature, now)
+    request = get_request(session, site, request_id)
+    reasons = clean_text(decision.reasons, field="reasons", max_len=4000, required=not decision.approve)
+    if request.status not in OPEN_STATUSES:
+        raise InvalidTransition(f"{reference_for(request.id)} is already {request.status}.")
+    request.authoriser = actor.display_name
+    request.decided_by_name = decision.signature.name or actor.display_name
+    request.decided_at = now
+    request.decision_reasons = reasons
+    request.signature = decision.signature.as_text()
+
+    if not decision.approve:
+        request.approved = False
+        request.status = DECLINED
+        session.flush()
+        audit(
+            session,
+            site=site,
+            actor=actor,
+            action="request.decline",
+            object_type="access_request",
+            object_id=request.id,
+            detail={"host": request.host, "reasons": reasons, "signature": request.signature},
+            now=now,
+        )
+        return request
+
+    if request.status != FORWARDED:
+        raise InvalidTransition(
+            f"{reference_for(request.id)} has not been checked by the ICT technician yet; "
+            "it can be approved once it has been triaged."
+        )
+    starts, expires = request.proposed_starts, request.proposed_expires
+    if starts is None or expires is None or request.proposed_scope is None or request.proposed_subject is None:
+        raise InvalidTransition(f"{reference_for(request.id)} has no proposed scope; triage it again.")
+    if expires <= now:
+        raise InvalidTransition(
+            "The proposed access would already have expired; ask the technician to propose new dates."
+        )
+    domain = request.proposed_value if request.proposed_target == "domain" else None
+    url_prefix = request.proposed_value if request.proposed_target == "url" else None
+    probe_host = domain or parse_url(url_prefix or "", field="value")[1]
+    refuse_if_locked(policy, probe_host, url_prefix, now)
+
+    exception = PolicyExceptionRow(
+        site=site,
+        scope=request.proposed_scope,
+        subject=request.proposed_subject,
+        domain=domain,
+        url_prefix=url_prefix,
+        starts=starts,
+        expires=expires,
+        reason=f"{reference_for(request.id)} approved by {actor.display_name}: {reasons}"[:4000],
+        request_id=request.id,
+        created_by=actor.name,
+        created_at=now,
+    )
+    session.add(exception)
+    session.flush()
+    request.approved = True
+    request.status = APPROVED
+    request.exception_id = exception.id
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="request.approve",
+        object_type="access_request",
+        object_id=request.id,
+        detail={"host": request.host, "reasons": reasons, "signature": request.signature, "exception_id": exception.id},
+        now=now,
+    )
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="exception.create",
+        object_type="exception",
+        object_id=exception.id,
+        detail={
+            "scope": exception.scope,
+            "subject": exception.subject,
+            "domain": domain,
+            "url_prefix": url_prefix,
+            "starts": starts.isoformat(),
+            "expires": expires.isoformat(),
+            "request": reference_for(request.id),
+        },
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return request
+
+
+def withdraw_request(
+    session: Session, *, site: str, now: datetime, actor: Actor, request_id: int, reason: str
+) -> AccessRequest:
+    """Close an open request without a decision (e.g. the requester no longer needs it)."""
+    actor.require(TECHNICIAN, HEADTEACHER, doing="withdraw access requests")
+    request = get_request(session, site, request_id)
+    if request.status not in OPEN_STATUSES:
+        raise InvalidTransition(f"{reference_for(request.id)} is {request.status} and cannot be withdrawn.")
+    text = clean_text(reason, field="reason", max_len=2000, required=True)
+    request.status = WITHDRAWN
+    request.decision_reasons = text
+    request.decided_at = now
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="request.withdraw",
+        object_type="access_request",
+        object_id=request.id,
+        detail={"reason": text},
+        now=now,
+    )
+    return request

@@ -1,0 +1,125 @@
+"""Small pieces every service module shares: pages of results, text and URL checks, audit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from schoolgate.services.actor import Actor
+from schoolgate.services.errors import InvalidInput
+
+T = TypeVar("T")
+
+#: Name of the generation counter the DNS and proxy daemons poll for exceptions, bans, blocks.
+OVERLAY_GENERATION = "policy_overlay"  # == schoolgate.store.overlay.POLICY_OVERLAY
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list, with the total so the view can draw pagination."""
+
+    items: Sequence[T]
+    total: int
+    limit: int
+    offset: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+
+def clean_text(value: str | None, *, field: str, max_len: int, required: bool = False) -> str:
+    """Trim a form value, refuse control characters and over-long text."""
+    text = (value or "").strip()
+    if required and not text:
+        raise InvalidInput(f"Please fill in {field.replace('_', ' ')}.", field=field)
+    if len(text) > max_len:
+        raise InvalidInput(
+            f"{field.replace('_', ' ').capitalize()} is too long (at most {max_len} characters).",
+            field=field,
+        )
+    if any(ord(ch) < 32 and ch not in "\n\r\t" for ch in text):
+        raise InvalidInput(f"{field.replace('_', ' ').capitalize()} contains control characters.", field=field)
+    return text
+
+
+def normalise_host(value: str, *, field: str = "domain") -> str:
+    """A hostname as the policy matches it: lower case, IDNA, no trailing dot, no port."""
+    text = value.strip().lower().rstrip(".")
+    if text.startswith("*."):
+        text = text[2:]
+    if not text or len(text) > 253:
+        raise InvalidInput("Please give a domain name such as example.org.", field=field)
+    try:
+        ascii_host = text.encode("idna").decode("ascii")
+    except UnicodeError as err:
+        raise InvalidInput(f"{value!r} is not a valid domain name.", field=field) from err
+    labels = ascii_host.split(".")
+    if len(labels) < 2 or any(not label or len(label) > 63 for label in labels):
+        raise InvalidInput(f"{value!r} is not a valid domain name.", field=field)
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+    if any(set(label) - allowed or label.startswith("-") or label.endswith("-") for label in labels):
+        raise InvalidInput(f"{value!r} is not a valid domain name.", field=field)
+    return ascii_host
+
+
+def parse_url(value: str, *, field: str = "url") -> tuple[str, str]:
+    """Check a full http(s) URL; return (normalised URL, host). A bare host gets https://."""
+    text = value.strip()
+    if not text:
+        raise InvalidInput("Please give the full address (URL) of the site.", field=field)
+    if len(text) > 4000:
+        raise InvalidInput("The address is too long (at most 4000 characters).", field=field)
+    if "://" not in text:
+        text = "https://" + text
+    try:
+        parts = urlsplit(text)
+        hostname = parts.hostname
+    except ValueError as err:
+        raise InvalidInput("That address could not be read; please copy it again.", field=field) from err
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise InvalidInput("The address must start with http:// or https://.", field=field)
+    if any(ch.isspace() or ord(ch) < 32 for ch in text):
+        raise InvalidInput("The address must not contain spaces or control characters.", field=field)
+    host = normalise_host(hostname, field=field)
+    return text, host
+
+
+def audit(
+    session: Session,
+    *,
+    site: str,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: object,
+    detail: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Append to the hash-chained audit log (schoolgate.store.audit)."""
+    from schoolgate.store import audit as store_audit
+
+    store_audit.record(
+        session,
+        site=site,
+        actor=actor.name,
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        detail=json.loads(json.dumps(detail, default=str)),
+        at=now,
+    )
+
+
+def bump_overlay(session: Session, *, site: str, now: datetime) -> int:
+    """Tell DNS and proxy that exceptions, bans or site blocks changed; returns the new value."""
+    from schoolgate.store import overlay
+
+    del now  # the counter's changed_at is the wall clock: daemons compare it with their own
+    return overlay.bump_generation(session, site, overlay.POLICY_OVERLAY)

@@ -1,0 +1,647 @@
+"""The device and people registers: edit one at a time, or import a CSV file.
+
+An import checks every row on its own: a bad row is reported with its line number and the
+reason, and every good row is still saved. Rows are keyed by `device_id` / `external_id`, so
+importing the same file twice updates rather than duplicates. Devices and people decide the
+role a client gets, so every change bumps the overlay generation the daemons poll.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from schoolgate.policy.types import Role
+from schoolgate.services.actor import ADMIN, TECHNICIAN, Actor
+from schoolgate.services.common import Page, audit, bump_overlay, clean_text
+from schoolgate.services.errors import InvalidInput, NotFound, ServiceError
+from schoolgate.store.models import Device, Person
+
+MAX_IMPORT_ROWS = 20_000
+MAX_IMPORT_BYTES = 10 * 1024 * 1024
+# People may hold any role except supervised: that comes only from a ban.
+PERSON_ROLES = tuple(r.value for r in Role if r is not Role.SUPERVISED)
+DEVICE_COLUMNS = ("device_id", "name", "mac", "ip", "kind", "role", "owner", "trusts_school_ca", "notes")
+PEOPLE_COLUMNS = ("external_id", "name", "role", "year_group", "groups", "email", "active")
+_TRUE = {"1", "true", "yes", "y"}
+_FALSE = {"0", "false", "no", "n", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceForm:
+    device_id: str
+    name: str
+    mac: str | None = None
+    ip: str | None = None
+    kind: str = ""
+    role: str | None = None  # overrides the owner's role, e.g. a class set of iPads
+    owner: str | None = None  # the owner's external_id in the people register
+    trusts_school_ca: bool = False
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PersonForm:
+    external_id: str
+    name: str
+    role: str
+    year_group: int | None = None
+    groups: str = ""  # comma-separated
+    email: str | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int  # the line in the file where the record starts (the header is line 1)
+    message: str
+
+
+@dataclass
+class ImportReport:
+    created: int = 0
+    updated: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def saved(self) -> int:
+        return self.created + self.updated
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def normalise_mac(value: str | None) -> str | None:
+    """aa:bb:cc:dd:ee:ff from any of the usual spellings (dashes, dots, upper case)."""
+    if value is None or not value.strip():
+        return None
+    digits = re.sub(r"[\s:.\-]", "", value.strip()).lower()
+    if len(digits) != 12 or not re.fullmatch(r"[0-9a-f]{12}", digits):
+        raise InvalidInput(f"{value!r} is not a MAC address (e.g. 3c:22:fb:01:02:03).", field="mac")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def _ip(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError as err:
+        raise InvalidInput(f"{value!r} is not an IP address.", field="ip") from err
+
+
+def _role(value: str | None, *, field_name: str, allow_none: bool) -> str | None:
+    text = (value or "").strip().lower()
+    if not text:
+        if allow_none:
+            return None
+        raise InvalidInput(f"Please choose a role ({', '.join(PERSON_ROLES)}).", field=field_name)
+    if text not in PERSON_ROLES:
+        raise InvalidInput(f"Unknown role {value!r} (one of: {', '.join(PERSON_ROLES)}).", field=field_name)
+    return text
+
+
+def _bool(value: str, *, field_name: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InvalidInput(f"{field_name.replace('_', ' ')}: expected yes or no, got {value!r}.", field=field_name)
+
+
+def parse_year_group(value: str | None) -> int | None:
+    """'', 'R', 'Reception', '3', 'Y3', 'Year 3' -> None, 0, 0, 3, 3, 3."""
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    if text in ("r", "rec", "reception"):
+        return 0
+    digits = re.sub(r"^(year|yr|y)\s*", "", text)
+    if digits.isdigit() and 0 <= int(digits) <= 13:
+        return int(digits)
+    raise InvalidInput(f"{value!r} is not a year group (R or 0 for Reception, 1-6).", field="year_group")
+
+
+def _groups(value: str) -> str:
+    parts = [clean_text(p, field="groups", max_len=60) for p in value.split(",")]
+    joined = ",".join(p for p in parts if p)
+    if len(joined) > 500:
+        raise InvalidInput("Too many groups (at most 500 characters).", field="groups")
+    return joined
+
+
+def _clean_device(form: DeviceForm) -> DeviceForm:
+    return DeviceForm(
+        device_id=clean_text(form.device_id, field="device_id", max_len=100, required=True),
+        name=clean_text(form.name, field="name", max_len=200, required=True),
+        mac=normalise_mac(form.mac),
+        ip=_ip(form.ip),
+        kind=clean_text(form.kind, field="kind", max_len=40),
+        role=_role(form.role, field_name="role", allow_none=True),
+        owner=clean_text(form.owner, field="owner", max_len=100) or None,
+        trusts_school_ca=form.trusts_school_ca,
+        notes=clean_text(form.notes, field="notes", max_len=4000),
+    )
+
+
+def _clean_person(form: PersonForm) -> PersonForm:
+    email = clean_text(form.email, field="email", max_len=200) or None
+    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        raise InvalidInput(f"{email!r} is not an email address.", field="email")
+    year_group = form.year_group
+    if year_group is not None and not 0 <= year_group <= 13:
+        raise InvalidInput("Year group must be between 0 (Reception) and 13.", field="year_group")
+    return PersonForm(
+        external_id=clean_text(form.external_id, field="external_id", max_len=100, required=True),
+        name=clean_text(form.name, field="name", max_len=200, required=True),
+        role=_role(form.role, field_name="role", allow_none=False) or "",
+        year_group=year_group,
+        groups=_groups(form.groups),
+        email=email,
+        active=form.active,
+    )
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+def get_device(session: Session, site: str, device_pk: int) -> Device:
+    device = session.get(Device, device_pk)
+    if device is None or device.site != site:
+        raise NotFound(f"There is no device {device_pk}.")
+    return device
+
+
+def find_device(session: Session, site: str, device_id: str) -> Device | None:
+    return session.scalars(select(Device).where(Device.site == site, Device.device_id == device_id)).first()
+
+
+def list_devices(session: Session, site: str, *, search: str = "", limit: int = 100, offset: int = 0) -> Page[Device]:
+    """Devices by name; `search` matches the id, name, MAC or IP (case-insensitive substring)."""
+    conditions: list[Any] = [Device.site == site]
+    if search.strip():
+        pattern = f"%{search.strip().lower()}%"
+        conditions.append(
+            or_(
+                func.lower(Device.device_id).like(pattern),
+                func.lower(Device.name).like(pattern),
+                Device.mac.like(pattern),
+                Device.ip.like(pattern),
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(Device).where(*conditions)) or 0
+    rows = session.scalars(
+        select(Device).where(*conditions).order_by(Device.name, Device.id).limit(limit).offset(offset)
+    ).all()
+    return Page(items=rows, total=total, limit=limit, offset=offset)
+
+
+def _owner_pk(session: Session, site: str, owner: str | None) -> int | None:
+    if owner is None:
+        return None
+    person = session.scalars(select(Person).where(Person.site == site, Person.external_id == owner)).first()
+    if person is None:
+        raise InvalidInput(f"No one with id {owner!r} is in the people register.", field="owner")
+    return person.id
+
+
+def _check_device_unique(session: Session, site: str, form: DeviceForm, own_pk: int | None) -> None:
+    same_id = find_device(session, site, form.device_id)
+    if same_id is not None and same_id.id != own_pk:
+        raise InvalidInput(f"Device id {form.device_id!r} is already registered.", field="device_id")
+    if form.mac:
+        same_mac = session.scalars(select(Device).where(Device.site == site, Device.mac == form.mac)).first()
+        if same_mac is not None and same_mac.id != own_pk:
+            raise InvalidInput(f"MAC {form.mac} is already registered to {same_mac.device_id!r}.", field="mac")
+
+
+def _apply_device(device: Device, form: DeviceForm, owner_pk: int | None) -> None:
+    device.device_id = form.device_id
+    device.name = form.name
+    device.mac = form.mac
+    device.ip = form.ip
+    device.kind = form.kind
+    device.role = form.role
+    device.person_id = owner_pk
+    device.trusts_school_ca = form.trusts_school_ca
+    device.notes = form.notes
+
+
+def _device_detail(form: DeviceForm) -> dict[str, Any]:
+    return {
+        "device_id": form.device_id,
+        "name": form.name,
+        "mac": form.mac,
+        "ip": form.ip,
+        "role": form.role,
+        "owner": form.owner,
+        "trusts_school_ca": form.trusts_school_ca,
+    }
+
+
+def create_device(session: Session, *, site: str, now: datetime, actor: Actor, form: DeviceForm) -> Device:
+    actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
+    cleaned = _clean_device(form)
+    _check_device_unique(session, site, cleaned, None)
+    device = Device(site=site, created_at=now)
+    _apply_device(device, cleaned, _owner_pk(session, site, cleaned.owner))
+    session.add(device)
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="device.create",
+        object_type="device",
+        object_id=device.id,
+        detail=_device_detail(cleaned),
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return device
+
+
+def update_device(
+    session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int, form: DeviceForm
+) -> Device:
+    actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
+    device = get_device(session, site, device_pk)
+    cleaned = _clean_device(form)
+    _check_device_unique(session, site, cleaned, device.id)
+    _apply_device(device, cleaned, _owner_pk(session, site, cleaned.owner))
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="device.update",
+        object_type="device",
+        object_id=device.id,
+        detail=_device_detail(cleaned),
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return device
+
+
+def delete_device(session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int) -> None:
+    actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
+    device = get_device(session, site, device_pk)
+    detail = {"device_id": device.device_id, "name": device.name, "mac": device.mac}
+    session.delete(device)
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="device.delete",
+        object_type="device",
+        object_id=device_pk,
+        detail=detail,
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+
+
+# -- people ------------------------------------------------------------------------------------
+
+
+def get_person(session: Session, site: str, person_pk: int) -> Person:
+    person = session.get(Person, person_pk)
+    if person is None or person.site != site:
+        raise NotFound(f"There is no person {person_pk}.")
+    return person
+
+
+def find_person(session: Session, site: str, external_id: str) -> Person | None:
+    return session.scalars(select(Person).where(Person.site == site, Person.external_id == external_id)).first()
+
+
+def list_people(
+    session: Session, site: str, *, search: str = "", role: str | None = None, limit: int = 100, offset: int = 0
+) -> Page[Person]:
+    conditions: list[Any] = [Person.site == site]
+    if role:
+        conditions.append(Person.role == role)
+    if search.strip():
+        pattern = f"%{search.strip().lower()}%"
+        conditions.append(or_(func.lower(Person.external_id).like(pattern), func.lower(Person.name).like(pattern)))
+    total = session.scalar(select(func.count()).select_from(Person).where(*conditions)) or 0
+    rows = session.scalars(
+        select(Person).where(*conditions).order_by(Person.name, Person.id).limit(limit).offset(offset)
+    ).all()
+    return Page(items=rows, total=total, limit=limit, offset=offset)
+
+
+def _apply_person(person: Person, form: PersonForm) -> None:
+    person.external_id = form.external_id
+    person.name = form.name
+    person.role = form.role
+    person.year_group = form.year_group
+    person.groups = form.groups
+    person.email = form.email
+    person.active = form.active
+
+
+def _person_detail(form: PersonForm) -> dict[str, Any]:
+    return {
+        "external_id": form.external_id,
+        "name": form.name,
+        "role": form.role,
+        "year_group": form.year_group,
+        "groups": form.groups,
+        "active": form.active,
+    }
+
+
+def create_person(session: Session, *, site: str, now: datetime, actor: Actor, form: PersonForm) -> Person:
+    actor.require(TECHNICIAN, ADMIN, doing="edit the people register")
+    cleaned = _clean_person(form)
+    if find_person(session, site, cleaned.external_id) is not None:
+        raise InvalidInput(f"Id {cleaned.external_id!r} is already in the people register.", field="external_id")
+    person = Person(site=site, created_at=now)
+    _apply_person(person, cleaned)
+    session.add(person)
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="person.create",
+        object_type="person",
+        object_id=person.id,
+        detail=_person_detail(cleaned),
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return person
+
+
+def update_person(
+    session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int, form: PersonForm
+) -> Person:
+    actor.require(TECHNICIAN, ADMIN, doing="edit the people register")
+    person = get_person(session, site, person_pk)
+    cleaned = _clean_person(form)
+    other = find_person(session, site, cleaned.external_id)
+    if other is not None and other.id != person.id:
+        raise InvalidInput(f"Id {cleaned.external_id!r} is already in the people register.", field="external_id")
+    _apply_person(person, cleaned)
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="person.update",
+        object_type="person",
+        object_id=person.id,
+        detail=_person_detail(cleaned),
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return person
+
+
+def delete_person(session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int) -> None:
+    """Remove a person; their devices stay registered, without an owner."""
+    actor.require(TECHNICIAN, ADMIN, doing="edit the people register")
+    person = get_person(session, site, person_pk)
+    detail = {"external_id": person.external_id, "name": person.name}
+    for device in list(person.devices):
+        device.person_id = None
+    session.delete(person)
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="person.delete",
+        object_type="person",
+        object_id=person_pk,
+        detail=detail,
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+
+
+# -- CSV import --------------------------------------------------------------------------------
+
+
+def _read_rows(
+    text: str, columns: Sequence[str], required: Sequence[str]
+) -> tuple[list[tuple[int, dict[str, str]]], list[RowError]]:
+    """Records with their starting line numbers; structural problems become row errors."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_IMPORT_BYTES:
+        raise InvalidInput(f"The file is too large (at most {MAX_IMPORT_BYTES // (1024 * 1024)} MB).", field="file")
+    text = text.removeprefix("\ufeff")  # Excel's byte-order mark
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InvalidInput("The file is empty.", field="file") from None
+    except csv.Error as err:
+        raise InvalidInput(f"Line 1: the header cannot be read ({err}).", field="file") from err
+    names = [h.strip().lower().replace(" ", "_") for h in header]
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InvalidInput(
+            f"Line 1: the header needs the column(s) {', '.join(missing)} (columns: {', '.join(columns)}).",
+            field="file",
+        )
+    unknown = [n for n in names if n and n not in columns]
+    if unknown:
+        raise InvalidInput(
+            f"Line 1: unknown column(s) {', '.join(unknown)} (columns: {', '.join(columns)}).", field="file"
+        )
+    rows: list[tuple[int, dict[str, str]]] = []
+    errors: list[RowError] = []
+    line = reader.line_num + 1
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            errors.append(RowError(line, f"cannot be read as CSV ({err})"))
+            line = reader.line_num + 1
+            continue
+        start, line = line, reader.line_num + 1
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(rows) >= MAX_IMPORT_ROWS:
+            errors.append(RowError(start, f"too many rows: at most {MAX_IMPORT_ROWS} per file; the rest were not read"))
+            break
+        if len(record) > len(names):
+            errors.append(RowError(start, f"has {len(record)} cells but the header has {len(names)}"))
+            continue
+        values = dict(zip(names, record, strict=False))
+        rows.append((start, {k: v for k, v in values.items() if k}))
+    return rows, errors
+
+
+def _import(
+    session: Session,
+    *,
+    site: str,
+    now: datetime,
+    actor: Actor,
+    text: str,
+    kind: str,
+    columns: Sequence[str],
+    required: Sequence[str],
+    save: Any,
+) -> ImportReport:
+    rows, errors = _read_rows(text, columns, required)
+    report = ImportReport(errors=errors)
+    seen: dict[str, int] = {}
+    for line, values in rows:
+        key = values.get(required[0], "").strip()
+        if key in seen:
+            report.errors.append(RowError(line, f"{required[0]} {key!r} already appears on line {seen[key]}"))
+            continue
+        try:
+            # A savepoint per row: a row that fails half-way leaves nothing behind.
+            with session.begin_nested():
+                created = save(values)
+        except ServiceError as err:
+            report.errors.append(RowError(line, err.message))
+            continue
+        except IntegrityError as err:
+            report.errors.append(RowError(line, f"conflicts with a register entry ({err.orig})"))
+            continue
+        seen[key] = line
+        if created:
+            report.created += 1
+        else:
+            report.updated += 1
+    report.errors.sort(key=lambda e: e.line)
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action=f"{kind}.import",
+        object_type=kind,
+        object_id="csv",
+        detail={
+            "created": report.created,
+            "updated": report.updated,
+            "bad_lines": [e.line for e in report.errors][:200],
+        },
+        now=now,
+    )
+    if report.saved:
+        bump_overlay(session, site=site, now=now)
+    return report
+
+
+def import_devices_csv(session: Session, *, site: str, now: datetime, actor: Actor, text: str) -> ImportReport:
+    """Columns: device_id, name (required), mac, ip, kind, role, owner, trusts_school_ca, notes."""
+    actor.require(TECHNICIAN, ADMIN, doing="import the device register")
+
+    def save(values: Mapping[str, str]) -> bool:
+        form = _clean_device(
+            DeviceForm(
+                device_id=values.get("device_id", ""),
+                name=values.get("name", ""),
+                mac=values.get("mac"),
+                ip=values.get("ip"),
+                kind=values.get("kind", ""),
+                role=values.get("role"),
+                owner=values.get("owner"),
+                trusts_school_ca=_bool(values.get("trusts_school_ca", ""), field_name="trusts_school_ca"),
+                notes=values.get("notes", ""),
+            )
+        )
+        existing = find_device(session, site, form.device_id)
+        _check_device_unique(session, site, form, existing.id if existing is not None else None)
+        device = existing if existing is not None else Device(site=site, created_at=now)
+        _apply_device(device, form, _owner_pk(session, site, form.owner))
+        if existing is None:
+            session.add(device)
+        session.flush()
+        return existing is None
+
+    return _import(
+        session,
+        site=site,
+        now=now,
+        actor=actor,
+        text=text,
+        kind="device",
+        columns=DEVICE_COLUMNS,
+        required=("device_id", "name"),
+        save=save,
+    )
+
+
+def import_people_csv(session: Session, *, site: str, now: datetime, actor: Actor, text: str) -> ImportReport:
+    """Columns: external_id, name, role (required), year_group, groups, email, active."""
+    actor.require(TECHNICIAN, ADMIN, doing="import the people register")
+
+    def save(values: Mapping[str, str]) -> bool:
+        form = PersonForm(
+            external_id=values.get("external_id", ""),
+            name=values.get("name", ""),
+            role=values.get("role", ""),
+            year_group=parse_year_group(values.get("year_group")),
+            groups=values.get("groups", ""),
+            email=values.get("email"),
+            active=_bool(values.get("active", "") or "yes", field_name="active"),
+        )
+        form = _clean_person(form)
+        existing = find_person(session, site, form.external_id)
+        person = existing if existing is not None else Person(site=site, created_at=now)
+        _apply_person(person, form)
+        if existing is None:
+            session.add(person)
+        session.flush()
+        return existing is None
+
+    return _import(
+        session,
+        site=site,
+        now=now,
+        actor=actor,
+        text=text,
+        kind="person",
+        columns=PEOPLE_COLUMNS,
+        required=("external_id", "name", "role"),
+        save=save,
+    )
+
+
+__all__ = [
+    "DEVICE_COLUMNS",
+    "PEOPLE_COLUMNS",
+    "DeviceForm",
+    "ImportReport",
+    "PersonForm",
+    "RowError",
+    "create_device",
+    "create_person",
+    "delete_device",
+    "delete_person",
+    "find_device",
+    "find_person",
+    "get_device",
+    "get_person",
+    "import_devices_csv",
+    "import_people_csv",
+    "list_devices",
+    "list_people",
+    "normalise_mac",
+    "parse_year_group",
+    "update_device",
+    "update_person",
+]

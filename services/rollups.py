@@ -1,0 +1,174 @@
+"""Rolls new events up into the dashboard's count tables (event_hourly, event_daily).
+
+Incremental like the alert engine: a cursor in `generations` (`rollup_cursor`) remembers the
+last event id counted, and the counts and the cursor move in one transaction, so a rerun
+never counts an event twice. SQL groups each batch by UTC hour (few rows); Python folds the
+hours into Europe/London days, which SQL cannot do across clock changes portably.
+
+Ids are assigned in commit order on SQLite (one writer at a time holds the write lock), so
+an id cursor never skips an event there.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from schoolgate.store.models import AccessEvent, EventDaily, EventHourly, Generation
+
+LONDON = ZoneInfo("Europe/London")
+CURSOR_NAME = "rollup_cursor"
+BATCH = 10_000  # events per transaction: about a second of SQLite's write lock on a Pi
+DEVICE = "device"
+TARGET = "target"
+SERVICE = "service"  # key: the catalogue service, "" for none (the charts)
+ROLE = "role"  # key: the role (the charts)
+
+
+@dataclass(frozen=True)
+class RollupResult:
+    events: int  # event rows counted
+    cursor: int
+
+
+def hour_expression(session: Session) -> Any:
+    """SQL for the start of an event's UTC hour, as text 'YYYY-MM-DD HH:00:00'."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.date_trunc("hour", AccessEvent.ts), "YYYY-MM-DD HH24:00:00")
+    return func.strftime("%Y-%m-%d %H:00:00", AccessEvent.ts)
+
+
+def parse_hour(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def read_cursor(session: Session, site: str) -> int:
+    value = session.scalar(select(Generation.value).where(Generation.site == site, Generation.name == CURSOR_NAME))
+    return int(value or 0)
+
+
+def _write_cursor(session: Session, site: str, value: int, now: datetime) -> None:
+    row = session.get(Generation, (site, CURSOR_NAME))
+    if row is None:
+        session.add(Generation(site=site, name=CURSOR_NAME, value=value, changed_at=now))
+    else:
+        row.value = value
+        row.changed_at = now
+
+
+def _upsert(session: Session, model: type[Any], rows: list[dict[str, Any]], keys: list[str], label: bool) -> None:
+    """Add `count` to existing rows (and refresh the label), inserting the missing ones."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        insert: Any = pg_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        insert = sqlite_insert
+    # One statement compiled once, run with many parameter sets (executemany); a multi-row
+    # VALUES clause would be compiled afresh for every batch.
+    statement = insert(model.__table__)
+    updates: dict[str, Any] = {"count": model.__table__.c.count + statement.excluded.count}
+    if label:
+        updates["label"] = func.coalesce(func.nullif(statement.excluded.label, ""), model.__table__.c.label)
+    session.connection().execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+
+
+def update_rollups(session: Session, site: str, now: datetime, *, batch: int = BATCH) -> RollupResult:
+    """Count the events after the cursor (up to `batch` ids per call); the caller commits."""
+    cursor = read_cursor(session, site)
+    last = session.scalar(select(func.max(AccessEvent.id)).where(AccessEvent.id > cursor))
+    if last is None:
+        return RollupResult(0, cursor)
+    upper = min(int(last), cursor + batch)
+    in_batch = [AccessEvent.site == site, AccessEvent.id > cursor, AccessEvent.id <= upper]
+    hour = hour_expression(session)
+    total = func.sum(AccessEvent.count)
+    counted = 0
+
+    hourly = session.execute(
+        select(hour, AccessEvent.verdict, AccessEvent.role, func.coalesce(AccessEvent.service, ""), total)
+        .where(*in_batch)
+        .group_by(hour, AccessEvent.verdict, AccessEvent.role, func.coalesce(AccessEvent.service, ""))
+    ).all()
+    hourly_rows = [
+        {"site": site, "hour": parse_hour(h), "verdict": v, "role": r, "service": s[:60], "count": int(c or 0)}
+        for h, v, r, s, c in hourly
+    ]
+    counted = sum(row["count"] for row in hourly_rows)
+
+    daily: dict[tuple[str, str, date, str], list[Any]] = defaultdict(lambda: [0, ""])
+    for row in hourly_rows:
+        day = row["hour"].astimezone(LONDON).date()
+        daily[(SERVICE, row["verdict"], day, row["service"])][0] += row["count"]
+        daily[(ROLE, row["verdict"], day, row["role"])][0] += row["count"]
+    device_key = func.coalesce(AccessEvent.device_id, AccessEvent.client_ip)
+    for h, verdict, key, name, person, count in session.execute(
+        select(
+            hour,
+            AccessEvent.verdict,
+            device_key,
+            func.max(AccessEvent.device_name),
+            func.max(AccessEvent.person_name),
+            total,
+        )
+        .where(*in_batch)
+        .group_by(hour, AccessEvent.verdict, device_key)
+    ):
+        entry = daily[(DEVICE, verdict, parse_hour(h).astimezone(LONDON).date(), str(key)[:255])]
+        entry[0] += int(count or 0)
+        # "" when nothing names the device: a later event with its name then fills it in.
+        label = f"{name or key} ({person})" if person else str(name or "")
+        if label:
+            entry[1] = label
+    target_key = func.coalesce(AccessEvent.service, AccessEvent.host)
+    for h, verdict, key, count in session.execute(
+        select(hour, AccessEvent.verdict, target_key, total)
+        .where(*in_batch)
+        .group_by(hour, AccessEvent.verdict, target_key)
+    ):
+        entry = daily[(TARGET, verdict, parse_hour(h).astimezone(LONDON).date(), str(key)[:255])]
+        entry[0] += int(count or 0)
+        entry[1] = str(key)[:300]
+    daily_rows = [
+        {
+            "site": site,
+            "dimension": dim,
+            "verdict": verdict,
+            "day": day,
+            "key": key,
+            "count": count,
+            "label": label[:300],
+        }
+        for (dim, verdict, day, key), (count, label) in daily.items()
+    ]
+    _upsert(session, EventHourly, hourly_rows, ["site", "hour", "verdict", "role", "service"], label=False)
+    _upsert(session, EventDaily, daily_rows, ["site", "dimension", "verdict", "day", "key"], label=True)
+    _write_cursor(session, site, upper, now)
+    session.flush()
+    return RollupResult(counted, upper)
+
+
+def catch_up(session: Session, site: str, now: datetime, *, batch: int = BATCH, max_batches: int = 1000) -> int:
+    """Run `update_rollups` until the cursor reaches the newest event; returns events counted.
+
+    The caller commits; for a large backlog, call `update_rollups` per transaction instead.
+    """
+    counted = 0
+    for _ in range(max_batches):
+        before = read_cursor(session, site)
+        result = update_rollups(session, site, now, batch=batch)
+        counted += result.events
+        if result.cursor == before:
+            break
+    return counted

@@ -1,0 +1,159 @@
+"""Fixtures for the scheduler: a migrated SQLite file, a config, a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from schoolgate.config import AlertsConfig, AppConfig, ConsoleConfig, DatabaseConfig, MailConfig, SiteConfig
+from schoolgate.store.db import init_db, make_engine, session_factory
+
+SITE = "testschool"
+
+POLICY = """
+[school]
+id = "testschool"
+name = "Test Primary"
+timezone = "Europe/London"
+block_ipv4 = "10.99.0.1"
+
+[calendar]
+terms = [
+  { name = "Autumn 1", start = 2026-09-03, end = 2026-10-23 },
+  { name = "Autumn 2", start = 2026-11-02, end = 2026-12-18 },
+  { name = "Spring 2", start = 2027-02-22, end = 2027-03-31 },
+]
+closures = [{ date = 2026-11-02, kind = "inset", reason = "INSET day" }]
+
+[[networks]]
+name = "loopback"
+cidrs = ["127.0.0.0/8"]
+role = "pupil"
+
+[categories.social_media]
+name = "Social media"
+
+[services.facebook]
+name = "Facebook"
+category = "social_media"
+domains = ["facebook.com"]
+
+[[rules]]
+id = "social-media"
+clause = "Social Media Policy §9"
+reason = "social media sites are not accessible on the school's network"
+action = "block"
+roles = ["pupil"]
+categories = ["social_media"]
+
+[default]
+action = "allow"
+clause = "Online Safety Policy"
+reason = "not restricted"
+"""
+
+
+@dataclass
+class Inbox:
+    """What the SMTP server received: (envelope recipients, parsed message)."""
+
+    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content, policy=email_policy.default)
+        assert isinstance(message, EmailMessage)
+        self.received.append((list(envelope.rcpt_tos), message))
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    engine = init_db(f"sqlite:///{path}")
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, template_db: Path) -> Path:
+    path = tmp_path / "schoolgate.db"
+    path.write_bytes(template_db.read_bytes())
+    return path
+
+
+@pytest.fixture
+def engine(db_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{db_path}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, db_path: Path, policy_file: Path) -> Callable[..., AppConfig]:
+    """A configuration for this test's database; mail goes to `smtp_port` on loopback if given."""
+
+    def build(smtp_port: int | None = None) -> AppConfig:
+        return _config(tmp_path, db_path, policy_file, smtp_port)
+
+    return build
+
+
+def _config(tmp_path: Path, db_path: Path, policy_file: Path, smtp_port: int | None) -> AppConfig:
+    mail = MailConfig(
+        host="127.0.0.1" if smtp_port else "",
+        port=smtp_port or 25,
+        sender="schoolgate@school.example",
+        digest_time="07:30",
+        digest_recipients=["deputy.dsl@school.example"],
+    )
+    return AppConfig(
+        source=tmp_path / "schoolgate.toml",
+        policy=policy_file,
+        data_dir=tmp_path,
+        site=SiteConfig(id=SITE, name="Test Primary"),
+        database=DatabaseConfig(url=f"sqlite:///{db_path}"),
+        console=ConsoleConfig(base_url="https://console.school.example:8443"),
+        mail=mail,
+        alerts=AlertsConfig(repeated_blocks_threshold=3),
+    )

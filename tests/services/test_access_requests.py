@@ -1,0 +1,414 @@
+"""Appendix A end to end: submit -> triage -> approve/decline, duplicates, limits, locks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schoolgate.policy import Client, CompiledPolicy, Role, Target, Verdict, decide
+from schoolgate.services import access_requests as ar
+from schoolgate.services.actor import Actor, Signature
+from schoolgate.services.errors import Forbidden, InvalidInput, InvalidTransition, LockedTarget, NotFound, RateLimited
+from schoolgate.store import audit as store_audit
+from schoolgate.store.models import AuditEntry, PolicyExceptionRow
+from schoolgate.store.overlay import load_overlay, read_generation
+
+SITE = "testschool"
+NOW = datetime(2026, 10, 6, 9, 0, tzinfo=UTC)  # a Tuesday in term, 10:00 in London
+
+
+def form(**overrides: object) -> ar.RequestForm:
+    values: dict[str, object] = {
+        "requester": "Amira (Year 5)",
+        "url": "https://www.facebook.com/groups/school-eco-club?ref=bookmark",
+        "reasons": "Our eco club posts its litter-pick photos there",
+        "site_content": "the eco club's group page",
+        "device_id": "LAPTOP-12",
+        "client_ip": "10.20.0.12",
+        "blocked_at": NOW - timedelta(minutes=2),
+        "rule_id": "social-media",
+    }
+    values.update(overrides)
+    return ar.RequestForm(**values)  # type: ignore[arg-type]
+
+
+def triage_form(**overrides: object) -> ar.TriageForm:
+    values: dict[str, object] = {
+        "technician_notes": "Checked: a closed group run by Mrs Ade; no adverts shown to logged-out users.",
+        "risks_and_controls": "Contact with strangers: group is closed; supervised use in club time only.",
+        "target": "domain",
+        "value": "facebook.com",
+        "scope": "device",
+        "subject": "LAPTOP-12",
+        "starts": NOW,
+        "expires": NOW + timedelta(days=14),
+    }
+    values.update(overrides)
+    return ar.TriageForm(**values)  # type: ignore[arg-type]
+
+
+def sign(actor: Actor, at=NOW) -> Signature:  # type: ignore[no-untyped-def]
+    assert actor.user_id is not None
+    return Signature(
+        user_id=actor.user_id, username=actor.name, name=actor.display_name, signed_at=at, method="password+totp"
+    )
+
+
+def audit_actions(session: Session) -> list[str]:
+    return list(session.scalars(select(AuditEntry.action).where(AuditEntry.site == SITE).order_by(AuditEntry.seq)))
+
+
+def test_submit_triage_approve_creates_exception(
+    session: Session, policy: CompiledPolicy, technician: Actor, headteacher: Actor
+) -> None:
+    submitted = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy)
+    assert submitted.reference == ar.reference_for(submitted.request.id)
+    assert submitted.request.status == ar.SUBMITTED
+    assert submitted.request.host == "www.facebook.com"
+    assert submitted.merged_into is None
+    status = ar.request_status(session, SITE, submitted.reference, submitted.token)
+    assert status.status == ar.SUBMITTED and status.access_expires is None
+
+    ar.triage_request(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=technician,
+        request_id=submitted.request.id,
+        form=triage_form(),
+        policy=policy,
+    )
+    assert submitted.request.status == ar.FORWARDED
+    generation_before = read_generation(session, SITE)
+
+    decided_at = NOW + timedelta(hours=3)
+    request = ar.decide_request(
+        session,
+        site=SITE,
+        now=decided_at,
+        actor=headteacher,
+        request_id=submitted.request.id,
+        decision=ar.DecisionForm(
+            approve=True, reasons="Supports the eco club; supervised.", signature=sign(headteacher, decided_at)
+        ),
+        policy=policy,
+    )
+    session.commit()
+    assert request.status == ar.APPROVED and request.approved is True
+    assert request.authoriser == "Mrs H Okafor" and request.signature and "password+totp" in request.signature
+    exception = session.get(PolicyExceptionRow, request.exception_id)
+    assert exception is not None
+    assert (exception.scope, exception.subject, exception.domain, exception.url_prefix) == (
+        "device",
+        "LAPTOP-12",
+        "facebook.com",
+        None,
+    )
+    assert exception.starts == NOW and exception.expires == NOW + timedelta(days=14)
+    assert exception.request_id == request.id
+    assert read_generation(session, SITE) == generation_before + 1
+    assert audit_actions(session) == ["request.submit", "request.triage", "request.approve", "exception.create"]
+    assert store_audit.verify(session, SITE).ok
+    approve = session.scalars(select(AuditEntry).where(AuditEntry.action == "request.approve")).one()
+    assert approve.actor == "head" and json.loads(approve.detail)["exception_id"] == exception.id
+
+    # The overlay the daemons load now allows the device, and only it, until expiry.
+    overlay = load_overlay(session, SITE, decided_at)
+    layered = policy.with_overlay(exceptions=overlay.exceptions)
+    laptop = Client(ip="10.20.0.12", device_id="LAPTOP-12", role=Role.PUPIL)
+    other = Client(ip="10.20.0.13", device_id="LAPTOP-13", role=Role.PUPIL)
+    target = Target(host="www.facebook.com")
+    assert decide(layered, laptop, target, decided_at).verdict is Verdict.ALLOW
+    assert decide(layered, other, target, decided_at).verdict is Verdict.BLOCK
+    assert decide(layered, laptop, target, NOW + timedelta(days=15)).verdict is Verdict.BLOCK
+
+    status = ar.request_status(session, SITE, submitted.reference, submitted.token)
+    assert status.status == ar.APPROVED and status.access_expires == NOW + timedelta(days=14)
+    assert status.decision_reasons == "Supports the eco club; supervised."
+
+
+def test_decline_needs_reasons_and_creates_nothing(
+    session: Session, policy: CompiledPolicy, headteacher: Actor
+) -> None:
+    submitted = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy)
+    decision = ar.DecisionForm(approve=False, reasons="", signature=sign(headteacher))
+    with pytest.raises(InvalidInput) as err:
+        ar.decide_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=headteacher,
+            request_id=submitted.request.id,
+            decision=decision,
+            policy=policy,
+        )
+    assert err.value.field == "reasons"
+    generation = read_generation(session, SITE)
+    ar.decide_request(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=headteacher,
+        request_id=submitted.request.id,
+        decision=ar.DecisionForm(approve=False, reasons="Use the school blog instead.", signature=sign(headteacher)),
+        policy=policy,
+    )
+    assert submitted.request.status == ar.DECLINED and submitted.request.approved is False
+    assert session.scalars(select(PolicyExceptionRow)).all() == []
+    assert read_generation(session, SITE) == generation
+    status = ar.request_status(session, SITE, submitted.reference, submitted.token)
+    assert status.status == ar.DECLINED and status.decision_reasons == "Use the school blog instead."
+    with pytest.raises(InvalidTransition):
+        ar.decide_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=headteacher,
+            request_id=submitted.request.id,
+            decision=ar.DecisionForm(approve=True, reasons="", signature=sign(headteacher)),
+            policy=policy,
+        )
+
+
+def test_approval_requires_triage_headteacher_and_fresh_own_signature(
+    session: Session, policy: CompiledPolicy, technician: Actor, headteacher: Actor
+) -> None:
+    request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request.id
+    approve = ar.DecisionForm(approve=True, reasons="ok", signature=sign(headteacher))
+    with pytest.raises(InvalidTransition, match="triaged"):
+        ar.decide_request(
+            session, site=SITE, now=NOW, actor=headteacher, request_id=request_id, decision=approve, policy=policy
+        )
+    ar.triage_request(
+        session, site=SITE, now=NOW, actor=technician, request_id=request_id, form=triage_form(), policy=policy
+    )
+    with pytest.raises(Forbidden):
+        ar.decide_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            request_id=request_id,
+            decision=ar.DecisionForm(approve=True, reasons="", signature=sign(technician)),
+            policy=policy,
+        )
+    stale = ar.DecisionForm(approve=True, reasons="ok", signature=sign(headteacher, NOW - timedelta(minutes=30)))
+    with pytest.raises(Forbidden, match="expired"):
+        ar.decide_request(
+            session, site=SITE, now=NOW, actor=headteacher, request_id=request_id, decision=stale, policy=policy
+        )
+    forged = ar.DecisionForm(approve=True, reasons="ok", signature=sign(technician))
+    with pytest.raises(Forbidden, match="your own"):
+        ar.decide_request(
+            session, site=SITE, now=NOW, actor=headteacher, request_id=request_id, decision=forged, policy=policy
+        )
+    with pytest.raises(Forbidden):
+        ar.triage_request(
+            session, site=SITE, now=NOW, actor=headteacher, request_id=request_id, form=triage_form(), policy=policy
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"target": "domain", "value": "not a domain"}, "value"),
+        ({"target": "ip", "value": "1.2.3.4"}, "target"),
+        ({"scope": "everyone"}, "scope"),
+        ({"scope": "role", "subject": "supervised"}, "subject"),
+        ({"scope": "role", "subject": "wizard"}, "subject"),
+        ({"expires": NOW - timedelta(days=1), "starts": NOW - timedelta(days=2)}, "expires"),
+        ({"expires": NOW + timedelta(days=400)}, "expires"),
+        ({"technician_notes": "  "}, "technician_notes"),
+    ],
+)
+def test_triage_validates_scope(
+    session: Session, policy: CompiledPolicy, technician: Actor, overrides: dict[str, object], field: str
+) -> None:
+    request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request.id
+    with pytest.raises(InvalidInput) as err:
+        ar.triage_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            request_id=request_id,
+            form=triage_form(**overrides),
+            policy=policy,
+        )
+    assert err.value.field == field
+
+
+def test_url_prefix_scope_for_a_role(
+    session: Session, policy: CompiledPolicy, technician: Actor, headteacher: Actor
+) -> None:
+    request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request.id
+    ar.triage_request(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=technician,
+        request_id=request_id,
+        policy=policy,
+        form=triage_form(
+            target="url", value="https://www.facebook.com/groups/school-eco-club", scope="role", subject="staff"
+        ),
+    )
+    request = ar.decide_request(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=headteacher,
+        request_id=request_id,
+        decision=ar.DecisionForm(True, "", sign(headteacher)),
+        policy=policy,
+    )
+    exception = session.get(PolicyExceptionRow, request.exception_id)
+    assert exception is not None
+    assert (exception.scope, exception.subject, exception.domain) == ("role", "staff", None)
+    assert exception.url_prefix == "https://www.facebook.com/groups/school-eco-club"
+
+
+@pytest.mark.parametrize("url", ["https://freevpn.example/download", "http://www.FREEVPN.example./", "freevpn.example"])
+def test_locked_site_is_refused(session: Session, policy: CompiledPolicy, url: str) -> None:
+    with pytest.raises(LockedTarget, match="no approval can override"):
+        ar.submit_request(session, site=SITE, now=NOW, form=form(url=url), policy=policy)
+    assert session.scalars(select(AuditEntry)).all() == []
+
+
+def test_locked_domain_refused_at_triage(session: Session, policy: CompiledPolicy, technician: Actor) -> None:
+    request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request.id
+    with pytest.raises(LockedTarget):
+        ar.triage_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            request_id=request_id,
+            policy=policy,
+            form=triage_form(value="freevpn.example"),
+        )
+
+
+def test_duplicates_merge_into_the_open_request(session: Session, policy: CompiledPolicy) -> None:
+    first = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy)
+    again = ar.submit_request(
+        session,
+        site=SITE,
+        now=NOW + timedelta(minutes=5),
+        policy=policy,
+        form=form(url="https://www.facebook.com/other", reasons="please!"),
+    )
+    by_name = ar.submit_request(
+        session,
+        site=SITE,
+        now=NOW + timedelta(minutes=6),
+        policy=policy,
+        form=form(device_id="LAPTOP-99", client_ip="10.20.0.99", requester="AMIRA (YEAR 5)"),
+    )
+    assert again.merged_into is first.request and by_name.merged_into is first.request
+    assert again.request.status == ar.MERGED and again.request.merged_into_id == first.request.id
+    assert first.request.duplicate_count == 2
+    assert [r.id for r in ar.duplicates_of(session, SITE, first.request.id)] == [again.request.id, by_name.request.id]
+    # The merged requester's status follows the open request.
+    assert ar.request_status(session, SITE, again.reference, again.token).status == ar.SUBMITTED
+    # Another host, or another requester on another device, is a request of its own.
+    other_host = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form(url="https://fbcdn.net/x"))
+    other_person = ar.submit_request(
+        session,
+        site=SITE,
+        now=NOW,
+        policy=policy,
+        form=form(requester="Ben", device_id="LAPTOP-2", client_ip="10.20.0.2"),
+    )
+    assert other_host.merged_into is None and other_person.merged_into is None
+    assert audit_actions(session).count("request.merge") == 2
+
+
+def test_rate_limit_per_device_and_host(session: Session, policy: CompiledPolicy) -> None:
+    for minute in range(ar.MAX_REQUESTS_PER_HOST_PER_DAY):
+        ar.submit_request(session, site=SITE, now=NOW + timedelta(minutes=minute), form=form(), policy=policy)
+    with pytest.raises(RateLimited):
+        ar.submit_request(session, site=SITE, now=NOW + timedelta(minutes=10), form=form(), policy=policy)
+    # By address when the device is unknown, also limited.
+    for minute in range(ar.MAX_REQUESTS_PER_HOST_PER_DAY):
+        ar.submit_request(
+            session,
+            site=SITE,
+            now=NOW + timedelta(minutes=minute),
+            policy=policy,
+            form=form(device_id=None, client_ip="10.20.0.50", requester=f"guest {minute}"),
+        )
+    with pytest.raises(RateLimited):
+        ar.submit_request(
+            session,
+            site=SITE,
+            now=NOW,
+            policy=policy,
+            form=form(device_id=None, client_ip="10.20.0.50", requester="guest x"),
+        )
+    # Another host from the same device is fine, and a day later the limit has passed.
+    ar.submit_request(session, site=SITE, now=NOW, form=form(url="https://fbcdn.net/a"), policy=policy)
+    ar.submit_request(session, site=SITE, now=NOW + timedelta(days=1, minutes=1), form=form(), policy=policy)
+
+
+def test_status_lookup_needs_the_token(session: Session, policy: CompiledPolicy) -> None:
+    submitted = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy)
+    for reference, token in [(submitted.reference, "wrong"), ("AR-999999", submitted.token), (submitted.reference, "")]:
+        with pytest.raises(NotFound):
+            ar.request_status(session, SITE, reference, token)
+    with pytest.raises(NotFound):
+        ar.request_status(session, "another-school", submitted.reference, submitted.token)
+    with pytest.raises(InvalidInput):
+        ar.request_status(session, SITE, "DROP TABLE", submitted.token)
+    assert ar.request_status(session, SITE, f" {submitted.reference.lower()} ", submitted.token).status == "submitted"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"requester": " "}, "requester"),
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"url": "ftp://files.example/"}, "url"),
+        ({"url": "https://exa mple.com/"}, "url"),
+        ({"reasons": ""}, "reasons"),
+        ({"reasons": "x" * 5000}, "reasons"),
+        ({"site_content": "bell\x07"}, "site_content"),
+    ],
+)
+def test_submit_rejects_bad_fields(
+    session: Session, policy: CompiledPolicy, overrides: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        ar.submit_request(session, site=SITE, now=NOW, form=form(**overrides), policy=policy)
+    assert err.value.field == field
+
+
+def test_withdraw_and_listing(session: Session, policy: CompiledPolicy, technician: Actor) -> None:
+    a = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request
+    b = ar.submit_request(
+        session,
+        site=SITE,
+        now=NOW + timedelta(minutes=1),
+        policy=policy,
+        form=form(url="https://fbcdn.net/", requester="Ben", device_id="D2", client_ip=None),
+    ).request
+    ar.withdraw_request(session, site=SITE, now=NOW, actor=technician, request_id=a.id, reason="no longer needed")
+    page = ar.list_requests(session, SITE, statuses=ar.OPEN_STATUSES)
+    assert [r.id for r in page.items] == [b.id] and page.total == 1
+    assert ar.list_requests(session, SITE).total == 2
+    with pytest.raises(InvalidTransition):
+        ar.withdraw_request(session, site=SITE, now=NOW, actor=technician, request_id=a.id, reason="again")
+
+
+def test_duplicate_names_match_in_any_alphabet(session: Session, policy: CompiledPolicy) -> None:
+    first = ar.submit_request(
+        session, site=SITE, now=NOW, policy=policy, form=form(requester="Zoë Ünal", device_id="D1", client_ip=None)
+    )
+    again = ar.submit_request(
+        session, site=SITE, now=NOW, policy=policy, form=form(requester="ZOË ÜNAL", device_id="D2", client_ip=None)
+    )
+    assert again.merged_into is first.request

@@ -1,0 +1,189 @@
+"""Device and people registers: CRUD, CSV import with bad rows, CSV export escaping."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schoolgate.services import register
+from schoolgate.services.actor import Actor
+from schoolgate.services.csvexport import DEVICE_COLUMNS, EVENT_COLUMNS, iter_csv, safe_cell, to_csv
+from schoolgate.services.errors import Forbidden, InvalidInput
+from schoolgate.store.models import AccessEvent, AuditEntry, Device, Person
+from schoolgate.store.overlay import read_generation
+
+SITE = "testschool"
+NOW = datetime(2026, 10, 6, 9, 0, tzinfo=UTC)
+
+PEOPLE_CSV = """external_id,name,role,year_group,groups,email
+p001,Amira Khan,pupil,Y5,"5K,eco club",
+p002,Ben Cole,pupil,R,,
+s001,Mrs J Patel,staff,,teachers,j.patel@school.example
+p003,,pupil,3,,
+p004,Cara Doe,wizard,3,,
+p005,Dan Roe,pupil,Year 9000,,
+p001,Amira Again,pupil,5,,
+s002,Mr Q,staff,,,not-an-email
+g001,Visitor Laptop,guest,,,
+"""
+
+DEVICES_CSV = """device_id,name,mac,ip,kind,role,owner,trusts_school_ca,notes
+IPAD-1,iPad 1,3C-22-FB-01-02-01,,ipad,,p001,no,
+IPAD-2,iPad 2,3c22.fb01.0202,10.0.0.2,ipad,,,yes,class set
+IPAD-3,iPad 3,zz:zz,,ipad,,,no,
+IPAD-4,iPad 4,3c:22:fb:01:02:01,,ipad,,,no,same MAC as IPAD-1
+IPAD-5,iPad 5,,10.0.0.300,ipad,,,no,
+IPAD-6,iPad 6,,,ipad,,nobody,no,
+IPAD-7,iPad 7,,,ipad,,,maybe,
+IPAD-8,"iPad 8, with a comma
+and a newline in the name",,,ipad,staff,,no,
+IPAD-9,iPad 9,,,ipad,,,no,,too,many
+"""
+
+
+def test_people_import_keeps_good_rows_and_reports_bad_lines(session: Session, technician: Actor) -> None:
+    before = read_generation(session, SITE)
+    report = register.import_people_csv(session, site=SITE, now=NOW, actor=technician, text=PEOPLE_CSV)
+    assert (report.created, report.updated) == (4, 0)
+    assert [(e.line, e.message.split(" ")[0]) for e in report.errors] == [
+        (5, "Please"),
+        (6, "Unknown"),
+        (7, "'Year"),
+        (8, "external_id"),
+        (9, "'not-an-email'"),
+    ]
+    people = {p.external_id: p for p in session.scalars(select(Person))}
+    assert set(people) == {"p001", "p002", "s001", "g001"}
+    assert people["p001"].year_group == 5 and people["p001"].groups == "5K,eco club"
+    assert people["p002"].year_group == 0 and people["s001"].email == "j.patel@school.example"
+    assert read_generation(session, SITE) == before + 1
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "person.import")).one()
+    assert '"created":4' in entry.detail
+
+    # Importing again updates in place.
+    again = register.import_people_csv(
+        session, site=SITE, now=NOW, actor=technician, text="external_id,name,role\np001,Amira K,pupil\n"
+    )
+    assert (again.created, again.updated, again.errors) == (0, 1, [])
+    assert session.get(Person, people["p001"].id).name == "Amira K"  # type: ignore[union-attr]
+
+
+def test_device_import(session: Session, technician: Actor) -> None:
+    register.import_people_csv(session, site=SITE, now=NOW, actor=technician, text=PEOPLE_CSV)
+    report = register.import_devices_csv(session, site=SITE, now=NOW, actor=technician, text=DEVICES_CSV)
+    assert report.created == 3
+    bad = {e.line: e.message for e in report.errors}
+    assert sorted(bad) == [4, 5, 6, 7, 8, 11]
+    assert "MAC" in bad[4] and "already registered to 'IPAD-1'" in bad[5] and "IP address" in bad[6]
+    assert "nobody" in bad[7] and "yes or no" in bad[8] and "cells" in bad[11]
+    devices = {d.device_id: d for d in session.scalars(select(Device))}
+    assert set(devices) == {"IPAD-1", "IPAD-2", "IPAD-8"}
+    assert devices["IPAD-1"].mac == "3c:22:fb:01:02:01" and devices["IPAD-1"].person is not None
+    assert devices["IPAD-2"].mac == "3c:22:fb:01:02:02" and devices["IPAD-2"].trusts_school_ca is True
+    assert devices["IPAD-8"].name == "iPad 8, with a comma\nand a newline in the name"
+    assert devices["IPAD-8"].role == "staff"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "empty"), ("name,mac\nx,y\n", "needs the column"), ("device_id,name,colour\n", "unknown column")],
+)
+def test_import_refuses_a_wrong_header(session: Session, technician: Actor, text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        register.import_devices_csv(session, site=SITE, now=NOW, actor=technician, text=text)
+
+
+def test_import_needs_the_role(session: Session, dsl: Actor) -> None:
+    with pytest.raises(Forbidden):
+        register.import_devices_csv(session, site=SITE, now=NOW, actor=dsl, text=DEVICES_CSV)
+
+
+def test_device_crud(session: Session, technician: Actor) -> None:
+    device = register.create_device(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=technician,
+        form=register.DeviceForm(device_id="PC-1", name="Library PC", mac="AA-BB-CC-DD-EE-01"),
+    )
+    with pytest.raises(InvalidInput, match="already registered"):
+        register.create_device(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            form=register.DeviceForm(device_id="PC-2", name="x", mac="aa:bb:cc:dd:ee:01"),
+        )
+    register.update_device(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=technician,
+        device_pk=device.id,
+        form=register.DeviceForm(device_id="PC-1", name="Library PC 1", mac="aa:bb:cc:dd:ee:01", role="staff"),
+    )
+    assert device.name == "Library PC 1" and device.role == "staff"
+    assert register.list_devices(session, SITE, search="ee:01").total == 1
+    register.delete_device(session, site=SITE, now=NOW, actor=technician, device_pk=device.id)
+    assert register.list_devices(session, SITE).total == 0
+    actions = list(session.scalars(select(AuditEntry.action).order_by(AuditEntry.seq)))
+    assert actions == ["device.create", "device.update", "device.delete"]
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ('=HYPERLINK("http://evil")', '\'=HYPERLINK("http://evil")'),
+        ("+1+1", "'+1+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("safe.example", "safe.example"),
+        ("a=b", "a=b"),
+        (None, ""),
+        (True, "yes"),
+        (datetime(2026, 10, 6, 9, 0, tzinfo=UTC), "2026-10-06T09:00:00+00:00"),
+    ],
+)
+def test_safe_cell(value: object, cell: str) -> None:
+    assert safe_cell(value) == cell
+
+
+def test_event_export_escapes_and_round_trips(session: Session) -> None:
+    hostile = AccessEvent(
+        site=SITE,
+        ts=NOW,
+        source="proxy",
+        client_ip="10.0.0.5",
+        role="pupil",
+        host="=cmd|' /C calc'!A0.example",
+        url="https://x.example/?q=-1+1",
+        search_term='@everyone "quoted", with comma\nnewline',
+        verdict="block",
+        rule_id="r",
+        flags="",
+    )
+    text = "".join(EVENT_COLUMNS.csv([hostile]))
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0][:3] == ["time_utc", "device_id", "device_name"]
+    record = dict(zip(rows[0], rows[1], strict=True))
+    assert record["host"] == "'=cmd|' /C calc'!A0.example"
+    assert record["search_term"] == '\'@everyone "quoted", with comma\nnewline'
+    assert record["url"] == "https://x.example/?q=-1+1"
+    assert to_csv(["a"], [["=1"]]) == "a\r\n'=1\r\n"
+    assert list(iter_csv(["h"], [])) == ["h\r\n"]
+
+
+def test_device_export_matches_the_import_columns(session: Session, technician: Actor) -> None:
+    register.import_devices_csv(
+        session, site=SITE, now=NOW, actor=technician, text="device_id,name,notes\nPC-1,Library PC,-do not move\n"
+    )
+    text = "".join(DEVICE_COLUMNS.csv(session.scalars(select(Device))))
+    assert text.splitlines()[0] == ",".join(register.DEVICE_COLUMNS)
+    assert "'-do not move" in text
