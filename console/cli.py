@@ -1,0 +1,183 @@
+"""`schoolgate console` (serve the web console) and `schoolgate users add|list|reset-password`.
+
+Imports stay inside the handlers so `schoolgate --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    console = sub.add_parser("console", help="serve the web console (gunicorn, TLS)")
+    console.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
+    console.add_argument("--plain-http", action="store_true",
+                         help="serve without TLS (development only; also [console] plain_http)")
+    console.add_argument("--listen", help="HOST:PORT to listen on (default: [console] listen)")
+    console.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
+    console.add_argument("--issue-cert", action="store_true",
+                         help="issue the console's TLS certificate from the school CA, then exit")
+    console.set_defaults(func=_console)
+
+    users = sub.add_parser("users", help="console accounts: add, list, reset-password")
+    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+
+    add = users_sub.add_parser("add", help="create a console account and print a one-time password")
+    add.add_argument("username")
+    add.add_argument("--role", action="append", required=True, dest="roles",
+                     help="technician, dsl, headteacher or admin; repeat for several")
+    add.add_argument("--name", help="the name printed on forms (default: the username)")
+    add.add_argument("--email")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input instead of generating one")
+    add.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
+    add.set_defaults(func=_users_add)
+
+    listing = users_sub.add_parser("list", help="list console accounts and their roles")
+    listing.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
+    listing.set_defaults(func=_users_list)
+
+    reset = users_sub.add_parser("reset-password",
+                                 help="set a new one-time password (also unlocks the account)")
+    reset.add_argument("username")
+    reset.add_argument("--password-stdin", action="store_true")
+    reset.add_argument("--reset-totp", action="store_true", help="also clear the second factor (lost phone)")
+    reset.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
+    reset.set_defaults(func=_users_reset)
+
+
+def _err(message: str) -> int:
+    print(f"schoolgate: {message}", file=sys.stderr)
+    return 1
+
+
+def _config(path: str) -> Any:
+    from schoolgate.config import load_config
+    from schoolgate.tomlpos import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"schoolgate: {err}", file=sys.stderr)
+        return None
+
+
+def _console(args: argparse.Namespace) -> int:
+    from schoolgate.console.server import ServeError, issue_console_cert, serve
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    try:
+        if args.issue_cert:
+            files = issue_console_cert(config)
+            print(f"certificate: {files.cert}\nkey: {files.key}")
+            return 0
+        serve(config, plain_http=args.plain_http or config.console.plain_http, listen=args.listen,
+              threads=args.threads)
+    except ServeError as err:
+        return _err(str(err))
+    return 0
+
+
+def _session(config: Any) -> Any:
+    from schoolgate.store.db import init_db, session_factory
+
+    return session_factory(init_db(config.database_url))()
+
+
+def _read_password(prompt_stdin: bool) -> str | None:
+    if not prompt_stdin:
+        return None
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+def _audit(session: Any, config: Any, action: str, user: Any, detail: dict[str, Any]) -> None:
+    from schoolgate.store import audit
+
+    audit.record(session, site=config.site.id, actor="system:cli", action=action, object_type="console_user",
+                 object_id=user.id, detail={"username": user.username, **detail})
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from schoolgate.console import accounts
+    from schoolgate.console.roles import parse_roles
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    try:
+        roles = parse_roles(args.roles)
+    except ValueError as err:
+        return _err(str(err))
+    given = _read_password(args.password_stdin)
+    password = given if given is not None else accounts.generate_password()
+    session = _session(config)
+    try:
+        user = accounts.create_user(session, username=args.username, display_name=args.name or args.username,
+                                    roles=roles, password=password, site=config.site.id, email=args.email)
+        _audit(session, config, "user.create", user, {"roles": sorted(user.role_names)})
+        session.commit()
+    except accounts.AccountError as err:
+        session.rollback()
+        return _err(str(err))
+    finally:
+        session.close()
+    print(f"created {user.username} ({', '.join(sorted(user.role_names))})")
+    if given is None:
+        print(f"one-time password: {password}")
+    if accounts.totp_required(user):
+        print("two-factor sign-in will be set up at the first sign-in")
+    return 0
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from schoolgate.store.models import ConsoleUser
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    session = _session(config)
+    try:
+        users = session.scalars(select(ConsoleUser).order_by(ConsoleUser.username)).all()
+        for user in users:
+            state = "active" if user.active else "disabled"
+            totp = "totp" if user.totp_secret else "no-totp"
+            print(f"{user.username}\t{','.join(sorted(user.role_names))}\t{state}\t{totp}\t{user.display_name}")
+    finally:
+        session.close()
+    return 0
+
+
+def _users_reset(args: argparse.Namespace) -> int:
+    from schoolgate.console import accounts
+
+    config = _config(args.config)
+    if config is None:
+        return 2
+    given = _read_password(args.password_stdin)
+    password = given if given is not None else accounts.generate_password()
+    session = _session(config)
+    try:
+        user = accounts.find_user(session, args.username)
+        if user is None:
+            return _err(f"no console user {args.username!r}")
+        accounts.reset_password(user, password)
+        if args.reset_totp:
+            user.totp_secret = None
+        _audit(session, config, "user.reset_password", user, {"reset_totp": bool(args.reset_totp)})
+        session.commit()
+    except accounts.AccountError as err:
+        session.rollback()
+        return _err(str(err))
+    finally:
+        session.close()
+    print(f"password reset for {user.username}")
+    if given is None:
+        print(f"one-time password: {password}")
+    return 0

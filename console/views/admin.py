@@ -1,0 +1,142 @@
+"""Console accounts: add people, give and take roles, reset passwords and second factors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from schoolgate.console import accounts, web
+from schoolgate.console.accounts import AccountError
+from schoolgate.console.csvout import csv_response, wants_csv
+from schoolgate.console.roles import ConsoleRole, parse_roles
+from schoolgate.console.roles import Permission as Perm
+from schoolgate.store import audit as store_audit
+from schoolgate.store.models import ConsoleUser
+
+bp = Blueprint("admin", __name__, url_prefix="/users")
+
+ROLE_TEXT = {
+    ConsoleRole.TECHNICIAN: "ICT technician: triage requests, action reports, edit registers and blocks",
+    ConsoleRole.DSL: "Designated safeguarding lead: alerts, cases and bans",
+    ConsoleRole.HEADTEACHER: "Headteacher: approve or decline requests; alerts",
+    ConsoleRole.ADMIN: "Admin: manage console accounts",
+}
+
+
+def _audit(action: str, user: ConsoleUser, detail: dict[str, Any]) -> None:
+    store_audit.record(web.db(), site=web.site_id(), actor=web.actor().name, action=action,
+                       object_type="console_user", object_id=user.id, detail={"username": user.username, **detail},
+                       at=web.now())
+
+
+def _site_users() -> Any:
+    site = web.site_id()
+    return select(ConsoleUser).where((ConsoleUser.site == site) | ConsoleUser.site.is_(None))
+
+
+def _load(user_id: int) -> ConsoleUser:
+    user = web.db().get(ConsoleUser, user_id)
+    if user is None or user.site not in (None, web.site_id()):
+        abort(404)
+    return user
+
+
+@bp.route("")
+@web.requires(Perm.MANAGE_USERS)
+def users() -> Any:
+    rows = web.db().scalars(_site_users().order_by(ConsoleUser.username)).all()
+    if wants_csv():
+        return csv_response("console-users.csv", ["username", "display_name", "roles", "active", "totp", "last_login"],
+                            ([u.username, u.display_name, " ".join(sorted(u.role_names)), u.active,
+                              bool(u.totp_secret), u.last_login] for u in rows))
+    return render_template("admin/users.html", users=rows, now=web.now())
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@web.requires(Perm.MANAGE_USERS)
+def new() -> Any:
+    if request.method == "GET":
+        return render_template("admin/new.html", values={}, role_text=ROLE_TEXT, error=None)
+    form = request.form
+    values: dict[str, Any] = {k: form.get(k, "")[:200] for k in ("username", "display_name", "email")}
+    values["roles"] = form.getlist("roles")
+    password = accounts.generate_password()
+    try:
+        user = accounts.create_user(
+            web.db(), username=values["username"], display_name=values["display_name"],
+            roles=parse_roles(form.getlist("roles")), password=password, site=web.site_id(),
+            email=values["email"] or None,
+        )
+        _audit("user.create", user, {"roles": sorted(user.role_names)})
+    except (AccountError, ValueError) as err:
+        web.db().rollback()
+        return render_template("admin/new.html", values=values, role_text=ROLE_TEXT, error=str(err)), 400
+    web.db().commit()
+    return render_template("admin/password.html", user=user, password=password, created=True)
+
+
+@bp.route("/<int:user_id>", methods=["GET", "POST"])
+@web.requires(Perm.MANAGE_USERS)
+def edit(user_id: int) -> Any:
+    user = _load(user_id)
+    if request.method == "GET":
+        return render_template("admin/edit.html", user=user, role_text=ROLE_TEXT, error=None)
+    me = web.current_user()
+    assert me is not None
+    try:
+        roles = parse_roles(request.form.getlist("roles"))
+        active = request.form.get("active") == "1"
+        if user.id == me.id and (ConsoleRole.ADMIN not in roles or not active):
+            raise AccountError("You cannot remove your own admin role or disable your own account.")
+        before = sorted(user.role_names)
+        accounts.set_roles(user, roles)
+        user.active = active
+        user.display_name = request.form.get("display_name", user.display_name)[:200].strip() or user.display_name
+        user.email = request.form.get("email", "")[:200].strip() or None
+        user.receives_digest = request.form.get("receives_digest") == "1"
+        web.db().flush()
+        _audit("user.update", user, {"roles_before": before, "roles": sorted(user.role_names), "active": active,
+                                     "receives_digest": user.receives_digest})
+    except (AccountError, ValueError) as err:
+        web.db().rollback()
+        return render_template("admin/edit.html", user=_load(user_id), role_text=ROLE_TEXT, error=str(err)), 400
+    web.db().commit()
+    flash(f"{user.username} saved.")
+    return redirect(url_for("admin.users"))
+
+
+@bp.route("/<int:user_id>/reset-password", methods=["POST"])
+@web.requires(Perm.MANAGE_USERS)
+def reset_password(user_id: int) -> Any:
+    user = _load(user_id)
+    password = accounts.generate_password()
+    accounts.reset_password(user, password)
+    _audit("user.reset_password", user, {})
+    web.db().commit()
+    return render_template("admin/password.html", user=user, password=password, created=False)
+
+
+@bp.route("/<int:user_id>/reset-totp", methods=["POST"])
+@web.requires(Perm.MANAGE_USERS)
+def reset_totp(user_id: int) -> Any:
+    """For a lost phone: the user sets up a new authenticator at their next sign-in."""
+    user = _load(user_id)
+    user.totp_secret = None
+    _audit("user.reset_totp", user, {})
+    web.db().commit()
+    flash(f"{user.username} will set up two-factor sign-in again at their next sign-in.")
+    return redirect(url_for("admin.edit", user_id=user.id))
+
+
+@bp.route("/<int:user_id>/unlock", methods=["POST"])
+@web.requires(Perm.MANAGE_USERS)
+def unlock(user_id: int) -> Any:
+    user = _load(user_id)
+    user.locked_until = None
+    user.failed_logins = 0
+    _audit("user.unlock", user, {})
+    web.db().commit()
+    flash(f"{user.username} is unlocked.")
+    return redirect(url_for("admin.edit", user_id=user.id))

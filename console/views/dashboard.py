@@ -1,0 +1,57 @@
+"""The front page: today's figures, open work, and blocked attempts over time by service and role."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, render_template, request
+
+from schoolgate.console import charts, web
+from schoolgate.console.roles import Permission
+from schoolgate.services import activity
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+LONDON = ZoneInfo("Europe/London")
+RANGES = {"1": "last 24 hours", "7": "last 7 days", "30": "last 30 days"}
+
+
+def _label(moment: Any, bucket: str) -> str:
+    local = moment.astimezone(LONDON)
+    return f"{local:%H}:00" if bucket == "hour" else f"{local:%a} {local.day}"
+
+
+def _table(series: activity.Series) -> tuple[list[str], list[tuple[str, list[int], int]]]:
+    labels = [_label(b, series.bucket) for b in series.buckets]
+    rows = [(name, values, sum(values)) for name, values in series.counts.items()]
+    return labels, rows
+
+
+@bp.route("")
+@web.requires(Permission.VIEW_DASHBOARD)
+def index() -> Any:
+    days = request.args.get("days", "7")
+    if days not in RANGES:
+        days = "7"
+    now = web.now()
+    end = now + timedelta(seconds=1)
+    start = end - timedelta(days=int(days))
+    session, site = web.db(), web.site_id()
+    figures = activity.dashboard(session, site, now, days=int(days))
+    by_service = activity.blocked_over_time(session, site, start, end, by="service")
+    by_role = activity.blocked_over_time(session, site, start, end, by="role")
+    chart_data = []
+    for title, series in ((f"Blocked attempts by service, {RANGES[days]}", by_service),
+                          (f"Blocked attempts by role, {RANGES[days]}", by_role)):
+        labels, rows = _table(series)
+        svg = charts.stacked_columns(title, labels, [charts.Series(n, v) for n, v, _ in rows])
+        chart_data.append({"title": title, "svg": svg, "labels": labels, "rows": rows})
+    top_services = charts.horizontal_bars(
+        "Most blocked services", [(r.label, r.count) for r in figures.top_blocked_services]
+    )
+    return render_template(
+        "dashboard/index.html", figures=figures, charts=chart_data, days=days, ranges=RANGES,
+        top_services=top_services,
+    )

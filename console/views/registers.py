@@ -1,0 +1,208 @@
+"""The device and people registers: lists with search, one-at-a-time edits, CSV import and export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+
+from schoolgate.console import web
+from schoolgate.console.csvout import csv_response, wants_csv
+from schoolgate.console.roles import Permission
+from schoolgate.services import register as svc
+from schoolgate.services.errors import InvalidInput, ServiceError
+
+bp = Blueprint("registers", __name__)
+
+DEVICE_FIELDS = ("device_id", "name", "mac", "ip", "kind", "role", "owner", "notes")
+PERSON_FIELDS = ("external_id", "name", "role", "year_group", "groups", "email")
+
+
+def _device_form(form: Any) -> svc.DeviceForm:
+    values = {k: form.get(k, "")[:2000] for k in DEVICE_FIELDS}
+    return svc.DeviceForm(
+        device_id=values["device_id"], name=values["name"], mac=values["mac"] or None, ip=values["ip"] or None,
+        kind=values["kind"], role=values["role"] or None, owner=values["owner"] or None,
+        trusts_school_ca=form.get("trusts_school_ca") == "1", notes=values["notes"],
+    )
+
+
+def _person_form(form: Any) -> svc.PersonForm:
+    values = {k: form.get(k, "")[:2000] for k in PERSON_FIELDS}
+    return svc.PersonForm(
+        external_id=values["external_id"], name=values["name"], role=values["role"],
+        year_group=svc.parse_year_group(values["year_group"]), groups=values["groups"],
+        email=values["email"] or None, active=form.get("active") == "1",
+    )
+
+
+def _read_upload() -> str:
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise InvalidInput("Choose a CSV file to import.", field="file")
+    data = upload.read(svc.MAX_IMPORT_BYTES + 1)
+    if len(data) > svc.MAX_IMPORT_BYTES:
+        raise InvalidInput(f"The file is larger than {svc.MAX_IMPORT_BYTES // (1024 * 1024)} MB.", field="file")
+    for encoding in ("utf-8-sig", "cp1252"):  # a spreadsheet saved on Windows is often cp1252
+        try:
+            text: str = data.decode(encoding)
+            return text
+        except UnicodeDecodeError:
+            continue
+    raise InvalidInput("The file is not text (save it from the spreadsheet as CSV).", field="file")
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+
+@bp.route("/devices")
+@web.requires(Permission.VIEW_REGISTERS)
+def devices() -> Any:
+    search = request.args.get("q", "")[:200]
+    args = {"q": search} if search else {}
+    if wants_csv():
+        page = svc.list_devices(web.db(), web.site_id(), search=search, limit=svc.MAX_IMPORT_ROWS * 5)
+        return csv_response("devices.csv", [*svc.DEVICE_COLUMNS, "last_seen"], (
+            [d.device_id, d.name, d.mac, d.ip, d.kind, d.role, d.person.external_id if d.person else "",
+             "yes" if d.trusts_school_ca else "no", d.notes, d.last_seen] for d in page.items))
+    page = svc.list_devices(web.db(), web.site_id(), search=search, offset=web.int_arg("offset", 0))
+    return render_template("registers/devices.html", page=page, search=search, args=args)
+
+
+def _device_page(device: Any, values: dict[str, Any], errors: dict[str, str], message: str | None,
+                 status: int = 200) -> Any:
+    return render_template("registers/device_form.html", device=device, values=values, errors=errors,
+                           message=message, roles=svc.PERSON_ROLES), status
+
+
+@bp.route("/devices/new", methods=["GET", "POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def device_new() -> Any:
+    if request.method == "GET":
+        return _device_page(None, {}, {}, None)
+    try:
+        device = svc.create_device(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
+                                   form=_device_form(request.form))
+    except ServiceError as err:
+        web.db().rollback()
+        return _device_page(None, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
+    web.db().commit()
+    flash(f"Device {device.device_id} added.")
+    return redirect(url_for("registers.devices"))
+
+
+@bp.route("/devices/<int:device_pk>", methods=["GET", "POST"])
+@web.requires(Permission.VIEW_REGISTERS)
+def device_edit(device_pk: int) -> Any:
+    try:
+        device = svc.get_device(web.db(), web.site_id(), device_pk)
+    except ServiceError:
+        abort(404)
+    if request.method == "GET":
+        values = {k: getattr(device, k) or "" for k in ("device_id", "name", "mac", "ip", "kind", "role", "notes")}
+        values["owner"] = device.person.external_id if device.person else ""
+        values["trusts_school_ca"] = "1" if device.trusts_school_ca else ""
+        return _device_page(device, values, {}, None)
+    if not web.can(Permission.EDIT_REGISTERS):
+        abort(403)
+    try:
+        svc.update_device(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), device_pk=device.id,
+                          form=_device_form(request.form))
+    except ServiceError as err:
+        web.db().rollback()
+        return _device_page(device, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
+    web.db().commit()
+    flash("Device saved.")
+    return redirect(url_for("registers.devices"))
+
+
+@bp.route("/devices/import", methods=["GET", "POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def device_import() -> Any:
+    return _import("devices", svc.DEVICE_COLUMNS, svc.import_devices_csv)
+
+
+# -- people --------------------------------------------------------------------------------------
+
+
+@bp.route("/people")
+@web.requires(Permission.VIEW_REGISTERS)
+def people() -> Any:
+    search = request.args.get("q", "")[:200]
+    role = request.args.get("role", "")
+    role = role if role in svc.PERSON_ROLES else ""
+    args = {**({"q": search} if search else {}), **({"role": role} if role else {})}
+    if wants_csv():
+        page = svc.list_people(web.db(), web.site_id(), search=search, role=role or None, limit=svc.MAX_IMPORT_ROWS * 5)
+        return csv_response("people.csv", svc.PEOPLE_COLUMNS, (
+            [p.external_id, p.name, p.role, p.year_group, p.groups, p.email, "yes" if p.active else "no"]
+            for p in page.items))
+    page = svc.list_people(web.db(), web.site_id(), search=search, role=role or None, offset=web.int_arg("offset", 0))
+    return render_template("registers/people.html", page=page, search=search, role=role, roles=svc.PERSON_ROLES,
+                           args=args)
+
+
+def _person_page(person: Any, values: dict[str, Any], errors: dict[str, str], message: str | None,
+                 status: int = 200) -> Any:
+    return render_template("registers/person_form.html", person=person, values=values, errors=errors,
+                           message=message, roles=svc.PERSON_ROLES), status
+
+
+@bp.route("/people/new", methods=["GET", "POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def person_new() -> Any:
+    if request.method == "GET":
+        return _person_page(None, {"active": "1", "role": "pupil"}, {}, None)
+    try:
+        person = svc.create_person(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
+                                   form=_person_form(request.form))
+    except ServiceError as err:
+        web.db().rollback()
+        return _person_page(None, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
+    web.db().commit()
+    flash(f"{person.name} added.")
+    return redirect(url_for("registers.people"))
+
+
+@bp.route("/people/<int:person_pk>", methods=["GET", "POST"])
+@web.requires(Permission.VIEW_REGISTERS)
+def person_edit(person_pk: int) -> Any:
+    try:
+        person = svc.get_person(web.db(), web.site_id(), person_pk)
+    except ServiceError:
+        abort(404)
+    if request.method == "GET":
+        values = {k: getattr(person, k) if getattr(person, k) is not None else "" for k in PERSON_FIELDS}
+        values["active"] = "1" if person.active else ""
+        return _person_page(person, values, {}, None)
+    if not web.can(Permission.EDIT_REGISTERS):
+        abort(403)
+    try:
+        svc.update_person(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), person_pk=person.id,
+                          form=_person_form(request.form))
+    except ServiceError as err:
+        web.db().rollback()
+        return _person_page(person, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
+    web.db().commit()
+    flash("Saved.")
+    return redirect(url_for("registers.people"))
+
+
+@bp.route("/people/import", methods=["GET", "POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def person_import() -> Any:
+    return _import("people", svc.PEOPLE_COLUMNS, svc.import_people_csv)
+
+
+def _import(kind: str, columns: tuple[str, ...], run: Any) -> Any:
+    if request.method == "GET":
+        return render_template("registers/import.html", kind=kind, columns=columns, report=None, message=None)
+    try:
+        text = _read_upload()
+        report = run(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), text=text)
+    except ServiceError as err:
+        web.db().rollback()
+        return render_template("registers/import.html", kind=kind, columns=columns, report=None,
+                               message=err.message), web.error_status(err)
+    web.db().commit()
+    return render_template("registers/import.html", kind=kind, columns=columns, report=report, message=None)

@@ -1,0 +1,223 @@
+"""Per-request plumbing shared by every blueprint: the database session, the clock,
+the signed-in user, and the access rule each view declares.
+
+Access is deny-by-default: a view with no declared rule answers 403 to everyone, so a new
+route can never be public by accident. Rules are declared with `public`, `signed_in` or
+`requires(permission)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from schoolgate.clock import Clock
+from schoolgate.config import AppConfig
+from schoolgate.console.policyref import ConsolePolicy
+from schoolgate.console.roles import Permission, holds
+from schoolgate.policy import CompiledPolicy
+from schoolgate.services.actor import Actor
+from schoolgate.store.models import ConsoleUser
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXTENSION = "schoolgate"
+
+ACCESS_ATTR = "_console_access"
+PUBLIC = "public"
+SIGNED_IN = "signed_in"
+
+
+@dataclass
+class ConsoleState:
+    """What the app factory wires in; kept in `app.extensions["schoolgate"]`."""
+
+    config: AppConfig
+    session_factory: sessionmaker[Session]
+    read_session_factory: sessionmaker[Session]
+    clock: Clock
+
+
+def state(app: Flask | None = None) -> ConsoleState:
+    return cast(ConsoleState, (app or current_app).extensions[EXTENSION])
+
+
+def db() -> Session:
+    """The request's database session, opened on first use and closed at teardown.
+
+    GET requests only read, so on SQLite they get a deferred transaction that never takes the
+    write lock: a slow page must not hold up the DNS and proxy event writers.
+    """
+    if "db" not in g:
+        reading = request.method in ("GET", "HEAD")
+        g.db = (state().read_session_factory if reading else state().session_factory)()
+    return cast(Session, g.db)
+
+
+def close_db(_error: BaseException | None = None) -> None:
+    session_ = g.pop("db", None)
+    if session_ is not None:
+        session_.close()
+
+
+def now() -> datetime:
+    return state().clock.now()
+
+
+def site_id() -> str:
+    return state().config.site.id
+
+
+def public(view: F) -> F:
+    setattr(view, ACCESS_ATTR, PUBLIC)
+    return view
+
+
+def signed_in(view: F) -> F:
+    setattr(view, ACCESS_ATTR, SIGNED_IN)
+    return view
+
+
+def requires(permission: Permission) -> Callable[[F], F]:
+    def mark(view: F) -> F:
+        setattr(view, ACCESS_ATTR, permission)
+        return view
+
+    return mark
+
+
+def access_rule(app: Flask, endpoint: str) -> str | Permission | None:
+    view = app.view_functions.get(endpoint)
+    return getattr(view, ACCESS_ATTR, None) if view is not None else None
+
+
+def password_fingerprint(user: ConsoleUser) -> str:
+    """Ties a browser session to the current password: a reset signs out every session."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:24]
+
+
+def current_user() -> ConsoleUser | None:
+    return cast(ConsoleUser | None, g.get("user"))
+
+
+def actor() -> Actor:
+    user = current_user()
+    if user is None:
+        abort(401)
+    return Actor.from_user(user)
+
+
+def can(permission: Permission) -> bool:
+    user = current_user()
+    return user is not None and holds(user.role_names, permission)
+
+
+def safe_next(target: str | None) -> str | None:
+    """Only same-site paths are followed after sign-in (no open redirect)."""
+    if not target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(c) < 32 for c in target):
+        return None
+    return target
+
+
+def _to_login() -> WerkzeugResponse:
+    nxt = request.full_path if request.method == "GET" else None
+    if nxt and nxt.endswith("?"):
+        nxt = nxt[:-1]
+    return redirect(url_for("auth.login", next=nxt))
+
+
+def load_session_user() -> None:
+    """Restore the signed-in user and expire idle sessions."""
+    g.user = None
+    uid = session.get("uid")
+    if not isinstance(uid, int) or session.get("stage") != "full":
+        return
+    idle = timedelta(minutes=state().config.console.session_minutes)
+    last_seen = session.get("seen")
+    current = now()
+    if not isinstance(last_seen, (int, float)) or current.timestamp() - last_seen > idle.total_seconds():
+        session.clear()
+        flash("Your session ended after a period of inactivity. Please sign in again.")
+        return
+    user = db().get(ConsoleUser, uid)
+    if user is None or not user.active or session.get("pwd") != password_fingerprint(user):
+        session.clear()
+        return
+    if user.locked_until is not None and user.locked_until > current:
+        session.clear()  # locked by failed signatures: the open session ends too
+        return
+    g.user = user
+    # Only page views count as activity, not the static files a page pulls in.
+    if request.endpoint != "static":
+        session["seen"] = int(current.timestamp())
+
+
+def enforce_access() -> WerkzeugResponse | None:
+    endpoint = request.endpoint
+    if endpoint is None:
+        return None  # 404 / 405: let Flask answer
+    if endpoint == "static":
+        return None
+    rule = access_rule(current_app, endpoint)
+    if rule is None:
+        abort(403)
+    if rule == PUBLIC:
+        return None
+    user = current_user()
+    if user is None:
+        return _to_login()
+    if rule == SIGNED_IN:
+        return None
+    if not holds(user.role_names, cast(Permission, rule)):
+        abort(403)
+    return None
+
+
+def policy_ref() -> ConsolePolicy:
+    return cast(ConsolePolicy, current_app.extensions["schoolgate.policy"])
+
+
+def policy() -> CompiledPolicy:
+    """The current compiled policy file (see schoolgate.console.policyref)."""
+    return policy_ref().get()
+
+
+def error_status(error: Exception) -> int:
+    """The HTTP status that matches a service's refusal."""
+    from schoolgate.services import errors
+
+    if isinstance(error, errors.NotFound):
+        return 404
+    if isinstance(error, errors.Forbidden):
+        return 403
+    if isinstance(error, errors.InvalidTransition):
+        return 409
+    if isinstance(error, errors.RateLimited):
+        return 429
+    return 400
+
+
+def field_errors(error: Exception) -> dict[str, str]:
+    field = getattr(error, "field", None)
+    message = getattr(error, "message", str(error))
+    return {field: message} if field else {}
+
+
+def int_arg(name: str, default: int, *, low: int = 0, high: int = 1_000_000) -> int:
+    try:
+        value = int(request.args.get(name, default))
+    except (TypeError, ValueError):
+        return default
+    return max(low, min(high, value))

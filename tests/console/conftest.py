@@ -1,0 +1,351 @@
+"""Fixtures for the console tests: a real SQLite database, the example policy, console users
+for every role (with TOTP where the role needs it), and helpers to sign in."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from schoolgate.config import AppConfig, load_config
+from schoolgate.console import accounts, create_app
+from schoolgate.console.roles import ConsoleRole
+from schoolgate.store.db import init_db, make_engine, session_factory
+
+# Tests import these helpers as `console_testkit` (pytest's importlib mode puts no test
+# folder on sys.path, so `import conftest` would not work).
+sys.modules.setdefault("console_testkit", sys.modules[__name__])
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_POLICY = REPO / "deploy" / "policy.example.toml"
+SITE = "kingswood"
+# Monday 23 November 2026, 10:35 in London (term time, during a lesson).
+SCHOOL_MORNING = datetime(2026, 11, 23, 10, 35, tzinfo=UTC)
+PASSWORD = "correct horse battery staple"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> None:
+        self.current += timedelta(**delta)
+
+
+@dataclass
+class Account:
+    username: str
+    roles: frozenset[ConsoleRole]
+    totp_secret: str | None
+    id: int = 0
+
+
+ROLE_ACCOUNTS = {
+    "technician": frozenset({ConsoleRole.TECHNICIAN}),
+    "dsl": frozenset({ConsoleRole.DSL}),
+    "headteacher": frozenset({ConsoleRole.HEADTEACHER}),
+    "admin": frozenset({ConsoleRole.ADMIN}),
+}
+
+
+def write_config(tmp: Path, *, plain_http: bool = True, listen: str = "127.0.0.1:8443", extra: str = "") -> Path:
+    path = tmp / "schoolgate.toml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        policy = "{EXAMPLE_POLICY}"
+        data_dir = "{tmp / "data"}"
+
+        [site]
+        id = "{SITE}"
+        name = "Kingswood Primary School"
+
+        [database]
+        url = "sqlite:///{tmp / "data" / "schoolgate.db"}"
+
+        [console]
+        listen = "{listen}"
+        base_url = "http://{listen}"
+        plain_http = {"true" if plain_http else "false"}
+        session_minutes = 30
+        """)
+        + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+def create_accounts(factory: sessionmaker[Session]) -> dict[str, Account]:
+    made: dict[str, Account] = {}
+    with factory() as session:
+        for name, roles in ROLE_ACCOUNTS.items():
+            user = accounts.create_user(
+                session, username=name, display_name=f"{name.title()} Person", roles=roles, password=PASSWORD, site=SITE
+            )
+            secret = None
+            if accounts.totp_required(user):
+                secret = pyotp.random_base32()
+                user.totp_secret = secret
+            session.flush()
+            made[name] = Account(name, roles, secret, user.id)
+        session.commit()
+    return made
+
+
+@dataclass
+class Console:
+    app: Flask
+    config: AppConfig
+    factory: sessionmaker[Session]
+    clock: FakeClock
+    accounts: dict[str, Account]
+    tmp: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def session(self) -> Session:
+        return self.factory()
+
+    def client(self) -> FlaskClient:
+        return self.app.test_client()
+
+    def login(self, role: str | None) -> FlaskClient:
+        client = self.app.test_client()
+        if role is None:
+            return client
+        account = self.accounts[role]
+        sign_in(client, self.clock, account)
+        return client
+
+
+def csrf_from(html: str) -> str:
+    match = CSRF_RE.search(html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def totp_now(secret: str, clock: FakeClock) -> str:
+    return pyotp.TOTP(secret).at(clock.now())
+
+
+def sign_in(client: FlaskClient, clock: FakeClock, account: Account) -> None:
+    page = client.get("/login")
+    token = csrf_from(page.get_data(as_text=True))
+    response = client.post("/login", data={"csrf_token": token, "username": account.username, "password": PASSWORD})
+    assert response.status_code == 302, response.get_data(as_text=True)[:2000]
+    if account.totp_secret:
+        assert response.headers["Location"].endswith("/login/code")
+        # Each code is accepted once; move to a fresh 30-second step for every sign-in.
+        clock.advance(seconds=31)
+        page = client.get("/login/code")
+        token = csrf_from(page.get_data(as_text=True))
+        response = client.post("/login/code", data={"csrf_token": token, "code": totp_now(account.totp_secret, clock)})
+        assert response.status_code == 302, response.get_data(as_text=True)[:2000]
+    assert "/dashboard" in response.headers["Location"] or response.headers["Location"] == "/"
+
+
+def build_console(
+    tmp: Path, template: tuple[Path, dict[str, Account]] | None = None, extra_config: str = ""
+) -> Console:
+    """A console app on a fresh database; from a prepared template file when given (faster:
+    the schema is migrated and the accounts' passwords hashed once per test session)."""
+    config = load_config(write_config(tmp, extra=extra_config))
+    if template is None:
+        engine = init_db(config.database_url)
+        factory = session_factory(engine)
+        made = create_accounts(factory)
+    else:
+        source, made = template
+        target = tmp / "data" / "schoolgate.db"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        factory = session_factory(make_engine(config.database_url))
+    clock = FakeClock(SCHOOL_MORNING)
+    app = create_app(config, session_factory=factory, clock=clock)
+    app.config["TESTING"] = True
+    return Console(app=app, config=config, factory=factory, clock=clock, accounts=dict(made), tmp=tmp)
+
+
+@pytest.fixture(scope="session")
+def console_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Account]]:
+    tmp = tmp_path_factory.mktemp("console-template")
+    config = load_config(write_config(tmp))
+    engine = init_db(config.database_url)
+    made = create_accounts(session_factory(engine))
+    engine.dispose()  # closes the last connection: SQLite folds the WAL back into the file
+    return Path(config.database_url.removeprefix("sqlite:///")), made
+
+
+@pytest.fixture
+def console(tmp_path: Path, console_template: tuple[Path, dict[str, Account]]) -> Iterator[Console]:
+    built = build_console(tmp_path, console_template)
+    yield built
+    built.factory.kw["bind"].dispose()
+
+
+def post_form(client: FlaskClient, page_url: str, action: str, data: dict[str, Any]) -> Any:
+    """Open a page, take its CSRF token, and post `data` to `action` as the form would."""
+    page = client.get(page_url)
+    assert page.status_code == 200, (page_url, page.status_code)
+    return client.post(action, data={"csrf_token": csrf_from(page.get_data(as_text=True)), **data})
+
+
+def add_event(session: Session, **fields: Any) -> Any:
+    """Insert one access event with sensible defaults (a pupil's iPad blocked on Facebook)."""
+    from schoolgate.store.models import AccessEvent
+
+    values: dict[str, Any] = {
+        "site": SITE,
+        "ts": SCHOOL_MORNING - timedelta(minutes=5),
+        "source": "proxy",
+        "client_ip": "10.41.20.15",
+        "mac": "02:00:00:00:20:15",
+        "device_id": "KW-IPAD-12",
+        "device_name": "Class iPad 12",
+        "person_id": "P1042",
+        "person_name": "Sam Pupil",
+        "role": "pupil",
+        "host": "www.facebook.com",
+        "url": "https://www.facebook.com/",
+        "verdict": "block",
+        "rule_id": "pupils-no-social-media",
+        "clause": "Social Media Policy §6 and §9",
+        "service": "facebook",
+        "category": "social_media",
+        "flags": "",
+        "count": 1,
+    }
+    values.update(fields)
+    event = AccessEvent(**values)
+    session.add(event)
+    session.flush()
+    return event
+
+
+def seed(console: Console) -> dict[str, int]:
+    """One of everything, through the services where they exist, for pages that show a record."""
+    from schoolgate.services import access_requests, bans, reports, site_blocks
+    from schoolgate.services.actor import Actor
+    from schoolgate.services.alert_rules import AlertEngine
+    from schoolgate.services.register import DeviceForm, PersonForm, create_device, create_person
+    from schoolgate.store.models import AlertHistory, ConsoleUser, PolicyExceptionRow
+
+    now = console.clock.now()
+    ids: dict[str, int] = {}
+    with console.session() as session:
+        users = {u.username: u for u in session.query(ConsoleUser)}
+        tech = Actor.from_user(users["technician"])
+        dsl = Actor.from_user(users["dsl"])
+        person = create_person(
+            session,
+            site=SITE,
+            now=now,
+            actor=tech,
+            form=PersonForm(external_id="P1042", name="Sam Pupil", role="pupil", year_group=6),
+        )
+        device = create_device(
+            session,
+            site=SITE,
+            now=now,
+            actor=tech,
+            form=DeviceForm(
+                device_id="KW-IPAD-12", name="Class iPad 12", ip="10.41.20.15", mac="02:00:00:00:20:15", owner="P1042"
+            ),
+        )
+        ids["person"], ids["device"] = person.id, device.id
+        submitted = access_requests.submit_request(
+            session,
+            site=SITE,
+            now=now,
+            policy=console.app.extensions["schoolgate.policy"].get(),
+            form=access_requests.RequestForm(
+                requester="Sam Pupil",
+                url="https://www.facebook.com/kingswoodpta",
+                reasons="PTA page for our Year 6 project",
+                device_id="KW-IPAD-12",
+                client_ip="10.41.20.15",
+            ),
+        )
+        ids["request"] = submitted.request.id
+        report = reports.submit_report(
+            session,
+            site=SITE,
+            now=now,
+            actor=tech,
+            form=reports.ReportForm(
+                submitter_name="Technician Person", urls="https://bad.example.org/page", nature="Violent images"
+            ),
+        )
+        ids["report"] = report.id
+        block = site_blocks.add_site_block(
+            session, site=SITE, now=now, actor=tech, spec=site_blocks.BlockSpec(domain="bad.example.org"), reason="test"
+        )
+        ids["block"] = block.id
+        exception = PolicyExceptionRow(
+            site=SITE,
+            scope="device",
+            subject="KW-IPAD-12",
+            domain="example.net",
+            starts=now - timedelta(hours=1),
+            expires=now + timedelta(days=5),
+            reason="seed",
+            created_by="technician",
+        )
+        session.add(exception)
+        event = add_event(session)
+        ids["event"] = event.id
+        for minute in range(3):
+            add_event(
+                session,
+                host="psiphon.ca",
+                url=None,
+                service=None,
+                category="circumvention",
+                rule_id="no-circumvention",
+                flags="circumvention",
+                ts=now - timedelta(minutes=10 - minute),
+            )
+        AlertEngine().scan(session, SITE, None, now)
+        from schoolgate.store.models import Alert
+
+        alert = session.query(Alert).order_by(Alert.id).first()
+        assert alert is not None, "the alert engine raised no case for circumvention"
+        ids["alert"] = alert.id
+        session.add(AlertHistory(alert_id=alert.id, at=now, actor="dsl", action="note", detail="seed note"))
+        ban = bans.ban_device(
+            session,
+            site=SITE,
+            now=now,
+            actor=dsl,
+            device_id="KW-LAPTOP-03",
+            until=now + timedelta(days=7),
+            reason="seed ban",
+        )
+        ids["ban"] = ban.id
+        victim = accounts.create_user(
+            session,
+            username="victim",
+            display_name="Victim",
+            site=SITE,
+            roles=frozenset({ConsoleRole.TECHNICIAN}),
+            password=PASSWORD,
+        )
+        ids["user"] = victim.id
+        session.flush()
+        ids["exception"] = exception.id
+        session.commit()
+    return ids
