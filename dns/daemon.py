@@ -1,0 +1,336 @@
+"""The DNS daemon: one worker process (listeners, resolver chain, background threads), and the
+supervisor that runs several workers on the same port with SO_REUSEPORT.
+
+A worker stops cleanly on SIGTERM or SIGINT: it stops listening, lets answers in flight finish
+(briefly), hands the last folded log records over and flushes the event writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from schoolgate.config import AppConfig
+
+log = logging.getLogger("schoolgate.dns")
+
+SHUTDOWN_GRACE_S = 1.0
+NEIGHBOUR_REFRESH_S = 2.0
+
+
+@dataclass
+class DnsOptions:
+    config: AppConfig
+    listen: list[str] = field(default_factory=list)
+    upstreams: list[str] = field(default_factory=list)
+    workers: int = 1
+    clock_file: str | None = None
+    database_url: str | None = None
+    # Compiled once by the supervisor before it forks: the workers share its memory pages.
+    preloaded: Any = None
+    worker_index: int = 0  # which of the supervisor's workers this is (names its status row)
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        return self.listen or list(self.config.dns.listen)
+
+    @property
+    def upstream_addresses(self) -> list[str]:
+        return self.upstreams or list(self.config.dns.upstreams)
+
+
+def status_name(options: DnsOptions) -> str:
+    """The daemon_status row: "dns", or "dns.1", "dns.2"... for several workers."""
+    return "dns" if options.workers <= 1 else f"dns.{options.worker_index + 1}"
+
+
+def _clock(options: DnsOptions) -> Any:
+    from schoolgate.clock import FileClock, clock_from_env
+
+    return FileClock(options.clock_file) if options.clock_file else clock_from_env()
+
+
+def _watched_sets(config: AppConfig) -> Any:
+    if config.dns.nftables:
+        from schoolgate.gateway.nft import NftWatchedSets
+
+        return NftWatchedSets()
+    from schoolgate.gateway.sets import MemoryWatchedSets
+
+    return MemoryWatchedSets()
+
+
+class Worker:
+    """Everything one worker process runs, built from the options."""
+
+    def __init__(self, options: DnsOptions) -> None:
+        from sqlalchemy.orm import sessionmaker
+
+        from schoolgate.dns.cache import AnswerCache
+        from schoolgate.dns.policy_source import LivePolicy
+        from schoolgate.dns.resolver import build_resolver
+        from schoolgate.dns.stages.watch import WatchedFeeder
+        from schoolgate.dns.upstream import UpstreamPool
+        from schoolgate.identity.neighbours import NeighbourTable
+        from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
+        from schoolgate.store.db import make_engine
+        from schoolgate.store.events import AllowedAggregator, EventWriter, StatusTarget
+
+        config = options.config
+        self.options = options
+        self.started = time.monotonic()
+        self.clock = _clock(options)
+        site = config.site.id
+        self.engine = make_engine(options.database_url or config.database_url)
+        sessions = sessionmaker(self.engine)
+        # The neighbour table is read in the watcher thread, never on the event loop: a netlink
+        # dump takes milliseconds and pyroute2 cannot run inside a running asyncio loop.
+        self.neighbours = NeighbourTable(min_refresh=float("inf"))
+        self.neighbours.refresh()
+        self._neighbours_at = time.monotonic()
+        self.identities = IdentityResolver(neighbours=self.neighbours)
+        self.register_reloader = RegisterReloader(sessions, site, self.identities)
+        with contextlib.suppress(Exception):
+            self.register_reloader.poll()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.cache = AnswerCache(config.dns.cache_size)
+        self.policy = LivePolicy(
+            config.policy, self.clock, site, sessions=sessions,
+            on_change=self._policy_changed, also_poll=self._poll_register, holder=options.preloaded,
+        )
+        self.pool = UpstreamPool(options.upstream_addresses, timeout_s=config.dns.upstream_timeout_ms / 1000)
+        self.writer = EventWriter(
+            self.engine,
+            status=StatusTarget(site=site, name=status_name(options), extra=self.stats),
+        )
+        self.aggregator = AllowedAggregator(self.writer)
+        self.feeder = WatchedFeeder(_watched_sets(config), config.dns.watched_set_timeout_s)
+        self.resolver = build_resolver(
+            policy=self.policy,
+            clock=self.clock,
+            pool=self.pool,
+            cache=self.cache,
+            sink=self.aggregator,
+            site=site,
+            feeder=self.feeder,
+            identities=self.identities,
+            own_names=list(config.dns.names),
+            own_ipv4=config.network.appliance_ipv4,
+            own_ipv6=config.network.appliance_ipv6,
+        )
+        self.listeners: list[Any] = []
+        self.handler: Any = None
+
+    def _poll_register(self) -> None:
+        self.register_reloader.poll()
+        if time.monotonic() - self._neighbours_at >= NEIGHBOUR_REFRESH_S:
+            self._neighbours_at = time.monotonic()
+            self.neighbours.refresh()
+
+    def _policy_changed(self) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._flush_policy_answers)
+
+    def _flush_policy_answers(self) -> None:
+        dropped = self.cache.flush_policy_dependent()
+        log.info("policy changed: %d policy-dependent cached answers dropped", dropped)
+
+    def stats(self) -> dict[str, Any]:
+        counters = self.handler.counters.as_dict() if self.handler is not None else {}
+        return {
+            "dns": {
+                **counters,
+                "cache_entries": len(self.cache),
+                "cache_hits": self.cache.hits,
+                "cache_misses": self.cache.misses,
+                "stale_served": self.cache.stale_served,
+                "policy_reloads": self.policy.reloads,
+                "policy_error": self.policy.last_error,
+                "upstreams": self.pool.health(),
+                "watched_added": self.feeder.added,
+            }
+        }
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        from schoolgate.dns.server import QueryHandler, TcpListener, UdpListener, bind_socket
+
+        self.loop = asyncio.get_running_loop()
+        await self.pool.start()
+        self.writer.start()
+        self.aggregator.start()
+        self.feeder.start()
+        self.policy.start()
+        self.handler = QueryHandler(self.resolver.head)
+        try:
+            for address in self.options.listen_addresses:
+                udp = UdpListener(bind_socket(address, socket.SOCK_DGRAM, reuse_port=True), self.handler)
+                udp.start()
+                self.listeners.append(udp)
+                tcp = TcpListener(bind_socket(address, socket.SOCK_STREAM, reuse_port=True), self.handler)
+                await tcp.start()
+                self.listeners.append(tcp)
+            log.info(
+                "serving DNS on %s (upstreams %s), ready in %.2f s",
+                ", ".join(self.options.listen_addresses),
+                ", ".join(self.options.upstream_addresses),
+                time.monotonic() - self.started,
+            )
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                self.resolver.events.flush()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        if self.handler is not None and self.handler.tasks:
+            await asyncio.wait(list(self.handler.tasks), timeout=SHUTDOWN_GRACE_S)
+        self.resolver.events.flush()
+        self.policy.stop()
+        self.feeder.stop()
+        self.aggregator.stop()
+        stats = self.writer.stop()
+        self.pool.close()
+        log.info("stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
+        self.engine.dispose()
+
+
+def run_worker(options: DnsOptions) -> int:
+    # The event writer and policy watcher threads share the interpreter with the resolver loop;
+    # a shorter switch interval bounds how long a query waits for them (tail latency).
+    sys.setswitchinterval(0.001)
+    worker = Worker(options)
+    # Everything built so far (the compiled policy above all) lives as long as the process: move
+    # it out of the collector's sight, and collect the young generation less often, so a full
+    # collection does not walk a million-name policy in the middle of answering.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.serve(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("SCHOOLGATE_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s [dns {os.getpid()}] %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def run(options: DnsOptions) -> int:
+    """Run in the foreground until SIGTERM; several workers under a supervisor if asked."""
+    _configure_logging()
+    if options.workers <= 1:
+        return run_worker(options)
+    return Supervisor(options).run()
+
+
+class Supervisor:
+    """Forks the workers, restarts one that dies, forwards SIGTERM/SIGINT and waits for all."""
+
+    RESTART_DELAY_S = 1.0
+    MAX_QUICK_DEATHS = 3
+
+    def __init__(self, options: DnsOptions) -> None:
+        self.options = options
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+        self.stopping = False
+        self.quick_deaths = 0
+
+    def _spawn(self, index: int) -> None:
+        self.options.worker_index = index
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _configure_logging()
+                status = run_worker(self.options)
+            except BaseException:
+                logging.getLogger("schoolgate.dns").exception("worker failed")
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        self.children[pid] = (index, time.monotonic())
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def preload(self) -> None:
+        """Compile the policy (and import what workers use) once, before forking.
+
+        A million-name blocklist then costs its compile time and memory once, not per worker:
+        the forked workers share the pages until a reload replaces the policy in one of them.
+        """
+        import schoolgate.dns.resolver
+        import schoolgate.dns.server
+        import schoolgate.store.events  # noqa: F401
+        from schoolgate.policy.loader import PolicyHolder
+
+        holder = PolicyHolder(self.options.config.policy)
+        holder.load()
+        self.options.preloaded = holder
+        gc.collect()
+        gc.freeze()  # keep the collector from writing to (and so copying) the shared pages
+
+    def run(self) -> int:
+        self.preload()
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        for index in range(self.options.workers):
+            self._spawn(index)
+        log.info("supervising %d DNS workers: %s", len(self.children), sorted(self.children))
+        status = 0
+        while self.children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            index, started = child
+            code = os.waitstatus_to_exitcode(wait_status)
+            if self.stopping:
+                continue
+            log.error("DNS worker %d exited with %d", pid, code)
+            if time.monotonic() - started < 5.0:
+                self.quick_deaths += 1
+                if self.quick_deaths >= self.MAX_QUICK_DEATHS:
+                    log.error("DNS workers keep failing at start-up; giving up")
+                    self._forward(signal.SIGTERM, None)
+                    status = 1
+                    continue
+            time.sleep(self.RESTART_DELAY_S)
+            self._spawn(index)
+        return status
+

@@ -1,0 +1,225 @@
+"""UDP and TCP listeners that feed the resolver chain.
+
+UDP reads are drained in a tight loop from one reader callback (no per-datagram protocol
+objects); answers that are ready at once are sent from the same callback. Only upstream
+fetches become tasks. A query that the chain cannot handle (a bug, never a client's fault)
+is answered SERVFAIL and counted: nothing a packet contains may stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from schoolgate.dns.chain import Answer, Stage
+from schoolgate.dns.upstream import parse_address
+from schoolgate.dns.wire import Drop, Query, QueryError, error_reply, parse_query, servfail, truncated
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!H")
+READ_BATCH = 64
+TCP_IDLE_S = 10.0
+TCP_MAX_CONNECTIONS = 256
+
+
+@dataclass
+class Counters:
+    queries: int = 0
+    dropped: int = 0
+    refused: int = 0  # queries answered FORMERR, NOTIMP, REFUSED or BADVERS
+    internal_errors: int = 0
+    truncated: int = 0
+    tcp_queries: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _client_ip(addr: Any) -> str:
+    host = str(addr[0])
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host.split("%", 1)[0]
+
+
+def bind_socket(address: str, kind: int, reuse_port: bool) -> socket.socket:
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class QueryHandler:
+    """Runs one query through the chain; shared by the UDP and TCP listeners."""
+
+    def __init__(self, chain: Stage) -> None:
+        self.chain = chain
+        self.counters = Counters()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def handle(self, data: bytes, client_ip: str, tcp: bool) -> Answer | Awaitable[Answer]:
+        counters = self.counters
+        counters.queries += 1
+        try:
+            query = parse_query(data)
+        except Drop:
+            counters.dropped += 1
+            return None
+        except QueryError as err:
+            counters.refused += 1
+            return error_reply(err, data)
+        query.client_ip = client_ip
+        query.tcp = tcp
+        try:
+            result = self.chain.resolve(query)
+        except Exception:
+            counters.internal_errors += 1
+            log.exception("resolver chain failed for %s", query.qname)
+            return servfail(query)
+        if result is None or isinstance(result, bytes | bytearray):
+            return self.fit(query, result)
+        return self._finish(query, result)
+
+    async def _finish(self, query: Query, pending: Awaitable[Answer]) -> Answer:
+        try:
+            answer = await pending
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("resolver chain failed for %s", query.qname)
+            return servfail(query)
+        return self.fit(query, answer)
+
+    def fit(self, query: Query, answer: Answer) -> Answer:
+        if answer is not None and len(answer) > query.max_size:
+            self.counters.truncated += 1
+            return truncated(query)
+        return answer
+
+
+class UdpListener:
+    def __init__(self, sock: socket.socket, handler: QueryHandler) -> None:
+        self.sock = sock
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _readable(self) -> None:
+        sock = self.sock
+        handle = self.handler.handle
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.debug("udp receive error: %s", err)
+                return
+            try:
+                result = handle(data, _client_ip(addr), False)
+            except Exception:
+                self.handler.counters.internal_errors += 1
+                log.exception("udp query handling failed")
+                continue
+            if result is None:
+                continue
+            if isinstance(result, bytes | bytearray):
+                self._send(result, addr)
+            else:
+                task = self.loop.create_task(self._later(result, addr))
+                self.handler.tasks.add(task)
+                task.add_done_callback(self.handler.tasks.discard)
+
+    async def _later(self, pending: Awaitable[Answer], addr: Any) -> None:
+        answer = await pending
+        if answer is not None:
+            self._send(answer, addr)
+
+    def _send(self, answer: bytes, addr: Any) -> None:
+        try:
+            self.sock.sendto(answer, addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # the socket buffer is full: the client will retry
+        except OSError as err:
+            log.debug("udp send to %s failed: %s", addr, err)
+
+
+class TcpListener:
+    """DNS over TCP (RFC 7766): length-prefixed messages, several per connection, idle timeout."""
+
+    def __init__(self, sock: socket.socket, handler: QueryHandler) -> None:
+        self.sock = sock
+        self.handler = handler
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> None:
+        self.sock.listen(128)
+        self.server = await asyncio.start_server(self._serve, sock=self.sock)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        else:
+            self.sock.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= TCP_MAX_CONNECTIONS:
+            writer.close()
+            return
+        self.connections += 1
+        peer = writer.get_extra_info("peername")
+        client_ip = _client_ip(peer) if peer else ""
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(TCP_IDLE_S):
+                        (length,) = _LENGTH.unpack(await reader.readexactly(2))
+                        data = await reader.readexactly(length)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.handler.counters.tcp_queries += 1
+                result = self.handler.handle(data, client_ip, True)
+                if result is not None and not isinstance(result, bytes | bytearray):
+                    result = await result
+                if result is None:
+                    continue
+                writer.write(_LENGTH.pack(len(result)) + result)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        except Exception:
+            self.handler.counters.internal_errors += 1
+            log.exception("tcp connection from %s failed", client_ip)
+        finally:
+            self.connections -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

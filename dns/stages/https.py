@@ -1,0 +1,48 @@
+"""Clean upstream answers: drop the upstream's OPT record, and `ech` from SVCB/HTTPS records.
+
+Without Encrypted Client Hello the browser names the real site in the TLS SNI, which the proxy
+must see to apply the policy. The rest of each record (alpn, port, address hints) is kept.
+An answer that cannot be parsed counts as an upstream failure; an SVCB/HTTPS record that cannot
+be cleaned is not passed on (the client gets no records and falls back to A/AAAA).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from schoolgate.dns.chain import Answer, Result, Stage, then
+from schoolgate.dns.message import Message, MessageError
+from schoolgate.dns.svcb import SvcbError, filter_message
+from schoolgate.dns.upstream import UpstreamFailure
+from schoolgate.dns.wire import HEADER, TYPE_HTTPS, TYPE_SVCB, Query
+
+log = logging.getLogger(__name__)
+
+
+def clean_answer(answer: bytes) -> bytes:
+    try:
+        message = Message(answer)
+        if any(r.rtype == 41 for r in message.records):
+            message = Message(message.without_opt())
+        if not any(r.rtype in (TYPE_SVCB, TYPE_HTTPS) for r in message.records):
+            return message.data
+    except MessageError as err:
+        raise UpstreamFailure(f"unparseable answer: {err}") from None
+    try:
+        return filter_message(message)
+    except (SvcbError, MessageError) as err:
+        log.warning("dropping an SVCB/HTTPS answer that cannot be cleaned: %s", err)
+        data = message.data
+        return HEADER.pack(message.ident, message.flags, 1, 0, 0, 0) + data[12 : message.question_end]
+
+
+class HttpsFilterStage(Stage):
+    name = "https-filter"
+
+    def resolve(self, query: Query) -> Result:
+        return then(self.pass_on(query), self._clean)
+
+    def _clean(self, answer: Answer) -> Answer:
+        if answer is None:
+            return None
+        return clean_answer(answer)

@@ -1,0 +1,326 @@
+"""Each resolver stage on its own, with the real test policy and a stub for the rest of the chain."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+from conftest import DATA
+
+import dns.message
+from schoolgate.dns.cache import AnswerCache
+from schoolgate.dns.chain import Result, Stage, link, settle
+from schoolgate.dns.stages.cache import CacheStage
+from schoolgate.dns.stages.events import EventsStage
+from schoolgate.dns.stages.identify import IdentifyStage
+from schoolgate.dns.stages.policy import PolicyStage
+from schoolgate.dns.stages.safesearch import SafeSearchStage
+from schoolgate.dns.stages.special import SpecialNamesStage
+from schoolgate.dns.stages.watch import WatchedFeeder, WatchStage
+from schoolgate.dns.upstream import UpstreamFailure
+from schoolgate.dns.wire import Query, parse_query
+from schoolgate.gateway.sets import MemoryWatchedSets
+from schoolgate.policy import decide, load_policy
+from schoolgate.policy.types import Client, Role
+
+POLICY = load_policy(DATA / "policy.toml")
+TEN = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
+
+
+class FixedClock:
+    def __init__(self, now: datetime) -> None:
+        self.instant = now
+
+    def now(self) -> datetime:
+        return self.instant
+
+
+class StaticPolicy:
+    block_ipv4 = "10.99.0.1"
+    block_ipv6 = "fd99::1"
+    generation = 0
+
+    def decide(self, client, target, now):
+        return decide(POLICY, client, target, now)
+
+    def role_for(self, client):
+        return client.role or POLICY.role_for_ip(client.ip)
+
+
+class Upstream(Stage):
+    """Answers from a table, synchronously or later; counts what it was asked."""
+
+    def __init__(self, records: dict[str, list[str]], later: bool = False, fail: bool = False) -> None:
+        super().__init__()
+        self.records = records
+        self.later = later
+        self.fail = fail
+        self.asked: list[str] = []
+
+    def resolve(self, query: Query) -> Result:
+        self.asked.append(query.qname)
+        if self.fail:
+
+            async def failing():
+                raise UpstreamFailure("down")
+
+            return failing()
+        message = dns.message.make_response(dns.message.from_wire(query.raw))
+        for text in self.records.get(query.qname, []):
+            rdtype, value = text.split(" ", 1)
+            if dns.rdatatype.from_text(rdtype) != query.qtype:
+                continue
+            message.answer.append(dns.rrset.from_text(query.qname + ".", 300, "IN", rdtype, value))
+        if not message.answer:
+            message.set_rcode(dns.rcode.NXDOMAIN)
+        message.use_edns(False)
+        wire = message.to_wire()
+        if not self.later:
+            return wire
+
+        async def later():
+            await asyncio.sleep(0.01)
+            return wire
+
+        return later()
+
+
+def query(name: str, rdtype: str = "A", ip: str = "127.0.0.1", edns: bool = True, role: Role | None = None) -> Query:
+    q = parse_query(dns.message.make_query(name, rdtype, use_edns=0 if edns else False).to_wire())
+    q.client_ip = ip
+    q.client = Client(ip=ip, role=role)
+    return q
+
+
+def answer_of(result) -> dns.message.Message:
+    wire = asyncio.run(settle(result)) if not isinstance(result, bytes | bytearray) else result
+    return dns.message.from_wire(bytes(wire))
+
+
+def test_identify_without_and_with_a_resolver() -> None:
+    class Resolver:
+        def resolve(self, ip, mac=None):
+            return Client(ip=ip, device_id="ipad-3", role=Role.PUPIL)
+
+    for resolver, device in ((None, None), (Resolver(), "ipad-3")):
+        stage = IdentifyStage(resolver)
+        tail = Upstream({"a.test": ["A 192.0.2.1"]})
+        link([stage, tail])
+        q = query("a.test")
+        q.client = None
+        stage.resolve(q)
+        assert q.client is not None and q.client.device_id == device and q.client.ip == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "rcode", "answers"),
+    [
+        ("use-application-dns.net", "A", "NXDOMAIN", []),
+        ("USE-APPLICATION-DNS.NET", "AAAA", "NXDOMAIN", []),
+        ("mask.icloud.com", "A", "NXDOMAIN", []),
+        ("mask-h2.icloud.com", "HTTPS", "NXDOMAIN", []),
+        ("resolver.arpa", "SVCB", "NOERROR", []),
+        ("_dns.resolver.arpa", "SVCB", "NOERROR", []),
+        ("schoolgate.lan", "A", "NOERROR", ["10.99.0.2"]),
+        ("schoolgate.lan", "AAAA", "NOERROR", ["fd99::2"]),
+        ("schoolgate.lan", "MX", "NOERROR", []),
+    ],
+)
+def test_special_names(name: str, rdtype: str, rcode: str, answers: list[str]) -> None:
+    stage = SpecialNamesStage(["schoolgate.lan"], "10.99.0.2", "fd99::2")
+    tail = Upstream({})
+    link([stage, tail])
+    q = query(name, rdtype)
+    message = answer_of(stage.resolve(q))
+    assert dns.rcode.to_text(message.rcode()) == rcode
+    assert [rd.address for rrset in message.answer for rd in rrset] == answers
+    assert q.answered_by == "special" and q.special_rule.startswith("dns.special.")
+    assert not tail.asked
+    if name != "schoolgate.lan":
+        assert message.authority and message.authority[0].rdtype == 6  # SOA for negative caching
+
+
+def test_ordinary_names_pass_special_names() -> None:
+    stage = SpecialNamesStage(["schoolgate.lan"], "10.99.0.2")
+    tail = Upstream({"mask.icloud.com.evil.test": ["A 192.0.2.9"]})
+    link([stage, tail])
+    assert answer_of(stage.resolve(query("mask.icloud.com.evil.test"))).answer
+    assert tail.asked == ["mask.icloud.com.evil.test"]
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "ip", "addresses", "ede_code", "ttl"),
+    [
+        ("www.facebook.com", "A", "127.0.0.1", ["10.99.0.1"], 17, 10),
+        ("www.facebook.com", "AAAA", "127.0.0.1", ["fd99::1"], 17, 10),
+        ("www.facebook.com", "TXT", "127.0.0.1", [], 17, None),
+        ("dns.google", "A", "::1", ["10.99.0.1"], 15, 10),
+        ("www.facebook.com", "A", "::1", ["192.0.2.21"], None, 300),
+    ],
+)
+def test_policy_blocks_with_block_address_and_reason(name, rdtype, ip, addresses, ede_code, ttl) -> None:
+    stage = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    tail = Upstream({"www.facebook.com": ["A 192.0.2.21"]})
+    link([stage, tail])
+    q = query(name, rdtype, ip)
+    message = answer_of(stage.resolve(q))
+    assert [rd.address for rrset in message.answer for rd in rrset] == addresses
+    if ede_code:
+        assert [(o.code, o.text) for o in message.options] == [(ede_code, q.decision.rule_id)]
+        assert q.answered_by == "policy" and not tail.asked
+    if ttl:
+        assert message.answer[0].ttl == ttl
+
+
+def test_block_ttl_never_outlives_the_decision() -> None:
+    stage = PolicyStage(StaticPolicy(), FixedClock(datetime(2026, 11, 18, 11, 59, 56, tzinfo=UTC)))
+    link([stage, Upstream({})])
+    q = query("games.test")
+    message = answer_of(stage.resolve(q))
+    assert [rd.address for rd in message.answer[0]] == ["10.99.0.1"]
+    assert message.answer[0].ttl == 4  # lunch (and games) starts at 12:00
+    assert q.ttl_ceiling == 4
+
+
+def test_safe_search_rewrites_every_type_with_the_target_resolved() -> None:
+    policy = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    safe = SafeSearchStage()
+    tail = Upstream(
+        {"forcesafesearch.google.com": ["A 216.239.38.120"], "www.google.com": ["A 192.0.2.40"]}, later=True
+    )
+    link([policy, safe, tail])
+    message = answer_of(policy.resolve(query("WWW.Google.com")))
+    assert message.answer[0].rdtype == 5 and str(message.answer[0][0].target) == "forcesafesearch.google.com."
+    assert [rd.address for rd in message.answer[1]] == ["216.239.38.120"]
+    https = answer_of(policy.resolve(query("www.google.com", "HTTPS")))
+    assert https.rcode() == 0 and [r.rdtype for r in https.answer] == [5]  # no hints to the real servers
+    staff = answer_of(policy.resolve(query("www.google.com", ip="::1")))
+    assert [rd.address for rd in staff.answer[0]] == ["192.0.2.40"]
+    assert tail.asked == ["forcesafesearch.google.com", "forcesafesearch.google.com", "www.google.com"]
+
+
+def test_cache_stage_fetches_once_for_many_and_serves_stale() -> None:
+    async def go():
+        cache = AnswerCache()
+        stage = CacheStage(cache)
+        tail = Upstream({"a.test": ["A 192.0.2.1"]}, later=True)
+        link([stage, tail])
+        queries = [query("a.test") for _ in range(5)]
+        for q in queries:
+            q.decision = decide(POLICY, q.client, __import__("schoolgate.policy").policy.Target("a.test"), TEN)
+        results = await asyncio.gather(*(settle(stage.resolve(q)) for q in queries))
+        assert tail.asked == ["a.test"]  # one upstream query for five clients
+        for q, wire in zip(queries, results, strict=True):
+            assert dns.message.from_wire(wire).id == q.ident
+        hit = stage.resolve(queries[0])
+        assert isinstance(hit, bytes)
+        # Expire it and take the upstream away: the stale answer comes back with TTL 30 and EDE 3.
+        entry = cache.lookup(stage.key(queries[0]))
+        entry.lifetime = 0
+        tail.fail = True
+        stale = dns.message.from_wire(await settle(stage.resolve(queries[0])))
+        assert stale.answer[0].ttl == 30 and [o.code for o in stale.options] == [3]
+        unknown = query("b.test")
+        unknown.decision = queries[0].decision
+        failed = dns.message.from_wire(await settle(stage.resolve(unknown)))
+        assert failed.rcode() == dns.rcode.SERVFAIL and [o.code for o in failed.options] == [22]
+
+    asyncio.run(go())
+
+
+def test_events_blocked_in_full_allowed_folded_special_named() -> None:
+    class Sink:
+        def __init__(self):
+            self.records = []
+
+        def submit(self, record):
+            self.records.append(record)
+            return True
+
+    sink = Sink()
+    events = EventsStage(sink, "dnstest", StaticPolicy().role_for)
+    special = SpecialNamesStage([], "")
+    policy = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    link([events, special, policy, Upstream({"a.test": ["A 192.0.2.1"]})])
+    for _ in range(3):
+        events.resolve(query("www.facebook.com"))
+        events.resolve(query("a.test"))
+    events.resolve(query("mask.icloud.com", ip="::1"))
+    blocked = [r for r in sink.records if r.verdict == "block" and r.host == "www.facebook.com"]
+    assert len(blocked) == 3 and all(r.row()["flags"] == "" for r in blocked)
+    special_rows = [r for r in sink.records if r.host == "mask.icloud.com"]
+    assert special_rows[0].role == "staff" and special_rows[0].rule_id == "dns.special.private-relay"
+    assert not [r for r in sink.records if r.host == "a.test"]  # folded until the flush
+    assert events.flush() == 1
+    (allowed,) = [r for r in sink.records if r.host == "a.test"]
+    assert allowed.count == 3 and allowed.verdict == "allow" and allowed.qtype == "A"
+    row = allowed.row()
+    assert row["ts"] == TEN and row["client_ip"] == "127.0.0.1" and row["role"] == "pupil"
+
+
+def test_watch_feeds_service_addresses_only() -> None:
+    sets = MemoryWatchedSets()
+    feeder = WatchedFeeder(sets, 60)
+    policy = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    watch = WatchStage(feeder)
+    tail = Upstream({"video.test": ["A 192.0.2.60", "A 192.0.2.61"], "www.example.test": ["A 192.0.2.10"]}, later=True)
+    link([policy, watch, tail])
+    answer_of(policy.resolve(query("video.test")))
+    answer_of(policy.resolve(query("www.example.test")))
+    answer_of(policy.resolve(query("www.facebook.com")))  # blocked for pupils: the block address is not fed
+    assert sets.snapshot() == {"192.0.2.60", "192.0.2.61"}
+
+
+def test_a_cname_to_a_blocked_name_is_blocked_for_that_client_only() -> None:
+    class Chain(Stage):
+        def resolve(self, query: Query) -> Result:
+            message = dns.message.make_response(dns.message.from_wire(query.raw))
+            message.answer.append(dns.rrset.from_text(query.qname + ".", 300, "IN", "CNAME", "cdn.facebook.com."))
+            message.answer.append(dns.rrset.from_text("cdn.facebook.com.", 300, "IN", "A", "192.0.2.22"))
+            message.use_edns(False)
+            return message.to_wire()
+
+    policy = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    cache = CacheStage(AnswerCache(), alias_check=policy.check_aliases)
+    link([policy, cache, Chain()])
+    pupil = query("innocent.example.test")
+    blocked = answer_of(policy.resolve(pupil))
+    assert [rd.address for rd in blocked.answer[0]] == ["10.99.0.1"]
+    assert pupil.decision.rule_id == "pupils-social-media" and pupil.answered_by == "policy"
+    staff = answer_of(policy.resolve(query("innocent.example.test", ip="::1")))  # a cache hit
+    assert [rd.address for rrset in staff.answer if rrset.rdtype == 1 for rd in rrset] == ["192.0.2.22"]
+
+
+def test_a_block_found_after_upstream_answers_is_logged_as_a_block() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.records: list = []
+
+        def submit(self, record):
+            self.records.append(record)
+            return True
+
+    class LaterChain(Stage):
+        def resolve(self, query: Query) -> Result:
+            message = dns.message.make_response(dns.message.from_wire(query.raw))
+            message.answer.append(dns.rrset.from_text(query.qname + ".", 300, "IN", "CNAME", "www.facebook.com."))
+            message.use_edns(False)
+            wire = message.to_wire()
+
+            async def later():
+                return wire
+            return later()
+
+    sink = Sink()
+    events = EventsStage(sink, "dnstest")
+    policy = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    link([events, policy, CacheStage(AnswerCache(), alias_check=policy.check_aliases), LaterChain()])
+    message = answer_of(events.resolve(query("innocent.example.test")))
+    assert [rd.address for rd in message.answer[0]] == ["10.99.0.1"]
+    assert [(r.host, r.verdict, r.rule_id) for r in sink.records] == [
+        ("innocent.example.test", "block", "pupils-social-media")]
+    assert events.flush() == 0  # nothing was counted as allowed

@@ -1,0 +1,172 @@
+"""The upstream pool against the local authority: answers, TCP on truncation, failover, health."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import dns.name
+import pytest
+from authority import Authority
+
+import dns.message
+from schoolgate.dns.upstream import UpstreamFailure, UpstreamPool, parse_address, question_wire, same_question
+from schoolgate.dns.wire import QFIXED, encode_name
+
+
+def question(name: str, qtype: int = 1) -> bytes:
+    return question_wire(encode_name(name), qtype, 1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture()
+def auth():
+    server = Authority().start()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("192.0.2.1", ("192.0.2.1", 53)),
+        ("192.0.2.1:5353", ("192.0.2.1", 5353)),
+        ("[::1]:53", ("::1", 53)),
+        ("::1", ("::1", 53)),
+    ],
+)
+def test_parse_address(text, expected) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["example.org", "1.2.3.4:0", "1.2.3.4:70000", "[::1]:x"])
+def test_parse_address_rejects(text) -> None:
+    with pytest.raises((ValueError, OSError)):
+        parse_address(text)
+
+
+def test_answer_and_tcp_on_truncation(auth: Authority) -> None:
+    async def go():
+        pool = UpstreamPool([auth.address], timeout_s=1)
+        await pool.start()
+        try:
+            plain = await pool.resolve(question("www.example.test"), 0x0100, False)
+            big = await pool.resolve(question("big.example.test", 16), 0x0100, False)
+            return plain, big, pool.health()
+        finally:
+            pool.close()
+
+    plain, big, health = run(go())
+    assert dns.message.from_wire(plain).answer[0][0].address == "192.0.2.10"
+    assert len(dns.message.from_wire(big).answer[0][0].strings) == 8
+    assert auth.tcp_queries == 1
+    assert health[0]["successes"] == 2 and health[0]["tcp_queries"] == 1 and health[0]["last_rtt_ms"] > 0
+
+
+def test_failover_health_and_backoff(auth: Authority) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+
+    async def go():
+        pool = UpstreamPool([f"127.0.0.1:{silent.getsockname()[1]}", auth.address], timeout_s=0.2, down_after=2)
+        await pool.start()
+        try:
+            for name in ("www.example.test", "video.test"):
+                await pool.resolve(question(name), 0x0100, False)
+            started = time.monotonic()
+            await pool.resolve(question("games.test"), 0x0100, False)
+            fast = time.monotonic() - started
+            return pool.health(), fast
+        finally:
+            pool.close()
+
+    try:
+        health, fast = run(go())
+    finally:
+        silent.close()
+    assert health[0]["timeouts"] == 2 and health[0]["down"] and health[0]["retry_in_s"] > 0
+    assert health[1]["successes"] == 3 and not health[1]["down"]
+    assert fast < 0.15  # the silent upstream is skipped while it is down
+
+
+def test_nobody_answers_within_the_budget() -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+
+    async def go():
+        pool = UpstreamPool([f"127.0.0.1:{silent.getsockname()[1]}"], timeout_s=0.3)
+        await pool.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(UpstreamFailure):
+                await pool.resolve(question("www.example.test"), 0x0100, False)
+            return time.monotonic() - started
+        finally:
+            pool.close()
+
+    try:
+        assert run(go()) < 0.7
+    finally:
+        silent.close()
+
+
+def test_an_answer_to_another_question_is_ignored() -> None:
+    """A spoofed answer with the right ID but another question must not be taken."""
+    fake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fake.bind(("127.0.0.1", 0))
+
+    async def go():
+        pool = UpstreamPool([f"127.0.0.1:{fake.getsockname()[1]}"], timeout_s=0.5)
+        await pool.start()
+        loop = asyncio.get_running_loop()
+
+        def spoof() -> None:
+            data, addr = fake.recvfrom(512)
+            wrong = dns.message.make_response(dns.message.from_wire(data))
+            wrong.question[0].name = dns.name.from_text("evil.example.test")
+            fake.sendto(wrong.to_wire(), addr)
+            right = dns.message.make_response(dns.message.from_wire(data))
+            fake.sendto(right.to_wire(), addr)
+
+        try:
+            task = loop.run_in_executor(None, spoof)
+            answer = await pool.resolve(question("www.example.test"), 0x0100, False)
+            await task
+            return answer
+        finally:
+            pool.close()
+
+    try:
+        answer = run(go())
+    finally:
+        fake.close()
+    assert str(dns.message.from_wire(answer).question[0].name) == "www.example.test."
+
+
+def test_same_question_compares_names_without_case_but_types_exactly() -> None:
+    q = encode_name("ech.example.test") + QFIXED.pack(65, 1)  # type 65 is the byte "A"
+    header = bytes(12)
+    assert same_question(header + encode_name("ECH.example.TEST") + QFIXED.pack(65, 1), q)
+    assert not same_question(header + encode_name("ech.example.test") + QFIXED.pack(97, 1), q)
+
+
+def test_an_ipv6_upstream() -> None:
+    server = Authority(host="::1").start()
+
+    async def go():
+        pool = UpstreamPool([server.address], timeout_s=1)
+        await pool.start()
+        try:
+            return await pool.resolve(question("www.example.test", 28), 0x0100, False)
+        finally:
+            pool.close()
+
+    try:
+        answer = run(go())
+    finally:
+        server.close()
+    assert dns.message.from_wire(answer).answer[0][0].address == "2001:db8::10"
