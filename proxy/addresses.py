@@ -35,10 +35,9 @@ from collections.abc import Callable, Iterable, Sequence
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.message
 import dns.rcode
 import dns.rdatatype
-
-import dns.message
 
 log = logging.getLogger(__name__)
 
