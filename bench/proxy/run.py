@@ -1,0 +1,338 @@
+"""The transparent proxy in the lab, against Squid doing the same job in the same run.
+
+    sudo .venv/bin/python -P bench/proxy/run.py [--seconds 8] [--concurrency 32]
+
+Builds a private lab (namespaces `sgb…`), then measures from the lab's devices:
+
+1. new TLS connections per second that the proxy kills at the SNI (a pupil, Facebook, in a
+   lesson) and that it passes through (staff, Facebook, at lunch: steered to the proxy, then
+   spliced without decryption) — for schoolgate's proxy and for Squid (squid-openssl,
+   peek at step 1, then terminate or splice by SNI and client network: the same decision);
+2. the latency the proxy adds to a passthrough connection's setup (TCP + TLS handshake to
+   Facebook through the proxy vs. to an unwatched site the kernel forwards directly);
+3. the throughput of an unwatched download through the gateway with schoolgate running and
+   with a bare NAT gateway (goal: equal — that traffic never reaches Python).
+
+Every loop is bounded in time and count. Squid runs from a temporary config inside the
+gateway namespace (never the system service) and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from schoolgate.gateway.cli import build_ruleset
+from schoolgate.lab import netns
+from schoolgate.lab.internet import RESOLVER_IP, SITES
+from schoolgate.lab.lab import Lab
+from schoolgate.lab.topology import GATEWAY_LAN_IP, WAN_INTERFACE
+
+LESSON = "2026-11-23T10:15:00+00:00"
+LUNCH = "2026-11-23T12:30:00+00:00"
+FACEBOOK = next(s.ip for s in SITES if s.label == "facebook")
+LIBRARY = next(s.ip for s in SITES if s.label == "library")
+SQUID_PORT = 3129
+MAX_CONNECTIONS = 200_000  # per measurement, whatever the duration
+
+
+@dataclass
+class Rate:
+    done: int
+    failed: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+
+async def _handshakes(host: str, ip: str, expect_killed: bool, seconds: float, concurrency: int,
+                      cafile: str) -> Rate:
+    """Open TLS connections back to back from `concurrency` tasks for `seconds`."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    done = failed = 0
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal done, failed
+        while time.monotonic() < deadline and done + failed < MAX_CONNECTIONS:
+            writer = None
+            try:
+                _reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(ip, 443, ssl=context, server_hostname=host), timeout=5)
+                ok = not expect_killed
+            except (ssl.SSLError, ConnectionError, OSError):
+                ok = expect_killed  # the proxy closed the handshake: what a kill looks like
+            except TimeoutError:
+                ok = False
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    await writer.wait_closed()
+            if ok:
+                done += 1
+            else:
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Rate(done, failed, time.monotonic() - started)
+
+
+def connection_rate(namespace: str, host: str, ip: str, *, killed: bool, seconds: float, concurrency: int,
+                    cafile: str) -> Rate:
+    return netns.call_in(
+        namespace,
+        lambda: asyncio.run(_handshakes(host, ip, killed, seconds, concurrency, cafile)),
+        timeout=seconds + 60,
+    )
+
+
+def setup_latency(namespace: str, host: str, ip: str, cafile: str, count: int) -> list[float]:
+    """Sequential TCP connect + TLS handshake times, in milliseconds."""
+
+    def measure() -> list[float]:
+        context = ssl.create_default_context(cafile=cafile)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            with socket.create_connection((ip, 443), timeout=5) as raw, context.wrap_socket(
+                raw, server_hostname=host
+            ):
+                times.append((time.perf_counter() - started) * 1000)
+        return times
+
+    return netns.call_in(namespace, measure, timeout=count * 5 + 30)
+
+
+def download_speed(lab: Lab, device: str, size: int) -> float:
+    """MB/s of one HTTP download of `size` bytes from the unwatched site."""
+    done = netns.exec_in(lab.names.device(device), [
+        "curl", "-sS", "-o", "/dev/null", "--max-time", "60", "-w", "%{speed_download}",
+        # by address: the bare-NAT runs have no schoolgate DNS to ask
+        "-H", "Host: library.example.org", f"http://{LIBRARY}/bytes/{size}",
+    ], timeout=90)
+    return float(done.stdout) / 1e6
+
+
+def squid_config(folder: Path, lab: Lab) -> Path:
+    """Peek at the ClientHello, then terminate or splice by SNI and network, like the policy does
+    for these two cases (pupils: social media blocked; staff at lunch: allowed)."""
+    ca = lab.state_dir / "ca" / "mitmproxy-ca.pem"
+    shutil.copy(ca, folder / "bump.pem")
+    shutil.chown(folder, "proxy", "proxy")
+    shutil.chown(folder / "bump.pem", "proxy", "proxy")
+    config = folder / "squid.conf"
+    bump = f"intercept ssl-bump tls-cert={folder / 'bump.pem'} generate-host-certificates=off"
+    config.write_text(f"""
+http_port {GATEWAY_LAN_IP}:3128
+https_port {GATEWAY_LAN_IP}:{SQUID_PORT} {bump}
+acl pupils src 10.41.20.0/22
+acl social ssl::server_name .facebook.com .instagram.com .x.com .twitter.com
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump terminate pupils social
+ssl_bump splice all
+http_access allow all
+on_unsupported_protocol tunnel all
+visible_hostname schoolgate-lab-gateway
+dns_nameservers {RESOLVER_IP}
+cache deny all
+access_log none
+cache_log {folder / 'cache.log'}
+pid_filename {folder / 'squid.pid'}
+coredump_dir {folder}
+shutdown_lifetime 1 seconds
+workers 1
+""")
+    return config
+
+
+def apply_redirect_to(lab: Lab, port: int) -> None:
+    """Reload the gateway's ruleset with the web redirect pointing at `port` (keeps the sets)."""
+    from schoolgate.config import load_config
+    from schoolgate.gateway.nft import apply_ruleset
+
+    config = load_config(lab.config_path)
+    text = build_ruleset(config).replace("redirect to :8081", f"redirect to :{port}")
+    netns.call_in(lab.names.gateway, lambda: apply_ruleset(text))
+
+
+def bare_nat(lab: Lab) -> None:
+    """The gateway without schoolgate: its table removed, a plain masquerade in its place."""
+    gw = lab.names.gateway
+    netns.exec_in(gw, ["nft", "delete", "table", "inet", "schoolgate"], check=False)
+    netns.run(["ip", "netns", "exec", gw, "nft", "-f", "-"], input_text=(
+        "table ip sgbench\ndelete table ip sgbench\n"
+        "table ip sgbench {\n chain post { type nat hook postrouting priority srcnat; policy accept;\n"
+        f'  oifname "{WAN_INTERFACE}" masquerade\n }}\n}}\n'
+    ))
+
+
+def schoolgate_nat(lab: Lab) -> None:
+    """Back to schoolgate's ruleset (the bare table removed)."""
+    netns.exec_in(lab.names.gateway, ["nft", "delete", "table", "ip", "sgbench"], check=False)
+    apply_redirect_to(lab, 8081)
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n{title}")
+    for name, value in rows:
+        print(f"  {name:48} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12.0, help="per connection-rate measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating slices the time is cut into")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--download-mb", type=int, default=400)
+    parser.add_argument("--download-runs", type=int, default=5)
+    parser.add_argument("--prefix", default="sgb")
+    args = parser.parse_args(argv)
+    if shutil.which("squid") is None:
+        print("squid is not installed (Debian: squid-openssl)", file=sys.stderr)
+        return 2
+
+    state_root = Path(tempfile.mkdtemp(prefix="sg-bench-"))
+    lab = Lab(args.prefix, state_root=state_root)
+    lab.down()
+    squid_pid: tuple[int, str | None] | None = None
+    squid_folder: Path | None = None
+    try:
+        lab.up(clock=LESSON)
+        cafile = str(lab.public_ca)
+        pupil, staff = lab.names.device("pupil"), lab.names.device("staff")
+        engines = {"schoolgate": 8081, "squid": SQUID_PORT}
+
+        folder = squid_folder = Path(tempfile.mkdtemp(prefix="sg-squid-"))
+        config = squid_config(folder, lab)
+        squid_log = folder / "squid.out"
+        process = netns.spawn(lab.names.gateway, ["squid", "-N", "-f", str(config)], log_path=squid_log)
+        squid_pid = (process.pid, netns.process_start_time(process.pid))
+        netns.wait_for(
+            lambda: not netns.process_alive(*squid_pid) or netns.call_in(  # type: ignore[misc]
+                lab.names.gateway, lambda: _port_open(GATEWAY_LAN_IP, SQUID_PORT)),
+            timeout=30, what="squid to listen")
+        if not netns.process_alive(*squid_pid):
+            print(squid_log.read_text(), (folder / "cache.log").read_text(), file=sys.stderr)
+            return 1
+
+        # Both proxies run side by side; the redirect is switched between them and the
+        # measurements alternate in short slices, so background load hits both alike.
+        totals = {(e, k): Rate(0, 0, 0.0) for e in engines for k in ("killed", "passed")}
+        latency: dict[str, list[float]] = {e: [] for e in engines}
+        direct: list[float] = []
+        slices = max(1, args.rounds)
+        for port in engines.values():  # warm up: caches, address book, conntrack
+            apply_redirect_to(lab, port)
+            connection_rate(staff, "www.facebook.com", FACEBOOK, killed=False, seconds=1, concurrency=4,
+                            cafile=cafile)
+        for _ in range(slices):
+            for engine, port in engines.items():
+                apply_redirect_to(lab, port)
+                for kind, device, clock in (("killed", pupil, LESSON), ("passed", staff, LUNCH)):
+                    lab.set_clock(datetime.fromisoformat(clock))
+                    time.sleep(0.5)  # the daemons re-read the clock file
+                    rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
+                                           seconds=args.seconds / slices, concurrency=args.concurrency,
+                                           cafile=cafile)
+                    total = totals[(engine, kind)]
+                    totals[(engine, kind)] = Rate(total.done + rate.done, total.failed + rate.failed,
+                                                  total.seconds + rate.seconds)
+                latency[engine] += setup_latency(staff, "www.facebook.com", FACEBOOK, cafile,
+                                                 args.latency_samples // slices)
+            direct += setup_latency(staff, "library.example.org", LIBRARY, cafile, args.latency_samples // slices)
+        results = {e: {k: totals[(e, k)] for k in ("killed", "passed")} for e in engines}
+        via_proxy, via_squid = latency["schoolgate"], latency["squid"]
+        netns.stop_process(*squid_pid)
+        squid_pid = None
+        apply_redirect_to(lab, 8081)
+
+        # Alternate the two gateways so that background load hits both alike.
+        size = args.download_mb * 1_000_000
+        speeds: dict[str, list[float]] = {"schoolgate": [], "bare": []}
+        for _ in range(args.download_runs):
+            schoolgate_nat(lab)
+            speeds["schoolgate"].append(download_speed(lab, "pupil", size))
+            bare_nat(lab)
+            speeds["bare"].append(download_speed(lab, "pupil", size))
+        with_schoolgate = statistics.median(speeds["schoolgate"])
+        without = statistics.median(speeds["bare"])
+        for name in ("dns", "proxy", "watch"):
+            info = lab.state.processes[name]
+            netns.stop_process(info["pid"], info["start"])
+        no_daemons = download_speed(lab, "pupil", size)
+
+        sg, sq = results["schoolgate"], results["squid"]
+        print(f"schoolgate proxy benchmark (lab, {args.concurrency} concurrent clients, {args.seconds:.0f} s each "
+              f"in {args.rounds} alternating slices)")
+        report("New TLS connections per second", [
+            ("killed at the SNI: schoolgate", _rate(sg["killed"])),
+            ("killed at the SNI: squid", _rate(sq["killed"])),
+            ("  ratio schoolgate/squid", f"{_ratio(sg['killed'], sq['killed']):8.2f}"),
+            ("passed through (spliced): schoolgate", _rate(sg["passed"])),
+            ("passed through (spliced): squid", _rate(sq["passed"])),
+            ("  ratio schoolgate/squid", f"{_ratio(sg['passed'], sq['passed']):8.2f}"),
+        ])
+        report(f"Connection setup, TCP + TLS handshake (ms, {len(direct)} sequential)", [
+            ("direct (unwatched site, kernel-forwarded)", _dist(direct)),
+            ("through schoolgate proxy (passthrough)", _dist(via_proxy)),
+            ("through squid (splice)", _dist(via_squid)),
+            ("added by schoolgate (median)", f"{statistics.median(via_proxy) - statistics.median(direct):8.2f}"),
+            ("added by squid (median)", f"{statistics.median(via_squid) - statistics.median(direct):8.2f}"),
+        ])
+        report(f"Unwatched HTTP download, {args.download_mb} MB, median of {args.download_runs} alternating (MB/s)", [
+            ("with schoolgate running", f"{with_schoolgate:8.1f}"),
+            ("bare NAT gateway (daemons idle)", f"{without:8.1f}"),
+            ("  ratio", f"{with_schoolgate / without:8.2f}"),
+            ("bare NAT gateway, daemons stopped (1 run)", f"{no_daemons:8.1f}"),
+        ])
+        return 0
+    finally:
+        if squid_pid is not None:
+            netns.stop_process(*squid_pid)
+        lab.down()
+        shutil.rmtree(state_root, ignore_errors=True)
+        if squid_folder is not None:
+            shutil.rmtree(squid_folder, ignore_errors=True)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _rate(rate: Rate) -> str:
+    return f"{rate.per_second:8.1f}/s  ({rate.done} ok, {rate.failed} not as expected)"
+
+
+def _ratio(ours: Rate, theirs: Rate) -> float:
+    return ours.per_second / theirs.per_second if theirs.per_second else float("nan")
+
+
+def _dist(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p95 = ordered[int(len(ordered) * 0.95) - 1]
+    return f"median {statistics.median(ordered):6.2f}  p95 {p95:6.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Circumvention attempts the kernel refused become events for the DSL.
+
+Seed 001 §9: "Attempts made to circumvent the network's firewalls will result in a ban".
+The gateway cannot see a hostname for these attempts (that is the point of them), so the
+event names the destination address and port; the client is identified like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from schoolgate.gateway.nflog import Attempt
+from schoolgate.gateway.ruleset import KIND_DNS_BYPASS, KIND_DOH, KIND_DOT, KIND_QUIC
+from schoolgate.policy.types import Client, Role
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "circumvention"
+FLAG = "circumvention"
+CLAUSE = "Social Media Policy §9: attempts to circumvent the network's firewalls"
+
+# kind -> (rule id, verdict). A bypassed DNS query is answered by schoolgate anyway, so it
+# is recorded as redirected, not blocked; the others were refused by the kernel.
+RULES: dict[str, tuple[str, str]] = {
+    KIND_DOT: ("gateway.refuse.dot", "block"),
+    KIND_DOH: ("gateway.refuse.doh", "block"),
+    KIND_QUIC: ("gateway.refuse.quic", "block"),
+    KIND_DNS_BYPASS: ("gateway.redirect.dns", "redirect"),
+}
+
+
+def attempt_event(attempt: Attempt, client: Client, *, site: str, ts: datetime,
+                  role: Role | None = None) -> Any:
+    """The EventRecord for one attempt (every DfE field the gateway can know).
+
+    `role` is the client's effective role under the policy (a ban makes it supervised, an
+    unknown device gets its network's role); without a policy, the register's role or guest.
+    """
+    from schoolgate.store.events import EventRecord
+
+    rule_id, verdict = RULES[attempt.kind]
+    role = role or client.role or Role.GUEST
+    return EventRecord(
+        ts=ts,
+        site=site,
+        source="gateway",
+        client_ip=attempt.client_ip,
+        mac=client.mac or attempt.mac,
+        device_id=client.device_id,
+        device_name=client.device_name,
+        person_id=client.person_id,
+        person_name=client.person_name,
+        role=role.value,
+        host=attempt.dest_ip,
+        url=f"{attempt.protocol}://{_hostport(attempt.dest_ip, attempt.dest_port)}",
+        verdict=verdict,
+        rule_id=rule_id,
+        clause=CLAUSE,
+        category=CATEGORY,
+        flags=frozenset({FLAG, attempt.kind}),
+    )
+
+
+def _hostport(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class PolicyRoles:
+    """The effective role of a client: the policy decides (bans, networks of unknown devices).
+
+    The policy and the database overlay (bans) are reloaded when they change, like the other
+    daemons do; if the policy cannot be read at all, the register's role is used.
+    """
+
+    def __init__(self, policy_path: Any, sessions: Any, site: str) -> None:
+        from schoolgate.policy.loader import PolicyHolder
+
+        self._holder = PolicyHolder(policy_path)
+        self._sessions = sessions
+        self._site = site
+        self._generation = -1
+        try:
+            self._holder.load()
+        except Exception as err:  # a broken policy must not stop circumvention logging
+            log.error("policy not loaded, roles come from the device register: %s", err)
+
+    def poll(self, now: datetime) -> None:
+        from schoolgate.store.overlay import load_overlay, read_generation
+
+        self._holder.reload_if_changed()
+        with self._sessions() as session:
+            generation = read_generation(session, self._site)
+            if generation != self._generation:
+                overlay = load_overlay(session, self._site, now)
+                self._holder.set_overlay(overlay.exceptions, overlay.bans, overlay.site_blocks)
+                self._generation = generation
+
+    def role(self, client: Client, attempt: Attempt, now: datetime) -> Role | None:
+        from schoolgate.policy import Target, decide
+
+        policy = self._holder.policy
+        if policy is None:
+            return client.role
+        return decide(policy, client, Target(host=attempt.dest_ip), now).role
+
+
+class AttemptDeduplicator:
+    """A retrying client sends many packets for one attempt: keep one event per few seconds."""
+
+    def __init__(self, window_s: float = 5.0, max_entries: int = 100_000) -> None:
+        self._window = window_s
+        self._max = max_entries
+        self._last: dict[tuple[str, str, str, int, str], float] = {}
+
+    def first(self, attempt: Attempt, now: float) -> bool:
+        key = (attempt.kind, attempt.client_ip, attempt.dest_ip, attempt.dest_port, attempt.protocol)
+        last = self._last.get(key)
+        if last is not None and now - last < self._window:
+            return False
+        if len(self._last) >= self._max:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+def run_watcher(config: Any, *, stop: threading.Event | None = None,
+                ready: Callable[[], None] | None = None) -> int:
+    """`schoolgate net watch`: read the NFLOG group until SIGTERM, write events."""
+    import time
+
+    from schoolgate.clock import clock_from_env
+    from schoolgate.gateway.nflog import NflogSocket
+    from schoolgate.identity.neighbours import NeighbourTable
+    from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
+    from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.store.events import EventWriter, StatusTarget
+
+    stop = stop or threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signum, lambda *_: stop.set())
+    clock = clock_from_env()
+    engine = make_engine(config.database_url)
+    sessions = session_factory(engine)
+    site = config.site.id
+    resolver = IdentityResolver(neighbours=NeighbourTable())
+    reloader = RegisterReloader(sessions, site, resolver)
+    counts = {"attempts": 0, "recorded": 0}
+    writer = EventWriter(
+        engine, status=StatusTarget(site=site, name="gateway", extra=lambda: dict(counts))
+    )
+    group = getattr(config.network, "nflog_group", 7)
+    nflog = NflogSocket(group)
+    nflog.settimeout(1.0)
+    dedup = AttemptDeduplicator()
+    roles = PolicyRoles(config.policy, sessions, site)
+    writer.start()
+    log.info("reading circumvention attempts from NFLOG group %d", group)
+    if ready is not None:
+        ready()
+    next_poll = 0.0
+    try:
+        while not stop.is_set():
+            monotonic = time.monotonic()
+            if monotonic >= next_poll:
+                try:
+                    reloader.poll()
+                    roles.poll(clock.now())
+                except Exception as err:  # the database may be briefly away; keep watching
+                    log.warning("device register or overlay not reloaded: %s", err)
+                next_poll = monotonic + 1.0
+            try:
+                attempts = nflog.receive()
+            except TimeoutError:
+                continue
+            except OSError as err:  # ENOBUFS: the kernel dropped messages under a flood
+                log.warning("NFLOG receive: %s", err)
+                continue
+            for attempt in attempts:
+                counts["attempts"] += 1
+                if not dedup.first(attempt, time.monotonic()):
+                    continue
+                client = resolver.resolve(attempt.client_ip, attempt.mac)
+                now = clock.now()
+                try:
+                    role = roles.role(client, attempt, now)
+                except Exception as err:  # never lose the event over the role
+                    log.warning("role for %s not decided: %s", client.ip, err)
+                    role = None
+                event = attempt_event(attempt, client, site=site, ts=now, role=role)
+                if writer.submit(event):
+                    counts["recorded"] += 1
+    finally:
+        nflog.close()
+        writer.stop()
+        engine.dispose()
+    return 0

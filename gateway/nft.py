@@ -1,0 +1,224 @@
+"""Talking to nftables: apply the ruleset in one transaction, feed the watched sets, read counters.
+
+`nft -f` is the interface: the ruleset is a whole table replaced atomically, and set elements
+go in batches of `add element` commands. pyroute2's nftables API can build single rules, not
+parse a ruleset, so it would only duplicate what nft does well.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schoolgate.gateway.sets import NFT_TABLE, WATCHED_V4, WATCHED_V6
+
+log = logging.getLogger(__name__)
+
+
+class NftError(RuntimeError):
+    """nft refused a command; the message carries nft's own explanation."""
+
+
+def nft_binary() -> str:
+    found = shutil.which("nft") or next(
+        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None
+    )
+    if not found:
+        raise NftError("nft is not installed (Debian package: nftables)")
+    return found
+
+
+def run_nft(script: str, *, check_only: bool = False, timeout: float = 20.0) -> None:
+    """Run an nft script from stdin as one transaction."""
+    args = [nft_binary(), *(["-c"] if check_only else []), "-f", "-"]
+    done = subprocess.run(args, input=script, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise NftError(done.stderr.strip() or f"nft exited with status {done.returncode}")
+
+
+def nft_json(*command: str, timeout: float = 10.0) -> list[dict[str, object]]:
+    """`nft -j <command>`; an absent table or set gives an empty list, not an error."""
+    done = subprocess.run(
+        [nft_binary(), "-j", *command], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        if "No such file or directory" in done.stderr:
+            return []
+        raise NftError(done.stderr.strip())
+    items: list[dict[str, object]] = json.loads(done.stdout or "{}").get("nftables", [])
+    return items
+
+
+@dataclass(frozen=True)
+class LiveElement:
+    set_name: str
+    address: str
+    expires_s: int  # seconds left; 0: no timeout
+
+
+def live_watched_elements() -> list[LiveElement]:
+    """The addresses DNS has put in the watched sets, with the time each has left."""
+    found: list[LiveElement] = []
+    for set_name in (WATCHED_V4, WATCHED_V6):
+        for item in nft_json("list", "set", "inet", NFT_TABLE, set_name):
+            body = item.get("set")
+            if not isinstance(body, dict):
+                continue
+            for element in body.get("elem", []):
+                if isinstance(element, dict) and "elem" in element:
+                    inner = element["elem"]
+                    found.append(
+                        LiveElement(set_name, str(inner["val"]), int(inner.get("expires", 0)))
+                    )
+                else:
+                    found.append(LiveElement(set_name, str(element), 0))
+    return found
+
+
+def restore_script(elements: Iterable[LiveElement]) -> str:
+    """Commands that put learnt elements back after the table was replaced."""
+    lines = []
+    for element in elements:
+        # Ones about to expire are not worth restoring; DNS re-adds them on the next answer.
+        if element.expires_s and element.expires_s < 2:
+            continue
+        timeout = f" timeout {element.expires_s}s" if element.expires_s else ""
+        lines.append(f"add element inet {NFT_TABLE} {element.set_name} {{ {element.address}{timeout} }}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def apply_ruleset(ruleset: str, *, keep_learnt: bool = True) -> int:
+    """Replace the schoolgate table atomically. Returns how many learnt elements were kept.
+
+    Elements the DNS daemon learnt at run time survive a re-apply (with the time they had
+    left), in the same transaction as the new table: no instant without them, so a watched
+    service's connections never slip past the proxy during a re-apply.
+    """
+    kept = live_watched_elements() if keep_learnt else []
+    run_nft(ruleset + restore_script(kept))
+    return len(kept)
+
+
+def remove_table() -> None:
+    run_nft(f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n")
+
+
+def read_counters() -> dict[str, tuple[int, int]]:
+    """Named counters of the schoolgate table: name -> (packets, bytes)."""
+    result: dict[str, tuple[int, int]] = {}
+    for item in nft_json("list", "counters", "table", "inet", NFT_TABLE):
+        body = item.get("counter")
+        if isinstance(body, dict):
+            result[str(body["name"])] = (int(body["packets"]), int(body["bytes"]))
+    return result
+
+
+class NftWatchedSets:
+    """WatchedSets backed by the kernel's `inet schoolgate watched4/watched6` sets.
+
+    `add` is called on the DNS hot path: it only appends to a bounded queue and returns.
+    A writer thread drains the queue, skips addresses whose timeout is still fresh, and sends
+    the rest to nft in one transaction per batch. If the queue is full the addresses are
+    counted as dropped: the next answer for the same name offers them again.
+    """
+
+    def __init__(self, *, max_queue: int = 10_000, batch_interval_s: float = 0.05) -> None:
+        self._queue: collections.deque[tuple[tuple[str, ...], int]] = collections.deque()
+        self._max_queue = max_queue
+        self._interval = batch_interval_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deadline: dict[str, float] = {}  # address -> monotonic time its element expires
+        self.added = 0
+        self.dropped = 0
+        self.failures = 0
+        self.batches = 0
+
+    def add(self, addresses: Iterable[str], timeout_s: int) -> None:
+        if len(self._queue) >= self._max_queue:
+            self.dropped += 1
+            return
+        self._queue.append((tuple(addresses), int(timeout_s)))
+        self._wake.set()
+        if self._thread is None:
+            self.start()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="nft-watched-sets", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def flush(self) -> None:
+        """Write whatever is queued now (used at shutdown and by tests)."""
+        self._write(self._drain())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            # A short pause gathers the addresses of a burst of answers into one transaction.
+            self._stop.wait(self._interval)
+            self._write(self._drain())
+        self._write(self._drain())
+
+    def _drain(self) -> dict[str, int]:
+        wanted: dict[str, int] = {}
+        while self._queue:
+            addresses, timeout = self._queue.popleft()
+            for address in addresses:
+                try:
+                    key = str(ipaddress.ip_address(address))
+                except ValueError:
+                    log.warning("ignoring %r: not an IP address", address)
+                    continue
+                wanted[key] = max(timeout, wanted.get(key, 0))
+        now = time.monotonic()
+        fresh = {}
+        for address, timeout in wanted.items():
+            # Re-adding costs a transaction; only refresh once half the timeout has passed.
+            if self._deadline.get(address, 0.0) - now > timeout / 2:
+                continue
+            fresh[address] = timeout
+        return fresh
+
+    def _write(self, wanted: dict[str, int]) -> None:
+        if not wanted:
+            return
+        lines = []
+        for address, timeout in wanted.items():
+            set_name = WATCHED_V6 if ":" in address else WATCHED_V4
+            element = f"inet {NFT_TABLE} {set_name} {{ {address} }}"
+            # add (so it exists), delete, add with the timeout: in one transaction this
+            # refreshes an existing element's timeout on every kernel nft supports.
+            lines.append(f"add element {element}")
+            lines.append(f"delete element {element}")
+            lines.append(f"add element inet {NFT_TABLE} {set_name} {{ {address} timeout {timeout}s }}")
+        try:
+            run_nft("\n".join(lines) + "\n")
+        except (NftError, OSError, subprocess.TimeoutExpired) as err:
+            self.failures += 1
+            log.error("could not add %d watched addresses: %s", len(wanted), err)
+            return
+        now = time.monotonic()
+        for address, timeout in wanted.items():
+            self._deadline[address] = now + timeout
+        self.added += len(wanted)
+        self.batches += 1

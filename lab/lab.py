@@ -1,0 +1,483 @@
+"""The network lab: a school LAN, the gateway and an internet, in network namespaces.
+
+    <prefix>-pupil, -pupilca, -staff, -guest, -sup   devices, each on a veth into the gateway's
+                                                      LAN bridge (10.41.0.0/16)
+    <prefix>-gw    the gateway: br-lan 10.41.0.1, wan0 203.0.113.1; runs the real appliance
+                   daemons (schoolgate dns, proxy, net watch) and the real `schoolgate net apply`
+    <prefix>-net   the internet: authoritative DNS 203.0.113.53 and the websites (lab.internet)
+
+State (PIDs with their start times, paths) lives in a state directory, so `down` and
+`status` work from another process. Everything `up` creates is removed by `down`, and by
+`up` itself if it fails half way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schoolgate.clock import set_clock_file
+from schoolgate.lab import netns
+from schoolgate.lab.internet import (
+    ALL_IPS,
+    ANY_NAME_PREFIX,
+    DOH_IP,
+    GATEWAY_WAN_IP,
+    INTERNET_IP,
+    OTHER_NAMES,
+    RESOLVER_IP,
+    SITES,
+)
+from schoolgate.lab.netns import LabError
+from schoolgate.lab.pki import LabCA
+from schoolgate.lab.topology import (
+    DEVICES,
+    DNS_PORT,
+    GATEWAY_LAN_IP,
+    LAN_BRIDGE,
+    LAN_CIDR,
+    LAN_PREFIXLEN,
+    NFLOG_GROUP,
+    PROXY_PORT,
+    UPSTREAM_DNS,
+    WAN_INTERFACE,
+    WAN_PREFIXLEN,
+    LabDevice,
+    LabNames,
+    device,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_ROOT = Path("/run/schoolgate-lab")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POLICY = REPO_ROOT / "deploy" / "policy.example.toml"
+# `python -P`: never put the working directory on sys.path. Started from a checkout, the
+# project's top-level `dns/` folder would otherwise shadow dnspython.
+# A Monday in the autumn term, mid-morning: lessons are on.
+DEFAULT_CLOCK = "2026-11-23T10:15:00+00:00"
+SITE_ID = "kingswood"  # the example policy's school
+SITE_NAME = "Kingswood Primary School"
+# Meta's published ranges, as a school would list them in network.watched_prefixes.
+META_PREFIXES = ("203.0.113.10/32", "203.0.113.11/32")
+DAEMONS = ("dns", "proxy", "watch")
+
+
+@dataclass
+class LabState:
+    prefix: str
+    state_dir: str
+    namespaces: list[str] = field(default_factory=list)
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {pid, start, ns, log}
+    config: str = ""
+    clock_file: str = ""
+    public_ca: str = ""
+    school_ca: str = ""
+    database_url: str = ""
+    daemons: bool = True
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> LabState | None:
+        path = state_dir / "state.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+class Lab:
+    """Build, run and tear down one lab. `prefix` keeps labs apart (tests use their own)."""
+
+    def __init__(
+        self,
+        prefix: str = "sg",
+        *,
+        state_root: Path = DEFAULT_STATE_ROOT,
+        policy: Path = DEFAULT_POLICY,
+        daemons: bool = True,
+        python: str = sys.executable,
+    ) -> None:
+        self.names = LabNames(prefix)
+        self.state_dir = state_root / prefix
+        self.policy = policy
+        self.with_daemons = daemons
+        self.python = python
+        self.state = LabState.load(self.state_dir) or LabState(prefix, str(self.state_dir))
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "schoolgate.toml"
+
+    @property
+    def clock_path(self) -> Path:
+        return self.state_dir / "clock"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def public_ca(self) -> Path:
+        return self.state_dir / "pki" / "public-ca.pem"
+
+    @property
+    def school_ca(self) -> Path:
+        return self.state_dir / "ca" / "mitmproxy-ca-cert.pem"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'schoolgate.db'}"
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, clock: str = DEFAULT_CLOCK) -> LabState:
+        if self.state.namespaces and any(netns.exists(n) for n in self.state.namespaces):
+            raise LabError(f"lab {self.names.prefix!r} is already up (run `schoolgate lab down` first)")
+        leftovers = [n for n in self.names.all() if netns.exists(n)]
+        if leftovers:
+            raise LabError(f"namespaces already exist: {', '.join(leftovers)}; remove them or use --prefix")
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        (self.state_dir / "logs").mkdir(parents=True)
+        self.data_dir.mkdir()
+        self.state = LabState(self.names.prefix, str(self.state_dir), daemons=self.with_daemons)
+        try:
+            set_clock_file(self.clock_path, datetime.fromisoformat(clock))
+            self._build_network()
+            self._start_internet()
+            self._write_config()
+            if self.with_daemons:
+                # The register first: `net apply` pins the registered devices' neighbours.
+                self._prepare_store()
+            self._run_schoolgate(["net", "apply", "--config", str(self.config_path)])
+            if self.with_daemons:
+                self._start_daemons()
+            self.state.save()
+        except BaseException:
+            log.exception("lab up failed; tearing down")
+            self.down()
+            raise
+        return self.state
+
+    def _build_network(self) -> None:
+        names = self.names
+        gw, internet = names.gateway, names.internet
+        for name in (gw, internet):
+            netns.add(name)
+            self.state.namespaces.append(name)
+            self.state.save()
+        # WAN link: gateway wan0 <-> internet eth0
+        netns.ip("link", "add", WAN_INTERFACE, "netns", gw, "type", "veth", "peer", "name", "eth0", "netns", internet)
+        netns.exec_in(internet, ["ip", "addr", "add", f"{INTERNET_IP}/{WAN_PREFIXLEN}", "dev", "eth0"])
+        for address in ALL_IPS:
+            netns.exec_in(internet, ["ip", "addr", "add", f"{address}/32", "dev", "eth0"])
+        netns.exec_in(internet, ["ip", "link", "set", "eth0", "up"])
+        # Every other name's address: the whole range is local here (servers bind 0.0.0.0).
+        netns.exec_in(internet, ["ip", "route", "add", "local", ANY_NAME_PREFIX, "dev", "lo"])
+        netns.exec_in(internet, ["ip", "route", "add", "default", "via", GATEWAY_WAN_IP])
+        netns.exec_in(gw, ["ip", "addr", "add", f"{GATEWAY_WAN_IP}/{WAN_PREFIXLEN}", "dev", WAN_INTERFACE])
+        netns.exec_in(gw, ["ip", "link", "set", WAN_INTERFACE, "up"])
+        netns.exec_in(gw, ["ip", "route", "add", "default", "via", INTERNET_IP])
+        # LAN: a bridge in the gateway; `schoolgate net apply` gives it its address.
+        netns.exec_in(gw, ["ip", "link", "add", LAN_BRIDGE, "type", "bridge"])
+        netns.exec_in(gw, ["ip", "link", "set", LAN_BRIDGE, "up"])
+        for index, item in enumerate(DEVICES):
+            ns = names.device(item.key)
+            netns.add(ns, nameserver=GATEWAY_LAN_IP)
+            self.state.namespaces.append(ns)
+            self.state.save()
+            port = f"lan{index}"
+            netns.ip("link", "add", port, "netns", gw, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            netns.exec_in(gw, ["ip", "link", "set", port, "master", LAN_BRIDGE])
+            netns.exec_in(gw, ["ip", "link", "set", port, "up"])
+            netns.exec_in(ns, ["ip", "link", "set", "eth0", "address", item.mac])
+            netns.exec_in(ns, ["ip", "addr", "add", f"{item.ip}/{LAN_PREFIXLEN}", "dev", "eth0"])
+            netns.exec_in(ns, ["ip", "link", "set", "eth0", "up"])
+            netns.exec_in(ns, ["ip", "route", "add", "default", "via", GATEWAY_LAN_IP])
+
+    def _start_internet(self) -> None:
+        ca = LabCA(self.state_dir / "pki")
+        ca.ensure()
+        certs = {}
+        for site in SITES:
+            issued = ca.issue(site.label, site.names)
+            certs[site.label] = (str(issued.cert_path), str(issued.key_path))
+        other = ca.issue("other", OTHER_NAMES)
+        certs["other"] = (str(other.cert_path), str(other.key_path))
+        (self.state_dir / "internet.json").write_text(json.dumps({"certs": certs}))
+        self.state.public_ca = str(ca.cert_path)
+        self._spawn("internet", self.names.internet,
+                    [self.python, "-P", "-m", "schoolgate.lab.internet", str(self.state_dir)])
+        netns.wait_for(lambda: (self.state_dir / "internet.ready").exists() or self._died("internet"),
+                       timeout=20, what="the lab internet to start")
+        self._check_alive("internet")
+
+    def _write_config(self) -> None:
+        policy = self.policy.resolve()
+        text = f"""# The lab's appliance configuration (written by `schoolgate lab up`).
+policy = {json.dumps(str(policy))}
+data_dir = {json.dumps(str(self.data_dir))}
+
+[site]
+id = "{SITE_ID}"
+name = "{SITE_NAME}"
+
+[database]
+url = {json.dumps(self.database_url)}
+
+[dns]
+listen = ["{GATEWAY_LAN_IP}:{DNS_PORT}"]
+upstreams = ["{UPSTREAM_DNS}"]
+names = ["schoolgate.lan"]
+watched_set_timeout_s = 600
+nftables = true
+
+[proxy]
+listen = "{GATEWAY_LAN_IP}:{PROXY_PORT}"
+ca_dir = {json.dumps(str(self.state_dir / "ca"))}
+nftables = true
+
+[network]
+lan_interface = "{LAN_BRIDGE}"
+wan_interface = "{WAN_INTERFACE}"
+appliance_ipv4 = "{GATEWAY_LAN_IP}"
+lan_cidrs = ["{LAN_CIDR}"]
+watched_prefixes = {json.dumps(list(META_PREFIXES))}
+doh_addresses = ["{RESOLVER_IP}", "{DOH_IP}"]
+nflog_group = {NFLOG_GROUP}
+
+[console]
+base_url = "http://{GATEWAY_LAN_IP}:8443"
+"""
+        self.config_path.write_text(text)
+        self.state.config = str(self.config_path)
+        self.state.clock_file = str(self.clock_path)
+        self.state.database_url = self.database_url
+
+    def _prepare_store(self) -> None:
+        self._run_schoolgate(["db", "upgrade", "--config", str(self.config_path)], namespace=None)
+        seed_register(self.database_url)
+        self._run_schoolgate(["ca", "init", "--config", str(self.config_path)], namespace=None)
+        self.state.school_ca = str(self.school_ca)
+
+    def _daemon_argv(self, name: str) -> list[str]:
+        config = str(self.config_path)
+        if name == "watch":
+            return [self.python, "-P", "-m", "schoolgate", "net", "watch", "--config", config]
+        return [self.python, "-P", "-m", "schoolgate", name, "--config", config]
+
+    def _start_daemons(self) -> None:
+        env = {"SCHOOLGATE_CLOCK_FILE": str(self.clock_path), "PYTHONUNBUFFERED": "1"}
+        for name in DAEMONS:
+            self._spawn(name, self.names.gateway, self._daemon_argv(name), env=env)
+        gw = self.names.gateway
+        netns.wait_for(
+            lambda: self._died("dns") or _tcp_open(gw, GATEWAY_LAN_IP, DNS_PORT),
+            timeout=60, what="schoolgate dns to listen",
+        )
+        self._check_alive("dns")
+        netns.wait_for(
+            lambda: self._died("proxy") or _tcp_open(gw, GATEWAY_LAN_IP, PROXY_PORT),
+            timeout=60, what="schoolgate proxy to listen",
+        )
+        self._check_alive("proxy")
+        netns.wait_for(
+            lambda: self._died("watch") or _nflog_bound(gw, NFLOG_GROUP),
+            timeout=30, what="schoolgate net watch to bind its NFLOG group",
+        )
+        self._check_alive("watch")
+
+    # ------------------------------------------------------------------ processes
+
+    def _spawn(self, name: str, namespace: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        process = netns.spawn(namespace, argv, log_path=self.log_path(name), env=env)
+        self.state.processes[name] = {
+            "pid": process.pid,
+            "start": netns.process_start_time(process.pid),
+            "namespace": namespace,
+            "log": str(self.log_path(name)),
+            "argv": argv,
+        }
+        self.state.save()
+
+    def _died(self, name: str) -> bool:
+        info = self.state.processes.get(name)
+        return info is None or not netns.process_alive(info["pid"], info["start"])
+
+    def _check_alive(self, name: str) -> None:
+        if self._died(name):
+            tail = _tail(self.log_path(name))
+            raise LabError(f"{name} exited during start-up; last lines of its log:\n{tail}")
+
+    def _run_schoolgate(self, args: list[str], namespace: str | None = "gw") -> str:
+        argv = [self.python, "-P", "-m", "schoolgate", *args]
+        if namespace == "gw":
+            done = netns.exec_in(self.names.gateway, argv, check=False, timeout=120)
+        else:
+            done = netns.run(argv, check=False, timeout=120)
+        if done.returncode != 0:
+            raise LabError(f"schoolgate {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def restart(self, name: str) -> None:
+        """Restart one appliance daemon (e.g. after changing the config)."""
+        info = self.state.processes[name]
+        netns.stop_process(info["pid"], info["start"])
+        env = {"SCHOOLGATE_CLOCK_FILE": str(self.clock_path), "PYTHONUNBUFFERED": "1"}
+        self._spawn(name, info["namespace"], info["argv"], env=env if name in DAEMONS else None)
+
+    # ------------------------------------------------------------------ down / status / clock
+
+    def down(self) -> list[str]:
+        """Stop our processes (by PID, checked against their start time), delete namespaces."""
+        done: list[str] = []
+        for name, info in reversed(list(self.state.processes.items())):
+            netns.stop_process(int(info["pid"]), info.get("start"))
+            done.append(f"stopped {name} (pid {info['pid']})")
+        self.state.processes = {}
+        names = list(dict.fromkeys([*self.state.namespaces, *self.names.all()]))
+        for name in reversed(names):
+            if netns.exists(name) or (netns.ETC_NETNS / name).exists():
+                netns.delete(name)
+                done.append(f"deleted namespace {name}")
+        self.state.namespaces = []
+        if self.state_dir.exists():
+            self.state.save()
+        return done
+
+    def status(self) -> dict[str, Any]:
+        namespaces = {n: netns.exists(n) for n in self.names.all()}
+        processes = {
+            name: {"pid": info["pid"], "alive": netns.process_alive(info["pid"], info.get("start"))}
+            for name, info in self.state.processes.items()
+        }
+        clock = self.clock_path.read_text().strip() if self.clock_path.exists() else None
+        return {
+            "prefix": self.names.prefix,
+            "state_dir": str(self.state_dir),
+            "namespaces": namespaces,
+            "processes": processes,
+            "clock": clock,
+            "config": self.state.config,
+        }
+
+    def set_clock(self, instant: datetime) -> None:
+        set_clock_file(self.clock_path, instant)
+
+    def clock_now(self) -> datetime:
+        """The daemons' "now" (the clock file's instant, running on in real time)."""
+        from schoolgate.clock import FileClock
+
+        return FileClock(self.clock_path).now()
+
+    # ------------------------------------------------------------------ for tests and benches
+
+    def device_namespace(self, key: str) -> str:
+        device(key)
+        return self.names.device(key)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _tcp_open(namespace: str, host: str, port: int) -> bool:
+    def attempt() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return netns.call_in(namespace, attempt)
+
+
+def _nflog_bound(namespace: str, group: int) -> bool:
+    done = netns.exec_in(namespace, ["cat", "/proc/net/netfilter/nfnetlink_log"], check=False)
+    return any(line.split()[:1] == [str(group)] for line in done.stdout.splitlines())
+
+
+def seed_register(database_url: str) -> None:
+    """The school's people and devices as the lab needs them (and a ban for the supervised one)."""
+    from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.store.models import Site
+    from schoolgate.store.overlay import bump_generation
+
+    engine = make_engine(database_url)
+    now = datetime.now().astimezone()
+    try:
+        with session_factory(engine)() as session, session.begin():
+            if session.get(Site, SITE_ID) is None:
+                session.add(Site(id=SITE_ID, name=SITE_NAME))
+            for item in DEVICES:
+                if not item.registered:
+                    continue
+                _seed_device(session, item, now)
+            bump_generation(session, SITE_ID)
+    finally:
+        engine.dispose()
+
+
+def _seed_device(session: Any, item: LabDevice, now: datetime) -> None:
+    from schoolgate.store.models import BanRow, Device, Person
+
+    person = None
+    if item.person_id:
+        person = Person(
+            site=SITE_ID,
+            external_id=item.person_id,
+            name=item.person_name or item.person_id,
+            role=item.person_role or "pupil",
+            year_group=item.year_group,
+            groups=item.groups,
+        )
+        session.add(person)
+        session.flush()
+    session.add(
+        Device(
+            site=SITE_ID,
+            device_id=item.device_id,
+            name=item.device_name,
+            mac=item.mac,
+            ip=item.ip,
+            kind="lab",
+            role=item.role,
+            person_id=person.id if person else None,
+            trusts_school_ca=item.trusts_school_ca,
+        )
+    )
+    if item.banned:
+        # Long enough to cover any clock a test sets (the lab may move to another year).
+        session.add(
+            BanRow(
+                site=SITE_ID,
+                device_id=item.device_id,
+                person_id=item.person_id,
+                mac=item.mac,
+                starts=now - timedelta(days=3650),
+                until=now + timedelta(days=3650),
+                reason="lab: circumvention attempt (seed 001 §9)",
+                created_by="lab",
+            )
+        )

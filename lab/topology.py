@@ -1,0 +1,105 @@
+"""What the lab is made of: namespaces, addresses and the devices in the school's register.
+
+Addresses are private or documentation ranges and exist only inside the lab's namespaces.
+The LAN follows the example policy's networks (deploy/policy.example.toml), so the lab runs
+that policy unchanged: 10.41.0.1 is the gateway and block address, 10.41.10.0/24 staff,
+10.41.20.0/22 pupils, 10.41.30.0/24 guest Wi-Fi. The "internet" is 203.0.113.0/24.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schoolgate.lab.internet import GATEWAY_WAN_IP, INTERNET_IP, RESOLVER_IP
+
+LAN_CIDR = "10.41.0.0/16"
+GATEWAY_LAN_IP = "10.41.0.1"
+LAN_PREFIXLEN = 16
+WAN_PREFIXLEN = 24
+LAN_BRIDGE = "br-lan"
+WAN_INTERFACE = "wan0"
+DNS_PORT = 5353
+PROXY_PORT = 8081
+NFLOG_GROUP = 7
+UPSTREAM_DNS = f"{RESOLVER_IP}:53"
+
+__all__ = [
+    "DEVICES",
+    "GATEWAY_LAN_IP",
+    "GATEWAY_WAN_IP",
+    "INTERNET_IP",
+    "LabDevice",
+    "LabNames",
+]
+
+
+@dataclass(frozen=True)
+class LabDevice:
+    """A device on the school LAN, and how the device register knows it."""
+
+    key: str  # short name: the namespace is <prefix>-<key>
+    ip: str
+    mac: str
+    device_id: str
+    device_name: str
+    role: str | None  # device role in the register; None: the owner's role
+    person_id: str | None
+    person_name: str | None
+    person_role: str | None
+    year_group: int | None = None
+    groups: str = ""
+    trusts_school_ca: bool = False
+    banned: bool = False  # a ban (seed 001 §9): supervised use only
+    registered: bool = True
+
+
+DEVICES: tuple[LabDevice, ...] = (
+    LabDevice("pupil", "10.41.20.11", "02:41:00:00:20:11", "lab-pupil-ipad", "Year 5 iPad 11",
+              None, "lab-p-001", "Ada Pupil", "pupil", year_group=5, groups="5A"),
+    LabDevice("pupilca", "10.41.20.12", "02:41:00:00:20:12", "lab-pupil-laptop", "Year 6 laptop 12",
+              None, "lab-p-002", "Ben Pupil", "pupil", year_group=6, groups="6B", trusts_school_ca=True),
+    LabDevice("staff", "10.41.10.21", "02:41:00:00:10:21", "lab-staff-laptop", "Staff laptop 21",
+              None, "lab-s-001", "Cara Teacher", "staff", groups="teachers"),
+    # Not in the register: the policy gives it the guest network's role.
+    LabDevice("guest", "10.41.30.31", "02:41:00:00:30:31", "lab-guest-phone", "Visitor phone",
+              None, None, None, None, registered=False),
+    LabDevice("sup", "10.41.20.41", "02:41:00:00:20:41", "lab-sup-ipad", "Year 6 iPad 41",
+              None, "lab-p-003", "Dan Pupil", "pupil", year_group=6, groups="6B", trusts_school_ca=True,
+              banned=True),
+)
+
+
+def device(key: str) -> LabDevice:
+    for item in DEVICES:
+        if item.key == key:
+            return item
+    raise KeyError(f"no lab device {key!r} (have: {', '.join(d.key for d in DEVICES)})")
+
+
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+
+
+@dataclass(frozen=True)
+class LabNames:
+    """Namespace names for one lab; a test runs a private lab with its own prefix."""
+
+    prefix: str = "sg"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ValueError(f"lab prefix {self.prefix!r}: 1-6 lower-case letters/digits, starting with a letter")
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.prefix}-gw"
+
+    @property
+    def internet(self) -> str:
+        return f"{self.prefix}-net"
+
+    def device(self, key: str) -> str:
+        return f"{self.prefix}-{key}"
+
+    def all(self) -> list[str]:
+        return [self.gateway, self.internet, *(self.device(d.key) for d in DEVICES)]

@@ -1,0 +1,56 @@
+"""The same rules as a pupil or teacher meets them: in Chromium, on the lab's devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schoolgate.lab.client import LabClient
+from schoolgate.lab.internet import SITES
+from schoolgate.lab.topology import device
+
+pytestmark = [pytest.mark.root, pytest.mark.browser, pytest.mark.slow]
+
+LESSON = "2026-11-23T10:15:00+00:00"
+LUNCH = "2026-11-23T12:30:00+00:00"
+FACEBOOK = next(s.ip for s in SITES if s.label == "facebook")
+
+
+def test_staff_at_lunch_browse_facebook_and_quic_is_refused_on_the_way(lab: LabClient, tmp_path: Path) -> None:
+    lab.set_clock(LUNCH)
+    since = lab.last_event_id()
+    quic_before = lab.counters()["refused_quic"]
+    page = lab.chromium("staff", "https://www.facebook.com/", profile=str(tmp_path))
+    assert f"served-by=lab-internet address={FACEBOOK}" in page.stdout, page.stderr[-2000:]
+    # The page's Alt-Svc made Chromium try QUIC for the image; refused, it used TCP instead.
+    assert lab.counters()["refused_quic"] > quic_before
+    (event,) = lab.wait_events(
+        lambda e: e.rule_id == "gateway.refuse.quic" and e.client_ip == device("staff").ip, since
+    )
+    assert event.host == FACEBOOK and event.device_id == device("staff").device_id
+
+
+def test_pupil_with_the_school_ca_sees_the_block_page(lab: LabClient) -> None:
+    lab.set_clock(LESSON)
+    page = lab.chromium("pupilca", "https://www.facebook.com/groups/year6", trust=(lab.school_ca,))
+    dom = page.stdout
+    assert "Blocked" in dom and "Facebook" in dom, page.stderr[-2000:]
+    assert "Social Media Policy §6 and §9" in dom
+    assert "served-by=lab-internet" not in dom
+    assert "www.facebook.com" in dom and "request" in dom.lower()
+
+
+def test_pupil_without_the_school_ca_gets_no_page(lab: LabClient) -> None:
+    lab.set_clock(LESSON)
+    page = lab.chromium("pupil", "https://www.facebook.com/")
+    assert "served-by=lab-internet" not in page.stdout
+    assert "Social Media Policy" not in page.stdout  # no block page either: the connection was closed
+
+
+def test_the_ordinary_site_in_the_browser(lab: LabClient) -> None:
+    lab.set_clock(LESSON)
+    library = next(s.ip for s in SITES if s.label == "library")
+    for key in ("pupil", "guest"):
+        page = lab.chromium(key, "https://library.example.org/")
+        assert f"served-by=lab-internet address={library}" in page.stdout, page.stderr[-2000:]
