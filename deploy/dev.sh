@@ -13,7 +13,7 @@ cd "$root"
 DEBIAN_PACKAGES=(
   python3 python3-venv python3-dev build-essential
   nftables iproute2 iputils-ping procps
-  curl ca-certificates openssl bind9-dnsutils
+  curl ca-certificates openssl bind9-dnsutils libnss3-tools tzdata
   sqlite3
   chromium fonts-liberation
 )

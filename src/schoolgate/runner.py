@@ -63,22 +63,23 @@ def _available_commands() -> set[str]:
 
 
 def _child_argv(name: str, config: str, extra: tuple[str, ...]) -> list[str]:
-    return [sys.executable, "-m", "schoolgate", name, "--config", config, *extra]
+    # -P: never put the working directory on sys.path, where our dns/ folder would hide dnspython.
+    return [sys.executable, "-P", "-m", "schoolgate", name, "--config", config, *extra]
 
 
 def _first_run(config: str, commands: set[str]) -> None:
     if "db" in commands:
-        subprocess.run([sys.executable, "-m", "schoolgate", "db", "upgrade", "--config", config], check=True)
+        subprocess.run([sys.executable, "-P", "-m", "schoolgate", "db", "upgrade", "--config", config], check=True)
     if "users" in commands:
         listed = subprocess.run(
-            [sys.executable, "-m", "schoolgate", "users", "list", "--config", config],
+            [sys.executable, "-P", "-m", "schoolgate", "users", "list", "--config", config],
             capture_output=True,
             text=True,
             check=False,
         )
         if listed.returncode == 0 and "admin" not in listed.stdout.split():
             subprocess.run(
-                [sys.executable, "-m", "schoolgate", "users", "add", "admin", "--role", "admin", "--config", config],
+                [sys.executable, "-P", "-m", "schoolgate", "users", "add", "admin", "--role", "admin", "--config", config],
                 check=True,
             )
 
