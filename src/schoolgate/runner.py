@@ -62,24 +62,28 @@ def _available_commands() -> set[str]:
     return set()
 
 
-def _child_argv(name: str, config: str, extra: tuple[str, ...]) -> list[str]:
+def _schoolgate(*args: str) -> list[str]:
     # -P: never put the working directory on sys.path, where our dns/ folder would hide dnspython.
-    return [sys.executable, "-P", "-m", "schoolgate", name, "--config", config, *extra]
+    return [sys.executable, "-P", "-m", "schoolgate", *args]
+
+
+def _child_argv(name: str, config: str, extra: tuple[str, ...]) -> list[str]:
+    return _schoolgate(name, "--config", config, *extra)
 
 
 def _first_run(config: str, commands: set[str]) -> None:
     if "db" in commands:
-        subprocess.run([sys.executable, "-P", "-m", "schoolgate", "db", "upgrade", "--config", config], check=True)
+        subprocess.run(_schoolgate("db", "upgrade", "--config", config), check=True)
     if "users" in commands:
         listed = subprocess.run(
-            [sys.executable, "-P", "-m", "schoolgate", "users", "list", "--config", config],
+            _schoolgate("users", "list", "--config", config),
             capture_output=True,
             text=True,
             check=False,
         )
         if listed.returncode == 0 and "admin" not in listed.stdout.split():
             subprocess.run(
-                [sys.executable, "-P", "-m", "schoolgate", "users", "add", "admin", "--role", "admin", "--config", config],
+                _schoolgate("users", "add", "admin", "--role", "admin", "--config", config),
                 check=True,
             )
 
