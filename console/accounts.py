@@ -13,6 +13,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyotp
 from argon2 import PasswordHasher
@@ -32,6 +33,31 @@ _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 class AccountError(ValueError):
     """A user-facing problem with an account operation (unknown user, weak password...)."""
+
+
+def audit_user(
+    session: Session,
+    *,
+    site: str,
+    actor: str,
+    action: str,
+    user: ConsoleUser,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Record a change to a console account in the hash-chained audit log."""
+    from schoolgate.store import audit
+
+    audit.record(
+        session,
+        site=site,
+        actor=actor,
+        action=action,
+        object_type="console_user",
+        object_id=user.id,
+        detail={"username": user.username, **(detail or {})},
+        at=now,
+    )
 
 
 def hash_password(password: str) -> str:
@@ -161,7 +187,11 @@ def check_sign_in(
                 user.failed_logins = 0
                 return SignInResult(None, locked_until=user.locked_until)
         return SignInResult(None)
-    user.failed_logins = 0
+    if not user.totp_secret:
+        # Signed in. With a second factor the count stands until the code is right too: a
+        # right password must not wipe the failed codes, or someone who has the password
+        # could guess codes for ever, a few at a time between sign-ins.
+        user.failed_logins = 0
     user.locked_until = None
     if needs_rehash(user):
         user.password_hash = hash_password(password)

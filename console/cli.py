@@ -96,10 +96,9 @@ def _read_password(prompt_stdin: bool) -> str | None:
 
 
 def _audit(session: Any, config: Any, action: str, user: Any, detail: dict[str, Any]) -> None:
-    from schoolgate.store import audit
+    from schoolgate.console.accounts import audit_user
 
-    audit.record(session, site=config.site.id, actor="system:cli", action=action, object_type="console_user",
-                 object_id=user.id, detail={"username": user.username, **detail})
+    audit_user(session, site=config.site.id, actor="system:cli", action=action, user=user, detail=detail)
 
 
 def _users_add(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ DEBIAN_PACKAGES=(
   python3 python3-venv python3-dev build-essential
   nftables iproute2 iputils-ping procps
   curl ca-certificates openssl bind9-dnsutils libnss3-tools tzdata
-  sqlite3
+  sqlite3 postgresql
   chromium fonts-liberation
 )
 
@@ -74,7 +74,8 @@ cmd_start() {
   need_root start
   install_debian_packages
   install_python_packages
-  exec "$venv/bin/schoolgate" run --config "$root/deploy/dev/schoolgate.toml" --first-run
+  # The whole appliance in the network lab, in the foreground; Ctrl-C tears it down.
+  exec "$venv/bin/schoolgate" lab start "$@"
 }
 
 cmd_test() {

@@ -138,7 +138,7 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
     from schoolgate.identity.neighbours import NeighbourTable
     from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
     from schoolgate.store.db import make_engine, session_factory
-    from schoolgate.store.events import EventWriter, StatusTarget
+    from schoolgate.store.events import StatusTarget, make_event_writer
 
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,8 +151,8 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
     resolver = IdentityResolver(neighbours=NeighbourTable())
     reloader = RegisterReloader(sessions, site, resolver)
     counts = {"attempts": 0, "recorded": 0}
-    writer = EventWriter(
-        engine, status=StatusTarget(site=site, name="gateway", extra=lambda: dict(counts))
+    writer = make_event_writer(
+        engine, config, status=StatusTarget(site=site, name="gateway", extra=lambda: dict(counts))
     )
     group = getattr(config.network, "nflog_group", 7)
     nflog = NflogSocket(group)

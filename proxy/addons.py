@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
 from schoolgate.policy.types import Client, Decision, Target
@@ -45,6 +46,7 @@ from schoolgate.proxy.judge import (
     Judgement,
     judge_http,
     judge_tls,
+    normalise_name,
 )
 from schoolgate.proxy.search import search_term
 from schoolgate.store.events import EventRecord
@@ -67,6 +69,7 @@ class ConnState:
     requests_logged: int = 0
     sni: str | None = None
     dialled_ip: str | None = None
+    dialled_name: str | None = None  # regular mode: the CONNECT target, where mitmproxy connects
     passthrough: bool = False  # TLS forwarded undecrypted: no later request will be judged
 
 
@@ -151,6 +154,33 @@ def _ip_of(address: Any) -> str | None:
     return str(ip)
 
 
+def _name_of(address: Any) -> str | None:
+    """The host name of a (host, port) address when it is a name (regular mode), else None."""
+    if not address or not address[0] or _ip_of(address) is not None:
+        return None
+    return str(address[0])
+
+
+def _request_names(request: http.Request) -> list[str]:
+    """Every name the request gives for its site, `pretty_host` first.
+
+    They need not agree: an HTTP/1 request line in absolute form names a site that the
+    server must prefer to the Host header (RFC 9112 §3.2.2), and an HTTP/2 request may carry
+    a Host header besides its :authority, which a server behind an HTTP/1 hop would read.
+    Each is judged; if any is blocked, the request is."""
+    names = [request.pretty_host]
+    for authority in (request.headers.get("Host"), request.authority):
+        if authority:
+            host, _port = url.parse_authority(authority, check=False)
+            names.append(host)
+    seen: dict[str, None] = {}
+    for name in names:
+        key = normalise_name(name)
+        if key or not seen:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
 def _state(services: Services, client: connection.Client) -> ConnState:
     state = services.connections.get(client.id)
     if state is None:  # a hook before client_connected (should not happen): identify now
@@ -190,12 +220,14 @@ class TlsGate:
         state = _state(self.s, data.context.client)
         state.sni = data.client_hello.sni
         state.dialled_ip = _ip_of(data.context.server.address)
+        state.dialled_name = _name_of(data.context.server.address)
         try:
             judgement = judge_tls(
                 self.s.decide,
                 state.client,
                 state.sni,
                 dialled_ip=state.dialled_ip,
+                dialled_name=state.dialled_name,
                 book=self.s.book,
                 now=self.s.now(),
                 inspect=self.s.inspect,
@@ -276,15 +308,26 @@ class HttpGate:
             )
         else:
             # Plain HTTP, or an inspected search engine: each request is judged on its own Host
-            # (inside an allowed TLS connection the Host may name a blocked site).
-            judgement = judge_http(
-                self.s.decide,
-                state.client,
-                Target(host=flow.request.pretty_host, url=flow.request.pretty_url),
-                dialled_ip=_ip_of(flow.server_conn.address),
-                book=self.s.book,
-                now=self.s.now(),
+            # (inside an allowed TLS connection the Host may name a blocked site). mitmproxy
+            # connects to `request.host`: the original address in transparent mode, but in
+            # regular mode the absolute-form URL's or CONNECT's name, which the Host header
+            # need not match; that name is judged too.
+            destination = (flow.request.host, flow.request.port)
+            now = self.s.now()
+            judgements = (
+                judge_http(
+                    self.s.decide,
+                    state.client,
+                    Target(host=name, url=flow.request.pretty_url),
+                    dialled_ip=_ip_of(destination) or _ip_of(flow.server_conn.address),
+                    dialled_name=_name_of(destination),
+                    book=self.s.book,
+                    now=now,
+                )
+                for name in _request_names(flow.request)
             )
+            first = next(judgements)
+            judgement = next((j for j in judgements if j.blocked), first) if not first.blocked else first
             if flow.client_conn.tls and not judgement.blocked:
                 judgement = Judgement(judgement.decision, judgement.target, Action.INSPECT, None)
             else:
@@ -382,7 +425,13 @@ class Rejudge:
             if not changed and (until is None or until > now):
                 continue
             fresh = judge_tls(
-                self.s.decide, state.client, state.sni, dialled_ip=state.dialled_ip, book=self.s.book, now=now
+                self.s.decide,
+                state.client,
+                state.sni,
+                dialled_ip=state.dialled_ip,
+                dialled_name=state.dialled_name,
+                book=self.s.book,
+                now=now,
             )
             if not fresh.blocked:
                 state.judgement = fresh

@@ -142,7 +142,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     from schoolgate.proxy.addons import Services, build_addons
     from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
     from schoolgate.store.db import make_engine
-    from schoolgate.store.events import AllowedAggregator, EventWriter, StatusTarget
+    from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
 
     pconf = config.proxy
     ca_dir = ca_dir_of(config)
@@ -202,8 +202,8 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
             "ca_fingerprint": ca_info.sha256_fingerprint,
         }
 
-    writer = EventWriter(
-        engine, status=StatusTarget(site=site, name="proxy", interval=1.0, started_at=started, extra=snapshot)
+    writer = make_event_writer(
+        engine, config, status=StatusTarget(site=site, name="proxy", interval=1.0, started_at=started, extra=snapshot)
     )
     aggregator = AllowedAggregator(writer, clock=clock.now)
 

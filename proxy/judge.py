@@ -13,6 +13,10 @@ The rules, in order:
    belongs to a watched service whose decision for this client blocks. Blocked with that
    service's decision, flagged `circumvention` (`fronting`).
 4. Otherwise the name's decision (allowed).
+
+Where the proxy is told the destination by name (regular mode: the CONNECT target, or the
+absolute-form URL of a plain request), that name is where mitmproxy connects, whatever the SNI
+or Host header say; it is judged as well and a block there blocks the connection (fronting).
 """
 
 from __future__ import annotations
@@ -79,8 +83,10 @@ def decide_name(
     dialled_ip: str | None,
     book: AddressBook,
     now: datetime,
+    dialled_name: str | None = None,
 ) -> tuple[Decision, str | None]:
-    """The decision for `target` sent to `dialled_ip` (rules 1-4 above) and the fronted name."""
+    """The decision for `target` sent to `dialled_ip` or `dialled_name` (rules 1-4 above) and
+    the fronted name."""
     host = target.host
     if not host:
         names = book.hosts_for(dialled_ip) if dialled_ip else []
@@ -104,7 +110,14 @@ def decide_name(
         )
         return refused, watched_host
     decision = decide(client, target, now)
-    if decision.blocked or dialled_ip is None:
+    if decision.blocked:
+        return decision, None
+    destination = normalise_name(dialled_name)
+    if destination and destination != host:
+        behind = decide(client, Target(host=destination), now)
+        if behind.blocked:
+            return _fronted(behind, destination), destination
+    if dialled_ip is None:
         return decision, None
     behind_names = book.hosts_for(dialled_ip)
     if not behind_names or any(_within(host, name) for name in behind_names):
@@ -115,13 +128,21 @@ def decide_name(
     for name in behind_names:
         behind = decide(client, Target(host=name), now)
         if behind.blocked:
-            fronted = replace(
-                behind,
-                reason=FRONTING_REASON.format(service=behind.service_name or name),
-                flags=behind.flags | {FLAG_CIRCUMVENTION, FLAG_FRONTING},
-            )
-            return fronted, name
+            return _fronted(behind, name), name
     return decision, None
+
+
+def _fronted(behind: Decision, name: str) -> Decision:
+    return replace(
+        behind,
+        reason=FRONTING_REASON.format(service=behind.service_name or name),
+        flags=behind.flags | {FLAG_CIRCUMVENTION, FLAG_FRONTING},
+    )
+
+
+def normalise_name(name: str | None) -> str:
+    """A name as the policy matches it: lower case, no trailing dot, no IPv6 brackets."""
+    return (name or "").strip().lower().rstrip(".").strip("[]")
 
 
 def judge_tls(
@@ -133,10 +154,13 @@ def judge_tls(
     book: AddressBook,
     now: datetime,
     inspect: Callable[[str], bool] | None = None,
+    dialled_name: str | None = None,
 ) -> Judgement:
     """A TLS ClientHello: pass it through, kill it, or intercept it to show the block page."""
-    target = Target(host=(sni or "").lower().rstrip("."))
-    decision, fronted = decide_name(decide, client, target, dialled_ip=dialled_ip, book=book, now=now)
+    target = Target(host=normalise_name(sni))
+    decision, fronted = decide_name(
+        decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now
+    )
     if decision.blocked:
         action = Action.BLOCK_PAGE if client.trusts_school_ca and target.host else Action.KILL
     elif client.trusts_school_ca and inspect is not None and inspect(target.host):
@@ -154,8 +178,11 @@ def judge_http(
     dialled_ip: str | None,
     book: AddressBook,
     now: datetime,
+    dialled_name: str | None = None,
 ) -> Judgement:
     """A plain HTTP request (Host and URL): forward it, or answer with the block page."""
-    target = Target(host=request.host.lower().rstrip("."), url=request.url)
-    decision, fronted = decide_name(decide, client, target, dialled_ip=dialled_ip, book=book, now=now)
+    target = Target(host=normalise_name(request.host), url=request.url)
+    decision, fronted = decide_name(
+        decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now
+    )
     return Judgement(decision, target, Action.BLOCK_PAGE if decision.blocked else Action.PASS, fronted)

@@ -22,7 +22,7 @@ from schoolgate.config import AppConfig
 from schoolgate.services import rollups
 from schoolgate.services.actor import SCHEDULER
 from schoolgate.services.alert_rules import AlertEngine, AlertSettings, ScanResult
-from schoolgate.services.common import audit, bump_overlay
+from schoolgate.services.common import advance_mark, audit, bump_overlay
 from schoolgate.services.digest import dispatch_immediate, last_digest_at, send_digest
 from schoolgate.services.mailer import Mailer, SmtpMailer
 from schoolgate.services.policy_exceptions import expire_due
@@ -158,6 +158,7 @@ def digest_job(
             sender=config.mail.sender,
             base_url=config.console.base_url,
             extra_recipients=config.mail.digest_recipients,
+            release=session.commit,
         )
         if not sent:
             return DigestOutcome(False, "nobody receives the digest (no DSL with an email address)")
@@ -211,11 +212,7 @@ def expiry_job(config: AppConfig, session_factory: SessionFactory, now: datetime
                 now=now,
             )
         generation = bump_overlay(session, site=site, now=now) if exception_ids or ban_ids else None
-        if mark is None:
-            session.add(Generation(site=site, name=EXPIRY_MARK, value=1, changed_at=now))
-        else:
-            mark.value += 1
-            mark.changed_at = now
+        advance_mark(session, site, EXPIRY_MARK, now)
         session.commit()
     return ExpiryOutcome(exception_ids, ban_ids, generation)
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Client, ExceptionScope, Role
@@ -151,8 +151,8 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def get_request(session: Session, site: str, request_id: int) -> AccessRequest:
-    request = session.get(AccessRequest, request_id)
+def get_request(session: Session, site: str, request_id: int, *, for_update: bool = False) -> AccessRequest:
+    request = session.get(AccessRequest, request_id, with_for_update=for_update or None, populate_existing=for_update)
     if request is None or request.site != site:
         raise NotFound(f"There is no access request {reference_for(request_id)}.")
     return request
@@ -196,13 +196,19 @@ def duplicates_of(session: Session, site: str, request_id: int) -> list[AccessRe
 
 
 def _check_rate(session: Session, site: str, form: RequestForm, host: str, now: datetime) -> None:
-    """Refuse a flood from one device or address: per host, and overall, per rolling day."""
+    """Refuse a flood from one device or address: per host, and overall, per rolling day.
+
+    The device id comes from the block page's link, so a requester can change it at will; the
+    address comes from the connection. Requests from the device *or* the address count, so a
+    made-up device id never buys a fresh allowance."""
+    keys = []
     if form.device_id:
-        same_client = AccessRequest.device_id == form.device_id
-    elif form.client_ip:
-        same_client = AccessRequest.client_ip == form.client_ip
-    else:
+        keys.append(AccessRequest.device_id == form.device_id)
+    if form.client_ip:
+        keys.append(AccessRequest.client_ip == form.client_ip)
+    if not keys:
         return  # a member of staff typing into the console: no device to limit
+    same_client = or_(*keys)
     since = now - timedelta(days=1)
     recent = [AccessRequest.site == site, same_client, AccessRequest.created_at > since]
     per_host = session.scalar(
@@ -408,6 +414,14 @@ def triage_request(
     domain, url_prefix, scope, subject = _validate_scope(form, now)
     probe_host = domain or parse_url(url_prefix or "", field="value")[1]
     refuse_if_locked(policy, probe_host, url_prefix, now)
+    if not _related_hosts(probe_host, request.host):
+        # The headteacher signs off the request as submitted: the exception must be for that
+        # site (or a part or parent of it), never for another site reached through this one.
+        raise InvalidInput(
+            f"The access must be for {request.host}, a part of it or the domain it belongs to, "
+            f"not {probe_host}; ask the requester to submit a request for that site.",
+            field="value",
+        )
 
     request.status = FORWARDED
     request.triaged_by = actor.display_name
@@ -441,6 +455,11 @@ def triage_request(
     return request
 
 
+def _related_hosts(a: str, b: str) -> bool:
+    """`a` and `b` are the same host, or one is a subdomain of the other."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
 def _check_signature(actor: Actor, signature: Signature, now: datetime) -> None:
     if actor.user_id is None or signature.user_id != actor.user_id or signature.username != actor.name:
         raise Forbidden("The signature must be your own: sign in again and confirm the decision.")
@@ -466,7 +485,9 @@ def decide_request(
     before triage. Both need a fresh signature (re-authentication) by the acting headteacher."""
     actor.require(HEADTEACHER, doing="approve or decline access requests")
     _check_signature(actor, decision.signature, now)
-    request = get_request(session, site, request_id)
+    # Locked for the rest of the transaction (PostgreSQL; SQLite writes are serialised anyway),
+    # so two headteachers deciding at once cannot both see "forwarded" and create two exceptions.
+    request = get_request(session, site, request_id, for_update=True)
     reasons = clean_text(decision.reasons, field="reasons", max_len=4000, required=not decision.approve)
     if request.status not in OPEN_STATUSES:
         raise InvalidTransition(f"{reference_for(request.id)} is already {request.status}.")

@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from schoolgate.services.common import read_mark, write_mark
 from schoolgate.services.keywords import SEVERITIES, KeywordList, searchable_text
-from schoolgate.store.models import AccessEvent, Alert, AlertHistory, Generation
+from schoolgate.store.models import AccessEvent, Alert, AlertHistory
 
 LONDON = ZoneInfo("Europe/London")
 CURSOR_NAME = "alerts_cursor"
@@ -323,18 +324,12 @@ class ScanResult:
     folded: list[int] = field(default_factory=list)  # ids of open cases that were triggered again
 
 
-def read_cursor(session: Session, site: str) -> int:
-    value = session.scalar(select(Generation.value).where(Generation.site == site, Generation.name == CURSOR_NAME))
-    return int(value or 0)
+def read_cursor(session: Session, site: str, *, lock: bool = False) -> int:
+    return read_mark(session, site, CURSOR_NAME, lock=lock)
 
 
 def _write_cursor(session: Session, site: str, value: int, now: datetime) -> None:
-    row = session.get(Generation, (site, CURSOR_NAME))
-    if row is None:
-        session.add(Generation(site=site, name=CURSOR_NAME, value=value, changed_at=now))
-    else:
-        row.value = value
-        row.changed_at = now
+    write_mark(session, site, CURSOR_NAME, value, now)
 
 
 class AlertEngine:
@@ -361,7 +356,7 @@ class AlertEngine:
         bounds one call (whole batches), so a backlog is worked off in several short
         transactions rather than one long hold on the write lock.
         """
-        cursor = max(read_cursor(session, site), since_event_id or 0)
+        cursor = max(read_cursor(session, site, lock=True), since_event_id or 0)
         result = ScanResult(cursor=cursor)
         # The open case for each fold key, looked up once per scan: most events that trigger
         # anything trigger the same few cases again.

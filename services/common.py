@@ -117,6 +117,39 @@ def audit(
     )
 
 
+def read_mark(session: Session, site: str, name: str, *, lock: bool = False) -> int:
+    """A progress mark kept in `generations` (e.g. the last event id a job processed).
+
+    `lock`: hold the row until the caller commits, so two runs at once (PostgreSQL; SQLite
+    serialises writers anyway) cannot both process the same events."""
+    from sqlalchemy import select
+
+    from schoolgate.store.models import Generation
+
+    query = select(Generation.value).where(Generation.site == site, Generation.name == name)
+    value = session.scalar(query.with_for_update() if lock else query)
+    return int(value or 0)
+
+
+def write_mark(session: Session, site: str, name: str, value: int, now: datetime) -> None:
+    from schoolgate.store.models import Generation
+
+    row = session.get(Generation, (site, name))
+    if row is None:
+        session.add(Generation(site=site, name=name, value=value, changed_at=now))
+    else:
+        row.value = value
+        row.changed_at = now
+
+
+def advance_mark(session: Session, site: str, name: str, now: datetime) -> None:
+    """Count one more run of something (the digest, the expiry sweep) and note when."""
+    from schoolgate.store.models import Generation
+
+    row = session.get(Generation, (site, name))
+    write_mark(session, site, name, (row.value if row is not None else 0) + 1, now)
+
+
 def bump_overlay(session: Session, *, site: str, now: datetime) -> int:
     """Tell DNS and proxy that exceptions, bans or site blocks changed; returns the new value."""
     from schoolgate.store import overlay

@@ -30,7 +30,8 @@ def safe_cell(value: object) -> str:
         return value.isoformat(timespec="seconds")
     if isinstance(value, date):
         return value.isoformat()
-    text = str(value).encode("utf-8", "replace").decode("utf-8")
+    # Bytes that were not UTF-8 come back from the database as lone surrogates: show them as \\xNN.
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
     if text.startswith(FORMULA_START):
         return "'" + text
     return text

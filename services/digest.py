@@ -8,7 +8,7 @@ only from the configured console address and integer ids.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from schoolgate.services.activity import Ranked, top_devices, top_services
 from schoolgate.services.actor import DSL
 from schoolgate.services.alert_rules import CIRCUMVENTION_FLAGS
+from schoolgate.services.common import advance_mark
 from schoolgate.services.keywords import SEVERITIES
 from schoolgate.services.mailer import Mailer, build_message
 from schoolgate.store.models import AccessEvent, AccessRequest, Alert, ConsoleUser, Generation, UserRole
@@ -106,12 +107,7 @@ def last_digest_at(session: Session, site: str) -> datetime | None:
 
 
 def mark_digest_sent(session: Session, site: str, now: datetime) -> None:
-    row = session.get(Generation, (site, DIGEST_MARK))
-    if row is None:
-        session.add(Generation(site=site, name=DIGEST_MARK, value=1, changed_at=now))
-    else:
-        row.value += 1
-        row.changed_at = now
+    advance_mark(session, site, DIGEST_MARK, now)
     session.flush()
 
 
@@ -315,13 +311,21 @@ def send_digest(
     sender: str,
     base_url: str,
     extra_recipients: Sequence[str] = (),
+    release: Callable[[], None] | None = None,
 ) -> bool:
-    """Compose and send the digest, then mark it sent; False when there is nobody to send to."""
+    """Compose and send the digest, then mark it sent; False when there is nobody to send to.
+
+    `release`, when given, ends the caller's transaction once the digest is composed (nothing
+    is written before that), so no database lock is held while the mail server answers: on
+    SQLite that lock would hold up the DNS and proxy event writers for up to the mail timeout.
+    """
     recipients = digest_recipients(session, site, extra_recipients)
     if not recipients:
         return False
     content = compose_digest(session, site=site, site_name=site_name, now=now)
     rendered = render_digest(content, base_url)
+    if release is not None:
+        release()
     mailer.send(
         build_message(
             sender=sender, recipients=recipients, subject=rendered.subject, text=rendered.text, html=rendered.html
@@ -366,10 +370,11 @@ def dispatch_immediate(
 ) -> list[int]:
     """Email each open alert of the given severities not yet notified; mark `notified_at`.
 
-    Each alert is marked in the caller's transaction before it is sent; a failed send raises
-    before the caller commits, so the mark is rolled back and the alert is tried again at
-    the next run. `commit`, when given, is called after each successful send so that one
-    failure does not make earlier alerts go out twice.
+    Each alert is marked after it is sent; a failed send raises, the caller rolls back, and
+    the alert is tried again at the next run. `commit`, when given, ends the reading
+    transaction before the first send (so no database lock is held while the mail server
+    answers: on SQLite that would hold up the DNS and proxy event writers) and commits each
+    mark after its send, so one failure does not make earlier alerts go out twice.
     """
     recipients = digest_recipients(session, site, extra_recipients)
     if not recipients:
@@ -384,17 +389,21 @@ def dispatch_immediate(
         )
         .order_by(Alert.id)
     ).all()
+    messages = [(alert.id, render_immediate(alert, base_url, site_name)) for alert in due]
+    if commit is not None:
+        commit()  # nothing written yet: this only ends the transaction
     sent: list[int] = []
-    for alert in due:
-        alert.notified_at = now
-        session.flush()
-        rendered = render_immediate(alert, base_url, site_name)
+    for alert_id, rendered in messages:
         mailer.send(
             build_message(
                 sender=sender, recipients=recipients, subject=rendered.subject, text=rendered.text, html=rendered.html
             )
         )
-        sent.append(alert.id)
+        alert = session.get(Alert, alert_id)
+        if alert is not None:
+            alert.notified_at = now
+            session.flush()
+        sent.append(alert_id)
         if commit is not None:
             commit()
     return sent

@@ -64,6 +64,13 @@ class SmtpMailer:
                     smtp.starttls(context=ssl.create_default_context())
                     smtp.ehlo()
                 if self.config.username and self._password is not None:
+                    if not self.config.starttls:
+                        # smtplib would send AUTH PLAIN/LOGIN over the bare connection: the
+                        # password readable by anyone on the way to the mail server.
+                        raise MailError(
+                            "[mail] username is set but starttls is not: the password would be sent "
+                            "unencrypted, so nothing was sent (set starttls = true)"
+                        )
                     smtp.login(self.config.username, self._password)
                 refused = smtp.send_message(message)
         except (OSError, smtplib.SMTPException) as err:

@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.store.models import AccessEvent, EventDaily, EventHourly, Generation
+from schoolgate.services.common import read_mark, write_mark
+from schoolgate.store.models import AccessEvent, EventDaily, EventHourly
 
 LONDON = ZoneInfo("Europe/London")
 CURSOR_NAME = "rollup_cursor"
@@ -48,18 +49,12 @@ def parse_hour(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-def read_cursor(session: Session, site: str) -> int:
-    value = session.scalar(select(Generation.value).where(Generation.site == site, Generation.name == CURSOR_NAME))
-    return int(value or 0)
+def read_cursor(session: Session, site: str, *, lock: bool = False) -> int:
+    return read_mark(session, site, CURSOR_NAME, lock=lock)
 
 
 def _write_cursor(session: Session, site: str, value: int, now: datetime) -> None:
-    row = session.get(Generation, (site, CURSOR_NAME))
-    if row is None:
-        session.add(Generation(site=site, name=CURSOR_NAME, value=value, changed_at=now))
-    else:
-        row.value = value
-        row.changed_at = now
+    write_mark(session, site, CURSOR_NAME, value, now)
 
 
 def _upsert(session: Session, model: type[Any], rows: list[dict[str, Any]], keys: list[str], label: bool) -> None:
@@ -86,7 +81,7 @@ def _upsert(session: Session, model: type[Any], rows: list[dict[str, Any]], keys
 
 def update_rollups(session: Session, site: str, now: datetime, *, batch: int = BATCH) -> RollupResult:
     """Count the events after the cursor (up to `batch` ids per call); the caller commits."""
-    cursor = read_cursor(session, site)
+    cursor = read_cursor(session, site, lock=True)
     last = session.scalar(select(func.max(AccessEvent.id)).where(AccessEvent.id > cursor))
     if last is None:
         return RollupResult(0, cursor)

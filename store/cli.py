@@ -1,4 +1,4 @@
-"""`schoolgate db upgrade|check|revision` and `schoolgate audit verify`.
+"""`schoolgate db upgrade|check|spool|revision` and `schoolgate audit verify`.
 
 Imports stay inside the handlers: every `schoolgate` command imports this module.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    db = sub.add_parser("db", help="database schema: upgrade, check")
+    db = sub.add_parser("db", help="database schema: upgrade, check; the event spool")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
 
     upgrade = db_sub.add_parser("upgrade", help="bring the database schema to the newest revision")
@@ -21,6 +21,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     check = db_sub.add_parser("check", help="exit 0 if the database is at the newest revision and matches the models")
     check.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
     check.set_defaults(func=_check)
+
+    spool = db_sub.add_parser(
+        "spool", help="events waiting in this appliance's spool for the central database (a trust's appliances)"
+    )
+    spool.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
+    spool.add_argument("--ship", action="store_true", help="ship them now (the daemons do this on their own)")
+    spool.add_argument("--timeout", type=float, default=60.0, help="with --ship: give up after this many seconds")
+    spool.set_defaults(func=_spool)
 
     revision = db_sub.add_parser(
         "revision", help="(development) write a new migration from the difference to the models"
@@ -142,6 +150,56 @@ def _revision(args: argparse.Namespace) -> int:
                 command.revision(config, message=args.message, autogenerate=True)
         finally:
             engine.dispose()
+    return 0
+
+
+def _spool(args: argparse.Namespace) -> int:
+    from schoolgate.store.events import spool_paths
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    paths = spool_paths(config.data_dir)
+    if not paths:
+        print(f"no event spool in {config.data_dir}: nothing waits")
+        return 0
+    status = 0
+    for path in paths:
+        status = max(status, _one_spool(config, path, args))
+    return status
+
+
+def _one_spool(config: Any, path: Any, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from schoolgate.store.db import make_engine
+    from schoolgate.store.events import EventWriter
+    from schoolgate.store.spool import EventSpool
+
+    spool = EventSpool(path)
+    try:
+        pending, size = spool.pending(), spool.size_bytes()
+    finally:
+        spool.close()
+    print(f"{pending} events wait in {path} ({size / 1024**2:.1f} MiB)")
+    if not args.ship or pending == 0:
+        return 0
+    engine = make_engine(config.database_url)
+    writer = EventWriter(engine, spool_path=path)
+    try:
+        shipped_all = writer.ship(timeout=args.timeout)
+        stats = writer.stop(timeout=1.0)
+    except SQLAlchemyError as err:
+        print(f"schoolgate db spool: {err}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"shipped {stats['shipped']} ({stats['duplicates']} were already there); {stats['spool_pending']} wait")
+    if shipped_all and stats["spool_pending"]:
+        print("a running daemon is shipping the rest")
+    if not shipped_all:
+        print(f"schoolgate db spool: the database did not take them all: {stats['last_error']}", file=sys.stderr)
+        return 1
     return 0
 
 

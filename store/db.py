@@ -43,6 +43,8 @@ def make_engine(
 ) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _make_postgresql_engine(parsed, echo=echo, **kwargs)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(parsed, echo=echo, **kwargs)
@@ -56,6 +58,33 @@ def make_engine(
     engine = create_engine(parsed, echo=echo, connect_args=connect_args, **kwargs)
     _setup_sqlite(engine, busy_timeout_ms)
     return engine
+
+
+# libpq settings for a trust's central server, which may be far away or gone: give up on a
+# connection attempt after a few seconds, drop a connection whose sent data goes unanswered
+# for 20 s, and notice an idle one that died silently (a router that lost its state) within a
+# minute, so that the event writer spools and the daemons carry on instead of hanging.
+POSTGRESQL_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 20_000,  # milliseconds
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+def _make_postgresql_engine(parsed: URL, *, echo: bool, **kwargs: Any) -> Engine:
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy's default driver is psycopg2; schoolgate ships psycopg (version 3).
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    if parsed.get_driver_name() in ("psycopg", "psycopg2"):
+        for key, value in POSTGRESQL_CONNECT_ARGS.items():
+            if key not in parsed.query:
+                connect_args.setdefault(key, value)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, echo=echo, connect_args=connect_args, **kwargs)
 
 
 def _setup_sqlite(engine: Engine, busy_timeout_ms: int) -> None:

@@ -7,31 +7,47 @@ seconds or every ``batch_size`` rows, each batch in one transaction with one exe
 If the queue is full the record is dropped and counted, never silently. A batch that fails
 because the database is busy or unavailable stays in memory and is retried with backoff.
 
+Every row gets a ``uid`` from the writer (a random per-writer prefix and a sequence number)
+and is inserted with ON CONFLICT DO NOTHING: a batch sent again after its acknowledgement
+was lost is stored once.
+
+In a multi-academy trust the database is a central PostgreSQL server that a school may lose
+touch with. Given a ``spool_path`` the writer does not hold such batches in memory: it puts
+them in a local on-disk spool (``store.spool``) and a shipper thread moves them to the
+central database, oldest first, when it answers again (``make_event_writer`` sets this up
+from the appliance config).
+
 ``AllowedAggregator`` sits in front of the writer: allowed traffic is folded to one row per
 client and domain per minute (with a ``count``); blocked and flagged attempts pass in full.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import operator
 import os
+import pwd
+import secrets
+import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, TextClause, bindparam, insert, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Client, Decision, Target, Verdict
 from schoolgate.store.coltypes import utcnow
 from schoolgate.store.models import AccessEvent, DaemonStatus
+from schoolgate.store.spool import DEFAULT_MAX_BYTES, DEFAULT_RESERVE_BYTES, EventSpool, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +85,7 @@ class EventRecord:
     category: str | None = None
     flags: frozenset[str] | str = frozenset()
     count: int = 1
+    uid: str | None = None  # None: the EventWriter gives it one
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:
@@ -192,19 +209,97 @@ def _is_bad_data(err: SQLAlchemyError) -> bool:
     return isinstance(err, StatementError) and not isinstance(err, DBAPIError)
 
 
+def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert event rows, skipping any whose ``uid`` is already stored; returns rows added.
+
+    One executemany. SQLite and PostgreSQL both have ON CONFLICT DO NOTHING; another
+    backend gets a plain insert (a repeated uid is then an integrity error).
+
+    On PostgreSQL the transaction first takes an advisory lock per site, held until it
+    commits. Ids come from a sequence when the rows are inserted, so without it two writers
+    of one school (DNS workers, the proxy) could commit id 100 after id 105, and a reader
+    that remembers "everything up to id N is done" (the rollups) would skip id 100 for good.
+    With it, a site's events are committed in id order, as SQLite's one writer at a time
+    does anyway. Schools do not wait for each other.
+    """
+    if not rows:
+        return 0
+    name = conn.dialect.name
+    if name == "postgresql":
+        # A textual statement: SQLAlchemy hands it to psycopg's executemany (pipelined, and
+        # its row count is the sum over the batch). A Core insert would be rewritten into
+        # multi-row VALUES, whose row count psycopg does not report, and RETURNING the ids
+        # to count them costs five times as much.
+        for site in sorted({row["site"] for row in rows}):  # sorted: two batches never deadlock
+            conn.execute(_PG_SITE_LOCK, {"key": f"schoolgate.events:{site}"})
+        stmt: Any = _pg_insert_statement(tuple(rows[0]))
+        result = conn.execute(stmt, rows)
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(AccessEvent).on_conflict_do_nothing(index_elements=["uid"])
+        result = conn.execute(stmt, rows)
+    else:
+        result = conn.execute(insert(AccessEvent), rows)
+    added = getattr(result, "rowcount", -1)
+    return len(rows) if added is None or added < 0 else int(added)
+
+
+_PG_SITE_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
+@functools.lru_cache(maxsize=8)
+def _pg_insert_statement(columns: tuple[str, ...]) -> TextClause:
+    """INSERT ... ON CONFLICT (uid) DO NOTHING for these columns, with the columns' types."""
+    table = AccessEvent.__table__
+    unknown = [name for name in columns if name not in table.c]
+    if unknown:
+        raise ValueError(f"not columns of events: {', '.join(unknown)}")
+    names = ", ".join(columns)  # only names of the table's columns, checked above
+    values = ", ".join(f":{name}" for name in columns)
+    stmt = text(f"INSERT INTO events ({names}) VALUES ({values}) ON CONFLICT (uid) DO NOTHING")
+    return stmt.bindparams(*(bindparam(name, type_=table.c[name].type) for name in columns))
+
+
+class UidSource:
+    """Unique event ids made at the source, without asking anyone.
+
+    A writer draws 64 random bits when it is made and numbers its events after them; two
+    writers (two daemons, or one daemon restarted) share a prefix with probability 2**-64.
+    The ids of one writer sort in the order it wrote them.
+    """
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix if prefix is not None else secrets.token_hex(8)
+        if not self.prefix or len(self.prefix) > 24:
+            raise ValueError("a uid prefix has 1 to 24 characters")
+        self._next = 0
+
+    def __call__(self) -> str:
+        self._next += 1
+        return f"{self.prefix}-{self._next:012x}"
+
+
 @dataclass
 class _Counters:
     submitted: int = 0  # every submit() call
-    written: int = 0  # rows committed
-    dropped: int = 0  # overflow + failed + late: never written
+    written: int = 0  # rows committed to the database directly (including ones it already had)
+    dropped: int = 0  # overflow + failed + late + spool_full: never written
     overflow: int = 0  # refused because the queue was full
     late: int = 0  # submitted after stop()
     failed: int = 0  # given up on (bad rows, or the database still failing at stop)
     flushes: int = 0  # committed transactions
     errors: int = 0  # failed flush attempts (each is retried)
+    duplicates: int = 0  # rows the database already had (sent twice), counted once there
+    spooled: int = 0  # rows put in the local spool because the database was away
+    spool_full: int = 0  # rows the spool had no room for (also in dropped)
+    shipped: int = 0  # rows moved from the spool to the database (by this process)
+    ship_errors: int = 0  # failed shipping attempts (each is retried)
+    spool_pending: int = 0  # rows in the spool at the last look (any process's)
     last_error: str | None = None
     last_error_at: datetime | None = None
     last_flush_at: datetime | None = None
+    last_ship_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -224,11 +319,19 @@ class EventWriter:
 
     ``submit`` never blocks. Records in the queue and records held back for a retry share
     the bound ``max_queue``; beyond it new records are dropped and counted. After ``stop``,
-    ``submitted == written + dropped`` holds exactly.
+    ``submitted == written + spooled + dropped`` holds exactly (``spooled`` is 0 without a
+    spool).
+
+    With a ``spool_path``, a batch the database cannot take (it is unreachable, or fails for
+    any reason other than the rows themselves) goes to the on-disk spool, and so does every
+    later batch until the spool is empty again, so that events reach the database in order.
+    A shipper thread empties the spool into the database, ``ship_batch`` rows per
+    transaction, retrying with backoff while the database is away.
     """
 
     RETRY_MIN = 0.05
     RETRY_MAX = 5.0
+    SHIP_RETRY_MAX = 2.0  # how long a school waits, at most, to see its spool drain
 
     def __init__(
         self,
@@ -238,14 +341,21 @@ class EventWriter:
         flush_interval: float = 0.2,
         batch_size: int = 500,
         status: StatusTarget | None = None,
+        spool_path: str | Path | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        spool_reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        ship_batch: int = 5000,
+        uid_prefix: str | None = None,
     ) -> None:
-        if max_queue < 1 or batch_size < 1 or flush_interval <= 0:
-            raise ValueError("max_queue and batch_size must be positive, flush_interval > 0")
+        if max_queue < 1 or batch_size < 1 or flush_interval <= 0 or ship_batch < 1:
+            raise ValueError("max_queue, batch_size and ship_batch must be positive, flush_interval > 0")
         self._engine = engine
         self.max_queue = max_queue
         self.flush_interval = flush_interval
         self.batch_size = batch_size
+        self.ship_batch = ship_batch
         self._status = status
+        self._uids = UidSource(uid_prefix)
         self._queue: deque[EventRecord] = deque()  # rows are built by the writer thread
         self._retry: list[dict[str, Any]] = []  # the batch being retried; owned by the thread
         self._retry_len = 0  # len(self._retry), readable under the lock by submit()
@@ -258,6 +368,23 @@ class EventWriter:
         self._closed = False
         self._last_status = 0.0
         self._stop_deadline = 0.0
+        self.spool: EventSpool | None = None
+        self._spooling = False  # batches go to the spool until the shipper empties it
+        self._ship_failing = False  # the last attempt to ship failed (the database is away)
+        self._ship_wake = threading.Event()
+        self._ship_stop = threading.Event()
+        self._shipper: threading.Thread | None = None
+        if spool_path is not None:
+            self.spool = EventSpool(spool_path, max_bytes=spool_max_bytes, reserve_bytes=spool_reserve_bytes)
+            pending = self.spool.pending()
+            self._counters.spool_pending = pending
+            if pending:
+                log.warning("%d events wait in the spool %s from before; shipping them first", pending, spool_path)
+                self._spooling = True
+
+    @property
+    def uid_prefix(self) -> str:
+        return self._uids.prefix
 
     # -- producer side
 
@@ -283,7 +410,7 @@ class EventWriter:
         with self._lock:
             values = asdict(self._counters)
             values["queued"] = len(self._queue) + self._retry_len
-        for key in ("last_error_at", "last_flush_at"):
+        for key in ("last_error_at", "last_flush_at", "last_ship_at"):
             if values[key] is not None:
                 values[key] = values[key].isoformat()
         return values
@@ -298,11 +425,15 @@ class EventWriter:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="schoolgate-event-writer", daemon=True)
         self._thread.start()
+        if self.spool is not None:
+            self._shipper = threading.Thread(target=self._ship_loop, name="schoolgate-event-shipper", daemon=True)
+            self._shipper.start()
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """Flush everything (retrying until ``timeout``), stop the thread, return the stats.
 
-        What still cannot be written when the time is up is counted as failed and dropped.
+        What still cannot be written when the time is up is counted as failed and dropped;
+        with a spool it stays in the spool instead, for the next start to ship.
         """
         thread = self._thread
         with self._lock:
@@ -325,6 +456,7 @@ class EventWriter:
         with self._lock:
             self._closed = True
         self._abandon_rest("stopped before they could be written")
+        self._stop_shipper(deadline=self._stop_deadline)
         self._report_status(force=True)
         return self.stats()
 
@@ -336,6 +468,26 @@ class EventWriter:
         if self._thread is not None:
             raise RuntimeError("flush() is for a writer whose thread is not running")
         return self._drain(deadline=time.monotonic() + timeout)
+
+    def ship(self, timeout: float = 10.0) -> bool:
+        """Ship the spool from the calling thread (a writer whose shipper is not running).
+
+        Returns True if the spool is empty afterwards.
+        """
+        if self._shipper is not None:
+            raise RuntimeError("ship() is for a writer whose shipper is not running")
+        if self.spool is None:
+            return True
+        deadline = time.monotonic() + timeout
+        delay = self.RETRY_MIN
+        while True:
+            if self._ship_round():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, self.SHIP_RETRY_MAX)
 
     # -- the writer thread
 
@@ -365,13 +517,17 @@ class EventWriter:
             batch: list[dict[str, Any]] = []
             for record in records:
                 try:
-                    batch.append(record.row())
+                    row = record.row()
                 except Exception as err:  # a malformed record must not kill the writer thread
                     log.warning("malformed event record dropped: %s", err)
                     with self._lock:
                         self._counters.failed += 1
                         self._counters.dropped += 1
                         self._retry_len -= 1
+                    continue
+                if row["uid"] is None:
+                    row["uid"] = self._uids()
+                batch.append(row)
             if batch:
                 self._retry = batch
                 return batch
@@ -405,27 +561,32 @@ class EventWriter:
             delay = min(delay * 2, self.RETRY_MAX)
 
     def _write(self, batch: list[dict[str, Any]]) -> bool:
-        """One transaction for the batch. True: written, or its bad rows set aside."""
+        """One transaction for the batch. True: written, spooled, or its bad rows set aside."""
+        if self._spooling:
+            return self._to_spool(batch)
         try:
             with self._engine.begin() as conn:
-                conn.execute(insert(AccessEvent), batch)
+                added = insert_events(conn, batch)
         except SQLAlchemyError as err:
             self._note_error(err)
             if _is_bad_data(err):
                 # Bad data, not a bad database: write row by row and set aside the refused rows.
                 return self._write_one_by_one(batch)
+            if self.spool is not None:
+                self._spooling = True
+                return self._to_spool(batch)
             return False
-        self._done(len(batch), failed=0)
+        self._done(len(batch), failed=0, duplicates=len(batch) - added)
         return True
 
     def _write_one_by_one(self, batch: list[dict[str, Any]]) -> bool:
-        written = failed = 0
+        written = failed = added = 0
         try:
             with self._engine.begin() as conn:
                 for row in batch:
                     try:
                         with conn.begin_nested():
-                            conn.execute(insert(AccessEvent), [row])
+                            added += insert_events(conn, [row])
                         written += 1
                     except SQLAlchemyError as err:
                         if not _is_bad_data(err):
@@ -434,30 +595,66 @@ class EventWriter:
                         log.warning("event row refused by the database and dropped: %s", err)
         except SQLAlchemyError as err:
             self._note_error(err)
+            if self.spool is not None:  # the database went away half-way through
+                self._spooling = True
+                return self._to_spool(batch)
             return False
-        self._done(written, failed=failed)
+        self._done(written, failed=failed, duplicates=written - added)
         return True
 
-    def _done(self, written: int, failed: int) -> None:
+    def _to_spool(self, batch: list[dict[str, Any]]) -> bool:
+        """Put the batch in the local spool. False: try again later (the batch is kept)."""
+        assert self.spool is not None
+        try:
+            self.spool.append(batch)
+        except sqlite3.OperationalError as err:
+            # The spool file is busy or the disk had a hiccup: keep the batch, try again.
+            self._note_error(err)
+            return False
+        except (SpoolFull, sqlite3.Error, OSError, ValueError) as err:
+            # ValueError: a value JSON cannot hold; it could never be shipped either.
+            with self._lock:
+                c = self._counters
+                c.spool_full += len(batch)
+                c.dropped += len(batch)
+                self._retry = []
+                self._retry_len = 0
+                first = c.spool_full == len(batch)
+            (log.error if first else log.debug)("%d events dropped, not spooled: %s", len(batch), err)
+            return True
+        with self._lock:
+            self._counters.spooled += len(batch)
+            self._counters.spool_pending += len(batch)
+            self._retry = []
+            self._retry_len = 0
+        self._ship_wake.set()
+        return True
+
+    def _done(self, written: int, failed: int, duplicates: int = 0) -> None:
         with self._lock:
             c = self._counters
             c.written += written
             c.failed += failed
             c.dropped += failed
+            c.duplicates += duplicates
             c.flushes += 1
             c.last_flush_at = utcnow()
             self._retry = []
             self._retry_len = 0
 
-    def _note_error(self, err: Exception) -> None:
+    def _note_error(self, err: Exception, *, shipping: bool = False) -> None:
         text = f"{type(err).__name__}: {getattr(err, 'orig', None) or err}"
         with self._lock:
             c = self._counters
-            c.errors += 1
+            if shipping:
+                c.ship_errors += 1
+            else:
+                c.errors += 1
             c.last_error = text[:500]
             c.last_error_at = utcnow()
-            first = c.errors == 1
-        (log.error if first else log.debug)("event flush failed (will retry): %s", text)
+            first = c.errors + c.ship_errors == 1
+        what = "shipping the event spool" if shipping else "event flush"
+        (log.error if first else log.debug)("%s failed (will retry): %s", what, text)
 
     def _abandon_rest(self, why: str) -> None:
         with self._lock:
@@ -471,10 +668,128 @@ class EventWriter:
         if lost:
             log.error("%d events %s", lost, why)
 
+    # -- the shipper thread
+
+    def _ship_loop(self) -> None:
+        delay = self.RETRY_MIN
+        idle = 1.0  # how often to look at a spool that other daemons may fill
+        wait = 0.0
+        while not self._ship_stop.is_set():
+            self._ship_wake.wait(wait)
+            self._ship_wake.clear()
+            if self._ship_stop.is_set():
+                return
+            try:
+                done = self._ship_round()
+            except Exception:  # the shipper must outlive a broken spool file; it logs and retries
+                log.exception("event spool shipping failed")
+                done = False
+            if done:
+                delay = self.RETRY_MIN
+                wait = idle
+            else:
+                # Not the wake event: a writer appending during an outage must not make it spin.
+                if self._ship_stop.wait(delay):
+                    return
+                wait = 0.0
+                delay = min(delay * 2, self.SHIP_RETRY_MAX)
+
+    def _ship_round(self, deadline: float | None = None) -> bool:
+        """Ship the spool until it is empty (True), shipping fails, or another process ships."""
+        spool = self.spool
+        assert spool is not None
+        try:
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                pending = spool.pending()
+                with self._lock:
+                    self._counters.spool_pending = pending
+                if pending == 0:
+                    self._spooling = False
+                    return True
+                if not spool.try_acquire_shipping():
+                    return True  # another daemon of this appliance ships; nothing to retry here
+                rows = spool.oldest(self.ship_batch)
+                if not rows:
+                    continue
+                batch = [row for _, row in rows]
+                try:
+                    with self._engine.begin() as conn:
+                        added = insert_events(conn, batch)
+                except SQLAlchemyError as err:
+                    self._note_error(err, shipping=True)
+                    if _is_bad_data(err):
+                        self._ship_one_by_one(spool, rows)
+                        continue
+                    self._ship_failing = True
+                    return False
+                self._ship_failing = False
+                # Committed centrally: only now may the spool forget them. A crash right here
+                # ships them again, and the uid makes that harmless.
+                spool.delete_through(rows[-1][0])
+                with self._lock:
+                    c = self._counters
+                    c.shipped += len(batch)
+                    c.duplicates += len(batch) - added
+                    c.last_ship_at = utcnow()
+        finally:
+            spool.release_shipping()
+
+    def _ship_one_by_one(self, spool: EventSpool, rows: list[tuple[int, dict[str, Any]]]) -> None:
+        """A spooled row the database refuses must not block the rows behind it."""
+        for spool_id, row in rows:
+            try:
+                with self._engine.begin() as conn:
+                    added = insert_events(conn, [row])
+            except SQLAlchemyError as err:
+                if not _is_bad_data(err):
+                    return  # the database went away: the caller's next round retries
+                log.warning("spooled event refused by the database and dropped: %s", err)
+                added = -1
+            spool.delete_through(spool_id)
+            with self._lock:
+                c = self._counters
+                if added < 0:
+                    c.failed += 1
+                else:
+                    c.shipped += 1
+                    c.duplicates += 1 - added
+
+    def _stop_shipper(self, deadline: float) -> None:
+        """Stop the shipper thread, then ship what it can before ``deadline``; close the spool."""
+        if self.spool is None:
+            return
+        self._ship_stop.set()
+        self._ship_wake.set()
+        if self._shipper is not None:
+            self._shipper.join(max(0.0, deadline - time.monotonic()) + 15.0)
+            if self._shipper.is_alive():
+                # Stuck in a database call: what it ships stays in the spool until committed.
+                log.error("event shipper did not stop; the spool %s is left as it is", self.spool.path)
+                return
+            self._shipper = None
+        # One last round while the database answers; if it does not, the next start ships,
+        # rather than a daemon's shutdown waiting out the timeout for a server that is away.
+        try:
+            if not self._ship_failing:
+                self._ship_round(deadline=deadline)
+            left = self.spool.pending()
+        except sqlite3.Error:  # a broken spool file must not stop the daemon from stopping
+            log.exception("event spool %s could not be read at stop", self.spool.path)
+            left = -1
+        with self._lock:
+            self._counters.spool_pending = left
+        if left > 0:
+            log.warning("%d events stay in the spool %s for the next start to ship", left, self.spool.path)
+        self.spool.close()
+
     def _report_status(self, force: bool = False) -> None:
         target = self._status
         if target is None:
             return
+        if self._spooling and not force:
+            return  # the database is away: trying would only hold up the writer thread
         now = time.monotonic()
         if not force and now - self._last_status < target.interval:
             return
@@ -490,6 +805,49 @@ class EventWriter:
                 write_status(session, target.site, target.name, target.pid, target.started_at, stats)
         except SQLAlchemyError as err:
             log.debug("could not write daemon status: %s", err)
+
+
+def _os_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def default_spool_path(data_dir: str | Path, owner: str | None = None) -> Path:
+    """Where a daemon keeps events the central database could not take yet.
+
+    One file per OS user: the daemons run as users of their own (schoolgate-dns, ...), and a
+    file one of them created need not be writable by the others. Processes of one user (the
+    DNS workers) share theirs.
+    """
+    return Path(data_dir) / f"event-spool-{owner or _os_user()}.db"
+
+
+def spool_paths(data_dir: str | Path) -> list[Path]:
+    """Every daemon's spool file in the data directory."""
+    return sorted(Path(data_dir).glob("event-spool-*.db"))
+
+
+def make_event_writer(
+    engine: Engine,
+    config: Any = None,
+    *,
+    spool_path: str | Path | None = None,
+    **kwargs: Any,
+) -> EventWriter:
+    """The EventWriter a daemon should use, spooling to disk when the database is remote.
+
+    ``config`` is the appliance's ``AppConfig`` (anything with ``data_dir``). A local SQLite
+    database never needs a spool (it is on the same disk); any other database does, in
+    ``default_spool_path(data_dir)``, unless ``spool_path`` names another file. Other keyword
+    arguments go to EventWriter (``status``, ``max_queue`` ...).
+    """
+    if spool_path is None and engine.dialect.name != "sqlite" and config is not None:
+        data_dir = getattr(config, "data_dir", None)
+        if data_dir is not None:
+            spool_path = default_spool_path(data_dir)
+    return EventWriter(engine, spool_path=spool_path, **kwargs)
 
 
 # --------------------------------------------------------------------------- aggregation

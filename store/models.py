@@ -140,6 +140,10 @@ class AccessEvent(Base):
     category: Mapped[str | None] = mapped_column(String(60))
     flags: Mapped[str] = mapped_column(String(200), default="")  # comma-separated, e.g. "circumvention"
     count: Mapped[int] = mapped_column(Integer, default=1)
+    # Given by the writer at the source (see store.events): an event shipped twice, after a
+    # lost acknowledgement or from a trust appliance's spool, is stored once. NULL for rows
+    # written by other means (NULLs never clash with each other).
+    uid: Mapped[str | None] = mapped_column(String(40), unique=True)
 
 
 class PolicyExceptionRow(Base):
@@ -430,8 +434,10 @@ class EventHourly(Base):
 class EventDaily(Base):
     """Event counts per Europe/London day for the top lists: per device, and per service or host.
 
-    `dimension` is "device" (key: device id, or the address of an unregistered device) or
-    "target" (key: the catalogue service, or the host when no service matched).
+    `dimension` is "device" (key: device id, or the address of an unregistered device),
+    "target" (key: the catalogue service, or the host when no service matched), "service"
+    (key: the catalogue service, "" for none) or "role" (key: the role): the last two feed
+    the day-by-day charts.
     """
 
     __tablename__ = "event_daily"

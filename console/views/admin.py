@@ -12,7 +12,6 @@ from schoolgate.console.accounts import AccountError
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.roles import ConsoleRole, parse_roles
 from schoolgate.console.roles import Permission as Perm
-from schoolgate.store import audit as store_audit
 from schoolgate.store.models import ConsoleUser
 
 bp = Blueprint("admin", __name__, url_prefix="/users")
@@ -26,9 +25,8 @@ ROLE_TEXT = {
 
 
 def _audit(action: str, user: ConsoleUser, detail: dict[str, Any]) -> None:
-    store_audit.record(web.db(), site=web.site_id(), actor=web.actor().name, action=action,
-                       object_type="console_user", object_id=user.id, detail={"username": user.username, **detail},
-                       at=web.now())
+    accounts.audit_user(web.db(), site=web.site_id(), actor=web.actor().name, action=action, user=user,
+                        detail=detail, now=web.now())
 
 
 def _site_users() -> Any:

@@ -173,8 +173,11 @@ def _confirm_enrolment(user: ConsoleUser) -> bool:
     code = request.form.get("code", "")[:20]
     if not isinstance(secret, str) or not totp_guard().verify(user.id, secret, code, web.now()):
         return False
+    replaced = user.totp_secret is not None
     user.totp_secret = secret
     session.pop("totp_pending", None)
+    accounts.audit_user(web.db(), site=web.site_id(), actor=user.username, action="user.totp_enrol", user=user,
+                        detail={"replaced": replaced}, now=web.now())
     return True
 
 
@@ -228,6 +231,8 @@ def change_password() -> Response | tuple[str, int]:
         accounts.reset_password(user, new)
     except AccountError as err:
         return render_template("auth/account.html", error=str(err)), 400
+    accounts.audit_user(web.db(), site=web.site_id(), actor=user.username, action="user.change_password", user=user,
+                        now=web.now())
     web.db().commit()
     session["pwd"] = web.password_fingerprint(user)  # keep this session; others end
     flash("Your password is changed. Other signed-in browsers have been signed out.")

@@ -13,6 +13,7 @@ from schoolgate.store.db import make_engine
 from schoolgate.store.models import Base
 
 config = context.config
+MIGRATION_LOCK_KEY = 0x5C601_6A7E  # any constant: one advisory lock for schoolgate's migrations
 target_metadata = Base.metadata
 
 
@@ -64,6 +65,11 @@ def run_migrations_online() -> None:
                 # One transaction (BEGIN IMMEDIATE on SQLite): two daemons starting at once
                 # serialise here, and the second finds the schema already at head.
                 with context.begin_transaction():
+                    if connection.dialect.name == "postgresql":
+                        # The PostgreSQL counterpart of SQLite's BEGIN IMMEDIATE: a trust's
+                        # appliances starting at once queue here, and each reads the schema
+                        # version only once it holds the lock (released at commit).
+                        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
                     context.run_migrations()
                     if sqlite:
                         problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

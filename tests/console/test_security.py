@@ -17,6 +17,7 @@ from console_testkit import (
     csrf_from,
     post_form,
     seed,
+    sign_in,
     totp_now,
 )
 
@@ -380,3 +381,60 @@ def test_printable_escapes_controls_bidi_and_stray_bytes() -> None:
     assert printable("evil\u202etxt.exe") == "evil\\u202etxt.exe"
     assert printable("caf\udce9") == "caf\\xe9"
     assert printable("tab\tand\nnewline") == "tab\tand\nnewline"
+
+
+def test_a_right_password_does_not_reset_the_count_of_wrong_codes(console: Console) -> None:
+    # Knowing the password, an attacker signs in again and again, guessing a few codes each
+    # time; the wrong codes must add up to a lockout however often the password is right.
+    client = console.client()
+    policy = console.app.extensions["schoolgate.lockout"]
+    for _ in range(policy.max_failures):
+        response = _try_password(client, "dsl", PASSWORD)
+        assert response.headers["Location"].endswith("/login/code")
+        token = csrf_from(client.get("/login/code").get_data(as_text=True))
+        client.post("/login/code", data={"csrf_token": token, "code": "000000"})
+    response = _try_password(client, "dsl", PASSWORD)
+    assert response.status_code == 400 and "locked" in response.get_data(as_text=True)
+    # After the lock, the right password and the right code sign in and clear the count.
+    console.clock.advance(minutes=16)
+    sign_in(client, console.clock, console.accounts["dsl"])
+    from schoolgate.store.models import ConsoleUser
+
+    with console.session() as session:
+        user = session.get(ConsoleUser, console.accounts["dsl"].id)
+        assert user is not None and user.failed_logins == 0
+
+
+def _audit_actions(console: Console, username: str) -> list[str]:
+    from sqlalchemy import select
+
+    from schoolgate.store.models import AuditEntry
+
+    with console.session() as session:
+        return list(
+            session.scalars(
+                select(AuditEntry.action)
+                .where(AuditEntry.object_type == "console_user", AuditEntry.actor == username)
+                .order_by(AuditEntry.seq)
+            )
+        )
+
+
+def test_changes_to_ones_own_account_are_audited(console: Console) -> None:
+    # Every change to users goes to the audit log, the ones people make to themselves too.
+    client = console.login("technician")
+    new_password = "a much longer new passphrase"
+    response = post_form(
+        client,
+        "/account",
+        "/account/password",
+        {"current_password": PASSWORD, "new_password": new_password, "confirm_password": new_password},
+    )
+    assert response.status_code == 302
+    page = client.get("/account/totp").get_data(as_text=True)
+    secret = re.search(r'id="totp-secret">([A-Z2-7 ]+)<', page)
+    assert secret
+    console.clock.advance(seconds=31)
+    code = pyotp.TOTP(secret.group(1).replace(" ", "")).at(console.clock.now())
+    assert client.post("/account/totp", data={"csrf_token": csrf_from(page), "code": code}).status_code == 302
+    assert _audit_actions(console, "technician") == ["user.change_password", "user.totp_enrol"]

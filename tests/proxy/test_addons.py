@@ -485,3 +485,84 @@ def test_a_policy_change_rejudges_open_passthroughs_but_not_plain_http(
     version[0] = 2
     assert rejudge.sweep() == 1
     assert closed == [tls_ctx.client.id]  # the plain-HTTP connection is judged per request instead
+
+
+# ------------------------------------------------------------------ regular mode: named destinations
+
+
+@pytest.mark.parametrize(
+    ("destination", "sni", "refused"),
+    [
+        ("www.facebook.com", "www.example.org", True),  # CONNECT to a blocked site, innocent SNI
+        ("WWW.FACEBOOK.COM.", "www.example.org", True),  # any case, trailing dot
+        ("facebook.com", "facebook.com", True),  # honest and blocked
+        ("www.example.org", "www.facebook.com", True),  # innocent CONNECT, blocked SNI
+        ("www.example.org", "www.example.org", False),
+        ("www.example.org", "static.example.org", False),  # both allowed
+    ],
+)
+def test_regular_mode_connect_target_is_judged_as_well_as_the_sni(
+    harness: Harness, destination: str, sni: str, refused: bool
+) -> None:
+    # In regular mode mitmproxy connects to the CONNECT target by name, whatever the SNI says.
+    ctx = harness.connect(PUPIL, "127.0.0.1", 8080)
+    ctx.server.address = (destination, 443)
+    harness.hello(ctx, sni)
+    server = harness.server_connect(ctx)
+    assert (server.error == REFUSED) is refused
+
+
+@pytest.mark.parametrize(
+    ("url", "host_header", "blocked"),
+    [
+        ("http://www.facebook.com/", "www.example.org", True),  # absolute form names the real destination
+        ("http://www.example.org/", "www.facebook.com", True),
+        ("http://www.example.org/", "www.example.org", False),
+    ],
+)
+def test_regular_mode_absolute_url_is_judged_as_well_as_the_host_header(
+    harness: Harness, services: Services, url: str, host_header: str, blocked: bool
+) -> None:
+    ctx = harness.connect(PUPIL, "127.0.0.1", 8080)
+    ctx.server.address = None  # regular mode: mitmproxy connects to request.host after the hook
+    flow = harness.request(ctx, url, host_header=host_header)
+    if blocked:
+        assert flow.response is not None and flow.response.status_code == 403
+    else:
+        assert flow.response is None
+        assert harness.server_connect(ctx).error is None
+
+
+@pytest.mark.parametrize(
+    ("http_version", "authority", "host_header", "blocked"),
+    [
+        # HTTP/1 absolute form: the server must prefer the request line's name to Host.
+        ("HTTP/1.1", "www.facebook.com", "www.example.org", True),
+        ("HTTP/1.1", "www.example.org", "www.facebook.com", True),
+        ("HTTP/1.1", "", "www.example.org", False),
+        # HTTP/2: :authority and a stray Host header that an HTTP/1 hop would read.
+        ("HTTP/2.0", "www.example.org", "www.facebook.com", True),
+        ("HTTP/2.0", "www.facebook.com", "www.example.org", True),
+        ("HTTP/2.0", "WWW.Example.org.", "www.example.org", False),
+    ],
+)
+def test_every_name_a_request_gives_is_judged(
+    harness: Harness, services: Services, http_version: str, authority: str, host_header: str, blocked: bool
+) -> None:
+    # Transparent mode on an inspected connection: mitmproxy has set request.host to the
+    # address the device dialled; the names are the client's to choose.
+    services.inspect = is_search_engine
+    ctx = harness.connect(TRUSTED_PUPIL, OTHER_IP)
+    harness.hello(ctx, "www.bing.com")
+    ctx.client.tls = True
+    flow = tflow.tflow(client_conn=ctx.client)
+    flow.server_conn.address = ctx.server.address
+    flow.request = http.Request.make("GET", f"https://{OTHER_IP}/search?q=x")
+    flow.request.headers["Host"] = host_header
+    flow.request.http_version = http_version
+    flow.request.authority = authority
+    harness.trigger(HttpRequestHook(flow))
+    if blocked:
+        assert flow.response is not None and flow.response.status_code == 403
+    else:
+        assert flow.response is None

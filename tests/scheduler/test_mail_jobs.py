@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -324,3 +326,42 @@ def test_failed_send_is_retried(
     retried = jobs.alerts_job(config, factory, now + timedelta(seconds=30), mailer=SmtpMailer(config.mail))
     assert retried.notified == [ids["high"]]
     assert len(inbox.received) == 1  # type: ignore[attr-defined]
+
+
+class WritesWhileSending:
+    """A mail server that answers only after another writer has used the database: the
+    DNS and proxy event writers must never wait on a job that is talking to the mail server."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.sent: list[EmailMessage] = []
+
+    def send(self, message: EmailMessage) -> None:
+        other = sqlite3.connect(self.db_path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" if the job holds the lock
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        self.sent.append(message)
+
+
+@pytest.mark.parametrize("job", ["alerts", "digest"])
+def test_no_database_lock_is_held_while_mail_is_sent(
+    make_config: Callable[..., AppConfig], factory: sessionmaker[Session], db_path: Path, job: str
+) -> None:
+    config = make_config(2525)  # any port: the mailer here is the fake one
+    with factory() as session:
+        ids = seed(session)
+    mailer = WritesWhileSending(db_path)
+    if job == "alerts":
+        outcome = jobs.alerts_job(config, factory, datetime(2026, 10, 22, 13, 5, tzinfo=UTC), mailer=mailer)
+        assert outcome.mail_error is None and outcome.notified == [ids["high"]]
+        again = jobs.alerts_job(config, factory, datetime(2026, 10, 22, 13, 6, tzinfo=UTC), mailer=mailer)
+        assert again.notified == []  # marked after sending, once
+    else:
+        now = datetime(2026, 10, 23, 6, 30, tzinfo=UTC)
+        policy = load_policy(config.policy)
+        assert jobs.digest_job(config, factory, now, mailer=mailer, policy=policy).sent
+        assert not jobs.digest_job(config, factory, now + timedelta(minutes=5), mailer=mailer, policy=policy).sent
+    assert len(mailer.sent) == 1

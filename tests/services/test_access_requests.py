@@ -412,3 +412,60 @@ def test_duplicate_names_match_in_any_alphabet(session: Session, policy: Compile
         session, site=SITE, now=NOW, policy=policy, form=form(requester="ZOË ÜNAL", device_id="D2", client_ip=None)
     )
     assert again.merged_into is first.request
+
+
+def test_a_made_up_device_id_does_not_escape_the_rate_limit(session: Session, policy: CompiledPolicy) -> None:
+    # The block page's link carries the device id, so a requester can edit it; the address
+    # comes from the connection and keeps counting.
+    for attempt in range(ar.MAX_REQUESTS_PER_HOST_PER_DAY):
+        ar.submit_request(
+            session,
+            site=SITE,
+            now=NOW + timedelta(minutes=attempt),
+            policy=policy,
+            form=form(device_id=f"MADE-UP-{attempt}", requester=f"someone {attempt}"),
+        )
+    with pytest.raises(RateLimited):
+        ar.submit_request(
+            session, site=SITE, now=NOW + timedelta(minutes=9), policy=policy,
+            form=form(device_id="MADE-UP-X", requester="someone else"),
+        )
+    with pytest.raises(RateLimited):  # and the overall limit likewise
+        for n in range(ar.MAX_REQUESTS_PER_CLIENT_PER_DAY):
+            ar.submit_request(
+                session, site=SITE, now=NOW + timedelta(minutes=10 + n), policy=policy,
+                form=form(device_id=f"D{n}", requester=f"r{n}", url=f"https://site{n}.example.org/"),
+            )
+
+
+@pytest.mark.parametrize(
+    ("requested", "target", "value", "allowed"),
+    [
+        ("https://www.facebook.com/groups/x", "domain", "facebook.com", True),  # the parent domain
+        ("https://www.facebook.com/groups/x", "domain", "www.facebook.com", True),
+        ("https://facebook.com/", "domain", "m.facebook.com", True),  # a part of it
+        ("https://www.facebook.com/groups/x", "url", "https://www.facebook.com/groups/x", True),
+        ("https://www.facebook.com/groups/x", "domain", "instagram.com", False),  # another site
+        ("https://www.facebook.com/groups/x", "domain", "ebook.com", False),  # a mere suffix
+        ("https://www.facebook.com/groups/x", "url", "https://www.instagram.com/x", False),
+        ("https://www.facebook.com/groups/x", "domain", "facebook.com.evil.example", False),
+    ],
+)
+def test_triage_must_be_for_the_requested_site(
+    session: Session, policy: CompiledPolicy, technician: Actor,
+    requested: str, target: str, value: str, allowed: bool,
+) -> None:
+    request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(url=requested), policy=policy).request.id
+    triage = triage_form(target=target, value=value)
+    if allowed:
+        request = ar.triage_request(
+            session, site=SITE, now=NOW, actor=technician, request_id=request_id, form=triage, policy=policy
+        )
+        assert request.status == ar.FORWARDED
+        return
+    with pytest.raises(InvalidInput) as err:
+        ar.triage_request(
+            session, site=SITE, now=NOW, actor=technician, request_id=request_id, form=triage, policy=policy
+        )
+    assert err.value.field == "value"
+    assert ar.get_request(session, SITE, request_id).status == ar.SUBMITTED

@@ -146,6 +146,8 @@ def test_device_crud(session: Session, technician: Actor) -> None:
         ("\r=1", "'\r=1"),
         ("safe.example", "safe.example"),
         ("a=b", "a=b"),
+        ("\n=1", "'\n=1"),
+        ("badf\udcff.example", "badf\\udcff.example"),  # not UTF-8 in the database: shown, not lost
         (None, ""),
         (True, "yes"),
         (datetime(2026, 10, 6, 9, 0, tzinfo=UTC), "2026-10-06T09:00:00+00:00"),

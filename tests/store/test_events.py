@@ -103,6 +103,7 @@ def test_from_decision_maps_every_field() -> None:
         "category": "social_media",
         "flags": "circumvention,repeat",
         "count": 1,
+        "uid": None,
     }
     assert not rec.is_plain_allow
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,8 @@ HINT = (
 )
 
 
-def test_upgrade_of_an_empty_database_gives_the_models_schema(tmp_path: Path) -> None:
-    engine = init_db(f"sqlite:///{tmp_path / 'fresh.db'}")
+def test_upgrade_of_an_empty_database_gives_the_models_schema(empty_db_url: str) -> None:
+    engine = init_db(empty_db_url)
     try:
         assert current_revision(engine) == head_revision()
         assert schema_differences(engine) == [], HINT
@@ -56,11 +57,18 @@ def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     assert schema_differences(engine) == []
 
 
-def test_two_processes_starting_at_once_both_upgrade_safely(tmp_path: Path) -> None:
+def test_two_processes_starting_at_once_both_upgrade_safely(empty_db_url: str) -> None:
     # Separate processes, as the daemons are (alembic's context is per process).
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    code = "import sys; from schoolgate.store.db import init_db; init_db(sys.argv[1]).dispose()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE) for _ in range(3)]
+    # Each connects first, then all upgrade at the same instant (without the migration lock,
+    # PostgreSQL fails most such races with a duplicate-table error).
+    url = empty_db_url
+    code = (
+        "import sys, time; from schoolgate.store.db import init_db, make_engine; "
+        "engine = make_engine(sys.argv[1]); engine.connect().close(); "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); init_db(engine).dispose()"
+    )
+    at = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, at], stderr=subprocess.PIPE) for _ in range(4)]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
@@ -118,10 +126,9 @@ def test_a_read_only_session_does_not_block_writers(engine: Engine, db_path: Pat
         assert _try_write_lock(db_path)
 
 
-def test_db_cli_upgrade_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "cli.db"
+def test_db_cli_upgrade_then_check(tmp_path: Path, empty_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "schoolgate.toml"
-    config.write_text(f'policy = "policy.toml"\n[database]\nurl = "sqlite:///{db}"\n', encoding="utf-8")
+    config.write_text(f'policy = "policy.toml"\n[database]\nurl = "{empty_db_url}"\n', encoding="utf-8")
     assert main(["db", "check", "--config", str(config)]) == 1
     assert "schoolgate db upgrade" in capsys.readouterr().err
     assert main(["db", "upgrade", "--config", str(config)]) == 0

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-21 20:12:56.260013
+Create Date: 2026-11-21 20:22:59.474803
 """
 
 from __future__ import annotations
@@ -125,7 +125,9 @@ def upgrade() -> None:
     sa.Column('category', sa.String(length=60), nullable=True),
     sa.Column('flags', sa.String(length=200), nullable=False),
     sa.Column('count', sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_events'))
+    sa.Column('uid', sa.String(length=40), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_events')),
+    sa.UniqueConstraint('uid', name=op.f('uq_events_uid'))
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_site_device_ts', ['site', 'device_id', 'ts'], unique=False)
