@@ -76,7 +76,7 @@ def console_names(config: AppConfig) -> tuple[list[str], list[str]]:
 
 def issue_console_cert(config: AppConfig) -> TlsFiles:
     """Issue (or renew) the console's certificate from the school CA."""
-    from schoolgate.proxy import ca
+    from schoolgate import ca
 
     ca_dir = Path(config.proxy.ca_dir) if config.proxy.ca_dir else config.data_dir / "ca"
     names, ips = console_names(config)
@@ -103,7 +103,7 @@ def find_tls(config: AppConfig, now: datetime | None = None) -> TlsFiles:
                 raise ServeError(f"[console] TLS file {path} does not exist")
         return files
     issued = config.data_dir / TLS_DIR
-    # The names schoolgate.proxy.ca.issue_server_cert gives the files.
+    # The names schoolgate.ca.issue_server_cert gives the files.
     cert, key = issued / f"{CERT_NAME}-cert.pem", issued / f"{CERT_NAME}-key.pem"
     if key.is_file() and _cert_valid(cert, now):
         return TlsFiles(cert, key)

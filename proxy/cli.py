@@ -82,8 +82,8 @@ def _proxy(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from schoolgate.ca import CAError
     from schoolgate.proxy import daemon
-    from schoolgate.proxy.ca import CAError
     from schoolgate.tomlpos import ConfigError
 
     logging.basicConfig(
@@ -139,7 +139,7 @@ def _print_info(info: Any) -> None:
 
 
 def _ca_init(args: argparse.Namespace) -> int:
-    from schoolgate.proxy.ca import CAError, init_ca
+    from schoolgate.ca import CAError, init_ca
 
     ca_dir, config = _ca_dir(args)
     if ca_dir is None:
@@ -155,7 +155,7 @@ def _ca_init(args: argparse.Namespace) -> int:
 
 
 def _ca_export(args: argparse.Namespace) -> int:
-    from schoolgate.proxy.ca import CAError, export_ca
+    from schoolgate.ca import CAError, export_ca
 
     ca_dir, _ = _ca_dir(args)
     if ca_dir is None:
@@ -171,7 +171,7 @@ def _ca_export(args: argparse.Namespace) -> int:
 
 
 def _ca_show(args: argparse.Namespace) -> int:
-    from schoolgate.proxy.ca import CAError, show_ca
+    from schoolgate.ca import CAError, show_ca
 
     ca_dir, _ = _ca_dir(args)
     if ca_dir is None:
@@ -185,7 +185,7 @@ def _ca_show(args: argparse.Namespace) -> int:
 
 
 def _ca_issue(args: argparse.Namespace) -> int:
-    from schoolgate.proxy.ca import CAError, issue_server_cert
+    from schoolgate.ca import CAError, issue_server_cert
 
     ca_dir, _ = _ca_dir(args)
     if ca_dir is None:

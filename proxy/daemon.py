@@ -134,11 +134,11 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     from mitmproxy.addons import block, core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
     from sqlalchemy.orm import sessionmaker
 
+    from schoolgate import ca
     from schoolgate.clock import clock_from_env
     from schoolgate.identity.neighbours import NeighbourTable
     from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
     from schoolgate.policy.loader import PolicyHolder
-    from schoolgate.proxy import ca
     from schoolgate.proxy.addons import Services, build_addons
     from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
     from schoolgate.store.db import make_engine

@@ -18,7 +18,7 @@ from schoolgate.policy.loader import load_policy
 from schoolgate.policy.types import Client, Decision, Target
 from schoolgate.proxy.addons import Services
 from schoolgate.proxy.addresses import AddressBook
-from schoolgate.proxy.ca import init_ca
+from schoolgate.ca import init_ca
 from schoolgate.store.db import init_db, make_engine
 from schoolgate.store.events import EventWriter
 

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.clock import set_clock_file
-from schoolgate.proxy.ca import init_ca, issue_server_cert
+from schoolgate.ca import init_ca, issue_server_cert
 from schoolgate.store.coltypes import utcnow
 from schoolgate.store.models import AccessEvent, DaemonStatus, Device, PolicyExceptionRow
 from schoolgate.store.overlay import bump_generation

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from schoolgate.proxy.ca import (
+from schoolgate.ca import (
     CA_CERT,
     CA_KEY_AND_CERT,
     DHPARAM,
