@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   nftables iproute2 iputils-ping procps
   curl ca-certificates openssl bind9-dnsutils libnss3-tools tzdata
   sqlite3 postgresql
+  debootstrap systemd systemd-container libseccomp2 shellcheck util-linux
   chromium fonts-liberation
 )
 

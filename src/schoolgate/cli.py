@@ -24,6 +24,8 @@ AREAS = (
     "schoolgate.console.cli",
     "schoolgate.scheduler.cli",
     "schoolgate.runner",
+    "schoolgate.doctor",
+    "schoolgate.backup",
 )
 
 

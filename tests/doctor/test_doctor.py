@@ -1,0 +1,550 @@
+"""`schoolgate doctor`: every check against loopback fakes, each with an OK and a FAIL case.
+
+The fakes are real: a dnslib server and an aiosmtpd server on loopback ports, an HTTP server
+for the console, a listening socket for the proxy, a SQLite database with the real schema, a
+CA made by the proxy's own code, and (as root) a network namespace and an nftables table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from schoolgate import doctor
+from schoolgate.config import AppConfig, ConsoleConfig, DnsConfig, MailConfig, NetworkConfig, ProxyConfig
+from schoolgate.doctor import Env, Status
+
+NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def statuses(results: Sequence[doctor.Result]) -> list[Status]:
+    return [r.status for r in results]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> AppConfig:
+    (tmp_path / "schoolgate.toml").write_text('policy = "policy.toml"\n')
+    return AppConfig(source=tmp_path / "schoolgate.toml", policy=tmp_path / "policy.toml", data_dir=tmp_path / "data")
+
+
+def make_env(config: AppConfig, **kwargs: Any) -> Env:
+    return Env(config=config, timeout_s=0.5, now=lambda: NOW, **kwargs)
+
+
+# ------------------------------------------------------------------------ fakes
+
+
+@pytest.fixture(scope="module")
+def dns_server() -> Iterator[str]:
+    """A DNS server on loopback that answers every question with 10.0.0.1."""
+    from dnslib import RR
+    from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+    class Answer(BaseResolver):  # type: ignore[misc]
+        def resolve(self, request: Any, handler: Any) -> Any:
+            reply = request.reply()
+            reply.add_answer(*RR.fromZone(f"{request.q.qname} 60 A 10.0.0.1"))
+            return reply
+
+    port = free_port(socket.SOCK_DGRAM)
+    server = DNSServer(
+        Answer(),
+        port=port,
+        address="127.0.0.1",
+        logger=DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data"),
+    )
+    server.start_thread()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+        server.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def smtp_server() -> Iterator[tuple[str, int]]:
+    from aiosmtpd.controller import Controller
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield "127.0.0.1", port
+    finally:
+        controller.stop()
+
+
+def http_server(
+    status_for: Callable[[str], int], tls: ssl.SSLContext | None = None
+) -> tuple[http.server.ThreadingHTTPServer, str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = status_for(self.path)
+            body = b"ok"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}"
+
+
+# ------------------------------------------------------------------------ daemons
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_dns(config: AppConfig, dns_server: str, running: bool) -> None:
+    listen = dns_server if running else f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    env = make_env(replace(config, dns=DnsConfig(listen=[listen])))
+    results = doctor.check_dns(env)
+    assert statuses(results) == [Status.OK if running else Status.FAIL]
+    assert listen in results[0].message
+    if not running:
+        assert "systemctl restart schoolgate-dns" in results[0].fix
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "expected"),
+    [
+        (["good"], [Status.OK]),
+        (["bad"], [Status.FAIL]),
+        (["good", "bad"], [Status.OK, Status.WARN]),  # one working upstream keeps the school online
+        ([], [Status.FAIL]),
+    ],
+)
+def test_upstreams(config: AppConfig, dns_server: str, upstreams: list[str], expected: list[Status]) -> None:
+    dead = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    addresses = [dns_server if u == "good" else dead for u in upstreams]
+    env = make_env(replace(config, dns=DnsConfig(upstreams=addresses)))
+    assert statuses(doctor.check_upstreams(env)) == expected
+
+
+@pytest.mark.parametrize(
+    ("paths", "expected", "shown"),
+    [
+        ({"/healthz": 200}, Status.OK, "/healthz"),
+        ({"/healthz": 404, "/login": 200}, Status.OK, "/login"),
+        ({"/healthz": 500}, Status.FAIL, "HTTP 500"),
+        ({"/healthz": 404, "/login": 404}, Status.FAIL, "HTTP 404"),
+    ],
+)
+def test_console(config: AppConfig, paths: dict[str, int], expected: Status, shown: str) -> None:
+    server, listen = http_server(lambda path: paths.get(path, 404))
+    try:
+        env = make_env(replace(config, console=ConsoleConfig(listen=listen, plain_http=True)))
+        (result,) = doctor.check_console(env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.status is expected
+    assert shown in result.message
+
+
+def test_console_over_tls(config: AppConfig, ca_dir: Path) -> None:
+    """The appliance's console speaks TLS with a certificate from the school CA."""
+    from schoolgate.ca import issue_server_cert
+
+    cert, key = issue_server_cert(ca_dir, ["schoolgate.lan"], ["127.0.0.1"], name="doctor-console")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server, listen = http_server(lambda path: 200 if path == "/healthz" else 404, tls=context)
+    try:
+        env = make_env(replace(config, console=ConsoleConfig(listen=listen)))
+        (result,) = doctor.check_console(env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.status is Status.OK, result
+
+
+def test_console_down(config: AppConfig) -> None:
+    env = make_env(replace(config, console=ConsoleConfig(listen=f"127.0.0.1:{free_port()}")))
+    (result,) = doctor.check_console(env)
+    assert result.status is Status.FAIL and "journalctl -u schoolgate-console" in result.fix
+
+
+@pytest.mark.parametrize("listening", [True, False])
+def test_proxy(config: AppConfig, listening: bool) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if listening:
+            sock.listen()
+        env = make_env(replace(config, proxy=ProxyConfig(listen=f"127.0.0.1:{sock.getsockname()[1]}")))
+        (result,) = doctor.check_proxy(env)
+    assert result.status is (Status.OK if listening else Status.FAIL)
+
+
+@pytest.fixture
+def database(config: AppConfig) -> AppConfig:
+    from schoolgate.store.db import init_db, make_engine
+
+    engine = make_engine(config.database_url)
+    init_db(engine)
+    engine.dispose()
+    return config
+
+
+def write_heartbeat(config: AppConfig, name: str, at: dt.datetime) -> None:
+    from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.store.models import DaemonStatus
+
+    engine = make_engine(config.database_url)
+    with session_factory(engine)() as session:
+        session.add(DaemonStatus(site=config.site.id, name=name, pid=4242, started_at=at, heartbeat_at=at, stats="{}"))
+        session.commit()
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("age_s", "expected"),
+    [(20, Status.OK), (doctor.HEARTBEAT_STALE_S + 60, Status.FAIL), (None, Status.FAIL)],
+)
+def test_scheduler_heartbeat(database: AppConfig, age_s: int | None, expected: Status) -> None:
+    if age_s is not None:
+        write_heartbeat(database, "scheduler", NOW - dt.timedelta(seconds=age_s))
+    (result,) = doctor.check_heartbeats(make_env(database))
+    assert result.status is expected, result
+    assert result.check == "scheduler"
+
+
+def test_heartbeat_without_a_database_creates_none(config: AppConfig) -> None:
+    (result,) = doctor.check_heartbeats(make_env(config))
+    assert result.status is Status.FAIL and "db upgrade" in result.fix
+    assert not config.data_dir.exists()
+
+
+# ------------------------------------------------------------------------ storage
+
+
+def test_database_ok(database: AppConfig) -> None:
+    usage = SimpleNamespace(total=100 << 30, used=10 << 30, free=90 << 30)
+    results = doctor.check_database(make_env(database, disk_usage=lambda _p: usage))
+    assert statuses(results) == [Status.OK, Status.OK]
+
+
+def test_database_missing(config: AppConfig) -> None:
+    """No data directory at all: the database FAILs, the disk is measured where it would be."""
+    results = doctor.check_database(make_env(config))
+    assert results[0].status is Status.FAIL and "db upgrade" in results[0].fix
+    assert str(config.source) in results[0].fix
+    assert results[1].check == "disk" and results[1].status is not None
+    assert not config.data_dir.exists()
+
+
+def test_database_not_a_database(config: AppConfig) -> None:
+    config.data_dir.mkdir()
+    (config.data_dir / "schoolgate.db").write_bytes(b"this is not SQLite" * 512)
+    results = doctor.check_database(make_env(config))
+    assert results[0].status is Status.FAIL and "not writable" in results[0].message
+
+
+@pytest.mark.parametrize(
+    ("total_gib", "free_gib", "expected"),
+    [(100, 50, Status.OK), (100, 0.9, Status.WARN), (100, 8, Status.WARN), (4, 2, Status.OK), (100, 0.05, Status.FAIL)],
+)
+def test_disk(database: AppConfig, total_gib: float, free_gib: float, expected: Status) -> None:
+    usage = SimpleNamespace(total=int(total_gib * (1 << 30)), free=int(free_gib * (1 << 30)))
+    results = doctor.check_database(make_env(database, disk_usage=lambda _p: usage))
+    assert results[1].check == "disk" and results[1].status is expected, results[1]
+
+
+# ------------------------------------------------------------------------ CA, clock, mail
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from schoolgate.ca import init_ca
+
+    directory = tmp_path_factory.mktemp("doctor-ca")
+    init_ca(directory, school_name="Doctor Test School", now=NOW)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (NOW, Status.OK),
+        (NOW + dt.timedelta(days=3650 - 30), Status.WARN),  # a month before the ten years are up
+        (NOW + dt.timedelta(days=3660), Status.FAIL),
+    ],
+)
+def test_ca(config: AppConfig, ca_dir: Path, now: dt.datetime, expected: Status) -> None:
+    env = Env(config=replace(config, proxy=ProxyConfig(ca_dir=str(ca_dir))), now=lambda: now)
+    (result,) = doctor.check_ca(env)
+    assert result.status is expected, result
+
+
+def test_ca_missing(config: AppConfig) -> None:
+    (result,) = doctor.check_ca(make_env(config))
+    assert result.status is Status.FAIL and "ca init" in result.fix
+
+
+def fake_run(stdout: str, returncode: int = 0) -> Callable[[Sequence[str], float], subprocess.CompletedProcess[str]]:
+    def run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(list(argv), returncode, stdout, "")
+
+    return run
+
+
+@pytest.mark.parametrize(("answer", "expected"), [("yes\n", Status.OK), ("no\n", Status.FAIL)])
+def test_clock_timedatectl(config: AppConfig, answer: str, expected: Status) -> None:
+    env = make_env(config, run=fake_run(answer), which=lambda name: f"/usr/bin/{name}")
+    (result,) = doctor.check_clock(env)
+    assert result.status is expected
+    if expected is Status.FAIL:
+        assert "timedatectl set-ntp" in result.fix
+
+
+def test_clock_kernel_fallback(config: AppConfig) -> None:
+    """Without timedatectl the kernel's adjtimex state decides (real call, either answer)."""
+    env = make_env(config, which=lambda name: None)
+    (result,) = doctor.check_clock(env)
+    synced = doctor.kernel_clock_synchronised()
+    assert synced is not None
+    assert result.status is (Status.OK if synced else Status.FAIL)
+
+
+def test_mail_ok(config: AppConfig, smtp_server: tuple[str, int]) -> None:
+    host, port = smtp_server
+    env = make_env(replace(config, mail=MailConfig(host=host, port=port)))
+    assert statuses(doctor.check_mail(env)) == [Status.OK]
+
+
+def test_mail_starttls_missing(config: AppConfig, smtp_server: tuple[str, int]) -> None:
+    host, port = smtp_server
+    env = make_env(replace(config, mail=MailConfig(host=host, port=port, starttls=True)))
+    (result,) = doctor.check_mail(env)
+    assert result.status is Status.FAIL and "STARTTLS" in result.message
+
+
+@pytest.mark.parametrize(("host", "expected"), [("", Status.WARN), ("127.0.0.1", Status.FAIL)])
+def test_mail_unreachable_or_unset(config: AppConfig, host: str, expected: Status) -> None:
+    env = make_env(replace(config, mail=MailConfig(host=host, port=free_port())))
+    assert statuses(doctor.check_mail(env)) == [expected]
+
+
+# ------------------------------------------------------------------------ network setup
+
+
+@pytest.mark.parametrize(
+    ("files", "ipv6", "expected"),
+    [
+        ({"net/ipv4/ip_forward": "1\n"}, False, [Status.OK]),
+        ({"net/ipv4/ip_forward": "0\n"}, False, [Status.FAIL]),
+        ({"net/ipv4/ip_forward": "1\n", "net/ipv6/conf/all/forwarding": "0\n"}, True, [Status.OK, Status.FAIL]),
+        ({}, False, [Status.FAIL]),
+    ],
+)
+def test_forwarding(
+    config: AppConfig, tmp_path: Path, files: dict[str, str], ipv6: bool, expected: list[Status]
+) -> None:
+    for name, value in files.items():
+        (tmp_path / "sys" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys" / name).write_text(value)
+    network = NetworkConfig(appliance_ipv6="fd00::1" if ipv6 else "")
+    env = make_env(replace(config, network=network), proc_sys=tmp_path / "sys")
+    assert statuses(doctor.check_forwarding(env)) == expected
+
+
+def nft_json(sets: list[str], chains: list[str]) -> str:
+    items: list[dict[str, Any]] = [
+        {"metainfo": {"json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "schoolgate"}},
+    ]
+    items += [{"set": {"family": "inet", "table": "schoolgate", "name": s}} for s in sets]
+    items += [{"chain": {"family": "inet", "table": "schoolgate", "name": c}} for c in chains]
+    return json.dumps({"nftables": items})
+
+
+@pytest.mark.parametrize(
+    ("stdout", "returncode", "expected", "words"),
+    [
+        (nft_json(["watched4", "watched6"], ["steer", "forward"]), 0, Status.OK, "2 chains"),
+        (nft_json(["watched4"], ["steer"]), 0, Status.FAIL, "watched6"),
+        (nft_json(["watched4", "watched6"], []), 0, Status.FAIL, "no chains"),
+        ("", 1, Status.FAIL, "not loaded"),
+        ("garbage", 0, Status.FAIL, "not JSON"),
+    ],
+)
+def test_nftables_parsing(config: AppConfig, stdout: str, returncode: int, expected: Status, words: str) -> None:
+    env = make_env(config, run=fake_run(stdout, returncode), which=lambda name: "/usr/sbin/nft")
+    (result,) = doctor.check_nftables(env)
+    assert result.status is expected and words in result.message, result
+
+
+def test_nftables_command_missing(config: AppConfig) -> None:
+    (result,) = doctor.check_nftables(make_env(config, which=lambda name: None))
+    assert result.status is Status.FAIL and "apt-get install nftables" in result.fix
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"deploy-doctor-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def ns(name: str, *argv: str) -> None:
+    subprocess.run(["ip", "netns", "exec", name, *argv], check=True)
+
+
+@pytest.mark.root
+def test_nftables_real_table(config: AppConfig, netns: str) -> None:
+    """A real table in a namespace of our own: loaded -> OK; deleted -> FAIL."""
+    table = "deploy_doctor"
+    ruleset = (
+        f"table inet {table} {{\n set watched4 {{ type ipv4_addr; flags timeout; }}\n"
+        f" set watched6 {{ type ipv6_addr; flags timeout; }}\n"
+        " chain steer { type nat hook prerouting priority dstnat; }\n}\n"
+    )
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset, text=True, check=True)
+
+    def run_in_ns(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    env = make_env(config, run=run_in_ns, nft_table=table)
+    (result,) = doctor.check_nftables(env)
+    assert result.status is Status.OK, result
+    ns(netns, "nft", "delete", "table", "inet", table)
+    (result,) = doctor.check_nftables(env)
+    assert result.status is Status.FAIL and "not loaded" in result.message
+
+
+@pytest.mark.root
+def test_interfaces(config: AppConfig, netns: str) -> None:
+    ns(netns, "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0peer")
+    ns(netns, "ip", "addr", "add", "10.77.0.1/24", "dev", "lan0")
+    network = NetworkConfig(lan_interface="lan0", appliance_ipv4="10.77.0.1")
+    env = make_env(replace(config, network=network), netns=netns)
+
+    assert statuses(doctor.check_interfaces(env)) == [Status.FAIL, Status.OK]  # down, address present
+    ns(netns, "ip", "link", "set", "lan0", "up")
+    assert statuses(doctor.check_interfaces(env)) == [Status.FAIL, Status.OK]  # no carrier: peer down
+    ns(netns, "ip", "link", "set", "lan0peer", "up")
+    assert statuses(doctor.check_interfaces(env)) == [Status.OK, Status.OK]
+
+    wrong = make_env(replace(config, network=replace(network, appliance_ipv4="10.77.0.2")), netns=netns)
+    results = doctor.check_interfaces(wrong)
+    assert statuses(results) == [Status.OK, Status.FAIL] and "10.77.0.2" in results[1].message
+
+    missing = make_env(replace(config, network=replace(network, lan_interface="lan9")), netns=netns)
+    (result,) = doctor.check_interfaces(missing)
+    assert result.status is Status.FAIL and "does not exist" in result.message
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("lan", "edit", "expected"),
+    [
+        (["10.41.20.0/22"], None, [Status.OK]),
+        (["10.41.0.0/16"], None, [Status.OK]),  # overlaps several [[networks]]
+        (["192.168.7.0/24"], None, [Status.OK, Status.WARN]),  # the example's ranges are not this school's
+        ([], ("[school]", "[school]\nnot_a_setting = 1"), [Status.FAIL]),
+    ],
+)
+def test_policy(
+    config: AppConfig, tmp_path: Path, lan: list[str], edit: tuple[str, str] | None, expected: list[Status]
+) -> None:
+    policy = tmp_path / "policy.toml"
+    text = (REPO / "deploy/policy.example.toml").read_text()
+    policy.write_text(text.replace(*edit, 1) if edit else text)
+    if (REPO / "deploy/lists").is_dir():
+        shutil.copytree(REPO / "deploy/lists", tmp_path / "lists", dirs_exist_ok=True)
+    env = make_env(replace(config, policy=policy, network=NetworkConfig(lan_cidrs=lan)))
+    results = doctor.check_policy(env)
+    assert statuses(results) == expected, results
+    if expected[-1] is Status.WARN:
+        assert "192.168.7.0/24" in results[-1].message and "guest" in results[-1].message
+    if expected[-1] is Status.FAIL:
+        assert "not_a_setting" in results[0].message and "policy check" in results[0].fix
+
+
+# ------------------------------------------------------------------------ the whole run
+
+
+def test_a_crashing_check_is_reported_and_the_rest_run(config: AppConfig) -> None:
+    def broken(env: Env) -> list[doctor.Result]:
+        raise RuntimeError("boom")
+
+    def fine(env: Env) -> list[doctor.Result]:
+        return [doctor.ok("fine", "all good")]
+
+    results = doctor.run_checks(make_env(config), [("broken", broken), ("fine", fine)])
+    assert statuses(results) == [Status.FAIL, Status.OK]
+    assert "boom" in results[0].message
+    assert doctor.exit_status(results) == 1
+    assert doctor.exit_status(results[1:]) == 0
+    assert doctor.exit_status([doctor.warn("x", "y", "z")]) == 0
+
+
+def test_command_line(tmp_path: Path, dns_server: str) -> None:
+    """The real command on a config file: one line per result, exit 1 on any FAIL."""
+    (tmp_path / "schoolgate.toml").write_text(
+        'policy = "policy.toml"\ndata_dir = "data"\n'
+        f'[dns]\nlisten = ["{dns_server}"]\nupstreams = ["{dns_server}"]\n'
+        f'[proxy]\nlisten = "127.0.0.1:{free_port()}"\n'
+    )
+    program = (
+        "import argparse, sys\n"
+        "from schoolgate import doctor\n"
+        "parser = argparse.ArgumentParser()\n"
+        "doctor.register(parser.add_subparsers())\n"
+        "args = parser.parse_args(sys.argv[1:])\n"
+        "sys.exit(args.func(args))\n"
+    )
+    argv = ["doctor", "--config", str(tmp_path / "schoolgate.toml"), "--timeout", "0.5"]
+    for name in ("dns", "upstream", "proxy"):
+        argv += ["--only", name]
+    done = subprocess.run([sys.executable, "-c", program, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("OK   dns: answering on 127.0.0.1:")
+    assert lines[1].startswith("FAIL proxy: not accepting connections") and " -> sudo systemctl restart" in lines[1]
+    assert lines[2].startswith("OK   upstream: 127.0.0.1:")
+    assert lines[3] == "3 checks: 1 failed, 0 warnings"
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('policy = "policy.toml"\n[dns]\nlisten = 53\n')
+    done = subprocess.run(
+        [sys.executable, "-c", program, "doctor", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "dns.listen" in done.stderr
