@@ -174,9 +174,8 @@ class Server:
 
 
 def wait_until_answering(port: int, name: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    import dns.query
-
     import dns.message
+    import dns.query
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,6 +25,9 @@ log = logging.getLogger("schoolgate.dns")
 
 SHUTDOWN_GRACE_S = 1.0
 NEIGHBOUR_REFRESH_S = 2.0
+# How often the loop hands finished minutes of folded allowed queries to the event writer: a
+# small slice often, so that the start of a minute does not stall answers for milliseconds.
+EVENTS_TICK_S = 0.2
 
 
 @dataclass
@@ -83,7 +86,7 @@ class Worker:
         from schoolgate.identity.neighbours import NeighbourTable
         from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
         from schoolgate.store.db import make_engine
-        from schoolgate.store.events import AllowedAggregator, EventWriter, StatusTarget
+        from schoolgate.store.events import StatusTarget, make_event_writer
 
         config = options.config
         self.options = options
@@ -108,18 +111,20 @@ class Worker:
             on_change=self._policy_changed, also_poll=self._poll_register, holder=options.preloaded,
         )
         self.pool = UpstreamPool(options.upstream_addresses, timeout_s=config.dns.upstream_timeout_ms / 1000)
-        self.writer = EventWriter(
+        self.writer = make_event_writer(
             self.engine,
+            config,
             status=StatusTarget(site=site, name=status_name(options), extra=self.stats),
         )
-        self.aggregator = AllowedAggregator(self.writer)
         self.feeder = WatchedFeeder(_watched_sets(config), config.dns.watched_set_timeout_s)
         self.resolver = build_resolver(
             policy=self.policy,
             clock=self.clock,
             pool=self.pool,
             cache=self.cache,
-            sink=self.aggregator,
+            # The events stage folds allowed queries per client, name and minute itself, so
+            # its records go straight to the writer.
+            sink=self.writer,
             site=site,
             feeder=self.feeder,
             identities=self.identities,
@@ -167,7 +172,6 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         await self.pool.start()
         self.writer.start()
-        self.aggregator.start()
         self.feeder.start()
         self.policy.start()
         self.handler = QueryHandler(self.resolver.head)
@@ -187,8 +191,8 @@ class Worker:
             )
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                self.resolver.events.flush()
+                    await asyncio.wait_for(stop.wait(), timeout=EVENTS_TICK_S)
+                self.resolver.events.flush_due(self.clock.now())
         finally:
             await self.shutdown()
 
@@ -201,7 +205,6 @@ class Worker:
         self.resolver.events.flush()
         self.policy.stop()
         self.feeder.stop()
-        self.aggregator.stop()
         stats = self.writer.stop()
         self.pool.close()
         log.info("stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
@@ -214,11 +217,14 @@ def run_worker(options: DnsOptions) -> int:
     sys.setswitchinterval(0.001)
     worker = Worker(options)
     # Everything built so far (the compiled policy above all) lives as long as the process: move
-    # it out of the collector's sight, and collect the young generation less often, so a full
-    # collection does not walk a million-name policy in the middle of answering.
+    # it out of the collector's sight, so a full collection does not walk a million-name policy
+    # in the middle of answering. A young collection's pause grows with the threshold while the
+    # share of time spent collecting does not, so the young threshold stays small (a pause of a
+    # fraction of a millisecond, not several: tail latency); older generations are collected
+    # rarely, since their objects are mostly the bounded caches.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 50)
+    gc.set_threshold(1000, 20, 100)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -289,10 +295,24 @@ class Supervisor:
         A million-name blocklist then costs its compile time and memory once, not per worker:
         the forked workers share the pages until a reload replaces the policy in one of them.
         """
+        # Everything a worker imports, imported here once: the modules' memory is then shared
+        # by the workers too, and a worker is ready sooner.
+        import schoolgate.dns.cache
+        import schoolgate.dns.policy_source
         import schoolgate.dns.resolver
         import schoolgate.dns.server
-        import schoolgate.store.events  # noqa: F401
+        import schoolgate.dns.stages.watch
+        import schoolgate.dns.upstream
+        import schoolgate.identity.neighbours
+        import schoolgate.identity.resolver
+        import schoolgate.store.db
+        import schoolgate.store.events
         from schoolgate.policy.loader import PolicyHolder
+
+        if self.options.config.dns.nftables:
+            import schoolgate.gateway.nft  # noqa: F401
+        with contextlib.suppress(ImportError):
+            import pyroute2  # noqa: F401  (the neighbour table imports it on first use)
 
         holder = PolicyHolder(self.options.config.policy)
         holder.load()

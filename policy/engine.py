@@ -45,8 +45,12 @@ from schoolgate.policy.types import (
     Verdict,
 )
 
-_HOST_CACHE_LIMIT = 100_000
-_DECISION_CACHE_LIMIT = 100_000
+# Sized for a school's working set of names (a busy day asks for tens of thousands), not for
+# every name a scan of a block list could bring: each entry costs a few hundred bytes, and a
+# daemon's memory goal is 64 MB with a million-name list loaded.
+_HOST_CACHE_LIMIT = 32_768
+_DECISION_CACHE_LIMIT = 32_768
+_INSTANT_CACHE_LIMIT = 4096
 _ROLE_CACHE_LIMIT = 20_000
 _MINUTE_CACHE_LIMIT = 50_000
 
@@ -188,12 +192,14 @@ class CompiledPolicy:
         self._flags_by_categories: dict[int, frozenset[str]] = {}
         # Caches, shared with overlaid copies; each is replaced (never cleared in place) when
         # full, so a reader in another thread always sees a consistent dict.
-        self._host_cache: dict[str, tuple[int, HostMatch, tuple[str, ...]]] = {}
+        self._host_cache: dict[str, tuple[int, HostMatch]] = {}
         self._match_numbers = itertools.count(1)
         self._match_ids: dict[HostMatch, int] = {}
         self._decisions: dict[tuple[object, ...], Decision] = {}
         self._minutes: dict[int, tuple[int, int, int]] = {}
         self._roles: dict[str, Role] = {}
+        # valid_until instants: few distinct ones (the timeline's edges), shared by decisions.
+        self._instants: dict[float, datetime] = {}
 
     # -- overlay ----------------------------------------------------------------------------
     def with_overlay(
@@ -233,12 +239,12 @@ class CompiledPolicy:
     def match(self, host: str) -> tuple[HostMatch, tuple[str, ...]]:
         """What the catalogue and the lists know about `host` (normalised), and its suffixes."""
         entry = self._host_cache.get(host) or self._match_new(host)
-        return entry[1], entry[2]
+        return entry[1], tuple(suffixes(host))
 
-    def _match_new(self, host: str) -> tuple[int, HostMatch, tuple[str, ...]]:
-        # A tuple of strings, unlike a list, drops out of the garbage collector's sight, so a
-        # full cache does not slow every collection down.
-        names = tuple(suffixes(host))
+    def _match_new(self, host: str) -> tuple[int, HostMatch]:
+        # The entry keeps no suffix strings (they would triple its size); the overlay, the
+        # only other reader of them, walks them again when it has something to check.
+        names = suffixes(host)
         service = self._exact_service.get(host, -1)
         service_domain: str | None = host if service >= 0 else None
         if service < 0:
@@ -250,7 +256,7 @@ class CompiledPolicy:
                     break
         list_bits, list_domain = self.table.lookup(names)
         if service < 0 and not list_bits:
-            entry: tuple[int, HostMatch, tuple[str, ...]] = (0, NO_MATCH, names)
+            entry: tuple[int, HostMatch] = (0, NO_MATCH)
         else:
             categories = 0
             safe_search_host = False
@@ -275,7 +281,7 @@ class CompiledPolicy:
                 if len(self._match_ids) >= _HOST_CACHE_LIMIT:
                     self._match_ids = {}
                 self._match_ids[hm] = number
-            entry = (number, hm, names)
+            entry = (number, hm)
         if len(self._host_cache) >= _HOST_CACHE_LIMIT:
             self._host_cache = {}
         self._host_cache[host] = entry
@@ -338,8 +344,15 @@ class CompiledPolicy:
             chosen = rule
             break
         until = self.timeline.next_change(utc_day, index, relevant)
-        valid_until = datetime.fromtimestamp(until, UTC) if until is not None else None
-        return self._build(chosen, role, hm, valid_until)
+        return self._build(chosen, role, hm, None if until is None else self._instant(until))
+
+    def _instant(self, ts: float) -> datetime:
+        instant = self._instants.get(ts)
+        if instant is None:
+            if len(self._instants) >= _INSTANT_CACHE_LIMIT:
+                self._instants = {}
+            instant = self._instants[ts] = datetime.fromtimestamp(ts, UTC)
+        return instant
 
     def flags_for(self, categories: int) -> frozenset[str]:
         known = self._flags_by_categories.get(categories)
@@ -529,10 +542,11 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
     host = target.host
     if not host.islower() or host.endswith("."):
         host = normalise_host(host)
-    number, hm, names = policy._host_cache.get(host) or policy._match_new(host)
+    number, hm = policy._host_cache.get(host) or policy._match_new(host)
     base = policy._static(role, client.year_group, number, hm, ts)
     if overlay.empty:
         return base
     return _apply_overlay(
-        policy, base, client=client, target=target, host=host, names=names, now=now, ban_edge=ban_edge, banned=banned
+        policy, base, client=client, target=target, host=host, names=suffixes(host), now=now, ban_edge=ban_edge,
+        banned=banned,
     )

@@ -14,6 +14,7 @@ import threading
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from schoolgate.policy.compiler import ListReader, compile_policy
@@ -31,10 +32,16 @@ def list_reader(base: Path) -> ListReader:
         target = Path(file)
         if not target.is_absolute():
             target = base / target
-        with target.open(encoding="utf-8") as handle:
-            yield from handle
+        # Lines in blocks of about a megabyte, chained in C: no Python step per line.
+        return chain.from_iterable(_blocks(target))
 
     return read
+
+
+def _blocks(target: Path) -> Iterator[list[str]]:
+    with target.open(encoding="utf-8") as handle:
+        while block := handle.readlines(1 << 20):
+            yield block
 
 
 def parse_toml(path: Path, text: str) -> dict[str, object]:

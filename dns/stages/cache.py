@@ -29,10 +29,22 @@ AliasCheck = Callable[[Query, tuple[str, ...]], bytes | None]
 NEGATIVE_CAP = 3600
 
 
+_DECISION_KEYS: dict[tuple[str, str, str | None], tuple[str, str, str | None]] = {}
+_DECISION_KEYS_LIMIT = 4096
+
+
 def decision_key(decision: Decision | None) -> Hashable:
     if decision is None:
         return None
-    return (decision.verdict.value, decision.rule_id, decision.rewrite_to)
+    key = (decision.verdict.value, decision.rule_id, decision.rewrite_to)
+    # One shared tuple per distinct key (there are few: one per rule and rewrite), not one
+    # per cached answer.
+    shared = _DECISION_KEYS.get(key)
+    if shared is None:
+        if len(_DECISION_KEYS) >= _DECISION_KEYS_LIMIT:
+            _DECISION_KEYS.clear()
+        shared = _DECISION_KEYS[key] = key
+    return shared
 
 
 def lifetime_of(message: Message) -> int:

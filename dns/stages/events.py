@@ -2,17 +2,19 @@
 
 Blocked and special-name answers are logged in full (time, client IP, MAC, device, person,
 role, name, type, verdict, rule). Allowed queries are logged at domain level: the stage counts
-them per (minute, client, name) and hands one record per key to the AllowedAggregator every
-`fold_s` seconds; the aggregator folds those into one row per client and domain per minute.
+them per (minute, client, name) and, once the minute is over, hands one record per key to the
+sink: one row per client and domain per minute, built once, not once per query (a record costs
+more than answering the query did). The daemon calls `flush_due` a few times a second, which
+hands over a bounded slice of the finished minutes, so no single call stalls the answers; a
+flood of distinct names that would outgrow `max_folded` is handed over early instead.
 The sink's `submit` never blocks (a bounded queue in schoolgate.store.events).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from schoolgate.dns.chain import Answer, Result, Stage, is_ready, then
 from schoolgate.dns.wire import Query, type_name
@@ -20,26 +22,14 @@ from schoolgate.policy.types import Client, Decision, Role, Verdict
 from schoolgate.store.events import EventRecord
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
-_FIELDS = tuple(f.name for f in fields(EventRecord))
-
-
-@dataclass(frozen=True, slots=True)
-class DnsEventRecord(EventRecord):
-    """An EventRecord whose `row()` is cheap: the generic one goes through dataclasses.asdict,
-    which deep-copies every value and costs more than answering the query did."""
-
-    def row(self) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in _FIELDS}
-        flags = self.flags
-        values["flags"] = flags if isinstance(flags, str) else ",".join(sorted(flags))
-        values["ts"] = self.ts.astimezone(UTC)
-        return values
+MAX_FOLDED = 50_000  # distinct (minute, client, name) keys held before handing over early
+FLUSH_SLICE = 500  # records handed over per flush_due call
 
 
 def record_for(
     decision: Decision, client: Client, host: str, qtype: int, *, site: str, ts: datetime, count: int = 1
-) -> DnsEventRecord:
-    return DnsEventRecord(
+) -> EventRecord:
+    return EventRecord(
         ts=ts,
         site=site,
         source="dns",
@@ -75,9 +65,12 @@ class EventsStage(Stage):
         site: str,
         role_for: Callable[[Client], Role] | None = None,
         default_role: Role = Role.GUEST,
+        *,
+        max_folded: int = MAX_FOLDED,
     ) -> None:
         super().__init__()
         self.sink = sink
+        self.max_folded = max_folded
         self.role_for = role_for
         self.site = site
         self.default_role = default_role
@@ -112,20 +105,39 @@ class EventsStage(Stage):
         key = (int(now.timestamp()) // 60, query.client_ip, query.qname, decision.verdict.value)
         slot = self._folded.get(key)
         if slot is None:
+            if len(self._folded) >= self.max_folded:
+                self.flush()
             self._folded[key] = [1, decision, query.client, query.qtype, now]
         else:
             slot[0] += 1  # type: ignore[operator]
 
     def flush(self) -> int:
-        """Hand the folded allowed queries to the sink (called every second by the daemon)."""
+        """Hand every folded allowed query to the sink (at shutdown, and in tests)."""
         folded, self._folded = self._folded, {}
-        for key, (count, decision, client, qtype, ts) in folded.items():
-            assert isinstance(decision, Decision) and isinstance(ts, datetime) and isinstance(count, int)
-            who = client if isinstance(client, Client) else Client(ip=key[1])
-            assert isinstance(qtype, int)
-            self.sink.submit(record_for(decision, who, key[2], qtype, site=self.site, ts=ts, count=count))
-            self.logged += 1
+        for key, slot in folded.items():
+            self._submit_folded(key, slot)
         return len(folded)
+
+    def flush_due(self, now: datetime, limit: int = FLUSH_SLICE) -> int:
+        """Hand over up to `limit` keys of the minutes before `now`'s; returns how many."""
+        current = int(now.timestamp()) // 60
+        folded = self._folded
+        due: list[tuple[int, str, str, str]] = []
+        for key in folded:  # oldest first: a dict keeps the order keys were first seen in
+            if key[0] >= current or len(due) >= limit:
+                break
+            due.append(key)
+        for key in due:
+            self._submit_folded(key, folded.pop(key))
+        return len(due)
+
+    def _submit_folded(self, key: tuple[int, str, str, str], slot: list[object]) -> None:
+        count, decision, client, qtype, ts = slot
+        assert isinstance(decision, Decision) and isinstance(ts, datetime) and isinstance(count, int)
+        who = client if isinstance(client, Client) else Client(ip=key[1])
+        assert isinstance(qtype, int)
+        self.sink.submit(record_for(decision, who, key[2], qtype, site=self.site, ts=ts, count=count))
+        self.logged += 1
 
     def _full(self, query: Query, decision: Decision) -> None:
         client = query.client or Client(ip=query.client_ip)
@@ -136,7 +148,7 @@ class EventsStage(Stage):
     def _special(self, query: Query) -> None:
         client = query.client or Client(ip=query.client_ip)
         role = self.role_for(client) if self.role_for is not None else client.role or self.default_role
-        record = DnsEventRecord(
+        record = EventRecord(
             ts=query.now or datetime.now(UTC),
             site=self.site,
             source="dns",

@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
 from sqlalchemy.orm import Session
-
-import dns.message
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

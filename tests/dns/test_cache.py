@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dns.message
 import dns.rrset
 
-import dns.message
 from schoolgate.dns.cache import STALE_TTL, AnswerCache, render
 from schoolgate.dns.message import Message
 from schoolgate.dns.stages.cache import decision_key, lifetime_of

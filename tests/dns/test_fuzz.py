@@ -15,11 +15,10 @@ import struct
 import subprocess
 import time
 
+import dns.message
 import dns.rcode
 import pytest
 from conftest import addresses, ask, wait_for
-
-import dns.message
 
 SEED = 20261118
 UDP_PACKETS = 100_000

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import struct
 
+import dns.message
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
 
-import dns.message
 from schoolgate.dns.message import Message, MessageError
 from schoolgate.dns.stages.https import clean_answer
 from schoolgate.dns.svcb import SvcbError, strip_ech

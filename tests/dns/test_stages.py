@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
 from conftest import DATA
 
-import dns.message
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Result, Stage, link, settle
 from schoolgate.dns.stages.cache import CacheStage
@@ -260,6 +260,39 @@ def test_events_blocked_in_full_allowed_folded_special_named() -> None:
     assert allowed.count == 3 and allowed.verdict == "allow" and allowed.qtype == "A"
     row = allowed.row()
     assert row["ts"] == TEN and row["client_ip"] == "127.0.0.1" and row["role"] == "pupil"
+
+
+def test_allowed_queries_handed_over_once_their_minute_is_over() -> None:
+    """One record per client, name and minute, handed over in slices after the minute ends;
+    a flood of distinct names is handed over early rather than held."""
+
+    class Sink:
+        def __init__(self):
+            self.records = []
+
+        def submit(self, record):
+            self.records.append(record)
+            return True
+
+    sink = Sink()
+    clock = FixedClock(TEN)
+    events = EventsStage(sink, "dnstest", StaticPolicy().role_for, max_folded=8)
+    link([events, PolicyStage(StaticPolicy(), clock), Upstream({f"n{i}.test": ["A 192.0.2.1"] for i in range(10)})])
+    for name in ("n0.test", "n1.test", "n0.test", "n2.test"):
+        events.resolve(query(name))
+    assert events.flush_due(TEN.replace(second=59)) == 0  # the minute is not over
+    clock.instant = TEN.replace(minute=1)
+    events.resolve(query("n0.test"))  # the next minute: a key of its own
+    assert events.flush_due(clock.instant, limit=2) == 2  # a slice, oldest first
+    assert events.flush_due(clock.instant, limit=2) == 1
+    assert events.flush_due(clock.instant) == 0
+    assert [(r.host, r.count, r.ts) for r in sink.records] == [
+        ("n0.test", 2, TEN), ("n1.test", 1, TEN), ("n2.test", 1, TEN)]
+    for i in range(10):  # more distinct keys than max_folded: the first 8 go out early
+        events.resolve(query(f"n{i}.test"))
+    assert len(sink.records) == 3 + 8
+    assert events.flush() == 2 and len(sink.records) == 13
+    assert sum(r.count for r in sink.records if r.ts == clock.instant) == 11
 
 
 def test_watch_feeds_service_addresses_only() -> None:

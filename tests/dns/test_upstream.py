@@ -6,11 +6,11 @@ import asyncio
 import socket
 import time
 
+import dns.message
 import dns.name
 import pytest
 from authority import Authority
 
-import dns.message
 from schoolgate.dns.upstream import UpstreamFailure, UpstreamPool, parse_address, question_wire, same_question
 from schoolgate.dns.wire import QFIXED, encode_name
 

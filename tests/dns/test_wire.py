@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import struct
 
+import dns.message
 import dns.rcode
 import pytest
 
-import dns.message
 from schoolgate.dns.wire import (
     BADVERS,
     FORMERR,

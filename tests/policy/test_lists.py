@@ -89,6 +89,45 @@ def test_plain() -> None:
     assert "skipped 2 not a domain name" in stats.summary()
 
 
+# Lines that look almost like a clean list: each must be treated exactly as the line-by-line
+# parser treats it, whether it arrives in a clean chunk or among others.
+TRICKY_PLAIN = [
+    "example.com", "Sub.Example.NET", "*.wild.example", "trailing.dot.", "a..b.example", ".lead.example",
+    "-lead.example", "x.-y.example", "two words", "  spaced.example  ", "\tTab.example", "# comment",
+    "! comment", "inline.example # comment", "", "ok_1.example", "a" * 64 + ".example", "b" * 63 + ".example",
+    ".".join(["c" * 60] * 5), "\u00fcn\u00ef.example", "\u212a.example", "x!y.example", "bad/char.example", "com",
+    "-", "_x.example", "192.0.2.1",
+]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", ""])
+@pytest.mark.parametrize("seed", range(40))
+def test_plain_fast_path_agrees_with_the_line_parser(seed: int, newline: str) -> None:
+    import random
+
+    from schoolgate.policy.lists import _parse_plain_lines
+
+    rng = random.Random(seed)
+    clean = [f"n{i}.example.org" for i in range(rng.randint(0, 40))]
+    lines = [line + newline for line in clean + rng.sample(TRICKY_PLAIN, rng.randint(0, 3))]
+    rng.shuffle(lines)
+    fast, slow = ListStats(), ListStats()
+    assert list(parse_plain(lines, fast)) == list(_parse_plain_lines(lines, slow))
+    assert (fast.accepted, fast.skipped, fast.examples) == (slow.accepted, slow.skipped, slow.examples)
+
+
+def test_plain_line_numbers_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import schoolgate.policy.lists as lists
+
+    monkeypatch.setattr(lists, "_PLAIN_CHUNK", 4)
+    lines = [f"n{i}.example\n" for i in range(10)]
+    lines[6] = "not a name\n"
+    stats = ListStats()
+    names = list(parse_plain(lines, stats))
+    assert len(names) == 9 and stats.accepted == 9
+    assert stats.examples == [(7, "not a name", "not a domain name")]
+
+
 ADBLOCK = """\
 [Adblock Plus 2.0]
 ! Title: test
