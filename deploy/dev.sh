@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The two quick-start commands of the README, on a fresh Debian (or Raspberry Pi OS) machine:
-#   sudo ./deploy/dev.sh start   install what is needed, then run schoolgate in the foreground
+#   sudo ./deploy/dev.sh start   install what is needed, then run the whole appliance in the network
+#                                lab (devices, gateway, a simulated internet) in the foreground;
+#                                it prints what to try, and Ctrl-C tears the lab down
 #   sudo ./deploy/dev.sh test    install what is needed, then run the whole test suite
 # Everything installed comes from Debian's archive and PyPI; nothing else is downloaded.
 set -euo pipefail
@@ -90,7 +92,7 @@ case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   test) shift; cmd_test "$@" ;;
   *)
-    echo "usage: sudo $0 start | test [pytest arguments]" >&2
+    echo "usage: sudo $0 start [schoolgate lab start options] | test [pytest arguments]" >&2
     exit 2
     ;;
 esac

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -114,7 +115,8 @@ class Worker:
         self.writer = make_event_writer(
             self.engine,
             config,
-            status=StatusTarget(site=site, name=status_name(options), extra=self.stats),
+            # Every second, so a supervisor can tell how much a killed worker may have lost.
+            status=StatusTarget(site=site, name=status_name(options), interval=1.0, extra=self.stats),
         )
         self.feeder = WatchedFeeder(_watched_sets(config), config.dns.watched_set_timeout_s)
         self.resolver = build_resolver(
@@ -254,6 +256,11 @@ def run(options: DnsOptions) -> int:
     return Supervisor(options).run()
 
 
+_PR_SET_PDEATHSIG = 1
+# Loaded before any fork: finding a library in the child could start a subprocess.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 class Supervisor:
     """Forks the workers, restarts one that dies, forwards SIGTERM/SIGINT and waits for all."""
 
@@ -268,10 +275,16 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         self.options.worker_index = index
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
+                # A worker must not outlive a killed supervisor: it would go on answering on the
+                # shared port beside the restarted daemon's workers, unsupervised.
+                _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+                if os.getppid() != parent:  # the supervisor died before prctl took effect
+                    os._exit(0)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _configure_logging()

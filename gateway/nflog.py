@@ -25,9 +25,13 @@ NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
+NFULA_CFG_TIMEOUT = 4  # u32, hundredths of a second
+NFULA_CFG_QTHRESH = 5  # u32, packets
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_CFG_CMD_UNBIND = 2
 NFULNL_COPY_PACKET = 2
+FLUSH_TIMEOUT_CS = 10
+QUEUE_THRESHOLD = 32
 NFULA_HWADDR = 8
 NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
@@ -164,6 +168,11 @@ class NflogSocket:
         self._request(_nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND])), tolerate=True)
         self._request(_nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])))
         self._request(_nla(NFULA_CFG_MODE, struct.pack("!IBB", 0xFFFF, NFULNL_COPY_PACKET, 0)))
+        # The kernel's defaults hold up to 100 packets for up to 1 s before sending them: a
+        # watcher that dies loses what the kernel held back. Send within 0.1 s (batching up
+        # to 32 packets under a flood), so a restart loses as little as the event writer does.
+        self._request(_nla(NFULA_CFG_TIMEOUT, struct.pack("!I", FLUSH_TIMEOUT_CS)))
+        self._request(_nla(NFULA_CFG_QTHRESH, struct.pack("!I", QUEUE_THRESHOLD)))
 
     def _request(self, attributes: bytes, *, tolerate: bool = False) -> None:
         self._seq += 1

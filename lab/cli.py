@@ -1,4 +1,4 @@
-"""`schoolgate lab up|down|status|clock`: the network lab (needs root)."""
+"""`schoolgate lab start|up|down|status|clock|browse|request`: the network lab (needs root)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     lab = sub.add_parser("lab", help="the network lab: a school LAN, gateway and internet in namespaces")
+    lab.description = "start|up|down|status|clock|browse|request"
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,31 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     common(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+    start = lab_sub.add_parser(
+        "start", help="build the lab, run the whole appliance in it and wait (Ctrl-C tears it down)"
+    )
+    common(start)
+    start.add_argument("--policy", help="the policy file (default: deploy/policy.example.toml)")
+    start.add_argument("--clock", help="the daemons' initial time, ISO 8601 with offset")
+    start.add_argument("--console-port", type=int, default=8443,
+                       help="the host's loopback port that leads to the console (default 8443; 0: any free port)")
+    start.set_defaults(func=_start)
+
+    browse = lab_sub.add_parser("browse", help="load a URL on a lab device and print what it sees")
+    common(browse)
+    browse.add_argument("device", help="pupil, pupilca, staff, guest or sup")
+    browse.add_argument("url")
+    browse.set_defaults(func=_browse)
+
+    request = lab_sub.add_parser("request", help="send the block page's access request form from a lab device")
+    common(request)
+    request.add_argument("device", help="pupil, pupilca, staff, guest or sup")
+    request.add_argument("url", help="the blocked URL")
+    request.add_argument("--reason", required=True, help="why access is needed")
+    request.add_argument("--name", default="Lab pupil", help="who asks (default: Lab pupil)")
+    request.add_argument("--staff", default="", help="the member of staff supporting the request")
+    request.set_defaults(func=_request)
 
     clock = lab_sub.add_parser("clock", help="set the daemons' clock, e.g. 2026-11-23T12:30:00+00:00")
     common(clock)
@@ -67,6 +93,65 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start(args: argparse.Namespace) -> int:
+    import logging
+
+    from schoolgate.lab.lab import DEFAULT_CLOCK, DEFAULT_POLICY
+    from schoolgate.lab.start import run_foreground
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    return run_foreground(
+        args.prefix,
+        Path(args.state_root),
+        args.console_port,
+        Path(args.policy) if args.policy else DEFAULT_POLICY,
+        args.clock or DEFAULT_CLOCK,
+    )
+
+
+def _browse(args: argparse.Namespace) -> int:
+    from schoolgate.lab.device import browse
+
+    lab = _lab(args)
+    if not _device_ok(lab, args.device):
+        return 2
+    seen = browse(lab, args.device, args.url)
+    print(seen.render())
+    return 0 if seen.status else 1
+
+
+def _request(args: argparse.Namespace) -> int:
+    from schoolgate.lab.device import request_access
+
+    lab = _lab(args)
+    if not _device_ok(lab, args.device):
+        return 2
+    try:
+        sent = request_access(lab, args.device, args.url, reasons=args.reason, requester=args.name,
+                              staff_name=args.staff)
+    except OSError as err:
+        print(f"schoolgate lab: the console did not answer: {err}", file=sys.stderr)
+        return 1
+    if sent.reference is None:
+        print(f"schoolgate lab: the request was not accepted (HTTP {sent.status}):\n{sent.text}", file=sys.stderr)
+        return 1
+    print(f"request sent: reference {sent.reference}, status code {sent.token}")
+    return 0
+
+
+def _device_ok(lab: Any, key: str) -> bool:
+    from schoolgate.lab import netns
+    from schoolgate.lab.topology import DEVICES
+
+    if key not in {d.key for d in DEVICES}:
+        print(f"schoolgate lab: no device {key!r} (have: {', '.join(d.key for d in DEVICES)})", file=sys.stderr)
+        return False
+    if not netns.exists(lab.device_namespace(key)):
+        print(f"schoolgate lab: lab {lab.names.prefix!r} is not up (sudo ./deploy/dev.sh start)", file=sys.stderr)
+        return False
+    return True
+
+
 def _down(args: argparse.Namespace) -> int:
     for line in _lab(args).down():
         print(line)
@@ -83,6 +168,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  namespace {name:12} {'present' if present else 'absent'}")
     for name, info in status["processes"].items():
         print(f"  {name:9} pid {info['pid']:>7} {'running' if info['alive'] else 'stopped'}")
+    for name, info in status.get("daemons", {}).items():
+        state = f"pid {info['pid']:>7} running" if info["alive"] else "restarting"
+        print(f"    {name:9} {state}, restarts {info['restarts']}, unclean exits {info['unclean_exits']}, "
+              f"events maybe lost {info['events_maybe_lost']}")
     up = all(status["namespaces"].values()) and all(p["alive"] for p in status["processes"].values())
     return 0 if up else 1
 

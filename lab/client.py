@@ -96,7 +96,10 @@ class LabClient:
         return {i["counter"]["name"]: i["counter"]["packets"] for i in items if "counter" in i}
 
     def log(self, name: str) -> str:
-        return self.lab.log_path(name).read_text(errors="replace")
+        """A process's log; the appliance daemons share the log of their supervisor."""
+        from schoolgate.lab.lab import DAEMONS, SUPERVISOR
+
+        return self.lab.log_path(SUPERVISOR if name in DAEMONS else name).read_text(errors="replace")
 
     def chromium(self, device: str, url: str, *, trust: tuple[str, ...] = (), profile: str | None = None,
                  timeout: float = 60) -> subprocess.CompletedProcess[str]:

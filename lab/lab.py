@@ -3,7 +3,8 @@
     <prefix>-pupil, -pupilca, -staff, -guest, -sup   devices, each on a veth into the gateway's
                                                       LAN bridge (10.41.0.0/16)
     <prefix>-gw    the gateway: br-lan 10.41.0.1, wan0 203.0.113.1; runs the real appliance
-                   daemons (schoolgate dns, proxy, net watch) and the real `schoolgate net apply`
+                   daemons (dns, proxy, console, scheduler, net watch) under `schoolgate run`,
+                   which restarts any that dies, and the real `schoolgate net apply`
     <prefix>-net   the internet: authoritative DNS 203.0.113.53 and the websites (lab.internet)
 
 State (PIDs with their start times, paths) lives in a state directory, so `down` and
@@ -19,8 +20,10 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +71,11 @@ SITE_ID = "kingswood"  # the example policy's school
 SITE_NAME = "Kingswood Primary School"
 # Meta's published ranges, as a school would list them in network.watched_prefixes.
 META_PREFIXES = ("203.0.113.10/32", "203.0.113.11/32")
-DAEMONS = ("dns", "proxy", "watch")
+DAEMONS = ("dns", "proxy", "console", "scheduler", "watch")
+SUPERVISOR = "appliance"  # `schoolgate run` in the gateway: the daemons are its children
+SUPERVISOR_GRACE_S = 12.0
+START_FAILURES = 3  # a daemon that dies this often while the lab starts will not come up
+CONSOLE_PORT = 8443
 
 
 @dataclass
@@ -109,12 +116,14 @@ class Lab:
         policy: Path = DEFAULT_POLICY,
         daemons: bool = True,
         python: str = sys.executable,
+        dns_workers: int = 1,
     ) -> None:
         self.names = LabNames(prefix)
         self.state_dir = state_root / prefix
         self.policy = policy
         self.with_daemons = daemons
         self.python = python
+        self.dns_workers = dns_workers
         self.state = LabState.load(self.state_dir) or LabState(prefix, str(self.state_dir))
 
     # ------------------------------------------------------------------ paths
@@ -244,6 +253,7 @@ name = "{SITE_NAME}"
 url = {json.dumps(self.database_url)}
 
 [dns]
+workers = {self.dns_workers}
 listen = ["{GATEWAY_LAN_IP}:{DNS_PORT}"]
 upstreams = ["{UPSTREAM_DNS}"]
 names = ["schoolgate.lan"]
@@ -265,7 +275,12 @@ doh_addresses = ["{RESOLVER_IP}", "{DOH_IP}"]
 nflog_group = {NFLOG_GROUP}
 
 [console]
-base_url = "http://{GATEWAY_LAN_IP}:8443"
+listen = "{GATEWAY_LAN_IP}:{CONSOLE_PORT}"
+base_url = "http://{GATEWAY_LAN_IP}:{CONSOLE_PORT}"
+plain_http = true  # the lab only: an appliance serves the console over TLS
+
+[mail]
+host = ""  # no mail relay in the lab: the scheduler logs the digest instead
 """
         self.config_path.write_text(text)
         self.state.config = str(self.config_path)
@@ -278,32 +293,65 @@ base_url = "http://{GATEWAY_LAN_IP}:8443"
         self._run_schoolgate(["ca", "init", "--config", str(self.config_path)], namespace=None)
         self.state.school_ca = str(self.school_ca)
 
-    def _daemon_argv(self, name: str) -> list[str]:
-        config = str(self.config_path)
-        if name == "watch":
-            return [self.python, "-P", "-m", "schoolgate", "net", "watch", "--config", config]
-        return [self.python, "-P", "-m", "schoolgate", name, "--config", config]
+    @property
+    def supervisor_state_path(self) -> Path:
+        return self.state_dir / "run.json"
+
+    def _supervisor_argv(self) -> list[str]:
+        # The same supervisor a developer runs (`schoolgate run`): it restarts a daemon that
+        # dies within 2 s and records what a crash may have lost. One mechanism, not two.
+        return [self.python, "-P", "-m", "schoolgate", "run", "--config", str(self.config_path),
+                "--state-file", str(self.supervisor_state_path), "--grace", str(SUPERVISOR_GRACE_S)]
 
     def _start_daemons(self) -> None:
         env = {"SCHOOLGATE_CLOCK_FILE": str(self.clock_path), "PYTHONUNBUFFERED": "1"}
-        for name in DAEMONS:
-            self._spawn(name, self.names.gateway, self._daemon_argv(name), env=env)
+        self._spawn(SUPERVISOR, self.names.gateway, self._supervisor_argv(), env=env)
         gw = self.names.gateway
-        netns.wait_for(
-            lambda: self._died("dns") or _tcp_open(gw, GATEWAY_LAN_IP, DNS_PORT),
-            timeout=60, what="schoolgate dns to listen",
+        checks = (
+            ("dns", lambda: _tcp_open(gw, GATEWAY_LAN_IP, DNS_PORT), "schoolgate dns to listen"),
+            ("proxy", lambda: _tcp_open(gw, GATEWAY_LAN_IP, PROXY_PORT), "schoolgate proxy to listen"),
+            ("console", lambda: _tcp_open(gw, GATEWAY_LAN_IP, CONSOLE_PORT), "schoolgate console to listen"),
+            ("watch", lambda: nflog_bound(gw, NFLOG_GROUP), "schoolgate net watch to bind its NFLOG group"),
+            ("scheduler", lambda: self.daemon_pid("scheduler") is not None, "schoolgate scheduler to start"),
         )
-        self._check_alive("dns")
-        netns.wait_for(
-            lambda: self._died("proxy") or _tcp_open(gw, GATEWAY_LAN_IP, PROXY_PORT),
-            timeout=60, what="schoolgate proxy to listen",
-        )
-        self._check_alive("proxy")
-        netns.wait_for(
-            lambda: self._died("watch") or _nflog_bound(gw, NFLOG_GROUP),
-            timeout=30, what="schoolgate net watch to bind its NFLOG group",
-        )
-        self._check_alive("watch")
+        for name, ready, what in checks:
+            netns.wait_for(partial(_ready_or_failed, ready, self._start_failure), timeout=60, what=what)
+            failure = self._start_failure()
+            if failure:
+                tail = _tail(self.log_path(SUPERVISOR))
+                raise LabError(f"{failure}; last lines of its log:\n{tail}")
+            log.info("%s is up", name)
+
+    def _start_failure(self) -> str | None:
+        if self._died(SUPERVISOR):
+            return "schoolgate run exited during start-up"
+        for name, info in self.supervisor_state()["children"].items():
+            if info.get("unclean_exits", 0) >= START_FAILURES:
+                return f"schoolgate {name} exited {info['unclean_exits']} times during start-up"
+        return None
+
+    def supervisor_state(self) -> dict[str, Any]:
+        """What `schoolgate run` says about its daemons: PIDs, restarts, unclean exits."""
+        try:
+            state: dict[str, Any] = json.loads(self.supervisor_state_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {"supervisor": None, "children": {}}
+        return state
+
+    def daemon_pid(self, name: str) -> int | None:
+        """The PID of one appliance daemon (dns, proxy, console, scheduler, watch), if running."""
+        info = self.supervisor_state()["children"].get(name)
+        if not info or not info.get("pid"):
+            return None
+        pid = int(info["pid"])
+        return pid if netns.process_alive(pid, info.get("start")) else None
+
+    def stop_daemons(self) -> None:
+        """Stop the appliance daemons (the supervisor stops each, letting it flush)."""
+        info = self.state.processes.pop(SUPERVISOR, None)
+        if info is not None:
+            netns.stop_process(int(info["pid"]), info.get("start"), grace=SUPERVISOR_GRACE_S + 5)
+            self.state.save()
 
     # ------------------------------------------------------------------ processes
 
@@ -337,12 +385,26 @@ base_url = "http://{GATEWAY_LAN_IP}:8443"
             raise LabError(f"schoolgate {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
         return done.stdout
 
-    def restart(self, name: str) -> None:
-        """Restart one appliance daemon (e.g. after changing the config)."""
-        info = self.state.processes[name]
-        netns.stop_process(info["pid"], info["start"])
-        env = {"SCHOOLGATE_CLOCK_FILE": str(self.clock_path), "PYTHONUNBUFFERED": "1"}
-        self._spawn(name, info["namespace"], info["argv"], env=env if name in DAEMONS else None)
+    def restart(self, name: str, timeout: float = 30.0) -> int:
+        """Restart one appliance daemon (e.g. after changing the config); returns its new PID.
+
+        The daemon is asked to stop (SIGTERM: it flushes) and the supervisor starts it again.
+        """
+        old = self.daemon_pid(name)
+        if old is None:
+            raise LabError(f"{name} is not running")
+        netns.stop_process(old, netns.process_start_time(old), grace=SUPERVISOR_GRACE_S)
+        found: list[int] = []
+
+        def restarted() -> bool:
+            pid = self.daemon_pid(name)
+            if pid is not None and pid != old:
+                found.append(pid)
+                return True
+            return False
+
+        netns.wait_for(restarted, timeout=timeout, what=f"{name} to be restarted")
+        return found[0]
 
     # ------------------------------------------------------------------ down / status / clock
 
@@ -350,7 +412,8 @@ base_url = "http://{GATEWAY_LAN_IP}:8443"
         """Stop our processes (by PID, checked against their start time), delete namespaces."""
         done: list[str] = []
         for name, info in reversed(list(self.state.processes.items())):
-            netns.stop_process(int(info["pid"]), info.get("start"))
+            grace = SUPERVISOR_GRACE_S + 5 if name == SUPERVISOR else 8.0
+            netns.stop_process(int(info["pid"]), info.get("start"), grace=grace)
             done.append(f"stopped {name} (pid {info['pid']})")
         self.state.processes = {}
         names = list(dict.fromkeys([*self.state.namespaces, *self.names.all()]))
@@ -370,11 +433,23 @@ base_url = "http://{GATEWAY_LAN_IP}:8443"
             for name, info in self.state.processes.items()
         }
         clock = self.clock_path.read_text().strip() if self.clock_path.exists() else None
+        supervised = self.supervisor_state()["children"] if processes.get(SUPERVISOR, {}).get("alive") else {}
+        daemons = {
+            name: {
+                "pid": info.get("pid"),
+                "alive": bool(info.get("pid")) and netns.process_alive(int(info["pid"]), info.get("start")),
+                "restarts": info.get("restarts", 0),
+                "unclean_exits": info.get("unclean_exits", 0),
+                "events_maybe_lost": info.get("events_maybe_lost", 0),
+            }
+            for name, info in supervised.items()
+        }
         return {
             "prefix": self.names.prefix,
             "state_dir": str(self.state_dir),
             "namespaces": namespaces,
             "processes": processes,
+            "daemons": daemons,
             "clock": clock,
             "config": self.state.config,
         }
@@ -395,6 +470,10 @@ base_url = "http://{GATEWAY_LAN_IP}:8443"
         return self.names.device(key)
 
 
+def _ready_or_failed(ready: Callable[[], bool], failure: Callable[[], str | None]) -> bool:
+    return failure() is not None or ready()
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -413,7 +492,7 @@ def _tcp_open(namespace: str, host: str, port: int) -> bool:
     return netns.call_in(namespace, attempt)
 
 
-def _nflog_bound(namespace: str, group: int) -> bool:
+def nflog_bound(namespace: str, group: int) -> bool:
     done = netns.exec_in(namespace, ["cat", "/proc/net/netfilter/nfnetlink_log"], check=False)
     return any(line.split()[:1] == [str(group)] for line in done.stdout.splitlines())
 

@@ -1,55 +1,274 @@
 """`schoolgate run`: every daemon in one foreground process group, for development and demos.
 
 On an appliance systemd runs each daemon as its own hardened service. Here the daemons are
-children of one supervisor: each is restarted if it dies, and Ctrl-C (or SIGTERM) stops them
-all, letting each flush its events first.
+children of one supervisor:
+
+- a daemon that dies is started again at once, and within 2 s even when it keeps dying
+  (the back-off of a crash loop is capped there);
+- when a daemon ends without flushing (killed, or a crash), what it may have lost is worked
+  out from the counters its event writer last reported in ``daemon_status`` and written
+  where a technician sees it: this supervisor's own ``daemon_status`` row (name ``run``)
+  and its log ("previous run ended without flushing; up to N events may be lost");
+- Ctrl-C or SIGTERM stops them all, each flushing its events first. The children also get
+  SIGTERM if the supervisor itself is killed (PR_SET_PDEATHSIG), so none is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-# The daemons in start order; each is a `schoolgate` subcommand taking --config.
-DAEMONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("dns", ()),
-    ("proxy", ()),
-    ("console", ()),
-    ("scheduler", ()),
-)
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+# The daemons in start order: name -> the `schoolgate` subcommand that runs it.
+DAEMONS: dict[str, tuple[str, ...]] = {
+    "dns": ("dns",),
+    "proxy": ("proxy",),
+    "console": ("console",),
+    "scheduler": ("scheduler",),
+    "watch": ("net", "watch"),
+}
+# The daemon_status rows each daemon's event writer keeps ("dns.1", "dns.2"... with workers).
+STATUS_NAMES: dict[str, str] = {"dns": "dns", "proxy": "proxy", "watch": "gateway", "scheduler": "scheduler"}
+SUPERVISOR_STATUS_NAME = "run"
+# Delay before a restart, by the number of quick deaths in a row. A daemon that ran for a
+# while is restarted at once; one that keeps dying at start-up is retried more slowly, but
+# never later than 2 s after it died.
+RESTART_DELAYS_S = (0.0, 0.25, 0.5, 1.0, 2.0)
+STABLE_AFTER_S = 10.0  # a run this long resets the crash-loop back-off
+POLL_S = 0.05
+SAMPLE_S = 1.0  # how often the children's status rows are read for their event rates
+# EventWriter's flush interval: a killed writer loses what it took since its last flush.
+FLUSH_INTERVAL_S = 0.2
+# Held back before the writer sees it: the kernel batches NFLOG messages for up to 0.1 s.
+# (What the kernel logs while no watcher listens, between a death and the restart, is lost
+# too; that gap is the restart time, reported in the log line.)
+EXTRA_HOLD_S = {"gateway": 0.1}
+DEFAULT_GRACE_S = 12.0
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+
+@dataclass
+class ExitReport:
+    """How a daemon ended, and what it may have lost."""
+
+    status: int
+    clean: bool
+    maybe_lost: int | None  # None: the daemon keeps no event counters (or never reported)
+    detail: str
+
+
+class ForkedProcess:
+    """A daemon forked from the supervisor (see `Preloaded`), with the Popen calls we use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -signal.SIGKILL  # reaped elsewhere: it is gone, how is unknown
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(["schoolgate", str(self.pid)], timeout or 0.0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Preloaded:
+    """Starts daemons by forking the supervisor after it has imported what they use.
+
+    A Python daemon spends most of its start-up importing (mitmproxy, Flask, SQLAlchemy,
+    APScheduler...). Imported once here, a restarted daemon is a fork away from running its
+    own start-up: that is what keeps a restart within 2 s on a small, busy box.
+    The supervisor keeps no threads, so forking it is safe.
+    """
+
+    PACKAGES = ("policy", "store", "identity", "services", "dns", "proxy", "gateway", "scheduler", "console")
+    THIRD_PARTY = (
+        "mitmproxy.master", "mitmproxy.options", "mitmproxy.addons.proxyserver", "mitmproxy.addons.tlsconfig",
+        "mitmproxy.addons.next_layer", "mitmproxy.addons.block", "mitmproxy.addons.core",
+        "gunicorn.app.base", "gunicorn.arbiter", "gunicorn.workers.gthread",
+        "apscheduler.schedulers.background", "apscheduler.triggers.cron", "apscheduler.triggers.interval",
+    )
+
+    def __init__(self, before_fork_child: Callable[[], None] | None = None) -> None:
+        self.before_child = before_fork_child
+        self.failed: list[str] = []
+
+    def load(self) -> None:
+        import importlib
+        import pkgutil
+
+        names: list[str] = []
+        for area in self.PACKAGES:
+            package = f"schoolgate.{area}"
+            try:
+                module = importlib.import_module(package)
+            except Exception:  # an area missing from this build: its daemon imports it itself
+                self.failed.append(package)
+                continue
+            names.extend(
+                info.name
+                for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=package + ".")
+                # Alembic's migration scripts act when imported; a __main__ runs a command.
+                if "migrations" not in info.name and not info.name.endswith("__main__")
+            )
+        for name in (*names, *self.THIRD_PARTY):
+            try:
+                importlib.import_module(name)
+            except Exception:  # optional parts (a benchmark helper, a missing extra)
+                self.failed.append(name)
+
+    def spawn(self, name: str, args: list[str]) -> ForkedProcess:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            _run_forked(name, args, parent, self.before_child)
+        return ForkedProcess(pid)
+
+
+def _run_forked(name: str, args: list[str], parent: int, before: Callable[[], None] | None) -> None:
+    code = 1
+    try:
+        _die_with_parent()
+        if os.getppid() != parent:  # the supervisor died before the line above
+            os._exit(1)
+        # `ps -o comm` and top show which daemon this is (its command line is the supervisor's).
+        _LIBC.prctl(PR_SET_NAME, f"sg-{name}".encode()[:15], 0, 0, 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if before is not None:
+            before()
+        from schoolgate.cli import main
+
+        sys.argv = ["schoolgate", *args]
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # the daemon crashed: say why, and let the supervisor restart it
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 @dataclass
 class Child:
     name: str
     argv: list[str]
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
+    preloaded: Preloaded | None = None
+    started_mono: float = 0.0
+    started_wall: datetime | None = None
+    quick_deaths: int = 0
     restarts: int = 0
-    next_start: float = 0.0
-    history: list[float] = field(default_factory=list)
+    unclean_exits: int = 0
+    events_maybe_lost: int = 0
+    next_start: float | None = None
+    died_mono: float | None = None
+    last_exit: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
-        self.history.append(time.monotonic())
+        if self.preloaded is not None:
+            self.process = self.preloaded.spawn(self.name, self.argv[self.argv.index("schoolgate") + 1:])
+        else:
+            # The supervisor runs no threads, so preexec_fn is safe here.
+            self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.started_mono = time.monotonic()
+        self.started_wall = datetime.now(UTC)
+        self.next_start = None
+
+    def describe(self) -> dict[str, Any]:
+        running = self.process is not None and self.process.poll() is None
+        pid = self.pid if running else None
+        return {
+            "pid": pid,
+            "start": _process_start_time(pid) if pid else None,
+            "restarts": self.restarts,
+            "unclean_exits": self.unclean_exits,
+            "events_maybe_lost": self.events_maybe_lost,
+            "last_exit": self.last_exit,
+        }
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("run", help="run every daemon in the foreground (development, demo)")
+    parser = sub.add_parser(
+        "run",
+        help="run every daemon in the foreground (development, demo)",
+        description="Runs dns, proxy, console, scheduler and net watch as children, restarts any "
+        "that dies within 2 s, and stops them all (each flushing its events) on Ctrl-C or SIGTERM.",
+    )
     parser.add_argument("--config", required=True, help="appliance configuration (schoolgate.toml)")
     parser.add_argument(
-        "--only", action="append", default=[], metavar="DAEMON", help="run only these daemons (repeatable)"
+        "--only", action="append", default=[], metavar="DAEMON", choices=sorted(DAEMONS),
+        help="run only these daemons (repeatable): " + ", ".join(DAEMONS),
     )
     parser.add_argument(
         "--first-run", action="store_true", help="prepare the database and the first admin account if missing"
     )
+    parser.add_argument(
+        "--state-file", help="keep the children's PIDs and restart counts in this JSON file (the lab reads it)"
+    )
+    parser.add_argument(
+        "--grace", type=float, default=DEFAULT_GRACE_S,
+        help=f"seconds each daemon gets to flush and stop before it is killed (default {DEFAULT_GRACE_S:g})",
+    )
+    parser.add_argument(
+        "--no-preload", action="store_true",
+        help="start each daemon as a new Python process instead of forking a preloaded supervisor (slower restarts)",
+    )
     parser.set_defaults(func=_run)
+
+
+def _schoolgate(*args: str) -> list[str]:
+    # -P: never put the working directory on sys.path, where our dns/ folder would hide dnspython.
+    return [sys.executable, "-P", "-m", "schoolgate", *args]
+
+
+def child_argv(name: str, config: str) -> list[str]:
+    return _schoolgate(*DAEMONS[name], "--config", config)
 
 
 def _available_commands() -> set[str]:
@@ -62,93 +281,349 @@ def _available_commands() -> set[str]:
     return set()
 
 
-def _schoolgate(*args: str) -> list[str]:
-    # -P: never put the working directory on sys.path, where our dns/ folder would hide dnspython.
-    return [sys.executable, "-P", "-m", "schoolgate", *args]
-
-
-def _child_argv(name: str, config: str, extra: tuple[str, ...]) -> list[str]:
-    return _schoolgate(name, "--config", config, *extra)
-
-
 def _first_run(config: str, commands: set[str]) -> None:
     if "db" in commands:
         subprocess.run(_schoolgate("db", "upgrade", "--config", config), check=True)
     if "users" in commands:
         listed = subprocess.run(
-            _schoolgate("users", "list", "--config", config),
-            capture_output=True,
-            text=True,
-            check=False,
+            _schoolgate("users", "list", "--config", config), capture_output=True, text=True, check=False
         )
-        if listed.returncode == 0 and "admin" not in listed.stdout.split():
-            subprocess.run(
-                _schoolgate("users", "add", "admin", "--role", "admin", "--config", config),
-                check=True,
-            )
+        if listed.returncode == 0 and not listed.stdout.strip():
+            # Prints the one-time password the first sign-in asks to change.
+            subprocess.run(_schoolgate("users", "add", "admin", "--role", "admin", "--config", config), check=True)
+
+
+# Loaded here, not in the forked child: finding a library may start a subprocess.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM (and flush) if the supervisor is killed."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _process_start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _exit_text(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def restart_delay(quick_deaths: int) -> float:
+    return RESTART_DELAYS_S[min(quick_deaths, len(RESTART_DELAYS_S) - 1)]
+
+
+@dataclass
+class RateTracker:
+    """The fastest recent rate at which each status row's writer took events (per second).
+
+    Sampled from ``daemon_status`` while the daemons run, because a dead process cannot be
+    asked how much it had taken since its last heartbeat.
+    """
+
+    window_s: float = 120.0
+    _last: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    _rates: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
+
+    def observe(self, name: str, heartbeat: datetime, submitted: int) -> None:
+        last = self._last.get(name)
+        self._last[name] = (heartbeat, submitted)
+        if last is None or heartbeat <= last[0] or submitted < last[1]:
+            return  # the first sight of the row, the same heartbeat again, or a new process
+        rate = (submitted - last[1]) / (heartbeat - last[0]).total_seconds()
+        rates = self._rates.setdefault(name, [])
+        rates.append((heartbeat, rate))
+        while rates and (heartbeat - rates[0][0]).total_seconds() > self.window_s:
+            rates.pop(0)
+
+    def peak(self, name: str) -> float:
+        return max((rate for _, rate in self._rates.get(name, [])), default=0.0)
+
+
+def estimate_loss(rows: list[dict[str, Any]], rates: RateTracker,
+                  flush_interval: float = FLUSH_INTERVAL_S) -> tuple[int | None, str]:
+    """Events a daemon that ended without flushing may have lost, from its status rows.
+
+    A row's ``events`` counters are its EventWriter's at the last heartbeat: what had been
+    submitted but was neither written, spooled nor dropped was waiting in memory (a backlog
+    held while the database was busy). On top of that, what it took since its last flush is
+    lost: at most one flush interval at the fastest rate seen lately. An upper estimate, not
+    an exact count.
+    """
+    rows = [row for row in rows if "events" in row["stats"]]
+    if not rows:
+        return None, "it keeps no event counters, or had not reported them yet"
+    total = 0
+    parts: list[str] = []
+    for row in rows:
+        counters = row["stats"]["events"]
+        submitted = int(counters.get("submitted", 0))
+        settled = sum(int(counters.get(key, 0)) for key in ("written", "dropped", "spooled"))
+        waiting = max(0, submitted - settled)
+        peak = rates.peak(row["name"])
+        window = flush_interval + EXTRA_HOLD_S.get(row["name"], 0.0)
+        unflushed = math.ceil(peak * window)
+        total += waiting + unflushed
+        parts.append(
+            f"{row['name']}: {waiting} waiting at its last heartbeat, up to {unflushed} taken since its "
+            f"last flush (at most {window:g} s at {peak:.1f}/s)"
+        )
+    return total, "; ".join(parts)
+
+
+class StatusBoard:
+    """Reads the children's ``daemon_status`` rows and writes the supervisor's own row."""
+
+    def __init__(self, config_path: str) -> None:
+        from schoolgate.config import load_config
+        from schoolgate.store.db import make_engine, session_factory
+
+        self.config = load_config(config_path)
+        self.engine = make_engine(self.config.database_url)
+        self.sessions = session_factory(self.engine)
+        self.started_at = datetime.now(UTC)
+        self.rates = RateTracker()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        from schoolgate.store.events import read_status
+
+        with self.sessions() as session:
+            rows = read_status(session, self.config.site.id)
+        for name, row in rows.items():
+            counters = row["stats"].get("events")
+            if isinstance(counters, dict):
+                self.rates.observe(name, row["heartbeat_at"], int(counters.get("submitted", 0)))
+        return rows
+
+    def sample(self) -> None:
+        self._read()
+
+    def rows_of(self, child: Child) -> list[dict[str, Any]]:
+        status_name = STATUS_NAMES.get(child.name)
+        if status_name is None or child.started_wall is None:
+            return []
+        rows = self._read()
+        found = []
+        for name, row in rows.items():
+            if name != status_name and not name.startswith(status_name + "."):
+                continue
+            # Only this run's rows: the ones from before it started belong to an earlier run.
+            if row["heartbeat_at"] < child.started_wall:
+                continue
+            found.append({"name": name, **row})
+        return found
+
+    def publish(self, children: list[Child]) -> None:
+        from schoolgate.store.events import write_status
+
+        stats = {"children": {c.name: c.describe() for c in children}}
+        with self.sessions() as session, session.begin():
+            write_status(session, self.config.site.id, SUPERVISOR_STATUS_NAME, os.getpid(), self.started_at, stats)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class Supervisor:
+    """Starts the children, restarts the ones that die, stops them all when asked."""
+
+    def __init__(
+        self,
+        children: list[Child],
+        *,
+        board: StatusBoard | None,
+        state_file: Path | None,
+        grace: float,
+        say: Callable[[str], None],
+    ) -> None:
+        self.children = children
+        self.board = board
+        self.state_file = state_file
+        self.grace = grace
+        self.say = say
+        self.stop_signal: int | None = None
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        self.stop_signal = signum
+
+    def run(self) -> None:
+        for child in self.children:
+            self.say(f"starting {child.name}")
+            child.start()
+        self._changed()
+        next_sample = time.monotonic() + SAMPLE_S
+        try:
+            while self.stop_signal is None:
+                time.sleep(POLL_S)
+                self._tend()
+                if self.board is not None and time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + SAMPLE_S
+                    try:
+                        self.board.sample()
+                    except Exception as err:  # a busy database must not stop the supervision
+                        self.say(f"could not read the daemons' status: {err}")
+        finally:
+            self.stop_all()
+
+    def _tend(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is None:
+                if child.next_start is not None and now >= child.next_start:
+                    child.start()
+                    child.restarts += 1
+                    took = now - (child.died_mono or now)
+                    self.say(f"restarted {child.name} (pid {child.pid}) {took:.2f} s after it ended")
+                    self._changed()
+                continue
+            status = child.process.poll()
+            if status is None:
+                continue
+            self._ended(child, status, now)
+
+    def _ended(self, child: Child, status: int, now: float) -> None:
+        ran = now - child.started_mono
+        child.quick_deaths = 0 if ran >= STABLE_AFTER_S else child.quick_deaths + 1
+        delay = restart_delay(child.quick_deaths if ran < STABLE_AFTER_S else 0)
+        report = self._report(child, status)
+        child.process = None
+        child.died_mono = now
+        child.next_start = now + delay
+        child.last_exit = f"{datetime.now(UTC).isoformat(timespec='seconds')}: {report.detail}"
+        message = f"{child.name} {_exit_text(status)} after {ran:.1f} s; restarting in {delay:g} s"
+        if not report.clean:
+            child.unclean_exits += 1
+            if report.maybe_lost is not None:
+                child.events_maybe_lost += report.maybe_lost
+                message += (
+                    f". Previous run ended without flushing; up to {report.maybe_lost} events may be lost "
+                    f"({report.detail})"
+                )
+            else:
+                message += f". Previous run ended without flushing ({report.detail})"
+        self.say(message)
+        self._changed()
+
+    def _report(self, child: Child, status: int) -> ExitReport:
+        # A daemon that stops on its own with status 0 has flushed (its writer's stop() ran).
+        if status == 0:
+            return ExitReport(status, True, 0, "stopped cleanly")
+        if self.board is None:
+            return ExitReport(status, False, None, _exit_text(status))
+        try:
+            rows = self.board.rows_of(child)
+        except Exception as err:  # the database may be what broke; keep supervising
+            return ExitReport(status, False, None, f"{_exit_text(status)}; its counters are unreadable: {err}")
+        maybe_lost, detail = estimate_loss(rows, self.board.rates)
+        return ExitReport(status, False, maybe_lost, f"{_exit_text(status)}; {detail}")
+
+    def _changed(self) -> None:
+        if self.state_file is not None:
+            state = {
+                "supervisor": {"pid": os.getpid(), "start": _process_start_time(os.getpid())},
+                "children": {c.name: c.describe() for c in self.children},
+            }
+            tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+            tmp.write_text(json.dumps(state, indent=2))
+            os.replace(tmp, self.state_file)
+        if self.board is not None:
+            try:
+                self.board.publish(self.children)
+            except Exception as err:  # a busy database must not stop the supervision
+                self.say(f"could not record the daemons' status: {err}")
+
+    def stop_all(self) -> None:
+        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        # A Ctrl-C in a terminal already reached every child (one foreground process group):
+        # a second signal could cut a daemon's flush short, so only the others get SIGTERM.
+        delivered_by_terminal = self.stop_signal == signal.SIGINT and _in_foreground()
+        if not delivered_by_terminal:
+            for child in running:
+                assert child.process is not None
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        for child in running:
+            assert child.process is not None
+            try:
+                status = child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"{child.name} did not stop within {self.grace:g} s; killing it")
+                child.process.kill()
+                status = child.process.wait()
+            self.say(f"{child.name} {_exit_text(status)}")
+        for child in self.children:
+            child.process = None
+        if self.state_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
+
+
+def _in_foreground() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:
+        return False
 
 
 def _run(args: argparse.Namespace) -> int:
     config = str(Path(args.config).resolve())
     commands = _available_commands()
-    wanted = [d for d in DAEMONS if (not args.only or d[0] in args.only)]
-    missing = [name for name, _ in wanted if name not in commands]
-    present = [(name, extra) for name, extra in wanted if name in commands]
-    for name in missing:
-        print(f"schoolgate run: the {name} daemon is not part of this build; not started", file=sys.stderr)
+    wanted = [name for name in DAEMONS if not args.only or name in args.only]
+    if not args.only and os.geteuid() != 0:
+        # Reading the kernel's NFLOG group needs CAP_NET_ADMIN: without it net watch would
+        # only die and be restarted, over and over.
+        print("schoolgate run: not root, so net watch is not started (ask for it with --only watch)",
+              file=sys.stderr)
+        wanted.remove("watch")
+    present = [name for name in wanted if DAEMONS[name][0] in commands]
+    for name in wanted:
+        if name not in present:
+            print(f"schoolgate run: the {name} daemon is not part of this build; not started", file=sys.stderr)
     if not present:
         print("schoolgate run: nothing to run", file=sys.stderr)
         return 1
     if args.first_run:
         _first_run(config, commands)
 
-    children = [Child(name, _child_argv(name, config, extra)) for name, extra in present]
-    stopping = False
+    def say(message: str) -> None:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+        print(f"{stamp} schoolgate run: {message}", file=sys.stderr, flush=True)
 
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for child in children:
-        print(f"schoolgate run: starting {child.name}", file=sys.stderr)
-        child.start()
+    board: StatusBoard | None = None
     try:
-        while not stopping:
-            time.sleep(0.2)
-            for child in children:
-                if child.process is None:
-                    if time.monotonic() >= child.next_start:
-                        child.start()
-                    continue
-                code = child.process.poll()
-                if code is None:
-                    continue
-                delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
-                print(
-                    f"schoolgate run: {child.name} exited with status {code}; restarting in {delay:g} s",
-                    file=sys.stderr,
-                )
-                child.restarts += 1
-                child.process = None
-                child.next_start = time.monotonic() + delay
+        board = StatusBoard(config)
+    except Exception as err:  # supervise anyway; the daemons will say what is wrong
+        say(f"daemon status is not recorded: {err}")
+    preloaded: Preloaded | None = None
+    if not args.no_preload:
+        started = time.monotonic()
+        # A forked daemon must not touch the supervisor's database connections.
+        preloaded = Preloaded(before_fork_child=(lambda: board.engine.dispose(close=False)) if board else None)
+        preloaded.load()
+        say(f"preloaded the daemons' modules in {time.monotonic() - started:.1f} s"
+            + (f" (not available: {', '.join(preloaded.failed)})" if preloaded.failed else ""))
+    supervisor = Supervisor(
+        [Child(name, child_argv(name, config), preloaded=preloaded) for name in present],
+        board=board,
+        state_file=Path(args.state_file) if args.state_file else None,
+        grace=args.grace,
+        say=say,
+    )
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    try:
+        supervisor.run()
     finally:
-        _stop_children(children)
+        if board is not None:
+            board.close()
     return 0
-
-
-def _stop_children(children: list[Child]) -> None:
-    running = [c for c in children if c.process is not None and c.process.poll() is None]
-    for child in running:
-        assert child.process is not None
-        os.kill(child.process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for child in running:
-        assert child.process is not None
-        try:
-            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(f"schoolgate run: {child.name} did not stop in time; killing it", file=sys.stderr)
-            os.kill(child.process.pid, signal.SIGKILL)
-            child.process.wait()

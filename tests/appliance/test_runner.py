@@ -1,0 +1,183 @@
+"""`schoolgate run` on its own, on loopback: restarts a killed daemon, stops all on SIGTERM.
+
+No namespaces here: the DNS daemon listens on a free loopback port, the scheduler writes its
+heartbeat to a private SQLite file. (The lab tests kill every daemon under real traffic.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from dnslib import DNSRecord
+
+from schoolgate.clock import set_clock_file
+from schoolgate.store.db import make_engine, session_factory
+from schoolgate.store.events import read_status
+
+pytestmark = [pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+LESSON = "2026-11-23T10:15:00+00:00"
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int, name: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        sock.sendto(DNSRecord.question(name).pack(), ("127.0.0.1", port))
+        try:
+            return DNSRecord.parse(sock.recv(4096)).header.rcode == 0
+        except OSError:
+            return False
+
+
+def _wait(condition: object, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    def __init__(self, tmp: Path) -> None:
+        self.port = _free_udp_port()
+        self.database = f"sqlite:///{tmp / 'schoolgate.db'}"
+        self.config = tmp / "schoolgate.toml"
+        self.config.write_text(f"""
+policy = "{REPO / 'deploy' / 'policy.example.toml'}"
+data_dir = "{tmp}"
+[site]
+id = "kingswood"
+name = "Kingswood Primary School"
+[database]
+url = "{self.database}"
+[dns]
+listen = ["127.0.0.1:{self.port}"]
+upstreams = ["127.0.0.1:9"]
+[mail]
+host = ""
+""")
+        clock = tmp / "clock"
+        set_clock_file(clock, datetime.fromisoformat(LESSON))
+        self.env = {**os.environ, "SCHOOLGATE_CLOCK_FILE": str(clock)}
+        subprocess.run([sys.executable, "-P", "-m", "schoolgate", "db", "upgrade", "--config", str(self.config)],
+                       check=True, capture_output=True, env=self.env, timeout=120)
+        self.state = tmp / "run.json"
+        self.log = tmp / "run.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-P", "-m", "schoolgate", "run", "--config", str(self.config),
+             "--only", "dns", "--only", "scheduler", "--state-file", str(self.state)],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+            start_new_session=True,  # a signal from this test, not a terminal's Ctrl-C
+        )
+
+    def pid(self, name: str) -> int | None:
+        try:
+            pid = json.loads(self.state.read_text())["children"][name]["pid"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+        return int(pid) if pid else None
+
+    def status(self) -> dict[str, dict[str, object]]:
+        engine = make_engine(self.database)
+        try:
+            with session_factory(engine)() as session:
+                return read_status(session, "kingswood")
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    run = Running(tmp_path)
+    try:
+        yield run
+    finally:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGTERM)
+            try:
+                run.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+                run.process.wait()
+
+
+def test_a_killed_daemon_is_restarted_and_sigterm_stops_all_cleanly(running: Running) -> None:
+    _wait(lambda: _answers(running.port, "www.facebook.com"), 60, "schoolgate dns to answer")
+    _wait(lambda: "scheduler" in running.status(), 30, "the scheduler's heartbeat")
+    old = running.pid("dns")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+    _wait(lambda: _answers(running.port, "www.facebook.com"), 10, "schoolgate dns to answer again")
+    back_after = time.monotonic() - killed
+    assert running.pid("dns") not in (None, old)
+    log = running.log.read_text(errors="replace")
+    assert "dns killed by SIGKILL" in log and "Previous run ended without flushing" in log, log
+    assert back_after <= 2.0, f"answered again {back_after:.2f} s after the kill"
+    board = running.status()["run"]
+    children = board["stats"]["children"]  # type: ignore[index]
+    assert children["dns"]["restarts"] == 1 and children["dns"]["unclean_exits"] == 1
+    assert children["scheduler"]["restarts"] == 0
+
+    pids = [running.pid("dns"), running.pid("scheduler")]
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=30) == 0
+    log = running.log.read_text(errors="replace")
+    assert "dns exited with status 0" in log and "scheduler exited with status 0" in log, log
+    assert not running.state.exists()
+    for pid in pids:
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+
+
+def test_restart_delays_are_capped_at_2_s() -> None:
+    from schoolgate.runner import restart_delay
+
+    assert [restart_delay(n) for n in range(8)] == [0.0, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("counters", "beats", "expected"),
+    [
+        # idle writer: nothing waiting, no rate seen -> nothing lost
+        ({"submitted": 10, "written": 10}, [(0, 10), (5, 10)], 0),
+        # 100/s seen between heartbeats: up to 0.2 s of it (20) since the last flush
+        ({"submitted": 600, "written": 600}, [(0, 100), (5, 600)], 20),
+        # a backlog held while the database was busy is lost too
+        ({"submitted": 700, "written": 600, "dropped": 50}, [(0, 100), (5, 600)], 70),
+        # spooled rows are on disk, not lost
+        ({"submitted": 700, "written": 600, "spooled": 100}, [(0, 700), (5, 700)], 0),
+    ],
+)
+def test_the_loss_estimate_of_an_unclean_exit(
+    counters: dict[str, int], beats: list[tuple[int, int]], expected: int
+) -> None:
+    from datetime import UTC, timedelta
+
+    from schoolgate.runner import RateTracker, estimate_loss
+
+    start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    rates = RateTracker()
+    for seconds, submitted in beats:
+        rates.observe("dns", start + timedelta(seconds=seconds), submitted)
+    row = {"name": "dns", "stats": {"events": counters}, "heartbeat_at": start, "started_at": start}
+    lost, detail = estimate_loss([row], rates)
+    assert lost == expected, detail
+    assert estimate_loss([{"name": "console", "stats": {}}], rates)[0] is None
