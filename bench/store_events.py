@@ -1,23 +1,41 @@
 """Event writer throughput against a real SQLite file, next to a raw sqlite3 reference.
 
-Prints: submit() cost per record on the producer side, rows/s written by EventWriter, and
-rows/s of a bare sqlite3 executemany of the same rows in the same batches (the reference).
-Run: .venv/bin/python bench/store_events.py [ROWS]
+Prints, for the writer's fast SQLite path (tuples straight to sqlite3) and for its Core
+path (dicts through SQLAlchemy, the reference, forced with ``fast_rows=False``): rows/s
+written and the writer thread's CPU time per row (the time it holds the GIL away from the
+DNS daemon; the main thread only waits meanwhile). Then a bare sqlite3 executemany of the
+same rows in the same batches (the reference), and the submit() cost per record on the
+producer side. Each figure is the best of ``--repeat`` runs, and the load average is
+printed: on a busy machine wall times swing, CPU time per row much less.
+
+With ``--postgres`` it also starts a throw-away PostgreSQL server (Debian's binaries,
+loopback only, durable settings; see tests/postgres_fixture.py) and compares the writer's
+PostgreSQL fast path (tuples to psycopg's executemany) with its Core path there; the CPU
+figure is then the client's side only.
+
+Run: .venv/bin/python bench/store_events.py [ROWS] [--repeat N] [--postgres]
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
 import sqlite3
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
+
+from sqlalchemy import Engine
 
 from schoolgate.store.db import init_db
-from schoolgate.store.events import EventRecord, EventWriter
+from schoolgate.store.events import EventRecord, EventWriter, SqliteRows, UidSource
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+BATCH = 500
 
 
 def records(n: int) -> list[EventRecord]:
@@ -38,52 +56,100 @@ def records(n: int) -> list[EventRecord]:
     ]
 
 
-def bench_writer(path: Path, recs: list[EventRecord], batch: int) -> tuple[float, float]:
-    engine = init_db(f"sqlite:///{path}")
-    writer = EventWriter(engine, max_queue=len(recs) + 1, batch_size=batch)
+def bench_writer(engine: Engine, recs: list[EventRecord], *, fast: bool) -> tuple[float, float, float]:
+    """(submit seconds, write seconds, writer thread CPU seconds) into a migrated, empty database."""
+    writer = EventWriter(engine, max_queue=len(recs) + 1, batch_size=BATCH, fast_rows=fast)
     start = time.perf_counter()
     for rec in recs:
         writer.submit(rec)
     submit_s = time.perf_counter() - start
+    # The main thread sleeps in stop() meanwhile: the process's CPU time is the writer's.
+    begun, cpu = time.perf_counter(), time.process_time()
     writer.start()
     stats = writer.stop(timeout=120)
-    total_s = time.perf_counter() - start
-    engine.dispose()
+    write_s, cpu = time.perf_counter() - begun, time.process_time() - cpu
     assert stats["written"] == len(recs), stats
-    return submit_s, total_s - submit_s
+    return submit_s, write_s, cpu
 
 
-def bench_raw(path: Path, recs: list[EventRecord], batch: int) -> float:
+def bench_raw(path: Path, recs: list[EventRecord]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of plain sqlite3 inserting ready-made tuples, same SQL."""
     init_db(f"sqlite:///{path}").dispose()
-    rows = [r.row() for r in recs]
-    for row in rows:
-        row["ts"] = row["ts"].replace(tzinfo=None).isoformat(sep=" ")
-    cols = list(rows[0])
-    sql = f"INSERT INTO events ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+    uids = UidSource()
+    rows = [SqliteRows.build(r, uids) for r in recs]
+    sql = SqliteRows.INSERT
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=NORMAL")
-    start = time.perf_counter()
-    for i in range(0, len(rows), batch):
+    start, cpu = time.perf_counter(), time.thread_time()
+    for i in range(0, len(rows), BATCH):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, [tuple(r[c] for c in cols) for r in rows[i : i + batch]])
+        conn.executemany(sql, rows[i : i + BATCH])
         conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
     conn.close()
-    return elapsed
+    return elapsed, cpu
+
+
+def postgres_module() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "tests" / "postgres_fixture.py"
+    spec = importlib.util.spec_from_file_location("schoolgate_bench_postgres", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_paths(label: str, fresh: Callable[[str], Engine], recs: list[EventRecord], repeat: int) -> None:
+    """Best of ``repeat`` rounds of the fast and the Core path, each into a fresh database."""
+    results: dict[str, list[tuple[float, float, float]]] = {"fast": [], "core": []}
+    for round_no in range(repeat):
+        # Alternate the order so that neither path always runs on a warmer machine.
+        order = ("fast", "core") if round_no % 2 == 0 else ("core", "fast")
+        for name in order:
+            engine = fresh(f"{name}{round_no}")
+            try:
+                results[name].append(bench_writer(engine, recs, fast=name == "fast"))
+            finally:
+                engine.dispose()
+    n = len(recs)
+    submit = min(r[0] for r in results["fast"] + results["core"])
+    print(f"{label}: EventWriter.submit {submit / n * 1e6:.2f} us/record")
+    for name, what in (("fast", "fast path"), ("core", "Core path (reference)")):
+        wall = min(r[1] for r in results[name])
+        cpu = min(r[2] for r in results[name])
+        print(f"  {what:<24} {n / wall:>9,.0f} rows/s  writer CPU {cpu / n * 1e6:5.1f} us/row")
+    fast_cpu = min(r[2] for r in results["fast"])
+    core_cpu = min(r[2] for r in results["core"])
+    print(f"  fast / Core writer CPU per row: {fast_cpu / core_cpu:.2f}")
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    batch = 500
-    recs = records(n)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("rows", nargs="?", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--postgres", action="store_true", help="also measure on a throw-away PostgreSQL server")
+    args = parser.parse_args()
+    recs = records(args.rows)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    print(f"rows: {args.rows}, batch: {BATCH}, best of {args.repeat}")
     with tempfile.TemporaryDirectory() as tmp:
-        submit_s, write_s = bench_writer(Path(tmp) / "writer.db", recs, batch)
-        raw_s = bench_raw(Path(tmp) / "raw.db", recs, batch)
-    print(f"rows: {n}, batch: {batch}")
-    print(f"EventWriter.submit: {submit_s / n * 1e6:.2f} us/record ({n / submit_s:,.0f}/s)")
-    print(f"EventWriter write:  {n / write_s:,.0f} rows/s")
-    print(f"raw sqlite3 (reference): {n / raw_s:,.0f} rows/s")
-    print(f"writer / reference: {raw_s / write_s:.2f}")
+        compare_paths("SQLite", lambda name: init_db(f"sqlite:///{Path(tmp) / name}.db"), recs, args.repeat)
+        raw = [bench_raw(Path(tmp) / f"raw{i}.db", recs) for i in range(args.repeat)]
+    n = args.rows
+    raw_wall, raw_cpu = min(r[0] for r in raw), min(r[1] for r in raw)
+    print(f"  raw sqlite3 executemany  {n / raw_wall:>9,.0f} rows/s  CPU        {raw_cpu / n * 1e6:5.1f} us/row")
+    if args.postgres:
+        pg = postgres_module()
+        bin_dir = pg.find_bin_dir()
+        if bin_dir is None:
+            raise SystemExit("--postgres needs Debian's postgresql package (/usr/lib/postgresql/*/bin)")
+        server = pg.PostgresServer(bin_dir)
+        server.start(fast=False)  # durable settings, as in production
+        try:
+            compare_paths("PostgreSQL", lambda name: init_db(server.create_database(name)), recs, args.repeat)
+        finally:
+            server.destroy()
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -395,7 +395,8 @@ class Generation(Base):
 
     site: Mapped[str] = mapped_column(SITE, primary_key=True)
     name: Mapped[str] = mapped_column(String(40), primary_key=True)  # e.g. "policy_overlay"
-    value: Mapped[int] = mapped_column(Integer, default=0)
+    # Some counters are cursors over event ids ("events up to id N are done"): as wide as them.
+    value: Mapped[int] = mapped_column(BIG_ID, default=0)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

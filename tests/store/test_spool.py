@@ -289,7 +289,9 @@ def test_events_count_once_per_site_in_a_shared_database(engine: Engine) -> None
         counts = dict(
             session.execute(
                 select(AccessEvent.site, func.count(func.distinct(AccessEvent.uid))).group_by(AccessEvent.site)
-            ).all()
+            )
+            .tuples()
+            .all()
         )
     assert counts == {"school-a": 300, "school-b": 300}
 
@@ -310,9 +312,9 @@ def test_times_are_stored_as_utc_whatever_the_server_zone(engine: Engine, tmp_pa
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             assert conn.execute(text("SHOW TIME ZONE")).scalar() == "Europe/London"
-        raw = dict(conn.execute(text("SELECT uid, ts FROM events")).all())
+        raw: dict[str, Any] = dict(conn.execute(text("SELECT uid, ts FROM events")).tuples().all())
     with Session(engine) as session:
-        typed = dict(session.execute(select(AccessEvent.uid, AccessEvent.ts)).all())
+        typed = dict(session.execute(select(AccessEvent.uid, AccessEvent.ts)).tuples().all())
     for uid in ("direct", "spooled"):
         value = raw[uid]
         stored_text = value if isinstance(value, str) else value.isoformat(sep=" ")
@@ -415,3 +417,16 @@ def test_one_schools_event_inserts_commit_in_id_order_on_postgresql(postgres_url
         assert done["second"] > event_id("first")
     finally:
         engine.dispose()
+
+
+def test_text_with_lone_surrogates_is_spooled_escaped_and_shipped(engine: Engine, tmp_path: Path) -> None:
+    writer = EventWriter(engine, spool_path=tmp_path / "events.db", batch_size=10)
+    with database_away(engine):
+        writer.submit(record(1))
+        writer.submit(record(2, host="caf\udce9.example", search_term="\ud800"))
+        assert writer.flush()
+        assert writer.stats()["spooled"] == 2
+    assert writer.ship()
+    stats = writer.stop()
+    assert (stats["shipped"], stats["dropped"]) == (2, 0)
+    assert [host for _, host in stored(engine)] == ["host1.example", "caf\\udce9.example"]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-21 20:22:59.474803
+Create Date: 2026-11-21 21:07:55.580392
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def upgrade() -> None:
     op.create_table('generations',
     sa.Column('site', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=40), nullable=False),
-    sa.Column('value', sa.Integer(), nullable=False),
+    sa.Column('value', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('changed_at', schoolgate.store.coltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('site', 'name', name=op.f('pk_generations'))
     )
