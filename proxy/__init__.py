@@ -33,6 +33,11 @@ fronting_blocked, no_sni_blocked, passthroughs_closed, ...)
 in `daemon_status` (name "proxy", every second) and in <data_dir>/proxy-stats.json
 (`[proxy] stats_file`; also `schoolgate proxy stats --config FILE`).
 
-Modules: `daemon` (the master and the loop), `addons` (one concern each), `judge` (the
-pure verdict), `addresses` (address -> watched service), `blockpage`, `search`, `ca`, `cli`.
+Logging: at INFO the proxy logs its own start-up, reloads and errors, not mitmproxy's line per
+client and server connect (each decision is an event in the database); run it with
+`--log-level DEBUG` to see those.
+
+Modules: `daemon` (the master and the loop), `addons` (one concern each, behind one
+`Pipeline`), `judge` (the pure verdict), `addresses` (address -> watched service), `clients`
+(recent identity answers, used without leaving the loop), `blockpage`, `search`, `cli`.
 """

@@ -11,18 +11,24 @@
     Counters         (observes all)       connections seen, passed through, killed, intercepted...
     Forget           client_disconnected  drop the per-connection state
 
+The daemon adds them to mitmproxy behind one `Pipeline`, which offers each hook only to the
+members that handle it and, in transparent mode, gives them a TLS connection's ClientHello
+before mitmproxy stacks its TLS layers (see `Pipeline.next_layer`).
+
 How a blocked TLS connection is killed without decryption: TlsGate marks it `ignore_connection`
 (mitmproxy will not decrypt it) and UpstreamGate then refuses the server connection that the
-passthrough would open (`server.error`), upon which mitmproxy closes the client connection. No
-byte reaches the real server. With `connection_strategy = "lazy"` nothing is dialled before the
-ClientHello (TLS) or the request (HTTP) has been judged; a server connection that no verdict
-allows (an unjudged protocol, or eager dialling by mistake) is refused too: the gate fails closed.
+passthrough would open (`server.error`); the client connection is closed. No byte reaches the
+real server. With `connection_strategy = "lazy"` nothing is dialled before the ClientHello (TLS)
+or the request (HTTP) has been judged; a server connection that no verdict allows (an unjudged
+protocol, or eager dialling by mistake) is refused too: the gate fails closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import inspect
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -32,8 +38,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.addons.next_layer import stack_match
 from mitmproxy.net.http import url
-from mitmproxy.proxy import server_hooks
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, events, layer, layers, server_hooks
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from schoolgate.policy.types import Client, Decision, Target
 from schoolgate.proxy import blockpage
@@ -136,6 +146,8 @@ class Services:
     close: Callable[[str], bool] | None = None  # close a client connection by id (the daemon's)
     explain: Callable[[Decision, datetime], str] | None = None  # plain words for the block page
     policy_version: Callable[[], object] | None = None  # changes when the policy or overlay does
+    # A recent answer of `identify` that the event loop may use without a thread hop, or None.
+    identify_cached: Callable[[str], Client | None] | None = None
     connections: Connections = field(default_factory=Connections)
     counters: ProxyCounters = field(default_factory=ProxyCounters)
 
@@ -144,9 +156,16 @@ def _ip_of(address: Any) -> str | None:
     """The IP literal of a (host, port) address, or None if it is a name or missing."""
     if not address:
         return None
-    host = str(address[0]).split("%", 1)[0]
+    return _canonical_ip(str(address[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(host: str) -> str | None:
+    # Cached: parsing an address is a noticeable part of a connection's cost in Python, and
+    # a school's clients and the addresses they dial repeat all day. Bounded, so a flood
+    # of distinct addresses only evicts.
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -206,9 +225,12 @@ class IdentifyClient:
         self.s = services
 
     async def client_connected(self, client: connection.Client) -> None:
-        # In a worker thread: the neighbour table is read over netlink, which must neither
-        # block the proxy's loop nor run inside it.
-        identified = await asyncio.to_thread(_identify, self.s, client)
+        cached = self.s.identify_cached
+        identified = cached(_ip_of(client.peername) or "0.0.0.0") if cached is not None else None
+        if identified is None:
+            # In a worker thread: the neighbour table is read over netlink, which must neither
+            # block the proxy's loop nor run inside it.
+            identified = await asyncio.to_thread(_identify, self.s, client)
         self.s.connections.put(client.id, ConnState(client=identified))
 
 
@@ -219,8 +241,9 @@ class TlsGate:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         state = _state(self.s, data.context.client)
         state.sni = data.client_hello.sni
-        state.dialled_ip = _ip_of(data.context.server.address)
-        state.dialled_name = _name_of(data.context.server.address)
+        address = data.context.server.address
+        state.dialled_ip = _ip_of(address)
+        state.dialled_name = _name_of(address) if state.dialled_ip is None else None
         try:
             judgement = judge_tls(
                 self.s.decide,
@@ -564,3 +587,162 @@ def build_addons(services: Services) -> list[object]:
         Counters(services),
         Forget(services),
     ]
+
+
+class Pipeline:
+    """The schoolgate addons behind one entry in mitmproxy's addon chain.
+
+    mitmproxy offers every hook to every addon in its chain, each call wrapped in its own
+    error guard and coroutine, whether the addon handles that hook or not. With the nine
+    addons above that was a sizeable part of a killed connection's cost. Here each hook
+    calls, in `build_addons` order, only the members that handle it, with the same
+    guarantee mitmproxy gives: one member's error is logged and the next still runs (Forget
+    must run whatever EventLog did). `load` and `configure` errors are not caught: a bad
+    option must stop the proxy, as it would without the pipeline.
+    """
+
+    HOOKS = (
+        "load",
+        "configure",
+        "running",
+        "done",
+        "client_connected",
+        "client_disconnected",
+        "tls_clienthello",
+        "request",
+        "server_connect",
+    )
+
+    def __init__(self, members: list[object]) -> None:
+        from mitmproxy.hooks import all_hooks
+
+        self.members = members
+        for member in members:
+            unhandled = [
+                name for name in all_hooks if name not in self.HOOKS and callable(getattr(member, name, None))
+            ]
+            if unhandled:
+                raise TypeError(f"{type(member).__name__} handles {unhandled}, which the pipeline does not pass on")
+        self._handlers: dict[str, list[Callable[..., Any]]] = {
+            name: [getattr(m, name) for m in members if callable(getattr(m, name, None))] for name in self.HOOKS
+        }
+        self._early_hellos: set[str] = set()  # connections whose ClientHello next_layer handled
+        self._early_connects: set[str] = set()  # ... and whose server connection it allowed
+        self.relayed_early = 0  # connections passed or killed before mitmproxy's TLS layers
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for handler in self._handlers[hook]:
+            try:
+                handler(*args)
+            except Exception:
+                log.exception("%s failed in %s", hook, _owner(handler))
+
+    def load(self, loader: Any) -> None:
+        for handler in self._handlers["load"]:
+            handler(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        for handler in self._handlers["configure"]:
+            handler(updated)
+
+    def running(self) -> None:
+        self._each("running")
+
+    def done(self) -> None:
+        self._each("done")
+
+    async def client_connected(self, client: connection.Client) -> None:
+        for handler in self._handlers["client_connected"]:
+            try:
+                result = handler(client)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("client_connected failed in %s", _owner(handler))
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._early_hellos.discard(client.id)
+        self._early_connects.discard(client.id)
+        self._each("client_disconnected", client)
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        """A transparent TLS connection's ClientHello, handled before mitmproxy stacks its TLS
+        layers on the connection.
+
+        mitmproxy would wrap the connection in its two TLS layers, parse the ClientHello
+        there and only then offer `tls_clienthello`; for a connection that is passed through
+        or killed, those layers only carry the bytes to a plain TCP relay. Here the same
+        hook is given to the members as soon as the whole ClientHello is in, and a
+        connection they pass gets that relay at once, and one they kill (UpstreamGate refuses
+        its server connection) is closed at once. Anything else (intercepted for the block
+        page, a ClientHello not all in the first read or not parsable, not transparent mode)
+        is left to mitmproxy, as if this hook were not here; an intercepted connection's
+        `tls_clienthello` is not given to the members twice.
+        """
+        context = nextlayer.context
+        if (
+            nextlayer.layer is not None
+            or context.client.transport_protocol != "tcp"
+            or not stack_match(context, [modes.TransparentProxy])
+            or ctx.options.ignore_hosts
+            or ctx.options.allow_hosts
+        ):
+            return
+        data: bytes = nextlayer.data_client()  # type: ignore[no-untyped-call]
+        if not starts_like_tls_record(data):
+            return
+        try:
+            hello = parse_client_hello(data)
+        except ValueError:
+            return  # mitmproxy's TLS layer refuses it and closes the connection
+        if hello is None:
+            # Not all in yet (a large ClientHello may span TCP segments): mitmproxy's TLS
+            # layer gathers the rest and offers `tls_clienthello` as usual.
+            return
+        context.client.sni = hello.sni
+        context.client.alpn_offers = hello.alpn_protocols
+        hello_data = tls.ClientHelloData(context, hello)
+        self._each("tls_clienthello", hello_data)
+        if not hello_data.ignore_connection:
+            self._early_hellos.add(context.client.id)
+            return
+        # The relay's server connection is put to the members now (once: the hook is not
+        # given to them again when mitmproxy opens it). A refused one is never dialled: the
+        # client is closed at once, as mitmproxy would after the refusal, minus the relay.
+        relay = server_hooks.ServerConnectionHookData(server=context.server, client=context.client)
+        self._each("server_connect", relay)
+        if context.server.error:
+            nextlayer.layer = RefusedConnection(context)
+        else:
+            self._early_connects.add(context.client.id)
+            nextlayer.layer = layers.TCPLayer(context, ignore=True)
+        self.relayed_early += 1
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        if data.context.client.id in self._early_hellos:
+            self._early_hellos.discard(data.context.client.id)
+            return  # judged and logged in next_layer; mitmproxy now intercepts it
+        self._each("tls_clienthello", data)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._each("request", flow)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.client.id in self._early_connects:
+            self._early_connects.discard(data.client.id)
+            return  # allowed in next_layer already
+        self._each("server_connect", data)
+
+
+class RefusedConnection(layer.Layer):
+    """Closes the client's connection at once, without a server connection: a TLS connection
+    killed at its ClientHello."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            yield commands.CloseConnection(self.context.client)
+        # The buffered ClientHello and the close that follow need nothing.
+
+
+def _owner(handler: Callable[..., Any]) -> str:
+    return type(getattr(handler, "__self__", handler)).__name__

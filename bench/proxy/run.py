@@ -8,6 +8,9 @@ Builds a private lab (namespaces `sgb…`), then measures from the lab's devices
    lesson) and that it passes through (staff, Facebook, at lunch: steered to the proxy, then
    spliced without decryption) — for schoolgate's proxy and for Squid (squid-openssl,
    peek at step 1, then terminate or splice by SNI and client network: the same decision);
+   and the CPU time each proxy process spent per connection meanwhile (user + system, all
+   its threads, from /proc): the load generator shares the machine, so the rate moves with
+   whatever else runs, while the CPU cost of a connection hardly does;
 2. the latency the proxy adds to a passthrough connection's setup (TCP + TLS handshake to
    Facebook through the proxy vs. to an unwatched site the kernel forwards directly);
 3. the throughput of an unwatched download through the gateway with schoolgate running and
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -188,6 +192,12 @@ def schoolgate_nat(lab: Lab) -> None:
     apply_redirect_to(lab, 8081)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n{title}")
     for name, value in rows:
@@ -208,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print("squid is not installed (Debian: squid-openssl)", file=sys.stderr)
         return 2
 
+    load_at_start = os.getloadavg()
     state_root = Path(tempfile.mkdtemp(prefix="sg-bench-"))
     lab = Lab(args.prefix, state_root=state_root)
     lab.down()
@@ -235,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         # Both proxies run side by side; the redirect is switched between them and the
         # measurements alternate in short slices, so background load hits both alike.
         totals = {(e, k): Rate(0, 0, 0.0) for e in engines for k in ("killed", "passed")}
+        cpu = {(e, k): 0.0 for e in engines for k in ("killed", "passed")}
+        proxy_pid = lab.daemon_pid("proxy")
+        if proxy_pid is None:
+            print("the schoolgate proxy is not running in the lab", file=sys.stderr)
+            return 1
+        pids = {"schoolgate": proxy_pid, "squid": squid_pid[0]}
         latency: dict[str, list[float]] = {e: [] for e in engines}
         direct: list[float] = []
         slices = max(1, args.rounds)
@@ -248,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
                 for kind, device, clock in (("killed", pupil, LESSON), ("passed", staff, LUNCH)):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
+                    cpu_before = cpu_seconds(pids[engine])
                     rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
                                            cafile=cafile)
+                    cpu[(engine, kind)] += cpu_seconds(pids[engine]) - cpu_before
                     total = totals[(engine, kind)]
                     totals[(engine, kind)] = Rate(total.done + rate.done, total.failed + rate.failed,
                                                   total.seconds + rate.seconds)
@@ -273,14 +292,14 @@ def main(argv: list[str] | None = None) -> int:
             speeds["bare"].append(download_speed(lab, "pupil", size))
         with_schoolgate = statistics.median(speeds["schoolgate"])
         without = statistics.median(speeds["bare"])
-        for name in ("dns", "proxy", "watch"):
-            info = lab.state.processes[name]
-            netns.stop_process(info["pid"], info["start"])
+        lab.stop_daemons()  # the supervisor stops every daemon (each flushes first)
         no_daemons = download_speed(lab, "pupil", size)
 
         sg, sq = results["schoolgate"], results["squid"]
         print(f"schoolgate proxy benchmark (lab, {args.concurrency} concurrent clients, {args.seconds:.0f} s each "
               f"in {args.rounds} alternating slices)")
+        print(f"load average (1, 5, 15 min): at start {_load(load_at_start)}, at end {_load(os.getloadavg())}; "
+              f"{os.cpu_count()} CPUs")
         report("New TLS connections per second", [
             ("killed at the SNI: schoolgate", _rate(sg["killed"])),
             ("killed at the SNI: squid", _rate(sq["killed"])),
@@ -288,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
             ("passed through (spliced): schoolgate", _rate(sg["passed"])),
             ("passed through (spliced): squid", _rate(sq["passed"])),
             ("  ratio schoolgate/squid", f"{_ratio(sg['passed'], sq['passed']):8.2f}"),
+        ])
+        per_connection = {key: cpu[key] / max(1, totals[key].done) * 1e6 for key in cpu}
+        report("Proxy CPU time per connection (µs, user + system, all threads)", [
+            ("killed at the SNI: schoolgate", f"{per_connection[('schoolgate', 'killed')]:8.0f}"),
+            ("killed at the SNI: squid", f"{per_connection[('squid', 'killed')]:8.0f}"),
+            ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'killed'):8.2f}"),
+            ("passed through (spliced): schoolgate", f"{per_connection[('schoolgate', 'passed')]:8.0f}"),
+            ("passed through (spliced): squid", f"{per_connection[('squid', 'passed')]:8.0f}"),
+            ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'passed'):8.2f}"),
         ])
         report(f"Connection setup, TCP + TLS handshake (ms, {len(direct)} sequential)", [
             ("direct (unwatched site, kernel-forwarded)", _dist(direct)),
@@ -312,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(squid_folder, ignore_errors=True)
 
 
+def _load(averages: tuple[float, float, float]) -> str:
+    return " ".join(f"{a:.2f}" for a in averages)
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -326,6 +358,11 @@ def _rate(rate: Rate) -> str:
 
 def _ratio(ours: Rate, theirs: Rate) -> float:
     return ours.per_second / theirs.per_second if theirs.per_second else float("nan")
+
+
+def _cost_ratio(per_connection: dict[tuple[str, str], float], kind: str) -> float:
+    ours = per_connection[("schoolgate", kind)]
+    return per_connection[("squid", kind)] / ours if ours else float("nan")
 
 
 def _dist(samples: list[float]) -> str:

@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from schoolgate.ca import init_ca
 from schoolgate.policy.engine import CompiledPolicy, decide
 from schoolgate.policy.explain import explain_text
 from schoolgate.policy.loader import load_policy
 from schoolgate.policy.types import Client, Decision, Target
 from schoolgate.proxy.addons import Services
 from schoolgate.proxy.addresses import AddressBook
-from schoolgate.ca import init_ca
 from schoolgate.store.db import init_db, make_engine
 from schoolgate.store.events import EventWriter
 

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from mitmproxy import connection, http, tls
 from mitmproxy.exceptions import OptionsError
-from mitmproxy.proxy import context, server_hooks
+from mitmproxy.proxy import commands, context, layer, layers, server_hooks
+from mitmproxy.proxy import events as proxy_events
+from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.proxy.layers.tls import TlsClienthelloHook, parse_client_hello
 from mitmproxy.test import taddons, tflow
@@ -19,7 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.policy.types import Client, Role
-from schoolgate.proxy.addons import REFUSED, HttpGate, Rejudge, Services, build_addons
+from schoolgate.proxy.addons import (
+    REFUSED,
+    HttpGate,
+    Pipeline,
+    RefusedConnection,
+    Rejudge,
+    Services,
+    build_addons,
+)
 from schoolgate.proxy.search import is_search_engine
 from schoolgate.store.events import EventWriter
 from schoolgate.store.models import AccessEvent
@@ -101,6 +111,15 @@ class Harness:
         self.trigger(TlsClienthelloHook(data))
         return data
 
+    def next_layer(self, ctx: context.Context, data: bytes) -> layer.NextLayer:
+        """The transparent proxy asking which layer comes next, `data` from the client so far."""
+        if not ctx.layers:
+            modes.TransparentProxy(ctx)  # the top of mitmproxy's stack in transparent mode
+        nextlayer = layer.NextLayer(ctx)
+        nextlayer.events.append(proxy_events.DataReceived(ctx.client, data))
+        self.trigger(layer.NextLayerHook(nextlayer))
+        return nextlayer
+
     def server_connect(self, ctx: context.Context) -> connection.Server:
         server = connection.Server(address=ctx.server.address)
         data = server_hooks.ServerConnectionHookData(server=server, client=ctx.client)
@@ -127,7 +146,8 @@ def known_clients() -> dict[str, Client]:
 
 @pytest.fixture
 def harness(services: Services) -> Any:
-    with taddons.context(*build_addons(services)) as tctx:
+    # As the daemon adds them: all of schoolgate's addons behind one pipeline entry.
+    with taddons.context(Pipeline(build_addons(services))) as tctx:
         tctx.options.update(schoolgate_school_name="Test Primary", schoolgate_console_url="https://console.test:8443")
         yield Harness(tctx, services)
 
@@ -361,6 +381,9 @@ def test_options_are_checked_in_configure(services: Services) -> None:
         with pytest.raises(OptionsError):
             tctx.configure(gate, schoolgate_school_name="  ")
         tctx.configure(gate, schoolgate_console_url="https://schoolgate.lan:8443")
+    pipeline = Pipeline([HttpGate(services)])  # a bad option must still stop the proxy
+    with taddons.context(pipeline) as tctx, pytest.raises(OptionsError):
+        tctx.configure(pipeline, schoolgate_console_url="ftp://console")
 
 
 # --------------------------------------------------------------------- verdicts that expire
@@ -566,3 +589,75 @@ def test_every_name_a_request_gives_is_judged(
         assert flow.response is not None and flow.response.status_code == 403
     else:
         assert flow.response is None
+
+
+# ---------------------------------------------- the ClientHello, judged before mitmproxy's TLS layers
+
+
+def test_a_killed_hello_gets_a_bare_relay_whose_server_is_refused(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    nextlayer = harness.next_layer(ctx, client_hello_bytes("www.facebook.com"))
+    # Never decrypted, never dialled: the client is closed as soon as the layer starts.
+    assert isinstance(nextlayer.layer, RefusedConnection)
+    assert ctx.client.sni == "www.facebook.com" and ctx.server.error == REFUSED
+    (command,) = nextlayer.layer.handle_event(proxy_events.Start())
+    assert isinstance(command, commands.CloseConnection) and command.connection is ctx.client
+    counters = services.counters
+    assert (counters.tls_seen, counters.killed, counters.upstream_refused) == (1, 1, 1)
+    harness.disconnect(ctx)
+    (event,) = events(sessions, writer)
+    assert (event.verdict, event.host, event.device_id) == ("block", "www.facebook.com", PUPIL.device_id)
+
+
+def test_a_passed_hello_gets_a_bare_relay_to_its_server(harness: Harness, services: Services) -> None:
+    ctx = harness.connect(PUPIL, OTHER_IP)
+    nextlayer = harness.next_layer(ctx, client_hello_bytes("www.example.org"))
+    assert isinstance(nextlayer.layer, layers.TCPLayer) and nextlayer.layer.flow is None  # never decrypted
+    assert ctx.server.error is None
+    assert harness.server_connect(ctx).error is None  # allowed once, in next_layer
+    counters = services.counters
+    assert (counters.tls_seen, counters.passed_through, counters.upstream_refused) == (1, 1, 0)
+
+
+def test_an_intercepted_hello_is_left_to_mitmproxy_and_judged_once(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    ctx = harness.connect(TRUSTED_PUPIL, FACEBOOK_IP)
+    nextlayer = harness.next_layer(ctx, client_hello_bytes("www.facebook.com"))
+    assert nextlayer.layer is None  # mitmproxy stacks its TLS layers to show the block page
+    assert (services.counters.tls_seen, services.counters.intercepted) == (1, 1)
+    data = harness.hello(ctx, "www.facebook.com")  # its TLS layer offers the hook again
+    assert data.ignore_connection is False
+    assert (services.counters.tls_seen, services.counters.intercepted) == (1, 1)
+    state = services.connections.get(ctx.client.id)
+    assert state is not None and state.judgement is not None and state.judgement.blocked
+    ctx.client.tls = True  # the device trusted the school CA, but sent no request
+    harness.disconnect(ctx)
+    (event,) = events(sessions, writer)  # the attempt, logged once
+    assert (event.verdict, event.host) == ("block", "www.facebook.com")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(client_hello_bytes("www.facebook.com")[:40], id="hello-not-all-in"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: www.facebook.com\r\n\r\n", id="plain-http"),
+        pytest.param(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", id="not-a-client-hello"),
+    ],
+)
+def test_anything_but_a_whole_client_hello_is_left_to_mitmproxy(
+    harness: Harness, services: Services, data: bytes
+) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    assert harness.next_layer(ctx, data).layer is None
+    assert services.counters.tls_seen == 0
+    assert harness.server_connect(ctx).error == REFUSED  # and nothing unjudged gets through
+
+
+def test_regular_mode_hellos_are_left_to_mitmproxy(harness: Harness, services: Services) -> None:
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    modes.HttpProxy(ctx)  # an explicit proxy's stack: the hello comes inside a CONNECT tunnel
+    assert harness.next_layer(ctx, client_hello_bytes("www.facebook.com")).layer is None
+    assert services.counters.tls_seen == 0

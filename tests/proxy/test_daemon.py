@@ -30,8 +30,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.clock import set_clock_file
 from schoolgate.ca import init_ca, issue_server_cert
+from schoolgate.clock import set_clock_file
 from schoolgate.store.coltypes import utcnow
 from schoolgate.store.models import AccessEvent, DaemonStatus, Device, PolicyExceptionRow
 from schoolgate.store.overlay import bump_generation
@@ -478,6 +478,8 @@ def test_transparent_mode_in_namespaces(
         c = wait_for(lambda: (c := stats(tmp_path)["counters"]).get("http_requests", 0) >= 2 and c, what="counters")
         assert (c["passed_through"], c["killed"], c["intercepted"], c["fronting_blocked"]) == (2, 2, 1, 1)
         assert c["connections_seen"] == 7
+        # The passed and killed ClientHellos were judged before mitmproxy's TLS layers.
+        assert stats(tmp_path)["hellos_judged_early"] == 4
         events = wait_for(lambda: len(e := blocked_events(sessions)) >= 4 and e, what="events")
         assert {e.client_ip for e in events} == {"10.251.0.2", "10.251.0.3"}
         assert all(e.mac for e in events)  # from the gateway's neighbour table
