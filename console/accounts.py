@@ -13,6 +13,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
 import pyotp
@@ -105,6 +106,17 @@ def find_user(session: Session, username: str) -> ConsoleUser | None:
     return session.scalar(select(ConsoleUser).where(ConsoleUser.username == username))
 
 
+def check_account_scope(roles: frozenset[ConsoleRole] | frozenset[str], site: str | None) -> None:
+    """A trust-wide account (no site) holds the trust admin role and nothing else; a school's
+    account never holds it. So no school admin can make an account that reads other schools,
+    and no trust account acts inside a school."""
+    trust = ConsoleRole.TRUST_ADMIN.value in {str(r) for r in roles}
+    if site is None and not (trust and len(roles) == 1):
+        raise AccountError("a trust-wide account (no school) holds the trust_admin role only")
+    if site is not None and trust:
+        raise AccountError("the trust_admin role belongs to trust-wide accounts; a school's account cannot hold it")
+
+
 def create_user(
     session: Session,
     *,
@@ -120,6 +132,7 @@ def create_user(
         raise AccountError("a username is 1-100 letters, digits, dots, dashes or underscores")
     if not roles:
         raise AccountError("give the account at least one role")
+    check_account_scope(roles, site)
     if find_user(session, username) is not None:
         raise AccountError(f"the username {username!r} is taken")
     check_password_strength(password)
@@ -141,6 +154,7 @@ def create_user(
 def set_roles(user: ConsoleUser, roles: frozenset[ConsoleRole]) -> None:
     if not roles:
         raise AccountError("give the account at least one role")
+    check_account_scope(roles, user.site)
     wanted = {r.value for r in roles}
     user.roles = [r for r in user.roles if r.role in wanted]
     for name in sorted(wanted - user.role_names):
@@ -206,6 +220,12 @@ def totp_uri(secret: str, username: str, issuer: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=issuer)
 
 
+class TotpCheck(Enum):
+    OK = "ok"
+    WRONG = "wrong"
+    REUSED = "reused"
+
+
 class TotpReplayGuard:
     """Remembers the last time step accepted per user so a code cannot be used twice.
 
@@ -214,20 +234,28 @@ class TotpReplayGuard:
     """
 
     def __init__(self) -> None:
-        self._last_step: dict[int, int] = {}
+        # Keyed by secret too: while replacing a second factor, the old and the new secret's
+        # codes for the same 30 seconds are different codes, both usable once.
+        self._last_step: dict[tuple[int, str], int] = {}
         self._lock = threading.Lock()
 
     def verify(self, user_id: int, secret: str, code: str, now: datetime) -> bool:
+        return self.check(user_id, secret, code, now) is TotpCheck.OK
+
+    def check(self, user_id: int, secret: str, code: str, now: datetime) -> TotpCheck:
+        """OK, WRONG, or REUSED: a right code from a step already used (e.g. a second
+        signature within the same 30 seconds), which the caller may treat more kindly."""
         code = "".join(code.split())
         if not (code.isdigit() and len(code) == 6):
-            return False
+            return TotpCheck.WRONG
         totp = pyotp.TOTP(secret)
         current = totp.timecode(now)
         with self._lock:
             for step in (current - 1, current, current + 1):
                 if secrets.compare_digest(totp.generate_otp(step), code):
-                    if step <= self._last_step.get(user_id, -1):
-                        return False
-                    self._last_step[user_id] = step
-                    return True
-        return False
+                    key = (user_id, secret)
+                    if step <= self._last_step.get(key, -1):
+                        return TotpCheck.REUSED
+                    self._last_step[key] = step
+                    return TotpCheck.OK
+        return TotpCheck.WRONG

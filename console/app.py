@@ -111,8 +111,12 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     clock: Clock | None = None,
     tls: bool | None = None,
+    neighbours: Any = None,
 ) -> Flask:
-    """Build the console. `tls` (default: not `[console] plain_http`) sets HSTS and Secure cookies."""
+    """Build the console. `tls` (default: not `[console] plain_http`) sets HSTS and Secure cookies.
+
+    `neighbours` (a schoolgate.identity NeighbourTable, when the console runs on the gateway)
+    lets the public request form find a requester's device by MAC as well as by address."""
     from schoolgate.console.views import register_blueprints
 
     served_over_tls = (not config.console.plain_http) if tls is None else tls
@@ -153,6 +157,8 @@ def create_app(
         max_failures=max(1, config.console.lockout_failures), lock_minutes=max(1, config.console.lockout_minutes)
     )
     app.extensions["schoolgate.totp_guard"] = TotpReplayGuard()
+    if neighbours is not None:
+        app.extensions["schoolgate.neighbours"] = neighbours
 
     app.before_request(web.load_session_user)
     app.before_request(web.enforce_access)
@@ -166,7 +172,15 @@ def create_app(
             "can": web.can,
             "P": Permission,
             "site_name": config.site.name,
+            "trust_view": _trust_view(),
         }
+
+    def _trust_view() -> dict[str, Any] | None:
+        """The school switcher's state, for trust admins only."""
+        user = web.current_user()
+        if user is None or user.site is not None or "trust_admin" not in user.role_names:
+            return None
+        return {"sites": web.site_names(), "whole": web.whole_trust(), "current": web.site_id()}
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Any:

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     add = users_sub.add_parser("add", help="create a console account and print a one-time password")
     add.add_argument("username")
     add.add_argument("--role", action="append", required=True, dest="roles",
-                     help="technician, dsl, headteacher or admin; repeat for several")
+                     help="technician, dsl, headteacher or admin (repeat for several), or trust_admin alone")
     add.add_argument("--name", help="the name printed on forms (default: the username)")
     add.add_argument("--email")
     add.add_argument("--password-stdin", action="store_true",
@@ -103,7 +103,7 @@ def _audit(session: Any, config: Any, action: str, user: Any, detail: dict[str, 
 
 def _users_add(args: argparse.Namespace) -> int:
     from schoolgate.console import accounts
-    from schoolgate.console.roles import parse_roles
+    from schoolgate.console.roles import ConsoleRole, parse_roles
 
     config = _config(args.config)
     if config is None:
@@ -117,7 +117,9 @@ def _users_add(args: argparse.Namespace) -> int:
     session = _session(config)
     try:
         user = accounts.create_user(session, username=args.username, display_name=args.name or args.username,
-                                    roles=roles, password=password, site=config.site.id, email=args.email)
+                                    roles=roles, password=password, email=args.email,
+                                    # A trust admin's account belongs to no one school.
+                                    site=None if ConsoleRole.TRUST_ADMIN in roles else config.site.id)
         _audit(session, config, "user.create", user, {"roles": sorted(user.role_names)})
         session.commit()
     except accounts.AccountError as err:

@@ -41,7 +41,14 @@ def sign(printed_name: str, password: str, code: str) -> Signature:
         raise _fail("The password is not right, so the decision was not signed.")
     method = "password"
     if user.totp_secret:
-        if not totp_guard().verify(user.id, user.totp_secret, code[:20], current):
+        checked = totp_guard().check(user.id, user.totp_secret, code[:20], current)
+        if checked is accounts.TotpCheck.REUSED:
+            # A right code, already spent on the previous signature: not a guess, so not counted.
+            raise ReauthFailed(
+                "That code was already used for your previous signature. Wait for your authenticator "
+                "to show the next code (a new one every 30 seconds) and sign again; nothing was counted against you."
+            )
+        if checked is not accounts.TotpCheck.OK:
             raise _fail("The six-digit code is not right, so the decision was not signed.")
         method = "password+totp"
     elif accounts.totp_required(user):

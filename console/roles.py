@@ -16,15 +16,20 @@ class ConsoleRole(StrEnum):
     DSL = "dsl"
     HEADTEACHER = "headteacher"
     ADMIN = "admin"
+    # A multi-academy trust's account (ConsoleUser.site None): reads every school's records.
+    TRUST_ADMIN = "trust_admin"
 
 
 ALL_ROLES = frozenset(ConsoleRole)
 
 # Roles whose accounts must use a second factor: they approve exceptions, read
 # safeguarding cases or manage accounts.
-TOTP_REQUIRED = frozenset({ConsoleRole.DSL, ConsoleRole.HEADTEACHER, ConsoleRole.ADMIN})
+TOTP_REQUIRED = frozenset({ConsoleRole.DSL, ConsoleRole.HEADTEACHER, ConsoleRole.ADMIN, ConsoleRole.TRUST_ADMIN})
 
 T, D, H, A = ConsoleRole.TECHNICIAN, ConsoleRole.DSL, ConsoleRole.HEADTEACHER, ConsoleRole.ADMIN
+# The trust admin oversees: it reads the schools' work but changes nothing in a school, and
+# does not read safeguarding cases (those stay with each school's DSL and headteacher).
+TA = ConsoleRole.TRUST_ADMIN
 
 
 class Permission(StrEnum):
@@ -42,6 +47,7 @@ class Permission(StrEnum):
     VIEW_ACTIVITY = "view_activity"
     VIEW_REGISTERS = "view_registers"
     EDIT_REGISTERS = "edit_registers"
+    AUTHORISE_ACCESS = "authorise_access"
     VIEW_POLICY = "view_policy"
     EDIT_POLICY = "edit_policy"
     REVOKE_EXCEPTION = "revoke_exception"
@@ -50,26 +56,28 @@ class Permission(StrEnum):
 
 
 GRANTS: dict[Permission, frozenset[ConsoleRole]] = {
-    Permission.VIEW_DASHBOARD: frozenset({T, D, H, A}),
+    Permission.VIEW_DASHBOARD: frozenset({T, D, H, A, TA}),
     Permission.RAISE_REQUEST: frozenset({T, D, H, A}),
-    Permission.VIEW_REQUESTS: frozenset({T, H, A}),
+    Permission.VIEW_REQUESTS: frozenset({T, H, A, TA}),
     Permission.TRIAGE_REQUEST: frozenset({T}),
     Permission.DECIDE_REQUEST: frozenset({H}),
     Permission.RAISE_REPORT: frozenset({T, D, H, A}),
-    Permission.VIEW_REPORTS: frozenset({T, D, H}),
+    Permission.VIEW_REPORTS: frozenset({T, D, H, TA}),
     Permission.ACTION_REPORT: frozenset({T}),
     # Safeguarding cases name children: the DSL and the headteacher only.
     Permission.VIEW_ALERTS: frozenset({D, H}),
     Permission.MANAGE_ALERTS: frozenset({D, H}),
     Permission.BAN_DEVICE: frozenset({D, H}),
-    Permission.VIEW_ACTIVITY: frozenset({T, D, H}),
-    Permission.VIEW_REGISTERS: frozenset({T, D, H, A}),
+    Permission.VIEW_ACTIVITY: frozenset({T, D, H, TA}),
+    Permission.VIEW_REGISTERS: frozenset({T, D, H, A, TA}),
     Permission.EDIT_REGISTERS: frozenset({T, A}),
-    Permission.VIEW_POLICY: frozenset({T, D, H, A}),
+    # Seed 001 §3: the headteacher authorises who may use the school's social media accounts.
+    Permission.AUTHORISE_ACCESS: frozenset({H}),
+    Permission.VIEW_POLICY: frozenset({T, D, H, A, TA}),
     Permission.EDIT_POLICY: frozenset({T, A}),
     # Ending an approved exception early: the technician, or the headteacher who approved it.
     Permission.REVOKE_EXCEPTION: frozenset({T, H}),
-    Permission.VIEW_AUDIT: frozenset({H, A}),
+    Permission.VIEW_AUDIT: frozenset({H, A, TA}),
     Permission.MANAGE_USERS: frozenset({A}),
 }
 

@@ -145,7 +145,10 @@ def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, thr
         def load(self) -> Any:
             from schoolgate.clock import clock_from_env
             from schoolgate.console.app import create_app
+            from schoolgate.identity.neighbours import NeighbourTable
 
-            return create_app(config, tls=tls is not None, clock=clock_from_env())
+            # On the gateway the kernel's neighbour table has each LAN client's MAC; elsewhere
+            # lookups miss and the request form falls back to the register's fixed addresses.
+            return create_app(config, tls=tls is not None, clock=clock_from_env(), neighbours=NeighbourTable())
 
     ConsoleServer().run()

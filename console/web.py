@@ -22,9 +22,10 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from schoolgate.clock import Clock
 from schoolgate.config import AppConfig
 from schoolgate.console.policyref import ConsolePolicy
-from schoolgate.console.roles import Permission, holds
+from schoolgate.console.roles import ConsoleRole, Permission, holds
 from schoolgate.policy import CompiledPolicy
 from schoolgate.services.actor import Actor
+from schoolgate.services.common import SiteScope
 from schoolgate.store.models import ConsoleUser
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,8 +72,72 @@ def now() -> datetime:
     return state().clock.now()
 
 
+#: The trust admin's choice of "all schools" in the school switcher.
+WHOLE_TRUST = "*"
+SITE_CHOICE = "site_view"
+
+
+def _is_trust_admin(user: ConsoleUser | None) -> bool:
+    return user is not None and user.site is None and ConsoleRole.TRUST_ADMIN.value in user.role_names
+
+
 def site_id() -> str:
-    return state().config.site.id
+    """The one school this request works in.
+
+    Signed out (the public request form): the appliance's own school. A school's account: the
+    school on the account, whichever appliance's console it signs in to, so one central trust
+    database never shows a school another school's rows. A trust admin: the school chosen in
+    the switcher (the appliance's own school while "whole trust" is chosen).
+    """
+    user = current_user()
+    if user is None:
+        return state().config.site.id
+    if _is_trust_admin(user):
+        choice = session.get(SITE_CHOICE)
+        if isinstance(choice, str) and choice != WHOLE_TRUST and choice in visible_sites():
+            return choice
+        return state().config.site.id
+    return user.site or state().config.site.id
+
+
+def site_scope() -> SiteScope:
+    """The schools a list or a record lookup may cover: the chosen one, or the whole trust."""
+    user = current_user()
+    if _is_trust_admin(user) and session.get(SITE_CHOICE, WHOLE_TRUST) == WHOLE_TRUST:
+        return tuple(visible_sites())
+    return site_id()
+
+
+def visible_sites() -> list[str]:
+    """Every school the signed-in user may look at (a trust admin: all in `sites`)."""
+    if "visible_sites" not in g:
+        user = current_user()
+        if _is_trust_admin(user):
+            from sqlalchemy import select
+
+            from schoolgate.store.models import Site
+
+            known = set(db().scalars(select(Site.id)))
+            known.add(state().config.site.id)
+            g.visible_sites = sorted(known)
+        else:
+            g.visible_sites = [site_id()]
+    return cast(list[str], g.visible_sites)
+
+
+def site_names() -> dict[str, str]:
+    """Site id -> school name, for the switcher and for labelling rows in the whole-trust view."""
+    from sqlalchemy import select
+
+    from schoolgate.store.models import Site
+
+    names = {row.id: row.name for row in db().scalars(select(Site).where(Site.id.in_(visible_sites())))}
+    names.setdefault(state().config.site.id, state().config.site.name)
+    return {site: names.get(site, site) for site in visible_sites()}
+
+
+def whole_trust() -> bool:
+    return not isinstance(site_scope(), str)
 
 
 def public(view: F) -> F:
@@ -150,6 +215,13 @@ def load_session_user() -> None:
     if not isinstance(last_seen, (int, float)) or current.timestamp() - last_seen > idle.total_seconds():
         session.clear()
         flash("Your session ended after a period of inactivity. Please sign in again.")
+        return
+    since = session.get("since")
+    lifetime = timedelta(hours=max(1, state().config.console.session_max_hours))
+    if not isinstance(since, (int, float)) or current.timestamp() - since > lifetime.total_seconds():
+        # However busy, a sign-in ends: a cookie stolen from a shared staff-room PC dies with it.
+        session.clear()
+        flash(f"Sign-ins last at most {lifetime.total_seconds() / 3600:g} hours. Please sign in again.")
         return
     user = db().get(ConsoleUser, uid)
     if user is None or not user.active or session.get("pwd") != password_fingerprint(user):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from schoolgate.policy.types import Client, ExceptionScope, Role
 from schoolgate.services.actor import BLOCK_PAGE, HEADTEACHER, TECHNICIAN, Actor, Signature
 from schoolgate.services.common import (
     Page,
+    SiteScope,
     audit,
     bump_overlay,
     clean_text,
+    in_scope,
     normalise_host,
+    on_site,
     parse_url,
 )
 from schoolgate.services.errors import (
@@ -63,10 +67,14 @@ MAX_REQUESTS_PER_HOST_PER_DAY = 3
 MAX_REQUESTS_PER_CLIENT_PER_DAY = 20
 #: The longest an approved exception may last.
 MAX_EXCEPTION_DAYS = 366
+#: How far ahead an exception may be set to start.
+MAX_START_AHEAD = timedelta(days=366)
 #: How recent the headteacher's re-authentication must be for the signature to count.
 SIGNATURE_MAX_AGE = timedelta(minutes=10)
 
 REFERENCE_PREFIX = "AR-"
+#: The audit detail key that keeps the block page link's (unverified) device value.
+DEVICE_HINT_KEY = "device_hint_unverified"
 LONDON = ZoneInfo("Europe/London")
 
 
@@ -80,8 +88,9 @@ class RequestForm:
     site_content: str = ""  # what the site contains, in the requester's words
     staff_name: str = ""  # the member of staff supporting the request
     risks_and_controls: str = ""  # identified risks and control measures (if the requester knows)
-    device_id: str | None = None  # from the block page: the device register's key
+    device_id: str | None = None  # verified: found from the connection's address, never typed
     client_ip: str | None = None
+    device_hint: str | None = None  # the block page link's device value: unverified, shown as such
     person_id: str | None = None
     blocked_at: datetime | None = None  # when the block page was shown
     rule_id: str | None = None  # the rule that blocked it
@@ -126,6 +135,7 @@ class RequestStatus:
 
     reference: str
     status: str  # for a merged request: the status of the request it joined
+    merged: bool  # joined another request: only its outcome is shown, never its reasons
     host: str
     submitted_at: datetime
     decided_at: datetime | None
@@ -151,16 +161,16 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def get_request(session: Session, site: str, request_id: int, *, for_update: bool = False) -> AccessRequest:
+def get_request(session: Session, site: SiteScope, request_id: int, *, for_update: bool = False) -> AccessRequest:
     request = session.get(AccessRequest, request_id, with_for_update=for_update or None, populate_existing=for_update)
-    if request is None or request.site != site:
+    if request is None or not in_scope(request.site, site):
         raise NotFound(f"There is no access request {reference_for(request_id)}.")
     return request
 
 
 def list_requests(
     session: Session,
-    site: str,
+    site: SiteScope,
     *,
     statuses: Iterable[str] | None = None,
     host: str | None = None,
@@ -168,7 +178,7 @@ def list_requests(
     offset: int = 0,
 ) -> Page[AccessRequest]:
     """Requests newest first; `statuses` e.g. ("forwarded",) for the headteacher's queue."""
-    conditions = [AccessRequest.site == site]
+    conditions = [on_site(AccessRequest.site, site)]
     if statuses is not None:
         conditions.append(AccessRequest.status.in_(list(statuses)))
     if host:
@@ -184,12 +194,12 @@ def list_requests(
     return Page(items=rows, total=total, limit=limit, offset=offset)
 
 
-def duplicates_of(session: Session, site: str, request_id: int) -> list[AccessRequest]:
+def duplicates_of(session: Session, site: SiteScope, request_id: int) -> list[AccessRequest]:
     """The requests merged into this one, oldest first."""
     return list(
         session.scalars(
             select(AccessRequest)
-            .where(AccessRequest.site == site, AccessRequest.merged_into_id == request_id)
+            .where(on_site(AccessRequest.site, site), AccessRequest.merged_into_id == request_id)
             .order_by(AccessRequest.id)
         )
     )
@@ -210,7 +220,7 @@ def _check_rate(session: Session, site: str, form: RequestForm, host: str, now: 
         return  # a member of staff typing into the console: no device to limit
     same_client = or_(*keys)
     since = now - timedelta(days=1)
-    recent = [AccessRequest.site == site, same_client, AccessRequest.created_at > since]
+    recent = [on_site(AccessRequest.site, site), same_client, AccessRequest.created_at > since]
     per_host = session.scalar(
         select(func.count()).select_from(AccessRequest).where(*recent, AccessRequest.host == host)
     )
@@ -225,29 +235,34 @@ def _check_rate(session: Session, site: str, form: RequestForm, host: str, now: 
 
 
 def _find_open_duplicate(
-    session: Session, site: str, host: str, requester: str, form: RequestForm
+    session: Session, site: str, host: str, form: RequestForm, submitted_by: int | None
 ) -> AccessRequest | None:
-    """The oldest open request for `host` from the same requester (any case), device or person."""
-    # Open requests for one host are few: compare names in Python, where case folding
-    # covers every alphabet (SQLite's lower() folds ASCII only).
-    name = requester.casefold()
-    for candidate in session.scalars(
+    """The oldest open request for `host` from the same device, person or console account.
+
+    Only identities the appliance verified count (the device found from the connection's
+    address, a signed-in account): a typed name or a device id from the link is anyone's to
+    copy, and merging on them would let a stranger follow someone else's request."""
+    keys = []
+    if submitted_by is not None:
+        keys.append(AccessRequest.submitted_by_user_id == submitted_by)
+    if form.device_id:
+        keys.append(AccessRequest.device_id == form.device_id)
+    if form.person_id:
+        keys.append(AccessRequest.person_id == form.person_id)
+    if not keys:
+        return None
+    return session.scalars(
         select(AccessRequest)
         .where(
-            AccessRequest.site == site,
+            on_site(AccessRequest.site, site),
             AccessRequest.host == host,
             AccessRequest.status.in_(OPEN_STATUSES),
             AccessRequest.merged_into_id.is_(None),
+            or_(*keys),
         )
         .order_by(AccessRequest.id)
-    ):
-        if (
-            candidate.requester.casefold() == name
-            or (form.device_id and candidate.device_id == form.device_id)
-            or (form.person_id and candidate.person_id == form.person_id)
-        ):
-            return candidate
-    return None
+        .limit(1)
+    ).first()
 
 
 def submit_request(
@@ -259,7 +274,7 @@ def submit_request(
     policy: Policy,
     actor: Actor = BLOCK_PAGE,
 ) -> Submitted:
-    """File an access request. A repeat of an open request (same host and the same requester,
+    """File an access request. A repeat of an open request (same host from the same verified
     device or person) is recorded but merged into the open one; a flood is refused (RateLimited);
     a hard-blocked site is refused (LockedTarget)."""
     requester = clean_text(form.requester, field="requester", max_len=200, required=True)
@@ -271,6 +286,7 @@ def submit_request(
     device_id = clean_text(form.device_id, field="device_id", max_len=100) or None
     person_id = clean_text(form.person_id, field="person_id", max_len=100) or None
     client_ip = clean_text(form.client_ip, field="client_ip", max_len=45) or None
+    device_hint = clean_text(form.device_hint, field="device_hint", max_len=100) or None
     rule_id = clean_text(form.rule_id, field="rule_id", max_len=100) or None
     if form.blocked_at is not None and form.blocked_at.tzinfo is None:
         raise InvalidInput("The time of the block must include a time zone.", field="blocked_at")
@@ -286,7 +302,7 @@ def submit_request(
         person_id=person_id,
     )
     _check_rate(session, site, cleaned, host, now)
-    original = _find_open_duplicate(session, site, host, requester, cleaned)
+    original = _find_open_duplicate(session, site, host, cleaned, actor.user_id)
 
     token = secrets.token_urlsafe(16)
     request = AccessRequest(
@@ -316,6 +332,8 @@ def submit_request(
         original.duplicate_count = (original.duplicate_count or 0) + 1
     session.flush()
     detail = {"host": host, "url": url, "requester": requester, "device_id": device_id}
+    if device_hint is not None and device_hint != device_id:
+        detail[DEVICE_HINT_KEY] = device_hint
     if original is not None:
         detail["merged_into"] = reference_for(original.id)
     audit(
@@ -339,35 +357,97 @@ def request_status(session: Session, site: str, reference: str, token: str) -> R
     request_id = parse_reference(reference)
     request = session.get(AccessRequest, request_id)
     not_found = NotFound("No request matches that reference and code.")
-    if request is None or request.site != site or request.status_token_hash is None:
+    if request is None or not in_scope(request.site, site) or request.status_token_hash is None:
         raise not_found
     if not hmac.compare_digest(request.status_token_hash, _token_hash(token.strip())):
         raise not_found
-    effective = request
     if request.merged_into_id is not None:
-        effective = session.get(AccessRequest, request.merged_into_id) or request
-    exception = session.get(PolicyExceptionRow, effective.exception_id) if effective.exception_id is not None else None
-    decided = effective.status in (APPROVED, DECLINED)
+        # Someone else's request: its outcome only. Its reasons, names and the exception's
+        # subject and window belong to that requester.
+        original = session.get(AccessRequest, request.merged_into_id)
+        status = original.status if original is not None else request.status
+        return RequestStatus(
+            reference=reference_for(request.id),
+            status=status,
+            merged=True,
+            host=request.host,
+            submitted_at=request.created_at,
+            decided_at=None,
+            decision_reasons="",
+            access_starts=None,
+            access_expires=None,
+        )
+    exception = session.get(PolicyExceptionRow, request.exception_id) if request.exception_id is not None else None
+    decided = request.status in (APPROVED, DECLINED)
+    live = exception is not None and exception.revoked_at is None
     return RequestStatus(
         reference=reference_for(request.id),
-        status=effective.status,
+        status=request.status,
+        merged=False,
         host=request.host,
         submitted_at=request.created_at,
-        decided_at=effective.decided_at if decided else None,
-        decision_reasons=effective.decision_reasons if decided else "",
-        access_starts=exception.starts if exception is not None and exception.revoked_at is None else None,
-        access_expires=exception.expires if exception is not None and exception.revoked_at is None else None,
+        decided_at=request.decided_at if decided else None,
+        decision_reasons=request.decision_reasons if decided else "",
+        access_starts=exception.starts if live and exception is not None else None,
+        access_expires=exception.expires if live and exception is not None else None,
     )
 
 
-def _validate_scope(form: TriageForm, now: datetime) -> tuple[str | None, str | None, ExceptionScope, str]:
+def device_hint(session: Session, site: SiteScope, request_id: int) -> str | None:
+    """The device value the block page's link carried, when it differs from the verified one.
+
+    Kept in the request's audit entry: the technician may read it as a hint, never as fact."""
+    from schoolgate.store.models import AuditEntry
+
+    row = session.scalars(
+        select(AuditEntry)
+        .where(
+            on_site(AuditEntry.site, site),
+            AuditEntry.object_type == "access_request",
+            AuditEntry.object_id == str(request_id),
+            AuditEntry.action.in_(("request.submit", "request.merge")),
+        )
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    try:
+        value = json.loads(row.detail).get(DEVICE_HINT_KEY)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def is_public_suffix(host: str) -> bool:
+    """True for a name under which anyone may register (co.uk, com, gov.uk, github.io...)."""
+    return public_suffix_of(host) == host
+
+
+def public_suffix_of(host: str) -> str | None:
+    from publicsuffix2 import get_tld
+
+    # strict: a name whose top level is not on the list (an intranet name) has no suffix.
+    suffix = get_tld(host.lower().rstrip("."), strict=True)
+    return suffix if isinstance(suffix, str) else None
+
+
+def _validate_scope(
+    form: TriageForm, now: datetime, max_days: int = MAX_EXCEPTION_DAYS
+) -> tuple[str | None, str | None, ExceptionScope, str]:
     if form.target == "domain":
         domain, url_prefix = normalise_host(form.value, field="value"), None
+        host = domain
     elif form.target == "url":
-        url_prefix, _host = parse_url(form.value, field="value")
+        url_prefix, host = parse_url(form.value, field="value")
         domain = None
     else:
         raise InvalidInput("Choose whether to allow the whole domain or a URL prefix.", field="target")
+    if is_public_suffix(host):
+        raise InvalidInput(
+            f"{host} is a public suffix shared by many unrelated sites (like co.uk or com); "
+            "propose the site's own domain instead.",
+            field="value",
+        )
     try:
         scope = ExceptionScope(form.scope)
     except ValueError as err:
@@ -387,8 +467,14 @@ def _validate_scope(form: TriageForm, now: datetime) -> tuple[str | None, str | 
         raise InvalidInput("The expiry must be after the start.", field="expires")
     if form.expires <= now:
         raise InvalidInput("The expiry is already in the past.", field="expires")
-    if form.expires - form.starts > timedelta(days=MAX_EXCEPTION_DAYS):
-        raise InvalidInput(f"An exception may last at most {MAX_EXCEPTION_DAYS} days.", field="expires")
+    if form.starts - now > MAX_START_AHEAD:
+        raise InvalidInput(
+            f"The start may be at most {MAX_START_AHEAD.days} days ahead; propose a nearer date.", field="starts"
+        )
+    if form.expires - form.starts > timedelta(days=max_days):
+        raise InvalidInput(
+            f"An exception may last at most {max_days} days; ask again when it runs out.", field="expires"
+        )
     return domain, url_prefix, scope, subject
 
 
@@ -401,6 +487,7 @@ def triage_request(
     request_id: int,
     form: TriageForm,
     policy: Policy,
+    max_exception_days: int = MAX_EXCEPTION_DAYS,
 ) -> AccessRequest:
     """The technician's check: record findings and the proposed scope, forward to the headteacher.
 
@@ -411,7 +498,7 @@ def triage_request(
         raise InvalidTransition(f"{reference_for(request.id)} is {request.status} and cannot be triaged.")
     notes = clean_text(form.technician_notes, field="technician_notes", max_len=4000, required=True)
     risks = clean_text(form.risks_and_controls, field="risks_and_controls", max_len=4000, required=True)
-    domain, url_prefix, scope, subject = _validate_scope(form, now)
+    domain, url_prefix, scope, subject = _validate_scope(form, now, max(1, max_exception_days))
     probe_host = domain or parse_url(url_prefix or "", field="value")[1]
     refuse_if_locked(policy, probe_host, url_prefix, now)
     if not _related_hosts(probe_host, request.host):

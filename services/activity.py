@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from schoolgate.services.common import SiteScope, on_site
 from schoolgate.services.errors import InvalidInput
 from schoolgate.services.rollups import DEVICE, ROLE, SERVICE, TARGET
 from schoolgate.store.models import (
@@ -98,13 +99,13 @@ def _check_range(start: datetime, end: datetime) -> None:
         raise InvalidInput(f"Search at most {MAX_RANGE.days} days at a time.", field="start")
 
 
-def search_events(session: Session, site: str, query: EventQuery) -> EventPage:
+def search_events(session: Session, site: SiteScope, query: EventQuery) -> EventPage:
     """Events newest first matching the filters, one page at a time."""
     _check_range(query.start, query.end)
     if query.verdict is not None and query.verdict not in VERDICTS:
         raise InvalidInput(f"Unknown verdict {query.verdict!r}.", field="verdict")
     limit = max(1, min(query.limit, MAX_PAGE))
-    conditions: list[Any] = [AccessEvent.site == site, AccessEvent.ts >= query.start, AccessEvent.ts < query.end]
+    conditions: list[Any] = [on_site(AccessEvent.site, site), AccessEvent.ts >= query.start, AccessEvent.ts < query.end]
     if query.person_id:
         conditions.append(AccessEvent.person_id == query.person_id)
     if query.device_id:
@@ -153,7 +154,7 @@ def _local_days(start: datetime, end: datetime) -> tuple[date, date]:
 
 def blocked_over_time(
     session: Session,
-    site: str,
+    site: SiteScope,
     start: datetime,
     end: datetime,
     *,
@@ -181,7 +182,7 @@ def blocked_over_time(
             for when, key, count in session.execute(
                 select(EventHourly.hour, key_column, func.sum(EventHourly.count))
                 .where(
-                    EventHourly.site == site,
+                    on_site(EventHourly.site, site),
                     EventHourly.verdict == "block",
                     EventHourly.hour >= _floor_hour(start),
                     EventHourly.hour < end,
@@ -195,7 +196,7 @@ def blocked_over_time(
             (local_midnight(day), key, count)
             for day, key, count in session.execute(
                 select(EventDaily.day, EventDaily.key, EventDaily.count).where(
-                    EventDaily.site == site,
+                    on_site(EventDaily.site, site),
                     EventDaily.dimension == (SERVICE if by == "service" else ROLE),
                     EventDaily.verdict == "block",
                     EventDaily.day >= first,
@@ -234,7 +235,7 @@ def blocked_over_time(
 
 
 def _top(
-    session: Session, site: str, dimension: str, start: datetime, end: datetime, *, verdict: str, limit: int
+    session: Session, site: SiteScope, dimension: str, start: datetime, end: datetime, *, verdict: str, limit: int
 ) -> list[Ranked]:
     _check_range(start, end)
     first, last = _local_days(start, end)
@@ -242,7 +243,7 @@ def _top(
     rows = session.execute(
         select(EventDaily.key, func.max(EventDaily.label), total)
         .where(
-            EventDaily.site == site,
+            on_site(EventDaily.site, site),
             EventDaily.dimension == dimension,
             EventDaily.verdict == verdict,
             EventDaily.day >= first,
@@ -256,7 +257,7 @@ def _top(
 
 
 def top_services(
-    session: Session, site: str, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10
+    session: Session, site: SiteScope, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10
 ) -> list[Ranked]:
     """Services (or hosts, where no catalogue service matched) with the most events of `verdict`,
     over the whole local days the range touches (from the daily rollup)."""
@@ -264,19 +265,19 @@ def top_services(
 
 
 def top_devices(
-    session: Session, site: str, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10
+    session: Session, site: SiteScope, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10
 ) -> list[Ranked]:
     """Devices (or addresses, for unregistered devices) with the most events of `verdict`,
     over the whole local days the range touches (from the daily rollup)."""
     return _top(session, site, DEVICE, start, end, verdict=verdict, limit=limit)
 
 
-def count_events(session: Session, site: str, start: datetime, end: datetime, verdict: str) -> int:
+def count_events(session: Session, site: SiteScope, start: datetime, end: datetime, verdict: str) -> int:
     """Events of `verdict` in the UTC hours starting in [start, end) (from the hourly rollup)."""
     return int(
         session.scalar(
             select(func.coalesce(func.sum(EventHourly.count), 0)).where(
-                EventHourly.site == site,
+                on_site(EventHourly.site, site),
                 EventHourly.verdict == verdict,
                 EventHourly.hour >= _floor_hour(start),
                 EventHourly.hour < end,
@@ -286,7 +287,7 @@ def count_events(session: Session, site: str, start: datetime, end: datetime, ve
     )
 
 
-def dashboard(session: Session, site: str, now: datetime, *, days: int = 7) -> Dashboard:
+def dashboard(session: Session, site: SiteScope, now: datetime, *, days: int = 7) -> Dashboard:
     """The figures on the console's front page: today (local), open work, the last `days` days."""
     from schoolgate.services.alerts import count_open_by_severity
 
@@ -296,7 +297,7 @@ def dashboard(session: Session, site: str, now: datetime, *, days: int = 7) -> D
         str(status): int(count)
         for status, count in session.execute(
             select(AccessRequest.status, func.count())
-            .where(AccessRequest.site == site, AccessRequest.status.in_(("submitted", "forwarded")))
+            .where(on_site(AccessRequest.site, site), AccessRequest.status.in_(("submitted", "forwarded")))
             .group_by(AccessRequest.status)
         ).all()
     }
@@ -304,7 +305,7 @@ def dashboard(session: Session, site: str, now: datetime, *, days: int = 7) -> D
         select(func.count())
         .select_from(PolicyExceptionRow)
         .where(
-            PolicyExceptionRow.site == site,
+            on_site(PolicyExceptionRow.site, site),
             PolicyExceptionRow.revoked_at.is_(None),
             PolicyExceptionRow.starts <= now,
             PolicyExceptionRow.expires > now,
@@ -313,7 +314,7 @@ def dashboard(session: Session, site: str, now: datetime, *, days: int = 7) -> D
     active_bans = session.scalar(
         select(func.count())
         .select_from(BanRow)
-        .where(BanRow.site == site, BanRow.lifted_at.is_(None), BanRow.starts <= now, BanRow.until > now)
+        .where(on_site(BanRow.site, site), BanRow.lifted_at.is_(None), BanRow.starts <= now, BanRow.until > now)
     )
     return Dashboard(
         today_allowed=count_events(session, site, today, now + timedelta(seconds=1), "allow"),
@@ -328,10 +329,12 @@ def dashboard(session: Session, site: str, now: datetime, *, days: int = 7) -> D
     )
 
 
-def recent_alert_subjects(session: Session, site: str, device_id: str) -> list[Alert]:
+def recent_alert_subjects(session: Session, site: SiteScope, device_id: str) -> list[Alert]:
     """The cases about one device, newest first (for the device page)."""
     return list(
         session.scalars(
-            select(Alert).where(Alert.site == site, Alert.device_id == device_id).order_by(Alert.last_seen.desc())
+            select(Alert)
+            .where(on_site(Alert.site, site), Alert.device_id == device_id)
+            .order_by(Alert.last_seen.desc())
         )
     )

@@ -14,7 +14,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.actor import DSL, HEADTEACHER, Actor
-from schoolgate.services.common import Page, audit, clean_text
+from schoolgate.services.common import Page, SiteScope, audit, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
 from schoolgate.services.keywords import SEVERITIES
 from schoolgate.store.models import Alert, AlertHistory
@@ -44,10 +44,10 @@ def _severity_order() -> object:
 
 
 def list_alerts(
-    session: Session, site: str, query: AlertFilter = AlertFilter(), *, limit: int = 50, offset: int = 0
+    session: Session, site: SiteScope, query: AlertFilter = AlertFilter(), *, limit: int = 50, offset: int = 0
 ) -> Page[Alert]:
     """Cases, open ones first, then by severity (highest first), then most recent."""
-    conditions = [Alert.site == site]
+    conditions = [on_site(Alert.site, site)]
     if query.statuses:
         conditions.append(Alert.status.in_(list(query.statuses)))
     if query.severities:
@@ -76,10 +76,10 @@ def list_alerts(
     return Page(items=rows, total=total, limit=limit, offset=offset)
 
 
-def count_open_by_severity(session: Session, site: str) -> dict[str, int]:
+def count_open_by_severity(session: Session, site: SiteScope) -> dict[str, int]:
     rows = session.execute(
         select(Alert.severity, func.count())
-        .where(Alert.site == site, Alert.status.in_(OPEN_STATUSES))
+        .where(on_site(Alert.site, site), Alert.status.in_(OPEN_STATUSES))
         .group_by(Alert.severity)
     ).all()
     counts = dict.fromkeys(SEVERITIES, 0)
@@ -88,9 +88,9 @@ def count_open_by_severity(session: Session, site: str) -> dict[str, int]:
     return counts
 
 
-def get_alert(session: Session, site: str, alert_id: int) -> Alert:
+def get_alert(session: Session, site: SiteScope, alert_id: int) -> Alert:
     alert = session.get(Alert, alert_id)
-    if alert is None or alert.site != site:
+    if alert is None or not in_scope(alert.site, site):
         raise NotFound(f"There is no alert {alert_id}.")
     return alert
 
@@ -214,7 +214,7 @@ def resolve_alert(
     return alert
 
 
-def history(session: Session, site: str, alert_id: int) -> list[AlertHistory]:
+def history(session: Session, site: SiteScope, alert_id: int) -> list[AlertHistory]:
     alert = get_alert(session, site, alert_id)
     return list(
         session.scalars(select(AlertHistory).where(AlertHistory.alert_id == alert.id).order_by(AlertHistory.id))

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.actor import DSL, HEADTEACHER, Actor
-from schoolgate.services.common import Page, audit, bump_overlay, clean_text
+from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
 from schoolgate.store.models import Alert, AlertHistory, BanRow, Device
 
@@ -41,12 +41,12 @@ def ban_device(
     alert = None
     if alert_id is not None:
         alert = session.get(Alert, alert_id)
-        if alert is None or alert.site != site:
+        if alert is None or not in_scope(alert.site, site):
             raise NotFound(f"There is no alert {alert_id}.")
-    device = session.scalars(select(Device).where(Device.site == site, Device.device_id == key)).first()
+    device = session.scalars(select(Device).where(on_site(Device.site, site), Device.device_id == key)).first()
     existing = session.scalars(
         select(BanRow).where(
-            BanRow.site == site, BanRow.device_id == key, BanRow.lifted_at.is_(None), BanRow.until > now
+            on_site(BanRow.site, site), BanRow.device_id == key, BanRow.lifted_at.is_(None), BanRow.until > now
         )
     ).first()
     if existing is not None:
@@ -94,7 +94,7 @@ def ban_device(
 def lift_ban(session: Session, *, site: str, now: datetime, actor: Actor, ban_id: int, reason: str) -> BanRow:
     actor.require(DSL, HEADTEACHER, doing="lift bans")
     ban = session.get(BanRow, ban_id)
-    if ban is None or ban.site != site:
+    if ban is None or not in_scope(ban.site, site):
         raise NotFound(f"There is no ban {ban_id}.")
     if ban.lifted_at is not None:
         raise InvalidTransition("That ban has already been lifted.")
@@ -128,9 +128,9 @@ def lift_ban(session: Session, *, site: str, now: datetime, actor: Actor, ban_id
 
 
 def list_bans(
-    session: Session, site: str, *, now: datetime, active_only: bool = True, limit: int = 100, offset: int = 0
+    session: Session, site: SiteScope, *, now: datetime, active_only: bool = True, limit: int = 100, offset: int = 0
 ) -> Page[BanRow]:
-    conditions = [BanRow.site == site]
+    conditions = [on_site(BanRow.site, site)]
     if active_only:
         conditions += [BanRow.lifted_at.is_(None), BanRow.until > now]
     total = session.scalar(select(func.count()).select_from(BanRow).where(*conditions)) or 0
@@ -140,9 +140,9 @@ def list_bans(
     return Page(items=rows, total=total, limit=limit, offset=offset)
 
 
-def active_ban_for(session: Session, site: str, device_id: str, now: datetime) -> BanRow | None:
+def active_ban_for(session: Session, site: SiteScope, device_id: str, now: datetime) -> BanRow | None:
     return session.scalars(
         select(BanRow).where(
-            BanRow.site == site, BanRow.device_id == device_id, BanRow.lifted_at.is_(None), BanRow.until > now
+            on_site(BanRow.site, site), BanRow.device_id == device_id, BanRow.lifted_at.is_(None), BanRow.until > now
         )
     ).first()

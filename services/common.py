@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from sqlalchemy import false
 from sqlalchemy.orm import Session
 
 from schoolgate.services.actor import Actor
@@ -47,6 +48,24 @@ def clean_text(value: str | None, *, field: str, max_len: int, required: bool = 
     if any(ord(ch) < 32 and ch not in "\n\r\t" for ch in text):
         raise InvalidInput(f"{field.replace('_', ' ').capitalize()} contains control characters.", field=field)
     return text
+
+
+#: The schools a read may cover: one site id, or several (a trust admin's whole-trust view).
+SiteScope = str | tuple[str, ...]
+
+
+def on_site(column: Any, site: SiteScope) -> Any:
+    """The WHERE condition that keeps a query to `site` (one school or several)."""
+    if isinstance(site, str):
+        return column == site
+    return column.in_(sorted(site)) if site else false()
+
+
+def in_scope(row_site: str | None, site: SiteScope) -> bool:
+    """Whether a row fetched by id belongs to `site` (or to one of several)."""
+    if row_site is None:
+        return False
+    return row_site == site if isinstance(site, str) else row_site in site
 
 
 def normalise_host(value: str, *, field: str = "domain") -> str:

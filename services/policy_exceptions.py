@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.actor import HEADTEACHER, TECHNICIAN, Actor
-from schoolgate.services.common import Page, audit, bump_overlay, clean_text
+from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidTransition, NotFound
 from schoolgate.store.models import PolicyExceptionRow
 
@@ -26,10 +26,10 @@ def exception_state(row: PolicyExceptionRow, now: datetime) -> str:
 
 
 def list_exceptions(
-    session: Session, site: str, *, now: datetime, state: str = ACTIVE, limit: int = 100, offset: int = 0
+    session: Session, site: SiteScope, *, now: datetime, state: str = ACTIVE, limit: int = 100, offset: int = 0
 ) -> Page[PolicyExceptionRow]:
     """`state`: active, upcoming, ended or all; soonest expiry first (newest first for ended)."""
-    conditions = [PolicyExceptionRow.site == site]
+    conditions = [on_site(PolicyExceptionRow.site, site)]
     order: list[Any] = [PolicyExceptionRow.expires.asc(), PolicyExceptionRow.id.asc()]
     live = [PolicyExceptionRow.revoked_at.is_(None), PolicyExceptionRow.expires > now]
     if state == ACTIVE:
@@ -46,9 +46,9 @@ def list_exceptions(
     return Page(items=rows, total=total, limit=limit, offset=offset)
 
 
-def get_exception(session: Session, site: str, exception_id: int) -> PolicyExceptionRow:
+def get_exception(session: Session, site: SiteScope, exception_id: int) -> PolicyExceptionRow:
     row = session.get(PolicyExceptionRow, exception_id)
-    if row is None or row.site != site:
+    if row is None or not in_scope(row.site, site):
         raise NotFound(f"There is no exception {exception_id}.")
     return row
 
@@ -90,7 +90,7 @@ def expire_due(session: Session, *, site: str, since: datetime, now: datetime) -
     exception_ids = list(
         session.scalars(
             select(PolicyExceptionRow.id).where(
-                PolicyExceptionRow.site == site,
+                on_site(PolicyExceptionRow.site, site),
                 PolicyExceptionRow.revoked_at.is_(None),
                 PolicyExceptionRow.expires > since,
                 PolicyExceptionRow.expires <= now,
@@ -100,7 +100,7 @@ def expire_due(session: Session, *, site: str, since: datetime, now: datetime) -
     ban_ids = list(
         session.scalars(
             select(BanRow.id).where(
-                BanRow.site == site, BanRow.lifted_at.is_(None), BanRow.until > since, BanRow.until <= now
+                on_site(BanRow.site, site), BanRow.lifted_at.is_(None), BanRow.until > since, BanRow.until <= now
             )
         )
     )

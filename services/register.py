@@ -22,9 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Role
-from schoolgate.services.actor import ADMIN, TECHNICIAN, Actor
-from schoolgate.services.common import Page, audit, bump_overlay, clean_text
-from schoolgate.services.errors import InvalidInput, NotFound, ServiceError
+from schoolgate.services.actor import ADMIN, HEADTEACHER, TECHNICIAN, Actor
+from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
+from schoolgate.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
 from schoolgate.store.models import Device, Person
 
 MAX_IMPORT_ROWS = 20_000
@@ -33,6 +33,9 @@ MAX_IMPORT_BYTES = 10 * 1024 * 1024
 PERSON_ROLES = tuple(r.value for r in Role if r is not Role.SUPERVISED)
 DEVICE_COLUMNS = ("device_id", "name", "mac", "ip", "kind", "role", "owner", "trusts_school_ca", "notes")
 PEOPLE_COLUMNS = ("external_id", "name", "role", "year_group", "groups", "email", "active")
+AUTHORISED = Role.AUTHORISED.value
+#: What a person's role becomes when the headteacher withdraws "authorised".
+WITHDRAWN_PERSON_ROLE = Role.STAFF.value
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 
@@ -176,20 +179,22 @@ def _clean_person(form: PersonForm) -> PersonForm:
 # -- devices -----------------------------------------------------------------------------------
 
 
-def get_device(session: Session, site: str, device_pk: int) -> Device:
+def get_device(session: Session, site: SiteScope, device_pk: int) -> Device:
     device = session.get(Device, device_pk)
-    if device is None or device.site != site:
+    if device is None or not in_scope(device.site, site):
         raise NotFound(f"There is no device {device_pk}.")
     return device
 
 
 def find_device(session: Session, site: str, device_id: str) -> Device | None:
-    return session.scalars(select(Device).where(Device.site == site, Device.device_id == device_id)).first()
+    return session.scalars(select(Device).where(on_site(Device.site, site), Device.device_id == device_id)).first()
 
 
-def list_devices(session: Session, site: str, *, search: str = "", limit: int = 100, offset: int = 0) -> Page[Device]:
+def list_devices(
+    session: Session, site: SiteScope, *, search: str = "", limit: int = 100, offset: int = 0
+) -> Page[Device]:
     """Devices by name; `search` matches the id, name, MAC or IP (case-insensitive substring)."""
-    conditions: list[Any] = [Device.site == site]
+    conditions: list[Any] = [on_site(Device.site, site)]
     if search.strip():
         pattern = f"%{search.strip().lower()}%"
         conditions.append(
@@ -210,7 +215,7 @@ def list_devices(session: Session, site: str, *, search: str = "", limit: int = 
 def _owner_pk(session: Session, site: str, owner: str | None) -> int | None:
     if owner is None:
         return None
-    person = session.scalars(select(Person).where(Person.site == site, Person.external_id == owner)).first()
+    person = session.scalars(select(Person).where(on_site(Person.site, site), Person.external_id == owner)).first()
     if person is None:
         raise InvalidInput(f"No one with id {owner!r} is in the people register.", field="owner")
     return person.id
@@ -221,7 +226,7 @@ def _check_device_unique(session: Session, site: str, form: DeviceForm, own_pk: 
     if same_id is not None and same_id.id != own_pk:
         raise InvalidInput(f"Device id {form.device_id!r} is already registered.", field="device_id")
     if form.mac:
-        same_mac = session.scalars(select(Device).where(Device.site == site, Device.mac == form.mac)).first()
+        same_mac = session.scalars(select(Device).where(on_site(Device.site, site), Device.mac == form.mac)).first()
         if same_mac is not None and same_mac.id != own_pk:
             raise InvalidInput(f"MAC {form.mac} is already registered to {same_mac.device_id!r}.", field="mac")
 
@@ -236,6 +241,27 @@ def _apply_device(device: Device, form: DeviceForm, owner_pk: int | None) -> Non
     device.person_id = owner_pk
     device.trusts_school_ca = form.trusts_school_ca
     device.notes = form.notes
+
+
+def _refuse_unapproved_authorised(actor: Actor, was_authorised: bool, becomes_authorised: bool, what: str) -> None:
+    """Only the headteacher may give the authorised role (seed 001 §3: the headteacher authorises
+    who may use the school's social media accounts); taking it away is anyone's to do."""
+    if becomes_authorised and not was_authorised and not actor.has_any(HEADTEACHER):
+        raise Forbidden(
+            f"Only the headteacher can make {what} authorised (it opens the school's social media "
+            "accounts). Save it with another role and ask the headteacher to authorise it.",
+            field="role",
+        )
+
+
+def _device_authorised(session: Session, site: str, role: str | None, owner_pk: int | None) -> bool:
+    """Whether a device gets the authorised role: its own role, else its owner's."""
+    if role is not None:
+        return role == AUTHORISED
+    if owner_pk is None:
+        return False
+    owner = session.get(Person, owner_pk)
+    return owner is not None and in_scope(owner.site, site) and owner.active and owner.role == AUTHORISED
 
 
 def _device_detail(form: DeviceForm) -> dict[str, Any]:
@@ -254,8 +280,12 @@ def create_device(session: Session, *, site: str, now: datetime, actor: Actor, f
     actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
     cleaned = _clean_device(form)
     _check_device_unique(session, site, cleaned, None)
+    owner_pk = _owner_pk(session, site, cleaned.owner)
+    _refuse_unapproved_authorised(
+        actor, False, _device_authorised(session, site, cleaned.role, owner_pk), f"device {cleaned.device_id}"
+    )
     device = Device(site=site, created_at=now)
-    _apply_device(device, cleaned, _owner_pk(session, site, cleaned.owner))
+    _apply_device(device, cleaned, owner_pk)
     session.add(device)
     session.flush()
     audit(
@@ -279,7 +309,14 @@ def update_device(
     device = get_device(session, site, device_pk)
     cleaned = _clean_device(form)
     _check_device_unique(session, site, cleaned, device.id)
-    _apply_device(device, cleaned, _owner_pk(session, site, cleaned.owner))
+    owner_pk = _owner_pk(session, site, cleaned.owner)
+    _refuse_unapproved_authorised(
+        actor,
+        _device_authorised(session, site, device.role, device.person_id),
+        _device_authorised(session, site, cleaned.role, owner_pk),
+        f"device {cleaned.device_id}",
+    )
+    _apply_device(device, cleaned, owner_pk)
     session.flush()
     audit(
         session,
@@ -317,21 +354,21 @@ def delete_device(session: Session, *, site: str, now: datetime, actor: Actor, d
 # -- people ------------------------------------------------------------------------------------
 
 
-def get_person(session: Session, site: str, person_pk: int) -> Person:
+def get_person(session: Session, site: SiteScope, person_pk: int) -> Person:
     person = session.get(Person, person_pk)
-    if person is None or person.site != site:
+    if person is None or not in_scope(person.site, site):
         raise NotFound(f"There is no person {person_pk}.")
     return person
 
 
 def find_person(session: Session, site: str, external_id: str) -> Person | None:
-    return session.scalars(select(Person).where(Person.site == site, Person.external_id == external_id)).first()
+    return session.scalars(select(Person).where(on_site(Person.site, site), Person.external_id == external_id)).first()
 
 
 def list_people(
-    session: Session, site: str, *, search: str = "", role: str | None = None, limit: int = 100, offset: int = 0
+    session: Session, site: SiteScope, *, search: str = "", role: str | None = None, limit: int = 100, offset: int = 0
 ) -> Page[Person]:
-    conditions: list[Any] = [Person.site == site]
+    conditions: list[Any] = [on_site(Person.site, site)]
     if role:
         conditions.append(Person.role == role)
     if search.strip():
@@ -370,6 +407,7 @@ def create_person(session: Session, *, site: str, now: datetime, actor: Actor, f
     cleaned = _clean_person(form)
     if find_person(session, site, cleaned.external_id) is not None:
         raise InvalidInput(f"Id {cleaned.external_id!r} is already in the people register.", field="external_id")
+    _refuse_unapproved_authorised(actor, False, cleaned.role == AUTHORISED, cleaned.name)
     person = Person(site=site, created_at=now)
     _apply_person(person, cleaned)
     session.add(person)
@@ -397,6 +435,7 @@ def update_person(
     other = find_person(session, site, cleaned.external_id)
     if other is not None and other.id != person.id:
         raise InvalidInput(f"Id {cleaned.external_id!r} is already in the people register.", field="external_id")
+    _refuse_unapproved_authorised(actor, person.role == AUTHORISED, cleaned.role == AUTHORISED, cleaned.name)
     _apply_person(person, cleaned)
     session.flush()
     audit(
@@ -565,8 +604,13 @@ def import_devices_csv(session: Session, *, site: str, now: datetime, actor: Act
         )
         existing = find_device(session, site, form.device_id)
         _check_device_unique(session, site, form, existing.id if existing is not None else None)
+        owner_pk = _owner_pk(session, site, form.owner)
+        was = existing is not None and _device_authorised(session, site, existing.role, existing.person_id)
+        _refuse_unapproved_authorised(
+            actor, was, _device_authorised(session, site, form.role, owner_pk), f"device {form.device_id}"
+        )
         device = existing if existing is not None else Device(site=site, created_at=now)
-        _apply_device(device, form, _owner_pk(session, site, form.owner))
+        _apply_device(device, form, owner_pk)
         if existing is None:
             session.add(device)
         session.flush()
@@ -601,6 +645,8 @@ def import_people_csv(session: Session, *, site: str, now: datetime, actor: Acto
         )
         form = _clean_person(form)
         existing = find_person(session, site, form.external_id)
+        was = existing is not None and existing.role == AUTHORISED
+        _refuse_unapproved_authorised(actor, was, form.role == AUTHORISED, form.name)
         person = existing if existing is not None else Person(site=site, created_at=now)
         _apply_person(person, form)
         if existing is None:
@@ -619,6 +665,60 @@ def import_people_csv(session: Session, *, site: str, now: datetime, actor: Acto
         required=("external_id", "name", "role"),
         save=save,
     )
+
+
+def set_person_authorised(
+    session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int, authorised: bool, reason: str
+) -> Person:
+    """The headteacher's authorisation of a person (seed 001 §3), or its withdrawal."""
+    actor.require(HEADTEACHER, doing="authorise people to use the school's social media accounts")
+    person = get_person(session, site, person_pk)
+    why = clean_text(reason, field="reason", max_len=1000, required=authorised)
+    before = person.role
+    if authorised == (before == AUTHORISED):
+        return person
+    person.role = AUTHORISED if authorised else WITHDRAWN_PERSON_ROLE
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="person.authorise" if authorised else "person.unauthorise",
+        object_type="person",
+        object_id=person.id,
+        detail={"external_id": person.external_id, "name": person.name, "from": before, "to": person.role,
+                "reason": why},
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return person
+
+
+def set_device_authorised(
+    session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int, authorised: bool, reason: str
+) -> Device:
+    """The headteacher's authorisation of a device, or its withdrawal (back to the owner's role)."""
+    actor.require(HEADTEACHER, doing="authorise devices to use the school's social media accounts")
+    device = get_device(session, site, device_pk)
+    why = clean_text(reason, field="reason", max_len=1000, required=authorised)
+    before = device.role
+    wanted = AUTHORISED if authorised else None
+    if before == wanted or (not authorised and before != AUTHORISED):
+        return device
+    device.role = wanted
+    session.flush()
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action="device.authorise" if authorised else "device.unauthorise",
+        object_type="device",
+        object_id=device.id,
+        detail={"device_id": device.device_id, "from": before, "to": wanted, "reason": why},
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+    return device
 
 
 __all__ = [
@@ -642,6 +742,8 @@ __all__ = [
     "list_people",
     "normalise_mac",
     "parse_year_group",
+    "set_device_authorised",
+    "set_person_authorised",
     "update_device",
     "update_person",
 ]

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.actor import TECHNICIAN, Actor, Signature
-from schoolgate.services.common import Page, audit, clean_text, parse_url
+from schoolgate.services.common import Page, SiteScope, audit, clean_text, in_scope, on_site, parse_url
 from schoolgate.services.errors import Forbidden, InvalidInput, InvalidTransition, NotFound
 from schoolgate.services.site_blocks import BlockSpec, add_site_block
 from schoolgate.store.models import ContentReport, SiteBlockRow
@@ -52,17 +52,17 @@ def parse_urls(text: str) -> list[str]:
     return urls
 
 
-def get_report(session: Session, site: str, report_id: int) -> ContentReport:
+def get_report(session: Session, site: SiteScope, report_id: int) -> ContentReport:
     report = session.get(ContentReport, report_id)
-    if report is None or report.site != site:
+    if report is None or not in_scope(report.site, site):
         raise NotFound(f"There is no content report {report_id}.")
     return report
 
 
 def list_reports(
-    session: Session, site: str, *, statuses: Sequence[str] | None = None, limit: int = 50, offset: int = 0
+    session: Session, site: SiteScope, *, statuses: Sequence[str] | None = None, limit: int = 50, offset: int = 0
 ) -> Page[ContentReport]:
-    conditions = [ContentReport.site == site]
+    conditions = [on_site(ContentReport.site, site)]
     if statuses is not None:
         conditions.append(ContentReport.status.in_(list(statuses)))
     total = session.scalar(select(func.count()).select_from(ContentReport).where(*conditions)) or 0

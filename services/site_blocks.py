@@ -10,7 +10,17 @@ from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Role
 from schoolgate.services.actor import ADMIN, TECHNICIAN, Actor
-from schoolgate.services.common import Page, audit, bump_overlay, clean_text, normalise_host, parse_url
+from schoolgate.services.common import (
+    Page,
+    SiteScope,
+    audit,
+    bump_overlay,
+    clean_text,
+    in_scope,
+    normalise_host,
+    on_site,
+    parse_url,
+)
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
 from schoolgate.store.models import SiteBlockRow
 
@@ -90,7 +100,7 @@ def remove_site_block(
 ) -> SiteBlockRow:
     actor.require(TECHNICIAN, ADMIN, doing="remove site blocks")
     row = session.get(SiteBlockRow, block_id)
-    if row is None or row.site != site:
+    if row is None or not in_scope(row.site, site):
         raise NotFound(f"There is no site block {block_id}.")
     if row.removed_at is not None:
         raise InvalidTransition("That block has already been removed.")
@@ -112,9 +122,9 @@ def remove_site_block(
 
 
 def list_site_blocks(
-    session: Session, site: str, *, include_removed: bool = False, limit: int = 100, offset: int = 0
+    session: Session, site: SiteScope, *, include_removed: bool = False, limit: int = 100, offset: int = 0
 ) -> Page[SiteBlockRow]:
-    conditions = [SiteBlockRow.site == site]
+    conditions = [on_site(SiteBlockRow.site, site)]
     if not include_removed:
         conditions.append(SiteBlockRow.removed_at.is_(None))
     total = session.scalar(select(func.count()).select_from(SiteBlockRow).where(*conditions)) or 0

@@ -17,6 +17,8 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.registers import bp as registers
     from schoolgate.console.views.reports import bp as reports
     from schoolgate.console.views.requests import bp as requests
+    from schoolgate.console.views.trust import bp as trust
 
-    for blueprint in (auth, public, dashboard, requests, reports, alerts, activity, registers, policy, audit, admin):
+    for blueprint in (auth, public, dashboard, requests, reports, alerts, activity, registers, policy, audit, admin,
+                      trust):
         app.register_blueprint(blueprint)

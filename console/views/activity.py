@@ -14,6 +14,7 @@ from schoolgate.console.policyref import PolicyUnavailable
 from schoolgate.console.roles import Permission
 from schoolgate.policy import Client, Role, Target, decide, explain_text
 from schoolgate.services import activity as svc
+from schoolgate.services.common import in_scope
 from schoolgate.services.errors import ServiceError
 from schoolgate.store.models import AccessEvent
 
@@ -64,7 +65,7 @@ def search() -> Any:
         )
         if wants_csv():
             return csv_response("activity.csv", EVENT_COLUMNS, _all_rows(query))
-        page = svc.search_events(web.db(), web.site_id(), query)
+        page = svc.search_events(web.db(), web.site_scope(), query)
     except ServiceError as err:
         return render_template("activity/search.html", page=None, values=values, kept=kept, error=err.message,
                                verdicts=svc.VERDICTS, roles=[r.value for r in Role], next_args=None), 400
@@ -81,7 +82,7 @@ def _all_rows(query: svc.EventQuery) -> Any:
     sent = 0
     cursor = query.before
     while sent < CSV_MAX_ROWS:
-        page = svc.search_events(web.db(), web.site_id(), svc.EventQuery(**{
+        page = svc.search_events(web.db(), web.site_scope(), svc.EventQuery(**{
             **{f: getattr(query, f) for f in query.__slots__}, "limit": svc.MAX_PAGE, "before": cursor}))
         for e in page.items:
             yield [getattr(e, c) for c in EVENT_COLUMNS]
@@ -96,11 +97,11 @@ def _all_rows(query: svc.EventQuery) -> Any:
 def event(event_id: int) -> Any:
     """One event, and in plain words why the policy decided as it did."""
     row = web.db().get(AccessEvent, event_id)
-    if row is None or row.site != web.site_id():
+    if row is None or not in_scope(row.site, web.site_scope()):
         abort(404)
     explanation, current, policy_error, logged_rule = None, None, None, None
     try:
-        policy = web.policy_ref().with_overlay(web.db(), web.site_id(), row.ts)
+        policy = web.policy_ref().with_overlay(web.db(), row.site, row.ts)
         logged_rule = next((r for r in (*policy.rules, policy.default_rule) if r.id == row.rule_id), None)
         try:
             role = Role(row.role)

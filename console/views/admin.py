@@ -31,12 +31,13 @@ def _audit(action: str, user: ConsoleUser, detail: dict[str, Any]) -> None:
 
 def _site_users() -> Any:
     site = web.site_id()
-    return select(ConsoleUser).where((ConsoleUser.site == site) | ConsoleUser.site.is_(None))
+    # Trust-wide accounts (no site) are the trust's to manage, never a school admin's.
+    return select(ConsoleUser).where(ConsoleUser.site == site)
 
 
 def _load(user_id: int) -> ConsoleUser:
     user = web.db().get(ConsoleUser, user_id)
-    if user is None or user.site not in (None, web.site_id()):
+    if user is None or user.site != web.site_id():
         abort(404)
     return user
 

@@ -20,6 +20,8 @@ bp = Blueprint("auth", __name__)
 STAGE_TOTP = "totp"
 STAGE_ENROL = "enrol"
 STAGE_FULL = "full"
+#: How long the half-signed-in state (password right, code still to come) lasts.
+PENDING_LIFETIME = timedelta(minutes=5)
 
 
 def _limiter() -> AttemptLimiter:
@@ -52,6 +54,11 @@ def _pending_user() -> ConsoleUser | None:
     user = web.db().get(ConsoleUser, uid)
     if user is None or not user.active or session.get("pwd") != web.password_fingerprint(user):
         return None
+    started = session.get("pending_at")
+    if not isinstance(started, (int, float)) or web.now().timestamp() - started > PENDING_LIFETIME.total_seconds():
+        session.clear()
+        flash("The sign-in took too long to finish. Please sign in again.")
+        return None
     return user
 
 
@@ -65,6 +72,7 @@ def _finish_sign_in(user: ConsoleUser) -> Response:
     session["pwd"] = web.password_fingerprint(user)
     session["stage"] = STAGE_FULL
     session["seen"] = int(current.timestamp())
+    session["since"] = int(current.timestamp())  # the absolute lifetime counts from here
     user.last_login = current
     web.db().commit()
     return redirect(nxt or url_for("dashboard.index"))
@@ -114,6 +122,7 @@ def login() -> tuple[str, int] | Response:
                 rotate_csrf_token()
                 session["uid"] = user.id
                 session["pwd"] = web.password_fingerprint(user)
+                session["pending_at"] = int(current.timestamp())
                 if nxt:
                     session["next"] = nxt
                 if user.totp_secret:
@@ -208,12 +217,41 @@ def account_totp() -> tuple[str, int] | Response:
     user = web.current_user()
     assert user is not None
     if request.method == "POST":
+        problem = _prove_current_factors(user)
+        if problem is not None:
+            web.db().commit()  # the counted failure
+            return _enrolment_page(user, problem, 400)
         if _confirm_enrolment(user):
             web.db().commit()
             flash("Two-factor sign-in is set up. You will be asked for a code each time you sign in.")
             return redirect(url_for("auth.account"))
         return _enrolment_page(user, "That code is not right. Scan the QR code again and type the code shown.", 400)
     return _enrolment_page(user, None)
+
+
+def _prove_current_factors(user: ConsoleUser) -> str | None:
+    """Replacing the second factor needs the password and the current code: a browser left
+    signed in must not let someone move the account's second factor to their own phone."""
+    current = web.now()
+    if user.locked_until is not None and user.locked_until > current:
+        return "Your account is locked after too many failed attempts; try again later."
+    if not accounts.verify_password(user, request.form.get("current_password", "")[:1000]):
+        _count_failure_keep_session(user)
+        return "Your current password is not right, so the second factor was not changed."
+    if user.totp_secret and not totp_guard().verify(
+        user.id, user.totp_secret, request.form.get("current_code", "")[:20], current
+    ):
+        _count_failure_keep_session(user)
+        return "The code from your current authenticator is not right, so the second factor was not changed."
+    return None
+
+
+def _count_failure_keep_session(user: ConsoleUser) -> None:
+    policy = _lockout()
+    user.failed_logins = (user.failed_logins or 0) + 1
+    if user.failed_logins >= policy.max_failures:
+        user.locked_until = web.now() + timedelta(minutes=policy.lock_minutes)
+        user.failed_logins = 0
 
 
 @bp.route("/account/password", methods=["POST"])

@@ -38,7 +38,7 @@ def index() -> Any:
     now = web.now()
     end = now + timedelta(seconds=1)
     start = end - timedelta(days=int(days))
-    session, site = web.db(), web.site_id()
+    session, site = web.db(), web.site_scope()
     figures = activity.dashboard(session, site, now, days=int(days))
     by_service = activity.blocked_over_time(session, site, start, end, by="service")
     by_role = activity.blocked_over_time(session, site, start, end, by="role")

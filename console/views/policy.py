@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
@@ -14,7 +14,7 @@ from schoolgate.console.roles import Permission
 from schoolgate.policy import Client, Role, Target, decide, explain_text
 from schoolgate.services import policy_exceptions, site_blocks
 from schoolgate.services.common import normalise_host
-from schoolgate.services.errors import ServiceError
+from schoolgate.services.errors import NotFound, ServiceError
 
 bp = Blueprint("policy", __name__, url_prefix="/policy")
 
@@ -52,9 +52,9 @@ def index() -> Any:
     except PolicyUnavailable as err:
         policy, load_error = None, str(err)
     explanation, check_error = _check(values) if policy is not None else (None, None)
-    active = policy_exceptions.list_exceptions(web.db(), web.site_id(), now=now, state=policy_exceptions.ACTIVE)
-    upcoming = policy_exceptions.list_exceptions(web.db(), web.site_id(), now=now, state=policy_exceptions.UPCOMING)
-    blocks = site_blocks.list_site_blocks(web.db(), web.site_id())
+    active = policy_exceptions.list_exceptions(web.db(), web.site_scope(), now=now, state=policy_exceptions.ACTIVE)
+    upcoming = policy_exceptions.list_exceptions(web.db(), web.site_scope(), now=now, state=policy_exceptions.UPCOMING)
+    blocks = site_blocks.list_site_blocks(web.db(), web.site_scope())
     return render_template(
         "policy/index.html", policy=policy, load_error=load_error, values=values, roles=ROLES,
         explanation=explanation, check_error=check_error, active=active, upcoming=upcoming, blocks=blocks,
@@ -72,7 +72,7 @@ def exceptions() -> Any:
         state = policy_exceptions.ALL
     now = web.now()
     limit = 100_000 if wants_csv() else 100
-    page = policy_exceptions.list_exceptions(web.db(), web.site_id(), now=now, state=state, limit=limit,
+    page = policy_exceptions.list_exceptions(web.db(), web.site_scope(), now=now, state=state, limit=limit,
                                              offset=0 if wants_csv() else web.int_arg("offset", 0))
     if wants_csv():
         return csv_response("exceptions.csv", ["id", "state", "scope", "subject", "domain", "url_prefix", "starts",
@@ -90,6 +90,9 @@ def revoke(exception_id: int) -> Any:
     try:
         policy_exceptions.revoke_exception(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
                                            exception_id=exception_id, reason=request.form.get("reason", "")[:2000])
+    except NotFound:
+        web.db().rollback()
+        abort(404)  # not this school's: say no more than that it is not here
     except ServiceError as err:
         web.db().rollback()
         flash(f"The exception was not revoked: {err.message}")

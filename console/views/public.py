@@ -2,12 +2,14 @@
 
 Anyone on the school network can reach these without an account. The block page links here
 as `/request?url=...&device=...&at=...&rule=...`; every prefilled value is only a suggestion
-shown in a form field (escaped), and the requester's address is taken from the connection.
+shown in a form field (escaped). The requester's address is taken from the connection and
+the device from that address (schoolgate.services.requester_identity); the link's device
+value is kept only as an unverified hint for the technician.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from schoolgate.console import web
@@ -15,6 +17,7 @@ from schoolgate.console.forms import parse_instant
 from schoolgate.services import access_requests as svc
 from schoolgate.services.actor import BLOCK_PAGE
 from schoolgate.services.errors import NotFound, ServiceError
+from schoolgate.services.requester_identity import identify_requester
 
 bp = Blueprint("public", __name__)
 
@@ -46,6 +49,9 @@ def request_form() -> str | tuple[str, int]:
     values = {key: form.get(key, "")[:4000] for key in
               ("requester", "staff_name", "url", "site_content", "reasons", "device", "at", "rule")}
     user = web.current_user()
+    found = identify_requester(
+        web.db(), web.site_id(), request.remote_addr, web.now(), current_app.extensions.get("schoolgate.neighbours")
+    )
     try:
         submitted = svc.submit_request(
             web.db(),
@@ -57,7 +63,9 @@ def request_form() -> str | tuple[str, int]:
                 url=values["url"],
                 site_content=values["site_content"],
                 reasons=values["reasons"],
-                device_id=values["device"] or None,
+                device_id=found.device_id if found is not None else None,
+                person_id=found.person_id if found is not None else None,
+                device_hint=values["device"] or None,
                 client_ip=request.remote_addr,
                 blocked_at=parse_instant(values["at"]),
                 rule_id=values["rule"] or None,

@@ -10,7 +10,7 @@ from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.roles import Permission
 from schoolgate.services import register as svc
-from schoolgate.services.errors import InvalidInput, ServiceError
+from schoolgate.services.errors import InvalidInput, NotFound, ServiceError
 
 bp = Blueprint("registers", __name__)
 
@@ -61,11 +61,11 @@ def devices() -> Any:
     search = request.args.get("q", "")[:200]
     args = {"q": search} if search else {}
     if wants_csv():
-        page = svc.list_devices(web.db(), web.site_id(), search=search, limit=svc.MAX_IMPORT_ROWS * 5)
+        page = svc.list_devices(web.db(), web.site_scope(), search=search, limit=svc.MAX_IMPORT_ROWS * 5)
         return csv_response("devices.csv", [*svc.DEVICE_COLUMNS, "last_seen"], (
             [d.device_id, d.name, d.mac, d.ip, d.kind, d.role, d.person.external_id if d.person else "",
              "yes" if d.trusts_school_ca else "no", d.notes, d.last_seen] for d in page.items))
-    page = svc.list_devices(web.db(), web.site_id(), search=search, offset=web.int_arg("offset", 0))
+    page = svc.list_devices(web.db(), web.site_scope(), search=search, offset=web.int_arg("offset", 0))
     return render_template("registers/devices.html", page=page, search=search, args=args)
 
 
@@ -95,7 +95,7 @@ def device_new() -> Any:
 @web.requires(Permission.VIEW_REGISTERS)
 def device_edit(device_pk: int) -> Any:
     try:
-        device = svc.get_device(web.db(), web.site_id(), device_pk)
+        device = svc.get_device(web.db(), web.site_scope(), device_pk)
     except ServiceError:
         abort(404)
     if request.method == "GET":
@@ -133,11 +133,13 @@ def people() -> Any:
     role = role if role in svc.PERSON_ROLES else ""
     args = {**({"q": search} if search else {}), **({"role": role} if role else {})}
     if wants_csv():
-        page = svc.list_people(web.db(), web.site_id(), search=search, role=role or None, limit=svc.MAX_IMPORT_ROWS * 5)
+        page = svc.list_people(web.db(), web.site_scope(), search=search, role=role or None,
+                               limit=svc.MAX_IMPORT_ROWS * 5)
         return csv_response("people.csv", svc.PEOPLE_COLUMNS, (
             [p.external_id, p.name, p.role, p.year_group, p.groups, p.email, "yes" if p.active else "no"]
             for p in page.items))
-    page = svc.list_people(web.db(), web.site_id(), search=search, role=role or None, offset=web.int_arg("offset", 0))
+    page = svc.list_people(web.db(), web.site_scope(), search=search, role=role or None,
+                           offset=web.int_arg("offset", 0))
     return render_template("registers/people.html", page=page, search=search, role=role, roles=svc.PERSON_ROLES,
                            args=args)
 
@@ -168,7 +170,7 @@ def person_new() -> Any:
 @web.requires(Permission.VIEW_REGISTERS)
 def person_edit(person_pk: int) -> Any:
     try:
-        person = svc.get_person(web.db(), web.site_id(), person_pk)
+        person = svc.get_person(web.db(), web.site_scope(), person_pk)
     except ServiceError:
         abort(404)
     if request.method == "GET":
@@ -186,6 +188,46 @@ def person_edit(person_pk: int) -> Any:
     web.db().commit()
     flash("Saved.")
     return redirect(url_for("registers.people"))
+
+
+@bp.route("/people/<int:person_pk>/authorise", methods=["POST"])
+@web.requires(Permission.AUTHORISE_ACCESS)
+def person_authorise(person_pk: int) -> Any:
+    grant = request.form.get("authorised") == "1"
+    try:
+        person = svc.set_person_authorised(
+            web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), person_pk=person_pk,
+            authorised=grant, reason=request.form.get("reason", "")[:1000],
+        )
+    except NotFound:
+        abort(404)
+    except ServiceError as err:
+        web.db().rollback()
+        flash(err.message)
+        return redirect(url_for("registers.person_edit", person_pk=person_pk))
+    web.db().commit()
+    flash(f"{person.name} is {'now authorised' if grant else 'no longer authorised'}.")
+    return redirect(url_for("registers.person_edit", person_pk=person_pk))
+
+
+@bp.route("/devices/<int:device_pk>/authorise", methods=["POST"])
+@web.requires(Permission.AUTHORISE_ACCESS)
+def device_authorise(device_pk: int) -> Any:
+    grant = request.form.get("authorised") == "1"
+    try:
+        device = svc.set_device_authorised(
+            web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), device_pk=device_pk,
+            authorised=grant, reason=request.form.get("reason", "")[:1000],
+        )
+    except NotFound:
+        abort(404)
+    except ServiceError as err:
+        web.db().rollback()
+        flash(err.message)
+        return redirect(url_for("registers.device_edit", device_pk=device_pk))
+    web.db().commit()
+    flash(f"{device.name} is {'now authorised' if grant else 'no longer authorised'}.")
+    return redirect(url_for("registers.device_edit", device_pk=device_pk))
 
 
 @bp.route("/people/import", methods=["GET", "POST"])

@@ -29,7 +29,7 @@ def index() -> Any:
     if which not in STATUS_FILTERS:
         which = "open"
     if wants_csv():
-        page = svc.list_reports(web.db(), web.site_id(), statuses=STATUS_FILTERS[which], limit=100_000)
+        page = svc.list_reports(web.db(), web.site_scope(), statuses=STATUS_FILTERS[which], limit=100_000)
         return csv_response(
             f"content-reports-{which}.csv",
             ["id", "status", "report_date", "submitter", "accessed_by", "urls", "nature", "action_taken",
@@ -37,7 +37,7 @@ def index() -> Any:
             ([r.id, r.status, r.report_date, r.submitter_name, r.accessed_by, r.urls.replace("\n", " "), r.nature,
               r.action_taken, r.actioned_by_name, r.actioned_at] for r in page.items),
         )
-    page = svc.list_reports(web.db(), web.site_id(), statuses=STATUS_FILTERS[which], offset=web.int_arg("offset", 0))
+    page = svc.list_reports(web.db(), web.site_scope(), statuses=STATUS_FILTERS[which], offset=web.int_arg("offset", 0))
     return render_template("reports/index.html", page=page, which=which, filters=list(STATUS_FILTERS),
                            args={"status": which})
 
@@ -71,7 +71,7 @@ def new() -> Any:
 
 def _load(report_id: int) -> ContentReport:
     try:
-        return svc.get_report(web.db(), web.site_id(), report_id)
+        return svc.get_report(web.db(), web.site_scope(), report_id)
     except ServiceError:
         abort(404)
 

@@ -38,7 +38,7 @@ def index() -> Any:
     host = request.args.get("host", "")[:255].strip() or None
     offset = web.int_arg("offset", 0)
     if wants_csv():
-        page = svc.list_requests(web.db(), web.site_id(), statuses=STATUS_FILTERS[which], host=host, limit=CSV_LIMIT)
+        page = svc.list_requests(web.db(), web.site_scope(), statuses=STATUS_FILTERS[which], host=host, limit=CSV_LIMIT)
         return csv_response(
             f"access-requests-{which}.csv",
             ["reference", "status", "submitted", "requester", "staff_name", "url", "host", "reasons",
@@ -47,7 +47,7 @@ def index() -> Any:
               r.reasons, r.device_id, r.triaged_by, r.authoriser, r.approved, r.decided_at, r.decision_reasons]
              for r in page.items),
         )
-    page = svc.list_requests(web.db(), web.site_id(), statuses=STATUS_FILTERS[which], host=host, offset=offset)
+    page = svc.list_requests(web.db(), web.site_scope(), statuses=STATUS_FILTERS[which], host=host, offset=offset)
     return render_template(
         "requests/index.html", page=page, which=which, filters=list(STATUS_FILTERS), host=host or "",
         args={"status": which, **({"host": host} if host else {})}, reference=svc.reference_for,
@@ -87,7 +87,7 @@ def new() -> Any:
 
 def _load(request_id: int) -> AccessRequest:
     try:
-        return svc.get_request(web.db(), web.site_id(), request_id)
+        return svc.get_request(web.db(), web.site_scope(), request_id)
     except ServiceError:
         abort(404)
 
@@ -123,7 +123,8 @@ def _show(item: AccessRequest, *, triage: dict[str, str] | None = None, errors: 
         "requests/show.html",
         item=item,
         reference=svc.reference_for(item.id),
-        duplicates=svc.duplicates_of(web.db(), web.site_id(), item.id),
+        duplicates=svc.duplicates_of(web.db(), item.site, item.id),
+        device_hint=svc.device_hint(web.db(), item.site, item.id),
         is_open=item.status in svc.OPEN_STATUSES,
         triage=triage or _triage_defaults(item),
         decide=decide_values or {"signer_name": user.display_name, "reasons": ""},
@@ -148,7 +149,7 @@ def triage(request_id: int) -> Any:
     try:
         svc.triage_request(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
-            policy=web.policy(),
+            policy=web.policy(), max_exception_days=web.state().config.console.max_exception_days,
             form=svc.TriageForm(
                 technician_notes=values["technician_notes"], risks_and_controls=values["risks_and_controls"],
                 target=values["target"], value=values["value"], scope=values["scope"], subject=values["subject"],

@@ -79,6 +79,8 @@ class ConsoleConfig:
     plain_http: bool = False  # development only
     secret_key_file: str = ""  # empty: <data_dir>/console-secret
     session_minutes: int = 30
+    session_max_hours: int = 12  # a sign-in lasts at most this long, however active
+    max_exception_days: int = 366  # the longest access a triaged request may propose
     lockout_failures: int = 5  # failed sign-ins in a row that lock an account...
     lockout_minutes: int = 15  # ...for this long
     address_failures: int = 20  # failed sign-ins from one address per 15 minutes before it must wait

@@ -3,6 +3,7 @@ for every role (with TOTP where the role needs it), and helpers to sign in."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pyotp
@@ -23,6 +25,31 @@ from schoolgate.config import AppConfig, load_config
 from schoolgate.console import accounts, create_app
 from schoolgate.console.roles import ConsoleRole
 from schoolgate.store.db import init_db, make_engine, session_factory
+
+
+def load_postgres_fixture() -> ModuleType:
+    """tests/postgres_fixture.py, imported once (tests are not a package under importlib mode)."""
+    name = "schoolgate_tests_postgres_fixture"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(__file__).resolve().parent.parent / "postgres_fixture.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_pg = load_postgres_fixture()
+postgres_server = _pg.postgres_server
+postgres_template = _pg.postgres_template
+postgres_url = _pg.postgres_url
+postgres_empty_url = _pg.postgres_empty_url
+
+#: The databases the console's (non-browser) tests run against: a trust's central database
+#: is PostgreSQL, a single appliance's is SQLite.
+BACKENDS = ("sqlite", "postgresql")
 
 # Tests import these helpers as `console_testkit` (pytest's importlib mode puts no test
 # folder on sys.path, so `import conftest` would not work).
@@ -61,6 +88,7 @@ ROLE_ACCOUNTS = {
     "dsl": frozenset({ConsoleRole.DSL}),
     "headteacher": frozenset({ConsoleRole.HEADTEACHER}),
     "admin": frozenset({ConsoleRole.ADMIN}),
+    "trust_admin": frozenset({ConsoleRole.TRUST_ADMIN}),
 }
 
 
@@ -95,7 +123,12 @@ def create_accounts(factory: sessionmaker[Session]) -> dict[str, Account]:
     with factory() as session:
         for name, roles in ROLE_ACCOUNTS.items():
             user = accounts.create_user(
-                session, username=name, display_name=f"{name.title()} Person", roles=roles, password=PASSWORD, site=SITE
+                session,
+                username=name,
+                display_name=f"{name.title()} Person",
+                roles=roles,
+                password=PASSWORD,
+                site=None if ConsoleRole.TRUST_ADMIN in roles else SITE,  # a trust's account: no one school
             )
             secret = None
             if accounts.totp_required(user):
@@ -159,12 +192,21 @@ def sign_in(client: FlaskClient, clock: FakeClock, account: Account) -> None:
 
 
 def build_console(
-    tmp: Path, template: tuple[Path, dict[str, Account]] | None = None, extra_config: str = ""
+    tmp: Path,
+    template: tuple[Path, dict[str, Account]] | None = None,
+    extra_config: str = "",
+    *,
+    database_url: str | None = None,
+    made: dict[str, Account] | None = None,
 ) -> Console:
     """A console app on a fresh database; from a prepared template file when given (faster:
-    the schema is migrated and the accounts' passwords hashed once per test session)."""
+    the schema is migrated and the accounts' passwords hashed once per test session), or on
+    `database_url` (a PostgreSQL copy of a template with the accounts `made` in it)."""
     config = load_config(write_config(tmp, extra=extra_config))
-    if template is None:
+    if database_url is not None:
+        assert made is not None
+        factory = session_factory(make_engine(database_url))
+    elif template is None:
         engine = init_db(config.database_url)
         factory = session_factory(engine)
         made = create_accounts(factory)
@@ -190,9 +232,45 @@ def console_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     return Path(config.database_url.removeprefix("sqlite:///")), made
 
 
+@pytest.fixture(scope="session")
+def console_postgres_template(postgres_server: Any, postgres_template: str) -> Iterator[tuple[str, dict[str, Account]]]:
+    """A PostgreSQL database at the newest schema with the console accounts in it."""
+    name = _pg.unique_name("console")
+    url = postgres_server.create_database(name, template=postgres_template)
+    engine = make_engine(url)
+    made = create_accounts(session_factory(engine))
+    engine.dispose()  # a template may have no open connections when it is copied
+    yield name, made
+    postgres_server.drop_database(name)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the `console` fixture runs on SQLite and on PostgreSQL."""
+    if "console" in metafunc.fixturenames and "console_backend" in metafunc.fixturenames:
+        metafunc.parametrize("console_backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def console(tmp_path: Path, console_template: tuple[Path, dict[str, Account]]) -> Iterator[Console]:
-    built = build_console(tmp_path, console_template)
+def console_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = getattr(request, "param", "sqlite")
+    return backend
+
+
+@pytest.fixture
+def console(tmp_path: Path, console_backend: str, request: pytest.FixtureRequest) -> Iterator[Console]:
+    if console_backend == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        template_name, made = request.getfixturevalue("console_postgres_template")
+        name = _pg.unique_name("c")
+        url = server.create_database(name, template=template_name)
+        built = build_console(tmp_path, database_url=url, made=made)
+        built.extra["backend"] = console_backend
+        yield built
+        built.factory.kw["bind"].dispose()
+        server.drop_database(name)
+        return
+    built = build_console(tmp_path, request.getfixturevalue("console_template"))
+    built.extra["backend"] = console_backend
     yield built
     built.factory.kw["bind"].dispose()
 
@@ -230,7 +308,16 @@ def add_event(session: Session, **fields: Any) -> Any:
         "count": 1,
     }
     values.update(fields)
-    event = AccessEvent(**values)
+    # As the event writer stores text: NUL and lone surrogates escaped (PostgreSQL holds neither),
+    # and clipped to the column (PostgreSQL enforces VARCHAR lengths; SQLite does not).
+    from schoolgate.store.events import _storable_text
+
+    stored: dict[str, Any] = {}
+    for name, given in values.items():
+        value = _storable_text(given)
+        length = getattr(AccessEvent.__table__.c[name].type, "length", None)
+        stored[name] = value[:length] if isinstance(value, str) and length else value
+    event = AccessEvent(**stored)
     session.add(event)
     session.flush()
     return event

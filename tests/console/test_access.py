@@ -14,8 +14,9 @@ from console_testkit import Console, csrf_from, seed
 
 PUBLIC = "public"
 ANY = "any signed-in user"
-T, D, H, A = "technician", "dsl", "headteacher", "admin"
-EVERYONE = frozenset({T, D, H, A})
+T, D, H, A, TA = "technician", "dsl", "headteacher", "admin", "trust_admin"
+EVERYONE = frozenset({T, D, H, A})  # everyone with a school's account
+READERS = EVERYONE | {TA}  # and the trust admin, who reads every school
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "auth.login": {"GET": PUBLIC, "POST": PUBLIC},
@@ -28,16 +29,16 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "public.home": {"GET": PUBLIC},
     "public.request_form": {"GET": PUBLIC, "POST": PUBLIC},
     "public.request_status": {"GET": PUBLIC},
-    "dashboard.index": {"GET": EVERYONE},
-    "requests.index": {"GET": {T, H, A}},
+    "dashboard.index": {"GET": READERS},
+    "requests.index": {"GET": {T, H, A, TA}},
     "requests.new": {"GET": EVERYONE, "POST": EVERYONE},
-    "requests.show": {"GET": {T, H, A}},
+    "requests.show": {"GET": {T, H, A, TA}},
     "requests.triage": {"POST": {T}},
     "requests.decide": {"POST": {H}},
     "requests.withdraw": {"POST": {T}},
-    "reports.index": {"GET": {T, D, H}},
+    "reports.index": {"GET": {T, D, H, TA}},
     "reports.new": {"GET": EVERYONE, "POST": EVERYONE},
-    "reports.show": {"GET": {T, D, H}},
+    "reports.show": {"GET": {T, D, H, TA}},
     "reports.action": {"POST": {T}},
     "reports.close": {"POST": {T}},
     "alerts.index": {"GET": {D, H}},
@@ -49,28 +50,31 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "alerts.ban": {"POST": {D, H}},
     "alerts.ban_list": {"GET": {D, H}},
     "alerts.lift": {"POST": {D, H}},
-    "activity.search": {"GET": {T, D, H}},
-    "activity.event": {"GET": {T, D, H}},
-    "registers.devices": {"GET": EVERYONE},
+    "activity.search": {"GET": {T, D, H, TA}},
+    "activity.event": {"GET": {T, D, H, TA}},
+    "registers.devices": {"GET": READERS},
     "registers.device_new": {"GET": {T, A}, "POST": {T, A}},
-    "registers.device_edit": {"GET": EVERYONE, "POST": {T, A}},
+    "registers.device_edit": {"GET": READERS, "POST": {T, A}},
+    "registers.device_authorise": {"POST": {H}},
     "registers.device_import": {"GET": {T, A}, "POST": {T, A}},
-    "registers.people": {"GET": EVERYONE},
+    "registers.people": {"GET": READERS},
     "registers.person_new": {"GET": {T, A}, "POST": {T, A}},
-    "registers.person_edit": {"GET": EVERYONE, "POST": {T, A}},
+    "registers.person_edit": {"GET": READERS, "POST": {T, A}},
+    "registers.person_authorise": {"POST": {H}},
     "registers.person_import": {"GET": {T, A}, "POST": {T, A}},
-    "policy.index": {"GET": EVERYONE},
-    "policy.exceptions": {"GET": EVERYONE},
+    "policy.index": {"GET": READERS},
+    "policy.exceptions": {"GET": READERS},
     "policy.revoke": {"POST": {T, H}},
     "policy.add_block": {"POST": {T, A}},
     "policy.remove_block": {"POST": {T, A}},
-    "audit.index": {"GET": {H, A}},
+    "audit.index": {"GET": {H, A, TA}},
     "admin.users": {"GET": {A}},
     "admin.new": {"GET": {A}, "POST": {A}},
     "admin.edit": {"GET": {A}, "POST": {A}},
     "admin.reset_password": {"POST": {A}},
     "admin.reset_totp": {"POST": {A}},
     "admin.unlock": {"POST": {A}},
+    "trust.choose_site": {"POST": {TA}},
 }
 
 # Pages that answer an allowed GET with a redirect by design.
@@ -117,7 +121,7 @@ def test_every_route_has_an_expectation(seeded: Console) -> None:
     assert listed - routes == set(), "expectations for routes that no longer exist"
 
 
-@pytest.mark.parametrize("role", [None, T, D, H, A])
+@pytest.mark.parametrize("role", [None, T, D, H, A, TA])
 def test_route_access_by_role(seeded: Console, role: str | None) -> None:
     client = seeded.login(role)
     token = csrf_from(client.get("/request").get_data(as_text=True))

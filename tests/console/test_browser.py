@@ -201,6 +201,19 @@ def _register_device(live: Live, device_id: str, name: str, ip: str) -> None:
         session.commit()
 
 
+def _log_block(live: Live, device_id: str, client_ip: str, host: str) -> None:
+    """The proxy's log line for the block the pupil just hit. The console finds the requester's
+    device from the connection's address; the browser here connects from loopback, so the
+    recent traffic from that address is what vouches for the device (not the link's value)."""
+    from schoolgate.store.models import AccessEvent
+
+    with live.session() as session:
+        session.add(AccessEvent(site=SITE, ts=datetime.now(UTC), source="proxy", client_ip=client_ip,
+                                device_id=device_id, role="pupil", host=host, verdict="block",
+                                rule_id="pupils-no-social-media", count=1))
+        session.commit()
+
+
 def _explain(live: Live, *args: str) -> str:
     return _run("policy", "explain", "--config", str(live.config_path), "--ip", "10.41.20.15", *args, "--text")
 
@@ -225,6 +238,7 @@ def test_pupil_request_is_triaged_and_approved_on_a_phone(live: Live, browser: A
         device_name="Class iPad 12",
         service_name="Facebook",
     )
+    _log_block(live, "KW-IPAD-12", "127.0.0.1", "www.facebook.com")
     pupil = Watched(browser)
     page = pupil.page
     page.goto(request_link(live.base, info))

@@ -356,6 +356,9 @@ def test_text_that_is_not_utf8_is_shown_escaped(console: Console) -> None:
     """A row holding bytes that are not UTF-8 (written by other means) does not break the page."""
     from sqlalchemy import text
 
+    if console.extra["backend"] == "postgresql":
+        pytest.skip("a PostgreSQL UTF8 database refuses such bytes on the way in: nothing to read back")
+
     with console.session() as session:
         event = add_event(session, host="placeholder.example")
         session.execute(text("UPDATE events SET host = CAST(X'62616466ff2e6578616d706c65' AS TEXT), "
@@ -436,5 +439,8 @@ def test_changes_to_ones_own_account_are_audited(console: Console) -> None:
     assert secret
     console.clock.advance(seconds=31)
     code = pyotp.TOTP(secret.group(1).replace(" ", "")).at(console.clock.now())
-    assert client.post("/account/totp", data={"csrf_token": csrf_from(page), "code": code}).status_code == 302
+    response = client.post(
+        "/account/totp", data={"csrf_token": csrf_from(page), "code": code, "current_password": new_password}
+    )
+    assert response.status_code == 302
     assert _audit_actions(console, "technician") == ["user.change_password", "user.totp_enrol"]

@@ -309,12 +309,15 @@ def test_duplicates_merge_into_the_open_request(session: Session, policy: Compil
         policy=policy,
         form=form(device_id="LAPTOP-99", client_ip="10.20.0.99", requester="AMIRA (YEAR 5)"),
     )
-    assert again.merged_into is first.request and by_name.merged_into is first.request
+    # Same verified device: merged. Same typed name on another device: a request of its own
+    # (a name is anyone's to type, and merging would show them the other request's outcome).
+    assert again.merged_into is first.request and by_name.merged_into is None
     assert again.request.status == ar.MERGED and again.request.merged_into_id == first.request.id
-    assert first.request.duplicate_count == 2
-    assert [r.id for r in ar.duplicates_of(session, SITE, first.request.id)] == [again.request.id, by_name.request.id]
+    assert first.request.duplicate_count == 1
+    assert [r.id for r in ar.duplicates_of(session, SITE, first.request.id)] == [again.request.id]
     # The merged requester's status follows the open request.
-    assert ar.request_status(session, SITE, again.reference, again.token).status == ar.SUBMITTED
+    merged_status = ar.request_status(session, SITE, again.reference, again.token)
+    assert merged_status.status == ar.SUBMITTED and merged_status.merged
     # Another host, or another requester on another device, is a request of its own.
     other_host = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form(url="https://fbcdn.net/x"))
     other_person = ar.submit_request(
@@ -325,7 +328,7 @@ def test_duplicates_merge_into_the_open_request(session: Session, policy: Compil
         form=form(requester="Ben", device_id="LAPTOP-2", client_ip="10.20.0.2"),
     )
     assert other_host.merged_into is None and other_person.merged_into is None
-    assert audit_actions(session).count("request.merge") == 2
+    assert audit_actions(session).count("request.merge") == 1
 
 
 def test_rate_limit_per_device_and_host(session: Session, policy: CompiledPolicy) -> None:
@@ -404,14 +407,135 @@ def test_withdraw_and_listing(session: Session, policy: CompiledPolicy, technici
         ar.withdraw_request(session, site=SITE, now=NOW, actor=technician, request_id=a.id, reason="again")
 
 
-def test_duplicate_names_match_in_any_alphabet(session: Session, policy: CompiledPolicy) -> None:
+def test_a_typed_name_or_unverified_device_never_merges(
+    session: Session, policy: CompiledPolicy, technician: Actor
+) -> None:
     first = ar.submit_request(
         session, site=SITE, now=NOW, policy=policy, form=form(requester="Zoë Ünal", device_id="D1", client_ip=None)
     )
-    again = ar.submit_request(
+    same_name = ar.submit_request(
         session, site=SITE, now=NOW, policy=policy, form=form(requester="ZOË ÜNAL", device_id="D2", client_ip=None)
     )
-    assert again.merged_into is first.request
+    # The link's device value is only a hint: it merges nothing.
+    hinted = ar.submit_request(
+        session,
+        site=SITE,
+        now=NOW,
+        policy=policy,
+        form=form(requester="Zoë Ünal", device_id=None, device_hint="D1", client_ip="10.20.0.77"),
+    )
+    assert same_name.merged_into is None and hinted.merged_into is None
+    assert ar.device_hint(session, SITE, hinted.request.id) == "D1"
+    assert ar.device_hint(session, SITE, first.request.id) is None
+    # The same person (verified, e.g. a signed-in member of staff) does merge.
+    mine = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form(device_id=None, person_id="S77"))
+    again = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form(device_id=None, person_id="S77"))
+    assert again.merged_into is mine.request
+    # So does the same console account asking twice (staff requests carry no device).
+    staff = form(device_id=None, client_ip=None, url="https://fbcdn.net/a")
+    first_staff = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=staff, actor=technician)
+    second_staff = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=staff, actor=technician)
+    assert second_staff.merged_into is first_staff.request
+
+
+def test_merged_requester_sees_the_outcome_only(
+    session: Session, policy: CompiledPolicy, technician: Actor, headteacher: Actor
+) -> None:
+    first = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy)
+    later = ar.submit_request(
+        session, site=SITE, now=NOW, policy=policy, form=form(requester="Someone Else", reasons="me too")
+    )
+    assert later.merged_into is first.request
+    ar.decide_request(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=headteacher,
+        request_id=first.request.id,
+        decision=ar.DecisionForm(approve=False, reasons="Amira's parents asked us not to", signature=sign(headteacher)),
+        policy=policy,
+    )
+    own = ar.request_status(session, SITE, first.reference, first.token)
+    assert own.status == ar.DECLINED and "Amira" in own.decision_reasons and not own.merged
+    theirs = ar.request_status(session, SITE, later.reference, later.token)
+    assert theirs.status == ar.DECLINED and theirs.merged
+    assert theirs.decision_reasons == "" and theirs.decided_at is None and theirs.access_expires is None
+
+
+@pytest.mark.parametrize("value", ["co.uk", "com", "gov.uk", "sch.uk", "uk", "https://co.uk/bbc/"])
+def test_triage_refuses_a_public_suffix(
+    session: Session, policy: CompiledPolicy, technician: Actor, value: str
+) -> None:
+    submitted = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form(url="https://www.bbc.co.uk/news"))
+    target = "url" if value.startswith("https://") else "domain"
+    # Single labels (com, uk) are refused as no domain at all; the rest as public suffixes.
+    with pytest.raises(InvalidInput, match=r"public suffix|not a valid domain") as caught:
+        ar.triage_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            request_id=submitted.request.id,
+            form=triage_form(target=target, value=value),
+            policy=policy,
+        )
+    assert caught.value.field == "value"
+    # The site's own registrable domain is fine.
+    ar.triage_request(
+        session,
+        site=SITE,
+        now=NOW,
+        actor=technician,
+        request_id=submitted.request.id,
+        form=triage_form(value="bbc.co.uk"),
+        policy=policy,
+    )
+
+
+@pytest.mark.parametrize(
+    ("starts", "expires", "field", "message"),
+    [
+        (NOW + timedelta(days=400), NOW + timedelta(days=401), "starts", "at most 366 days ahead"),
+        (NOW, NOW + timedelta(days=367), "expires", "at most 366 days"),
+        (NOW + timedelta(days=300), NOW + timedelta(days=300 + 367), "expires", "at most 366 days"),
+    ],
+)
+def test_triage_bounds_the_dates(
+    session: Session,
+    policy: CompiledPolicy,
+    technician: Actor,
+    starts: datetime,
+    expires: datetime,
+    field: str,
+    message: str,
+) -> None:
+    submitted = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form())
+    with pytest.raises(InvalidInput, match=message) as caught:
+        ar.triage_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            request_id=submitted.request.id,
+            form=triage_form(starts=starts, expires=expires),
+            policy=policy,
+        )
+    assert caught.value.field == field
+
+
+def test_triage_max_duration_is_configurable(session: Session, policy: CompiledPolicy, technician: Actor) -> None:
+    submitted = ar.submit_request(session, site=SITE, now=NOW, policy=policy, form=form())
+    with pytest.raises(InvalidInput, match="at most 30 days"):
+        ar.triage_request(
+            session,
+            site=SITE,
+            now=NOW,
+            actor=technician,
+            request_id=submitted.request.id,
+            form=triage_form(expires=NOW + timedelta(days=31)),
+            policy=policy,
+            max_exception_days=30,
+        )
 
 
 def test_a_made_up_device_id_does_not_escape_the_rate_limit(session: Session, policy: CompiledPolicy) -> None:

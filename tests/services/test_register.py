@@ -189,3 +189,107 @@ def test_device_export_matches_the_import_columns(session: Session, technician: 
     text = "".join(DEVICE_COLUMNS.csv(session.scalars(select(Device))))
     assert text.splitlines()[0] == ",".join(register.DEVICE_COLUMNS)
     assert "'-do not move" in text
+
+
+def _admin_head(session: Session) -> Actor:
+    from schoolgate.store.models import ConsoleUser, UserRole
+
+    user = ConsoleUser(
+        site=SITE, username="adminhead", display_name="Admin Head", password_hash="x",
+        roles=[UserRole(role="admin"), UserRole(role="headteacher")],
+    )
+    session.add(user)
+    session.flush()
+    return Actor.from_user(user)
+
+
+def _actions(session: Session) -> list[str]:
+    return list(session.scalars(select(AuditEntry.action).where(AuditEntry.site == SITE).order_by(AuditEntry.seq)))
+
+
+def test_only_the_headteacher_grants_the_authorised_role(
+    session: Session, technician: Actor, headteacher: Actor
+) -> None:
+    """Seed 001 §3: the headteacher authorises who may use the school's social media accounts."""
+    with pytest.raises(Forbidden, match="Only the headteacher") as caught:
+        register.create_person(
+            session, site=SITE, now=NOW, actor=technician,
+            form=register.PersonForm(external_id="s9", name="Ms Office", role="authorised"),
+        )
+    assert caught.value.field == "role"
+    person = register.create_person(
+        session, site=SITE, now=NOW, actor=technician,
+        form=register.PersonForm(external_id="s9", name="Ms Office", role="staff"),
+    )
+    with pytest.raises(Forbidden, match="Only the headteacher"):
+        register.update_person(
+            session, site=SITE, now=NOW, actor=technician, person_pk=person.id,
+            form=register.PersonForm(external_id="s9", name="Ms Office", role="authorised"),
+        )
+    device = register.create_device(
+        session, site=SITE, now=NOW, actor=technician, form=register.DeviceForm(device_id="OFFICE-PC", name="Office PC")
+    )
+    with pytest.raises(Forbidden, match="Only the headteacher"):
+        register.update_device(
+            session, site=SITE, now=NOW, actor=technician, device_pk=device.id,
+            form=register.DeviceForm(device_id="OFFICE-PC", name="Office PC", role="authorised"),
+        )
+    assert "person.authorise" not in _actions(session)
+
+    register.set_person_authorised(
+        session, site=SITE, now=NOW, actor=headteacher, person_pk=person.id, authorised=True,
+        reason="Runs the school's Facebook page",
+    )
+    assert person.role == "authorised"
+    # A device handed to an authorised person would inherit the role: the technician cannot.
+    with pytest.raises(Forbidden, match="Only the headteacher"):
+        register.update_device(
+            session, site=SITE, now=NOW, actor=technician, device_pk=device.id,
+            form=register.DeviceForm(device_id="OFFICE-PC", name="Office PC", owner="s9"),
+        )
+    # Editing an already authorised person keeps the role; withdrawing it is anyone's to do.
+    register.update_person(
+        session, site=SITE, now=NOW, actor=technician, person_pk=person.id,
+        form=register.PersonForm(external_id="s9", name="Ms J Office", role="authorised"),
+    )
+    register.update_person(
+        session, site=SITE, now=NOW, actor=technician, person_pk=person.id,
+        form=register.PersonForm(external_id="s9", name="Ms J Office", role="staff"),
+    )
+    with pytest.raises(Forbidden, match="headteacher"):
+        register.set_person_authorised(
+            session, site=SITE, now=NOW, actor=technician, person_pk=person.id, authorised=True, reason="x"
+        )
+    with pytest.raises(InvalidInput):
+        register.set_person_authorised(
+            session, site=SITE, now=NOW, actor=headteacher, person_pk=person.id, authorised=True, reason=" "
+        )
+    register.set_device_authorised(
+        session, site=SITE, now=NOW, actor=_admin_head(session), device_pk=device.id, authorised=True, reason="office"
+    )
+    assert device.role == "authorised"
+    register.set_device_authorised(
+        session, site=SITE, now=NOW, actor=headteacher, device_pk=device.id, authorised=False, reason=""
+    )
+    assert device.role is None
+    entries = {
+        e.action: e for e in session.scalars(select(AuditEntry).where(AuditEntry.action.like("%authorise")))
+    }
+    assert set(entries) == {"person.authorise", "device.authorise", "device.unauthorise"}
+    assert "Facebook page" in entries["person.authorise"].detail and entries["person.authorise"].actor == "head"
+
+
+def test_csv_import_by_a_technician_cannot_grant_authorised(session: Session, technician: Actor) -> None:
+    report = register.import_people_csv(
+        session, site=SITE, now=NOW, actor=technician,
+        text="external_id,name,role\ns1,Mrs A,staff\ns2,Mr B,authorised\n",
+    )
+    assert report.created == 1 and [e.line for e in report.errors] == [3]
+    assert "Only the headteacher" in report.errors[0].message
+    report = register.import_devices_csv(
+        session, site=SITE, now=NOW, actor=technician,
+        text="device_id,name,role,owner\nD1,PC 1,authorised,\nD2,PC 2,,s1\n",
+    )
+    assert report.created == 1 and [e.line for e in report.errors] == [2]
+    assert register.find_person(session, SITE, "s2") is None
+    assert register.find_device(session, SITE, "D1") is None

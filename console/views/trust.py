@@ -1,0 +1,27 @@
+"""The trust admin's school switcher: one school, or the whole trust, for every list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, request, session, url_for
+
+from schoolgate.console import web
+from schoolgate.console.roles import ConsoleRole
+
+bp = Blueprint("trust", __name__, url_prefix="/trust")
+
+
+@bp.route("/site", methods=["POST"])
+@web.signed_in
+def choose_site() -> Any:
+    user = web.current_user()
+    if user is None or user.site is not None or ConsoleRole.TRUST_ADMIN.value not in user.role_names:
+        abort(403)
+    choice = request.form.get("site", "")[:100]
+    if choice != web.WHOLE_TRUST and choice not in web.visible_sites():
+        abort(404)
+    session[web.SITE_CHOICE] = choice
+    names = web.site_names()
+    flash("Showing the whole trust." if choice == web.WHOLE_TRUST else f"Showing {names.get(choice, choice)}.")
+    return redirect(web.safe_next(request.form.get("next")) or url_for("dashboard.index"))
