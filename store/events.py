@@ -350,11 +350,29 @@ def _tuple_as_dict(row: tuple[Any, ...], ts: datetime) -> dict[str, Any]:
     return values
 
 
-def _storable_text(value: Any) -> Any:
+def _column_widths() -> dict[str, int]:
+    from schoolgate.store.models import AccessEvent
+
+    return {
+        column.name: column.type.length
+        for column in AccessEvent.__table__.columns
+        if isinstance(getattr(column.type, "length", None), int)
+    }
+
+
+# PostgreSQL refuses text longer than a VARCHAR column (SQLite stores it anyway); a device name
+# or host over the width must cost its tail, not the whole event.
+_WIDTHS = _column_widths()
+_TUPLE_WIDTHS = tuple(_WIDTHS.get(name) for name in _TUPLE_COLUMNS)
+
+
+def _storable_text(value: Any, width: int | None = None) -> Any:
     """Text made storable everywhere: lone surrogates and NUL (which PostgreSQL's text
-    cannot hold) become backslash escapes. Other values are returned unchanged."""
+    cannot hold) become backslash escapes, and text is clipped to its column's width.
+    Other values are returned unchanged."""
     if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        return text[:width] if width is not None else text
     return value
 
 
@@ -392,7 +410,7 @@ class CoreRows:
 
     @staticmethod
     def repair(row: dict[str, Any]) -> dict[str, Any]:
-        return {name: _storable_text(value) for name, value in row.items()}
+        return {name: _storable_text(value, _WIDTHS.get(name)) for name, value in row.items()}
 
     @staticmethod
     def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:
@@ -426,7 +444,7 @@ class SqliteRows:
 
     @staticmethod
     def repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(_storable_text(value) for value in row)
+        return tuple(_storable_text(value, width) for value, width in zip(row, _TUPLE_WIDTHS, strict=True))
 
     @staticmethod
     def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:
@@ -460,7 +478,7 @@ class PostgresRows:
 
     @staticmethod
     def repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(_storable_text(value) for value in row)
+        return tuple(_storable_text(value, width) for value, width in zip(row, _TUPLE_WIDTHS, strict=True))
 
     @staticmethod
     def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:

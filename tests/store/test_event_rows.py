@@ -233,6 +233,23 @@ def test_one_bad_row_costs_only_itself(engine: Engine, fast: bool) -> None:
     assert hosts == {f"host{i}.example" for i in range(10)} | {"caf\\udce9.example"}
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "core"])
+def test_text_wider_than_its_column_is_clipped_not_lost(engine: Engine, fast: bool) -> None:
+    # A device can name itself anything over DHCP; PostgreSQL refuses VARCHAR overflow.
+    width = AccessEvent.__table__.c.device_name.type.length
+    writer = EventWriter(engine, batch_size=10, fast_rows=fast)
+    writer.submit(base(1))
+    writer.submit(base(2, device_name="x" * (width + 50), host="h" * 300 + ".example"))
+    stats = writer.stop()
+    assert (stats["written"], stats["failed"]) == (2, 0)
+    with Session(engine) as session:
+        stored = session.scalars(select(AccessEvent).order_by(AccessEvent.id)).all()
+    name = stored[1].device_name or ""
+    assert name.startswith("x" * 10)
+    if engine.dialect.name == "postgresql":
+        assert len(name) == width  # clipped to fit; SQLite keeps the whole text
+
+
 def test_generation_counters_hold_event_ids_beyond_32_bits(engine: Engine) -> None:
     """Some generations are cursors over events.id, which is 64-bit on PostgreSQL."""
     big = 2**40 + 5
