@@ -353,11 +353,12 @@ def _tuple_as_dict(row: tuple[Any, ...], ts: datetime) -> dict[str, Any]:
 def _column_widths() -> dict[str, int]:
     from schoolgate.store.models import AccessEvent
 
-    return {
-        column.name: column.type.length
-        for column in AccessEvent.__table__.columns
-        if isinstance(getattr(column.type, "length", None), int)
-    }
+    widths: dict[str, int] = {}
+    for column in AccessEvent.__table__.columns:
+        length = getattr(column.type, "length", None)
+        if isinstance(length, int):
+            widths[column.name] = length
+    return widths
 
 
 # PostgreSQL refuses text longer than a VARCHAR column (SQLite stores it anyway); a device name
