@@ -949,8 +949,13 @@ class EventWriter:
                 wait = 0.0
                 delay = min(delay * 2, self.SHIP_RETRY_MAX)
 
-    def _ship_round(self, deadline: float | None = None) -> bool:
-        """Ship the spool until it is empty (True), shipping fails, or another process ships."""
+    def _ship_round(self, deadline: float | None = None, *, wait_turn: bool = False) -> bool:
+        """Ship the spool until it is empty (True), shipping fails, or another process ships.
+
+        ``wait_turn`` (at stop): wait until ``deadline`` for another daemon that is shipping
+        to finish, then ship what it left. Without it, rows that one worker spools after its
+        sibling's last round would stay behind until the next start.
+        """
         spool = self.spool
         assert spool is not None
         try:
@@ -964,6 +969,9 @@ class EventWriter:
                     self._spooling = False
                     return True
                 if not spool.try_acquire_shipping():
+                    if wait_turn and deadline is not None:
+                        time.sleep(0.05)
+                        continue
                     return True  # another daemon of this appliance ships; nothing to retry here
                 rows = spool.oldest(self.ship_batch)
                 if not rows:
@@ -1028,7 +1036,7 @@ class EventWriter:
         # rather than a daemon's shutdown waiting out the timeout for a server that is away.
         try:
             if not self._ship_failing:
-                self._ship_round(deadline=deadline)
+                self._ship_round(deadline=deadline, wait_turn=True)
             left = self.spool.pending()
         except sqlite3.Error:  # a broken spool file must not stop the daemon from stopping
             log.exception("event spool %s could not be read at stop", self.spool.path)

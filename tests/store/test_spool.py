@@ -167,6 +167,28 @@ def test_a_crash_between_the_central_commit_and_the_spool_delete_duplicates_noth
     assert sorted(uid for uid, _ in stored(engine)) == sorted(f"crash-{i}" for i in range(10))
 
 
+def test_a_stopping_writer_waits_its_turn_to_ship_what_a_sibling_left(engine: Engine, tmp_path: Path) -> None:
+    # Two DNS workers share one spool. Rows one of them spools just after the other's last
+    # shipping round must still be shipped at stop, not left for the next start.
+    spool_path = tmp_path / "events.db"
+    spool = EventSpool(spool_path)
+    spool.append([record(i, uid=f"left-{i}").row() for i in range(7)])
+    sibling = EventSpool(spool_path)
+    assert sibling.try_acquire_shipping()  # the sibling is shipping right now
+    releaser = threading.Timer(0.3, sibling.release_shipping)
+    releaser.start()
+    writer = EventWriter(engine, spool_path=spool_path)
+    writer.start()
+    try:
+        stats = writer.stop(timeout=5)
+    finally:
+        releaser.join()
+        sibling.close()
+        spool.close()
+    assert (stats["spool_pending"], stats["shipped"]) == (0, 7)
+    assert sorted(uid for uid, _ in stored(engine)) == sorted(f"left-{i}" for i in range(7))
+
+
 def test_the_spool_outlives_the_process_and_the_next_start_ships_it(engine: Engine, tmp_path: Path) -> None:
     spool_path = tmp_path / "events.db"
     with database_away(engine):
