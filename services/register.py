@@ -12,10 +12,10 @@ import csv
 import io
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -276,60 +276,35 @@ def _device_detail(form: DeviceForm) -> dict[str, Any]:
     }
 
 
-def create_device(session: Session, *, site: str, now: datetime, actor: Actor, form: DeviceForm) -> Device:
-    actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
-    cleaned = _clean_device(form)
-    _check_device_unique(session, site, cleaned, None)
-    owner_pk = _owner_pk(session, site, cleaned.owner)
-    _refuse_unapproved_authorised(
-        actor, False, _device_authorised(session, site, cleaned.role, owner_pk), f"device {cleaned.device_id}"
-    )
-    device = Device(site=site, created_at=now)
-    _apply_device(device, cleaned, owner_pk)
-    session.add(device)
-    session.flush()
-    audit(
-        session,
-        site=site,
-        actor=actor,
-        action="device.create",
-        object_type="device",
-        object_id=device.id,
-        detail=_device_detail(cleaned),
-        now=now,
-    )
-    bump_overlay(session, site=site, now=now)
-    return device
-
-
-def update_device(
-    session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int, form: DeviceForm
-) -> Device:
-    actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
-    device = get_device(session, site, device_pk)
-    cleaned = _clean_device(form)
-    _check_device_unique(session, site, cleaned, device.id)
-    owner_pk = _owner_pk(session, site, cleaned.owner)
+def _save_device(session: Session, actor: Actor, form: DeviceForm, device: Device) -> None:
+    """Store a cleaned form over `device`, a new one (not yet in the session) or a registered one."""
+    site = device.site
+    _check_device_unique(session, site, form, device.id)
+    owner_pk = _owner_pk(session, site, form.owner)
     _refuse_unapproved_authorised(
         actor,
         _device_authorised(session, site, device.role, device.person_id),
-        _device_authorised(session, site, cleaned.role, owner_pk),
-        f"device {cleaned.device_id}",
+        _device_authorised(session, site, form.role, owner_pk),
+        f"device {form.device_id}",
     )
-    _apply_device(device, cleaned, owner_pk)
+    _apply_device(device, form, owner_pk)
+    if device.id is None:
+        session.add(device)
     session.flush()
-    audit(
-        session,
-        site=site,
-        actor=actor,
-        action="device.update",
-        object_type="device",
-        object_id=device.id,
-        detail=_device_detail(cleaned),
-        now=now,
+
+
+def _device_from_row(values: Mapping[str, str]) -> DeviceForm:
+    return DeviceForm(
+        device_id=values.get("device_id", ""),
+        name=values.get("name", ""),
+        mac=values.get("mac"),
+        ip=values.get("ip"),
+        kind=values.get("kind", ""),
+        role=values.get("role"),
+        owner=values.get("owner"),
+        trusts_school_ca=_bool(values.get("trusts_school_ca", ""), field_name="trusts_school_ca"),
+        notes=values.get("notes", ""),
     )
-    bump_overlay(session, site=site, now=now)
-    return device
 
 
 def delete_device(session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int) -> None:
@@ -338,17 +313,7 @@ def delete_device(session: Session, *, site: str, now: datetime, actor: Actor, d
     detail = {"device_id": device.device_id, "name": device.name, "mac": device.mac}
     session.delete(device)
     session.flush()
-    audit(
-        session,
-        site=site,
-        actor=actor,
-        action="device.delete",
-        object_type="device",
-        object_id=device_pk,
-        detail=detail,
-        now=now,
-    )
-    bump_overlay(session, site=site, now=now)
+    _record_change(session, site=site, now=now, actor=actor, action="device.delete", object_id=device_pk, detail=detail)
 
 
 # -- people ------------------------------------------------------------------------------------
@@ -402,54 +367,28 @@ def _person_detail(form: PersonForm) -> dict[str, Any]:
     }
 
 
-def create_person(session: Session, *, site: str, now: datetime, actor: Actor, form: PersonForm) -> Person:
-    actor.require(TECHNICIAN, ADMIN, doing="edit the people register")
-    cleaned = _clean_person(form)
-    if find_person(session, site, cleaned.external_id) is not None:
-        raise InvalidInput(f"Id {cleaned.external_id!r} is already in the people register.", field="external_id")
-    _refuse_unapproved_authorised(actor, False, cleaned.role == AUTHORISED, cleaned.name)
-    person = Person(site=site, created_at=now)
-    _apply_person(person, cleaned)
-    session.add(person)
+def _save_person(session: Session, actor: Actor, form: PersonForm, person: Person) -> None:
+    """Store a cleaned form over `person`, a new one (not yet in the session) or a registered one."""
+    other = find_person(session, person.site, form.external_id)
+    if other is not None and other is not person:
+        raise InvalidInput(f"Id {form.external_id!r} is already in the people register.", field="external_id")
+    _refuse_unapproved_authorised(actor, person.role == AUTHORISED, form.role == AUTHORISED, form.name)
+    _apply_person(person, form)
+    if person.id is None:
+        session.add(person)
     session.flush()
-    audit(
-        session,
-        site=site,
-        actor=actor,
-        action="person.create",
-        object_type="person",
-        object_id=person.id,
-        detail=_person_detail(cleaned),
-        now=now,
-    )
-    bump_overlay(session, site=site, now=now)
-    return person
 
 
-def update_person(
-    session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int, form: PersonForm
-) -> Person:
-    actor.require(TECHNICIAN, ADMIN, doing="edit the people register")
-    person = get_person(session, site, person_pk)
-    cleaned = _clean_person(form)
-    other = find_person(session, site, cleaned.external_id)
-    if other is not None and other.id != person.id:
-        raise InvalidInput(f"Id {cleaned.external_id!r} is already in the people register.", field="external_id")
-    _refuse_unapproved_authorised(actor, person.role == AUTHORISED, cleaned.role == AUTHORISED, cleaned.name)
-    _apply_person(person, cleaned)
-    session.flush()
-    audit(
-        session,
-        site=site,
-        actor=actor,
-        action="person.update",
-        object_type="person",
-        object_id=person.id,
-        detail=_person_detail(cleaned),
-        now=now,
+def _person_from_row(values: Mapping[str, str]) -> PersonForm:
+    return PersonForm(
+        external_id=values.get("external_id", ""),
+        name=values.get("name", ""),
+        role=values.get("role", ""),
+        year_group=parse_year_group(values.get("year_group")),
+        groups=values.get("groups", ""),
+        email=values.get("email"),
+        active=_bool(values.get("active", "") or "yes", field_name="active"),
     )
-    bump_overlay(session, site=site, now=now)
-    return person
 
 
 def delete_person(session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int) -> None:
@@ -461,17 +400,7 @@ def delete_person(session: Session, *, site: str, now: datetime, actor: Actor, p
         device.person_id = None
     session.delete(person)
     session.flush()
-    audit(
-        session,
-        site=site,
-        actor=actor,
-        action="person.delete",
-        object_type="person",
-        object_id=person_pk,
-        detail=detail,
-        now=now,
-    )
-    bump_overlay(session, site=site, now=now)
+    _record_change(session, site=site, now=now, actor=actor, action="person.delete", object_id=person_pk, detail=detail)
 
 
 # -- CSV import --------------------------------------------------------------------------------
@@ -529,30 +458,132 @@ def _read_rows(
     return rows, errors
 
 
-def _import(
+# -- the steps both registers share ------------------------------------------------------------
+
+_Form = TypeVar("_Form", DeviceForm, PersonForm)
+_Entry = TypeVar("_Entry", Device, Person)
+
+
+@dataclass(frozen=True, slots=True)
+class _Register(Generic[_Form, _Entry]):
+    """What tells the device register from the people register; everything else is shared."""
+
+    kind: str  # the audit action prefix and object type: "device" / "person"
+    title: str  # for messages: "device register" / "people register"
+    model: type[_Entry]
+    columns: tuple[str, ...]
+    required: tuple[str, ...]  # the first is the key a CSV row is matched on
+    get: Callable[[Session, SiteScope, int], _Entry]
+    find: Callable[[Session, str, str], _Entry | None]
+    key: Callable[[_Form], str]
+    clean: Callable[[_Form], _Form]
+    from_row: Callable[[Mapping[str, str]], _Form]
+    save: Callable[[Session, Actor, _Form, _Entry], None]
+    detail: Callable[[_Form], dict[str, Any]]
+
+
+_DEVICES: _Register[DeviceForm, Device] = _Register(
+    kind="device",
+    title="device register",
+    model=Device,
+    columns=DEVICE_COLUMNS,
+    required=("device_id", "name"),
+    get=get_device,
+    find=find_device,
+    key=lambda form: form.device_id,
+    clean=_clean_device,
+    from_row=_device_from_row,
+    save=_save_device,
+    detail=_device_detail,
+)
+_PEOPLE: _Register[PersonForm, Person] = _Register(
+    kind="person",
+    title="people register",
+    model=Person,
+    columns=PEOPLE_COLUMNS,
+    required=("external_id", "name", "role"),
+    get=get_person,
+    find=find_person,
+    key=lambda form: form.external_id,
+    clean=_clean_person,
+    from_row=_person_from_row,
+    save=_save_person,
+    detail=_person_detail,
+)
+
+
+def _record_change(
+    session: Session, *, site: str, now: datetime, actor: Actor, action: str, object_id: object, detail: dict[str, Any]
+) -> None:
+    """Audit a change to a register and tell the daemons (a register entry decides a client's role)."""
+    audit(
+        session,
+        site=site,
+        actor=actor,
+        action=action,
+        object_type=action.partition(".")[0],
+        object_id=object_id,
+        detail=detail,
+        now=now,
+    )
+    bump_overlay(session, site=site, now=now)
+
+
+def _create(
+    register: _Register[_Form, _Entry], session: Session, *, site: str, now: datetime, actor: Actor, form: _Form
+) -> _Entry:
+    actor.require(TECHNICIAN, ADMIN, doing=f"edit the {register.title}")
+    cleaned = register.clean(form)
+    entry = register.model(site=site, created_at=now)
+    register.save(session, actor, cleaned, entry)
+    _record_change(
+        session, site=site, now=now, actor=actor, action=f"{register.kind}.create", object_id=entry.id,
+        detail=register.detail(cleaned),
+    )
+    return entry
+
+
+def _update(
+    register: _Register[_Form, _Entry],
     session: Session,
     *,
     site: str,
     now: datetime,
     actor: Actor,
-    text: str,
-    kind: str,
-    columns: Sequence[str],
-    required: Sequence[str],
-    save: Any,
+    entry_pk: int,
+    form: _Form,
+) -> _Entry:
+    actor.require(TECHNICIAN, ADMIN, doing=f"edit the {register.title}")
+    entry = register.get(session, site, entry_pk)
+    cleaned = register.clean(form)
+    register.save(session, actor, cleaned, entry)
+    _record_change(
+        session, site=site, now=now, actor=actor, action=f"{register.kind}.update", object_id=entry.id,
+        detail=register.detail(cleaned),
+    )
+    return entry
+
+
+def _import_csv(
+    register: _Register[_Form, _Entry], session: Session, *, site: str, now: datetime, actor: Actor, text: str
 ) -> ImportReport:
-    rows, errors = _read_rows(text, columns, required)
+    actor.require(TECHNICIAN, ADMIN, doing=f"import the {register.title}")
+    rows, errors = _read_rows(text, register.columns, register.required)
     report = ImportReport(errors=errors)
     seen: dict[str, int] = {}
+    key_column = register.required[0]
     for line, values in rows:
-        key = values.get(required[0], "").strip()
+        key = values.get(key_column, "").strip()
         if key in seen:
-            report.errors.append(RowError(line, f"{required[0]} {key!r} already appears on line {seen[key]}"))
+            report.errors.append(RowError(line, f"{key_column} {key!r} already appears on line {seen[key]}"))
             continue
         try:
             # A savepoint per row: a row that fails half-way leaves nothing behind.
             with session.begin_nested():
-                created = save(values)
+                form = register.clean(register.from_row(values))
+                existing = register.find(session, site, register.key(form))
+                entry = existing if existing is not None else register.model(site=site, created_at=now)
+                register.save(session, actor, form, entry)
         except ServiceError as err:
             report.errors.append(RowError(line, err.message))
             continue
@@ -560,7 +591,7 @@ def _import(
             report.errors.append(RowError(line, f"conflicts with a register entry ({err.orig})"))
             continue
         seen[key] = line
-        if created:
+        if existing is None:
             report.created += 1
         else:
             report.updated += 1
@@ -569,8 +600,8 @@ def _import(
         session,
         site=site,
         actor=actor,
-        action=f"{kind}.import",
-        object_type=kind,
+        action=f"{register.kind}.import",
+        object_type=register.kind,
         object_id="csv",
         detail={
             "created": report.created,
@@ -584,87 +615,37 @@ def _import(
     return report
 
 
+# -- the registers' entry points ----------------------------------------------------------------
+
+
+def create_device(session: Session, *, site: str, now: datetime, actor: Actor, form: DeviceForm) -> Device:
+    return _create(_DEVICES, session, site=site, now=now, actor=actor, form=form)
+
+
+def update_device(
+    session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int, form: DeviceForm
+) -> Device:
+    return _update(_DEVICES, session, site=site, now=now, actor=actor, entry_pk=device_pk, form=form)
+
+
+def create_person(session: Session, *, site: str, now: datetime, actor: Actor, form: PersonForm) -> Person:
+    return _create(_PEOPLE, session, site=site, now=now, actor=actor, form=form)
+
+
+def update_person(
+    session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int, form: PersonForm
+) -> Person:
+    return _update(_PEOPLE, session, site=site, now=now, actor=actor, entry_pk=person_pk, form=form)
+
+
 def import_devices_csv(session: Session, *, site: str, now: datetime, actor: Actor, text: str) -> ImportReport:
     """Columns: device_id, name (required), mac, ip, kind, role, owner, trusts_school_ca, notes."""
-    actor.require(TECHNICIAN, ADMIN, doing="import the device register")
-
-    def save(values: Mapping[str, str]) -> bool:
-        form = _clean_device(
-            DeviceForm(
-                device_id=values.get("device_id", ""),
-                name=values.get("name", ""),
-                mac=values.get("mac"),
-                ip=values.get("ip"),
-                kind=values.get("kind", ""),
-                role=values.get("role"),
-                owner=values.get("owner"),
-                trusts_school_ca=_bool(values.get("trusts_school_ca", ""), field_name="trusts_school_ca"),
-                notes=values.get("notes", ""),
-            )
-        )
-        existing = find_device(session, site, form.device_id)
-        _check_device_unique(session, site, form, existing.id if existing is not None else None)
-        owner_pk = _owner_pk(session, site, form.owner)
-        was = existing is not None and _device_authorised(session, site, existing.role, existing.person_id)
-        _refuse_unapproved_authorised(
-            actor, was, _device_authorised(session, site, form.role, owner_pk), f"device {form.device_id}"
-        )
-        device = existing if existing is not None else Device(site=site, created_at=now)
-        _apply_device(device, form, owner_pk)
-        if existing is None:
-            session.add(device)
-        session.flush()
-        return existing is None
-
-    return _import(
-        session,
-        site=site,
-        now=now,
-        actor=actor,
-        text=text,
-        kind="device",
-        columns=DEVICE_COLUMNS,
-        required=("device_id", "name"),
-        save=save,
-    )
+    return _import_csv(_DEVICES, session, site=site, now=now, actor=actor, text=text)
 
 
 def import_people_csv(session: Session, *, site: str, now: datetime, actor: Actor, text: str) -> ImportReport:
     """Columns: external_id, name, role (required), year_group, groups, email, active."""
-    actor.require(TECHNICIAN, ADMIN, doing="import the people register")
-
-    def save(values: Mapping[str, str]) -> bool:
-        form = PersonForm(
-            external_id=values.get("external_id", ""),
-            name=values.get("name", ""),
-            role=values.get("role", ""),
-            year_group=parse_year_group(values.get("year_group")),
-            groups=values.get("groups", ""),
-            email=values.get("email"),
-            active=_bool(values.get("active", "") or "yes", field_name="active"),
-        )
-        form = _clean_person(form)
-        existing = find_person(session, site, form.external_id)
-        was = existing is not None and existing.role == AUTHORISED
-        _refuse_unapproved_authorised(actor, was, form.role == AUTHORISED, form.name)
-        person = existing if existing is not None else Person(site=site, created_at=now)
-        _apply_person(person, form)
-        if existing is None:
-            session.add(person)
-        session.flush()
-        return existing is None
-
-    return _import(
-        session,
-        site=site,
-        now=now,
-        actor=actor,
-        text=text,
-        kind="person",
-        columns=PEOPLE_COLUMNS,
-        required=("external_id", "name", "role"),
-        save=save,
-    )
+    return _import_csv(_PEOPLE, session, site=site, now=now, actor=actor, text=text)
 
 
 def set_person_authorised(
@@ -679,18 +660,16 @@ def set_person_authorised(
         return person
     person.role = AUTHORISED if authorised else WITHDRAWN_PERSON_ROLE
     session.flush()
-    audit(
+    _record_change(
         session,
         site=site,
+        now=now,
         actor=actor,
         action="person.authorise" if authorised else "person.unauthorise",
-        object_type="person",
         object_id=person.id,
         detail={"external_id": person.external_id, "name": person.name, "from": before, "to": person.role,
                 "reason": why},
-        now=now,
     )
-    bump_overlay(session, site=site, now=now)
     return person
 
 
@@ -707,17 +686,15 @@ def set_device_authorised(
         return device
     device.role = wanted
     session.flush()
-    audit(
+    _record_change(
         session,
         site=site,
+        now=now,
         actor=actor,
         action="device.authorise" if authorised else "device.unauthorise",
-        object_type="device",
         object_id=device.id,
         detail={"device_id": device.device_id, "from": before, "to": wanted, "reason": why},
-        now=now,
     )
-    bump_overlay(session, site=site, now=now)
     return device
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -52,6 +54,127 @@ def _read_upload() -> str:
     raise InvalidInput("The file is not text (save it from the spreadsheet as CSV).", field="file")
 
 
+# -- what tells the two registers apart ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One register's services and wording; the add, edit and authorise pages are shared."""
+
+    name: str  # "device" / "person": the endpoints are registers.<name>_new, _edit, _authorise
+    listing: str  # the endpoint of the register's list
+    read_form: Callable[[Any], Any]
+    values_of: Callable[[Any], dict[str, Any]]  # an entry as the form's values
+    blank: dict[str, str]  # the values of an empty form
+    get: Callable[..., Any]
+    create: Callable[..., Any]
+    update: Callable[..., Any]
+    set_authorised: Callable[..., Any]
+    added: Callable[[Any], str]
+    saved: str
+
+    @property
+    def pk(self) -> str:
+        return f"{self.name}_pk"
+
+    def url(self, page: str, entry_pk: int) -> str:
+        """The URL of one entry's page: "edit" or "authorise"."""
+        values: dict[str, Any] = {self.pk: entry_pk}
+        return url_for(f"registers.{self.name}_{page}", **values)
+
+
+def _device_values(device: Any) -> dict[str, Any]:
+    values = {k: getattr(device, k) or "" for k in ("device_id", "name", "mac", "ip", "kind", "role", "notes")}
+    values["owner"] = device.person.external_id if device.person else ""
+    values["trusts_school_ca"] = "1" if device.trusts_school_ca else ""
+    return values
+
+
+def _person_values(person: Any) -> dict[str, Any]:
+    values = {k: getattr(person, k) if getattr(person, k) is not None else "" for k in PERSON_FIELDS}
+    values["active"] = "1" if person.active else ""
+    return values
+
+
+DEVICES = _Kind(
+    name="device", listing="registers.devices", read_form=_device_form, values_of=_device_values, blank={},
+    get=svc.get_device, create=svc.create_device, update=svc.update_device,
+    set_authorised=svc.set_device_authorised, added=lambda device: f"Device {device.device_id} added.",
+    saved="Device saved.",
+)
+PEOPLE = _Kind(
+    name="person", listing="registers.people", read_form=_person_form, values_of=_person_values,
+    blank={"active": "1", "role": "pupil"}, get=svc.get_person, create=svc.create_person,
+    update=svc.update_person, set_authorised=svc.set_person_authorised, added=lambda person: f"{person.name} added.",
+    saved="Saved.",
+)
+
+
+def _entry_page(kind: _Kind, entry: Any, values: dict[str, Any], errors: dict[str, str], message: str | None,
+                *, status: int = 200) -> Any:
+    return render_template(
+        f"registers/{kind.name}_form.html", entry=entry, values=values, errors=errors, message=message,
+        roles=svc.PERSON_ROLES,
+        action=kind.url("edit", entry.id) if entry else url_for(f"registers.{kind.name}_new"),
+        authorise_action=kind.url("authorise", entry.id) if entry else None,
+    ), status
+
+
+def _new(kind: _Kind) -> Any:
+    if request.method == "GET":
+        return _entry_page(kind, None, dict(kind.blank), {}, None)
+    try:
+        entry = kind.create(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
+                            form=kind.read_form(request.form))
+    except ServiceError as err:
+        web.db().rollback()
+        return _entry_page(kind, None, dict(request.form), web.field_errors(err), err.message,
+                           status=web.error_status(err))
+    web.db().commit()
+    flash(kind.added(entry))
+    return redirect(url_for(kind.listing))
+
+
+def _edit(kind: _Kind, entry_pk: int) -> Any:
+    try:
+        entry = kind.get(web.db(), web.site_scope(), entry_pk)
+    except ServiceError:
+        abort(404)
+    if request.method == "GET":
+        return _entry_page(kind, entry, kind.values_of(entry), {}, None)
+    if not web.can(Permission.EDIT_REGISTERS):
+        abort(403)
+    try:
+        kind.update(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), **{kind.pk: entry.id},
+                    form=kind.read_form(request.form))
+    except ServiceError as err:
+        web.db().rollback()
+        return _entry_page(kind, entry, dict(request.form), web.field_errors(err), err.message,
+                           status=web.error_status(err))
+    web.db().commit()
+    flash(kind.saved)
+    return redirect(url_for(kind.listing))
+
+
+def _authorise(kind: _Kind, entry_pk: int) -> Any:
+    grant = request.form.get("authorised") == "1"
+    back = kind.url("edit", entry_pk)
+    try:
+        entry = kind.set_authorised(
+            web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), **{kind.pk: entry_pk},
+            authorised=grant, reason=request.form.get("reason", "")[:1000],
+        )
+    except NotFound:
+        abort(404)
+    except ServiceError as err:
+        web.db().rollback()
+        flash(err.message)
+        return redirect(back)
+    web.db().commit()
+    flash(f"{entry.name} is {'now authorised' if grant else 'no longer authorised'}.")
+    return redirect(back)
+
+
 # -- devices -------------------------------------------------------------------------------------
 
 
@@ -69,51 +192,22 @@ def devices() -> Any:
     return render_template("registers/devices.html", page=page, search=search, args=args)
 
 
-def _device_page(device: Any, values: dict[str, Any], errors: dict[str, str], message: str | None,
-                 status: int = 200) -> Any:
-    return render_template("registers/device_form.html", device=device, values=values, errors=errors,
-                           message=message, roles=svc.PERSON_ROLES), status
-
-
 @bp.route("/devices/new", methods=["GET", "POST"])
 @web.requires(Permission.EDIT_REGISTERS)
 def device_new() -> Any:
-    if request.method == "GET":
-        return _device_page(None, {}, {}, None)
-    try:
-        device = svc.create_device(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
-                                   form=_device_form(request.form))
-    except ServiceError as err:
-        web.db().rollback()
-        return _device_page(None, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
-    web.db().commit()
-    flash(f"Device {device.device_id} added.")
-    return redirect(url_for("registers.devices"))
+    return _new(DEVICES)
 
 
 @bp.route("/devices/<int:device_pk>", methods=["GET", "POST"])
 @web.requires(Permission.VIEW_REGISTERS)
 def device_edit(device_pk: int) -> Any:
-    try:
-        device = svc.get_device(web.db(), web.site_scope(), device_pk)
-    except ServiceError:
-        abort(404)
-    if request.method == "GET":
-        values = {k: getattr(device, k) or "" for k in ("device_id", "name", "mac", "ip", "kind", "role", "notes")}
-        values["owner"] = device.person.external_id if device.person else ""
-        values["trusts_school_ca"] = "1" if device.trusts_school_ca else ""
-        return _device_page(device, values, {}, None)
-    if not web.can(Permission.EDIT_REGISTERS):
-        abort(403)
-    try:
-        svc.update_device(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), device_pk=device.id,
-                          form=_device_form(request.form))
-    except ServiceError as err:
-        web.db().rollback()
-        return _device_page(device, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
-    web.db().commit()
-    flash("Device saved.")
-    return redirect(url_for("registers.devices"))
+    return _edit(DEVICES, device_pk)
+
+
+@bp.route("/devices/<int:device_pk>/authorise", methods=["POST"])
+@web.requires(Permission.AUTHORISE_ACCESS)
+def device_authorise(device_pk: int) -> Any:
+    return _authorise(DEVICES, device_pk)
 
 
 @bp.route("/devices/import", methods=["GET", "POST"])
@@ -144,90 +238,22 @@ def people() -> Any:
                            args=args)
 
 
-def _person_page(person: Any, values: dict[str, Any], errors: dict[str, str], message: str | None,
-                 status: int = 200) -> Any:
-    return render_template("registers/person_form.html", person=person, values=values, errors=errors,
-                           message=message, roles=svc.PERSON_ROLES), status
-
-
 @bp.route("/people/new", methods=["GET", "POST"])
 @web.requires(Permission.EDIT_REGISTERS)
 def person_new() -> Any:
-    if request.method == "GET":
-        return _person_page(None, {"active": "1", "role": "pupil"}, {}, None)
-    try:
-        person = svc.create_person(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
-                                   form=_person_form(request.form))
-    except ServiceError as err:
-        web.db().rollback()
-        return _person_page(None, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
-    web.db().commit()
-    flash(f"{person.name} added.")
-    return redirect(url_for("registers.people"))
+    return _new(PEOPLE)
 
 
 @bp.route("/people/<int:person_pk>", methods=["GET", "POST"])
 @web.requires(Permission.VIEW_REGISTERS)
 def person_edit(person_pk: int) -> Any:
-    try:
-        person = svc.get_person(web.db(), web.site_scope(), person_pk)
-    except ServiceError:
-        abort(404)
-    if request.method == "GET":
-        values = {k: getattr(person, k) if getattr(person, k) is not None else "" for k in PERSON_FIELDS}
-        values["active"] = "1" if person.active else ""
-        return _person_page(person, values, {}, None)
-    if not web.can(Permission.EDIT_REGISTERS):
-        abort(403)
-    try:
-        svc.update_person(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), person_pk=person.id,
-                          form=_person_form(request.form))
-    except ServiceError as err:
-        web.db().rollback()
-        return _person_page(person, dict(request.form), web.field_errors(err), err.message, web.error_status(err))
-    web.db().commit()
-    flash("Saved.")
-    return redirect(url_for("registers.people"))
+    return _edit(PEOPLE, person_pk)
 
 
 @bp.route("/people/<int:person_pk>/authorise", methods=["POST"])
 @web.requires(Permission.AUTHORISE_ACCESS)
 def person_authorise(person_pk: int) -> Any:
-    grant = request.form.get("authorised") == "1"
-    try:
-        person = svc.set_person_authorised(
-            web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), person_pk=person_pk,
-            authorised=grant, reason=request.form.get("reason", "")[:1000],
-        )
-    except NotFound:
-        abort(404)
-    except ServiceError as err:
-        web.db().rollback()
-        flash(err.message)
-        return redirect(url_for("registers.person_edit", person_pk=person_pk))
-    web.db().commit()
-    flash(f"{person.name} is {'now authorised' if grant else 'no longer authorised'}.")
-    return redirect(url_for("registers.person_edit", person_pk=person_pk))
-
-
-@bp.route("/devices/<int:device_pk>/authorise", methods=["POST"])
-@web.requires(Permission.AUTHORISE_ACCESS)
-def device_authorise(device_pk: int) -> Any:
-    grant = request.form.get("authorised") == "1"
-    try:
-        device = svc.set_device_authorised(
-            web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), device_pk=device_pk,
-            authorised=grant, reason=request.form.get("reason", "")[:1000],
-        )
-    except NotFound:
-        abort(404)
-    except ServiceError as err:
-        web.db().rollback()
-        flash(err.message)
-        return redirect(url_for("registers.device_edit", device_pk=device_pk))
-    web.db().commit()
-    flash(f"{device.name} is {'now authorised' if grant else 'no longer authorised'}.")
-    return redirect(url_for("registers.device_edit", device_pk=device_pk))
+    return _authorise(PEOPLE, person_pk)
 
 
 @bp.route("/people/import", methods=["GET", "POST"])
