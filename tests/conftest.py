@@ -8,10 +8,12 @@ they ran.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,6 +25,37 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# Fixture plugins every folder may use: a real PostgreSQL server (postgres_server,
+# postgres_template, postgres_url, postgres_empty_url) and a migrated SQLite database
+# (migrated_template, db_path, engine, sessions). A conftest.py that needs a helper module itself
+# takes it from sys.modules under its name here.
+FIXTURE_PLUGINS = {
+    "schoolgate_tests_postgres_fixture": "postgres_fixture.py",
+    "schoolgate_tests_fixtures_db": "fixtures_db.py",
+}
+
+
+def _load_helper(name: str, filename: str) -> ModuleType:
+    """Import a helper module from this folder under `name`: under --import-mode=importlib no
+    test folder is on sys.path, so neither `import` nor pytest_plugins could find it."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / filename)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_FIXTURE_MODULES = {name: _load_helper(name, filename) for name, filename in FIXTURE_PLUGINS.items()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, module in _FIXTURE_MODULES.items():
+        if not config.pluginmanager.is_registered(module):
+            config.pluginmanager.register(module, name)
 
 
 def _missing(marker: str) -> str | None:

@@ -3,7 +3,6 @@ for every role (with TOTP where the role needs it), and helpers to sign in."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import sys
@@ -12,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pyotp
@@ -26,26 +24,8 @@ from schoolgate.console import accounts, create_app
 from schoolgate.console.roles import ConsoleRole
 from schoolgate.store.db import init_db, make_engine, session_factory
 
-
-def load_postgres_fixture() -> ModuleType:
-    """tests/postgres_fixture.py, imported once (tests are not a package under importlib mode)."""
-    name = "schoolgate_tests_postgres_fixture"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "postgres_fixture.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-_pg = load_postgres_fixture()
-postgres_server = _pg.postgres_server
-postgres_template = _pg.postgres_template
-postgres_url = _pg.postgres_url
-postgres_empty_url = _pg.postgres_empty_url
+# tests/postgres_fixture.py, which tests/conftest.py loads as a plugin (its fixtures are everywhere).
+_pg = sys.modules["schoolgate_tests_postgres_fixture"]
 
 #: The databases the console's (non-browser) tests run against: a trust's central database
 #: is PostgreSQL, a single appliance's is SQLite.

@@ -3,8 +3,6 @@ and the addons' Services wired to the real event writer."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from schoolgate.policy.loader import load_policy
 from schoolgate.policy.types import Client, Decision, Target
 from schoolgate.proxy.addons import Services
 from schoolgate.proxy.addresses import AddressBook
-from schoolgate.store.db import init_db, make_engine
 from schoolgate.store.events import EventWriter
 
 HERE = Path(__file__).resolve().parent
@@ -44,25 +41,7 @@ def school_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ca_dir
 
 
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("proxy-db") / "template.db"
-    init_db(f"sqlite:///{path}").dispose()
-    return path
-
-
-@pytest.fixture
-def db_path(tmp_path: Path, migrated_template: Path) -> Path:
-    path = tmp_path / "schoolgate.db"
-    shutil.copyfile(migrated_template, path)
-    return path
-
-
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{db_path}")
-    yield eng
-    eng.dispose()
+# db_path and engine (a migrated SQLite database per test) come from tests/fixtures_db.py.
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.config import AlertsConfig, AppConfig, ConsoleConfig, DatabaseConfig, MailConfig, SiteConfig
-from schoolgate.store.db import init_db, make_engine, session_factory
+from schoolgate.store.db import session_factory
 
 SITE = "testschool"
 
@@ -95,26 +95,7 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
         controller.stop()
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    engine = init_db(f"sqlite:///{path}")
-    engine.dispose()
-    return path
-
-
-@pytest.fixture
-def db_path(tmp_path: Path, template_db: Path) -> Path:
-    path = tmp_path / "schoolgate.db"
-    path.write_bytes(template_db.read_bytes())
-    return path
-
-
-@pytest.fixture
-def engine(db_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{db_path}")
-    yield engine
-    engine.dispose()
+# db_path and engine (a migrated SQLite database per test) come from tests/fixtures_db.py.
 
 
 @pytest.fixture

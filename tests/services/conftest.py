@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.policy import CompiledPolicy, load_policy
 from schoolgate.services.actor import Actor
-from schoolgate.store.db import init_db, make_engine, session_factory
+from schoolgate.store.db import session_factory
 from schoolgate.store.models import ConsoleUser, UserRole
 
 SITE = "testschool"
@@ -93,22 +93,7 @@ def policy(policy_file: Path) -> CompiledPolicy:
     return load_policy(policy_file)
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Migrate once per session; each test copies the file (alembic is slow-ish)."""
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    engine = init_db(f"sqlite:///{path}")
-    engine.dispose()
-    return path
-
-
-@pytest.fixture
-def engine(tmp_path: Path, template_db: Path) -> Iterator[Engine]:
-    path = tmp_path / "schoolgate.db"
-    path.write_bytes(template_db.read_bytes())
-    engine = make_engine(f"sqlite:///{path}")
-    yield engine
-    engine.dispose()
+# engine (a migrated SQLite database per test) comes from tests/fixtures_db.py.
 
 
 @pytest.fixture

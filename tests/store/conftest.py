@@ -11,42 +11,20 @@ full alembic upgrade.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.store.db import init_db, make_engine, session_factory
+from schoolgate.store.db import make_engine
 
 SITE = "testschool"
 BACKENDS = ("sqlite", "postgresql")
 
 
-def load_postgres_fixture() -> ModuleType:
-    """tests/postgres_fixture.py, imported once (tests are not a package under importlib mode)."""
-    name = "schoolgate_tests_postgres_fixture"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "postgres_fixture.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-_pg = load_postgres_fixture()
-postgres_server = _pg.postgres_server
-postgres_template = _pg.postgres_template
-postgres_url = _pg.postgres_url
-postgres_empty_url = _pg.postgres_empty_url
+# The PostgreSQL fixtures (tests/postgres_fixture.py) and db_path, a copy of the migrated SQLite
+# template (tests/fixtures_db.py), are plugins that tests/conftest.py loads.
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -60,21 +38,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def db_backend(request: pytest.FixtureRequest) -> str:
     backend: str = getattr(request, "param", "sqlite")
     return backend
-
-
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("store-template") / "template.db"
-    engine = init_db(f"sqlite:///{path}")
-    engine.dispose()  # checkpoints the WAL: the file alone is the whole database
-    return path
-
-
-@pytest.fixture
-def db_path(tmp_path: Path, migrated_template: Path) -> Path:
-    path = tmp_path / "schoolgate.db"
-    shutil.copyfile(migrated_template, path)
-    return path
 
 
 @pytest.fixture
@@ -100,11 +63,6 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)
     yield eng
     eng.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 @pytest.fixture
