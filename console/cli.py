@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from schoolgate.config import load_config_or_report
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     console = sub.add_parser("console", help="serve the web console (gunicorn, TLS)")
@@ -53,21 +55,10 @@ def _err(message: str) -> int:
     return 1
 
 
-def _config(path: str) -> Any:
-    from schoolgate.config import load_config
-    from schoolgate.tomlpos import ConfigError
-
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(f"schoolgate: {err}", file=sys.stderr)
-        return None
-
-
 def _console(args: argparse.Namespace) -> int:
     from schoolgate.console.server import ServeError, issue_console_cert, serve
 
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     try:
@@ -105,7 +96,7 @@ def _users_add(args: argparse.Namespace) -> int:
     from schoolgate.console import accounts
     from schoolgate.console.roles import ConsoleRole, parse_roles
 
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     try:
@@ -140,7 +131,7 @@ def _users_list(args: argparse.Namespace) -> int:
 
     from schoolgate.store.models import ConsoleUser
 
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     session = _session(config)
@@ -158,7 +149,7 @@ def _users_list(args: argparse.Namespace) -> int:
 def _users_reset(args: argparse.Namespace) -> int:
     from schoolgate.console import accounts
 
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     given = _read_password(args.password_stdin)

@@ -28,15 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from schoolgate.config import load_config
+    from schoolgate.config import load_config_or_report
     from schoolgate.dns.daemon import DnsOptions, run
     from schoolgate.dns.upstream import parse_address
     from schoolgate.tomlpos import ConfigError
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(f"schoolgate dns: {err}", file=sys.stderr)
+    config = load_config_or_report(args.config, "schoolgate dns")
+    if config is None:
         return 2
     options = DnsOptions(
         config=config,

@@ -15,6 +15,8 @@ import argparse
 import sys
 from typing import Any
 
+from schoolgate.config import load_config_or_report
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     net = sub.add_parser("net", help="the gateway's network setup (nftables, addresses, sysctls)")
@@ -38,17 +40,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                 help="drop the addresses DNS learnt instead of carrying them over",
             )
         parser.set_defaults(func=handler)
-
-
-def _config(path: str) -> Any:
-    from schoolgate.config import load_config
-    from schoolgate.tomlpos import ConfigError
-
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(f"schoolgate: {err}", file=sys.stderr)
-        return None
 
 
 def policy_block_addresses(config: Any) -> tuple[str, str]:
@@ -104,7 +95,7 @@ def _ruleset_or_error(config: Any) -> str | None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     ruleset = _ruleset_or_error(config) if config else None
     if ruleset is None:
         return 2
@@ -146,9 +137,9 @@ def _apply(args: argparse.Namespace) -> int:
     )
     from schoolgate.gateway.nft import NftError, apply_ruleset
 
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     ruleset = _ruleset_or_error(config) if config else None
-    if ruleset is None:
+    if config is None or ruleset is None:
         return 2
     network = config.network
     if not args.rules_only:
@@ -179,7 +170,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from schoolgate.gateway.nft import NftError, live_watched_elements, read_counters
 
-    if _config(args.config) is None:
+    if load_config_or_report(args.config) is None:
         return 2
     try:
         counters = read_counters()
@@ -201,7 +192,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     from schoolgate.gateway.circumvention import run_watcher
 
-    config = _config(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -211,7 +202,7 @@ def _watch(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from schoolgate.gateway.nft import NftError, remove_table
 
-    if _config(args.config) is None:
+    if load_config_or_report(args.config) is None:
         return 2
     try:
         remove_table()

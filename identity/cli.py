@@ -26,16 +26,13 @@ def _import_leases(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from schoolgate.config import load_config
+    from schoolgate.config import load_config_or_report
     from schoolgate.identity.leases import import_leases
     from schoolgate.store.coltypes import utcnow
     from schoolgate.store.db import make_engine, session_factory
-    from schoolgate.tomlpos import ConfigError
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(f"schoolgate: {err}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     try:
         text = Path(args.file).read_text(encoding="utf-8", errors="replace")

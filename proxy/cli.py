@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schoolgate.config import load_config_or_report
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     proxy = sub.add_parser(
@@ -62,19 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     issue.set_defaults(func=_ca_issue)
 
 
-def _load_config(path: str) -> Any:
-    from schoolgate.config import load_config
-    from schoolgate.tomlpos import ConfigError
-
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(f"schoolgate: {err}", file=sys.stderr)
-        return None
-
-
 def _proxy(args: argparse.Namespace) -> int:
-    config = _load_config(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     if args.action == "stats":
@@ -117,7 +108,7 @@ def _stats(config: Any) -> int:
 def _ca_dir(args: argparse.Namespace) -> tuple[Path | None, Any]:
     config = None
     if args.config:
-        config = _load_config(args.config)
+        config = load_config_or_report(args.config)
         if config is None:
             return None, None
     if args.ca_dir:

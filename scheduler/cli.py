@@ -25,17 +25,14 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from schoolgate.clock import clock_from_env
-    from schoolgate.config import load_config
+    from schoolgate.config import load_config_or_report
     from schoolgate.scheduler.runner import SchedulerService
     from schoolgate.services.mailer import MailError
     from schoolgate.store.db import make_engine, session_factory
-    from schoolgate.tomlpos import ConfigError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-    except ConfigError as err:
-        print(f"schoolgate scheduler: {err}", file=sys.stderr)
+    config = load_config_or_report(args.config, "schoolgate scheduler")
+    if config is None:
         return 2
     engine = make_engine(config.database_url)
     try:

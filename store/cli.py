@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from schoolgate.config import load_config_or_report
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     db = sub.add_parser("db", help="database schema: upgrade, check; the event spool")
@@ -49,23 +51,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     verify.set_defaults(func=_verify)
 
 
-def _load(path: str) -> Any:
-    from schoolgate.config import load_config
-    from schoolgate.tomlpos import ConfigError
-
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(f"schoolgate: {err}", file=sys.stderr)
-        return None
-
-
 def _upgrade(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from schoolgate.store.db import current_revision, init_db, make_engine
 
-    config = _load(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     engine = make_engine(config.database_url)
@@ -90,7 +81,7 @@ def _check(args: argparse.Namespace) -> int:
 
     from schoolgate.store.db import current_revision, head_revision, make_engine, schema_differences
 
-    config = _load(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     engine = make_engine(config.database_url)
@@ -156,7 +147,7 @@ def _revision(args: argparse.Namespace) -> int:
 def _spool(args: argparse.Namespace) -> int:
     from schoolgate.store.events import spool_paths
 
-    config = _load(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     paths = spool_paths(config.data_dir)
@@ -213,7 +204,7 @@ def _verify(args: argparse.Namespace) -> int:
     from schoolgate.store.audit import verify
     from schoolgate.store.db import make_engine, session_factory
 
-    config = _load(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     site = args.site or config.site.id

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from schoolgate.config import AppConfig
+from schoolgate.config import AppConfig, load_config_or_report
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -404,19 +404,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     restore.set_defaults(func=_restore)
 
 
-def _load(path: str) -> AppConfig | None:
-    from schoolgate.config import load_config
-    from schoolgate.tomlpos import ConfigError
-
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        print(f"schoolgate: {err}", file=sys.stderr)
-        return None
-
-
 def _backup(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     try:
@@ -430,7 +419,7 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config_or_report(args.config)
     if config is None:
         return 2
     try:

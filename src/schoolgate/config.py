@@ -8,6 +8,7 @@ It is read and validated once, at start-up; a mistake names the file, the line a
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tomllib
 import types
 import typing
@@ -212,3 +213,12 @@ def load_config(path: str | Path) -> AppConfig:
     policy = (base / raw["policy"]).resolve()
     data_dir = (base / raw.get("data_dir", "data")).resolve()
     return AppConfig(source=path.resolve(), policy=policy, data_dir=data_dir, **kwargs)
+
+
+def load_config_or_report(path: str | Path, prog: str = "schoolgate") -> AppConfig | None:
+    """For commands: the configuration, or None after telling the technician what is wrong."""
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return None
