@@ -110,8 +110,11 @@ class EventRecord:
         ts: datetime,
         qtype: str | None = None,
         search_term: str | None = None,
+        count: int = 1,
     ) -> EventRecord:
-        """The record for one policy decision, so that DNS and proxy log identically."""
+        """The record for one policy decision, so that DNS and proxy log identically.
+
+        ``count`` > 1: the allowed queries of one client and name in one minute, folded."""
         return cls(
             ts=ts,
             site=site,
@@ -133,7 +136,7 @@ class EventRecord:
             service=decision.service,
             category=decision.category,
             flags=frozenset(decision.flags),
-            count=1,
+            count=count,
         )
 
     @property

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from schoolgate.dns.chain import Answer, Result, Stage, is_ready, then
 from schoolgate.dns.wire import Query, type_name
-from schoolgate.policy.types import Client, Decision, Role, Verdict
+from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
 from schoolgate.store.events import EventRecord
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
@@ -29,26 +29,8 @@ FLUSH_SLICE = 500  # records handed over per flush_due call
 def record_for(
     decision: Decision, client: Client, host: str, qtype: int, *, site: str, ts: datetime, count: int = 1
 ) -> EventRecord:
-    return EventRecord(
-        ts=ts,
-        site=site,
-        source="dns",
-        client_ip=client.ip,
-        mac=client.mac,
-        device_id=client.device_id,
-        device_name=client.device_name,
-        person_id=client.person_id,
-        person_name=client.person_name,
-        role=decision.role.value,
-        host=host,
-        qtype=type_name(qtype),
-        verdict=decision.verdict.value,
-        rule_id=decision.rule_id,
-        clause=decision.clause,
-        service=decision.service,
-        category=decision.category,
-        flags=",".join(sorted(decision.flags)) if decision.flags else "",
-        count=count,
+    return EventRecord.from_decision(
+        decision, client, Target(host), site=site, source="dns", ts=ts, qtype=type_name(qtype), count=count
     )
 
 
