@@ -37,7 +37,9 @@ sys.path.insert(0, str(REPO / "tests" / "dns"))
 
 from authority import Authority  # noqa: E402
 
-STEVENBLACK = Path("/work/shared/data/stevenblack_domains.txt")
+# The shared reference data beside the checkout (../shared/), or where SCHOOLGATE_SHARED says.
+SHARED = Path(os.environ.get("SCHOOLGATE_SHARED") or REPO.parent / "shared")
+STEVENBLACK = SHARED / "data" / "stevenblack_domains.txt"
 LIST_SIZE = 1_000_000
 ALLOWED_NAMES = 100_000
 

@@ -80,6 +80,24 @@ def device(key: str) -> LabDevice:
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def private_prefix(stem: str, serial: int, pid: int) -> str:
+    """A lab prefix for one test run's `serial`-th lab: the stem, then the serial and the PID in
+    base 36, cut to the six characters a prefix may hold. Two test runs on one box (two
+    checkouts tested at once) then almost never pick the same namespace names."""
+    room = 6 - len(stem)
+    if room < 2:
+        raise ValueError(f"lab prefix stem {stem!r}: at most 4 characters")
+    number = pid * 26 + serial % 26
+    digits = ""
+    for _ in range(room):
+        number, digit = divmod(number, 36)
+        digits += _BASE36[digit]
+    return stem + digits
+
+
 @dataclass(frozen=True)
 class LabNames:
     """Namespace names for one lab; a test runs a private lab with its own prefix."""

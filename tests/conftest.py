@@ -34,6 +34,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 FIXTURE_PLUGINS = {
     "schoolgate_tests_postgres_fixture": "postgres_fixture.py",
     "schoolgate_tests_fixtures_db": "fixtures_db.py",
+    "schoolgate_tests_reference_data": "reference_data.py",
 }
 
 

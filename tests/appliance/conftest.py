@@ -1,6 +1,6 @@
 """The whole appliance in the network lab, for the tests that kill its daemons.
 
-Each module gets a private lab (prefix `sga` + a letter + a digit of the PID), torn down
+Each module gets a private lab (prefix `sga` + its serial and the PID in base 36), torn down
 after the module, pass or fail. The measurements the tests make (restart times, events
 lost per kill) are printed at the end of the run.
 """
@@ -17,6 +17,7 @@ import pytest
 
 from schoolgate.lab.client import LabClient
 from schoolgate.lab.lab import DEFAULT_CLOCK, Lab
+from schoolgate.lab.topology import private_prefix
 from schoolgate.store.db import make_engine, session_factory
 
 _labs = itertools.count()
@@ -24,7 +25,7 @@ MEASURED: list[str] = []
 
 
 def lab_prefix(stem: str = "sga") -> str:
-    return f"{stem}{'abcdefghijklmnopqrstuvwxyz'[next(_labs) % 26]}{os.getpid() % 10}"
+    return private_prefix(stem, next(_labs), os.getpid())
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from schoolgate.lab.netns import process_alive
+from schoolgate.lab.topology import private_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -31,7 +32,7 @@ def namespaces(prefix: str) -> list[str]:
 
 
 def test_up_status_clock_down_from_separate_processes(tmp_path: Path) -> None:
-    prefix = f"sgtc{os.getpid() % 10}"
+    prefix = private_prefix("sgtc", 0, os.getpid())
     common = ["--prefix", prefix, "--state-root", str(tmp_path)]
     try:
         up = lab_cli("up", *common, "--clock", "2026-11-23T09:00:00+00:00")

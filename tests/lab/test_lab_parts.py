@@ -11,7 +11,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from schoolgate.lab.internet import SITES, LabZoneResolver, address_for_name, site_for_name
 from schoolgate.lab.pki import CA_NAME, LabCA, issuer_common_name
-from schoolgate.lab.topology import DEVICES, LabNames
+from schoolgate.lab.topology import DEVICES, LabNames, private_prefix
 
 
 def test_names_are_prefixed_and_short_enough() -> None:
@@ -25,6 +25,13 @@ def test_names_are_prefixed_and_short_enough() -> None:
 def test_bad_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="prefix"):
         LabNames(prefix)
+
+
+@pytest.mark.parametrize("stem", ["sgt", "sga", "sgtc"])
+def test_private_prefixes_are_valid_and_differ_between_runs_and_labs(stem: str) -> None:
+    made = {private_prefix(stem, serial, pid) for pid in range(4000, 4040) for serial in range(3)}
+    assert len(made) == 120
+    assert all(LabNames(prefix).prefix.startswith(stem) for prefix in made)
 
 
 def test_devices_have_distinct_addresses_and_macs() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,19 +26,13 @@ from schoolgate.policy.lists import (
 )
 from schoolgate.policy.loader import load_policy
 
-# The shared reference data (StevenBlack list, AdGuard services). SCHOOLGATE_REFERENCE_DATA points
-# elsewhere; without it a developer's machine skips these tests, but CI (CI=true) must have it.
-# CI clones the repository with the shared folder beside it.
-_CANDIDATES = [
-    Path(os.environ["SCHOOLGATE_REFERENCE_DATA"]) if "SCHOOLGATE_REFERENCE_DATA" in os.environ else None,
-    Path(__file__).resolve().parents[3] / "shared" / "data",
-    Path("/work/shared/data"),
-]
-DATA = next((p for p in _CANDIDATES if p is not None and p.is_dir()), Path("/work/shared/data"))
+reference_data = sys.modules["schoolgate_tests_reference_data"]
+
+# The shared reference data (StevenBlack list, AdGuard services), found beside the checkout.
+DATA = reference_data.DATA
 STEVENBLACK = DATA / "stevenblack_domains.txt"
 ADGUARD = DATA / "services_rules.json"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-needs_data = pytest.mark.skipif(not IN_CI and not DATA.is_dir(), reason=f"reference data not found at {DATA}")
+needs_data = reference_data.needs_reference_data
 
 HOSTS = """\
 # a hosts file
