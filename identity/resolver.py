@@ -1,5 +1,8 @@
 """From a source address to a policy Client: neighbour table MAC, then the device register.
 
+A device seen with a MAC is known by that MAC alone; the register's fixed addresses identify
+a device only where no MAC can be seen.
+
 ``resolve`` runs once per DNS query, so it is a few dict lookups: a per-IP cache with a
 short TTL in front of the neighbour table and the register snapshot.
 """
@@ -91,10 +94,14 @@ class IdentityResolver:
         if found_mac is None and self._neighbours is not None:
             found_mac = self._neighbours.lookup(address)
         register = self._register
-        device = register.by_mac(found_mac) if found_mac else None
-        if device is None:
-            device = register.by_ip(address)
-        return client_for(address, found_mac, device)
+        if found_mac is not None:
+            # A MAC is the device's identity. An address is not: any device can set a staff
+            # laptop's fixed address, and must not take on its role or have its events logged
+            # under it. A MAC the register does not know is an unknown device.
+            return client_for(address, found_mac, register.by_mac(found_mac))
+        # No MAC to be seen (a routed network, or the console off the gateway): the register's
+        # fixed address is all there is to go on.
+        return client_for(address, None, register.by_ip(address))
 
 
 class RegisterReloader:

@@ -224,3 +224,32 @@ def test_unknown_answers_are_cached_only_briefly(register: DeviceRegister) -> No
     kernel.entries["10.10.3.4"] = "02:00:00:00:01:01"  # the neighbour entry appears
     now[0] += 1.1
     assert resolver.resolve("10.10.3.4").device_id == "IPAD-01"
+
+
+@pytest.mark.parametrize(
+    ("neighbour_mac", "device_id", "role"),
+    [
+        # A phone the register does not know, set to the staff laptop's fixed address: unknown,
+        # so the policy gives it its network's role; never the laptop's role or name.
+        ("02:66:66:66:66:66", None, None),
+        # A registered pupil iPad on that address is still the pupil's iPad.
+        ("02:00:00:00:01:01", "IPAD-01", Role.PUPIL),
+        # The laptop itself.
+        ("02:00:00:00:02:02", "STAFF-LAP", Role.STAFF),
+        # No MAC to be seen (a routed network): the fixed address is all there is.
+        (None, "STAFF-LAP", Role.STAFF),
+    ],
+)
+def test_a_fixed_address_never_lends_its_device_to_another_mac(
+    register: DeviceRegister, neighbour_mac: str | None, device_id: str | None, role: Role | None
+) -> None:
+    entries = {"10.10.0.20": neighbour_mac} if neighbour_mac else {}
+    resolver = IdentityResolver(register, NeighbourTable(dump=FakeKernel(entries)))
+    client = resolver.resolve("10.10.0.20")
+    assert (client.device_id, client.role) == (device_id, role)
+    if device_id is None:
+        assert client == Client(ip="10.10.0.20", mac=neighbour_mac)
+    # The same when the caller already knows the MAC (the gateway's NFLOG messages carry it).
+    if neighbour_mac:
+        direct = IdentityResolver(register).resolve("10.10.0.20", mac=neighbour_mac)
+        assert (direct.device_id, direct.role) == (device_id, role)
