@@ -63,7 +63,7 @@ class MessageError(ValueError):
 class Message:
     """A parsed view of a response: header, question span, records, compression pointers."""
 
-    __slots__ = ("counts", "data", "flags", "ident", "pointers", "question_end", "records")
+    __slots__ = ("_targets", "counts", "data", "end", "flags", "ident", "pointers", "question_end", "records")
 
     def __init__(self, data: bytes) -> None:
         if len(data) < 12:
@@ -74,6 +74,7 @@ class Message:
         self.ident, self.flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
         self.counts = [qdcount, ancount, nscount, arcount]
         self.pointers: list[int] = []  # offsets of two-byte compression pointers
+        self._targets: dict[int, int] = {}  # pointer target -> wire length of the name there
         offset = 12
         try:
             for _ in range(qdcount):
@@ -98,6 +99,7 @@ class Message:
         except ValueError as err:
             raise MessageError(str(err)) from None
         self.records = records
+        self.end = offset  # where the last record ends; anything after it is not part of the message
 
     @property
     def rcode(self) -> int:
@@ -108,6 +110,7 @@ class Message:
         data = self.data
         size = len(data)
         labels = 0
+        wire = 0
         while True:
             if offset >= size:
                 raise MessageError("name runs past the end")
@@ -120,13 +123,22 @@ class Message:
                 target = ((length & 0x3F) << 8) | data[offset + 1]
                 if target >= offset or target < 12:
                     raise MessageError("pointer forward or into the header")
+                # The name pointed at must be a name too (a pointer into record data can
+                # land on anything), and the whole name no longer than 255 bytes.
+                rest = self._targets.get(target)
+                if rest is None:
+                    dotted = read_name(data, target)[0]
+                    rest = self._targets[target] = len(dotted) + 2 if dotted else 1
+                if wire + rest > 255:
+                    raise MessageError("name too long")
                 self.pointers.append(offset)
                 return offset + 2
             if length & 0xC0:
                 raise MessageError("reserved label type")
             labels += 1
-            if labels > 127:
-                raise MessageError("too many labels")
+            wire += length + 1
+            if labels > 127 or wire > 255:
+                raise MessageError("name too long")
             offset += length + 1
 
     def _rdata_names(self, rtype: int, start: int, end: int) -> None:

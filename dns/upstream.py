@@ -1,7 +1,10 @@
 """Forwarding to the school's upstream resolvers: failover, timeouts, TCP on truncation, health.
 
-Each upstream gets a few connected UDP sockets (the kernel drops datagrams from anyone else)
-and every query a fresh random ID; an answer must also repeat our question before it is taken.
+Every query goes out on a UDP socket of its own, bound to a source port drawn at random for
+it and connected to the upstream (the kernel drops datagrams from anyone else), with a fresh
+random ID (RFC 5452): someone on the LAN who wants to poison the cache must guess the port
+and the ID, about 31 bits, for each query, instead of an ID for one of a few sockets that
+live as long as the daemon. An answer must also repeat our question before it is taken.
 An upstream that fails `down_after` times in a row is skipped for a back-off that doubles up to
 `max_backoff_s`; when its back-off ends the next query tries it again. The whole forward is
 bounded: when no upstream answers within the budget the caller gets UpstreamFailure.
@@ -11,24 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from schoolgate.dns.wire import (
     CD,
     EDNS_UDP_SIZE,
-    FORMERR,
     HEADER,
-    NOTIMP,
+    NOERROR,
+    NXDOMAIN,
     QFIXED,
     QR,
     RD,
-    REFUSED,
     SERVFAIL,
     TC,
     edns_opt,
@@ -36,8 +40,10 @@ from schoolgate.dns.wire import (
 
 log = logging.getLogger(__name__)
 
-SOCKETS_PER_UPSTREAM = 4
 _LENGTH = struct.Struct("!H")
+# An answer to a query is NOERROR or NXDOMAIN; any other code (SERVFAIL, REFUSED, and the
+# ones that make no sense here) is no answer: the next upstream is tried.
+_USABLE = (NOERROR, NXDOMAIN)
 
 
 class UpstreamFailure(Exception):
@@ -86,39 +92,82 @@ class UpstreamHealth:
         }
 
 
-class _UdpChannel(asyncio.DatagramProtocol):
-    """One connected UDP socket to one upstream; matches answers to waiting queries by ID."""
+def local_port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The ports the system hands out for outgoing connections (Linux's default if unknown)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    if not 1024 <= low <= high <= 65535:
+        return 32768, 60999
+    return low, high
 
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.waiting: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+def reserved_ports(path: str = "/proc/sys/net/ipv4/ip_local_reserved_ports") -> frozenset[int]:
+    """Ports the administrator keeps out of the outgoing range ("8080,9000-9010")."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return frozenset()
+    ports: set[int] = set()
+    for item in filter(None, text.split(",")):
+        low, _, high = item.partition("-")
+        with contextlib.suppress(ValueError):
+            ports.update(range(int(low), int(high or low) + 1))
+    return frozenset(ports)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if len(data) < 12:
-            return
-        ident = (data[0] << 8) | data[1]
-        waiter = self.waiting.get(ident)
-        if waiter is None:
-            return
-        question, future = waiter
-        # The answer must repeat our question (letter case aside): a blind spoof must guess it too.
-        if not data[2] & 0x80 or not same_question(data, question) or future.done():
-            return
-        del self.waiting[ident]
-        future.set_result(data)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: fail everything waiting so failover is quick.
-        for _, future in self.waiting.values():
-            if not future.done():
-                future.set_exception(UpstreamFailure(str(exc)))
-        self.waiting.clear()
+class SourcePorts:
+    """Draws a source port for each query, uniformly from the system's outgoing range.
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+    The outgoing range (``ip_local_port_range``, less ``ip_local_reserved_ports``) is what the
+    administrator set aside for this, so a query never takes a port a local service listens
+    on. A port in use is drawn again; after a few misses the kernel picks one (also at random).
+    """
+
+    ATTEMPTS = 8
+
+    def __init__(self, low: int | None = None, high: int | None = None, reserved: frozenset[int] | None = None,
+                 randbelow: Callable[[int], int] = secrets.randbelow) -> None:
+        system_low, system_high = local_port_range()
+        self.low = system_low if low is None else low
+        self.high = system_high if high is None else high
+        self.reserved = reserved_ports() if reserved is None else reserved
+        self._randbelow = randbelow
+        self.collisions = 0  # draws that found the port taken
+        self.kernel_chosen = 0  # sockets left to the kernel after ATTEMPTS misses
+
+    def draw(self) -> int:
+        while True:
+            port = self.low + self._randbelow(self.high - self.low + 1)
+            if port not in self.reserved:
+                return port
+
+    def open(self, host: str, port: int) -> socket.socket:
+        """A non-blocking UDP socket on a random source port, connected to (host, port)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            any_address = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            for _ in range(self.ATTEMPTS):
+                try:
+                    sock.bind((any_address, self.draw()))
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EADDRINUSE, errno.EACCES):
+                        raise
+                    self.collisions += 1
+            else:
+                self.kernel_chosen += 1
+                sock.bind((any_address, 0))
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 @dataclass
@@ -126,8 +175,6 @@ class _Upstream:
     host: str
     port: int
     health: UpstreamHealth
-    channels: list[_UdpChannel] = field(default_factory=list)
-    next_channel: int = 0
 
 
 class UpstreamPool:
@@ -145,6 +192,8 @@ class UpstreamPool:
         self.budget_s = budget_s if budget_s is not None else min(2 * timeout_s, 4.0)
         self.down_after = down_after
         self.max_backoff_s = max_backoff_s
+        self.ports = SourcePorts()
+        self._running = False
         self._upstreams = []
         for text in addresses:
             host, port = parse_address(text)
@@ -152,21 +201,11 @@ class UpstreamPool:
             self._upstreams.append(_Upstream(host, port, UpstreamHealth(label)))
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for upstream in self._upstreams:
-            family = socket.AF_INET6 if ":" in upstream.host else socket.AF_INET
-            for _ in range(SOCKETS_PER_UPSTREAM):
-                _, protocol = await loop.create_datagram_endpoint(
-                    _UdpChannel, remote_addr=(upstream.host, upstream.port), family=family
-                )
-                upstream.channels.append(protocol)
+        """Ready to forward (each query opens its own socket, so there is nothing to open here)."""
+        self._running = True
 
     def close(self) -> None:
-        for upstream in self._upstreams:
-            for channel in upstream.channels:
-                if channel.transport is not None:
-                    channel.transport.close()
-            upstream.channels.clear()
+        self._running = False
 
     def health(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -215,15 +254,15 @@ class UpstreamPool:
             started = time.monotonic()
             try:
                 answer = await self._udp(upstream, ident, question, query, min(self.timeout_s, remaining))
-                if answer[3] & 0x0F in (SERVFAIL, REFUSED, NOTIMP, FORMERR):
-                    unusable = answer
-                    self._failed(upstream, timeout=False)
-                    continue
-                if (answer[2] << 8) & TC:
+                if (answer[2] << 8) & TC and answer[3] & 0x0F in _USABLE:
                     upstream.health.tcp_queries += 1
                     remaining = deadline - loop.time()
                     answer = await self._tcp(upstream, ident, question, query, max(0.05, remaining))
-            except (TimeoutError, UpstreamFailure, OSError) as err:
+                if answer[3] & 0x0F not in _USABLE:  # over UDP or TCP alike
+                    unusable = answer
+                    self._failed(upstream, timeout=False)
+                    continue
+            except (TimeoutError, UpstreamFailure, OSError, EOFError) as err:  # EOFError: a TCP answer cut short
                 self._failed(upstream, timeout=isinstance(err, TimeoutError))
                 continue
             self._succeeded(upstream, time.monotonic() - started)
@@ -233,24 +272,36 @@ class UpstreamPool:
         raise UpstreamFailure("no upstream answered")
 
     async def _udp(self, upstream: _Upstream, ident: int, question: bytes, query: bytes, timeout: float) -> bytes:
-        if not upstream.channels:
+        if not self._running:
             raise UpstreamFailure("pool not started")
-        channel = upstream.channels[upstream.next_channel % len(upstream.channels)]
-        upstream.next_channel += 1
-        if channel.transport is None:
-            raise UpstreamFailure("socket closed")
-        while ident in channel.waiting:
-            ident = secrets.randbits(16)
-            query = _LENGTH.pack(ident) + query[2:]
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        channel.waiting[ident] = (question, future)
+        loop = asyncio.get_running_loop()
+        sock = self.ports.open(upstream.host, upstream.port)
+        future: asyncio.Future[bytes] = loop.create_future()
+
+        def readable() -> None:
+            while not future.done():
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    return
+                except OSError as err:
+                    # ICMP port unreachable and the like: fail at once so failover is quick.
+                    future.set_exception(UpstreamFailure(str(err)))
+                    return
+                # The answer must carry our ID and repeat our question (letter case aside).
+                if len(data) >= 12 and (data[0] << 8 | data[1]) == ident and data[2] & 0x80 \
+                        and same_question(data, question):
+                    future.set_result(data)
+
+        fd = sock.fileno()
+        loop.add_reader(fd, readable)
         try:
-            channel.transport.sendto(query)
+            sock.send(query)
             async with asyncio.timeout(timeout):
                 return await future
         finally:
-            if channel.waiting.get(ident, (None, future))[1] is future:
-                channel.waiting.pop(ident, None)
+            loop.remove_reader(fd)
+            sock.close()
 
     async def _tcp(self, upstream: _Upstream, ident: int, question: bytes, query: bytes, timeout: float) -> bytes:
         # Over TCP the answer may be large; advertise nothing smaller than it needs.
@@ -285,4 +336,12 @@ def question_wire(qname_wire: bytes, qtype: int, qclass: int) -> bytes:
     return qname_wire + QFIXED.pack(qtype, qclass)
 
 
-__all__ = ["EDNS_UDP_SIZE", "UpstreamFailure", "UpstreamHealth", "UpstreamPool", "parse_address", "question_wire"]
+__all__ = [
+    "EDNS_UDP_SIZE",
+    "SourcePorts",
+    "UpstreamFailure",
+    "UpstreamHealth",
+    "UpstreamPool",
+    "parse_address",
+    "question_wire",
+]

@@ -1,5 +1,8 @@
 """Clean upstream answers: drop the upstream's OPT record, and `ech` from SVCB/HTTPS records.
 
+Bytes an upstream sends after the last record its counts declare are cut off: they are not
+part of the answer, and a client's parser should never be handed them.
+
 Without Encrypted Client Hello the browser names the real site in the TLS SNI, which the proxy
 must see to apply the policy. The rest of each record (alpn, port, address hints) is kept.
 An answer that cannot be parsed counts as an upstream failure; an SVCB/HTTPS record that cannot
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 def clean_answer(answer: bytes) -> bytes:
     try:
         message = Message(answer)
+        if message.end != len(answer):
+            message = Message(answer[: message.end])
         if any(r.rtype == 41 for r in message.records):
             message = Message(message.without_opt())
         if not any(r.rtype in (TYPE_SVCB, TYPE_HTTPS) for r in message.records):

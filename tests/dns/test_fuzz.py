@@ -8,7 +8,6 @@ broken queries) or drop, never die, and still answer normally afterwards.
 
 from __future__ import annotations
 
-import random
 import select
 import socket
 import struct
@@ -19,6 +18,7 @@ import dns.message
 import dns.rcode
 import pytest
 from conftest import addresses, ask, wait_for
+from mutator import Mutator
 
 SEED = 20261118
 UDP_PACKETS = 100_000
@@ -69,54 +69,6 @@ def made_queries() -> list[bytes]:
     ]:
         out.append(dns.message.make_query(name, rdtype, **kwargs).to_wire())
     return out
-
-
-class Mutator:
-    def __init__(self, corpus: list[bytes], seed: int) -> None:
-        self.corpus = corpus
-        self.rng = random.Random(seed)
-
-    def packet(self) -> bytes:
-        rng = self.rng
-        choice = rng.random()
-        if choice < 0.08:
-            return rng.randbytes(rng.randint(0, 600))
-        if choice < 0.12:
-            return rng.randbytes(rng.randint(0, 11))  # not even a header
-        data = bytearray(rng.choice(self.corpus))
-        for _ in range(rng.randint(1, 4)):
-            self._mutate(data)
-        return bytes(data[:4096])
-
-    def _mutate(self, data: bytearray) -> None:
-        rng = self.rng
-        if not data:
-            data.extend(rng.randbytes(12))
-            return
-        kind = rng.randrange(9)
-        position = rng.randrange(len(data))
-        if kind == 0:
-            data[position] ^= 1 << rng.randrange(8)
-        elif kind == 1:
-            data[position] = rng.randrange(256)
-        elif kind == 2:
-            del data[rng.randrange(len(data)) :]
-        elif kind == 3:
-            data[position:position] = rng.randbytes(rng.randint(1, 40))
-        elif kind == 4 and len(data) >= 12:
-            # counts: QD, AN, NS, AR
-            field = 4 + 2 * rng.randrange(4)
-            data[field : field + 2] = struct.pack("!H", rng.choice([0, 1, 2, 3, 255, 65535]))
-        elif kind == 5 and len(data) >= 4:
-            data[2:4] = struct.pack("!H", rng.randrange(65536))  # flags, opcode, rcode
-        elif kind == 6:
-            # a compression pointer where a label should be
-            data[position : position + 2] = bytes([0xC0 | rng.randrange(64), rng.randrange(256)])
-        elif kind == 7:
-            start = rng.randrange(len(data))
-            data.extend(data[start : start + rng.randint(1, 60)])
-        else:
-            data[position] = rng.choice([0, 63, 64, 0x3F, 0x40, 0x80, 0xFF])
 
 
 def check_reply(reply: bytes) -> None:

@@ -160,3 +160,40 @@ def test_a_pointer_into_the_target_name_survives() -> None:
     assert 5 not in params(after)[0]
     assert str(after.additional[0].name) == "svc.example.net."
     assert after.additional[0][0].address == "::1"
+
+
+def test_a_pointer_must_land_on_a_name() -> None:
+    """A pointer into record data of an unknown type can land on anything: the bytes there
+    must read as a name, or the answer is refused (found by the hostile-upstream fuzzer)."""
+    query = dns.message.make_query("www.site.example", "A", use_edns=False)
+    head = bytearray(dns.message.make_response(query).to_wire())
+    garbage = b"\x03www\x08facebookxcom\x00"  # 'x' (0x78) is a reserved label type
+    answer = b"\xc0\x0c" + struct.pack("!HHIH", 0x97F2, 1, 300, len(garbage)) + garbage
+    owner_at = len(head) + 12
+    second = struct.pack("!H", 0xC000 | owner_at) + struct.pack("!HHIH", 1, 1, 300, 4) + bytes(4)
+    head[6:8] = struct.pack("!H", 2)
+    with pytest.raises(MessageError):
+        Message(bytes(head) + answer + second)
+    fine = b"\x03www\x08facebook\x03com\x00"
+    answer = b"\xc0\x0c" + struct.pack("!HHIH", 0x97F2, 1, 300, len(fine)) + fine
+    assert len(Message(bytes(head) + answer + second).records) == 2
+
+
+def test_a_name_made_longer_than_255_bytes_by_a_pointer_is_refused() -> None:
+    long_label = b"\x3f" + b"a" * 63
+    query = dns.message.make_query("www.site.example", "CNAME", use_edns=False)
+    head = bytearray(dns.message.make_response(query).to_wire())
+    target = long_label * 3 + b"\x00"  # 193 bytes: a name on its own
+    answer = b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 300, len(target)) + target
+    target_at = len(head) + 12
+    owner = long_label + struct.pack("!H", 0xC000 | target_at)  # 64 + 193 bytes: too long
+    second = owner + struct.pack("!HHIH", 1, 1, 300, 4) + bytes(4)
+    head[6:8] = struct.pack("!H", 2)
+    with pytest.raises(MessageError):
+        Message(bytes(head) + answer + second)
+
+
+def test_bytes_after_the_last_record_are_not_passed_on() -> None:
+    wire = response([("www.site.example.", "A", "192.0.2.1")], edns=False)
+    cleaned = clean_answer(wire + b"\x00smuggled")
+    assert cleaned == wire

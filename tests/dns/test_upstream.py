@@ -11,7 +11,16 @@ import dns.name
 import pytest
 from authority import Authority
 
-from schoolgate.dns.upstream import UpstreamFailure, UpstreamPool, parse_address, question_wire, same_question
+from schoolgate.dns.upstream import (
+    SourcePorts,
+    UpstreamFailure,
+    UpstreamPool,
+    local_port_range,
+    parse_address,
+    question_wire,
+    reserved_ports,
+    same_question,
+)
 from schoolgate.dns.wire import QFIXED, encode_name
 
 
@@ -170,3 +179,81 @@ def test_an_ipv6_upstream() -> None:
     finally:
         server.close()
     assert dns.message.from_wire(answer).answer[0][0].address == "2001:db8::10"
+
+
+def test_each_query_leaves_from_a_random_port_of_its_own() -> None:
+    """RFC 5452: a spoofer must guess the source port as well as the ID, for every query."""
+    from hostile import HostileUpstream
+
+    server = HostileUpstream(seed=1).start()
+    server.honest = True
+
+    async def go():
+        pool = UpstreamPool([server.address], timeout_s=1)
+        await pool.start()
+        try:
+            for n in range(40):
+                await pool.resolve(question(f"n{n}.example.test"), 0x0100, False)
+        finally:
+            pool.close()
+
+    try:
+        run(go())
+    finally:
+        server.close()
+    low, high = local_port_range()
+    assert len(server.source_ports) == 40
+    assert len(set(server.source_ports)) >= 38  # 40 draws from ~28,000 ports rarely repeat
+    assert all(low <= port <= high for port in server.source_ports)
+
+
+def test_source_ports_skip_reserved_and_busy_ports() -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("0.0.0.0", 0))
+    taken = busy.getsockname()[1]
+    draws = iter([5, taken - 40000, taken - 40000, 7])  # reserved, busy, busy, free
+
+    ports = SourcePorts(40000, 65535, reserved=frozenset({40005}), randbelow=lambda _n: next(draws))
+    try:
+        sock = ports.open("127.0.0.1", 53)
+    finally:
+        busy.close()
+    try:
+        assert sock.getsockname()[1] == 40007
+        assert sock.getpeername() == ("127.0.0.1", 53)
+        assert ports.collisions == 2
+    finally:
+        sock.close()
+
+
+def test_source_ports_fall_back_to_the_kernel_after_repeated_collisions() -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("0.0.0.0", 0))
+    taken = busy.getsockname()[1]
+    ports = SourcePorts(taken, taken, reserved=frozenset())
+    try:
+        sock = ports.open("127.0.0.1", 53)
+        assert sock.getsockname()[1] != taken
+        assert (ports.collisions, ports.kernel_chosen) == (SourcePorts.ATTEMPTS, 1)
+        sock.close()
+    finally:
+        busy.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "ports"),
+    [("", frozenset()), ("8080", frozenset({8080})), ("8080,9000-9002", frozenset({8080, 9000, 9001, 9002}))],
+)
+def test_reserved_ports_are_read_like_the_kernel_writes_them(tmp_path, text: str, ports: frozenset[int]) -> None:
+    path = tmp_path / "reserved"
+    path.write_text(text + "\n")
+    assert reserved_ports(str(path)) == ports
+
+
+def test_the_outgoing_range_falls_back_to_linux_defaults(tmp_path) -> None:
+    path = tmp_path / "range"
+    path.write_text("1024\t5000\n")
+    assert local_port_range(str(path)) == (1024, 5000)
+    path.write_text("nonsense\n")
+    assert local_port_range(str(path)) == (32768, 60999)
+    assert local_port_range(str(tmp_path / "missing")) == (32768, 60999)
