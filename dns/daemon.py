@@ -64,10 +64,12 @@ def _clock(options: DnsOptions) -> Any:
 
 
 def _watched_sets(config: AppConfig) -> Any:
-    if config.dns.nftables:
+    # In dns-only mode no connection passes the appliance: there is nothing to steer.
+    if config.dns.nftables and config.network.mode != "dns-only":
         from schoolgate.gateway.nft import NftWatchedSets
+        from schoolgate.gateway.sets import watched_family
 
-        return NftWatchedSets()
+        return NftWatchedSets(family=watched_family(config.network.mode))
     from schoolgate.gateway.sets import MemoryWatchedSets
 
     return MemoryWatchedSets()

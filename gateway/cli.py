@@ -1,8 +1,9 @@
-"""`schoolgate net apply|show|status|watch|down`: the gateway's network, from schoolgate.toml.
+"""`schoolgate net apply|show|status|watch|down`: the appliance's network, from schoolgate.toml.
 
-apply  - pyroute2 (links, LAN addresses, sysctls, pinned neighbours), then the nftables
-         ruleset in one `nft -f` transaction. Idempotent: the table is replaced as a whole;
-         the addresses DNS learnt at run time are carried over with the time they had left.
+apply  - pyroute2 (links, the bridge in bridge mode, addresses, sysctls, pinned neighbours),
+         then the nftables ruleset of the configured mode in one `nft -f` transaction.
+         Idempotent: the tables are replaced as a whole; the addresses DNS learnt at run time
+         are carried over with the time they had left.
 show   - print the ruleset that apply would load (no root needed).
 status - the schoolgate table's counters and the number of watched addresses.
 watch  - read refused circumvention attempts from NFLOG and write them as events.
@@ -60,12 +61,30 @@ def policy_block_addresses(config: Any) -> tuple[str, str]:
     return school.block_ipv4 or "", school.block_ipv6 or ""
 
 
+def bridge_mac(config: Any) -> str:
+    """Bridge mode: the bridge's MAC as `net apply` pins it (the LAN port's); "" otherwise."""
+    from schoolgate.gateway.netsetup import NetSetupError, bridge_mac_for
+    from schoolgate.gateway.ruleset import RulesetError
+
+    if config.network.mode != "bridge":
+        return ""
+    try:
+        return bridge_mac_for(config.network.lan_interface)
+    except NetSetupError as err:
+        raise RulesetError(f"network.lan_interface: {err}") from err
+
+
 def build_ruleset(config: Any) -> str:
     from schoolgate.gateway.ruleset import plan_from_config, render_ruleset
 
     network = config.network
     block_ipv4, block_ipv6 = policy_block_addresses(config)
     plan = plan_from_config(
+        mode=network.mode,
+        bridge_interface=network.bridge_interface,
+        bridge_mac=bridge_mac(config),
+        router_ipv4=network.router_ipv4,
+        school_dns_servers=network.school_dns_servers,
         lan_interface=network.lan_interface,
         wan_interface=network.wan_interface,
         dns_listen=config.dns.listen,
@@ -136,6 +155,7 @@ def _apply(args: argparse.Namespace) -> int:
         lan_addresses,
     )
     from schoolgate.gateway.nft import NftError, apply_ruleset
+    from schoolgate.gateway.sets import watched_family
 
     config = load_config_or_report(args.config)
     ruleset = _ruleset_or_error(config) if config else None
@@ -144,8 +164,11 @@ def _apply(args: argparse.Namespace) -> int:
     network = config.network
     if not args.rules_only:
         plan = InterfacePlan(
+            mode=network.mode,
             lan_interface=network.lan_interface,
             wan_interface=network.wan_interface,
+            bridge_interface=network.bridge_interface,
+            router_ipv4=network.router_ipv4,
             lan_addresses=lan_addresses(
                 [network.appliance_ipv4, network.appliance_ipv6], network.lan_cidrs
             ),
@@ -159,11 +182,14 @@ def _apply(args: argparse.Namespace) -> int:
             print(f"schoolgate: network setup failed: {err}", file=sys.stderr)
             return 1
     try:
-        kept = apply_ruleset(ruleset, keep_learnt=not args.flush_watched)
+        kept = apply_ruleset(
+            ruleset, keep_learnt=not args.flush_watched, watched_family=watched_family(network.mode)
+        )
     except (NftError, OSError) as err:
         print(f"schoolgate: nft refused the ruleset: {err}", file=sys.stderr)
         return 1
-    print(f"ruleset loaded (table inet schoolgate); {kept} learnt watched addresses kept")
+    tables = "tables bridge and inet schoolgate" if network.mode == "bridge" else "table inet schoolgate"
+    print(f"{network.mode} mode: ruleset loaded ({tables}); {kept} learnt watched addresses kept")
     return 0
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from schoolgate.gateway.sets import NFT_TABLE, WATCHED_V4, WATCHED_V6
+from schoolgate.gateway.sets import NFT_TABLE, TABLE_FAMILIES, WATCHED_V4, WATCHED_V6
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,25 @@ class LiveElement:
     expires_s: int  # seconds left; 0: no timeout
 
 
-def live_watched_elements() -> list[LiveElement]:
-    """The addresses DNS has put in the watched sets, with the time each has left."""
+def loaded_families() -> list[str]:
+    """The families of the schoolgate tables loaded now (inet, bridge)."""
+    found = []
+    for item in nft_json("list", "tables"):
+        body = item.get("table")
+        if isinstance(body, dict) and body.get("name") == NFT_TABLE and body.get("family") in TABLE_FAMILIES:
+            found.append(str(body["family"]))
+    return found
+
+
+def live_watched_elements(family: str | None = None) -> list[LiveElement]:
+    """The addresses DNS has put in the watched sets, with the time each has left.
+
+    `family`: the table to read; None reads whichever schoolgate tables hold watched sets.
+    """
     found: list[LiveElement] = []
+    families = [family] if family else loaded_families()
     for set_name in (WATCHED_V4, WATCHED_V6):
-        for item in nft_json("list", "set", "inet", NFT_TABLE, set_name):
+        for item in (i for fam in families for i in nft_json("list", "set", fam, NFT_TABLE, set_name)):
             body = item.get("set")
             if not isinstance(body, dict):
                 continue
@@ -84,7 +98,7 @@ def live_watched_elements() -> list[LiveElement]:
     return found
 
 
-def restore_script(elements: Iterable[LiveElement]) -> str:
+def restore_script(elements: Iterable[LiveElement], family: str = "inet") -> str:
     """Commands that put learnt elements back after the table was replaced."""
     lines = []
     for element in elements:
@@ -92,38 +106,57 @@ def restore_script(elements: Iterable[LiveElement]) -> str:
         if element.expires_s and element.expires_s < 2:
             continue
         timeout = f" timeout {element.expires_s}s" if element.expires_s else ""
-        lines.append(f"add element inet {NFT_TABLE} {element.set_name} {{ {element.address}{timeout} }}")
+        lines.append(f"add element {family} {NFT_TABLE} {element.set_name} {{ {element.address}{timeout} }}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def apply_ruleset(ruleset: str, *, keep_learnt: bool = True) -> int:
-    """Replace the schoolgate table atomically. Returns how many learnt elements were kept.
+def _declared_families(ruleset: str) -> set[str]:
+    return {
+        line.split()[1]
+        for line in ruleset.splitlines()
+        if line.startswith("table ") and line.rstrip().endswith("{") and line.split()[2] == NFT_TABLE
+    }
+
+
+def _delete_tables(families: Iterable[str]) -> str:
+    return "".join(f"table {f} {NFT_TABLE}\ndelete table {f} {NFT_TABLE}\n" for f in families)
+
+
+def apply_ruleset(ruleset: str, *, keep_learnt: bool = True, watched_family: str = "inet") -> int:
+    """Replace the schoolgate tables atomically. Returns how many learnt elements were kept.
 
     Elements the DNS daemon learnt at run time survive a re-apply (with the time they had
-    left), in the same transaction as the new table: no instant without them, so a watched
-    service's connections never slip past the proxy during a re-apply.
+    left), in the same transaction as the new tables: no instant without them, so a watched
+    service's connections never slip past the proxy during a re-apply. A table of another
+    mode (a bridge table after a switch to gateway mode) goes in the same transaction, and
+    what its watched sets had learnt moves to the new ones.
     """
-    kept = live_watched_elements() if keep_learnt else []
-    run_nft(ruleset + restore_script(kept))
+    loaded = loaded_families()
+    kept = live_watched_elements() if keep_learnt and loaded else []
+    stale = [family for family in loaded if family not in _declared_families(ruleset)]
+    run_nft(_delete_tables(stale) + ruleset + restore_script(kept, watched_family))
     return len(kept)
 
 
 def remove_table() -> None:
-    run_nft(f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n")
+    """Remove every schoolgate table (inet, and bridge if bridge mode left one)."""
+    run_nft(_delete_tables(loaded_families() or ["inet"]))
 
 
 def read_counters() -> dict[str, tuple[int, int]]:
-    """Named counters of the schoolgate table: name -> (packets, bytes)."""
+    """Named counters of the schoolgate tables: name -> (packets, bytes)."""
     result: dict[str, tuple[int, int]] = {}
-    for item in nft_json("list", "counters", "table", "inet", NFT_TABLE):
-        body = item.get("counter")
-        if isinstance(body, dict):
-            result[str(body["name"])] = (int(body["packets"]), int(body["bytes"]))
+    for family in loaded_families():
+        for item in nft_json("list", "counters", "table", family, NFT_TABLE):
+            body = item.get("counter")
+            if isinstance(body, dict):
+                result[str(body["name"])] = (int(body["packets"]), int(body["bytes"]))
     return result
 
 
 class NftWatchedSets:
-    """WatchedSets backed by the kernel's `inet schoolgate watched4/watched6` sets.
+    """WatchedSets backed by the kernel's `schoolgate watched4/watched6` sets (in the inet
+    table, or the bridge table in bridge mode: see schoolgate.gateway.sets.watched_family).
 
     `add` is called on the DNS hot path: it only appends to a bounded queue and returns.
     A writer thread drains the queue, skips addresses whose timeout is still fresh, and sends
@@ -131,7 +164,8 @@ class NftWatchedSets:
     counted as dropped: the next answer for the same name offers them again.
     """
 
-    def __init__(self, *, max_queue: int = 10_000, batch_interval_s: float = 0.05) -> None:
+    def __init__(self, *, max_queue: int = 10_000, batch_interval_s: float = 0.05, family: str = "inet") -> None:
+        self._family = family
         self._queue: collections.deque[tuple[tuple[str, ...], int]] = collections.deque()
         self._max_queue = max_queue
         self._interval = batch_interval_s
@@ -205,12 +239,12 @@ class NftWatchedSets:
         lines = []
         for address, timeout in wanted.items():
             set_name = WATCHED_V6 if ":" in address else WATCHED_V4
-            element = f"inet {NFT_TABLE} {set_name} {{ {address} }}"
+            element = f"{self._family} {NFT_TABLE} {set_name} {{ {address} }}"
             # add (so it exists), delete, add with the timeout: in one transaction this
             # refreshes an existing element's timeout on every kernel nft supports.
             lines.append(f"add element {element}")
             lines.append(f"delete element {element}")
-            lines.append(f"add element inet {NFT_TABLE} {set_name} {{ {address} timeout {timeout}s }}")
+            lines.append(f"add element {self._family} {NFT_TABLE} {set_name} {{ {address} timeout {timeout}s }}")
         try:
             run_nft("\n".join(lines) + "\n")
         except (NftError, OSError, subprocess.TimeoutExpired) as err:

@@ -1,4 +1,4 @@
-"""The gateway's nftables ruleset, generated as text from the appliance configuration.
+"""The appliance's nftables ruleset, generated as text from the appliance configuration.
 
 A pure function: no root, no kernel, no I/O, so it is tested as text (and checked with
 `nft -c -f` where nft is installed). The whole table is replaced in one `nft -f` transaction
@@ -13,6 +13,11 @@ What the kernel does with each packet from the LAN:
   without a timeout) and logged to an NFLOG group, from which schoolgate turns each attempt
   into a circumvention event;
 - everything else: forwarded by the kernel and masqueraded out of the WAN side.
+
+That is gateway mode. Bridge mode (schoolgate.gateway.ruleset_bridge) does the same to the
+frames crossing a transparent bridge; dns-only mode (schoolgate.gateway.ruleset_dnsonly) only
+brings the appliance's own DNS and block-page ports to the daemons. `render_ruleset` picks
+the renderer from the plan's mode.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ KIND_DOT = "dot"  # DNS over TLS / QUIC on 853
 KIND_DOH = "doh"  # HTTPS to a known DoH resolver address
 KIND_QUIC = "quic"  # QUIC to a watched service: would bypass the proxy's SNI check
 KINDS = (KIND_DNS_BYPASS, KIND_DOT, KIND_DOH, KIND_QUIC)
+
+# The deployment modes (schoolgate.config.NetworkMode values; no import: this module is pure).
+MODE_GATEWAY = "gateway"
+MODE_BRIDGE = "bridge"
+MODE_DNS_ONLY = "dns-only"
+MODES = (MODE_GATEWAY, MODE_BRIDGE, MODE_DNS_ONLY)
 
 # Well-known public resolvers that answer DoH on their anycast addresses. A browser or app
 # configured with one of these by address never asks our DNS, so its HTTPS must be refused.
@@ -76,6 +87,15 @@ KNOWN_DOH_ADDRESSES: tuple[str, ...] = (
 )
 
 
+# Every mode's counters, by the same names: `schoolgate net status` and the tests read them.
+COUNTERS = (
+    "dns_redirected",
+    "proxy_redirected",
+    "forwarded_connections",
+    *(f"refused_{k.replace('-', '_')}" for k in (KIND_DOT, KIND_DOH, KIND_QUIC)),
+)
+
+
 class RulesetError(ValueError):
     """The configuration cannot be turned into a ruleset (names the offending setting)."""
 
@@ -84,7 +104,7 @@ class RulesetError(ValueError):
 class GatewayPlan:
     """Everything the ruleset depends on, already validated."""
 
-    lan_interface: str
+    lan_interface: str  # bridge mode: the port facing the school's switch
     wan_interface: str  # empty: no masquerade (the gateway is not the NAT router)
     dns_port: int
     proxy_port: int
@@ -100,6 +120,13 @@ class GatewayPlan:
     watched_timeout_s: int = 3600
     extra_counters: bool = True
     lan_cidrs: tuple[str, ...] = field(default=())
+    mode: str = "gateway"  # schoolgate.config.NetworkMode value
+    bridge_interface: str = ""  # bridge mode: the bridge joining lan_interface and wan_interface
+    bridge_mac: str = ""  # bridge mode: the bridge's own address; diverted frames are sent to it
+    # bridge mode: where the school's DHCP tells devices to send DNS (the appliance included);
+    # a query to any other server is also answered by the appliance, and logged as a bypass.
+    expected_dns_v4: tuple[str, ...] = ()
+    expected_dns_v6: tuple[str, ...] = ()
 
 
 def _interface(name: str, setting: str) -> str:
@@ -153,6 +180,15 @@ def _check_reachable(listens: Sequence[str], setting: str, appliance: Sequence[s
             )
 
 
+def _mac(value: str, setting: str) -> str:
+    from schoolgate.identity.macs import normalise_mac
+
+    mac = normalise_mac(value)
+    if mac is None:
+        raise RulesetError(f"{setting}: {value!r} is not an Ethernet MAC address")
+    return mac
+
+
 def _address(value: str, version: int, setting: str) -> str | None:
     if not value:
         return None
@@ -181,12 +217,20 @@ def plan_from_config(
     watched_timeout_s: int = 3600,
     include_known_doh: bool = True,
     lan_cidrs: Sequence[str] = (),
+    mode: str = "gateway",
+    bridge_interface: str = "",
+    bridge_mac: str = "",
+    router_ipv4: str = "",
+    school_dns_servers: Sequence[str] = (),
 ) -> GatewayPlan:
     """Validate the network settings and gather what the ruleset needs.
 
     The block addresses come from the policy (`[school] block_ipv4/6`); without them the
-    appliance's own addresses are the block addresses.
+    appliance's own addresses are the block addresses. Bridge mode also needs the bridge's
+    MAC address (`bridge_mac`), which the caller reads from the system.
     """
+    if mode not in MODES:
+        raise RulesetError(f"network.mode: {mode!r} is not one of {', '.join(MODES)}")
     if not dns_listen:
         raise RulesetError("dns.listen: at least one address:port is needed")
     dns_ports = {_port(item, "dns.listen") for item in dns_listen}
@@ -202,7 +246,23 @@ def plan_from_config(
     if not 0 <= nflog_group < 65536:
         raise RulesetError(f"network.nflog_group: {nflog_group} is outside 0..65535")
     _split_networks(lan_cidrs, "network.lan_cidrs")
+    expected_v4: tuple[str, ...] = ()
+    expected_v6: tuple[str, ...] = ()
+    if mode == MODE_BRIDGE:
+        if not (bridge_interface and wan_interface):
+            raise RulesetError(
+                "network.bridge_interface, network.wan_interface: bridge mode needs the bridge and both ports"
+            )
+        _address(router_ipv4, 4, "network.router_ipv4")
+        expected_v4, expected_v6 = _split_networks(
+            [a for a in (own_v4, own_v6, router_ipv4, *school_dns_servers) if a], "network.school_dns_servers"
+        )
     return GatewayPlan(
+        mode=mode,
+        bridge_interface=_interface(bridge_interface, "network.bridge_interface") if mode == MODE_BRIDGE else "",
+        bridge_mac=_mac(bridge_mac, f"the address of {bridge_interface}") if mode == MODE_BRIDGE else "",
+        expected_dns_v4=expected_v4,
+        expected_dns_v6=expected_v6,
         lan_interface=_interface(lan_interface, "network.lan_interface"),
         wan_interface=_interface(wan_interface, "network.wan_interface") if wan_interface else "",
         dns_port=dns_ports.pop(),
@@ -230,8 +290,63 @@ def _log(plan: GatewayPlan, kind: str) -> str:
     return f'log prefix "{LOG_PREFIX}{kind} " group {plan.nflog_group} snaplen 96'
 
 
+def set_declarations(plan: GatewayPlan) -> list[str]:
+    """The watched, prefix and DoH sets, in whichever table does the steering."""
+    timeout = f"timeout {plan.watched_timeout_s}s; " if plan.watched_timeout_s else ""
+    out = [
+        f"\tset {WATCHED_V4} {{\n\t\ttype ipv4_addr; flags timeout; {timeout}size 65535;\n\t}}",
+        f"\tset {WATCHED_V6} {{\n\t\ttype ipv6_addr; flags timeout; {timeout}size 65535;\n\t}}",
+    ]
+    for name, kind, values in (
+        (PREFIXES_V4, "ipv4_addr", plan.watched_prefixes_v4),
+        (PREFIXES_V6, "ipv6_addr", plan.watched_prefixes_v6),
+        (DOH_V4, "ipv4_addr", plan.doh_v4),
+        (DOH_V6, "ipv6_addr", plan.doh_v6),
+    ):
+        out.append(interval_set(name, kind, values))
+    return out
+
+
+def interval_set(name: str, kind: str, values: Sequence[str]) -> str:
+    return f"\tset {name} {{\n\t\ttype {kind}; flags interval;\n{_elements(values)}\t}}"
+
+
+def counter_declarations(names: Iterable[str]) -> list[str]:
+    return [f"\tcounter {name} {{\n\t}}" for name in names]
+
+
+def log_rule(plan: GatewayPlan, kind: str) -> str:
+    """The statement that sends one refused or redirected attempt to the circumvention reader."""
+    return _log(plan, kind)
+
+
+def refused_counter(kind: str) -> str:
+    return f"refused_{kind.replace('-', '_')}"
+
+
+REFUSE_CHAIN = [
+    "\tchain refuse {",
+    "\t\tmeta l4proto tcp reject with tcp reset",
+    "\t\treject with icmpx type admin-prohibited",
+    "\t}",
+]
+
+
 def render_ruleset(plan: GatewayPlan) -> str:
-    """The complete ruleset for `nft -f`: the table is created, emptied and rebuilt atomically."""
+    """The complete ruleset for `nft -f`: the tables are created, emptied and rebuilt atomically."""
+    if plan.mode == MODE_BRIDGE:
+        from schoolgate.gateway.ruleset_bridge import render_bridge_ruleset
+
+        return render_bridge_ruleset(plan)
+    if plan.mode == MODE_DNS_ONLY:
+        from schoolgate.gateway.ruleset_dnsonly import render_dns_only_ruleset
+
+        return render_dns_only_ruleset(plan)
+    return render_gateway_ruleset(plan)
+
+
+def render_gateway_ruleset(plan: GatewayPlan) -> str:
+    """Gateway mode: the appliance routes the LAN; one inet table steers, refuses and masquerades."""
     lan = f'iifname "{plan.lan_interface}"'
     t = NFT_TABLE
     out: list[str] = [
@@ -243,16 +358,7 @@ def render_ruleset(plan: GatewayPlan) -> str:
         "",
         f"table inet {t} {{",
     ]
-    timeout = f"timeout {plan.watched_timeout_s}s; " if plan.watched_timeout_s else ""
-    out.append(f"\tset {WATCHED_V4} {{\n\t\ttype ipv4_addr; flags timeout; {timeout}size 65535;\n\t}}")
-    out.append(f"\tset {WATCHED_V6} {{\n\t\ttype ipv6_addr; flags timeout; {timeout}size 65535;\n\t}}")
-    for name, kind, values in (
-        (PREFIXES_V4, "ipv4_addr", plan.watched_prefixes_v4),
-        (PREFIXES_V6, "ipv6_addr", plan.watched_prefixes_v6),
-        (DOH_V4, "ipv4_addr", plan.doh_v4),
-        (DOH_V6, "ipv6_addr", plan.doh_v6),
-    ):
-        out.append(f"\tset {name} {{\n\t\ttype {kind}; flags interval;\n{_elements(values)}\t}}")
+    out.extend(set_declarations(plan))
 
     # Steering: DNS and watched web traffic into the local daemons. `redirect` rewrites the
     # destination to the LAN interface's own address, so no route_localnet is needed and the
@@ -296,7 +402,7 @@ def render_ruleset(plan: GatewayPlan) -> str:
 
     def refuse(match: str, kind: str) -> None:
         fwd.append(f"\t\t{lan} {match} {_log(plan, kind)}")
-        fwd.append(f'\t\t{lan} {match} counter name "refused_{kind.replace("-", "_")}" jump refuse')
+        fwd.append(f'\t\t{lan} {match} counter name "{refused_counter(kind)}" jump refuse')
 
     refuse("meta l4proto { tcp, udp } th dport 853", KIND_DOT)
     refuse(f"ip daddr @{DOH_V4} meta l4proto {{ tcp, udp }} th dport 443", KIND_DOH)
@@ -310,25 +416,10 @@ def render_ruleset(plan: GatewayPlan) -> str:
     fwd.append('\t\tcounter name "forwarded_connections"')
     fwd.append("\t}")
 
-    refuse_chain = [
-        "\tchain refuse {",
-        "\t\tmeta l4proto tcp reject with tcp reset",
-        "\t\treject with icmpx type admin-prohibited",
-        "\t}",
-    ]
-    counters = [
-        f'\tcounter {name} {{\n\t}}'
-        for name in (
-            "dns_redirected",
-            "proxy_redirected",
-            "forwarded_connections",
-            *(f"refused_{k.replace('-', '_')}" for k in (KIND_DOT, KIND_DOH, KIND_QUIC)),
-        )
-    ]
-    out.extend(counters)
+    out.extend(counter_declarations(COUNTERS))
     out.extend(dst)
     out.extend(fwd)
-    out.extend(refuse_chain)
+    out.extend(REFUSE_CHAIN)
     if plan.wan_interface:
         out.extend(
             [

@@ -18,6 +18,17 @@ from typing import Protocol
 NFT_TABLE = "schoolgate"
 WATCHED_V4 = "watched4"
 WATCHED_V6 = "watched6"
+# The table families schoolgate may own: inet always (gateway, dns-only), bridge in bridge mode.
+TABLE_FAMILIES = ("inet", "bridge")
+
+
+def watched_family(mode: str) -> str:
+    """Which table holds the watched sets: the one whose chains steer web connections.
+
+    In bridge mode the bridge table decides which frames go to the proxy, so the sets DNS
+    feeds live there; otherwise in the inet table.
+    """
+    return "bridge" if mode == "bridge" else "inet"
 
 
 class WatchedSets(Protocol):

@@ -13,6 +13,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,35 @@ class ProxyConfig:
     upstream_ca_file: str = ""  # extra CA bundle for verifying servers when inspecting
 
 
+class NetworkMode(StrEnum):
+    """How the appliance sits in the school's network (`[network] mode`).
+
+    - gateway: it is every device's router (DHCP gives its address as gateway and DNS);
+    - bridge: it sits in the cable between the school's router and its switch, as a
+      transparent bridge: nothing on the network is re-addressed;
+    - dns-only: it is only the DNS server the school's DHCP hands out; what needs the
+      gateway (refusing DoT, DoH and QUIC, the proxy for watched sites, forcing port 53) is
+      left to the school's own firewall. See schoolgate.gateway.modes for the plain words.
+    """
+
+    GATEWAY = "gateway"
+    BRIDGE = "bridge"
+    DNS_ONLY = "dns-only"
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
+    mode: str = NetworkMode.GATEWAY.value  # gateway, bridge or dns-only (see NetworkMode)
+    # gateway and dns-only: the interface facing the school's devices. bridge: the port
+    # facing the school's switch (its devices); wan_interface is the port facing its router.
     lan_interface: str = "eth0"
     wan_interface: str = ""
+    bridge_interface: str = "br0"  # bridge mode: the bridge joining the two ports
+    router_ipv4: str = ""  # bridge, dns-only: the school's router (the appliance's own default route)
+    # bridge: the DNS servers the school's DHCP hands out (besides the router). Queries to them
+    # are answered by the appliance as a matter of course; to any other server they are logged
+    # as a circumvention attempt (and still answered by the appliance).
+    school_dns_servers: list[str] = field(default_factory=list)
     appliance_ipv4: str = "127.0.0.1"
     appliance_ipv6: str = ""
     lan_cidrs: list[str] = field(default_factory=list)
@@ -139,6 +165,11 @@ class AppConfig:
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'schoolgate.db'}"
 
+    @property
+    def mode(self) -> NetworkMode:
+        """The deployment mode (validated at load, so always one of NetworkMode)."""
+        return NetworkMode(self.network.mode)
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "site": SiteConfig,
@@ -212,7 +243,37 @@ def load_config(path: str | Path) -> AppConfig:
         raise ConfigError(path, None, "policy", hint)
     policy = (base / raw["policy"]).resolve()
     data_dir = (base / raw.get("data_dir", "data")).resolve()
+    if "network" in kwargs:
+        _check_network(path, text, kwargs["network"])
     return AppConfig(source=path.resolve(), policy=policy, data_dir=data_dir, **kwargs)
+
+
+def _check_network(path: Path, text: str, network: NetworkConfig) -> None:
+    """The settings each mode needs; the rest of the network settings are checked by `net`."""
+    modes = [m.value for m in NetworkMode]
+    if network.mode not in modes:
+        raise ConfigError(
+            path, locate(text, ("network", "mode")), "network.mode",
+            f"{network.mode!r} is not a mode (one of: {', '.join(modes)})",
+        )
+    if network.mode != NetworkMode.BRIDGE:
+        return
+    ports = {"network.lan_interface": network.lan_interface, "network.wan_interface": network.wan_interface}
+    for name, value in ports.items():
+        if not value:
+            hint = "the port facing the school's switch" if "lan" in name else "the port facing the school's router"
+            raise ConfigError(path, locate(text, tuple(name.split("."))), name, f"bridge mode needs {hint}")
+    names = [network.lan_interface, network.wan_interface, network.bridge_interface]
+    if len(set(names)) != 3:
+        raise ConfigError(
+            path, locate(text, ("network", "bridge_interface")), "network.bridge_interface",
+            f"the bridge and its two ports must be three different interfaces, got {', '.join(names)}",
+        )
+    if not network.appliance_ipv4 or network.appliance_ipv4.startswith("127."):
+        raise ConfigError(
+            path, locate(text, ("network", "appliance_ipv4")), "network.appliance_ipv4",
+            "bridge mode needs the appliance's own address on the school LAN (a free one, e.g. reserved in DHCP)",
+        )
 
 
 def load_config_or_report(path: str | Path, prog: str = "schoolgate") -> AppConfig | None:

@@ -134,6 +134,8 @@ def check_interfaces(env: Env) -> list[Result]:
     from pyroute2 import IPRoute
 
     network = env.config.network
+    if network.mode == "bridge":
+        return check_bridge(env)
     name = network.lan_interface
     with IPRoute(netns=env.netns) if env.netns else IPRoute() as ipr:
         links = ipr.link_lookup(ifname=name)
@@ -172,7 +174,63 @@ def check_interfaces(env: Env) -> list[Result]:
     return results
 
 
+def check_bridge(env: Env) -> list[Result]:
+    """Bridge mode: the bridge, its two ports (with a link each) and its address and MAC.
+
+    A port without a link is the whole school offline (router side) or a part of it (switch
+    side), so it is a FAIL; the fix says where to look, and the README why to fit a bypass switch.
+    """
+    from pyroute2 import IPRoute
+
+    network = env.config.network
+    bridge_name = network.bridge_interface
+    restart = "sudo systemctl restart schoolgate-net  (it builds the bridge)"
+    results: list[Result] = []
+    with IPRoute(netns=env.netns) if env.netns else IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=bridge_name)
+        if not found:
+            return [fail("bridge", f"the bridge {bridge_name} does not exist: the school is offline", restart)]
+        (bridge,) = ipr.get_links(found[0])
+        if bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "bridge":
+            return [fail("bridge", f"{bridge_name} is not a bridge", "set network.bridge_interface to a free name")]
+        bridge_mac = str(bridge.get_attr("IFLA_ADDRESS")).lower()
+        sides = ((network.lan_interface, "the school's switch"), (network.wan_interface, "the school's router"))
+        for port, side in sides:
+            index = ipr.link_lookup(ifname=port)
+            if not index:
+                results.append(fail("bridge", f"the port {port} (to {side}) does not exist",
+                                    "set network.lan_interface / wan_interface to the two ports `ip link` lists"))
+                continue
+            (link,) = ipr.get_links(index[0])
+            if link.get_attr("IFLA_MASTER") != found[0]:
+                results.append(fail("bridge", f"{port} (to {side}) is not in {bridge_name}", restart))
+            elif link.get_attr("IFLA_OPERSTATE") not in ("UP", "UNKNOWN"):
+                results.append(fail("bridge", f"{port} (to {side}) has no link: traffic cannot cross the bridge",
+                                    f"check the cable from {port} to {side} and that it is switched on"))
+            else:
+                results.append(ok("bridge", f"{port} (to {side}) is in {bridge_name} with a link"))
+            if port == network.lan_interface and str(link.get_attr("IFLA_ADDRESS")).lower() != bridge_mac:
+                results.append(fail("bridge", f"{bridge_name} has the address {bridge_mac}, not {port}'s: "
+                                    "diverted DNS and web traffic would not reach the appliance", restart))
+        addresses = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0])}
+        default = [r for r in ipr.get_routes(family=2, table=254) if r["dst_len"] == 0]
+    for wanted in (network.appliance_ipv4, network.appliance_ipv6):
+        if wanted and wanted not in addresses:
+            results.append(fail("address", f"{bridge_name} lacks the appliance address {wanted}", restart))
+        elif wanted:
+            results.append(ok("address", f"{bridge_name} has {wanted}"))
+    if not default:
+        results.append(warn("bridge", "the appliance has no default route: it cannot reach its upstream DNS",
+                            "set network.router_ipv4 to the school router's address and restart schoolgate-net"))
+    return results
+
+
 def check_forwarding(env: Env) -> list[Result]:
+    mode = env.config.network.mode
+    if mode == "bridge":
+        return _check_bridge_netfilter(env)
+    if mode != "gateway":
+        return [ok("forwarding", f"not used in {mode} mode (the school's router forwards)")]
     wanted = [("net/ipv4/ip_forward", "IPv4")]
     if env.config.network.appliance_ipv6:
         wanted.append(("net/ipv6/conf/all/forwarding", "IPv6"))
@@ -197,43 +255,78 @@ def check_forwarding(env: Env) -> list[Result]:
     return results
 
 
+def _check_bridge_netfilter(env: Env) -> list[Result]:
+    """Bridged frames should not be handed to the IP hooks (br_netfilter): it costs every frame."""
+    path = env.proc_sys / "net/bridge/bridge-nf-call-iptables"
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return [ok("forwarding", "bridge mode: the kernel bridges without the IP hooks (no br_netfilter)")]
+    except OSError as err:
+        return [fail("forwarding", f"cannot read {path}: {err.strerror}", "run doctor on the appliance")]
+    if value == "0":
+        return [ok("forwarding", "bridge mode: bridged traffic skips the IP hooks")]
+    return [warn("forwarding", "bridge-nf-call-iptables is on: every bridged frame goes through conntrack",
+                 "sudo systemctl restart schoolgate-net  (it turns it off)")]
+
+
+def check_mode(env: Env) -> list[Result]:
+    """The deployment mode in plain words, and each thing it leaves to the school's equipment."""
+    from schoolgate.gateway.modes import facts
+
+    mode = facts(env.config.network.mode)
+    results = [ok("mode", f"{mode.title}: {mode.summary}")]
+    results.extend(warn("mode", gap.what, gap.instead) for gap in mode.gaps)
+    return results
+
+
 def check_nftables(env: Env) -> list[Result]:
     name = "nftables"
     if env.which("nft") is None:
         return [fail(name, "the nft command is missing", "sudo apt-get install nftables")]
-    table = env.nft_table
-    try:
-        done = env.run(["nft", "-j", "list", "table", "inet", table], env.timeout_s * 2)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return [fail(name, f"nft did not answer: {err}", "check the kernel's nf_tables support")]
-    if done.returncode != 0:
-        return [
-            fail(
-                name,
-                f"the table inet {table} is not loaded: nothing is being filtered",
-                "sudo systemctl restart schoolgate-net  (and check `journalctl -u schoolgate-net`)",
-            )
-        ]
-    try:
-        items = json.loads(done.stdout).get("nftables", [])
-    except ValueError:
-        return [fail(name, "nft printed something that is not JSON", "check the nftables package version")]
-    sets = {i["set"]["name"] for i in items if "set" in i}
-    chains = {i["chain"]["name"] for i in items if "chain" in i}
-    from schoolgate.gateway.sets import WATCHED_V4, WATCHED_V6
+    from schoolgate.gateway.sets import WATCHED_V4, WATCHED_V6, watched_family
 
-    missing = sorted({WATCHED_V4, WATCHED_V6} - sets)
-    if missing:
-        return [
-            fail(
-                name,
-                f"table inet {table} lacks the sets {', '.join(missing)}",
-                "sudo systemctl restart schoolgate-net  (reloads the whole ruleset)",
-            )
-        ]
+    mode = env.config.network.mode
+    table = env.nft_table
+    # Which table must hold the watched sets (none in dns-only mode), and which tables must exist.
+    families = ["bridge", "inet"] if mode == "bridge" else ["inet"]
+    sets_in = watched_family(mode) if mode != "dns-only" else None
+    chains = 0
+    sets: set[str] = set()
+    for family in families:
+        try:
+            done = env.run(["nft", "-j", "list", "table", family, table], env.timeout_s * 2)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            return [fail(name, f"nft did not answer: {err}", "check the kernel's nf_tables support")]
+        if done.returncode != 0:
+            return [
+                fail(
+                    name,
+                    f"the table {family} {table} is not loaded: nothing is being filtered",
+                    "sudo systemctl restart schoolgate-net  (and check `journalctl -u schoolgate-net`)",
+                )
+            ]
+        try:
+            items = json.loads(done.stdout).get("nftables", [])
+        except ValueError:
+            return [fail(name, "nft printed something that is not JSON", "check the nftables package version")]
+        chains += sum(1 for i in items if "chain" in i)
+        if family == sets_in:
+            sets = {i["set"]["name"] for i in items if "set" in i}
+            missing = sorted({WATCHED_V4, WATCHED_V6} - sets)
+            if missing:
+                return [
+                    fail(
+                        name,
+                        f"table {family} {table} lacks the sets {', '.join(missing)}",
+                        "sudo systemctl restart schoolgate-net  (reloads the whole ruleset)",
+                    )
+                ]
     if not chains:
         return [fail(name, f"table inet {table} has no chains", "sudo systemctl restart schoolgate-net")]
-    return [ok(name, f"table inet {table} loaded ({len(chains)} chains, {len(sets)} sets)")]
+    where = " and ".join(f"{family} {table}" for family in families)
+    noun = "table" if len(families) == 1 else "tables"
+    return [ok(name, f"{noun} {where} loaded ({chains} chains, {len(sets)} sets)")]
 
 
 def check_policy(env: Env) -> list[Result]:
@@ -640,6 +733,7 @@ def check_mail(env: Env) -> list[Result]:
 
 
 CHECKS: tuple[tuple[str, Check], ...] = (
+    ("mode", check_mode),
     ("interface", check_interfaces),
     ("forwarding", check_forwarding),
     ("nftables", check_nftables),

@@ -548,3 +548,105 @@ def test_command_line(tmp_path: Path, dns_server: str) -> None:
         [sys.executable, "-c", program, "doctor", "--config", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "dns.listen" in done.stderr
+
+
+# ------------------------------------------------------------------------ deployment modes
+
+
+@pytest.mark.parametrize(
+    ("mode", "warnings", "words"),
+    [
+        ("gateway", 0, "every device's router"),
+        ("bridge", 2, "bypass switch"),
+        ("dns-only", 4, "allow DNS (UDP and TCP port 53) out only from the appliance"),
+    ],
+)
+def test_mode_says_what_the_school_must_do_itself(config: AppConfig, mode: str, warnings: int, words: str) -> None:
+    results = doctor.check_mode(make_env(replace(config, network=NetworkConfig(mode=mode))))
+    assert results[0].status is Status.OK and results[0].check == "mode"
+    assert [r.status for r in results[1:]] == [Status.WARN] * warnings
+    assert any(words in r.message or words in r.fix for r in results)
+    assert doctor.exit_status(results) == 0  # a mode's known gaps are warnings, not failures
+
+
+@pytest.mark.parametrize(
+    ("mode", "files", "expected", "words"),
+    [
+        ("dns-only", {}, Status.OK, "not used in dns-only mode"),
+        ("bridge", {"net/bridge/bridge-nf-call-iptables": "0\n"}, Status.OK, "skips the IP hooks"),
+        ("bridge", {"net/bridge/bridge-nf-call-iptables": "1\n"}, Status.WARN, "conntrack"),
+        ("bridge", {}, Status.OK, "no br_netfilter"),
+    ],
+)
+def test_forwarding_in_the_other_modes(
+    config: AppConfig, tmp_path: Path, mode: str, files: dict[str, str], expected: Status, words: str
+) -> None:
+    for name, value in files.items():
+        (tmp_path / "sys" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys" / name).write_text(value)
+    env = make_env(replace(config, network=NetworkConfig(mode=mode)), proc_sys=tmp_path / "sys")
+    (result,) = doctor.check_forwarding(env)
+    assert result.status is expected and words in result.message
+
+
+def bridge_nft_json(with_sets: bool) -> str:
+    items: list[dict[str, Any]] = [{"metainfo": {"json_schema_version": 1}}]
+    if with_sets:
+        items += [{"set": {"family": "bridge", "name": s}} for s in ("watched4", "watched6")]
+    items += [{"chain": {"family": "bridge", "name": "divert"}}]
+    return json.dumps({"nftables": items})
+
+
+def test_nftables_in_bridge_mode_wants_both_tables_and_the_sets_in_the_bridge_table(config: AppConfig) -> None:
+    def run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        family = argv[4]
+        if family == "bridge":
+            return subprocess.CompletedProcess(list(argv), 0, bridge_nft_json(with_sets=True), "")
+        return subprocess.CompletedProcess(list(argv), 0, nft_json([], ["steer", "guard"]), "")
+
+    bridge = replace(config, network=NetworkConfig(mode="bridge"))
+    (result,) = doctor.check_nftables(make_env(bridge, run=run, which=lambda name: "/usr/sbin/nft"))
+    assert result.status is Status.OK and "bridge schoolgate and inet schoolgate" in result.message
+
+    def missing_inet(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        if argv[4] == "inet":
+            return subprocess.CompletedProcess(list(argv), 1, "", "No such file or directory")
+        return run(argv, timeout)
+
+    (result,) = doctor.check_nftables(make_env(bridge, run=missing_inet, which=lambda name: "/usr/sbin/nft"))
+    assert result.status is Status.FAIL and "inet schoolgate is not loaded" in result.message
+
+
+@pytest.mark.root
+def test_bridge_checks(config: AppConfig, netns: str) -> None:
+    """The bridge, both ports with a link, the pinned MAC and the address, as net apply leaves them."""
+    for port in ("lan0", "wan0"):
+        ns(netns, "ip", "link", "add", port, "type", "veth", "peer", "name", f"{port}peer")
+    ns(netns, "ip", "link", "set", "lan0", "address", "02:77:00:00:00:02")
+    network = NetworkConfig(mode="bridge", lan_interface="lan0", wan_interface="wan0", bridge_interface="br0",
+                            appliance_ipv4="10.77.0.2")
+    env = make_env(replace(config, network=network), netns=netns)
+    (result,) = doctor.check_interfaces(env)
+    assert result.status is Status.FAIL and "school is offline" in result.message  # no bridge at all
+
+    ns(netns, "ip", "link", "add", "br0", "type", "bridge")
+    ns(netns, "ip", "link", "set", "br0", "address", "02:77:00:00:00:02")
+    for port in ("lan0", "wan0"):
+        ns(netns, "ip", "link", "set", port, "master", "br0")
+        ns(netns, "ip", "link", "set", port, "up")
+    ns(netns, "ip", "link", "set", "lan0peer", "up")  # the switch side has a link; the router side not
+    ns(netns, "ip", "link", "set", "br0", "up")
+    ns(netns, "ip", "addr", "add", "10.77.0.2/24", "dev", "br0")
+    results = doctor.check_bridge(env)
+    by_text = {r.message: r.status for r in results}
+    assert by_text["lan0 (to the school's switch) is in br0 with a link"] is Status.OK
+    assert by_text["wan0 (to the school's router) has no link: traffic cannot cross the bridge"] is Status.FAIL
+    assert by_text["br0 has 10.77.0.2"] is Status.OK
+    assert any(r.status is Status.WARN and "no default route" in r.message for r in results)
+
+    ns(netns, "ip", "link", "set", "wan0peer", "up")
+    ns(netns, "ip", "route", "add", "default", "via", "10.77.0.1")
+    assert all(r.status is Status.OK for r in doctor.check_bridge(env)), doctor.check_bridge(env)
+    ns(netns, "ip", "link", "set", "br0", "address", "02:77:00:00:00:99")  # the MAC the ruleset uses moved
+    assert any(r.status is Status.FAIL and "would not reach the appliance" in r.message
+               for r in doctor.check_bridge(env))

@@ -65,3 +65,46 @@ def gateway_pair() -> Iterator[tuple[str, str]]:
     finally:
         for name in (gw, client):
             _ns("netns", "del", name, check=False)
+
+
+@pytest.fixture
+def bridge_trio() -> Iterator[tuple[str, str, str]]:
+    """Bridge mode's cable: a client (10.97.0.11) -- the appliance (ports lan0, wan0) -- a router.
+
+    The router (10.97.0.1) also holds 198.51.100.7 (a "server" behind it) and is the client's
+    gateway and DNS, as a school's router would be. The appliance's bridge, address
+    (10.97.0.2) and ruleset come from `net apply`.
+    """
+    tag = os.getpid() % 100000
+    client, appliance, router = f"sgt-brc{tag}", f"sgt-bra{tag}", f"sgt-brr{tag}"
+    names = (client, appliance, router)
+    for name in names:
+        _ns("netns", "del", name, check=False)
+        _ns("netns", "add", name)
+    try:
+        _ns("link", "add", "eth0", "netns", client, "type", "veth", "peer", "name", "lan0", "netns", appliance)
+        _ns("link", "add", "wan0", "netns", appliance, "type", "veth", "peer", "name", "eth0", "netns", router)
+        script = {
+            client: [
+                "ip link set lo up",
+                "ip link set eth0 address 02:97:00:00:00:11",
+                "ip addr add 10.97.0.11/24 dev eth0",
+                "ip link set eth0 up",
+                "ip route add default via 10.97.0.1",
+            ],
+            appliance: ["ip link set lo up", "ip link set lan0 address 02:97:00:00:00:02"],
+            router: [
+                "ip link set lo up",
+                "ip addr add 10.97.0.1/24 dev eth0",
+                "ip addr add 198.51.100.7/32 dev lo",
+                "ip addr add 198.51.100.200/32 dev lo",
+                "ip link set eth0 up",
+            ],
+        }
+        for name, commands in script.items():
+            for command in commands:
+                _ns("netns", "exec", name, *command.split())
+        yield client, appliance, router
+    finally:
+        for name in names:
+            _ns("netns", "del", name, check=False)
