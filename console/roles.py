@@ -53,6 +53,13 @@ class Permission(StrEnum):
     REVOKE_EXCEPTION = "revoke_exception"
     VIEW_AUDIT = "view_audit"
     MANAGE_USERS = "manage_users"
+    VIEW_CHECKS = "view_checks"
+    RECORD_CHECK = "record_check"
+    RUN_SELFTEST = "run_selftest"
+    VIEW_COVERAGE = "view_coverage"
+    REVIEW_PACK = "review_pack"
+    REVIEW_PACK_NAMES = "review_pack_names"
+    VIEW_METRICS = "view_metrics"
 
 
 GRANTS: dict[Permission, frozenset[ConsoleRole]] = {
@@ -79,6 +86,16 @@ GRANTS: dict[Permission, frozenset[ConsoleRole]] = {
     Permission.REVOKE_EXCEPTION: frozenset({T, H}),
     Permission.VIEW_AUDIT: frozenset({H, A, TA}),
     Permission.MANAGE_USERS: frozenset({A}),
+    # The filtering check log (DfE: checks made by IT with the DSL and senior leaders).
+    Permission.VIEW_CHECKS: frozenset({T, D, H, A, TA}),
+    Permission.RECORD_CHECK: frozenset({T, D, H}),
+    Permission.RUN_SELFTEST: frozenset({T, D, H}),
+    Permission.VIEW_COVERAGE: frozenset({T, D, H, A, TA}),
+    # The annual review pack for governors: counts only; pupils' names only for the DSL and head.
+    Permission.REVIEW_PACK: frozenset({T, D, H, A, TA}),
+    Permission.REVIEW_PACK_NAMES: frozenset({D, H}),
+    # Prometheus metrics and the SIEM export, for the technicians who run them.
+    Permission.VIEW_METRICS: frozenset({T, A}),
 }
 
 

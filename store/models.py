@@ -452,3 +452,33 @@ class EventDaily(Base):
     key: Mapped[str] = mapped_column(String(255))
     label: Mapped[str] = mapped_column(String(300), default="")  # e.g. "iPad 5 (Amira K)"
     count: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
+
+
+class CheckRecord(Base):
+    """The filtering check log the DfE standard asks a school to keep: when, who, what was
+    tested, the result and the action. One row per self-test run, per manual check a
+    technician records, and per fix made after a failed check (`fixes_id` points at it)."""
+
+    __tablename__ = "checks"
+    __table_args__ = (Index("ix_checks_site_at", "site", "at"), Index("ix_checks_site_kind_at", "site", "kind", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    kind: Mapped[str] = mapped_column(String(10))  # selftest, manual, fix
+    at: Mapped[datetime] = mapped_column(UTCDateTime)  # when the check was made
+    actor: Mapped[str] = mapped_column(String(200))  # username, or system:selftest
+    actor_name: Mapped[str] = mapped_column(String(200))  # as printed in the log
+    trigger: Mapped[str] = mapped_column(String(40), default="")  # self-tests: morning, policy_change, on_request...
+    device_type: Mapped[str] = mapped_column(String(100), default="")  # e.g. "Class iPad"
+    location: Mapped[str] = mapped_column(String(200), default="")  # e.g. "Year 5 classroom"
+    profile: Mapped[str] = mapped_column(String(200), default="")  # the role or network tested, e.g. "pupil"
+    tried: Mapped[str] = mapped_column(Text, default="")  # what was tested
+    result: Mapped[str] = mapped_column(String(10))  # pass, fail
+    action: Mapped[str] = mapped_column(Text, default="")  # what was done, or must be done
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    filtering_down: Mapped[bool] = mapped_column(Boolean, default=False)  # self-test: filtering itself failed
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON: a self-test's individual results
+    fixes_id: Mapped[int | None] = mapped_column(ForeignKey("checks.id", ondelete="SET NULL"))
+    notified: Mapped[str] = mapped_column(String(200), default="")  # who was e-mailed about a failure
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,6 +11,7 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.alerts import bp as alerts
     from schoolgate.console.views.audit import bp as audit
     from schoolgate.console.views.auth import bp as auth
+    from schoolgate.console.views.checks import bp as checks
     from schoolgate.console.views.dashboard import bp as dashboard
     from schoolgate.console.views.policy import bp as policy
     from schoolgate.console.views.public import bp as public
@@ -20,5 +21,5 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.trust import bp as trust
 
     for blueprint in (auth, public, dashboard, requests, reports, alerts, activity, registers, policy, audit, admin,
-                      trust):
+                      trust, checks):
         app.register_blueprint(blueprint)

@@ -412,6 +412,15 @@ def seed(console: Console) -> dict[str, int]:
             password=PASSWORD,
         )
         ids["user"] = victim.id
+        from schoolgate.services import checklog
+
+        check = checklog.record_manual_check(
+            session, site=SITE, actor=tech, now=now,
+            form=checklog.ManualCheckForm(device_type="Class iPad", location="Year 5", profile="pupil",
+                                          tried="Tried a blocked social media site", result="fail",
+                                          action="Told the ICT technician"),
+        )
+        ids["check"] = check.id
         session.flush()
         ids["exception"] = exception.id
         session.commit()

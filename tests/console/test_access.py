@@ -75,6 +75,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "admin.reset_totp": {"POST": {A}},
     "admin.unlock": {"POST": {A}},
     "trust.choose_site": {"POST": {TA}},
+    "checks.index": {"GET": READERS},
+    "checks.new": {"GET": {T, D, H}, "POST": {T, D, H}},
+    "checks.show": {"GET": READERS},
+    "checks.fix": {"POST": {T, D, H}},
+    "checks.run_selftest": {"POST": {T, D, H}},
 }
 
 # Pages that answer an allowed GET with a redirect by design.
@@ -90,6 +95,7 @@ ARG_FOR = {
     "exception_id": "exception",
     "block_id": "block",
     "user_id": "user",
+    "check_id": "check",
 }
 
 
