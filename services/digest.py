@@ -1,13 +1,14 @@
 """The DSL's daily digest and the immediate alert emails.
 
 Everything that comes from the events (hosts, URLs, device and person names, search terms)
-is attacker-controlled text. The HTML part escapes every value it echoes; links are built
-only from the configured console address and integer ids.
+is attacker-controlled text. Both are rendered from Jinja templates (services/templates/mail/,
+see schoolgate.services.mailtemplates): the HTML part escapes every value it echoes, the text
+part keeps each on one line; links are built only from the configured console address and
+integer ids.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from schoolgate.services.alert_rules import CIRCUMVENTION_FLAGS
 from schoolgate.services.common import advance_mark
 from schoolgate.services.keywords import SEVERITIES
 from schoolgate.services.mailer import Mailer, build_message
+from schoolgate.services.mailtemplates import RenderedMail, link, local_time, render
 from schoolgate.store.models import AccessEvent, AccessRequest, Alert, ConsoleUser, Generation, UserRole
 
 LONDON = ZoneInfo("Europe/London")
@@ -72,13 +74,7 @@ class DigestContent:
     top_devices: list[Ranked] = field(default_factory=list)
     circumvention: list[CircumventionLine] = field(default_factory=list)
     awaiting_headteacher: list[RequestLine] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedMail:
-    subject: str
-    text: str
-    html: str
+    health: list[str] = field(default_factory=list)  # the filtering checks: last self-test, coverage
 
 
 def digest_recipients(session: Session, site: str, extra: Sequence[str] = ()) -> list[str]:
@@ -182,6 +178,7 @@ def compose_digest(
         )
     ]
     return DigestContent(
+        health=filtering_health(session, site, now),
         site_name=site_name,
         since=since,
         until=now,
@@ -195,110 +192,48 @@ def compose_digest(
     )
 
 
-def _local(when: datetime) -> str:
-    return when.astimezone(LONDON).strftime("%a %d %b %H:%M")
+def filtering_health(session: Session, site: str, now: datetime) -> list[str]:
+    """What the DSL should know about the filtering checks: the last self-test, open failures."""
+    from schoolgate.services import checklog
 
-
-def _link(base_url: str, path: str) -> str:
-    return base_url.rstrip("/") + path
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _one_line(value: str) -> str:
-    """Attacker-controlled text on one line in the plain-text part (no forged lines)."""
-    return " ".join(value.split())[:300]
+    lines: list[str] = []
+    last = checklog.last_selftest(session, site)
+    if last is None:
+        lines.append("No self-test has run yet.")
+    elif last.result == checklog.PASS:
+        lines.append(f"The last self-test passed ({local_time(last.at)}).")
+    else:
+        down = " Filtering itself was not working." if last.filtering_down else ""
+        lines.append(f"The last self-test FAILED ({local_time(last.at)}): {last.failures} check(s).{down} "
+                     f"{last.action}".strip())
+    if last is not None and now - last.at > timedelta(days=4):
+        lines.append(f"No self-test since {local_time(last.at)}: is the scheduler running?")
+    unfixed = checklog.unfixed_failures(session, site)
+    if unfixed:
+        lines.append(f"{len(unfixed)} failed manual check(s) have no fix recorded yet.")
+    return lines
 
 
 def render_digest(content: DigestContent, base_url: str) -> RenderedMail:
+    """The digest as an e-mail, from the templates mail/digest.txt and mail/digest.html."""
     day = content.until.astimezone(LONDON).strftime("%A %d %B %Y")
     subject = f"schoolgate daily summary for {content.site_name}: {day}"
-    period = f"{_local(content.since)} to {_local(content.until)} (UK time)"
-    open_total = sum(content.open_by_severity.values())
-    sev_text = ", ".join(f"{s} {content.open_by_severity[s]}" for s in reversed(SEVERITIES))
-    new_text = ", ".join(f"{s} {content.new_by_severity[s]}" for s in reversed(SEVERITIES))
-
-    text: list[str] = [
+    return render(
+        "digest",
         subject,
-        f"Period: {period}",
-        "",
-        f"Open alerts: {open_total} ({sev_text})",
-        f"New alerts in the period: {new_text}",
-        "",
-    ]
-    parts: list[str] = [
-        '<!doctype html><html><body style="font-family:sans-serif">',
-        f'<h1 style="font-size:1.2em">{_e(subject)}</h1>',
-        f"<p>Period: {_e(period)}</p>",
-        f"<p><strong>Open alerts: {open_total}</strong> ({_e(sev_text)})<br>"
-        f"New alerts in the period: {_e(new_text)}</p>",
-    ]
-    if content.alerts:
-        text.append("Alerts:")
-        parts.append(
-            '<h2 style="font-size:1.1em">Alerts</h2><table border="1" cellpadding="4" '
-            'style="border-collapse:collapse"><tr><th>Severity</th><th>Status</th><th>Case</th>'
-            "<th>Last seen</th><th>Triggers</th></tr>"
-        )
-        for alert in content.alerts:
-            url = _link(base_url, f"/alerts/{int(alert.id)}")
-            marker = " (new)" if alert.is_new else ""
-            text.append(
-                f"  [{alert.severity}] {_one_line(alert.title)}{marker} - {alert.status}, "
-                f"{alert.trigger_count} trigger(s), last {_local(alert.last_seen)} - {url}"
-            )
-            parts.append(
-                f"<tr><td>{_e(alert.severity)}</td><td>{_e(alert.status.replace('_', ' '))}{_e(marker)}</td>"
-                f'<td><a href="{_e(url)}">{_e(alert.title)}</a></td><td>{_e(_local(alert.last_seen))}</td>'
-                f"<td>{int(alert.trigger_count)}</td></tr>"
-            )
-        parts.append("</table>")
-        text.append("")
-
-    def ranked(title: str, rows: Sequence[Ranked]) -> None:
-        if not rows:
-            return
-        text.append(f"{title}:")
-        parts.append(f'<h2 style="font-size:1.1em">{_e(title)}</h2><ol>')
-        for row in rows:
-            text.append(f"  {row.count:>6}  {_one_line(row.label)}")
-            parts.append(f"<li>{_e(row.label)}: {int(row.count)}</li>")
-        parts.append("</ol>")
-        text.append("")
-
-    ranked("Most blocked services and sites", content.top_services)
-    ranked("Devices with the most blocked attempts", content.top_devices)
-    if content.circumvention:
-        text.append("Circumvention attempts:")
-        parts.append('<h2 style="font-size:1.1em">Circumvention attempts</h2><ul>')
-        for line in content.circumvention:
-            text.append(f"  {_one_line(line.device)}: {line.attempts} attempt(s) ({_one_line(line.services)})")
-            parts.append(f"<li>{_e(line.device)}: {int(line.attempts)} attempt(s) ({_e(line.services)})</li>")
-        parts.append("</ul>")
-        text.append("")
-    requests_url = _link(base_url, "/requests")
-    text.append(f"Access requests awaiting the headteacher: {len(content.awaiting_headteacher)} - {requests_url}")
-    parts.append(
-        f'<h2 style="font-size:1.1em">Access requests awaiting the headteacher: '
-        f"{len(content.awaiting_headteacher)}</h2><ul>"
+        content=content,
+        base_url=base_url,
+        link=link,
+        period=f"{local_time(content.since)} to {local_time(content.until)} (UK time)",
+        open_total=sum(content.open_by_severity.values()),
+        open_text=", ".join(f"{s} {content.open_by_severity[s]}" for s in reversed(SEVERITIES)),
+        new_text=", ".join(f"{s} {content.new_by_severity[s]}" for s in reversed(SEVERITIES)),
+        ranked=[
+            ("Most blocked services and sites", content.top_services),
+            ("Devices with the most blocked attempts", content.top_devices),
+        ],
+        health=content.health,
     )
-    for request in content.awaiting_headteacher:
-        url = _link(base_url, f"/requests/{int(request.id)}")
-        text.append(f"  {request.reference} {_one_line(request.host)} for {_one_line(request.requester)} - {url}")
-        parts.append(
-            f'<li><a href="{_e(url)}">{_e(request.reference)}</a> {_e(request.host)} for {_e(request.requester)}</li>'
-        )
-    parts.append("</ul>")
-    console = _link(base_url, "/")
-    text += [
-        "",
-        f"Open the console: {console}",
-        "This summary was sent by schoolgate. Safeguarding details stay in the console.",
-    ]
-    parts.append(f'<p><a href="{_e(console)}">Open the console</a></p></body></html>')
-    return RenderedMail(subject=subject, text="\n".join(text) + "\n", html="\n".join(parts) + "\n")
 
 
 def send_digest(
@@ -336,23 +271,8 @@ def send_digest(
 
 
 def render_immediate(alert: Alert, base_url: str, site_name: str) -> RenderedMail:
-    url = _link(base_url, f"/alerts/{int(alert.id)}")
     subject = f"schoolgate {alert.severity} alert at {site_name} (case {int(alert.id)})"
-    lines = [
-        f"A {alert.severity} alert was raised at {_local(alert.first_seen)} (UK time).",
-        f"Case: {_one_line(alert.title)}",
-        f"Details: {_one_line(alert.summary)}",
-        f"Triggers so far: {alert.trigger_count}",
-        "",
-        f"Open the case: {url}",
-    ]
-    body = (
-        '<!doctype html><html><body style="font-family:sans-serif">'
-        f"<p>A <strong>{_e(alert.severity)}</strong> alert was raised at {_e(_local(alert.first_seen))} (UK time).</p>"
-        f"<p>Case: {_e(alert.title)}<br>Details: {_e(alert.summary)}<br>Triggers so far: {int(alert.trigger_count)}</p>"
-        f'<p><a href="{_e(url)}">Open the case</a></p></body></html>\n'
-    )
-    return RenderedMail(subject=subject, text="\n".join(lines) + "\n", html=body)
+    return render("alert", subject, alert=alert, base_url=base_url, link=link)
 
 
 def dispatch_immediate(

@@ -218,8 +218,8 @@ def test_digest_is_received_with_escaped_content(
     assert "facebook" in text
     # The HTML echoes attacker-controlled text only escaped.
     assert "<script" not in html and "<img" not in html and "<b>friends" not in html
-    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in html
-    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;.evil.example" in html
+    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;.evil.example" in html
     assert "Amira &amp; &lt;b&gt;friends&lt;/b&gt;" in html
     assert f'<a href="{base}/alerts/{ids["high"]}">' in html
 
