@@ -13,18 +13,23 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.common import read_mark, write_mark
-from schoolgate.store.models import AccessEvent, EventDaily, EventHourly
+from schoolgate.services.common import advance_mark, read_mark, write_mark
+from schoolgate.store.models import AccessEvent, DaemonStatus, EventDaily, EventHourly, Generation
 
 LONDON = ZoneInfo("Europe/London")
 CURSOR_NAME = "rollup_cursor"
+RAN_NAME = "rollups_ran"  # generations row: when the scheduler last brought the rollups up to date
+# The scheduler counts every 30 s and beats its heart every 30 s: after this long without either,
+# the dashboard stops presenting its figures as current.
+STALE_AFTER = timedelta(minutes=3)
+SCHEDULER_STATUS = "scheduler"  # its daemon_status row
 BATCH = 10_000  # events per transaction: about a second of SQLite's write lock on a Pi
 DEVICE = "device"
 TARGET = "target"
@@ -91,10 +96,13 @@ def update_rollups(session: Session, site: str, now: datetime, *, batch: int = B
     total = func.sum(AccessEvent.count)
     counted = 0
 
+    # One expression object in SELECT and GROUP BY: built twice, each would bind its own ""
+    # parameter, and PostgreSQL cannot tell that $3 and $5 are the same grouping expression.
+    service = func.coalesce(AccessEvent.service, "")
     hourly = session.execute(
-        select(hour, AccessEvent.verdict, AccessEvent.role, func.coalesce(AccessEvent.service, ""), total)
+        select(hour, AccessEvent.verdict, AccessEvent.role, service, total)
         .where(*in_batch)
-        .group_by(hour, AccessEvent.verdict, AccessEvent.role, func.coalesce(AccessEvent.service, ""))
+        .group_by(hour, AccessEvent.verdict, AccessEvent.role, service)
     ).all()
     hourly_rows = [
         {"site": site, "hour": parse_hour(h), "verdict": v, "role": r, "service": s[:60], "count": int(c or 0)}
@@ -167,3 +175,40 @@ def catch_up(session: Session, site: str, now: datetime, *, batch: int = BATCH, 
         if result.cursor == before:
             break
     return counted
+
+
+def mark_ran(session: Session, site: str, now: datetime) -> None:
+    """Note that the rollups are up to date as of `now` (the scheduler, after each run)."""
+    advance_mark(session, site, RAN_NAME, now)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How current the dashboard's figures are, and whether the scheduler that fills them runs.
+
+    `as_of` is on the appliance's clock (the one the events are stamped with); the scheduler's
+    heartbeat is on the wall clock of the machine that wrote it, so each is compared with its own.
+    """
+
+    as_of: datetime | None  # the rollups were complete up to this instant; None: never
+    heartbeat_at: datetime | None  # the scheduler's last heartbeat; None: never
+    stale: bool
+    reason: str  # for the dashboard's warning; "" when fresh
+
+    @property
+    def scheduler_down(self) -> bool:
+        return self.stale
+
+
+def freshness(session: Session, site: str, now: datetime, wall_now: datetime) -> Freshness:
+    ran = session.get(Generation, (site, RAN_NAME))
+    as_of = ran.changed_at if ran is not None and ran.value > 0 else None
+    status = session.get(DaemonStatus, (site, SCHEDULER_STATUS))
+    heartbeat = status.heartbeat_at if status is not None else None
+    if heartbeat is None and as_of is None:
+        return Freshness(None, None, True, "The scheduler has never run, so these figures have never been counted.")
+    if heartbeat is None or wall_now - heartbeat > STALE_AFTER:
+        return Freshness(as_of, heartbeat, True, "The scheduler is not running (no heartbeat for over 3 minutes).")
+    if as_of is None or now - as_of > STALE_AFTER:
+        return Freshness(as_of, heartbeat, True, "The scheduler runs but has not counted the events recently.")
+    return Freshness(as_of, heartbeat, False, "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,7 +10,7 @@ from flask import Blueprint, render_template, request
 
 from schoolgate.console import charts, web
 from schoolgate.console.roles import Permission
-from schoolgate.services import activity
+from schoolgate.services import activity, rollups
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -40,6 +40,7 @@ def index() -> Any:
     start = end - timedelta(days=int(days))
     session, site = web.db(), web.site_scope()
     figures = activity.dashboard(session, site, now, days=int(days))
+    fresh = rollups.freshness(session, web.site_id(), now, datetime.now(UTC))
     by_service = activity.blocked_over_time(session, site, start, end, by="service")
     by_role = activity.blocked_over_time(session, site, start, end, by="role")
     chart_data = []
@@ -53,5 +54,5 @@ def index() -> Any:
     )
     return render_template(
         "dashboard/index.html", figures=figures, charts=chart_data, days=days, ranges=RANGES,
-        top_services=top_services,
+        top_services=top_services, fresh=fresh,
     )

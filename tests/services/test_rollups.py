@@ -131,3 +131,24 @@ def test_local_days_and_labels(session: Session) -> None:
     rollups.catch_up(session, SITE, START)
     rows = session.scalars(select(EventDaily).where(EventDaily.dimension == "device")).all()
     assert [(r.day, r.count, r.label) for r in rows] == [(date(2026, 10, 25), 2, "iPad A (Amira)")]
+
+
+def test_freshness_says_as_of_when_and_whether_the_scheduler_runs(session: Session) -> None:
+    from schoolgate.store.models import DaemonStatus
+
+    now = START + timedelta(hours=2)
+    wall = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    never = rollups.freshness(session, SITE, now, wall)
+    assert (never.stale, never.as_of, never.heartbeat_at) == (True, None, None)
+    assert "never run" in never.reason
+    rollups.mark_ran(session, SITE, now - timedelta(minutes=1))
+    beat = wall - timedelta(seconds=20)
+    session.add(DaemonStatus(site=SITE, name="scheduler", pid=1, started_at=wall, heartbeat_at=beat))
+    session.flush()
+    fresh = rollups.freshness(session, SITE, now, wall)
+    assert (fresh.stale, fresh.as_of, fresh.reason) == (False, now - timedelta(minutes=1), "")
+    # The heartbeat is on the wall clock, the counts on the appliance's clock: each checked by its own.
+    down = rollups.freshness(session, SITE, now, wall + timedelta(minutes=4))
+    assert down.stale and "not running" in down.reason and down.as_of == now - timedelta(minutes=1)
+    behind = rollups.freshness(session, SITE, now + timedelta(minutes=10), wall)
+    assert behind.stale and "not counted" in behind.reason
