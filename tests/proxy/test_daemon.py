@@ -169,11 +169,14 @@ def stats(config_dir: Path) -> dict[str, Any]:
     return data
 
 
-def add_device(sessions: sessionmaker[Session], ip: str, device_id: str, trusts: bool) -> None:
+def add_device(
+    sessions: sessionmaker[Session], ip: str, device_id: str, trusts: bool, mac: str | None = None
+) -> None:
     with sessions() as session, session.begin():
         session.add(
             Device(
-                site=SITE, device_id=device_id, name=f"Device {device_id}", ip=ip, role="pupil", trusts_school_ca=trusts
+                site=SITE, device_id=device_id, name=f"Device {device_id}", ip=ip, mac=mac, role="pupil",
+                trusts_school_ca=trusts,
             )
         )
         bump_generation(session, SITE)
@@ -390,47 +393,62 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+TRUSTED_MAC = "02:51:00:00:00:03"  # the trusted laptop's, as the register knows it
+
+
 @pytest.fixture
-def namespaces() -> Iterator[tuple[str, str]]:
+def namespaces() -> Iterator[tuple[str, dict[str, str]]]:
+    """The gateway, and two devices on its LAN bridge: an unknown one (10.251.0.2) and the
+    registered laptop (10.251.0.3, TRUSTED_MAC). Identity is by MAC, so each is a device of its
+    own with an interface of its own. Returns (gateway, {source address: device namespace})."""
     tag = str(os.getpid() % 100000)
-    gw, cl = f"proxytest-gw-{tag}", f"proxytest-cl-{tag}"
-    veth_gw, veth_cl = f"ptg{tag}", f"ptc{tag}"
+    gw = f"proxytest-gw-{tag}"
+    devices = {"10.251.0.2": f"proxytest-cl-{tag}", "10.251.0.3": f"proxytest-lp-{tag}"}
     sh("ip", "netns", "add", gw)
-    sh("ip", "netns", "add", cl)
+    for ns in devices.values():
+        sh("ip", "netns", "add", ns)
     try:
-        sh("ip", "link", "add", veth_gw, "netns", gw, "type", "veth", "peer", "name", veth_cl, "netns", cl)
-        for ns in (gw, cl):
+        sh("ip", "-n", gw, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", gw, "addr", "add", "10.251.0.1/24", "dev", "br0")
+        sh("ip", "-n", gw, "link", "set", "br0", "up")
+        for ns in (gw, *devices.values()):
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", gw, "addr", "add", "10.251.0.1/24", "dev", veth_gw)
-        sh("ip", "-n", gw, "link", "set", veth_gw, "up")
+        for index, (address, ns) in enumerate(devices.items()):
+            port, inside = f"ptg{tag}{index}", f"ptc{tag}{index}"
+            sh("ip", "link", "add", port, "netns", gw, "type", "veth", "peer", "name", inside, "netns", ns)
+            sh("ip", "-n", gw, "link", "set", port, "master", "br0")
+            sh("ip", "-n", gw, "link", "set", port, "up")
+            if address == "10.251.0.3":
+                sh("ip", "-n", ns, "link", "set", inside, "address", TRUSTED_MAC)
+            sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", inside)
+            sh("ip", "-n", ns, "link", "set", inside, "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", "10.251.0.1")
         for server in ("10.251.9.1/32", "10.251.9.2/32"):  # "the Internet": facebook, an ordinary site
             sh("ip", "-n", gw, "addr", "add", server, "dev", "lo")
-        sh("ip", "-n", cl, "addr", "add", "10.251.0.2/24", "dev", veth_cl)
-        sh("ip", "-n", cl, "addr", "add", "10.251.0.3/24", "dev", veth_cl)
-        sh("ip", "-n", cl, "link", "set", veth_cl, "up")
-        sh("ip", "-n", cl, "route", "add", "default", "via", "10.251.0.1")
         ruleset = (
             "table inet proxytest {\n"
             " chain steer {\n  type nat hook prerouting priority dstnat; policy accept;\n"
-            f'  iifname "{veth_gw}" tcp dport {{ 80, 443 }} redirect to :8081\n }}\n}}\n'
+            '  iifname "br0" tcp dport { 80, 443 } redirect to :8081\n }\n}\n'
         )
         subprocess.run(["ip", "netns", "exec", gw, "nft", "-f", "-"], input=ruleset, text=True, check=True)
-        yield gw, cl
+        yield gw, devices
     finally:
-        subprocess.run(["ip", "netns", "del", cl], capture_output=True)
+        for ns in devices.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "netns", "del", gw], capture_output=True)
 
 
 @pytest.mark.root
 def test_transparent_mode_in_namespaces(
-    namespaces: tuple[str, str],
+    namespaces: tuple[str, dict[str, str]],
     tmp_path: Path,
     policy_file: Path,
     db_path: Path,
     school_ca: Path,
     sessions: sessionmaker[Session],
 ) -> None:
-    gw, cl = namespaces
+    gw, devices = namespaces
+    cl = devices["10.251.0.2"]
     origin = start_origin(
         tmp_path,
         ["10.251.9.1:443", "10.251.9.2:443"],
@@ -439,7 +457,7 @@ def test_transparent_mode_in_namespaces(
         dns="10.251.0.1:5353",
         answers=("facebook.com=10.251.9.1",),
     )
-    add_device(sessions, "10.251.0.3", "LAP-TRUST", trusts=True)
+    add_device(sessions, "10.251.0.3", "LAP-TRUST", trusts=True, mac=TRUSTED_MAC)
     config = write_config(
         tmp_path,
         policy=policy_file,
@@ -454,14 +472,15 @@ def test_transparent_mode_in_namespaces(
         # The address book learns facebook.com's address from the DNS answer.
         wait_for(lambda: stats(tmp_path).get("addresses_known", 0) >= 1, what="the address learner")
         # Both clients in the gateway's neighbour table before the proxy's next refresh (1 s).
-        for source in ("10.251.0.2", "10.251.0.3"):
-            curl("--interface", source, "--max-time", "2", "http://10.251.0.1:9/", netns=cl)  # refused: fine
+        for source, ns in devices.items():
+            curl("--interface", source, "--max-time", "2", "http://10.251.0.1:9/", netns=ns)  # refused: fine
         time.sleep(1.2)
         origin_ca, school = str(origin.ca), str(school_ca / "mitmproxy-ca-cert.pem")
 
         def tls(host: str, ip: str, *, cacert: str = origin_ca, source: str = "10.251.0.2") -> Curl:
             return curl(
-                "--interface", source, "--cacert", cacert, "--resolve", f"{host}:443:{ip}", f"https://{host}/", netns=cl
+                "--interface", source, "--cacert", cacert, "--resolve", f"{host}:443:{ip}", f"https://{host}/",
+                netns=devices[source],
             )
 
         assert tls("allowed.test", "10.251.9.2").body == "origin allowed.test"
