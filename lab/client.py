@@ -114,14 +114,7 @@ class LabClient:
         from pathlib import Path
 
         home = Path(profile) if profile else Path(tempfile.mkdtemp(prefix="sg-chromium-"))
-        nssdb = home / ".pki" / "nssdb"
-        if not nssdb.exists():
-            nssdb.mkdir(parents=True)
-            subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True,
-                           capture_output=True)
-            for index, ca in enumerate((self.public_ca, *trust)):
-                subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"lab-ca-{index}",
-                                "-i", ca], check=True, capture_output=True)
+        self.browser_home(home, trust)
         argv = [
             "env", f"HOME={home}", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -134,6 +127,20 @@ class LabClient:
                 import shutil
 
                 shutil.rmtree(home, ignore_errors=True)
+
+    def browser_home(self, home: Any, trust: tuple[str, ...] = ()) -> None:
+        """A home folder whose NSS database trusts the lab's public CA and `trust`: what "the
+        device trusts the school CA" means to Chromium on Linux. Kept if it exists."""
+        from pathlib import Path
+
+        nssdb = Path(home) / ".pki" / "nssdb"
+        if nssdb.exists():
+            return
+        nssdb.mkdir(parents=True)
+        subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, capture_output=True)
+        for index, ca in enumerate((self.public_ca, *trust)):
+            subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"lab-ca-{index}", "-i", ca],
+                           check=True, capture_output=True)
 
     def proxy_stats(self, *, fresh: bool = False) -> dict[str, Any]:
         """The proxy's own counters (its stats file). `fresh`: wait for a rewrite made after now."""

@@ -281,6 +281,9 @@ plain_http = true  # the lab only: an appliance serves the console over TLS
 
 [mail]
 host = ""  # no mail relay in the lab: the scheduler logs the digest instead
+
+[alerts]
+scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what raised it
 """
         self.config_path.write_text(text)
         self.state.config = str(self.config_path)

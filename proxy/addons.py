@@ -4,6 +4,7 @@
     TlsGate          tls_clienthello      judge the SNI and the dialled address: pass, kill, intercept
     SearchTerms      request              note the search term of a visible search-engine request
     HttpGate         request              judge plain HTTP; answer blocked requests with the block page
+    UpsetButton      request              the pupil block page's "this upset me": checked, thanked, flagged
     UpstreamGate     server_connect       refuse every server connection a verdict does not allow
     Rejudge          running (a task)     close passed-through connections whose verdict has expired
                                           and now blocks (the end of lunch ends the YouTube stream)
@@ -31,6 +32,7 @@ import functools
 import inspect
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,7 +47,7 @@ from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from schoolgate.policy.types import Client, Decision, Target
+from schoolgate.policy.types import Client, Decision, Role, Target
 from schoolgate.proxy import blockpage
 from schoolgate.proxy.addresses import AddressBook
 from schoolgate.proxy.judge import (
@@ -59,6 +61,7 @@ from schoolgate.proxy.judge import (
     normalise_name,
 )
 from schoolgate.proxy.search import search_term
+from schoolgate.proxy.upset import UPSET_PATH, UpsetNote, UpsetSigner
 from schoolgate.store.events import EventRecord
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,11 @@ log = logging.getLogger(__name__)
 META_JUDGEMENT = "schoolgate.judgement"
 META_SEARCH = "schoolgate.search_term"
 META_BLOCK_PAGE = "schoolgate.block_page"
+META_UPSET = "schoolgate.upset"  # an UpsetNote: the pupil said the blocked page upset them
+FLAG_UPSET = "upset"  # on the event of that post: what the DSL's case is raised from
+MAX_UPSET_BODY = 8192
+UPSET_LIMIT = 5  # "this upset me" posts logged per address ...
+UPSET_WINDOW_S = 600.0  # ... per this many seconds (the DSL's case folds repeats anyway)
 REFUSED = "refused by the school's filtering policy"
 OptionsError: type[Exception] = exceptions.OptionsError  # mitmproxy's class is untyped
 
@@ -124,6 +132,9 @@ class ProxyCounters:
     passthroughs_closed: int = 0
     identity_errors: int = 0
     judge_errors: int = 0
+    upset_reports: int = 0  # "this upset me" posts logged for the DSL
+    upset_refused: int = 0  # ... refused: no genuine token for this device and site
+    upset_limited: int = 0  # ... thanked but not logged again (over UPSET_LIMIT)
     events_submitted: int = 0
     events_refused: int = 0
 
@@ -148,6 +159,10 @@ class Services:
     policy_version: Callable[[], object] | None = None  # changes when the policy or overlay does
     # A recent answer of `identify` that the event loop may use without a thread hop, or None.
     identify_cached: Callable[[str], Client | None] | None = None
+    # A category id -> (display name, published rationale), for the block page; None: not known.
+    category: Callable[[str], tuple[str, str] | None] | None = None
+    # Signs the pupil page's "this upset me" button; None: the page has no button.
+    upset: UpsetSigner | None = None
     connections: Connections = field(default_factory=Connections)
     counters: ProxyCounters = field(default_factory=ProxyCounters)
 
@@ -362,6 +377,13 @@ class HttpGate:
     def _answer(self, flow: http.HTTPFlow, client: Client, judgement: Judgement) -> None:
         decision = judgement.decision
         now = self.s.now()
+        pupil = is_pupil(client, decision)
+        category = self._category(decision)
+        token = None
+        if pupil and self.s.upset is not None:
+            token = self.s.upset.issue(
+                UpsetNote(client.ip, judgement.target.host, judgement.target.url, decision.rule_id, now)
+            )
         info = blockpage.BlockInfo(
             school=ctx.options.schoolgate_school_name,
             host=judgement.target.host,
@@ -375,11 +397,23 @@ class HttpGate:
             service_name=decision.service_name,
             circumvention=FLAG_FRONTING in decision.flags or FLAG_NO_SNI in decision.flags,
             explanation=self._explain(decision, now),
+            category_name=category[0] if category else None,
+            rationale=category[1] if category else None,
+            pupil=pupil,
+            upset_token=token,
         )
         body = blockpage.render(info, ctx.options.schoolgate_console_url)
-        flow.response = http.Response.make(403, body.encode("utf-8"), blockpage.HEADERS)
+        flow.response = http.Response.make(403, body.encode("utf-8"), blockpage.headers_for(info))
         flow.metadata[META_BLOCK_PAGE] = True
 
+    def _category(self, decision: Decision) -> tuple[str, str] | None:
+        if self.s.category is None or not decision.category:
+            return None
+        try:
+            return self.s.category(decision.category)
+        except Exception:  # the page must still be served without the rationale
+            log.exception("looking up category %r failed", decision.category)
+            return None
 
     def _explain(self, decision: Decision, now: datetime) -> str | None:
         if self.s.explain is None:
@@ -389,6 +423,83 @@ class HttpGate:
         except Exception:  # the page must still be served, with the rule's own reason
             log.exception("explaining a decision failed")
             return None
+
+
+def is_pupil(client: Client, decision: Decision) -> bool:
+    """Whether the block page is for a child: the device is a pupil's (by the register, or by
+    the pupils' network for an unregistered one), banned or not."""
+    if client.role is not None:
+        return client.role is Role.PUPIL
+    return decision.role is Role.PUPIL
+
+
+class UpsetButton:
+    """The pupil block page's "this upset me" button (see schoolgate.proxy.upset).
+
+    The post arrives on the blocked site's own origin, so HttpGate has already judged it
+    blocked and answered it with the block page; here a genuine post (a token this proxy issued
+    to this address for this site, within the hour) is answered with a thank-you instead, and
+    its event carries FLAG_UPSET and the blocked page's URL: the alert rules raise the DSL's
+    case from it. A post without a genuine token is refused: it cannot say which page upset the
+    child, and a page on another site must not be able to raise cases about a pupil."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self._recent: dict[str, list[float]] = {}
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.request.path.partition("?")[0] != UPSET_PATH or flow.request.method != "POST":
+            return
+        judgement = flow.metadata.get(META_JUDGEMENT)
+        state = self.s.connections.get(flow.client_conn.id)
+        if not flow.metadata.get(META_BLOCK_PAGE) or not isinstance(judgement, Judgement) or state is None:
+            return  # not a blocked site: the post is the site's own business
+        school = ctx.options.schoolgate_school_name
+        note = self._note(flow, state, judgement)
+        if note is None:
+            self.s.counters.upset_refused += 1
+            body = blockpage.render_upset_failed(school)
+            flow.response = http.Response.make(403, body.encode("utf-8"), blockpage.PUPIL_HEADERS)
+            return
+        flow.response = http.Response.make(
+            200, blockpage.render_upset_thanks(school).encode("utf-8"), blockpage.PUPIL_HEADERS
+        )
+        if not self._allow(state.client.ip):
+            self.s.counters.upset_limited += 1
+            flow.metadata.pop(META_JUDGEMENT, None)  # thanked; the open case already holds the first posts
+            return
+        self.s.counters.upset_reports += 1
+        flow.metadata[META_UPSET] = note
+        # The event is the evidence: the page the child was on, not this post's address.
+        flow.metadata[META_JUDGEMENT] = Judgement(
+            judgement.decision,
+            Target(host=judgement.target.host, url=note.url),
+            judgement.action,
+            judgement.fronted_host,
+        )
+
+    def _note(self, flow: http.HTTPFlow, state: ConnState, judgement: Judgement) -> UpsetNote | None:
+        if self.s.upset is None or len(flow.request.raw_content or b"") > MAX_UPSET_BODY:
+            return None
+        if flow.request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return None
+        try:
+            token = flow.request.urlencoded_form.get("token", "")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return self.s.upset.check(token, client_ip=state.client.ip, host=judgement.target.host, now=self.s.now())
+
+    def _allow(self, ip: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._recent.get(ip, ()) if now - t < UPSET_WINDOW_S]
+        if len(self._recent) > 10_000:
+            self._recent.clear()  # bounded: a flood of addresses only forgets
+        if len(recent) >= UPSET_LIMIT:
+            self._recent[ip] = recent
+            return False
+        recent.append(now)
+        self._recent[ip] = recent
+        return True
 
 
 class UpstreamGate:
@@ -474,7 +585,7 @@ class EventLog:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def submit(self, state: ConnState, judgement: Judgement, search: str | None = None) -> None:
+    def submit(self, state: ConnState, judgement: Judgement, search: str | None = None, *, upset: bool = False) -> None:
         record = EventRecord.from_decision(
             judgement.decision,
             state.client,
@@ -484,6 +595,8 @@ class EventLog:
             ts=self.s.now(),
             search_term=search,
         )
+        if upset:
+            record = dataclasses.replace(record, flags=record.flag_set | {FLAG_UPSET})
         if search or not record.is_plain_allow:
             sink = self.s.submit_full
         else:
@@ -507,7 +620,7 @@ class EventLog:
         if state is None or not isinstance(judgement, Judgement):
             return
         state.requests_logged += 1
-        self.submit(state, judgement, flow.metadata.get(META_SEARCH))
+        self.submit(state, judgement, flow.metadata.get(META_SEARCH), upset=META_UPSET in flow.metadata)
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = self.s.connections.get(client.id)
@@ -581,6 +694,7 @@ def build_addons(services: Services) -> list[object]:
         TlsGate(services),
         SearchTerms(),
         HttpGate(services),
+        UpsetButton(services),
         UpstreamGate(services),
         Rejudge(services),
         EventLog(services),

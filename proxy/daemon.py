@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from schoolgate.config import AppConfig
 from schoolgate.policy.types import Client, Decision, Target
+from schoolgate.proxy.upset import UpsetSigner, load_key
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("schoolgate.proxy")
 
 STATS_FILE = "proxy-stats.json"
+UPSET_KEY_FILE = "upset-button.key"
 OVERLAY_REFRESH_S = 60.0  # exceptions start and expire with time, not only with the generation
 
 
@@ -50,6 +52,12 @@ def ca_dir_of(config: AppConfig) -> Path:
 
 def stats_path_of(config: AppConfig) -> Path:
     return Path(config.proxy.stats_file) if config.proxy.stats_file else config.data_dir / STATS_FILE
+
+
+def upset_key_path_of(config: AppConfig) -> Path:
+    """The key that signs the pupil block page's "this upset me" button, shared by every worker;
+    beside the CA's key, in the directory only the proxy's user may read."""
+    return ca_dir_of(config) / UPSET_KEY_FILE
 
 
 def mode_spec(mode: str, listen: str) -> str:
@@ -247,6 +255,11 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         policy = holder.policy
         return explain_text(decision, policy, now) if policy is not None else decision.reason
 
+    def category(category_id: str) -> tuple[str, str] | None:
+        policy = holder.policy
+        found = policy.category_by_id.get(category_id) if policy is not None else None
+        return (found.name, found.description) if found is not None and found.description else None
+
     services = Services(
         decide=feed.decide,
         identify=clients.resolve,
@@ -260,6 +273,8 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         close=close_connection,
         explain=explain,
         policy_version=lambda: (holder.generation, feed.overlay_generation),
+        category=category,
+        upset=UpsetSigner(load_key(upset_key_path_of(config))),
     )
 
     opts: Any = mitm_options.Options()  # mitmproxy's option and addon APIs are untyped

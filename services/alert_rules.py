@@ -50,6 +50,10 @@ KIND_CIRCUMVENTION = "circumvention"
 KIND_REPEATED_BLOCKS = "repeated_blocks"
 KIND_SAFEGUARDING = "safeguarding_term"
 KIND_OUT_OF_HOURS = "out_of_hours"
+KIND_PUPIL_UPSET = "pupil_upset"
+# The proxy's flag on the post of the pupil block page's "this upset me" button
+# (schoolgate.proxy.addons.FLAG_UPSET; the proxy is not imported here).
+UPSET_FLAG = "upset"
 
 
 def severity_rank(severity: str) -> int:
@@ -262,6 +266,42 @@ class OutOfHoursRule:
         )
 
 
+class PupilUpsetRule:
+    """A pupil pressed "this upset me" on the block page: the child is telling the DSL.
+
+    The proxy only logs the press with a token it issued to that device for that page, so the
+    event is the evidence: the device, its address, the person where known, the time, and the
+    site and address of the page. One case per device and site while it is open."""
+
+    def __init__(self, severity: str = "high") -> None:
+        self.severity = severity
+
+    def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
+        return None
+
+    def check(self, event: AccessEvent) -> Iterable[Trigger]:
+        if UPSET_FLAG not in _flags(event):
+            return ()
+        local = event.ts.astimezone(LONDON)
+        when = f"{local:%A} {local.day} {local:%B} at {local:%H:%M}"
+        page = f" ({event.url})" if event.url else ""
+        return (
+            Trigger(
+                kind=KIND_PUPIL_UPSET,
+                rule_id=f"upset:{event.host}"[:100],
+                severity=self.severity,
+                title=f"A pupil said a blocked page upset them: {_who(event)}",
+                summary=(
+                    f"On {when}, {_who(event)} at {event.client_ip} was shown the block page for "
+                    f"{event.service or event.host}{page} and pressed \"this upset me\". "
+                    f"Rule: {event.rule_id}."
+                ),
+                event=event,
+                category=event.category,
+            ),
+        )
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """What the rules look for; from `[alerts]` in schoolgate.toml (see `from_config`)."""
@@ -275,6 +315,7 @@ class AlertSettings:
     circumvention_severity: str = "high"
     repeated_blocks_severity: str = "medium"
     out_of_hours_severity: str = "low"
+    pupil_upset_severity: str = "high"  # e-mailed to the DSL at once (alerts.immediate_severities)
 
     @classmethod
     def from_config(cls, alerts: object) -> AlertSettings:
@@ -313,6 +354,7 @@ class AlertSettings:
             OutOfHoursRule(
                 self.out_of_hours_start, self.out_of_hours_end, self.out_of_hours_roles, self.out_of_hours_severity
             ),
+            PupilUpsetRule(self.pupil_upset_severity),
         ]
 
 

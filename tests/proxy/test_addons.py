@@ -4,23 +4,31 @@ real TLS ClientHello bytes from Python's ssl module, the real policy and real SQ
 from __future__ import annotations
 
 import html
-import ssl
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from mitmproxy import connection, http, tls
+from mitmproxy import http
 from mitmproxy.exceptions import OptionsError
-from mitmproxy.proxy import commands, context, layer, layers, server_hooks
+from mitmproxy.proxy import commands, layers
 from mitmproxy.proxy import events as proxy_events
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.http import HttpRequestHook
-from mitmproxy.proxy.layers.tls import TlsClienthelloHook, parse_client_hello
 from mitmproxy.test import taddons, tflow
-from sqlalchemy import select
+from proxy_testkit import (
+    FACEBOOK_IP,
+    OTHER_IP,
+    PUPIL,
+    SITE,
+    STAFF,
+    TRUSTED_PUPIL,
+    Harness,
+    client_hello_bytes,
+    events,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from schoolgate.policy.types import Client, Role
+from schoolgate.policy.types import Client
 from schoolgate.proxy.addons import (
     REFUSED,
     HttpGate,
@@ -28,134 +36,14 @@ from schoolgate.proxy.addons import (
     RefusedConnection,
     Rejudge,
     Services,
-    build_addons,
 )
 from schoolgate.proxy.search import is_search_engine
 from schoolgate.store.events import EventWriter
-from schoolgate.store.models import AccessEvent
-
-SITE = "testschool"
-PUPIL = Client(
-    ip="10.20.1.5",
-    mac="02:00:00:00:00:05",
-    device_id="LAP-005",
-    device_name="Laptop 5",
-    person_id="p5",
-    person_name="Pupil Five",
-    role=Role.PUPIL,
-    trusts_school_ca=False,
-)
-TRUSTED_PUPIL = Client(
-    ip="10.20.1.6",
-    mac="02:00:00:00:00:06",
-    device_id="LAP-006",
-    device_name="Laptop 6",
-    person_id="p6",
-    person_name="Pupil Six",
-    role=Role.PUPIL,
-    trusts_school_ca=True,
-)
-STAFF = Client(
-    ip="10.20.1.7",
-    mac="02:00:00:00:00:07",
-    device_id="LAP-007",
-    device_name="Staff laptop",
-    person_id="s7",
-    person_name="Staff Seven",
-    role=Role.STAFF,
-    trusts_school_ca=True,
-)
-FACEBOOK_IP = "198.51.100.10"  # learnt as facebook.com's in the `book` fixture
-OTHER_IP = "203.0.113.7"
-
-
-def client_hello_bytes(sni: str | None) -> bytes:
-    """A real ClientHello, as Python's TLS stack sends it."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls_obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls_obj.do_handshake()
-    return outgoing.read()
-
-
-def make_client(who: Client, dialled: str, port: int = 443) -> connection.Client:
-    client = tflow.tclient_conn()
-    client.peername = (who.ip, 50123)
-    client.sockname = (dialled, port)
-    client.tls = False
-    client.sni = None
-    return client
-
-
-class Harness:
-    def __init__(self, tctx: Any, services: Services) -> None:
-        self.tctx = tctx
-        self.services = services
-
-    def trigger(self, hook: Any) -> None:
-        self.tctx.master.event_loop.run_until_complete(self.tctx.master.addons.trigger_event(hook))
-
-    def connect(self, who: Client, dialled: str, port: int = 443) -> context.Context:
-        client = make_client(who, dialled, port)
-        self.trigger(server_hooks.ClientConnectedHook(client))
-        ctx = context.Context(client, self.tctx.options)
-        ctx.server.address = (dialled, port)  # transparent mode: the original destination
-        return ctx
-
-    def hello(self, ctx: context.Context, sni: str | None) -> tls.ClientHelloData:
-        parsed = parse_client_hello(client_hello_bytes(sni))
-        assert parsed is not None
-        data = tls.ClientHelloData(ctx, parsed)
-        self.trigger(TlsClienthelloHook(data))
-        return data
-
-    def next_layer(self, ctx: context.Context, data: bytes) -> layer.NextLayer:
-        """The transparent proxy asking which layer comes next, `data` from the client so far."""
-        if not ctx.layers:
-            modes.TransparentProxy(ctx)  # the top of mitmproxy's stack in transparent mode
-        nextlayer = layer.NextLayer(ctx)
-        nextlayer.events.append(proxy_events.DataReceived(ctx.client, data))
-        self.trigger(layer.NextLayerHook(nextlayer))
-        return nextlayer
-
-    def server_connect(self, ctx: context.Context) -> connection.Server:
-        server = connection.Server(address=ctx.server.address)
-        data = server_hooks.ServerConnectionHookData(server=server, client=ctx.client)
-        self.trigger(server_hooks.ServerConnectHook(data))
-        return server
-
-    def request(self, ctx: context.Context, url: str, host_header: str | None = None) -> http.HTTPFlow:
-        flow = tflow.tflow(client_conn=ctx.client)
-        flow.server_conn.address = ctx.server.address
-        flow.request = http.Request.make("GET", url)
-        if host_header is not None:
-            flow.request.headers["Host"] = host_header
-        self.trigger(HttpRequestHook(flow))
-        return flow
-
-    def disconnect(self, ctx: context.Context) -> None:
-        self.trigger(server_hooks.ClientDisconnectedHook(ctx.client))
 
 
 @pytest.fixture
 def known_clients() -> dict[str, Client]:
     return {c.ip: c for c in (PUPIL, TRUSTED_PUPIL, STAFF)}
-
-
-@pytest.fixture
-def harness(services: Services) -> Any:
-    # As the daemon adds them: all of schoolgate's addons behind one pipeline entry.
-    with taddons.context(Pipeline(build_addons(services))) as tctx:
-        tctx.options.update(schoolgate_school_name="Test Primary", schoolgate_console_url="https://console.test:8443")
-        yield Harness(tctx, services)
-
-
-def events(sessions: sessionmaker[Session], writer: EventWriter) -> list[AccessEvent]:
-    assert writer.flush()
-    with sessions() as session:
-        return list(session.scalars(select(AccessEvent).order_by(AccessEvent.id)))
 
 
 # --------------------------------------------------------------------------------------- TLS
@@ -219,8 +107,10 @@ def test_blocked_sni_from_trusting_device_is_intercepted_and_answered(
     assert flow.response is not None and flow.response.status_code == 403
     page = flow.response.get_text()
     assert page is not None
-    assert "www.facebook.com is blocked at Test Primary" in page or "Facebook is blocked at Test Primary" in page
+    # A pupil's device: the page written for children, with the adults' facts below it.
+    assert "This website is blocked" in page and "at Test Primary" in page
     assert "Social Media Policy §9" in page
+    assert "pupils may not use them at school" in page  # the category's published rationale
     assert "filtered and monitored" in page
     assert "https://console.test:8443/request?url=https%3A%2F%2Fwww.facebook.com%2Fgroups%2Fsome%3Fq%3D1" in (
         html.unescape(page)
@@ -323,7 +213,7 @@ def test_blocked_http_host_gets_the_escaped_block_page(
     assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(2)&gt;", "")
     assert "&lt;script&gt;" in page
     assert "<img" not in page
-    link = html.unescape(page.split('class="button" href="', 1)[1].split('"', 1)[0])
+    link = html.unescape(page.split('id="request-link" href="', 1)[1].split('"', 1)[0])
     assert link.startswith("https://console.test:8443/request?url=http%3A%2F%2Fwww.facebook.com%2F%3Cscript%3E")
     assert "&device=LAP-005&at=2026-11-18T11%3A00%3A00%2B00%3A00&rule=social-media" in link
     assert services.counters.block_pages_served == 1

@@ -265,3 +265,28 @@ def test_a_backlog_is_worked_off_in_bounded_scans(session: Session) -> None:
     assert parts == [8, 8, 4]
     (case,) = alerts(session)
     assert case.trigger_count == 20
+
+
+def test_a_pupil_saying_a_page_upset_them_raises_a_case_per_device_and_site(session: Session) -> None:
+    pressed = {"source": "proxy", "verdict": "block", "rule_id": "pupils-no-social-media", "flags": "upset",
+               "person_id": "P5", "person_name": "Sam Pupil", "url": "http://games.example.com/level2"}
+    add(session, [
+        event(0, verdict="block", host="games.example.com"),  # only shown the page: no case
+        event(10, host="games.example.com", **pressed),
+        event(20, host="games.example.com", **pressed),  # pressed again: the same case
+        event(30, host="scary.example.net", **{**pressed, "url": None}),  # another site: its own case
+        event(40, device_id="IPAD-6", device_name="iPad 6", host="games.example.com", **pressed),
+    ])
+    engine().scan(session, SITE, None, T0 + timedelta(minutes=1))
+    upset = [a for a in alerts(session) if a.kind == "pupil_upset"]
+    assert [(a.device_id, a.rule_id, a.trigger_count) for a in upset] == [
+        ("IPAD-5", "upset:games.example.com", 2),
+        ("IPAD-5", "upset:scary.example.net", 1),
+        ("IPAD-6", "upset:games.example.com", 1),
+    ]
+    first = upset[0]
+    assert first.severity == "high" and first.person_id == "P5"
+    assert first.title == "A pupil said a blocked page upset them: iPad 5 (Sam Pupil)"
+    # The evidence in plain words: when (school time), who, which address, which page, which rule.
+    assert first.summary.startswith("On Tuesday 6 October at 10:00, iPad 5 (Sam Pupil) at 10.0.0.5")
+    assert "http://games.example.com/level2" in first.summary and "pupils-no-social-media" in first.summary
