@@ -136,6 +136,9 @@ class Worker:
             own_ipv4=config.network.appliance_ipv4,
             own_ipv6=config.network.appliance_ipv6,
         )
+        # Allowed queries folded per minute are held in the events stage until the minute is
+        # over: the status row says how many, so a killed worker's loss is counted.
+        self.writer.count_held(self.resolver.events.held)
         self.listeners: list[Any] = []
         self.handler: Any = None
 

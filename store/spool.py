@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import shutil
 import sqlite3
 import threading
@@ -160,6 +161,13 @@ class EventSpool:
             found = self._conn.execute("SELECT id, row FROM spooled_events ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [(int(spool_id), _decode(text)) for spool_id, text in found]
 
+    def front(self) -> int | None:
+        """The id of the oldest row, None when the spool is empty. It moves only when rows are
+        shipped (deleted after the central database committed them)."""
+        with self._lock:
+            (first,) = self._conn.execute("SELECT min(id) FROM spooled_events").fetchone()
+        return None if first is None else int(first)
+
     def delete_through(self, last_id: int) -> None:
         """Forget the rows up to ``last_id``, which the central database has committed.
 
@@ -188,3 +196,25 @@ class EventSpool:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _os_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def default_spool_path(data_dir: str | Path, owner: str | None = None) -> Path:
+    """Where a daemon keeps events the central database could not take yet.
+
+    One file per OS user: the daemons run as users of their own (schoolgate-dns, ...), and a
+    file one of them created need not be writable by the others. Processes of one user (the
+    DNS workers) share theirs.
+    """
+    return Path(data_dir) / f"event-spool-{owner or _os_user()}.db"
+
+
+def spool_paths(data_dir: str | Path) -> list[Path]:
+    """Every daemon's spool file in the data directory."""
+    return sorted(Path(data_dir).glob("event-spool-*.db"))

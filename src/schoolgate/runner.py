@@ -355,9 +355,10 @@ def estimate_loss(rows: list[dict[str, Any]], rates: RateTracker,
 
     A row's ``events`` counters are its EventWriter's at the last heartbeat: what had been
     submitted but was neither written, spooled nor dropped was waiting in memory (a backlog
-    held while the database was busy). On top of that, what it took since its last flush is
-    lost: at most one flush interval at the fastest rate seen lately. An upper estimate, not
-    an exact count.
+    held while the database was busy), and ``held`` rows of allowed traffic were still being
+    folded per minute, not yet submitted (``held_queries`` queries in them). On top of that,
+    what it took since its last flush is lost: at most one flush interval at the fastest rate
+    seen lately. An upper estimate, not an exact count.
     """
     rows = [row for row in rows if "events" in row["stats"]]
     if not rows:
@@ -369,13 +370,15 @@ def estimate_loss(rows: list[dict[str, Any]], rates: RateTracker,
         submitted = int(counters.get("submitted", 0))
         settled = sum(int(counters.get(key, 0)) for key in ("written", "dropped", "spooled"))
         waiting = max(0, submitted - settled)
+        held = int(counters.get("held", 0))
         peak = rates.peak(row["name"])
         window = flush_interval + EXTRA_HOLD_S.get(row["name"], 0.0)
         unflushed = math.ceil(peak * window)
-        total += waiting + unflushed
+        total += waiting + held + unflushed
         parts.append(
-            f"{row['name']}: {waiting} waiting at its last heartbeat, up to {unflushed} taken since its "
-            f"last flush (at most {window:g} s at {peak:.1f}/s)"
+            f"{row['name']}: {waiting} waiting at its last heartbeat, {held} rows of allowed traffic "
+            f"folded in memory ({int(counters.get('held_queries', 0))} queries), up to {unflushed} taken "
+            f"since its last flush (at most {window:g} s at {peak:.1f}/s)"
         )
     return total, "; ".join(parts)
 

@@ -74,7 +74,7 @@ upstreams = ["127.0.0.1:9"]
 [mail]
 host = ""
 """)
-        clock = tmp / "clock"
+        clock = self.clock = tmp / "clock"
         set_clock_file(clock, datetime.fromisoformat(LESSON))
         self.env = {**os.environ, "SCHOOLGATE_CLOCK_FILE": str(clock)}
         subprocess.run([sys.executable, "-P", "-m", "schoolgate", "db", "upgrade", "--config", str(self.config)],
@@ -147,6 +147,37 @@ def test_a_killed_daemon_is_restarted_and_sigterm_stops_all_cleanly(running: Run
         assert pid is not None and not Path(f"/proc/{pid}").exists()
 
 
+def test_allowed_traffic_folded_in_memory_is_counted_lost_when_killed(running: Running) -> None:
+    """The DNS daemon folds allowed queries per client, name and minute before it logs them;
+    a kill -9 loses what it holds, and the supervisor must count that like every other loss."""
+    _wait(lambda: _answers(running.port, "www.facebook.com"), 60, "schoolgate dns to answer")
+    # The start of a minute: its rows stay folded for the next 60 s, longer than this test.
+    set_clock_file(running.clock, datetime.fromisoformat("2026-11-23T10:20:00+00:00"))
+    time.sleep(0.5)  # the daemon re-reads the clock file at most every 0.2 s
+    names = [f"folded{n}.example.org" for n in range(30)]
+    for name in names:  # allowed in a lesson; each asked twice, so 30 rows of 60 queries
+        _answers(running.port, name)
+        _answers(running.port, name)
+
+    def held() -> tuple[int, int]:
+        events = running.status().get("dns", {}).get("stats", {}).get("events", {})  # type: ignore[union-attr]
+        return int(events.get("held", 0)), int(events.get("held_queries", 0))  # type: ignore[union-attr]
+
+    _wait(lambda: held()[0] >= len(names), 10, "the status row to show the folded rows")
+    rows, queries = held()
+    assert queries >= 2 * len(names)
+    old = running.pid("dns")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    _wait(lambda: "Previous run ended without flushing" in running.log.read_text(errors="replace"), 10,
+          "the supervisor's report of the kill")
+    log = running.log.read_text(errors="replace")
+    assert f"{rows} rows of allowed traffic folded in memory ({queries} queries)" in log, log
+    board = running.status()["run"]
+    counted = board["stats"]["children"]["dns"]["events_maybe_lost"]  # type: ignore[index]
+    assert counted >= rows
+
+
 def test_restart_delays_are_capped_at_2_s() -> None:
     from schoolgate.runner import restart_delay
 
@@ -164,6 +195,8 @@ def test_restart_delays_are_capped_at_2_s() -> None:
         ({"submitted": 700, "written": 600, "dropped": 50}, [(0, 100), (5, 600)], 70),
         # spooled rows are on disk, not lost
         ({"submitted": 700, "written": 600, "spooled": 100}, [(0, 700), (5, 700)], 0),
+        # allowed traffic folded in memory, not yet submitted, dies with the process
+        ({"submitted": 700, "written": 700, "held": 40, "held_queries": 900}, [(0, 700), (5, 700)], 40),
     ],
 )
 def test_the_loss_estimate_of_an_unclean_exit(

@@ -290,11 +290,11 @@ def add_event(session: Session, **fields: Any) -> Any:
     values.update(fields)
     # As the event writer stores text: NUL and lone surrogates escaped (PostgreSQL holds neither),
     # and clipped to the column (PostgreSQL enforces VARCHAR lengths; SQLite does not).
-    from schoolgate.store.events import _storable_text
+    from schoolgate.store.events import storable_text
 
     stored: dict[str, Any] = {}
     for name, given in values.items():
-        value = _storable_text(given)
+        value = storable_text(given)
         length = getattr(AccessEvent.__table__.c[name].type, "length", None)
         stored[name] = value[:length] if isinstance(value, str) and length else value
     event = AccessEvent(**stored)

@@ -281,17 +281,21 @@ def test_allowed_queries_handed_over_once_their_minute_is_over() -> None:
     for name in ("n0.test", "n1.test", "n0.test", "n2.test"):
         events.resolve(query(name))
     assert events.flush_due(TEN.replace(second=59)) == 0  # the minute is not over
+    assert events.held() == (3, 4)  # rows and queries a kill would lose now
     clock.instant = TEN.replace(minute=1)
     events.resolve(query("n0.test"))  # the next minute: a key of its own
     assert events.flush_due(clock.instant, limit=2) == 2  # a slice, oldest first
+    assert events.held() == (2, 2)
     assert events.flush_due(clock.instant, limit=2) == 1
     assert events.flush_due(clock.instant) == 0
+    assert events.held() == (1, 1)
     assert [(r.host, r.count, r.ts) for r in sink.records] == [
         ("n0.test", 2, TEN), ("n1.test", 1, TEN), ("n2.test", 1, TEN)]
     for i in range(10):  # more distinct keys than max_folded: the first 8 go out early
         events.resolve(query(f"n{i}.test"))
     assert len(sink.records) == 3 + 8
     assert events.flush() == 2 and len(sink.records) == 13
+    assert events.held() == (0, 0)
     assert sum(r.count for r in sink.records if r.ts == clock.instant) == 11
 
 

@@ -313,7 +313,11 @@ def test_aggregator_folds_allowed_traffic_per_client_domain_minute(engine: Engin
         agg.submit(record(i))  # blocked: every one kept
     agg.submit(replace(allowed(0), flags="safeguarding"))  # flagged: kept in full
     assert agg.pending() == 4
+    # What a kill would lose now is reported beside the writer's ledger.
+    assert agg.held() == (4, 61)
+    assert (writer.stats()["held"], writer.stats()["held_queries"]) == (4, 61)
     assert agg.flush_due(T0 + timedelta(minutes=1)) == 3  # the finished minute only
+    assert agg.held() == (1, 1)
     agg.stop()
     stats = writer.stop()
     assert stats["written"] == 4 + 4 + 1
@@ -347,6 +351,7 @@ def test_aggregator_hands_everything_over_when_too_many_buckets(engine: Engine) 
     for i in range(25):
         agg.submit(allowed(i, host=f"h{i}.example"))
     assert agg.pending() <= 10
+    assert agg.held() == (agg.pending(), agg.pending())
     agg.stop()
     writer.stop()
     assert count_rows(engine) == 25

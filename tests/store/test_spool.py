@@ -189,6 +189,58 @@ def test_a_stopping_writer_waits_its_turn_to_ship_what_a_sibling_left(engine: En
     assert sorted(uid for uid, _ in stored(engine)) == sorted(f"left-{i}" for i in range(7))
 
 
+def test_a_writer_whose_shipping_failed_still_ships_at_stop_what_it_spooled_after_a_sibling_shipped(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Two DNS workers share a spool through an outage. This one's shipping attempts failed
+    # while the database was away; when it came back, its sibling shipped, and this one went
+    # on spooling (the spool was never empty when it looked). At stop it must still ship what
+    # it spooled last, not believe the database away and leave it (the trust outage test saw
+    # spool_pending == 4 after stop on a loaded machine).
+    spool_path = tmp_path / "events.db"
+    writer = EventWriter(engine, flush_interval=0.02, spool_path=spool_path)
+    writer.start()
+    sibling = EventSpool(spool_path)
+    with database_away(engine):
+        for i in range(10):
+            writer.submit(record(i, uid=f"ours-{i}"))
+        wait_for(lambda: writer.stats()["spooled"] == 10 and writer.stats()["ship_errors"] >= 1)
+        wait_for(sibling.try_acquire_shipping)  # the sibling takes its turn (between our rounds)
+        for i in range(10, 20):
+            writer.submit(record(i, uid=f"ours-{i}"))
+        wait_for(lambda: writer.stats()["spooled"] == 20)
+    # The database is back and the sibling ships the first ten, holding its turn a little longer.
+    first = sibling.oldest(10)
+    with engine.begin() as conn:
+        assert insert_events(conn, [row for _, row in first]) == 10
+    sibling.delete_through(first[-1][0])
+    releaser = threading.Timer(0.3, sibling.release_shipping)
+    releaser.start()
+    try:
+        stats = writer.stop(timeout=5)
+    finally:
+        releaser.join()
+        sibling.close()
+    assert (stats["spool_pending"], stats["shipped"], stats["dropped"]) == (0, 10, 0), stats
+    assert sorted(uid for uid, _ in stored(engine)) == sorted(f"ours-{i}" for i in range(20))
+
+
+def test_a_stop_while_the_database_is_still_away_does_not_wait_for_it(engine: Engine, tmp_path: Path) -> None:
+    spool_path = tmp_path / "events.db"
+    with database_away(engine):
+        writer = EventWriter(engine, flush_interval=0.02, spool_path=spool_path)
+        writer.start()
+        for i in range(5):
+            writer.submit(record(i))
+        wait_for(lambda: writer.stats()["spooled"] == 5 and writer.stats()["ship_errors"] >= 1)
+        started = time.monotonic()
+        stats = writer.stop(timeout=5)
+    # Nobody shipped since its own attempt failed: no waiting out the deadline for a database
+    # that is away; the rows stay for the next start.
+    assert time.monotonic() - started < 2.0
+    assert (stats["spool_pending"], stats["dropped"]) == (5, 0)
+
+
 def test_the_spool_outlives_the_process_and_the_next_start_ships_it(engine: Engine, tmp_path: Path) -> None:
     spool_path = tmp_path / "events.db"
     with database_away(engine):

@@ -1,0 +1,118 @@
+"""One access attempt as the ``events`` table stores it, in plain values.
+
+The DNS daemon, the proxy and the gateway's watcher all make their records here (``from_decision``
+for a policy decision), so every source logs the DfE fields the same way.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from schoolgate.policy.types import Client, Decision, Target, Verdict
+
+
+def flags_text(flags: frozenset[str] | str) -> str:
+    if isinstance(flags, str):
+        items: Iterable[str] = flags.split(",")
+    else:
+        items = flags
+    return ",".join(sorted({f.strip() for f in items if f.strip()}))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One access attempt, as the ``events`` table stores it (see models.AccessEvent)."""
+
+    ts: datetime  # aware
+    site: str
+    source: str  # dns, proxy, console
+    client_ip: str
+    host: str
+    verdict: str  # schoolgate.policy.types.Verdict value
+    rule_id: str
+    role: str
+    mac: str | None = None
+    device_id: str | None = None
+    device_name: str | None = None
+    person_id: str | None = None
+    person_name: str | None = None
+    qtype: str | None = None
+    url: str | None = None
+    search_term: str | None = None
+    clause: str = ""
+    service: str | None = None
+    category: str | None = None
+    flags: frozenset[str] | str = frozenset()
+    count: int = 1
+    uid: str | None = None  # None: the EventWriter gives it one
+
+    def __post_init__(self) -> None:
+        if self.ts.tzinfo is None:
+            raise ValueError("EventRecord.ts must be an aware datetime")
+
+    @classmethod
+    def from_decision(
+        cls,
+        decision: Decision,
+        client: Client,
+        target: Target,
+        *,
+        site: str,
+        source: str,
+        ts: datetime,
+        qtype: str | None = None,
+        search_term: str | None = None,
+        count: int = 1,
+    ) -> EventRecord:
+        """The record for one policy decision, so that DNS and proxy log identically.
+
+        ``count`` > 1: the allowed queries of one client and name in one minute, folded."""
+        return cls(
+            ts=ts,
+            site=site,
+            source=source,
+            client_ip=client.ip,
+            mac=client.mac,
+            device_id=client.device_id,
+            device_name=client.device_name,
+            person_id=client.person_id,
+            person_name=client.person_name,
+            role=decision.role.value,
+            host=target.host,
+            qtype=qtype,
+            url=target.url,
+            search_term=search_term,
+            verdict=decision.verdict.value,
+            rule_id=decision.rule_id,
+            clause=decision.clause,
+            service=decision.service,
+            category=decision.category,
+            flags=frozenset(decision.flags),
+            count=count,
+        )
+
+    @property
+    def flag_set(self) -> frozenset[str]:
+        text = flags_text(self.flags)
+        return frozenset(text.split(",")) if text else frozenset()
+
+    @property
+    def is_plain_allow(self) -> bool:
+        """Allowed and not flagged: the kind of traffic that is logged per domain per minute."""
+        return self.verdict in (Verdict.ALLOW.value, Verdict.SAFE_SEARCH.value) and not self.flag_set
+
+    def row(self) -> dict[str, Any]:
+        """Column values for an insert into ``events``."""
+        values = dict(zip(RECORD_FIELDS, _record_values(self), strict=True))
+        flags = self.flags
+        values["flags"] = flags_text(flags) if flags else ""
+        values["ts"] = self.ts.astimezone(UTC)
+        return values
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(EventRecord))
+_record_values = operator.attrgetter(*RECORD_FIELDS)  # one C call for every field
