@@ -57,7 +57,17 @@ def _check(args: argparse.Namespace) -> int:
         f"{len(policy.calendar.closures)} closure days."
     )
     for entry in policy.lists:
-        print(f"  list {entry.id} ({entry.file}, {entry.format}): {entry.summary}")
+        where = entry.file or (entry.source.url if entry.source is not None else "")
+        print(f"  list {entry.id} ({where}, {entry.format}): {entry.summary}")
+    for category in policy.categories:
+        traits = [
+            "built-in" if category.builtin else "the policy's own",
+            *(["locked"] if category.locked else []),
+            *(["always open"] if category.always_allowed else []),
+        ]
+        print(f"  category {category.id} ({category.name}; {', '.join(traits)}): canary {category.canary or '-'}")
+    for warning in policy.warnings:
+        print(f"  warning: {warning}")
     for window in policy.windows:
         print(f"  window {window.describe()}")
     return 0

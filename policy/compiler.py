@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from schoolgate.policy.catalogue import BUILTIN, CATALOGUE, ILLEGAL, BuiltinCategory, canary_for
 from schoolgate.policy.domains import MAX_LISTS, DomainTable
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.lists import (
@@ -32,6 +35,7 @@ from schoolgate.policy.model import (
     Category,
     DomainList,
     DynamicClauses,
+    ListSource,
     Network,
     Rule,
     SafeSearch,
@@ -46,7 +50,6 @@ Path = tuple[str | int, ...]
 ListReader = Callable[[str], Iterable[str]]  # list file (as written in the policy) -> its lines
 
 ROLE_NAMES = tuple(r.value for r in Role)
-CIRCUMVENTION = "circumvention"  # the category that is always a hard, flagged block
 MAX_WINDOWS = 60
 MAX_CATEGORIES = 60
 
@@ -60,7 +63,9 @@ _WINDOW = ("from", "to", "times", "days", "calendar", "description")
 _NETWORK = ("name", "cidrs", "role")
 _CATEGORY = ("name", "locked", "flags", "description")
 _SERVICE = ("name", "category", "domains", "hosts", "safe_search", "safe_search_hosts", "locked")
-_LIST = ("name", "file", "format", "category", "services")
+_LIST = (
+    "name", "file", "url", "format", "category", "categories", "services", "sha256", "max_size_mb", "timeout_s"
+)
 _RULE = (
     "id",
     "clause",
@@ -374,31 +379,54 @@ def _networks(src: _Source, raw: Any) -> tuple[Network, ...]:
 
 
 def _categories(src: _Source, raw: Any) -> tuple[Category, ...]:
+    """The catalogue's built-in categories (reworded where the policy says so), then the
+    policy's own, in the order written."""
     if not isinstance(raw, dict):
         raise src.error(("categories",), "must be a set of named categories, e.g. [categories.social_media]")
     out: list[Category] = []
-    for bit, (cid, entry) in enumerate(raw.items()):
+    for builtin in CATALOGUE:
+        item = src.table(raw.get(builtin.id, {}), ("categories", builtin.id), _CATEGORY, f"category {builtin.id}")
+        out.append(_category(src, builtin.id, item, len(out), builtin))
+    for cid, entry in raw.items():
+        if cid in BUILTIN:
+            continue
         path: Path = ("categories", cid)
         item = src.table(entry, path, _CATEGORY, f"category {cid}")
-        locked = src.boolean(item.get("locked", False), (*path, "locked"))
-        flags = frozenset(src.strings(item.get("flags", []), (*path, "flags")))
-        if cid == CIRCUMVENTION:
-            # Seed 001 §9: getting round the filter is never allowed and always reported,
-            # whatever the file says; the category is a hard block and carries its flag.
-            locked, flags = True, flags | {CIRCUMVENTION}
-        out.append(
-            Category(
-                id=cid,
-                bit=bit,
-                name=src.string(item.get("name", cid), (*path, "name")),
-                locked=locked,
-                flags=flags,
-                description=src.string(item.get("description", ""), (*path, "description"), empty_ok=True),
-            )
-        )
+        out.append(_category(src, cid, item, len(out), None))
     if len(out) > MAX_CATEGORIES:
         raise src.error(("categories",), f"too many categories (at most {MAX_CATEGORIES})")
     return tuple(out)
+
+
+def _category(src: _Source, cid: str, item: Mapping[str, Any], bit: int, builtin: BuiltinCategory | None) -> Category:
+    path: Path = ("categories", cid)
+    flags = frozenset(src.strings(item.get("flags", []), (*path, "flags")))
+    locked = builtin.locked if builtin is not None else False
+    if "locked" in item:
+        wanted = src.boolean(item["locked"], (*path, "locked"))
+        if builtin is not None and builtin.locked and not wanted:
+            # Illegal content and ways round the filter are hard blocks whatever the file says
+            # (DfE filtering standards; seed 001 §9).
+            raise src.error((*path, "locked"), f'the "{cid}" category is always locked; it cannot be unlocked')
+        if builtin is not None and builtin.always_allowed and wanted:
+            raise src.error((*path, "locked"), f'the "{cid}" category is never blocked, so it cannot be locked')
+        locked = locked or wanted
+    if builtin is not None:
+        flags |= builtin.flags
+    return Category(
+        id=cid,
+        bit=bit,
+        name=src.string(item.get("name", builtin.name if builtin else cid), (*path, "name")),
+        locked=locked,
+        flags=flags,
+        description=src.string(
+            item.get("description", builtin.rationale if builtin else ""), (*path, "description"), empty_ok=True
+        ),
+        canary=canary_for(cid) if valid_name(canary_for(cid)) else None,
+        builtin=builtin is not None,
+        always_allowed=builtin is not None and builtin.always_allowed,
+        uksic=builtin is not None and builtin.uksic,
+    )
 
 
 def _safe_search(src: _Source, value: Any, path: Path) -> SafeSearch:
@@ -458,14 +486,129 @@ def _services(src: _Source, raw: Any, categories: Mapping[str, Category]) -> tup
                 hosts=tuple(hosts),
                 safe_search=safe,
                 safe_search_hosts=safe_hosts,
-                locked=src.boolean(item.get("locked", False), (*path, "locked")),
+                locked=_service_lock(src, item, path, categories.get(category) if category else None),
             )
         )
     return tuple(out)
 
 
+def _service_lock(src: _Source, item: Mapping[str, Any], path: Path, category: Category | None) -> bool:
+    locked = src.boolean(item.get("locked", False), (*path, "locked"))
+    if locked and category is not None and category.always_allowed:
+        raise src.error((*path, "locked"), f'"{category.id}" sites are never blocked, so they cannot be locked')
+    return locked
+
+
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}").fullmatch
+_SHA256 = re.compile(r"[0-9a-f]{64}").fullmatch
+_MAX_DOWNLOAD_MB = 4096
+
+
+def _list_source(src: _Source, lid: str, item: Mapping[str, Any], categories: Mapping[str, Category]) -> ListSource:
+    """The [lists.ID] table as a ListSource: where the list comes from and how to read it."""
+    path: Path = ("lists", lid)
+    if "file" in item and "url" in item:
+        raise src.error((*path, "url"), 'give either file = "..." (a local file) or url = "..." (a subscription)')
+    if "file" not in item and "url" not in item:
+        raise src.error(
+            path, 'missing "file" (a local list, e.g. file = "lists/malware.txt") or "url" (a subscription)'
+        )
+    fmt = src.string(src.required(item, path, "format", f"one of {', '.join(FORMATS)}"), (*path, "format"))
+    if fmt not in FORMATS:
+        raise src.error((*path, "format"), f'unknown list format "{fmt}" (known: {", ".join(FORMATS)})')
+    file: str | None = None
+    url: str | None = None
+    if "file" in item:
+        file = src.string(item["file"], (*path, "file"))
+        if fmt == "squidguard":
+            raise src.error(
+                (*path, "format"),
+                'a squidguard set is installed with url = "..." or `schoolgate lists import`, not read as a file',
+            )
+        for key in ("sha256", "max_size_mb", "timeout_s"):
+            if key in item:
+                raise src.error((*path, key), 'only for a subscription (url = "...")')
+    else:
+        url = src.string(item["url"], (*path, "url")).strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
+            raise src.error((*path, "url"), f'"{url}" is not a web address like "https://example.org/list.txt"')
+    category: str | None = None
+    if "category" in item:
+        if fmt == "squidguard":
+            raise src.error((*path, "category"), 'a squidguard set maps its folders with categories = { ... }')
+        category = src.string(item["category"], (*path, "category"))
+        if category not in categories:
+            raise src.error((*path, "category"), f'unknown category "{category}" (known: {_known(categories)})')
+    mapping: list[tuple[str, tuple[str, ...]]] = []
+    if "categories" in item:
+        if fmt != "squidguard":
+            raise src.error((*path, "categories"), 'only for format = "squidguard"; other lists take category = "..."')
+        table = item["categories"]
+        if not isinstance(table, dict) or not table:
+            raise src.error(
+                (*path, "categories"), 'must map the set\'s folders, e.g. categories = { adult = "pornography" }'
+            )
+        for name, value in table.items():
+            where: Path = (*path, "categories", name)
+            if not _SOURCE_NAME(name):
+                raise src.error(where, f'"{name}" is not a folder name of a squidguard set')
+            mapped = src.strings(value, where)
+            if not mapped:
+                raise src.error(where, "maps onto no category; leave the folder out to leave it unused")
+            for n, target in enumerate(mapped):
+                if target not in categories:
+                    message = f'unknown category "{target}" (known: {_known(categories)})'
+                    raise src.error(where, message, element=n if isinstance(value, list) else None)
+            mapping.append((name, tuple(dict.fromkeys(mapped))))
+    elif fmt == "squidguard":
+        raise src.error(
+            path, 'a squidguard set needs categories = { folder = "category", ... } (unmapped folders are not used)'
+        )
+    wanted: tuple[str, ...] | None = None
+    if "services" in item:
+        if fmt != "adguard-services":
+            raise src.error((*path, "services"), 'only for format = "adguard-services"')
+        wanted = tuple(src.strings(item["services"], (*path, "services")))
+    sha256: str | None = None
+    if "sha256" in item:
+        sha256 = src.string(item["sha256"], (*path, "sha256")).strip().lower()
+        if not _SHA256(sha256):
+            raise src.error((*path, "sha256"), "must be the 64 hexadecimal digits of the file's SHA-256")
+    max_mb = _whole(src, item, (*path, "max_size_mb"), default=256, low=1, high=_MAX_DOWNLOAD_MB)
+    timeout_s = _whole(src, item, (*path, "timeout_s"), default=300, low=5, high=3600)
+    return ListSource(
+        id=lid,
+        format=fmt,
+        file=file,
+        url=url,
+        category=category,
+        categories=tuple(mapping),
+        services=wanted,
+        sha256=sha256,
+        max_bytes=max_mb << 20,
+        timeout_s=timeout_s,
+    )
+
+
+def _whole(src: _Source, item: Mapping[str, Any], path: Path, *, default: int, low: int, high: int) -> int:
+    key = str(path[-1])
+    if key not in item:
+        return default
+    value = item[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise src.error(path, f"must be a whole number from {low} to {high}, got {_show(value)}")
+    return value
+
+
 def _lists(
-    src: _Source, raw: Any, categories: Mapping[str, Category], reader: ListReader | None, table: DomainTable
+    src: _Source,
+    raw: Any,
+    categories: Mapping[str, Category],
+    reader: ListReader | None,
+    table: DomainTable,
+    *,
+    warnings: list[str],
 ) -> tuple[DomainList, ...]:
     if not isinstance(raw, dict):
         raise src.error(("lists",), "must be a set of named lists, e.g. [lists.malware]")
@@ -475,22 +618,24 @@ def _lists(
     for bit, (lid, entry) in enumerate(raw.items()):
         path: Path = ("lists", lid)
         item = src.table(entry, path, _LIST, f"list {lid}")
-        file = src.string(
-            src.required(item, path, "file", 'the list file, e.g. file = "lists/malware.txt"'), (*path, "file")
-        )
-        fmt = src.string(src.required(item, path, "format", f"one of {', '.join(FORMATS)}"), (*path, "format"))
-        if fmt not in FORMATS:
-            raise src.error((*path, "format"), f'unknown list format "{fmt}" (known: {", ".join(FORMATS)})')
-        category: str | None = None
-        if "category" in item:
-            category = src.string(item["category"], (*path, "category"))
-            if category not in categories:
-                raise src.error((*path, "category"), f'unknown category "{category}" (known: {_known(categories)})')
-        wanted: list[str] | None = None
-        if "services" in item:
-            if fmt != "adguard-services":
-                raise src.error((*path, "services"), 'only for format = "adguard-services"')
-            wanted = src.strings(item["services"], (*path, "services"))
+        source = _list_source(src, lid, item, categories)
+        name = src.string(item.get("name", lid), (*path, "name"))
+        if source.url is not None:
+            warnings.append(
+                f"list {lid}: no version of {source.url} is installed yet; until the first "
+                "`schoolgate lists update` its categories are filled only by local lists and the catalogue"
+            )
+            out.append(
+                DomainList(
+                    id=lid, bit=bit, name=name, file="", format=source.format, category=source.category,
+                    count=0, summary="no version installed yet", source=source,
+                )
+            )
+            continue
+        file = source.file
+        assert file is not None
+        fmt = source.format
+        wanted = source.services
         if reader is None:
             raise src.error((*path, "file"), "list files cannot be read here")
         stats = ListStats()
@@ -503,7 +648,7 @@ def _lists(
                     services = parse_adguard_services("".join(lines))
                 except ValueError as err:
                     raise src.error((*path, "file"), f'"{file}": {err}') from None
-                chosen = wanted if wanted is not None else list(services)
+                chosen = list(wanted) if wanted is not None else list(services)
                 for sid in chosen:
                     if sid not in services:
                         raise src.error((*path, "services"), f'"{sid}" is not in {file} (it has: {_known(services)})')
@@ -536,12 +681,13 @@ def _lists(
             DomainList(
                 id=lid,
                 bit=bit,
-                name=src.string(item.get("name", lid), (*path, "name")),
+                name=name,
                 file=file,
                 format=fmt,
-                category=category,
+                category=source.category,
                 count=stats.accepted,
                 summary=stats.summary() + f"; {table.count - before} new to the policy",
+                source=source,
             )
         )
     return tuple(out)
@@ -600,7 +746,16 @@ def _rule(
     category_mask, category_names = _mask(
         src, item.get("categories", []), (*path, "categories"), {k: c.bit for k, c in categories.items()}, "category"
     )
-    list_mask, _ = _mask(src, item.get("lists", []), (*path, "lists"), {k: d.bit for k, d in lists.items()}, "list")
+    list_mask, list_names = _mask(
+        src, item.get("lists", []), (*path, "lists"), {k: d.bit for k, d in lists.items()}, "list"
+    )
+    _check_precedence(
+        src, path, action,
+        categories=categories,
+        category_names=category_names,
+        services=[services[name] for name in src.strings(item.get("services", []), (*path, "services"))],
+        lists=[lists[name] for name in list_names],
+    )
     when, when_names = _mask(src, item.get("when", []), (*path, "when"), windows, "window")
     unless, unless_names = _mask(src, item.get("unless", []), (*path, "unless"), windows, "window")
     year_groups: frozenset[int] | None = None
@@ -657,6 +812,34 @@ def _rule(
     )
 
 
+def _check_precedence(
+    src: _Source,
+    path: Path,
+    action: Verdict,
+    *,
+    categories: Mapping[str, Category],
+    category_names: Iterable[str],
+    services: Iterable[Service],
+    lists: Iterable[DomainList],
+) -> None:
+    """Refuse rules that could never take effect: blocking a category that is always open
+    (`support`) or allowing one that is always blocked (`illegal`)."""
+    named = [(("categories",), categories[name]) for name in category_names]
+    named += [(("services",), categories[s.category]) for s in services if s.category]
+    named += [(("lists",), categories[d.category]) for d in lists if d.category]
+    for field, category in named:
+        if action is Verdict.BLOCK and category.always_allowed:
+            raise src.error(
+                (*path, *field),
+                f'"{category.id}" sites are never blocked (a child looking for help must always reach it); '
+                "remove it from this rule",
+            )
+        if action is not Verdict.BLOCK and category.id == ILLEGAL:
+            raise src.error(
+                (*path, *field), f'"{category.id}" content is always blocked; no rule can {action.value} it'
+            )
+
+
 def compile_policy(
     path: str, text: str, data: Mapping[str, Any], read_list: ListReader | None = None
 ) -> CompiledPolicy:
@@ -675,7 +858,8 @@ def compile_policy(
     category_by_id = {c.id: c for c in categories}
     services = _services(src, data.get("services", {}), category_by_id)
     table = DomainTable()
-    lists = _lists(src, data.get("lists", {}), category_by_id, read_list, table)
+    warnings: list[str] = []
+    lists = _lists(src, data.get("lists", {}), category_by_id, read_list, table, warnings=warnings)
     rules_raw = src.required(data, (), "rules", "add [[rules]] blocks; the first rule that matches decides")
     if not isinstance(rules_raw, list) or not rules_raw:
         raise src.error(("rules",), "must be one or more [[rules]] blocks")
@@ -709,6 +893,7 @@ def compile_policy(
         table=table,
         dynamic=dynamic,
         fingerprint=fingerprint,
+        warnings=tuple(warnings),
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from schoolgate.policy.catalogue import ILLEGAL, SUPPORT, SUPPORT_DOMAINS
 from schoolgate.policy.domains import DomainTable, normalise_host, suffixes
 from schoolgate.policy.model import (
     NO_MATCH,
@@ -53,6 +54,31 @@ _DECISION_CACHE_LIMIT = 32_768
 _INSTANT_CACHE_LIMIT = 4096
 _ROLE_CACHE_LIMIT = 20_000
 _MINUTE_CACHE_LIMIT = 50_000
+
+
+# The two verdicts no rule writes: illegal content is always a locked block, and support is
+# always open (only illegal outranks it). Their clauses are the statutory duties, not a school's.
+ILLEGAL_RULE_ID = "illegal-content"
+SUPPORT_RULE_ID = "support-always-open"
+_ILLEGAL_CLAUSE = "Keeping Children Safe in Education and the DfE filtering standards: illegal content"
+_SUPPORT_CLAUSE = "Keeping Children Safe in Education: children can always reach help"
+
+
+def _fixed_rule(rule_id: str, clause: str, reason: str, action: Verdict, categories: int) -> Rule:
+    return Rule(
+        id=rule_id,
+        position=0,
+        clause=clause,
+        reason=reason,
+        action=action,
+        roles=frozenset(Role),
+        services=frozenset(),
+        categories=categories,
+        lists=0,
+        when=0,
+        unless=0,
+        locked=action is Verdict.BLOCK,
+    )
 
 
 def url_key(url: str) -> tuple[str, str] | None:
@@ -156,6 +182,7 @@ class CompiledPolicy:
         table: DomainTable,
         dynamic: DynamicClauses,
         fingerprint: str = "",
+        warnings: tuple[str, ...] = (),
     ) -> None:
         self.source = source
         self.school = school
@@ -170,6 +197,7 @@ class CompiledPolicy:
         self.table = table
         self.dynamic = dynamic
         self.fingerprint = fingerprint
+        self.warnings = warnings  # not mistakes, but worth a technician's attention (policy check)
         self.timeline = Timeline(windows, calendar, school.zone)
         self.overlay = EMPTY_OVERLAY
         self.service_by_id = {s.id: s for s in services}
@@ -183,6 +211,21 @@ class CompiledPolicy:
                 self._suffix_service[domain] = service.index
             for host in service.hosts:
                 self._exact_service[host] = service.index
+        illegal = self.category_by_id.get(ILLEGAL)
+        support = self.category_by_id.get(SUPPORT)
+        self._illegal_bits = 1 << illegal.bit if illegal is not None else 0
+        self._support_bits = 1 << support.bit if support is not None else 0
+        self._illegal_rule = _fixed_rule(
+            ILLEGAL_RULE_ID, _ILLEGAL_CLAUSE, "this is illegal content; it is always blocked, for everyone",
+            Verdict.BLOCK, self._illegal_bits,
+        )
+        self._support_rule = _fixed_rule(
+            SUPPORT_RULE_ID, _SUPPORT_CLAUSE, "help and support services are always open, to everyone",
+            Verdict.ALLOW, self._support_bits,
+        )
+        self._support_domains = frozenset(name for name, _ in SUPPORT_DOMAINS) if support is not None else frozenset()
+        # Canaries: reserved names the policy files under their category whatever the lists hold.
+        self._canaries = {c.canary: 1 << c.bit for c in categories if c.canary}
         self._list_category_bits = tuple((1 << self.category_by_id[d.category].bit) if d.category else 0 for d in lists)
         self._rules_by_role: dict[Role, tuple[Rule, ...]] = {
             role: tuple(r for r in rules if role in r.roles) for role in Role
@@ -255,10 +298,18 @@ class CompiledPolicy:
                     service, service_domain = found, name
                     break
         list_bits, list_domain = self.table.lookup(names)
-        if service < 0 and not list_bits:
+        builtin_bits = self._canaries.get(host, 0)
+        builtin_domain = host if builtin_bits else None
+        if self._support_domains:
+            for name in names:
+                if name in self._support_domains:
+                    builtin_bits |= self._support_bits
+                    builtin_domain = builtin_domain or name
+                    break
+        if service < 0 and not list_bits and not builtin_bits:
             entry: tuple[int, HostMatch] = (0, NO_MATCH)
         else:
-            categories = 0
+            categories = builtin_bits
             safe_search_host = False
             if service >= 0:
                 listed = self.services[service]
@@ -271,7 +322,9 @@ class CompiledPolicy:
                 low = bits & -bits
                 categories |= self._list_category_bits[low.bit_length() - 1]
                 bits ^= low
-            hm = HostMatch(service, service_domain, list_bits, list_domain, categories, safe_search_host)
+            hm = HostMatch(
+                service, service_domain, list_bits, list_domain, categories, safe_search_host, builtin_domain
+            )
             # Decisions are remembered under a small integer per distinct match, so that all
             # of facebook.com's subdomains share one. Numbers are never reused: a decision
             # computed just before a cache reset can never be filed under another match.
@@ -324,6 +377,10 @@ class CompiledPolicy:
     def _evaluate(
         self, role: Role, year_group: int | None, hm: HostMatch, *, utc_day: int, index: int, active: int
     ) -> Decision:
+        if hm.categories & self._illegal_bits:
+            return self._build(self._illegal_rule, role, hm, None)
+        if hm.categories & self._support_bits:
+            return self._build(self._support_rule, role, hm, None)
         relevant = 0
         chosen = self.default_rule
         for rule in self._rules_by_role[role]:
@@ -364,6 +421,22 @@ class CompiledPolicy:
             known = self._flags_by_categories[categories] = frozenset(flags)
         return known
 
+    def _category_of(
+        self, rule: Rule, hm: HostMatch, service: Service | None, list_entry: DomainList | None
+    ) -> str | None:
+        """The category the decision is about: the one that made the rule match, else the
+        service's or the list's, else the first the host is in (built-ins come first)."""
+        bits = rule.categories & hm.categories
+        if not bits:
+            if service is not None and service.category:
+                return service.category
+            if list_entry is not None and list_entry.category:
+                return list_entry.category
+            bits = hm.categories
+        if not bits:
+            return None
+        return self._category_by_bit[(bits & -bits).bit_length() - 1].id
+
     def _build(self, rule: Rule, role: Role, hm: HostMatch, valid_until: datetime | None) -> Decision:
         service = self.services[hm.service] if hm.service >= 0 else None
         list_entry: DomainList | None = None
@@ -373,7 +446,7 @@ class CompiledPolicy:
             if preferred:
                 low = preferred & -preferred
             list_entry = self.lists[low.bit_length() - 1]
-        category = service.category if service else (list_entry.category if list_entry else None)
+        category = self._category_of(rule, hm, service, list_entry)
         verdict = rule.action
         rewrite_to: str | None = None
         if verdict is Verdict.SAFE_SEARCH:
@@ -393,11 +466,13 @@ class CompiledPolicy:
             service=service.id if service else None,
             service_name=service.name if service else (list_entry.name if list_entry else None),
             category=category,
-            matched=hm.service_domain if service else hm.list_domain,
+            matched=hm.service_domain if service else (hm.list_domain or hm.category_domain),
             locked=locked,
             rewrite_to=rewrite_to,
             valid_until=valid_until,
-            flags=self.flags_for(hm.categories),
+            # A support site keeps none of the flags of categories it also appears in: it is
+            # open, and an alert about reaching help would be a false claim about a child.
+            flags=self.flags_for(self._support_bits if rule is self._support_rule else hm.categories),
             list_id=list_entry.id if list_entry else None,
         )
 
@@ -490,7 +565,7 @@ def _apply_overlay(
     if ban_edge is not None:
         valid_until = _earlier(valid_until, ban_edge)
     url = url_key(target.url) if target.url else None
-    if decision.verdict is not Verdict.BLOCK or not decision.locked:
+    if base.rule_id != SUPPORT_RULE_ID and (decision.verdict is not Verdict.BLOCK or not decision.locked):
         block = _site_block(overlay, names, url, base.role)
         if block is not None:
             decision = replace(

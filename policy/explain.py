@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from schoolgate.policy.engine import CompiledPolicy
+from schoolgate.policy.engine import SUPPORT_RULE_ID, CompiledPolicy
 from schoolgate.policy.types import Decision, Role, Verdict
 
 ROLE_WORDS = {
@@ -49,6 +49,7 @@ def decision_to_dict(decision: Decision, policy: CompiledPolicy | None = None) -
         "valid_until": decision.valid_until.isoformat() if decision.valid_until else None,
         "valid_until_local": local_until,
         "flags": sorted(decision.flags),
+        "category_rationale": category_rationale(decision, policy) if policy is not None else None,
     }
 
 
@@ -69,6 +70,17 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+def category_rationale(decision: Decision, policy: CompiledPolicy) -> str | None:
+    """The published rationale of the category behind a block (or behind an always-open
+    support site), e.g. "Gambling: Betting, casino, lottery and other sites ..."."""
+    if decision.category is None or (decision.verdict is not Verdict.BLOCK and decision.rule_id != SUPPORT_RULE_ID):
+        return None
+    category = policy.category_by_id.get(decision.category)
+    if category is None or not category.description.strip():
+        return None
+    return f"{category.name}: {_sentence(category.description)}"
+
+
 def explain_text(decision: Decision, policy: CompiledPolicy, now: datetime | None = None) -> str:
     """One or two sentences a headteacher understands, e.g.
 
@@ -79,6 +91,9 @@ def explain_text(decision: Decision, policy: CompiledPolicy, now: datetime | Non
     what = decision.service_name or decision.matched
     if what:
         parts.append(_sentence(what))
+    rationale = category_rationale(decision, policy)
+    if rationale:
+        parts.append(rationale)
     if decision.verdict is Verdict.SAFE_SEARCH and decision.rewrite_to:
         parts.append(f"Results come from {decision.rewrite_to}.")
     if "banned" in decision.flags:

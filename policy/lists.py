@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any
 
-FORMATS = ("plain", "hosts", "adblock", "adguard-services")
+FORMATS = ("plain", "hosts", "adblock", "adguard-services", "squidguard")
 
 _SINK_ADDRESSES = frozenset({"0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0", "255.255.255.255"})
 _LOCAL_NAMES = frozenset(

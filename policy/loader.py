@@ -73,6 +73,8 @@ def load_policy(path: str | Path) -> CompiledPolicy:
 def _watched_files(path: Path, policy: CompiledPolicy) -> list[Path]:
     files = [path]
     for entry in policy.lists:
+        if not entry.file:  # a subscription: its versions are in the list store
+            continue
         target = Path(entry.file)
         files.append(target if target.is_absolute() else path.parent / target)
     return files

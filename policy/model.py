@@ -30,12 +30,19 @@ class School:
 
 @dataclass(frozen=True, slots=True)
 class Category:
+    """A content category: the catalogue's built-ins (schoolgate.policy.catalogue) and the
+    policy's own. `description` is the published rationale the console and block page show."""
+
     id: str
     bit: int
     name: str
     locked: bool = False
     flags: frozenset[str] = frozenset()
     description: str = ""
+    canary: str | None = None  # a reserved name the policy always files under this category
+    builtin: bool = False  # from the catalogue (the policy may only reword it)
+    always_allowed: bool = False  # `support`: no rule, list, ban or block closes it
+    uksic: bool = False  # one of the UK Safer Internet Centre's appropriate-filtering categories
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,37 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class ListSource:
+    """Where a list comes from and how to read it: a local file, or a subscription (`url`)
+    whose versions `schoolgate lists update` downloads and compiles into the list store."""
+
+    id: str
+    format: str
+    file: str | None = None  # relative to the policy file
+    url: str | None = None
+    category: str | None = None  # every entry's category (all formats but squidguard)
+    # squidguard: source category (folder name) -> the policy's categories
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    services: tuple[str, ...] | None = None  # adguard-services: the services to take (None: all)
+    sha256: str | None = None  # a pinned download: anything else is refused
+    max_bytes: int = 256 << 20  # the largest download accepted
+    timeout_s: int = 300  # the longest a download may take
+
+    @property
+    def subscription(self) -> bool:
+        return self.url is not None
+
+    def categories_of(self, source_category: str) -> tuple[str, ...]:
+        """The policy categories a source category maps onto (empty: not used)."""
+        if self.format != "squidguard":
+            return (self.category,) if self.category else ()
+        for name, mapped in self.categories:
+            if name == source_category:
+                return mapped
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
 class DomainList:
     id: str
     bit: int
@@ -72,6 +110,8 @@ class DomainList:
     category: str | None
     count: int
     summary: str
+    source: ListSource | None = None
+    version: str | None = None  # subscriptions: the installed version in force (None: none yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +154,9 @@ class HostMatch(NamedTuple):
     service_domain: str | None
     lists: int  # bit mask of lists holding the host
     list_domain: str | None
-    categories: int  # bit mask: the service's category and the lists' categories
+    categories: int  # bit mask: the service's category, the lists' categories, support, canaries
     safe_search_host: bool  # the host is one a safe-search rewrite applies to
+    category_domain: str | None = None  # the support entry or canary that gave a built-in category
 
 
 NO_MATCH = HostMatch(-1, None, 0, None, 0, False)

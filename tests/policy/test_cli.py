@@ -26,7 +26,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "policy", "check", str(EXAMPLE))
     assert code == 0, err
-    assert "OK. Kingswood Primary School: 13 rules, 16 services" in out
+    assert "OK. Kingswood Primary School: 15 rules, 16 services" in out
     assert "list circumvention (lists/circumvention.txt, plain):" in out
     assert "window overnight: 22:00-06:00" in out
 
@@ -40,7 +40,7 @@ def test_check_error_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert out == ""
     line = bad.read_text().splitlines().index('when = ["lessons"]') + 1
     assert err.strip() == (
-        f'error: policy.toml:{line}: rules[8].when: unknown window "lessons" '
+        f'error: policy.toml:{line}: rules[10].when: unknown window "lessons" '
         "(known: lunch, morning_break, overnight, school_hours)"
     )
 
@@ -89,7 +89,9 @@ def test_explain_text_for_a_headteacher(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0
     assert out.strip() == (
         "Blocked: staff may not use social media for personal use during school hours, except in their breaks "
-        "(Social Media Policy §4: no personal use during school hours). Facebook. Changes at 12:00."
+        "(Social Media Policy §4: no personal use during school hours). Facebook. Social media: Social networks "
+        "and messaging services. The school's social media policy says who may use them, and when. "
+        "Changes at 12:00."
     )
 
 

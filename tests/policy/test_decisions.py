@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from schoolgate.policy import Client, Role, Target, Verdict, decide
+from schoolgate.policy.catalogue import CATALOGUE, HARMFUL_CATEGORIES, canary_for
 from schoolgate.policy.engine import CompiledPolicy
 
 LONDON = ZoneInfo("Europe/London")
@@ -187,3 +188,42 @@ def test_decide_needs_an_aware_instant(example: CompiledPolicy) -> None:
 def test_valid_until_is_utc(example: CompiledPolicy) -> None:
     decision = decide(example, CLIENTS["staff"], Target("x.com"), local(TIMES["lesson"]))
     assert decision.valid_until is not None and decision.valid_until.tzinfo is UTC
+
+
+# -- content categories (the catalogue's canaries stand in for any listed name) ----------------
+
+PUPIL_BLOCKED = {
+    "pornography", "gambling", "drugs", "extremism", "hate", "malware", "misinformation", "piracy", "self_harm",
+    "violence", "dating", "social_media", "circumvention", "illegal",
+}
+STAFF_BLOCKED = {"pornography", "malware", "extremism", "self_harm", "violence", "gambling", "dating", "social_media",
+                 "circumvention", "illegal"}
+CATEGORY_CASES = [(who, category.id) for who in CLIENTS for category in CATALOGUE]
+
+
+def category_expected(who: str, category: str) -> Verdict:
+    if category == "support":
+        return A  # everyone, banned devices included
+    if category == "illegal" or who in ("pupil", "guest", "supervised"):
+        return B if category in PUPIL_BLOCKED or who == "supervised" else A
+    return B if category in STAFF_BLOCKED else A
+
+
+@pytest.mark.parametrize(("who", "category"), CATEGORY_CASES, ids=["-".join(c) for c in CATEGORY_CASES])
+def test_every_category_for_every_role_in_a_lesson(example: CompiledPolicy, who: str, category: str) -> None:
+    decision = decide(example, CLIENTS[who], Target(canary_for(category)), local(TIMES["lesson"]))
+    assert decision.verdict is category_expected(who, category)
+    assert decision.category == category
+    if category == "illegal":
+        assert decision.locked and decision.rule_id == "illegal-content"
+    if category == "support":
+        assert decision.rule_id == "support-always-open"
+
+
+@pytest.mark.parametrize("when", list(TIMES))
+def test_harmful_categories_are_blocked_for_pupils_and_guests_at_all_times(example: CompiledPolicy, when: str) -> None:
+    for who in ("pupil", "guest"):
+        for category in HARMFUL_CATEGORIES:
+            decision = decide(example, CLIENTS[who], Target(canary_for(category)), local(TIMES[when]))
+            assert (decision.verdict, decision.rule_id) == (B, "harmful-content-pupils-guests"), (who, category)
+            assert decision.valid_until is None

@@ -215,7 +215,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "unknown-list-format",
         HEAD + '[lists.malware]\nfile = "malware.txt"\nformat = "dnsmasq" # <-\n\n' + RULE,
         "lists.malware.format",
-        'unknown list format "dnsmasq" (known: plain, hosts, adblock, adguard-services)',
+        'unknown list format "dnsmasq" (known: plain, hosts, adblock, adguard-services, squidguard)',
     ),
     (
         "missing-list-file",
@@ -251,7 +251,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "unknown-category",
         HEAD.replace('category = "social_media"', 'category = "social" # <-') + RULE,
         "services.facebook.category",
-        'unknown category "social" (known: social_media)',
+        'unknown category "social" (known: circumvention, dating, drugs, extremism, gambling, hate, illegal, '
     ),
     (
         "url-as-domain",

@@ -188,7 +188,7 @@ def test_locks(policy: CompiledPolicy, host: str, lifted: bool) -> None:
 
 def test_category_flags_travel_with_every_decision(policy: CompiledPolicy) -> None:
     decision = decide(policy, client(), Target("a.bad.example"), local("2026-11-23 11:00"))
-    assert decision.flags == frozenset({"safeguarding"})
+    assert decision.flags == frozenset({"safeguarding", "illegal"})  # the policy's flag and the built-in one
     assert decision.category == "illegal"
 
 
