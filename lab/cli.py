@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+TOPOLOGIES = ("gateway", "bridge", "dns-only")  # == schoolgate.lab.topology.TOPOLOGIES (kept cheap to import)
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     lab = sub.add_parser("lab", help="the network lab: a school LAN, gateway and internet in namespaces")
@@ -25,6 +27,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--policy", help="the policy file (default: deploy/policy.example.toml)")
     up.add_argument("--clock", help="the daemons' initial time, ISO 8601 with offset")
     up.add_argument("--no-daemons", action="store_true", help="network, internet and ruleset only")
+    up.add_argument("--topology", choices=TOPOLOGIES, default="gateway",
+                    help="how the appliance sits in the network (its [network] mode; default: gateway)")
     up.set_defaults(func=_up)
 
     down = lab_sub.add_parser("down", help="stop the lab's processes and delete its namespaces")
@@ -42,13 +46,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     common(start)
     start.add_argument("--policy", help="the policy file (default: deploy/policy.example.toml)")
     start.add_argument("--clock", help="the daemons' initial time, ISO 8601 with offset")
+    start.add_argument("--topology", choices=TOPOLOGIES, default="gateway",
+                       help="how the appliance sits in the network (its [network] mode; default: gateway)")
     start.add_argument("--console-port", type=int, default=8443,
                        help="the host's loopback port that leads to the console (default 8443; 0: any free port)")
     start.set_defaults(func=_start)
 
     browse = lab_sub.add_parser("browse", help="load a URL on a lab device and print what it sees")
     common(browse)
-    browse.add_argument("device", help="pupil, pupilca, staff, guest or sup")
+    browse.add_argument("device", help="pupil, pupilca, staff, guest or sup (and phone in the dns-only lab)")
     browse.add_argument("url")
     browse.set_defaults(func=_browse)
 
@@ -82,7 +88,7 @@ def _up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         lab = _lab(args, policy=Path(args.policy) if args.policy else DEFAULT_POLICY,
-                   daemons=not args.no_daemons)
+                   daemons=not args.no_daemons, topology=args.topology)
         state = lab.up(clock=args.clock or DEFAULT_CLOCK)
     except (LabError, ValueError, OSError) as err:
         print(f"schoolgate lab: {err}", file=sys.stderr)
@@ -106,6 +112,7 @@ def _start(args: argparse.Namespace) -> int:
         args.console_port,
         Path(args.policy) if args.policy else DEFAULT_POLICY,
         args.clock or DEFAULT_CLOCK,
+        topology=args.topology,
     )
 
 
@@ -141,10 +148,10 @@ def _request(args: argparse.Namespace) -> int:
 
 def _device_ok(lab: Any, key: str) -> bool:
     from schoolgate.lab import netns
-    from schoolgate.lab.topology import DEVICES
 
-    if key not in {d.key for d in DEVICES}:
-        print(f"schoolgate lab: no device {key!r} (have: {', '.join(d.key for d in DEVICES)})", file=sys.stderr)
+    devices = [d.key for d in lab.wiring.devices]
+    if key not in devices:
+        print(f"schoolgate lab: no device {key!r} (have: {', '.join(devices)})", file=sys.stderr)
         return False
     if not netns.exists(lab.device_namespace(key)):
         print(f"schoolgate lab: lab {lab.names.prefix!r} is not up (sudo ./deploy/dev.sh start)", file=sys.stderr)
@@ -163,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    print(f"lab {status['prefix']!r} ({status['state_dir']}), clock {status['clock']}")
+    print(f"lab {status['prefix']!r}, {status['topology']} topology ({status['state_dir']}), clock {status['clock']}")
     for name, present in status["namespaces"].items():
         print(f"  namespace {name:12} {'present' if present else 'absent'}")
     for name, info in status["processes"].items():

@@ -90,10 +90,15 @@ class LabClient:
         return session
 
     def counters(self) -> dict[str, int]:
-        """The gateway's nftables counters (packets)."""
-        done = exec_in(self.gateway, ["nft", "-j", "list", "counters", "table", "inet", "schoolgate"])
+        """The appliance's nftables counters (packets), from every schoolgate table (the bridge
+        table holds the bridged-connection counter in bridge mode)."""
+        done = exec_in(self.gateway, ["nft", "-j", "list", "counters"])
         items = json.loads(done.stdout)["nftables"]
-        return {i["counter"]["name"]: i["counter"]["packets"] for i in items if "counter" in i}
+        return {
+            i["counter"]["name"]: i["counter"]["packets"]
+            for i in items
+            if "counter" in i and i["counter"].get("table") == "schoolgate"
+        }
 
     def log(self, name: str) -> str:
         """A process's log; the appliance daemons share the log of their supervisor."""

@@ -21,7 +21,7 @@ from schoolgate.lab import netns
 from schoolgate.lab.lab import CONSOLE_PORT, Lab
 from schoolgate.lab.topology import GATEWAY_LAN_IP, device
 
-CONSOLE_URL = f"http://{GATEWAY_LAN_IP}:{CONSOLE_PORT}"
+CONSOLE_URL = f"http://{GATEWAY_LAN_IP}:{CONSOLE_PORT}"  # the gateway topology's
 _CSRF = re.compile(r'name="csrf_token"\s+value="([^"]*)"')
 _REFERENCE = re.compile(r'id="reference">([^<]+)<')
 _TOKEN = re.compile(r'id="token"><code>([^<]+)<')
@@ -111,8 +111,9 @@ class Requested:
 
 
 def request_access(lab: Lab, key: str, url: str, *, reasons: str, requester: str, staff_name: str = "",
-                   site_content: str = "", console_url: str = CONSOLE_URL) -> Requested:
+                   site_content: str = "", console_url: str | None = None) -> Requested:
     """Fill in and send the access request form the block page links to, from the device."""
+    console_url = console_url or lab.console_url
 
     def send() -> Requested:
         jar = http.cookiejar.CookieJar()

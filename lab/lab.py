@@ -1,4 +1,6 @@
-"""The network lab: a school LAN, the gateway and an internet, in network namespaces.
+"""The network lab: a school LAN, the appliance and an internet, in network namespaces.
+
+Gateway topology (today's appliance, `[network] mode = "gateway"`):
 
     <prefix>-pupil, -pupilca, -staff, -guest, -sup   devices, each on a veth into the gateway's
                                                       LAN bridge (10.41.0.0/16)
@@ -6,6 +8,15 @@
                    daemons (dns, proxy, console, scheduler, net watch) under `schoolgate run`,
                    which restarts any that dies, and the real `schoolgate net apply`
     <prefix>-net   the internet: authoritative DNS 203.0.113.53 and the websites (lab.internet)
+
+Bridge topology: devices -- <prefix>-sw (a switch) -- lan0 [<prefix>-gw: br0 10.41.0.2] wan0 --
+<prefix>-rtr (the school's router: 10.41.0.1, NAT to 203.0.113.1) -- <prefix>-net. The devices
+keep the router as gateway and DNS server.
+
+DNS-only topology: devices, the router's LAN side and the appliance (eth0 10.41.0.2) all on
+<prefix>-sw; the devices' DNS server is the appliance, their gateway the router. A phone on a
+routed Wi-Fi network (10.42.0.0/24, the router's wifi0) reaches the appliance only through
+the router.
 
 State (PIDs with their start times, paths) lives in a state directory, so `down` and
 `status` work from another process. Everything `up` creates is removed by `down`, and by
@@ -17,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -50,12 +62,16 @@ from schoolgate.lab.topology import (
     LAN_PREFIXLEN,
     NFLOG_GROUP,
     PROXY_PORT,
+    ROUTED_PREFIXLEN,
+    ROUTED_ROUTER_IP,
     UPSTREAM_DNS,
     WAN_INTERFACE,
     WAN_PREFIXLEN,
     LabDevice,
     LabNames,
+    Topology,
     device,
+    topology,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +106,7 @@ class LabState:
     school_ca: str = ""
     database_url: str = ""
     daemons: bool = True
+    topology: str = "gateway"
 
     def save(self) -> None:
         path = Path(self.state_dir) / "state.json"
@@ -117,6 +134,7 @@ class Lab:
         daemons: bool = True,
         python: str = sys.executable,
         dns_workers: int = 1,
+        topology: str | None = None,
     ) -> None:
         self.names = LabNames(prefix)
         self.state_dir = state_root / prefix
@@ -125,6 +143,17 @@ class Lab:
         self.python = python
         self.dns_workers = dns_workers
         self.state = LabState.load(self.state_dir) or LabState(prefix, str(self.state_dir))
+        # A lab that is up keeps its topology for `down`, `status` and the device commands.
+        self.wiring: Topology = _topology(topology or self.state.topology)
+
+    @property
+    def appliance_ip(self) -> str:
+        """The appliance's LAN address: its DNS, proxy, console and block page."""
+        return self.wiring.appliance_ip
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.appliance_ip}:{CONSOLE_PORT}"
 
     # ------------------------------------------------------------------ paths
 
@@ -167,7 +196,8 @@ class Lab:
             shutil.rmtree(self.state_dir)
         (self.state_dir / "logs").mkdir(parents=True)
         self.data_dir.mkdir()
-        self.state = LabState(self.names.prefix, str(self.state_dir), daemons=self.with_daemons)
+        self.state = LabState(self.names.prefix, str(self.state_dir), daemons=self.with_daemons,
+                              topology=self.wiring.name)
         try:
             set_clock_file(self.clock_path, datetime.fromisoformat(clock))
             self._build_network()
@@ -187,14 +217,23 @@ class Lab:
         return self.state
 
     def _build_network(self) -> None:
-        names = self.names
-        gw, internet = names.gateway, names.internet
-        for name in (gw, internet):
-            netns.add(name)
-            self.state.namespaces.append(name)
-            self.state.save()
-        # WAN link: gateway wan0 <-> internet eth0
-        netns.ip("link", "add", WAN_INTERFACE, "netns", gw, "type", "veth", "peer", "name", "eth0", "netns", internet)
+        if self.wiring.name == "bridge":
+            self._build_bridge()
+        elif self.wiring.name == "dns-only":
+            self._build_dns_only()
+        else:
+            self._build_gateway()
+
+    def _namespace(self, name: str, nameserver: str | None = None) -> None:
+        netns.add(name, nameserver=nameserver)
+        self.state.namespaces.append(name)
+        self.state.save()
+
+    def _build_internet_link(self, edge: str) -> None:
+        """The internet namespace and its link to `edge` (the gateway, or the school's router)."""
+        internet = self.names.internet
+        self._namespace(internet)
+        netns.ip("link", "add", WAN_INTERFACE, "netns", edge, "type", "veth", "peer", "name", "eth0", "netns", internet)
         netns.exec_in(internet, ["ip", "addr", "add", f"{INTERNET_IP}/{WAN_PREFIXLEN}", "dev", "eth0"])
         for address in ALL_IPS:
             netns.exec_in(internet, ["ip", "addr", "add", f"{address}/32", "dev", "eth0"])
@@ -202,25 +241,88 @@ class Lab:
         # Every other name's address: the whole range is local here (servers bind 0.0.0.0).
         netns.exec_in(internet, ["ip", "route", "add", "local", ANY_NAME_PREFIX, "dev", "lo"])
         netns.exec_in(internet, ["ip", "route", "add", "default", "via", GATEWAY_WAN_IP])
-        netns.exec_in(gw, ["ip", "addr", "add", f"{GATEWAY_WAN_IP}/{WAN_PREFIXLEN}", "dev", WAN_INTERFACE])
-        netns.exec_in(gw, ["ip", "link", "set", WAN_INTERFACE, "up"])
-        netns.exec_in(gw, ["ip", "route", "add", "default", "via", INTERNET_IP])
+        netns.exec_in(edge, ["ip", "addr", "add", f"{GATEWAY_WAN_IP}/{WAN_PREFIXLEN}", "dev", WAN_INTERFACE])
+        netns.exec_in(edge, ["ip", "link", "set", WAN_INTERFACE, "up"])
+        netns.exec_in(edge, ["ip", "route", "add", "default", "via", INTERNET_IP])
+
+    def _add_device(self, index: int, item: LabDevice, attach: str, bridge: str) -> None:
+        """A device namespace on a veth into `bridge` in namespace `attach`."""
+        ns = self.names.device(item.key)
+        self._namespace(ns, nameserver=self.wiring.device_dns)
+        port = f"lan{index}"
+        netns.ip("link", "add", port, "netns", attach, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        netns.exec_in(attach, ["ip", "link", "set", port, "master", bridge])
+        netns.exec_in(attach, ["ip", "link", "set", port, "up"])
+        netns.exec_in(ns, ["ip", "link", "set", "eth0", "address", item.mac])
+        netns.exec_in(ns, ["ip", "addr", "add", f"{item.ip}/{LAN_PREFIXLEN}", "dev", "eth0"])
+        netns.exec_in(ns, ["ip", "link", "set", "eth0", "up"])
+        netns.exec_in(ns, ["ip", "route", "add", "default", "via", self.wiring.device_gateway])
+
+    def _build_gateway(self) -> None:
+        gw = self.names.gateway
+        self._namespace(gw)
+        self._build_internet_link(gw)
         # LAN: a bridge in the gateway; `schoolgate net apply` gives it its address.
         netns.exec_in(gw, ["ip", "link", "add", LAN_BRIDGE, "type", "bridge"])
         netns.exec_in(gw, ["ip", "link", "set", LAN_BRIDGE, "up"])
-        for index, item in enumerate(DEVICES):
-            ns = names.device(item.key)
-            netns.add(ns, nameserver=GATEWAY_LAN_IP)
-            self.state.namespaces.append(ns)
-            self.state.save()
-            port = f"lan{index}"
-            netns.ip("link", "add", port, "netns", gw, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            netns.exec_in(gw, ["ip", "link", "set", port, "master", LAN_BRIDGE])
-            netns.exec_in(gw, ["ip", "link", "set", port, "up"])
+        for index, item in enumerate(self.wiring.devices):
+            self._add_device(index, item, gw, LAN_BRIDGE)
+
+    def _build_router_and_switch(self) -> None:
+        """The school's own router (NAT to the internet) and a switch for the devices."""
+        router, switch = self.names.router, self.names.switch
+        self._namespace(router)
+        self._build_internet_link(router)
+        netns.exec_in(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        netns.run(["ip", "netns", "exec", router, "nft", "-f", "-"], input_text=(
+            "table ip labrouter {\n"
+            "\tchain egress { type nat hook postrouting priority srcnat; policy accept; "
+            f'oifname "{WAN_INTERFACE}" masquerade; }}\n}}\n'
+        ))
+        self._namespace(switch)
+        netns.exec_in(switch, ["ip", "link", "add", LAN_BRIDGE, "type", "bridge"])
+        netns.exec_in(switch, ["ip", "link", "set", LAN_BRIDGE, "up"])
+        for index, item in enumerate(d for d in self.wiring.devices if not d.routed):
+            self._add_device(index, item, switch, LAN_BRIDGE)
+
+    def _build_bridge(self) -> None:
+        """switch -- lan0 [appliance br0] wan0 -- router: `net apply` makes the bridge."""
+        self._build_router_and_switch()
+        gw, router, switch = self.names.gateway, self.names.router, self.names.switch
+        self._namespace(gw)
+        netns.ip("link", "add", "uplink", "netns", switch, "type", "veth", "peer", "name", "lan0", "netns", gw)
+        netns.exec_in(switch, ["ip", "link", "set", "uplink", "master", LAN_BRIDGE])
+        netns.exec_in(switch, ["ip", "link", "set", "uplink", "up"])
+        netns.ip("link", "add", "wan0", "netns", gw, "type", "veth", "peer", "name", "lan", "netns", router)
+        netns.exec_in(router, ["ip", "addr", "add", f"{self.wiring.device_gateway}/{LAN_PREFIXLEN}", "dev", "lan"])
+        netns.exec_in(router, ["ip", "link", "set", "lan", "up"])
+
+    def _build_dns_only(self) -> None:
+        """The appliance is one more host on the switch; a phone sits behind the router."""
+        self._build_router_and_switch()
+        gw, router, switch = self.names.gateway, self.names.router, self.names.switch
+        self._namespace(gw)
+        for peer, name, address in ((router, "lan", self.wiring.device_gateway), (gw, "eth0", None)):
+            netns.ip("link", "add", f"to-{name}", "netns", switch, "type", "veth", "peer", "name", name, "netns", peer)
+            netns.exec_in(switch, ["ip", "link", "set", f"to-{name}", "master", LAN_BRIDGE])
+            netns.exec_in(switch, ["ip", "link", "set", f"to-{name}", "up"])
+            if address:
+                netns.exec_in(peer, ["ip", "addr", "add", f"{address}/{LAN_PREFIXLEN}", "dev", name])
+                netns.exec_in(peer, ["ip", "link", "set", name, "up"])
+        netns.exec_in(router, ["ip", "link", "add", "wifi", "type", "bridge"])
+        netns.exec_in(router, ["ip", "addr", "add", f"{ROUTED_ROUTER_IP}/{ROUTED_PREFIXLEN}", "dev", "wifi"])
+        netns.exec_in(router, ["ip", "link", "set", "wifi", "up"])
+        for index, item in enumerate(d for d in self.wiring.devices if d.routed):
+            ns = self.names.device(item.key)
+            self._namespace(ns, nameserver=self.wiring.device_dns)
+            port = f"wifi{index}"
+            netns.ip("link", "add", port, "netns", router, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            netns.exec_in(router, ["ip", "link", "set", port, "master", "wifi"])
+            netns.exec_in(router, ["ip", "link", "set", port, "up"])
             netns.exec_in(ns, ["ip", "link", "set", "eth0", "address", item.mac])
-            netns.exec_in(ns, ["ip", "addr", "add", f"{item.ip}/{LAN_PREFIXLEN}", "dev", "eth0"])
+            netns.exec_in(ns, ["ip", "addr", "add", f"{item.ip}/{ROUTED_PREFIXLEN}", "dev", "eth0"])
             netns.exec_in(ns, ["ip", "link", "set", "eth0", "up"])
-            netns.exec_in(ns, ["ip", "route", "add", "default", "via", GATEWAY_LAN_IP])
+            netns.exec_in(ns, ["ip", "route", "add", "default", "via", ROUTED_ROUTER_IP])
 
     def _start_internet(self) -> None:
         ca = LabCA(self.state_dir / "pki")
@@ -239,8 +341,52 @@ class Lab:
                        timeout=20, what="the lab internet to start")
         self._check_alive("internet")
 
-    def _write_config(self) -> None:
+    def _network_section(self) -> str:
+        common = (
+            f'lan_cidrs = ["{LAN_CIDR}"]\n'
+            f"watched_prefixes = {json.dumps(list(META_PREFIXES))}\n"
+            f'doh_addresses = ["{RESOLVER_IP}", "{DOH_IP}"]\n'
+            f"nflog_group = {NFLOG_GROUP}\n"
+        )
+        if self.wiring.name == "bridge":
+            return (
+                'mode = "bridge"\nlan_interface = "lan0"  # the port facing the switch\n'
+                'wan_interface = "wan0"  # the port facing the router\nbridge_interface = "br0"\n'
+                f'router_ipv4 = "{self.wiring.device_gateway}"\nappliance_ipv4 = "{self.appliance_ip}"\n' + common
+            )
+        if self.wiring.name == "dns-only":
+            return (
+                f'mode = "dns-only"\nlan_interface = "eth0"\nrouter_ipv4 = "{self.wiring.device_gateway}"\n'
+                f'appliance_ipv4 = "{self.appliance_ip}"\n' + common
+            )
+        return (
+            f'lan_interface = "{LAN_BRIDGE}"\nwan_interface = "{WAN_INTERFACE}"\n'
+            f'appliance_ipv4 = "{GATEWAY_LAN_IP}"\n' + common
+        )
+
+    def _policy_file(self) -> Path:
+        """The policy the appliance runs. Away from the gateway topology the block address is
+        the appliance's own (the router keeps 10.41.0.1), so a copy says so; the files the
+        policy names (its lists) are linked beside the copy."""
         policy = self.policy.resolve()
+        if self.appliance_ip == GATEWAY_LAN_IP:
+            return policy
+        text = policy.read_text()
+        wanted = f'block_ipv4 = "{self.appliance_ip}"'
+        changed = re.sub(r'(?m)^block_ipv4\s*=\s*"[^"]*"', wanted, text, count=1)
+        if changed == text and wanted not in text:
+            raise LabError(f"{policy}: no [school] block_ipv4 to point at the appliance ({self.appliance_ip})")
+        folder = self.state_dir / "policy"
+        folder.mkdir(exist_ok=True)
+        for sibling in policy.parent.iterdir():
+            if sibling != policy and not (folder / sibling.name).exists():
+                (folder / sibling.name).symlink_to(sibling)
+        (folder / policy.name).write_text(changed)
+        return folder / policy.name
+
+    def _write_config(self) -> None:
+        policy = self._policy_file()
+        address = self.appliance_ip
         text = f"""# The lab's appliance configuration (written by `schoolgate lab up`).
 policy = {json.dumps(str(policy))}
 data_dir = {json.dumps(str(self.data_dir))}
@@ -254,29 +400,22 @@ url = {json.dumps(self.database_url)}
 
 [dns]
 workers = {self.dns_workers}
-listen = ["{GATEWAY_LAN_IP}:{DNS_PORT}"]
+listen = ["{address}:{DNS_PORT}"]
 upstreams = ["{UPSTREAM_DNS}"]
 names = ["schoolgate.lan"]
 watched_set_timeout_s = 600
 nftables = true
 
 [proxy]
-listen = "{GATEWAY_LAN_IP}:{PROXY_PORT}"
+listen = "{address}:{PROXY_PORT}"
 ca_dir = {json.dumps(str(self.state_dir / "ca"))}
 nftables = true
 
 [network]
-lan_interface = "{LAN_BRIDGE}"
-wan_interface = "{WAN_INTERFACE}"
-appliance_ipv4 = "{GATEWAY_LAN_IP}"
-lan_cidrs = ["{LAN_CIDR}"]
-watched_prefixes = {json.dumps(list(META_PREFIXES))}
-doh_addresses = ["{RESOLVER_IP}", "{DOH_IP}"]
-nflog_group = {NFLOG_GROUP}
-
+{self._network_section()}
 [console]
-listen = "{GATEWAY_LAN_IP}:{CONSOLE_PORT}"
-base_url = "http://{GATEWAY_LAN_IP}:{CONSOLE_PORT}"
+listen = "{address}:{CONSOLE_PORT}"
+base_url = "http://{address}:{CONSOLE_PORT}"
 plain_http = true  # the lab only: an appliance serves the console over TLS
 
 [mail]
@@ -309,14 +448,17 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
     def _start_daemons(self) -> None:
         env = {"SCHOOLGATE_CLOCK_FILE": str(self.clock_path), "PYTHONUNBUFFERED": "1"}
         self._spawn(SUPERVISOR, self.names.gateway, self._supervisor_argv(), env=env)
-        gw = self.names.gateway
-        checks = (
-            ("dns", lambda: _tcp_open(gw, GATEWAY_LAN_IP, DNS_PORT), "schoolgate dns to listen"),
-            ("proxy", lambda: _tcp_open(gw, GATEWAY_LAN_IP, PROXY_PORT), "schoolgate proxy to listen"),
-            ("console", lambda: _tcp_open(gw, GATEWAY_LAN_IP, CONSOLE_PORT), "schoolgate console to listen"),
-            ("watch", lambda: nflog_bound(gw, NFLOG_GROUP), "schoolgate net watch to bind its NFLOG group"),
+        gw, address = self.names.gateway, self.appliance_ip
+        checks = [
+            ("dns", lambda: _tcp_open(gw, address, DNS_PORT), "schoolgate dns to listen"),
+            ("proxy", lambda: _tcp_open(gw, address, PROXY_PORT), "schoolgate proxy to listen"),
+            ("console", lambda: _tcp_open(gw, address, CONSOLE_PORT), "schoolgate console to listen"),
             ("scheduler", lambda: self.daemon_pid("scheduler") is not None, "schoolgate scheduler to start"),
-        )
+        ]
+        if self.wiring.name != "dns-only":  # nothing is refused or logged by the kernel there
+            checks.append(
+                ("watch", lambda: nflog_bound(gw, NFLOG_GROUP), "schoolgate net watch to bind its NFLOG group")
+            )
         for name, ready, what in checks:
             netns.wait_for(partial(_ready_or_failed, ready, self._start_failure), timeout=60, what=what)
             failure = self._start_failure()
@@ -430,7 +572,7 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
         return done
 
     def status(self) -> dict[str, Any]:
-        namespaces = {n: netns.exists(n) for n in self.names.all()}
+        namespaces = {n: netns.exists(n) for n in self.names.all(self.wiring)}
         processes = {
             name: {"pid": info["pid"], "alive": netns.process_alive(info["pid"], info.get("start"))}
             for name, info in self.state.processes.items()
@@ -449,6 +591,7 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
         }
         return {
             "prefix": self.names.prefix,
+            "topology": self.wiring.name,
             "state_dir": str(self.state_dir),
             "namespaces": namespaces,
             "processes": processes,
@@ -469,8 +612,17 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
     # ------------------------------------------------------------------ for tests and benches
 
     def device_namespace(self, key: str) -> str:
-        device(key)
+        if key not in {d.key for d in self.wiring.devices}:
+            device(key)  # an unknown key names the devices there are
+            raise LabError(f"the {self.wiring.name} lab has no device {key!r}")
         return self.names.device(key)
+
+
+def _topology(name: str) -> Topology:
+    try:
+        return topology(name)
+    except ValueError as err:
+        raise LabError(str(err)) from err
 
 
 def _ready_or_failed(ready: Callable[[], bool], failure: Callable[[], str | None]) -> bool:

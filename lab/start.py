@@ -18,7 +18,7 @@ from pathlib import Path
 from schoolgate.lab.forward import PortForward
 from schoolgate.lab.lab import CONSOLE_PORT, DEFAULT_STATE_ROOT, Lab
 from schoolgate.lab.netns import LabError
-from schoolgate.lab.topology import GATEWAY_LAN_IP, device
+from schoolgate.lab.topology import device
 
 ADMIN = "admin"
 
@@ -49,12 +49,15 @@ def try_this(lab: Lab, console: tuple[str, int], password: str, *, prefix_args: 
     pupil = lab.device_namespace("pupilca")
     school_ca = lab.school_ca
     host, port = console
+    appliance = lab.appliance_ip
     lines = [
         "",
         "schoolgate is running in the network lab. Try:",
         "",
-        f"  Console (from this machine):  http://{host}:{port}/  (forwarded to {GATEWAY_LAN_IP}:{CONSOLE_PORT} in the",
-        f"                                gateway namespace {lab.names.gateway}; from the lab LAN: http://{GATEWAY_LAN_IP}:{CONSOLE_PORT}/)",
+        f"  Network mode:                 {lab.wiring.name} (schoolgate lab start --topology gateway|bridge|dns-only)",
+        f"  Console (from this machine):  http://{host}:{port}/  (forwarded to {appliance}:{CONSOLE_PORT} in the",
+        f"                                appliance namespace {lab.names.gateway}; from the lab LAN: "
+        f"http://{appliance}:{CONSOLE_PORT}/)",
         f"  Sign in as:                   {ADMIN}",
         f"  One-time password:            {password}   (one use only: the console takes you through the first sign-in)",
         "",
@@ -75,7 +78,8 @@ def try_this(lab: Lab, console: tuple[str, int], password: str, *, prefix_args: 
     return "\n".join(lines)
 
 
-def run_foreground(prefix: str, state_root: Path, console_port: int, policy: Path, clock: str) -> int:
+def run_foreground(prefix: str, state_root: Path, console_port: int, policy: Path, clock: str,
+                   *, topology: str = "gateway") -> int:
     device("pupilca")  # the demo device exists
     stop = threading.Event()
 
@@ -84,13 +88,13 @@ def run_foreground(prefix: str, state_root: Path, console_port: int, policy: Pat
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    lab = Lab(prefix, state_root=state_root, policy=policy)
+    lab = Lab(prefix, state_root=state_root, policy=policy, topology=topology)
     forward: PortForward | None = None
     try:
         print(f"schoolgate lab: building the lab {prefix!r} (this takes a few seconds)...", file=sys.stderr, flush=True)
         lab.up(clock=clock)
         password = create_admin(lab)
-        forward = PortForward(lab.names.gateway, GATEWAY_LAN_IP, CONSOLE_PORT, listen_port=console_port).start()
+        forward = PortForward(lab.names.gateway, lab.appliance_ip, CONSOLE_PORT, listen_port=console_port).start()
         extra = ""
         if prefix != "sg":
             extra += f" --prefix {prefix}"

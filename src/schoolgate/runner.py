@@ -578,6 +578,20 @@ def _in_foreground() -> bool:
         return False
 
 
+def _not_needed(config: str, wanted: list[str]) -> dict[str, str]:
+    """Daemons the configuration gives nothing to do, and why (the config is checked again later)."""
+    from schoolgate.config import load_config
+    from schoolgate.tomlpos import ConfigError
+
+    try:
+        mode = load_config(config).network.mode
+    except ConfigError:
+        return {}  # each daemon reports the mistake itself
+    if mode == "dns-only" and "watch" in wanted:
+        return {"watch": "in dns-only mode the kernel refuses nothing, so there are no attempts to read"}
+    return {}
+
+
 def _run(args: argparse.Namespace) -> int:
     config = str(Path(args.config).resolve())
     commands = _available_commands()
@@ -588,6 +602,10 @@ def _run(args: argparse.Namespace) -> int:
         print("schoolgate run: not root, so net watch is not started (ask for it with --only watch)",
               file=sys.stderr)
         wanted.remove("watch")
+    skipped = _not_needed(config, wanted) if not args.only else {}
+    for name, why in skipped.items():
+        print(f"schoolgate run: {name} is not started: {why}", file=sys.stderr)
+        wanted.remove(name)
     present = [name for name in wanted if DAEMONS[name][0] in commands]
     for name in wanted:
         if name not in present:

@@ -21,12 +21,11 @@ from schoolgate.store.db import make_engine, session_factory
 _labs = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+def _private_lab(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[LabClient]:
     # sgt + this lab's serial and the PID in base 36: two runs on one box do not collide.
     prefix = private_prefix("sgt", next(_labs), os.getpid())
     state_root = tmp_path_factory.mktemp("lab")
-    built = Lab(prefix, state_root=Path(state_root))
+    built = Lab(prefix, state_root=Path(state_root), topology=topology)
     built.down()  # leftovers of an earlier interrupted run with the same prefix
     built.up(clock=DEFAULT_CLOCK)
     engine = make_engine(built.database_url)
@@ -35,3 +34,21 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     finally:
         engine.dispose()
         built.down()
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+    """The gateway topology: the appliance is the devices' router."""
+    yield from _private_lab(tmp_path_factory, "gateway")
+
+
+@pytest.fixture(scope="module")
+def bridge_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+    """The bridge topology: the appliance is a bridge between the school's router and switch."""
+    yield from _private_lab(tmp_path_factory, "bridge")
+
+
+@pytest.fixture(scope="module")
+def dns_only_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
+    """The dns-only topology: the appliance is only the devices' DNS server."""
+    yield from _private_lab(tmp_path_factory, "dns-only")

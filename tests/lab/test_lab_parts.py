@@ -11,14 +11,33 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from schoolgate.lab.internet import SITES, LabZoneResolver, address_for_name, site_for_name
 from schoolgate.lab.pki import CA_NAME, LabCA, issuer_common_name
-from schoolgate.lab.topology import DEVICES, LabNames, private_prefix
+from schoolgate.lab.topology import DEVICES, ROUTED_DEVICES, TOPOLOGIES, LabNames, private_prefix, topology
 
 
 def test_names_are_prefixed_and_short_enough() -> None:
     names = LabNames("sgt")
     assert names.gateway == "sgt-gw" and names.internet == "sgt-net"
-    assert all(n.startswith("sgt-") for n in names.all())
-    assert len(names.all()) == len(set(names.all())) == len(DEVICES) + 2
+    assert all(n.startswith("sgt-") and len(n) <= 15 for n in names.all())
+    assert len(names.all(topology("gateway"))) == len(set(names.all())) - 2 - len(ROUTED_DEVICES) == len(DEVICES) + 2
+    # A teardown removes every name any topology may have made.
+    assert {n for t in TOPOLOGIES for n in names.all(topology(t))} == set(names.all())
+
+
+@pytest.mark.parametrize(
+    ("name", "appliance", "dns", "gateway", "namespaces"),
+    [
+        ("gateway", "10.41.0.1", "10.41.0.1", "10.41.0.1", len(DEVICES) + 2),
+        ("bridge", "10.41.0.2", "10.41.0.1", "10.41.0.1", len(DEVICES) + 4),  # router, switch
+        ("dns-only", "10.41.0.2", "10.41.0.2", "10.41.0.1", len(DEVICES) + 5),  # and the routed phone
+    ],
+)
+def test_each_mode_has_its_topology(name: str, appliance: str, dns: str, gateway: str, namespaces: int) -> None:
+    wiring = topology(name)
+    assert (wiring.appliance_ip, wiring.device_dns, wiring.device_gateway) == (appliance, dns, gateway)
+    assert len(LabNames("sgt").all(wiring)) == namespaces
+    assert all(d.routed for d in wiring.devices if d.key == "phone")
+    with pytest.raises(ValueError, match="no lab topology"):
+        topology("router")
 
 
 @pytest.mark.parametrize("prefix", ["", "SG", "1sg", "sg-x", "toolong7", "sg x"])
