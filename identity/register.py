@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from schoolgate.identity.macs import normalise_mac
 from schoolgate.identity.neighbours import canonical_ip
-from schoolgate.policy.types import Role
+from schoolgate.policy.types import Ownership, Role
 from schoolgate.store.models import Device
 from schoolgate.store.overlay import read_generation
 
@@ -29,6 +29,16 @@ def parse_role(value: str | None) -> Role | None:
     try:
         return Role(value.strip().lower())
     except ValueError:
+        return None
+
+
+def _ownership(value: str | None, device_id: str) -> Ownership | None:
+    if not value:
+        return None
+    try:
+        return Ownership(value)
+    except ValueError:
+        log.warning("device %s has an unknown ownership %r: treated as not recorded", device_id, value)
         return None
 
 
@@ -52,6 +62,7 @@ class RegisteredDevice:
     year_group: int | None = None
     groups: frozenset[str] = frozenset()
     trusts_school_ca: bool = False
+    ownership: Ownership | None = None  # None: not recorded
 
 
 def _mapping(items: Mapping[str, RegisteredDevice]) -> Mapping[str, RegisteredDevice]:
@@ -128,6 +139,7 @@ def load_register(session: Session, site: str) -> DeviceRegister:
                 year_group=person.year_group if person else None,
                 groups=parse_groups(person.groups) if person else frozenset(),
                 trusts_school_ca=row.trusts_school_ca,
+                ownership=_ownership(row.ownership, row.device_id),
             )
         )
     return DeviceRegister(site, devices, generation)

@@ -37,6 +37,7 @@ def client_for(ip: str, mac: str | None, device: RegisteredDevice | None) -> Cli
         year_group=device.year_group,
         groups=device.groups,
         trusts_school_ca=device.trusts_school_ca,
+        ownership=device.ownership,
     )
 
 

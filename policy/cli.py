@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from schoolgate.policy.types import Client, Role
+from schoolgate.policy.types import Client, Ownership, Role
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     explain.add_argument("--role", choices=[r.value for r in Role], help="treat the device as this role")
     explain.add_argument("--year-group", type=int, help="a pupil's year group (Reception = 0)")
     explain.add_argument("--group", action="append", default=[], help="a class or team (repeatable)")
+    explain.add_argument(
+        "--ownership",
+        choices=[o.value for o in Ownership],
+        help="treat the device as school-owned or personal (default: as the register says; unknown without it)",
+    )
     explain.add_argument("--host", help="the name asked for, e.g. www.facebook.com")
     explain.add_argument("--url", help="the full URL, when the proxy can see it")
     explain.add_argument("--at", help="the instant, ISO 8601 (no offset: school time); default: now")
@@ -139,6 +144,8 @@ def _explain(args: argparse.Namespace) -> int:
         overrides["year_group"] = args.year_group
     if args.group:
         overrides["groups"] = client.groups | frozenset(args.group)
+    if args.ownership:
+        overrides["ownership"] = Ownership(args.ownership)
     if overrides:
         from dataclasses import replace
 
@@ -160,6 +167,7 @@ def _explain(args: argparse.Namespace) -> int:
         "person_name": client.person_name,
         "year_group": client.year_group,
         "groups": sorted(client.groups),
+        "ownership": client.ownership.value if client.ownership is not None else None,
     }
     out["policy"] = {"school": policy.school.id, "file": str(file), "fingerprint": policy.fingerprint}
     out["text"] = explain_text(decision, policy, now)

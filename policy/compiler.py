@@ -43,7 +43,7 @@ from schoolgate.policy.model import (
     Service,
 )
 from schoolgate.policy.timeline import WEEKDAY_NAMES, Calendar, DayKind, Span, Term, Window, make_span, parse_clock
-from schoolgate.policy.types import Role, Verdict
+from schoolgate.policy.types import DEVICE_CONDITIONS, Role, Verdict
 from schoolgate.tomlpos import ConfigError, locate
 
 Path = tuple[str | int, ...]
@@ -78,6 +78,7 @@ _RULE = (
     "when",
     "unless",
     "year_groups",
+    "devices",
     "locked",
     "safe_search",
 )
@@ -768,6 +769,22 @@ def _rule(
         ):
             raise src.error((*path, "year_groups"), "must be a list of year numbers 0-13 (Reception = 0), e.g. [5, 6]")
         year_groups = frozenset(value)
+    devices: frozenset[str] | None = None
+    if "devices" in item:
+        names = src.strings(item["devices"], (*path, "devices"))
+        if not names:
+            raise src.error(
+                (*path, "devices"), "an empty list matches no device; leave the field out to match every device"
+            )
+        for n, name in enumerate(names):
+            if name not in DEVICE_CONDITIONS:
+                raise src.error(
+                    (*path, "devices"),
+                    element=n,
+                    message=f'unknown device condition "{name}" (known: {", ".join(DEVICE_CONDITIONS)}; '
+                    "the device register records whether a device is school-owned or personal)",
+                )
+        devices = frozenset(names)
     locked = src.boolean(item.get("locked", False), (*path, "locked"))
     if locked and action is not Verdict.BLOCK:
         raise src.error((*path, "locked"), "only a block can be locked (a lock stops exceptions overriding it)")
@@ -804,6 +821,7 @@ def _rule(
         when=when,
         unless=unless,
         year_groups=year_groups,
+        devices=devices,
         locked=locked,
         safe_search_level=level,
         line=locate(src.text, path),

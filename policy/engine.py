@@ -44,6 +44,7 @@ from schoolgate.policy.types import (
     SiteBlock,
     Target,
     Verdict,
+    device_condition,
 )
 
 # Sized for a school's working set of names (a busy day asks for tens of thousands), not for
@@ -231,6 +232,7 @@ class CompiledPolicy:
             role: tuple(r for r in rules if role in r.roles) for role in Role
         }
         self._uses_year_groups = any(r.year_groups is not None for r in rules)
+        self._uses_devices = any(r.devices is not None for r in rules)
         self._locked_categories = sum(1 << c.bit for c in categories if c.locked)
         self._flags_by_categories: dict[int, frozenset[str]] = {}
         # Caches, shared with overlaid copies; each is replaced (never cleared in place) when
@@ -358,24 +360,37 @@ class CompiledPolicy:
             self._minutes[minute] = cached
         return cached
 
-    def static_decision(self, role: Role, year_group: int | None, hm: HostMatch, ts: float) -> Decision:
-        """The decision of the rules alone (no overlay) for an already matched host."""
+    def static_decision(
+        self, role: Role, year_group: int | None, hm: HostMatch, ts: float, device: str = "unknown"
+    ) -> Decision:
+        """The decision of the rules alone (no overlay) for an already matched host. `device`
+        is the client's device condition (types.device_condition)."""
         number = 0 if hm is NO_MATCH else self._match_ids.get(hm) or next(self._match_numbers)
-        return self._static(role, year_group, number, hm, ts)
+        return self._static(role, year_group, number, hm, ts, device=device)
 
-    def _static(self, role: Role, year_group: int | None, number: int, hm: HostMatch, ts: float) -> Decision:
+    def _static(
+        self, role: Role, year_group: int | None, number: int, hm: HostMatch, ts: float, *, device: str
+    ) -> Decision:
         segment, index, active = self.segment(ts)
-        key = (role, year_group if self._uses_year_groups else None, number, segment)
+        key = (
+            role,
+            year_group if self._uses_year_groups else None,
+            device if self._uses_devices else None,
+            number,
+            segment,
+        )
         decision = self._decisions.get(key)
         if decision is None:
-            decision = self._evaluate(role, year_group, hm, utc_day=segment >> 12, index=index, active=active)
+            decision = self._evaluate(
+                role, year_group, hm, device=device, utc_day=segment >> 12, index=index, active=active
+            )
             if len(self._decisions) >= _DECISION_CACHE_LIMIT:
                 self._decisions = {}
             self._decisions[key] = decision
         return decision
 
     def _evaluate(
-        self, role: Role, year_group: int | None, hm: HostMatch, *, utc_day: int, index: int, active: int
+        self, role: Role, year_group: int | None, hm: HostMatch, *, device: str, utc_day: int, index: int, active: int
     ) -> Decision:
         if hm.categories & self._illegal_bits:
             return self._build(self._illegal_rule, role, hm, None)
@@ -385,6 +400,8 @@ class CompiledPolicy:
         chosen = self.default_rule
         for rule in self._rules_by_role[role]:
             if rule.year_groups is not None and year_group not in rule.year_groups:
+                continue
+            if rule.devices is not None and device not in rule.devices:
                 continue
             if not rule.any_target and not (
                 (hm.service >= 0 and hm.service in rule.services)
@@ -618,7 +635,7 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
     if not host.islower() or host.endswith("."):
         host = normalise_host(host)
     number, hm = policy._host_cache.get(host) or policy._match_new(host)
-    base = policy._static(role, client.year_group, number, hm, ts)
+    base = policy._static(role, client.year_group, number, hm, ts, device=device_condition(client.ownership))
     if overlay.empty:
         return base
     return _apply_overlay(

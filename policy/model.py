@@ -135,6 +135,7 @@ class Rule:
     when: int  # bit mask of windows; 0: at any time
     unless: int
     year_groups: frozenset[int] | None = None
+    devices: frozenset[str] | None = None  # device conditions (school_owned, personal, unknown); None: any
     locked: bool = False
     safe_search_level: str = "strict"
     line: int | None = None

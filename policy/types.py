@@ -35,6 +35,23 @@ _STRICTNESS = {
 }
 
 
+class Ownership(StrEnum):
+    """Whose a device is, as the device register records it (seed 001 §4: "school-owned mobile
+    devices"). A device the register does not know, or whose owner is not recorded, has none."""
+
+    SCHOOL_OWNED = "school_owned"
+    PERSONAL = "personal"
+
+
+# The `devices` condition of a rule names these; "unknown" is a device with no recorded ownership.
+DEVICE_CONDITIONS = (Ownership.SCHOOL_OWNED.value, Ownership.PERSONAL.value, "unknown")
+
+
+def device_condition(ownership: Ownership | None) -> str:
+    """The name a rule's `devices` condition uses for a client's device."""
+    return ownership.value if ownership is not None else "unknown"
+
+
 class Verdict(StrEnum):
     ALLOW = "allow"
     BLOCK = "block"  # DNS answers the block address; the proxy shows the block page or kills TLS
@@ -55,6 +72,7 @@ class Client:
     year_group: int | None = None  # pupils: Reception = 0, Year 1..6
     groups: frozenset[str] = frozenset()  # classes or staff teams, e.g. {"6B"}
     trusts_school_ca: bool = False
+    ownership: Ownership | None = None  # the register's record; None: unregistered or not recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,7 +163,7 @@ ALERT_COLUMNS: Columns[Alert] = Columns(
     ),
 )
 DEVICE_COLUMNS: Columns[Device] = Columns(
-    ("device_id", "name", "mac", "ip", "kind", "role", "owner", "trusts_school_ca", "notes"),
+    ("device_id", "name", "mac", "ip", "kind", "role", "owner", "ownership", "trusts_school_ca", "notes"),
     lambda d: (
         d.device_id,
         d.name,
@@ -172,6 +172,7 @@ DEVICE_COLUMNS: Columns[Device] = Columns(
         d.kind,
         d.role,
         d.person.external_id if d.person else "",
+        d.ownership or "",
         d.trusts_school_ca,
         d.notes,
     ),

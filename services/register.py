@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from schoolgate.policy.types import Role
+from schoolgate.policy.types import Ownership, Role
 from schoolgate.services.actor import ADMIN, HEADTEACHER, TECHNICIAN, Actor
 from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
 from schoolgate.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
@@ -31,7 +31,9 @@ MAX_IMPORT_ROWS = 20_000
 MAX_IMPORT_BYTES = 10 * 1024 * 1024
 # People may hold any role except supervised: that comes only from a ban.
 PERSON_ROLES = tuple(r.value for r in Role if r is not Role.SUPERVISED)
-DEVICE_COLUMNS = ("device_id", "name", "mac", "ip", "kind", "role", "owner", "trusts_school_ca", "notes")
+DEVICE_COLUMNS = (
+    "device_id", "name", "mac", "ip", "kind", "role", "owner", "ownership", "trusts_school_ca", "notes"
+)
 PEOPLE_COLUMNS = ("external_id", "name", "role", "year_group", "groups", "email", "active")
 AUTHORISED = Role.AUTHORISED.value
 #: What a person's role becomes when the headteacher withdraws "authorised".
@@ -51,6 +53,9 @@ class DeviceForm:
     owner: str | None = None  # the owner's external_id in the people register
     trusts_school_ca: bool = False
     notes: str = ""
+    # school_owned or personal (policy.Ownership); None: not recorded; OWNERSHIP_UNCHANGED: keep
+    # what the register holds (a CSV file without the column must not wipe what was recorded)
+    ownership: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,31 @@ def _bool(value: str, *, field_name: str) -> bool:
     raise InvalidInput(f"{field_name.replace('_', ' ')}: expected yes or no, got {value!r}.", field=field_name)
 
 
+OWNERSHIP_UNCHANGED = "unchanged"
+_OWNERSHIP_WORDS = {
+    "school_owned": Ownership.SCHOOL_OWNED.value,
+    "school-owned": Ownership.SCHOOL_OWNED.value,
+    "school owned": Ownership.SCHOOL_OWNED.value,
+    "school": Ownership.SCHOOL_OWNED.value,
+    "personal": Ownership.PERSONAL.value,
+    "own": Ownership.PERSONAL.value,
+}
+
+
+def parse_ownership(value: str | None) -> str | None:
+    """'', 'school_owned' (or 'school', 'school-owned'), 'personal' (or 'own') -> None,
+    'school_owned', 'personal'. Blank means not recorded."""
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    if text not in _OWNERSHIP_WORDS:
+        raise InvalidInput(
+            f"{value!r} is not a device ownership (school_owned, personal, or blank for not recorded).",
+            field="ownership",
+        )
+    return _OWNERSHIP_WORDS[text]
+
+
 def parse_year_group(value: str | None) -> int | None:
     """'', 'R', 'Reception', '3', 'Y3', 'Year 3' -> None, 0, 0, 3, 3, 3."""
     text = (value or "").strip().lower()
@@ -155,6 +185,7 @@ def _clean_device(form: DeviceForm) -> DeviceForm:
         owner=clean_text(form.owner, field="owner", max_len=100) or None,
         trusts_school_ca=form.trusts_school_ca,
         notes=clean_text(form.notes, field="notes", max_len=4000),
+        ownership=form.ownership if form.ownership == OWNERSHIP_UNCHANGED else parse_ownership(form.ownership),
     )
 
 
@@ -240,6 +271,8 @@ def _apply_device(device: Device, form: DeviceForm, owner_pk: int | None) -> Non
     device.role = form.role
     device.person_id = owner_pk
     device.trusts_school_ca = form.trusts_school_ca
+    if form.ownership != OWNERSHIP_UNCHANGED:
+        device.ownership = form.ownership
     device.notes = form.notes
 
 
@@ -272,6 +305,7 @@ def _device_detail(form: DeviceForm) -> dict[str, Any]:
         "ip": form.ip,
         "role": form.role,
         "owner": form.owner,
+        "ownership": form.ownership,
         "trusts_school_ca": form.trusts_school_ca,
     }
 
@@ -304,6 +338,7 @@ def _device_from_row(values: Mapping[str, str]) -> DeviceForm:
         owner=values.get("owner"),
         trusts_school_ca=_bool(values.get("trusts_school_ca", ""), field_name="trusts_school_ca"),
         notes=values.get("notes", ""),
+        ownership=values.get("ownership", OWNERSHIP_UNCHANGED),
     )
 
 
@@ -639,7 +674,7 @@ def update_person(
 
 
 def import_devices_csv(session: Session, *, site: str, now: datetime, actor: Actor, text: str) -> ImportReport:
-    """Columns: device_id, name (required), mac, ip, kind, role, owner, trusts_school_ca, notes."""
+    """Columns: device_id, name (required), mac, ip, kind, role, owner, ownership, trusts_school_ca, notes."""
     return _import_csv(_DEVICES, session, site=site, now=now, actor=actor, text=text)
 
 

@@ -95,6 +95,9 @@ class Device(Base):
     role: Mapped[str | None] = mapped_column(String(20))  # overrides the owner's role (e.g. a class set)
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
     trusts_school_ca: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "school_owned" or "personal" (schoolgate.policy.Ownership); None: not recorded. Rules can
+    # depend on it (seed 001 §4: no personal accounts on school-owned mobile devices).
+    ownership: Mapped[str | None] = mapped_column(String(20))
     notes: Mapped[str] = mapped_column(Text, default="")
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,7 +11,7 @@ from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.policyref import PolicyUnavailable
 from schoolgate.console.roles import Permission
-from schoolgate.policy import Client, Role, Target, decide, explain_text
+from schoolgate.policy import Client, Ownership, Role, Target, decide, explain_text
 from schoolgate.services import policy_exceptions, site_blocks
 from schoolgate.services.common import normalise_host
 from schoolgate.services.errors import NotFound, ServiceError
@@ -19,6 +19,8 @@ from schoolgate.services.errors import NotFound, ServiceError
 bp = Blueprint("policy", __name__, url_prefix="/policy")
 
 ROLES = [r.value for r in Role]
+# "" asks the device register (when a device id is given); otherwise the device is unknown.
+OWNERSHIP_CHOICES = (("", "as the register says"), ("school_owned", "the school's"), ("personal", "the owner's own"))
 
 
 def _check(values: dict[str, str]) -> tuple[str | None, str | None]:
@@ -31,8 +33,9 @@ def _check(values: dict[str, str]) -> tuple[str | None, str | None]:
         role = Role(values.get("role") or "pupil")
         now = web.now()
         policy = web.policy_ref().with_overlay(web.db(), web.site_id(), now)
-        client = Client(ip="0.0.0.0", role=role, device_id=values.get("device") or None,
-                        person_id=values.get("person") or None)
+        device_id = values.get("device") or None
+        client = Client(ip="0.0.0.0", role=role, device_id=device_id, person_id=values.get("person") or None,
+                        ownership=_ownership(values.get("ownership", ""), device_id))
         decision = decide(policy, client, Target(host=host), now)
         return explain_text(decision, policy, now), None
     except ServiceError as err:
@@ -41,11 +44,26 @@ def _check(values: dict[str, str]) -> tuple[str | None, str | None]:
         return None, str(err)
 
 
+_OWNERSHIPS = {o.value: o for o in Ownership}
+
+
+def _ownership(chosen: str, device_id: str | None) -> Ownership | None:
+    """The ownership the check form chose, else the register's record of the device."""
+    if chosen in _OWNERSHIPS:
+        return _OWNERSHIPS[chosen]
+    if device_id is None:
+        return None
+    from schoolgate.services.register import find_device
+
+    device = find_device(web.db(), web.site_id(), device_id)
+    return _OWNERSHIPS.get(device.ownership or "") if device is not None else None
+
+
 @bp.route("")
 @web.requires(Permission.VIEW_POLICY)
 def index() -> Any:
     now = web.now()
-    values = {k: request.args.get(k, "")[:255].strip() for k in ("host", "role", "device", "person")}
+    values = {k: request.args.get(k, "")[:255].strip() for k in ("host", "role", "device", "person", "ownership")}
     try:
         policy = web.policy()
         load_error = web.policy_ref().error
@@ -58,6 +76,7 @@ def index() -> Any:
     return render_template(
         "policy/index.html", policy=policy, load_error=load_error, values=values, roles=ROLES,
         explanation=explanation, check_error=check_error, active=active, upcoming=upcoming, blocks=blocks,
+        ownership_choices=OWNERSHIP_CHOICES,
         policy_path=str(web.state().config.policy),
     )
 

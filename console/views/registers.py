@@ -16,7 +16,7 @@ from schoolgate.services.errors import InvalidInput, NotFound, ServiceError
 
 bp = Blueprint("registers", __name__)
 
-DEVICE_FIELDS = ("device_id", "name", "mac", "ip", "kind", "role", "owner", "notes")
+DEVICE_FIELDS = ("device_id", "name", "mac", "ip", "kind", "role", "owner", "ownership", "notes")
 PERSON_FIELDS = ("external_id", "name", "role", "year_group", "groups", "email")
 
 
@@ -26,6 +26,7 @@ def _device_form(form: Any) -> svc.DeviceForm:
         device_id=values["device_id"], name=values["name"], mac=values["mac"] or None, ip=values["ip"] or None,
         kind=values["kind"], role=values["role"] or None, owner=values["owner"] or None,
         trusts_school_ca=form.get("trusts_school_ca") == "1", notes=values["notes"],
+        ownership=values["ownership"] or None,
     )
 
 
@@ -84,7 +85,9 @@ class _Kind:
 
 
 def _device_values(device: Any) -> dict[str, Any]:
-    values = {k: getattr(device, k) or "" for k in ("device_id", "name", "mac", "ip", "kind", "role", "notes")}
+    values = {
+        k: getattr(device, k) or "" for k in ("device_id", "name", "mac", "ip", "kind", "role", "ownership", "notes")
+    }
     values["owner"] = device.person.external_id if device.person else ""
     values["trusts_school_ca"] = "1" if device.trusts_school_ca else ""
     return values
@@ -187,7 +190,7 @@ def devices() -> Any:
         page = svc.list_devices(web.db(), web.site_scope(), search=search, limit=svc.MAX_IMPORT_ROWS * 5)
         return csv_response("devices.csv", [*svc.DEVICE_COLUMNS, "last_seen"], (
             [d.device_id, d.name, d.mac, d.ip, d.kind, d.role, d.person.external_id if d.person else "",
-             "yes" if d.trusts_school_ca else "no", d.notes, d.last_seen] for d in page.items))
+             d.ownership or "", "yes" if d.trusts_school_ca else "no", d.notes, d.last_seen] for d in page.items))
     page = svc.list_devices(web.db(), web.site_scope(), search=search, offset=web.int_arg("offset", 0))
     return render_template("registers/devices.html", page=page, search=search, args=args)
 

@@ -185,3 +185,29 @@ def test_revoke_exception_and_block_a_site_from_the_policy_page(console: Console
     assert "Blocked" in check
     ended = tech.get("/policy/exceptions?state=ended").get_data(as_text=True)
     assert "example.net" in ended and "revoked" in ended
+
+
+def test_device_ownership_is_recorded_shown_and_used_by_the_check(console: Console) -> None:
+    """The register records whose a device is (seed 001 §4 names school-owned devices), the
+    list shows it, and "what would happen?" uses the register's record for the device."""
+    tech = console.login("technician")
+    response = post_form(tech, "/devices/new", "/devices/new", {
+        "device_id": "KW-LT-77", "name": "Staff laptop 77", "ownership": "school_owned",
+    })
+    assert response.status_code == 302, response.get_data(as_text=True)
+    with console.session() as session:
+        device = session.scalar(select(Device).where(Device.device_id == "KW-LT-77"))
+        assert device is not None and device.ownership == "school_owned"
+        device_pk = device.id
+    listing = tech.get("/devices").get_data(as_text=True)
+    assert "school&#39;s" in listing
+    form = tech.get(f"/devices/{device_pk}").get_data(as_text=True)
+    assert re.search(r'<option value="school_owned" selected>', form)
+    refused = post_form(tech, "/devices/new", "/devices/new", {
+        "device_id": "KW-LT-78", "name": "Laptop 78", "ownership": "borrowed",
+    })
+    assert refused.status_code == 400 and "not a device ownership" in refused.get_data(as_text=True)
+    page = tech.get("/policy?host=www.facebook.com&role=staff&device=KW-LT-77").get_data(as_text=True)
+    assert 'id="check-result"' in page
+    chosen = tech.get("/policy?host=www.facebook.com&role=staff&ownership=personal").get_data(as_text=True)
+    assert '<option value="personal" selected>' in chosen

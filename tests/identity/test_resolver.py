@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from schoolgate.identity import DeviceRegister, IdentityResolver, NeighbourTable, RegisterReloader, load_register
 from schoolgate.identity.macs import normalise_mac
 from schoolgate.identity.neighbours import parse_neighbours
-from schoolgate.policy.types import Client, Role
+from schoolgate.policy.types import Client, Ownership, Role
 from schoolgate.store.models import Device, Person
 from schoolgate.store.overlay import bump_generation
 
@@ -36,6 +36,7 @@ def seed(sessions: sessionmaker[Session]) -> None:
                     ip="10.10.0.20",
                     person_id=teacher.id,
                     trusts_school_ca=True,
+                    ownership="school_owned",
                 ),
                 # a class set: the device's own role wins over its (staff) owner's
                 Device(
@@ -48,7 +49,9 @@ def seed(sessions: sessionmaker[Session]) -> None:
                 ),
                 Device(site=SITE, device_id="PRINTER", name="Printer", ip="10.10.0.5"),
                 Device(site=SITE, device_id="OLD", name="Old", mac="02:00:00:00:09:09", person_id=leaver.id),
-                Device(site=SITE, device_id="ODD", name="Odd", mac="02-00-00-00-0A-0A", role="wizard"),
+                Device(
+                    site=SITE, device_id="ODD", name="Odd", mac="02-00-00-00-0A-0A", role="wizard", ownership="lent"
+                ),
                 Device(site="elsewhere", device_id="X", name="X", mac="02:00:00:00:0f:0f", role="staff"),
             ]
         )
@@ -96,6 +99,14 @@ def test_resolution_by_a_mac_the_caller_already_knows(register: DeviceRegister) 
     resolver = IdentityResolver(register, None)
     client = resolver.resolve("10.10.3.9", mac="02:00:00:00:02:02")
     assert (client.device_id, client.role, client.trusts_school_ca) == ("STAFF-LAP", Role.STAFF, True)
+    assert client.ownership is Ownership.SCHOOL_OWNED
+
+
+def test_ownership_not_recorded_or_unreadable_is_none(register: DeviceRegister) -> None:
+    resolver = IdentityResolver(register, None)
+    assert resolver.resolve("10.10.3.9", mac="02:00:00:00:01:01").ownership is None  # not recorded
+    assert resolver.resolve("10.10.3.9", mac="02:00:00:00:0a:0a").ownership is None  # "lent": not a value
+    assert resolver.resolve("10.10.3.77").ownership is None  # not in the register at all
 
 
 def test_resolution_by_fixed_ip_when_no_mac_is_known(register: DeviceRegister) -> None:

@@ -306,6 +306,19 @@ CASES: list[tuple[str, str, str, str]] = [
         "must be a list of year numbers 0-13",
     ),
     (
+        "unknown-device-condition",
+        HEAD + '[[rules]]\nid = "a"\nclause = "c"\nreason = "r"\naction = "block"\n'
+        + 'devices = [\n  "personal",\n  "school", # <-\n]\n',
+        "rules[1].devices",
+        'unknown device condition "school" (known: school_owned, personal, unknown',
+    ),
+    (
+        "empty-devices",
+        HEAD + '[[rules]]\nid = "a"\nclause = "c"\nreason = "r"\ndevices = [] # <-\naction = "block"\n',
+        "rules[1].devices",
+        "an empty list matches no device",
+    ),
+    (
         "empty-roles",
         HEAD + '[[rules]]\nid = "a"\nclause = "c"\nreason = "r"\nroles = [] # <-\naction = "block"\n',
         "rules[1].roles",

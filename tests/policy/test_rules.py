@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schoolgate.policy import Client, ExceptionScope, PolicyException, Role, Target, Verdict, decide
+from schoolgate.policy import Client, ExceptionScope, Ownership, PolicyException, Role, Target, Verdict, decide
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.loader import load_policy
 
@@ -215,3 +215,59 @@ action = "block"
     layered = policy.with_overlay(exceptions=[_everyone_may("vpn.example", now)])
     decision = decide(layered, client(), Target("www.vpn.example"), now)
     assert (decision.verdict, decision.locked, decision.flags) == (Verdict.BLOCK, True, frozenset({"circumvention"}))
+
+
+DEVICE_RULES = """
+[[rules]]
+id = "no-personal-accounts-on-school-devices"
+clause = "Social Media Policy §4: no school-owned devices for personal accounts"
+reason = "school-owned devices are not for personal accounts"
+roles = ["staff"]
+services = ["games"]
+devices = ["school_owned"]
+action = "block"
+
+[[rules]]
+id = "unrecorded-devices"
+clause = "c"
+reason = "devices whose owner is not recorded are treated with care"
+roles = ["staff"]
+services = ["games"]
+devices = ["unknown"]
+when = ["school_hours"]
+action = "block"
+
+[default]
+action = "allow"
+"""
+
+
+@pytest.mark.parametrize(
+    ("ownership", "at", "verdict", "rule"),
+    [
+        (Ownership.SCHOOL_OWNED, "2026-11-23 11:00", Verdict.BLOCK, "no-personal-accounts-on-school-devices"),
+        (Ownership.SCHOOL_OWNED, "2026-11-23 19:00", Verdict.BLOCK, "no-personal-accounts-on-school-devices"),
+        (Ownership.PERSONAL, "2026-11-23 11:00", Verdict.ALLOW, "default"),
+        (None, "2026-11-23 11:00", Verdict.BLOCK, "unrecorded-devices"),
+        (None, "2026-11-23 19:00", Verdict.ALLOW, "default"),
+    ],
+)
+def test_device_ownership_condition(
+    write_policy: Callable[..., Path], ownership: Ownership | None, at: str, verdict: Verdict, rule: str
+) -> None:
+    policy = load_policy(write_policy(HEAD + DEVICE_RULES))
+    who = Client(ip="10.0.0.9", role=Role.STAFF, ownership=ownership)
+    decision = decide(policy, who, Target("games.example"), local(at))
+    assert (decision.verdict, decision.rule_id) == (verdict, rule)
+
+
+def test_decisions_for_different_devices_are_remembered_apart(write_policy: Callable[..., Path]) -> None:
+    """The decision cache must key on ownership: the school's laptop asking first must not
+    answer for a personal phone asking the same thing a moment later (and the other way)."""
+    policy = load_policy(write_policy(HEAD + DEVICE_RULES))
+    at = local("2026-11-23 19:00")
+    verdicts = [
+        decide(policy, Client(ip="10.0.0.9", role=Role.STAFF, ownership=o), Target("games.example"), at).verdict
+        for o in (Ownership.SCHOOL_OWNED, Ownership.PERSONAL, Ownership.SCHOOL_OWNED, None)
+    ]
+    assert verdicts == [Verdict.BLOCK, Verdict.ALLOW, Verdict.BLOCK, Verdict.ALLOW]

@@ -293,3 +293,36 @@ def test_csv_import_by_a_technician_cannot_grant_authorised(session: Session, te
     assert report.created == 1 and [e.line for e in report.errors] == [2]
     assert register.find_person(session, SITE, "s2") is None
     assert register.find_device(session, SITE, "D1") is None
+
+
+def test_device_ownership_from_the_form_and_csv(session: Session, technician: Actor) -> None:
+    """Seed 001 §4 needs to know which devices are school-owned: recorded by form and CSV,
+    exported, and never wiped by a CSV file that has no ownership column."""
+    device = register.create_device(
+        session, site=SITE, now=NOW, actor=technician,
+        form=register.DeviceForm(device_id="LAP-1", name="Staff laptop 1", ownership="school_owned"),
+    )
+    assert device.ownership == "school_owned"
+    with pytest.raises(InvalidInput, match="not a device ownership") as err:
+        register.create_device(
+            session, site=SITE, now=NOW, actor=technician,
+            form=register.DeviceForm(device_id="LAP-2", name="x", ownership="borrowed"),
+        )
+    assert err.value.field == "ownership"
+    text = "device_id,name,ownership\nLAP-1,Staff laptop 1,\nPHONE-1,Head's phone,Personal\nTAB-1,Tablet,school\n"
+    report = register.import_devices_csv(session, site=SITE, now=NOW, actor=technician, text=text)
+    assert (report.created, report.updated, report.errors) == (2, 1, [])
+    devices = {d.device_id: d for d in session.scalars(select(Device))}
+    assert {k: d.ownership for k, d in devices.items()} == {
+        "LAP-1": None,  # a blank cell says "not recorded"
+        "PHONE-1": "personal",
+        "TAB-1": "school_owned",
+    }
+    # A file without the column (e.g. from the MIS) keeps what the technician recorded.
+    register.import_devices_csv(
+        session, site=SITE, now=NOW, actor=technician, text="device_id,name\nPHONE-1,Head's phone (new)\n"
+    )
+    assert devices["PHONE-1"].ownership == "personal" and devices["PHONE-1"].name == "Head's phone (new)"
+    ordered = sorted(devices.values(), key=lambda d: d.device_id)
+    rows = list(csv.reader(io.StringIO("".join(DEVICE_COLUMNS.csv(ordered)))))
+    assert rows[0][7] == "ownership" and [r[7] for r in rows[1:]] == ["", "personal", "school_owned"]
