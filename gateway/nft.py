@@ -173,6 +173,7 @@ class NftWatchedSets:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._deadline: dict[str, float] = {}  # address -> monotonic time its element expires
+        self._writing = threading.Lock()  # the writer thread and add_now's callers
         self.added = 0
         self.dropped = 0
         self.failures = 0
@@ -186,6 +187,13 @@ class NftWatchedSets:
         self._wake.set()
         if self._thread is None:
             self.start()
+
+    def add_now(self, addresses: Iterable[str], timeout_s: int) -> None:
+        """Write these addresses at once, in the caller's thread; NftError if nft refused."""
+        with self._writing:
+            wanted = self._fresh(self._wanted([(tuple(addresses), int(timeout_s))]))
+            if wanted and not self._write(wanted):
+                raise NftError(f"could not add {len(wanted)} watched addresses")
 
     def start(self) -> None:
         if self._thread is not None:
@@ -202,7 +210,7 @@ class NftWatchedSets:
 
     def flush(self) -> None:
         """Write whatever is queued now (used at shutdown and by tests)."""
-        self._write(self._drain())
+        self._write_drained()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -210,13 +218,23 @@ class NftWatchedSets:
             self._wake.clear()
             # A short pause gathers the addresses of a burst of answers into one transaction.
             self._stop.wait(self._interval)
+            self._write_drained()
+        self._write_drained()
+
+    def _write_drained(self) -> None:
+        with self._writing:
             self._write(self._drain())
-        self._write(self._drain())
 
     def _drain(self) -> dict[str, int]:
-        wanted: dict[str, int] = {}
+        batches = []
         while self._queue:
-            addresses, timeout = self._queue.popleft()
+            batches.append(self._queue.popleft())
+        return self._fresh(self._wanted(batches))
+
+    @staticmethod
+    def _wanted(batches: Iterable[tuple[tuple[str, ...], int]]) -> dict[str, int]:
+        wanted: dict[str, int] = {}
+        for addresses, timeout in batches:
             for address in addresses:
                 try:
                     key = str(ipaddress.ip_address(address))
@@ -224,6 +242,9 @@ class NftWatchedSets:
                     log.warning("ignoring %r: not an IP address", address)
                     continue
                 wanted[key] = max(timeout, wanted.get(key, 0))
+        return wanted
+
+    def _fresh(self, wanted: dict[str, int]) -> dict[str, int]:
         now = time.monotonic()
         fresh = {}
         for address, timeout in wanted.items():
@@ -233,9 +254,9 @@ class NftWatchedSets:
             fresh[address] = timeout
         return fresh
 
-    def _write(self, wanted: dict[str, int]) -> None:
+    def _write(self, wanted: dict[str, int]) -> bool:
         if not wanted:
-            return
+            return True
         lines = []
         for address, timeout in wanted.items():
             set_name = WATCHED_V6 if ":" in address else WATCHED_V4
@@ -250,9 +271,10 @@ class NftWatchedSets:
         except (NftError, OSError, subprocess.TimeoutExpired) as err:
             self.failures += 1
             log.error("could not add %d watched addresses: %s", len(wanted), err)
-            return
+            return False
         now = time.monotonic()
         for address, timeout in wanted.items():
             self._deadline[address] = now + timeout
         self.added += len(wanted)
         self.batches += 1
+        return True

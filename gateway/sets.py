@@ -36,6 +36,11 @@ class WatchedSets(Protocol):
         """Steer connections to these addresses into the proxy for `timeout_s` seconds."""
         ...
 
+    def add_now(self, addresses: Iterable[str], timeout_s: int) -> None:
+        """As `add`, but in force when it returns (raises if it could not be): for a name whose
+        very first connection must reach the proxy. Blocks: call it off the event loop."""
+        ...
+
 
 class MemoryWatchedSets:
     """An in-process stand-in with the same timeout semantics, for tests and development."""
@@ -50,6 +55,9 @@ class MemoryWatchedSets:
             for address in addresses:
                 key = str(ipaddress.ip_address(address))
                 self._expiry[key] = max(deadline, self._expiry.get(key, 0.0))
+
+    def add_now(self, addresses: Iterable[str], timeout_s: int) -> None:
+        self.add(addresses, timeout_s)
 
     def contains(self, address: str) -> bool:
         key = str(ipaddress.ip_address(address))

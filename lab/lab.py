@@ -410,6 +410,9 @@ nftables = true
 listen = "{address}:{PROXY_PORT}"
 ca_dir = {json.dumps(str(self.state_dir / "ca"))}
 nftables = true
+# The lab's websites use the lab's own public CA: what the proxy verifies them with when it
+# opens a connection it intercepts (pages under an approved URL prefix, inspected searches).
+upstream_ca_file = {json.dumps(str(self.public_ca))}
 
 [network]
 {self._network_section()}

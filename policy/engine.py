@@ -535,33 +535,52 @@ def _exception_applies(exc: PolicyException, client: Client, role: Role) -> bool
     return exc.subject in client.groups
 
 
-def _site_block(overlay: Overlay, names: Sequence[str], url: tuple[str, str] | None, role: Role) -> SiteBlock | None:
+def _site_block(
+    overlay: Overlay, names: Sequence[str], host: str, url: tuple[str, str] | None, *, client: Client, role: Role
+) -> tuple[SiteBlock | None, bool]:
+    """The technician's block that applies, and whether the answer depends on the page.
+
+    A block of pages under a URL prefix is enforced at the prefix where the URL is visible.
+    Without it (DNS; TLS the proxy does not open), a device that trusts the school CA is let
+    through to the proxy, which then sees each page; any other device loses the whole site,
+    never less than what was blocked."""
     for name in names:
         for block in overlay.blocks_by_domain.get(name, ()):
             if not block.roles or role in block.roles:
-                return block
-    if url is not None:
-        for prefix, block in overlay.blocks_by_url_host.get(url[0], ()):
-            if url[1].startswith(prefix) and (not block.roles or role in block.roles):
-                return block
-    return None
+                return block, False
+    url_scoped = False
+    for prefix, block in overlay.blocks_by_url_host.get(url[0] if url is not None else host, ()):
+        if block.roles and role not in block.roles:
+            continue
+        if url is None:
+            url_scoped = True
+            if not client.trusts_school_ca:
+                return block, True
+        elif url[1].startswith(prefix):
+            return block, False
+    return None, url_scoped
 
 
 def _exceptions(
     overlay: Overlay, names: Sequence[str], host: str, url: tuple[str, str] | None, *, client: Client, role: Role
-) -> list[PolicyException]:
-    """Exceptions for this client that cover the target, whatever their dates."""
+) -> tuple[list[PolicyException], bool]:
+    """Exceptions for this client that cover the target, whatever their dates, and whether one
+    of them is for pages under a URL prefix judged without the URL."""
     found: list[PolicyException] = []
+    url_scoped = False
     for name in names:
         for exc in overlay.exceptions_by_domain.get(name, ()):
             if _exception_applies(exc, client, role):
                 found.append(exc)
     for prefix, exc in overlay.exceptions_by_url_host.get(host, ()):
-        # Without a URL (DNS, or TLS the proxy does not open) the host is allowed; the proxy
-        # holds the line at the prefix when it can see the URL.
+        # Without a URL (DNS, or TLS the proxy does not open) the whole host is allowed: the
+        # proxy holds the line at the prefix where it can see the URL (a device that trusts the
+        # school CA, which it then intercepts); elsewhere the whole site opens, as the triage
+        # and decision pages say before the headteacher signs.
         if (url is None or url[1].startswith(prefix)) and _exception_applies(exc, client, role):
             found.append(exc)
-    return found
+            url_scoped = url_scoped or url is None
+    return found, url_scoped
 
 
 def _apply_overlay(
@@ -582,8 +601,9 @@ def _apply_overlay(
     if ban_edge is not None:
         valid_until = _earlier(valid_until, ban_edge)
     url = url_key(target.url) if target.url else None
+    url_scoped = False
     if base.rule_id != SUPPORT_RULE_ID and (decision.verdict is not Verdict.BLOCK or not decision.locked):
-        block = _site_block(overlay, names, url, base.role)
+        block, url_scoped = _site_block(overlay, names, host, url, client=client, role=base.role)
         if block is not None:
             decision = replace(
                 decision,
@@ -596,7 +616,9 @@ def _apply_overlay(
             )
     if decision.verdict is Verdict.BLOCK and not decision.locked:
         chosen: PolicyException | None = None
-        for exc in _exceptions(overlay, names, host, url, client=client, role=base.role):
+        excepted, exceptions_scoped = _exceptions(overlay, names, host, url, client=client, role=base.role)
+        url_scoped = url_scoped or exceptions_scoped
+        for exc in excepted:
             if exc.starts <= now < exc.expires:
                 if chosen is None or exc.expires > chosen.expires:
                     chosen = exc
@@ -613,9 +635,9 @@ def _apply_overlay(
                 exception_id=chosen.id,
             )
     flags = decision.flags | {"banned"} if banned is not None else decision.flags
-    if decision is base and valid_until == base.valid_until and flags is base.flags:
+    if decision is base and valid_until == base.valid_until and flags is base.flags and not url_scoped:
         return base
-    return replace(decision, valid_until=valid_until, flags=flags)
+    return replace(decision, valid_until=valid_until, flags=flags, url_scoped=url_scoped)
 
 
 def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime) -> Decision:

@@ -149,6 +149,10 @@ class Decision:
     valid_until: datetime | None = None  # next instant the verdict could change; None: not foreseeable
     flags: frozenset[str] = field(default_factory=frozenset)  # e.g. {"circumvention"}
     list_id: str | None = None  # the policy's domain list that matched, when no catalogue service did
+    # The verdict depends on the page: a block or exception for pages under a URL prefix was
+    # judged without the URL. DNS steers such a host to the proxy, which intercepts it for a
+    # device that trusts the school CA so that each page is judged with its URL.
+    url_scoped: bool = False
 
     @property
     def blocked(self) -> bool:

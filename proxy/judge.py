@@ -163,6 +163,9 @@ def judge_tls(
     )
     if decision.blocked:
         action = Action.BLOCK_PAGE if client.trusts_school_ca and target.host else Action.KILL
+    elif client.trusts_school_ca and decision.url_scoped:
+        # A block or exception for pages under a URL prefix: each page is judged with its URL.
+        action = Action.INSPECT
     elif client.trusts_school_ca and inspect is not None and inspect(target.host):
         action = Action.INSPECT
     else:

@@ -1,7 +1,9 @@
 """Steer watched services' connections into the proxy: feed their answer addresses to @watched.
 
-When an allowed answer is for a name in the service catalogue (decision.service), its A/AAAA
-addresses go into the gateway's watched sets with a timeout. A background thread does the
+When an allowed answer is for a name in the service catalogue (decision.service), or for a name
+whose verdict depends on the page (decision.url_scoped: a block or exception for pages under a
+URL prefix, which the proxy enforces by seeing the URL), its A/AAAA addresses go into the
+gateway's watched sets with a timeout. A background thread does the
 adding, so a query never waits for nftables. Fresh upstream answers are always fed (they may
 carry new addresses); answers served again from the cache are fed at most every
 `refresh_s` seconds per name, to keep the entries' timeouts from running out.
@@ -9,14 +11,15 @@ carry new addresses); answers served again from the cache are fed at most every
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
 
-from schoolgate.dns.chain import Answer, Result, Stage, is_ready, then
+from schoolgate.dns.chain import Answer, Result, Stage, is_ready, settle, then
 from schoolgate.dns.message import Message, MessageError
-from schoolgate.dns.wire import TYPE_A, TYPE_AAAA, Query
+from schoolgate.dns.wire import TYPE_A, TYPE_AAAA, Query, servfail
 from schoolgate.gateway.sets import WatchedSets
 from schoolgate.policy.types import Verdict
 
@@ -97,7 +100,7 @@ class WatchStage(Stage):
         decision = query.decision
         if (
             decision is None
-            or decision.service is None
+            or (decision.service is None and not decision.url_scoped)
             or decision.verdict is Verdict.BLOCK
             or query.qtype not in (TYPE_A, TYPE_AAAA)
         ):
@@ -110,9 +113,37 @@ class WatchStage(Stage):
             if len(self._fed) > 50_000:
                 self._fed.clear()
             self._fed[key] = now
+            if decision.url_scoped:
+                return self._steer_first(query, result)
             self._feed(result)  # type: ignore[arg-type]
             return result
+        if decision.url_scoped:
+            return self._steer_first(query, result)
         return then(result, self._feed)
+
+    async def _steer_first(self, query: Query, result: Result) -> Answer:
+        """A name whose verdict depends on the page: the answer waits until its addresses are
+        steered to the proxy, so that not even the first connection gets past it (a device that
+        trusts the school CA would otherwise open the whole site, or reach a blocked page,
+        before the proxy could see it). If they cannot be steered, SERVFAIL: never more open."""
+        answer = await settle(result)
+        if not answer:
+            return answer
+        try:
+            addresses = Message(answer).answer_addresses()
+        except MessageError:
+            return answer
+        if not addresses:
+            return answer
+        try:
+            await asyncio.to_thread(self.feeder.sets.add_now, addresses, self.feeder.timeout_s)
+        except Exception as err:
+            self.feeder.errors += 1
+            self._fed.pop((query.qname, query.qtype), None)
+            log.error("could not steer %s to the proxy; answering SERVFAIL: %s", query.qname, err)
+            return servfail(query)
+        self.feeder.added += len(addresses)
+        return answer
 
     def _feed(self, answer: Answer) -> Answer:
         if answer:

@@ -312,6 +312,63 @@ def test_watch_feeds_service_addresses_only() -> None:
     assert sets.snapshot() == {"192.0.2.60", "192.0.2.61"}
 
 
+def test_watch_feeds_a_name_whose_verdict_depends_on_the_page() -> None:
+    # A block for pages under a URL prefix: a device that trusts the school CA is let through
+    # (decision.url_scoped), and the proxy must see its connections to judge each page.
+    from schoolgate.policy.types import SiteBlock
+
+    page = SiteBlock(id=1, domain=None, url_prefix="https://news.test/nasty", roles=frozenset())
+    layered = POLICY.with_overlay(blocks=[page])
+
+    class Overlaid(StaticPolicy):
+        def decide(self, client, target, now):
+            return decide(layered, client, target, now)
+
+    sets = MemoryWatchedSets()
+    policy = PolicyStage(Overlaid(), FixedClock(TEN))
+    link([policy, WatchStage(WatchedFeeder(sets, 60)), Upstream({"news.test": ["A 192.0.2.80"]})])
+    trusting = query("news.test")
+    trusting.client = Client(ip="127.0.0.1", role=Role.PUPIL, trusts_school_ca=True)
+    answer_of(policy.resolve(trusting))
+    assert sets.snapshot() == {"192.0.2.80"}
+
+
+@pytest.mark.parametrize("steered", [True, False])
+def test_a_page_scoped_answer_waits_until_its_addresses_reach_the_proxy(steered: bool) -> None:
+    from schoolgate.policy.types import SiteBlock
+
+    class Sets(MemoryWatchedSets):
+        def add(self, addresses, timeout_s):
+            raise AssertionError("a page-scoped name is steered at once, not queued")
+
+        def add_now(self, addresses, timeout_s):
+            if not steered:
+                raise OSError("nft: no such table")
+            MemoryWatchedSets.add(self, addresses, timeout_s)
+
+    layered = POLICY.with_overlay(
+        blocks=[SiteBlock(id=1, domain=None, url_prefix="https://news.test/nasty", roles=frozenset())]
+    )
+
+    class Overlaid(StaticPolicy):
+        def decide(self, client, target, now):
+            return decide(layered, client, target, now)
+
+    sets = Sets()
+    policy = PolicyStage(Overlaid(), FixedClock(TEN))
+    cache = CacheStage(AnswerCache())
+    link([policy, WatchStage(WatchedFeeder(sets, 60)), cache, Upstream({"news.test": ["A 192.0.2.80"]})])
+    for _ in range(2):  # upstream, then the cache: both wait for the steering
+        trusting = query("news.test")
+        trusting.client = Client(ip="127.0.0.1", role=Role.PUPIL, trusts_school_ca=True)
+        answer = answer_of(policy.resolve(trusting))
+        if steered:
+            assert [rd.address for rd in answer.answer[0]] == ["192.0.2.80"]
+            assert sets.contains("192.0.2.80")
+        else:
+            assert answer.rcode() == dns.rcode.SERVFAIL and not answer.answer  # never more open
+
+
 def test_a_cname_to_a_blocked_name_is_blocked_for_that_client_only() -> None:
     class Chain(Stage):
         def resolve(self, query: Query) -> Result:

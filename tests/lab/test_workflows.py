@@ -9,9 +9,11 @@ the scheduler that raises the DSL's case.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +62,20 @@ def wait_until(produce: Callable[[], T | None], *, timeout: float, what: str) ->
         time.sleep(0.2)
 
 
+def in_force(lab: LabClient, generation: int, dns_applies: Callable[[], bool], *, timeout: float) -> None:
+    """Wait until the proxy has loaded overlay `generation` and DNS answers as it says (each
+    daemon polls the generation on its own)."""
+
+    def loaded() -> bool | None:
+        try:
+            proxy = lab.proxy_stats().get("overlay_generation", -1)
+        except (OSError, ValueError):
+            return None  # the proxy has not written its first stats yet
+        return (proxy >= generation and dns_applies()) or None
+
+    wait_until(loaded, timeout=timeout, what=f"overlay generation {generation} in DNS and the proxy")
+
+
 def upset_case(lab: LabClient, device_id: str) -> Alert | None:
     with lab.session() as session:
         return session.scalars(
@@ -104,6 +120,7 @@ def test_upset_button_on_a_device_without_the_school_ca_works_where_its_page_sho
 ) -> None:
     from schoolgate.services.actor import Actor
     from schoolgate.services.site_blocks import BlockSpec, add_site_block
+    from schoolgate.store.overlay import read_generation
 
     # A site the technician blocked after a report; served over plain HTTP, the only way a
     # device that does not trust the school CA can be shown a block page at all.
@@ -113,8 +130,8 @@ def test_upset_button_on_a_device_without_the_school_ca_works_where_its_page_sho
         add_site_block(session, site="kingswood", now=lab.lab.clock_now(), actor=technician,
                        spec=BlockSpec(domain="games.example.com"), reason="Lab: a frightening game")
         session.commit()
-    wait_until(lambda: lab.resolve("pupil", "games.example.com") == ["10.41.0.1"] or None, timeout=2.0,
-               what="the block to apply")
+        generation = read_generation(session, "kingswood")
+    in_force(lab, generation, lambda: lab.resolve("pupil", "games.example.com") == ["10.41.0.1"], timeout=2.0)
     pupil = device("pupil")
     shown, thanked = browse(
         lab, "pupil", [["goto", "http://games.example.com/play"], ["click", "#upset-button"]], tmp_path / "pupil"
@@ -129,3 +146,85 @@ def test_upset_button_on_a_device_without_the_school_ca_works_where_its_page_sho
     # closes the connection and shows nothing; the button can only be where a page is.
     (https,) = browse(lab, "pupil", [["goto", "https://games.example.com/play"]], tmp_path / "pupil")
     assert https["error"] is not None and "Thank you" not in https["text"]
+
+
+# ------------------------------------------------------------------ approval-scope honesty
+
+
+def issuer(stderr: str) -> str:
+    return next((line.split("issuer:", 1)[1].strip() for line in stderr.splitlines() if "issuer:" in line), "")
+
+
+def test_a_page_approval_is_held_at_its_prefix_only_where_the_proxy_sees_pages(lab: LabClient) -> None:
+    from schoolgate.store.models import PolicyExceptionRow
+    from schoolgate.store.overlay import bump_generation
+
+    lab.set_clock(LESSON)
+    now = lab.lab.clock_now()
+    with lab.session() as session:
+        row = PolicyExceptionRow(
+            site="kingswood", scope="role", subject="pupil", domain=None,
+            url_prefix="https://www.facebook.com/kingswoodpta", starts=now - timedelta(minutes=1),
+            expires=now + timedelta(hours=2), reason="Lab: the PTA's page", created_by="lab-test",
+        )
+        session.add(row)
+        bump_generation(session, "kingswood")
+        session.commit()
+        exception_id = row.id
+    try:
+        page = "https://www.facebook.com/kingswoodpta/photos"
+        # A device that trusts the school CA: intercepted, each page judged with its URL.
+        def opened() -> subprocess.CompletedProcess[str] | None:
+            done = lab.curl("pupilca", page, "-v", ca=lab.school_ca, timeout=2)
+            return done if done.returncode == 0 and "served-by=lab-internet" in done.stdout else None
+
+        inside = wait_until(opened, timeout=2.0, what="the approved page to open on the trusting device")
+        assert issuer(inside.stderr).startswith("CN=") and "lab public" not in issuer(inside.stderr)
+        outside = lab.curl("pupilca", "https://www.facebook.com/someone-else", ca=lab.school_ca)
+        assert outside.returncode == 0 and "This website is blocked" in outside.stdout
+        assert "served-by=lab-internet" not in outside.stdout
+        # A device that does not: the proxy cannot see the page, so the whole site is open, as
+        # the headteacher was told before signing.
+        anywhere = lab.curl("pupil", "https://www.facebook.com/someone-else", "-v")
+        assert anywhere.returncode == 0 and "served-by=lab-internet" in anywhere.stdout
+        assert issuer(anywhere.stderr) == "CN=schoolgate lab public root"  # passed through untouched
+    finally:
+        with lab.session() as session:
+            stored = session.get(PolicyExceptionRow, exception_id)
+            assert stored is not None
+            stored.revoked_at = lab.lab.clock_now()
+            bump_generation(session, "kingswood")
+            session.commit()
+
+
+def test_a_page_block_is_held_at_its_prefix_or_closes_the_whole_site(lab: LabClient) -> None:
+    from schoolgate.store.models import SiteBlockRow
+    from schoolgate.store.overlay import bump_generation
+
+    lab.set_clock(LESSON)
+    with lab.session() as session:
+        row = SiteBlockRow(site="kingswood", domain=None, url_prefix="https://library.example.org/restricted",
+                           roles="pupil", reason="Lab: a reported page", created_by="lab-test")
+        session.add(row)
+        generation = bump_generation(session, "kingswood")
+        session.commit()
+        block_id = row.id
+    try:
+        in_force(lab, generation, lambda: lab.resolve("pupil", "library.example.org") == ["10.41.0.1"], timeout=2.0)
+        # Trusting: the rest of the site works (through the proxy), the reported pages do not.
+        fine = lab.curl("pupilca", "https://library.example.org/books", "-v", ca=lab.school_ca)
+        assert fine.returncode == 0 and "served-by=lab-internet" in fine.stdout, fine.stderr
+        nasty = lab.curl("pupilca", "https://library.example.org/restricted/page", ca=lab.school_ca)
+        assert "This website is blocked" in nasty.stdout and "served-by=lab-internet" not in nasty.stdout
+        # Not trusting: no page can be seen, so the whole site is closed, never less.
+        assert lab.curl("pupil", "https://library.example.org/books").returncode != 0
+        # Staff are not in the block's roles: untouched, never through the proxy's interception.
+        staff = lab.curl("staff", "https://library.example.org/restricted/page", "-v")
+        assert staff.returncode == 0 and issuer(staff.stderr) == "CN=schoolgate lab public root"
+    finally:
+        with lab.session() as session:
+            stored = session.get(SiteBlockRow, block_id)
+            assert stored is not None
+            stored.removed_at = lab.lab.clock_now()
+            bump_generation(session, "kingswood")
+            session.commit()

@@ -124,10 +124,13 @@ def test_url_prefix_exception(example: CompiledPolicy) -> None:
     )
     layered = example.with_overlay(exceptions=[exc])
     now = local("2026-11-23 11:00")
-    # DNS cannot see the URL: the host is let through and the proxy holds the line.
-    assert decide(layered, PUPIL, Target("x.com"), now).verdict is Verdict.ALLOW
+    # DNS cannot see the URL: the whole host is let through, marked as depending on the page
+    # (the proxy then intercepts it on a device that trusts the school CA).
+    unseen = decide(layered, PUPIL, Target("x.com"), now)
+    assert (unseen.verdict, unseen.url_scoped) == (Verdict.ALLOW, True)
     inside = Target("x.com", url="http://X.com/KingswoodPri/status/1")
-    assert decide(layered, PUPIL, inside, now).verdict is Verdict.ALLOW
+    seen = decide(layered, PUPIL, inside, now)
+    assert (seen.verdict, seen.url_scoped) == (Verdict.ALLOW, False)
     outside = Target("x.com", url="https://x.com/someone-else")
     assert decide(layered, PUPIL, outside, now).verdict is Verdict.BLOCK
     assert decide(layered, PUPIL, Target("twitter.com"), now).verdict is Verdict.BLOCK
@@ -183,10 +186,48 @@ def test_site_blocks(example: CompiledPolicy) -> None:
     assert "appendix B" in decision.clause
     assert decide(layered, PUPIL, Target("chat.example"), now).verdict is Verdict.BLOCK
     assert decide(layered, TEACHER, Target("chat.example"), now).verdict is Verdict.ALLOW
-    assert decide(layered, PUPIL, Target("news.example"), now).verdict is Verdict.ALLOW  # DNS: no URL
     nasty = Target("news.example", url="https://news.example/nasty/story")
     assert decide(layered, PUPIL, nasty, now).verdict is Verdict.BLOCK
     assert decide(layered, PUPIL, Target("news.example", url="https://news.example/ok"), now).verdict is Verdict.ALLOW
+
+
+TRUSTING_PUPIL = Client(
+    ip="10.41.20.32", person_id="P6003", device_id="LAPTOP-32", role=Role.PUPIL, year_group=6,
+    groups=frozenset({"6B"}), trusts_school_ca=True,
+)
+
+
+@pytest.mark.parametrize(
+    ("client", "target", "verdict", "url_scoped"),
+    [
+        # The page is visible (plain HTTP, or a page the proxy intercepted): judged at the prefix.
+        (PUPIL, Target("news.example", url="https://news.example/nasty/story"), Verdict.BLOCK, False),
+        (PUPIL, Target("news.example", url="http://NEWS.example/ok"), Verdict.ALLOW, False),
+        (TRUSTING_PUPIL, Target("news.example", url="https://news.example/nasty"), Verdict.BLOCK, False),
+        # No page (DNS, TLS): a device that trusts the school CA is let through to the proxy,
+        # which intercepts it and judges each page; any other device loses the whole site.
+        (TRUSTING_PUPIL, Target("news.example"), Verdict.ALLOW, True),
+        (PUPIL, Target("news.example"), Verdict.BLOCK, True),
+        # Other hosts are untouched, whatever the prefix's path.
+        (PUPIL, Target("www.news.example"), Verdict.ALLOW, False),
+        (TEACHER, Target("sport.example"), Verdict.ALLOW, False),
+    ],
+)
+def test_a_page_block_is_enforced_at_its_prefix_or_closes_the_whole_site(
+    example: CompiledPolicy, client: Client, target: Target, verdict: Verdict, url_scoped: bool
+) -> None:
+    page = SiteBlock(id=11, domain=None, url_prefix="https://news.example/nasty", roles=frozenset())
+    decision = decide(example.with_overlay(blocks=[page]), client, target, local("2026-11-23 11:00"))
+    assert (decision.verdict, decision.url_scoped) == (verdict, url_scoped)
+    if verdict is Verdict.BLOCK:
+        assert decision.rule_id == "site-block-11"
+
+
+def test_a_page_block_for_pupils_leaves_staff_alone(example: CompiledPolicy) -> None:
+    page = SiteBlock(id=15, domain=None, url_prefix="https://news.example/nasty", roles=frozenset({Role.PUPIL}))
+    layered = example.with_overlay(blocks=[page])
+    decision = decide(layered, TEACHER, Target("news.example"), local("2026-11-23 11:00"))
+    assert (decision.verdict, decision.url_scoped) == (Verdict.ALLOW, False)
 
 
 def test_an_approved_exception_lifts_a_site_block(example: CompiledPolicy) -> None:
