@@ -21,6 +21,7 @@ SUBPACKAGES = {
     "schoolgate.console": "console",
     "schoolgate.services": "services",
     "schoolgate.scheduler": "scheduler",
+    "schoolgate.lists": "lists",
 }
 DATA_SUFFIXES = {".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 

@@ -57,7 +57,7 @@ def _check(args: argparse.Namespace) -> int:
     catalogue = sum(len(s.domains) + len(s.hosts) for s in policy.services)
     print(
         f"{args.file}: OK. {policy.school.name}: {len(policy.rules)} rules, {len(policy.services)} services "
-        f"({catalogue} domains), {len(policy.lists)} lists ({policy.table.count} domains), "
+        f"({catalogue} domains), {len(policy.lists)} lists ({policy.entries.count} names), "
         f"{len(policy.windows)} windows, {len(policy.networks)} networks, {len(policy.calendar.terms)} terms, "
         f"{len(policy.calendar.closures)} closure days."
     )

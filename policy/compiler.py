@@ -21,20 +21,23 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schoolgate.policy.catalogue import BUILTIN, CATALOGUE, ILLEGAL, BuiltinCategory, canary_for
-from schoolgate.policy.domains import MAX_LISTS, DomainTable
+from schoolgate.policy.domains import MAX_LISTS, ListIndex, ListSet
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.lists import (
     FORMATS,
     ListStats,
-    parse_adblock_rule,
+    adguard_names,
     parse_adguard_services,
     parse_list,
+    split_addresses,
     valid_name,
 )
+from schoolgate.policy.liststore import ListStore, StoreBuilder
 from schoolgate.policy.model import (
     Category,
     DomainList,
     DynamicClauses,
+    IPNetwork,
     ListSource,
     Network,
     Rule,
@@ -602,96 +605,145 @@ def _whole(src: _Source, item: Mapping[str, Any], path: Path, *, default: int, l
     return value
 
 
+Installed = Callable[[ListSource], ListStore | None]  # a subscription -> its version in force, if any
+
+
 def _lists(
     src: _Source,
     raw: Any,
     categories: Mapping[str, Category],
     reader: ListReader | None,
-    table: DomainTable,
     *,
+    installed: Installed | None,
+    seed: int,
     warnings: list[str],
-) -> tuple[DomainList, ...]:
+) -> tuple[tuple[DomainList, ...], ListSet]:
+    """The [lists] section: local files compiled into one list store here, subscriptions
+    taken from the versions installed (the caller maps them)."""
     if not isinstance(raw, dict):
         raise src.error(("lists",), "must be a set of named lists, e.g. [lists.malware]")
     if len(raw) > MAX_LISTS:
         raise src.error(("lists",), f"too many lists ({len(raw)}; at most {MAX_LISTS}); merge some files")
+    sources: list[tuple[str, Mapping[str, Any], ListSource]] = []
+    for lid, entry in raw.items():
+        item = src.table(entry, ("lists", lid), _LIST, f"list {lid}")
+        sources.append((lid, item, _list_source(src, lid, item, categories)))
+    local_ids = [lid for lid, _, source in sources if source.file is not None]
+    local = StoreBuilder(seed, local_ids)
     out: list[DomainList] = []
-    for bit, (lid, entry) in enumerate(raw.items()):
+    indexes: list[ListIndex] = []
+    local_bits: list[tuple[int, int]] = []
+    for bit, (lid, table, source) in enumerate(sources):
         path: Path = ("lists", lid)
-        item = src.table(entry, path, _LIST, f"list {lid}")
-        source = _list_source(src, lid, item, categories)
-        name = src.string(item.get("name", lid), (*path, "name"))
-        if source.url is not None:
-            warnings.append(
-                f"list {lid}: no version of {source.url} is installed yet; until the first "
-                "`schoolgate lists update` its categories are filled only by local lists and the catalogue"
+        name = src.string(table.get("name", lid), (*path, "name"))
+        category_bits = 1 << categories[source.category].bit if source.category else 0
+        if source.file is None:
+            entry, index = _subscription(
+                source, bit, name, categories=categories, installed=installed, warnings=warnings
             )
-            out.append(
-                DomainList(
-                    id=lid, bit=bit, name=name, file="", format=source.format, category=source.category,
-                    count=0, summary="no version installed yet", source=source,
-                )
-            )
+            out.append(entry)
+            if index is not None:
+                indexes.append(index)
             continue
-        file = source.file
-        assert file is not None
-        fmt = source.format
-        wanted = source.services
-        if reader is None:
-            raise src.error((*path, "file"), "list files cannot be read here")
-        stats = ListStats()
-        exact: list[str] = []
-        before = table.count
-        try:
-            lines = reader(file)
-            if fmt == "adguard-services":
-                try:
-                    services = parse_adguard_services("".join(lines))
-                except ValueError as err:
-                    raise src.error((*path, "file"), f'"{file}": {err}') from None
-                chosen = list(wanted) if wanted is not None else list(services)
-                for sid in chosen:
-                    if sid not in services:
-                        raise src.error((*path, "services"), f'"{sid}" is not in {file} (it has: {_known(services)})')
-                names: list[str] = []
-                for sid in chosen:
-                    for number, rule in enumerate(services[sid].rules, start=1):
-                        parsed = parse_adblock_rule(rule)
-                        if isinstance(parsed, str):
-                            stats.skip(number, rule, parsed)
-                            continue
-                        stats.accepted += 1
-                        if parsed[1]:
-                            stats.exact += 1
-                            exact.append(parsed[0])
-                        else:
-                            names.append(parsed[0])
-                table.add_many(names, bit)
-            else:
-                table.add_many(parse_list(fmt, lines, stats, exact), bit)
-        except FileNotFoundError:
-            raise src.error((*path, "file"), f'list file "{file}" not found') from None
-        except UnicodeDecodeError:
-            raise src.error((*path, "file"), f'list file "{file}" is not UTF-8 text') from None
-        except OSError as err:
-            raise src.error((*path, "file"), f'cannot read list file "{file}": {err.strerror or err}') from None
-        table.add_many(exact, bit, exact=True)
-        if stats.accepted == 0:
-            raise src.error((*path, "file"), f'list file "{file}" holds no domain names in {fmt} format')
+        stats = _read_local(src, path, source, reader=reader, builder=local, number=len(local_bits))
+        local_bits.append((category_bits, 1 << bit))
         out.append(
             DomainList(
-                id=lid,
-                bit=bit,
-                name=name,
-                file=file,
-                format=fmt,
-                category=source.category,
-                count=stats.accepted,
-                summary=stats.summary() + f"; {table.count - before} new to the policy",
-                source=source,
+                id=lid, bit=bit, name=name, file=source.file, format=source.format, category=source.category,
+                count=stats.accepted, summary=stats.summary(), source=source,
             )
         )
-    return tuple(out)
+    if local_ids:
+        indexes.insert(0, ListIndex(ListStore(local.build({"version": "local"})), tuple(local_bits)))
+    return tuple(out), ListSet(indexes)
+
+
+def _read_local(
+    src: _Source, path: Path, source: ListSource, *, reader: ListReader | None, builder: StoreBuilder, number: int
+) -> ListStats:
+    """Parse one local list file into the policy's local store, as source `number`."""
+    file = source.file
+    assert file is not None
+    fmt = source.format
+    if reader is None:
+        raise src.error((*path, "file"), "list files cannot be read here")
+    stats = ListStats()
+    exact: list[str] = []
+    networks: list[IPNetwork] = []
+    try:
+        lines = reader(file)
+        if fmt == "adguard-services":
+            try:
+                services = parse_adguard_services("".join(lines))
+            except ValueError as err:
+                raise src.error((*path, "file"), f'"{file}": {err}') from None
+            chosen = list(source.services) if source.services is not None else list(services)
+            for sid in chosen:
+                if sid not in services:
+                    raise src.error((*path, "services"), f'"{sid}" is not in {file} (it has: {_known(services)})')
+            builder.add_names(adguard_names(services, chosen, stats, exact), number)
+        else:
+            builder.add_names(split_addresses(parse_list(fmt, lines, stats, exact), networks, stats), number)
+    except FileNotFoundError:
+        raise src.error((*path, "file"), f'list file "{file}" not found') from None
+    except UnicodeDecodeError:
+        raise src.error((*path, "file"), f'list file "{file}" is not UTF-8 text') from None
+    except OSError as err:
+        raise src.error((*path, "file"), f'cannot read list file "{file}": {err.strerror or err}') from None
+    builder.add_names(exact, number, exact=True)
+    for network in networks:
+        builder.add_network(network, number)
+    if stats.accepted == 0:
+        raise src.error((*path, "file"), f'list file "{file}" holds no domain names in {fmt} format')
+    return stats
+
+
+def _subscription(
+    source: ListSource,
+    bit: int,
+    name: str,
+    *,
+    categories: Mapping[str, Category],
+    installed: Installed | None,
+    warnings: list[str],
+) -> tuple[DomainList, ListIndex | None]:
+    """A subscription's installed version, as the policy's categories see it."""
+    store = installed(source) if installed is not None else None
+    empty = DomainList(
+        id=source.id, bit=bit, name=name, file="", format=source.format, category=source.category, count=0,
+        summary="no version installed yet", source=source,
+    )
+    if store is None:
+        warnings.append(
+            f"list {source.id}: no version of {source.url} is installed yet; until the first "
+            "`schoolgate lists update` its categories are filled only by local lists and the catalogue"
+        )
+        return empty, None
+    bits: list[tuple[int, int]] = []
+    for folder in store.sources:
+        mapped = source.categories_of(folder)
+        category_bits = sum(1 << categories[c].bit for c in mapped)
+        used = bool(mapped) or (source.format != "squidguard" and not folder)
+        bits.append((category_bits, 1 << bit if used else 0))
+    if source.format == "squidguard":
+        present = set(store.info.get("all_sources", store.sources))
+        compiled = set(store.sources)
+        for folder, _ in source.categories:
+            if folder not in present:
+                warnings.append(f"list {source.id}: the installed version has no folder {folder!r}")
+            elif folder not in compiled:
+                warnings.append(
+                    f"list {source.id}: folder {folder!r} was not mapped when the installed version was "
+                    "compiled; run `schoolgate lists update` to use it"
+                )
+    version = str(store.info.get("version", "")) or None
+    summary = str(store.info.get("summary", "")) or f"{store.key_count} names"
+    entry = DomainList(
+        id=source.id, bit=bit, name=name, file="", format=source.format, category=source.category,
+        count=store.key_count + store.url_count + store.address_count, summary=summary, source=source,
+        version=version,
+    )
+    return entry, ListIndex(store, tuple(bits))
 
 
 def _mask(src: _Source, value: Any, path: Path, known: Mapping[str, int], what: str) -> tuple[int, tuple[str, ...]]:
@@ -858,8 +910,28 @@ def _check_precedence(
             )
 
 
+def list_sources(path: str, text: str, data: Mapping[str, Any]) -> tuple[ListSource, ...]:
+    """Only the [lists] of a policy file, checked (with [categories], which they name): what
+    `schoolgate lists update` needs to know without compiling the rest."""
+    src = _Source(path, text)
+    categories = {c.id: c for c in _categories(src, data.get("categories", {}))}
+    raw = data.get("lists", {})
+    if not isinstance(raw, dict):
+        raise src.error(("lists",), "must be a set of named lists, e.g. [lists.malware]")
+    return tuple(
+        _list_source(src, lid, src.table(entry, ("lists", lid), _LIST, f"list {lid}"), categories)
+        for lid, entry in raw.items()
+    )
+
+
 def compile_policy(
-    path: str, text: str, data: Mapping[str, Any], read_list: ListReader | None = None
+    path: str,
+    text: str,
+    data: Mapping[str, Any],
+    read_list: ListReader | None = None,
+    *,
+    installed: Installed | None = None,
+    seed: int | None = None,
 ) -> CompiledPolicy:
     """Check and compile a parsed policy file. `path` is only used in error messages."""
     src = _Source(path, text)
@@ -875,9 +947,14 @@ def compile_policy(
     categories = _categories(src, data.get("categories", {}))
     category_by_id = {c.id: c for c in categories}
     services = _services(src, data.get("services", {}), category_by_id)
-    table = DomainTable()
     warnings: list[str] = []
-    lists = _lists(src, data.get("lists", {}), category_by_id, read_list, table, warnings=warnings)
+    if seed is None:
+        # Deterministic for tests; the loader passes a random seed (a seed known outside the
+        # appliance would let someone choose a name that collides with a listed one).
+        seed = int.from_bytes(hashlib.sha256(b"schoolgate-lists" + text.encode("utf-8")).digest()[:8], "little")
+    lists, entries = _lists(
+        src, data.get("lists", {}), category_by_id, read_list, installed=installed, seed=seed, warnings=warnings
+    )
     rules_raw = src.required(data, (), "rules", "add [[rules]] blocks; the first rule that matches decides")
     if not isinstance(rules_raw, list) or not rules_raw:
         raise src.error(("rules",), "must be one or more [[rules]] blocks")
@@ -908,7 +985,7 @@ def compile_policy(
         lists=lists,
         rules=tuple(rules),
         default_rule=default,
-        table=table,
+        entries=entries,
         dynamic=dynamic,
         fingerprint=fingerprint,
         warnings=tuple(warnings),

@@ -1,25 +1,23 @@
 """Domain matching: a host matches a listed domain if it is that domain or a subdomain of it.
 
-Big block lists (a million names) are held as 64-bit hashes in one open-addressing table made
-of two flat arrays, not as a set of strings: a Python `str` costs ~60 bytes plus the set's
-slot, a hash costs 8 bytes plus a 4-byte mask of the lists that hold it. Python's `hash()` of a
-`str` is a keyed 64-bit SipHash; the key differs per process, which is fine because a table is
-built and used inside one process and never stored. Two different names sharing a 64-bit hash
-is so unlikely (about 1 in 10^7 for a million names looked up a million times) that the table
-does not keep the names themselves.
+The policy's lists are compiled into list stores (schoolgate.policy.liststore): the local list
+files into one built when the policy is compiled, each subscription into the version file the
+daemons map. `ListSet` asks them all about a host's label suffixes and turns what they hold
+(source categories) into the policy's list and category bits; the catalogue's services stay
+small dictionaries in the engine.
 """
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Iterable, Sequence
+import ipaddress
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
-_MAX_LOAD = 0.55
-# A value word holds a bit per list for "domain and its subdomains" in the low half and a bit
-# per list for "this exact host only" (adblock `|host^`) in the high half.
-MAX_LISTS = 16
-EXACT_SHIFT = 16
-_SUFFIX_BITS = (1 << EXACT_SHIFT) - 1
+from xxhash import xxh3_64_intdigest
+
+from schoolgate.policy.liststore import ListStore
+
+MAX_LISTS = 32  # lists in one policy (one bit each in a decision's match)
 
 
 def normalise_host(host: str) -> str:
@@ -45,127 +43,114 @@ def suffixes(host: str) -> list[str]:
     return out
 
 
-class DomainTable:
-    """Many domain lists in one table: for each name, which lists hold it, and how.
+@dataclass(frozen=True, slots=True)
+class ListIndex:
+    """A list store as the policy sees it: for each of the store's source categories, the
+    policy's (category bits, list bits) it stands for; (0, 0) for a source not used."""
 
-    Keys are the names' signed 64-bit hashes (0 marks an empty slot; a name hashing to 0 is
-    stored as 1). Built once per policy version; a lookup allocates nothing but the hash.
-    """
+    store: ListStore
+    source_bits: tuple[tuple[int, int], ...]
 
-    __slots__ = ("_keys", "_mask", "_values", "count")
 
-    def __init__(self, capacity_hint: int = 0) -> None:
-        self._mask = self._size_for(capacity_hint) - 1
-        self._keys = array("q", bytes(8 * (self._mask + 1)))
-        self._values = array("I", bytes(4 * (self._mask + 1)))
-        self.count = 0
+def _bits_of(mask: int, source_bits: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """A mask over a store's sources -> the policy's (category bits, list bits)."""
+    categories = lists = 0
+    while mask:
+        low = mask & -mask
+        category_bits, list_bits = source_bits[low.bit_length() - 1]
+        categories |= category_bits
+        lists |= list_bits
+        mask ^= low
+    return categories, lists
 
-    @staticmethod
-    def _size_for(entries: int) -> int:
-        size = 8
-        while size * _MAX_LOAD < max(entries, 1):
-            size *= 2
-        return size
 
-    @property
-    def capacity(self) -> int:
-        return self._mask + 1
+def _class_bits(index: ListIndex) -> tuple[tuple[int, int, int, int], ...]:
+    """Per class of the store: (categories with subdomains, exact categories, lists with
+    subdomains, exact lists)."""
+    out = []
+    for suffix, exact in index.store.classes:
+        categories, lists = _bits_of(suffix, index.source_bits)
+        exact_categories, exact_lists = _bits_of(exact, index.source_bits)
+        out.append((categories, exact_categories, lists, exact_lists))
+    return tuple(out)
 
-    def nbytes(self) -> int:
-        return self._keys.itemsize * len(self._keys) + self._values.itemsize * len(self._values)
 
-    def _reserve(self, entries: int) -> None:
-        """Make room for `entries` names in total, rehashing once if needed."""
-        size = self._size_for(entries)
-        if size <= self._mask + 1:
-            return
-        old_keys, old_values = self._keys, self._values
-        self._keys = array("q", bytes(8 * size))
-        self._values = array("I", bytes(4 * size))
-        self._mask = size - 1
-        self.count = 0
-        for key, value in zip(old_keys, old_values, strict=True):
-            if key:
-                self._insert_keys((key,), value)
+class ListSet:
+    """Every list store of a policy, asked together. Stores that share a seed share the keys
+    of a host's suffixes, so each suffix is hashed once per seed, not once per store."""
 
-    def _insert_keys(self, keys: Iterable[int], bits: int) -> int:
-        table, values, mask = self._keys, self._values, self._mask
-        added = 0
-        for key in keys:
-            if not key:
-                key = 1  # noqa: PLW2901  (0 marks an empty slot)
-            i = key & mask
-            k = table[i]
-            while k:
-                if k == key:
-                    values[i] |= bits
-                    break
-                i = (i + 1) & mask
-                k = table[i]
-            else:
-                table[i] = key
-                values[i] = bits
-                added += 1
-        self.count += added
-        return added
+    __slots__ = ("_groups", "_indexes", "address_count", "count", "url_count")
 
-    def add(self, name: str, list_index: int, *, exact: bool = False) -> bool:
-        """Record `name` in list `list_index`; return True if the name was new to the table."""
-        return self.add_many((name,), list_index, exact=exact) == 1
+    def __init__(self, indexes: Sequence[ListIndex] = ()) -> None:
+        by_seed: dict[int, list[tuple[ListStore, tuple[tuple[int, int, int, int], ...]]]] = {}
+        for index in indexes:
+            if len(index.source_bits) != len(index.store.sources):
+                raise ValueError("a list index must say what each of its store's sources stands for")
+            by_seed.setdefault(index.store.seed, []).append((index.store, _class_bits(index)))
+        self._groups = tuple((seed, tuple(stores)) for seed, stores in by_seed.items())
+        self._indexes = tuple(indexes)
+        self.count = sum(i.store.key_count for i in indexes)
+        self.url_count = sum(i.store.url_count for i in indexes)
+        self.address_count = sum(i.store.address_count for i in indexes)
 
-    def add_many(self, names: Iterable[str], list_index: int, *, exact: bool = False) -> int:
-        """Bulk insert; returns how many names were new to the table.
+    def lookup(self, names: Sequence[str]) -> tuple[int, int, str | None]:
+        """For a host's suffixes (longest first): (list bits, category bits, first match).
 
-        The hashes are computed in one pass in C (`map(hash, ...)`) into a compact array, the
-        table is sized once for all of them, and only the probing loop runs in Python.
+        A suffix entry covers the host and all its subdomains; an exact entry only the host
+        itself (the first element of `names`).
         """
-        if not 0 <= list_index < MAX_LISTS:
-            raise ValueError(f"list index {list_index} out of range (at most {MAX_LISTS} lists)")
-        keys = array("q", map(hash, names))
-        self._reserve(self.count + len(keys))
-        return self._insert_keys(keys, 1 << (list_index + (EXACT_SHIFT if exact else 0)))
+        found_lists = found_categories = 0
+        first = len(names)
+        for seed, stores in self._groups:
+            keys = [xxh3_64_intdigest(name.encode("utf-8", "replace"), seed) for name in names]
+            for store, classes in stores:
+                find = store.find
+                for position, key in enumerate(keys):
+                    klass = find(key)
+                    if klass < 0:
+                        continue
+                    categories, exact_categories, lists, exact_lists = classes[klass]
+                    if position == 0:
+                        categories |= exact_categories
+                        lists |= exact_lists
+                    if lists:
+                        found_lists |= lists
+                        found_categories |= categories
+                        first = min(first, position)
+        return found_lists, found_categories, names[first] if first < len(names) else None
 
-    def get(self, name: str) -> int:
-        """The value bits recorded for exactly this name (0 if none)."""
-        key = hash(name) or 1
-        keys, mask = self._keys, self._mask
-        i = key & mask
-        while True:
-            k = keys[i]
-            if k == key:
-                return int(self._values[i])
-            if k == 0:
-                return 0
-            i = (i + 1) & mask
+    def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:
+        """(list bits, category bits) of `host/path` entries covering the host and path."""
+        found_lists = found_categories = 0
+        for index in self._indexes:
+            store = index.store
+            if not store.url_count:
+                continue
+            for name in names:
+                mask = store.find_url(xxh3_64_intdigest(name.encode("utf-8", "replace"), store.seed), path)
+                categories, lists = _bits_of(mask, index.source_bits)
+                found_categories |= categories
+                found_lists |= lists
+        return found_lists, found_categories
 
-    def lookup(self, names: Sequence[str]) -> tuple[int, str | None]:
-        """For a host's suffixes (longest first): the lists that cover it, and the first hit.
+    def lookup_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
+        """(list bits, category bits) of the listed networks holding `address`."""
+        found_lists = found_categories = 0
+        for index in self._indexes:
+            if not index.store.address_count:
+                continue
+            klass = index.store.find_address(address)
+            if klass < 0:
+                continue
+            categories, lists = _bits_of(index.store.classes[klass][0], index.source_bits)
+            found_categories |= categories
+            found_lists |= lists
+        return found_lists, found_categories
 
-        A suffix entry covers the host and all its subdomains; an exact entry covers only the
-        host itself (the first element of `names`).
-        """
-        if not self.count:
-            return 0, None
-        keys, values, mask = self._keys, self._values, self._mask
-        found = 0
-        first: str | None = None
-        exact_allowed = True  # only the host itself may match an exact entry
-        for name in names:
-            key = hash(name) or 1
-            i = key & mask
-            k = keys[i]
-            while k:
-                if k == key:
-                    bits = values[i]
-                    hit = bits & _SUFFIX_BITS
-                    if exact_allowed:
-                        hit |= bits >> EXACT_SHIFT
-                    if hit:
-                        found |= hit
-                        if first is None:
-                            first = name
-                    break
-                i = (i + 1) & mask
-                k = keys[i]
-            exact_allowed = False
-        return found, first
+    def networks(self) -> Iterator[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]]:
+        """Every listed network that a list in use holds, with its category bits."""
+        for index in self._indexes:
+            for network, klass in index.store.addresses():
+                categories, lists = _bits_of(index.store.classes[klass][0], index.source_bits)
+                if lists:
+                    yield network, categories

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from schoolgate.policy.catalogue import ILLEGAL, SUPPORT, SUPPORT_DOMAINS
-from schoolgate.policy.domains import DomainTable, normalise_host, suffixes
+from schoolgate.policy.domains import ListSet, normalise_host, suffixes
 from schoolgate.policy.model import (
     NO_MATCH,
     Category,
@@ -80,6 +80,16 @@ def _fixed_rule(rule_id: str, clause: str, reason: str, action: Verdict, categor
         unless=0,
         locked=action is Verdict.BLOCK,
     )
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The host as an IP address, if it is one (no top-level domain is all digits)."""
+    if not (host[-1:].isdigit() or ":" in host):
+        return None
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
 
 
 def url_key(url: str) -> tuple[str, str] | None:
@@ -180,7 +190,7 @@ class CompiledPolicy:
         lists: tuple[DomainList, ...],
         rules: tuple[Rule, ...],
         default_rule: Rule,
-        table: DomainTable,
+        entries: ListSet,
         dynamic: DynamicClauses,
         fingerprint: str = "",
         warnings: tuple[str, ...] = (),
@@ -195,7 +205,7 @@ class CompiledPolicy:
         self.lists = lists
         self.rules = rules
         self.default_rule = default_rule
-        self.table = table
+        self.entries = entries  # every list's names, URL prefixes and addresses
         self.dynamic = dynamic
         self.fingerprint = fingerprint
         self.warnings = warnings  # not mistakes, but worth a technician's attention (policy check)
@@ -227,7 +237,6 @@ class CompiledPolicy:
         self._support_domains = frozenset(name for name, _ in SUPPORT_DOMAINS) if support is not None else frozenset()
         # Canaries: reserved names the policy files under their category whatever the lists hold.
         self._canaries = {c.canary: 1 << c.bit for c in categories if c.canary}
-        self._list_category_bits = tuple((1 << self.category_by_id[d.category].bit) if d.category else 0 for d in lists)
         self._rules_by_role: dict[Role, tuple[Rule, ...]] = {
             role: tuple(r for r in rules if role in r.roles) for role in Role
         }
@@ -261,7 +270,7 @@ class CompiledPolicy:
     # -- facts --------------------------------------------------------------------------------
     @property
     def domain_count(self) -> int:
-        return sum(len(s.domains) + len(s.hosts) for s in self.services) + self.table.count
+        return sum(len(s.domains) + len(s.hosts) for s in self.services) + self.entries.count
 
     def role_for_ip(self, ip: str) -> Role:
         """The strictest role of the networks that contain `ip` (unknown networks: the
@@ -299,7 +308,12 @@ class CompiledPolicy:
                 if found is not None:
                     service, service_domain = found, name
                     break
-        list_bits, list_domain = self.table.lookup(names)
+        address = _address(host)
+        if address is not None:
+            list_bits, list_categories = self.entries.lookup_address(address)
+            list_domain = host if list_bits else None
+        else:
+            list_bits, list_categories, list_domain = self.entries.lookup(names)
         builtin_bits = self._canaries.get(host, 0)
         builtin_domain = host if builtin_bits else None
         if self._support_domains:
@@ -319,28 +333,41 @@ class CompiledPolicy:
                     categories |= 1 << self.category_by_id[listed.category].bit
                 if listed.safe_search is not None:
                     safe_search_host = listed.safe_search_hosts is None or host in listed.safe_search_hosts
-            bits = list_bits
-            while bits:
-                low = bits & -bits
-                categories |= self._list_category_bits[low.bit_length() - 1]
-                bits ^= low
+            categories |= list_categories
             hm = HostMatch(
                 service, service_domain, list_bits, list_domain, categories, safe_search_host, builtin_domain
             )
-            # Decisions are remembered under a small integer per distinct match, so that all
-            # of facebook.com's subdomains share one. Numbers are never reused: a decision
-            # computed just before a cache reset can never be filed under another match.
-            number = self._match_ids.get(hm)
-            if number is None:
-                number = next(self._match_numbers)
-                if len(self._match_ids) >= _HOST_CACHE_LIMIT:
-                    self._match_ids = {}
-                self._match_ids[hm] = number
-            entry = (number, hm)
+            entry = (self.number_for(hm), hm)
         if len(self._host_cache) >= _HOST_CACHE_LIMIT:
             self._host_cache = {}
         self._host_cache[host] = entry
         return entry
+
+    def number_for(self, hm: HostMatch) -> int:
+        """Decisions are remembered under a small integer per distinct match, so that all of
+        facebook.com's subdomains share one. Numbers are never reused: a decision computed
+        just before a cache reset can never be filed under another match."""
+        number = self._match_ids.get(hm)
+        if number is None:
+            number = next(self._match_numbers)
+            if len(self._match_ids) >= _HOST_CACHE_LIMIT:
+                self._match_ids = {}
+            self._match_ids[hm] = number
+        return number
+
+    def match_url(self, host: str, hm: HostMatch, url: str) -> HostMatch:
+        """`hm` with the lists' `host/path` entries that cover `url` added (the proxy sees
+        URLs; DNS cannot, so these entries never block a name there)."""
+        key = url_key(url)
+        if key is None:
+            return hm
+        path = key[1][key[1].find("/") :] if "/" in key[1] else "/"
+        lists, categories = self.entries.lookup_url(suffixes(host), path)
+        if not lists:
+            return hm
+        return hm._replace(
+            lists=hm.lists | lists, categories=hm.categories | categories, list_domain=hm.list_domain or host
+        )
 
     # -- the static decision ------------------------------------------------------------------
     def segment(self, ts: float) -> tuple[int, int, int]:
@@ -365,7 +392,7 @@ class CompiledPolicy:
     ) -> Decision:
         """The decision of the rules alone (no overlay) for an already matched host. `device`
         is the client's device condition (types.device_condition)."""
-        number = 0 if hm is NO_MATCH else self._match_ids.get(hm) or next(self._match_numbers)
+        number = 0 if hm is NO_MATCH else self.number_for(hm)
         return self._static(role, year_group, number, hm, ts, device=device)
 
     def _static(
@@ -657,6 +684,10 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
     if not host.islower() or host.endswith("."):
         host = normalise_host(host)
     number, hm = policy._host_cache.get(host) or policy._match_new(host)
+    if target.url is not None and policy.entries.url_count:
+        with_url = policy.match_url(host, hm, target.url)
+        if with_url is not hm:
+            number, hm = policy.number_for(with_url), with_url
     base = policy._static(role, client.year_group, number, hm, ts, device=device_condition(client.ownership))
     if overlay.empty:
         return base

@@ -49,6 +49,8 @@ class ListStats:
 
     accepted: int = 0
     exact: int = 0
+    addresses: int = 0  # of the accepted: IP addresses and networks (blocked by address)
+    urls: int = 0  # of the accepted: host/path prefixes (enforced where the proxy sees the path)
     skipped: Counter[str] = field(default_factory=Counter)
     examples: list[tuple[int, str, str]] = field(default_factory=list)  # (line, text, reason)
 
@@ -63,8 +65,14 @@ class ListStats:
 
     def summary(self) -> str:
         text = f"{self.accepted} names"
-        if self.exact:
-            text += f" ({self.exact} exact hosts)"
+        kinds = [
+            f"{count} {what}"
+            for count, what in ((self.exact, "exact hosts"), (self.addresses, "addresses"),
+                                (self.urls, "URL prefixes, enforced only where the proxy sees the path"))
+            if count
+        ]
+        if kinds:
+            text += f" ({'; '.join(kinds)})"
         if self.skipped:
             reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
             text += f"; skipped {reasons}"
@@ -168,7 +176,7 @@ def _parse_plain_lines(lines: Iterable[str], stats: ListStats, first_line: int =
             line = line[2:]  # our entries always cover subdomains; the apex comes along
         if line.endswith("."):
             line = line[:-1]
-        if (len(line) > 63 or _NAME(line) is None) and not valid_name(line):
+        if (len(line) > 63 or _NAME(line) is None) and not valid_name(line) and not _network_shape(line):
             stats.skip(number, raw.strip(), "not a domain name")
             continue
         accepted += 1
@@ -177,6 +185,75 @@ def _parse_plain_lines(lines: Iterable[str], stats: ListStats, first_line: int =
             accepted = 0
         yield line
     stats.accepted += accepted
+
+
+def _network_shape(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The widest network a list may block by address: a list that names 10.0.0.0/8, or the whole
+# internet, is a mistake (or an attack) that would shut the school network, not a listing.
+_WIDEST = {4: 16, 6: 32}
+
+
+def listed_network(text: str) -> Network | str | None:
+    """`text` as a network a list may block, the reason it may not, or None (not an address)."""
+    if not (text[-1:].isdigit() or ":" in text or "/" in text):
+        return None  # a name: no top-level domain is all digits
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+    if network.prefixlen < _WIDEST[network.version]:
+        return f"network wider than /{_WIDEST[network.version]}"
+    if not network.network_address.is_global or not network.broadcast_address.is_global:
+        return "private, local or reserved address"
+    return network
+
+
+def split_addresses(names: Iterable[str], networks: list[Network], stats: ListStats) -> Iterator[str]:
+    """Pass names on; move IP addresses and networks into `networks` (blocked by address,
+    not looked up as names). A private or over-wide network is skipped and counted."""
+    for name in names:
+        if name[-1:].isdigit() or ":" in name or "/" in name:
+            found = listed_network(name)
+            if isinstance(found, str):
+                stats.accepted -= 1
+                stats.skip(0, name, found)
+                continue
+            if found is not None:
+                stats.addresses += 1
+                networks.append(found)
+                continue
+        yield name
+
+
+def parse_urls(lines: Iterable[str], stats: ListStats) -> Iterator[tuple[str, str]]:
+    """squidGuard `urls`: `host/path` prefixes -> (host, "/path"). The host covers its
+    subdomains, as in squidGuard (which strips www. and the like before matching)."""
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        text = line.lower()
+        if "://" in text:
+            text = text.split("://", 1)[1]
+        host, slash, path = text.partition("/")
+        host = host.rsplit("@", 1)[-1].split(":", 1)[0].rstrip(".")
+        if not slash or not path:
+            stats.skip(number, line, "URL without a path (a whole site belongs in domains)")
+            continue
+        if not valid_name(host) and listed_network(host) is None:
+            stats.skip(number, line, "not a host/path URL")
+            continue
+        stats.accepted += 1
+        stats.urls += 1
+        yield host, "/" + path
 
 
 def parse_hosts(lines: Iterable[str], stats: ListStats) -> Iterator[str]:
@@ -319,6 +396,24 @@ def parse_adguard_services(text: str) -> dict[str, AdguardService]:
             services[service_id] = AdguardService(service_id, str(name), tuple(rules))
         return services
     raise ValueError('expected AdGuard blocked services JSON: "blocked_services" or "rules_by_service"')
+
+
+def adguard_names(
+    services: dict[str, AdguardService], chosen: Iterable[str], stats: ListStats, exact_out: list[str]
+) -> Iterator[str]:
+    """The names of the chosen AdGuard services' rules; exact hosts go to `exact_out`."""
+    for sid in chosen:
+        for number, rule in enumerate(services[sid].rules, start=1):
+            parsed = parse_adblock_rule(rule)
+            if isinstance(parsed, str):
+                stats.skip(number, rule, parsed)
+                continue
+            stats.accepted += 1
+            if parsed[1]:
+                stats.exact += 1
+                exact_out.append(parsed[0])
+            else:
+                yield parsed[0]
 
 
 def parse_list(fmt: str, lines: Iterable[str], stats: ListStats, exact_out: list[str]) -> Iterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import threading
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from schoolgate.policy.compiler import ListReader, compile_policy
+from schoolgate.policy.compiler import Installed, ListReader, compile_policy, list_sources
 from schoolgate.policy.engine import CompiledPolicy
+from schoolgate.policy.model import ListSource
 from schoolgate.policy.types import Ban, PolicyException, SiteBlock
 from schoolgate.tomlpos import ConfigError
 
@@ -55,19 +57,37 @@ def parse_toml(path: Path, text: str) -> dict[str, object]:
         raise ConfigError(path, line, "", f"not valid TOML: {plain}") from err
 
 
-def load_policy(path: str | Path) -> CompiledPolicy:
-    """Read, check and compile a policy file; raise ConfigError naming file, line and field."""
-    path = Path(path)
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, None, "", "policy file not found") from None
     except UnicodeDecodeError:
         raise ConfigError(path, None, "", "the policy file is not UTF-8 text") from None
     except OSError as err:
         raise ConfigError(path, None, "", f"cannot read the policy file: {err.strerror}") from err
+
+
+def load_policy(path: str | Path, *, installed: Installed | None = None, seed: int | None = None) -> CompiledPolicy:
+    """Read, check and compile a policy file; raise ConfigError naming file, line and field.
+
+    `installed` gives each subscription's version in force (schoolgate.lists.state.Installed);
+    without it subscriptions are empty (and `warnings` says so). `seed` keys the local lists'
+    store: the list state's seed, so one hash of a name serves every list; random if None.
+    """
+    path = Path(path)
+    text = _read(path)
     data = parse_toml(path, text)
-    return compile_policy(str(path), text, data, list_reader(path.parent.resolve()))
+    if seed is None:
+        seed = secrets.randbits(64)
+    return compile_policy(str(path), text, data, list_reader(path.parent.resolve()), installed=installed, seed=seed)
+
+
+def load_list_sources(path: str | Path) -> tuple[ListSource, ...]:
+    """The policy's [lists], checked, without compiling the rest of the policy."""
+    path = Path(path)
+    text = _read(path)
+    return list_sources(str(path), text, parse_toml(path, text))
 
 
 def _watched_files(path: Path, policy: CompiledPolicy) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from schoolgate.policy import Client, Role, Target, Verdict, decide
-from schoolgate.policy.domains import DomainTable, suffixes
+from schoolgate.policy.domains import ListIndex, ListSet, suffixes
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.lists import (
     ListStats,
@@ -24,6 +24,7 @@ from schoolgate.policy.lists import (
     parse_plain,
     valid_name,
 )
+from schoolgate.policy.liststore import ListStore, StoreBuilder
 from schoolgate.policy.loader import load_policy
 
 reference_data = sys.modules["schoolgate_tests_reference_data"]
@@ -449,34 +450,38 @@ def test_catalogue_has_the_services_the_issue_names(example: CompiledPolicy) -> 
 # -- the real StevenBlack list ----------------------------------------------------------------
 
 
+def _one_list(builder: StoreBuilder, source_bits: tuple[tuple[int, int], ...]) -> ListSet:
+    return ListSet([ListIndex(ListStore(builder.build()), source_bits)])
+
+
 @needs_data
 def test_stevenblack_parses_fully() -> None:
     stats = ListStats()
+    builder = StoreBuilder(0x5EED, ["stevenblack"])
     with STEVENBLACK.open(encoding="utf-8") as handle:
-        table = DomainTable()
-        added = table.add_many(parse_plain(handle, stats), 0)
+        added = builder.add_names(parse_plain(handle, stats), 0)
     assert stats.accepted == 140_626
     assert stats.skipped_total == 0
-    assert added == table.count == 140_626
+    lists = _one_list(builder, ((0, 1),))
+    assert added == lists.count == 140_626
     with STEVENBLACK.open(encoding="utf-8") as handle:
         sample = [line.strip() for line in handle if line.strip() and not line.startswith("#")][::997]
     for name in sample:
-        assert table.lookup(suffixes(name))[0] == 1, name
-        assert table.lookup(suffixes("deeper." + name)) == (1, name)
-    assert table.lookup(suffixes("schoolgate-not-listed.example")) == (0, None)
+        assert lists.lookup(suffixes(name))[0] == 1, name
+        assert lists.lookup(suffixes("deeper." + name)) == (1, 0, name)
+    assert lists.lookup(suffixes("schoolgate-not-listed.example")) == (0, 0, None)
 
 
-def test_domain_table_lists_and_growth() -> None:
-    table = DomainTable()
-    assert table.add_many((f"n{i}.example" for i in range(5000)), 0) == 5000
-    assert table.add_many(["n1.example", "other.example"], 3) == 1
-    assert table.add("exact.example", 3, exact=True)
-    assert not table.add("exact.example", 3, exact=True)
-    assert table.count == 5002
-    assert table.capacity * 0.55 >= table.count
-    assert table.lookup(suffixes("a.n1.example")) == (0b1001, "n1.example")
-    assert table.lookup(suffixes("exact.example")) == (0b1000, "exact.example")
-    assert table.lookup(suffixes("sub.exact.example")) == (0, None)
-    assert table.get("n1.example") == 0b1001
-    with pytest.raises(ValueError, match="out of range"):
-        table.add("x.example", 16)
+def test_a_store_with_several_sources_and_exact_hosts() -> None:
+    builder = StoreBuilder(7, ["a", "b", "unused"])
+    assert builder.add_names((f"n{i}.example" for i in range(5000)), 0) == 5000
+    builder.add_names(["n1.example", "other.example"], 1)
+    builder.add_names(["exact.example"], 1, exact=True)
+    builder.add_names(["unused.example"], 2)
+    # source a: category bit 0b10 and list bit 0b1; b: category 0b100, list 0b1000; unused: nothing
+    lists = _one_list(builder, ((0b10, 0b1), (0b100, 0b1000), (0, 0)))
+    assert lists.count == 5003
+    assert lists.lookup(suffixes("a.n1.example")) == (0b1001, 0b110, "n1.example")
+    assert lists.lookup(suffixes("exact.example")) == (0b1000, 0b100, "exact.example")
+    assert lists.lookup(suffixes("sub.exact.example")) == (0, 0, None)
+    assert lists.lookup(suffixes("unused.example")) == (0, 0, None)
