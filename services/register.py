@@ -36,8 +36,6 @@ DEVICE_COLUMNS = (
 )
 PEOPLE_COLUMNS = ("external_id", "name", "role", "year_group", "groups", "email", "active")
 AUTHORISED = Role.AUTHORISED.value
-#: What a person's role becomes when the headteacher withdraws "authorised".
-WITHDRAWN_PERSON_ROLE = Role.STAFF.value
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 
@@ -408,7 +406,10 @@ def _save_person(session: Session, actor: Actor, form: PersonForm, person: Perso
     if other is not None and other is not person:
         raise InvalidInput(f"Id {form.external_id!r} is already in the people register.", field="external_id")
     _refuse_unapproved_authorised(actor, person.role == AUTHORISED, form.role == AUTHORISED, form.name)
+    before = person.role
     _apply_person(person, form)
+    person.role = before  # the role changes through set_role, which keeps the one to go back to
+    set_role(person, form.role)
     if person.id is None:
         session.add(person)
     session.flush()
@@ -683,6 +684,27 @@ def import_people_csv(session: Session, *, site: str, now: datetime, actor: Acto
     return _import_csv(_PEOPLE, session, site=site, now=now, actor=actor, text=text)
 
 
+def own_role(person: Person) -> str:
+    """The role a person goes back to when their authorisation ends: the one they had before it.
+
+    A person authorised before that was recorded is a pupil if they have a year group (only
+    pupils do), else staff: never staff for a child."""
+    if person.role != AUTHORISED:
+        return person.role
+    if person.role_before_authorised and person.role_before_authorised != AUTHORISED:
+        return person.role_before_authorised
+    return Role.PUPIL.value if person.year_group is not None else Role.STAFF.value
+
+
+def set_role(person: Person, role: str) -> None:
+    """Give `person` a role, remembering their own while they are authorised."""
+    if role == AUTHORISED and person.role != AUTHORISED:
+        person.role_before_authorised = person.role if person.role else None
+    elif role != AUTHORISED:
+        person.role_before_authorised = None
+    person.role = role
+
+
 def set_person_authorised(
     session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int, authorised: bool, reason: str
 ) -> Person:
@@ -693,7 +715,7 @@ def set_person_authorised(
     before = person.role
     if authorised == (before == AUTHORISED):
         return person
-    person.role = AUTHORISED if authorised else WITHDRAWN_PERSON_ROLE
+    set_role(person, AUTHORISED if authorised else own_role(person))
     session.flush()
     _record_change(
         session,

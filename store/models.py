@@ -70,6 +70,9 @@ class Person(Base):
     groups: Mapped[str] = mapped_column(String(500), default="")  # comma-separated, e.g. "6B,choir"
     email: Mapped[str | None] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # While `role` is "authorised": the person's own role, which withdrawing the authorisation
+    # gives back (a pupil stays a pupil). None for rows authorised before it was kept.
+    role_before_authorised: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     devices: Mapped[list[Device]] = relationship(back_populates="person")
@@ -168,6 +171,9 @@ class PolicyExceptionRow(Base):
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the signer was told it opens, in words (a URL prefix opens the whole site on devices
+    # the proxy cannot see into): the record is never narrower than what is enforced.
+    enforced_scope: Mapped[str] = mapped_column(Text, default="")
 
 
 class BanRow(Base):
@@ -204,6 +210,9 @@ class SiteBlockRow(Base):
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the technician was told it closes (a URL prefix closes the whole site on devices the
+    # proxy cannot see into).
+    enforced_scope: Mapped[str] = mapped_column(Text, default="")
 
 
 class AccessRequest(Base):
@@ -237,6 +246,20 @@ class AccessRequest(Base):
     triaged_by: Mapped[str | None] = mapped_column(String(200))
     triaged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     technician_notes: Mapped[str] = mapped_column(Text, default="")
+    # "approve" or "decline": the technician forwards every request; one judged unfit goes to
+    # the headteacher with that recommendation (seed 001 §9: the headteacher decides).
+    technician_recommendation: Mapped[str | None] = mapped_column(String(10))
+    # What the proposal would open, in words, as the headteacher is shown it before signing.
+    enforced_scope: Mapped[str] = mapped_column(Text, default="")
+    # The DSL's part when the access would open a site to pupils: safeguarding risks and
+    # controls, recorded before the headteacher decides.
+    needs_dsl: Mapped[bool] = mapped_column(Boolean, default=False)
+    safeguarding_notes: Mapped[str] = mapped_column(Text, default="")
+    dsl_reviewed_by: Mapped[str | None] = mapped_column(String(200))
+    dsl_reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the DSL and the headteacher were e-mailed that it waits for them.
+    dsl_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    headteacher_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     proposed_target: Mapped[str | None] = mapped_column(String(10))  # url or domain
     proposed_value: Mapped[str | None] = mapped_column(Text)  # the URL prefix or domain
     proposed_scope: Mapped[str | None] = mapped_column(String(10))  # person, device, group, role
@@ -268,6 +291,13 @@ class ContentReport(Base):
     status: Mapped[str] = mapped_column(String(20), default="open")  # open, actioned, closed
     submitter_name: Mapped[str] = mapped_column(String(200))
     submitted_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Filed from a school device without an account: the device found from the connection's
+    # address (never from the form), the address, and the hash of the reporter's status token.
+    device_id: Mapped[str | None] = mapped_column(String(100))
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    person_id: Mapped[str | None] = mapped_column(String(100))
+    status_token_hash: Mapped[str | None] = mapped_column(String(64))
+    technicians_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     accessed_by: Mapped[str] = mapped_column(String(200), default="")  # if known
     report_date: Mapped[date] = mapped_column(Date)
     urls: Mapped[str] = mapped_column(Text)  # one per line
@@ -367,6 +397,9 @@ class ConsoleUser(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_login: Mapped[datetime | None] = mapped_column(UTCDateTime)
     receives_digest: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The account holder's entry in the people register (Person.external_id): a teacher's
+    # classes are its groups, and a concern about this person is never sent to this account.
+    person_external_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     roles: Mapped[list[UserRole]] = relationship(
@@ -485,3 +518,94 @@ class CheckRecord(Base):
     fixes_id: Mapped[int | None] = mapped_column(ForeignKey("checks.id", ondelete="SET NULL"))
     notified: Mapped[str] = mapped_column(String(200), default="")  # who was e-mailed about a failure
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LessonUnlock(Base):
+    """A teacher opened a site for their class until the end of the lesson: its exception
+    (scope group) is what DNS and the proxy enforce; this row is the log the headteacher and
+    the DSL read, and what the per-day cap counts."""
+
+    __tablename__ = "lesson_unlocks"
+    __table_args__ = (Index("ix_lesson_unlocks_site_starts", "site", "starts"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    exception_id: Mapped[int | None] = mapped_column(ForeignKey("exceptions.id", ondelete="SET NULL"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    username: Mapped[str] = mapped_column(String(100))
+    teacher: Mapped[str] = mapped_column(String(200))  # the display name, as the log shows it
+    group: Mapped[str] = mapped_column(String(60))  # the class
+    host: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str] = mapped_column(Text, default="")  # the page the teacher gave
+    reason: Mapped[str] = mapped_column(Text, default="")
+    starts: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends: Mapped[datetime] = mapped_column(UTCDateTime)  # the window edge that ends the lesson
+    ends_with: Mapped[str] = mapped_column(String(200), default="")  # e.g. "morning break starts"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_early_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class SocialMediaSite(Base):
+    """Seed 001 appendix C: social media site creation approval, from the request to the
+    headteacher's approval that makes the named administrators authorised until it expires."""
+
+    __tablename__ = "social_media_sites"
+    __table_args__ = (Index("ix_social_media_sites_site_status", "site", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    # submitted -> endorsed (marketing officer) -> approved | declined; approved -> expired | withdrawn
+    status: Mapped[str] = mapped_column(String(20), default="submitted")
+    platform: Mapped[str] = mapped_column(String(100))  # e.g. "Facebook page"
+    # Team details
+    team: Mapped[str] = mapped_column(String(200), default="")
+    department: Mapped[str] = mapped_column(String(200), default="")
+    moderator: Mapped[str] = mapped_column(String(200))
+    # Purpose of using social media
+    purpose: Mapped[str] = mapped_column(Text)  # why, and the content of the site
+    aims: Mapped[str] = mapped_column(Text)
+    content: Mapped[str] = mapped_column(Text)
+    audience: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the form's boxes and details
+    contributors: Mapped[str] = mapped_column(Text, default="{}")  # JSON, as audience
+    # Administration of the site
+    administrators: Mapped[str] = mapped_column(Text)  # the names as the form gives them
+    vetting: Mapped[str] = mapped_column(Text)  # who vets external contributors (name, job role)
+    host: Mapped[str] = mapped_column(String(200))  # who will host the site
+    go_live: Mapped[date | None] = mapped_column(Date)
+    advertising: Mapped[str] = mapped_column(Text, default="")
+    consent: Mapped[str] = mapped_column(Text, default="")
+    security: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(100))  # username
+    requested_by_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Approval: the marketing officer, then the headteacher (name, signature, date)
+    marketing_name: Mapped[str | None] = mapped_column(String(200))
+    marketing_signature: Mapped[str | None] = mapped_column(String(200))
+    marketing_signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    head_name: Mapped[str | None] = mapped_column(String(200))
+    head_signature: Mapped[str | None] = mapped_column(String(200))
+    head_signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_reasons: Mapped[str] = mapped_column(Text, default="")
+    expires: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the administrators' authorisation ends
+    review_date: Mapped[date | None] = mapped_column(Date)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    admins: Mapped[list[SocialMediaAdmin]] = relationship(
+        back_populates="record", order_by="SocialMediaAdmin.id", cascade="all, delete-orphan"
+    )
+
+
+class SocialMediaAdmin(Base):
+    """A named administrator of an appendix C site: someone in the people register."""
+
+    __tablename__ = "social_media_admins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("social_media_sites.id", ondelete="CASCADE"), index=True)
+    person_external_id: Mapped[str] = mapped_column(String(100))
+    person_name: Mapped[str] = mapped_column(String(200))
+    granted: Mapped[bool] = mapped_column(Boolean, default=False)  # this approval made them authorised
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    record: Mapped[SocialMediaSite] = relationship(back_populates="admins")

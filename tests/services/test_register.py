@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -326,3 +327,35 @@ def test_device_ownership_from_the_form_and_csv(session: Session, technician: Ac
     ordered = sorted(devices.values(), key=lambda d: d.device_id)
     rows = list(csv.reader(io.StringIO("".join(DEVICE_COLUMNS.csv(ordered)))))
     assert rows[0][7] == "ownership" and [r[7] for r in rows[1:]] == ["", "personal", "school_owned"]
+
+
+@pytest.mark.parametrize(
+    ("form", "authorised_before", "back_to"),
+    [
+        (register.PersonForm(external_id="p7", name="Year 6 pupil", role="pupil", year_group=6), None, "pupil"),
+        (register.PersonForm(external_id="s7", name="Teacher", role="staff"), None, "staff"),
+        (register.PersonForm(external_id="g7", name="Governor", role="guest"), None, "guest"),
+        # Authorised before the own role was kept: a pupil has a year group, so never staff.
+        (register.PersonForm(external_id="p8", name="Old pupil", role="pupil", year_group=5), "legacy", "pupil"),
+    ],
+)
+def test_withdrawing_authorisation_returns_a_person_to_their_own_role(
+    session: Session, technician: Actor, headteacher: Actor, form: register.PersonForm, authorised_before: str | None,
+    back_to: str,
+) -> None:
+    person = register.create_person(session, site=SITE, now=NOW, actor=technician, form=form)
+    register.set_person_authorised(
+        session, site=SITE, now=NOW, actor=headteacher, person_pk=person.id, authorised=True,
+        reason="Appendix C: administrator of the school's Facebook page",
+    )
+    assert person.role == "authorised" and person.role_before_authorised == form.role
+    if authorised_before == "legacy":
+        person.role_before_authorised = None
+    register.set_person_authorised(
+        session, site=SITE, now=NOW, actor=headteacher, person_pk=person.id, authorised=False, reason=""
+    )
+    assert (person.role, person.role_before_authorised) == (back_to, None)
+    entry = session.scalars(
+        select(AuditEntry).where(AuditEntry.action == "person.unauthorise").order_by(AuditEntry.id.desc())
+    ).first()
+    assert entry is not None and json.loads(entry.detail)["to"] == back_to
