@@ -76,12 +76,16 @@ def fetch(
         if isinstance(reason, TimeoutError):
             raise FetchError(f"no answer from the server within {silence_limit(timeout_s):.0f} s") from err
         raise FetchError(f"cannot reach the server: {reason}") from err
-    except (TimeoutError, OSError) as err:
+    except TimeoutError as err:
+        raise FetchError(f"no answer from the server within {silence_limit(timeout_s):.0f} s") from err
+    except OSError as err:
         raise FetchError(f"cannot reach the server: {err}") from err
     with response:
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            raise FetchError(f"the download is {int(length)} bytes, more than the {max_bytes} allowed (max_size_mb)")
+            raise FetchError(
+                f"the download is {int(length)} bytes, more than the {max_bytes} bytes allowed (max_size_mb)"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=".download.", dir=folder)
         path = Path(name)

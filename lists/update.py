@@ -120,7 +120,8 @@ class Updater:
             return self._fail(source, entry, now, f"download from {source.url} failed: {err}")
         if fetched.not_modified:
             if _recorded(entry, source):
-                entry.update(checked_at=now.isoformat(), last_error=None, last_error_at=None, url=source.url)
+                entry.update(checked_at=now.isoformat(), verified_at=now.isoformat(), last_error=None,
+                             last_error_at=None, url=source.url)
                 self._save(source.id, entry)
                 return Outcome(source.id, NOT_MODIFIED, "not modified since the version in force",
                                entry.get("version"))
@@ -129,6 +130,16 @@ class Updater:
         else:
             assert fetched.path is not None and fetched.sha256 is not None
             body, digest = fetched.path, fetched.sha256
+            if have and digest == entry.get("download_sha256") and _recorded(entry, source):
+                # The server ignored the conditional request but sent the same bytes.
+                with contextlib.suppress(OSError):
+                    body.unlink()
+                entry.update(checked_at=now.isoformat(), verified_at=now.isoformat(), last_error=None,
+                             last_error_at=None, url=source.url, etag=fetched.etag,
+                             last_modified=fetched.last_modified)
+                self._save(source.id, entry)
+                return Outcome(source.id, NOT_MODIFIED, "the same file as the version in force",
+                               entry.get("version"))
         try:
             compiled = self._compile(source, body, now, digest)
             kept = self._keep_download(source.id, body, move=body != download)
@@ -178,6 +189,7 @@ class Updater:
             "mapping": _mapping(source),
             "installed_at": now.isoformat(),
             "checked_at": now.isoformat(),
+            "verified_at": now.isoformat(),  # last known to be the source's current version
             "download_sha256": info["download_sha256"],
             "size": compiled.size,
             "entries": info["entries"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-JOBS = ("alerts", "digest", "expiry", "retention", "rollups")
+JOBS = ("alerts", "digest", "expiry", "lists", "retention", "rollups")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

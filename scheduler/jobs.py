@@ -324,3 +324,101 @@ def heartbeat_job(
     with session_factory() as session:
         write_status(session, config.site.id, "scheduler", pid, started_at, {**stats, "at": now.isoformat()})
         session.commit()
+
+
+# -- list subscriptions --------------------------------------------------------------------------
+
+
+@dataclass
+class ListsOutcome:
+    """One daily list round: what the update did, and which stale lists were reported."""
+
+    results: list[dict[str, object]] = field(default_factory=list)  # per list: list, result, message, version
+    error: str | None = None  # the update command itself failed (not one list)
+    stale: list[str] = field(default_factory=list)
+    notified: list[str] = field(default_factory=list)
+    mail_error: str | None = None
+
+    @property
+    def installed(self) -> list[dict[str, object]]:
+        return [r for r in self.results if r.get("result") == "installed"]
+
+
+def run_lists_update(config: AppConfig, timeout_s: float) -> list[dict[str, object]]:
+    """`schoolgate lists update --json` in a child process: the compile's memory (and numpy)
+    is given back when it exits, and the scheduler's own footprint stays small."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "schoolgate", "lists", "update", "--config", str(config.source), "--json"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"the list update took longer than {timeout_s:.0f} s ([lists] update_timeout_s)") from err
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"the list update failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    try:
+        results = json.loads(done.stdout) if done.stdout.strip().startswith("[") else []
+    except ValueError as err:
+        raise RuntimeError(f"the list update printed something unexpected: {done.stdout[:200]!r}") from err
+    return [dict(r) for r in results if isinstance(r, dict)]
+
+
+def lists_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    mailer: Mailer | None = None,
+    update: Callable[[AppConfig, float], list[dict[str, object]]] = run_lists_update,
+) -> ListsOutcome:
+    """Update the subscriptions, then tell the technicians (once per stale spell) about any
+    list that has not been confirmed current for [lists] stale_days days."""
+    from schoolgate.lists.status import STALE, read_statuses
+    from schoolgate.services import list_changes
+    from schoolgate.services.mailer import build_message
+
+    outcome = ListsOutcome()
+    try:
+        outcome.results = update(config, float(config.lists.update_timeout_s))
+    except Exception as err:  # the staleness check below still runs
+        outcome.error = str(err)
+        log.error("list update failed: %s", err)
+    for result in outcome.results:
+        log.info("list %s: %s: %s", result.get("list"), result.get("result"), result.get("message"))
+    try:
+        statuses = read_statuses(config, now)
+    except Exception as err:
+        outcome.error = outcome.error or f"cannot read the list status: {err}"
+        return outcome
+    stale = [(s.id, s.verified_at, s) for s in statuses if s.state == STALE]
+    outcome.stale = [list_id for list_id, _, _ in stale]
+    if not stale:
+        return outcome
+    with session_factory() as session:
+        due = list_changes.stale_to_notify(session, config.site.id, [(i, v) for i, v, _ in stale])
+        recipients = list_changes.technician_emails(session, config.site.id)
+    if not due or mailer is None or not recipients:
+        return outcome
+    lines = [s.describe() for list_id, _, s in stale if list_id in due]
+    text = (
+        f"schoolgate at {config.site.name}: {len(lines)} content list(s) have not been confirmed current for more "
+        f"than {config.lists.stale_days} days. Until they are, new harmful sites on them are not blocked.\n\n"
+        + "\n".join(f"- {line}" for line in lines)
+        + "\n\nCheck the appliance's internet access and run: schoolgate lists update --config "
+        f"{config.source}\nThen: schoolgate lists status --config {config.source}\n"
+    )
+    message = build_message(sender=config.mail.sender, recipients=recipients,
+                            subject=f"schoolgate: content lists out of date at {config.site.name}", text=text)
+    try:
+        mailer.send(message)
+    except Exception as err:
+        outcome.mail_error = str(err)
+        log.warning("list staleness e-mail failed (will retry on the next run): %s", err)
+        return outcome
+    with session_factory() as session:
+        list_changes.mark_notified(session, config.site.id, [(i, v) for i, v, _ in stale if i in due], now)
+        session.commit()
+    outcome.notified = due
+    return outcome

@@ -48,6 +48,15 @@ def digest_trigger(at: str) -> CronTrigger:
     return CronTrigger(day_of_week="mon-fri", hour=when.hour, minute=when.minute, timezone=LONDON)
 
 
+def lists_trigger(at: str) -> CronTrigger:
+    """Every day at `at` (HH:MM, Europe/London): list sources publish daily."""
+    try:
+        when = time.fromisoformat(at)
+    except ValueError as err:
+        raise ValueError(f"[lists] update_time: expected a time like 03:30, got {at!r}") from err
+    return CronTrigger(hour=when.hour, minute=when.minute, timezone=LONDON)
+
+
 def retention_trigger() -> CronTrigger:
     return CronTrigger(hour=RETENTION_TIME.hour, minute=RETENTION_TIME.minute, timezone=LONDON)
 
@@ -101,6 +110,11 @@ class SchedulerService:
         self.engine = AlertEngine(AlertSettings.from_config(config.alerts))
         self.started_at = clock.now()
         self.stats: dict[str, Any] = {"runs": {}, "failures": {}, "last_error": ""}
+        # Called with the ListsOutcome after a round that installed a new list version
+        # (the self-test registers here; the audit log and the `lists_changed` counter
+        # record the change whatever runs).
+        self.after_lists_installed: list[Callable[[jobs.ListsOutcome], object]] = []
+        self.list_update: Callable[[AppConfig, float], list[dict[str, object]]] = jobs.run_lists_update
         self.scheduler = BackgroundScheduler(timezone=LONDON)
         self._stop = threading.Event()
         self._add_jobs()
@@ -145,6 +159,15 @@ class SchedulerService:
             misfire_grace_time=7200,
             **common,
         )
+        # The list subscriptions: daily, and a run missed while the appliance was off is worth
+        # doing late (misfire grace of 12 hours).
+        add(
+            self._guard("lists", self.run_lists),
+            lists_trigger(config.lists.update_time),
+            id="lists",
+            misfire_grace_time=12 * 3600,
+            **common,
+        )
         add(
             self._guard("retention", self.run_retention),
             retention_trigger(),
@@ -185,6 +208,20 @@ class SchedulerService:
             self.config, self.session_factory, self.clock.now(), mailer=self.mailer, policy=self.policy()
         )
         log.info("digest: %s", outcome.reason)
+        return outcome
+
+    def run_lists(self) -> jobs.ListsOutcome:
+        """Update the list subscriptions; when a version was installed, run the hooks waiting
+        for it (the self-test checks the new lists are in force)."""
+        outcome = jobs.lists_job(
+            self.config, self.session_factory, self.clock.now(), mailer=self.mailer, update=self.list_update
+        )
+        if outcome.installed:
+            for hook in self.after_lists_installed:
+                try:
+                    hook(outcome)
+                except Exception:
+                    log.exception("a hook after a list update failed")
         return outcome
 
     def run_retention(self) -> jobs.RetentionOutcome:

@@ -54,5 +54,16 @@ def index() -> Any:
     )
     return render_template(
         "dashboard/index.html", figures=figures, charts=chart_data, days=days, ranges=RANGES,
-        top_services=top_services, fresh=fresh,
+        top_services=top_services, fresh=fresh, list_warnings=_list_warnings(now),
     )
+
+
+def _list_warnings(now: datetime) -> list[str]:
+    """Content lists that are missing, stale or failing to update, in a sentence each."""
+    from schoolgate.lists.status import read_statuses
+
+    try:
+        statuses = read_statuses(web.state().config, now)
+    except Exception as err:  # the policy page shows a broken policy; the dashboard still draws
+        return [f"The content lists' state cannot be read: {err}"]
+    return [s.describe() for s in statuses if s.needs_attention]

@@ -23,6 +23,7 @@ AREAS = (
     "schoolgate.lab.cli",
     "schoolgate.console.cli",
     "schoolgate.scheduler.cli",
+    "schoolgate.lists.cli",
     "schoolgate.runner",
     "schoolgate.doctor",
     "schoolgate.backup",

@@ -147,6 +147,16 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class ListsConfig:
+    """List subscriptions (schoolgate.lists): where versions live and when they are updated."""
+
+    dir: str = ""  # empty: <data_dir>/lists
+    update_time: str = "03:30"  # every day, Europe/London
+    stale_days: int = 3  # a list not confirmed current for longer is a warning (doctor, console, mail)
+    update_timeout_s: int = 3600  # the scheduler ends an update run that takes longer
+
+
+@dataclass(frozen=True)
 class AppConfig:
     source: Path
     policy: Path
@@ -160,6 +170,7 @@ class AppConfig:
     mail: MailConfig = MailConfig()
     retention: RetentionConfig = RetentionConfig()
     alerts: AlertsConfig = AlertsConfig()
+    lists: ListsConfig = ListsConfig()
 
     @property
     def database_url(self) -> str:
@@ -181,6 +192,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "mail": MailConfig,
     "retention": RetentionConfig,
     "alerts": AlertsConfig,
+    "lists": ListsConfig,
 }
 
 

@@ -366,6 +366,37 @@ def check_policy(env: Env) -> list[Result]:
     return results
 
 
+def check_lists(env: Env) -> list[Result]:
+    """Every subscription has a version, confirmed current within [lists] stale_days days."""
+    from schoolgate.lists.state import ListStateError
+    from schoolgate.lists.status import FAILING, MISSING, STALE, read_statuses
+    from schoolgate.tomlpos import ConfigError
+
+    config = env.config
+    command = f"schoolgate lists update --config {config.source}"
+    try:
+        statuses = read_statuses(config, env.now())
+    except ConfigError:
+        return []  # the policy check says what is wrong with the file
+    except ListStateError as err:
+        return [fail("lists", str(err), f"move the damaged manifest aside, then: {command}")]
+    results: list[Result] = []
+    for status in statuses:
+        if status.kind == "file":
+            continue
+        if status.state == MISSING:
+            results.append(warn("lists", status.describe() + "; its categories are not filled from it",
+                                f"{command}  (or schoolgate lists import for an appliance without internet)"))
+        elif status.state == STALE:
+            results.append(warn("lists", status.describe() + f"; older than {config.lists.stale_days} days",
+                                f"check the appliance reaches {status.source}, then: {command}"))
+        elif status.state == FAILING:
+            results.append(warn("lists", status.describe(), "the version in force still applies; see the error"))
+        else:
+            results.append(ok("lists", status.describe()))
+    return results
+
+
 # ------------------------------------------------------------------------ daemons
 
 
@@ -738,6 +769,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("forwarding", check_forwarding),
     ("nftables", check_nftables),
     ("policy", check_policy),
+    ("lists", check_lists),
     ("dns", check_dns),
     ("proxy", check_proxy),
     ("console", check_console),

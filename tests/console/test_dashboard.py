@@ -42,3 +42,20 @@ def test_figures_say_as_of_when_and_a_dead_scheduler_is_named(console: Console) 
     page = client.get("/dashboard").get_data(as_text=True)
     assert 'id="scheduler-down"' in page and "The scheduler is not running" in page
     assert "The figures below are as of Mon 23 Nov 2026 10:35, not now." in page
+
+
+def test_content_lists_that_need_attention_are_named(console: Console) -> None:
+    from schoolgate.lists.state import ListState, state_dir_of
+
+    client = console.login("headteacher")
+    page = client.get("/dashboard").get_data(as_text=True)
+    assert 'id="list-warnings"' in page and "ut1: no version installed yet" in page
+    state = ListState(state_dir_of(console.config))
+    now = console.clock.now()
+    fresh = {"version": "ut1-1.sgl", "installed_at": now.isoformat(), "verified_at": now.isoformat(),
+             "entries": {"gambling": 100}}
+    state.write_manifest({"lists": {"ut1": fresh}})
+    assert 'id="list-warnings"' not in client.get("/dashboard").get_data(as_text=True)
+    console.clock.advance(days=4)
+    page = console.login("headteacher").get("/dashboard").get_data(as_text=True)  # a new sign-in
+    assert 'id="list-warnings"' in page and "(STALE)" in page

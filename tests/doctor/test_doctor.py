@@ -498,6 +498,31 @@ def test_policy(
         assert "not_a_setting" in results[0].message and "policy check" in results[0].fix
 
 
+@pytest.mark.parametrize(("verified_days_ago", "error", "expected", "fragment"), [
+    (None, None, Status.WARN, "no version installed yet"),
+    (1, None, Status.OK, "confirmed current 1.0 days ago"),
+    (1, "download failed: HTTP 503", Status.WARN, "last error: download failed: HTTP 503"),
+    (4, None, Status.WARN, "older than 3 days"),
+])
+def test_lists(config: AppConfig, tmp_path: Path, verified_days_ago: int | None, error: str | None,
+               expected: Status, fragment: str) -> None:
+    from schoolgate.lists.state import ListState, state_dir_of
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text((REPO / "deploy/policy.example.toml").read_text())
+    config = replace(config, policy=policy)
+    if verified_days_ago is not None:
+        verified = (NOW - dt.timedelta(days=verified_days_ago)).isoformat()
+        ListState(state_dir_of(config)).write_manifest({"lists": {"ut1": {
+            "version": "ut1-1.sgl", "installed_at": verified, "verified_at": verified, "last_error": error,
+            "entries": {"gambling": 10},
+        }}})
+    (result,) = doctor.check_lists(make_env(config))
+    assert result.status is expected and fragment in result.message, result
+    if expected is Status.WARN and error is None:
+        assert "schoolgate lists update --config" in result.fix
+
+
 # ------------------------------------------------------------------------ the whole run
 
 

@@ -71,6 +71,7 @@ def test_the_scheduler_registers_the_digest_trigger(
         "heartbeat",
         "digest",
         "retention",
+        "lists",
     }
     with pytest.raises(ValueError, match="digest_time"):
         digest_trigger("half past seven")
