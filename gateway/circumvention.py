@@ -1,8 +1,21 @@
-"""Circumvention attempts the kernel refused become events for the DSL.
+"""What the kernel refused or redirected becomes an event, recorded for what it is.
 
-Seed 001 §9: "Attempts made to circumvent the network's firewalls will result in a ban".
-The gateway cannot see a hostname for these attempts (that is the point of them), so the
-event names the destination address and port; the client is identified like any other.
+Seed 001 §9: "Attempts made to circumvent the network's firewalls will result in a ban". A
+ban is a claim about a child, so only what shows intent is flagged `circumvention`:
+
+- DNS over TLS or QUIC (port 853), and HTTPS to a known DNS-over-HTTPS resolver's address:
+  refused, flagged `circumvention`, in the circumvention category;
+- QUIC (UDP 443/80) to a watched service: refused quietly. Every browser tries HTTP/3 once a
+  site advertises it and falls back to TCP, where the proxy judges the connection; so it is
+  recorded with the verdict `refused` and the flag `quic` only, counted per device, never
+  flagged circumvention;
+- DNS sent to another resolver on port 53: answered by schoolgate anyway (the verdict is
+  `redirect`), flagged `foreign_resolver`. Printers, televisions and phones do this by design;
+  it is evidence beside an intent signal, and an alert of its own only where the technician
+  turns that on (`[alerts] foreign_resolver_alerts`).
+
+The gateway cannot see a hostname for these attempts, so the event names the destination
+address and port; the client is identified like any other.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,16 +35,33 @@ from schoolgate.policy.types import Client, Role
 log = logging.getLogger(__name__)
 
 CATEGORY = "circumvention"
-FLAG = "circumvention"
+FLAG_CIRCUMVENTION = "circumvention"
+FLAG_QUIC = "quic"
+FLAG_FOREIGN_RESOLVER = "foreign_resolver"
 CLAUSE = "Social Media Policy §9: attempts to circumvent the network's firewalls"
+QUIC_CLAUSE = "HTTP/3 (QUIC) to a watched service is refused so that the browser uses HTTPS, which the filter judges"
+DNS_CLAUSE = "every DNS query on the school network is answered by schoolgate"
 
-# kind -> (rule id, verdict). A bypassed DNS query is answered by schoolgate anyway, so it
-# is recorded as redirected, not blocked; the others were refused by the kernel.
-RULES: dict[str, tuple[str, str]] = {
-    KIND_DOT: ("gateway.refuse.dot", "block"),
-    KIND_DOH: ("gateway.refuse.doh", "block"),
-    KIND_QUIC: ("gateway.refuse.quic", "block"),
-    KIND_DNS_BYPASS: ("gateway.redirect.dns", "redirect"),
+VERDICT_REFUSED = "refused"  # the kernel refused it quietly; not a blocked site
+VERDICT_REDIRECT = "redirect"  # answered by schoolgate instead of where it was sent
+
+
+@dataclass(frozen=True)
+class AttemptKind:
+    rule_id: str
+    verdict: str
+    flags: frozenset[str]
+    category: str | None
+    clause: str
+
+
+KINDS: dict[str, AttemptKind] = {
+    KIND_DOT: AttemptKind("gateway.refuse.dot", "block", frozenset({FLAG_CIRCUMVENTION, KIND_DOT}), CATEGORY, CLAUSE),
+    KIND_DOH: AttemptKind("gateway.refuse.doh", "block", frozenset({FLAG_CIRCUMVENTION, KIND_DOH}), CATEGORY, CLAUSE),
+    KIND_QUIC: AttemptKind("gateway.refuse.quic", VERDICT_REFUSED, frozenset({FLAG_QUIC}), None, QUIC_CLAUSE),
+    KIND_DNS_BYPASS: AttemptKind(
+        "gateway.redirect.dns", VERDICT_REDIRECT, frozenset({FLAG_FOREIGN_RESOLVER}), None, DNS_CLAUSE
+    ),
 }
 
 
@@ -43,7 +74,7 @@ def attempt_event(attempt: Attempt, client: Client, *, site: str, ts: datetime,
     """
     from schoolgate.store.events import EventRecord
 
-    rule_id, verdict = RULES[attempt.kind]
+    kind = KINDS[attempt.kind]
     role = role or client.role or Role.GUEST
     return EventRecord(
         ts=ts,
@@ -58,11 +89,11 @@ def attempt_event(attempt: Attempt, client: Client, *, site: str, ts: datetime,
         role=role.value,
         host=attempt.dest_ip,
         url=f"{attempt.protocol}://{_hostport(attempt.dest_ip, attempt.dest_port)}",
-        verdict=verdict,
-        rule_id=rule_id,
-        clause=CLAUSE,
-        category=CATEGORY,
-        flags=frozenset({FLAG, attempt.kind}),
+        verdict=kind.verdict,
+        rule_id=kind.rule_id,
+        clause=kind.clause,
+        category=kind.category,
+        flags=kind.flags,
     )
 
 

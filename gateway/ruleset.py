@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from schoolgate.gateway.sets import NFT_TABLE, WATCHED_V4, WATCHED_V6
+from schoolgate.resolvers import known_doh_addresses
 
 # Sets beside the DNS-fed watched sets. Prefix sets are interval sets with static elements
 # (a service's published ranges); the DNS-fed sets are host sets with per-element timeouts.
@@ -52,39 +53,9 @@ MODES = (MODE_GATEWAY, MODE_BRIDGE, MODE_DNS_ONLY)
 # Well-known public resolvers that answer DoH on their anycast addresses. A browser or app
 # configured with one of these by address never asks our DNS, so its HTTPS must be refused.
 # Names of DoH services are blocked by the policy's circumvention catalogue in DNS; resolving
-# them here at boot would only capture today's CDN addresses, so the address list is static.
-KNOWN_DOH_ADDRESSES: tuple[str, ...] = (
-    "1.1.1.1",
-    "1.0.0.1",
-    "1.1.1.2",
-    "1.0.0.2",
-    "1.1.1.3",
-    "1.0.0.3",
-    "8.8.8.8",
-    "8.8.4.4",
-    "9.9.9.9",
-    "149.112.112.112",
-    "9.9.9.11",
-    "149.112.112.11",
-    "94.140.14.14",
-    "94.140.15.15",
-    "208.67.222.222",
-    "208.67.220.220",
-    "185.228.168.168",
-    "185.228.169.168",
-    "76.76.2.0",
-    "76.76.10.0",
-    "2606:4700:4700::1111",
-    "2606:4700:4700::1001",
-    "2001:4860:4860::8888",
-    "2001:4860:4860::8844",
-    "2620:fe::fe",
-    "2620:fe::9",
-    "2a10:50c0::ad1:ff",
-    "2a10:50c0::ad2:ff",
-    "2620:119:35::35",
-    "2620:119:53::53",
-)
+# them here at boot would only capture today's CDN addresses, so the address list is static
+# (schoolgate.resolvers, which the alert rules share).
+KNOWN_DOH_ADDRESSES: tuple[str, ...] = known_doh_addresses()
 
 
 # Every mode's counters, by the same names: `schoolgate net status` and the tests read them.

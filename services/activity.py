@@ -34,7 +34,8 @@ from schoolgate.store.models import (
 LONDON = ZoneInfo("Europe/London")
 MAX_PAGE = 500
 MAX_RANGE = timedelta(days=400)
-VERDICTS = ("allow", "block", "safe_search")
+# refused: QUIC refused quietly; redirect: DNS sent elsewhere, answered by schoolgate (the gateway's)
+VERDICTS = ("allow", "block", "safe_search", "refused", "redirect")
 
 
 @dataclass(frozen=True, slots=True)

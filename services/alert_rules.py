@@ -3,24 +3,35 @@
 `AlertEngine.scan` reads the events written since its cursor (kept in the `generations`
 table as `alerts_cursor`), runs each rule over them in id order and turns what the rules
 raise into cases. A rule that fires again for the same device (or address) while its case
-is still open adds to that case (trigger_count, last_seen) instead of opening another.
+is still open adds to that case (its evidence, last_seen) instead of opening another.
 The cursor moves in the same transaction as the cases, so a rescan never counts twice.
+
+Each case carries its evidence (services.alert_evidence): what the device tried, where,
+when and how many times, in words a DSL can judge from a phone. The rules that count
+attempts (circumvention, repeated blocked attempts) are in services.attempt_rules.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from schoolgate.services.alert_evidence import Evidence, EvidenceItem
+from schoolgate.services.alert_trigger import AlertRule, Trigger, outcome_of, severity_rank, subject_of, who
+from schoolgate.services.attempt_rules import (
+    KIND_CIRCUMVENTION,
+    KIND_REPEATED_BLOCKS,
+    CircumventionRule,
+    RepeatedBlocksRule,
+)
 from schoolgate.services.common import read_mark, write_mark
-from schoolgate.services.keywords import SEVERITIES, KeywordList, searchable_text
+from schoolgate.services.keywords import KeywordList, searchable_text
+from schoolgate.services.signals import flag_set
 from schoolgate.store.models import AccessEvent, Alert, AlertHistory
 
 LONDON = ZoneInfo("Europe/London")
@@ -28,26 +39,6 @@ CURSOR_NAME = "alerts_cursor"
 ENGINE_ACTOR = "system:alerts"
 OPEN_STATUSES = ("new", "in_review")
 
-# Flags the DNS daemon, the proxy and the gateway put on circumvention attempts.
-CIRCUMVENTION_FLAGS = frozenset(
-    {
-        "circumvention",
-        "doh",
-        "dot",
-        "doq",
-        "vpn",
-        "proxy_site",
-        "foreign_resolver",
-        "quic",
-        "sni_fronting",
-        "domain_fronting",
-        "private_relay",
-        "tor",
-    }
-)
-
-KIND_CIRCUMVENTION = "circumvention"
-KIND_REPEATED_BLOCKS = "repeated_blocks"
 KIND_SAFEGUARDING = "safeguarding_term"
 KIND_OUT_OF_HOURS = "out_of_hours"
 KIND_PUPIL_UPSET = "pupil_upset"
@@ -55,154 +46,30 @@ KIND_PUPIL_UPSET = "pupil_upset"
 # (schoolgate.proxy.addons.FLAG_UPSET; the proxy is not imported here).
 UPSET_FLAG = "upset"
 
-
-def severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity) if severity in SEVERITIES else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    """One firing of a rule on one event."""
-
-    kind: str
-    rule_id: str
-    severity: str
-    title: str
-    summary: str
-    event: AccessEvent
-    category: str | None = None
-
-
-class AlertRule(Protocol):
-    def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
-        """Load whatever state the rule needs before a batch; `fresh`: the first batch of a scan."""
-
-    def check(self, event: AccessEvent) -> Iterable[Trigger]:
-        """The triggers this event raises."""
-
-
-def subject_of(event: AccessEvent) -> tuple[str | None, str | None]:
-    """(device_id, client_ip) a case is folded on: the device when known, else the address."""
-    if event.device_id:
-        return event.device_id, None
-    return None, event.client_ip
-
-
-def _who(event: AccessEvent) -> str:
-    name = event.device_name or event.device_id or event.client_ip
-    return f"{name} ({event.person_name})" if event.person_name else name
+__all__ = [
+    "KIND_CIRCUMVENTION",
+    "KIND_OUT_OF_HOURS",
+    "KIND_PUPIL_UPSET",
+    "KIND_REPEATED_BLOCKS",
+    "KIND_SAFEGUARDING",
+    "AlertEngine",
+    "AlertRule",
+    "AlertSettings",
+    "ScanResult",
+    "Trigger",
+    "read_cursor",
+    "severity_rank",
+    "subject_of",
+]
 
 
 def _flags(event: AccessEvent) -> set[str]:
-    return {f.strip().lower() for f in (event.flags or "").split(",") if f.strip()}
+    return flag_set(event.flags)
 
 
-class CircumventionRule:
-    """DoH, VPN or proxy sites, foreign resolvers, QUIC/DoT to watched services, SNI fronting."""
-
-    def __init__(self, severity: str = "high") -> None:
-        self.severity = severity
-
-    def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
-        return None
-
-    def check(self, event: AccessEvent) -> Iterable[Trigger]:
-        flags = _flags(event) & CIRCUMVENTION_FLAGS
-        if not flags and event.category != "circumvention":
-            return ()
-        what = event.service or event.host
-        kinds = ", ".join(sorted(flags)) or "circumvention"
-        return (
-            Trigger(
-                kind=KIND_CIRCUMVENTION,
-                rule_id="circumvention",
-                severity=self.severity,
-                title=f"Circumvention attempt from {_who(event)}",
-                summary=f"{kinds}: {what} ({event.verdict})",
-                event=event,
-            ),
-        )
-
-
-class RepeatedBlocksRule:
-    """N blocked attempts within M minutes by one device (or address, when the device is unknown).
-
-    After firing, counting starts afresh, so a device hammering a blocked site raises its
-    case again every N attempts, not on every attempt.
-    """
-
-    def __init__(self, threshold: int, window: timedelta, severity: str = "medium") -> None:
-        if threshold < 1:
-            raise ValueError("the repeated blocks threshold must be at least 1")
-        self.threshold = threshold
-        self.window = window
-        self.severity = severity
-        self._recent: dict[tuple[str | None, str | None], deque[tuple[datetime, int]]] = {}
-
-    def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
-        """Seed the windows of subjects new to this scan from the events before it.
-
-        Subjects already seen in this scan carry their window over from the previous batch.
-        """
-        if fresh:
-            self._recent = {}
-        blocked = [e for e in events if e.verdict == "block"]
-        if not blocked:
-            return
-        first_ts = min(e.ts for e in blocked)
-        for subject in {subject_of(e) for e in blocked} - set(self._recent):
-            device_id, client_ip = subject
-            since = first_ts - self.window
-            same_subject = (
-                [Alert.device_id == device_id]
-                if device_id
-                else [Alert.device_id.is_(None), Alert.client_ip == client_ip]
-            )
-            last_fire = session.scalar(
-                select(func.max(Alert.last_seen)).where(
-                    Alert.site == site, Alert.kind == KIND_REPEATED_BLOCKS, *same_subject
-                )
-            )
-            if last_fire is not None and last_fire >= since:
-                since = last_fire + timedelta(microseconds=1)
-            match = AccessEvent.device_id == device_id if device_id else AccessEvent.client_ip == client_ip
-            conditions = [
-                AccessEvent.site == site,
-                AccessEvent.verdict == "block",
-                AccessEvent.ts >= since,
-                AccessEvent.id <= cursor,
-                match,
-            ]
-            if not device_id:
-                conditions.append(AccessEvent.device_id.is_(None))
-            rows = session.execute(
-                select(AccessEvent.ts, AccessEvent.count).where(*conditions).order_by(AccessEvent.ts)
-            ).all()
-            self._recent[subject] = deque((ts, count or 1) for ts, count in rows)
-
-    def check(self, event: AccessEvent) -> Iterable[Trigger]:
-        if event.verdict != "block":
-            return ()
-        subject = subject_of(event)
-        window = self._recent.setdefault(subject, deque())
-        window.append((event.ts, event.count or 1))
-        while window and window[0][0] <= event.ts - self.window:
-            window.popleft()
-        total = sum(count for _ts, count in window)
-        if total < self.threshold:
-            return ()
-        window.clear()
-        minutes = int(self.window.total_seconds() // 60)
-        return (
-            Trigger(
-                kind=KIND_REPEATED_BLOCKS,
-                rule_id="repeated_blocks",
-                severity=self.severity,
-                title=f"Repeated blocked attempts from {_who(event)}",
-                summary=f"{total} blocked attempts within {minutes} minutes; latest {event.service or event.host}",
-                event=event,
-            ),
-        )
+def _event_item(event: AccessEvent, kind: str, label: str, target: str, outcome: str = "") -> EvidenceItem:
+    return EvidenceItem(kind=kind, label=label, target=target, first=event.ts, last=event.ts,
+                        requests=event.count or 1, outcome=outcome, event_id=event.id)
 
 
 class SafeguardingTermRule:
@@ -223,10 +90,14 @@ class SafeguardingTermRule:
                 kind=KIND_SAFEGUARDING,
                 rule_id=f"safeguarding:{match.category}",
                 severity=match.severity,
-                title=f"Safeguarding concern ({match.category}) from {_who(event)}",
+                title=f"Safeguarding concern ({match.category}) from {who(event)}",
                 summary=f"matched {match.term!r} on {event.host}",
                 event=event,
                 category=match.category,
+                evidence=(
+                    _event_item(event, "search_term", "Searched for, or opened a page about, a safeguarding term",
+                                f"\u201c{match.term}\u201d on {event.host}", outcome_of(event)),
+                ),
             )
             for match in self.keywords.match(text)
         ]
@@ -259,9 +130,11 @@ class OutOfHoursRule:
                 kind=KIND_OUT_OF_HOURS,
                 rule_id="out_of_hours",
                 severity=self.severity,
-                title=f"Out-of-hours activity from {_who(event)}",
+                title=f"Out-of-hours activity from {who(event)}",
                 summary=f"{event.host} at {local} ({event.verdict})",
                 event=event,
+                evidence=(_event_item(event, "out_of_hours", "Used the school network out of hours", event.host,
+                                      outcome_of(event)),),
             ),
         )
 
@@ -290,14 +163,16 @@ class PupilUpsetRule:
                 kind=KIND_PUPIL_UPSET,
                 rule_id=f"upset:{event.host}"[:100],
                 severity=self.severity,
-                title=f"A pupil said a blocked page upset them: {_who(event)}",
+                title=f"A pupil said a blocked page upset them: {who(event)}",
                 summary=(
-                    f"On {when}, {_who(event)} at {event.client_ip} was shown the block page for "
+                    f"On {when}, {who(event)} at {event.client_ip} was shown the block page for "
                     f"{event.service or event.host}{page} and pressed \"this upset me\". "
                     f"Rule: {event.rule_id}."
                 ),
                 event=event,
                 category=event.category,
+                evidence=(_event_item(event, "upset", "Pressed \u201cthis upset me\u201d on the block page for",
+                                      event.service or event.host),),
             ),
         )
 
@@ -312,10 +187,14 @@ class AlertSettings:
     out_of_hours_end: time = time(7, 0)
     out_of_hours_roles: frozenset[str] = frozenset({"pupil"})
     keywords: KeywordList = field(default_factory=KeywordList.load)
-    circumvention_severity: str = "high"
     repeated_blocks_severity: str = "medium"
     out_of_hours_severity: str = "low"
     pupil_upset_severity: str = "high"  # e-mailed to the DSL at once (alerts.immediate_severities)
+    # DNS sent to another resolver raises a case of its own (off: it is evidence beside intent)
+    foreign_resolver_alerts: bool = False
+    # Events this young wait for the next scan, so that what a device did in one moment (an
+    # encrypted-DNS probe and its plain fallback) is judged together. 0: scan everything.
+    settle: timedelta = timedelta(0)
 
     @classmethod
     def from_config(cls, alerts: object) -> AlertSettings:
@@ -335,6 +214,8 @@ class AlertSettings:
             raise ValueError("alerts.repeated_blocks_threshold must be at least 1")
         if alerts.repeated_blocks_window_minutes < 1:
             raise ValueError("alerts.repeated_blocks_window_minutes must be at least 1")
+        if not 0 <= alerts.settle_seconds <= 300:
+            raise ValueError("alerts.settle_seconds must be between 0 and 300")
         return cls(
             repeated_blocks_threshold=alerts.repeated_blocks_threshold,
             repeated_blocks_window=timedelta(minutes=alerts.repeated_blocks_window_minutes),
@@ -342,11 +223,13 @@ class AlertSettings:
             out_of_hours_end=parse_time("out_of_hours_end", alerts.out_of_hours_end),
             out_of_hours_roles=frozenset(alerts.out_of_hours_roles),
             keywords=KeywordList.load(alerts.keywords_file or None),
+            foreign_resolver_alerts=alerts.foreign_resolver_alerts,
+            settle=timedelta(seconds=alerts.settle_seconds),
         )
 
     def rules(self) -> list[AlertRule]:
         return [
-            CircumventionRule(self.circumvention_severity),
+            CircumventionRule(self.foreign_resolver_alerts),
             RepeatedBlocksRule(
                 self.repeated_blocks_threshold, self.repeated_blocks_window, self.repeated_blocks_severity
             ),
@@ -407,13 +290,15 @@ class AlertEngine:
         opened: list[Alert] = []
         folded: list[Alert] = []
         first = True
+        horizon = now - self.settings.settle
         while True:
-            events = session.scalars(
+            fetched = session.scalars(
                 select(AccessEvent)
                 .where(AccessEvent.site == site, AccessEvent.id > cursor)
                 .order_by(AccessEvent.id)
                 .limit(self.batch_size)
             ).all()
+            events = _settled(fetched, horizon) if self.settings.settle else fetched
             if not events:
                 break
             for rule in self.rules:
@@ -436,7 +321,9 @@ class AlertEngine:
             cursor = events[-1].id
             result.events += len(events)
             session.flush()
-            if len(events) < self.batch_size or (max_events is not None and result.events >= max_events):
+            if len(events) < len(fetched) or len(fetched) < self.batch_size:
+                break  # the rest is too young, or there is no more
+            if max_events is not None and result.events >= max_events:
                 break
         session.flush()  # every case has its id now
         for case, triggers in touched.items():
@@ -499,35 +386,51 @@ class AlertEngine:
         if case is not None:
             if case.last_event_id is not None and case.last_event_id >= event.id:
                 return  # already counted (a rescan with an older cursor)
-            case.trigger_count += 1
+            evidence = Evidence.from_json(case.evidence)
+            attempts_before = _counted_attempts(evidence)
+            evidence.extend(trigger.evidence)
+            severity, summary = _judged(trigger, evidence)
+            case.evidence = evidence.to_json()
+            case.summary = summary
             case.last_seen = max(case.last_seen, event.ts)
             case.last_event_id = event.id
-            case.summary = trigger.summary
+            if trigger.counts_attempts:
+                case.trigger_count = max(1, case.trigger_count + _counted_attempts(evidence) - attempts_before)
+            elif trigger.opens:
+                case.trigger_count += 1
             if event.person_id and not case.person_id:
                 case.person_id = event.person_id
-            if severity_rank(trigger.severity) > severity_rank(case.severity):
-                case.severity = trigger.severity
+            if case in opened:
+                case.severity = severity  # opened in this scan, judged on all it has seen so far
+            elif severity_rank(severity) > severity_rank(case.severity):
+                case.severity = severity
                 case.notified_at = None  # escalated: worth telling the DSL again
             case.updated_at = now
-            touched[case] = touched.get(case, 0) + 1
-            if touched[case] == 1:
-                folded.append(case)
+            if trigger.opens:
+                touched[case] = touched.get(case, 0) + 1
+                if touched[case] == 1:
+                    folded.append(case)
             return
+        if not trigger.opens:
+            return  # evidence for a case, not a case of its own
+        evidence = Evidence(trigger.evidence)
+        severity, summary = _judged(trigger, evidence)
         case = Alert(
             site=site,
             kind=trigger.kind,
             rule_id=trigger.rule_id,
             category=trigger.category,
-            severity=trigger.severity,
+            severity=severity,
             status="new",
             title=trigger.title[:300],
-            summary=trigger.summary,
+            summary=summary,
+            evidence=evidence.to_json(),
             device_id=device_id,
             person_id=event.person_id,
             client_ip=event.client_ip,
-            first_seen=event.ts,
+            first_seen=min([event.ts, *((span[0],) if (span := evidence.span()) else ())]),
             last_seen=event.ts,
-            trigger_count=1,
+            trigger_count=_counted_attempts(evidence) if trigger.counts_attempts else 1,
             last_event_id=event.id,
             created_at=now,
             updated_at=now,
@@ -536,3 +439,26 @@ class AlertEngine:
         cases[key] = case
         opened.append(case)
         touched[case] = 1
+
+
+def _counted_attempts(evidence: Evidence) -> int:
+    """The attempts a case counts: those that show intent, where it has any (context such as
+    DNS sent to another resolver does not add to them); else all of them."""
+    return sum(item.attempts for item in evidence if item.intent) or evidence.attempts
+
+
+def _judged(trigger: Trigger, evidence: Evidence) -> tuple[str, str]:
+    """(severity, summary) of a case with this evidence, as the trigger's rule judges it."""
+    if trigger.assess is not None:
+        return trigger.assess(evidence)
+    if evidence:
+        return trigger.severity, "\n".join([trigger.summary, *evidence.lines()])
+    return trigger.severity, trigger.summary
+
+
+def _settled(events: Sequence[AccessEvent], horizon: datetime) -> Sequence[AccessEvent]:
+    """The leading events no younger than `horizon`; the rest wait for the next scan."""
+    for index, event in enumerate(events):
+        if event.ts > horizon:
+            return events[:index]
+    return events

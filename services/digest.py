@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from schoolgate.services.activity import Ranked, top_devices, top_services
 from schoolgate.services.actor import DSL
-from schoolgate.services.alert_rules import CIRCUMVENTION_FLAGS
+from schoolgate.services.alert_evidence import ATTEMPT_SPAN
 from schoolgate.services.common import advance_mark
 from schoolgate.services.keywords import SEVERITIES
 from schoolgate.services.mailer import Mailer, build_message
 from schoolgate.services.mailtemplates import RenderedMail, link, local_time, render
+from schoolgate.services.signals import classify
 from schoolgate.store.models import AccessEvent, AccessRequest, Alert, ConsoleUser, Generation, UserRole
 
 LONDON = ZoneInfo("Europe/London")
@@ -140,13 +141,19 @@ def compose_digest(
         AlertLine(a.id, a.severity, a.status, a.title, a.last_seen, a.trigger_count, a.created_at >= since)
         for a in alerts
     ]
+    # Only what shows intent (services.signals): not QUIC, not DNS sent to another resolver.
     flagged = session.execute(
         select(
-            func.coalesce(AccessEvent.device_name, AccessEvent.device_id, AccessEvent.client_ip),
+            func.coalesce(AccessEvent.device_name, AccessEvent.device_id, AccessEvent.client_ip).label("device"),
+            AccessEvent.source,
+            AccessEvent.host,
+            AccessEvent.url,
+            AccessEvent.verdict,
+            AccessEvent.rule_id,
             AccessEvent.flags,
             AccessEvent.category,
-            func.coalesce(AccessEvent.service, AccessEvent.host),
-            AccessEvent.count,
+            AccessEvent.service,
+            AccessEvent.ts,
         )
         .where(
             AccessEvent.site == site,
@@ -154,16 +161,24 @@ def compose_digest(
             AccessEvent.ts < now,
             or_(AccessEvent.flags != "", AccessEvent.category == "circumvention"),
         )
+        .order_by(AccessEvent.ts)
         .limit(50_000)
     ).all()
     attempts: dict[str, int] = {}
     services: dict[str, set[str]] = {}
-    for device, flags, category, service, count in flagged:
-        names = {f.strip().lower() for f in (flags or "").split(",")}
-        if not (names & CIRCUMVENTION_FLAGS) and category != "circumvention":
+    last_seen: dict[tuple[str, str], datetime] = {}
+    for row in flagged:
+        signal = classify(row)
+        if signal is None or not signal.intent:
             continue
-        attempts[device] = attempts.get(device, 0) + int(count or 1)
-        services.setdefault(device, set()).add(str(service))
+        # One attempt per device and target, however many requests it made within the span.
+        key = (row.device, signal.target)
+        previous = last_seen.get(key)
+        last_seen[key] = row.ts
+        if previous is not None and row.ts - previous <= ATTEMPT_SPAN:
+            continue
+        attempts[row.device] = attempts.get(row.device, 0) + 1
+        services.setdefault(row.device, set()).add(row.service or signal.target)
     circumvention = [
         CircumventionLine(device, count, ", ".join(sorted(services[device])[:5]))
         for device, count in sorted(attempts.items(), key=lambda kv: -kv[1])[:15]

@@ -328,6 +328,8 @@ class Alert(Base):
     status: Mapped[str] = mapped_column(String(12), default="new")  # new, in_review, resolved
     title: Mapped[str] = mapped_column(String(300))
     summary: Mapped[str] = mapped_column(Text, default="")
+    # What the device did, where, when and how often (services.alert_evidence), as JSON
+    evidence: Mapped[str] = mapped_column(Text, default="", server_default="")
     device_id: Mapped[str | None] = mapped_column(String(100))
     person_id: Mapped[str | None] = mapped_column(String(100))
     client_ip: Mapped[str | None] = mapped_column(String(45))

@@ -119,3 +119,22 @@ def event(event_id: int) -> Any:
     same = current is not None and current.rule_id == row.rule_id and current.verdict.value == row.verdict
     return render_template("activity/event.html", event=row, explanation=explanation, current=current,
                            policy_error=policy_error, logged_rule=logged_rule, same=same)
+
+
+@bp.route("/devices")
+@web.requires(Permission.VIEW_ACTIVITY)
+def devices() -> Any:
+    """What the gateway refused or redirected quietly, per device: never alerts, worth a look."""
+    from schoolgate.services.device_signals import device_signal_counts
+
+    days = request.args.get("days", "7")
+    span = int(days) if days in ("1", "7", "30") else 7
+    now = web.now()
+    rows = device_signal_counts(web.db(), web.site_scope(), now - timedelta(days=span), now + timedelta(seconds=1))
+    if wants_csv():
+        return csv_response("quiet-refusals.csv",
+                            ["site", "device", "registered", "label", "kind", "attempts", "destinations",
+                             "first_seen", "last_seen"],
+                            ([r.site, r.device, r.registered, r.label, r.kind, r.attempts, r.destinations,
+                              r.first_seen, r.last_seen] for r in rows))
+    return render_template("activity/devices.html", rows=rows, days=span)

@@ -14,6 +14,7 @@ from schoolgate.console.forms import local_input, parse_local
 from schoolgate.console.roles import Permission
 from schoolgate.services import alerts as svc
 from schoolgate.services import bans
+from schoolgate.services.alert_evidence import Evidence
 from schoolgate.services.errors import ServiceError
 from schoolgate.services.keywords import SEVERITIES
 from schoolgate.store.models import Alert
@@ -75,6 +76,7 @@ def _show(alert: Alert, *, errors: dict[str, str] | None = None, message: str | 
     defaults = {"until": local_input(now + timedelta(days=14)), "ban_reason": f"Alert {alert.id}: {alert.title}"[:300]}
     return render_template(
         "alerts/show.html", alert=alert, history=svc.history(web.db(), web.site_id(), alert.id), ban=ban,
+        evidence=list(Evidence.from_json(alert.evidence)),
         errors=errors or {}, message=message, values={**defaults, **(values or {})},
         is_open=alert.status in svc.OPEN_STATUSES,
     ), status

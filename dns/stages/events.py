@@ -158,7 +158,9 @@ class EventsStage(Stage):
             verdict=SPECIAL_VERDICTS.get(query.special_rule, Verdict.BLOCK.value),
             rule_id=query.special_rule,
             clause="schoolgate DNS: names answered by the appliance itself",
-            category="circumvention" if query.special_rule != "dns.special.appliance-name" else None,
+            # Browsers and phones ask these names by themselves (Firefox's DoH canary, iCloud
+            # Private Relay's check, resolver discovery): recorded, never taken for intent.
+            category=None,
             flags="special_name",
         )
         self.sink.submit(record)

@@ -144,6 +144,10 @@ class AlertsConfig:
     keywords_file: str = ""  # empty: the built-in safeguarding term list
     immediate_severities: list[str] = field(default_factory=lambda: ["high", "critical"])
     scan_interval_seconds: int = 30
+    # DNS sent to another resolver (port 53), which schoolgate answers anyway, is evidence in a
+    # circumvention case; true: it raises a (low) case of its own as well.
+    foreign_resolver_alerts: bool = False
+    settle_seconds: int = 5  # events this young wait for the next scan (see AlertSettings.settle)
 
 
 @dataclass(frozen=True)

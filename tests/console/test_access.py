@@ -52,6 +52,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "alerts.lift": {"POST": {D, H}},
     "activity.search": {"GET": {T, D, H, TA}},
     "activity.event": {"GET": {T, D, H, TA}},
+    "activity.devices": {"GET": {T, D, H, TA}},
     "registers.devices": {"GET": READERS},
     "registers.device_new": {"GET": {T, A}, "POST": {T, A}},
     "registers.device_edit": {"GET": READERS, "POST": {T, A}},

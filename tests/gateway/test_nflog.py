@@ -162,6 +162,28 @@ def test_event_carries_every_field_and_the_circumvention_flag() -> None:
     assert "§9" in row["clause"]
 
 
+@pytest.mark.parametrize(
+    ("kind", "port", "protocol", "verdict", "rule_id", "category", "flags"),
+    [
+        # intent: encrypted DNS past the school's resolver, refused
+        ("dot", 853, "tcp", "block", "gateway.refuse.dot", "circumvention", {"circumvention", "dot"}),
+        ("doh", 443, "tcp", "block", "gateway.refuse.doh", "circumvention", {"circumvention", "doh"}),
+        # every browser tries HTTP/3 and falls back to TCP: refused quietly, never circumvention
+        ("quic", 443, "udp", "refused", "gateway.refuse.quic", None, {"quic"}),
+        # printers, TVs and phones with a resolver of their own: answered by schoolgate anyway
+        ("dns-bypass", 53, "udp", "redirect", "gateway.redirect.dns", None, {"foreign_resolver"}),
+    ],
+)
+def test_each_kind_is_recorded_for_what_it_is(
+    kind: str, port: int, protocol: str, verdict: str, rule_id: str, category: str | None, flags: set[str]
+) -> None:
+    attempt = Attempt(kind, "10.77.0.11", "02:77:00:00:00:11", "198.51.100.9", port, protocol, ATTEMPT.at)
+    row = attempt_event(attempt, Client(ip="10.77.0.11", role=Role.STAFF), site="lab", ts=ATTEMPT.at).row()
+    assert (row["verdict"], row["rule_id"], row["category"]) == (verdict, rule_id, category)
+    assert set(row["flags"].split(",")) == flags
+    assert row["url"] == f"{protocol}://198.51.100.9:{port}"
+
+
 def test_unknown_device_is_recorded_with_the_strictest_role_and_the_kernel_mac() -> None:
     event = attempt_event(ATTEMPT, Client(ip="10.77.0.11"), site="lab", ts=ATTEMPT.at)
     assert event.role == "guest" and event.mac == "02:77:00:00:00:11" and event.device_id is None

@@ -29,6 +29,8 @@ def test_staff_at_lunch_browse_facebook_and_quic_is_refused_on_the_way(lab: LabC
         lambda e: e.rule_id == "gateway.refuse.quic" and e.client_ip == device("staff").ip, since
     )
     assert event.host == FACEBOOK and event.device_id == device("staff").device_id
+    # Refused quietly: what every browser does is never taken for circumvention.
+    assert (event.verdict, event.flags, event.category) == ("refused", "quic", None)
 
 
 def test_pupil_with_the_school_ca_sees_the_block_page(lab: LabClient) -> None:

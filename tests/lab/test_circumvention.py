@@ -47,14 +47,16 @@ def test_a_query_to_another_resolver_is_answered_by_schoolgate(lab: LabClient) -
         ("192.0.2.1", "udp://192.0.2.1:53"),
     }
     for event in bypasses:
-        assert is_circumvention(event)
-        assert (event.device_id, event.mac, event.person_id, event.role) == (
+        # Recorded with who did it, but not circumvention: printers, TVs and phones do this by design.
+        assert not is_circumvention(event) and event.flags == "foreign_resolver"
+        assert (event.device_id, event.mac, event.person_id, event.role, event.verdict) == (
             PUPIL.device_id,
             PUPIL.mac,
             PUPIL.person_id,
             "pupil",
+            "redirect",
         )
-        assert event.category == "circumvention" and "§9" in event.clause
+        assert event.category is None
 
 
 def test_the_firefox_canary_is_nxdomain(lab: LabClient) -> None:
@@ -87,16 +89,17 @@ def _udp(host: str, port: int) -> tuple[str, float]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "attempt", "host", "port", "protocol"),
+    ("kind", "attempt", "host", "port", "protocol", "circumvention"),
     [
-        ("dot", _connect, RESOLVER_IP, 853, "tcp"),
-        ("dot", _udp, RESOLVER_IP, 853, "udp"),  # DNS over QUIC
-        ("doh", _connect, RESOLVER_IP, 443, "tcp"),
-        ("quic", _udp, FACEBOOK, 443, "udp"),  # a watched prefix (Meta's ranges in the config)
+        ("dot", _connect, RESOLVER_IP, 853, "tcp", True),
+        ("dot", _udp, RESOLVER_IP, 853, "udp", True),  # DNS over QUIC
+        ("doh", _connect, RESOLVER_IP, 443, "tcp", True),
+        # a watched prefix (Meta's ranges in the config): refused quietly, never circumvention
+        ("quic", _udp, FACEBOOK, 443, "udp", False),
     ],
 )
 def test_encrypted_dns_and_quic_are_rejected_at_once_and_recorded(
-    lab: LabClient, kind: str, attempt: object, host: str, port: int, protocol: str
+    lab: LabClient, kind: str, attempt: object, host: str, port: int, protocol: str, circumvention: bool
 ) -> None:
     since = lab.last_event_id()
     outcome, seconds = call_in(lab.ns("pupil"), lambda: attempt(host, port))  # type: ignore[operator]
@@ -112,13 +115,13 @@ def test_encrypted_dns_and_quic_are_rejected_at_once_and_recorded(
         ),
         since,
     )
-    assert is_circumvention(event) and kind in event.flags.split(",")
+    assert is_circumvention(event) is circumvention and kind in event.flags.split(",")
     assert (event.client_ip, event.mac, event.device_id, event.role, event.verdict) == (
         PUPIL.ip,
         PUPIL.mac,
         PUPIL.device_id,
         "pupil",
-        "block",
+        "block" if circumvention else "refused",
     )
 
 

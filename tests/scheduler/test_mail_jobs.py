@@ -149,7 +149,8 @@ def seed(session: Session) -> dict[str, int]:
             verdict="block",
             rule_id="r",
             service=None,
-            flags="vpn" if i < 2 else "",
+            flags="circumvention" if i < 2 else "",
+            category="circumvention" if i < 2 else None,
             count=1,
         )
         for i in range(4)

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from schoolgate.services.alert_evidence import Evidence
 from schoolgate.services.alert_rules import (
     AlertEngine,
     AlertSettings,
@@ -57,27 +58,124 @@ def alerts(session: Session) -> list[Alert]:
     return list(session.scalars(select(Alert).order_by(Alert.id)))
 
 
-CIRCUMVENTION_CASES = [
-    ("doh flag", {"flags": "circumvention,doh", "verdict": "block"}, True),
-    ("vpn flag only", {"flags": "vpn"}, True),
-    ("foreign resolver", {"flags": "foreign_resolver", "source": "gateway"}, True),
-    ("quic to watched", {"flags": "quic"}, True),
-    ("sni fronting", {"flags": "sni_fronting", "source": "proxy"}, True),
-    ("category only", {"category": "circumvention", "verdict": "block"}, True),
-    ("flags with spaces and case", {"flags": " Circumvention , x"}, True),
-    ("unrelated flag", {"flags": "banned"}, False),
-    ("plain block", {"verdict": "block", "category": "social_media"}, False),
+VPN_SITE = {"verdict": "block", "category": "circumvention", "host": "nordvpn.com", "service": "vpn"}
+QUIC = {"source": "gateway", "host": "203.0.113.10", "url": "udp://203.0.113.10:443", "verdict": "refused",
+        "rule_id": "gateway.refuse.quic", "flags": "quic"}
+
+
+def foreign_dns(address: str = "198.51.100.53") -> dict[str, object]:
+    return {"source": "gateway", "host": address, "url": f"udp://{address}:53", "verdict": "redirect",
+            "rule_id": "gateway.redirect.dns", "flags": "foreign_resolver"}
+
+
+def gateway(kind: str, address: str = "198.51.100.9", port: int = 853) -> dict[str, object]:
+    return {"source": "gateway", "host": address, "url": f"tcp://{address}:{port}", "verdict": "block",
+            "rule_id": f"gateway.refuse.{kind}", "category": "circumvention", "flags": f"circumvention,{kind}"}
+
+
+# (name, [(offset seconds, fields)], the case expected: None, or (severity, attempts))
+CIRCUMVENTION_CASES: list[tuple[str, list[tuple[float, dict[str, object]]], tuple[str, int] | None]] = [
+    # Noise: what devices do by themselves is recorded but never an alert.
+    ("quic to a watched service", [(i, QUIC) for i in range(20)], None),
+    ("dns to another resolver", [(i * 60, foreign_dns()) for i in range(10)], None),
+    ("firefox canary", [(0, {"verdict": "block", "host": "use-application-dns.net", "flags": "special_name",
+                             "rule_id": "dns.special.doh-canary"})], None),
+    ("canary from before (category circumvention)",
+     [(0, {"verdict": "block", "host": "mask.icloud.com", "category": "circumvention", "flags": "special_name"})],
+     None),
+    ("self-test canary", [(0, {**VPN_SITE, "host": "circumvention.category-test.schoolgate.invalid"})], None),
+    ("no sni to an unwatched address", [(0, {"source": "proxy", "verdict": "block", "flags": "no_sni"})], None),
+    ("plain block", [(0, {"verdict": "block", "category": "social_media"})], None),
+    ("legacy flags alone", [(0, {"flags": "vpn"})], None),
+    # Intent, with severity from how sure it is.
+    ("vpn site looked up", [(0, VPN_SITE)], ("medium", 1)),
+    ("vpn site visited (connection)", [(0, VPN_SITE), (0.2, {**VPN_SITE, "source": "proxy"})], ("high", 1)),
+    ("a page view is one attempt", [(i * 0.4, {**VPN_SITE, "source": "proxy"}) for i in range(12)], ("high", 1)),
+    ("three visits", [(t, {**VPN_SITE, "source": "proxy"}) for t in (0, 5, 60, 65, 300)], ("high", 3)),
+    ("dns over tls", [(0, gateway("dot"))], ("medium", 1)),
+    ("doh by address", [(0, gateway("doh", port=443))], ("medium", 1)),
+    ("doh by name", [(0, {**VPN_SITE, "host": "cloudflare-dns.com", "service": "doh_resolvers"})], ("medium", 1)),
+    ("domain fronting", [(0, {"source": "proxy", "verdict": "block", "host": "innocent.example.org",
+                              "service": "facebook", "flags": "circumvention,fronting"})], ("high", 1)),
+    ("hidden name to a watched address", [(0, {"source": "proxy", "verdict": "block", "service": "facebook",
+                                               "flags": "circumvention,no_sni", "host": ""})], ("high", 1)),
+    ("two methods", [(0, gateway("dot")), (90, VPN_SITE)], ("high", 2)),
+    # DNS to another resolver joins a case, and makes deliberate encrypted DNS elsewhere more certain...
+    ("dot elsewhere with dns to another resolver", [(0, foreign_dns()), (30, gateway("dot"))], ("high", 1)),
+    # ... but encrypted DNS to the resolver it already uses is what phones and browsers do by themselves.
+    ("dot to its own resolver", [(0, foreign_dns("8.8.8.8")), (1, gateway("dot", "8.8.8.8"))], ("low", 1)),
+    ("doh to its own resolver's name", [(0, foreign_dns("1.1.1.1")),
+                                        (1, {**VPN_SITE, "host": "cloudflare-dns.com"})], ("low", 1)),
 ]
 
 
-@pytest.mark.parametrize(("name", "fields", "raises"), CIRCUMVENTION_CASES, ids=[c[0] for c in CIRCUMVENTION_CASES])
-def test_circumvention(session: Session, name: str, fields: dict[str, object], raises: bool) -> None:
-    add(session, [event(**fields)])
-    engine().scan(session, SITE, None, T0)
+@pytest.mark.parametrize(("name", "events", "expected"), CIRCUMVENTION_CASES, ids=[c[0] for c in CIRCUMVENTION_CASES])
+def test_circumvention(
+    session: Session, name: str, events: list[tuple[float, dict[str, object]]], expected: tuple[str, int] | None
+) -> None:
+    add(session, [event(offset, **fields) for offset, fields in events])
+    engine().scan(session, SITE, None, T0 + timedelta(hours=1))
     found = [a for a in alerts(session) if a.kind == "circumvention"]
-    assert bool(found) is raises
-    if raises:
-        assert found[0].severity == "high" and found[0].device_id == "IPAD-5"
+    if expected is None:
+        assert found == []
+        return
+    (case,) = found
+    assert (case.severity, case.trigger_count) == expected
+    assert case.device_id == "IPAD-5" and case.title == "Circumvention attempt from iPad 5"
+    evidence = Evidence.from_json(case.evidence)
+    assert evidence and case.summary.splitlines()[1:] == evidence.lines()
+    assert "on Tuesday 6 October" in case.summary.splitlines()[0]
+
+
+def test_circumvention_evidence_says_what_when_and_how_often(session: Session) -> None:
+    add(session, [
+        event(0, **foreign_dns()),
+        event(60, **foreign_dns()),
+        event(120, **VPN_SITE),
+        event(120.3, **{**VPN_SITE, "source": "proxy"}),
+        event(121, **{**VPN_SITE, "source": "proxy"}),
+        event(400, **gateway("doh", "1.1.1.1", 443)),
+        event(700, **{"source": "proxy", "verdict": "block", "host": "weather.example.net", "service": "facebook",
+                      "flags": "circumvention,fronting"}),
+    ])
+    engine().scan(session, SITE, None, T0 + timedelta(hours=1))
+    (case,) = alerts(session)
+    assert (case.severity, case.trigger_count) == ("high", 3)
+    lines = case.summary.splitlines()
+    assert lines[0] == (
+        "3 attempts to get round the filter on Tuesday 6 October between 10:00 and 10:11; each was stopped."
+    )
+    assert lines[1:] == [
+        "Sent DNS to another resolver (schoolgate answered instead): 198.51.100.53, 2 attempts, "
+        "10:00 to 10:01, answered by schoolgate instead",
+        "Tried to open a VPN, proxy or encrypted-DNS site: nordvpn.com, 1 attempt (3 requests), at 10:02, blocked",
+        "Tried encrypted DNS (DNS over HTTPS) to: Cloudflare DNS (1.1.1.1) (1.1.1.1:443), 1 attempt, at 10:06, "
+        "refused",
+        "Hid where it was going (domain fronting): named one site, connected to another: "
+        "weather.example.net to facebook, 1 attempt, at 10:11, blocked",
+    ]
+    assert case.first_seen == T0 and case.last_seen == T0 + timedelta(seconds=700)
+
+
+def test_dns_to_another_resolver_joins_an_open_case_but_opens_none(session: Session) -> None:
+    rules = engine()
+    add(session, [event(0, **gateway("dot"))])
+    rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+    (case,) = alerts(session)
+    assert case.severity == "medium"
+    add(session, [event(60, **foreign_dns()), event(61, device_id="OTHER", **foreign_dns())])
+    rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+    (case,) = alerts(session)  # nothing opened for OTHER
+    assert "198.51.100.53" in case.summary and case.severity == "high"  # DoT elsewhere, plain DNS too
+    assert case.trigger_count == 1  # the evidence grew; the attempts to get round the filter did not
+
+
+def test_dns_to_another_resolver_raises_a_low_case_when_the_technician_turns_it_on(session: Session) -> None:
+    add(session, [event(i * 60, **foreign_dns()) for i in range(3)])
+    engine(foreign_resolver_alerts=True).scan(session, SITE, None, T0 + timedelta(hours=1))
+    (case,) = alerts(session)
+    assert (case.kind, case.severity, case.trigger_count) == ("circumvention", "low", 3)
+    assert "many devices do this by design" in case.summary
 
 
 @pytest.mark.parametrize(
@@ -87,8 +185,10 @@ def test_circumvention(session: Session, name: str, fields: dict[str, object], r
         ([0, 60, 120, 180, 240], 5, 1),  # exactly the threshold
         ([0, 60, 120, 180, 600], 5, 0),  # the first falls out of the 10-minute window exactly at its edge
         ([0, 60, 120, 180, 599], 5, 1),  # ... and just inside it
-        ([i * 10 for i in range(10)], 5, 2),  # counting restarts after each firing
-        ([i * 10 for i in range(9)], 5, 1),
+        ([i * 40 for i in range(10)], 5, 2),  # counting restarts after each firing
+        ([i * 40 for i in range(9)], 5, 1),
+        ([i * 2 for i in range(30)], 2, 0),  # one page view's requests, and reloads within 30 s: one attempt
+        ([0, 1, 2, 50, 51, 100, 101], 3, 1),  # three page views of a few requests each: three attempts
     ],
 )
 def test_repeated_blocks_threshold(
@@ -104,10 +204,38 @@ def test_repeated_blocks_threshold(
         assert case.trigger_count == expected_triggers and case.severity == "medium"
 
 
+def test_repeated_blocks_count_sites_not_requests(session: Session) -> None:
+    """The issue's three page views of a blocked site (each a burst of requests to the site's
+    hosts) are three attempts, not ten; and two sites tried in one moment are two."""
+    views = [0, 90, 180]
+    hosts = ["www.facebook.com", "static.xx.fbcdn.net", "facebook.com", "www.facebook.com"]
+    facebook = [event(v + i * 0.3, verdict="block", host=h, service="facebook") for v in views
+                for i, h in enumerate(hosts)]
+    games = [event(100, verdict="block", host="www.games.example"),
+             event(100.5, verdict="block", host="cdn.games.example")]
+    add(session, sorted(facebook + games, key=lambda e: e.ts))
+    engine(repeated_blocks_threshold=4).scan(session, SITE, None, T0)
+    (case,) = [a for a in alerts(session) if a.kind == "repeated_blocks"]
+    lines = case.summary.splitlines()
+    assert lines[0].startswith("4 blocked attempts within 10 minutes on Tuesday 6 October between 10:00 and 10:03")
+    assert lines[1:] == [
+        # the case fired on the third view's first request
+        "Tried to open a blocked site: facebook.com, 3 attempts (9 requests), 10:00 to 10:03, blocked",
+        "Tried to open a blocked site: games.example, 1 attempt (2 requests), at 10:01, blocked",
+    ]
+
+
+def test_quic_refusals_and_circumvention_are_not_repeated_blocked_attempts(session: Session) -> None:
+    add(session, [event(i * 60, **QUIC) for i in range(6)])
+    add(session, [event(i * 60, **gateway("dot")) for i in range(6)])
+    engine(repeated_blocks_threshold=3).scan(session, SITE, None, T0 + timedelta(hours=1))
+    assert [a.kind for a in alerts(session)] == ["circumvention"]
+
+
 def test_repeated_blocks_same_result_across_scans(session: Session) -> None:
     """Scanning event by event gives the same cases as scanning all at once."""
     rule = engine(repeated_blocks_threshold=3)
-    for offset in [i * 20 for i in range(7)]:
+    for offset in [i * 40 for i in range(7)]:
         add(session, [event(offset, verdict="block")])
         rule.scan(session, SITE, None, T0)
     (case,) = [a for a in alerts(session) if a.kind == "repeated_blocks"]
@@ -115,9 +243,10 @@ def test_repeated_blocks_same_result_across_scans(session: Session) -> None:
 
 
 def test_repeated_blocks_per_device_and_by_address_when_unknown(session: Session) -> None:
-    events = [event(i, verdict="block", device_id="A") for i in range(3)]
-    events += [event(i, verdict="block", device_id="B") for i in range(2)]
-    events += [event(i, verdict="block", device_id=None, device_name=None, client_ip="10.0.0.77") for i in range(3)]
+    events = [event(i * 60, verdict="block", device_id="A") for i in range(3)]
+    events += [event(i * 60, verdict="block", device_id="B") for i in range(2)]
+    events += [event(i * 60, verdict="block", device_id=None, device_name=None, client_ip="10.0.0.77")
+               for i in range(3)]
     add(session, events)
     engine(repeated_blocks_threshold=3).scan(session, SITE, None, T0)
     found = {(a.device_id, a.client_ip) for a in alerts(session) if a.kind == "repeated_blocks"}
@@ -192,7 +321,7 @@ def test_out_of_hours_in_winter_uses_local_time(session: Session) -> None:
 
 
 def test_folding_and_idempotent_rescans(session: Session) -> None:
-    add(session, [event(i, flags="vpn") for i in range(3)])
+    add(session, [event(i * 60, **VPN_SITE) for i in range(3)])
     rules = engine()
     first = rules.scan(session, SITE, None, T0)
     assert len(first.opened) == 1 and first.events == 3
@@ -206,26 +335,26 @@ def test_folding_and_idempotent_rescans(session: Session) -> None:
     assert read_cursor(session, SITE) == first.cursor
 
     # New events fold into the open case and leave a note in its history.
-    add(session, [event(100, flags="vpn")])
-    later = rules.scan(session, SITE, None, T0 + timedelta(minutes=5))
+    add(session, [event(600, **VPN_SITE)])
+    later = rules.scan(session, SITE, None, T0 + timedelta(minutes=15))
     assert later.folded == [case.id] and alerts(session)[0].trigger_count == 4
-    assert alerts(session)[0].last_seen == T0 + timedelta(seconds=100)
+    assert alerts(session)[0].last_seen == T0 + timedelta(seconds=600)
     history = list(session.scalars(select(AlertHistory.action).where(AlertHistory.alert_id == case.id)))
     assert history == ["opened", "retrigger", "retrigger"]
 
     # Once resolved, the next trigger opens a new case.
     case.status = "resolved"
-    add(session, [event(200, flags="vpn")])
-    rules.scan(session, SITE, None, T0 + timedelta(minutes=6))
+    add(session, [event(900, **VPN_SITE)])
+    rules.scan(session, SITE, None, T0 + timedelta(minutes=16))
     assert [a.trigger_count for a in alerts(session)] == [4, 1]
     # Another device gets its own case.
-    add(session, [event(201, flags="vpn", device_id="OTHER")])
-    rules.scan(session, SITE, None, T0 + timedelta(minutes=6))
+    add(session, [event(901, device_id="OTHER", **VPN_SITE)])
+    rules.scan(session, SITE, None, T0 + timedelta(minutes=16))
     assert len(alerts(session)) == 3
 
 
 def test_cursor_survives_commit_and_batches(session: Session) -> None:
-    add(session, [event(i, flags="vpn", device_id=f"D{i % 7}") for i in range(50)])
+    add(session, [event(i * 60, device_id=f"D{i % 7}", **VPN_SITE) for i in range(50)])
     session.commit()
     result = AlertEngine(AlertSettings(), batch_size=8).scan(session, SITE, None, T0)
     session.commit()
@@ -247,13 +376,13 @@ def test_severity_escalates_and_renotifies(session: Session) -> None:
 
 
 def test_other_sites_are_ignored(session: Session) -> None:
-    add(session, [event(flags="vpn", site="another")])
+    add(session, [event(site="another", **VPN_SITE)])
     engine().scan(session, SITE, None, T0)
     assert alerts(session) == []
 
 
 def test_a_backlog_is_worked_off_in_bounded_scans(session: Session) -> None:
-    add(session, [event(i, flags="vpn") for i in range(20)])
+    add(session, [event(i * 60, **VPN_SITE) for i in range(20)])
     rules = AlertEngine(AlertSettings(), batch_size=8)
     parts = []
     while True:
@@ -290,3 +419,16 @@ def test_a_pupil_saying_a_page_upset_them_raises_a_case_per_device_and_site(sess
     # The evidence in plain words: when (school time), who, which address, which page, which rule.
     assert first.summary.startswith("On Tuesday 6 October at 10:00, iPad 5 (Sam Pupil) at 10.0.0.5")
     assert "http://games.example.com/level2" in first.summary and "pupils-no-social-media" in first.summary
+
+
+def test_events_younger_than_the_settle_time_wait_for_the_next_scan(session: Session) -> None:
+    """An encrypted-DNS probe and its plain fallback a moment later are judged together."""
+    rules = engine(settle=timedelta(seconds=5))
+    add(session, [event(0, **gateway("dot", "8.8.8.8"))])
+    first = rules.scan(session, SITE, None, T0 + timedelta(seconds=3))
+    assert first.events == 0 and alerts(session) == []  # too young: waits
+    add(session, [event(1, **foreign_dns("8.8.8.8"))])
+    later = rules.scan(session, SITE, None, T0 + timedelta(seconds=10))
+    assert later.events == 2
+    (case,) = alerts(session)
+    assert case.severity == "low"  # its own resolver's encrypted DNS: judged with the fallback

@@ -1,0 +1,53 @@
+"""The DSL's case page shows its evidence; activity shows what was refused quietly, per device."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from console_testkit import SITE, Console, add_event, seed
+
+from schoolgate.services.alert_rules import AlertEngine
+from schoolgate.store.models import Alert
+
+
+def test_a_case_page_shows_what_happened_when_and_how_often(console: Console) -> None:
+    ids = seed(console)  # three visits to psiphon.ca, a minute apart
+    page = console.login("dsl").get(f"/alerts/{ids['alert']}").get_data(as_text=True)
+    assert "What happened" in page and 'id="alert-evidence"' in page
+    assert "Tried to open a VPN, proxy or encrypted-DNS site" in page and "psiphon.ca" in page
+    assert "3 attempts" in page
+    with console.session() as session:
+        case = session.get(Alert, ids["alert"])
+        assert case is not None and case.severity == "high" and case.trigger_count == 3
+        assert case.summary.splitlines()[0].startswith("3 attempts to get round the filter")
+
+
+def test_quiet_refusals_are_counted_per_device_and_never_alerts(console: Console) -> None:
+    now = console.clock.now()
+    quic = {"source": "gateway", "verdict": "refused", "rule_id": "gateway.refuse.quic", "flags": "quic",
+            "category": None, "service": None, "url": "udp://203.0.113.10:443", "host": "203.0.113.10"}
+    with console.session() as session:
+        for minute in range(4):
+            add_event(session, ts=now - timedelta(minutes=minute + 1), role="staff", device_id="KW-STAFF-21",
+                      device_name="Staff laptop 21", person_name="Cara <b>Teacher</b>", **quic)
+        for n, address in enumerate(("192.0.2.53", "192.0.2.53", "198.51.100.53")):
+            add_event(session, ts=now - timedelta(minutes=n + 1), device_id=None, device_name=None, person_id=None,
+                      person_name=None, client_ip="10.41.30.77", mac="02:00:00:00:30:77",
+                      **{**quic, "verdict": "redirect", "rule_id": "gateway.redirect.dns", "flags": "foreign_resolver",
+                         "url": f"udp://{address}:53", "host": address})
+        AlertEngine().scan(session, SITE, None, now)
+        assert session.query(Alert).count() == 0
+        session.commit()
+    tech = console.login("technician")
+    page = tech.get("/activity/devices").get_data(as_text=True)
+    assert 'id="device-signals"' in page
+    assert "Staff laptop 21 (Cara &lt;b&gt;Teacher&lt;/b&gt;)" in page and "<b>Teacher" not in page
+    assert "HTTP/3 (QUIC) refused; the browser used HTTPS instead" in page
+    assert "10.41.30.77" in page and "not registered" in page
+    rows = tech.get("/activity/devices?format=csv").get_data(as_text=True).splitlines()
+    assert rows[0] == "site,device,registered,label,kind,attempts,destinations,first_seen,last_seen"
+    counts = {(r.split(",")[1], r.split(",")[4]): (r.split(",")[5], r.split(",")[6]) for r in rows[1:]}
+    assert counts == {("KW-STAFF-21", "quic"): ("4", "1"), ("10.41.30.77", "foreign_dns"): ("3", "2")}
+    # and in the activity search, each is shown for what it is
+    event = tech.get("/activity?verdict=refused").get_data(as_text=True)
+    assert "203.0.113.10" in event
