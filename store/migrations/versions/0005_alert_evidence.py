@@ -1,7 +1,7 @@
 """alert evidence: what the device did, where, when and how often, kept with each case
 
-Revision ID: 0003_alert_evidence
-Revises: 0002_check_log
+Revision ID: 0005_alert_evidence
+Revises: 0004_workflows
 Create Date: 2026-12-06 06:30:00
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_alert_evidence"
-down_revision: str | None = "0002_check_log"
+revision: str = "0005_alert_evidence"
+down_revision: str | None = "0004_workflows"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
