@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from schoolgate.console.roles import TOTP_REQUIRED, ConsoleRole
+from schoolgate.services.permissions import SECOND_FACTOR_ROLES, ConsoleRole
 from schoolgate.store.models import ConsoleUser, UserRole
 
 MIN_PASSWORD_LENGTH = 12
@@ -96,7 +96,7 @@ def needs_rehash(user: ConsoleUser) -> bool:
 
 
 def totp_required(user: ConsoleUser) -> bool:
-    return bool(user.role_names & {r.value for r in TOTP_REQUIRED})
+    return bool(user.role_names & {r.value for r in SECOND_FACTOR_ROLES})
 
 
 def find_user(session: Session, username: str) -> ConsoleUser | None:

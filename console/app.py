@@ -20,8 +20,8 @@ from schoolgate.console import security, web
 from schoolgate.console.accounts import LockoutPolicy, TotpReplayGuard
 from schoolgate.console.policyref import ConsolePolicy
 from schoolgate.console.ratelimit import AttemptLimiter
-from schoolgate.console.roles import Permission
 from schoolgate.console.text import printable
+from schoolgate.services.permissions import Permission
 
 
 def display_text(value: Any) -> Any:

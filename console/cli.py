@@ -94,7 +94,7 @@ def _audit(session: Any, config: Any, action: str, user: Any, detail: dict[str, 
 
 def _users_add(args: argparse.Namespace) -> int:
     from schoolgate.console import accounts
-    from schoolgate.console.roles import ConsoleRole, parse_roles
+    from schoolgate.services.permissions import ConsoleRole, parse_roles
 
     config = load_config_or_report(args.config)
     if config is None:

@@ -3,7 +3,9 @@ the signed-in user, and the access rule each view declares.
 
 Access is deny-by-default: a view with no declared rule answers 403 to everyone, so a new
 route can never be public by accident. Rules are declared with `public`, `signed_in` or
-`requires(permission)`.
+`requires(permission)` (per method where a page reads and writes: `requires(P.VIEW_X,
+POST=P.EDIT_X)`); the permissions are the one table's (schoolgate.services.permissions), which the
+services check too.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from schoolgate.clock import Clock
 from schoolgate.config import AppConfig
 from schoolgate.console.policyref import ConsolePolicy
-from schoolgate.console.roles import ConsoleRole, Permission, holds
 from schoolgate.policy import CompiledPolicy
 from schoolgate.services.actor import Actor
 from schoolgate.services.common import SiteScope
+from schoolgate.services.permissions import ConsoleRole, Permission
 from schoolgate.store.models import ConsoleUser
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,17 +152,25 @@ def signed_in(view: F) -> F:
     return view
 
 
-def requires(permission: Permission) -> Callable[[F], F]:
+def requires(permission: Permission, **by_method: Permission) -> Callable[[F], F]:
+    """The permission a view needs; `by_method` overrides it for some methods (POST=...)."""
+    rules: dict[str, Permission] = {"*": permission, **{m.upper(): p for m, p in by_method.items()}}
+
     def mark(view: F) -> F:
-        setattr(view, ACCESS_ATTR, permission)
+        setattr(view, ACCESS_ATTR, rules)
         return view
 
     return mark
 
 
-def access_rule(app: Flask, endpoint: str) -> str | Permission | None:
+def access_rule(app: Flask, endpoint: str, method: str = "GET") -> str | Permission | None:
+    """PUBLIC, SIGNED_IN, the Permission that `method` on `endpoint` needs, or None (undeclared)."""
     view = app.view_functions.get(endpoint)
-    return getattr(view, ACCESS_ATTR, None) if view is not None else None
+    rule = getattr(view, ACCESS_ATTR, None) if view is not None else None
+    if isinstance(rule, dict):
+        method = "GET" if method == "HEAD" else method.upper()
+        return cast(Permission, rule.get(method, rule["*"]))
+    return cast(str | None, rule)
 
 
 def password_fingerprint(user: ConsoleUser) -> str:
@@ -172,16 +182,24 @@ def current_user() -> ConsoleUser | None:
     return cast(ConsoleUser | None, g.get("user"))
 
 
+def policy_grants() -> dict[Permission, frozenset[str]]:
+    """What the school's policy adds to the permission table (POLICY_GRANTS); none without one."""
+    return {}
+
+
 def actor() -> Actor:
+    """The signed-in person as the services see them, with their permissions from the table."""
     user = current_user()
     if user is None:
         abort(401)
-    return Actor.from_user(user)
+    if "actor" not in g:
+        g.actor = Actor.from_user(user, policy_grants())
+    return cast(Actor, g.actor)
 
 
 def can(permission: Permission) -> bool:
-    user = current_user()
-    return user is not None and holds(user.role_names, permission)
+    """Whether the signed-in person holds `permission`: route guards and templates ask this."""
+    return current_user() is not None and actor().may(permission)
 
 
 def safe_next(target: str | None) -> str | None:
@@ -242,7 +260,7 @@ def enforce_access() -> WerkzeugResponse | None:
         return None  # 404 / 405: let Flask answer
     if endpoint == "static":
         return None
-    rule = access_rule(current_app, endpoint)
+    rule = access_rule(current_app, endpoint, request.method)
     if rule is None:
         abort(403)
     if rule == PUBLIC:
@@ -252,7 +270,7 @@ def enforce_access() -> WerkzeugResponse | None:
         return _to_login()
     if rule == SIGNED_IN:
         return None
-    if not holds(user.role_names, cast(Permission, rule)):
+    if not can(cast(Permission, rule)):
         abort(403)
     return None
 

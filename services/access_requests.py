@@ -26,7 +26,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Client, ExceptionScope, Role
-from schoolgate.services.actor import BLOCK_PAGE, HEADTEACHER, TECHNICIAN, Actor, Signature
+from schoolgate.services.actor import BLOCK_PAGE, Actor, Signature
 from schoolgate.services.common import (
     Page,
     SiteScope,
@@ -45,6 +45,7 @@ from schoolgate.services.errors import (
     NotFound,
     RateLimited,
 )
+from schoolgate.services.permissions import Permission
 from schoolgate.services.policy_gate import refuse_if_locked
 from schoolgate.store.models import AccessRequest, PolicyExceptionRow
 
@@ -492,7 +493,7 @@ def triage_request(
     """The technician's check: record findings and the proposed scope, forward to the headteacher.
 
     A forwarded request may be triaged again (e.g. to narrow the scope) until it is decided."""
-    actor.require(TECHNICIAN, doing="triage access requests")
+    actor.require(Permission.TRIAGE_REQUEST, doing="triage access requests")
     request = get_request(session, site, request_id)
     if request.status not in OPEN_STATUSES:
         raise InvalidTransition(f"{reference_for(request.id)} is {request.status} and cannot be triaged.")
@@ -570,7 +571,7 @@ def decide_request(
     """The headteacher's decision. Approval needs a triaged (forwarded) request and creates the
     exception with the proposed scope and dates; declining needs reasons and may be done
     before triage. Both need a fresh signature (re-authentication) by the acting headteacher."""
-    actor.require(HEADTEACHER, doing="approve or decline access requests")
+    actor.require(Permission.DECIDE_REQUEST, doing="approve or decline access requests")
     _check_signature(actor, decision.signature, now)
     # Locked for the rest of the transaction (PostgreSQL; SQLite writes are serialised anyway),
     # so two headteachers deciding at once cannot both see "forwarded" and create two exceptions.
@@ -672,7 +673,7 @@ def withdraw_request(
     session: Session, *, site: str, now: datetime, actor: Actor, request_id: int, reason: str
 ) -> AccessRequest:
     """Close an open request without a decision (e.g. the requester no longer needs it)."""
-    actor.require(TECHNICIAN, HEADTEACHER, doing="withdraw access requests")
+    actor.require(Permission.WITHDRAW_REQUEST, doing="withdraw access requests")
     request = get_request(session, site, request_id)
     if request.status not in OPEN_STATUSES:
         raise InvalidTransition(f"{reference_for(request.id)} is {request.status} and cannot be withdrawn.")

@@ -6,49 +6,59 @@ act under fixed system identities. The audit log records `Actor.name`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from schoolgate.services.errors import Forbidden
+from schoolgate.services.permissions import ConsoleRole, Permission, holders_text, permissions_of
 
 if TYPE_CHECKING:
     from schoolgate.store.models import ConsoleUser
 
-TECHNICIAN = "technician"
-DSL = "dsl"
-HEADTEACHER = "headteacher"
-ADMIN = "admin"
-TRUST_ADMIN = "trust_admin"
-CONSOLE_ROLES = (TECHNICIAN, DSL, HEADTEACHER, ADMIN, TRUST_ADMIN)
+# Role names, for queries on UserRole (e.g. who is e-mailed); what each role may do is the
+# permission table's to say (schoolgate.services.permissions), never a check of these names.
+TECHNICIAN, DSL, HEADTEACHER, ADMIN, TRUST_ADMIN = (role.value for role in ConsoleRole)
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """The person (or system part) on whose behalf a service runs."""
+    """The person (or system part) on whose behalf a service runs.
+
+    `permissions` come from the one permission table (schoolgate.services.permissions): the
+    console builds them from the account's roles and the school's policy; given only roles, the
+    table's own grants apply. Services ask `actor.require(Permission.X, doing=...)`."""
 
     name: str  # the username: stable, recorded in the audit log
     display_name: str  # printed on forms, e.g. "Mrs J Patel"
     roles: frozenset[str] = frozenset()
     user_id: int | None = None
+    permissions: frozenset[Permission] | None = None
+
+    def __post_init__(self) -> None:
+        if self.permissions is None:
+            object.__setattr__(self, "permissions", permissions_of(self.roles))
 
     @classmethod
-    def from_user(cls, user: ConsoleUser) -> Actor:
+    def from_user(
+        cls, user: ConsoleUser, policy_grants: Mapping[Permission, frozenset[str]] | None = None
+    ) -> Actor:
         return cls(
             name=user.username,
             display_name=user.display_name,
             roles=user.role_names,
             user_id=user.id,
+            permissions=permissions_of(user.role_names, policy_grants),
         )
 
-    def has_any(self, *roles: str) -> bool:
-        return bool(self.roles.intersection(roles))
+    def may(self, permission: Permission) -> bool:
+        return permission in (self.permissions or frozenset())
 
-    def require(self, *roles: str, doing: str) -> None:
-        """Raise Forbidden unless the actor holds one of `roles`; `doing` completes the message."""
-        if not self.has_any(*roles):
-            wanted = " or ".join(r.replace("_", " ") for r in roles)
-            raise Forbidden(f"Only the {wanted} can {doing}.")
+    def require(self, permission: Permission, *, doing: str) -> None:
+        """Raise Forbidden unless the actor holds `permission`; `doing` completes the message."""
+        if not self.may(permission):
+            raise Forbidden(f"Only {holders_text(permission)} can {doing}.")
 
 
 #: The scheduler's identity in the audit log (expiries, alert scans).

@@ -13,10 +13,11 @@ from datetime import datetime
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.actor import DSL, HEADTEACHER, Actor
+from schoolgate.services.actor import Actor
 from schoolgate.services.common import Page, SiteScope, audit, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
 from schoolgate.services.keywords import SEVERITIES
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import Alert, AlertHistory
 
 NEW = "new"
@@ -96,7 +97,7 @@ def get_alert(session: Session, site: SiteScope, alert_id: int) -> Alert:
 
 
 def _editable(session: Session, site: str, actor: Actor, alert_id: int, doing: str) -> Alert:
-    actor.require(DSL, HEADTEACHER, doing=doing)
+    actor.require(Permission.MANAGE_ALERTS, doing=doing)
     return get_alert(session, site, alert_id)
 
 

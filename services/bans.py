@@ -9,9 +9,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.actor import DSL, HEADTEACHER, Actor
+from schoolgate.services.actor import Actor
 from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import Alert, AlertHistory, BanRow, Device
 
 MAX_BAN_DAYS = 366
@@ -29,7 +30,7 @@ def ban_device(
     alert_id: int | None = None,
 ) -> BanRow:
     """Ban a device (by its register id; the MAC comes from the register when known)."""
-    actor.require(DSL, HEADTEACHER, doing="ban devices")
+    actor.require(Permission.BAN_DEVICE, doing="ban devices")
     key = clean_text(device_id, field="device_id", max_len=100, required=True)
     text = clean_text(reason, field="reason", max_len=4000, required=True)
     if until.tzinfo is None:
@@ -92,7 +93,7 @@ def ban_device(
 
 
 def lift_ban(session: Session, *, site: str, now: datetime, actor: Actor, ban_id: int, reason: str) -> BanRow:
-    actor.require(DSL, HEADTEACHER, doing="lift bans")
+    actor.require(Permission.BAN_DEVICE, doing="lift bans")
     ban = session.get(BanRow, ban_id)
     if ban is None or not in_scope(ban.site, site):
         raise NotFound(f"There is no ban {ban_id}.")

@@ -19,9 +19,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from schoolgate.services.actor import TECHNICIAN, Actor
+from schoolgate.services.actor import Actor
 from schoolgate.services.common import Page, SiteScope, audit, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import CheckRecord
 
 SELFTEST = "selftest"
@@ -33,8 +34,6 @@ FAIL = "fail"
 RESULTS = (PASS, FAIL)
 #: The self-test's identity in the log and the audit log.
 SELFTEST_ACTOR = Actor(name="system:selftest", display_name="schoolgate self-test")
-#: Who may record checks and fixes: the DfE standard gives checking to IT with the DSL and SLT.
-RECORDERS = (TECHNICIAN, "dsl", "headteacher")
 MAX_DETAIL = 200_000  # characters of a self-test's JSON detail
 # A manual check may be recorded late (made on Friday, typed in on Monday), not for the future.
 MAX_BACKDATE = timedelta(days=31)
@@ -85,7 +84,7 @@ def record_manual_check(
     session: Session, *, site: str, actor: Actor, form: ManualCheckForm, now: datetime
 ) -> CheckRecord:
     """Add a manual check to the log; the caller commits."""
-    actor.require(*RECORDERS, doing="record a filtering check")
+    actor.require(Permission.RECORD_CHECK, doing="record a filtering check")
     device_type = clean_text(form.device_type, field="device_type", max_len=100, required=True)
     location = clean_text(form.location, field="location", max_len=200, required=True)
     profile = clean_text(form.profile, field="profile", max_len=200, required=True)
@@ -137,7 +136,7 @@ def record_manual_check(
 
 def record_fix(session: Session, *, site: str, actor: Actor, check_id: int, action: str, now: datetime) -> CheckRecord:
     """Record what was done about a failed check; the caller commits."""
-    actor.require(*RECORDERS, doing="record a fix")
+    actor.require(Permission.RECORD_CHECK, doing="record a fix")
     failed = get_check(session, site, check_id)
     if failed.kind == FIX or failed.result != FAIL:
         raise InvalidTransition("Only a failed check can be followed by a fix.")

@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.actor import HEADTEACHER, TECHNICIAN, Actor
+from schoolgate.services.actor import Actor
 from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
 from schoolgate.services.errors import InvalidTransition, NotFound
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import PolicyExceptionRow
 
 ACTIVE = "active"  # started, not expired, not revoked
@@ -57,7 +58,7 @@ def revoke_exception(
     session: Session, *, site: str, now: datetime, actor: Actor, exception_id: int, reason: str
 ) -> PolicyExceptionRow:
     """End an exception now; DNS and the proxy drop it at their next generation poll."""
-    actor.require(TECHNICIAN, HEADTEACHER, doing="revoke exceptions")
+    actor.require(Permission.REVOKE_EXCEPTION, doing="revoke exceptions")
     row = get_exception(session, site, exception_id)
     if row.revoked_at is not None:
         raise InvalidTransition("That exception has already been revoked.")

@@ -22,9 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Ownership, Role
-from schoolgate.services.actor import ADMIN, HEADTEACHER, TECHNICIAN, Actor
+from schoolgate.services.actor import Actor
 from schoolgate.services.common import Page, SiteScope, audit, bump_overlay, clean_text, in_scope, on_site
 from schoolgate.services.errors import Forbidden, InvalidInput, NotFound, ServiceError
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import Device, Person
 
 MAX_IMPORT_ROWS = 20_000
@@ -277,7 +278,7 @@ def _apply_device(device: Device, form: DeviceForm, owner_pk: int | None) -> Non
 def _refuse_unapproved_authorised(actor: Actor, was_authorised: bool, becomes_authorised: bool, what: str) -> None:
     """Only the headteacher may give the authorised role (seed 001 §3: the headteacher authorises
     who may use the school's social media accounts); taking it away is anyone's to do."""
-    if becomes_authorised and not was_authorised and not actor.has_any(HEADTEACHER):
+    if becomes_authorised and not was_authorised and not actor.may(Permission.AUTHORISE_ACCESS):
         raise Forbidden(
             f"Only the headteacher can make {what} authorised (it opens the school's social media "
             "accounts). Save it with another role and ask the headteacher to authorise it.",
@@ -341,7 +342,7 @@ def _device_from_row(values: Mapping[str, str]) -> DeviceForm:
 
 
 def delete_device(session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int) -> None:
-    actor.require(TECHNICIAN, ADMIN, doing="edit the device register")
+    actor.require(Permission.EDIT_REGISTERS, doing="edit the device register")
     device = get_device(session, site, device_pk)
     detail = {"device_id": device.device_id, "name": device.name, "mac": device.mac}
     session.delete(device)
@@ -429,7 +430,7 @@ def _person_from_row(values: Mapping[str, str]) -> PersonForm:
 
 def delete_person(session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int) -> None:
     """Remove a person; their devices stay registered, without an owner."""
-    actor.require(TECHNICIAN, ADMIN, doing="edit the people register")
+    actor.require(Permission.EDIT_REGISTERS, doing="edit the people register")
     person = get_person(session, site, person_pk)
     detail = {"external_id": person.external_id, "name": person.name}
     for device in list(person.devices):
@@ -568,7 +569,7 @@ def _record_change(
 def _create(
     register: _Register[_Form, _Entry], session: Session, *, site: str, now: datetime, actor: Actor, form: _Form
 ) -> _Entry:
-    actor.require(TECHNICIAN, ADMIN, doing=f"edit the {register.title}")
+    actor.require(Permission.EDIT_REGISTERS, doing=f"edit the {register.title}")
     cleaned = register.clean(form)
     entry = register.model(site=site, created_at=now)
     register.save(session, actor, cleaned, entry)
@@ -589,7 +590,7 @@ def _update(
     entry_pk: int,
     form: _Form,
 ) -> _Entry:
-    actor.require(TECHNICIAN, ADMIN, doing=f"edit the {register.title}")
+    actor.require(Permission.EDIT_REGISTERS, doing=f"edit the {register.title}")
     entry = register.get(session, site, entry_pk)
     cleaned = register.clean(form)
     register.save(session, actor, cleaned, entry)
@@ -603,7 +604,7 @@ def _update(
 def _import_csv(
     register: _Register[_Form, _Entry], session: Session, *, site: str, now: datetime, actor: Actor, text: str
 ) -> ImportReport:
-    actor.require(TECHNICIAN, ADMIN, doing=f"import the {register.title}")
+    actor.require(Permission.EDIT_REGISTERS, doing=f"import the {register.title}")
     rows, errors = _read_rows(text, register.columns, register.required)
     report = ImportReport(errors=errors)
     seen: dict[str, int] = {}
@@ -709,7 +710,7 @@ def set_person_authorised(
     session: Session, *, site: str, now: datetime, actor: Actor, person_pk: int, authorised: bool, reason: str
 ) -> Person:
     """The headteacher's authorisation of a person (seed 001 §3), or its withdrawal."""
-    actor.require(HEADTEACHER, doing="authorise people to use the school's social media accounts")
+    actor.require(Permission.AUTHORISE_ACCESS, doing="authorise people to use the school's social media accounts")
     person = get_person(session, site, person_pk)
     why = clean_text(reason, field="reason", max_len=1000, required=authorised)
     before = person.role
@@ -734,7 +735,7 @@ def set_device_authorised(
     session: Session, *, site: str, now: datetime, actor: Actor, device_pk: int, authorised: bool, reason: str
 ) -> Device:
     """The headteacher's authorisation of a device, or its withdrawal (back to the owner's role)."""
-    actor.require(HEADTEACHER, doing="authorise devices to use the school's social media accounts")
+    actor.require(Permission.AUTHORISE_ACCESS, doing="authorise devices to use the school's social media accounts")
     device = get_device(session, site, device_pk)
     why = clean_text(reason, field="reason", max_len=1000, required=authorised)
     before = device.role

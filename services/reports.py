@@ -10,9 +10,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.actor import TECHNICIAN, Actor, Signature
+from schoolgate.services.actor import Actor, Signature
 from schoolgate.services.common import Page, SiteScope, audit, clean_text, in_scope, on_site, parse_url
 from schoolgate.services.errors import Forbidden, InvalidInput, InvalidTransition, NotFound
+from schoolgate.services.permissions import Permission
 from schoolgate.services.site_blocks import BlockSpec, add_site_block
 from schoolgate.store.models import ContentReport, SiteBlockRow
 
@@ -127,7 +128,7 @@ def action_report(
 
     Each block is a policy change (audited, generation bumped). An open or already actioned
     report can be actioned again (e.g. a further URL turned up)."""
-    actor.require(TECHNICIAN, doing="action content reports")
+    actor.require(Permission.ACTION_REPORT, doing="action content reports")
     report = get_report(session, site, report_id)
     if report.status == CLOSED:
         raise InvalidTransition("That report is closed.")
@@ -169,7 +170,7 @@ def close_report(
     session: Session, *, site: str, now: datetime, actor: Actor, report_id: int, note: str
 ) -> ContentReport:
     """Close a report (e.g. after action, or when no action is needed, with the reason)."""
-    actor.require(TECHNICIAN, doing="close content reports")
+    actor.require(Permission.ACTION_REPORT, doing="close content reports")
     report = get_report(session, site, report_id)
     if report.status == CLOSED:
         raise InvalidTransition("That report is already closed.")

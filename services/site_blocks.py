@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.policy.types import Role
-from schoolgate.services.actor import ADMIN, TECHNICIAN, Actor
+from schoolgate.services.actor import Actor
 from schoolgate.services.common import (
     Page,
     SiteScope,
@@ -22,6 +22,7 @@ from schoolgate.services.common import (
     parse_url,
 )
 from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import SiteBlockRow
 
 
@@ -60,7 +61,7 @@ def add_site_block(
     report_id: int | None = None,
 ) -> SiteBlockRow:
     """Block a domain or URL prefix; a policy change, audited, applied at the next poll."""
-    actor.require(TECHNICIAN, ADMIN, doing="block sites")
+    actor.require(Permission.EDIT_POLICY, doing="block sites")
     domain, url_prefix, roles = _validate(spec)
     text = clean_text(reason, field="reason", max_len=2000, required=True)
     row = SiteBlockRow(
@@ -98,7 +99,7 @@ def add_site_block(
 def remove_site_block(
     session: Session, *, site: str, now: datetime, actor: Actor, block_id: int, reason: str
 ) -> SiteBlockRow:
-    actor.require(TECHNICIAN, ADMIN, doing="remove site blocks")
+    actor.require(Permission.EDIT_POLICY, doing="remove site blocks")
     row = session.get(SiteBlockRow, block_id)
     if row is None or not in_scope(row.site, site):
         raise NotFound(f"There is no site block {block_id}.")

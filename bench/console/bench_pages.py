@@ -28,8 +28,8 @@ import pyotp
 
 from schoolgate.config import load_config
 from schoolgate.console import accounts, create_app
-from schoolgate.console.roles import ConsoleRole
 from schoolgate.services import rollups
+from schoolgate.services.permissions import ConsoleRole
 from schoolgate.store.db import init_db, session_factory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,11 +11,11 @@ from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.forms import LONDON, parse_local
 from schoolgate.console.policyref import PolicyUnavailable
-from schoolgate.console.roles import Permission
 from schoolgate.policy import Client, Role, Target, decide, explain_text
 from schoolgate.services import activity as svc
 from schoolgate.services.common import in_scope
 from schoolgate.services.errors import ServiceError
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import AccessEvent
 
 bp = Blueprint("activity", __name__, url_prefix="/activity")

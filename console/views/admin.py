@@ -10,18 +10,14 @@ from sqlalchemy import select
 from schoolgate.console import accounts, web
 from schoolgate.console.accounts import AccountError
 from schoolgate.console.csvout import csv_response, wants_csv
-from schoolgate.console.roles import ConsoleRole, parse_roles
-from schoolgate.console.roles import Permission as Perm
+from schoolgate.services.permissions import ROLES, ConsoleRole, parse_roles
+from schoolgate.services.permissions import Permission as Perm
 from schoolgate.store.models import ConsoleUser
 
 bp = Blueprint("admin", __name__, url_prefix="/users")
 
-ROLE_TEXT = {
-    ConsoleRole.TECHNICIAN: "ICT technician: triage requests, action reports, edit registers and blocks",
-    ConsoleRole.DSL: "Designated safeguarding lead: alerts, cases and bans",
-    ConsoleRole.HEADTEACHER: "Headteacher: approve or decline requests; alerts",
-    ConsoleRole.ADMIN: "Admin: manage console accounts",
-}
+#: The roles a school's account may hold, as the accounts pages describe them.
+ROLE_TEXT = {spec.role: f"{spec.title}: {spec.summary}" for spec in ROLES.values() if not spec.trust_wide}
 
 
 def _audit(action: str, user: ConsoleUser, detail: dict[str, Any]) -> None:

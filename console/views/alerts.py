@@ -11,12 +11,12 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.forms import local_input, parse_local
-from schoolgate.console.roles import Permission
 from schoolgate.services import alerts as svc
 from schoolgate.services import bans
 from schoolgate.services.alert_evidence import Evidence
 from schoolgate.services.errors import ServiceError
 from schoolgate.services.keywords import SEVERITIES
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import Alert
 
 bp = Blueprint("alerts", __name__, url_prefix="/alerts")

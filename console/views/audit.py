@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
-from schoolgate.console.roles import Permission
 from schoolgate.services.common import Page, on_site
+from schoolgate.services.permissions import Permission
 from schoolgate.store import audit as store_audit
 from schoolgate.store.models import AuditEntry
 

@@ -9,9 +9,9 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.forms import local_input, parse_local
-from schoolgate.console.roles import Permission
 from schoolgate.services import checklog as svc
 from schoolgate.services.errors import ServiceError
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import CheckRecord
 
 bp = Blueprint("checks", __name__, url_prefix="/checks")

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, render_template, request
 
 from schoolgate.console import charts, web
-from schoolgate.console.roles import Permission
 from schoolgate.services import activity, rollups
+from schoolgate.services.permissions import Permission
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 

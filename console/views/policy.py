@@ -10,11 +10,11 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.policyref import PolicyUnavailable
-from schoolgate.console.roles import Permission
 from schoolgate.policy import Client, Ownership, Role, Target, decide, explain_text
 from schoolgate.services import policy_exceptions, site_blocks
 from schoolgate.services.common import normalise_host
 from schoolgate.services.errors import NotFound, ServiceError
+from schoolgate.services.permissions import Permission
 
 bp = Blueprint("policy", __name__, url_prefix="/policy")
 

@@ -10,9 +10,9 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
-from schoolgate.console.roles import Permission
 from schoolgate.services import register as svc
 from schoolgate.services.errors import InvalidInput, NotFound, ServiceError
+from schoolgate.services.permissions import Permission
 
 bp = Blueprint("registers", __name__)
 
@@ -145,8 +145,6 @@ def _edit(kind: _Kind, entry_pk: int) -> Any:
         abort(404)
     if request.method == "GET":
         return _entry_page(kind, entry, kind.values_of(entry), {}, None)
-    if not web.can(Permission.EDIT_REGISTERS):
-        abort(403)
     try:
         kind.update(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), **{kind.pk: entry.id},
                     form=kind.read_form(request.form))
@@ -202,7 +200,7 @@ def device_new() -> Any:
 
 
 @bp.route("/devices/<int:device_pk>", methods=["GET", "POST"])
-@web.requires(Permission.VIEW_REGISTERS)
+@web.requires(Permission.VIEW_REGISTERS, POST=Permission.EDIT_REGISTERS)
 def device_edit(device_pk: int) -> Any:
     return _edit(DEVICES, device_pk)
 
@@ -248,7 +246,7 @@ def person_new() -> Any:
 
 
 @bp.route("/people/<int:person_pk>", methods=["GET", "POST"])
-@web.requires(Permission.VIEW_REGISTERS)
+@web.requires(Permission.VIEW_REGISTERS, POST=Permission.EDIT_REGISTERS)
 def person_edit(person_pk: int) -> Any:
     return _edit(PEOPLE, person_pk)
 

@@ -9,10 +9,10 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.forms import london_today
-from schoolgate.console.roles import Permission
 from schoolgate.policy.types import Role
 from schoolgate.services import reports as svc
 from schoolgate.services.errors import ServiceError
+from schoolgate.services.permissions import Permission
 from schoolgate.services.site_blocks import BlockSpec
 from schoolgate.store.models import ContentReport
 

@@ -11,9 +11,9 @@ from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.forms import local_input, parse_local
 from schoolgate.console.reauth import ReauthFailed, sign
-from schoolgate.console.roles import Permission
 from schoolgate.services import access_requests as svc
 from schoolgate.services.errors import ServiceError
+from schoolgate.services.permissions import Permission
 from schoolgate.store.models import AccessRequest
 
 bp = Blueprint("requests", __name__, url_prefix="/requests")
@@ -196,7 +196,7 @@ def decide(request_id: int) -> Any:
 
 
 @bp.route("/<int:request_id>/withdraw", methods=["POST"])
-@web.requires(Permission.TRIAGE_REQUEST)
+@web.requires(Permission.WITHDRAW_REQUEST)
 def withdraw(request_id: int) -> Any:
     item = _load(request_id)
     try:

@@ -7,17 +7,17 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, request, session, url_for
 
 from schoolgate.console import web
-from schoolgate.console.roles import ConsoleRole
+from schoolgate.services.permissions import Permission
 
 bp = Blueprint("trust", __name__, url_prefix="/trust")
 
 
 @bp.route("/site", methods=["POST"])
-@web.signed_in
+@web.requires(Permission.SWITCH_SCHOOL)
 def choose_site() -> Any:
     user = web.current_user()
-    if user is None or user.site is not None or ConsoleRole.TRUST_ADMIN.value not in user.role_names:
-        abort(403)
+    if user is None or user.site is not None:
+        abort(403)  # a school's account never switches, whatever its roles
     choice = request.form.get("site", "")[:100]
     if choice != web.WHOLE_TRUST and choice not in web.visible_sites():
         abort(404)

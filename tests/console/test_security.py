@@ -186,7 +186,7 @@ def test_totp_is_required_and_each_code_works_once(console: Console) -> None:
 
 def test_first_sign_in_of_a_dsl_enrols_totp_with_an_inline_svg_qr(console: Console) -> None:
     from schoolgate.console import accounts
-    from schoolgate.console.roles import ConsoleRole
+    from schoolgate.services.permissions import ConsoleRole
 
     with console.session() as session:
         accounts.create_user(

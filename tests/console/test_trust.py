@@ -12,7 +12,7 @@ from console_testkit import PASSWORD, SITE, Account, Console, add_event, csrf_fr
 from sqlalchemy import select
 
 from schoolgate.console import accounts
-from schoolgate.console.roles import ConsoleRole
+from schoolgate.services.permissions import ConsoleRole
 from schoolgate.store.models import AccessRequest, Alert, ConsoleUser, Device, PolicyExceptionRow, Site
 
 OAK = "oakfield"
