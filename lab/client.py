@@ -107,13 +107,13 @@ class LabClient:
         return self.lab.log_path(SUPERVISOR if name in DAEMONS else name).read_text(errors="replace")
 
     def chromium(self, device: str, url: str, *, trust: tuple[str, ...] = (), profile: str | None = None,
-                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
+                 timeout: float = 60, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         """Load `url` in headless Chromium on a device; stdout is the page's DOM.
 
         `trust`: CA certificates put in the device's NSS database (what "the device trusts
         the school CA" means on Linux). `profile`: a folder kept between calls, so that a
         second load reuses what the first one learnt (e.g. Alt-Svc: the browser then tries
-        QUIC). QUIC is left enabled.
+        QUIC). QUIC is left enabled. `args`: more switches, e.g. --origin-to-force-quic-on.
         """
         import tempfile
         from pathlib import Path
@@ -123,7 +123,7 @@ class LabClient:
         argv = [
             "env", f"HOME={home}", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={home / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", url,
+            f"--user-data-dir={home / 'profile'}", "--virtual-time-budget=5000", *args, "--dump-dom", url,
         ]
         try:
             return self.run(device, argv, timeout=timeout)

@@ -107,6 +107,7 @@ class LabState:
     database_url: str = ""
     daemons: bool = True
     topology: str = "gateway"
+    extra_devices: list[str] = field(default_factory=list)  # keys of devices attached after `up`
 
     def save(self) -> None:
         path = Path(self.state_dir) / "state.json"
@@ -614,7 +615,22 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
 
     # ------------------------------------------------------------------ for tests and benches
 
+    def attach_device(self, item: LabDevice) -> str:
+        """One more device on the gateway's LAN bridge, after `up` (a session's visitor, a pupil's
+        own phone); the register is left alone. `down` removes it with the rest. Its namespace."""
+        if self.wiring.name != "gateway":
+            raise LabError("devices are attached to the gateway topology's LAN bridge only")
+        if item.key in {d.key for d in self.wiring.devices} or item.key in self.state.extra_devices:
+            raise LabError(f"the lab already has a device {item.key!r}")
+        index = 100 + len(self.state.extra_devices)
+        self._add_device(index, item, self.names.gateway, LAN_BRIDGE)
+        self.state.extra_devices.append(item.key)
+        self.state.save()
+        return self.names.device(item.key)
+
     def device_namespace(self, key: str) -> str:
+        if key in self.state.extra_devices:
+            return self.names.device(key)
         if key not in {d.key for d in self.wiring.devices}:
             device(key)  # an unknown key names the devices there are
             raise LabError(f"the {self.wiring.name} lab has no device {key!r}")

@@ -34,6 +34,8 @@ from schoolgate.policy.lists import (
 )
 from schoolgate.policy.liststore import ListStore, StoreBuilder
 from schoolgate.policy.model import (
+    CIRCUMVENTION_BAN_MODES,
+    BanPolicy,
     Category,
     DomainList,
     DynamicClauses,
@@ -56,7 +58,10 @@ ROLE_NAMES = tuple(r.value for r in Role)
 MAX_WINDOWS = 60
 MAX_CATEGORIES = 60
 
-_TOP = ("school", "calendar", "windows", "networks", "categories", "services", "lists", "rules", "default", "dynamic")
+_TOP = (
+    "school", "calendar", "windows", "networks", "categories", "services", "lists", "rules", "default", "dynamic",
+    "bans",
+)
 _SCHOOL = ("id", "name", "federation", "timezone", "block_ipv4", "block_ipv6", "unknown_network_role")
 _CALENDAR = ("terms", "closures")
 _TERM = ("name", "start", "end")
@@ -87,6 +92,7 @@ _RULE = (
 )
 _DEFAULT = ("action", "clause", "reason")
 _DYNAMIC = ("exception_clause", "site_block_clause", "ban_clause")
+_BANS = ("on_circumvention", "automatic_roles", "days", "supervisor")
 _ACTIONS = {"allow": Verdict.ALLOW, "block": Verdict.BLOCK, "safe_search": Verdict.SAFE_SEARCH}
 _DAY_SETS = {
     "mon-fri": (0, 1, 2, 3, 4),
@@ -973,6 +979,7 @@ def compile_policy(
         rules.append(rule)
     default = _default(src, data.get("default", {}), len(rules))
     dynamic = _dynamic(src, data.get("dynamic", {}))
+    bans = _bans(src, data.get("bans", {}))
     fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return CompiledPolicy(
         source=path,
@@ -989,6 +996,7 @@ def compile_policy(
         dynamic=dynamic,
         fingerprint=fingerprint,
         warnings=tuple(warnings),
+        bans=bans,
     )
 
 
@@ -1023,4 +1031,29 @@ def _dynamic(src: _Source, raw: Any) -> DynamicClauses:
         exception=src.string(item.get("exception_clause", base.exception), ("dynamic", "exception_clause")),
         site_block=src.string(item.get("site_block_clause", base.site_block), ("dynamic", "site_block_clause")),
         ban=src.string(item.get("ban_clause", base.ban), ("dynamic", "ban_clause")),
+    )
+
+
+def _bans(src: _Source, raw: Any) -> BanPolicy:
+    item = src.table(raw, ("bans",), _BANS, "[bans]")
+    base = BanPolicy()
+    mode = src.string(item.get("on_circumvention", base.on_circumvention), ("bans", "on_circumvention"))
+    if mode not in CIRCUMVENTION_BAN_MODES:
+        raise src.error(
+            ("bans", "on_circumvention"), f'unknown choice "{mode}" (known: {", ".join(CIRCUMVENTION_BAN_MODES)})'
+        )
+    roles = base.automatic_roles
+    if "automatic_roles" in item:
+        raw_roles = item["automatic_roles"]
+        if not isinstance(raw_roles, list):
+            raise src.error(("bans", "automatic_roles"), 'must be a list of roles, e.g. ["pupil"]')
+        roles = frozenset(
+            _role(src, value, ("bans", "automatic_roles"), element=n) for n, value in enumerate(raw_roles)
+        )
+    supervisor = src.string(item.get("supervisor", base.supervisor), ("bans", "supervisor"))
+    return BanPolicy(
+        on_circumvention=mode,
+        automatic_roles=roles,
+        days=_whole(src, item, ("bans", "days"), default=base.days, low=0, high=366),
+        supervisor=supervisor,
     )

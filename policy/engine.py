@@ -24,6 +24,7 @@ from schoolgate.policy.catalogue import ILLEGAL, SUPPORT, SUPPORT_DOMAINS
 from schoolgate.policy.domains import ListSet, normalise_host, suffixes
 from schoolgate.policy.model import (
     NO_MATCH,
+    BanPolicy,
     Category,
     DomainList,
     DynamicClauses,
@@ -55,6 +56,7 @@ _DECISION_CACHE_LIMIT = 32_768
 _INSTANT_CACHE_LIMIT = 4096
 _ROLE_CACHE_LIMIT = 20_000
 _MINUTE_CACHE_LIMIT = 50_000
+DEFAULT_BAN_POLICY = BanPolicy()
 
 
 # The two verdicts no rule writes: illegal content is always a locked block, and support is
@@ -194,6 +196,7 @@ class CompiledPolicy:
         dynamic: DynamicClauses,
         fingerprint: str = "",
         warnings: tuple[str, ...] = (),
+        bans: BanPolicy = DEFAULT_BAN_POLICY,
     ) -> None:
         self.source = source
         self.school = school
@@ -209,6 +212,7 @@ class CompiledPolicy:
         self.dynamic = dynamic
         self.fingerprint = fingerprint
         self.warnings = warnings  # not mistakes, but worth a technician's attention (policy check)
+        self.bans = bans  # `[bans]`: what a confirmed circumvention attempt leads to
         self.timeline = Timeline(windows, calendar, school.zone)
         self.overlay = EMPTY_OVERLAY
         self.service_by_id = {s.id: s for s in services}
@@ -540,12 +544,12 @@ def _active_ban(overlay: Overlay, client: Client, now: datetime) -> tuple[Ban | 
     active: Ban | None = None
     edge: datetime | None = None
     for ban in candidates:
-        if ban.starts <= now < ban.until:
-            if active is None or ban.until > active.until:
+        if ban.starts <= now and (ban.until is None or now < ban.until):
+            if active is None or (active.until is not None and (ban.until is None or ban.until > active.until)):
                 active = ban
         elif now < ban.starts:
             edge = _earlier(edge, ban.starts)
-    if active is not None:
+    if active is not None and active.until is not None:
         edge = _earlier(edge, active.until)
     return active, edge
 
@@ -621,7 +625,15 @@ def _apply_overlay(
     now: datetime,
     ban_edge: datetime | None,
     banned: Ban | None,
+    own_role: Role | None = None,
 ) -> Decision:
+    """Site blocks, then exceptions, over the rules' decision.
+
+    A banned client (seed 001 §9) is supervised, full stop: its role is the supervised role,
+    the site blocks for the role it would have had (`own_role`) still apply to it, and no
+    person, device or group exception lifts a block (only one for the supervised role itself
+    does). Support sites stay open to it, as to everyone.
+    """
     overlay = policy.overlay
     decision = base
     valid_until = base.valid_until
@@ -631,6 +643,8 @@ def _apply_overlay(
     url_scoped = False
     if base.rule_id != SUPPORT_RULE_ID and (decision.verdict is not Verdict.BLOCK or not decision.locked):
         block, url_scoped = _site_block(overlay, names, host, url, client=client, role=base.role)
+        if block is None and own_role is not None:
+            block, url_scoped = _site_block(overlay, names, host, url, client=client, role=own_role)
         if block is not None:
             decision = replace(
                 decision,
@@ -646,6 +660,8 @@ def _apply_overlay(
         excepted, exceptions_scoped = _exceptions(overlay, names, host, url, client=client, role=base.role)
         url_scoped = url_scoped or exceptions_scoped
         for exc in excepted:
+            if banned is not None and exc.scope is not ExceptionScope.ROLE:
+                continue  # a ban is not lifted by an exception for the person, device or group
             if exc.starts <= now < exc.expires:
                 if chosen is None or exc.expires > chosen.expires:
                     chosen = exc
@@ -676,10 +692,11 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
     overlay = policy.overlay
     banned: Ban | None = None
     ban_edge: datetime | None = None
+    own_role: Role | None = None
     if not overlay.empty and (overlay.bans_by_device or overlay.bans_by_person or overlay.bans_by_mac):
         banned, ban_edge = _active_ban(overlay, client, now)
         if banned is not None:
-            role = Role.SUPERVISED
+            own_role, role = role, Role.SUPERVISED
     host = target.host
     if not host.islower() or host.endswith("."):
         host = normalise_host(host)
@@ -693,5 +710,5 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
         return base
     return _apply_overlay(
         policy, base, client=client, target=target, host=host, names=suffixes(host), now=now, ban_edge=ban_edge,
-        banned=banned,
+        banned=banned, own_role=own_role,
     )

@@ -163,6 +163,27 @@ class HostMatch(NamedTuple):
 NO_MATCH = HostMatch(-1, None, 0, None, 0, False)
 
 
+CIRCUMVENTION_BAN_MODES = ("offer", "automatic")
+
+
+@dataclass(frozen=True, slots=True)
+class BanPolicy:
+    """Seed 001 §9: what a confirmed attempt to get round the filter leads to (`[bans]`).
+
+    `automatic`: a circumvention case whose evidence is certain bans the device (and the person,
+    where known) at once, for the `automatic_roles`; the DSL is told and may lift it. `offer`:
+    the DSL is offered the ban on the case. `days` = 0: a ban lasts until it is lifted."""
+
+    on_circumvention: str = "offer"
+    automatic_roles: frozenset[Role] = frozenset({Role.PUPIL})
+    days: int = 14
+    supervisor: str = "the class teacher"
+
+    @property
+    def automatic(self) -> bool:
+        return self.on_circumvention == "automatic"
+
+
 @dataclass(frozen=True, slots=True)
 class DynamicClauses:
     """Which written clauses the database-driven parts implement, for explanations."""

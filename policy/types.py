@@ -114,7 +114,7 @@ class Ban:
     person_id: str | None
     mac: str | None
     starts: datetime
-    until: datetime
+    until: datetime | None  # None: until it is lifted
     reason: str = ""
 
 

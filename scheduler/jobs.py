@@ -22,6 +22,7 @@ from schoolgate.config import AppConfig
 from schoolgate.services import rollups
 from schoolgate.services.actor import SCHEDULER
 from schoolgate.services.alert_rules import AlertEngine, AlertSettings, ScanResult
+from schoolgate.services.bans import apply_ban_policy
 from schoolgate.services.common import advance_mark, audit, bump_overlay
 from schoolgate.services.digest import dispatch_immediate, last_digest_at, send_digest
 from schoolgate.services.mailer import Mailer, SmtpMailer
@@ -55,6 +56,7 @@ class AlertsOutcome:
     scan: ScanResult
     notified: list[int] = field(default_factory=list)
     mail_error: str | None = None
+    bans: list[int] = field(default_factory=list)  # imposed automatically ([bans] in the policy)
 
 
 def alerts_job(
@@ -64,14 +66,23 @@ def alerts_job(
     *,
     engine: AlertEngine | None = None,
     mailer: Mailer | None = None,
+    policy: CompiledPolicy | None = None,
 ) -> AlertsOutcome:
-    """Scan new events into cases, then email high-severity cases not yet notified."""
+    """Scan new events into cases, then email high-severity cases not yet notified.
+
+    With the `policy`, confirmed circumvention cases are banned at once where its `[bans]`
+    section says so, in the scan's own transaction.
+    """
     engine = engine or AlertEngine(AlertSettings.from_config(config.alerts))
     site = config.site.id
     scan = ScanResult()
+    imposed: list[int] = []
     for _ in range(MAX_SCAN_ROUNDS):
         with session_factory() as session:
             part = engine.scan(session, site, None, now, max_events=SCAN_EVENTS_PER_TRANSACTION)
+            if policy is not None and (part.opened or part.folded):
+                imposed += apply_ban_policy(session, site=site, now=now, policy=policy.bans,
+                                            case_ids=[*part.opened, *part.folded])
             session.commit()
         scan.events += part.events
         scan.cursor = part.cursor
@@ -79,7 +90,9 @@ def alerts_job(
         scan.folded += [case for case in part.folded if case not in scan.folded]
         if part.events < SCAN_EVENTS_PER_TRANSACTION:
             break
-    outcome = AlertsOutcome(scan=scan)
+    outcome = AlertsOutcome(scan=scan, bans=imposed)
+    if imposed:
+        log.info("banned automatically (seed 001 §9): bans %s", ", ".join(map(str, imposed)))
     if mailer is None:
         return outcome
     with session_factory() as session:

@@ -194,7 +194,8 @@ class SchedulerService:
     # Each run_* reads the clock once and hands the instant to its job.
     def run_alerts(self) -> jobs.AlertsOutcome:
         return jobs.alerts_job(
-            self.config, self.session_factory, self.clock.now(), engine=self.engine, mailer=self.mailer
+            self.config, self.session_factory, self.clock.now(), engine=self.engine, mailer=self.mailer,
+            policy=self.policy(),
         )
 
     def run_rollups(self) -> int:

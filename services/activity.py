@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.common import SiteScope, on_site
@@ -315,7 +315,8 @@ def dashboard(session: Session, site: SiteScope, now: datetime, *, days: int = 7
     active_bans = session.scalar(
         select(func.count())
         .select_from(BanRow)
-        .where(on_site(BanRow.site, site), BanRow.lifted_at.is_(None), BanRow.starts <= now, BanRow.until > now)
+        .where(on_site(BanRow.site, site), BanRow.lifted_at.is_(None), BanRow.starts <= now,
+               or_(BanRow.until.is_(None), BanRow.until > now))
     )
     return Dashboard(
         today_allowed=count_events(session, site, today, now + timedelta(seconds=1), "allow"),

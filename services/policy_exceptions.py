@@ -101,7 +101,8 @@ def expire_due(session: Session, *, site: str, since: datetime, now: datetime) -
     ban_ids = list(
         session.scalars(
             select(BanRow.id).where(
-                on_site(BanRow.site, site), BanRow.lifted_at.is_(None), BanRow.until > since, BanRow.until <= now
+                on_site(BanRow.site, site), BanRow.lifted_at.is_(None), BanRow.until.is_not(None), BanRow.until > since,
+                BanRow.until <= now,
             )
         )
     )

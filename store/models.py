@@ -177,7 +177,8 @@ class PolicyExceptionRow(Base):
 
 
 class BanRow(Base):
-    """Seed 001 §9: a device or person moved to the supervised role until a date."""
+    """Seed 001 §9: a device (by register id and MAC) and the person where known, moved to the
+    supervised role until a date, or until the ban is lifted (`until` empty)."""
 
     __tablename__ = "bans"
 
@@ -187,8 +188,9 @@ class BanRow(Base):
     person_id: Mapped[str | None] = mapped_column(String(100))
     mac: Mapped[str | None] = mapped_column(String(17))
     starts: Mapped[datetime] = mapped_column(UTCDateTime)
-    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: until lifted
     reason: Mapped[str] = mapped_column(Text, default="")
+    supervisor: Mapped[str] = mapped_column(String(200), default="", server_default="")  # who supervises
     alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id", ondelete="SET NULL"))
     created_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -132,7 +132,9 @@ def load_overlay(session: Session, site: str, now: datetime) -> Overlay:
 
     bans: list[Ban] = []
     for ban in session.scalars(
-        select(BanRow).where(BanRow.site == site, BanRow.lifted_at.is_(None), BanRow.until > now).order_by(BanRow.id)
+        select(BanRow)
+        .where(BanRow.site == site, BanRow.lifted_at.is_(None), or_(BanRow.until.is_(None), BanRow.until > now))
+        .order_by(BanRow.id)
     ):
         if not (ban.device_id or ban.person_id or ban.mac):
             skipped.append(f"ban {ban.id}: names no device, person or MAC")

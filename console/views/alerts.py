@@ -11,6 +11,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.forms import local_input, parse_local
+from schoolgate.console.policyref import PolicyUnavailable
+from schoolgate.policy.model import BanPolicy
 from schoolgate.services import alerts as svc
 from schoolgate.services import bans
 from schoolgate.services.alert_evidence import Evidence
@@ -69,14 +71,30 @@ def _load(alert_id: int) -> Alert:
         abort(404)
 
 
+def _ban_policy() -> BanPolicy:
+    try:
+        return web.policy().bans
+    except PolicyUnavailable:
+        return BanPolicy()
+
+
 def _show(alert: Alert, *, errors: dict[str, str] | None = None, message: str | None = None,
           values: dict[str, str] | None = None, status: int = 200) -> Any:
     now = web.now()
-    ban = bans.active_ban_for(web.db(), web.site_id(), alert.device_id, now) if alert.device_id else None
-    defaults = {"until": local_input(now + timedelta(days=14)), "ban_reason": f"Alert {alert.id}: {alert.title}"[:300]}
+    ban = bans.active_ban_for_case(web.db(), alert, now)
+    ban_policy = _ban_policy()
+    # The reason is read by admins in the audit log: the case (linked) holds the child's name
+    # and the concern, the reason never does.
+    defaults = {
+        "device_id": bans.case_device(web.db(), alert),
+        "until": local_input(now + timedelta(days=ban_policy.days)) if ban_policy.days else "",
+        "ban_reason": f"Seed 001 §9: an attempt to get round the school's filtering (case {alert.id})",
+        "supervisor": ban_policy.supervisor,
+        "follow_person": "1",
+    }
     return render_template(
         "alerts/show.html", alert=alert, history=svc.history(web.db(), web.site_id(), alert.id), ban=ban,
-        evidence=list(Evidence.from_json(alert.evidence)),
+        evidence=list(Evidence.from_json(alert.evidence)), ban_policy=ban_policy,
         errors=errors or {}, message=message, values={**defaults, **(values or {})},
         is_open=alert.status in svc.OPEN_STATUSES,
     ), status
@@ -141,13 +159,16 @@ def resolve(alert_id: int) -> Any:
 @web.requires(Permission.BAN_DEVICE)
 def ban(alert_id: int) -> Any:
     def step(alert: Alert) -> None:
+        until_text = request.form.get("until", "").strip()
         bans.ban_device(
-            web.db(), device_id=request.form.get("device_id", "")[:100] or (alert.device_id or ""),
-            until=parse_local(request.form.get("until", ""), field="until", end_of_day=True),
-            reason=request.form.get("ban_reason", "")[:4000], alert_id=alert.id, **_common(),
+            web.db(), device_id=request.form.get("device_id", "")[:100] or bans.case_device(web.db(), alert),
+            until=parse_local(until_text, field="until", end_of_day=True) if until_text else None,
+            reason=request.form.get("ban_reason", "")[:4000], supervisor=request.form.get("supervisor", "")[:200],
+            follow_person=request.form.get("follow_person") == "1", alert_id=alert.id, **_common(),
         )
 
-    return _apply(alert_id, "Device banned: it is on close supervision only until the date given.", step)
+    return _apply(alert_id, "Banned: close supervision only, as the ban says. The ban takes effect within seconds.",
+                  step)
 
 
 @bp.route("/bans")
@@ -157,9 +178,10 @@ def ban_list() -> Any:
     active_only = request.args.get("all") != "1"
     if wants_csv():
         page = bans.list_bans(web.db(), web.site_id(), now=now, active_only=active_only, limit=100_000)
-        return csv_response("bans.csv", ["id", "device_id", "mac", "starts", "until", "lifted_at", "reason", "by"],
-                            ([b.id, b.device_id, b.mac, b.starts, b.until, b.lifted_at, b.reason, b.created_by]
-                             for b in page.items))
+        return csv_response("bans.csv", ["id", "device_id", "mac", "person_id", "starts", "until", "lifted_at",
+                                         "supervisor", "reason", "by"],
+                            ([b.id, b.device_id, b.mac, b.person_id, b.starts, b.until or "until lifted", b.lifted_at,
+                              b.supervisor, b.reason, b.created_by] for b in page.items))
     page = bans.list_bans(web.db(), web.site_id(), now=now, active_only=active_only, offset=web.int_arg("offset", 0))
     return render_template("alerts/bans.html", page=page, args={"all": "1"} if not active_only else {},
                            active_only=active_only, now=now)

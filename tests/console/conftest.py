@@ -394,9 +394,10 @@ def seed(console: Console) -> dict[str, int]:
             site=SITE,
             now=now,
             actor=dsl,
-            device_id="KW-LAPTOP-03",
+            device_id="02:00:00:00:03:03",  # a laptop the register does not know: banned by its MAC
             until=now + timedelta(days=7),
             reason="seed ban",
+            supervisor="Mrs Khan",
         )
         ids["ban"] = ban.id
         victim = accounts.create_user(

@@ -185,7 +185,7 @@ def sign_in(watched: Watched, live: Live, username: str, *, start: str | None = 
     assert "/login" not in page.url, page.inner_text("main")
 
 
-def _register_device(live: Live, device_id: str, name: str, ip: str) -> None:
+def _register_device(live: Live, device_id: str, name: str, ip: str, mac: str = "") -> None:
     from schoolgate.services.actor import Actor
     from schoolgate.services.register import DeviceForm, create_device
 
@@ -196,7 +196,7 @@ def _register_device(live: Live, device_id: str, name: str, ip: str) -> None:
             site=SITE,
             now=datetime.now(UTC),
             actor=actor,
-            form=DeviceForm(device_id=device_id, name=name, ip=ip),
+            form=DeviceForm(device_id=device_id, name=name, ip=ip, mac=mac or None),
         )
         session.commit()
 
@@ -327,7 +327,8 @@ def test_dsl_opens_the_digest_link_reviews_resolves_and_bans(live: Live, browser
     from schoolgate.services.alert_rules import AlertEngine
     from schoolgate.services.digest import compose_digest, render_digest
 
-    _register_device(live, "KW-LAPTOP-07", "Laptop 7", "10.41.20.77")
+    # A ban follows a device by its MAC address, so the register has it.
+    _register_device(live, "KW-LAPTOP-07", "Laptop 7", "10.41.20.77", mac="02:00:00:41:20:77")
     before = _run(
         "policy",
         "explain",
@@ -381,8 +382,10 @@ def test_dsl_opens_the_digest_link_reviews_resolves_and_bans(live: Live, browser
     assert "Parents informed" in dsl.page.inner_text("#alert-outcome")
     until = (datetime.now(UTC) + timedelta(days=14)).astimezone().strftime("%Y-%m-%dT%H:%M")
     dsl.page.fill("#f-until", until)
+    assert dsl.page.input_value("#f-supervisor")  # the policy's supervisor, offered
+    assert "Alex" not in dsl.page.input_value("#f-ban_reason")  # a reason that names nobody
     dsl.page.click("#ban-form button[type=submit]")
-    assert "Device banned" in dsl.page.inner_text("main")
+    assert "Banned: close supervision only" in dsl.page.inner_text("main")
     dsl.page.goto(f"{live.base}/alerts/bans")
     assert "KW-LAPTOP-07" in dsl.page.inner_text("main")
     dsl.close()

@@ -51,3 +51,36 @@ def test_quiet_refusals_are_counted_per_device_and_never_alerts(console: Console
     # and in the activity search, each is shown for what it is
     event = tech.get("/activity?verdict=refused").get_data(as_text=True)
     assert "203.0.113.10" in event
+
+
+def test_the_dsl_bans_an_unregistered_phone_from_its_case(console: Console) -> None:
+    from console_testkit import post_form
+
+    from schoolgate.store.models import BanRow
+
+    now = console.clock.now()
+    phone = {"device_id": None, "device_name": None, "person_id": None, "person_name": None,
+             "client_ip": "10.41.20.88", "mac": "02:00:00:00:20:88", "host": "nordvpn.com", "url": None,
+             "service": "vpn", "category": "circumvention", "rule_id": "no-circumvention", "flags": "circumvention"}
+    with console.session() as session:
+        add_event(session, ts=now - timedelta(minutes=2), **phone)
+        AlertEngine().scan(session, SITE, None, now)
+        session.commit()
+        case_id = session.query(Alert).one().id
+    dsl = console.login("dsl")
+    url = f"/alerts/{case_id}"
+    page = dsl.get(url).get_data(as_text=True)
+    # The form offers the phone's MAC, a reason that names no one, and the policy's supervisor.
+    assert 'value="02:00:00:00:20:88"' in page and f"(case {case_id})" in page
+    form = {"device_id": "02:00:00:00:20:88", "until": "", "supervisor": "Mrs Khan"}
+    titled = post_form(dsl, url, f"{url}/ban", {**form, "ban_reason": "Circumvention attempt from 10.41.20.88"})
+    assert titled.status_code == 400 and "audit log" in titled.get_data(as_text=True)
+    done = post_form(dsl, url, f"{url}/ban", {**form, "ban_reason": f"Seed 001 §9 (case {case_id})"})
+    assert done.status_code == 302
+    with console.session() as session:
+        ban = session.query(BanRow).filter(BanRow.mac == "02:00:00:00:20:88").one()
+        assert (ban.device_id, ban.until, ban.supervisor, ban.alert_id) == (None, None, "Mrs Khan", case_id)
+    shown = dsl.get(url).get_data(as_text=True)
+    assert 'id="alert-ban"' in shown and "until lifted" in shown and "Mrs Khan" in shown
+    listed = dsl.get("/alerts/bans").get_data(as_text=True)
+    assert "02:00:00:00:20:88" in listed and "not registered" in listed and "until lifted" in listed

@@ -348,6 +348,24 @@ CASES: list[tuple[str, str, str, str]] = [
         "school.urn",
         'unknown field "urn" in [school]',
     ),
+    (
+        "ban-mode",
+        HEAD + RULE + '\n[bans]\non_circumvention = "always" # <-\n',
+        "bans.on_circumvention",
+        'unknown choice "always" (known: offer, automatic)',
+    ),
+    (
+        "ban-days",
+        HEAD + RULE + '\n[bans]\ndays = 400 # <-\n',
+        "bans.days",
+        "must be a whole number from 0 to 366, got 400",
+    ),
+    (
+        "ban-roles",
+        HEAD + RULE + '\n[bans]\nautomatic_roles = ["pupils"] # <-\n',
+        "bans.automatic_roles",
+        'unknown role "pupils"',
+    ),
 ]
 
 
@@ -449,3 +467,16 @@ def test_locate_inside_multi_line_arrays(path: tuple[str | int, ...], line: int)
     from schoolgate.tomlpos import locate
 
     assert locate(LOCATE_TEXT, path) == line
+
+
+def test_the_ban_policy_is_read_with_its_defaults(write_policy: Callable[..., Path]) -> None:
+    from schoolgate.policy.types import Role
+
+    default = load_policy(write_policy(HEAD + RULE)).bans
+    assert (default.on_circumvention, default.automatic, default.automatic_roles, default.days) == (
+        "offer", False, frozenset({Role.PUPIL}), 14)
+    text = HEAD + RULE + '\n[bans]\non_circumvention = "automatic"\nautomatic_roles = ["pupil", "guest"]\n'
+    text += 'days = 0\nsupervisor = "Mrs Khan, Year 6 teacher"\n'
+    chosen = load_policy(write_policy(text)).bans
+    assert chosen.automatic and chosen.automatic_roles == frozenset({Role.PUPIL, Role.GUEST})
+    assert (chosen.days, chosen.supervisor) == (0, "Mrs Khan, Year 6 teacher")

@@ -273,3 +273,60 @@ def test_exception_times_are_compared_as_instants(example: CompiledPolicy) -> No
     layered = example.with_overlay(exceptions=[exc])
     decision = decide(layered, TEACHER, Target("facebook.com"), local("2026-11-23 11:00"))
     assert decision.valid_until == datetime(2026, 11, 23, 11, 0, 30, tzinfo=UTC)
+
+
+BANNED_FROM = local("2026-11-23 09:00")
+
+
+
+@pytest.mark.parametrize(
+    ("scope", "subject", "lifts"),
+    [
+        (ExceptionScope.PERSON, "P6001", False),  # the pupil's own approved request
+        (ExceptionScope.DEVICE, "IPAD-31", False),
+        (ExceptionScope.GROUP, "6B", False),
+        (ExceptionScope.ROLE, "pupil", False),  # the role it would have had
+        (ExceptionScope.ROLE, "supervised", True),  # the school's decision for supervised use
+    ],
+)
+def test_a_banned_client_is_supervised_whatever_its_exceptions(
+    example: CompiledPolicy, scope: ExceptionScope, subject: str, lifts: bool
+) -> None:
+    exc = exception(30, scope, subject, "2026-11-23 08:00", "2026-11-24 18:00", domain="example.org")
+    ban = Ban(id=21, device_id="IPAD-31", person_id=None, mac=None, starts=BANNED_FROM, until=None)
+    layered = example.with_overlay(exceptions=[exc], bans=[ban])
+    decision = decide(layered, PUPIL, Target("example.org"), local("2026-11-23 11:00"))
+    assert decision.role is Role.SUPERVISED and "banned" in decision.flags
+    assert (decision.verdict is Verdict.ALLOW) is lifts
+    # without the ban, every one of these exceptions would have let the pupil in
+    unbanned = example.with_overlay(exceptions=[exc])
+    if scope is not ExceptionScope.ROLE or subject == "pupil":
+        assert decide(unbanned, PUPIL, Target("example.org"), local("2026-11-23 11:00")).verdict is Verdict.ALLOW
+
+
+def test_pupil_only_site_blocks_still_apply_to_a_banned_pupil(example: CompiledPolicy) -> None:
+    pupils = SiteBlock(id=12, domain="bbc.co.uk", url_prefix=None, roles=frozenset({Role.PUPIL}), reason="reported")
+    ban = Ban(id=21, device_id="IPAD-31", person_id=None, mac=None, starts=BANNED_FROM, until=None)
+    now = local("2026-11-23 11:00")
+    assert decide(example.with_overlay(bans=[ban]), PUPIL, Target("www.bbc.co.uk"), now).verdict is Verdict.ALLOW
+    both = example.with_overlay(bans=[ban], blocks=[pupils])
+    decision = decide(both, PUPIL, Target("www.bbc.co.uk"), now)
+    assert (decision.verdict, decision.rule_id, decision.role) == (Verdict.BLOCK, "site-block-12", Role.SUPERVISED)
+    # a banned member of staff is not a pupil: the pupils' block is not theirs
+    staff_ban = Ban(id=22, device_id="LAPTOP-7", person_id=None, mac=None, starts=BANNED_FROM, until=None)
+    staff = decide(example.with_overlay(bans=[staff_ban], blocks=[pupils]), TEACHER, Target("www.bbc.co.uk"), now)
+    assert staff.verdict is Verdict.ALLOW and staff.role is Role.SUPERVISED
+
+
+def test_a_ban_until_lifted_has_no_end_and_never_closes_support(example: CompiledPolicy) -> None:
+    ban = Ban(id=23, device_id=None, person_id="P6001", mac=None, starts=BANNED_FROM, until=None)
+    layered = example.with_overlay(bans=[ban])
+    next_year = local("2027-11-23 11:00")
+    decision = decide(layered, PUPIL, Target("example.org"), next_year)
+    assert decision.role is Role.SUPERVISED and decision.verdict is Verdict.BLOCK
+    assert decision.valid_until is None or decision.valid_until > next_year
+    # the person, on another device the register gives them
+    phone = Client(ip="10.41.20.99", person_id="P6001", device_id="PHONE-1", role=Role.PUPIL)
+    assert decide(layered, phone, Target("example.org"), next_year).role is Role.SUPERVISED
+    help_site = decide(layered, PUPIL, Target("www.childline.org.uk"), next_year)
+    assert help_site.verdict is Verdict.ALLOW
