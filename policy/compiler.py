@@ -70,7 +70,7 @@ _CLOSURE_KINDS = ("closure", "inset")
 _WINDOW = ("from", "to", "times", "days", "calendar", "description")
 _NETWORK = ("name", "cidrs", "role")
 _CATEGORY = ("name", "locked", "flags", "description")
-_SERVICE = ("name", "category", "domains", "hosts", "safe_search", "safe_search_hosts", "locked")
+_SERVICE = ("name", "category", "domains", "hosts", "safe_search", "safe_search_hosts", "locked", "operator")
 _LIST = (
     "name", "file", "url", "format", "category", "categories", "services", "sha256", "max_size_mb", "timeout_s"
 )
@@ -497,6 +497,7 @@ def _services(src: _Source, raw: Any, categories: Mapping[str, Category]) -> tup
                 safe_search=safe,
                 safe_search_hosts=safe_hosts,
                 locked=_service_lock(src, item, path, categories.get(category) if category else None),
+                operator=src.string(item.get("operator", ""), (*path, "operator"), empty_ok=True),
             )
         )
     return tuple(out)

@@ -67,6 +67,14 @@ class Service:
     safe_search: SafeSearch | None = None
     safe_search_hosts: frozenset[str] | None = None  # None: every host of the service
     locked: bool = False
+    # Who runs it: services of one operator share addresses (Meta serves WhatsApp from
+    # Facebook's edges), so the proxy does not take one's name at the other's address for
+    # domain fronting. Empty: the service's own id (it shares with no other).
+    operator: str = ""
+
+    @property
+    def operator_id(self) -> str:
+        return self.operator or self.id
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,9 +56,11 @@ from schoolgate.proxy.judge import (
     Action,
     Decide,
     Judgement,
+    OperatorOf,
     judge_http,
     judge_tls,
     normalise_name,
+    own_operator,
 )
 from schoolgate.proxy.search import search_term
 from schoolgate.proxy.upset import UPSET_PATH, UpsetNote, UpsetSigner
@@ -163,6 +165,8 @@ class Services:
     category: Callable[[str], tuple[str, str] | None] | None = None
     # Signs the pupil page's "this upset me" button; None: the page has no button.
     upset: UpsetSigner | None = None
+    # A catalogue service -> who runs it, for the fronting check (judge.decide_name).
+    operator_of: OperatorOf = own_operator
     connections: Connections = field(default_factory=Connections)
     counters: ProxyCounters = field(default_factory=ProxyCounters)
 
@@ -267,6 +271,7 @@ class TlsGate:
                 dialled_ip=state.dialled_ip,
                 dialled_name=state.dialled_name,
                 book=self.s.book,
+                operator_of=self.s.operator_of,
                 now=self.s.now(),
                 inspect=self.s.inspect,
             )
@@ -360,6 +365,7 @@ class HttpGate:
                     dialled_ip=_ip_of(destination) or _ip_of(flow.server_conn.address),
                     dialled_name=_name_of(destination),
                     book=self.s.book,
+                    operator_of=self.s.operator_of,
                     now=now,
                 )
                 for name in _request_names(flow.request)
@@ -565,6 +571,7 @@ class Rejudge:
                 dialled_ip=state.dialled_ip,
                 dialled_name=state.dialled_name,
                 book=self.s.book,
+                operator_of=self.s.operator_of,
                 now=now,
             )
             if not fresh.blocked:

@@ -255,6 +255,11 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         policy = holder.policy
         return explain_text(decision, policy, now) if policy is not None else decision.reason
 
+    def operator_of(service_id: str) -> str:
+        policy = holder.policy
+        found = policy.service_by_id.get(service_id) if policy is not None else None
+        return found.operator_id if found is not None else service_id
+
     def category(category_id: str) -> tuple[str, str] | None:
         policy = holder.policy
         found = policy.category_by_id.get(category_id) if policy is not None else None
@@ -272,6 +277,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         inspect=inspect if pconf.inspect_search_engines else None,
         close=close_connection,
         explain=explain,
+        operator_of=operator_of,
         policy_version=lambda: (holder.generation, feed.overlay_generation),
         category=category,
         upset=UpsetSigner(load_key(upset_key_path_of(config))),

@@ -9,9 +9,11 @@ The rules, in order:
    that hides the name from a watched address is getting round the filter. If the address is
    known to be watched the event is flagged `circumvention` (`no_sni`).
 2. The name's own decision, if it blocks.
-3. Fronting: the name is allowed and names no catalogued service, but the dialled address
-   belongs to a watched service whose decision for this client blocks. Blocked with that
-   service's decision, flagged `circumvention` (`fronting`).
+3. Fronting: the name is allowed, but the dialled address belongs to a watched service whose
+   decision for this client blocks. Blocked with that service's decision, flagged
+   `circumvention` (`fronting`). The one exemption: a name of the same operator as a service
+   behind the address (one operator's services share addresses: Meta serves WhatsApp from
+   Facebook's edges). Any other catalogued service's name is judged like any other name.
 4. Otherwise the name's decision (allowed).
 
 Where the proxy is told the destination by name (regular mode: the CONNECT target, or the
@@ -31,6 +33,12 @@ from schoolgate.policy.types import Client, Decision, Target, Verdict
 from schoolgate.proxy.addresses import AddressBook
 
 Decide = Callable[[Client, Target, datetime], Decision]
+OperatorOf = Callable[[str], str]  # a catalogue service id -> who runs it (the policy's `operator`)
+
+
+def own_operator(service: str) -> str:
+    """Without the policy's operators, each service is its own."""
+    return service
 
 FLAG_CIRCUMVENTION = "circumvention"
 FLAG_FRONTING = "fronting"
@@ -84,6 +92,7 @@ def decide_name(
     book: AddressBook,
     now: datetime,
     dialled_name: str | None = None,
+    operator_of: OperatorOf = own_operator,
 ) -> tuple[Decision, str | None]:
     """The decision for `target` sent to `dialled_ip` or `dialled_name` (rules 1-4 above) and
     the fronted name."""
@@ -122,13 +131,15 @@ def decide_name(
     behind_names = book.hosts_for(dialled_ip)
     if not behind_names or any(_within(host, name) for name in behind_names):
         return decision, None
+    services_behind = [(name, decide(client, Target(host=name), now)) for name in behind_names]
     if decision.service is not None and not _is_ip_literal(host):
-        # The name is itself a catalogued service: one operator's services share addresses.
-        return decision, None
-    for name in behind_names:
-        behind = decide(client, Target(host=name), now)
-        if behind.blocked:
-            return _fronted(behind, name), name
+        # One operator's services share addresses: its own names there are not fronting.
+        operator = operator_of(decision.service)
+        if any(d.service is not None and operator_of(d.service) == operator for _, d in services_behind):
+            return decision, None
+    for name, found in services_behind:
+        if found.blocked:
+            return _fronted(found, name), name
     return decision, None
 
 
@@ -155,11 +166,13 @@ def judge_tls(
     now: datetime,
     inspect: Callable[[str], bool] | None = None,
     dialled_name: str | None = None,
+    operator_of: OperatorOf = own_operator,
 ) -> Judgement:
     """A TLS ClientHello: pass it through, kill it, or intercept it to show the block page."""
     target = Target(host=normalise_name(sni))
     decision, fronted = decide_name(
-        decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now
+        decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now,
+        operator_of=operator_of,
     )
     if decision.blocked:
         action = Action.BLOCK_PAGE if client.trusts_school_ca and target.host else Action.KILL
@@ -182,10 +195,12 @@ def judge_http(
     book: AddressBook,
     now: datetime,
     dialled_name: str | None = None,
+    operator_of: OperatorOf = own_operator,
 ) -> Judgement:
     """A plain HTTP request (Host and URL): forward it, or answer with the block page."""
     target = Target(host=normalise_name(request.host), url=request.url)
     decision, fronted = decide_name(
-        decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now
+        decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now,
+        operator_of=operator_of,
     )
     return Judgement(decision, target, Action.BLOCK_PAGE if decision.blocked else Action.PASS, fronted)

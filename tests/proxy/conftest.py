@@ -117,6 +117,7 @@ def services(
         explain=lambda decision, now: explain_text(decision, policy, now),
         category=lambda category_id: _category(policy, category_id),
         upset=UpsetSigner(b"test key for the upset button"),
+        operator_of=lambda sid: policy.service_by_id[sid].operator_id,
     )
 
 

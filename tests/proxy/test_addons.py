@@ -177,6 +177,21 @@ def test_catalogued_service_sharing_an_operators_address_is_not_fronting(harness
     assert harness.server_connect(ctx).error is None
 
 
+def test_another_operators_catalogued_name_at_a_blocked_address_is_fronting(
+    harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    """The exemption covers one operator's own names, not every catalogued service: Google is
+    catalogued and open to pupils, but not at Facebook's address."""
+    ctx = harness.connect(PUPIL, FACEBOOK_IP)
+    data = harness.hello(ctx, "www.google.com")
+    assert data.ignore_connection is True
+    assert harness.server_connect(ctx).error == REFUSED
+    assert services.counters.fronting_blocked == 1
+    (event,) = events(sessions, writer)
+    assert (event.host, event.service) == ("www.google.com", "facebook")
+    assert {"circumvention", "fronting"} <= set(event.flags.split(","))
+
+
 def test_no_sni_to_a_watched_address_is_refused_and_flagged(
     harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
 ) -> None:
