@@ -149,7 +149,7 @@ def create_app(
         read_session_factory=_reading_factory(writing),
         clock=clock or SystemClock(),
     )
-    app.extensions["schoolgate.policy"] = ConsolePolicy(config.policy)
+    app.extensions["schoolgate.policy"] = ConsolePolicy(config)
     app.extensions["schoolgate.login_limiter"] = AttemptLimiter(
         max(1, config.console.address_failures), timedelta(minutes=15)
     )

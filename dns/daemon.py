@@ -82,12 +82,12 @@ class Worker:
         from sqlalchemy.orm import sessionmaker
 
         from schoolgate.dns.cache import AnswerCache
-        from schoolgate.dns.policy_source import LivePolicy
         from schoolgate.dns.resolver import build_resolver
         from schoolgate.dns.stages.watch import WatchedFeeder
         from schoolgate.dns.upstream import UpstreamPool
         from schoolgate.identity.neighbours import NeighbourTable
         from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
+        from schoolgate.live import LivePolicy
         from schoolgate.store.db import make_engine
         from schoolgate.store.events import StatusTarget, make_event_writer
 
@@ -109,10 +109,20 @@ class Worker:
             self.register_reloader.poll()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cache = AnswerCache(config.dns.cache_size)
-        self.policy = LivePolicy(
-            config.policy, self.clock, site, sessions=sessions,
-            on_change=self._policy_changed, also_poll=self._poll_register, holder=options.preloaded,
-        )
+        if options.preloaded is not None:
+            # Loaded by the supervisor before it forked (the workers share its pages); this
+            # worker adds its database, clock and callbacks.
+            self.policy = options.preloaded
+            self.policy.sessions, self.policy.clock = sessions, self.clock
+            self.policy.on_change, self.policy.also_poll = self._policy_changed, self._poll_register
+        else:
+            self.policy = LivePolicy.from_config(
+                config, sessions=sessions, clock=self.clock, on_change=self._policy_changed,
+                also_poll=self._poll_register,
+            )
+            self.policy.load()  # a broken policy at start-up is fatal: ConfigError propagates
+        with contextlib.suppress(Exception):
+            self.policy.check()  # the overlay, now that there is a database
         self.pool = UpstreamPool(options.upstream_addresses, timeout_s=config.dns.upstream_timeout_ms / 1000)
         self.writer = make_event_writer(
             self.engine,
@@ -180,7 +190,7 @@ class Worker:
         await self.pool.start()
         self.writer.start()
         self.feeder.start()
-        self.policy.start()
+        self.policy.start("schoolgate-dns-policy")
         self.handler = QueryHandler(self.resolver.head)
         try:
             for address in self.options.listen_addresses:
@@ -316,7 +326,6 @@ class Supervisor:
         # Everything a worker imports, imported here once: the modules' memory is then shared
         # by the workers too, and a worker is ready sooner.
         import schoolgate.dns.cache
-        import schoolgate.dns.policy_source
         import schoolgate.dns.resolver
         import schoolgate.dns.server
         import schoolgate.dns.stages.watch
@@ -325,16 +334,16 @@ class Supervisor:
         import schoolgate.identity.resolver
         import schoolgate.store.db
         import schoolgate.store.events
-        from schoolgate.policy.loader import PolicyHolder
+        from schoolgate.live import LivePolicy
 
         if self.options.config.dns.nftables:
             import schoolgate.gateway.nft  # noqa: F401
         with contextlib.suppress(ImportError):
             import pyroute2  # noqa: F401  (the neighbour table imports it on first use)
 
-        holder = PolicyHolder(self.options.config.policy)
-        holder.load()
-        self.options.preloaded = holder
+        live = LivePolicy.from_config(self.options.config)
+        live.load()
+        self.options.preloaded = live
         gc.collect()
         gc.freeze()  # keep the collector from writing to (and so copying) the shared pages
 

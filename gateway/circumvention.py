@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from schoolgate.gateway.blocked import BlockedSets
 from schoolgate.gateway.nflog import Attempt
 from schoolgate.gateway.ruleset import KIND_DNS_BYPASS, KIND_DOH, KIND_DOT, KIND_QUIC
+from schoolgate.gateway.sets import watched_family
 from schoolgate.policy.types import Client, Role
 
 log = logging.getLogger(__name__)
 
+BLOCKED_RESYNC_S = 300.0  # the blocked sets are rewritten at least this often (a re-applied ruleset empties them)
 CATEGORY = "circumvention"
 FLAG_CIRCUMVENTION = "circumvention"
 FLAG_QUIC = "quic"
@@ -104,37 +107,33 @@ def _hostport(ip: str, port: int) -> str:
 class PolicyRoles:
     """The effective role of a client: the policy decides (bans, networks of unknown devices).
 
-    The policy and the database overlay (bans) are reloaded when they change, like the other
-    daemons do; if the policy cannot be read at all, the register's role is used.
+    The policy, its lists and the database overlay (bans) come from the appliance's one
+    reloader (schoolgate.live); if the policy cannot be read at all, the register's role is
+    used, so a broken policy never stops circumvention logging.
     """
 
-    def __init__(self, policy_path: Any, sessions: Any, site: str) -> None:
-        from schoolgate.policy.loader import PolicyHolder
+    def __init__(self, config: Any, sessions: Any, clock: Any) -> None:
+        from schoolgate.live import LivePolicy
 
-        self._holder = PolicyHolder(policy_path)
-        self._sessions = sessions
-        self._site = site
-        self._generation = -1
+        self.live = LivePolicy.from_config(config, sessions=sessions, clock=clock)
         try:
-            self._holder.load()
-        except Exception as err:  # a broken policy must not stop circumvention logging
+            self.live.load()
+        except Exception as err:
             log.error("policy not loaded, roles come from the device register: %s", err)
 
-    def poll(self, now: datetime) -> None:
-        from schoolgate.store.overlay import load_overlay, read_generation
-
-        self._holder.reload_if_changed()
-        with self._sessions() as session:
-            generation = read_generation(session, self._site)
-            if generation != self._generation:
-                overlay = load_overlay(session, self._site, now)
-                self._holder.set_overlay(overlay.exceptions, overlay.bans, overlay.site_blocks)
-                self._generation = generation
+    def poll(self) -> None:
+        if self.live.policy is None:
+            try:
+                self.live.load()
+            except Exception as err:
+                log.debug("policy still not loadable: %s", err)
+            return
+        self.live.check()
 
     def role(self, client: Client, attempt: Attempt, now: datetime) -> Role | None:
         from schoolgate.policy import Target, decide
 
-        policy = self._holder.policy
+        policy = self.live.policy
         if policy is None:
             return client.role
         return decide(policy, client, Target(host=attempt.dest_ip), now).role
@@ -189,7 +188,9 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
     nflog = NflogSocket(group)
     nflog.settimeout(1.0)
     dedup = AttemptDeduplicator()
-    roles = PolicyRoles(config.policy, sessions, site)
+    roles = PolicyRoles(config, sessions, clock)
+    blocked = None if config.network.mode == "dns-only" else BlockedSets(family=watched_family(config.network.mode))
+    synced_generation, next_resync = -1, 0.0
     writer.start()
     log.info("reading circumvention attempts from NFLOG group %d", group)
     if ready is not None:
@@ -201,9 +202,20 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
             if monotonic >= next_poll:
                 try:
                     reloader.poll()
-                    roles.poll(clock.now())
+                    roles.poll()
                 except Exception as err:  # the database may be briefly away; keep watching
                     log.warning("device register or overlay not reloaded: %s", err)
+                live = roles.live
+                due = monotonic >= next_resync  # also after the ruleset was applied afresh
+                if blocked is not None and live.policy is not None and (live.generation != synced_generation or due):
+                    try:
+                        networks = [network for network, _ in live.compiled.entries.networks()]
+                        if blocked.sync(networks, force=due):
+                            log.info("blocked address sets written (%d writes)", blocked.writes)
+                        synced_generation, next_resync = live.generation, monotonic + BLOCKED_RESYNC_S
+                    except Exception as err:  # nft missing or the table not applied yet
+                        log.warning("blocked address sets not written: %s", err)
+                        next_resync = monotonic + BLOCKED_RESYNC_S
                 next_poll = monotonic + 1.0
             try:
                 attempts = nflog.receive()

@@ -26,7 +26,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from schoolgate.gateway.sets import NFT_TABLE, WATCHED_V4, WATCHED_V6
+from schoolgate.gateway.sets import BLOCKED_V4, BLOCKED_V6, NFT_TABLE, WATCHED_V4, WATCHED_V6
 from schoolgate.resolvers import known_doh_addresses
 
 # Sets beside the DNS-fed watched sets. Prefix sets are interval sets with static elements
@@ -273,6 +273,9 @@ def set_declarations(plan: GatewayPlan) -> list[str]:
         (PREFIXES_V6, "ipv6_addr", plan.watched_prefixes_v6),
         (DOH_V4, "ipv4_addr", plan.doh_v4),
         (DOH_V6, "ipv6_addr", plan.doh_v6),
+        # Filled at run time from the lists (schoolgate.gateway.blocked), never by the ruleset.
+        (BLOCKED_V4, "ipv4_addr", ()),
+        (BLOCKED_V6, "ipv6_addr", ()),
     ):
         out.append(interval_set(name, kind, values))
     return out
@@ -359,6 +362,9 @@ def render_gateway_ruleset(plan: GatewayPlan) -> str:
     dst.append(f"\t\t{lan} ip6 daddr @{WATCHED_V6} {web} {proxy}")
     dst.append(f"\t\t{lan} ip daddr @{PREFIXES_V4} {web} {proxy}")
     dst.append(f"\t\t{lan} ip6 daddr @{PREFIXES_V6} {web} {proxy}")
+    # Addresses the lists name: the proxy judges them per role (schoolgate.proxy.judge).
+    dst.append(f"\t\t{lan} ip daddr @{BLOCKED_V4} {web} {proxy}")
+    dst.append(f"\t\t{lan} ip6 daddr @{BLOCKED_V6} {web} {proxy}")
     dst.append("\t}")
 
     # Refusals happen in forward: only traffic leaving through the gateway is judged here;
@@ -384,6 +390,10 @@ def render_gateway_ruleset(plan: GatewayPlan) -> str:
     ):
         refuse(f"{family} daddr @{watched} udp dport {{ 80, 443 }}", KIND_QUIC)
         refuse(f"{family} daddr @{prefixes} udp dport {{ 80, 443 }}", KIND_QUIC)
+    # QUIC to a listed address would pass the proxy by: refused, so the browser falls back to
+    # TCP, which the steer chain sends to the proxy. Not a circumvention attempt: not logged.
+    fwd.append(f"\t\t{lan} ip daddr @{BLOCKED_V4} udp dport {{ 80, 443 }} jump refuse")
+    fwd.append(f"\t\t{lan} ip6 daddr @{BLOCKED_V6} udp dport {{ 80, 443 }} jump refuse")
     fwd.append('\t\tcounter name "forwarded_connections"')
     fwd.append("\t}")
 

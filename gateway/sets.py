@@ -18,6 +18,10 @@ from typing import Protocol
 NFT_TABLE = "schoolgate"
 WATCHED_V4 = "watched4"
 WATCHED_V6 = "watched6"
+# Addresses the policy's lists name (IP entries): steered to the proxy, which judges them per
+# role; filled by the circumvention watcher when a list version is swapped in.
+BLOCKED_V4 = "blocked4"
+BLOCKED_V6 = "blocked6"
 # The table families schoolgate may own: inet always (gateway, dns-only), bridge in bridge mode.
 TABLE_FAMILIES = ("inet", "bridge")
 

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     check = commands.add_parser("check", help="check a policy file and summarise it")
     check.add_argument("file", type=Path, help="the policy file (policy.toml)")
+    check.add_argument("--config", type=Path, help="the appliance config: use the list versions installed on it")
     check.set_defaults(func=_check)
 
     explain = commands.add_parser("explain", help="what would happen for a device, a site and a time")
@@ -45,12 +46,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     explain.set_defaults(func=_explain)
 
 
+def _load(file: Path, config: Any | None) -> Any:
+    """The policy file compiled as the daemons have it: with the list versions installed on
+    the appliance when its configuration is given (schoolgate.live), else without them."""
+    if config is None:
+        from schoolgate.policy.loader import load_policy
+
+        return load_policy(file)
+    from schoolgate.lists.state import state_dir_of
+    from schoolgate.live import LivePolicy
+
+    return LivePolicy(file, lists_dir=state_dir_of(config), site=config.site.id).load()
+
+
 def _check(args: argparse.Namespace) -> int:
-    from schoolgate.policy.loader import load_policy
     from schoolgate.tomlpos import ConfigError
 
     try:
-        policy = load_policy(args.file)
+        config = None
+        if args.config is not None:
+            from schoolgate.config import load_config
+
+            config = load_config(args.config)
+        policy = _load(args.file, config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -90,7 +108,6 @@ def _instant(text: str | None, policy_zone: Any) -> datetime:
 def _explain(args: argparse.Namespace) -> int:
     from schoolgate.policy.engine import decide
     from schoolgate.policy.explain import decision_to_dict, explain_text
-    from schoolgate.policy.loader import load_policy
     from schoolgate.policy.types import Target
     from schoolgate.tomlpos import ConfigError
 
@@ -113,7 +130,7 @@ def _explain(args: argparse.Namespace) -> int:
         if file is None:
             print("error: give the policy file, or --config", file=sys.stderr)
             return 2
-        policy = load_policy(file)
+        policy = _load(file, config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -133,6 +133,17 @@ class ListSet:
                 found_lists |= lists
         return found_lists, found_categories
 
+    def has_urls(self, names: Sequence[str]) -> bool:
+        """Whether any list holds `host/path` entries for one of these names."""
+        for index in self._indexes:
+            store = index.store
+            if not store.url_count:
+                continue
+            for name in names:
+                if store.has_url_host(xxh3_64_intdigest(name.encode("utf-8", "replace"), store.seed)):
+                    return True
+        return False
+
     def lookup_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
         """(list bits, category bits) of the listed networks holding `address`."""
         found_lists = found_categories = 0

@@ -326,7 +326,9 @@ class CompiledPolicy:
                     builtin_bits |= self._support_bits
                     builtin_domain = builtin_domain or name
                     break
-        if service < 0 and not list_bits and not builtin_bits:
+        # A list's host/path entries for this host: the proxy must see its URLs to apply them.
+        url_entries = bool(self.entries.url_count) and address is None and self.entries.has_urls(names)
+        if service < 0 and not list_bits and not builtin_bits and not url_entries:
             entry: tuple[int, HostMatch] = (0, NO_MATCH)
         else:
             categories = builtin_bits
@@ -339,7 +341,8 @@ class CompiledPolicy:
                     safe_search_host = listed.safe_search_hosts is None or host in listed.safe_search_hosts
             categories |= list_categories
             hm = HostMatch(
-                service, service_domain, list_bits, list_domain, categories, safe_search_host, builtin_domain
+                service, service_domain, list_bits, list_domain, categories, safe_search_host, builtin_domain,
+                url_entries,
             )
             entry = (self.number_for(hm), hm)
         if len(self._host_cache) >= _HOST_CACHE_LIMIT:
@@ -522,6 +525,7 @@ class CompiledPolicy:
             # open, and an alert about reaching help would be a false claim about a child.
             flags=self.flags_for(self._support_bits if rule is self._support_rule else hm.categories),
             list_id=list_entry.id if list_entry else None,
+            url_scoped=hm.url_entries and verdict is not Verdict.BLOCK,
         )
 
 
@@ -680,7 +684,7 @@ def _apply_overlay(
     flags = decision.flags | {"banned"} if banned is not None else decision.flags
     if decision is base and valid_until == base.valid_until and flags is base.flags and not url_scoped:
         return base
-    return replace(decision, valid_until=valid_until, flags=flags, url_scoped=url_scoped)
+    return replace(decision, valid_until=valid_until, flags=flags, url_scoped=url_scoped or base.url_scoped)
 
 
 def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime) -> Decision:

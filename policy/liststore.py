@@ -191,6 +191,11 @@ class ListStore:
             i += 1
         return mask
 
+    def has_url_host(self, host_key: int) -> bool:
+        keys = self._url_keys
+        i = bisect_left(keys, host_key)
+        return i < len(keys) and keys[i] == host_key
+
     def find_address(self, address: Address) -> int:
         """The class of the range holding `address`, or -1."""
         if address.version == 4:

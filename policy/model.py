@@ -166,6 +166,7 @@ class HostMatch(NamedTuple):
     categories: int  # bit mask: the service's category, the lists' categories, support, canaries
     safe_search_host: bool  # the host is one a safe-search rewrite applies to
     category_domain: str | None = None  # the support entry or canary that gave a built-in category
+    url_entries: bool = False  # a list holds host/path prefixes under this host (judged by URL)
 
 
 NO_MATCH = HostMatch(-1, None, 0, None, 0, False)

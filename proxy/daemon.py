@@ -22,28 +22,23 @@ import json
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schoolgate.config import AppConfig
-from schoolgate.policy.types import Client, Decision, Target
+from schoolgate.policy.types import Decision
 from schoolgate.proxy.upset import UpsetSigner, load_key
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
 
     from schoolgate.policy.engine import CompiledPolicy
-    from schoolgate.policy.loader import PolicyHolder
 
 log = logging.getLogger("schoolgate.proxy")
 
 STATS_FILE = "proxy-stats.json"
 UPSET_KEY_FILE = "upset-button.key"
-OVERLAY_REFRESH_S = 60.0  # exceptions start and expire with time, not only with the generation
 
 
 def ca_dir_of(config: AppConfig) -> Path:
@@ -80,48 +75,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-@dataclass
-class PolicyFeed:
-    """The policy file plus the database overlay, kept current by `tick` (once a second)."""
-
-    holder: PolicyHolder
-    sessions: sessionmaker[Session]
-    site: str
-    now: Callable[[], datetime]
-    overlay_generation: int = -1
-    overlay_loaded_at: float = 0.0
-    reloads: int = 0
-    overlay_reloads: int = 0
-    last_error: str | None = None
-    skipped_rows: list[str] = field(default_factory=list)
-
-    def decide(self, client: Client, target: Target, now: datetime) -> Decision:
-        from schoolgate.policy.engine import decide
-
-        policy = self.holder.policy
-        assert policy is not None
-        return decide(policy, client, target, now)
-
-    def tick(self) -> None:
-        """Runs in a worker thread: file stat, one generation read, an overlay load if moved."""
-        from schoolgate.store.overlay import load_overlay, read_generation
-
-        if self.holder.reload_if_changed():
-            self.reloads += 1
-            log.info("policy reloaded from %s", self.holder.path)
-        self.last_error = str(self.holder.error) if self.holder.error is not None else None
-        with self.sessions() as session:
-            generation = read_generation(session, self.site)
-            stale = time.monotonic() - self.overlay_loaded_at > OVERLAY_REFRESH_S
-            if generation != self.overlay_generation or stale:
-                overlay = load_overlay(session, self.site, self.now())
-                self.holder.set_overlay(overlay.exceptions, overlay.bans, overlay.site_blocks)
-                self.overlay_generation = overlay.generation
-                self.overlay_loaded_at = time.monotonic()
-                self.overlay_reloads += 1
-                self.skipped_rows = list(overlay.skipped)
 
 
 def watched_names(policy: CompiledPolicy | None, extra: list[str], limit: int = 4000) -> list[str]:
@@ -161,7 +114,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     from schoolgate.clock import clock_from_env
     from schoolgate.identity.neighbours import NeighbourTable
     from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
-    from schoolgate.policy.loader import PolicyHolder
+    from schoolgate.live import LivePolicy
     from schoolgate.proxy.addons import Pipeline, Services, build_addons
     from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
     from schoolgate.proxy.clients import RecentClients
@@ -175,13 +128,10 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     clock = clock_from_env()
     site = config.site.id
 
-    holder = PolicyHolder(config.policy)
-    holder.load()  # no policy, no proxy: ConfigError reaches the command, which says why
-
     engine = make_engine(config.database_url)
     sessions = sessionmaker(bind=engine, expire_on_commit=False)
-    feed = PolicyFeed(holder, sessions, site, clock.now)
-    await asyncio.to_thread(feed.tick)
+    live = LivePolicy.from_config(config, sessions=sessions, clock=clock)
+    await asyncio.to_thread(live.load)  # no policy, no proxy: ConfigError reaches the command
 
     neighbours = NeighbourTable() if pconf.neighbours else None
     identity = IdentityResolver(neighbours=neighbours)
@@ -217,11 +167,11 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
             "addresses_known": len(book),
             "address_lookups": learner.lookups,
             "address_lookup_failures": learner.failures,
-            "policy_generation": holder.generation,
-            "policy_reloads": feed.reloads,
-            "policy_error": feed.last_error,
-            "overlay_generation": feed.overlay_generation,
-            "overlay_skipped": feed.skipped_rows[:20],
+            "policy_generation": live.generation,
+            "policy_reloads": live.reloads,
+            "policy_error": live.error,
+            "overlay_generation": live.overlay_generation,
+            "overlay_skipped": list(live.overlay_skipped[:20]),
             "register_reloads": register_reloader.reloads,
             "hellos_judged_early": pipeline.relayed_early,
             "identity_cache_hits": clients.hits,
@@ -252,21 +202,21 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     def explain(decision: Decision, now: datetime) -> str:
         from schoolgate.policy.explain import explain_text
 
-        policy = holder.policy
+        policy = live.policy
         return explain_text(decision, policy, now) if policy is not None else decision.reason
 
     def operator_of(service_id: str) -> str:
-        policy = holder.policy
+        policy = live.policy
         found = policy.service_by_id.get(service_id) if policy is not None else None
         return found.operator_id if found is not None else service_id
 
     def category(category_id: str) -> tuple[str, str] | None:
-        policy = holder.policy
+        policy = live.policy
         found = policy.category_by_id.get(category_id) if policy is not None else None
         return (found.name, found.description) if found is not None and found.description else None
 
     services = Services(
-        decide=feed.decide,
+        decide=live.decide,
         identify=clients.resolve,
         identify_cached=clients.cached,
         book=book,
@@ -278,7 +228,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         close=close_connection,
         explain=explain,
         operator_of=operator_of,
-        policy_version=lambda: (holder.generation, feed.overlay_generation),
+        policy_version=lambda: (live.generation, live.overlay_generation),
         category=category,
         upset=UpsetSigner(load_key(upset_key_path_of(config))),
     )
@@ -321,7 +271,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     async def tick_loop() -> None:
         while True:
             try:
-                await asyncio.to_thread(feed.tick)
+                await asyncio.to_thread(live.check)
                 await asyncio.to_thread(register_reloader.poll)
                 if neighbours is not None:
                     # Keep the MAC map current, so a new device's first connection is named.
@@ -336,7 +286,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
 
     async def learn_loop() -> None:
         while True:
-            names = watched_names(holder.policy, list(pconf.watched_names))
+            names = watched_names(live.policy, list(pconf.watched_names))
             try:
                 learnt = await learner.refresh(names)
                 log.debug("address book: %d addresses from %d names", learnt, len(names))

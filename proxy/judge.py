@@ -128,6 +128,9 @@ def decide_name(
             return _fronted(behind, destination), destination
     if dialled_ip is None:
         return decision, None
+    listed = _listed_address(decide, client, dialled_ip, host, now)
+    if listed is not None:
+        return listed, None
     behind_names = book.hosts_for(dialled_ip)
     if not behind_names or any(_within(host, name) for name in behind_names):
         return decision, None
@@ -141,6 +144,19 @@ def decide_name(
         if found.blocked:
             return _fronted(found, name), name
     return decision, None
+
+
+def _listed_address(decide: Decide, client: Client, dialled_ip: str, host: str, now: datetime) -> Decision | None:
+    """The block for a dialled address that a list names (a list's IP entries, which the
+    gateway steers here), whatever name the client sent. Only a list's own entry counts: a
+    rule that blocks every address (a ban) must not override the name's decision."""
+    address = normalise_name(dialled_ip)
+    if address == host:
+        return None  # the name was the address: already judged
+    behind = decide(client, Target(host=address), now)
+    if behind.blocked and behind.list_id is not None and behind.matched == address:
+        return behind
+    return None
 
 
 def _fronted(behind: Decision, name: str) -> Decision:

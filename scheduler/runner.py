@@ -13,7 +13,6 @@ import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime, time
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -61,33 +60,25 @@ def retention_trigger() -> CronTrigger:
     return CronTrigger(hour=RETENTION_TIME.hour, minute=RETENTION_TIME.minute, timezone=LONDON)
 
 
-class PolicyCache:
-    """The compiled policy for the school-day calendar; reloaded when the file changes.
+class CurrentPolicy:
+    """The policy for the school-day calendar, from the appliance's one reloader (the file and
+    the installed lists; the jobs need no database overlay). A policy that fails to load keeps
+    the last good one (and is logged); with none at all the digest falls back to weekdays."""
 
-    A policy that fails to load keeps the last good one (and is logged); with none at all
-    the digest falls back to weekdays.
-    """
+    def __init__(self, config: AppConfig) -> None:
+        from schoolgate.live import LivePolicy
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mtime: int | None = None
-        self._policy: CompiledPolicy | None = None
+        self.live = LivePolicy.from_config(config)
 
     def get(self) -> CompiledPolicy | None:
         try:
-            mtime = self.path.stat().st_mtime_ns
-        except OSError as err:
-            log.error("cannot read the policy file %s: %s", self.path, err)
-            return self._policy
-        if mtime != self._mtime:
-            from schoolgate.policy import load_policy
-
-            try:
-                self._policy = load_policy(self.path)
-            except Exception as err:  # keep the last good policy whatever went wrong
-                log.error("cannot load the policy %s (keeping the last good one): %s", self.path, err)
-            self._mtime = mtime
-        return self._policy
+            if self.live.policy is None:
+                self.live.load()
+            else:
+                self.live.check()
+        except Exception as err:  # keep the last good policy whatever went wrong
+            log.error("cannot load the policy %s (keeping the last good one): %s", self.live.path, err)
+        return self.live.policy
 
 
 class SchedulerService:
@@ -106,7 +97,7 @@ class SchedulerService:
         self.session_factory = session_factory
         self.clock = clock
         self.mailer = mailer if mailer is not None else jobs.default_mailer(config)
-        self.policy = policy or PolicyCache(config.policy).get
+        self.policy = policy or CurrentPolicy(config).get
         self.engine = AlertEngine(AlertSettings.from_config(config.alerts))
         self.started_at = clock.now()
         self.stats: dict[str, Any] = {"runs": {}, "failures": {}, "last_error": ""}

@@ -21,7 +21,7 @@ MAX_CEILING = 86_400
 
 
 class PolicyView(Protocol):
-    """The live policy as the resolver needs it (see schoolgate.dns.policy_source)."""
+    """The live policy as the resolver needs it (schoolgate.live.LivePolicy)."""
 
     @property
     def block_ipv4(self) -> str | None: ...

@@ -338,3 +338,32 @@ def test_ipv6_refusals_and_their_log(gateway_pair: tuple[str, str], tmp_path: Pa
         ("doh", "fd98::2", "2001:db8::53", 443, "tcp"),
         ("quic", "fd98::2", "2001:db8:fb::1", 443, "udp"),
     ]
+
+
+def test_the_blocked_address_sets_are_replaced_without_touching_the_ruleset(
+    gateway_pair: tuple[str, str], tmp_path: Path
+) -> None:
+    import ipaddress
+
+    from schoolgate.gateway.blocked import BlockedSets
+
+    gw, _client = gateway_pair
+    config = str(write_config(tmp_path))
+    schoolgate(gw, "net", "apply", "--config", config)
+    first = [ipaddress.ip_network(n) for n in ("93.184.216.34/32", "118.123.4.0/24", "118.123.4.224/32",
+                                                  "2a00:1450:4000::/40")]
+
+    def write(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
+        sets = BlockedSets()
+        sets.sync(networks)
+        return sets.writes
+
+    assert call_in(gw, lambda: write(first)) == 1
+    listed = nft_list(gw)
+    assert "93.184.216.34" in listed and "118.123.4.0/24" in listed and "2a00:1450:4000::/40" in listed
+    assert "@blocked4 tcp dport { 80, 443 }" in listed  # steered to the proxy
+    counters_before = call_in(gw, read_counters)
+    call_in(gw, lambda: write([ipaddress.ip_network("203.0.113.0/24")]))
+    listed = nft_list(gw)
+    assert "203.0.113.0/24" in listed and "93.184.216.34" not in listed and "2a00" not in listed
+    assert set(call_in(gw, read_counters)) == set(counters_before)  # the rest of the table untouched
