@@ -49,7 +49,9 @@ class DnsOptions:
 
     @property
     def upstream_addresses(self) -> list[str]:
-        return self.upstreams or list(self.config.dns.upstreams)
+        # The illegal-content resolver, when configured, is the only way out: falling back to
+        # another upstream would step round the IWF and CTIRU lists.
+        return list(self.config.dns.illegal_content_upstream) or self.upstreams or list(self.config.dns.upstreams)
 
 
 def status_name(options: DnsOptions) -> str:
@@ -151,6 +153,7 @@ class Worker:
         self.writer.count_held(self.resolver.events.held)
         self.listeners: list[Any] = []
         self.handler: Any = None
+        self._audit_task: Any = None
 
     def _poll_register(self) -> None:
         self.register_reloader.poll()
@@ -200,6 +203,12 @@ class Worker:
                 tcp = TcpListener(bind_socket(address, socket.SOCK_STREAM, reuse_port=True), self.handler)
                 await tcp.start()
                 self.listeners.append(tcp)
+            if self.options.worker_index == 0:
+                # Off the start-up path (a database round trip and the services' imports):
+                # answering comes first, the audit entry a moment later.
+                self._audit_task = asyncio.get_running_loop().run_in_executor(
+                    None, record_illegal_content_upstream, self.options
+                )
             log.info(
                 "serving DNS on %s (upstreams %s), ready in %.2f s",
                 ", ".join(self.options.listen_addresses),
@@ -214,6 +223,9 @@ class Worker:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        if self._audit_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._audit_task, timeout=5)
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
@@ -261,6 +273,31 @@ def _configure_logging() -> None:
         format=f"%(asctime)s %(levelname)s [dns {os.getpid()}] %(name)s: %(message)s",
         force=True,
     )
+
+
+def record_illegal_content_upstream(options: DnsOptions) -> None:
+    """Put a changed `[dns] illegal_content_upstream` in the audit log, now it takes effect."""
+    from schoolgate.clock import clock_from_env
+    from schoolgate.services.illegal_content import record_if_changed, setting_of
+    from schoolgate.store.db import make_engine, session_factory
+
+    config = options.config
+    setting = setting_of(config)
+    if setting.configured:
+        log.info("illegal content: every query goes through %s", setting.describe())
+    else:
+        log.warning("no illegal-content resolver ([dns] illegal_content_upstream): the IWF and CTIRU lists "
+                    "are left to the ISP's own filtering")
+    engine = make_engine(options.database_url or config.database_url)
+    try:
+        with session_factory(engine)() as session:
+            if record_if_changed(session, site=config.site.id, config=config, now=clock_from_env().now()):
+                log.info("the illegal-content resolver changed; recorded in the audit log")
+            session.commit()
+    except Exception as err:  # the database may be away: filtering starts regardless
+        log.warning("could not record the illegal-content resolver in the audit log: %s", err)
+    finally:
+        engine.dispose()
 
 
 def run(options: DnsOptions) -> int:

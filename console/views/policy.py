@@ -73,8 +73,18 @@ def index() -> Any:
     active = policy_exceptions.list_exceptions(web.db(), web.site_scope(), now=now, state=policy_exceptions.ACTIVE)
     upcoming = policy_exceptions.list_exceptions(web.db(), web.site_scope(), now=now, state=policy_exceptions.UPCOMING)
     blocks = site_blocks.list_site_blocks(web.db(), web.site_scope())
+    from schoolgate.lists.status import read_statuses
+    from schoolgate.services import illegal_content
+
+    config = web.state().config
+    try:
+        list_statuses = read_statuses(config, now) if policy is not None else []
+    except Exception:  # the page must draw; the dashboard and doctor say what is wrong
+        list_statuses = []
     return render_template(
         "policy/index.html", policy=policy, load_error=load_error, values=values, roles=ROLES,
+        list_statuses=list_statuses, illegal_content=illegal_content.setting_of(config),
+        illegal_content_text=illegal_content.WHAT_SCHOOLGATE_DOES,
         explanation=explanation, check_error=check_error, active=active, upcoming=upcoming, blocks=blocks,
         ownership_choices=OWNERSHIP_CHOICES,
         policy_path=str(web.state().config.policy),

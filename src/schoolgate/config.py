@@ -41,6 +41,12 @@ class DnsConfig:
     names: list[str] = field(default_factory=lambda: ["schoolgate.lan"])
     watched_set_timeout_s: int = 3600
     nftables: bool = False  # add watched addresses to the gateway's nftables sets
+    # The resolver that carries the illegal-content lists (IWF child abuse, police CTIRU
+    # terrorism), which only members receive: the school's ISP's filtered resolver or a member
+    # resolver. When set, every query goes through it and `upstreams` is not used. Not editable
+    # from the console; each change is recorded in the audit log when the DNS daemon starts.
+    illegal_content_provider: str = ""  # who runs it, e.g. "Example ISP filtered DNS (IWF member)"
+    illegal_content_upstream: list[str] = field(default_factory=list)  # "ADDRESS[:PORT]", ...
 
 
 @dataclass(frozen=True)

@@ -645,6 +645,43 @@ def check_upstreams(env: Env) -> list[Result]:
     return [Result(Status.WARN, r.check, r.message, r.fix) if r.status is Status.FAIL else r for r in results]
 
 
+def check_illegal_content(env: Env) -> list[Result]:
+    """Which resolver carries the IWF and CTIRU lists, and whether each of its addresses answers."""
+    from schoolgate.services.illegal_content import setting_of
+
+    setting = setting_of(env.config)
+    if not setting.configured:
+        return [warn(
+            "illegal-content",
+            "no resolver carrying the IWF and CTIRU lists is configured; schoolgate cannot ship those lists, "
+            "so illegal content is left to the ISP's own filtering",
+            "ask the ISP for its filtered (IWF member) resolver and set [dns] illegal_content_provider "
+            "and illegal_content_upstream in schoolgate.toml",
+        )]
+    provider = setting.provider or "an unnamed provider"
+    results: list[Result] = []
+    for upstream in setting.upstreams:
+        host, port = split_hostport(upstream, 53)
+        try:
+            reply = dns_query(host, port, "www.iwf.org.uk", "A", env.timeout_s)
+        except (OSError, ValueError) as err:
+            results.append(fail(
+                "illegal-content",
+                f"{provider}: {upstream} does not answer ({err}); every DNS query goes through it",
+                "check the WAN link and the address with the provider",
+            ))
+            continue
+        if reply.header.rcode in (0, 3):
+            results.append(ok("illegal-content", f"{provider}: {upstream} answers (IWF and CTIRU lists applied "
+                                                 "there; every DNS query goes through it)"))
+        else:
+            results.append(warn("illegal-content", f"{provider}: {upstream} answers with rcode {reply.header.rcode}",
+                                "ask the provider whether this resolver serves the school"))
+    if not env.config.dns.illegal_content_provider.strip():
+        results.append(warn("illegal-content", "the provider is not named", "set [dns] illegal_content_provider"))
+    return results
+
+
 def check_ca(env: Env) -> list[Result]:
     from cryptography import x509
 
@@ -776,6 +813,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("heartbeat", check_heartbeats),
     ("database", check_database),
     ("upstream", check_upstreams),
+    ("illegal-content", check_illegal_content),
     ("ca", check_ca),
     ("clock", check_clock),
     ("mail", check_mail),

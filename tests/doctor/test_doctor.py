@@ -152,6 +152,25 @@ def test_upstreams(config: AppConfig, dns_server: str, upstreams: list[str], exp
 
 
 @pytest.mark.parametrize(
+    ("provider", "upstreams", "expected", "shown"),
+    [
+        ("", [], [Status.WARN], "no resolver carrying the IWF and CTIRU lists"),
+        ("Example ISP (IWF member)", ["good"], [Status.OK], "Example ISP (IWF member): 127.0.0.1:"),
+        ("Example ISP (IWF member)", ["dead"], [Status.FAIL], "does not answer"),
+        ("", ["good"], [Status.OK, Status.WARN], "the provider is not named"),
+    ],
+)
+def test_illegal_content_resolver(config: AppConfig, dns_server: str, provider: str, upstreams: list[str],
+                                  expected: list[Status], shown: str) -> None:
+    dead = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    addresses = [dns_server if u == "good" else dead for u in upstreams]
+    dns = DnsConfig(illegal_content_provider=provider, illegal_content_upstream=addresses)
+    results = doctor.check_illegal_content(make_env(replace(config, dns=dns)))
+    assert statuses(results) == expected, results
+    assert shown in " ".join(r.message for r in results)
+
+
+@pytest.mark.parametrize(
     ("paths", "expected", "shown"),
     [
         ({"/healthz": 200}, Status.OK, "/healthz"),
