@@ -170,6 +170,7 @@ def create_app(
         return {
             "current_user": web.current_user(),
             "can": web.can,
+            "home_url": web.home_url,
             "P": Permission,
             "site_name": config.site.name,
             "trust_view": _trust_view(),

@@ -202,6 +202,26 @@ def can(permission: Permission) -> bool:
     return current_user() is not None and actor().may(permission)
 
 
+#: Where a signed-in person starts: the first of these pages their permissions reach.
+HOME_PAGES: tuple[tuple[Permission, str], ...] = (
+    (Permission.VIEW_DASHBOARD, "dashboard.index"),
+    (Permission.OPEN_FOR_LESSON, "lessons.open_site"),
+)
+
+
+def home_url(user: ConsoleUser | None = None) -> str:
+    """The dashboard, or for a role without one (a teacher), the page of its one power.
+    `user`: someone just signed in, before the request knows them."""
+    from schoolgate.services.permissions import permissions_of
+
+    who = user or current_user()
+    held = permissions_of(who.role_names, policy_grants()) if who is not None else frozenset()
+    for permission, endpoint in HOME_PAGES:
+        if permission in held:
+            return url_for(endpoint)
+    return url_for("auth.account")
+
+
 def safe_next(target: str | None) -> str | None:
     """Only same-site paths are followed after sign-in (no open redirect)."""
     if not target:

@@ -31,6 +31,8 @@ class ConsoleRole(StrEnum):
     ADMIN = "admin"
     # A multi-academy trust's account (ConsoleUser.site None): reads every school's records.
     TRUST_ADMIN = "trust_admin"
+    TEACHER = "teacher"
+    MARKETING = "marketing"
 
 
 class Permission(StrEnum):
@@ -66,6 +68,14 @@ class Permission(StrEnum):
     REVIEW_PACK = "review_pack"
     REVIEW_PACK_NAMES = "review_pack_names"
     VIEW_METRICS = "view_metrics"
+    REVIEW_REQUEST_SAFEGUARDING = "review_request_safeguarding"
+    OPEN_FOR_LESSON = "open_for_lesson"
+    VIEW_LESSON_UNLOCKS = "view_lesson_unlocks"
+    END_LESSON_UNLOCK = "end_lesson_unlock"
+    VIEW_SOCIAL_MEDIA_SITES = "view_social_media_sites"
+    RAISE_SOCIAL_MEDIA_SITE = "raise_social_media_site"
+    ENDORSE_SOCIAL_MEDIA_SITE = "endorse_social_media_site"
+    APPROVE_SOCIAL_MEDIA_SITE = "approve_social_media_site"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,7 @@ T, D, H, A, TA = (
     ConsoleRole.ADMIN,
     ConsoleRole.TRUST_ADMIN,
 )
+TE, M = ConsoleRole.TEACHER, ConsoleRole.MARKETING
 
 ROLES: Mapping[ConsoleRole, RoleSpec] = {
     spec.role: spec
@@ -103,6 +114,12 @@ ROLES: Mapping[ConsoleRole, RoleSpec] = {
         RoleSpec(A, "Admin", "manage console accounts", second_factor=True),
         RoleSpec(TA, "Trust admin", "read every school's records (trust-wide accounts only)", second_factor=True,
                  trust_wide=True),
+        # One power, bounded by the lesson, the class, a daily cap and the categories a teacher may
+        # open, and seen by the headteacher and the DSL: a password is enough for a teacher with no
+        # console training (a second factor can still be set up on the account).
+        RoleSpec(TE, "Teacher", "open a site for their class until the end of the lesson", second_factor=False),
+        RoleSpec(M, "Marketing officer", "ask for and endorse the school's social media sites (appendix C)",
+                 second_factor=False),
     )
 }
 
@@ -117,6 +134,7 @@ GRANTS: Mapping[Permission, frozenset[ConsoleRole]] = {
     Permission.DECIDE_REQUEST: frozenset({H}),
     # Closing a request without a decision (the requester no longer needs it).
     Permission.WITHDRAW_REQUEST: frozenset({T, H}),
+    Permission.REVIEW_REQUEST_SAFEGUARDING: frozenset({D}),
     Permission.RAISE_REPORT: frozenset({T, D, H, A}),
     Permission.VIEW_REPORTS: frozenset({T, D, H, TA}),
     Permission.ACTION_REPORT: frozenset({T}),
@@ -136,7 +154,7 @@ GRANTS: Mapping[Permission, frozenset[ConsoleRole]] = {
     Permission.EDIT_POLICY: frozenset({T, A}),
     # Ending an approved exception early: the technician, or the headteacher who approved it.
     Permission.REVOKE_EXCEPTION: frozenset({T, H}),
-    Permission.VIEW_AUDIT: frozenset({H, A, TA}),
+    Permission.VIEW_AUDIT: frozenset({D, H, A, TA}),
     Permission.VIEW_USERS: frozenset({A, H}),
     Permission.MANAGE_USERS: frozenset({A}),
     # Giving or taking the guarded roles (DSL, headteacher) and resetting their accounts.
@@ -152,6 +170,17 @@ GRANTS: Mapping[Permission, frozenset[ConsoleRole]] = {
     Permission.REVIEW_PACK_NAMES: frozenset({D, H}),
     # Prometheus metrics and the SIEM export, for the technicians who run them.
     Permission.VIEW_METRICS: frozenset({T, A}),
+    # A teacher opens a site for their class until the end of the lesson; the log is for the
+    # headteacher and the DSL (and the technician, who sees every exception anyway), who can end
+    # an unlock early.
+    Permission.OPEN_FOR_LESSON: frozenset({TE}),
+    Permission.VIEW_LESSON_UNLOCKS: frozenset({T, D, H, TA}),
+    Permission.END_LESSON_UNLOCK: frozenset({T, D, H}),
+    # Seed 001 §3 and appendix C: the marketing officer asks and endorses, the headteacher approves.
+    Permission.VIEW_SOCIAL_MEDIA_SITES: frozenset({T, D, H, A, TA, M}),
+    Permission.RAISE_SOCIAL_MEDIA_SITE: frozenset({H, M}),
+    Permission.ENDORSE_SOCIAL_MEDIA_SITE: frozenset({M}),
+    Permission.APPROVE_SOCIAL_MEDIA_SITE: frozenset({H}),
 }
 
 #: Powers a school's policy may give beyond the table, and to whom it may give them:

@@ -174,6 +174,8 @@ class PolicyExceptionRow(Base):
     # What the signer was told it opens, in words (a URL prefix opens the whole site on devices
     # the proxy cannot see into): the record is never narrower than what is enforced.
     enforced_scope: Mapped[str] = mapped_column(Text, default="")
+    # Set when a teacher opened it for the lesson (schoolgate.services.lesson_unlocks).
+    lesson_unlock_id: Mapped[int | None] = mapped_column(ForeignKey("lesson_unlocks.id", ondelete="SET NULL"))
 
 
 class BanRow(Base):
@@ -525,16 +527,16 @@ class CheckRecord(Base):
 
 
 class LessonUnlock(Base):
-    """A teacher opened a site for their class until the end of the lesson: its exception
-    (scope group) is what DNS and the proxy enforce; this row is the log the headteacher and
-    the DSL read, and what the per-day cap counts."""
+    """A teacher opened a site for their class until the end of the lesson: its exceptions
+    (scope group, one per domain of the site; PolicyExceptionRow.lesson_unlock_id) are what
+    DNS and the proxy enforce; this row is the log the headteacher and the DSL read, and what
+    the per-day cap counts."""
 
     __tablename__ = "lesson_unlocks"
     __table_args__ = (Index("ix_lesson_unlocks_site_starts", "site", "starts"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     site: Mapped[str] = mapped_column(SITE)
-    exception_id: Mapped[int | None] = mapped_column(ForeignKey("exceptions.id", ondelete="SET NULL"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     username: Mapped[str] = mapped_column(String(100))
     teacher: Mapped[str] = mapped_column(String(200))  # the display name, as the log shows it

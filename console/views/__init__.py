@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.auth import bp as auth
     from schoolgate.console.views.checks import bp as checks
     from schoolgate.console.views.dashboard import bp as dashboard
+    from schoolgate.console.views.lessons import bp as lessons
     from schoolgate.console.views.policy import bp as policy
     from schoolgate.console.views.public import bp as public
     from schoolgate.console.views.registers import bp as registers
@@ -21,5 +22,5 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.trust import bp as trust
 
     for blueprint in (auth, public, dashboard, requests, reports, alerts, activity, registers, policy, audit, admin,
-                      trust, checks):
+                      trust, checks, lessons):
         app.register_blueprint(blueprint)

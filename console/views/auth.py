@@ -75,7 +75,7 @@ def _finish_sign_in(user: ConsoleUser) -> Response:
     session["since"] = int(current.timestamp())  # the absolute lifetime counts from here
     user.last_login = current
     web.db().commit()
-    return redirect(nxt or url_for("dashboard.index"))
+    return redirect(nxt or web.home_url(user))
 
 
 def _count_failure(user: ConsoleUser) -> None:
@@ -93,7 +93,7 @@ def _count_failure(user: ConsoleUser) -> None:
 @web.public
 def login() -> tuple[str, int] | Response:
     if web.current_user() is not None:
-        return redirect(url_for("dashboard.index"))
+        return redirect(web.home_url())
     error = None
     if request.method == "POST":
         current = web.now()

@@ -36,7 +36,7 @@ def _prefill() -> dict[str, str]:
 @web.public
 def home() -> Response:
     if web.current_user() is not None:
-        return redirect(url_for("dashboard.index"))
+        return redirect(web.home_url())
     return redirect(url_for("auth.login"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, request, session, url_for
+from flask import Blueprint, abort, flash, redirect, request, session
 
 from schoolgate.console import web
 from schoolgate.services.permissions import Permission
@@ -24,4 +24,4 @@ def choose_site() -> Any:
     session[web.SITE_CHOICE] = choice
     names = web.site_names()
     flash("Showing the whole trust." if choice == web.WHOLE_TRUST else f"Showing {names.get(choice, choice)}.")
-    return redirect(web.safe_next(request.form.get("next")) or url_for("dashboard.index"))
+    return redirect(web.safe_next(request.form.get("next")) or web.home_url())

@@ -129,6 +129,9 @@ class MailConfig:
     sender: str = "schoolgate@localhost"
     digest_time: str = "07:30"
     digest_recipients: list[str] = field(default_factory=list)
+    # Who hears of a concern about the headteacher (seed 001 §8: "the Chair of Board of
+    # Trustees"; a school's chair of governors): an e-mail address. Never the headteacher.
+    chair_of_governors: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,17 @@ class ListsConfig:
 
 
 @dataclass(frozen=True)
+class TeachersConfig:
+    """What a teacher may open for their class until the end of the lesson
+    (schoolgate.services.lesson_unlocks)."""
+
+    unlocks_per_day: int = 3  # per teacher per school day; 0 turns the power off
+    # Categories only the headteacher can open (besides locked and harmful-content categories,
+    # which a teacher never can): social media, as the seed policies need her permission.
+    refused_categories: list[str] = field(default_factory=lambda: ["social_media", "dating"])
+
+
+@dataclass(frozen=True)
 class AppConfig:
     source: Path
     policy: Path
@@ -181,6 +195,7 @@ class AppConfig:
     retention: RetentionConfig = RetentionConfig()
     alerts: AlertsConfig = AlertsConfig()
     lists: ListsConfig = ListsConfig()
+    teachers: TeachersConfig = TeachersConfig()
 
     @property
     def database_url(self) -> str:
@@ -203,6 +218,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionConfig,
     "alerts": AlertsConfig,
     "lists": ListsConfig,
+    "teachers": TeachersConfig,
 }
 
 

@@ -164,7 +164,8 @@ def sign_in(client: FlaskClient, clock: FakeClock, account: Account) -> None:
         token = csrf_from(page.get_data(as_text=True))
         response = client.post("/login/code", data={"csrf_token": token, "code": totp_now(account.totp_secret, clock)})
         assert response.status_code == 302, response.get_data(as_text=True)[:2000]
-    assert "/dashboard" in response.headers["Location"] or response.headers["Location"] == "/"
+    # Signed in: to the dashboard, or to the page of a role's one power (a teacher's lesson page).
+    assert "/login" not in response.headers["Location"], response.headers["Location"]
 
 
 def build_console(
@@ -420,5 +421,15 @@ def seed(console: Console) -> dict[str, int]:
         ids["check"] = check.id
         session.flush()
         ids["exception"] = exception.id
+        from schoolgate.store.models import LessonUnlock
+
+        unlock = LessonUnlock(
+            site=SITE, user_id=users["teacher"].id, username="teacher", teacher="Teacher Person", group="6B",
+            host="www.youtube.com", url="https://www.youtube.com/watch?v=volcano", starts=now,
+            ends=now + timedelta(minutes=15), ends_with="morning break starts", created_at=now,
+        )
+        session.add(unlock)
+        session.flush()
+        ids["unlock"] = unlock.id
         session.commit()
     return ids

@@ -38,6 +38,7 @@ ARG_FOR = {
     "block_id": "block",
     "user_id": "user",
     "check_id": "check",
+    "unlock_id": "unlock",
 }
 
 
