@@ -52,6 +52,10 @@ from schoolgate.store.models import AccessRequest, PolicyExceptionRow
 if TYPE_CHECKING:
     from schoolgate.policy import CompiledPolicy as Policy
 
+#: The technician's recommendation to the headteacher.
+APPROVE = "approve"
+DECLINE = "decline"
+
 # Statuses. "forwarded" means triaged by a technician and awaiting the headteacher.
 SUBMITTED = "submitted"
 FORWARDED = "forwarded"
@@ -109,7 +113,10 @@ class Submitted:
 
 @dataclass(frozen=True, slots=True)
 class TriageForm:
-    """The technician's part: checks, risks and the proposed scope of the exception."""
+    """The technician's part: checks, risks, a recommendation and the proposed scope.
+
+    A technician never closes a request: every request goes to the headteacher, one judged
+    unfit with the recommendation "decline" (which needs no proposed scope)."""
 
     technician_notes: str  # what the technician found when checking the site
     risks_and_controls: str  # identified risks and the control measures proposed
@@ -117,8 +124,12 @@ class TriageForm:
     value: str  # the domain, or the URL prefix
     scope: str  # "person", "device", "group" or "role"
     subject: str  # person id, device id, group name or role name
-    starts: datetime  # aware
-    expires: datetime  # aware
+    starts: datetime | None  # aware; None only with recommendation "decline"
+    expires: datetime | None
+    recommendation: str = APPROVE  # APPROVE or DECLINE
+    # A URL prefix that some covered device would get as the whole site: the technician has read
+    # the statement saying so (approval_scope.EnforcedScope) and forwards it as it is.
+    scope_confirmed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,9 @@ class DecisionForm:
     approve: bool
     reasons: str
     signature: Signature
+    # The statement of what the approval opens, as the page showed it (None: not shown, e.g. a
+    # command); an approval is refused if it no longer says what would be enforced.
+    scope_seen: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +447,7 @@ def public_suffix_of(host: str) -> str | None:
 
 
 def _validate_scope(
-    form: TriageForm, now: datetime, max_days: int = MAX_EXCEPTION_DAYS
+    form: TriageForm, starts: datetime, expires: datetime, now: datetime, max_days: int = MAX_EXCEPTION_DAYS
 ) -> tuple[str | None, str | None, ExceptionScope, str]:
     if form.target == "domain":
         domain, url_prefix = normalise_host(form.value, field="value"), None
@@ -462,17 +476,17 @@ def _validate_scope(
             raise InvalidInput(f"Unknown role {subject!r} (one of: {names}).", field="subject") from err
         if role is Role.SUPERVISED:
             raise InvalidInput("Supervised devices cannot be given exceptions.", field="subject")
-    if form.starts.tzinfo is None or form.expires.tzinfo is None:
+    if starts.tzinfo is None or expires.tzinfo is None:
         raise InvalidInput("Start and expiry must include a time zone.", field="expires")
-    if form.expires <= form.starts:
+    if expires <= starts:
         raise InvalidInput("The expiry must be after the start.", field="expires")
-    if form.expires <= now:
+    if expires <= now:
         raise InvalidInput("The expiry is already in the past.", field="expires")
-    if form.starts - now > MAX_START_AHEAD:
+    if starts - now > MAX_START_AHEAD:
         raise InvalidInput(
             f"The start may be at most {MAX_START_AHEAD.days} days ahead; propose a nearer date.", field="starts"
         )
-    if form.expires - form.starts > timedelta(days=max_days):
+    if expires - starts > timedelta(days=max_days):
         raise InvalidInput(
             f"An exception may last at most {max_days} days; ask again when it runs out.", field="expires"
         )
@@ -490,38 +504,76 @@ def triage_request(
     policy: Policy,
     max_exception_days: int = MAX_EXCEPTION_DAYS,
 ) -> AccessRequest:
-    """The technician's check: record findings and the proposed scope, forward to the headteacher.
+    """The technician's check: findings, risks, a recommendation and (to approve) the proposed
+    scope, forwarded to the headteacher. A proposal for pages under a URL prefix that some
+    covered device would get as the whole site needs the technician to confirm that statement.
 
-    A forwarded request may be triaged again (e.g. to narrow the scope) until it is decided."""
+    A forwarded request may be triaged again (e.g. to narrow the scope) until it is decided; a
+    changed proposal goes back to the DSL when it opens a site to pupils."""
+    from schoolgate.services.approval_scope import enforced_scope, opens_to_pupils
+
     actor.require(Permission.TRIAGE_REQUEST, doing="triage access requests")
     request = get_request(session, site, request_id)
     if request.status not in OPEN_STATUSES:
         raise InvalidTransition(f"{reference_for(request.id)} is {request.status} and cannot be triaged.")
+    if form.recommendation not in (APPROVE, DECLINE):
+        raise InvalidInput("Recommend approving or declining it.", field="recommendation")
     notes = clean_text(form.technician_notes, field="technician_notes", max_len=4000, required=True)
-    risks = clean_text(form.risks_and_controls, field="risks_and_controls", max_len=4000, required=True)
-    domain, url_prefix, scope, subject = _validate_scope(form, now, max(1, max_exception_days))
-    probe_host = domain or parse_url(url_prefix or "", field="value")[1]
-    refuse_if_locked(policy, probe_host, url_prefix, now)
-    if not _related_hosts(probe_host, request.host):
-        # The headteacher signs off the request as submitted: the exception must be for that
-        # site (or a part or parent of it), never for another site reached through this one.
-        raise InvalidInput(
-            f"The access must be for {request.host}, a part of it or the domain it belongs to, "
-            f"not {probe_host}; ask the requester to submit a request for that site.",
-            field="value",
+    risks = clean_text(
+        form.risks_and_controls, field="risks_and_controls", max_len=4000, required=form.recommendation == APPROVE
+    )
+    before = _proposal_of(request)
+    if form.recommendation == APPROVE:
+        if form.starts is None or form.expires is None:
+            raise InvalidInput("Give the dates the access would run between.", field="starts")
+        domain, url_prefix, scope, subject = _validate_scope(
+            form, form.starts, form.expires, now, max(1, max_exception_days)
         )
-
+        probe_host = domain or parse_url(url_prefix or "", field="value")[1]
+        refuse_if_locked(policy, probe_host, url_prefix, now)
+        if not _related_hosts(probe_host, request.host):
+            # The headteacher signs off the request as submitted: the exception must be for that
+            # site (or a part or parent of it), never for another site reached through this one.
+            raise InvalidInput(
+                f"The access must be for {request.host}, a part of it or the domain it belongs to, "
+                f"not {probe_host}; ask the requester to submit a request for that site.",
+                field="value",
+            )
+        statement = enforced_scope(
+            session, site, target=form.target, value=domain or url_prefix or "", scope=scope, subject=subject
+        )
+        if statement.whole_site_somewhere and not form.scope_confirmed:
+            raise InvalidInput(
+                f"{statement.sentence()} Tick the box to forward it as it is, or propose the whole domain "
+                "or only devices that trust the school's certificate.",
+                field="scope_confirmed",
+            )
+        request.proposed_target = form.target
+        request.proposed_value = domain or url_prefix
+        request.proposed_scope = scope.value
+        request.proposed_subject = subject
+        request.proposed_starts = form.starts
+        request.proposed_expires = form.expires
+        request.enforced_scope = statement.sentence()
+        request.needs_dsl = opens_to_pupils(session, site, scope, subject)
+    else:
+        request.proposed_target = request.proposed_value = request.proposed_scope = None
+        request.proposed_subject = None
+        request.proposed_starts = request.proposed_expires = None
+        request.enforced_scope = ""
+        request.needs_dsl = False
     request.status = FORWARDED
+    request.technician_recommendation = form.recommendation
     request.triaged_by = actor.display_name
     request.triaged_at = now
     request.technician_notes = notes
     request.risks_and_controls = risks
-    request.proposed_target = form.target
-    request.proposed_value = domain or url_prefix
-    request.proposed_scope = scope.value
-    request.proposed_subject = subject
-    request.proposed_starts = form.starts
-    request.proposed_expires = form.expires
+    if _proposal_of(request) != before:
+        # What the DSL reviewed and the headteacher was told about is no longer the proposal.
+        request.dsl_reviewed_at = None
+        request.dsl_reviewed_by = None
+        request.dsl_notified_at = None
+        request.headteacher_notified_at = None
     session.flush()
     audit(
         session,
@@ -531,14 +583,54 @@ def triage_request(
         object_type="access_request",
         object_id=request.id,
         detail={
-            "target": form.target,
+            "recommendation": form.recommendation,
+            "target": request.proposed_target,
             "value": request.proposed_value,
-            "scope": scope.value,
-            "subject": subject,
-            "starts": form.starts.isoformat(),
-            "expires": form.expires.isoformat(),
+            "scope": request.proposed_scope,
+            "subject": request.proposed_subject,
+            "starts": request.proposed_starts.isoformat() if request.proposed_starts else None,
+            "expires": request.proposed_expires.isoformat() if request.proposed_expires else None,
+            "enforced_scope": request.enforced_scope,
+            "needs_dsl": request.needs_dsl,
         },
         now=now,
+    )
+    return request
+
+
+def _proposal_of(request: AccessRequest) -> tuple[object, ...]:
+    return (
+        request.technician_recommendation, request.proposed_target, request.proposed_value, request.proposed_scope,
+        request.proposed_subject, request.proposed_starts, request.proposed_expires,
+    )
+
+
+def awaits_dsl(request: AccessRequest) -> bool:
+    """Forwarded, opening a site to pupils, and the DSL has not added the safeguarding risks yet."""
+    return request.status == FORWARDED and request.needs_dsl and request.dsl_reviewed_at is None
+
+
+def review_safeguarding(
+    session: Session, *, site: str, now: datetime, actor: Actor, request_id: int, notes: str
+) -> AccessRequest:
+    """The DSL's part for a request that would open a site to pupils: the safeguarding risks and
+    the controls, recorded before the headteacher decides (it may be revised until then)."""
+    actor.require(Permission.REVIEW_REQUEST_SAFEGUARDING, doing="add safeguarding risks to access requests")
+    request = get_request(session, site, request_id)
+    if request.status != FORWARDED or not request.needs_dsl:
+        raise InvalidTransition(
+            f"{reference_for(request.id)} does not wait for the DSL: only a checked request that would open a "
+            "site to pupils does."
+        )
+    text = clean_text(notes, field="safeguarding_notes", max_len=4000, required=True)
+    request.safeguarding_notes = text
+    request.dsl_reviewed_by = actor.display_name
+    request.dsl_reviewed_at = now
+    request.headteacher_notified_at = None  # now it waits for the headteacher
+    session.flush()
+    audit(
+        session, site=site, actor=actor, action="request.safeguarding", object_type="access_request",
+        object_id=request.id, detail={"notes": text}, now=now,
     )
     return request
 
@@ -608,7 +700,15 @@ def decide_request(
         )
     starts, expires = request.proposed_starts, request.proposed_expires
     if starts is None or expires is None or request.proposed_scope is None or request.proposed_subject is None:
-        raise InvalidTransition(f"{reference_for(request.id)} has no proposed scope; triage it again.")
+        raise InvalidTransition(
+            f"The ICT technician recommends declining {reference_for(request.id)} and proposed no access; "
+            "ask them to check it again if you want to approve it."
+        )
+    if awaits_dsl(request):
+        raise InvalidTransition(
+            f"{reference_for(request.id)} would open a site to pupils: the DSL adds the safeguarding risks and "
+            "controls before it can be approved."
+        )
     if expires <= now:
         raise InvalidTransition(
             "The proposed access would already have expired; ask the technician to propose new dates."
@@ -617,6 +717,18 @@ def decide_request(
     url_prefix = request.proposed_value if request.proposed_target == "url" else None
     probe_host = domain or parse_url(url_prefix or "", field="value")[1]
     refuse_if_locked(policy, probe_host, url_prefix, now)
+    from schoolgate.services.approval_scope import enforced_scope
+
+    statement = enforced_scope(
+        session, site, target=request.proposed_target or "domain", value=request.proposed_value or "",
+        scope=ExceptionScope(request.proposed_scope), subject=request.proposed_subject,
+    ).sentence()
+    if decision.scope_seen is not None and decision.scope_seen.strip() != statement:
+        # A device changed its trust in the school's certificate, or joined the scope, since the
+        # page was opened: what would open is not what was read.
+        raise InvalidTransition(f"What this approval opens has changed since you opened the page: {statement} "
+                                "Read it again and sign.")
+    request.enforced_scope = statement
 
     exception = PolicyExceptionRow(
         site=site,
@@ -630,6 +742,7 @@ def decide_request(
         request_id=request.id,
         created_by=actor.name,
         created_at=now,
+        enforced_scope=statement,
     )
     session.add(exception)
     session.flush()
@@ -644,7 +757,8 @@ def decide_request(
         action="request.approve",
         object_type="access_request",
         object_id=request.id,
-        detail={"host": request.host, "reasons": reasons, "signature": request.signature, "exception_id": exception.id},
+        detail={"host": request.host, "reasons": reasons, "signature": request.signature, "exception_id": exception.id,
+                "enforced_scope": statement},
         now=now,
     )
     audit(

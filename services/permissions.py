@@ -128,12 +128,15 @@ ROLES: Mapping[ConsoleRole, RoleSpec] = {
 GRANTS: Mapping[Permission, frozenset[ConsoleRole]] = {
     Permission.VIEW_DASHBOARD: frozenset({T, D, H, A, TA}),
     Permission.RAISE_REQUEST: frozenset({T, D, H, A}),
-    Permission.VIEW_REQUESTS: frozenset({T, H, A, TA}),
+    # The DSL reads them to add the safeguarding risks of those that would open sites to pupils.
+    Permission.VIEW_REQUESTS: frozenset({T, D, H, A, TA}),
     Permission.TRIAGE_REQUEST: frozenset({T}),
     # Seed 001 §9: requests "will be approved by the headteacher".
     Permission.DECIDE_REQUEST: frozenset({H}),
-    # Closing a request without a decision (the requester no longer needs it).
-    Permission.WITHDRAW_REQUEST: frozenset({T, H}),
+    # Closing a request without a decision (the requester no longer needs it): the headteacher
+    # only, since a technician cannot close a request without the headteacher's decision (seed
+    # 001 §9); one the technician judges unfit goes to the headteacher with that recommendation.
+    Permission.WITHDRAW_REQUEST: frozenset({H}),
     Permission.REVIEW_REQUEST_SAFEGUARDING: frozenset({D}),
     Permission.RAISE_REPORT: frozenset({T, D, H, A}),
     Permission.VIEW_REPORTS: frozenset({T, D, H, TA}),

@@ -96,6 +96,7 @@ def _triage_defaults(item: AccessRequest) -> dict[str, str]:
     now = web.now()
     if item.proposed_scope:
         return {
+            "recommendation": item.technician_recommendation or svc.APPROVE,
             "target": item.proposed_target or "domain",
             "value": item.proposed_value or item.host,
             "scope": item.proposed_scope,
@@ -109,6 +110,7 @@ def _triage_defaults(item: AccessRequest) -> dict[str, str]:
     if item.person_id:
         scope, subject = "person", item.person_id
     return {
+        "recommendation": item.technician_recommendation or svc.APPROVE,
         "target": "domain", "value": item.host, "scope": scope, "subject": subject or "",
         "starts": local_input(now), "expires": local_input(now + timedelta(days=30)),
         "technician_notes": "", "risks_and_controls": item.risks_and_controls,
@@ -116,12 +118,16 @@ def _triage_defaults(item: AccessRequest) -> dict[str, str]:
 
 
 def _show(item: AccessRequest, *, triage: dict[str, str] | None = None, errors: dict[str, str] | None = None,
-          message: str | None = None, decide_values: dict[str, str] | None = None, status: int = 200) -> Any:
+          message: str | None = None, decide_values: dict[str, str] | None = None, status: int = 200,
+          safeguarding: str | None = None) -> Any:
     user = web.current_user()
     assert user is not None
     return render_template(
         "requests/show.html",
         item=item,
+        summary=svc.proposal_summary(item),
+        awaits_dsl=svc.awaits_dsl(item),
+        safeguarding=item.safeguarding_notes if safeguarding is None else safeguarding,
         reference=svc.reference_for(item.id),
         duplicates=svc.duplicates_of(web.db(), item.site, item.id),
         device_hint=svc.device_hint(web.db(), item.site, item.id),
@@ -145,7 +151,9 @@ def triage(request_id: int) -> Any:
     item = _load(request_id)
     form = request.form
     values = {k: form.get(k, "")[:4000] for k in
-              ("target", "value", "scope", "subject", "starts", "expires", "technician_notes", "risks_and_controls")}
+              ("recommendation", "target", "value", "scope", "subject", "starts", "expires", "technician_notes",
+               "risks_and_controls")}
+    declining = values["recommendation"] == svc.DECLINE
     try:
         svc.triage_request(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
@@ -153,8 +161,10 @@ def triage(request_id: int) -> Any:
             form=svc.TriageForm(
                 technician_notes=values["technician_notes"], risks_and_controls=values["risks_and_controls"],
                 target=values["target"], value=values["value"], scope=values["scope"], subject=values["subject"],
-                starts=parse_local(values["starts"], field="starts"),
-                expires=parse_local(values["expires"], field="expires", end_of_day=True),
+                starts=None if declining else parse_local(values["starts"], field="starts"),
+                expires=None if declining else parse_local(values["expires"], field="expires", end_of_day=True),
+                recommendation=values["recommendation"] or svc.APPROVE,
+                scope_confirmed=form.get("scope_confirmed") == "yes",
             ),
         )
     except ServiceError as err:
@@ -162,7 +172,27 @@ def triage(request_id: int) -> Any:
         return _show(_load(request_id), triage=values, errors=web.field_errors(err), message=err.message,
                      status=web.error_status(err))
     web.db().commit()
-    flash(f"{svc.reference_for(item.id)} is forwarded to the headteacher.")
+    forwarded = _load(request_id)
+    flash(f"{svc.reference_for(item.id)} is forwarded to "
+          + ("the DSL for the safeguarding risks, then the headteacher." if svc.awaits_dsl(forwarded)
+             else "the headteacher."))
+    return redirect(url_for("requests.show", request_id=item.id))
+
+
+@bp.route("/<int:request_id>/safeguarding", methods=["POST"])
+@web.requires(Permission.REVIEW_REQUEST_SAFEGUARDING)
+def safeguarding(request_id: int) -> Any:
+    item = _load(request_id)
+    notes = request.form.get("safeguarding_notes", "")[:4000]
+    try:
+        svc.review_safeguarding(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
+                                notes=notes)
+    except ServiceError as err:
+        web.db().rollback()
+        return _show(_load(request_id), errors=web.field_errors(err), message=err.message, safeguarding=notes,
+                     status=web.error_status(err))
+    web.db().commit()
+    flash(f"Your safeguarding notes are on {svc.reference_for(item.id)}; it goes to the headteacher now.")
     return redirect(url_for("requests.show", request_id=item.id))
 
 
@@ -180,7 +210,8 @@ def decide(request_id: int) -> Any:
         svc.decide_request(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
             policy=web.policy(),
-            decision=svc.DecisionForm(approve=choice == "approve", reasons=values["reasons"], signature=signature),
+            decision=svc.DecisionForm(approve=choice == "approve", reasons=values["reasons"], signature=signature,
+                                      scope_seen=form.get("scope_seen") if "scope_seen" in form else None),
         )
     except ReauthFailed as err:
         web.db().commit()  # keep the failure count that re-authentication recorded

@@ -19,6 +19,13 @@ def _triage(console: Console, request_id: int) -> None:
         "starts": "2026-11-23T08:00", "expires": "2026-12-18",
     })
     assert response.status_code == 302, response.get_data(as_text=True)
+    # The seeded request is for a pupil's iPad: the DSL adds the safeguarding risks first.
+    dsl = console.login("dsl")
+    page = dsl.get(f"/requests/{request_id}").get_data(as_text=True)
+    assert 'id="safeguarding-form"' in page
+    response = post_form(dsl, f"/requests/{request_id}", f"/requests/{request_id}/safeguarding", {
+        "safeguarding_notes": "Public page; the class teacher supervises."})
+    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 def test_headteacher_signature_needs_password_and_code(console: Console) -> None:

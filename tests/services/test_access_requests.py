@@ -254,7 +254,8 @@ def test_url_prefix_scope_for_a_role(
         request_id=request_id,
         policy=policy,
         form=triage_form(
-            target="url", value="https://www.facebook.com/groups/school-eco-club", scope="role", subject="staff"
+            target="url", value="https://www.facebook.com/groups/school-eco-club", scope="role", subject="staff",
+            scope_confirmed=True,
         ),
     )
     request = ar.decide_request(
@@ -270,6 +271,8 @@ def test_url_prefix_scope_for_a_role(
     assert exception is not None
     assert (exception.scope, exception.subject, exception.domain) == ("role", "staff", None)
     assert exception.url_prefix == "https://www.facebook.com/groups/school-eco-club"
+    # Staff devices the proxy cannot see into get the whole site: the record says so.
+    assert "the whole of www.facebook.com" in exception.enforced_scope == request.enforced_scope
 
 
 @pytest.mark.parametrize("url", ["https://freevpn.example/download", "http://www.FREEVPN.example./", "freevpn.example"])
@@ -390,7 +393,9 @@ def test_submit_rejects_bad_fields(
     assert err.value.field == field
 
 
-def test_withdraw_and_listing(session: Session, policy: CompiledPolicy, technician: Actor) -> None:
+def test_withdraw_and_listing(
+    session: Session, policy: CompiledPolicy, technician: Actor, headteacher: Actor
+) -> None:
     a = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request
     b = ar.submit_request(
         session,
@@ -399,12 +404,15 @@ def test_withdraw_and_listing(session: Session, policy: CompiledPolicy, technici
         policy=policy,
         form=form(url="https://fbcdn.net/", requester="Ben", device_id="D2", client_ip=None),
     ).request
-    ar.withdraw_request(session, site=SITE, now=NOW, actor=technician, request_id=a.id, reason="no longer needed")
+    # Seed 001 §9: a technician cannot close a request without the headteacher's decision.
+    with pytest.raises(Forbidden):
+        ar.withdraw_request(session, site=SITE, now=NOW, actor=technician, request_id=a.id, reason="not needed")
+    ar.withdraw_request(session, site=SITE, now=NOW, actor=headteacher, request_id=a.id, reason="no longer needed")
     page = ar.list_requests(session, SITE, statuses=ar.OPEN_STATUSES)
     assert [r.id for r in page.items] == [b.id] and page.total == 1
     assert ar.list_requests(session, SITE).total == 2
     with pytest.raises(InvalidTransition):
-        ar.withdraw_request(session, site=SITE, now=NOW, actor=technician, request_id=a.id, reason="again")
+        ar.withdraw_request(session, site=SITE, now=NOW, actor=headteacher, request_id=a.id, reason="again")
 
 
 def test_a_typed_name_or_unverified_device_never_merges(
@@ -580,7 +588,7 @@ def test_triage_must_be_for_the_requested_site(
     requested: str, target: str, value: str, allowed: bool,
 ) -> None:
     request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(url=requested), policy=policy).request.id
-    triage = triage_form(target=target, value=value)
+    triage = triage_form(target=target, value=value, scope_confirmed=True)
     if allowed:
         request = ar.triage_request(
             session, site=SITE, now=NOW, actor=technician, request_id=request_id, form=triage, policy=policy

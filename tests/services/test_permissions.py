@@ -101,7 +101,7 @@ def test_a_policy_can_widen_only_what_the_table_lets_it() -> None:
 
 def test_refusals_name_who_may() -> None:
     assert holders_text(Permission.DECIDE_REQUEST) == "the headteacher"
-    assert holders_text(Permission.WITHDRAW_REQUEST) == "the ICT technician or the headteacher"
+    assert holders_text(Permission.REVOKE_EXCEPTION) == "the ICT technician or the headteacher"
     with pytest.raises(Forbidden, match="Only the headteacher can approve"):
         Actor("t", "T", frozenset({"technician"})).require(Permission.DECIDE_REQUEST, doing="approve requests")
 

@@ -1,0 +1,164 @@
+"""The console pages of the people the policies name: a teacher opening a site for the lesson, the
+headteacher deciding from the top of the page, the DSL's part in requests for pupils, and a
+technician who forwards rather than closes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from console_testkit import EXAMPLE_POLICY, SITE, Console, post_form, seed
+from sqlalchemy import select
+
+from schoolgate.console.policyref import ConsolePolicy
+from schoolgate.store.models import AccessRequest, ConsoleUser, LessonUnlock, Person, PolicyExceptionRow
+
+GAMES = """
+
+# (test) A local category the school blocks for pupils, which a teacher may open for a lesson.
+[categories.games]
+name = "Games"
+description = "Online games: not for lessons, unless a teacher opens one for their class."
+
+[lists.games]
+format = "plain"
+file = "games.txt"
+category = "games"
+
+[[rules]]
+id = "pupils-no-games"
+clause = "Online Safety Policy §6"
+reason = "games are not for lessons"
+roles = ["pupil"]
+categories = ["games"]
+action = "block"
+"""
+
+
+def games_policy(folder: Path) -> Path:
+    """The example policy, plus games blocked for pupils (the example blocks nothing a teacher may
+    open: social media and harmful content are the headteacher's)."""
+    policy = folder / "policy.toml"
+    text = EXAMPLE_POLICY.read_text(encoding="utf-8")
+    for name in re.findall(r'^file = "([^"]+)"', text, re.M):
+        source = EXAMPLE_POLICY.parent / name
+        if source.exists():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    policy.write_text(text + GAMES, encoding="utf-8")
+    (folder / "games.txt").write_text("coolmathgames.com\n", encoding="utf-8")
+    return policy
+
+
+@pytest.fixture
+def teaching(console: Console, tmp_path: Path) -> Console:
+    """The teacher account linked to Mr Green in the people register, who teaches 6B."""
+    console.app.extensions["schoolgate.policy"] = ConsolePolicy(games_policy(tmp_path))
+    with console.session() as session:
+        session.add_all([
+            Person(site=SITE, external_id="T1", name="Mr Green", role="staff", groups="6B,staff"),
+            Person(site=SITE, external_id="P61", name="Ben", role="pupil", year_group=6, groups="6B"),
+        ])
+        user = session.scalars(select(ConsoleUser).where(ConsoleUser.username == "teacher")).one()
+        user.person_external_id = "T1"
+        session.commit()
+    return console
+
+
+def test_a_teacher_opens_a_game_for_the_lesson_and_the_dsl_sees_and_ends_it(teaching: Console) -> None:
+    teacher = teaching.login("teacher")
+    assert teacher.get("/dashboard").status_code == 403  # one power: no dashboard
+    page = teacher.get("/lesson").get_data(as_text=True)
+    # Monday 23 November 2026, 10:35: the morning break runs 10:30-10:45.
+    assert "when morning break ends" in page and 'value="6B"' in page
+    assert "You can open 3 more sites today." in page
+    response = post_form(teacher, "/lesson", "/lesson", {"group": "6B", "url": "https://www.coolmathgames.com/0-2048",
+                                                         "reason": "Times tables practice"})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    page = teacher.get("/lesson").get_data(as_text=True)
+    assert "www.coolmathgames.com is open for 6B until" in page and "You can open 2 more sites today." in page
+    refused = post_form(teacher, "/lesson", "/lesson", {"group": "6B", "url": "https://www.facebook.com/"})
+    assert refused.status_code == 403 or "only the headteacher can open" in refused.get_data(as_text=True)
+    with teaching.session() as session:
+        (unlock,) = session.scalars(select(LessonUnlock)).all()
+        (row,) = session.scalars(select(PolicyExceptionRow).where(PolicyExceptionRow.lesson_unlock_id == unlock.id))
+        assert (row.scope, row.subject, row.domain) == ("group", "6B", "coolmathgames.com")
+
+    dsl = teaching.login("dsl")
+    log = dsl.get("/lessons").get_data(as_text=True)
+    assert "Teacher Person" in log and "https://www.coolmathgames.com/0-2048" in log and "Times tables" in log
+    ended = post_form(dsl, "/lessons", f"/lessons/{unlock.id}/end", {})
+    assert ended.status_code == 302
+    with teaching.session() as session:
+        assert session.get(LessonUnlock, unlock.id).ended_by == "dsl"  # type: ignore[union-attr]
+
+
+def _ready_for_the_head(console: Console, **triage: str) -> int:
+    ids = seed(console)
+    request_id = ids["request"]
+    tech = console.login("technician")
+    fields = {"technician_notes": "The PTA's public page", "risks_and_controls": "Comments: supervised",
+              "recommendation": "approve", "target": "domain", "value": "facebook.com", "scope": "device",
+              "subject": "KW-IPAD-12", "starts": "2026-11-23T08:00", "expires": "2026-12-18", **triage}
+    response = post_form(tech, f"/requests/{request_id}", f"/requests/{request_id}/triage", fields)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return request_id
+
+
+def test_the_headteacher_reads_the_decision_first_and_gets_the_number_pad(console: Console) -> None:
+    request_id = _ready_for_the_head(console)
+    head = console.login("headteacher")
+    waiting = head.get(f"/requests/{request_id}").get_data(as_text=True)
+    assert "the DSL adds the safeguarding risks before you can approve it" in waiting
+    assert re.search(r'value="approve"\s+disabled', waiting)
+    dsl = console.login("dsl")
+    post_form(dsl, f"/requests/{request_id}", f"/requests/{request_id}/safeguarding",
+              {"safeguarding_notes": "The teacher checks the page first."})
+    page = head.get(f"/requests/{request_id}").get_data(as_text=True)
+    decision, request_card = page.index('id="decide"'), page.index("<h2>Request</h2>")
+    assert decision < request_card  # the decision sits at the top, the request follows
+    summary = re.search(r'id="summary">([^<]+)<', page)
+    assert summary is not None
+    assert summary.group(1) == ("Sam Pupil asks to use www.facebook.com; the ICT technician recommends opening the "
+                                "whole of facebook.com for the device KW-IPAD-12 until Fri 18 Dec 2026 23:59.")
+    assert "This opens the whole of facebook.com and its subdomains" in page
+    code = re.search(r'<input id="f-code"[^>]*>', page)
+    assert code is not None and 'inputmode="numeric"' in code.group(0)
+    assert 'autocomplete="one-time-code"' in code.group(0) and 'pattern="[0-9]*"' in code.group(0)
+    assert "The teacher checks the page first." in page[:request_card]
+
+
+def test_a_page_the_proxy_cannot_hold_for_every_device_is_confirmed_before_forwarding(console: Console) -> None:
+    ids = seed(console)
+    request_id = ids["request"]
+    tech = console.login("technician")
+    url = f"/requests/{request_id}"
+    fields = {"technician_notes": "The PTA's page only", "risks_and_controls": "Supervised", "recommendation": "approve",
+              "target": "url", "value": "https://www.facebook.com/kingswoodpta", "scope": "role", "subject": "pupil",
+              "starts": "2026-11-23T08:00", "expires": "2026-12-18"}
+    asked = post_form(tech, url, f"{url}/triage", fields)
+    text = asked.get_data(as_text=True)
+    assert asked.status_code == 400 and 'name="scope_confirmed"' in text
+    assert "the whole of www.facebook.com" in text
+    confirmed = post_form(tech, url, f"{url}/triage", {**fields, "scope_confirmed": "yes"})
+    assert confirmed.status_code == 302
+    with console.session() as session:
+        stored = session.get(AccessRequest, request_id)
+        assert stored is not None and stored.needs_dsl and "the whole of www.facebook.com" in stored.enforced_scope
+    page = console.login("headteacher").get(url).get_data(as_text=True)
+    statement = re.search(r'id="enforced-scope">([^<]+)<', page)
+    assert statement is not None, page
+    assert statement.group(1).startswith("This opens the whole of www.facebook.com, not only pages under")
+
+
+def test_a_technician_forwards_but_never_closes_a_request(console: Console) -> None:
+    ids = seed(console)
+    url = f"/requests/{ids['request']}"
+    tech = console.login("technician")
+    assert 'id="withdraw-form"' not in tech.get(url).get_data(as_text=True)
+    assert post_form(tech, url, f"{url}/withdraw", {"reason": "not needed"}).status_code == 403
+    unfit = post_form(tech, url, f"{url}/triage", {"technician_notes": "A gambling forum", "recommendation": "decline"})
+    assert unfit.status_code == 302, unfit.get_data(as_text=True)
+    page = console.login("headteacher").get(url).get_data(as_text=True)
+    assert "the ICT technician recommends declining it." in page and 'id="withdraw-form"' in page
