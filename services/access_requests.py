@@ -12,10 +12,7 @@ transaction, so a refusal part-way leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,9 +31,11 @@ from schoolgate.services.common import (
     bump_overlay,
     clean_text,
     in_scope,
+    new_status_token,
     normalise_host,
     on_site,
     parse_url,
+    token_matches,
 )
 from schoolgate.services.errors import (
     Forbidden,
@@ -68,8 +67,10 @@ STATUSES = (SUBMITTED, FORWARDED, APPROVED, DECLINED, WITHDRAWN, MERGED)
 
 #: Requests for one host from one device (or address) per rolling 24 hours.
 MAX_REQUESTS_PER_HOST_PER_DAY = 3
-#: Requests for any host from one device (or address) per rolling 24 hours.
+#: Requests for any host from one device (or address, an IPv6 client by its /64) per rolling 24
+#: hours: fewer from a pupil's device, so that a pupil cannot flood the technicians.
 MAX_REQUESTS_PER_CLIENT_PER_DAY = 20
+MAX_REQUESTS_PER_PUPIL_DEVICE_PER_DAY = 5
 #: The longest an approved exception may last.
 MAX_EXCEPTION_DAYS = 366
 #: How far ahead an exception may be set to start.
@@ -99,6 +100,7 @@ class RequestForm:
     person_id: str | None = None
     blocked_at: datetime | None = None  # when the block page was shown
     rule_id: str | None = None  # the rule that blocked it
+    client_role: str | None = None  # the device's role, as the appliance knows it (for the limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +174,6 @@ def parse_reference(reference: str) -> int:
     return int(text)
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
 def get_request(session: Session, site: SiteScope, request_id: int, *, for_update: bool = False) -> AccessRequest:
     request = session.get(AccessRequest, request_id, with_for_update=for_update or None, populate_existing=for_update)
     if request is None or not in_scope(request.site, site):
@@ -223,30 +221,31 @@ def duplicates_of(session: Session, site: SiteScope, request_id: int) -> list[Ac
 def _check_rate(session: Session, site: str, form: RequestForm, host: str, now: datetime) -> None:
     """Refuse a flood from one device or address: per host, and overall, per rolling day.
 
-    The device id comes from the block page's link, so a requester can change it at will; the
-    address comes from the connection. Requests from the device *or* the address count, so a
-    made-up device id never buys a fresh allowance."""
-    keys = []
-    if form.device_id:
-        keys.append(AccessRequest.device_id == form.device_id)
-    if form.client_ip:
-        keys.append(AccessRequest.client_ip == form.client_ip)
-    if not keys:
+    The device comes from the connection's address, and the address from the connection: a
+    request counts against both (an IPv6 address by its /64), so a device cannot buy a fresh
+    allowance by changing either."""
+    from schoolgate.services import public_limits
+
+    if not form.device_id and not form.client_ip:
         return  # a member of staff typing into the console: no device to limit
-    same_client = or_(*keys)
-    since = now - timedelta(days=1)
-    recent = [on_site(AccessRequest.site, site), same_client, AccessRequest.created_at > since]
-    per_host = session.scalar(
-        select(func.count()).select_from(AccessRequest).where(*recent, AccessRequest.host == host)
-    )
-    if (per_host or 0) >= MAX_REQUESTS_PER_HOST_PER_DAY:
-        raise RateLimited(
-            f"{host} has already been requested {per_host} times from this device today. "
-            "The ICT technician has your earlier request; please wait for the outcome."
+    rows = session.execute(
+        select(AccessRequest.device_id, AccessRequest.client_ip, AccessRequest.host).where(
+            on_site(AccessRequest.site, site), AccessRequest.created_at > public_limits.since(now),
+            or_(AccessRequest.device_id.is_not(None), AccessRequest.client_ip.is_not(None)),
         )
-    overall = session.scalar(select(func.count()).select_from(AccessRequest).where(*recent))
-    if (overall or 0) >= MAX_REQUESTS_PER_CLIENT_PER_DAY:
-        raise RateLimited("Too many access requests have been sent from this device today; please try again tomorrow.")
+    ).all()
+    filer = public_limits.Filer(form.device_id, form.client_ip, form.client_role)
+    same_host = [(device, ip) for device, ip, requested in rows if requested == host]
+    try:
+        public_limits.check(same_host, filer, public_limits.Allowance(MAX_REQUESTS_PER_HOST_PER_DAY,
+                                                                     MAX_REQUESTS_PER_HOST_PER_DAY), what="requests")
+    except RateLimited:
+        raise RateLimited(
+            f"{host} has already been requested {MAX_REQUESTS_PER_HOST_PER_DAY} times from this device today. "
+            "The ICT technician has your earlier request; please wait for the outcome."
+        ) from None
+    overall = public_limits.Allowance(MAX_REQUESTS_PER_PUPIL_DEVICE_PER_DAY, MAX_REQUESTS_PER_CLIENT_PER_DAY)
+    public_limits.check([(device, ip) for device, ip, _host in rows], filer, overall, what="access requests")
 
 
 def _find_open_duplicate(
@@ -315,11 +314,12 @@ def submit_request(
         device_id=device_id,
         client_ip=client_ip,
         person_id=person_id,
+        client_role=form.client_role,
     )
     _check_rate(session, site, cleaned, host, now)
     original = _find_open_duplicate(session, site, host, cleaned, actor.user_id)
 
-    token = secrets.token_urlsafe(16)
+    token, stored_hash = new_status_token()
     request = AccessRequest(
         site=site,
         status=MERGED if original is not None else SUBMITTED,
@@ -340,7 +340,7 @@ def submit_request(
         created_at=now,
         merged_into_id=original.id if original is not None else None,
         duplicate_count=0,
-        status_token_hash=_token_hash(token),
+        status_token_hash=stored_hash,
     )
     session.add(request)
     if original is not None:
@@ -372,9 +372,7 @@ def request_status(session: Session, site: str, reference: str, token: str) -> R
     request_id = parse_reference(reference)
     request = session.get(AccessRequest, request_id)
     not_found = NotFound("No request matches that reference and code.")
-    if request is None or not in_scope(request.site, site) or request.status_token_hash is None:
-        raise not_found
-    if not hmac.compare_digest(request.status_token_hash, _token_hash(token.strip())):
+    if request is None or not in_scope(request.site, site) or not token_matches(request.status_token_hash, token):
         raise not_found
     if request.merged_into_id is not None:
         # Someone else's request: its outcome only. Its reasons, names and the exception's
@@ -603,6 +601,32 @@ def _proposal_of(request: AccessRequest) -> tuple[object, ...]:
         request.technician_recommendation, request.proposed_target, request.proposed_value, request.proposed_scope,
         request.proposed_subject, request.proposed_starts, request.proposed_expires,
     )
+
+
+ROLE_WORDS = {"pupil": "every pupil", "staff": "all staff", "guest": "every guest", "authorised": "everyone authorised"}
+
+
+def proposal_summary(request: AccessRequest) -> str:
+    """The request and the technician's proposal in one sentence: the top of the headteacher's
+    page and her e-mail say the same."""
+    asks = f"{request.requester} asks to use {request.host}"
+    if request.triaged_at is None:
+        return f"{asks}; the ICT technician has not checked it yet."
+    if request.technician_recommendation == DECLINE or not request.proposed_scope:
+        return f"{asks}; the ICT technician recommends declining it."
+    what = (f"the whole of {request.proposed_value}" if request.proposed_target == "domain"
+            else f"pages under {request.proposed_value}")
+    subject = request.proposed_subject or ""
+    whom = {
+        "role": ROLE_WORDS.get(subject, f"everyone with the role {subject}"),
+        "group": f"class {subject}",
+        "device": f"the device {subject}",
+    }.get(request.proposed_scope, subject)
+    until = ""
+    if request.proposed_expires is not None:
+        local = request.proposed_expires.astimezone(LONDON)
+        until = f" until {local:%a} {local.day} {local:%b %Y %H:%M}"
+    return f"{asks}; the ICT technician recommends opening {what} for {whom}{until}."
 
 
 def awaits_dsl(request: AccessRequest) -> bool:

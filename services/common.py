@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -175,3 +178,18 @@ def bump_overlay(session: Session, *, site: str, now: datetime) -> int:
 
     del now  # the counter's changed_at is the wall clock: daemons compare it with their own
     return overlay.bump_generation(session, site, overlay.POLICY_OVERLAY)
+
+
+def new_status_token() -> tuple[str, str]:
+    """A one-time code for someone without an account to look up what happened to what they
+    filed (a request, a report): (the code shown once, the hash stored)."""
+    token = secrets.token_urlsafe(16)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(stored_hash: str | None, token: str) -> bool:
+    return stored_hash is not None and hmac.compare_digest(stored_hash, token_hash(token.strip()))

@@ -1,4 +1,11 @@
-"""Inappropriate content reports (seed 001 appendix B) and the technician's action on them."""
+"""Inappropriate content reports (seed 001 appendix B) and the technician's action on them.
+
+A member of staff reports from the console, or from any school device without an account
+(`submit_public_report`): identified by the device the appliance finds from the connection's
+address and the name they give, within a daily allowance per device and address
+(schoolgate.services.public_limits), and given a reference and a one-time code to see what
+became of it. The technicians are e-mailed when a report arrives (schoolgate.services.notifications).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,19 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from schoolgate.services import public_limits
 from schoolgate.services.actor import Actor, Signature
-from schoolgate.services.common import Page, SiteScope, audit, clean_text, in_scope, on_site, parse_url
+from schoolgate.services.common import (
+    Page,
+    SiteScope,
+    audit,
+    clean_text,
+    in_scope,
+    new_status_token,
+    on_site,
+    parse_url,
+    token_matches,
+)
 from schoolgate.services.errors import Forbidden, InvalidInput, InvalidTransition, NotFound
 from schoolgate.services.permissions import Permission
 from schoolgate.services.site_blocks import BlockSpec, add_site_block
@@ -22,6 +40,12 @@ OPEN = "open"
 ACTIONED = "actioned"
 CLOSED = "closed"
 MAX_URLS = 50
+REFERENCE_PREFIX = "IR-"
+#: Reports per rolling day from one device or address without an account: a pupil's device
+#: cannot flood the technicians; a teaching assistant can still report what a class saw.
+PUBLIC_ALLOWANCE = public_limits.Allowance(pupil=3, other=10)
+#: Who files a report from a school device without an account, in the audit log.
+REPORT_FORM = Actor(name="system:report-form", display_name="report form on a school device")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +57,38 @@ class ReportForm:
     nature: str  # nature of the inappropriate content
     accessed_by: str = ""  # name of the individual accessing it, if known
     report_date: date | None = None  # defaults to today (Europe/London date of `now`)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedReport:
+    """What the reporter without an account is told: the reference and the one-time code."""
+
+    report: ContentReport
+    reference: str  # e.g. "IR-000012"
+    token: str  # shown once
+
+
+@dataclass(frozen=True, slots=True)
+class ReportStatus:
+    """What the reporter may see: whether the technician has acted, not what anyone wrote."""
+
+    reference: str
+    status: str
+    submitted_at: datetime
+    actioned_at: datetime | None
+    blocks: int  # how many sites or pages the technician blocked because of it
+
+
+def reference_for(report_id: int) -> str:
+    return f"{REFERENCE_PREFIX}{report_id:06d}"
+
+
+def parse_reference(reference: str) -> int:
+    """`IR-000012` (or `12`) -> 12; InvalidInput otherwise."""
+    text = reference.strip().upper().removeprefix(REFERENCE_PREFIX)
+    if not text.isdigit() or len(text) > 12:
+        raise InvalidInput("That is not a report reference (it looks like IR-000012).", field="reference")
+    return int(text)
 
 
 def parse_urls(text: str) -> list[str]:
@@ -111,6 +167,47 @@ def submit_report(
         now=now,
     )
     return report
+
+
+def submit_public_report(
+    session: Session,
+    *,
+    site: str,
+    now: datetime,
+    form: ReportForm,
+    filer: public_limits.Filer,
+    person_id: str | None = None,
+    allowance: public_limits.Allowance = PUBLIC_ALLOWANCE,
+) -> SubmittedReport:
+    """A report from a school device without an account (see the module text)."""
+    earlier = session.execute(
+        select(ContentReport.device_id, ContentReport.client_ip).where(
+            on_site(ContentReport.site, site), ContentReport.created_at > public_limits.since(now),
+            (ContentReport.device_id.is_not(None)) | (ContentReport.client_ip.is_not(None)),
+        )
+    ).all()
+    public_limits.check([(device, ip) for device, ip in earlier], filer, allowance, what="reports")
+    report = submit_report(session, site=site, now=now, actor=REPORT_FORM, form=form)
+    token, stored_hash = new_status_token()
+    report.device_id = filer.device_id
+    report.client_ip = filer.client_ip
+    report.person_id = person_id
+    report.status_token_hash = stored_hash
+    session.flush()
+    return SubmittedReport(report=report, reference=reference_for(report.id), token=token)
+
+
+def report_status(session: Session, site: str, reference: str, token: str) -> ReportStatus:
+    """The outcome as the reporter may see it; NotFound unless reference and code match (a
+    wrong code and a missing report give the same answer, so references cannot be probed)."""
+    report = session.get(ContentReport, parse_reference(reference))
+    if report is None or not in_scope(report.site, site) or not token_matches(report.status_token_hash, token):
+        raise NotFound("No report matches that reference and code.")
+    blocks = session.scalar(select(func.count()).select_from(SiteBlockRow).where(SiteBlockRow.report_id == report.id))
+    return ReportStatus(
+        reference=reference_for(report.id), status=report.status, submitted_at=report.created_at,
+        actioned_at=report.actioned_at, blocks=int(blocks or 0),
+    )
 
 
 def action_report(

@@ -39,6 +39,7 @@ class VerifiedRequester:
     device_id: str
     person_id: str | None
     found_by: str  # FROM_REGISTER or FROM_TRAFFIC
+    role: str | None = None  # the device's role (its own, or its owner's); None: not known
 
 
 def identify_requester(
@@ -58,7 +59,9 @@ def identify_requester(
     resolver = IdentityResolver(load_register(session, site), neighbours)  # type: ignore[arg-type]
     client = resolver.resolve(address)
     if client.device_id:
-        return VerifiedRequester(client.device_id, client.person_id, FROM_REGISTER)
+        return VerifiedRequester(
+            client.device_id, client.person_id, FROM_REGISTER, client.role.value if client.role else None
+        )
     event = session.scalars(
         select(AccessEvent)
         .where(
@@ -73,4 +76,4 @@ def identify_requester(
     ).first()
     if event is None or not event.device_id:
         return None
-    return VerifiedRequester(event.device_id, event.person_id or None, FROM_TRAFFIC)
+    return VerifiedRequester(event.device_id, event.person_id or None, FROM_TRAFFIC, event.role or None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -130,3 +130,32 @@ def test_block_spec_validation(session: Session, technician: Actor, dsl: Actor, 
         reports.action_report(
             session, site=SITE, now=NOW, actor=technician, report_id=report.id, action_taken="x", blocks=[spec]
         )
+
+
+def test_a_report_from_a_school_device_without_an_account(session: Session) -> None:
+    from schoolgate.services import public_limits
+    from schoolgate.services.errors import NotFound, RateLimited
+
+    filer = public_limits.Filer("KW-IPAD-12", "10.41.20.15", "pupil")
+    form = reports.ReportForm(submitter_name="Mr Tay (TA)", urls="https://scary.example.org/a\n",
+                              nature="A frightening video")
+    first = reports.submit_public_report(session, site=SITE, now=NOW, form=form, filer=filer, person_id="P1042")
+    assert first.reference == f"IR-{first.report.id:06d}" and len(first.token) >= 20
+    stored = first.report
+    assert (stored.device_id, stored.client_ip, stored.person_id) == ("KW-IPAD-12", "10.41.20.15", "P1042")
+    assert stored.status_token_hash is not None and first.token not in stored.status_token_hash
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "report.submit")).one()
+    assert entry.actor == "system:report-form"
+    status = reports.report_status(session, SITE, first.reference, first.token)
+    assert (status.status, status.actioned_at, status.blocks) == ("open", None, 0)
+    for wrong in ((first.reference, "guess"), ("IR-999999", first.token), (first.reference, "")):
+        with pytest.raises(NotFound):
+            reports.report_status(session, SITE, *wrong)
+    # A pupil's device: three a day, then the technicians are spared.
+    for _ in range(reports.PUBLIC_ALLOWANCE.pupil - 1):
+        reports.submit_public_report(session, site=SITE, now=NOW, form=form, filer=filer)
+    with pytest.raises(RateLimited):
+        reports.submit_public_report(session, site=SITE, now=NOW, form=form, filer=filer)
+    tomorrow = reports.submit_public_report(session, site=SITE, now=NOW + timedelta(days=1, minutes=1), form=form,
+                                            filer=filer)
+    assert tomorrow.report.id > first.report.id
