@@ -108,11 +108,47 @@ def alerts_job(
                 severities=config.alerts.immediate_severities,
                 extra_recipients=config.mail.digest_recipients,
                 commit=session.commit,
+                chair=config.mail.chair_of_governors,
             )
         except Exception as err:  # a mail failure must not stop the scans; it is retried
             session.rollback()
             outcome.mail_error = str(err)
             log.warning("immediate alert email failed (will retry): %s", err)
+    return outcome
+
+
+# -- the people a step waits for --------------------------------------------------------------
+
+
+@dataclass
+class NotificationsOutcome:
+    sent: int = 0
+    mail_error: str | None = None
+
+
+def notifications_job(
+    config: AppConfig, session_factory: SessionFactory, now: datetime, *, mailer: Mailer | None
+) -> NotificationsOutcome:
+    """E-mail whoever a step now waits for: the technicians a new report, the DSL a request that
+    needs her safeguarding notes, the headteacher a request that needs her decision."""
+    from schoolgate.services import notifications
+
+    outcome = NotificationsOutcome()
+    if mailer is None:
+        return outcome
+    with session_factory() as session:
+        notices = notifications.due(
+            session, site=config.site.id, site_name=config.site.name, base_url=config.console.base_url
+        )
+        session.commit()  # nothing written: no lock is held while the mail server answers
+        try:
+            outcome.sent = notifications.send(
+                session, notices, now=now, mailer=mailer, sender=config.mail.sender, commit=session.commit
+            )
+        except Exception as err:  # retried at the next run; what went out is marked already
+            session.rollback()
+            outcome.mail_error = str(err)
+            log.warning("notification e-mail failed (will retry): %s", err)
     return outcome
 
 

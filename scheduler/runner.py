@@ -36,6 +36,7 @@ RETENTION_TIME = time(2, 30)  # nightly, when nobody is at school
 HEARTBEAT_SECONDS = 30
 EXPIRY_SECONDS = 30
 ROLLUP_SECONDS = 30
+NOTIFY_SECONDS = 15  # a new report or a request waiting for someone: e-mailed within this
 
 
 def digest_trigger(at: str) -> CronTrigger:
@@ -122,6 +123,13 @@ class SchedulerService:
             **common,
         )
         add(
+            self._guard("notify", self.run_notifications),
+            IntervalTrigger(seconds=NOTIFY_SECONDS),
+            id="notify",
+            misfire_grace_time=60,
+            **common,
+        )
+        add(
             self._guard("rollups", self.run_rollups),
             IntervalTrigger(seconds=ROLLUP_SECONDS),
             id="rollups",
@@ -188,6 +196,9 @@ class SchedulerService:
             self.config, self.session_factory, self.clock.now(), engine=self.engine, mailer=self.mailer,
             policy=self.policy(),
         )
+
+    def run_notifications(self) -> jobs.NotificationsOutcome:
+        return jobs.notifications_job(self.config, self.session_factory, self.clock.now(), mailer=self.mailer)
 
     def run_rollups(self) -> int:
         return jobs.rollups_job(self.config, self.session_factory, self.clock.now())

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.actor import Actor
@@ -38,6 +38,9 @@ class AlertFilter:
     person_id: str | None = None
     since: datetime | None = None  # last_seen at or after
     until: datetime | None = None  # last_seen before
+    # The viewer's own entry in the people register: a concern about them is never theirs to
+    # read (seed 001 §8; schoolgate.services.notifications routes it to someone else).
+    not_about: str | None = None
 
 
 def _severity_order() -> object:
@@ -65,6 +68,8 @@ def list_alerts(
         conditions.append(Alert.last_seen >= query.since)
     if query.until:
         conditions.append(Alert.last_seen < query.until)
+    if query.not_about:
+        conditions.append(or_(Alert.person_id.is_(None), Alert.person_id != query.not_about))
     total = session.scalar(select(func.count()).select_from(Alert).where(*conditions)) or 0
     is_open = case((Alert.status == RESOLVED, 1), else_=0)
     rows = session.scalars(
@@ -89,9 +94,10 @@ def count_open_by_severity(session: Session, site: SiteScope) -> dict[str, int]:
     return counts
 
 
-def get_alert(session: Session, site: SiteScope, alert_id: int) -> Alert:
+def get_alert(session: Session, site: SiteScope, alert_id: int, *, not_about: str | None = None) -> Alert:
+    """The case; NotFound too when it is about `not_about` (the viewer themself)."""
     alert = session.get(Alert, alert_id)
-    if alert is None or not in_scope(alert.site, site):
+    if alert is None or not in_scope(alert.site, site) or (not_about and alert.person_id == not_about):
         raise NotFound(f"There is no alert {alert_id}.")
     return alert
 

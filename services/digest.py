@@ -136,7 +136,12 @@ def compose_digest(
             )
         ),
         key=lambda a: (-rank.get(a.severity, 0), -a.last_seen.timestamp(), -a.id),
-    )[:MAX_LISTED_ALERTS]
+    )
+    # A concern about a member of staff goes to the headteacher (seed 001 §8), as it arises:
+    # not in the DSL's digest, which the person concerned could be among the readers of.
+    from schoolgate.services.notifications import about_staff
+
+    alerts = [a for a in alerts if not about_staff(session, site, a)][:MAX_LISTED_ALERTS]
     lines = [
         AlertLine(a.id, a.severity, a.status, a.title, a.last_seen, a.trigger_count, a.created_at >= since)
         for a in alerts
@@ -302,8 +307,14 @@ def dispatch_immediate(
     severities: Sequence[str] = ("high", "critical"),
     extra_recipients: Sequence[str] = (),
     commit: Any = None,
+    chair: str = "",
 ) -> list[int]:
     """Email each open alert of the given severities not yet notified; mark `notified_at`.
+
+    Each goes where seed 001 §8 sends it (schoolgate.services.notifications.concern_route): a
+    pupil's to the DSL and deputies, a member of staff's to the headteacher (at any severity:
+    staff concerns are not in the DSL's digest), the headteacher's to the chair of governors;
+    never to the person it is about.
 
     Each alert is marked after it is sent; a failed send raises, the caller rolls back, and
     the alert is tried again at the next run. `commit`, when given, ends the reading
@@ -311,24 +322,23 @@ def dispatch_immediate(
     answers: on SQLite that would hold up the DNS and proxy event writers) and commits each
     mark after its send, so one failure does not make earlier alerts go out twice.
     """
-    recipients = digest_recipients(session, site, extra_recipients)
-    if not recipients:
-        return []
-    due = session.scalars(
+    from schoolgate.services.notifications import concern_route
+
+    dsl = digest_recipients(session, site, extra_recipients)
+    unsent = session.scalars(
         select(Alert)
-        .where(
-            Alert.site == site,
-            Alert.severity.in_(list(severities)),
-            Alert.notified_at.is_(None),
-            Alert.status != "resolved",
-        )
+        .where(Alert.site == site, Alert.notified_at.is_(None), Alert.status != "resolved")
         .order_by(Alert.id)
     ).all()
-    messages = [(alert.id, render_immediate(alert, base_url, site_name)) for alert in due]
+    messages = []
+    for case in unsent:
+        route = concern_route(session, site, case.person_id, chair=chair, dsl=dsl)
+        if route.recipients and (route.about_staff or case.severity in severities):
+            messages.append((case.id, route.recipients, render_immediate(case, base_url, site_name)))
     if commit is not None:
         commit()  # nothing written yet: this only ends the transaction
     sent: list[int] = []
-    for alert_id, rendered in messages:
+    for alert_id, recipients, rendered in messages:
         mailer.send(
             build_message(
                 sender=sender, recipients=recipients, subject=rendered.subject, text=rendered.text, html=rendered.html

@@ -39,7 +39,8 @@ def _filter() -> tuple[svc.AlertFilter, dict[str, str]]:
     device = request.args.get("device", "")[:100].strip()
     if device:
         args["device"] = device
-    query = svc.AlertFilter(statuses=STATUS_FILTERS[which], severities=severities, device_id=device or None)
+    query = svc.AlertFilter(statuses=STATUS_FILTERS[which], severities=severities, device_id=device or None,
+                            not_about=_viewer())
     return query, args
 
 
@@ -64,9 +65,15 @@ def index() -> Any:
     )
 
 
+def _viewer() -> str | None:
+    """The viewer's entry in the people register: cases about them are not theirs to read."""
+    user = web.current_user()
+    return user.person_external_id if user is not None else None
+
+
 def _load(alert_id: int) -> Alert:
     try:
-        return svc.get_alert(web.db(), web.site_id(), alert_id)
+        return svc.get_alert(web.db(), web.site_id(), alert_id, not_about=_viewer())
     except ServiceError:
         abort(404)
 

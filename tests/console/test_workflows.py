@@ -162,3 +162,66 @@ def test_a_technician_forwards_but_never_closes_a_request(console: Console) -> N
     assert unfit.status_code == 302, unfit.get_data(as_text=True)
     page = console.login("headteacher").get(url).get_data(as_text=True)
     assert "the ICT technician recommends declining it." in page and 'id="withdraw-form"' in page
+
+
+def test_staff_without_an_account_report_from_a_school_device_and_see_the_status(console: Console) -> None:
+    from console_testkit import add_event, csrf_from
+
+    from schoolgate.store.models import ContentReport
+
+    # The test client's address, 127.0.0.1: the console finds the device from what DNS or the
+    # proxy last logged for it, never from the form.
+    with console.session() as session:
+        add_event(session, client_ip="127.0.0.1", device_id="KW-STAFF-21", role="staff", ts=console.clock.now())
+        session.commit()
+    anyone = console.client()
+    page = anyone.get("/report?url=https://scary.example.org/clip").get_data(as_text=True)
+    assert '<textarea id="f-urls" name="urls" rows="3" required>https://scary.example.org/clip</textarea>' in page
+    fields = {"submitter_name": "Mr Tay (TA, 4C)", "accessed_by": "", "urls": "https://scary.example.org/clip",
+              "nature": "A frightening clip in a search"}
+    sent = anyone.post("/report", data={"csrf_token": csrf_from(page), **fields})
+    text = sent.get_data(as_text=True)
+    assert sent.status_code == 200 and "The ICT technicians have been told." in text
+    reference = re.search(r'id="reference">([^<]+)<', text)
+    token = re.search(r'id="token"><code>([^<]+)<', text)
+    assert reference and token
+    with console.session() as session:
+        report = session.scalars(select(ContentReport).order_by(ContentReport.id.desc())).first()
+        assert report is not None and (report.device_id, report.client_ip) == ("KW-STAFF-21", "127.0.0.1")
+    status = anyone.get(f"/report/status?ref={reference.group(1)}&token={token.group(1)}").get_data(as_text=True)
+    assert "Waiting for an ICT technician to check it." in status
+    assert anyone.get(f"/report/status?ref={reference.group(1)}&token=wrong").status_code == 404
+    # A staff device has ten a day; the eleventh is refused with a plain message.
+    for _ in range(9):
+        assert anyone.post("/report", data={"csrf_token": csrf_from(page), **fields}).status_code == 200
+    refused = anyone.post("/report", data={"csrf_token": csrf_from(page), **fields})
+    assert refused.status_code == 429 and "the most it may" in refused.get_data(as_text=True)
+
+
+def test_a_concern_about_the_dsl_is_not_shown_to_the_dsl(console: Console) -> None:
+    from datetime import timedelta
+
+    from schoolgate.store.models import Alert
+
+    now = console.clock.now()
+    with console.session() as session:
+        session.add(Person(site=SITE, external_id="S-DSL", name="Ms Dee", role="staff"))
+        user = session.scalars(select(ConsoleUser).where(ConsoleUser.username == "dsl")).one()
+        user.person_external_id = "S-DSL"
+        mine = Alert(site=SITE, kind="circumvention", rule_id="circumvention", severity="high", status="new",
+                     title="Circumvention attempt from the DSL's laptop", summary="VPN site", device_id="LAP-DSL",
+                     person_id="S-DSL", first_seen=now, last_seen=now, created_at=now, updated_at=now)
+        other = Alert(site=SITE, kind="circumvention", rule_id="circumvention", severity="high", status="new",
+                      title="Circumvention attempt from Ada's iPad", summary="VPN site", device_id="IPAD-ADA",
+                      person_id="P-ADA", first_seen=now - timedelta(minutes=1), last_seen=now, created_at=now,
+                      updated_at=now)
+        session.add_all([mine, other])
+        session.commit()
+        mine_id, other_id = mine.id, other.id
+    dsl = console.login("dsl")
+    listing = dsl.get("/alerts").get_data(as_text=True)
+    assert "Ada&#39;s iPad" in listing and "the DSL&#39;s laptop" not in listing
+    assert dsl.get(f"/alerts/{mine_id}").status_code == 404
+    assert dsl.get(f"/alerts/{other_id}").status_code == 200
+    head = console.login("headteacher")
+    assert head.get(f"/alerts/{mine_id}").status_code == 200  # seed 001 §8: the headteacher's to handle

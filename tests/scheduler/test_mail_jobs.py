@@ -66,6 +66,7 @@ def test_the_scheduler_registers_the_digest_trigger(
     )
     assert {j.id for j in service.scheduler.get_jobs()} == {
         "alerts",
+        "notify",
         "rollups",
         "expiry",
         "heartbeat",
