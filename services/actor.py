@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 # Role names, for queries on UserRole (e.g. who is e-mailed); what each role may do is the
 # permission table's to say (schoolgate.services.permissions), never a check of these names.
-TECHNICIAN, DSL, HEADTEACHER, ADMIN, TRUST_ADMIN = (role.value for role in ConsoleRole)
+TECHNICIAN, DSL, HEADTEACHER, ADMIN, TRUST_ADMIN = (
+    ConsoleRole(name).value for name in ("technician", "dsl", "headteacher", "admin", "trust_admin")
+)
 
 
 @dataclass(frozen=True, slots=True)

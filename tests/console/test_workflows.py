@@ -134,9 +134,9 @@ def test_a_page_the_proxy_cannot_hold_for_every_device_is_confirmed_before_forwa
     request_id = ids["request"]
     tech = console.login("technician")
     url = f"/requests/{request_id}"
-    fields = {"technician_notes": "The PTA's page only", "risks_and_controls": "Supervised", "recommendation": "approve",
-              "target": "url", "value": "https://www.facebook.com/kingswoodpta", "scope": "role", "subject": "pupil",
-              "starts": "2026-11-23T08:00", "expires": "2026-12-18"}
+    fields = {"technician_notes": "The PTA's page only", "risks_and_controls": "Supervised",
+              "recommendation": "approve", "target": "url", "value": "https://www.facebook.com/kingswoodpta",
+              "scope": "role", "subject": "pupil", "starts": "2026-11-23T08:00", "expires": "2026-12-18"}
     asked = post_form(tech, url, f"{url}/triage", fields)
     text = asked.get_data(as_text=True)
     assert asked.status_code == 400 and 'name="scope_confirmed"' in text
