@@ -206,6 +206,7 @@ def can(permission: Permission) -> bool:
 HOME_PAGES: tuple[tuple[Permission, str], ...] = (
     (Permission.VIEW_DASHBOARD, "dashboard.index"),
     (Permission.OPEN_FOR_LESSON, "lessons.open_site"),
+    (Permission.VIEW_SOCIAL_MEDIA_SITES, "social.index"),
 )
 
 

@@ -227,6 +227,7 @@ class ExpiryOutcome:
     exceptions: list[int]
     bans: list[int]
     generation: int | None  # the new overlay generation, when something expired
+    social_sites: list[int] = field(default_factory=list)  # appendix C approvals that expired
 
 
 def expiry_job(config: AppConfig, session_factory: SessionFactory, now: datetime) -> ExpiryOutcome:
@@ -267,7 +268,13 @@ def expiry_job(config: AppConfig, session_factory: SessionFactory, now: datetime
         generation = bump_overlay(session, site=site, now=now) if exception_ids or ban_ids else None
         advance_mark(session, site, EXPIRY_MARK, now)
         session.commit()
-    return ExpiryOutcome(exception_ids, ban_ids, generation)
+    with session_factory() as session:
+        # Appendix C approvals past their expiry: the administrators go back to their own roles.
+        from schoolgate.services.social_media_sites import expire_due as expire_social_sites
+
+        social_sites = expire_social_sites(session, site=site, now=now)
+        session.commit()
+    return ExpiryOutcome(exception_ids, ban_ids, generation, social_sites)
 
 
 # -- retention ---------------------------------------------------------------------------------

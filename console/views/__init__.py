@@ -19,8 +19,9 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.registers import bp as registers
     from schoolgate.console.views.reports import bp as reports
     from schoolgate.console.views.requests import bp as requests
+    from schoolgate.console.views.social import bp as social
     from schoolgate.console.views.trust import bp as trust
 
     for blueprint in (auth, public, dashboard, requests, reports, alerts, activity, registers, policy, audit, admin,
-                      trust, checks, lessons):
+                      trust, checks, lessons, social):
         app.register_blueprint(blueprint)

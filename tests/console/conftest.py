@@ -431,5 +431,18 @@ def seed(console: Console) -> dict[str, int]:
         session.add(unlock)
         session.flush()
         ids["unlock"] = unlock.id
+        from schoolgate.store.models import SocialMediaAdmin, SocialMediaSite
+
+        social = SocialMediaSite(
+            site=SITE, status="submitted", platform="Facebook page", moderator="Ms Media",
+            purpose="News for parents", aims="Fewer letters", content="Events and closures",
+            administrators="Ms Media, Mr Deputy", vetting="Ms Media, marketing officer", host="Facebook",
+            security="Comments off", requested_by="marketing", requested_by_name="Marketing Person", created_at=now,
+            admins=[SocialMediaAdmin(person_external_id="S1", person_name="Ms Media"),
+                    SocialMediaAdmin(person_external_id="S2", person_name="Mr Deputy")],
+        )
+        session.add(social)
+        session.flush()
+        ids["social"] = social.id
         session.commit()
     return ids

@@ -39,6 +39,7 @@ ARG_FOR = {
     "user_id": "user",
     "check_id": "check",
     "unlock_id": "unlock",
+    "record_id": "social",
 }
 
 
