@@ -64,6 +64,7 @@ def add_site_block(
     actor.require(Permission.EDIT_POLICY, doing="block sites")
     domain, url_prefix, roles = _validate(spec)
     text = clean_text(reason, field="reason", max_len=2000, required=True)
+    closes = block_statement(session, site, domain=domain, url_prefix=url_prefix, roles=roles)
     row = SiteBlockRow(
         site=site,
         domain=domain,
@@ -73,6 +74,7 @@ def add_site_block(
         report_id=report_id,
         created_by=actor.name,
         created_at=now,
+        enforced_scope=closes,
     )
     session.add(row)
     session.flush()
@@ -89,11 +91,28 @@ def add_site_block(
             "roles": roles or "all",
             "reason": text,
             "report_id": report_id,
+            "enforced_scope": closes,
         },
         now=now,
     )
     bump_overlay(session, site=site, now=now)
     return row
+
+
+def block_statement(
+    session: Session, site: str, *, domain: str | None, url_prefix: str | None, roles: str = ""
+) -> str:
+    """What a block closes, in words: a URL prefix closes the whole site on the devices the proxy
+    cannot see into (schoolgate.services.approval_scope)."""
+    from schoolgate.services.approval_scope import EnforcedScope, coverage_of_everyone
+
+    if domain is not None:
+        return EnforcedScope(target="domain", value=domain, host=domain, coverage=None).sentence(opening=False)
+    assert url_prefix is not None
+    _url, host = parse_url(url_prefix, field="url_prefix")
+    wanted = frozenset(r for r in roles.split(",") if r)
+    return EnforcedScope(target="url", value=url_prefix, host=host,
+                         coverage=coverage_of_everyone(session, site, wanted)).sentence(opening=False)
 
 
 def remove_site_block(

@@ -78,8 +78,17 @@ def _load(report_id: int) -> ContentReport:
 
 def _show(report: ContentReport, *, errors: dict[str, str] | None = None, message: str | None = None,
           values: dict[str, Any] | None = None, status: int = 200) -> Any:
+    from schoolgate.services.site_blocks import block_statement
+
+    urls = report.urls.splitlines()
+    closes = {}
+    for url in urls:
+        try:
+            closes[url] = block_statement(web.db(), report.site, domain=None, url_prefix=url)
+        except ServiceError:
+            continue
     return render_template(
-        "reports/show.html", report=report, urls=report.urls.splitlines(), roles=BLOCKABLE_ROLES,
+        "reports/show.html", report=report, urls=urls, roles=BLOCKABLE_ROLES, closes=closes,
         errors=errors or {}, message=message, values=values or {},
     ), status
 

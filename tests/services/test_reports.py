@@ -159,3 +159,20 @@ def test_a_report_from_a_school_device_without_an_account(session: Session) -> N
     tomorrow = reports.submit_public_report(session, site=SITE, now=NOW + timedelta(days=1, minutes=1), form=form,
                                             filer=filer)
     assert tomorrow.report.id > first.report.id
+
+
+def test_a_page_block_records_that_it_closes_the_whole_site_where_pages_cannot_be_seen(
+    session: Session, technician: Actor
+) -> None:
+    from schoolgate.services.site_blocks import add_site_block
+
+    page = add_site_block(session, site=SITE, now=NOW, actor=technician, reason="Reported",
+                          spec=BlockSpec(url_prefix="https://news.example.org/nasty", roles=frozenset({"pupil"})))
+    assert page.enforced_scope.startswith("This closes the whole of news.example.org, not only pages under")
+    whole = add_site_block(session, site=SITE, now=NOW, actor=technician, reason="Reported",
+                           spec=BlockSpec(domain="games.example.org"))
+    assert whole.enforced_scope == (
+        "This closes the whole of games.example.org and its subdomains, on every device it covers."
+    )
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "site_block.create")).first()
+    assert entry is not None and "enforced_scope" in json.loads(entry.detail)
