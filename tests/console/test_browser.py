@@ -274,6 +274,7 @@ def test_pupil_request_is_triaged_and_approved_on_a_phone(live: Live, browser: A
     head.page.goto(f"{live.base}/requests")
     head.page.click(f"text={reference}")
     assert head.page.is_visible("#decide-form")
+    head.page.click("#decide-form details.more summary")  # reasons are optional to approve: tucked away
     head.page.fill("#f-reasons", "Supervised use for the project this term")
     head.page.fill("#f-password", live.passwords["head"])
     head.page.fill("#f-code", live.code("head"))
@@ -293,6 +294,119 @@ def test_pupil_request_is_triaged_and_approved_on_a_phone(live: Live, browser: A
     pupil.close()
     after = _explain(live, "--host", "www.facebook.com")
     assert after.startswith("Allowed") and "Exception" in after, after
+
+
+@dataclass
+class Journey:
+    """A scripted journey at a person's pace: each tap waits as long as finding and reaching the
+    target takes, each character as long as typing it on a phone's keyboard takes."""
+
+    page: Any
+    tap_s: float = 1.0  # find the field or button and touch it
+    key_s: float = 0.2  # one character on a phone keyboard
+    taps: int = 0
+
+    def tap(self, selector: str, *, submits: bool = False) -> None:
+        """Touch `selector`; `submits`: it sends a form, and the next page is waited for."""
+        self.page.wait_for_timeout(self.tap_s * 1000)
+        if submits:
+            with self.page.expect_navigation():
+                self.page.tap(selector)
+        else:
+            self.page.tap(selector)
+        self.taps += 1
+
+    def type(self, text: str) -> None:  # into the focused field
+        self.page.keyboard.type(text, delay=self.key_s * 1000)
+
+
+def _approve_button_bottom(page: Any) -> float:
+    box = page.locator("button[value=approve]").bounding_box()
+    assert box is not None
+    return float(box["y"] + box["height"] + page.evaluate("window.scrollY"))
+
+
+def test_the_headteacher_decides_from_the_email_link_on_a_phone(live: Live, browser: Any) -> None:
+    """The proposal in one sentence, what it opens, the signature and the buttons on the first
+    screen of a phone; the code box brings up the number pad. Measured: pixels from the top of the
+    page to the bottom of the Approve button, taps, and seconds of the journey from the e-mail's
+    link, signed out (the usual case between lessons) and still signed in."""
+    from schoolgate.services import access_requests as ar
+    from schoolgate.services import notifications
+    from schoolgate.services.actor import Actor
+    from schoolgate.store.models import ConsoleUser
+
+    if "head" not in live.totp:  # the headteacher's second factor, as the first journey sets it up
+        setup = Watched(browser)
+        sign_in(setup, live, "head")
+        setup.close()
+    now = datetime.now(UTC)
+    policy_path = live.config.policy
+    from schoolgate.policy import load_policy
+
+    policy = load_policy(policy_path)
+    with live.session() as session:
+        users = {u.username: u for u in session.query(ConsoleUser)}
+        users["head"].email = "head@kingswood.example"
+        tech = Actor.from_user(users["tech"])
+        requests = []
+        for host in ("www.instagram.com", "x.com"):
+            submitted = ar.submit_request(session, site=SITE, now=now, policy=policy, form=ar.RequestForm(
+                requester="Mr Green (6B)", url=f"https://{host}/kingswoodschool", reasons="The school's own posts",
+                client_ip="10.41.10.20"))
+            ar.triage_request(session, site=SITE, now=now, actor=tech, request_id=submitted.request.id, policy=policy,
+                              form=ar.TriageForm(technician_notes="The school's own account", risks_and_controls=(
+                                  "Replies from strangers: staff read only"), target="domain", value=host.removeprefix(
+                                  "www."), scope="role", subject="staff", starts=now,
+                                  expires=now + timedelta(days=30)))
+            requests.append(submitted.request.id)
+        session.commit()
+        notices = notifications.due(session, site=SITE, site_name="Kingswood Primary School",
+                                    base_url=live.config.console.base_url)
+    texts = [n.rendered.text for n in notices if n.recipients == ["head@kingswood.example"]]
+    links = [re.search(rf"{re.escape(live.base)}/requests/{rid}\b", "".join(texts)) for rid in requests]
+    assert all(links), texts
+
+    measured: dict[str, dict[str, float]] = {}
+    head = Watched(browser, **PHONE)
+    page = head.page
+    for label, link in (("signed out", links[0]), ("signed in", links[1])):
+        assert link is not None
+        journey = Journey(page)
+        # The codes the authenticator shows, read before the clock starts: live.code may wait for
+        # a fresh 30-second step, which a person would not.
+        codes = [live.code("head") for _ in range(2 if label == "signed out" else 1)]
+        started = time.monotonic()
+        page.goto(link.group(0))
+        if label == "signed out":
+            assert "/login" in page.url
+            journey.type("head")  # the username box has the focus
+            journey.tap("#f-password")
+            journey.type(live.passwords["head"])
+            journey.tap("main button[type=submit]", submits=True)
+            journey.type(codes.pop(0))  # the code box has the focus, with the number pad
+            journey.tap("main button[type=submit]", submits=True)
+        assert page.url == link.group(0), (page.url, page.inner_text("main")[:500])
+        pixels = _approve_button_bottom(page)
+        assert page.inner_text("#summary").startswith("Mr Green (6B) asks to use")
+        code = page.locator("#f-code")
+        assert code.get_attribute("inputmode") == "numeric"
+        assert code.get_attribute("autocomplete") == "one-time-code"
+        journey.type(live.passwords["head"])  # the password box has the focus
+        journey.tap("#f-code")
+        journey.type(codes.pop(0))
+        journey.tap("button[value=approve]", submits=True)
+        seconds = time.monotonic() - started
+        assert "is approved" in page.inner_text("main"), page.inner_text("main")[:600]
+        measured[label] = {"pixels": pixels, "taps": journey.taps, "seconds": round(seconds, 1)}
+        if SHOTS:
+            page.screenshot(path=str(Path(SHOTS) / f"decision-{label.replace(' ', '-')}.png"))
+    head.close()
+    print(f"\nheadteacher's phone journey from the e-mail link: {measured}")
+    for label, numbers in measured.items():
+        assert numbers["pixels"] <= PHONE["viewport"]["height"], (label, numbers)  # on the first screen
+        assert numbers["seconds"] < 30, (label, numbers)
+    assert measured["signed out"]["taps"] <= 5 and measured["signed in"]["taps"] <= 2, measured
 
 
 def test_content_report_is_actioned_by_blocking_the_url(live: Live, browser: Any) -> None:
