@@ -147,6 +147,21 @@ class LabClient:
             subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", f"lab-ca-{index}", "-i", ca],
                            check=True, capture_output=True)
 
+    def mails(self) -> list[tuple[list[str], Any]]:
+        """What the lab's mail relay has received: (envelope recipients, parsed message), oldest first."""
+        from email import message_from_bytes
+        from email import policy as email_policy
+        from pathlib import Path
+
+        folder = Path(self.lab.state_dir) / "mail"
+        found = []
+        for envelope in sorted(folder.glob("*.json")) if folder.exists() else []:
+            body = envelope.with_suffix(".eml")
+            if body.exists():
+                recipients = json.loads(envelope.read_text())["to"]
+                found.append((recipients, message_from_bytes(body.read_bytes(), policy=email_policy.default)))
+        return found
+
     def proxy_stats(self, *, fresh: bool = False) -> dict[str, Any]:
         """The proxy's own counters (its stats file). `fresh`: wait for a rewrite made after now."""
         path = self.lab.data_dir / "proxy-stats.json"

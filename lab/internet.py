@@ -10,7 +10,9 @@ process serves:
 - HTTP (80) and HTTPS (443) for every site, on every address, with the certificate chosen
   by SNI from the lab's public CA. `/` returns a small page naming the site; `/bytes/N`
   streams N bytes (throughput measurements); every response says which host and address
-  the request reached.
+  the request reached;
+- the school's mail relay on 203.0.113.25:25 (SMTP, no TLS): every message the appliance
+  sends is kept in STATE_DIR/mail as NNNN.eml, its envelope in NNNN.json, for tests to read.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ RESOLVER_IP = f"{WAN_PREFIX}.53"
 DOH_IP = f"{WAN_PREFIX}.54"  # a second resolver, answering DoH only
 ANY_NAME_PREFIX = "198.18.0.0/16"  # every other name gets an address of its own here
 GATEWAY_WAN_IP = f"{WAN_PREFIX}.1"
+MAIL_IP = f"{WAN_PREFIX}.25"  # the school's mail relay (the trust's, or its e-mail provider's)
+MAIL_PORT = 25
 INTERNET_IP = f"{WAN_PREFIX}.254"
 
 
@@ -56,6 +60,7 @@ SITES: tuple[Site, ...] = (
     # DoH resolvers: their names resolve here, and they answer HTTPS like a real resolver would.
     Site("resolver", RESOLVER_IP, ("dns.quad9.net", "doh.lab.example")),
     Site("resolver2", DOH_IP, ("cloudflare-dns.com", "dns.google")),
+    Site("mail", MAIL_IP, ("mail.lab.example",)),
 )
 
 
@@ -206,6 +211,78 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sc
             writer.close()
 
 
+class MailRelay:
+    """Just enough SMTP to take the appliance's mail (RFC 5321's minimum): each message is kept
+    as a file, never delivered anywhere."""
+
+    MAX_BYTES = 10 * 1024 * 1024
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sender = ""
+        recipients: list[str] = []
+
+        async def say(line: str) -> None:
+            writer.write(line.encode("ascii") + b"\r\n")
+            await writer.drain()
+
+        try:
+            await say("220 mail.lab.example ESMTP lab relay")
+            while True:
+                raw = await asyncio.wait_for(reader.readline(), timeout=30)
+                if not raw:
+                    return
+                command = raw.decode("latin-1").strip()
+                verb = command[:4].upper()
+                if verb in ("EHLO", "HELO"):
+                    await say("250 mail.lab.example")
+                elif verb == "MAIL":
+                    sender, recipients = command.partition(":")[2].strip(), []
+                    await say("250 OK")
+                elif verb == "RCPT":
+                    recipients.append(command.partition(":")[2].strip().strip("<>"))
+                    await say("250 OK")
+                elif verb == "DATA":
+                    await say("354 End data with <CR><LF>.<CR><LF>")
+                    body = await self._data(reader)
+                    self._keep(sender, recipients, body)
+                    await say("250 OK: kept")
+                elif verb in ("RSET", "NOOP"):
+                    await say("250 OK")
+                elif verb == "QUIT":
+                    await say("221 Bye")
+                    return
+                else:
+                    await say("502 Not implemented")
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.close()
+
+    async def _data(self, reader: asyncio.StreamReader) -> bytes:
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = await asyncio.wait_for(reader.readline(), timeout=30)
+            if not line or line in (b".\r\n", b".\n"):
+                return b"".join(lines)
+            size += len(line)
+            if size > self.MAX_BYTES:
+                raise ValueError("message too large")
+            lines.append(line[1:] if line.startswith(b"..") else line)
+
+    def _keep(self, sender: str, recipients: list[str], body: bytes) -> None:
+        self.count += 1
+        stem = self.folder / f"{self.count:04d}"
+        stem.with_suffix(".eml").write_bytes(body)
+        stem.with_suffix(".json").write_text(json.dumps({"from": sender, "to": recipients}))
+
+
 async def serve(state_dir: Path) -> None:
     spec = json.loads((state_dir / "internet.json").read_text())
     certs: dict[str, tuple[str, str]] = spec["certs"]
@@ -229,6 +306,7 @@ async def serve(state_dir: Path) -> None:
         await asyncio.start_server(
             secure, "0.0.0.0", 443, ssl=tls, reuse_address=True, backlog=1024, ssl_handshake_timeout=10
         ),
+        await asyncio.start_server(MailRelay(state_dir / "mail").session, MAIL_IP, MAIL_PORT, reuse_address=True),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

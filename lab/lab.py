@@ -47,6 +47,8 @@ from schoolgate.lab.internet import (
     DOH_IP,
     GATEWAY_WAN_IP,
     INTERNET_IP,
+    MAIL_IP,
+    MAIL_PORT,
     OTHER_NAMES,
     RESOLVER_IP,
     SITES,
@@ -423,7 +425,10 @@ base_url = "http://{address}:{CONSOLE_PORT}"
 plain_http = true  # the lab only: an appliance serves the console over TLS
 
 [mail]
-host = ""  # no mail relay in the lab: the scheduler logs the digest instead
+# The lab's mail relay keeps every message in the state directory's mail/ folder.
+host = "{MAIL_IP}"
+port = {MAIL_PORT}
+sender = "schoolgate@kingswood.lab.example"
 
 [alerts]
 scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what raised it

@@ -2,7 +2,8 @@
 
 The tests cannot drive a browser in another network namespace from their own process, so they
 write what to do into a JSON file and run this script inside the device's namespace. It prints
-one JSON object: for each step, the page's URL, HTTP status, visible text and HTML.
+one JSON object: for each step, when it finished, the page's URL, HTTP status, visible text and
+HTML.
 
 SPEC: {"home": dir (its .pki/nssdb holds the CAs the device trusts), "viewport": [w, h] or null,
        "steps": [["goto", url] | ["click", selector] | ["fill", selector, text]]}
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 
@@ -56,6 +58,7 @@ def main(spec_path: str) -> int:
                 error = f"{type(err).__name__}: {err}"
             results.append({
                 "step": step,
+                "done_at": time.time(),  # the wall clock when the step finished, for timing what follows
                 "url": page.url,
                 "status": status,
                 "error": error,

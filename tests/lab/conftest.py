@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,14 @@ from schoolgate.store.db import make_engine, session_factory
 _labs = itertools.count()
 
 
-def _private_lab(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Iterator[LabClient]:
+def _private_lab(
+    tmp_path_factory: pytest.TempPathFactory, topology: str, policy: Callable[[Path], Path] | None = None
+) -> Iterator[LabClient]:
     # sgt + this lab's serial and the PID in base 36: two runs on one box do not collide.
     prefix = private_prefix("sgt", next(_labs), os.getpid())
     state_root = tmp_path_factory.mktemp("lab")
-    built = Lab(prefix, state_root=Path(state_root), topology=topology)
+    extra = {"policy": policy(tmp_path_factory.mktemp("lab-policy"))} if policy is not None else {}
+    built = Lab(prefix, state_root=Path(state_root), topology=topology, **extra)
     built.down()  # leftovers of an earlier interrupted run with the same prefix
     built.up(clock=DEFAULT_CLOCK)
     engine = make_engine(built.database_url)
@@ -38,8 +41,9 @@ def _private_lab(tmp_path_factory: pytest.TempPathFactory, topology: str) -> Ite
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
-    """The gateway topology: the appliance is the devices' router."""
-    yield from _private_lab(tmp_path_factory, "gateway")
+    """The gateway topology: the appliance is the devices' router. A test module may run its lab
+    on a policy of its own: a module-level `lab_policy(folder) -> Path` writes it."""
+    yield from _private_lab(tmp_path_factory, "gateway", getattr(request.module, "lab_policy", None))
 
 
 @pytest.fixture(scope="module")

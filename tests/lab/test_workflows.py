@@ -1,5 +1,7 @@
 """The people the policies name, doing their part on the lab's devices: a pupil meeting the block
-page written for children and telling the DSL it upset them.
+page written for children and telling the DSL it upset them, a teacher opening a site for the
+lesson, a teaching assistant reporting content, and approvals and blocks for pages held at their
+URL prefix only where the proxy can see pages.
 
 Chromium runs inside a device's namespace (tests/lab/browse.py, through Playwright); the
 appliance's own daemons, under `schoolgate run`, do the rest: DNS, the proxy, the console and
@@ -9,6 +11,7 @@ the scheduler that raises the DSL's case.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +32,44 @@ from schoolgate.store.models import Alert
 pytestmark = [pytest.mark.root, pytest.mark.browser, pytest.mark.slow]
 
 LESSON = "2026-11-23T10:15:00+00:00"  # Monday, autumn term, a lesson (GMT: local time = UTC)
+CONSOLE = "http://10.41.0.1:8443"
+GAMES = """
+
+# (lab) A local category the school blocks for pupils, which a teacher may open for a lesson.
+[categories.games]
+name = "Games"
+description = "Online games: not for lessons, unless a teacher opens one for their class."
+
+[lists.games]
+format = "plain"
+file = "games.txt"
+category = "games"
+
+[[rules]]
+id = "pupils-no-games"
+clause = "Online Safety Policy §6"
+reason = "games are not for lessons"
+roles = ["pupil"]
+categories = ["games"]
+action = "block"
+"""
+
+
+def lab_policy(folder: Path) -> Path:
+    """The example policy with games blocked for pupils (see tests/lab/conftest.py): the example
+    blocks nothing a teacher may open, social media and harmful content being the headteacher's."""
+    from schoolgate.lab.lab import DEFAULT_POLICY
+
+    text = DEFAULT_POLICY.read_text(encoding="utf-8")
+    for name in re.findall(r'^file = "([^"]+)"', text, re.M):
+        source = DEFAULT_POLICY.parent / name
+        if source.exists():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    (folder / "games.txt").write_text("coolmathgames.com\n", encoding="utf-8")
+    policy = folder / "policy.toml"
+    policy.write_text(text + GAMES, encoding="utf-8")
+    return policy
 BROWSE = Path(__file__).resolve().parent / "browse.py"
 T = TypeVar("T")
 
@@ -228,3 +269,98 @@ def test_a_page_block_is_held_at_its_prefix_or_closes_the_whole_site(lab: LabCli
             stored.removed_at = lab.lab.clock_now()
             bump_generation(session, "kingswood")
             session.commit()
+
+
+# ---------------------------------------------------------------- staff without a dashboard
+
+
+def add_account(lab: LabClient, username: str, role: str, *, email: str | None = None,
+                person: str | None = None) -> str:
+    from schoolgate.console import accounts
+    from schoolgate.services.permissions import ConsoleRole
+    from schoolgate.store.models import ConsoleUser
+
+    password = f"lab password for {username} 2026"
+    with lab.session() as session:
+        user = accounts.create_user(session, username=username, display_name=username.title(),
+                                    roles=frozenset({ConsoleRole(role)}), password=password, site="kingswood",
+                                    email=email)
+        session.flush()
+        stored = session.get(ConsoleUser, user.id)
+        assert stored is not None
+        stored.person_external_id = person
+        session.commit()
+    return password
+
+
+def test_a_teacher_opens_a_site_for_the_lesson_within_two_seconds_and_it_closes_at_the_window_edge(
+    lab: LabClient, tmp_path: Path
+) -> None:
+    from schoolgate.lab.internet import address_for_name
+    from schoolgate.store.models import LessonUnlock, Person
+    from schoolgate.store.overlay import bump_generation
+
+    staff = device("staff")  # Cara Teacher, who teaches 5A: the class of the `pupil` device
+    with lab.session() as session:
+        teacher = session.scalars(select(Person).where(Person.external_id == staff.person_id)).one()
+        teacher.groups = "teachers,5A"
+        bump_generation(session, "kingswood")
+        session.commit()
+    password = add_account(lab, "cara", "teacher", person=staff.person_id)
+    lab.set_clock(LESSON)
+    game = address_for_name("coolmathgames.com")
+    assert lab.resolve("pupil", "coolmathgames.com") == ["10.41.0.1"]  # games are not for lessons
+
+    steps = [["goto", f"{CONSOLE}/login"], ["fill", "#f-username", "cara"], ["fill", "#f-password", password],
+             ["click", "main button[type=submit]"], ["fill", "#f-url", "https://coolmathgames.com/0-2048"],
+             ["fill", "#f-reason", "Times tables"], ["click", "#open-form button[type=submit]"]]
+    *_, signed_in, _url, _reason, opened = browse(lab, "staff", steps, tmp_path / "staff")
+    assert signed_in["url"].endswith("/lesson") and "10:30, when morning break starts" in signed_in["text"]
+    assert "coolmathgames.com is open for 5A until" in opened["text"], opened["text"][:800]
+
+    def open_for_the_class() -> bool | None:
+        if lab.resolve("pupil", "coolmathgames.com") != [game]:
+            return None
+        return lab.curl("pupil", "http://coolmathgames.com/", timeout=2).returncode == 0 or None
+
+    wait_until(open_for_the_class, timeout=opened["done_at"] + 2.0 - time.time(), what="the site to open")
+    assert lab.resolve("pupilca", "coolmathgames.com") == ["10.41.0.1"]  # 6B: not their class
+    with lab.session() as session:
+        unlock = session.scalars(select(LessonUnlock).order_by(LessonUnlock.id.desc())).first()
+        assert unlock is not None and (unlock.group, unlock.ends_with) == ("5A", "morning break starts")
+        ends = unlock.ends
+    # The lab's clock reaches the end of the lesson: the site closes with it, on its own.
+    lab.set_clock((ends + timedelta(seconds=1)).isoformat())
+    assert lab.resolve("pupil", "coolmathgames.com") == ["10.41.0.1"]
+    lab.set_clock(LESSON)
+
+
+def test_a_teaching_assistants_report_from_a_lab_device_reaches_the_technicians_inbox(
+    lab: LabClient, tmp_path: Path
+) -> None:
+    from schoolgate.scheduler.runner import NOTIFY_SECONDS
+
+    add_account(lab, "techlab", "technician", email="technicians@kingswood.lab.example")
+    lab.set_clock(LESSON)
+    before = len(lab.mails())
+    steps = [["goto", f"{CONSOLE}/report?url=https://scary.example.org/clip"],
+             ["fill", "#f-submitter_name", "Mr Tay (teaching assistant, 5A)"],
+             ["fill", "#f-nature", "A frightening clip came up in a search"],
+             ["click", "#report-form button[type=submit]"]]
+    *_, sent = browse(lab, "pupil", steps, tmp_path / "ta")  # the class iPad the assistant was helping with
+    assert "The ICT technicians have been told." in sent["text"], sent["text"][:500]
+    reference = re.search(r"IR-\d{6}", sent["text"])
+    assert reference is not None
+
+    def delivered() -> tuple[list[str], Any] | None:
+        mails = lab.mails()[before:]
+        return next((m for m in mails if "technicians@kingswood.lab.example" in m[0]), None)
+
+    # The scheduler's notification job runs every NOTIFY_SECONDS: two runs and the mail's way.
+    recipients, message = wait_until(delivered, timeout=2 * NOTIFY_SECONDS + 10, what="the technicians' e-mail")
+    assert recipients == ["technicians@kingswood.lab.example"]
+    assert message["Subject"] == f"Inappropriate content reported at Kingswood Primary School: {reference.group(0)}"
+    text = message.get_body(("plain",)).get_content()
+    assert "Mr Tay (teaching assistant, 5A) reported inappropriate content (1 address on scary.example.org)" in text
+    assert f"from the device {device('pupil').device_id}" in text
+    assert f"{CONSOLE}/reports/" in text
