@@ -1,7 +1,7 @@
 """exceptions link to the lesson unlock that made them
 
-Revision ID: 0006_lesson_unlock_link
-Revises: 0005_alert_evidence
+Revision ID: 0007_lesson_unlock_link
+Revises: 0006_bans_that_stick
 Create Date: 2026-12-06 06:22:32.126349
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 import schoolgate.store.coltypes
 
 
-revision: str = '0006_lesson_unlock_link'
-down_revision: str | None = '0005_alert_evidence'
+revision: str = '0007_lesson_unlock_link'
+down_revision: str | None = '0006_bans_that_stick'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
