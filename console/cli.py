@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                      help="technician, dsl, headteacher or admin (repeat for several), or trust_admin alone")
     add.add_argument("--name", help="the name printed on forms (default: the username)")
     add.add_argument("--email")
+    add.add_argument("--person", metavar="ID",
+                     help="their id in the people register: a teacher's classes are its groups, and concerns "
+                          "about this person are never sent to this account")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input instead of generating one")
     add.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
@@ -111,7 +114,10 @@ def _users_add(args: argparse.Namespace) -> int:
                                     roles=roles, password=password, email=args.email,
                                     # A trust admin's account belongs to no one school.
                                     site=None if ConsoleRole.TRUST_ADMIN in roles else config.site.id)
-        _audit(session, config, "user.create", user, {"roles": sorted(user.role_names)})
+        if args.person:
+            user.person_external_id = args.person.strip()[:100] or None
+        _audit(session, config, "user.create", user,
+               {"roles": sorted(user.role_names), "person": user.person_external_id})
         session.commit()
     except accounts.AccountError as err:
         session.rollback()

@@ -800,6 +800,19 @@ def check_mail(env: Env) -> list[Result]:
     return [ok("mail", f"relay {where} answers")]
 
 
+def check_concerns(env: Env) -> list[Result]:
+    """Seed 001 §8: a concern about the headteacher goes to the chair of governors or trustees."""
+    if env.config.mail.chair_of_governors.strip():
+        return [ok("concerns", f"concerns about the headteacher go to {env.config.mail.chair_of_governors.strip()}")]
+    return [
+        warn(
+            "concerns",
+            "no chair of governors is set: a concern about the headteacher is e-mailed to the DSL instead",
+            "set [mail] chair_of_governors to the chair's e-mail address in schoolgate.toml",
+        )
+    ]
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("mode", check_mode),
     ("interface", check_interfaces),
@@ -817,6 +830,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("ca", check_ca),
     ("clock", check_clock),
     ("mail", check_mail),
+    ("concerns", check_concerns),
 )
 
 

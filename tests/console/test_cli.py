@@ -109,3 +109,22 @@ def test_console_serves_tls_with_a_certificate_from_the_school_ca(tmp_path: Path
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=15)
+
+
+def test_a_teachers_account_is_linked_to_their_entry_in_the_people_register(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path))
+    added = run("users", "add", "mgreen", "--role", "teacher", "--name", "Mr Green", "--person", "T1",
+                "--config", config)
+    assert added.returncode == 0, added.stderr
+    assert "two-factor" not in added.stdout  # a teacher signs in with a password
+
+    from sqlalchemy import select
+
+    from schoolgate.config import load_config
+    from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.store.models import ConsoleUser
+
+    loaded = load_config(config)
+    with session_factory(make_engine(loaded.database_url))() as session:
+        user = session.scalars(select(ConsoleUser).where(ConsoleUser.username == "mgreen")).one()
+        assert (user.person_external_id, user.role_names) == ("T1", frozenset({"teacher"}))

@@ -374,6 +374,15 @@ def test_mail_unreachable_or_unset(config: AppConfig, host: str, expected: Statu
     assert statuses(doctor.check_mail(env)) == [expected]
 
 
+@pytest.mark.parametrize(("chair", "expected"), [("", Status.WARN), ("chair@governors.example", Status.OK)])
+def test_concerns_about_the_headteacher_have_somewhere_to_go(config: AppConfig, chair: str, expected: Status) -> None:
+    env = make_env(replace(config, mail=MailConfig(chair_of_governors=chair)))
+    (result,) = doctor.check_concerns(env)
+    assert result.status is expected
+    if expected is Status.WARN:
+        assert "the DSL instead" in result.message and "chair_of_governors" in result.fix
+
+
 # ------------------------------------------------------------------------ network setup
 
 
