@@ -128,7 +128,10 @@ def test_hostile_upstream_answers_never_stop_the_daemon(fresh_daemon, hostile: H
             assert d.proc is not None and d.proc.poll() is None, d.log_text()[-3000:]
     finally:
         sock.close()
-    assert hostile.answered >= QUERIES * 0.9  # the queries really went upstream
+    # The hostile answers really reached the daemon's parsers. Not every query goes upstream:
+    # after a run of unusable answers the pool rests the upstream (and on a loaded machine the
+    # timeouts add to the run), answering SERVFAIL meanwhile, which is the behaviour under test too.
+    assert hostile.answered >= QUERIES // 8, (hostile.answered, rcodes)
     assert hostile.tcp_answered > 0  # and some over TCP, after a truncated answer
     assert unanswered == 0 and replies == QUERIES, (unanswered, rcodes)
     assert rcodes.get(dns.rcode.NOERROR, 0) > 0 and rcodes.get(dns.rcode.SERVFAIL, 0) > 0, rcodes
@@ -147,5 +150,7 @@ def test_hostile_upstream_answers_never_stop_the_daemon(fresh_daemon, hostile: H
     expected = size * (1 - (1 - 1 / size) ** len(ports))
     assert len(set(ports)) >= 0.97 * expected, (len(set(ports)), expected, len(ports))
     assert low <= min(ports) and max(ports) <= high
-    # a uniform spread: the standard deviation of a uniform range is its width / sqrt(12)
-    assert abs(statistics.pstdev(ports) - size / 12**0.5) < 0.05 * size
+    # a uniform spread: the standard deviation of a uniform range is its width / sqrt(12); with
+    # 500 ports or more, the sample's is within 15% of it (over 7 standard errors)
+    sigma = size / 12**0.5
+    assert abs(statistics.pstdev(ports) - sigma) < 0.15 * sigma
