@@ -4,6 +4,7 @@ administrators authorised until it expires; schoolgate.services.social_media_sit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -13,6 +14,7 @@ from schoolgate.console import web
 from schoolgate.console.forms import parse_local
 from schoolgate.console.reauth import ReauthFailed, sign
 from schoolgate.services import social_media_sites as svc
+from schoolgate.services.actor import Signature
 from schoolgate.services.errors import InvalidInput, ServiceError
 from schoolgate.services.permissions import Permission
 from schoolgate.store.models import Person, SocialMediaSite
@@ -124,15 +126,10 @@ def show(record_id: int) -> Any:
     return _show(_load(record_id))
 
 
-@bp.route("/<int:record_id>/endorse", methods=["POST"])
-@web.requires(Permission.ENDORSE_SOCIAL_MEDIA_SITE)
-def endorse(record_id: int) -> Any:
-    record = _load(record_id)
-    values = {"signer_name": request.form.get("signer_name", "")[:200]}
+def _signed(record_id: int, values: dict[str, str], step: Callable[[Signature], Any], done: str) -> Any:
+    """Sign with the password (and code), then run `step`; a refusal redraws the page."""
     try:
-        signature = sign(values["signer_name"], request.form.get("password", ""), request.form.get("code", ""))
-        svc.endorse(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record.id,
-                    signature=signature)
+        step(sign(values.get("signer_name", ""), request.form.get("password", ""), request.form.get("code", "")))
     except ReauthFailed as err:
         web.db().commit()  # keep the failure count that re-authentication recorded
         return _show(_load(record_id), errors={"password": str(err)}, message=str(err), values=values, status=400)
@@ -141,8 +138,21 @@ def endorse(record_id: int) -> Any:
         return _show(_load(record_id), errors=web.field_errors(err), message=err.message, values=values,
                      status=web.error_status(err))
     web.db().commit()
-    flash(f"{svc.reference_for(record.id)} is endorsed; it goes to the headteacher.")
-    return redirect(url_for("social.show", record_id=record.id))
+    flash(f"{svc.reference_for(record_id)} {done}")
+    return redirect(url_for("social.show", record_id=record_id))
+
+
+@bp.route("/<int:record_id>/endorse", methods=["POST"])
+@web.requires(Permission.ENDORSE_SOCIAL_MEDIA_SITE)
+def endorse(record_id: int) -> Any:
+    record = _load(record_id)
+    values = {"signer_name": request.form.get("signer_name", "")[:200]}
+
+    def step(signature: Signature) -> None:
+        svc.endorse(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record.id,
+                    signature=signature)
+
+    return _signed(record.id, values, step, "is endorsed; it goes to the headteacher.")
 
 
 @bp.route("/<int:record_id>/decide", methods=["POST"])
@@ -158,22 +168,17 @@ def decide(record_id: int) -> Any:
         expires = parse_local(values["expires"], field="expires", end_of_day=True) if values["expires"] else None
         review = parse_local(values["review_date"], field="review_date").date() if values["review_date"] else None
         if choice == "approve" and (expires is None or review is None):
-            raise InvalidInput("Give the expiry and the review date.", field="expires" if expires is None else
-                               "review_date")
-        signature = sign(values["signer_name"], form.get("password", ""), form.get("code", ""))
+            raise InvalidInput("Give the expiry and the review date.",
+                               field="expires" if expires is None else "review_date")
+    except ServiceError as err:  # before the signature: a mistake in the form uses up no code
+        return _show(record, errors=web.field_errors(err), message=err.message, values=values, status=400)
+
+    def step(signature: Signature) -> None:
         svc.decide(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record.id,
                    approval=svc.Approval(approve=choice == "approve", signature=signature, reasons=values["reasons"],
                                          expires=expires, review_date=review))
-    except ReauthFailed as err:
-        web.db().commit()
-        return _show(_load(record_id), errors={"password": str(err)}, message=str(err), values=values, status=400)
-    except ServiceError as err:
-        web.db().rollback()
-        return _show(_load(record_id), errors=web.field_errors(err), message=err.message, values=values,
-                     status=web.error_status(err))
-    web.db().commit()
-    flash(f"{svc.reference_for(record.id)} is {'approved' if choice == 'approve' else 'declined'}.")
-    return redirect(url_for("social.show", record_id=record.id))
+
+    return _signed(record.id, values, step, "is approved." if choice == "approve" else "is declined.")
 
 
 @bp.route("/<int:record_id>/end", methods=["POST"])

@@ -4,7 +4,9 @@ technician who forwards rather than closes."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,47 +16,14 @@ from sqlalchemy import select
 from schoolgate.console.policyref import ConsolePolicy
 from schoolgate.store.models import AccessRequest, ConsoleUser, LessonUnlock, Person, PolicyExceptionRow
 
-GAMES = """
-
-# (test) A local category the school blocks for pupils, which a teacher may open for a lesson.
-[categories.games]
-name = "Games"
-description = "Online games: not for lessons, unless a teacher opens one for their class."
-
-[lists.games]
-format = "plain"
-file = "games.txt"
-category = "games"
-
-[[rules]]
-id = "pupils-no-games"
-clause = "Online Safety Policy §6"
-reason = "games are not for lessons"
-roles = ["pupil"]
-categories = ["games"]
-action = "block"
-"""
-
-
-def games_policy(folder: Path) -> Path:
-    """The example policy, plus games blocked for pupils (the example blocks nothing a teacher may
-    open: social media and harmful content are the headteacher's)."""
-    policy = folder / "policy.toml"
-    text = EXAMPLE_POLICY.read_text(encoding="utf-8")
-    for name in re.findall(r'^file = "([^"]+)"', text, re.M):
-        source = EXAMPLE_POLICY.parent / name
-        if source.exists():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    policy.write_text(text + GAMES, encoding="utf-8")
-    (folder / "games.txt").write_text("coolmathgames.com\n", encoding="utf-8")
-    return policy
+_variants = sys.modules["schoolgate_tests_policy_variants"]  # tests/policy_variants.py
 
 
 @pytest.fixture
 def teaching(console: Console, tmp_path: Path) -> Console:
     """The teacher account linked to Mr Green in the people register, who teaches 6B."""
-    console.app.extensions["schoolgate.policy"] = ConsolePolicy(games_policy(tmp_path))
+    policy = _variants.with_games(EXAMPLE_POLICY, tmp_path)
+    console.app.extensions["schoolgate.policy"] = ConsolePolicy(dataclasses.replace(console.config, policy=policy))
     with console.session() as session:
         session.add_all([
             Person(site=SITE, external_id="T1", name="Mr Green", role="staff", groups="6B,staff"),

@@ -33,42 +33,14 @@ pytestmark = [pytest.mark.root, pytest.mark.browser, pytest.mark.slow]
 
 LESSON = "2026-11-23T10:15:00+00:00"  # Monday, autumn term, a lesson (GMT: local time = UTC)
 CONSOLE = "http://10.41.0.1:8443"
-GAMES = """
-
-# (lab) A local category the school blocks for pupils, which a teacher may open for a lesson.
-[categories.games]
-name = "Games"
-description = "Online games: not for lessons, unless a teacher opens one for their class."
-
-[lists.games]
-format = "plain"
-file = "games.txt"
-category = "games"
-
-[[rules]]
-id = "pupils-no-games"
-clause = "Online Safety Policy §6"
-reason = "games are not for lessons"
-roles = ["pupil"]
-categories = ["games"]
-action = "block"
-"""
+_variants = sys.modules["schoolgate_tests_policy_variants"]  # tests/policy_variants.py
 
 
 def lab_policy(folder: Path) -> Path:
-    """The example policy with games blocked for pupils (see tests/lab/conftest.py): the example
-    blocks nothing a teacher may open, social media and harmful content being the headteacher's."""
+    """The lab's policy (see tests/lab/conftest.py): the example with games blocked for pupils."""
     from schoolgate.lab.lab import DEFAULT_POLICY
 
-    text = DEFAULT_POLICY.read_text(encoding="utf-8")
-    for name in re.findall(r'^file = "([^"]+)"', text, re.M):
-        source = DEFAULT_POLICY.parent / name
-        if source.exists():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    (folder / "games.txt").write_text("coolmathgames.com\n", encoding="utf-8")
-    policy = folder / "policy.toml"
-    policy.write_text(text + GAMES, encoding="utf-8")
+    policy: Path = _variants.with_games(DEFAULT_POLICY, folder)
     return policy
 BROWSE = Path(__file__).resolve().parent / "browse.py"
 T = TypeVar("T")
