@@ -105,7 +105,7 @@ class Worker:
         self.neighbours = NeighbourTable(min_refresh=float("inf"))
         self.neighbours.refresh()
         self._neighbours_at = time.monotonic()
-        self.identities = IdentityResolver(neighbours=self.neighbours)
+        self.identities = IdentityResolver(neighbours=self.neighbours, now=self.clock.now)
         self.register_reloader = RegisterReloader(sessions, site, self.identities)
         with contextlib.suppress(Exception):
             self.register_reloader.poll()

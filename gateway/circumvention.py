@@ -97,6 +97,7 @@ def attempt_event(attempt: Attempt, client: Client, *, site: str, ts: datetime,
         clause=kind.clause,
         category=kind.category,
         flags=kind.flags,
+        identity_source=client.identity_source,
     )
 
 
@@ -178,7 +179,7 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
     engine = make_engine(config.database_url)
     sessions = session_factory(engine)
     site = config.site.id
-    resolver = IdentityResolver(neighbours=NeighbourTable())
+    resolver = IdentityResolver(neighbours=NeighbourTable(), now=clock.now)
     reloader = RegisterReloader(sessions, site, resolver)
     counts = {"attempts": 0, "recorded": 0}
     writer = make_event_writer(

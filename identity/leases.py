@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from schoolgate.identity.leaseformats import LeaseProblem
 from schoolgate.identity.macs import normalise_mac
 from schoolgate.store import audit
 from schoolgate.store.models import Device
@@ -39,16 +40,6 @@ class Lease:
     ip: str
     hostname: str | None
     client_id: str | None
-
-
-@dataclass(frozen=True)
-class LeaseProblem:
-    line: int
-    text: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}: {self.text[:120]!r}"
 
 
 @dataclass

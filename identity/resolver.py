@@ -1,10 +1,13 @@
-"""From a source address to a policy Client: neighbour table MAC, then the device register.
+"""From a source address to a policy Client, from every source of identity the appliance has.
 
-A device seen with a MAC is known by that MAC alone; the register's fixed addresses identify
-a device only where no MAC can be seen.
+The neighbour table (the MAC the appliance sees on the address), the school's DHCP leases,
+the Wi-Fi controller's RADIUS sessions and the device register each say something about who
+is behind an address; schoolgate.identity.evidence decides between them and records which
+one identified the client. A device seen with a MAC is known by that MAC alone; the
+register's fixed addresses identify a device only where no MAC can be seen.
 
 ``resolve`` runs once per DNS query, so it is a few dict lookups: a per-IP cache with a
-short TTL in front of the neighbour table and the register snapshot.
+short TTL in front of the neighbour table and the register and evidence snapshots.
 """
 
 from __future__ import annotations
@@ -12,55 +15,47 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from schoolgate.identity.evidence import Evidence, identify
+from schoolgate.identity.leasestore import EVIDENCE_GENERATION
 from schoolgate.identity.macs import normalise_mac
 from schoolgate.identity.neighbours import NeighbourTable, canonical_ip
-from schoolgate.identity.register import DeviceRegister, RegisteredDevice, load_register
+from schoolgate.identity.register import DeviceRegister, load_register
 from schoolgate.policy.types import Client
 from schoolgate.store.overlay import read_generation
 
 
-def client_for(ip: str, mac: str | None, device: RegisteredDevice | None) -> Client:
-    if device is None:
-        # Unknown device: no role, so the policy applies its network's strictest role.
-        return Client(ip=ip, mac=mac)
-    return Client(
-        ip=ip,
-        mac=mac or device.mac,
-        device_id=device.device_id,
-        device_name=device.name,
-        person_id=device.person_id,
-        person_name=device.person_name,
-        role=device.role,
-        year_group=device.year_group,
-        groups=device.groups,
-        trusts_school_ca=device.trusts_school_ca,
-        ownership=device.ownership,
-    )
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class IdentityResolver:
-    """Resolves client addresses against a swappable register snapshot."""
+    """Resolves client addresses against swappable register and evidence snapshots."""
 
     def __init__(
         self,
         register: DeviceRegister | None = None,
         neighbours: NeighbourTable | None = None,
         *,
+        evidence: Evidence | None = None,
         ttl: float = 5.0,
         unknown_ttl: float = 1.0,
         max_cache: int = 65_536,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._register = register or DeviceRegister.empty()
+        self._evidence = evidence or Evidence.empty()
         self._neighbours = neighbours
         self._ttl = ttl
         # An unknown answer may only mean the neighbour entry is not there yet: keep it briefly.
         self._unknown_ttl = min(ttl, unknown_ttl)
         self._max_cache = max_cache
         self._clock = clock
+        self.now = now  # the daemon's time: which lease or session covers a query
         self._cache: dict[tuple[str, str | None], tuple[float, Client]] = {}
         self.hits = 0
         self.misses = 0
@@ -69,9 +64,17 @@ class IdentityResolver:
     def register(self) -> DeviceRegister:
         return self._register
 
+    @property
+    def evidence(self) -> Evidence:
+        return self._evidence
+
     def set_register(self, register: DeviceRegister) -> None:
         """Swap in a new snapshot (after the generation moved); forget cached answers."""
         self._register = register
+        self._cache = {}
+
+    def set_evidence(self, evidence: Evidence) -> None:
+        self._evidence = evidence
         self._cache = {}
 
     def resolve(self, ip: str, mac: str | None = None) -> Client:
@@ -86,31 +89,35 @@ class IdentityResolver:
         cache = self._cache
         if len(cache) >= self._max_cache:
             cache = self._cache = {}  # simplest bound: start over (entries live seconds anyway)
-        cache[key] = (now + (self._ttl if client.device_id else self._unknown_ttl), client)
+        known = client.device_id or client.person_id
+        cache[key] = (now + (self._ttl if known else self._unknown_ttl), client)
         return client
 
     def _resolve(self, ip: str, mac: str | None) -> Client:
         address = canonical_ip(ip)
-        found_mac = normalise_mac(mac) if mac else None
-        if found_mac is None and self._neighbours is not None:
-            found_mac = self._neighbours.lookup(address)
-        register = self._register
-        if found_mac is not None:
-            # A MAC is the device's identity. An address is not: any device can set a staff
-            # laptop's fixed address, and must not take on its role or have its events logged
-            # under it. A MAC the register does not know is an unknown device.
-            return client_for(address, found_mac, register.by_mac(found_mac))
-        # No MAC to be seen (a routed network, or the console off the gateway): the register's
-        # fixed address is all there is to go on.
-        return client_for(address, None, register.by_ip(address))
+        frame_mac = normalise_mac(mac) if mac else None
+        neighbour_mac = None
+        if frame_mac is None and self._neighbours is not None:
+            neighbour_mac = self._neighbours.lookup(address)
+        return identify(
+            address,
+            at=self.now(),
+            register=self._register,
+            evidence=self._evidence,
+            frame_mac=frame_mac,
+            neighbour_mac=neighbour_mac,
+        )
 
 
 class RegisterReloader:
-    """Polls the overlay generation and reloads the resolver's register when it moves.
+    """Polls the change counters and reloads the resolver's register and evidence when they move.
 
-    Call ``poll()`` from the daemon's once-a-second loop; it opens its own short session.
-    Give it a read-only session factory (``session_factory(engine, readonly=True)``): on
-    SQLite a once-a-second write-mode transaction would queue behind the event writer.
+    The register follows the overlay generation; the evidence (leases, Wi-Fi sessions and the
+    directory's people) follows the identity-evidence generation and the overlay's (people are
+    part of the register). Call ``poll()`` from the daemon's once-a-second loop; it opens its
+    own short session. Give it a read-only session factory (``session_factory(engine,
+    readonly=True)``): on SQLite a once-a-second write-mode transaction would queue behind the
+    event writer.
     """
 
     def __init__(self, sessions: sessionmaker[Session], site: str, resolver: IdentityResolver) -> None:
@@ -118,15 +125,26 @@ class RegisterReloader:
         self._site = site
         self._resolver = resolver
         self._lock = threading.Lock()
+        self._evidence_key: tuple[int, int] | None = None
         self.reloads = 0
+        self.evidence_reloads = 0
 
     def poll(self) -> bool:
-        """Reload if the generation changed (or nothing is loaded yet); True if reloaded."""
+        """Reload what changed (or everything, the first time); True if anything was reloaded."""
+        from schoolgate.identity.snapshot import load_evidence
+
         with self._lock, self._sessions() as session:
             generation = read_generation(session, self._site)
+            evidence_key = (generation, read_generation(session, self._site, EVIDENCE_GENERATION))
+            reloaded = False
             current = self._resolver.register
-            if current.site == self._site and current.generation == generation and self.reloads:
-                return False
-            self._resolver.set_register(load_register(session, self._site))
-            self.reloads += 1
-            return True
+            if not (current.site == self._site and current.generation == generation and self.reloads):
+                self._resolver.set_register(load_register(session, self._site))
+                self.reloads += 1
+                reloaded = True
+            if evidence_key != self._evidence_key:
+                self._resolver.set_evidence(load_evidence(session, self._site, self._resolver.now()))
+                self._evidence_key = evidence_key
+                self.evidence_reloads += 1
+                reloaded = True
+            return reloaded

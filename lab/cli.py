@@ -154,7 +154,7 @@ def _device_ok(lab: Any, key: str) -> bool:
         print(f"schoolgate lab: no device {key!r} (have: {', '.join(devices)})", file=sys.stderr)
         return False
     if not netns.exists(lab.device_namespace(key)):
-        print(f"schoolgate lab: lab {lab.names.prefix!r} is not up (sudo ./deploy/dev.sh start)", file=sys.stderr)
+        print(f"schoolgate lab: lab {lab.names.prefix!r} is not up (as root: ./deploy/dev.sh start)", file=sys.stderr)
         return False
     return True
 

@@ -25,6 +25,7 @@ State (PIDs with their start times, paths) lives in a state directory, so `down`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,11 +90,12 @@ SITE_ID = "kingswood"  # the example policy's school
 SITE_NAME = "Kingswood Primary School"
 # Meta's published ranges, as a school would list them in network.watched_prefixes.
 META_PREFIXES = ("203.0.113.10/32", "203.0.113.11/32")
-DAEMONS = ("dns", "proxy", "console", "scheduler", "watch")
+DAEMONS = ("dns", "proxy", "console", "scheduler", "watch", "identity")
 SUPERVISOR = "appliance"  # `schoolgate run` in the gateway: the daemons are its children
 SUPERVISOR_GRACE_S = 12.0
 START_FAILURES = 3  # a daemon that dies this often while the lab starts will not come up
 CONSOLE_PORT = 8443
+RADIUS_PORT = 1813
 
 
 @dataclass
@@ -367,6 +369,32 @@ class Lab:
             f'appliance_ipv4 = "{GATEWAY_LAN_IP}"\n' + common
         )
 
+    @property
+    def radius_secret(self) -> bytes:
+        return b"lab-wifi-controller-secret"
+
+    @property
+    def lease_file(self) -> Path:
+        """dns-only: the school DHCP server's lease file (ISC format), which the lab writes."""
+        return self.state_dir / "dhcpd.leases"
+
+    def _identity_section(self) -> str:
+        """dns-only: the router is also the Wi-Fi controller (RADIUS accounting) and the DHCP
+        server of the routed Wi-Fi network; its lease file is the lab's to write."""
+        if self.wiring.name != "dns-only":
+            return ""
+        secret = self.state_dir / "radius-secret"
+        secret.write_bytes(self.radius_secret + b"\n")
+        self.lease_file.write_text("# ISC dhcpd lease file of the lab's routed Wi-Fi network\n")
+        return (
+            "\n[identity]\n"
+            f'lease_files = ["isc:{self.lease_file}"]\n'
+            "lease_poll_s = 1\n"
+            f'radius_listen = "{self.appliance_ip}:{RADIUS_PORT}"\n'
+            f'radius_clients = ["{self.wiring.device_gateway}"]\n'
+            f"radius_secret_file = {json.dumps(str(secret))}\n"
+        )
+
     def _policy_file(self) -> Path:
         """The policy the appliance runs. Away from the gateway topology the block address is
         the appliance's own (the router keeps 10.41.0.1), so a copy says so; the files the
@@ -432,7 +460,7 @@ sender = "schoolgate@kingswood.lab.example"
 
 [alerts]
 scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what raised it
-"""
+{self._identity_section()}"""
         self.config_path.write_text(text)
         self.state.config = str(self.config_path)
         self.state.clock_file = str(self.clock_path)
@@ -463,6 +491,7 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
             ("proxy", lambda: _tcp_open(gw, address, PROXY_PORT), "schoolgate proxy to listen"),
             ("console", lambda: _tcp_open(gw, address, CONSOLE_PORT), "schoolgate console to listen"),
             ("scheduler", lambda: self.daemon_pid("scheduler") is not None, "schoolgate scheduler to start"),
+            ("identity", lambda: self._reported("identity"), "schoolgate identity to report"),
         ]
         if self.wiring.name != "dns-only":  # nothing is refused or logged by the kernel there
             checks.append(
@@ -475,6 +504,18 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
                 tail = _tail(self.log_path(SUPERVISOR))
                 raise LabError(f"{failure}; last lines of its log:\n{tail}")
             log.info("%s is up", name)
+
+    def _reported(self, name: str) -> bool:
+        """The daemon has written its daemon_status row (it is up, and listening if configured)."""
+        import sqlite3
+
+        if self.daemon_pid(name) is None:
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.data_dir / 'schoolgate.db'}?mode=ro", uri=True)) as db:
+                return db.execute("SELECT 1 FROM daemon_status WHERE name = ?", (name,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
 
     def _start_failure(self) -> str | None:
         if self._died(SUPERVISOR):
@@ -676,6 +717,11 @@ def nflog_bound(namespace: str, group: int) -> bool:
     return any(line.split()[:1] == [str(group)] for line in done.stdout.splitlines())
 
 
+def lab_email(name: str) -> str:
+    """The lab school's e-mail address (and Wi-Fi user name) for a person: cara.teacher@..."""
+    return ".".join(name.lower().split()) + "@kingswood.example"
+
+
 def seed_register(database_url: str) -> None:
     """The school's people and devices as the lab needs them (and a ban for the supervised one)."""
     from schoolgate.store.db import make_engine, session_factory
@@ -709,6 +755,7 @@ def _seed_device(session: Any, item: LabDevice, now: datetime) -> None:
             role=item.person_role or "pupil",
             year_group=item.year_group,
             groups=item.groups,
+            email=lab_email(item.person_name or item.person_id),
         )
         session.add(person)
         session.flush()

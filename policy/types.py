@@ -73,6 +73,9 @@ class Client:
     groups: frozenset[str] = frozenset()  # classes or staff teams, e.g. {"6B"}
     trusts_school_ca: bool = False
     ownership: Ownership | None = None  # the register's record; None: unregistered or not recorded
+    # Which source tied the address to this device or person (neighbour, dhcp, radius...):
+    # recorded with every event, never used by the policy.
+    identity_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

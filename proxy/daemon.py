@@ -134,7 +134,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     await asyncio.to_thread(live.load)  # no policy, no proxy: ConfigError reaches the command
 
     neighbours = NeighbourTable() if pconf.neighbours else None
-    identity = IdentityResolver(neighbours=neighbours)
+    identity = IdentityResolver(neighbours=neighbours, now=clock.now)
     register_reloader = RegisterReloader(sessions, site, identity)
     await asyncio.to_thread(register_reloader.poll)
     clients = RecentClients(identity.resolve, lambda: identity.register)

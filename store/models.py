@@ -146,6 +146,9 @@ class AccessEvent(Base):
     category: Mapped[str | None] = mapped_column(String(60))
     flags: Mapped[str] = mapped_column(String(200), default="")  # comma-separated, e.g. "circumvention"
     count: Mapped[int] = mapped_column(Integer, default=1)
+    # Which source tied the address to the device or person recorded: frame, neighbour, dhcp,
+    # radius or register (schoolgate.identity.evidence); NULL when only the address is known.
+    identity_source: Mapped[str | None] = mapped_column(String(20))
     # Given by the writer at the source (see store.events): an event shipped twice, after a
     # lost acknowledgement or from a trust appliance's spool, is stored once. NULL for rows
     # written by other means (NULLs never clash with each other).
@@ -615,3 +618,82 @@ class SocialMediaAdmin(Base):
     withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     record: Mapped[SocialMediaSite] = relationship(back_populates="admins")
+
+
+class DhcpLeaseRow(Base):
+    """A lease from the school's own DHCP server: which MAC held an address, from when to when.
+
+    Filled from the server's lease file (schoolgate.identity.leasestore). One row per binding:
+    renewals of the same MAC on the same address extend it; another MAC on the address ends it.
+    """
+
+    __tablename__ = "dhcp_leases"
+    __table_args__ = (
+        Index("ix_dhcp_leases_site_ip_starts", "site", "ip", "starts"),
+        Index("ix_dhcp_leases_site_mac", "site", "mac"),
+        Index("ix_dhcp_leases_site_ends", "site", "ends"),
+    )
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    ip: Mapped[str] = mapped_column(String(45))
+    mac: Mapped[str] = mapped_column(String(17))
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    starts: Mapped[datetime] = mapped_column(UTCDateTime)  # granted (or first seen, if the file does not say)
+    renewed: Mapped[datetime] = mapped_column(UTCDateTime)  # the last time the server confirmed it
+    ends: Mapped[datetime | None] = mapped_column(UTCDateTime)  # NULL: never (a reservation)
+    source: Mapped[str] = mapped_column(String(10))  # windows, isc, kea, dnsmasq
+    origin: Mapped[str] = mapped_column(String(300), default="")  # the file it was read from
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RadiusSession(Base):
+    """A Wi-Fi session from the controller's RADIUS accounting: who signed in, on which device
+    (Calling-Station-Id) and address (Framed-IP-Address), from Start to Stop."""
+
+    __tablename__ = "radius_sessions"
+    __table_args__ = (
+        UniqueConstraint("site", "nas", "session_id"),
+        Index("ix_radius_sessions_site_ip", "site", "ip"),
+        Index("ix_radius_sessions_site_mac", "site", "mac"),
+        Index("ix_radius_sessions_site_stopped", "site", "stopped_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    nas: Mapped[str] = mapped_column(String(100))  # NAS-Identifier, NAS-IP-Address or the sender
+    session_id: Mapped[str] = mapped_column(String(100))  # Acct-Session-Id
+    username: Mapped[str] = mapped_column(String(200))
+    mac: Mapped[str | None] = mapped_column(String(17))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the last Start or Interim-Update
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stop_cause: Mapped[str] = mapped_column(String(40), default="")
+
+
+class DirectoryImport(Base):
+    """A directory file (Google Workspace, Entra ID / SDS, MIS via Wonde) previewed, then applied.
+
+    The file is kept as it was previewed, so what is applied is exactly what was shown.
+    """
+
+    __tablename__ = "directory_imports"
+    __table_args__ = (Index("ix_directory_imports_site_created", "site", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    status: Mapped[str] = mapped_column(String(12), default="preview")  # preview, applied, discarded
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(20))
+    encoding: Mapped[str] = mapped_column(String(20), default="")
+    content: Mapped[str] = mapped_column(Text)
+    options: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    summary: Mapped[str] = mapped_column(Text, default="{}")  # JSON counts
+    changes: Mapped[str] = mapped_column(Text, default="[]")  # JSON
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    applied_by: Mapped[str | None] = mapped_column(String(200))
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -50,8 +50,15 @@ def _encode(row: dict[str, Any]) -> str:
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
 
 
+# Columns the events table gained after the spool's format was set: a row spooled by an
+# older version lacks them, and a batch of rows must all name the same columns.
+ADDED_COLUMNS: dict[str, Any] = {"identity_source": None}
+
+
 def _decode(text: str) -> dict[str, Any]:
     values: dict[str, Any] = json.loads(text)
+    for name, default in ADDED_COLUMNS.items():
+        values.setdefault(name, default)
     ts = values.get("ts")
     if isinstance(ts, str):
         values["ts"] = datetime.fromisoformat(ts)

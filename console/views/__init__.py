@@ -14,6 +14,7 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.checks import bp as checks
     from schoolgate.console.views.dashboard import bp as dashboard
     from schoolgate.console.views.lessons import bp as lessons
+    from schoolgate.console.views.network import bp as network
     from schoolgate.console.views.policy import bp as policy
     from schoolgate.console.views.public import bp as public
     from schoolgate.console.views.registers import bp as registers
@@ -23,5 +24,5 @@ def register_blueprints(app: Flask) -> None:
     from schoolgate.console.views.trust import bp as trust
 
     for blueprint in (auth, public, dashboard, requests, reports, alerts, activity, registers, policy, audit, admin,
-                      trust, checks, lessons, social):
+                      trust, checks, lessons, social, network):
         app.register_blueprint(blueprint)

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, render_template, request
 
 from schoolgate.console import charts, web
+from schoolgate.gateway.modes import facts
 from schoolgate.services import activity, rollups
 from schoolgate.services.permissions import Permission
 
@@ -55,6 +56,7 @@ def index() -> Any:
     return render_template(
         "dashboard/index.html", figures=figures, charts=chart_data, days=days, ranges=RANGES,
         top_services=top_services, fresh=fresh, list_warnings=_list_warnings(now),
+        network_mode=facts(web.state().config.network.mode),
     )
 
 

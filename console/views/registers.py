@@ -275,3 +275,83 @@ def _import(kind: str, columns: tuple[str, ...], run: Any) -> Any:
                                message=err.message), web.error_status(err)
     web.db().commit()
     return render_template("registers/import.html", kind=kind, columns=columns, report=report, message=None)
+
+
+# -- the school's directory: preview, then apply ---------------------------------------------------
+
+
+@bp.route("/people/directory", methods=["GET", "POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def directory() -> Any:
+    """Upload a directory export (Google Workspace, Entra ID / SDS, an MIS export): see what it
+    would change first. The past imports below are the audit trail of the register's sources."""
+    from schoolgate.services import directory as dirsvc
+
+    message = None
+    status = 200
+    if request.method == "POST":
+        upload = request.files.get("file")
+        role = request.form.get("role", "")
+        try:
+            if upload is None or not upload.filename:
+                raise InvalidInput("Choose the exported CSV file.", field="file")
+            row = dirsvc.preview(
+                web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
+                data=upload.read(dirsvc.MAX_BYTES + 1), filename=upload.filename,
+                role=role if role in ("pupil", "staff", "guest") else None,
+                mark_leavers=request.form.get("mark_leavers") == "1",
+            )
+        except ServiceError as err:
+            web.db().rollback()
+            message, status = err.message, web.error_status(err)
+        else:
+            web.db().commit()
+            return redirect(url_for("registers.directory_preview", import_id=row.id))
+    imports = dirsvc.list_imports(web.db(), web.site_id())
+    return render_template("registers/directory.html", imports=imports, message=message,
+                           summaries={i.id: _summary(i) for i in imports}), status
+
+
+def _summary(row: Any) -> dict[str, Any]:
+    import json
+
+    loaded: dict[str, Any] = json.loads(row.summary)
+    return loaded
+
+
+@bp.route("/people/directory/<int:import_id>")
+@web.requires(Permission.EDIT_REGISTERS)
+def directory_preview(import_id: int) -> Any:
+    from schoolgate.services import directory as dirsvc
+
+    try:
+        row = dirsvc.get_import(web.db(), web.site_id(), import_id)
+    except NotFound:
+        abort(404)
+    changes = dirsvc.changes_of(row)
+    return render_template("registers/directory_preview.html", row=row, summary=_summary(row),
+                           changes=changes[:1000], hidden=max(0, len(changes) - 1000))
+
+
+@bp.route("/people/directory/<int:import_id>/<any(apply, discard):action>", methods=["POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def directory_decide(import_id: int, action: str) -> Any:
+    from schoolgate.services import directory as dirsvc
+
+    try:
+        if action == "apply":
+            done = dirsvc.apply(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), import_id=import_id)
+        else:
+            dirsvc.discard(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), import_id=import_id)
+    except NotFound:
+        abort(404)
+    except ServiceError as err:
+        web.db().rollback()
+        flash(err.message)
+        return redirect(url_for("registers.directory_preview", import_id=import_id))
+    web.db().commit()
+    if action == "apply":
+        flash(f"Applied: {done['add']} added, {done['update']} updated, {done['leave']} marked as left.")
+    else:
+        flash("Discarded: nothing was changed.")
+    return redirect(url_for("registers.directory"))

@@ -181,6 +181,22 @@ class TeachersConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    """Who is behind an address, from the school's own systems (schoolgate.identity)."""
+
+    # The DHCP servers' lease files the identity daemon follows, as FORMAT:PATH, FORMAT one of
+    # windows (Get-DhcpServerv4Lease | Export-Csv), isc (dhcpd.leases), kea (kea-leases4.csv), dnsmasq.
+    lease_files: list[str] = field(default_factory=list)
+    lease_poll_s: int = 5
+    lease_date_order: str = "auto"  # Windows exports: auto, day-first or month-first
+    # RADIUS accounting from the Wi-Fi controller: where to listen ("10.41.0.2:1813"; empty: off),
+    # which controllers may send (addresses or ranges), and the file holding their shared secret.
+    radius_listen: str = ""
+    radius_clients: list[str] = field(default_factory=list)
+    radius_secret_file: str = ""
+
+
+@dataclass(frozen=True)
 class AppConfig:
     source: Path
     policy: Path
@@ -196,6 +212,7 @@ class AppConfig:
     alerts: AlertsConfig = AlertsConfig()
     lists: ListsConfig = ListsConfig()
     teachers: TeachersConfig = TeachersConfig()
+    identity: IdentityConfig = IdentityConfig()
 
     @property
     def database_url(self) -> str:
@@ -219,6 +236,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "alerts": AlertsConfig,
     "lists": ListsConfig,
     "teachers": TeachersConfig,
+    "identity": IdentityConfig,
 }
 
 
@@ -283,7 +301,40 @@ def load_config(path: str | Path) -> AppConfig:
     data_dir = (base / raw.get("data_dir", "data")).resolve()
     if "network" in kwargs:
         _check_network(path, text, kwargs["network"])
+    if "identity" in kwargs:
+        _check_identity(path, text, kwargs["identity"])
     return AppConfig(source=path.resolve(), policy=policy, data_dir=data_dir, **kwargs)
+
+
+def _check_identity(path: Path, text: str, identity: IdentityConfig) -> None:
+    import ipaddress
+
+    def refuse(key: str, message: str) -> ConfigError:
+        return ConfigError(path, locate(text, ("identity", key)), f"identity.{key}", message)
+
+    formats = ("windows", "isc", "kea", "dnsmasq")
+    for spec in identity.lease_files:
+        fmt, sep, file = spec.partition(":")
+        if not sep or fmt not in formats or not file.startswith("/"):
+            raise refuse("lease_files", f"{spec!r}: write FORMAT:/absolute/path, FORMAT one of {', '.join(formats)}")
+    if identity.lease_date_order not in ("auto", "day-first", "month-first"):
+        raise refuse("lease_date_order", f"{identity.lease_date_order!r}: one of auto, day-first, month-first")
+    if not 1 <= identity.lease_poll_s <= 3600:
+        raise refuse("lease_poll_s", "between 1 and 3600 seconds")
+    if not identity.radius_listen:
+        return
+    _host, sep, port = identity.radius_listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise refuse("radius_listen", f"{identity.radius_listen!r} needs a port, e.g. 10.41.0.2:1813")
+    for client in identity.radius_clients:
+        try:
+            ipaddress.ip_network(client, strict=False)
+        except ValueError as err:
+            raise refuse("radius_clients", f"{client!r} is not an address or range") from err
+    if not identity.radius_clients:
+        raise refuse("radius_clients", "list the Wi-Fi controllers' addresses that may send accounting")
+    if not identity.radius_secret_file:
+        raise refuse("radius_secret_file", "the file that holds the controllers' shared secret (alone on one line)")
 
 
 def _check_network(path: Path, text: str, network: NetworkConfig) -> None:

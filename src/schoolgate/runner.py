@@ -38,6 +38,7 @@ DAEMONS: dict[str, tuple[str, ...]] = {
     "console": ("console",),
     "scheduler": ("scheduler",),
     "watch": ("net", "watch"),
+    "identity": ("identity", "serve"),
 }
 # The daemon_status rows each daemon's event writer keeps ("dns.1", "dns.2"... with workers).
 STATUS_NAMES: dict[str, str] = {"dns": "dns", "proxy": "proxy", "watch": "gateway", "scheduler": "scheduler"}

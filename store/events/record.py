@@ -49,6 +49,7 @@ class EventRecord:
     flags: frozenset[str] | str = frozenset()
     count: int = 1
     uid: str | None = None  # None: the EventWriter gives it one
+    identity_source: str | None = None  # which source identified the client (schoolgate.identity.evidence)
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:
@@ -93,6 +94,7 @@ class EventRecord:
             category=decision.category,
             flags=frozenset(decision.flags),
             count=count,
+            identity_source=client.identity_source,
         )
 
     @property

@@ -38,6 +38,9 @@ DAEMONS = {
         {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"},
         "net watch",
     ),
+    "schoolgate-identity.service": (
+        "schoolgate-identity", set(), {"AF_UNIX", "AF_INET", "AF_INET6"}, "identity serve"
+    ),
 }
 # Every service, the oneshot included.
 COMMON = {

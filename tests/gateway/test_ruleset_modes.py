@@ -68,9 +68,9 @@ def test_bridge_mode_dns_to_unexpected_servers_is_marked_as_a_bypass_first() -> 
     divert = chain(text, "bridge", "divert")
     dns = [rule for rule in divert if "th dport 53" in rule]
     assert dns == [
-        f"ip daddr != @expected_dns4 meta l4proto {{ tcp, udp }} th dport 53 meta mark set 0x{MARK_DNS_BYPASS:08x} "
+        f"meta l4proto {{ tcp, udp }} th dport 53 ip daddr != @expected_dns4 meta mark set 0x{MARK_DNS_BYPASS:08x} "
         "goto to_host",
-        f"ip6 daddr != @expected_dns6 meta l4proto {{ tcp, udp }} th dport 53 meta mark set 0x{MARK_DNS_BYPASS:08x} "
+        f"meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr != @expected_dns6 meta mark set 0x{MARK_DNS_BYPASS:08x} "
         "goto to_host",
         f"meta l4proto {{ tcp, udp }} th dport 53 meta mark set 0x{MARK_DNS:08x} goto to_host",
     ]
@@ -83,11 +83,11 @@ def test_bridge_mode_dns_to_unexpected_servers_is_marked_as_a_bypass_first() -> 
 
 def test_bridge_mode_web_connections_are_diverted_from_their_first_packet_on() -> None:
     divert = chain(render_ruleset(make_plan()), "bridge", "divert")
-    syn = [rule for rule in divert if rule.startswith("tcp flags & (syn | ack) == syn ip daddr")]
+    syn = [rule for rule in divert if rule.startswith("tcp dport { 80, 443 } tcp flags & (syn | ack) == syn ip daddr")]
     assert syn == [
-        "tcp flags & (syn | ack) == syn ip daddr @watched4 tcp dport { 80, 443 } update @steered4 "
+        "tcp dport { 80, 443 } tcp flags & (syn | ack) == syn ip daddr @watched4 update @steered4 "
         "{ ip saddr . ip daddr . tcp sport }",
-        "tcp flags & (syn | ack) == syn ip daddr @watched_prefixes4 tcp dport { 80, 443 } update @steered4 "
+        "tcp dport { 80, 443 } tcp flags & (syn | ack) == syn ip daddr @watched_prefixes4 update @steered4 "
         "{ ip saddr . ip daddr . tcp sport }",
     ]
     follow = [rule for rule in divert if "@steered4 update" in rule]

@@ -92,6 +92,7 @@ def test_resolution_by_mac_from_the_neighbour_table(register: DeviceRegister) ->
         role=Role.PUPIL,
         year_group=5,
         groups=frozenset({"5B", "choir"}),
+        identity_source="neighbour",
     )
 
 
@@ -120,7 +121,7 @@ def test_resolution_by_fixed_ip_when_no_mac_is_known(register: DeviceRegister) -
 
 def test_unknown_devices_get_no_role(register: DeviceRegister) -> None:
     resolver = IdentityResolver(register, NeighbourTable(dump=FakeKernel({"10.10.9.9": "02:99:99:99:99:99"})))
-    assert resolver.resolve("10.10.9.9") == Client(ip="10.10.9.9", mac="02:99:99:99:99:99")
+    assert resolver.resolve("10.10.9.9") == Client(ip="10.10.9.9", mac="02:99:99:99:99:99", identity_source="neighbour")
     assert resolver.resolve("10.10.9.10") == Client(ip="10.10.9.10")
     # another site's device is not this site's
     assert resolver.resolve("10.10.9.11", mac="02:00:00:00:0f:0f").role is None
@@ -259,7 +260,7 @@ def test_a_fixed_address_never_lends_its_device_to_another_mac(
     client = resolver.resolve("10.10.0.20")
     assert (client.device_id, client.role) == (device_id, role)
     if device_id is None:
-        assert client == Client(ip="10.10.0.20", mac=neighbour_mac)
+        assert client == Client(ip="10.10.0.20", mac=neighbour_mac, identity_source="neighbour")
     # The same when the caller already knows the MAC (the gateway's NFLOG messages carry it).
     if neighbour_mac:
         direct = IdentityResolver(register).resolve("10.10.0.20", mac=neighbour_mac)

@@ -8,14 +8,19 @@ doctor and the console tell a school is what really happens.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import UTC, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from schoolgate.lab.client import LabClient
 from schoolgate.lab.internet import RESOLVER_IP, SITES
-from schoolgate.lab.netns import exec_in
+from schoolgate.lab.netns import call_in, exec_in, wait_for
 from schoolgate.lab.topology import APPLIANCE_LAN_IP, ROUTER_LAN_IP, device
+from schoolgate.store.models import AccessEvent
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -100,3 +105,104 @@ def test_the_block_page_and_the_library_in_chromium(dns_only_lab: LabClient) -> 
     assert "Blocked" in page.stdout and "Social Media Policy §6 and §9" in page.stdout, page.stderr[-2000:]
     library = lab.chromium("guest", "https://library.example.org/")
     assert f"served-by=lab-internet address={LIBRARY}" in library.stdout, library.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ who is behind the address
+# The router of the dns-only lab is also the Wi-Fi controller (RADIUS accounting to the
+# appliance) and the DHCP server of the routed Wi-Fi network (its lease file, which the
+# appliance's identity daemon follows). The phone is Cara's own: not in the register.
+
+STAFF_USER = "Cara.Teacher@kingswood.example"  # as she signs in to the Wi-Fi
+AFTERNOON = "2026-11-23T14:15:00+00:00"  # a lesson after lunch
+
+
+def phone_event(lab: LabClient, since: int, predicate: Callable[[AccessEvent], bool]) -> AccessEvent:
+    """Ask for Facebook from the phone until an event matches: the daemons reload the evidence
+    within a second of it changing, and cache an unknown device's identity for one more."""
+    deadline = time.monotonic() + 15
+    while True:
+        lab.resolve("phone", "www.facebook.com")
+        found = [e for e in lab.events(since) if e.client_ip == PHONE.ip and predicate(e)]
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, [(e.mac, e.person_id, e.identity_source) for e in lab.events(since)]
+        time.sleep(0.3)
+
+
+def controller_sends(lab: LabClient, status: str, *, secret: bytes | None = None, session_id: str = "wlc-7781") -> Any:
+    """The Wi-Fi controller (on the router) sends one Accounting-Request, with pyrad's client."""
+    from pyrad.client import Client, Timeout
+
+    from schoolgate.identity.radius import dictionary
+
+    def send() -> Any:
+        client = Client(server=APPLIANCE_LAN_IP, acctport=1813, secret=secret or lab.lab.radius_secret,
+                        dict=dictionary())
+        client.timeout, client.retries = 2, 1
+        request = client.CreateAcctPacket(User_Name=STAFF_USER)
+        request["Acct-Status-Type"] = status
+        request["Acct-Session-Id"] = session_id
+        request["Calling-Station-Id"] = PHONE.mac.replace(":", "-").upper()
+        request["Framed-IP-Address"] = PHONE.ip
+        request["NAS-Identifier"] = "lab-wlc"
+        try:
+            return client.SendPacket(request)
+        except Timeout:
+            return None
+
+    return call_in(lab.lab.names.router, send)
+
+
+def test_a_dhcp_lease_names_the_phone_and_radius_names_its_owner(dns_only_lab: LabClient) -> None:
+    lab = dns_only_lab
+    lab.set_clock(LESSON)
+    now = lab.lab.clock_now().astimezone(UTC)
+    since = lab.last_event_id()
+    stamp = "%w %Y/%m/%d %H:%M:%S"
+    lab.lab.lease_file.write_text(
+        f"lease {PHONE.ip} {{\n  starts {(now - timedelta(hours=1)).strftime(stamp)};\n"
+        f"  ends {(now + timedelta(hours=11)).strftime(stamp)};\n  binding state active;\n"
+        f"  hardware ethernet {PHONE.mac};\n  client-hostname \"caras-phone\";\n}}\n"
+    )
+    leased = phone_event(lab, since, lambda e: e.identity_source == "dhcp")
+    assert (leased.mac, leased.device_name, leased.person_id, leased.role) == (PHONE.mac, "caras-phone", None, "guest")
+
+    # She signs in to the Wi-Fi with her own account: the next blocked attempt is hers.
+    answer = controller_sends(lab, "Start")
+    assert answer is not None and answer.code == 5  # Accounting-Response: recorded
+    since = lab.last_event_id()
+    event = phone_event(lab, since, lambda e: e.identity_source == "radius")
+    assert (event.person_id, event.person_name, event.role, event.mac, event.verdict, event.rule_id) == (
+        device("staff").person_id, "Cara Teacher", "staff", PHONE.mac, "block", "staff-social-media-school-hours")
+
+    # Her role is her directory's: at lunch staff may use Facebook (the policy's own rule).
+    lab.set_clock("2026-11-23T12:30:00+00:00")
+    assert lab.resolve("phone", "www.facebook.com") == [FACEBOOK]
+    lab.set_clock(AFTERNOON)  # the lab's clock only moves forward: her session started this morning
+
+    # A Stop with the wrong secret is dropped unanswered, and changes nothing: still hers.
+    assert controller_sends(lab, "Stop", secret=b"not-the-controllers-secret") is None
+    since = lab.last_event_id()
+    lab.resolve("phone", "www.instagram.com")
+    (still,) = lab.wait_events(lambda e: e.client_ip == PHONE.ip and e.host == "www.instagram.com", since)
+    assert (still.person_name, still.identity_source) == ("Cara Teacher", "radius")
+    # She leaves: the Stop ends her session, and the phone is a phone again.
+    assert controller_sends(lab, "Stop") is not None
+    since = lab.last_event_id()
+    after = phone_event(lab, since, lambda e: e.identity_source == "dhcp")
+    assert after.person_id is None and after.role == "guest"
+    # The daemon's counters say so too, at its next status report (every STATUS_EVERY_S).
+    from schoolgate.identity.daemon import STATUS_EVERY_S
+    from schoolgate.store.events import read_status
+
+    def counters() -> dict[str, Any]:
+        with lab.session() as session:
+            stats: dict[str, Any] = read_status(session, "kingswood")["identity"]["stats"]
+            return stats
+
+    def reported() -> bool:
+        radius = counters()["radius"]
+        return bool(radius["recorded"] == 2 and radius["dropped"] == {"bad_authenticator": 1})
+
+    wait_for(reported, timeout=3 * STATUS_EVERY_S, what="the identity daemon to report both Stops")
+    assert counters()["lease_files"][0]["leases"] >= 1

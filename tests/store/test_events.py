@@ -75,6 +75,7 @@ def test_from_decision_maps_every_field() -> None:
         person_id="p42",
         person_name="Sam Pupil",
         role=Role.PUPIL,
+        identity_source="radius",
     )
     target = Target(host="www.facebook.com", url="https://www.facebook.com/x")
     rec = EventRecord.from_decision(
@@ -104,6 +105,7 @@ def test_from_decision_maps_every_field() -> None:
         "flags": "circumvention,repeat",
         "count": 1,
         "uid": None,
+        "identity_source": "radius",
     }
     assert not rec.is_plain_allow
 
