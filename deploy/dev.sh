@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The two quick-start commands of the README, on a fresh Debian (or Raspberry Pi OS) machine:
-#   sudo ./deploy/dev.sh start   install what is needed, then run the whole appliance in the network
-#                                lab (devices, gateway, a simulated internet) in the foreground;
-#                                it prints what to try, and Ctrl-C tears the lab down
-#   sudo ./deploy/dev.sh test    install what is needed, then run the whole test suite
+# The two quick-start commands of the README, on a fresh Debian (or Raspberry Pi OS) machine, as
+# root (a fresh Debian has no sudo; where it is installed, `sudo ./deploy/dev.sh ...` works too):
+#   ./deploy/dev.sh start   install what is needed, then run the whole appliance in the network
+#                           lab (devices, gateway, a simulated internet) in the foreground;
+#                           it prints what to try, and Ctrl-C tears the lab down
+#                           (--topology bridge|dns-only: the lab of another network mode)
+#   ./deploy/dev.sh test    install what is needed, then run the whole test suite
 # Everything installed comes from Debian's archive and PyPI; nothing else is downloaded.
 set -euo pipefail
 
@@ -26,7 +28,11 @@ say() { printf '\033[1mschoolgate:\033[0m %s\n' "$*" >&2; }
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
     say "this needs root (it installs Debian packages and, for the tests, creates network namespaces)."
-    say "run it again with sudo: sudo $0 $*"
+    if command -v sudo >/dev/null 2>&1; then
+      say "run it again as root: sudo $0 $*"
+    else
+      say "run it again as root: su -c '$0 $*'  (or log in as root)"
+    fi
     exit 1
   fi
 }
@@ -92,7 +98,7 @@ case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   test) shift; cmd_test "$@" ;;
   *)
-    echo "usage: sudo $0 start [schoolgate lab start options] | test [pytest arguments]" >&2
+    echo "usage (as root): $0 start [schoolgate lab start options] | test [pytest arguments]" >&2
     exit 2
     ;;
 esac

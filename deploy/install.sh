@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install (or upgrade in place) schoolgate as an appliance on Raspberry Pi OS (64-bit) or Debian 12.
 #
-#   sudo deploy/install.sh                      asks for the LAN interface, address and upstream DNS
-#   sudo deploy/install.sh --non-interactive --lan-if eth1 --lan-address 10.20.0.1/22 \
+#   deploy/install.sh (as root)                asks for the network mode, interfaces, address and upstream DNS
+#   deploy/install.sh --non-interactive --lan-if eth1 --lan-address 10.20.0.1/22 \
 #        --upstream 10.20.0.254 --site-id kingswood --site-name "Kingswood Primary School"
+#   deploy/install.sh --mode bridge --lan-if eth1 --wan-if eth0 --lan-address 10.20.0.2/22 --router 10.20.0.1
+#   deploy/install.sh --mode dns-only --lan-if eth0 --lan-address 10.20.0.5/22 --router 10.20.0.1
 #   sudo deploy/install.sh --root /srv/tree --no-start    install into a Debian tree (tests, images)
 #
 # What it does, in order: Debian packages; the group `schoolgate` and one system user per daemon;
@@ -25,9 +27,10 @@ DATA=/var/lib/schoolgate
 UNIT_DIR=/usr/local/lib/systemd/system
 CONFFILES=$PREFIX/conffiles.sha256   # what this script last installed, to tell edited files apart
 GROUP=schoolgate
-DAEMONS=(dns proxy console scheduler netwatch)
+DAEMONS=(dns proxy console scheduler netwatch identity)
 UNITS=(schoolgate.target schoolgate-net.service schoolgate-dns.service schoolgate-proxy.service
-       schoolgate-console.service schoolgate-scheduler.service schoolgate-netwatch.service)
+       schoolgate-console.service schoolgate-scheduler.service schoolgate-netwatch.service
+       schoolgate-identity.service)
 DEBIAN_PACKAGES=(python3 python3-venv nftables iproute2 ca-certificates openssl systemd passwd)
 # Only needed when pip finds no binary wheel for this machine (it then compiles from source).
 BUILD_PACKAGES=(python3-dev build-essential libffi-dev libssl-dev)
@@ -35,7 +38,10 @@ BUILD_PACKAGES=(python3-dev build-essential libffi-dev libssl-dev)
 ROOT=""
 START=1
 INTERACTIVE=1
+MODE=gateway
 LAN_IF=""
+WAN_IF=""
+ROUTER=""
 LAN_ADDRESS=""
 UPSTREAMS=()
 SITE_ID=""
@@ -49,7 +55,12 @@ usage() {
   cat <<'EOF'
 usage: sudo deploy/install.sh [options]
 
-  --lan-if IF            the interface facing the school LAN (e.g. eth0)
+  --mode MODE            gateway (the appliance is the devices' router), bridge (in the cable
+                         between the school's router and switch: nothing re-addressed) or
+                         dns-only (only the DNS server the school's DHCP hands out)
+  --lan-if IF            the interface facing the school LAN (bridge: the port to the switch)
+  --wan-if IF            bridge: the port to the school's router
+  --router ADDR          bridge, dns-only: the school router's address (the appliance's own route out)
   --lan-address CIDR     the appliance's address on the LAN with its prefix (e.g. 192.168.10.1/24)
   --upstream ADDR        an upstream DNS resolver (repeatable; e.g. the ISP's filtered resolver)
   --site-id ID           short name of the school (letters, digits, - and _)
@@ -63,7 +74,10 @@ EOF
 
 while [ $# -gt 0 ]; do
   case "$1" in
+    --mode) MODE=${2:?--mode needs a value}; CONFIG_FLAGS=1; shift 2 ;;
     --lan-if) LAN_IF=${2:?--lan-if needs a value}; CONFIG_FLAGS=1; shift 2 ;;
+    --wan-if) WAN_IF=${2:?--wan-if needs a value}; CONFIG_FLAGS=1; shift 2 ;;
+    --router) ROUTER=${2:?--router needs a value}; CONFIG_FLAGS=1; shift 2 ;;
     --lan-address) LAN_ADDRESS=${2:?--lan-address needs a value}; CONFIG_FLAGS=1; shift 2 ;;
     --upstream) UPSTREAMS+=("${2:?--upstream needs a value}"); CONFIG_FLAGS=1; shift 2 ;;
     --site-id) SITE_ID=${2:?--site-id needs a value}; CONFIG_FLAGS=1; shift 2 ;;
@@ -262,6 +276,9 @@ detect_lan() {
   if [ -z "$LAN_IF" ]; then
     LAN_IF=$(ip -o -4 route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit }}')
   fi
+  if [ -z "$ROUTER" ]; then
+    ROUTER=$(ip -o -4 route show default 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "via") { print $(i + 1); exit }}')
+  fi
   if [ -z "$LAN_ADDRESS" ] && [ -n "$LAN_IF" ]; then
     LAN_ADDRESS=$(ip -o -4 addr show dev "$LAN_IF" 2>/dev/null | awk '{print $4; exit}')
   fi
@@ -296,6 +313,13 @@ render_appliance_config() {
     case "$u" in *:*:*|*\]*) ;; *:*) ;; *) u="$u:53" ;; esac
     upstream_list+="${upstream_list:+, }$(toml_string "$u")"
   done
+  local network_extra=""
+  case "$MODE" in
+    bridge) network_extra="wan_interface = $(toml_string "$WAN_IF")      # the port to the school's router
+bridge_interface = \"br0\"
+router_ipv4 = $(toml_string "$ROUTER")" ;;
+    dns-only) network_extra="router_ipv4 = $(toml_string "$ROUTER")" ;;
+  esac
   cat > "$out" <<EOF
 # schoolgate appliance configuration, written by deploy/install.sh.
 # The school's rules are in policy.toml beside this file. After editing either file:
@@ -317,7 +341,10 @@ nftables = true          # answers for watched services steer their connections 
 listen = $(toml_string "$lan_ip:8081")   # nftables redirects the LAN's web traffic here
 
 [network]
+# gateway, bridge or dns-only: see "Which network mode to choose" in the README.
+mode = $(toml_string "$MODE")
 lan_interface = $(toml_string "$LAN_IF")
+${network_extra}
 appliance_ipv4 = $(toml_string "$lan_ip")
 lan_cidrs = [$(toml_string "$network")]
 
@@ -330,6 +357,13 @@ tls_key = "$DATA/console-tls/console.key"
 [mail]
 host = ""                # the school's mail relay, for the digest and alerts
 sender = "schoolgate@$SITE_ID.invalid"
+
+[identity]
+# Who is behind an address, from the school's own systems (see the README):
+# lease_files = ["windows:/srv/dhcp/leases.csv"]       # or isc:, kea:, dnsmasq: and a path
+# radius_listen = "$lan_ip:1813"                        # the Wi-Fi controller's RADIUS accounting
+# radius_clients = ["10.0.0.5"]
+# radius_secret_file = "$ETC/radius-secret"
 EOF
 }
 
@@ -344,7 +378,32 @@ install_configuration() {
     LAN_IF=${LAN_IF:-eth0}
     SITE_ID=${SITE_ID:-school}
     SITE_NAME=${SITE_NAME:-Our School}
-    ask LAN_IF "LAN interface"
+    if [ "$INTERACTIVE" -eq 1 ]; then
+      cat >&2 <<'MODES'
+How does this appliance sit in the school's network?
+  gateway   it is every device's router: the school's DHCP gives it as gateway and DNS
+  bridge    it goes in the cable between the school's router and its main switch; nothing is
+            re-addressed (fit a bypass switch: if it is off, the school is offline)
+  dns-only  it is only the DNS server the school's DHCP hands out; the school's firewall must
+            stop other DNS servers, DNS over TLS/HTTPS and QUIC (the README says how)
+MODES
+    fi
+    ask MODE "network mode (gateway, bridge or dns-only)"
+    [[ "$MODE" =~ ^(gateway|bridge|dns-only)$ ]] || die "--mode $MODE: one of gateway, bridge, dns-only"
+    if [ "$MODE" = bridge ]; then
+      ask LAN_IF "the port to the school's switch"
+      ask WAN_IF "the port to the school's router"
+      if [ -z "$WAN_IF" ] || [ "$WAN_IF" = "$LAN_IF" ]; then
+        die "bridge mode needs two ports: give --lan-if and --wan-if"
+      fi
+      [[ "$WAN_IF" =~ ^[A-Za-z0-9_.:-]+$ ]] || die "--wan-if $WAN_IF: not an interface name"
+    else
+      ask LAN_IF "LAN interface"
+    fi
+    if [ "$MODE" != gateway ]; then
+      ask ROUTER "the school router's address"
+      [ -n "$ROUTER" ] || die "$MODE mode needs the school router's address: give --router"
+    fi
     ask LAN_ADDRESS "appliance address on the LAN (with prefix, e.g. 192.168.10.1/24)"
     local upstream_default=${UPSTREAMS[*]:-}
     ask upstream_default "upstream DNS servers (space-separated)"
