@@ -82,8 +82,8 @@ class AccountingServer(asyncio.DatagramProtocol):
             self.counters["recorded"] += len(batch)
             for addr, packet, _record in batch:
                 if self.transport is not None:
+                    self.counters["answered"] += 1  # counted first: whoever got the answer sees the count
                     self.transport.sendto(reply(packet), addr)
-                    self.counters["answered"] += 1
 
     def _write(self, records: list[AccountingRecord]) -> None:
         with self.sessions.begin() as session:
