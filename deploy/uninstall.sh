@@ -12,9 +12,10 @@ ETC=/etc/schoolgate
 DATA=/var/lib/schoolgate
 UNIT_DIR=/usr/local/lib/systemd/system
 GROUP=schoolgate
-DAEMONS=(dns proxy console scheduler netwatch)
+DAEMONS=(dns proxy console scheduler netwatch identity)
 UNITS=(schoolgate.target schoolgate-net.service schoolgate-dns.service schoolgate-proxy.service
-       schoolgate-console.service schoolgate-scheduler.service schoolgate-netwatch.service)
+       schoolgate-console.service schoolgate-scheduler.service schoolgate-netwatch.service
+       schoolgate-identity.service)
 
 ROOT=""
 PURGE=0

@@ -333,9 +333,19 @@ def directory_preview(import_id: int) -> Any:
                            changes=changes[:1000], hidden=max(0, len(changes) - 1000))
 
 
-@bp.route("/people/directory/<int:import_id>/<any(apply, discard):action>", methods=["POST"])
+@bp.route("/people/directory/<int:import_id>/apply", methods=["POST"])
 @web.requires(Permission.EDIT_REGISTERS)
-def directory_decide(import_id: int, action: str) -> Any:
+def directory_apply(import_id: int) -> Any:
+    return _directory_decide(import_id, "apply")
+
+
+@bp.route("/people/directory/<int:import_id>/discard", methods=["POST"])
+@web.requires(Permission.EDIT_REGISTERS)
+def directory_discard(import_id: int) -> Any:
+    return _directory_decide(import_id, "discard")
+
+
+def _directory_decide(import_id: int, action: str) -> Any:
     from schoolgate.services import directory as dirsvc
 
     try:

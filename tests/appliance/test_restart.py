@@ -164,7 +164,7 @@ def test_the_supervisor_keeps_every_daemon_running_after_the_kills(lab: LabClien
     status = lab.lab.status()
     assert status["processes"]["appliance"]["alive"]
     assert {name for name, info in status["daemons"].items() if info["alive"]} == {
-        "dns", "proxy", "console", "scheduler", "watch"
+        "dns", "proxy", "console", "scheduler", "watch", "identity"
     }
     with lab.session() as session:
         assert session.scalar(select(func.count()).select_from(AccessEvent)) > 0
@@ -173,7 +173,7 @@ def test_the_supervisor_keeps_every_daemon_running_after_the_kills(lab: LabClien
 def test_killing_the_supervisor_stops_its_daemons(lab: LabClient) -> None:
     """PR_SET_PDEATHSIG: if `schoolgate run` itself dies, no daemon is left running alone."""
     appliance = lab.lab
-    pids = {name: appliance.daemon_pid(name) for name in ("dns", "proxy", "console", "scheduler", "watch")}
+    pids = {name: appliance.daemon_pid(name) for name in ("dns", "proxy", "console", "scheduler", "watch", "identity")}
     assert all(pids.values()), pids
     supervisor = appliance.state.processes["appliance"]
     os.kill(int(supervisor["pid"]), signal.SIGKILL)

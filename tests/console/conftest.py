@@ -419,6 +419,13 @@ def seed(console: Console) -> dict[str, int]:
                                           action="Told the ICT technician"),
         )
         ids["check"] = check.id
+        from schoolgate.services import directory
+
+        preview = directory.preview(
+            session, site=SITE, now=now, actor=tech, filename="users.csv",
+            data=b"MIS ID,Forename,Surname,Year\nM1,Eve,Pupil,Year 3\n",
+        )
+        ids["directory_import"] = preview.id
         session.flush()
         ids["exception"] = exception.id
         from schoolgate.store.models import LessonUnlock

@@ -40,6 +40,7 @@ ARG_FOR = {
     "check_id": "check",
     "unlock_id": "unlock",
     "record_id": "social",
+    "import_id": "directory_import",
 }
 
 

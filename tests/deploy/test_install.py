@@ -194,7 +194,7 @@ def test_install_on_fresh_debian(installed: tuple[Path, str]) -> None:
 
     # Users, directories and modes.
     passwd = (root / "etc/passwd").read_text()
-    for daemon in ("dns", "proxy", "console", "scheduler", "netwatch"):
+    for daemon in ("dns", "proxy", "console", "scheduler", "netwatch", "identity"):
         assert re.search(rf"^schoolgate-{daemon}:", passwd, re.M), daemon
     data = (root / "var/lib/schoolgate").stat()
     assert stat.S_IMODE(data.st_mode) == 0o2770
@@ -207,12 +207,12 @@ def test_install_on_fresh_debian(installed: tuple[Path, str]) -> None:
     # Enabled: the symlinks exist even though no systemd runs in the tree.
     wants = root / "etc/systemd/system"
     assert (wants / "multi-user.target.wants/schoolgate.target").is_symlink()
-    for unit in ("net", "dns", "proxy", "console", "scheduler", "netwatch"):
+    for unit in ("net", "dns", "proxy", "console", "scheduler", "netwatch", "identity"):
         assert (wants / f"schoolgate.target.wants/schoolgate-{unit}.service").is_symlink(), unit
 
     # The units verify against the tree (their ExecStart paths exist there).
     units = sorted(str(p) for p in (root / "usr/local/lib/systemd/system").glob("schoolgate*"))
-    assert len(units) == 7
+    assert len(units) == 8
     verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     assert "schoolgate" not in verify.stderr, verify.stderr
@@ -228,7 +228,7 @@ def test_install_on_fresh_debian(installed: tuple[Path, str]) -> None:
     assert 'iifname "eth0"' in ruleset and "redirect to :53" in ruleset and "redirect to :8081" in ruleset
 
     # Each daemon's user can do what it needs, and no more.
-    for daemon in ("dns", "proxy", "console", "scheduler", "netwatch"):
+    for daemon in ("dns", "proxy", "console", "scheduler", "netwatch", "identity"):
         assert as_user(root, daemon, WRITE_DATABASE).returncode == 0, daemon
     assert as_user(root, "proxy", "open('/var/lib/schoolgate/ca/mitmproxy-ca.pem').read()").returncode == 0
     assert as_user(root, "console", "open('/var/lib/schoolgate/ca/mitmproxy-ca.pem').read()").returncode != 0
@@ -254,6 +254,7 @@ DAEMON_CAPS = {  # what each running daemon holds (CapEff = CapBnd = CapAmb), fr
     "console": 0,
     "scheduler": 0,
     "netwatch": 1 << 12,  # CAP_NET_ADMIN
+    "identity": 0,
 }
 # doctor's checks that must pass in the booted tree (no upstream, clock or mail relay there)
 DOCTOR_CHECKS = ("interface", "forwarding", "nftables", "dns", "proxy", "console", "heartbeat", "database", "ca")
