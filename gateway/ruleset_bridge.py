@@ -46,13 +46,16 @@ from schoolgate.gateway.ruleset import (
     refused_counter,
     set_declarations,
 )
-from schoolgate.gateway.sets import NFT_TABLE, WATCHED_V4, WATCHED_V6
+from schoolgate.gateway.sets import BLOCKED_V4, BLOCKED_V6, NFT_TABLE, WATCHED_V4, WATCHED_V6
 
 # Packet marks: what the bridge table decided, read by the inet table. One private range.
 MARK_DNS = 0x53470001
 MARK_DNS_BYPASS = 0x53470002  # DNS sent to a server the school's DHCP does not hand out
 MARK_PROXY = 0x53470003
 MARK_REFUSE = {KIND_DOT: 0x53470011, KIND_DOH: 0x53470012, KIND_QUIC: 0x53470013}
+# QUIC to an address the lists name: refused (the browser falls back to TCP, which the proxy
+# judges), but not logged: it is not an attempt to get round anything.
+MARK_REFUSE_QUIETLY = 0x53470014
 EXPECTED_DNS_V4 = "expected_dns4"
 EXPECTED_DNS_V6 = "expected_dns6"
 STEERED_V4 = "steered4"
@@ -90,14 +93,15 @@ class _Family(NamedTuple):
     ip: str
     watched: str
     prefixes: str
+    blocked: str
     doh: str
     steered: str
     expected_dns: str
 
 
 FAMILIES = (
-    _Family("ip", WATCHED_V4, PREFIXES_V4, DOH_V4, STEERED_V4, EXPECTED_DNS_V4),
-    _Family("ip6", WATCHED_V6, PREFIXES_V6, DOH_V6, STEERED_V6, EXPECTED_DNS_V6),
+    _Family("ip", WATCHED_V4, PREFIXES_V4, BLOCKED_V4, DOH_V4, STEERED_V4, EXPECTED_DNS_V4),
+    _Family("ip6", WATCHED_V6, PREFIXES_V6, BLOCKED_V6, DOH_V6, STEERED_V6, EXPECTED_DNS_V6),
 )
 
 
@@ -136,7 +140,8 @@ def _bridge_table(plan: GatewayPlan) -> list[str]:
             divert.append(f"\t\t{family} daddr {address} {web} {mark} {_hex(MARK_PROXY)} goto to_host")
     for fam in FAMILIES:
         flow = f"{fam.ip} saddr . {fam.ip} daddr . tcp sport"
-        for target in (fam.watched, fam.prefixes):
+        # The lists' addresses too: the proxy judges them per role (schoolgate.gateway.blocked).
+        for target in (fam.watched, fam.prefixes, fam.blocked):
             divert.append(f"\t\t{web} {syn} {fam.ip} daddr @{target} update @{fam.steered} {{ {flow} }}")
         # Refreshing the entry on every packet keeps a long download on the proxy.
         divert.append(
@@ -154,6 +159,9 @@ def _bridge_table(plan: GatewayPlan) -> list[str]:
                 f"\t\tudp dport {{ 80, 443 }} {fam.ip} daddr @{target} "
                 f"{mark} {_hex(MARK_REFUSE[KIND_QUIC])} goto to_host"
             )
+        divert.append(
+            f"\t\tudp dport {{ 80, 443 }} {fam.ip} daddr @{fam.blocked} {mark} {_hex(MARK_REFUSE_QUIETLY)} goto to_host"
+        )
     # What is left is bridged by the kernel; count the TCP connections among it.
     divert.append(f'\t\t{syn} counter name "forwarded_connections"')
     divert.append("\t}")
@@ -194,6 +202,7 @@ def _inet_table(plan: GatewayPlan) -> list[str]:
         match = f"meta mark {_hex(MARK_REFUSE[kind])}"
         refuse.append(f"\t\t{match} {log_rule(plan, kind)}")
         refuse.append(f'\t\t{match} counter name "{refused_counter(kind)}" jump refuse')
+    refuse.append(f"\t\tmeta mark {_hex(MARK_REFUSE_QUIETLY)} jump refuse")
     # Redirecting needs an address of the packet's family on the bridge. Without an IPv6
     # address, IPv6 DNS and web connections are refused at once (a client then uses IPv4)
     # rather than dropped by the failed redirect, or let past the filter.

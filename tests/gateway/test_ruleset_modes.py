@@ -10,7 +10,7 @@ import pytest
 
 from schoolgate.config import load_config
 from schoolgate.gateway.ruleset import GatewayPlan, RulesetError, plan_from_config, render_ruleset
-from schoolgate.gateway.ruleset_bridge import MARK_DNS, MARK_DNS_BYPASS, MARK_PROXY, MARK_REFUSE
+from schoolgate.gateway.ruleset_bridge import MARK_DNS, MARK_DNS_BYPASS, MARK_PROXY, MARK_REFUSE, MARK_REFUSE_QUIETLY
 from schoolgate.tomlpos import ConfigError
 
 BRIDGE_MAC = "02:42:00:00:00:02"
@@ -89,6 +89,9 @@ def test_bridge_mode_web_connections_are_diverted_from_their_first_packet_on() -
         "{ ip saddr . ip daddr . tcp sport }",
         "tcp dport { 80, 443 } tcp flags & (syn | ack) == syn ip daddr @watched_prefixes4 update @steered4 "
         "{ ip saddr . ip daddr . tcp sport }",
+        # the addresses the lists name: the proxy judges them per role
+        "tcp dport { 80, 443 } tcp flags & (syn | ack) == syn ip daddr @blocked4 update @steered4 "
+        "{ ip saddr . ip daddr . tcp sport }",
     ]
     follow = [rule for rule in divert if "@steered4 update" in rule]
     assert follow == [
@@ -104,6 +107,11 @@ def test_bridge_mode_refusals_are_logged_and_rejected_in_the_inet_table() -> Non
         assert f'meta mark 0x{mark:08x} log prefix "schoolgate-circumvention: {kind} " group 9 snaplen 96' in guard
         assert f'meta mark 0x{mark:08x} counter name "refused_{kind}" jump refuse' in guard
     assert not any("nfproto" in rule for rule in guard)  # both families have an address
+    # QUIC to a listed address is refused without a log line: it is no circumvention attempt
+    assert f"meta mark 0x{MARK_REFUSE_QUIETLY:08x} jump refuse" in guard
+    divert = chain(render_ruleset(make_plan()), "bridge", "divert")
+    quietly = f"meta mark set 0x{MARK_REFUSE_QUIETLY:08x} goto to_host"
+    assert f"udp dport {{ 80, 443 }} ip daddr @blocked4 {quietly}" in divert
 
 
 def test_bridge_mode_without_ipv6_refuses_ipv6_dns_and_web_instead_of_passing_them() -> None:
