@@ -1,7 +1,7 @@
 """identity sources
 
-Revision ID: 0007_identity_sources
-Revises: 0006_bans_that_stick
+Revision ID: 0008_identity_sources
+Revises: 0007_lesson_unlock_link
 Create Date: 2026-12-06 06:00:09.741282
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 import schoolgate.store.coltypes
 
 
-revision: str = '0007_identity_sources'
-down_revision: str | None = '0006_bans_that_stick'
+revision: str = '0008_identity_sources'
+down_revision: str | None = '0007_lesson_unlock_link'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
