@@ -523,7 +523,10 @@ def check_heartbeats(env: Env) -> list[Result]:
         engine.dispose()
     results = []
     now = env.now()
-    for daemon in HEARTBEAT_DAEMONS:
+    identity = env.config.identity
+    # The identity service matters once the school's systems feed it (leases, Wi-Fi sign-ins).
+    wanted = (*HEARTBEAT_DAEMONS, "identity") if identity.lease_files or identity.radius_listen else HEARTBEAT_DAEMONS
+    for daemon in wanted:
         row = status.get(daemon)
         unit = f"schoolgate-{daemon}"
         if row is None:
@@ -540,7 +543,27 @@ def check_heartbeats(env: Env) -> list[Result]:
             )
         else:
             results.append(ok(daemon, f"heartbeat {max(0, int(age))} s ago"))
+            if daemon == "identity":
+                results.extend(_identity_findings(row["stats"]))
     return results
+
+
+def _identity_findings(stats: dict[str, Any]) -> list[Result]:
+    """What the identity service's own counters say needs a technician's eye."""
+    found = []
+    dropped = (stats.get("radius") or {}).get("dropped") or {}
+    if dropped.get("bad_authenticator") or dropped.get("unknown_client"):
+        found.append(warn(
+            "identity",
+            f"RADIUS packets dropped: {dropped.get('bad_authenticator', 0)} with the wrong shared secret, "
+            f"{dropped.get('unknown_client', 0)} from addresses not in identity.radius_clients",
+            "make the Wi-Fi controller's accounting secret match identity.radius_secret_file, and list its address",
+        ))
+    for followed in stats.get("lease_files") or []:
+        if followed.get("problem"):
+            found.append(warn("identity", f"lease file {followed['problem']}",
+                              "check the path in identity.lease_files and that the export still runs"))
+    return found
 
 
 # ------------------------------------------------------------------------ storage

@@ -703,3 +703,27 @@ def test_bridge_checks(config: AppConfig, netns: str) -> None:
     ns(netns, "ip", "link", "set", "br0", "address", "02:77:00:00:00:99")  # the MAC the ruleset uses moved
     assert any(r.status is Status.FAIL and "would not reach the appliance" in r.message
                for r in doctor.check_bridge(env))
+
+
+def test_the_identity_service_is_checked_once_the_school_feeds_it(database: AppConfig) -> None:
+    from schoolgate.config import IdentityConfig
+    from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.store.models import DaemonStatus
+
+    write_heartbeat(database, "scheduler", NOW)
+    assert [r.check for r in doctor.check_heartbeats(make_env(database))] == ["scheduler"]  # nothing configured
+    fed = replace(database, identity=IdentityConfig(lease_files=["isc:/var/lib/dhcp/dhcpd.leases"]))
+    missing = doctor.check_heartbeats(make_env(fed))
+    assert [(r.check, r.status) for r in missing] == [("scheduler", Status.OK), ("identity", Status.FAIL)]
+    stats = {"radius": {"dropped": {"bad_authenticator": 3}},
+             "lease_files": [{"file": "/x", "problem": "/x: [Errno 2] No such file or directory"}]}
+    engine = make_engine(database.database_url)
+    with session_factory(engine)() as session:
+        session.add(DaemonStatus(site=database.site.id, name="identity", pid=7, started_at=NOW, heartbeat_at=NOW,
+                                 stats=json.dumps(stats)))
+        session.commit()
+    engine.dispose()
+    results = doctor.check_heartbeats(make_env(fed))
+    assert [(r.check, r.status) for r in results] == [
+        ("scheduler", Status.OK), ("identity", Status.OK), ("identity", Status.WARN), ("identity", Status.WARN)]
+    assert "3 with the wrong shared secret" in results[2].message and "No such file" in results[3].message
