@@ -1,7 +1,8 @@
 """Clean upstream answers: drop the upstream's OPT record, and `ech` from SVCB/HTTPS records.
 
 Bytes an upstream sends after the last record its counts declare are cut off: they are not
-part of the answer, and a client's parser should never be handed them.
+part of the answer, and a client's parser should never be handed them. An answer must count
+exactly one question (ours: the upstream pool has checked its bytes).
 
 Without Encrypted Client Hello the browser names the real site in the TLS SNI, which the proxy
 must see to apply the policy. The rest of each record (alpn, port, address hints) is kept.
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 def clean_answer(answer: bytes) -> bytes:
     try:
         message = Message(answer)
+        if message.counts[0] != 1:
+            # Our question's bytes under a header that counts none (or several) would reach the
+            # client as a reply without its question (found by the hostile-upstream fuzzer).
+            raise MessageError(f"the answer counts {message.counts[0]} questions, not 1")
         if message.end != len(answer):
             message = Message(answer[: message.end])
         if any(r.rtype == 41 for r in message.records):

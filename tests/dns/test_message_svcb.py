@@ -15,6 +15,7 @@ import pytest
 from schoolgate.dns.message import Message, MessageError
 from schoolgate.dns.stages.https import clean_answer
 from schoolgate.dns.svcb import SvcbError, strip_ech
+from schoolgate.dns.upstream import UpstreamFailure
 
 # The shape Cloudflare publishes for its sites (ECH config made up, same structure and length).
 ECH = base64.b64encode(b"\x00\x45\xfe\x0d\x00\x41" + bytes(range(65))).decode()
@@ -197,3 +198,14 @@ def test_bytes_after_the_last_record_are_not_passed_on() -> None:
     wire = response([("www.site.example.", "A", "192.0.2.1")], edns=False)
     cleaned = clean_answer(wire + b"\x00smuggled")
     assert cleaned == wire
+
+
+@pytest.mark.parametrize("qdcount", [0, 2, 65535])
+def test_an_answer_must_count_one_question(qdcount: int) -> None:
+    """Our question's bytes under a header counting none reached a client as a reply without a
+    question (found by the hostile-upstream fuzzer): such an answer is an upstream failure."""
+    query = dns.message.make_query("www.site.example", "A", use_edns=False)
+    wire = bytearray(dns.message.make_response(query).to_wire())
+    wire[4:6] = struct.pack("!H", qdcount)
+    with pytest.raises(UpstreamFailure):
+        clean_answer(bytes(wire))
