@@ -27,7 +27,7 @@ from schoolgate.policy.lists import (
     parse_urls,
     split_addresses,
 )
-from schoolgate.policy.liststore import StoreBuilder, bucket_bits_for, layout
+from schoolgate.policy.liststore import Buffer, StoreBuilder, bucket_bits_for, layout
 from schoolgate.policy.model import ListSource
 
 
@@ -38,51 +38,77 @@ class CompileError(ValueError):
 class NumpyBuilder(StoreBuilder):
     """The same store as StoreBuilder, sorted and merged with numpy (identical bytes)."""
 
-    def pieces(self, info: Mapping[str, Any]) -> list[bytes]:
+    def pieces(self, info: Mapping[str, Any]) -> list[Buffer]:
+        """The version's bytes, in pieces (the big sections are views of numpy arrays, not
+        copies). Memory: about 20 bytes a name at the peak (keys, their sort order and the
+        sorted keys), released as soon as each is done with."""
         import numpy as np
 
-        chunks = [(np.frombuffer(keys, dtype=np.uint64), source, exact) for (source, exact), keys in self.names.items()]
-        total = sum(len(keys) for keys, _, _ in chunks)
+        total = sum(len(keys) for keys in self.names.values())
         keys = np.empty(total, dtype=np.uint64)
-        codes = np.empty(total, dtype=np.uint8)  # source, +64 for an exact-host entry
+        codes = np.empty(total, dtype=np.uint8)  # the source, +64 for an exact-host entry
         at = 0
-        for part, source, exact in chunks:
-            keys[at : at + len(part)] = part
-            codes[at : at + len(part)] = source + (64 if exact else 0)
-            at += len(part)
+        for (source, exact), part in list(self.names.items()):
+            size = len(part)
+            keys[at : at + size] = np.frombuffer(part, dtype=np.uint64)
+            codes[at : at + size] = source + (64 if exact else 0)
+            at += size
+            del self.names[(source, exact)]  # each part is freed once copied
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         codes = codes[order]
         del order
-        if total:
-            starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        repeated = keys[1:] == keys[:-1]
+        if not repeated.any():
+            # The usual case: every name in one folder only. A key's class is its code's.
+            unique, key_codes = keys, codes
+            code_pairs = {int(c): ((1 << c, 0) if c < 64 else (0, 1 << (c - 64))) for c in np.unique(codes).tolist()}
+            key_pairs = list(code_pairs.values())
+
+            def classes(number: Mapping[tuple[int, int], int], width: int) -> Buffer:
+                lookup = np.zeros(128, dtype="<u1" if width == 1 else "<u2")
+                for code, pair in code_pairs.items():
+                    lookup[code] = number[pair]
+                return lookup[key_codes].data.cast("B")
         else:
-            starts = np.empty(0, dtype=np.int64)
-        unique = keys[starts]
-        one = np.uint64(1)
-        suffix_bits = np.where(codes < 64, np.left_shift(one, codes.astype(np.uint64) & np.uint64(63)), np.uint64(0))
-        exact_bits = np.where(codes >= 64, np.left_shift(one, codes.astype(np.uint64) & np.uint64(63)), np.uint64(0))
-        suffix_masks = np.bitwise_or.reduceat(suffix_bits, starts) if total else suffix_bits
-        exact_masks = np.bitwise_or.reduceat(exact_bits, starts) if total else exact_bits
-        del keys, codes, suffix_bits, exact_bits
+            unique, classes, key_pairs = _merge_repeats(np, keys, codes, repeated)
+        del repeated
         count = len(unique)
         bits = bucket_bits_for(count)
-        buckets = unique >> np.uint64(64 - bits) if bits else np.zeros(count, dtype=np.uint64)
-        index = np.searchsorted(buckets, np.arange((1 << bits) + 1, dtype=np.uint64), side="left").astype("<u4")
-        pairs = np.empty(count, dtype=[("s", "<u8"), ("e", "<u8")])
-        pairs["s"] = suffix_masks
-        pairs["e"] = exact_masks
-        distinct, inverse = np.unique(pairs, return_inverse=True)
-        key_pairs = [(int(s), int(e)) for s, e in distinct.tolist()]
-
-        def classes(number: Mapping[tuple[int, int], int], width: int) -> bytes:
-            lookup = np.array([number[p] for p in key_pairs], dtype="<u1" if width == 1 else "<u2")
-            return bytes(lookup[inverse.reshape(-1)].tobytes())
-
+        if bits:
+            index = np.searchsorted(unique >> np.uint64(64 - bits), np.arange((1 << bits) + 1, dtype=np.uint64))
+        else:
+            index = np.array([0, count])
         return layout(
-            self, count=count, key_bytes=unique.astype("<u8").tobytes(), index_bytes=index.tobytes(),
-            key_pairs=key_pairs, class_bytes=classes, info=info,
+            self, count=count, key_bytes=unique.astype("<u8", copy=False).data.cast("B"),
+            index_bytes=index.astype("<u4").data.cast("B"), key_pairs=key_pairs, class_bytes=classes,
+            info=info,
         )
+
+
+def _merge_repeats(np: Any, keys: Any, codes: Any, repeated: Any) -> tuple[Any, Any, list[tuple[int, int]]]:
+    """Names listed more than once (in several folders, or with and without subdomains): one
+    key each, its class the union of its entries' (suffix mask, exact mask)."""
+    starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
+    shift = (codes & np.uint8(63)).astype(np.uint64)
+    one = np.uint64(1)
+    suffix_bits = np.where(codes < 64, np.left_shift(one, shift), np.uint64(0))
+    exact_bits = np.where(codes >= 64, np.left_shift(one, shift), np.uint64(0))
+    suffix = np.bitwise_or.reduceat(suffix_bits, starts)
+    exact = np.bitwise_or.reduceat(exact_bits, starts)
+    unique = keys[starts]
+    pairs = np.empty(len(unique), dtype=[("s", "<u8"), ("e", "<u8")])
+    pairs["s"] = suffix
+    pairs["e"] = exact
+    distinct, inverse = np.unique(pairs, return_inverse=True)
+    key_pairs = [(int(s), int(e)) for s, e in distinct.tolist()]
+
+    def classes(number: Mapping[tuple[int, int], int], width: int) -> Buffer:
+        lookup = np.array([number[p] for p in key_pairs], dtype="<u1" if width == 1 else "<u2")
+        per_key: memoryview = lookup[inverse.reshape(-1)].data
+        return per_key.cast("B")
+
+    return unique, classes, key_pairs
 
 
 @dataclass
@@ -90,13 +116,13 @@ class CompiledVersion:
     """A version ready to install: its file name, its bytes in pieces, and what it holds."""
 
     name: str
-    pieces: list[bytes]
+    pieces: list[Buffer]
     info: dict[str, Any]
     stats: dict[str, ListStats] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
-        return sum(len(p) for p in self.pieces)
+        return sum(memoryview(p).nbytes for p in self.pieces)
 
 
 def version_name(list_id: str, at: datetime, digest: str) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from schoolgate.policy.liststore import ListStore, StoreError
+from schoolgate.policy.liststore import Buffer, ListStore, StoreError
 from schoolgate.policy.model import ListSource
 
 MANIFEST = "manifest.json"
@@ -47,7 +47,7 @@ def state_dir_of(config: Any) -> Path:
     return Path(configured) if configured else Path(config.data_dir) / "lists"
 
 
-def write_atomic(path: Path, pieces: Iterable[bytes], *, mode: int = 0o640) -> int:
+def write_atomic(path: Path, pieces: Iterable[Buffer], *, mode: int = 0o640) -> int:
     """Write `pieces` to `path` through a temporary file in the same folder: flushed, synced,
     renamed, and the folder synced. Returns the size written."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +57,12 @@ def write_atomic(path: Path, pieces: Iterable[bytes], *, mode: int = 0o640) -> i
         with os.fdopen(handle, "wb") as out:
             for piece in pieces:
                 out.write(piece)
-                size += len(piece)
+                size += memoryview(piece).nbytes
             out.flush()
             os.fchmod(out.fileno(), mode)
+            # The folder's group (schoolgate), so the daemons can read what root wrote.
+            with contextlib.suppress(OSError):
+                os.fchown(out.fileno(), -1, os.stat(path.parent).st_gid)
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except BaseException:
@@ -147,7 +150,7 @@ class ListState:
             raise ListStateError(f"{name!r} is not a list version file name")
         return self.versions / name
 
-    def install_version(self, name: str, pieces: Iterable[bytes]) -> Path:
+    def install_version(self, name: str, pieces: Iterable[Buffer]) -> Path:
         """Write a compiled version (not yet in force: the manifest decides that), then check
         that it reads back whole."""
         path = self.version_path(name)
@@ -155,7 +158,7 @@ class ListState:
         try:
             mapped = self.open_version(name)
             try:
-                mapped.store.verify()
+                verify_store(mapped.store)
             finally:
                 mapped.store.release()
         except (StoreError, ListStateError):
@@ -173,13 +176,15 @@ class ListState:
                 st = os.fstat(handle.fileno())
                 if st.st_size == 0:
                     raise ListStateError(f"list version {name} is empty")
-                buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                # MAP_POPULATE: the page tables are filled now, at start-up, not by a page
+                # fault in the middle of answering a query (the pages are shared with every
+                # other process that maps the version, and counted once).
+                buffer = mmap.mmap(handle.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                                   prot=mmap.PROT_READ)
         except FileNotFoundError as err:
             raise ListStateError(f"list version {name} is missing from {self.versions}") from err
         except OSError as err:
             raise ListStateError(f"cannot map list version {name}: {err.strerror}") from err
-        with contextlib.suppress(OSError, AttributeError):
-            buffer.madvise(mmap.MADV_RANDOM)  # lookups jump around: no read-ahead
         try:
             store = ListStore(buffer)
         except StoreError as err:
@@ -220,6 +225,28 @@ class ListState:
             yield
         finally:
             handle.close()
+
+
+def verify_store(store: ListStore) -> None:
+    """The whole structure checked before a version goes live: with numpy for millions of keys
+    (only the commands that install versions get here, never a daemon), else in Python."""
+    if store.key_count < 100_000:
+        store.verify()
+        return
+    import numpy as np
+
+    index, keys, classes, shift = store.arrays()
+    sorted_keys = np.frombuffer(keys, dtype=np.uint64)
+    if not bool(np.all(sorted_keys[1:] > sorted_keys[:-1])):
+        raise StoreError("damaged list store: keys out of order")
+    buckets = np.frombuffer(index, dtype=np.uint32)
+    expected = np.searchsorted(sorted_keys >> np.uint64(shift), np.arange(len(buckets), dtype=np.uint64))
+    if not np.array_equal(buckets, expected):
+        raise StoreError("damaged list store: the bucket index does not match the keys")
+    per_key = np.frombuffer(classes, dtype=np.uint8 if classes.itemsize == 1 else np.uint16)
+    if len(per_key) and int(per_key.max()) >= len(store.classes):
+        raise StoreError("damaged list store: a key names a class that does not exist")
+    store.verify_entries()
 
 
 class Installed:

@@ -10,6 +10,7 @@ small dictionaries in the engine.
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,11 @@ def _class_bits(index: ListIndex) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(out)
 
 
+_Probe = tuple[
+    dict[int, int] | None, memoryview, memoryview, memoryview, int, tuple[tuple[int, int, int, int], ...]
+]
+
+
 class ListSet:
     """Every list store of a policy, asked together. Stores that share a seed share the keys
     of a host's suffixes, so each suffix is hashed once per seed, not once per store."""
@@ -82,12 +88,16 @@ class ListSet:
     __slots__ = ("_groups", "_indexes", "address_count", "count", "url_count")
 
     def __init__(self, indexes: Sequence[ListIndex] = ()) -> None:
-        by_seed: dict[int, list[tuple[ListStore, tuple[tuple[int, int, int, int], ...]]]] = {}
+        by_seed: dict[int, list[_Probe]] = {}
         for index in indexes:
-            if len(index.source_bits) != len(index.store.sources):
+            if len(index.store.sources) != len(index.source_bits):
                 raise ValueError("a list index must say what each of its store's sources stands for")
-            by_seed.setdefault(index.store.seed, []).append((index.store, _class_bits(index)))
-        self._groups = tuple((seed, tuple(stores)) for seed, stores in by_seed.items())
+            store = index.store
+            table, keys, classes, shift = store.arrays()
+            by_seed.setdefault(store.seed, []).append(
+                (store.small_table(), table, keys, classes, shift, _class_bits(index))
+            )
+        self._groups = tuple((seed, tuple(probes)) for seed, probes in by_seed.items())
         self._indexes = tuple(indexes)
         self.count = sum(i.store.key_count for i in indexes)
         self.url_count = sum(i.store.url_count for i in indexes)
@@ -97,18 +107,31 @@ class ListSet:
         """For a host's suffixes (longest first): (list bits, category bits, first match).
 
         A suffix entry covers the host and all its subdomains; an exact entry only the host
-        itself (the first element of `names`).
+        itself (the first element of `names`). This is the hot path of a decision for a name
+        the engine has not seen, so each store's probe is written out here: a dict probe for
+        the small local store, a bisect within one bucket for a mapped version.
         """
         found_lists = found_categories = 0
         first = len(names)
-        for seed, stores in self._groups:
+        if len(names) > 1:
+            # A top-level domain alone ("com", "uk") is never a list entry: an entry that would
+            # block a whole TLD is a broken or hostile list, and skipping it saves a probe.
+            names = names[:-1]
+        for seed, probes in self._groups:
             keys = [xxh3_64_intdigest(name.encode("utf-8", "replace"), seed) for name in names]
-            for store, classes in stores:
-                find = store.find
+            for small, table, sorted_keys, key_classes, shift, classes in probes:
                 for position, key in enumerate(keys):
-                    klass = find(key)
-                    if klass < 0:
-                        continue
+                    if small is not None:
+                        klass = small.get(key, -1)
+                        if klass < 0:
+                            continue
+                    else:
+                        bucket = key >> shift
+                        hi = table[bucket + 1]
+                        i = bisect_left(sorted_keys, key, table[bucket], hi)
+                        if i >= hi or sorted_keys[i] != key:
+                            continue
+                        klass = key_classes[i]
                     categories, exact_categories, lists, exact_lists = classes[klass]
                     if position == 0:
                         categories |= exact_categories

@@ -44,12 +44,15 @@ from typing import Any, Literal
 
 from xxhash import xxh3_64_intdigest
 
+Buffer = bytes | bytearray | memoryview  # what a layout piece may be (written as it is)
+
 MAGIC = b"SGLISTS\x00"
 FORMAT_VERSION = 1
 _ORDER_CHECK = 0x0102030405060708  # read back natively: a file from a machine of the other byte order fails
 MAX_SOURCES = 64  # source categories per version: a class mask is one 64-bit word
 MAX_CLASSES = 65535
 _KEYS_PER_BUCKET = 4  # the index's target; it costs 4 bytes per bucket, under one byte per name
+SMALL_STORE = 16_384  # keys: up to this many are also held as a dict (about 1.5 MB at most)
 
 # magic, version, header size, order check, seed, bucket bits, class width, then u64 counts and
 # offsets (see _FIELDS).
@@ -90,8 +93,26 @@ class ListStore:
     """One list version over a read-only buffer. Lookups allocate only the keys' ints."""
 
     __slots__ = (
-        "_buffer", "_classes", "_index", "_keys", "_shift", "_url_blob", "_url_keys", "_url_refs", "_v4_classes",
-        "_v4_ends", "_v4_starts", "_v6", "address_count", "classes", "info", "key_count", "seed", "size", "sources",
+        "_buffer",
+        "_classes",
+        "_index",
+        "_keys",
+        "_shift",
+        "_small",
+        "_url_blob",
+        "_url_keys",
+        "_url_refs",
+        "_v4_classes",
+        "_v4_ends",
+        "_v4_starts",
+        "_v6",
+        "address_count",
+        "classes",
+        "info",
+        "key_count",
+        "seed",
+        "size",
+        "sources",
         "url_count",
     )
 
@@ -116,6 +137,7 @@ class ListStore:
         if width not in (1, 2) or bits > 40:
             raise StoreError("damaged list store header")
         n, u, a, b = (int(head[f]) for f in ("key_count", "url_count", "v4_count", "v6_count"))
+        self._small: dict[int, int] | None = None
         self.seed: int = int(seed)
         self.key_count: int = n
         self.url_count: int = u
@@ -163,6 +185,19 @@ class ListStore:
         self._buffer.release()
 
     # -- lookups ------------------------------------------------------------------------------
+    def small_table(self) -> dict[int, int] | None:
+        """A store of at most SMALL_STORE keys (a policy's local lists) as a dict: one probe
+        instead of a bisect. Built once; a big store answers None and is bisected in place."""
+        if self.key_count > SMALL_STORE:
+            return None
+        if self._small is None:
+            self._small = dict(zip(self._keys, self._classes, strict=True))
+        return self._small
+
+    def arrays(self) -> tuple[memoryview[int], memoryview[int], memoryview[int], int]:
+        """(bucket index, keys, classes, shift) for a caller that inlines `find` in a hot loop."""
+        return self._index, self._keys, self._classes, self._shift
+
     def find(self, key: int) -> int:
         """The class of a name's key, or -1 if the name is not listed."""
         bucket = key >> self._shift
@@ -249,6 +284,10 @@ class ListStore:
                 raise StoreError("damaged list store: a key is filed in the wrong bucket")
         if classes and max(classes) >= len(self.classes):
             raise StoreError("damaged list store: a key names a class that does not exist")
+        self.verify_entries()
+
+    def verify_entries(self) -> None:
+        """The URL and address sections (small beside the keys)."""
         if list(self._url_keys) != sorted(self._url_keys):
             raise StoreError("damaged list store: url keys out of order")
         for offset in self._url_refs:
@@ -327,7 +366,7 @@ class StoreBuilder:
             return array("B" if width == 1 else "H", [number[p] for p in pairs]).tobytes()
 
         return b"".join(
-            layout(
+            bytes(piece) for piece in layout(
                 self, count=len(ordered), key_bytes=array("Q", ordered).tobytes(), index_bytes=index.tobytes(),
                 key_pairs=set(pairs), class_bytes=classes, info=info or {},
             )
@@ -363,12 +402,12 @@ def layout(
     builder: StoreBuilder,
     *,
     count: int,
-    key_bytes: bytes,
-    index_bytes: bytes,
+    key_bytes: Buffer,
+    index_bytes: Buffer,
     key_pairs: Iterable[tuple[int, int]],
-    class_bytes: Callable[[Mapping[tuple[int, int], int], int], bytes],
+    class_bytes: Callable[[Mapping[tuple[int, int], int], int], Buffer],
     info: Mapping[str, Any],
-) -> list[bytes]:
+) -> list[Buffer]:
     """The file's bytes, in pieces: the header, then each section padded to 8 bytes.
 
     The caller has sorted the unique keys (`key_bytes`, with their bucket `index_bytes`) and
@@ -376,7 +415,8 @@ def layout(
     class numbers chosen here into the per-key class array of the given width. Both builders
     (pure Python here, numpy in schoolgate.lists.compile) share this, so their files are equal.
     """
-    if len(index_bytes) != 4 * ((1 << bucket_bits_for(count)) + 1) or len(key_bytes) != 8 * count:
+    buckets = (1 << bucket_bits_for(count)) + 1
+    if memoryview(index_bytes).nbytes != 4 * buckets or memoryview(key_bytes).nbytes != 8 * count:
         raise ValueError("the keys and the bucket index do not agree")
     bits = bucket_bits_for(count)
     v4 = _disjoint([(f, last, s) for version, f, last, s in builder.ranges if version == 4])
@@ -394,7 +434,7 @@ def layout(
     number = {pair: i for i, pair in enumerate(table)}
     width = 1 if len(table) <= 256 else 2
     classes_blob = class_bytes(number, width)
-    if len(classes_blob) != width * count:
+    if memoryview(classes_blob).nbytes != width * count:
         raise ValueError("the class array does not match the keys")
     url_items = sorted(url_masks.items())
     blob = bytearray()
@@ -415,11 +455,14 @@ def layout(
                 v6_blob, meta]
     offsets: list[int] = []
     position = _align(_HEADER.size)
-    pieces: list[bytes] = []
+    pieces: list[Buffer] = []
     for section in sections:
         offsets.append(position)
-        padded = _align(len(section))
-        pieces.append(section + b"\0" * (padded - len(section)))
+        size = memoryview(section).nbytes
+        padded = _align(size)
+        pieces.append(section)  # not copied: a key section is tens of megabytes
+        if padded > size:
+            pieces.append(b"\0" * (padded - size))
         position += padded
     values = {
         "key_count": count, "url_count": len(url_items), "v4_count": len(v4), "v6_count": len(v6),

@@ -76,3 +76,14 @@ def test_a_squidguard_download_needs_category_folders(tmp_path: Path) -> None:
     source = _source("squidguard", categories=(("adult", ("pornography",)),))
     with pytest.raises(ArchiveError, match="not a readable tar archive"):
         compile_download(source, download, seed=5, now=NOW, digest="00" * 32)
+
+
+def test_numpy_without_repeated_names_builds_the_same_file() -> None:
+    files = []
+    for cls in (StoreBuilder, NumpyBuilder):
+        builder = cls(0xBEEF, ["a", "b"])
+        builder.add_names([f"a{i}.example" for i in range(3000)], 0)
+        builder.add_names([f"b{i}.example" for i in range(2000)], 1)
+        builder.add_names([f"exact{i}.example" for i in range(10)], 1, exact=True)
+        files.append(builder.build({}) if cls is StoreBuilder else b"".join(builder.pieces({})))
+    assert files[0] == files[1]

@@ -101,3 +101,23 @@ def test_old_versions_are_removed_but_mappings_stay_valid(state: ListState) -> N
     assert not (state.versions / "x-1.sgl").exists()
     assert mapped.store.key_count == 1 and mapped.store.find(0) == -1  # still readable
     assert os.path.exists("/proc/self/fd") and mapped.inode[1] > 0
+
+
+def test_a_large_version_is_verified_whole_before_it_goes_in(state: ListState) -> None:
+    import struct
+
+    from schoolgate.lists.compile import NumpyBuilder
+
+    builder = NumpyBuilder(3, [""])
+    builder.add_names([f"n{i}.example" for i in range(150_000)], 0)
+    data = b"".join(builder.pieces({}))
+    state.install_version("big-1.sgl", [data])  # numpy checks the keys, the index and the classes
+    from schoolgate.policy.liststore import ListStore
+
+    keys = ListStore(data).arrays()[1]
+    damaged = bytearray(data)
+    at = data.find(struct.pack("<Q", keys[1000]))
+    damaged[at : at + 8] = struct.pack("<Q", keys[999])
+    with pytest.raises(StoreError, match="order"):
+        state.install_version("big-2.sgl", [bytes(damaged)])
+    assert not (state.versions / "big-2.sgl").exists()

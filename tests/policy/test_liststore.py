@@ -95,12 +95,12 @@ def test_the_seed_changes_every_key_but_no_answer() -> None:
 
 def test_stores_sharing_a_seed_are_asked_with_one_hash_per_suffix() -> None:
     one = StoreBuilder(9, ["x"])
-    one.add_names(["a.example"], 0)
+    one.add_names(["b.a.example"], 0)
     two = StoreBuilder(9, ["y"])
-    two.add_names(["example"], 0)
+    two.add_names(["a.example"], 0)
     lists = ListSet([ListIndex(ListStore(one.build()), ((0b1, 0b1),)),
                      ListIndex(ListStore(two.build()), ((0b10, 0b10),))])
-    assert lists.lookup(suffixes("www.a.example")) == (0b11, 0b11, "a.example")
+    assert lists.lookup(suffixes("www.b.a.example")) == (0b11, 0b11, "b.a.example")
     assert len(lists._groups) == 1
 
 
@@ -181,3 +181,12 @@ def test_a_local_list_blocks_addresses_and_refuses_private_ones(write_policy: Ca
         assert decision.verdict is verdict, host
         if verdict is Verdict.BLOCK:
             assert decision.category == "malware" and decision.list_id == "bad"
+
+
+def test_a_top_level_domain_in_a_list_never_blocks_its_names() -> None:
+    builder = StoreBuilder(4, ["adult", "gambling", "agressif"])
+    builder.add_names(["com", "example.com"], 0)
+    lists = listset(builder.build())
+    assert lists.lookup(suffixes("www.example.com")) == (0b1000, 0b1, "example.com")
+    assert lists.lookup(suffixes("other.com")) == (0, 0, None)  # not every .com name
+    assert lists.lookup(suffixes("com")) == (0b1000, 0b1, "com")  # the bare name itself, asked for
