@@ -14,10 +14,10 @@ lunch (staff may use Facebook then, in Chromium, which tries HTTP/3 once a site 
 Then the phone tries its ways round the filter: a VPN site, DNS over HTTPS, and a TLS connection
 that names an innocent site but goes to Facebook's address. The measurement: alerts raised by
 the normal day (zero is right), circumvention cases for the phone (exactly one is right), and
-how long after the ban the phone is supervised (seed 001 §9). Under the example policy the ban
-is offered, and the DSL imposes it from the case as the console does (by the MAC the case was
-seen with: the phone is not in the register); under `[bans] on_circumvention = "automatic"` the
-scheduler's alert job imposes it.
+how long after the ban the phone is supervised, in DNS and in the proxy (seed 001 §9). Under
+the example policy the ban is offered, and the DSL imposes it from the case as the console does
+(by the MAC the case was seen with: the phone is not in the register); under
+`[bans] on_circumvention = "automatic"` the scheduler's alert job imposes it.
 
 Used by `bench/lab_session.py` (the full 15 minutes, printed) and `tests/lab/test_session.py`
 (a shorter run in CI). Every loop is bounded in count and time; traffic stays in the lab.
@@ -73,7 +73,8 @@ class SessionReport:
     circumvention_cases: list[str]
     phone_case_severity: str | None
     ban: str | None
-    ban_latency_s: float | None  # from the ban's commit to the phone's first supervised answer
+    ban_latency_s: float | None  # from the ban's commit to the phone's first supervised DNS answer
+    ban_proxy_latency_s: float | None = None  # ... and to the proxy's first supervised block page
     cpu_s: float = 0.0
 
     def lines(self) -> list[str]:
@@ -86,8 +87,11 @@ class SessionReport:
                    + (f" ({'; '.join(self.alerts_from_normal_day)})" if self.alerts_from_normal_day else ""))
         out.append(f"  circumvention cases for the pupil's phone: {len(self.circumvention_cases)}"
                    + (f" (severity {self.phone_case_severity})" if self.phone_case_severity else ""))
-        latency = f"{self.ban_latency_s:.2f} s" if self.ban_latency_s is not None else "not measured"
-        out.append(f"  ban: {self.ban or 'none'}; in force on the phone {latency} after it was made")
+        def seconds(value: float | None) -> str:
+            return f"{value:.2f} s" if value is not None else "not measured"
+
+        out.append(f"  ban: {self.ban or 'none'}; in force on the phone after it was made: "
+                   f"DNS {seconds(self.ban_latency_s)}, proxy {seconds(self.ban_proxy_latency_s)}")
         return out
 
 
@@ -169,10 +173,23 @@ class Session:
         }
         return tried
 
-    def phone_supervised(self) -> bool:
-        """Does the schoolgate DNS answer the phone as supervised (the library, open to pupils, blocked)?"""
-        done = self.client.dig("phone", "library.example.org", "+short", "+time=1", "+tries=1")
-        return GATEWAY_LAN_IP in done.stdout.split()
+
+SUPERVISED_RULE = "supervised-everything-else"
+
+
+def phone_supervised_in_dns(client: LabClient) -> bool:
+    """Does the schoolgate DNS answer the phone as supervised (the library, open to pupils, blocked)?"""
+    done = client.dig("phone", "library.example.org", "+short", "+time=1", "+tries=1")
+    return GATEWAY_LAN_IP in done.stdout.split()
+
+
+def phone_supervised_in_proxy(client: LabClient) -> bool:
+    """Does the proxy judge the phone supervised? Plain HTTP to the block address is the proxy's
+    to judge, by the Host it names: the library, open to pupils, gets the supervised rule's
+    block page only once the proxy knows of the ban."""
+    done = client.curl("phone", "http://library.example.org/", "--resolve",
+                       f"library.example.org:80:{GATEWAY_LAN_IP}", timeout=2)
+    return SUPERVISED_RULE in done.stdout
 
 
 def _wait(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -227,8 +244,10 @@ def run_session(client: LabClient, minutes: float, *, home: Path, seed: int = 20
     devices[-1].done.update({f"tried {k}: {v}": 1 for k, v in tried.items()})
     # From now on the phone asks every 50 ms whether it is supervised yet, so the moment the ban
     # takes effect is known to within that, whenever the ban is made.
-    watch = SupervisedWatch(session)
+    watch = SupervisedWatch(lambda: phone_supervised_in_dns(client))
+    proxy_watch = SupervisedWatch(lambda: phone_supervised_in_proxy(client))
     watch.start()
+    proxy_watch.start()
     try:
         case = _wait(lambda: _phone_case(client, first_id), 120, "the circumvention case for the phone")
         if automatic:
@@ -237,9 +256,12 @@ def run_session(client: LabClient, minutes: float, *, home: Path, seed: int = 20
         else:
             ban, made_at = _dsl_bans(client, case)
         supervised_at = watch.wait(60)
+        proxy_supervised_at = proxy_watch.wait(60)
     finally:
         watch.stop()
+        proxy_watch.stop()
     ban_latency = (supervised_at - made_at).total_seconds() if supervised_at is not None else None
+    proxy_latency = (proxy_supervised_at - made_at).total_seconds() if proxy_supervised_at is not None else None
     after = client.last_event_id()
     _wait(lambda: _scanned_through(client, after), 120, "the alert scan after the attempts")
     cases = [f"case {a.id}: {a.title} ({a.severity})" for a in _cases(client, first_id, "circumvention")
@@ -256,19 +278,21 @@ def run_session(client: LabClient, minutes: float, *, home: Path, seed: int = 20
         ban=(f"ban {ban.id} on {ban.mac} ({'until lifted' if ban.until is None else f'until {ban.until:%d %b}'}), "
              f"by {ban.created_by}, supervised by {ban.supervisor}"),
         ban_latency_s=ban_latency,
+        ban_proxy_latency_s=proxy_latency,
     )
     report.cpu_s = time.process_time() - started_cpu
     return report
 
 
 class SupervisedWatch:
-    """Asks, every 50 ms from the phone, whether schoolgate treats it as supervised yet."""
+    """Asks `probe` every 50 ms until it says yes (the phone is supervised yet, say); `first` is
+    when the first yes was asked, on this process's clock (UTC)."""
 
-    def __init__(self, session: Session, interval: float = 0.05, limit_s: float = 300.0) -> None:
-        self.session = session
+    def __init__(self, probe: Callable[[], bool], interval: float = 0.05, limit_s: float = 300.0) -> None:
+        self.probe = probe
         self.interval = interval
         self.limit_s = limit_s
-        self.first: datetime | None = None  # this process's clock, UTC
+        self.first: datetime | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -279,7 +303,7 @@ class SupervisedWatch:
         deadline = time.monotonic() + self.limit_s
         while not self._done.is_set() and time.monotonic() < deadline:
             asked = datetime.now(UTC)
-            if self.session.phone_supervised():
+            if self.probe():
                 self.first = asked
                 self._done.set()
                 return
@@ -372,4 +396,7 @@ def _count(client: LabClient, first_event: int, rule_id: str) -> int:
         ) or 0)
 
 
-__all__ = ["HALL_TV", "PHONE", "SessionReport", "run_session"]
+__all__ = [
+    "HALL_TV", "PHONE", "SessionReport", "SupervisedWatch", "phone_supervised_in_dns", "phone_supervised_in_proxy",
+    "run_session",
+]

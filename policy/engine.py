@@ -684,7 +684,8 @@ def _apply_overlay(
     flags = decision.flags | {"banned"} if banned is not None else decision.flags
     if decision is base and valid_until == base.valid_until and flags is base.flags and not url_scoped:
         return base
-    return replace(decision, valid_until=valid_until, flags=flags, url_scoped=url_scoped or base.url_scoped)
+    return replace(decision, valid_until=valid_until, flags=flags, url_scoped=url_scoped or base.url_scoped,
+                   own_role=own_role)
 
 
 def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime) -> Decision:

@@ -156,6 +156,9 @@ class Decision:
     # judged without the URL. DNS steers such a host to the proxy, which intercepts it for a
     # device that trusts the school CA so that each page is judged with its URL.
     url_scoped: bool = False
+    # A banned client's role but for the ban (its `role` is then supervised): who the child is,
+    # so that a banned pupil, registered or not, still gets the children's block page.
+    own_role: Role | None = None
 
     @property
     def blocked(self) -> bool:

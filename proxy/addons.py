@@ -433,10 +433,11 @@ class HttpGate:
 
 def is_pupil(client: Client, decision: Decision) -> bool:
     """Whether the block page is for a child: the device is a pupil's (by the register, or by
-    the pupils' network for an unregistered one), banned or not."""
+    the pupils' network for an unregistered one), banned or not (a ban makes the decision's role
+    supervised; its `own_role` is the role the device had before)."""
     if client.role is not None:
         return client.role is Role.PUPIL
-    return decision.role is Role.PUPIL
+    return (decision.own_role or decision.role) is Role.PUPIL
 
 
 class UpsetButton:

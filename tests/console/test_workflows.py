@@ -194,3 +194,58 @@ def test_a_concern_about_the_dsl_is_not_shown_to_the_dsl(console: Console) -> No
     assert dsl.get(f"/alerts/{other_id}").status_code == 200
     head = console.login("headteacher")
     assert head.get(f"/alerts/{mine_id}").status_code == 200  # seed 001 §8: the headteacher's to handle
+
+
+def test_staff_without_an_account_ask_for_a_site_from_a_school_device_and_see_the_status(console: Console) -> None:
+    """Appendix A from any school device: the device is the one the appliance finds behind the
+    connection, the name is the one given; a staff device has a day's allowance that a pupil's
+    device, which could flood the technicians, does not."""
+    from console_testkit import add_event, csrf_from
+
+    from schoolgate.services import access_requests
+
+    staff_ip, pupil_ip = "10.41.10.21", "10.41.20.16"
+    with console.session() as session:
+        add_event(session, client_ip=staff_ip, mac="02:00:00:00:10:21", device_id="KW-STAFF-21",
+                  device_name="Staff laptop 21", person_id=None, person_name=None, role="staff",
+                  ts=console.clock.now())
+        add_event(session, client_ip=pupil_ip, mac="02:00:00:00:20:16", device_id="KW-IPAD-16",
+                  device_name="Class iPad 16", person_id=None, person_name=None, role="pupil",
+                  ts=console.clock.now())
+        session.commit()
+
+    def ask(ip: str, n: int, name: str = "Mrs Okafor (TA, 5A)"):  # type: ignore[no-untyped-def]
+        anyone = console.client()
+        env = {"REMOTE_ADDR": ip}
+        page = anyone.get(f"/request?url=https://site{n}.example.org/lesson", environ_base=env).get_data(as_text=True)
+        return anyone.post("/request", environ_base=env, data={
+            "csrf_token": csrf_from(page), "requester": name, "staff_name": "", "url": f"https://site{n}.example.org/lesson",
+            "site_content": "A phonics game", "reasons": "Phonics groups in 5A this afternoon"})
+
+    sent = ask(staff_ip, 0)
+    text = sent.get_data(as_text=True)
+    assert sent.status_code == 200, text[:2000]
+    reference = re.search(r'id="reference">(AR-(\d+))<', text)
+    token = re.search(r'id="token"><code>([^<]+)<', text)
+    assert reference and token
+    with console.session() as session:
+        request = session.get(AccessRequest, int(reference.group(2)))
+        assert request is not None
+        assert (request.requester, request.device_id, request.client_ip) == (
+            "Mrs Okafor (TA, 5A)", "KW-STAFF-21", staff_ip)
+    status = console.client().get(f"/request/status?ref={reference.group(1)}&token={token.group(1)}")
+    assert status.status_code == 200
+    words = status.get_data(as_text=True)
+    assert "site0.example.org" in words and "Waiting for an ICT technician to check it." in words
+    assert console.client().get(f"/request/status?ref={reference.group(1)}&token=wrong").status_code == 404
+
+    # The staff device's day: more than a pupil's device gets, and then a plain refusal.
+    for n in range(1, access_requests.MAX_REQUESTS_PER_CLIENT_PER_DAY):
+        assert ask(staff_ip, n).status_code == 200, n
+    refused = ask(staff_ip, 99)
+    assert refused.status_code == 429 and "the most it may" in refused.get_data(as_text=True)
+    # A pupil's device is refused much sooner, whatever name is typed.
+    for n in range(access_requests.MAX_REQUESTS_PER_PUPIL_DEVICE_PER_DAY):
+        assert ask(pupil_ip, 100 + n, name=f"Pupil {n}").status_code == 200, n
+    assert access_requests.MAX_REQUESTS_PER_PUPIL_DEVICE_PER_DAY < access_requests.MAX_REQUESTS_PER_CLIENT_PER_DAY
+    assert ask(pupil_ip, 200, name="Someone else").status_code == 429

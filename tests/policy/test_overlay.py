@@ -175,6 +175,23 @@ def test_ban_by_mac_and_person(example: CompiledPolicy) -> None:
     assert decide(layered, PUPIL, Target("example.org"), now).role is Role.PUPIL
 
 
+def test_a_banned_client_keeps_its_own_role_beside_the_ban(example: CompiledPolicy) -> None:
+    """The decision says who the client was before the ban (the register's role, or its
+    network's for an unregistered phone), so the proxy shows a banned child the children's page."""
+    start, now = local("2026-11-23 00:00"), local("2026-11-23 11:00")
+    phone = Client(ip="10.41.20.77", mac="02:41:00:00:20:77")  # on the pupils' network, not registered
+    assert example.role_for_ip(phone.ip) is Role.PUPIL
+    unbanned = decide(example, phone, Target("example.org"), now)
+    assert (unbanned.role, unbanned.own_role) == (Role.PUPIL, None)
+    bans = [Ban(id=7, device_id=None, person_id=None, mac=phone.mac, starts=start, until=None),
+            Ban(id=8, device_id=TEACHER.device_id, person_id=None, mac=None, starts=start, until=None)]
+    layered = example.with_overlay(bans=bans)
+    banned = decide(layered, phone, Target("example.org"), now)
+    assert (banned.role, banned.own_role) == (Role.SUPERVISED, Role.PUPIL)
+    staff = decide(layered, TEACHER, Target("example.org"), now)
+    assert (staff.role, staff.own_role) == (Role.SUPERVISED, Role.STAFF)
+
+
 def test_site_blocks(example: CompiledPolicy) -> None:
     everyone = SiteBlock(id=9, domain="badgames.example", url_prefix=None, roles=frozenset(), reason="reported")
     pupils = SiteBlock(id=10, domain="chat.example", url_prefix=None, roles=frozenset({Role.PUPIL}))

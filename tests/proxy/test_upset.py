@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,11 @@ def test_banned_pupil_still_gets_the_childrens_page() -> None:
     assert is_pupil(BANNED_PUPIL, supervised)
     assert not is_pupil(Client(ip="10.1.1.1", role=Role.STAFF), supervised)
     assert not is_pupil(Client(ip="10.1.1.1"), supervised)
+    # A pupil's own phone, which the register does not know, banned by its MAC: the pupils'
+    # network made it a pupil's before the ban, so it still gets the children's page.
+    phone = Client(ip="10.1.1.1", mac="02:41:00:00:20:77")
+    assert is_pupil(phone, replace(supervised, own_role=Role.PUPIL))
+    assert not is_pupil(phone, replace(supervised, own_role=Role.GUEST))
 
 
 # ------------------------------------------------------------------------ the upset button
