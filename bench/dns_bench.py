@@ -1,17 +1,28 @@
 """Benchmark: schoolgate's DNS resolver against dnsmasq, same blocklist, same upstream, same loads.
 
-Run through `bench/dns`. Builds a 1,000,000-domain blocklist (the StevenBlack list plus generated
-names), gives it to both servers (a policy list for schoolgate, a hosts file for dnsmasq), starts
-a local upstream, and runs three query mixes with dnsperf against each:
+Run through `bench/dns`. Builds a 1,000,000-domain blocklist (the StevenBlack list from the
+shared reference data, `../shared/data/` beside the checkout or `$SCHOOLGATE_SHARED/data/`,
+plus generated names), gives it to both servers (a policy list for schoolgate, a hosts file for
+dnsmasq), and runs three query mixes with dnsperf against each:
 
   blocked  every query for a listed name
   cached   every query for an allowed name already in the cache
   mixed    20% listed names, 80% allowed names with Zipf repetition (first sights go upstream)
 
-and each mix again at a fixed 2,000 QPS (dnsperf -Q 2000) for latency percentiles (the mixed
-load's misses include the upstream's own latency). It prints QPS,
-mean and p99 latency, lost queries, RSS and start-up time for each server, and schoolgate/dnsmasq.
-schoolgate runs with its per-client policy (pupil network) and event logging to SQLite on.
+at full speed, and again at a fixed 2,000 QPS (dnsperf -Q 2000) for latency percentiles.
+
+The upstream of both servers is a second dnsmasq that answers every name itself (an A record,
+TTL 3600): a fast upstream, so that the mixed load measures the servers, not the upstream.
+
+For every run it reads the CPU time (user + system, every thread) of every process of each
+server from /proc before and after, and prints queries per second, queries per CPU-second
+(answered queries / CPU seconds of the server's processes: the figure least moved by a busy
+machine), CPU microseconds per query, mean and p99 latency, lost queries, and for schoolgate
+each process's share (its serving workers and, with several, the process supervising them).
+Memory: RSS and PSS of every process of each server after the loads, and their sums. With
+--runs N everything is measured N times, the servers alternating, and printed as ranges
+(min-max) with the median. schoolgate runs with its per-client policy (pupil network) and
+event logging to SQLite on; dnsmasq logs nothing.
 """
 
 from __future__ import annotations
@@ -29,19 +40,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "dns"))
-
-from authority import Authority  # noqa: E402
-
 # The shared reference data beside the checkout (../shared/), or where SCHOOLGATE_SHARED says.
 SHARED = Path(os.environ.get("SCHOOLGATE_SHARED") or REPO.parent / "shared")
 STEVENBLACK = SHARED / "data" / "stevenblack_domains.txt"
 LIST_SIZE = 1_000_000
 ALLOWED_NAMES = 100_000
+UPSTREAM_ANSWER = "198.51.100.7"
+FIXED_QPS = 2000
+MIXES = ("blocked", "cached", "mixed")
+LOADS = (*MIXES, *(f"{m}@{FIXED_QPS}" for m in MIXES))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(message: str) -> None:
@@ -80,6 +93,8 @@ def build_blocklist(workdir: Path) -> list[str]:
             if name and not name.startswith("#") and name not in seen:
                 seen.add(name)
                 names.append(name)
+    else:
+        log(f"{STEVENBLACK} not found (set SCHOOLGATE_SHARED): the list is all generated names")
     rng = random.Random(1)
     words = ["ads", "track", "metric", "pixel", "banner", "stat", "beacon", "click", "promo", "adserv"]
     tlds = ["com", "net", "org", "io", "info", "biz"]
@@ -155,6 +170,53 @@ def write_queries(workdir: Path, blocked: list[str]) -> dict[str, Path]:
     return files
 
 
+# -- processes: their tree, CPU time and memory, from /proc
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                pids.extend(process_tree(int(child)))
+    return pids
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return "?"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_by_process(root: int) -> dict[int, float]:
+    return {pid: cpu_seconds(pid) for pid in process_tree(root)}
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
+
+
 @dataclass
 class Result:
     qps: float = 0.0
@@ -162,6 +224,17 @@ class Result:
     p99_ms: float = 0.0
     lost: int = 0
     sent: int = 0
+    completed: int = 0
+    cpu_s: float = 0.0  # the server's processes, all of them
+    cpu_by_role: dict[str, float] = field(default_factory=dict)  # schoolgate: worker / control
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.completed / self.cpu_s if self.cpu_s else 0.0
+
+    @property
+    def cpu_us_per_query(self) -> float:
+        return self.cpu_s / self.completed * 1e6 if self.completed else 0.0
 
 
 @dataclass
@@ -170,9 +243,17 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     startup_s: float = 0.0
-    rss_mb: float = 0.0
-    pss_mb: float = 0.0
+    memory: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name, pid, rss kB, pss kB)
     results: dict[str, Result] = field(default_factory=dict)
+    roles: Callable[[int], str] = lambda pid: "all"
+
+    @property
+    def rss_mb(self) -> float:
+        return sum(m[2] for m in self.memory) / 1024
+
+    @property
+    def pss_mb(self) -> float:
+        return sum(m[3] for m in self.memory) / 1024
 
 
 def wait_until_answering(port: int, name: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -191,36 +272,23 @@ def wait_until_answering(port: int, name: str, timeout: float, proc: subprocess.
     raise RuntimeError("server did not answer in time")
 
 
-def process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
-        for child in children:
-            pids.extend(process_tree(int(child)))
-    return pids
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    rss = pss = 0
-    for p in process_tree(pid):
-        for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Rss:"):
-                rss += int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss += int(line.split()[1])
-    return rss / 1024, pss / 1024
-
-
-def dnsperf(port: int, queries: Path, seconds: int, *, clients: int = 20, outstanding: int = 200,
+def dnsperf(server: Server, queries: Path, seconds: int, *, clients: int = 20, outstanding: int = 200,
             max_qps: int | None = None, verbose: bool = False) -> Result:
-    args = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds),
+    args = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.port), "-d", str(queries), "-l", str(seconds),
             "-c", str(clients), "-q", str(outstanding), "-t", "2"]
     if max_qps:
         args += ["-Q", str(max_qps)]
     if verbose:
         args += ["-v"]
+    before = cpu_by_process(server.proc.pid)
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
+    after = cpu_by_process(server.proc.pid)
     result = Result()
+    for pid, spent in after.items():
+        used = spent - before.get(pid, 0.0)
+        result.cpu_s += used
+        role = server.roles(pid)
+        result.cpu_by_role[role] = result.cpu_by_role.get(role, 0.0) + used
     latencies = []
     for line in out.splitlines():
         stripped = line.strip()
@@ -232,6 +300,8 @@ def dnsperf(port: int, queries: Path, seconds: int, *, clients: int = 20, outsta
             result.qps = float(stripped.split(":")[1])
         elif stripped.startswith("Queries sent:"):
             result.sent = int(stripped.split(":")[1])
+        elif stripped.startswith("Queries completed:"):
+            result.completed = int(stripped.split(":")[1].split()[0])
         elif stripped.startswith("Queries lost:"):
             result.lost = int(stripped.split(":")[1].split()[0])
         elif stripped.startswith("Average Latency (s):"):
@@ -243,30 +313,47 @@ def dnsperf(port: int, queries: Path, seconds: int, *, clients: int = 20, outsta
     return result
 
 
-def start_schoolgate(workdir: Path, config: Path, upstream: str, workers: int) -> Server:
+def start_upstream(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A dnsmasq that answers every A query itself: the fast upstream of both servers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", f"--address=/#/{UPSTREAM_ANSWER}",
+         "--local-ttl=3600", "--cache-size=0", "--user=root", "--pid-file=", "--log-facility=-",
+         "--dns-forward-max=1000"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "upstream.log").open("wb"),
+    )
+    wait_until_answering(port, "upstream.check.example", 30, proc)
+    return proc, port
+
+
+def start_schoolgate(workdir: Path, config: Path, upstream_port: int, workers: int) -> Server:
     from schoolgate.store.db import init_db
 
     (workdir / "var").mkdir(exist_ok=True)
-    init_db(f"sqlite:///{workdir / 'var' / 'schoolgate.db'}")
+    init_db(f"sqlite:///{workdir / 'var' / 'schoolgate.db'}").dispose()
     port = free_port()
     exe = Path(sys.executable).with_name("schoolgate")
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(exe), "dns", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
-         "--workers", str(workers)],
-        cwd=workdir, stderr=(workdir / "schoolgate-dns.log").open("wb"),
+        [str(exe), "dns", "--config", str(config), "--listen", f"127.0.0.1:{port}",
+         "--upstream", f"127.0.0.1:{upstream_port}", "--workers", str(workers)],
+        cwd=workdir, stderr=(workdir / "schoolgate-dns.log").open("ab"),
         env={**os.environ, "SCHOOLGATE_LOG_LEVEL": "WARNING"},
     )
-    wait_until_answering(port, "schoolgate.lan", 60, proc)
-    server = Server("schoolgate", proc, port, startup_s=time.monotonic() - started)
-    if workers > 1:
-        # Every worker must be up (the first answer may come from the first one ready).
-        deadline = time.monotonic() + 60
-        while len(process_tree(proc.pid)) < workers + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for _ in range(50):
-            wait_until_answering(port, "schoolgate.lan", 60, proc)
-        server.startup_s = time.monotonic() - started
+    server = Server("schoolgate", proc, port)
+    wait_until_answering(port, "schoolgate.lan", 120, proc)
+    # Every worker must be up (the first answer may come from the first one ready): with
+    # several workers the daemon is a supervising process and its workers.
+    expected = workers + 1 if workers > 1 else 1
+    deadline = time.monotonic() + 60
+    while len(process_tree(proc.pid)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(50):
+        wait_until_answering(port, "schoolgate.lan", 60, proc)
+    server.startup_s = time.monotonic() - started
+    several = len(process_tree(proc.pid)) > 1
+    server.roles = lambda pid: "supervisor" if pid == proc.pid and several else "workers"
     return server
 
 
@@ -278,9 +365,9 @@ def start_dnsmasq(workdir: Path, upstream_port: int) -> Server:
          "--listen-address=127.0.0.1", "--bind-interfaces", f"--server=127.0.0.1#{upstream_port}",
          f"--addn-hosts={workdir / 'blocklist.hosts'}", "--cache-size=10000", "--user=root",
          "--pid-file=", "--log-facility=-", "--dns-forward-max=1000"],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "dnsmasq.log").open("wb"),
+        stdout=subprocess.DEVNULL, stderr=(workdir / "dnsmasq.log").open("ab"),
     )
-    wait_until_answering(port, "site0.allowed-example.org", 60, proc)
+    wait_until_answering(port, "site0.allowed-example.org", 120, proc)
     return Server("dnsmasq", proc, port, startup_s=time.monotonic() - started)
 
 
@@ -294,70 +381,170 @@ def stop(server: Server) -> None:
             server.proc.wait(5)
 
 
-def run_loads(server: Server, files: dict[str, Path], seconds: int) -> None:
+def run_loads(server: Server, files: dict[str, Path], seconds: int, profile: Callable[[str], object],
+              mixes: tuple[str, ...] = MIXES) -> None:
     log(f"  {server.name}: warming the cache")
-    dnsperf(server.port, files["cached_warm"], 5, clients=4, outstanding=20)
-    for mix in ("blocked", "cached", "mixed"):
+    dnsperf(server, files["cached_warm"], 5, clients=4, outstanding=20)
+    for mix in mixes:
         log(f"  {server.name}: {mix} at full speed for {seconds} s")
-        server.results[mix] = dnsperf(server.port, files[mix], seconds, verbose=True)
-    for mix in ("blocked", "cached", "mixed"):
-        log(f"  {server.name}: {mix} at 2,000 QPS for {seconds} s")
-        server.results[f"{mix}@2000"] = dnsperf(server.port, files[mix], seconds, clients=10, max_qps=2000,
-                                                verbose=True)
-    server.rss_mb, server.pss_mb = memory_mb(server.proc.pid)
+        with profile(mix):  # type: ignore[attr-defined]
+            server.results[mix] = dnsperf(server, files[mix], seconds, verbose=True)
+    for mix in mixes:
+        log(f"  {server.name}: {mix} at {FIXED_QPS:,} QPS for {seconds} s")
+        server.results[f"{mix}@{FIXED_QPS}"] = dnsperf(server, files[mix], seconds, clients=10, max_qps=FIXED_QPS,
+                                                       verbose=True)
+    server.memory = [(process_name(pid), pid, *memory_kb(pid)) for pid in process_tree(server.proc.pid)]
 
 
-def report(servers: list[Server]) -> None:
-    by = {s.name: s for s in servers}
+class Profiler:
+    """py-spy over every process of the server while one load runs (--profile FOLDER)."""
+
+    def __init__(self, folder: Path | None, server: Server, run: int) -> None:
+        self.folder, self.server, self.run = folder, server, run
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.mix = ""
+
+    def __call__(self, mix: str) -> Profiler:
+        self.mix = mix
+        return self
+
+    def __enter__(self) -> Profiler:
+        if self.folder is None or self.server.name != "schoolgate":
+            return self
+        spy = Path(sys.executable).with_name("py-spy")
+        for pid in process_tree(self.server.proc.pid):
+            out = self.folder / f"{self.mix}-run{self.run}-{pid}"
+            self.procs.append(subprocess.Popen(
+                [str(spy), "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "--output",
+                 f"{out}.txt", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+
+def _span(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    low, high, mid = min(values), max(values), statistics.median(values)
+    if len(values) == 1:
+        return format(mid, fmt)
+    return f"{format(mid, fmt)} ({format(low, fmt)}-{format(high, fmt)})"
+
+
+def report(runs: list[dict[str, Server]], workers: int, loads: tuple[str, ...] = LOADS) -> dict[str, object]:
+    names = [name for name in ("dnsmasq", "schoolgate") if any(name in run for run in runs)]
+    both = [run for run in runs if "dnsmasq" in run and "schoolgate" in run]
+
+    def values(name: str, load: str, attr: str) -> list[float]:
+        return [float(getattr(run[name].results[load], attr)) for run in runs if name in run]
+
     print()
-    print(f"{'load':<12} {'server':<11} {'QPS':>9} {'mean ms':>8} {'p99 ms':>8} {'lost':>7} {'sent':>8}")
-    for mix in ("blocked", "cached", "mixed", "blocked@2000", "cached@2000", "mixed@2000"):
-        for s in servers:
-            r = s.results[mix]
-            p99 = f"{r.p99_ms:8.2f}" if r.p99_ms else f"{'-':>8}"
-            print(f"{mix:<12} {s.name:<11} {r.qps:9.0f} {r.mean_ms:8.3f} {p99} {r.lost:7d} {r.sent:8d}")
-        if "schoolgate" in by and "dnsmasq" in by and by["dnsmasq"].results[mix].qps:
-            ratio = by["schoolgate"].results[mix].qps / by["dnsmasq"].results[mix].qps
-            print(f"{'':<12} {'ratio':<11} {ratio:9.2f}  (schoolgate/dnsmasq QPS)")
+    print(f"{len(runs)} run(s); median (min-max). schoolgate: {workers} worker(s); dnsmasq: one process. "
+          "q/CPU-s: answered queries per CPU-second of the server's processes.")
+    header = f"{'load':<14} {'server':<11} {'QPS':>24} {'q/CPU-s':>24} {'CPU us/q':>18} {'p99 ms':>20} {'lost':>9}"
+    print(header)
+    summary: dict[str, object] = {}
+    for load in loads:
+        for name in names:
+            print(f"{load:<14} {name:<11} {_span(values(name, load, 'qps'), ',.0f'):>24} "
+                  f"{_span(values(name, load, 'per_cpu_second'), ',.0f'):>24} "
+                  f"{_span(values(name, load, 'cpu_us_per_query'), '.1f'):>18} "
+                  f"{_span(values(name, load, 'p99_ms'), '.2f'):>20} {_span(values(name, load, 'lost'), '.0f'):>9}")
+        qps_ratio = [run["schoolgate"].results[load].qps / run["dnsmasq"].results[load].qps
+                     for run in both if run["dnsmasq"].results[load].qps]
+        cpu_ratio = [run["schoolgate"].results[load].per_cpu_second / run["dnsmasq"].results[load].per_cpu_second
+                     for run in both if run["dnsmasq"].results[load].per_cpu_second]
+        if both:
+            print(f"{'':<14} {'ratio':<11} {_span(qps_ratio, '.2f'):>24} {_span(cpu_ratio, '.2f'):>24}"
+                  "   (schoolgate/dnsmasq: QPS, and queries per CPU-second)")
+        roles: dict[str, list[float]] = {}
+        for run in runs:
+            if "schoolgate" not in run:
+                continue
+            result = run["schoolgate"].results[load]
+            for role, spent in result.cpu_by_role.items():
+                roles.setdefault(role, []).append(spent / result.completed * 1e6 if result.completed else 0.0)
+        if len(roles) > 1:
+            print(f"{'':<14} {'':<11} schoolgate CPU us/q by process: "
+                  + ", ".join(f"{role} {_span(v, '.1f')}" for role, v in sorted(roles.items())))
+        summary[load] = {"qps_ratio": qps_ratio, "cpu_ratio": cpu_ratio}
     print()
-    for s in servers:
-        print(f"{s.name:<11} start-up {s.startup_s:6.2f} s   RSS {s.rss_mb:7.1f} MB   PSS {s.pss_mb:7.1f} MB"
-              f"   (all processes)")
-    print(json.dumps({s.name: {"startup_s": round(s.startup_s, 3), "rss_mb": round(s.rss_mb, 1),
-                               "pss_mb": round(s.pss_mb, 1),
-                               **{m: r.__dict__ for m, r in s.results.items()}} for s in servers}))
+    for name in names:
+        servers = [run[name] for run in runs if name in run]
+        print(f"{name:<11} start-up {_span([s.startup_s for s in servers], '.2f')} s   "
+              f"RSS {_span([s.rss_mb for s in servers], '.1f')} MB   PSS {_span([s.pss_mb for s in servers], '.1f')} MB"
+              "   (all processes, after the loads)")
+        for pname, pid, rss, pss in servers[-1].memory:
+            print(f"{'':<11}   {pname:<16} pid {pid:<8} RSS {rss / 1024:7.1f} MB   PSS {pss / 1024:7.1f} MB")
+    return summary
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each dnsperf run")
     parser.add_argument("--workers", type=int, default=2, help="schoolgate worker processes")
+    parser.add_argument("--runs", type=int, default=1, help="measure everything this many times (ranges)")
+    parser.add_argument("--only", choices=("schoolgate", "dnsmasq"), help="measure one server only")
+    parser.add_argument("--mixes", default=",".join(MIXES), help="which mixes (default: all of them)")
+    parser.add_argument("--profile", type=Path, help="py-spy the schoolgate processes during the full-speed loads")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
+    mixes = tuple(m for m in args.mixes.split(",") if m)
+    if not mixes or set(mixes) - set(MIXES):
+        parser.error(f"--mixes: choose from {', '.join(MIXES)}")
+    loads = (*mixes, *(f"{m}@{FIXED_QPS}" for m in mixes))
     ensure_tools()
     workdir = Path(tempfile.mkdtemp(prefix="schoolgate-bench-dns-"))
-    log(f"work folder {workdir}")
+    log(f"work folder {workdir}; load average {os.getloadavg()}")
     blocked = build_blocklist(workdir)
     log(f"blocklist: {len(blocked):,} names")
     config = write_schoolgate_config(workdir)
     files = write_queries(workdir, blocked)
-    upstream = Authority(synthetic=True).start()
-    servers: list[Server] = []
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    upstream, upstream_port = start_upstream(workdir)
+    runs: list[dict[str, Server]] = []
+    live: list[Server] = []
     try:
-        for start in (lambda: start_dnsmasq(workdir, upstream.port),
-                      lambda: start_schoolgate(workdir, config, upstream.address, args.workers)):
-            server = start()
-            log(f"{server.name} answering after {server.startup_s:.2f} s")
-            servers.append(server)
-            try:
-                run_loads(server, files, args.seconds)
-            finally:
-                stop(server)
-        report(servers)
+        for run in range(args.runs):
+            starters = {
+                "dnsmasq": lambda: start_dnsmasq(workdir, upstream_port),
+                "schoolgate": lambda: start_schoolgate(workdir, config, upstream_port, args.workers),
+            }
+            order = list(starters) if run % 2 == 0 else list(reversed(starters))
+            measured: dict[str, Server] = {}
+            for name in order:
+                if args.only and name != args.only:
+                    continue
+                server = starters[name]()
+                live.append(server)
+                log(f"run {run + 1}: {server.name} answering after {server.startup_s:.2f} s")
+                try:
+                    run_loads(server, files, args.seconds, Profiler(args.profile, server, run + 1), mixes)
+                finally:
+                    stop(server)
+                    live.remove(server)
+                measured[name] = server
+            runs.append(measured)
+        summary = report(runs, args.workers, loads)
+        print(json.dumps({"runs": [{name: {"startup_s": round(s.startup_s, 3), "rss_mb": round(s.rss_mb, 1),
+                                           "pss_mb": round(s.pss_mb, 1),
+                                           **{load: {**r.__dict__, "per_cpu_second": r.per_cpu_second}
+                                              for load, r in s.results.items()}}
+                                    for name, s in run.items()} for run in runs], "summary": summary}))
     finally:
-        for server in servers:
+        for server in live:
             stop(server)
-        upstream.close()
+        upstream.terminate()
+        upstream.wait(10)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -22,24 +22,39 @@ T = TypeVar("T")
 
 
 class Stage:
-    """One link. Subclasses override `resolve`; the default passes the query along."""
+    """One link. Subclasses override `resolve`; the default passes the query along.
+
+    `pass_on(query)` is the next stage's `resolve` itself, bound when the stages are linked:
+    every query goes through every stage, and a call saved per stage is a tenth of the cost
+    of a cached answer.
+    """
 
     name = "stage"
 
     def __init__(self) -> None:
-        self.next: Stage | None = None
+        self._next: Stage | None = None
+
+    @property
+    def next(self) -> Stage | None:
+        return self._next
+
+    @next.setter
+    def next(self, stage: Stage | None) -> None:
+        self._next = stage
+        if stage is None:
+            self.__dict__.pop("pass_on", None)
+        else:
+            self.pass_on = stage.resolve  # type: ignore[method-assign]
 
     def resolve(self, query: Query) -> Result:
         return self.pass_on(query)
 
     def pass_on(self, query: Query) -> Result:
-        if self.next is None:
-            raise RuntimeError(f"{self.name}: the chain ends here")
-        return self.next.resolve(query)
+        raise RuntimeError(f"{self.name}: the chain ends here")
 
 
 def is_ready(result: Result) -> bool:
-    return result is None or isinstance(result, bytes | bytearray)
+    return result is None or type(result) is bytes or isinstance(result, bytearray)
 
 
 def then(result: Result, after: Callable[[Answer], Answer]) -> Result:

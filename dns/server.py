@@ -19,7 +19,16 @@ from typing import Any
 
 from schoolgate.dns.chain import Answer, Stage
 from schoolgate.dns.upstream import parse_address
-from schoolgate.dns.wire import Drop, Query, QueryError, error_reply, parse_query, servfail, truncated
+from schoolgate.dns.wire import (
+    PLAIN_UDP_SIZE,
+    Drop,
+    Query,
+    QueryError,
+    error_reply,
+    parse_query,
+    servfail,
+    truncated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +106,15 @@ class QueryHandler:
             counters.internal_errors += 1
             log.exception("resolver chain failed for %s", query.qname)
             return servfail(query)
-        if result is None or isinstance(result, bytes | bytearray):
-            return self.fit(query, result)
+        if isinstance(result, bytes | bytearray):  # the common case: answered at once
+            # Any answer fits a plain UDP reply's 512 bytes: the client's size is read only
+            # for a longer one.
+            if len(result) > PLAIN_UDP_SIZE and len(result) > query.max_size:
+                counters.truncated += 1
+                return truncated(query)
+            return result
+        if result is None:
+            return None
         return self._finish(query, result)
 
     async def _finish(self, query: Query, pending: Awaitable[Answer]) -> Answer:
@@ -122,6 +138,8 @@ class UdpListener:
         self.sock = sock
         self.handler = handler
         self.loop = asyncio.get_running_loop()
+        # An IPv4 socket's peer address is already the client's IP as the policy spells it.
+        self._v4 = sock.family == socket.AF_INET
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -133,17 +151,20 @@ class UdpListener:
 
     def _readable(self) -> None:
         sock = self.sock
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
         handle = self.handler.handle
+        v4 = self._v4
         for _ in range(READ_BATCH):
             try:
-                data, addr = sock.recvfrom(65535)
+                data, addr = recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
                 log.debug("udp receive error: %s", err)
                 return
             try:
-                result = handle(data, _client_ip(addr), False)
+                result = handle(data, addr[0] if v4 else _client_ip(addr), False)
             except Exception:
                 self.handler.counters.internal_errors += 1
                 log.exception("udp query handling failed")
@@ -151,7 +172,12 @@ class UdpListener:
             if result is None:
                 continue
             if isinstance(result, bytes | bytearray):
-                self._send(result, addr)
+                try:
+                    sendto(result, addr)
+                except (BlockingIOError, InterruptedError):
+                    pass  # the socket buffer is full: the client will retry
+                except OSError as err:
+                    log.debug("udp send to %s failed: %s", addr, err)
             else:
                 task = self.loop.create_task(self._later(result, addr))
                 self.handler.tasks.add(task)

@@ -125,6 +125,7 @@ class Query:
     answered_by: str = ""
     special_rule: str = ""
     now: datetime | None = None  # the policy clock's instant for this query
+    ts: float = 0.0  # the same instant as POSIX seconds
     ttl_ceiling: int = 86_400  # seconds until the decision may change: no TTL may exceed it
 
     @property
@@ -148,7 +149,8 @@ class Query:
             raw=raw, ident=self.ident, flags=self.flags, qname=qname.lower().rstrip("."),
             qname_wire=wire.lower(), qtype=qt, qclass=self.qclass, question_end=len(raw),
             edns=self.edns, udp_size=self.udp_size, dnssec_ok=self.dnssec_ok, client_ip=self.client_ip,
-            tcp=True, client=self.client, decision=self.decision, now=self.now, ttl_ceiling=self.ttl_ceiling,
+            tcp=True, client=self.client, decision=self.decision, now=self.now, ts=self.ts,
+            ttl_ceiling=self.ttl_ceiling,
         )
 
 
@@ -240,23 +242,25 @@ def parse_query(data: bytes) -> Query:
         raise QueryError(FORMERR, ident, flags, f"{qdcount} questions")
     if ancount or nscount:
         raise QueryError(FORMERR, ident, flags, "a query with answer or authority records")
-    # The question's name: plain labels only (a pointer has nothing to point at yet).
+    # The question's name: plain labels only (a pointer has nothing to point at yet). The walk
+    # notes where the length bytes are; the dotted name is the wire name with those made dots
+    # (one copy, not one per label: this runs for every query).
     offset = 12
-    labels: list[str] = []
+    dots: list[int] = []
     while True:
         if offset >= size:
             raise QueryError(FORMERR, ident, flags, "question name runs past the end")
         length = data[offset]
         if length == 0:
-            offset += 1
             break
         if length > 63:
             raise QueryError(FORMERR, ident, flags, "compressed or oversized label in the question")
-        end = offset + 1 + length
-        if end > size:
+        if offset > 12:
+            dots.append(offset - 13)
+        offset += length + 1
+        if offset > size:
             raise QueryError(FORMERR, ident, flags, "question label runs past the end")
-        labels.append(data[offset + 1 : end].decode("latin-1"))
-        offset = end
+    offset += 1
     if offset - 12 > 255:
         raise QueryError(FORMERR, ident, flags, "question name longer than 255 bytes")
     if offset + 4 > size:
@@ -264,7 +268,13 @@ def parse_query(data: bytes) -> Query:
     qtype, qclass = QFIXED.unpack_from(data, offset)
     question_end = offset + 4
     name_wire = data[12:offset].lower()
-    qname = ".".join(labels).lower()
+    if offset > 13:
+        dotted = bytearray(data[13 : offset - 1])
+        for dot in dots:
+            dotted[dot] = 46  # "."
+        qname = dotted.decode("latin-1").lower()
+    else:
+        qname = ""
     query = Query(data, ident, flags, qname, name_wire, qtype, qclass, question_end)
     # Additional section: the EDNS OPT record (at most one); other records (TSIG...) are ignored.
     offset = question_end

@@ -38,10 +38,13 @@ def ede_for(decision: Decision) -> tuple[int, str]:
     return (EDE_BLOCKED if decision.locked else EDE_FILTERED, decision.rule_id)
 
 
-def ceiling_seconds(decision: Decision, now: datetime) -> int:
-    if decision.valid_until is None:
+def ceiling_seconds(decision: Decision, now: datetime | float) -> int:
+    """Seconds from `now` (a datetime, or POSIX seconds) until the decision may change."""
+    until = decision.valid_until
+    if until is None:
         return MAX_CEILING
-    seconds = int((decision.valid_until - now).total_seconds())
+    ts = now if isinstance(now, float) else now.timestamp()
+    seconds = int(until.timestamp() - ts)
     return max(0, min(seconds, MAX_CEILING))
 
 
@@ -56,11 +59,14 @@ class PolicyStage(Stage):
 
     def resolve(self, query: Query) -> Result:
         now = self.clock.now()
-        client = query.client if query.client is not None else Client(ip=query.client_ip)
+        client = query.client
+        if client is None:
+            client = Client(ip=query.client_ip)
         decision = self.policy.decide(client, Target(query.qname), now)
         query.decision = decision
         query.now = now
-        query.ttl_ceiling = ceiling_seconds(decision, now)
+        query.ts = ts = now.timestamp()
+        query.ttl_ceiling = ceiling_seconds(decision, ts)
         if decision.verdict is not Verdict.BLOCK:
             return self.pass_on(query)
         return self.blocked(query, decision)

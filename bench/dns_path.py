@@ -1,0 +1,236 @@
+"""CPU per query through the DNS worker's resolver chain, without sockets, and what logging costs.
+
+    .venv/bin/python -P bench/dns_path.py [--queries 50000] [--repeat 5] [--profile blocked]
+
+Builds the chain as a worker does (schoolgate.dns.resolver.build_resolver) over the example policy
+plus a generated 200,000-name blocklist, with a pupil client, and times `QueryHandler.handle` on
+ready-made query packets (the thread's CPU time, best of --repeat short runs: the least disturbed by other work):
+
+  blocked      a listed name, a different one each query (the policy's cold path)
+  blocked-hot  one of 500 listed names (the policy's caches warm, as in a school)
+  cached       one of 2,000 allowed names already in the answer cache
+  special      use-application-dns.net (answered by the chain itself)
+
+The events stage hands every blocked query's event to the daemon's own EventWriter (SQLite in a
+temporary folder), and the writer's work is timed too: its thread is not started, and the
+measured thread writes the queued events after each run (`flush`), as the writer's thread would
+in the same process. The figures are printed again with a sink that keeps nothing; the
+difference is what logging costs the daemon per query: handing the event over on the hot path,
+and building and inserting its row (goal: at most 5 µs in all).
+No socket is read or written: add the kernel's cost of a datagram in and out (bench/dns measures
+the whole thing against dnsmasq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.rrset
+
+from schoolgate.clock import SystemClock
+from schoolgate.config import load_config
+from schoolgate.dns.cache import AnswerCache
+from schoolgate.dns.chain import Stage
+from schoolgate.dns.resolver import build_resolver
+from schoolgate.dns.server import QueryHandler
+from schoolgate.dns.stages.watch import WatchedFeeder
+from schoolgate.dns.upstream import UpstreamPool
+from schoolgate.dns.wire import Query
+from schoolgate.dns.wire import parse_query as parse
+from schoolgate.gateway.sets import MemoryWatchedSets
+from schoolgate.identity.resolver import IdentityResolver
+from schoolgate.live import LivePolicy
+from schoolgate.store.db import init_db
+from schoolgate.store.events import make_event_writer
+
+REPO = Path(__file__).resolve().parent.parent
+LISTED = 200_000
+
+
+def listed(i: int) -> str:
+    return f"ads{i}.track-{i % 9973}.com"
+
+
+def write_appliance(folder: Path) -> Path:
+    (folder / "blocklist.txt").write_text("".join(f"{listed(i)}\n" for i in range(LISTED)), encoding="utf-8")
+    shutil.copytree(REPO / "deploy" / "lists", folder / "lists", dirs_exist_ok=True)
+    example = (REPO / "deploy" / "policy.example.toml").read_text(encoding="utf-8")
+    (folder / "policy.toml").write_text(example + """
+[categories.bench_adverts]
+name = "Advertising and tracking (benchmark list)"
+
+[lists.bench_blocklist]
+name = "Benchmark blocklist"
+file = "blocklist.txt"
+format = "plain"
+category = "bench_adverts"
+
+[[rules]]
+id = "bench-blocklist"
+clause = "Online Safety Policy (filtering)"
+reason = "advertising and tracking"
+action = "block"
+lists = ["bench_blocklist"]
+
+[[networks]]
+name = "benchmark clients"
+cidrs = ["127.0.0.0/8"]
+role = "pupil"
+""", encoding="utf-8")
+    config = folder / "schoolgate.toml"
+    config.write_text('policy = "policy.toml"\ndata_dir = "var"\n\n[site]\nid = "bench"\n\n[dns]\ncache_size = 50000\n',
+                      encoding="utf-8")
+    return config
+
+
+class Upstream(Stage):
+    """Answers every name with one A record (TTL 1 hour), at once: fills the cache."""
+
+    def resolve(self, query: Query) -> bytes:
+        message = dns.message.make_response(dns.message.from_wire(query.raw))
+        message.answer.append(dns.rrset.from_text(query.qname + ".", 3600, "IN", "A", "198.51.100.7"))
+        return message.to_wire()
+
+
+class NullSink:
+    """Keeps nothing: what the chain costs without logging."""
+
+    def submit(self, record: Any) -> bool:
+        return True
+
+    def flush(self) -> bool:
+        return True
+
+
+def wire(name: str) -> bytes:
+    return dns.message.make_query(name, "A").to_wire()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--profile", choices=("blocked", "blocked-hot", "cached", "special"))
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="sg-bench-path-"))
+    os.chdir(folder)
+    try:
+        config = load_config(write_appliance(folder))
+        started = time.process_time()
+        live = LivePolicy.from_config(config)
+        live.load()
+        print(f"policy with {LISTED:,} listed names compiled in {time.process_time() - started:.1f} s CPU")
+        engine = init_db(f"sqlite:///{folder / 'events.db'}")
+        # Not started: the measured thread writes the queue itself (flush), so the writer's
+        # work is counted as the daemon's.
+        writer = make_event_writer(engine, config, max_queue=4 * args.queries)
+        resolver = build_resolver(
+            policy=live, clock=SystemClock(), pool=UpstreamPool(["127.0.0.1:9"]), cache=AnswerCache(50_000),
+            sink=writer, site="bench", feeder=WatchedFeeder(MemoryWatchedSets(), 600),
+            identities=IdentityResolver(), own_names=["schoolgate.lan"],
+        )
+        resolver.cache.next.next = Upstream()  # type: ignore[union-attr]
+        handler = QueryHandler(resolver.head)
+        rng = random.Random(1)
+        allowed = [f"site{i}.allowed-example.org" for i in range(2000)]
+
+        async def fill() -> None:
+            for name in allowed:
+                result = handler.handle(wire(name), "127.0.0.1", False)
+                if result is not None and not isinstance(result, bytes):
+                    await result
+
+        asyncio.run(fill())
+        hot = [listed(rng.randrange(LISTED)) for _ in range(500)]
+        # Cold names: each run takes names no earlier run asked for (the policy's caches hold
+        # at most a few tens of thousands), so "best of" never measures a warm cache.
+        unseen = list(range(LISTED))
+        rng.shuffle(unseen)
+
+        def cold() -> list[bytes]:
+            if len(unseen) < args.queries:
+                unseen.extend(rng.sample(range(LISTED), LISTED))
+            return [wire(listed(unseen.pop())) for _ in range(args.queries)]
+
+        fixed = {
+            "blocked-hot": [wire(rng.choice(hot)) for _ in range(args.queries)],
+            "cached": [wire(rng.choice(allowed)) for _ in range(args.queries)],
+            "special": [wire("use-application-dns.net") for _ in range(args.queries)],
+        }
+        loads: dict[str, Callable[[], list[bytes]]] = {"blocked": cold}
+        loads.update({name: (lambda packets=packets: packets) for name, packets in fixed.items()})
+
+        def run(packets: list[bytes]) -> float:
+            handle = handler.handle
+            sink = resolver.events.sink
+            begun = time.thread_time()
+            for packet in packets:
+                handle(packet, "127.0.0.1", False)
+            sink.flush()  # the writer's share: rows built and inserted
+            return (time.thread_time() - begun) / len(packets) * 1e6
+
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(run, loads[args.profile]())
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            return 0
+        print(f"µs of CPU per query (best of {args.repeat}), {args.queries:,} queries each, load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        # The two sinks take turns, run after run, so that a busy spell of the machine hits both.
+        results: dict[str, dict[str, float]] = {"logged": {}, "not logged": {}}
+        sinks = (("logged", writer), ("not logged", NullSink()))
+        for name, make in loads.items():
+            for _ in range(args.repeat):
+                for label, sink in sinks:
+                    resolver.events.sink = sink
+                    spent = run(make())
+                    results[label][name] = min(results[label].get(name, spent), spent)
+        print(f"  {'load':<14} {'logged':>8} {'not logged':>11} {'logging':>8}")
+        for name in loads:
+            with_log, without = results["logged"][name], results["not logged"][name]
+            print(f"  {name:<14} {with_log:8.2f} {without:11.2f} {with_log - without:8.2f}")
+        stats = writer.stats()
+        print(f"events written: {stats.get('written'):,}, dropped: {stats.get('dropped')}")
+        # The logging alone: the events stage's work for one answered blocked query, and the
+        # writer's share (the row built and inserted), against a sink that keeps nothing.
+        samples = [parse(packet) for packet in loads["blocked"]()[:1000]]
+        for query in samples:
+            query.client_ip = "127.0.0.1"
+            resolver.head.resolve(query)  # decided and answered: query.decision is set
+        log_one = resolver.events._log  # what the stage runs once the answer is ready
+
+        def logging_cost(sink: Any) -> float:
+            resolver.events.sink = sink
+            best = float("inf")
+            for _ in range(args.repeat * 4):
+                begun = time.thread_time()
+                for _ in range(10):
+                    for query in samples:
+                        log_one(query)
+                    sink.flush()
+                best = min(best, (time.thread_time() - begun) / (10 * len(samples)) * 1e6)
+            return best
+
+        with_writer, with_nothing = logging_cost(writer), logging_cost(NullSink())
+        print(f"logging a blocked query: {with_writer:.2f} µs handed over and written (goal: at most 5), "
+              f"{with_nothing:.2f} µs with a sink that keeps nothing")
+        return 0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
