@@ -57,6 +57,11 @@ def test_a_teacher_opens_a_game_for_the_lesson_and_the_dsl_sees_and_ends_it(teac
     dsl = teaching.login("dsl")
     log = dsl.get("/lessons").get_data(as_text=True)
     assert "Teacher Person" in log and "https://www.coolmathgames.com/0-2048" in log and "Times tables" in log
+    # Logged: the headteacher sees the same list, and the DSL reads the unlock in the audit log.
+    head_log = teaching.login("headteacher").get("/lessons").get_data(as_text=True)
+    assert "https://www.coolmathgames.com/0-2048" in head_log
+    audit = dsl.get("/audit")
+    assert audit.status_code == 200 and "lesson.open" in audit.get_data(as_text=True)
     ended = post_form(dsl, "/lessons", f"/lessons/{unlock.id}/end", {})
     assert ended.status_code == 302
     with teaching.session() as session:

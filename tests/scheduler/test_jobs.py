@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -218,3 +219,42 @@ def test_command_runs_a_job_and_stops_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize(("mode", "banned"), [("automatic", True), ("offer", False)])
+def test_the_alert_job_bans_a_confirmed_attempt_only_where_the_school_chose_automatic_bans(
+    make_config: Callable[..., AppConfig], factory: sessionmaker[Session], policy_file: Path, mode: str, banned: bool
+) -> None:
+    """Seed 001 §9 "will result in a ban": the scheduler's alert scan bans a pupil's own phone (by
+    its MAC, until lifted) where `[bans] on_circumvention = "automatic"`; under "offer" the case
+    waits for the DSL."""
+    from schoolgate.policy import load_policy
+
+    policy_file.write_text(policy_file.read_text(encoding="utf-8") + (
+        f'\n[bans]\non_circumvention = "{mode}"\nautomatic_roles = ["pupil"]\ndays = 0\n'
+        'supervisor = "the class teacher"\n'), encoding="utf-8")
+    policy = load_policy(policy_file)
+    phone = "02:41:00:00:20:77"
+    with factory() as session:
+        for offset in (0.0, 0.3):  # the VPN site looked up, then connected to: certain intent
+            session.add(AccessEvent(site=SITE, ts=NOW - timedelta(minutes=5, seconds=-offset),
+                                    source="dns" if offset == 0 else "proxy", client_ip="10.0.0.77", mac=phone,
+                                    role="pupil", host="nordvpn.com", verdict="block", rule_id="no-circumvention",
+                                    category="circumvention", service="vpn", flags="", count=1))
+        session.commit()
+        generation = read_generation(session, SITE)
+    outcome = jobs.alerts_job(make_config(), factory, NOW, policy=policy)
+    with factory() as session:
+        (case,) = session.scalars(select(Alert).where(Alert.kind == "circumvention")).all()
+        assert case.severity == "high"
+        rows = session.scalars(select(BanRow)).all()
+        if not banned:
+            assert rows == [] and outcome.bans == []
+            return
+        (ban,) = rows
+        assert outcome.bans == [ban.id]
+        assert (ban.mac, ban.device_id, ban.until, ban.supervisor, ban.alert_id) == (
+            phone, None, None, "the class teacher", case.id)
+        assert (read_generation(session, SITE) or 0) > (generation or 0)  # DNS and the proxy pick it up
+    # A second scan over the same case bans nothing more.
+    assert jobs.alerts_job(make_config(), factory, NOW + timedelta(minutes=1), policy=policy).bans == []
