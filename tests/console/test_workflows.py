@@ -254,3 +254,21 @@ def test_staff_without_an_account_ask_for_a_site_from_a_school_device_and_see_th
         assert ask(pupil_ip, 100 + n, name=f"Pupil {n}").status_code == 200, n
     assert access_requests.MAX_REQUESTS_PER_PUPIL_DEVICE_PER_DAY < access_requests.MAX_REQUESTS_PER_CLIENT_PER_DAY
     assert ask(pupil_ip, 200, name="Someone else").status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("at", "local_clock", "not_shown"),
+    [
+        ("2026-12-06T09:41:00+00:00", "9:41", "2026-12-06T09:41"),  # GMT: as given
+        ("2026-10-06T09:41:00+00:00", "10:41", "09:41"),  # BST: an hour ahead of UTC
+    ],
+)
+def test_the_request_form_shows_when_the_site_was_blocked_in_the_schools_time(
+    console: Console, at: str, local_clock: str, not_shown: str
+) -> None:
+    from urllib.parse import quote
+
+    page = console.client().get(f"/request?url=https://www.facebook.com/&at={quote(at)}").get_data(as_text=True)
+    shown = re.search(r'<dd id="blocked-at">([^<]*)</dd>', page)
+    assert shown is not None, page[:3000]
+    assert local_clock in shown.group(1) and not_shown not in shown.group(1), shown.group(1)
