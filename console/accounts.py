@@ -1,9 +1,13 @@
-"""Console accounts: password hashing, sign-in checks with lockout, and TOTP second factors.
+"""Console accounts: password hashing, account rules, and TOTP second factors.
 
 Passwords are hashed with Argon2id (memory-hard, so a stolen database is slow to crack on
-a GPU). Failed sign-ins are counted on the account row, so a lockout holds across server
-workers and restarts. TOTP codes are checked with one step of clock drift either way and
-each code is accepted once only.
+a GPU). Hashing and checking a password take a good fraction of a second on a Raspberry Pi,
+so they are done with no database transaction open (the caller reads what it needs first and
+writes the outcome afterwards, each in a short transaction of its own): a transaction held
+across a hash would hold SQLite's write lock and stall the DNS and proxy log writers.
+Failed attempts are slowed by schoolgate.console.throttle, never by locking the account.
+TOTP codes are checked with one step of clock drift either way and each code is accepted
+once per purpose.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -22,10 +26,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.permissions import SECOND_FACTOR_ROLES, ConsoleRole
+from schoolgate.services.permissions import ROLES, SECOND_FACTOR_ROLES, ConsoleRole
 from schoolgate.store.models import ConsoleUser, UserRole
 
 MIN_PASSWORD_LENGTH = 12
+MAX_PASSWORD_LENGTH = 1000
 _HASHER = PasswordHasher()  # argon2id, 64 MiB, t=3: the library's RFC 9106 "low memory" profile
 # A hash to verify against when the username is unknown, so that the response time does not
 # reveal which usernames exist.
@@ -62,14 +67,23 @@ def audit_user(
 
 
 def hash_password(password: str) -> str:
+    """Slow: call with no database transaction open."""
     return _HASHER.hash(password)
 
 
 def check_password_strength(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError(f"the password must be at most {MAX_PASSWORD_LENGTH} characters long")
     if password.strip() != password:
         raise AccountError("the password must not start or end with spaces")
+
+
+def new_password_hash(password: str) -> str:
+    """Check a new password's strength and hash it. Slow: no transaction may be open."""
+    check_password_strength(password)
+    return hash_password(password)
 
 
 def generate_password() -> str:
@@ -77,22 +91,47 @@ def generate_password() -> str:
     return secrets.token_urlsafe(15)
 
 
-def verify_password(user: ConsoleUser | None, password: str) -> bool:
-    if user is None:
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Whether `password` matches; with no hash (unknown user) a dummy is checked, so the time
+    taken is the same. Slow: no transaction may be open."""
+    if password_hash is None or len(password) > MAX_PASSWORD_LENGTH:
         with contextlib.suppress(VerificationError):
-            _HASHER.verify(_DUMMY_HASH, password)
+            _HASHER.verify(_DUMMY_HASH, password[:MAX_PASSWORD_LENGTH])
         return False
     try:
-        return _HASHER.verify(user.password_hash, password)
+        return _HASHER.verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
 
-def needs_rehash(user: ConsoleUser) -> bool:
+def rehash_if_needed(password_hash: str, password: str) -> str | None:
+    """A new hash when the stored one uses older parameters (after a right password). Slow."""
     try:
-        return _HASHER.check_needs_rehash(user.password_hash)
+        if _HASHER.check_needs_rehash(password_hash):
+            return _HASHER.hash(password)
     except InvalidHashError:
-        return False
+        pass
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What checking a sign-in needs, read in a short transaction and then let go of."""
+
+    user_id: int
+    username: str
+    password_hash: str
+    active: bool
+    totp_secret: str | None
+    second_factor_required: bool
+
+
+def credentials_for(session: Session, username: str) -> Credentials | None:
+    user = find_user(session, username)
+    if user is None:
+        return None
+    return Credentials(user.id, user.username, user.password_hash, user.active, user.totp_secret,
+                       totp_required(user))
 
 
 def totp_required(user: ConsoleUser) -> bool:
@@ -123,10 +162,11 @@ def create_user(
     username: str,
     display_name: str,
     roles: frozenset[ConsoleRole],
-    password: str,
+    password_hash: str,
     site: str | None,
     email: str | None = None,
 ) -> ConsoleUser:
+    """Add an account; `password_hash` comes from new_password_hash, made before the transaction."""
     username = username.strip().lower()
     if not username or not all(c.isalnum() or c in "._-" for c in username) or len(username) > 100:
         raise AccountError("a username is 1-100 letters, digits, dots, dashes or underscores")
@@ -135,15 +175,13 @@ def create_user(
     check_account_scope(roles, site)
     if find_user(session, username) is not None:
         raise AccountError(f"the username {username!r} is taken")
-    check_password_strength(password)
     user = ConsoleUser(
         site=site,
         username=username,
         display_name=display_name.strip() or username,
         email=(email or "").strip() or None,
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         active=True,
-        failed_logins=0,
     )
     user.roles = [UserRole(role=r.value) for r in sorted(roles)]
     session.add(user)
@@ -161,55 +199,9 @@ def set_roles(user: ConsoleUser, roles: frozenset[ConsoleRole]) -> None:
         user.roles.append(UserRole(role=name))
 
 
-def reset_password(user: ConsoleUser, password: str) -> None:
-    check_password_strength(password)
-    user.password_hash = hash_password(password)
-    user.failed_logins = 0
-    user.locked_until = None
-
-
-@dataclass(frozen=True)
-class LockoutPolicy:
-    max_failures: int = 5
-    lock_minutes: int = 15
-
-
-@dataclass(frozen=True)
-class SignInResult:
-    user: ConsoleUser | None
-    locked_until: datetime | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.user is not None
-
-
-def check_sign_in(
-    session: Session, username: str, password: str, now: datetime, lockout: LockoutPolicy
-) -> SignInResult:
-    """Check a username and password, counting failures; the caller commits the session."""
-    user = find_user(session, username)
-    if user is not None and user.locked_until is not None and user.locked_until > now:
-        # Still locked: do not even check the password, so guessing during a lockout is useless.
-        verify_password(None, password)
-        return SignInResult(None, locked_until=user.locked_until)
-    if not verify_password(user, password) or user is None or not user.active:
-        if user is not None:
-            user.failed_logins = (user.failed_logins or 0) + 1
-            if user.failed_logins >= lockout.max_failures:
-                user.locked_until = now + timedelta(minutes=lockout.lock_minutes)
-                user.failed_logins = 0
-                return SignInResult(None, locked_until=user.locked_until)
-        return SignInResult(None)
-    if not user.totp_secret:
-        # Signed in. With a second factor the count stands until the code is right too: a
-        # right password must not wipe the failed codes, or someone who has the password
-        # could guess codes for ever, a few at a time between sign-ins.
-        user.failed_logins = 0
-    user.locked_until = None
-    if needs_rehash(user):
-        user.password_hash = hash_password(password)
-    return SignInResult(user)
+def guarded_roles_of(roles: frozenset[str] | frozenset[ConsoleRole]) -> frozenset[ConsoleRole]:
+    """The roles among `roles` that only the headteacher may give or take (DSL, headteacher)."""
+    return frozenset(ConsoleRole(str(r)) for r in roles if ROLES[ConsoleRole(str(r))].guarded)
 
 
 def new_totp_secret() -> str:
@@ -226,8 +218,19 @@ class TotpCheck(Enum):
     REUSED = "reused"
 
 
+class TotpPurpose(Enum):
+    """What a code is typed for. A code is used once per purpose: signing in and then, within
+    the same 30 seconds, signing a decision are two uses, not a replay."""
+
+    SIGN_IN = "sign-in"
+    SIGNATURE = "signature"
+    SECOND_FACTOR_CHANGE = "second-factor-change"
+    ENROL = "enrol"
+
+
 class TotpReplayGuard:
-    """Remembers the last time step accepted per user so a code cannot be used twice.
+    """Remembers the last time step accepted per user, secret and purpose, so a code cannot be
+    used twice for the same thing.
 
     Kept in memory: the console runs as one server process (see schoolgate.console.server),
     and after a restart a replayed code is at most 30 seconds old anyway.
@@ -236,15 +239,15 @@ class TotpReplayGuard:
     def __init__(self) -> None:
         # Keyed by secret too: while replacing a second factor, the old and the new secret's
         # codes for the same 30 seconds are different codes, both usable once.
-        self._last_step: dict[tuple[int, str], int] = {}
+        self._last_step: dict[tuple[int, str, TotpPurpose], int] = {}
         self._lock = threading.Lock()
 
-    def verify(self, user_id: int, secret: str, code: str, now: datetime) -> bool:
-        return self.check(user_id, secret, code, now) is TotpCheck.OK
+    def verify(self, user_id: int, secret: str, code: str, now: datetime, purpose: TotpPurpose) -> bool:
+        return self.check(user_id, secret, code, now, purpose) is TotpCheck.OK
 
-    def check(self, user_id: int, secret: str, code: str, now: datetime) -> TotpCheck:
-        """OK, WRONG, or REUSED: a right code from a step already used (e.g. a second
-        signature within the same 30 seconds), which the caller may treat more kindly."""
+    def check(self, user_id: int, secret: str, code: str, now: datetime, purpose: TotpPurpose) -> TotpCheck:
+        """OK, WRONG, or REUSED: a right code from a step already used for this purpose (e.g. a
+        second signature within the same 30 seconds), which the caller may treat more kindly."""
         code = "".join(code.split())
         if not (code.isdigit() and len(code) == 6):
             return TotpCheck.WRONG
@@ -253,7 +256,7 @@ class TotpReplayGuard:
         with self._lock:
             for step in (current - 1, current, current + 1):
                 if secrets.compare_digest(totp.generate_otp(step), code):
-                    key = (user_id, secret)
+                    key = (user_id, secret, purpose)
                     if step <= self._last_step.get(key, -1):
                         return TotpCheck.REUSED
                     self._last_step[key] = step

@@ -17,10 +17,10 @@ from werkzeug.exceptions import HTTPException
 from schoolgate.clock import Clock, SystemClock
 from schoolgate.config import AppConfig
 from schoolgate.console import security, web
-from schoolgate.console.accounts import LockoutPolicy, TotpReplayGuard
+from schoolgate.console.accounts import TotpReplayGuard
 from schoolgate.console.policyref import ConsolePolicy
-from schoolgate.console.ratelimit import AttemptLimiter
 from schoolgate.console.text import printable
+from schoolgate.console.throttle import SignInThrottle, ThrottleSettings
 from schoolgate.services.permissions import Permission
 
 
@@ -150,11 +150,13 @@ def create_app(
         clock=clock or SystemClock(),
     )
     app.extensions["schoolgate.policy"] = ConsolePolicy(config)
-    app.extensions["schoolgate.login_limiter"] = AttemptLimiter(
-        max(1, config.console.address_failures), timedelta(minutes=15)
-    )
-    app.extensions["schoolgate.lockout"] = LockoutPolicy(
-        max_failures=max(1, config.console.lockout_failures), lock_minutes=max(1, config.console.lockout_minutes)
+    app.extensions["schoolgate.throttle"] = SignInThrottle(
+        ThrottleSettings(
+            account_free_failures=max(1, config.console.lockout_failures),
+            source_free_failures=max(1, config.console.address_failures),
+            max_delay=timedelta(minutes=max(1, config.console.lockout_minutes)),
+            window=timedelta(minutes=max(1, config.console.lockout_minutes)),
+        )
     )
     app.extensions["schoolgate.totp_guard"] = TotpReplayGuard()
     if neighbours is not None:

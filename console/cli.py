@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from schoolgate.config import load_config_or_report
@@ -108,10 +109,15 @@ def _users_add(args: argparse.Namespace) -> int:
         return _err(str(err))
     given = _read_password(args.password_stdin)
     password = given if given is not None else accounts.generate_password()
+    try:
+        # Hashed before the transaction opens: it must not hold the database while it hashes.
+        password_hash = accounts.new_password_hash(password)
+    except accounts.AccountError as err:
+        return _err(str(err))
     session = _session(config)
     try:
         user = accounts.create_user(session, username=args.username, display_name=args.name or args.username,
-                                    roles=roles, password=password, email=args.email,
+                                    roles=roles, password_hash=password_hash, email=args.email,
                                     # A trust admin's account belongs to no one school.
                                     site=None if ConsoleRole.TRUST_ADMIN in roles else config.site.id)
         if args.person:
@@ -158,17 +164,26 @@ def _users_reset(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 2
+    from schoolgate.console import sessions
+
     given = _read_password(args.password_stdin)
     password = given if given is not None else accounts.generate_password()
+    try:
+        password_hash = accounts.new_password_hash(password)
+    except accounts.AccountError as err:
+        return _err(str(err))
     session = _session(config)
     try:
         user = accounts.find_user(session, args.username)
         if user is None:
             return _err(f"no console user {args.username!r}")
-        accounts.reset_password(user, password)
+        user.password_hash = password_hash
         if args.reset_totp:
             user.totp_secret = None
-        _audit(session, config, "user.reset_password", user, {"reset_totp": bool(args.reset_totp)})
+        # Every browser signed in to the account signs in again with the new password.
+        ended = sessions.end_all(session, user.id, now=datetime.now(UTC), reason=sessions.RESET_BY_ADMIN)
+        _audit(session, config, "user.reset_password", user, {"reset_totp": bool(args.reset_totp),
+                                                               "sessions_ended": ended})
         session.commit()
     except accounts.AccountError as err:
         session.rollback()

@@ -11,11 +11,13 @@ services check too.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +25,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from schoolgate.clock import Clock
 from schoolgate.config import AppConfig
-from schoolgate.console.policyref import ConsolePolicy
+from schoolgate.console.policyref import ConsolePolicy, PolicyUnavailable
 from schoolgate.policy import CompiledPolicy
 from schoolgate.services.actor import Actor
 from schoolgate.services.common import SiteScope
@@ -34,6 +36,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION = "schoolgate"
 
 ACCESS_ATTR = "_console_access"
+#: The cookie key holding the server-side session's token.
+SESSION_TOKEN = "sid"  # noqa: S105 (a cookie key, not a secret)
 PUBLIC = "public"
 SIGNED_IN = "signed_in"
 
@@ -173,9 +177,44 @@ def access_rule(app: Flask, endpoint: str, method: str = "GET") -> str | Permiss
     return cast(str | None, rule)
 
 
-def password_fingerprint(user: ConsoleUser) -> str:
-    """Ties a browser session to the current password: a reset signs out every session."""
-    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:24]
+def password_fingerprint(password_hash: str) -> str:
+    """Ties a half-finished sign-in (password right, code to come) to the password it checked."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
+
+
+@contextmanager
+def read_session() -> Iterator[Session]:
+    """A short read of its own (SQLite: a deferred transaction, no write lock), closed at the end.
+
+    For what a request must know before a slow step (a password hash to check), so that the
+    request's own session has no transaction open while it hashes."""
+    reading = state().read_session_factory()
+    try:
+        yield reading
+    finally:
+        reading.close()
+
+
+@contextmanager
+def outside_transaction(what: str) -> Iterator[None]:
+    """Mark a slow step (hashing a password, sending mail): it must not run while the request
+    holds a database transaction, which on SQLite would hold the write lock that the DNS and
+    proxy log writers and every other request need. Raises rather than stall the appliance."""
+    _refuse_open_transaction(what)
+    yield
+    _refuse_open_transaction(what)
+
+
+def _refuse_open_transaction(what: str) -> None:
+    request_db = g.get("db")
+    if request_db is not None and request_db.in_transaction():
+        raise RuntimeError(f"a database transaction is open across {what}")
+
+
+def session_token() -> str | None:
+    """The signed-in browser's session token (see schoolgate.console.sessions)."""
+    token = session.get(SESSION_TOKEN)
+    return token if isinstance(token, str) and current_user() is not None else None
 
 
 def current_user() -> ConsoleUser | None:
@@ -243,36 +282,55 @@ def _to_login() -> WerkzeugResponse:
 
 
 def load_session_user() -> None:
-    """Restore the signed-in user and expire idle sessions."""
+    """Restore the signed-in user from the server's session row; end idle sessions."""
+    from schoolgate.console import sessions
+
     g.user = None
-    uid = session.get("uid")
-    if not isinstance(uid, int) or session.get("stage") != "full":
+    if session.get("stage") != "full":
         return
+    token = session.get(SESSION_TOKEN)
+    current = now()
     idle = timedelta(minutes=state().config.console.session_minutes)
     last_seen = session.get("seen")
-    current = now()
     if not isinstance(last_seen, (int, float)) or current.timestamp() - last_seen > idle.total_seconds():
+        end_session_quietly(token if isinstance(token, str) else None, sessions.IDLE)
         session.clear()
         flash("Your session ended after a period of inactivity. Please sign in again.")
         return
-    since = session.get("since")
-    lifetime = timedelta(hours=max(1, state().config.console.session_max_hours))
-    if not isinstance(since, (int, float)) or current.timestamp() - since > lifetime.total_seconds():
-        # However busy, a sign-in ends: a cookie stolen from a shared staff-room PC dies with it.
-        session.clear()
-        flash(f"Sign-ins last at most {lifetime.total_seconds() / 3600:g} hours. Please sign in again.")
-        return
-    user = db().get(ConsoleUser, uid)
-    if user is None or not user.active or session.get("pwd") != password_fingerprint(user):
+    with read_session() as reading:
+        row = sessions.find(reading, token if isinstance(token, str) else None)
+        user = reading.get(ConsoleUser, row.user_id) if row is not None else None
+    if row is None or user is None or row.user_id != session.get("uid"):
         session.clear()
         return
-    if user.locked_until is not None and user.locked_until > current:
-        session.clear()  # locked by failed signatures: the open session ends too
+    if not sessions.is_live(row, current):
+        session.clear()
+        if row.ended_at is None:
+            # However busy, a sign-in ends: a cookie stolen from a shared staff-room PC dies with it.
+            hours = max(1, state().config.console.session_max_hours)
+            flash(f"Sign-ins last at most {hours:g} hours. Please sign in again.")
+        elif row.ended_reason not in (sessions.SIGNED_OUT, sessions.IDLE):
+            flash(f"You were signed out ({row.ended_reason}). Please sign in again.")
+        return
+    if not user.active:
+        end_session_quietly(token if isinstance(token, str) else None, sessions.DISABLED)
+        session.clear()
         return
     g.user = user
     # Only page views count as activity, not the static files a page pulls in.
     if request.endpoint != "static":
         session["seen"] = int(current.timestamp())
+
+
+def end_session_quietly(token: str | None, reason: str) -> None:
+    """End a session row in a short transaction of its own (the request's session is untouched)."""
+    from schoolgate.console import sessions
+
+    if not token:
+        return
+    with state().session_factory() as writing:
+        sessions.end(writing, token, now=now(), reason=reason)
+        writing.commit()
 
 
 def enforce_access() -> WerkzeugResponse | None:
@@ -298,6 +356,14 @@ def enforce_access() -> WerkzeugResponse | None:
 
 def policy_ref() -> ConsolePolicy:
     return cast(ConsolePolicy, current_app.extensions["schoolgate.policy"])
+
+
+def local_zone() -> tzinfo:
+    """The school's time zone (the policy's [school] timezone), for times shown to people."""
+    try:
+        return policy().school.zone
+    except PolicyUnavailable:
+        return ZoneInfo("Europe/London")
 
 
 def policy() -> CompiledPolicy:

@@ -12,10 +12,12 @@ transaction, so a refusal part-way leaves nothing behind.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -42,6 +44,7 @@ from schoolgate.services.errors import (
     InvalidInput,
     InvalidTransition,
     NotFound,
+    ProposalChanged,
     RateLimited,
 )
 from schoolgate.services.permissions import Permission
@@ -136,11 +139,16 @@ class TriageForm:
 
 @dataclass(frozen=True, slots=True)
 class DecisionForm:
-    """The headteacher's part: approved or not, reasons, and the signature."""
+    """The headteacher's part: approved or not, reasons, and the signature.
+
+    `proposal` is the fingerprint of the proposal the headteacher read (proposal_fingerprint,
+    carried by the decision form): an approval is refused if the technician has changed the
+    proposal since, so what is signed is exactly what opens."""
 
     approve: bool
     reasons: str
-    signature: Signature
+    signature: Signature | None
+    proposal: str | None = None
     # The statement of what the approval opens, as the page showed it (None: not shown, e.g. a
     # command); an approval is refused if it no longer says what would be enforced.
     scope_seen: str | None = None
@@ -664,7 +672,82 @@ def _related_hosts(a: str, b: str) -> bool:
     return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
-def _check_signature(actor: Actor, signature: Signature, now: datetime) -> None:
+def proposal_fingerprint(request: AccessRequest) -> str:
+    """A hash of everything the headteacher reads before approving: what would open (domain or
+    URL prefix), for whom, from when until when, the technician's findings, risks and
+    recommendation, and the DSL's safeguarding notes."""
+    def stamp(moment: datetime | None) -> str | None:
+        return moment.astimezone(UTC).isoformat() if moment is not None else None
+
+    shown = [
+        request.id,
+        request.proposed_target,
+        request.proposed_value,
+        request.proposed_scope,
+        request.proposed_subject,
+        stamp(request.proposed_starts),
+        stamp(request.proposed_expires),
+        request.technician_notes,
+        request.risks_and_controls,
+        request.technician_recommendation,
+        request.safeguarding_notes,  # the DSL's risks and controls, which may be revised until the decision
+    ]
+    return hashlib.sha256(json.dumps(shown, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def check_decision(request: AccessRequest, decision: DecisionForm) -> str:
+    """Refuse a decision that cannot stand, before anyone signs it; returns the cleaned reasons.
+
+    Declining needs reasons. Approving needs the technician's check, and the proposal to be the
+    one the headteacher read: if it changed after the page was opened, nothing is approved."""
+    reasons = clean_text(decision.reasons, field="reasons", max_len=4000, required=not decision.approve)
+    if request.status not in OPEN_STATUSES:
+        raise InvalidTransition(f"{reference_for(request.id)} is already {request.status}.")
+    if not decision.approve:
+        return reasons
+    if request.status != FORWARDED:
+        raise InvalidTransition(
+            f"{reference_for(request.id)} has not been checked by the ICT technician yet; "
+            "it can be approved once it has been triaged."
+        )
+    if request.proposed_scope is None or request.proposed_subject is None or request.proposed_starts is None \
+            or request.proposed_expires is None:
+        raise InvalidTransition(
+            f"The ICT technician recommends declining {reference_for(request.id)} and proposed no access; "
+            "ask them to check it again if you want to approve it."
+        )
+    if awaits_dsl(request):
+        raise InvalidTransition(
+            f"{reference_for(request.id)} would open a site to pupils: the DSL adds the safeguarding risks and "
+            "controls before it can be approved."
+        )
+    if not decision.proposal or not hmac.compare_digest(decision.proposal, proposal_fingerprint(request)):
+        raise ProposalChanged(
+            f"The ICT technician changed the proposal for {reference_for(request.id)} after you opened it, "
+            f"so nothing was approved. It now reads: {describe_proposal(request)}. "
+            "Read it again below and sign if you agree."
+        )
+    return reasons
+
+
+def describe_proposal(request: AccessRequest) -> str:
+    """The proposal in one sentence, as the decision page shows it."""
+    what = ("the whole of " if request.proposed_target == "domain" else "pages under ") + (request.proposed_value or "")
+    starts, expires = request.proposed_starts, request.proposed_expires
+    when = ""
+    if starts is not None and expires is not None:
+        when = f", from {_local_words(starts)} until {_local_words(expires)}"
+    return f"{what} for {request.proposed_scope} {request.proposed_subject}{when}"
+
+
+def _local_words(moment: datetime) -> str:
+    local = moment.astimezone(LONDON)
+    return f"{local:%a} {local.day} {local:%b %Y %H:%M}"
+
+
+def _check_signature(actor: Actor, signature: Signature | None, now: datetime) -> None:
+    if signature is None:
+        raise Forbidden("The decision must be signed: confirm your password (and code) to sign it.")
     if actor.user_id is None or signature.user_id != actor.user_id or signature.username != actor.name:
         raise Forbidden("The signature must be your own: sign in again and confirm the decision.")
     # A little slack for clock differences between gunicorn workers; none for stale sign-offs.
@@ -692,14 +775,14 @@ def decide_request(
     # Locked for the rest of the transaction (PostgreSQL; SQLite writes are serialised anyway),
     # so two headteachers deciding at once cannot both see "forwarded" and create two exceptions.
     request = get_request(session, site, request_id, for_update=True)
-    reasons = clean_text(decision.reasons, field="reasons", max_len=4000, required=not decision.approve)
-    if request.status not in OPEN_STATUSES:
-        raise InvalidTransition(f"{reference_for(request.id)} is already {request.status}.")
+    reasons = check_decision(request, decision)
+    signature = decision.signature
+    assert signature is not None
     request.authoriser = actor.display_name
-    request.decided_by_name = decision.signature.name or actor.display_name
+    request.decided_by_name = signature.name or actor.display_name
     request.decided_at = now
     request.decision_reasons = reasons
-    request.signature = decision.signature.as_text()
+    request.signature = signature.as_text()
 
     if not decision.approve:
         request.approved = False
@@ -717,22 +800,9 @@ def decide_request(
         )
         return request
 
-    if request.status != FORWARDED:
-        raise InvalidTransition(
-            f"{reference_for(request.id)} has not been checked by the ICT technician yet; "
-            "it can be approved once it has been triaged."
-        )
     starts, expires = request.proposed_starts, request.proposed_expires
-    if starts is None or expires is None or request.proposed_scope is None or request.proposed_subject is None:
-        raise InvalidTransition(
-            f"The ICT technician recommends declining {reference_for(request.id)} and proposed no access; "
-            "ask them to check it again if you want to approve it."
-        )
-    if awaits_dsl(request):
-        raise InvalidTransition(
-            f"{reference_for(request.id)} would open a site to pupils: the DSL adds the safeguarding risks and "
-            "controls before it can be approved."
-        )
+    assert starts is not None and expires is not None  # check_decision refused a request without them
+    assert request.proposed_scope is not None and request.proposed_subject is not None
     if expires <= now:
         raise InvalidTransition(
             "The proposed access would already have expired; ask the technician to propose new dates."
@@ -782,7 +852,7 @@ def decide_request(
         object_type="access_request",
         object_id=request.id,
         detail={"host": request.host, "reasons": reasons, "signature": request.signature, "exception_id": exception.id,
-                "enforced_scope": statement},
+                "enforced_scope": statement, "proposal": decision.proposal},
         now=now,
     )
     audit(

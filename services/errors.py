@@ -38,3 +38,7 @@ class LockedTarget(ServiceError):
 
 class RateLimited(ServiceError):
     """Too many requests from the same device or address; try again later."""
+
+
+class ProposalChanged(InvalidTransition):
+    """What the signer read is no longer what would be done (a technician changed it meanwhile)."""

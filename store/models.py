@@ -402,8 +402,6 @@ class ConsoleUser(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_login: Mapped[datetime | None] = mapped_column(UTCDateTime)
     receives_digest: Mapped[bool] = mapped_column(Boolean, default=False)
     # The account holder's entry in the people register (Person.external_id): a teacher's
@@ -431,6 +429,23 @@ class UserRole(Base):
     role: Mapped[str] = mapped_column(String(20))
 
     user: Mapped[ConsoleUser] = relationship(back_populates="roles")
+
+
+class ConsoleSession(Base):
+    """A signed-in browser. Its cookie carries a random token whose SHA-256 is kept here, so
+    signing out, a password or role change, or an admin ends the session on the server: a copy
+    of the cookie is worth nothing afterwards."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the longest a sign-in lasts, however busy
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_reason: Mapped[str] = mapped_column(String(60), default="")
 
 
 class Generation(Base):

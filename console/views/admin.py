@@ -7,9 +7,10 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from schoolgate.console import accounts, web
+from schoolgate.console import accounts, sessions, web
 from schoolgate.console.accounts import AccountError
 from schoolgate.console.csvout import csv_response, wants_csv
+from schoolgate.console.reauth import throttle
 from schoolgate.services.permissions import ROLES, ConsoleRole, parse_roles
 from schoolgate.services.permissions import Permission as Perm
 from schoolgate.store.models import ConsoleUser
@@ -42,11 +43,12 @@ def _load(user_id: int) -> ConsoleUser:
 @web.requires(Perm.MANAGE_USERS)
 def users() -> Any:
     rows = web.db().scalars(_site_users().order_by(ConsoleUser.username)).all()
+    slowed = throttle().slowed_accounts((u.username for u in rows), web.now())
     if wants_csv():
         return csv_response("console-users.csv", ["username", "display_name", "roles", "active", "totp", "last_login"],
                             ([u.username, u.display_name, " ".join(sorted(u.role_names)), u.active,
                               bool(u.totp_secret), u.last_login] for u in rows))
-    return render_template("admin/users.html", users=rows, now=web.now())
+    return render_template("admin/users.html", users=rows, now=web.now(), slowed=slowed)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -58,10 +60,12 @@ def new() -> Any:
     values: dict[str, Any] = {k: form.get(k, "")[:200] for k in ("username", "display_name", "email")}
     values["roles"] = form.getlist("roles")
     password = accounts.generate_password()
+    with web.outside_transaction("hashing a password"):
+        password_hash = accounts.hash_password(password)
     try:
         user = accounts.create_user(
             web.db(), username=values["username"], display_name=values["display_name"],
-            roles=parse_roles(form.getlist("roles")), password=password, site=web.site_id(),
+            roles=parse_roles(form.getlist("roles")), password_hash=password_hash, site=web.site_id(),
             email=values["email"] or None,
         )
         _audit("user.create", user, {"roles": sorted(user.role_names)})
@@ -72,12 +76,17 @@ def new() -> Any:
     return render_template("admin/password.html", user=user, password=password, created=True)
 
 
+def _edit_page(user: ConsoleUser, error: str | None, status: int = 200) -> Any:
+    slowed = throttle().slowed_accounts([user.username], web.now()).get(user.username)
+    return render_template("admin/edit.html", user=user, role_text=ROLE_TEXT, error=error, slowed=slowed), status
+
+
 @bp.route("/<int:user_id>", methods=["GET", "POST"])
 @web.requires(Perm.MANAGE_USERS)
 def edit(user_id: int) -> Any:
     user = _load(user_id)
     if request.method == "GET":
-        return render_template("admin/edit.html", user=user, role_text=ROLE_TEXT, error=None)
+        return _edit_page(user, None)
     me = web.current_user()
     assert me is not None
     try:
@@ -92,11 +101,17 @@ def edit(user_id: int) -> Any:
         user.email = request.form.get("email", "")[:200].strip() or None
         user.receives_digest = request.form.get("receives_digest") == "1"
         web.db().flush()
+        ended = 0
+        if before != sorted(user.role_names) or not active:
+            # What the account may do changed: its other browsers sign in again under the new roles.
+            reason = sessions.ROLES_CHANGED if active else sessions.DISABLED
+            ended = sessions.end_all(web.db(), user.id, now=web.now(), reason=reason,
+                                     keep=web.session_token() if user.id == me.id else None)
         _audit("user.update", user, {"roles_before": before, "roles": sorted(user.role_names), "active": active,
-                                     "receives_digest": user.receives_digest})
+                                     "receives_digest": user.receives_digest, "sessions_ended": ended})
     except (AccountError, ValueError) as err:
         web.db().rollback()
-        return render_template("admin/edit.html", user=_load(user_id), role_text=ROLE_TEXT, error=str(err)), 400
+        return _edit_page(_load(user_id), str(err), 400)
     web.db().commit()
     flash(f"{user.username} saved.")
     return redirect(url_for("admin.users"))
@@ -105,10 +120,14 @@ def edit(user_id: int) -> Any:
 @bp.route("/<int:user_id>/reset-password", methods=["POST"])
 @web.requires(Perm.MANAGE_USERS)
 def reset_password(user_id: int) -> Any:
-    user = _load(user_id)
     password = accounts.generate_password()
-    accounts.reset_password(user, password)
-    _audit("user.reset_password", user, {})
+    with web.outside_transaction("hashing a password"):
+        password_hash = accounts.hash_password(password)
+    user = _load(user_id)
+    user.password_hash = password_hash
+    ended = sessions.end_all(web.db(), user.id, now=web.now(), reason=sessions.RESET_BY_ADMIN)
+    throttle().forgive_account(user.username)
+    _audit("user.reset_password", user, {"sessions_ended": ended})
     web.db().commit()
     return render_template("admin/password.html", user=user, password=password, created=False)
 
@@ -119,7 +138,8 @@ def reset_totp(user_id: int) -> Any:
     """For a lost phone: the user sets up a new authenticator at their next sign-in."""
     user = _load(user_id)
     user.totp_secret = None
-    _audit("user.reset_totp", user, {})
+    ended = sessions.end_all(web.db(), user.id, now=web.now(), reason=sessions.SECOND_FACTOR_RESET)
+    _audit("user.reset_totp", user, {"sessions_ended": ended})
     web.db().commit()
     flash(f"{user.username} will set up two-factor sign-in again at their next sign-in.")
     return redirect(url_for("admin.edit", user_id=user.id))
@@ -129,8 +149,7 @@ def reset_totp(user_id: int) -> Any:
 @web.requires(Perm.MANAGE_USERS)
 def unlock(user_id: int) -> Any:
     user = _load(user_id)
-    user.locked_until = None
-    user.failed_logins = 0
+    throttle().forgive_account(user.username)
     _audit("user.unlock", user, {})
     web.db().commit()
     flash(f"{user.username} is unlocked.")

@@ -1,18 +1,34 @@
-"""Signing in (password, then a TOTP code), TOTP enrolment, password change, signing out."""
+"""Signing in (password, then a TOTP code), TOTP enrolment, password change, signing out.
+
+Every password check and hash runs with no database transaction open: what it needs is read in
+a short transaction first, and the outcome written in another afterwards (see
+schoolgate.console.accounts). Wrong passwords and codes are slowed down by the sign-in throttle
+(schoolgate.console.throttle), never answered by locking the account, and the replies are the
+same whether or not the username exists.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import segno
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from markupsafe import Markup
+from sqlalchemy import update
 from werkzeug.wrappers import Response
 
-from schoolgate.console import accounts, web
-from schoolgate.console.accounts import AccountError, LockoutPolicy, TotpReplayGuard
-from schoolgate.console.ratelimit import AttemptLimiter
+from schoolgate.console import accounts, known_devices, sessions, web
+from schoolgate.console.accounts import AccountError, TotpPurpose
+from schoolgate.console.reauth import (
+    ReauthFailed,
+    confirm_code,
+    confirm_password,
+    throttle,
+    totp_guard,
+    wait_text,
+)
 from schoolgate.console.security import rotate_csrf_token
+from schoolgate.console.throttle import account_key, source_key
 from schoolgate.store.models import ConsoleUser
 
 bp = Blueprint("auth", __name__)
@@ -22,37 +38,17 @@ STAGE_ENROL = "enrol"
 STAGE_FULL = "full"
 #: How long the half-signed-in state (password right, code still to come) lasts.
 PENDING_LIFETIME = timedelta(minutes=5)
-
-
-def _limiter() -> AttemptLimiter:
-    limiter: AttemptLimiter = current_app.extensions["schoolgate.login_limiter"]
-    return limiter
-
-
-def _lockout() -> LockoutPolicy:
-    policy: LockoutPolicy = current_app.extensions["schoolgate.lockout"]
-    return policy
-
-
-def totp_guard() -> TotpReplayGuard:
-    guard: TotpReplayGuard = current_app.extensions["schoolgate.totp_guard"]
-    return guard
-
-
-def _client_key() -> str:
-    return request.remote_addr or "unknown"
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%H:%M UTC")
+NOT_RIGHT = "The username or password is not right."
 
 
 def _pending_user() -> ConsoleUser | None:
+    """The account whose password was right, while its code (or enrolment) is still to come."""
     uid = session.get("uid")
     if not isinstance(uid, int) or session.get("stage") not in (STAGE_TOTP, STAGE_ENROL):
         return None
-    user = web.db().get(ConsoleUser, uid)
-    if user is None or not user.active or session.get("pwd") != web.password_fingerprint(user):
+    with web.read_session() as reading:
+        user = reading.get(ConsoleUser, uid)
+    if user is None or not user.active or session.get("pwd") != web.password_fingerprint(user.password_hash):
         return None
     started = session.get("pending_at")
     if not isinstance(started, (int, float)) or web.now().timestamp() - started > PENDING_LIFETIME.total_seconds():
@@ -62,31 +58,44 @@ def _pending_user() -> ConsoleUser | None:
     return user
 
 
-def _finish_sign_in(user: ConsoleUser) -> Response:
+def _attempt(account: str) -> tuple[str, str, str | None]:
+    return source_key(request.remote_addr), account, known_devices.device_for(request, account)
+
+
+def _finish_sign_in(user_id: int) -> Response:
+    """Password and code are right: start the session on the server and in the cookie."""
     current = web.now()
     nxt = web.safe_next(session.get("next"))
+    db = web.db()
+    user = db.get(ConsoleUser, user_id)
+    assert user is not None
+    user.last_login = current
+    lifetime = timedelta(hours=max(1, web.state().config.console.session_max_hours))
+    token = sessions.start(db, user, now=current, lifetime=lifetime, client_ip=request.remote_addr)
+    db.commit()
     session.clear()
     rotate_csrf_token()
     session.permanent = True
+    session[web.SESSION_TOKEN] = token
     session["uid"] = user.id
-    session["pwd"] = web.password_fingerprint(user)
     session["stage"] = STAGE_FULL
     session["seen"] = int(current.timestamp())
-    session["since"] = int(current.timestamp())  # the absolute lifetime counts from here
-    user.last_login = current
-    web.db().commit()
-    return redirect(nxt or web.home_url(user))
+    response = redirect(nxt or web.home_url(user))
+    secure = bool(current_app.config["SESSION_COOKIE_SECURE"])
+    device = known_devices.remember(request, response, user.username, secure=secure)
+    throttle().success(account=user.username, device=device)
+    return response
 
 
-def _count_failure(user: ConsoleUser) -> None:
-    """A wrong TOTP code counts towards the account's lockout like a wrong password."""
-    policy = _lockout()
-    user.failed_logins = (user.failed_logins or 0) + 1
-    if user.failed_logins >= policy.max_failures:
-        user.locked_until = web.now() + timedelta(minutes=policy.lock_minutes)
-        user.failed_logins = 0
-        session.clear()
-    web.db().commit()
+def _start_pending(user_id: int, password_hash: str) -> None:
+    nxt = web.safe_next(request.args.get("next"))
+    session.clear()
+    rotate_csrf_token()
+    session["uid"] = user_id
+    session["pwd"] = web.password_fingerprint(password_hash)
+    session["pending_at"] = int(web.now().timestamp())
+    if nxt:
+        session["next"] = nxt
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -94,45 +103,38 @@ def _count_failure(user: ConsoleUser) -> None:
 def login() -> tuple[str, int] | Response:
     if web.current_user() is not None:
         return redirect(web.home_url())
-    error = None
-    if request.method == "POST":
-        current = web.now()
-        key = _client_key()
-        username = request.form.get("username", "")[:100]
-        password = request.form.get("password", "")[:1000]
-        wait = _limiter().blocked_until(key, current)
-        if wait is not None:
-            error = f"Too many failed sign-ins from this computer. Try again after {_when(wait)}."
-        else:
-            result = accounts.check_sign_in(web.db(), username, password, current, _lockout())
-            web.db().commit()
-            if result.user is None:
-                _limiter().record_failure(key, current)
-                if result.locked_until is not None:
-                    error = (
-                        "This account is locked after too many failed sign-ins. "
-                        f"Try again after {_when(result.locked_until)}, or ask an admin to reset it."
-                    )
-                else:
-                    error = "The username or password is not right."
-            else:
-                user = result.user
-                nxt = web.safe_next(request.args.get("next"))
-                session.clear()
-                rotate_csrf_token()
-                session["uid"] = user.id
-                session["pwd"] = web.password_fingerprint(user)
-                session["pending_at"] = int(current.timestamp())
-                if nxt:
-                    session["next"] = nxt
-                if user.totp_secret:
-                    session["stage"] = STAGE_TOTP
-                    return redirect(url_for("auth.login_code"))
-                if accounts.totp_required(user):
-                    session["stage"] = STAGE_ENROL
-                    return redirect(url_for("auth.enrol"))
-                return _finish_sign_in(user)
-    return render_template("auth/login.html", error=error), (400 if error and request.method == "POST" else 200)
+    if request.method == "GET":
+        return render_template("auth/login.html", error=None), 200
+    current = web.now()
+    password = request.form.get("password", "")
+    source, account, device = _attempt(account_key(request.form.get("username", "")))
+    wait = throttle().wait_until(source=source, account=account, device=device, now=current)
+    if wait is not None:
+        # Refused before any password is checked, for known and unknown usernames alike.
+        return render_template("auth/login.html", error=wait_text(wait)), 429
+    with web.read_session() as reading:
+        found = accounts.credentials_for(reading, account)
+    with web.outside_transaction("checking a password"):
+        right = accounts.verify_password(found.password_hash if found is not None else None, password)
+        fresh_hash = accounts.rehash_if_needed(found.password_hash, password) if right and found else None
+    if found is None or not right or not found.active:
+        throttle().failure(source=source, account=account, device=device, now=current)
+        return render_template("auth/login.html", error=NOT_RIGHT), 400
+    password_hash = found.password_hash
+    if fresh_hash is not None:
+        db = web.db()
+        same = (ConsoleUser.id == found.user_id) & (ConsoleUser.password_hash == password_hash)
+        db.execute(update(ConsoleUser).where(same).values(password_hash=fresh_hash))
+        db.commit()
+        password_hash = fresh_hash
+    _start_pending(found.user_id, password_hash)
+    if found.totp_secret:
+        session["stage"] = STAGE_TOTP
+        return redirect(url_for("auth.login_code"))
+    if found.second_factor_required:
+        session["stage"] = STAGE_ENROL
+        return redirect(url_for("auth.enrol"))
+    return _finish_sign_in(found.user_id)
 
 
 @bp.route("/login/code", methods=["GET", "POST"])
@@ -141,21 +143,18 @@ def login_code() -> str | Response | tuple[str, int]:
     user = _pending_user()
     if user is None or session.get("stage") != STAGE_TOTP or not user.totp_secret:
         return redirect(url_for("auth.login"))
-    error = None
-    if request.method == "POST":
-        current = web.now()
-        if user.locked_until is not None and user.locked_until > current:
-            session.clear()
-            return redirect(url_for("auth.login"))
-        if totp_guard().verify(user.id, user.totp_secret, request.form.get("code", "")[:20], current):
-            user.failed_logins = 0
-            return _finish_sign_in(user)
-        _count_failure(user)
-        if session.get("uid") is None:
-            return redirect(url_for("auth.login"))
-        error = "That code is not right. Use the current six-digit code from your authenticator app."
-        return render_template("auth/code.html", error=error), 400
-    return render_template("auth/code.html", error=error)
+    if request.method == "GET":
+        return render_template("auth/code.html", error=None)
+    current = web.now()
+    source, account, device = _attempt(user.username)
+    wait = throttle().wait_until(source=source, account=account, device=device, now=current)
+    if wait is not None:
+        return render_template("auth/code.html", error=wait_text(wait)), 429
+    if totp_guard().verify(user.id, user.totp_secret, request.form.get("code", "")[:20], current, TotpPurpose.SIGN_IN):
+        return _finish_sign_in(user.id)
+    throttle().failure(source=source, account=account, device=device, now=current)
+    error = "That code is not right. Use the current six-digit code from your authenticator app."
+    return render_template("auth/code.html", error=error), 400
 
 
 def _qr_svg(uri: str) -> Markup:
@@ -177,17 +176,27 @@ def _enrolment_page(user: ConsoleUser, error: str | None, status: int = 200) -> 
     )
 
 
-def _confirm_enrolment(user: ConsoleUser) -> bool:
+def _new_secret_confirmed(user: ConsoleUser) -> str | None:
+    """The secret being set up, if the code typed from it is right."""
     secret = session.get("totp_pending")
     code = request.form.get("code", "")[:20]
-    if not isinstance(secret, str) or not totp_guard().verify(user.id, secret, code, web.now()):
-        return False
-    replaced = user.totp_secret is not None
-    user.totp_secret = secret
+    if not isinstance(secret, str) or not totp_guard().verify(user.id, secret, code, web.now(), TotpPurpose.ENROL):
+        return None
+    return secret
+
+
+def _store_secret(user: ConsoleUser, secret: str, *, keep: str | None) -> None:
+    """Save a confirmed second factor; every other session of the account ends. The caller commits."""
+    db = web.db()
+    stored = db.get(ConsoleUser, user.id)
+    assert stored is not None
+    replaced = stored.totp_secret is not None
+    stored.totp_secret = secret
     session.pop("totp_pending", None)
-    accounts.audit_user(web.db(), site=web.site_id(), actor=user.username, action="user.totp_enrol", user=user,
+    if replaced:
+        sessions.end_all(db, stored.id, now=web.now(), reason=sessions.SECOND_FACTOR_RESET, keep=keep)
+    accounts.audit_user(db, site=web.site_id(), actor=stored.username, action="user.totp_enrol", user=stored,
                         detail={"replaced": replaced}, now=web.now())
-    return True
 
 
 @bp.route("/login/enrol", methods=["GET", "POST"])
@@ -198,8 +207,10 @@ def enrol() -> tuple[str, int] | Response:
     if user is None or session.get("stage") != STAGE_ENROL:
         return redirect(url_for("auth.login"))
     if request.method == "POST":
-        if _confirm_enrolment(user):
-            return _finish_sign_in(user)
+        secret = _new_secret_confirmed(user)
+        if secret is not None:
+            _store_secret(user, secret, keep=None)
+            return _finish_sign_in(user.id)
         return _enrolment_page(user, "That code is not right. Scan the QR code again and type the code shown.", 400)
     return _enrolment_page(user, None)
 
@@ -210,48 +221,38 @@ def account() -> str:
     return render_template("auth/account.html")
 
 
+def _signed_out(err: ReauthFailed) -> Response:
+    flash(err.message)
+    return redirect(url_for("auth.login"))
+
+
 @bp.route("/account/totp", methods=["GET", "POST"])
 @web.signed_in
 def account_totp() -> tuple[str, int] | Response:
-    """Set up (or replace) the second factor from the account page."""
+    """Set up (or replace) the second factor from the account page.
+
+    Replacing it needs the password and the current code: a browser left signed in must not let
+    someone move the account's second factor to their own phone."""
     user = web.current_user()
     assert user is not None
-    if request.method == "POST":
-        problem = _prove_current_factors(user)
-        if problem is not None:
-            web.db().commit()  # the counted failure
-            return _enrolment_page(user, problem, 400)
-        if _confirm_enrolment(user):
-            web.db().commit()
-            flash("Two-factor sign-in is set up. You will be asked for a code each time you sign in.")
-            return redirect(url_for("auth.account"))
+    if request.method == "GET":
+        return _enrolment_page(user, None)
+    refused = "the second factor was not changed"
+    try:
+        confirm_password(request.form.get("current_password", ""), refused=refused)
+        if user.totp_secret:
+            confirm_code(request.form.get("current_code", ""), TotpPurpose.SECOND_FACTOR_CHANGE, refused=refused)
+    except ReauthFailed as err:
+        if err.signed_out:
+            return _signed_out(err)
+        return _enrolment_page(user, err.message, 429 if "Try again after" in err.message else 400)
+    secret = _new_secret_confirmed(user)
+    if secret is None:
         return _enrolment_page(user, "That code is not right. Scan the QR code again and type the code shown.", 400)
-    return _enrolment_page(user, None)
-
-
-def _prove_current_factors(user: ConsoleUser) -> str | None:
-    """Replacing the second factor needs the password and the current code: a browser left
-    signed in must not let someone move the account's second factor to their own phone."""
-    current = web.now()
-    if user.locked_until is not None and user.locked_until > current:
-        return "Your account is locked after too many failed attempts; try again later."
-    if not accounts.verify_password(user, request.form.get("current_password", "")[:1000]):
-        _count_failure_keep_session(user)
-        return "Your current password is not right, so the second factor was not changed."
-    if user.totp_secret and not totp_guard().verify(
-        user.id, user.totp_secret, request.form.get("current_code", "")[:20], current
-    ):
-        _count_failure_keep_session(user)
-        return "The code from your current authenticator is not right, so the second factor was not changed."
-    return None
-
-
-def _count_failure_keep_session(user: ConsoleUser) -> None:
-    policy = _lockout()
-    user.failed_logins = (user.failed_logins or 0) + 1
-    if user.failed_logins >= policy.max_failures:
-        user.locked_until = web.now() + timedelta(minutes=policy.lock_minutes)
-        user.failed_logins = 0
+    _store_secret(user, secret, keep=web.session_token())
+    web.db().commit()
+    flash("Two-factor sign-in is set up. You will be asked for a code each time you sign in.")
+    return redirect(url_for("auth.account"))
 
 
 @bp.route("/account/password", methods=["POST"])
@@ -259,20 +260,30 @@ def _count_failure_keep_session(user: ConsoleUser) -> None:
 def change_password() -> Response | tuple[str, int]:
     user = web.current_user()
     assert user is not None
-    current_password = request.form.get("current_password", "")
     new = request.form.get("new_password", "")
-    if not accounts.verify_password(user, current_password):
-        return render_template("auth/account.html", error="Your current password is not right."), 400
     if new != request.form.get("confirm_password", ""):
         return render_template("auth/account.html", error="The two new passwords differ."), 400
     try:
-        accounts.reset_password(user, new)
+        accounts.check_password_strength(new)
+        confirm_password(request.form.get("current_password", ""), refused="your password was not changed")
     except AccountError as err:
-        return render_template("auth/account.html", error=str(err)), 400
-    accounts.audit_user(web.db(), site=web.site_id(), actor=user.username, action="user.change_password", user=user,
-                        now=web.now())
-    web.db().commit()
-    session["pwd"] = web.password_fingerprint(user)  # keep this session; others end
+        return render_template("auth/account.html", error=f"Your password was not changed: {err}."), 400
+    except ReauthFailed as err:
+        if err.signed_out:
+            return _signed_out(err)
+        return render_template("auth/account.html", error=err.message), 429 if "Try again after" in err.message else 400
+    with web.outside_transaction("hashing a password"):
+        new_hash = accounts.hash_password(new)
+    db = web.db()
+    stored = db.get(ConsoleUser, user.id)
+    if stored is None or stored.password_hash != user.password_hash:
+        db.rollback()
+        return render_template("auth/account.html", error="Your password was changed meanwhile; sign in again."), 409
+    stored.password_hash = new_hash
+    ended = sessions.end_all(db, stored.id, now=web.now(), reason=sessions.PASSWORD_CHANGED, keep=web.session_token())
+    accounts.audit_user(db, site=web.site_id(), actor=stored.username, action="user.change_password", user=stored,
+                        detail={"sessions_ended": ended}, now=web.now())
+    db.commit()
     flash("Your password is changed. Other signed-in browsers have been signed out.")
     return redirect(url_for("auth.account"))
 
@@ -280,6 +291,11 @@ def change_password() -> Response | tuple[str, int]:
 @bp.route("/logout", methods=["POST"])
 @web.public
 def logout() -> Response:
+    token = session.get(web.SESSION_TOKEN)
+    if isinstance(token, str):
+        db = web.db()
+        sessions.end(db, token, now=web.now(), reason=sessions.SIGNED_OUT)
+        db.commit()
     session.clear()
     flash("You are signed out.")
     return redirect(url_for("auth.login"))

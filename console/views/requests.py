@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -133,6 +134,7 @@ def _show(item: AccessRequest, *, triage: dict[str, str] | None = None, errors: 
         device_hint=svc.device_hint(web.db(), item.site, item.id),
         is_open=item.status in svc.OPEN_STATUSES,
         triage=triage or _triage_defaults(item),
+        proposal=svc.proposal_fingerprint(item),
         decide=decide_values or {"signer_name": user.display_name, "reasons": ""},
         errors=errors or {},
         message=message,
@@ -199,24 +201,35 @@ def safeguarding(request_id: int) -> Any:
 @bp.route("/<int:request_id>/decide", methods=["POST"])
 @web.requires(Permission.DECIDE_REQUEST)
 def decide(request_id: int) -> Any:
-    item = _load(request_id)
     form = request.form
     choice = form.get("decision", "")
-    values = {"reasons": form.get("reasons", "")[:4000], "signer_name": form.get("signer_name", "")[:200]}
+    values = {"reasons": form.get("reasons", ""), "signer_name": form.get("signer_name", "")}
+    # Whatever can be refused without the signature is refused first, from a short read, so a
+    # mistake in the form does not use up the code; and no transaction is open while the
+    # password is checked.
+    with web.read_session() as reading:
+        try:
+            item = svc.get_request(reading, web.site_scope(), request_id)
+        except ServiceError:
+            abort(404)
     if choice not in ("approve", "decline"):
         return _show(item, decide_values=values, message="Choose Approve or Decline.", status=400)
+    decision_form = svc.DecisionForm(approve=choice == "approve", reasons=values["reasons"], signature=None,
+                                     proposal=form.get("proposal", "")[:64] or None,
+                                     scope_seen=form.get("scope_seen") if "scope_seen" in form else None)
     try:
+        svc.check_decision(item, decision_form)
         signature = sign(values["signer_name"], form.get("password", ""), form.get("code", ""))
         svc.decide_request(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
-            policy=web.policy(),
-            decision=svc.DecisionForm(approve=choice == "approve", reasons=values["reasons"], signature=signature,
-                                      scope_seen=form.get("scope_seen") if "scope_seen" in form else None),
+            policy=web.policy(), decision=dataclasses.replace(decision_form, signature=signature),
         )
     except ReauthFailed as err:
-        web.db().commit()  # keep the failure count that re-authentication recorded
-        return _show(_load(request_id), decide_values=values, errors={"password": str(err)}, message=str(err),
-                     status=400)
+        if err.signed_out:
+            flash(err.message)
+            return redirect(url_for("auth.login"))
+        return _show(item, decide_values=values, errors={"password": err.message}, message=err.message,
+                     status=429 if "Try again after" in err.message else 400)
     except ServiceError as err:
         web.db().rollback()
         return _show(_load(request_id), decide_values=values, errors=web.field_errors(err), message=err.message,

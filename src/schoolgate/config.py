@@ -114,9 +114,11 @@ class ConsoleConfig:
     session_minutes: int = 30
     session_max_hours: int = 12  # a sign-in lasts at most this long, however active
     max_exception_days: int = 366  # the longest access a triaged request may propose
-    lockout_failures: int = 5  # failed sign-ins in a row that lock an account...
-    lockout_minutes: int = 15  # ...for this long
-    address_failures: int = 20  # failed sign-ins from one address per 15 minutes before it must wait
+    # Failed sign-ins never lock an account (schoolgate.console.throttle): past these counts each
+    # further attempt must wait, longer each time, at most lockout_minutes.
+    lockout_failures: int = 5  # on one account from unknown devices, or from one known device
+    lockout_minutes: int = 15  # the longest wait, and how long a failure counts
+    address_failures: int = 20  # from one address (an IPv6 client: its /64), over all accounts
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ import re
 import shutil
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,51 @@ SITE = "kingswood"
 # Monday 23 November 2026, 10:35 in London (term time, during a lesson).
 SCHOOL_MORNING = datetime(2026, 11, 23, 10, 35, tzinfo=UTC)
 PASSWORD = "correct horse battery staple"
+_HASHES: dict[str, str] = {}
+
+
+def password_hash(password: str = PASSWORD) -> str:
+    """The Argon2 hash of a test password, made once per test run (hashing is slow on purpose)."""
+    if password not in _HASHES:
+        _HASHES[password] = accounts.hash_password(password)
+    return _HASHES[password]
+
+
+class SpyHasher:
+    """Stands in for the console's Argon2 hasher (schoolgate.console.accounts._HASHER): does the
+    real work, and calls `before(kind)` first, so a test can look at the world during a hash."""
+
+    def __init__(self, real: Any, before: Any = None) -> None:
+        self.real = real
+        self.before = before
+        self.calls: list[str] = []
+        self.seconds: list[float] = []  # how long each call took
+
+    def _note(self, kind: str) -> None:
+        self.calls.append(kind)
+        if self.before is not None:
+            self.before(kind)
+
+    def verify(self, hashed: str, password: str) -> bool:
+        self._note("verify")
+        started = time.perf_counter()
+        try:
+            return bool(self.real.verify(hashed, password))
+        finally:
+            self.seconds.append(time.perf_counter() - started)
+
+    def hash(self, password: str) -> str:
+        self._note("hash")
+        started = time.perf_counter()
+        try:
+            return str(self.real.hash(password))
+        finally:
+            self.seconds.append(time.perf_counter() - started)
+
+    def check_needs_rehash(self, hashed: str) -> bool:
+        return bool(self.real.check_needs_rehash(hashed))
+
+
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -103,7 +150,7 @@ def create_accounts(factory: sessionmaker[Session]) -> dict[str, Account]:
                 username=name,
                 display_name=f"{name.title()} Person",
                 roles=roles,
-                password=PASSWORD,
+                password_hash=password_hash(),
                 site=None if any(ROLES[r].trust_wide for r in roles) else SITE,  # a trust's account: no one school
             )
             secret = None
@@ -252,11 +299,40 @@ def console(tmp_path: Path, console_backend: str, request: pytest.FixtureRequest
     built.factory.kw["bind"].dispose()
 
 
+class _HiddenFields(HTMLParser):
+    """The hidden inputs of the form posting to `action` (what a browser would send along)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__()
+        self.action = action
+        self.inside = False
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "form":
+            self.inside = values.get("action") == self.action
+        elif tag == "input" and self.inside and values.get("type") == "hidden" and values.get("name"):
+            self.fields[values["name"] or ""] = values.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+
+
+def hidden_fields(html: str, action: str) -> dict[str, str]:
+    parser = _HiddenFields(action)
+    parser.feed(html)
+    return parser.fields
+
+
 def post_form(client: FlaskClient, page_url: str, action: str, data: dict[str, Any]) -> Any:
-    """Open a page, take its CSRF token, and post `data` to `action` as the form would."""
+    """Open a page and post `data` to `action` as its form would: with the form's hidden fields
+    (the CSRF token, the proposal a decision is about) unless `data` gives them."""
     page = client.get(page_url)
     assert page.status_code == 200, (page_url, page.status_code)
-    return client.post(action, data={"csrf_token": csrf_from(page.get_data(as_text=True)), **data})
+    html = page.get_data(as_text=True)
+    return client.post(action, data={"csrf_token": csrf_from(html), **hidden_fields(html, action), **data})
 
 
 def add_event(session: Session, **fields: Any) -> Any:
@@ -407,7 +483,7 @@ def seed(console: Console) -> dict[str, int]:
             display_name="Victim",
             site=SITE,
             roles=frozenset({ConsoleRole.TECHNICIAN}),
-            password=PASSWORD,
+            password_hash=password_hash(),
         )
         ids["user"] = victim.id
         from schoolgate.services import checklog

@@ -54,20 +54,25 @@ def test_headteacher_signature_needs_password_and_code(console: Console) -> None
         assert request is not None and request.status == "approved"
         exception = session.get(PolicyExceptionRow, request.exception_id)
         assert exception is not None and exception.domain == "facebook.com" and exception.subject == "KW-IPAD-12"
-        user = session.scalar(select(ConsoleUser).where(ConsoleUser.username == "headteacher"))
-        assert user is not None and user.failed_logins == 0
     policy_page = console.login("technician").get("/policy?host=www.facebook.com&role=pupil&device=KW-IPAD-12")
     assert "Allowed" in policy_page.get_data(as_text=True)
 
 
-def test_repeated_bad_signatures_lock_the_account_and_end_the_session(console: Console) -> None:
+def test_repeated_bad_signatures_end_the_session_but_never_lock_the_account(console: Console) -> None:
     ids = seed(console)
     head = console.login("headteacher")
     url = f"/requests/{ids['request']}"
-    for _ in range(5):
-        post_form(head, url, f"{url}/decide", {"decision": "decline", "reasons": "no", "signer_name": "x",
-                                               "password": "guessing", "code": "000000"})
-    assert head.get(url).status_code == 302  # signed out: the account is locked
+    for attempt in range(5):
+        response = post_form(head, url, f"{url}/decide", {"decision": "decline", "reasons": "no", "signer_name": "x",
+                                                          "password": "guessing", "code": "000000"})
+        assert response.status_code == (302 if attempt == 4 else 400)
+    assert head.get(url).status_code == 302  # whoever was at this browser is signed out
+    assert "signed out" in head.get("/login").get_data(as_text=True)
+    with console.session() as session:
+        assert session.get(AccessRequest, ids["request"]).status == "submitted"  # type: ignore[union-attr]
+    # The account is not locked: the headteacher signs in on her phone and decides.
+    phone = console.login("headteacher")
+    assert phone.get(url).status_code == 200
 
 
 def test_decline_before_triage_and_the_requester_sees_it(console: Console) -> None:

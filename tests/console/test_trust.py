@@ -8,7 +8,17 @@ from typing import Any
 
 import pyotp
 import pytest
-from console_testkit import PASSWORD, SITE, Account, Console, add_event, csrf_from, post_form, seed, sign_in
+from console_testkit import (
+    SITE,
+    Account,
+    Console,
+    add_event,
+    csrf_from,
+    password_hash,
+    post_form,
+    seed,
+    sign_in,
+)
 from sqlalchemy import select
 
 from schoolgate.console import accounts
@@ -31,9 +41,9 @@ def seed_other_school(console: Console) -> dict[str, int]:
         session.merge(Site(id=SITE, name="Kingswood Primary School"))
         session.merge(Site(id=OAK, name="Oakfield Primary School"))
         tech = accounts.create_user(session, username="oak_tech", display_name="Oak Tech", site=OAK,
-                                    roles=frozenset({ConsoleRole.TECHNICIAN}), password=PASSWORD)
+                                    roles=frozenset({ConsoleRole.TECHNICIAN}), password_hash=password_hash())
         dsl = accounts.create_user(session, username="oak_dsl", display_name="Oak DSL", site=OAK,
-                                   roles=frozenset({ConsoleRole.DSL}), password=PASSWORD)
+                                   roles=frozenset({ConsoleRole.DSL}), password_hash=password_hash())
         dsl.totp_secret = pyotp.random_base32()
         session.flush()
         console.accounts["oak_tech"] = Account("oak_tech", tech.role_names, None, tech.id)  # type: ignore[arg-type]

@@ -253,10 +253,11 @@ def add_account(lab: LabClient, username: str, role: str, *, email: str | None =
     from schoolgate.store.models import ConsoleUser
 
     password = f"lab password for {username} 2026"
+    password_hash = accounts.hash_password(password)  # before the transaction: hashing is slow
     with lab.session() as session:
         user = accounts.create_user(session, username=username, display_name=username.title(),
-                                    roles=frozenset({ConsoleRole(role)}), password=password, site="kingswood",
-                                    email=email)
+                                    roles=frozenset({ConsoleRole(role)}), password_hash=password_hash,
+                                    site="kingswood", email=email)
         session.flush()
         stored = session.get(ConsoleUser, user.id)
         assert stored is not None

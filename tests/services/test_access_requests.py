@@ -12,7 +12,15 @@ from sqlalchemy.orm import Session
 from schoolgate.policy import Client, CompiledPolicy, Role, Target, Verdict, decide
 from schoolgate.services import access_requests as ar
 from schoolgate.services.actor import Actor, Signature
-from schoolgate.services.errors import Forbidden, InvalidInput, InvalidTransition, LockedTarget, NotFound, RateLimited
+from schoolgate.services.errors import (
+    Forbidden,
+    InvalidInput,
+    InvalidTransition,
+    LockedTarget,
+    NotFound,
+    ProposalChanged,
+    RateLimited,
+)
 from schoolgate.store import audit as store_audit
 from schoolgate.store.models import AuditEntry, PolicyExceptionRow
 from schoolgate.store.overlay import load_overlay, read_generation
@@ -93,7 +101,8 @@ def test_submit_triage_approve_creates_exception(
         actor=headteacher,
         request_id=submitted.request.id,
         decision=ar.DecisionForm(
-            approve=True, reasons="Supports the eco club; supervised.", signature=sign(headteacher, decided_at)
+            approve=True, reasons="Supports the eco club; supervised.", signature=sign(headteacher, decided_at),
+            proposal=ar.proposal_fingerprint(submitted.request),
         ),
         policy=policy,
     )
@@ -258,13 +267,14 @@ def test_url_prefix_scope_for_a_role(
             scope_confirmed=True,
         ),
     )
+    shown = ar.proposal_fingerprint(ar.get_request(session, SITE, request_id))
     request = ar.decide_request(
         session,
         site=SITE,
         now=NOW,
         actor=headteacher,
         request_id=request_id,
-        decision=ar.DecisionForm(True, "", sign(headteacher)),
+        decision=ar.DecisionForm(True, "", sign(headteacher), proposal=shown),
         policy=policy,
     )
     exception = session.get(PolicyExceptionRow, request.exception_id)
@@ -601,3 +611,35 @@ def test_triage_must_be_for_the_requested_site(
         )
     assert err.value.field == "value"
     assert ar.get_request(session, SITE, request_id).status == ar.SUBMITTED
+
+
+def test_an_approval_of_a_proposal_changed_since_it_was_read_creates_nothing(
+    session: Session, policy: CompiledPolicy, technician: Actor, headteacher: Actor
+) -> None:
+    """The race the console's read-then-sign cannot close alone: the technician re-triages
+    between the headteacher's check and her approval being written."""
+    request_id = ar.submit_request(session, site=SITE, now=NOW, form=form(), policy=policy).request.id
+    narrow = triage_form(target="url", value="https://www.facebook.com/groups/school-eco-club", scope="person",
+                         subject="P1042", expires=NOW + timedelta(hours=6), scope_confirmed=True)
+    ar.triage_request(session, site=SITE, now=NOW, actor=technician, request_id=request_id, form=narrow, policy=policy)
+    read = ar.proposal_fingerprint(ar.get_request(session, SITE, request_id))
+    wide = triage_form(target="domain", value="facebook.com", scope="role", subject="staff",
+                       expires=NOW + timedelta(days=365))
+    ar.triage_request(session, site=SITE, now=NOW, actor=technician, request_id=request_id, form=wide, policy=policy)
+    approve = ar.DecisionForm(approve=True, reasons="ok", signature=sign(headteacher), proposal=read)
+    with pytest.raises(ProposalChanged, match=r"whole of facebook\.com for role staff"):
+        ar.decide_request(session, site=SITE, now=NOW, actor=headteacher, request_id=request_id, decision=approve,
+                          policy=policy)
+    assert session.scalars(select(PolicyExceptionRow)).all() == []
+    assert ar.get_request(session, SITE, request_id).status == ar.FORWARDED
+    # Any change to what she reads changes the fingerprint: the dates, the subject, the findings.
+    base = ar.get_request(session, SITE, request_id)
+    prints = {ar.proposal_fingerprint(base)}
+    for field, value in [("proposed_subject", "guest"), ("proposed_expires", NOW + timedelta(days=364)),
+                         ("technician_notes", "changed"), ("risks_and_controls", "none"),
+                         ("proposed_value", "fb.com"), ("proposed_target", "url")]:
+        original = getattr(base, field)
+        setattr(base, field, value)
+        prints.add(ar.proposal_fingerprint(base))
+        setattr(base, field, original)
+    assert len(prints) == 7

@@ -69,8 +69,11 @@ def triage(
 
 def decide(session: Session, policy: CompiledPolicy, actor: Actor, request_id: int, *, approve: bool = True,
            reasons: str = "", scope_seen: str | None = None) -> ar.AccessRequest:
+    # Decided as from the page: with the fingerprint of the proposal the page showed.
+    read = ar.proposal_fingerprint(ar.get_request(session, SITE, request_id))
     return ar.decide_request(session, site=SITE, now=NOW, actor=actor, request_id=request_id, policy=policy,
-                             decision=ar.DecisionForm(approve, reasons, sign(actor), scope_seen=scope_seen))
+                             decision=ar.DecisionForm(approve, reasons, sign(actor), proposal=read,
+                                                      scope_seen=scope_seen))
 
 
 # ------------------------------------------------------------------------------ the statement
