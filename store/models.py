@@ -448,6 +448,22 @@ class ConsoleSession(Base):
     ended_reason: Mapped[str] = mapped_column(String(60), default="")
 
 
+class AccountReset(Base):
+    """A first admin's request to reset the password or second factor of a headteacher's
+    account: it is done only when a second, different admin confirms it (separation of duties)."""
+
+    __tablename__ = "account_resets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE, index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))  # password, totp
+    requested_by: Mapped[str] = mapped_column(String(100))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_by: Mapped[str | None] = mapped_column(String(100))
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Generation(Base):
     """Change counters the daemons poll, so a new exception or ban applies within seconds."""
 
