@@ -3,6 +3,8 @@
 - The ICT technicians, when an inappropriate-content report arrives (seed 001 §9, appendix B).
 - The DSL, when a checked access request would open a site to pupils and waits for her
   safeguarding notes; the headteacher, when a request waits for her decision (appendix A).
+- The headteacher, when a device she authorised was moved and its authorisation lapsed (and
+  whoever else an audit entry kind in schoolgate.services.notices is for).
 - A concern raised about someone (an alert case): about a pupil, or a device nobody owns, the
   DSL (schoolgate.services.digest does that); about a member of staff, the headteacher; about
   the headteacher, the chair of governors or trustees (`[mail] chair_of_governors`; seed 001 §8:
@@ -213,7 +215,23 @@ def due(session: Session, *, site: str, site_name: str, base_url: str) -> list[N
                 request=request, reference=reference, summary=summary, base_url=base_url, link=link,
             )
             notices.append(Notice(heads, rendered, _mark_request(request.id, "headteacher_notified_at")))
+    notices.extend(_audit_notices(session, site=site, site_name=site_name, base_url=base_url))
     return notices
+
+
+def _audit_notices(session: Session, *, site: str, site_name: str, base_url: str) -> list[Notice]:
+    """Changes someone must hear about, from the audit log (schoolgate.services.notices): e.g.
+    the headteacher, when a device she authorised was moved and its authorisation lapsed."""
+    from schoolgate.services import notices as audit_notices
+
+    found: list[Notice] = []
+    for item in audit_notices.untold(session, site):
+        recipients = holders(session, site, item.permission)
+        if recipients:
+            rendered = render("audit_notice", f"{item.subject} at {site_name}", notice=item, base_url=base_url,
+                              link=link, site_name=site_name)
+            found.append(Notice(recipients, rendered, item.mark))
+    return found
 
 
 def _host(url: str) -> str:

@@ -13,7 +13,7 @@ import io
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +37,8 @@ DEVICE_COLUMNS = (
 )
 PEOPLE_COLUMNS = ("external_id", "name", "role", "year_group", "groups", "email", "active")
 AUTHORISED = Role.AUTHORISED.value
+#: The audit action for an authorisation that ended because the device was moved.
+AUTHORISATION_LAPSED = "device.authorisation_lapsed"
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n", ""}
 
@@ -309,14 +311,54 @@ def _device_detail(form: DeviceForm) -> dict[str, Any]:
     }
 
 
-def _save_device(session: Session, actor: Actor, form: DeviceForm, device: Device) -> None:
-    """Store a cleaned form over `device`, a new one (not yet in the session) or a registered one."""
+@dataclass(frozen=True, slots=True)
+class Lapse:
+    """A headteacher's authorisation that ended because someone else moved the device."""
+
+    device_id: str
+    mac_before: str | None
+    mac_after: str | None
+    ip_before: str | None
+    ip_after: str | None
+    role_after: str | None
+
+    def detail(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "mac": [self.mac_before, self.mac_after],
+                "ip": [self.ip_before, self.ip_after], "role_now": self.role_after}
+
+
+def _role_after_move(session: Session, site: str, role: str | None, owner_pk: int | None) -> str | None:
+    """The role a moved device keeps: whatever it was given, but never authorised. A device
+    authorised through its owner gets the owner's own role, so the person stays authorised on
+    their other devices while this one does not."""
+    owner = session.get(Person, owner_pk) if owner_pk is not None else None
+    owner_authorised = owner is not None and owner.active and owner.role == AUTHORISED
+    if role == AUTHORISED or (role is None and owner_authorised):
+        return own_role(owner) if owner is not None and owner_authorised else None
+    return role
+
+
+def _save_device(session: Session, actor: Actor, form: DeviceForm, device: Device) -> Lapse | None:
+    """Store a cleaned form over `device`, a new one (not yet in the session) or a registered one.
+
+    The authorised role is given to a device as the network knows it, by its MAC and address: a
+    registered device given another MAC or address by anyone but the headteacher is, to the
+    network, another device, so its authorisation lapses (returned, for the audit log and the
+    headteacher's notice) and the rest of the change is saved."""
     site = device.site
     _check_device_unique(session, site, form, device.id)
     owner_pk = _owner_pk(session, site, form.owner)
+    was_authorised = _device_authorised(session, site, device.role, device.person_id)
+    moved = device.id is not None and (form.mac != device.mac or form.ip != device.ip)
+    lapse = None
+    if moved and was_authorised and not actor.may(Permission.AUTHORISE_ACCESS):
+        lapse = Lapse(device_id=form.device_id, mac_before=device.mac, mac_after=form.mac, ip_before=device.ip,
+                      ip_after=form.ip, role_after=_role_after_move(session, site, form.role, owner_pk))
+        form = replace(form, role=lapse.role_after)
+        was_authorised = False
     _refuse_unapproved_authorised(
         actor,
-        _device_authorised(session, site, device.role, device.person_id),
+        was_authorised,
         _device_authorised(session, site, form.role, owner_pk),
         f"device {form.device_id}",
     )
@@ -324,6 +366,7 @@ def _save_device(session: Session, actor: Actor, form: DeviceForm, device: Devic
     if device.id is None:
         session.add(device)
     session.flush()
+    return lapse
 
 
 def _device_from_row(values: Mapping[str, str]) -> DeviceForm:
@@ -401,7 +444,7 @@ def _person_detail(form: PersonForm) -> dict[str, Any]:
     }
 
 
-def _save_person(session: Session, actor: Actor, form: PersonForm, person: Person) -> None:
+def _save_person(session: Session, actor: Actor, form: PersonForm, person: Person) -> Lapse | None:
     """Store a cleaned form over `person`, a new one (not yet in the session) or a registered one."""
     other = find_person(session, person.site, form.external_id)
     if other is not None and other is not person:
@@ -414,6 +457,7 @@ def _save_person(session: Session, actor: Actor, form: PersonForm, person: Perso
     if person.id is None:
         session.add(person)
     session.flush()
+    return None
 
 
 def _person_from_row(values: Mapping[str, str]) -> PersonForm:
@@ -515,7 +559,7 @@ class _Register(Generic[_Form, _Entry]):
     key: Callable[[_Form], str]
     clean: Callable[[_Form], _Form]
     from_row: Callable[[Mapping[str, str]], _Form]
-    save: Callable[[Session, Actor, _Form, _Entry], None]
+    save: Callable[[Session, Actor, _Form, _Entry], Lapse | None]
     detail: Callable[[_Form], dict[str, Any]]
 
 
@@ -566,13 +610,20 @@ def _record_change(
     bump_overlay(session, site=site, now=now)
 
 
+def _record_lapse(session: Session, *, site: str, now: datetime, actor: Actor, object_id: int, lapse: Lapse) -> None:
+    """Audit a lapsed authorisation; the headteacher is told from this entry
+    (schoolgate.services.notices)."""
+    audit(session, site=site, actor=actor, action=AUTHORISATION_LAPSED, object_type="device", object_id=object_id,
+          detail=lapse.detail(), now=now)
+
+
 def _create(
     register: _Register[_Form, _Entry], session: Session, *, site: str, now: datetime, actor: Actor, form: _Form
 ) -> _Entry:
     actor.require(Permission.EDIT_REGISTERS, doing=f"edit the {register.title}")
     cleaned = register.clean(form)
     entry = register.model(site=site, created_at=now)
-    register.save(session, actor, cleaned, entry)
+    register.save(session, actor, cleaned, entry)  # a new entry has no authorisation to lose
     _record_change(
         session, site=site, now=now, actor=actor, action=f"{register.kind}.create", object_id=entry.id,
         detail=register.detail(cleaned),
@@ -593,11 +644,13 @@ def _update(
     actor.require(Permission.EDIT_REGISTERS, doing=f"edit the {register.title}")
     entry = register.get(session, site, entry_pk)
     cleaned = register.clean(form)
-    register.save(session, actor, cleaned, entry)
+    lapse = register.save(session, actor, cleaned, entry)
     _record_change(
         session, site=site, now=now, actor=actor, action=f"{register.kind}.update", object_id=entry.id,
         detail=register.detail(cleaned),
     )
+    if lapse is not None:
+        _record_lapse(session, site=site, now=now, actor=actor, object_id=entry.id, lapse=lapse)
     return entry
 
 
@@ -620,7 +673,9 @@ def _import_csv(
                 form = register.clean(register.from_row(values))
                 existing = register.find(session, site, register.key(form))
                 entry = existing if existing is not None else register.model(site=site, created_at=now)
-                register.save(session, actor, form, entry)
+                lapse = register.save(session, actor, form, entry)
+                if lapse is not None:
+                    _record_lapse(session, site=site, now=now, actor=actor, object_id=entry.id, lapse=lapse)
         except ServiceError as err:
             report.errors.append(RowError(line, err.message))
             continue

@@ -10,7 +10,7 @@ from flask import Blueprint, render_template, request
 
 from schoolgate.console import charts, web
 from schoolgate.gateway.modes import facts
-from schoolgate.services import activity, rollups
+from schoolgate.services import activity, notices, rollups
 from schoolgate.services.permissions import Permission
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -57,6 +57,7 @@ def index() -> Any:
         "dashboard/index.html", figures=figures, charts=chart_data, days=days, ranges=RANGES,
         top_services=top_services, fresh=fresh, list_warnings=_list_warnings(now),
         network_mode=facts(web.state().config.network.mode),
+        notices=notices.recent(session, web.site_id(), now, web.actor().permissions or frozenset()),
     )
 
 

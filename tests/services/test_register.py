@@ -359,3 +359,76 @@ def test_withdrawing_authorisation_returns_a_person_to_their_own_role(
         select(AuditEntry).where(AuditEntry.action == "person.unauthorise").order_by(AuditEntry.id.desc())
     ).first()
     assert entry is not None and json.loads(entry.detail)["to"] == back_to
+
+
+def _authorised_device(session: Session, technician: Actor, headteacher: Actor, *, via_owner: bool) -> Device:
+    owner = register.create_person(session, site=SITE, now=NOW, actor=technician, form=register.PersonForm(
+        external_id="s100", name="Ms Marketing", role="staff"))
+    device = register.create_device(session, site=SITE, now=NOW, actor=technician, form=register.DeviceForm(
+        device_id="MKT-LAPTOP", name="Marketing laptop", mac="02:00:00:00:00:01", ip="10.41.10.50", owner="s100"))
+    if via_owner:
+        register.set_person_authorised(session, site=SITE, now=NOW, actor=headteacher, person_pk=owner.id,
+                                       authorised=True, reason="Runs the school's Facebook page")
+    else:
+        register.set_device_authorised(session, site=SITE, now=NOW, actor=headteacher, device_pk=device.id,
+                                       authorised=True, reason="The school's social media laptop")
+    return device
+
+
+def _form(device: Device, **changes: object) -> register.DeviceForm:
+    values: dict[str, object] = {"device_id": device.device_id, "name": device.name, "mac": device.mac,
+                                 "ip": device.ip, "role": device.role, "owner": "s100"}
+    values.update(changes)
+    return register.DeviceForm(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("via_owner", [False, True], ids=["device authorised", "owner authorised"])
+@pytest.mark.parametrize(
+    ("changes", "lapses"),
+    [
+        ({"mac": "02:00:00:00:00:99"}, True),  # a pupil's phone given the laptop's place in the register
+        ({"ip": "10.41.20.15"}, True),
+        ({"mac": None, "ip": None}, True),
+        ({"name": "Marketing laptop (new battery)"}, False),
+    ],
+)
+def test_a_technician_moving_an_authorised_device_ends_its_authorisation(
+    session: Session, technician: Actor, headteacher: Actor, via_owner: bool, changes: dict[str, object],
+    lapses: bool,
+) -> None:
+    device = _authorised_device(session, technician, headteacher, via_owner=via_owner)
+    register.update_device(session, site=SITE, now=NOW, actor=technician, device_pk=device.id,
+                           form=_form(device, **changes))
+    lapsed = session.scalars(select(AuditEntry).where(AuditEntry.action == register.AUTHORISATION_LAPSED)).all()
+    if not lapses:
+        assert lapsed == [] and register._device_authorised(session, SITE, device.role, device.person_id)
+        return
+    # The device is no longer authorised (an owner's authorisation stays theirs on other devices).
+    assert not register._device_authorised(session, SITE, device.role, device.person_id)
+    assert device.role == ("staff" if via_owner else None)
+    (entry,) = lapsed
+    assert entry.actor == technician.name and json.loads(entry.detail)["device_id"] == "MKT-LAPTOP"
+
+
+def test_the_headteacher_may_move_an_authorised_device(
+    session: Session, technician: Actor, headteacher: Actor
+) -> None:
+    """A small school's headteacher who also edits the register (she holds the admin role too)."""
+    device = _authorised_device(session, technician, headteacher, via_owner=False)
+    head_and_admin = Actor(headteacher.name, headteacher.display_name, frozenset({"headteacher", "admin"}),
+                           headteacher.user_id)
+    register.update_device(session, site=SITE, now=NOW, actor=head_and_admin, device_pk=device.id,
+                           form=_form(device, mac="02:00:00:00:00:77"))
+    assert device.role == "authorised" and device.mac == "02:00:00:00:00:77"
+
+
+def test_a_csv_import_that_moves_an_authorised_device_ends_its_authorisation(
+    session: Session, technician: Actor, headteacher: Actor
+) -> None:
+    device = _authorised_device(session, technician, headteacher, via_owner=False)
+    text = ("device_id,name,mac,ip,role,owner\n"
+            "MKT-LAPTOP,Marketing laptop,02:00:00:00:00:42,10.41.10.50,authorised,s100\n")
+    report = register.import_devices_csv(session, site=SITE, now=NOW, actor=technician, text=text)
+    assert report.updated == 1 and report.errors == []
+    assert device.role is None and device.mac == "02:00:00:00:00:42"
+    assert session.scalars(select(AuditEntry).where(AuditEntry.action == register.AUTHORISATION_LAPSED)).one()

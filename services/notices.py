@@ -1,0 +1,120 @@
+"""Changes someone must hear about, from the audit log: the dashboard shows them and
+schoolgate.services.notifications e-mails them.
+
+A change that someone must hear about is written to the audit log in the same transaction as the
+change itself, so nothing is lost if the mail server is down. The notifications job sends the
+entries past a mark (the id of the last entry told) to the holders of the permission each kind
+is for, moving the mark as each message goes; the dashboard shows the last fortnight's to the
+same people.
+
+`NOTICES` says which audit actions are told to whom; add an entry to tell someone of another.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schoolgate.services.common import on_site, read_mark, write_mark
+from schoolgate.services.permissions import Permission
+from schoolgate.store.models import AuditEntry
+
+#: The `generations` row holding the id of the last audit entry told about by e-mail.
+MARK = "notices_told"
+#: How long the dashboard keeps showing a notice.
+SHOWN_FOR = timedelta(days=14)
+MAX_PER_RUN = 200
+
+
+def _lapsed(entry: AuditEntry, detail: Mapping[str, object]) -> str:
+    macs = detail.get("mac") or [None, None]
+    ips = detail.get("ip") or [None, None]
+    moves = []
+    if isinstance(macs, list) and len(macs) == 2 and macs[0] != macs[1]:
+        moves.append(f"MAC address {macs[0] or 'none'} -> {macs[1] or 'none'}")
+    if isinstance(ips, list) and len(ips) == 2 and ips[0] != ips[1]:
+        moves.append(f"fixed address {ips[0] or 'none'} -> {ips[1] or 'none'}")
+    role = detail.get("role_now") or "its owner's role"
+    return (
+        f"{entry.actor} changed device {detail.get('device_id')} ({'; '.join(moves) or 'moved'}). "
+        f"Your authorisation of that device has lapsed: it now has {role}. "
+        "If it should still be authorised, authorise it again from its page in the device register."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeKind:
+    """Who is told about one kind of audit entry, and in what words."""
+
+    permission: Permission  # the holders of this permission are told
+    subject: str
+    words: Callable[[AuditEntry, Mapping[str, object]], str]
+    path: Callable[[AuditEntry], str]  # the console page it is about
+
+
+NOTICES: Mapping[str, NoticeKind] = {
+    # services.register: someone other than the headteacher moved a device she had authorised.
+    "device.authorisation_lapsed": NoticeKind(
+        Permission.AUTHORISE_ACCESS, "A device's authorisation has lapsed", _lapsed,
+        lambda entry: f"/devices/{int(entry.object_id)}" if entry.object_id.isdigit() else "/devices",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNotice:
+    entry_id: int
+    site: str
+    at: datetime
+    kind: str
+    subject: str
+    text: str
+    path: str
+    permission: Permission
+
+    def mark(self, session: Session, now: datetime) -> None:
+        """Record that this notice (and every earlier one) has been told."""
+        if read_mark(session, self.site, MARK) < self.entry_id:
+            write_mark(session, self.site, MARK, self.entry_id, now)
+
+
+def _notice(entry: AuditEntry) -> AuditNotice:
+    kind = NOTICES[entry.action]
+    try:
+        detail = json.loads(entry.detail)
+    except ValueError:
+        detail = None
+    words = kind.words(entry, detail if isinstance(detail, dict) else {})
+    return AuditNotice(entry.id, entry.site, entry.at, entry.action, kind.subject, words, kind.path(entry),
+                       kind.permission)
+
+
+def recent(session: Session, site: str, now: datetime, permissions: frozenset[Permission]) -> list[AuditNotice]:
+    """The notices of the last SHOWN_FOR for someone holding `permissions`, newest first."""
+    actions = [action for action, kind in NOTICES.items() if kind.permission in permissions]
+    if not actions:
+        return []
+    rows = session.scalars(
+        select(AuditEntry)
+        .where(on_site(AuditEntry.site, site), AuditEntry.action.in_(actions), AuditEntry.at >= now - SHOWN_FOR)
+        .order_by(AuditEntry.id.desc())
+        .limit(50)
+    )
+    return [_notice(row) for row in rows]
+
+
+def untold(session: Session, site: str) -> list[AuditNotice]:
+    """The notices past the mark, oldest first (at most MAX_PER_RUN)."""
+    after = read_mark(session, site, MARK)
+    rows = session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.site == site, AuditEntry.id > after, AuditEntry.action.in_(list(NOTICES)))
+        .order_by(AuditEntry.id)
+        .limit(MAX_PER_RUN)
+    )
+    return [_notice(row) for row in rows]
