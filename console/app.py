@@ -67,6 +67,19 @@ def load_secret_key(config: AppConfig) -> bytes:
     return key
 
 
+def _load_keywords(config: AppConfig) -> Any:
+    """The safeguarding term list (as the alerts read it), or None if it cannot be read."""
+    import logging
+
+    from schoolgate.services.keywords import KeywordList
+
+    try:
+        return KeywordList.load(config.alerts.keywords_file or None)
+    except Exception as err:  # withheld from everyone but the DSL is the safe side
+        logging.getLogger(__name__).error("safeguarding term list unreadable (%s): searches are withheld", err)
+        return None
+
+
 def _default_session_factory(config: AppConfig) -> sessionmaker[Session]:
     from schoolgate.store.db import make_engine, session_factory
 
@@ -159,6 +172,7 @@ def create_app(
         )
     )
     app.extensions["schoolgate.totp_guard"] = TotpReplayGuard()
+    app.extensions["schoolgate.keywords"] = _load_keywords(config)
     if neighbours is not None:
         app.extensions["schoolgate.neighbours"] = neighbours
 

@@ -29,6 +29,7 @@ from schoolgate.console.policyref import ConsolePolicy, PolicyUnavailable
 from schoolgate.policy import CompiledPolicy
 from schoolgate.services.actor import Actor
 from schoolgate.services.common import SiteScope
+from schoolgate.services.keywords import KeywordList
 from schoolgate.services.permissions import ConsoleRole, Permission
 from schoolgate.store.models import ConsoleUser
 
@@ -222,8 +223,19 @@ def current_user() -> ConsoleUser | None:
 
 
 def policy_grants() -> dict[Permission, frozenset[str]]:
-    """What the school's policy adds to the permission table (POLICY_GRANTS); none without one."""
-    return {}
+    """What the school's policy adds to the permission table (POLICY_GRANTS): the headteacher
+    reads safeguarding detail where `[school] safeguarding_readers` names her."""
+    try:
+        readers = policy().school.safeguarding_readers
+    except PolicyUnavailable:
+        return {}
+    return {Permission.READ_SAFEGUARDING_DETAIL: frozenset(readers)}
+
+
+def keywords() -> KeywordList | None:
+    """The safeguarding term list the alerts use ([alerts] keywords_file), loaded once; None if
+    it cannot be read (then every search is withheld from those who may not read them)."""
+    return cast(KeywordList | None, current_app.extensions.get("schoolgate.keywords"))
 
 
 def actor() -> Actor:

@@ -62,7 +62,10 @@ _TOP = (
     "school", "calendar", "windows", "networks", "categories", "services", "lists", "rules", "default", "dynamic",
     "bans",
 )
-_SCHOOL = ("id", "name", "federation", "timezone", "block_ipv4", "block_ipv6", "unknown_network_role")
+_SCHOOL = ("id", "name", "federation", "timezone", "block_ipv4", "block_ipv6", "unknown_network_role",
+           "safeguarding_readers")
+#: Who may be named as reading safeguarding detail (console roles; the DSL always does).
+SAFEGUARDING_READERS = ("dsl", "headteacher")
 _CALENDAR = ("terms", "closures")
 _TERM = ("name", "start", "end")
 _CLOSURE = ("date", "to", "reason", "kind")
@@ -243,7 +246,17 @@ def _school(src: _Source, raw: Any) -> School:
     if "unknown_network_role" in table:
         unknown = _role(src, table["unknown_network_role"], ("school", "unknown_network_role"))
     federation = src.string(table.get("federation", ""), ("school", "federation"), empty_ok=True)
-    return School(school_id, name, tz_name, zone, ipv4, ipv6, unknown, federation)
+    readers: tuple[str, ...] = ("dsl",)
+    if "safeguarding_readers" in table:
+        path: Path = ("school", "safeguarding_readers")
+        named = src.strings(table["safeguarding_readers"], path)
+        unknown_readers = [r for r in named if r not in SAFEGUARDING_READERS]
+        if unknown_readers:
+            raise src.error(path, f'unknown reader "{unknown_readers[0]}" (one of: {", ".join(SAFEGUARDING_READERS)})')
+        if "dsl" not in named:
+            raise src.error(path, 'must include "dsl": the DSL always reads safeguarding detail')
+        readers = tuple(sorted(set(named)))
+    return School(school_id, name, tz_name, zone, ipv4, ipv6, unknown, federation, readers)
 
 
 def _calendar(src: _Source, raw: Any) -> Calendar:

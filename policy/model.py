@@ -26,6 +26,9 @@ class School:
     block_ipv6: str | None
     unknown_network_role: Role
     federation: str = ""
+    # Who reads search terms that match the safeguarding list, in the console's activity: the
+    # DSL always; the headteacher too where the school's safeguarding policy says so.
+    safeguarding_readers: tuple[str, ...] = ("dsl",)
 
 
 @dataclass(frozen=True, slots=True)

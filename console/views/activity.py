@@ -16,6 +16,7 @@ from schoolgate.services import activity as svc
 from schoolgate.services.common import in_scope
 from schoolgate.services.errors import ServiceError
 from schoolgate.services.permissions import Permission
+from schoolgate.services.safeguarding_detail import shown_events
 from schoolgate.store.models import AccessEvent
 
 bp = Blueprint("activity", __name__, url_prefix="/activity")
@@ -66,6 +67,7 @@ def search() -> Any:
         if wants_csv():
             return csv_response("activity.csv", EVENT_COLUMNS, _all_rows(query))
         page = svc.search_events(web.db(), web.site_scope(), query)
+        shown = list(_shown(page.items))
     except ServiceError as err:
         return render_template("activity/search.html", page=None, values=values, kept=kept, error=err.message,
                                verdicts=svc.VERDICTS, roles=[r.value for r in Role], next_args=None), 400
@@ -73,8 +75,13 @@ def search() -> Any:
     if page.next_cursor is not None:
         ts, ident = page.next_cursor
         next_args = {**kept, "before": f"{ts.isoformat()}_{ident}"}
-    return render_template("activity/search.html", page=page, values=values, kept=kept, error=None,
+    return render_template("activity/search.html", page=page, events=shown, values=values, kept=kept, error=None,
                            verdicts=svc.VERDICTS, roles=[r.value for r in Role], next_args=next_args)
+
+
+def _shown(rows: Any) -> Any:
+    """Events as the signed-in person may see them (services.safeguarding_detail)."""
+    return shown_events(rows, may_read=web.can(Permission.READ_SAFEGUARDING_DETAIL), keywords=web.keywords())
 
 
 def _all_rows(query: svc.EventQuery) -> Any:
@@ -84,7 +91,7 @@ def _all_rows(query: svc.EventQuery) -> Any:
     while sent < CSV_MAX_ROWS:
         page = svc.search_events(web.db(), web.site_scope(), svc.EventQuery(**{
             **{f: getattr(query, f) for f in query.__slots__}, "limit": svc.MAX_PAGE, "before": cursor}))
-        for e in page.items:
+        for e in _shown(page.items):
             yield [getattr(e, c) for c in EVENT_COLUMNS]
         sent += len(page.items)
         if page.next_cursor is None:
@@ -117,7 +124,8 @@ def event(event_id: int) -> Any:
         policy_error = f"The policy cannot judge this host: {err}"
     # The logged decision is the fact; today's policy (with today's exceptions) may differ.
     same = current is not None and current.rule_id == row.rule_id and current.verdict.value == row.verdict
-    return render_template("activity/event.html", event=row, explanation=explanation, current=current,
+    (shown,) = _shown([row])
+    return render_template("activity/event.html", event=shown, explanation=explanation, current=current,
                            policy_error=policy_error, logged_rule=logged_rule, same=same)
 
 
