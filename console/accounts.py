@@ -172,6 +172,8 @@ def create_user(
         raise AccountError("a username is 1-100 letters, digits, dots, dashes or underscores")
     if not roles:
         raise AccountError("give the account at least one role")
+    if len(display_name.strip()) > 200 or len((email or "").strip()) > 200:
+        raise AccountError("the name and the e-mail address are each at most 200 characters")
     check_account_scope(roles, site)
     if find_user(session, username) is not None:
         raise AccountError(f"the username {username!r} is taken")

@@ -118,6 +118,9 @@ def sign(printed_name: str, password: str, code: str) -> Signature:
     sign in may be used again to sign (a separate purpose), but not for a second signature."""
     user = _me()
     refused = "the decision was not signed"
+    name = " ".join(printed_name.split())
+    if len(name) > 200:
+        raise ReauthFailed(f"The printed name is too long ({len(name):,} characters, at most 200), so {refused}.")
     if not user.totp_secret and accounts.totp_required(user):
         raise ReauthFailed("Set up two-factor sign-in on your account page before signing decisions.")
     confirm_password(password, refused=refused)
@@ -125,5 +128,5 @@ def sign(printed_name: str, password: str, code: str) -> Signature:
     if user.totp_secret:
         confirm_code(code, TotpPurpose.SIGNATURE, refused=refused)
         method = "password+totp"
-    name = " ".join(printed_name.split())[:200] or user.display_name
-    return Signature(user_id=user.id, username=user.username, name=name, signed_at=web.now(), method=method)
+    return Signature(user_id=user.id, username=user.username, name=name or user.display_name, signed_at=web.now(),
+                     method=method)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,6 +112,29 @@ def find_tls(config: AppConfig, now: datetime | None = None) -> TlsFiles:
     return issue_console_cert(config)
 
 
+#: TLS 1.2 suites the console offers: forward-secret AEAD only (Mozilla's "intermediate" minus
+#: DHE). No CBC suite: those are the ones padding-oracle attacks (Lucky13 and kin) go after. TLS
+#: 1.3's suites are all AEAD and are set by OpenSSL on their own.
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
+
+def tls_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """gunicorn's ssl_context hook: TLS 1.2 or newer, AEAD suites only, no compression or
+    client-initiated renegotiation."""
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return context
+
+
 def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, threads: int = 8) -> None:
     """Run gunicorn in the foreground until SIGTERM/SIGINT."""
     from gunicorn.app.base import BaseApplication
@@ -134,7 +159,7 @@ def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, thr
         "control_socket_disable": True,
     }
     if tls is not None:
-        options.update(certfile=str(tls.cert), keyfile=str(tls.key))
+        options.update(certfile=str(tls.cert), keyfile=str(tls.key), ssl_context=tls_context)
 
     class ConsoleServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

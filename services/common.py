@@ -44,8 +44,10 @@ def clean_text(value: str | None, *, field: str, max_len: int, required: bool = 
     if required and not text:
         raise InvalidInput(f"Please fill in {field.replace('_', ' ')}.", field=field)
     if len(text) > max_len:
+        # Said, never cut: a decision or a safeguarding note must not lose its end unnoticed.
         raise InvalidInput(
-            f"{field.replace('_', ' ').capitalize()} is too long (at most {max_len} characters).",
+            f"{field.replace('_', ' ').capitalize()} is too long: {len(text):,} characters, at most {max_len:,}. "
+            "Shorten it and send it again; nothing was saved.",
             field=field,
         )
     if any(ord(ch) < 32 and ch not in "\n\r\t" for ch in text):

@@ -1,8 +1,10 @@
 """CSV export for any list, safe to open in a spreadsheet.
 
-Logged hostnames, URLs and search terms are attacker-controlled. A cell that starts with
-= + - @ (or a tab or carriage return, which some spreadsheets skip before looking for one)
-would run as a formula on the DSL's laptop, so such cells get a leading apostrophe.
+Logged hostnames, URLs and search terms are attacker-controlled. NUL and control characters
+are dropped and bidirectional overrides shown as escapes (schoolgate.services.printable). A
+cell that starts with = + - @ (or a tab or carriage return, which some spreadsheets skip
+before looking for one) would run as a formula on the DSL's laptop, so such cells get a
+leading apostrophe.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Generic, TypeVar
 
+from schoolgate.services.printable import csv_text
 from schoolgate.store.models import AccessEvent, Alert, Device, Person, PolicyExceptionRow
 
 T = TypeVar("T")
@@ -30,8 +33,10 @@ def safe_cell(value: object) -> str:
         return value.isoformat(timespec="seconds")
     if isinstance(value, date):
         return value.isoformat()
-    # Bytes that were not UTF-8 come back from the database as lone surrogates: show them as \\xNN.
-    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    # NUL and control characters go, bidirectional overrides and bytes that were not UTF-8
+    # (lone surrogates from the database) become visible escapes; then the formula guard, so
+    # a control character cannot hide a formula's start from it.
+    text = csv_text(str(value))
     if text.startswith(FORMULA_START):
         return "'" + text
     return text

@@ -119,7 +119,7 @@ def _apply(alert_id: int, done: str, step: Any) -> Any:
         step(alert)
     except ServiceError as err:
         web.db().rollback()
-        values = {k: v[:8000] for k, v in request.form.items() if k != "csrf_token"}
+        values = {k: v for k, v in request.form.items() if k != "csrf_token"}
         return _show(_load(alert_id), errors=web.field_errors(err), message=err.message, values=values,
                      status=web.error_status(err))
     web.db().commit()
@@ -135,7 +135,7 @@ def _common() -> dict[str, Any]:
 @web.requires(Permission.MANAGE_ALERTS)
 def note(alert_id: int) -> Any:
     return _apply(alert_id, "Note added.", lambda a: svc.add_note(
-        web.db(), alert_id=a.id, text=request.form.get("note", "")[:8000], **_common()))
+        web.db(), alert_id=a.id, text=request.form.get("note", ""), **_common()))
 
 
 @bp.route("/<int:alert_id>/status", methods=["POST"])
@@ -150,7 +150,7 @@ def status(alert_id: int) -> Any:
 def assess(alert_id: int) -> Any:
     return _apply(alert_id, "Assessment recorded.", lambda a: svc.assess_alert(
         web.db(), alert_id=a.id, assessment=request.form.get("assessment", "")[:20],
-        note=request.form.get("note", "")[:8000], **_common()))
+        note=request.form.get("note", ""), **_common()))
 
 
 @bp.route("/<int:alert_id>/resolve", methods=["POST"])
@@ -158,7 +158,7 @@ def assess(alert_id: int) -> Any:
 def resolve(alert_id: int) -> Any:
     assessment = request.form.get("assessment", "")[:20] or None
     return _apply(alert_id, "Case resolved.", lambda a: svc.resolve_alert(
-        web.db(), alert_id=a.id, outcome=request.form.get("outcome", "")[:8000], assessment=assessment,
+        web.db(), alert_id=a.id, outcome=request.form.get("outcome", ""), assessment=assessment,
         **_common()))
 
 
@@ -168,9 +168,9 @@ def ban(alert_id: int) -> Any:
     def step(alert: Alert) -> None:
         until_text = request.form.get("until", "").strip()
         bans.ban_device(
-            web.db(), device_id=request.form.get("device_id", "")[:100] or bans.case_device(web.db(), alert),
+            web.db(), device_id=request.form.get("device_id", "") or bans.case_device(web.db(), alert),
             until=parse_local(until_text, field="until", end_of_day=True) if until_text else None,
-            reason=request.form.get("ban_reason", "")[:4000], supervisor=request.form.get("supervisor", "")[:200],
+            reason=request.form.get("ban_reason", ""), supervisor=request.form.get("supervisor", ""),
             follow_person=request.form.get("follow_person") == "1", alert_id=alert.id, **_common(),
         )
 
@@ -198,7 +198,7 @@ def ban_list() -> Any:
 @web.requires(Permission.BAN_DEVICE)
 def lift(ban_id: int) -> Any:
     try:
-        bans.lift_ban(web.db(), ban_id=ban_id, reason=request.form.get("reason", "")[:4000], **_common())
+        bans.lift_ban(web.db(), ban_id=ban_id, reason=request.form.get("reason", ""), **_common())
     except ServiceError as err:
         web.db().rollback()
         flash(f"The ban was not lifted: {err.message}")

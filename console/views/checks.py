@@ -65,7 +65,7 @@ def index() -> Any:
 
 
 def _form_values(source: Any) -> dict[str, str]:
-    return {key: str(source.get(key, ""))[:4000]
+    return {key: str(source.get(key, ""))
             for key in ("device_type", "location", "profile", "tried", "result", "action", "at")}
 
 
@@ -128,7 +128,7 @@ def fix(check_id: int) -> Any:
     row = _load(check_id)
     try:
         made = svc.record_fix(web.db(), site=web.site_id(), actor=web.actor(), check_id=row.id,
-                              action=request.form.get("action", "")[:4000], now=web.now())
+                              action=request.form.get("action", ""), now=web.now())
     except ServiceError as err:
         web.db().rollback()
         return render_template("checks/show.html", check=_load(check_id), detail=svc.detail_of(row),

@@ -118,7 +118,7 @@ def exceptions() -> Any:
 def revoke(exception_id: int) -> Any:
     try:
         policy_exceptions.revoke_exception(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
-                                           exception_id=exception_id, reason=request.form.get("reason", "")[:2000])
+                                           exception_id=exception_id, reason=request.form.get("reason", ""))
     except NotFound:
         web.db().rollback()
         abort(404)  # not this school's: say no more than that it is not here
@@ -136,7 +136,7 @@ def revoke(exception_id: int) -> Any:
 def add_block() -> Any:
     form = request.form
     target = form.get("target", "domain")
-    value = form.get("value", "")[:4000]
+    value = form.get("value", "")
     spec = site_blocks.BlockSpec(
         domain=value if target == "domain" else None,
         url_prefix=value if target == "url" else None,
@@ -144,7 +144,7 @@ def add_block() -> Any:
     )
     try:
         row = site_blocks.add_site_block(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), spec=spec,
-                                         reason=form.get("reason", "")[:2000])
+                                         reason=form.get("reason", ""))
     except ServiceError as err:
         web.db().rollback()
         flash(f"Nothing was blocked: {err.message}")
@@ -159,7 +159,7 @@ def add_block() -> Any:
 def remove_block(block_id: int) -> Any:
     try:
         site_blocks.remove_site_block(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(),
-                                      block_id=block_id, reason=request.form.get("reason", "")[:2000])
+                                      block_id=block_id, reason=request.form.get("reason", ""))
     except ServiceError as err:
         web.db().rollback()
         flash(f"The block was not removed: {err.message}")

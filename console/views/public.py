@@ -72,7 +72,7 @@ def request_form() -> str | tuple[str, int]:
         return render_template("public/request.html", values=values, at_words=_blocked_at_words(values["at"]),
                                errors={}, message=None)
     form = request.form
-    values = {key: form.get(key, "")[:4000] for key in
+    values = {key: form.get(key, "") for key in
               ("requester", "staff_name", "url", "site_content", "reasons", "device", "at", "rule")}
     user = web.current_user()
     found, role = _filer()
@@ -135,7 +135,7 @@ def report_form() -> str | tuple[str, int]:
     if request.method == "GET":
         values = {"urls": request.args.get("url", "")[:4000]}
         return render_template("public/report.html", values=values, errors={}, message=None)
-    values = {key: request.form.get(key, "")[:20_000] for key in REPORT_FIELDS}
+    values = {key: request.form.get(key, "") for key in REPORT_FIELDS}
     found, role = _filer()
     try:
         submitted = reports.submit_public_report(

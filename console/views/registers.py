@@ -21,7 +21,7 @@ PERSON_FIELDS = ("external_id", "name", "role", "year_group", "groups", "email")
 
 
 def _device_form(form: Any) -> svc.DeviceForm:
-    values = {k: form.get(k, "")[:2000] for k in DEVICE_FIELDS}
+    values = {k: form.get(k, "") for k in DEVICE_FIELDS}
     return svc.DeviceForm(
         device_id=values["device_id"], name=values["name"], mac=values["mac"] or None, ip=values["ip"] or None,
         kind=values["kind"], role=values["role"] or None, owner=values["owner"] or None,
@@ -31,7 +31,7 @@ def _device_form(form: Any) -> svc.DeviceForm:
 
 
 def _person_form(form: Any) -> svc.PersonForm:
-    values = {k: form.get(k, "")[:2000] for k in PERSON_FIELDS}
+    values = {k: form.get(k, "") for k in PERSON_FIELDS}
     return svc.PersonForm(
         external_id=values["external_id"], name=values["name"], role=values["role"],
         year_group=svc.parse_year_group(values["year_group"]), groups=values["groups"],
@@ -163,7 +163,7 @@ def _authorise(kind: _Kind, entry_pk: int) -> Any:
     try:
         entry = kind.set_authorised(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), **{kind.pk: entry_pk},
-            authorised=grant, reason=request.form.get("reason", "")[:1000],
+            authorised=grant, reason=request.form.get("reason", ""),
         )
     except NotFound:
         abort(404)

@@ -50,7 +50,7 @@ def new() -> Any:
     if request.method == "GET":
         values = {"submitter_name": user.display_name, "urls": request.args.get("url", "")[:4000]}
         return render_template("reports/new.html", values=values, errors={}, message=None)
-    values = {k: request.form.get(k, "")[:200_000] for k in ("submitter_name", "urls", "nature", "accessed_by")}
+    values = {k: request.form.get(k, "") for k in ("submitter_name", "urls", "nature", "accessed_by")}
     now = web.now()
     try:
         report = svc.submit_report(
@@ -108,17 +108,17 @@ def action(report_id: int) -> Any:
     blocks: list[BlockSpec] = []
     for line in form.getlist("block_url"):
         if line.strip():
-            blocks.append(BlockSpec(url_prefix=line.strip()[:4000], roles=roles))
+            blocks.append(BlockSpec(url_prefix=line.strip(), roles=roles))
     for line in form.getlist("block_domain"):
         if line.strip():
-            blocks.append(BlockSpec(domain=line.strip()[:255], roles=roles))
-    extra = form.get("extra_domain", "").strip()[:255]
+            blocks.append(BlockSpec(domain=line.strip(), roles=roles))
+    extra = form.get("extra_domain", "").strip()
     if extra:
         blocks.append(BlockSpec(domain=extra, roles=roles))
     try:
         _report, created = svc.action_report(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), report_id=report.id,
-            action_taken=form.get("action_taken", "")[:4000], blocks=blocks,
+            action_taken=form.get("action_taken", ""), blocks=blocks,
         )
     except ServiceError as err:
         web.db().rollback()
@@ -136,7 +136,7 @@ def close(report_id: int) -> Any:
     report = _load(report_id)
     try:
         svc.close_report(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), report_id=report.id,
-                         note=request.form.get("note", "")[:4000])
+                         note=request.form.get("note", ""))
     except ServiceError as err:
         web.db().rollback()
         return _show(_load(report_id), errors=web.field_errors(err), message=err.message, status=web.error_status(err))

@@ -64,7 +64,7 @@ def new() -> Any:
         values = {"requester": user.display_name, "staff_name": user.display_name,
                   "url": request.args.get("url", "")[:4000]}
         return render_template("requests/new.html", values=values, errors={}, message=None)
-    values = {k: request.form.get(k, "")[:4000] for k in
+    values = {k: request.form.get(k, "") for k in
               ("requester", "staff_name", "url", "site_content", "reasons", "risks_and_controls")}
     try:
         submitted = svc.submit_request(
@@ -152,7 +152,7 @@ def show(request_id: int) -> Any:
 def triage(request_id: int) -> Any:
     item = _load(request_id)
     form = request.form
-    values = {k: form.get(k, "")[:4000] for k in
+    values = {k: form.get(k, "") for k in
               ("recommendation", "target", "value", "scope", "subject", "starts", "expires", "technician_notes",
                "risks_and_controls")}
     declining = values["recommendation"] == svc.DECLINE
@@ -185,7 +185,7 @@ def triage(request_id: int) -> Any:
 @web.requires(Permission.REVIEW_REQUEST_SAFEGUARDING)
 def safeguarding(request_id: int) -> Any:
     item = _load(request_id)
-    notes = request.form.get("safeguarding_notes", "")[:4000]
+    notes = request.form.get("safeguarding_notes", "")
     try:
         svc.review_safeguarding(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
                                 notes=notes)
@@ -245,7 +245,7 @@ def withdraw(request_id: int) -> Any:
     item = _load(request_id)
     try:
         svc.withdraw_request(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,
-                             reason=request.form.get("reason", "")[:2000])
+                             reason=request.form.get("reason", ""))
     except ServiceError as err:
         web.db().rollback()
         return _show(_load(request_id), errors=web.field_errors(err), message=err.message,

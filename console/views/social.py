@@ -48,9 +48,9 @@ def _reach(prefix: str) -> svc.Reach:
     form = request.form
     return svc.Reach(
         groups=frozenset(g for g in form.getlist(f"{prefix}_groups") if g),
-        pupil_ages=form.get(f"{prefix}_pupil_ages", "")[:100],
-        schools=form.get(f"{prefix}_schools", "")[:500],
-        other=form.get(f"{prefix}_other", "")[:500],
+        pupil_ages=form.get(f"{prefix}_pupil_ages", ""),
+        schools=form.get(f"{prefix}_schools", ""),
+        other=form.get(f"{prefix}_other", ""),
     )
 
 
@@ -68,7 +68,7 @@ def new() -> Any:
     if request.method == "GET":
         return _form_page({"moderator": user.display_name, "administrators": [], "audience": svc.Reach(),
                            "contributors": svc.Reach()})
-    values: dict[str, Any] = {k: request.form.get(k, "")[:4000] for k in TEXT_FIELDS}
+    values: dict[str, Any] = {k: request.form.get(k, "") for k in TEXT_FIELDS}
     values["administrators"] = [a[:100] for a in request.form.getlist("administrators")][:50]
     values["audience"], values["contributors"] = _reach("audience"), _reach("contributors")
     try:
@@ -126,13 +126,26 @@ def show(record_id: int) -> Any:
     return _show(_load(record_id))
 
 
+def _exists(record_id: int) -> int:
+    """404 unless the record is this school's: read in a short transaction of its own, so that none
+    is open while the password is checked."""
+    with web.read_session() as reading:
+        try:
+            return svc.get(reading, web.site_scope(), record_id).id
+        except ServiceError:
+            abort(404)
+
+
 def _signed(record_id: int, values: dict[str, str], step: Callable[[Signature], Any], done: str) -> Any:
     """Sign with the password (and code), then run `step`; a refusal redraws the page."""
     try:
         step(sign(values.get("signer_name", ""), request.form.get("password", ""), request.form.get("code", "")))
     except ReauthFailed as err:
-        web.db().commit()  # keep the failure count that re-authentication recorded
-        return _show(_load(record_id), errors={"password": str(err)}, message=str(err), values=values, status=400)
+        if err.signed_out:
+            flash(err.message)
+            return redirect(url_for("auth.login"))
+        return _show(_load(record_id), errors={"password": err.message}, message=err.message, values=values,
+                     status=429 if "Try again after" in err.message else 400)
     except ServiceError as err:
         web.db().rollback()
         return _show(_load(record_id), errors=web.field_errors(err), message=err.message, values=values,
@@ -145,25 +158,25 @@ def _signed(record_id: int, values: dict[str, str], step: Callable[[Signature], 
 @bp.route("/<int:record_id>/endorse", methods=["POST"])
 @web.requires(Permission.ENDORSE_SOCIAL_MEDIA_SITE)
 def endorse(record_id: int) -> Any:
-    record = _load(record_id)
-    values = {"signer_name": request.form.get("signer_name", "")[:200]}
+    record_id = _exists(record_id)
+    values = {"signer_name": request.form.get("signer_name", "")}
 
     def step(signature: Signature) -> None:
-        svc.endorse(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record.id,
+        svc.endorse(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record_id,
                     signature=signature)
 
-    return _signed(record.id, values, step, "is endorsed; it goes to the headteacher.")
+    return _signed(record_id, values, step, "is endorsed; it goes to the headteacher.")
 
 
 @bp.route("/<int:record_id>/decide", methods=["POST"])
 @web.requires(Permission.APPROVE_SOCIAL_MEDIA_SITE)
 def decide(record_id: int) -> Any:
-    record = _load(record_id)
+    record_id = _exists(record_id)
     form = request.form
     choice = form.get("decision", "")
-    values = {k: form.get(k, "")[:4000] for k in ("signer_name", "reasons", "expires", "review_date")}
+    values = {k: form.get(k, "") for k in ("signer_name", "reasons", "expires", "review_date")}
     if choice not in ("approve", "decline"):
-        return _show(record, message="Choose Approve or Decline.", values=values, status=400)
+        return _show(_load(record_id), message="Choose Approve or Decline.", values=values, status=400)
     try:
         expires = parse_local(values["expires"], field="expires", end_of_day=True) if values["expires"] else None
         review = parse_local(values["review_date"], field="review_date").date() if values["review_date"] else None
@@ -171,14 +184,14 @@ def decide(record_id: int) -> Any:
             raise InvalidInput("Give the expiry and the review date.",
                                field="expires" if expires is None else "review_date")
     except ServiceError as err:  # before the signature: a mistake in the form uses up no code
-        return _show(record, errors=web.field_errors(err), message=err.message, values=values, status=400)
+        return _show(_load(record_id), errors=web.field_errors(err), message=err.message, values=values, status=400)
 
     def step(signature: Signature) -> None:
-        svc.decide(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record.id,
+        svc.decide(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record_id,
                    approval=svc.Approval(approve=choice == "approve", signature=signature, reasons=values["reasons"],
                                          expires=expires, review_date=review))
 
-    return _signed(record.id, values, step, "is approved." if choice == "approve" else "is declined.")
+    return _signed(record_id, values, step, "is approved." if choice == "approve" else "is declined.")
 
 
 @bp.route("/<int:record_id>/end", methods=["POST"])
@@ -187,7 +200,7 @@ def end(record_id: int) -> Any:
     record = _load(record_id)
     try:
         svc.end(web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), record_id=record.id,
-                reason=request.form.get("reason", "")[:2000])
+                reason=request.form.get("reason", ""))
     except ServiceError as err:
         web.db().rollback()
         return _show(_load(record_id), errors=web.field_errors(err), message=err.message,

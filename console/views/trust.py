@@ -18,7 +18,7 @@ def choose_site() -> Any:
     user = web.current_user()
     if user is None or user.site is not None:
         abort(403)  # a school's account never switches, whatever its roles
-    choice = request.form.get("site", "")[:100]
+    choice = request.form.get("site", "")
     if choice != web.WHOLE_TRUST and choice not in web.visible_sites():
         abort(404)
     session[web.SITE_CHOICE] = choice

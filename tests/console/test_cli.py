@@ -103,6 +103,30 @@ def test_console_serves_tls_with_a_certificate_from_the_school_ca(tmp_path: Path
                     time.sleep(0.2)
             assert headers["Strict-Transport-Security"].startswith("max-age=")
             assert "Secure" in headers["Set-Cookie"]
+            # TLS 1.2 offers forward-secret AEAD suites only: a client that speaks nothing but
+            # CBC (or nothing newer than TLS 1.1) is refused, one offering AES-GCM gets in.
+            for version, ciphers, accepted in [
+                # (each offered with RSA and ECDSA keys alike, whichever the certificate has)
+                (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:"
+                                         "ECDHE-RSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:"
+                                         "AES128-SHA256:AES256-SHA", False),
+                (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256", True),
+                (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305", True),
+                (ssl.TLSVersion.TLSv1_1, None, False),
+                (ssl.TLSVersion.TLSv1_3, None, True),
+            ]:
+                probe = ssl.create_default_context(cafile=str(ca_cert))
+                if version < ssl.TLSVersion.TLSv1_2:
+                    probe.set_ciphers("ALL:@SECLEVEL=0")  # let this client speak TLS 1.1 at all
+                probe.minimum_version = probe.maximum_version = version
+                if ciphers:
+                    probe.set_ciphers(ciphers)
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                            probe.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                        assert accepted, (version, ciphers, tls.cipher())
+                except ssl.SSLError:
+                    assert not accepted, (version, ciphers)
             # Plain HTTP to the TLS port gets nowhere.
             with pytest.raises(OSError):
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5).read()

@@ -310,9 +310,14 @@ def test_csv_export_neutralises_formulas(console: Console) -> None:
     ids = seed(console)
     with console.session() as session:
         add_event(session, host='=HYPERLINK("http://evil/")', search_term="+cmd|' /C calc'!A0")
+        add_event(session, host="nul.example", url="https://nul.example/\x01a\x1b[31mb\x7f",
+                  search_term="fun\u202egnp.exe")
         session.commit()
     csv_text = console.login("technician").get("/activity?format=csv").get_data(as_text=True)
     assert "'=HYPERLINK" in csv_text and "'+cmd" in csv_text
+    # Control characters dropped, the right-to-left override shown rather than obeyed.
+    assert "https://nul.example/a[31mb" in csv_text and "fun\\u202egnp.exe" in csv_text
+    assert not any((ord(c) < 32 and c not in "\r\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e" for c in csv_text)
     assert "\n=HYPERLINK" not in csv_text and ",=HYPERLINK" not in csv_text
     assert ids  # the seeded event is there too
 

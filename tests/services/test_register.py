@@ -148,7 +148,13 @@ def test_device_crud(session: Session, technician: Actor) -> None:
         ("safe.example", "safe.example"),
         ("a=b", "a=b"),
         ("\n=1", "'\n=1"),
-        ("badf\udcff.example", "badf\\udcff.example"),  # not UTF-8 in the database: shown, not lost
+        ("badf\udcff.example", "badf\\xff.example"),  # not UTF-8 in the database: shown, not lost
+        ("evil\x00host\x1b[31m.example", "evilhost[31m.example"),  # NUL and control characters dropped
+        ("\x00=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),  # a control cannot hide a formula's start
+        ("photo\u202egnp.exe", "photo\\u202egnp.exe"),  # a right-to-left override: shown, not obeyed
+        ("\u2066=1+1\u2069", "\\u2066=1+1\\u2069"),
+        ("\x85next\x9bline", "nextline"),  # C1 controls too
+        ("two\nlines\tand a tab", "two\nlines\tand a tab"),  # kept: the CSV writer quotes them
         (None, ""),
         (True, "yes"),
         (datetime(2026, 10, 6, 9, 0, tzinfo=UTC), "2026-10-06T09:00:00+00:00"),
