@@ -13,6 +13,7 @@ The password check is a slow step and runs with no database transaction open.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from flask import current_app, request
@@ -50,8 +51,14 @@ def wait_text(until: datetime) -> str:
 
 
 def _attempt(user: ConsoleUser) -> tuple[str, str, str | None]:
-    """(source, account, device) of an attempt from this browser, as the throttle counts it."""
-    return source_key(request.remote_addr), user.username, known_devices.device_for(request, user.username)
+    """(source, account, device) of an attempt from this browser, as the throttle counts it. A
+    signed-in browser is a known device even without its device cookie: the session vouches
+    for it, so others' guessing at the sign-in page never stops the headteacher signing."""
+    device = known_devices.device_for(request, user.username)
+    if device is None:
+        token = web.session_token()
+        device = f"session:{hashlib.sha256(token.encode()).hexdigest()[:16]}" if token else None
+    return source_key(request.remote_addr), user.username, device
 
 
 def _me() -> ConsoleUser:

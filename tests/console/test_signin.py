@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from console_testkit import PASSWORD, Console, SpyHasher, build_console, csrf_from, post_form, sign_in
+from console_testkit import PASSWORD, Console, SpyHasher, build_console, csrf_from, post_form, seed, sign_in, totp_now
 from flask.testing import FlaskClient
 
 from schoolgate.console import accounts, sessions
@@ -171,3 +171,17 @@ def test_a_role_change_or_disabling_ends_the_accounts_sessions(
     with console.session() as session:
         row = session.query(ConsoleSession).filter_by(user_id=user_id).one()
         assert row.ended_reason == reason
+
+
+def test_a_signed_in_headteacher_signs_whatever_happens_at_the_sign_in_page(console: Console) -> None:
+    ids = seed(console)
+    phone = signed_in_at(console, "headteacher", HEAD_PHONE)
+    phone.delete_cookie("schoolgate_device")  # even without her device cookie: the session vouches
+    ipad = client_at(console, PUPIL_IPAD)
+    assert [try_password(ipad, "headteacher", "guess").status_code for _ in range(6)][-1] == 429
+    console.clock.advance(seconds=31)
+    url = f"/requests/{ids['request']}"
+    response = post_form(phone, url, f"{url}/decide", {
+        "decision": "decline", "reasons": "Not for school", "signer_name": "Mrs J Patel", "password": PASSWORD,
+        "code": totp_now(console.accounts["headteacher"].totp_secret or "", console.clock)})
+    assert response.status_code == 302, response.get_data(as_text=True)[:1500]
