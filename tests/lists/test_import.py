@@ -100,7 +100,10 @@ def unique_names(ut1_set: tuple[Path, Path]) -> dict[str, list[str]]:
     listed = {f: [n.strip() for n in (folder_of / f / "domains").read_text().splitlines() if n.strip()]
               for f in FOLDERS}
     counts = Counter(n for names in listed.values() for n in set(names))
-    return {f: [n for n in names if counts[n] == 1 and not n[-1].isdigit()][:4] for f, names in listed.items()}
+    starters = {line.strip() for path in (EXAMPLE.parent / "lists").glob("*.txt")
+                for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {f: [n for n in names if counts[n] == 1 and n not in starters and not n[-1].isdigit()][:4]
+            for f, names in listed.items()}
 
 
 def pack(folder: Path, target: Path, *, links: dict[str, str]) -> Path:
@@ -115,6 +118,20 @@ def pack(folder: Path, target: Path, *, links: dict[str, str]) -> Path:
 
 
 CASES = [(who, folder) for who in CLIENTS for folder in FOLDERS]
+
+
+@pytest.mark.parametrize(
+    ("host", "category"),
+    # UT1 files thepiratebay.org under cryptojacking too: a decision names one of its categories.
+    [("bet365.com", {"gambling"}), ("www.4chan.org", {"pornography"}), ("thepiratebay.org", {"piracy", "malware"})],
+)
+def test_the_named_sites_in_the_sample_are_blocked_for_pupils(policy: CompiledPolicy, host: str,
+                                                              category: set[str]) -> None:
+    """Sites the issue found open with the shipped example, as the sample lists them (the full
+    UT1 set holds the rest): blocked for pupils whichever list (UT1 or a starter list) names them."""
+    decision = decide(policy, CLIENTS["pupil"], Target(host), LESSON)
+    assert (decision.verdict, decision.rule_id) == (Verdict.BLOCK, "harmful-content-pupils-guests"), decision
+    assert decision.category in category, decision
 
 
 @pytest.mark.parametrize(("who", "folder"), CASES, ids=["-".join(c) for c in CASES])

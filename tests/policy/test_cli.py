@@ -221,3 +221,34 @@ def test_explain_with_a_database_that_was_never_created(capsys: pytest.CaptureFi
     assert (code, out) == (1, "")
     assert "cannot read the device register" in err
     assert "schoolgate db upgrade" in err
+
+
+# The sites the issue found open with the shipped example (pornography, gambling, an image board
+# with adult boards, piracy), and a support site, as a fresh appliance judges them in a lesson:
+# no UT1 version installed yet, so the starter lists and the catalogue decide.
+NAMED_SITES = [
+    ("10.41.20.15", None, "pornhub.com", "block", "harmful-content-pupils-guests", "pornography"),
+    ("10.41.20.15", None, "bet365.com", "block", "harmful-content-pupils-guests", "gambling"),
+    ("10.41.20.15", None, "www.4chan.org", "block", "harmful-content-pupils-guests", "pornography"),
+    ("10.41.20.15", None, "thepiratebay.org", "block", "harmful-content-pupils-guests", "piracy"),
+    ("10.41.20.15", None, "www.tinder.com", "block", "harmful-content-pupils-guests", "dating"),
+    ("10.41.30.15", None, "pornhub.com", "block", "harmful-content-pupils-guests", "pornography"),
+    ("10.41.20.15", "supervised", "bet365.com", "block", "harmful-content-pupils-guests", "gambling"),
+    ("10.41.10.15", None, "pornhub.com", "block", "harmful-content-staff", "pornography"),
+    ("10.41.10.15", None, "bet365.com", "block", "harmful-content-staff", "gambling"),
+    ("10.41.10.15", None, "thepiratebay.org", "allow", "default", "piracy"),
+    ("10.41.20.15", "supervised", "www.childline.org.uk", "allow", "support-always-open", "support"),
+]
+
+
+@pytest.mark.parametrize(("ip", "role", "host", "verdict", "rule", "category"), NAMED_SITES,
+                         ids=[f"{r[2]}-{r[1] or r[0]}" for r in NAMED_SITES])
+def test_the_example_blocks_the_named_sites_before_any_download(
+    capsys: pytest.CaptureFixture[str], ip: str, role: str | None, host: str, verdict: str, rule: str, category: str
+) -> None:
+    extra = ["--role", role] if role else []
+    code, out, err = run(capsys, "policy", "explain", str(EXAMPLE), "--ip", ip, *extra, "--host", host,
+                         "--at", "2026-12-08T10:00:00+00:00")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["verdict"], data["rule"], data["category"]) == (verdict, rule, category), data
