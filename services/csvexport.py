@@ -17,7 +17,7 @@ from datetime import date, datetime
 from typing import Generic, TypeVar
 
 from schoolgate.services.printable import csv_text
-from schoolgate.store.models import AccessEvent, Alert, Device, Person, PolicyExceptionRow
+from schoolgate.store.models import Alert, Device, Person, PolicyExceptionRow
 
 T = TypeVar("T")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -87,50 +87,6 @@ class Columns(Generic[T]):
         return iter_csv(self.header, self.rows(items))
 
 
-EVENT_COLUMNS: Columns[AccessEvent] = Columns(
-    (
-        "time_utc",
-        "device_id",
-        "device_name",
-        "ip",
-        "mac",
-        "person_id",
-        "person_name",
-        "role",
-        "host",
-        "url",
-        "search_term",
-        "verdict",
-        "rule",
-        "clause",
-        "service",
-        "category",
-        "flags",
-        "count",
-        "source",
-    ),
-    lambda e: (
-        e.ts,
-        e.device_id,
-        e.device_name,
-        e.client_ip,
-        e.mac,
-        e.person_id,
-        e.person_name,
-        e.role,
-        e.host,
-        e.url,
-        e.search_term,
-        e.verdict,
-        e.rule_id,
-        e.clause,
-        e.service,
-        e.category,
-        e.flags,
-        e.count,
-        e.source,
-    ),
-)
 ALERT_COLUMNS: Columns[Alert] = Columns(
     (
         "id",
@@ -218,7 +174,6 @@ EXCEPTION_COLUMNS: Columns[PolicyExceptionRow] = Columns(
 __all__ = [
     "ALERT_COLUMNS",
     "DEVICE_COLUMNS",
-    "EVENT_COLUMNS",
     "EXCEPTION_COLUMNS",
     "PEOPLE_COLUMNS",
     "Columns",

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from schoolgate.services import register
 from schoolgate.services.actor import Actor
-from schoolgate.services.csvexport import DEVICE_COLUMNS, EVENT_COLUMNS, iter_csv, safe_cell, to_csv
+from schoolgate.services.csvexport import DEVICE_COLUMNS, Columns, iter_csv, safe_cell, to_csv
 from schoolgate.services.errors import Forbidden, InvalidInput
 from schoolgate.store.models import AccessEvent, AuditEntry, Device, Person
 from schoolgate.store.overlay import read_generation
@@ -178,9 +178,11 @@ def test_event_export_escapes_and_round_trips(session: Session) -> None:
         rule_id="r",
         flags="",
     )
-    text = "".join(EVENT_COLUMNS.csv([hostile]))
+    columns: Columns[AccessEvent] = Columns(("time_utc", "host", "url", "search_term"),
+                                            lambda e: (e.ts, e.host, e.url, e.search_term))
+    text = "".join(columns.csv([hostile]))
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0][:3] == ["time_utc", "device_id", "device_name"]
+    assert rows[0] == ["time_utc", "host", "url", "search_term"]
     record = dict(zip(rows[0], rows[1], strict=True))
     assert record["host"] == "'=cmd|' /C calc'!A0.example"
     assert record["search_term"] == '\'@everyone "quoted", with comma\nnewline'
