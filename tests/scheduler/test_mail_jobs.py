@@ -17,6 +17,7 @@ from schoolgate.config import AppConfig
 from schoolgate.policy import load_policy
 from schoolgate.scheduler import jobs
 from schoolgate.scheduler.runner import SchedulerService, digest_trigger
+from schoolgate.services import public_limits, reports
 from schoolgate.services.mailer import SmtpMailer
 from schoolgate.store.models import AccessEvent, AccessRequest, Alert, ConsoleUser, UserRole
 
@@ -349,7 +350,7 @@ class WritesWhileSending:
         self.sent.append(message)
 
 
-@pytest.mark.parametrize("job", ["alerts", "digest"])
+@pytest.mark.parametrize("job", ["alerts", "digest", "notifications"])
 def test_no_database_lock_is_held_while_mail_is_sent(
     make_config: Callable[..., AppConfig], factory: sessionmaker[Session], db_path: Path, job: str
 ) -> None:
@@ -362,9 +363,26 @@ def test_no_database_lock_is_held_while_mail_is_sent(
         assert outcome.mail_error is None and outcome.notified == [ids["high"]]
         again = jobs.alerts_job(config, factory, datetime(2026, 10, 22, 13, 6, tzinfo=UTC), mailer=mailer)
         assert again.notified == []  # marked after sending, once
-    else:
+    elif job == "digest":
         now = datetime(2026, 10, 23, 6, 30, tzinfo=UTC)
         policy = load_policy(config.policy)
         assert jobs.digest_job(config, factory, now, mailer=mailer, policy=policy).sent
         assert not jobs.digest_job(config, factory, now + timedelta(minutes=5), mailer=mailer, policy=policy).sent
+    else:
+        # Two reports for the technicians: the lock must be free for the second send as for the first.
+        now = datetime(2026, 10, 22, 13, 5, tzinfo=UTC)
+        with factory() as session:
+            for number in (1, 2):
+                reports.submit_public_report(
+                    session, site=SITE, now=now,
+                    form=reports.ReportForm(submitter_name=f"Teacher {number}", urls=f"https://bad{number}.example/\n",
+                                            nature="Upsetting pictures", accessed_by="a pupil"),
+                    filer=public_limits.Filer(f"IPAD-{number}", f"10.0.0.{number}", "pupil"),
+                )
+            session.commit()
+        outcome = jobs.notifications_job(config, factory, now, mailer=mailer)
+        assert outcome.mail_error is None and outcome.sent == 2
+        assert jobs.notifications_job(config, factory, now, mailer=mailer).sent == 0  # marked after sending, once
+        assert len(mailer.sent) == 2
+        return
     assert len(mailer.sent) == 1
