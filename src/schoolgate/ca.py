@@ -178,8 +178,14 @@ def load_ca_cert(ca_dir: str | Path) -> x509.Certificate:
         raise CAError(f"{path} is not a PEM certificate: {err}") from err
 
 
-def load_ca(ca_dir: str | Path) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
-    """The CA certificate and key (needs read access to the key file)."""
+def load_ca(
+    ca_dir: str | Path, *, check_key: bool = True
+) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """The CA certificate and key (needs read access to the key file).
+
+    `check_key=False` skips the RSA key's internal consistency check (tens of milliseconds of
+    CPU): for a key this appliance made itself, whose match with the certificate is still checked.
+    """
     path = Path(ca_dir) / CA_KEY_AND_CERT
     try:
         raw = path.read_bytes()
@@ -188,7 +194,7 @@ def load_ca(ca_dir: str | Path) -> tuple[x509.Certificate, CertificateIssuerPriv
     except PermissionError as err:
         raise CAError(f"{path}: permission denied (the key belongs to the proxy's user)") from err
     try:
-        key = serialization.load_pem_private_key(raw, password=None)
+        key = serialization.load_pem_private_key(raw, password=None, unsafe_skip_rsa_key_validation=not check_key)
         cert = x509.load_pem_x509_certificate(raw)
     except ValueError as err:
         raise CAError(f"{path} does not hold a PEM key and certificate: {err}") from err
@@ -206,7 +212,8 @@ def check_ca(ca_dir: str | Path) -> CAInfo:
     The proxy calls this before mitmproxy sees the directory: mitmproxy would otherwise
     quietly create a CA of its own, which no school device trusts.
     """
-    cert, _key = load_ca(ca_dir)
+    # On every start of the proxy (a restart must be quick); mitmproxy loads the key again anyway.
+    cert, _key = load_ca(ca_dir, check_key=False)
     info = describe(cert, Path(ca_dir) / CA_KEY_AND_CERT)
     if info.not_after <= _now():
         raise CAError(f"the school CA expired on {info.not_after:%Y-%m-%d}; "
