@@ -15,6 +15,9 @@ The rules, in order:
    behind the address (one operator's services share addresses: Meta serves WhatsApp from
    Facebook's edges). Any other catalogued service's name is judged like any other name.
 4. Otherwise the name's decision (allowed).
+A support name (the catalogue's `support` category) is never blocked by 3 or by a list's
+address entry, unless that block is locked (illegal content, circumvention): a child looking
+for help on a CDN address that also serves a blocked service must still reach it.
 
 Where the proxy is told the destination by name (regular mode: the CONNECT target, or the
 absolute-form URL of a plain request), that name is where mitmproxy connects, whatever the SNI
@@ -29,6 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
+from schoolgate.policy.engine import SUPPORT_RULE_ID
 from schoolgate.policy.types import Client, Decision, Target, Verdict
 from schoolgate.proxy.addresses import AddressBook
 
@@ -121,15 +125,20 @@ def decide_name(
     decision = decide(client, target, now)
     if decision.blocked:
         return decision, None
+    # A support site (Childline, Samaritans...) is always open: only illegal content outranks
+    # it. What the address says (a list's address entry, a blocked service sharing a CDN's
+    # address) blocks a support name only when that block is locked (illegal content, or a
+    # way round the filter such as a VPN server named by address).
+    support = decision.rule_id == SUPPORT_RULE_ID
     destination = normalise_name(dialled_name)
     if destination and destination != host:
         behind = decide(client, Target(host=destination), now)
-        if behind.blocked:
+        if behind.blocked and (behind.locked or not support):
             return _fronted(behind, destination), destination
     if dialled_ip is None:
         return decision, None
     listed = _listed_address(decide, client, dialled_ip, host, now)
-    if listed is not None:
+    if listed is not None and (listed.locked or not support):
         return listed, None
     behind_names = book.hosts_for(dialled_ip)
     if not behind_names or any(_within(host, name) for name in behind_names):
@@ -141,7 +150,7 @@ def decide_name(
         if any(d.service is not None and operator_of(d.service) == operator for _, d in services_behind):
             return decision, None
     for name, found in services_behind:
-        if found.blocked:
+        if found.blocked and (found.locked or not support):
             return _fronted(found, name), name
     return decision, None
 

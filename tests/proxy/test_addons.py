@@ -192,6 +192,16 @@ def test_another_operators_catalogued_name_at_a_blocked_address_is_fronting(
     assert {"circumvention", "fronting"} <= set(event.flags.split(","))
 
 
+def test_a_support_site_at_a_blocked_services_address_is_not_fronting(harness: Harness, services: Services) -> None:
+    """Support is always open: a help service on a CDN edge that also serves a blocked service
+    is reached, not refused as fronting (only a locked block outranks support)."""
+    for sni in ("www.childline.org.uk", "www.kooth.com"):
+        ctx = harness.connect(PUPIL, FACEBOOK_IP)
+        assert harness.hello(ctx, sni).ignore_connection is True
+        assert harness.server_connect(ctx).error is None
+    assert services.counters.fronting_blocked == 0
+
+
 def test_no_sni_to_a_watched_address_is_refused_and_flagged(
     harness: Harness, services: Services, sessions: sessionmaker[Session], writer: EventWriter
 ) -> None:

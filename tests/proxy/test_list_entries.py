@@ -99,3 +99,42 @@ def test_names_and_addresses_at_the_policy(listed_policy: CompiledPolicy) -> Non
     assert decide(listed_policy, PUPIL, Target(LISTED_IP), now).category == "gambling"
     host_only = decide(listed_policy, PUPIL, Target("forum.example"), now)
     assert host_only.verdict is Verdict.ALLOW and host_only.url_scoped  # the proxy must look at pages
+
+
+VPN_IP = "198.51.100.77"
+
+
+@pytest.fixture
+def support_policy(policy_file: Path, tmp_path: Path) -> CompiledPolicy:
+    """A gambling address and a VPN server's address (circumvention: locked) in one list."""
+    path = tmp_path / "policy.toml"
+    text = policy_file.read_text(encoding="utf-8")
+    head, _, rules = text.partition("[[rules]]")
+    extra = EXTRA.replace('gambling = "gambling"\n', 'gambling = "gambling"\nvpn = "circumvention"\n') + (
+        '\n[[rules]]\nid = "no-circumvention"\nclause = "Online Safety Policy"\n'
+        'reason = "ways round the filter are blocked"\ncategories = ["circumvention"]\naction = "block"\n'
+    )
+    path.write_text(head + extra + "\n[[rules]]" + rules, encoding="utf-8")
+    builder = StoreBuilder(17, ["gambling", "vpn"])
+    builder.add_network(ipaddress.ip_network(f"{LISTED_IP}/32"), 0)
+    builder.add_network(ipaddress.ip_network(f"{VPN_IP}/32"), 1)
+    store = ListStore(builder.build({"version": "ut1-test"}))
+    return load_policy(path, installed=lambda source: store if source.id == "ut1" else None)
+
+
+@pytest.mark.parametrize(
+    ("sni", "dialled", "refused"),
+    [
+        ("www.childline.org.uk", LISTED_IP, False),  # support outranks a list's address entry
+        ("www.samaritans.org", LISTED_IP, False),
+        ("innocent.example", LISTED_IP, True),  # any other name does not
+        ("www.childline.org.uk", VPN_IP, True),  # a locked block (a VPN server) outranks support
+    ],
+)
+def test_a_support_name_is_not_refused_by_an_address_entry_unless_locked(
+    harness: Harness, services: Services, support_policy: CompiledPolicy, sni: str, dialled: str, refused: bool
+) -> None:
+    services.decide = lambda client, target, now: decide(support_policy, client, target, now)
+    ctx = harness.connect(PUPIL, dialled)
+    harness.hello(ctx, sni)
+    assert (harness.server_connect(ctx).error == REFUSED) is refused
