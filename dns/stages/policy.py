@@ -14,6 +14,7 @@ from typing import Protocol
 from schoolgate.clock import Clock
 from schoolgate.dns.chain import Result, Stage
 from schoolgate.dns.wire import EDE_BLOCKED, EDE_FILTERED, NOERROR, TYPE_A, TYPE_AAAA, Query, reply, rr
+from schoolgate.policy.engine import SUPPORT_RULE_ID
 from schoolgate.policy.types import Client, Decision, Target, Verdict
 
 BLOCK_TTL = 10
@@ -75,13 +76,16 @@ class PolicyStage(Stage):
         """Block an allowed name whose answer leads, through CNAMEs, to a name blocked for this client.
 
         Without this a blocked site is one CNAME away: any name pointed at it would resolve.
-        The cache stage calls it for every answer it serves that holds CNAME records.
+        The cache stage calls it for every answer it serves that holds CNAME records. A support
+        site (always open; only illegal content outranks it) is blocked here only by a locked
+        block: its CDN's name may sit in a list for another site it serves.
         """
         client = query.client if query.client is not None else Client(ip=query.client_ip)
         now = query.now or self.clock.now()
+        support = query.decision is not None and query.decision.rule_id == SUPPORT_RULE_ID
         for name in names:
             decision = self.policy.decide(client, Target(name), now)
-            if decision.verdict is Verdict.BLOCK:
+            if decision.verdict is Verdict.BLOCK and (decision.locked or not support):
                 query.ttl_ceiling = min(query.ttl_ceiling, ceiling_seconds(decision, now))
                 return self.blocked(query, decision)
         return None

@@ -389,6 +389,32 @@ def test_a_cname_to_a_blocked_name_is_blocked_for_that_client_only() -> None:
     assert [rd.address for rrset in staff.answer if rrset.rdtype == 1 for rd in rrset] == ["192.0.2.22"]
 
 
+@pytest.mark.parametrize(
+    ("cdn_name", "blocked"),
+    [
+        ("cdn.facebook.com", False),  # a blocked service's CDN name: support stays open
+        ("doh.example.test", True),  # a locked block (circumvention) still outranks support
+    ],
+)
+def test_a_support_site_behind_a_blocked_cname_stays_open_unless_the_block_is_locked(
+    cdn_name: str, blocked: bool
+) -> None:
+    class Chain(Stage):
+        def resolve(self, query: Query) -> Result:
+            message = dns.message.make_response(dns.message.from_wire(query.raw))
+            message.answer.append(dns.rrset.from_text(query.qname + ".", 300, "IN", "CNAME", cdn_name + "."))
+            message.answer.append(dns.rrset.from_text(cdn_name + ".", 300, "IN", "A", "192.0.2.22"))
+            message.use_edns(False)
+            return message.to_wire()
+
+    policy = PolicyStage(StaticPolicy(), FixedClock(TEN))
+    link([policy, CacheStage(AnswerCache(), alias_check=policy.check_aliases), Chain()])
+    pupil = query("www.childline.org.uk")
+    answer = answer_of(policy.resolve(pupil))
+    addresses = [rd.address for rrset in answer.answer if rrset.rdtype == 1 for rd in rrset]
+    assert addresses == (["10.99.0.1"] if blocked else ["192.0.2.22"]), pupil.decision
+
+
 def test_a_block_found_after_upstream_answers_is_logged_as_a_block() -> None:
     class Sink:
         def __init__(self) -> None:
