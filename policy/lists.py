@@ -216,6 +216,9 @@ def listed_network(text: str) -> Network | str | None:
     return network
 
 
+TOP_LEVEL_ALONE = "top-level domains alone (never matched)"
+
+
 def split_addresses(names: Iterable[str], networks: list[Network], stats: ListStats) -> Iterator[str]:
     """Pass names on; move IP addresses and networks into `networks` (blocked by address,
     not looked up as names). A private or over-wide network is skipped and counted."""
@@ -230,6 +233,12 @@ def split_addresses(names: Iterable[str], networks: list[Network], stats: ListSt
                 stats.addresses += 1
                 networks.append(found)
                 continue
+        if "." not in name:
+            # "com" or "xxx" alone: lookups never ask for a top-level domain (an entry that
+            # blocked every name under it would be a broken or hostile list), so say so here.
+            stats.accepted -= 1
+            stats.skip(0, name, TOP_LEVEL_ALONE)
+            continue
         yield name
 
 

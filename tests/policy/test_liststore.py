@@ -190,3 +190,14 @@ def test_a_top_level_domain_in_a_list_never_blocks_its_names() -> None:
     assert lists.lookup(suffixes("www.example.com")) == (0b1000, 0b1, "example.com")
     assert lists.lookup(suffixes("other.com")) == (0, 0, None)  # not every .com name
     assert lists.lookup(suffixes("com")) == (0b1000, 0b1, "com")  # the bare name itself, asked for
+
+
+def test_a_top_level_domain_alone_in_a_list_file_is_reported_not_used(write_policy: Callable[..., Path]) -> None:
+    path = write_policy(POLICY, files={"bad.txt": "evil.example\ncom\nxxx\n"})
+    policy = load_policy(path)
+    (entry,) = policy.lists
+    assert "1 names" in entry.summary and "2 top-level domains alone (never matched)" in entry.summary, entry.summary
+    now = datetime(2026, 11, 23, 11, tzinfo=UTC)
+    pupil = Client(ip="10.0.0.5", role=Role.PUPIL)
+    assert decide(policy, pupil, Target("www.evil.example"), now).verdict is Verdict.BLOCK
+    assert decide(policy, pupil, Target("bbc.com"), now).verdict is Verdict.ALLOW
