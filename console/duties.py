@@ -9,7 +9,10 @@ holds one by resetting its password or second factor.
 - Resetting the password or second factor of a DSL's account: the headteacher, re-authenticated.
 - Resetting it for a headteacher's account (she cannot prove it is her after losing her phone):
   another headteacher, re-authenticated, or two different admins, the second confirming the
-  first's request within `RESET_REQUEST_LIFETIME`.
+  first's request within `RESET_REQUEST_LIFETIME`. Two accounts are two admins only if neither
+  made the other's credentials: an admin who added an account, or reset its password or second
+  factor, could sign in as it and confirm their own request. The headteacher is told of both
+  steps (schoolgate.services.notices).
 - Everything else about accounts stays the admin's. The appliance's own command line
   (`schoolgate users`, root on the appliance) is outside these rules: it sets up the first
   headteacher.
@@ -26,10 +29,13 @@ from sqlalchemy.orm import Session
 
 from schoolgate.console.accounts import AccountError, guarded_roles_of
 from schoolgate.services.permissions import ConsoleRole
-from schoolgate.store.models import AccountReset, ConsoleUser
+from schoolgate.store.models import AccountReset, AuditEntry, ConsoleUser
 
 RESET_REQUEST_LIFETIME = timedelta(hours=24)
 RESET_KINDS = ("password", "totp")
+#: Audit actions by which one account sets another's credentials (console/views/admin.py).
+CREDENTIAL_ACTIONS = ("user.create", "user.reset_password", "user.reset_totp", "user.reset_password_confirmed",
+                      "user.reset_totp_confirmed")
 
 
 class DutyRefused(AccountError):
@@ -138,6 +144,34 @@ def admin_reset(session: Session, target: ConsoleUser, kind: str, *, admin: str,
         return pending
     if pending.requested_by == admin:
         raise DutyRefused("You asked for this reset already: a second admin must confirm it.")
+    if credentials_made_by_either(session, target.site, pending.requested_by, admin):
+        raise DutyRefused(
+            f"You cannot confirm {pending.requested_by}'s request: one of you added the other's account or "
+            "reset its password or second factor, so it takes an admin who is independent of them."
+        )
     pending.completed_by = admin
     pending.completed_at = now
     return pending
+
+
+def credentials_made_by_either(session: Session, site: str | None, first: str, second: str) -> bool:
+    """Whether the account `first` added `second`'s account or reset its password or second
+    factor, or the other way round (from the audit log, which keeps every such step)."""
+    users = {u.username: u.id for u in session.scalars(
+        select(ConsoleUser).where(ConsoleUser.username.in_([first, second])))}
+    pairs = [(actor, users[other]) for actor, other in ((first, second), (second, first)) if other in users]
+    for actor, other_id in pairs:
+        made = session.scalar(
+            select(AuditEntry.id)
+            .where(
+                AuditEntry.site == (site or ""),
+                AuditEntry.actor == actor,
+                AuditEntry.object_type == "console_user",
+                AuditEntry.object_id == str(other_id),
+                AuditEntry.action.in_(CREDENTIAL_ACTIONS),
+            )
+            .limit(1)
+        )
+        if made is not None:
+            return True
+    return False

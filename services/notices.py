@@ -47,6 +47,34 @@ def _lapsed(entry: AuditEntry, detail: Mapping[str, object]) -> str:
     )
 
 
+_CREDENTIAL_WORDS = {"password": "password", "totp": "second factor (authenticator app)"}
+_SHORT_WORDS = {"password": "password", "totp": "second factor"}
+
+
+def _headteacher_reset(kind: str, *, done: bool) -> Callable[[AuditEntry, Mapping[str, object]], str]:
+    what = _CREDENTIAL_WORDS[kind]
+
+    def words(entry: AuditEntry, detail: Mapping[str, object]) -> str:
+        account = detail.get("username") or "a headteacher's account"
+        if done:
+            return (
+                f"The {what} of the headteacher account {account} was reset by two admins: "
+                f"{detail.get('requested_by')} asked and {detail.get('confirmed_by') or entry.actor} confirmed. "
+                "Its sessions have ended. If this was not agreed with the headteacher, tell the chair of governors."
+            )
+        return (
+            f"{entry.actor} asked to reset the {what} of the headteacher account {account}. A second admin can "
+            "complete it within 24 hours; whoever then sets it can approve access requests as that headteacher. "
+            "If this was not agreed with the headteacher, tell the chair of governors."
+        )
+
+    return words
+
+
+def _account_page(entry: AuditEntry) -> str:
+    return f"/users/{int(entry.object_id)}" if entry.object_id.isdigit() else "/users"
+
+
 @dataclass(frozen=True, slots=True)
 class NoticeKind:
     """Who is told about one kind of audit entry, and in what words."""
@@ -63,6 +91,18 @@ NOTICES: Mapping[str, NoticeKind] = {
         Permission.AUTHORISE_ACCESS, "A device's authorisation has lapsed", _lapsed,
         lambda entry: f"/devices/{int(entry.object_id)}" if entry.object_id.isdigit() else "/devices",
     ),
+    # console/views/admin.py: two admins reset a headteacher's account (console/duties.py); the
+    # headteachers hear of the first admin's request and of the reset, by e-mail and on the
+    # dashboard, so a reset no headteacher agreed to does not pass unseen.
+    **{
+        f"user.reset_{kind}{suffix}": NoticeKind(
+            Permission.GRANT_GUARDED_ROLES,
+            f"A headteacher's {_SHORT_WORDS[kind]} {'was reset' if done else 'reset was asked for'}",
+            _headteacher_reset(kind, done=done), _account_page,
+        )
+        for kind in _CREDENTIAL_WORDS
+        for suffix, done in (("_requested", False), ("_confirmed", True))
+    },
 }
 
 

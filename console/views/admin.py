@@ -209,7 +209,8 @@ def guarded_roles(user_id: int) -> Any:
     return redirect(url_for("admin.edit", user_id=user.id))
 
 
-def _do_reset(user: ConsoleUser, kind: str, password_hash: str | None, detail: dict[str, Any]) -> None:
+def _do_reset(user: ConsoleUser, kind: str, password_hash: str | None, detail: dict[str, Any],
+              action: str = "user.reset_{kind}") -> None:
     """Reset the password (to `password_hash`) or the second factor; the account's sessions end."""
     if kind == "password":
         assert password_hash is not None
@@ -219,7 +220,7 @@ def _do_reset(user: ConsoleUser, kind: str, password_hash: str | None, detail: d
     else:
         user.totp_secret = None
         ended = sessions.end_all(web.db(), user.id, now=web.now(), reason=sessions.SECOND_FACTOR_RESET)
-    _audit(f"user.reset_{kind}", user, {**detail, "sessions_ended": ended})
+    _audit(action.format(kind=kind), user, {**detail, "sessions_ended": ended})
 
 
 def _reset_done(user: ConsoleUser, kind: str, password: str | None) -> Any:
@@ -251,10 +252,12 @@ def _admin_reset(user_id: int, kind: str) -> Any:
         flash(f"Reset asked for. {user.username} holds the headteacher role, so a second admin must confirm it "
               "(within 24 hours) by pressing the same button.")
         return redirect(url_for("admin.edit", user_id=user.id))
-    detail: dict[str, Any] = {}
-    if request_row is not None:
-        detail = {"requested_by": request_row.requested_by, "confirmed_by": admin, "request": request_row.id}
-    _do_reset(user, kind, password_hash, detail)
+    if request_row is None:
+        _do_reset(user, kind, password_hash, {})
+    else:  # the second admin's confirmation of a headteacher's reset: the headteachers are told
+        _do_reset(user, kind, password_hash,
+                  {"requested_by": request_row.requested_by, "confirmed_by": admin, "request": request_row.id},
+                  action="user.reset_{kind}_confirmed")
     web.db().commit()
     return _reset_done(user, kind, password)
 

@@ -8,7 +8,17 @@ import re
 from typing import Any
 
 import pytest
-from console_testkit import PASSWORD, SITE, Account, Console, password_hash, post_form, seed, sign_in, totp_now
+from console_testkit import (
+    PASSWORD,
+    SITE,
+    Account,
+    Console,
+    password_hash,
+    post_form,
+    seed,
+    sign_in,
+    totp_now,
+)
 from sqlalchemy import select
 
 from schoolgate.console import accounts
@@ -147,7 +157,79 @@ def test_a_headteachers_account_is_reset_by_two_admins(console: Console) -> None
         assert session.scalars(select(ConsoleSession).where(ConsoleSession.user_id == head,
                                                             ConsoleSession.ended_at.is_(None))).all() == []
     assert head_phone.get("/requests").status_code == 302
-    assert _actions(console, "user.reset_totp") == ["user.reset_totp_requested", "user.reset_totp"]
+    assert _actions(console, "user.reset_totp") == ["user.reset_totp_requested", "user.reset_totp_confirmed"]
     with console.session() as session:
-        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "user.reset_totp")).one()
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "user.reset_totp_confirmed")).one()
         assert '"requested_by":"admin"' in entry.detail and '"confirmed_by":"admin2"' in entry.detail
+
+
+def _second_admin_made_by_the_first(console: Console, how: str) -> Account:
+    """An admin account whose credentials the first admin set: added by them, or an existing
+    admin's account whose password and second factor they reset. They can sign in as it."""
+    first = console.login("admin")
+    if how == "added":
+        shown = post_form(first, "/users/new", "/users/new",
+                          {"username": "admin2", "display_name": "Second Admin", "roles": ["admin"]})
+        assert shown.status_code == 200 and 'id="one-time-password"' in shown.get_data(as_text=True)
+    else:
+        with console.session() as session:
+            accounts.create_user(session, username="admin2", display_name="Second Admin", site=SITE,
+                                 roles=frozenset({ConsoleRole.ADMIN}), password_hash=password_hash())
+            session.commit()
+        with console.session() as session:
+            second_id = accounts.find_user(session, "admin2").id  # type: ignore[union-attr]
+        for action in ("reset-password", "reset-totp"):
+            done = post_form(first, f"/users/{second_id}", f"/users/{second_id}/{action}", {})
+            assert done.status_code in (200, 302)
+    # The first admin then signs in as it (the one-time password, their own authenticator).
+    secret = "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU"
+    with console.session() as session:
+        second = accounts.find_user(session, "admin2")
+        assert second is not None
+        second.password_hash = password_hash()
+        second.totp_secret = secret
+        session.commit()
+        return Account("admin2", frozenset({ConsoleRole.ADMIN}), secret, second.id)
+
+
+@pytest.mark.parametrize("how", ["added", "reset"])
+def test_an_admin_cannot_be_the_second_admin_through_an_account_they_made(console: Console, how: str) -> None:
+    puppet = _second_admin_made_by_the_first(console, how)
+    head_phone = console.login("headteacher")
+    head = console.accounts["headteacher"].id
+    first = console.login("admin")
+    before = _actions(console, "user.reset_password")
+    assert post_form(first, f"/users/{head}", f"/users/{head}/reset-password", {}).status_code == 302
+    confirmer = console.client()
+    sign_in(confirmer, console.clock, puppet)
+    refused = post_form(confirmer, f"/users/{head}", f"/users/{head}/reset-password", {})
+    assert refused.status_code == 403 and "independent" in refused.get_data(as_text=True)
+    assert head_phone.get("/requests").status_code == 200  # her account and sessions are untouched
+    assert _actions(console, "user.reset_password") == [*before, "user.reset_password_requested"]
+
+
+def test_the_headteacher_is_told_when_two_admins_reset_her_account(console: Console) -> None:
+    with console.session() as session:
+        second = accounts.create_user(session, username="admin2", display_name="Second Admin", site=SITE,
+                                      roles=frozenset({ConsoleRole.ADMIN}), password_hash=password_hash())
+        second.totp_secret = "JBSWY3DPEHPK3PXP" * 2
+        session.commit()
+        second_account = Account("admin2", frozenset({ConsoleRole.ADMIN}), second.totp_secret, second.id)
+    head = console.accounts["headteacher"].id
+    first = console.login("admin")
+    assert post_form(first, f"/users/{head}", f"/users/{head}/reset-totp", {}).status_code == 302
+    # Told at once on her dashboard, and by e-mail as every audit notice is (tests/scheduler/test_notices.py).
+    head_phone = console.login("headteacher")
+    page = head_phone.get("/dashboard").get_data(as_text=True)
+    assert 'id="notices"' in page and "admin asked to reset the second factor" in page
+    assert 'id="notices"' not in first.get("/dashboard").get_data(as_text=True)
+    confirmer = console.client()
+    sign_in(confirmer, console.clock, second_account)
+    assert post_form(confirmer, f"/users/{head}", f"/users/{head}/reset-totp", {}).status_code == 302
+    # Her sessions ended with the reset; signed in again (new authenticator), she reads who did it.
+    with console.session() as session:
+        from schoolgate.services import notices
+
+        told = notices.recent(session, SITE, console.clock.now(), frozenset({notices.Permission.GRANT_GUARDED_ROLES}))
+    assert [n.kind for n in told] == ["user.reset_totp_confirmed", "user.reset_totp_requested"]
+    assert "admin asked and admin2 confirmed" in told[0].text and told[0].path == f"/users/{head}"
