@@ -89,8 +89,17 @@ def _check(args: argparse.Namespace) -> int:
             *(["always open"] if category.always_allowed else []),
         ]
         print(f"  category {category.id} ({category.name}; {', '.join(traits)}): canary {category.canary or '-'}")
+    if policy.document is not None:
+        document = policy.document
+        approved = document.approved or "approval not recorded"
+        print(f"  document: {document.title} ({approved}); review by {document.review_by}")
     for warning in policy.warnings:
         print(f"  warning: {warning}")
+    from schoolgate.policy.upkeep import upkeep_warnings
+
+    today = datetime.now(policy.school.zone).date()
+    for upkeep in upkeep_warnings(policy, today):
+        print(f"  warning: {upkeep.message}")
     for window in policy.windows:
         print(f"  window {window.describe()}")
     return 0

@@ -37,6 +37,7 @@ from schoolgate.policy.model import (
     CIRCUMVENTION_BAN_MODES,
     BanPolicy,
     Category,
+    Document,
     DomainList,
     DynamicClauses,
     IPNetwork,
@@ -59,9 +60,10 @@ MAX_WINDOWS = 60
 MAX_CATEGORIES = 60
 
 _TOP = (
-    "school", "calendar", "windows", "networks", "categories", "services", "lists", "rules", "default", "dynamic",
-    "bans",
+    "school", "document", "calendar", "windows", "networks", "categories", "services", "lists", "rules", "default",
+    "dynamic", "bans",
 )
+_DOCUMENT = ("title", "approved", "review", "review_by")
 _SCHOOL = ("id", "name", "federation", "timezone", "block_ipv4", "block_ipv6", "unknown_network_role",
            "safeguarding_readers")
 #: Who may be named as reading safeguarding detail (console roles; the DSL always does).
@@ -94,7 +96,7 @@ _RULE = (
     "safe_search",
 )
 _DEFAULT = ("action", "clause", "reason")
-_DYNAMIC = ("exception_clause", "site_block_clause", "ban_clause")
+_DYNAMIC = ("exception_clause", "site_block_clause", "ban_clause", "circumvention_clause")
 _BANS = ("on_circumvention", "automatic_roles", "days", "supervisor")
 _ACTIONS = {"allow": Verdict.ALLOW, "block": Verdict.BLOCK, "safe_search": Verdict.SAFE_SEARCH}
 _DAY_SETS = {
@@ -257,6 +259,25 @@ def _school(src: _Source, raw: Any) -> School:
             raise src.error(path, 'must include "dsl": the DSL always reads safeguarding detail')
         readers = tuple(sorted(set(named)))
     return School(school_id, name, tz_name, zone, ipv4, ipv6, unknown, federation, readers)
+
+
+def _document(src: _Source, raw: Any) -> Document:
+    table = src.table(raw, ("document",), _DOCUMENT, "[document]")
+    path: Path = ("document",)
+    title = src.string(
+        src.required(table, path, "title", 'the written policy\'s name, e.g. title = "Social Media Policy"'),
+        (*path, "title"),
+    )
+    review_by = src.day(
+        src.required(table, path, "review_by", "the date the school must review the policy by, e.g. 2027-03-31"),
+        (*path, "review_by"),
+    )
+    return Document(
+        title=title,
+        review_by=review_by,
+        approved=src.string(table.get("approved", ""), (*path, "approved"), empty_ok=True),
+        review=src.string(table.get("review", ""), (*path, "review"), empty_ok=True),
+    )
 
 
 def _calendar(src: _Source, raw: Any) -> Calendar:
@@ -961,6 +982,7 @@ def compile_policy(
     school = _school(
         src, src.required(data, (), "school", "add a [school] section with id, name, timezone, block_ipv4")
     )
+    document = _document(src, data["document"]) if "document" in data else None
     calendar = _calendar(src, src.required(data, (), "calendar", "add a [calendar] section with the term dates"))
     windows = _windows(src, data.get("windows", {}))
     networks = _networks(src, data.get("networks", []))
@@ -994,6 +1016,11 @@ def compile_policy(
     default = _default(src, data.get("default", {}), len(rules))
     dynamic = _dynamic(src, data.get("dynamic", {}))
     bans = _bans(src, data.get("bans", {}))
+    if document is None:
+        warnings.append(
+            "no [document] section: say which written policy this file encodes and when it is due for review "
+            "(title, review_by), so the appliance can warn when the review is due"
+        )
     fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return CompiledPolicy(
         source=path,
@@ -1008,6 +1035,7 @@ def compile_policy(
         default_rule=default,
         entries=entries,
         dynamic=dynamic,
+        document=document,
         fingerprint=fingerprint,
         warnings=tuple(warnings),
         bans=bans,
@@ -1045,6 +1073,9 @@ def _dynamic(src: _Source, raw: Any) -> DynamicClauses:
         exception=src.string(item.get("exception_clause", base.exception), ("dynamic", "exception_clause")),
         site_block=src.string(item.get("site_block_clause", base.site_block), ("dynamic", "site_block_clause")),
         ban=src.string(item.get("ban_clause", base.ban), ("dynamic", "ban_clause")),
+        circumvention=src.string(
+            item.get("circumvention_clause", base.circumvention), ("dynamic", "circumvention_clause")
+        ),
     )
 
 

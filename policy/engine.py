@@ -23,9 +23,11 @@ from urllib.parse import urlsplit
 from schoolgate.policy.catalogue import ILLEGAL, SUPPORT, SUPPORT_DOMAINS
 from schoolgate.policy.domains import ListSet, normalise_host, suffixes
 from schoolgate.policy.model import (
+    NO_CLAUSE,
     NO_MATCH,
     BanPolicy,
     Category,
+    Document,
     DomainList,
     DynamicClauses,
     HostMatch,
@@ -60,11 +62,14 @@ DEFAULT_BAN_POLICY = BanPolicy()
 
 
 # The two verdicts no rule writes: illegal content is always a locked block, and support is
-# always open (only illegal outranks it). Their clauses are the statutory duties, not a school's.
+# always open (only illegal outranks it). Their clauses are the statutory duties, not a school's,
+# and say so.
 ILLEGAL_RULE_ID = "illegal-content"
 SUPPORT_RULE_ID = "support-always-open"
-_ILLEGAL_CLAUSE = "Keeping Children Safe in Education and the DfE filtering standards: illegal content"
-_SUPPORT_CLAUSE = "Keeping Children Safe in Education: children can always reach help"
+_ILLEGAL_CLAUSE = (
+    f"{NO_CLAUSE}: the law, Keeping Children Safe in Education and the DfE filtering standards: illegal content"
+)
+_SUPPORT_CLAUSE = f"{NO_CLAUSE}: Keeping Children Safe in Education: children can always reach help"
 
 
 def _fixed_rule(rule_id: str, clause: str, reason: str, action: Verdict, categories: int) -> Rule:
@@ -194,6 +199,7 @@ class CompiledPolicy:
         default_rule: Rule,
         entries: ListSet,
         dynamic: DynamicClauses,
+        document: Document | None = None,
         fingerprint: str = "",
         warnings: tuple[str, ...] = (),
         bans: BanPolicy = DEFAULT_BAN_POLICY,
@@ -210,6 +216,7 @@ class CompiledPolicy:
         self.default_rule = default_rule
         self.entries = entries  # every list's names, URL prefixes and addresses
         self.dynamic = dynamic
+        self.document = document
         self.fingerprint = fingerprint
         self.warnings = warnings  # not mistakes, but worth a technician's attention (policy check)
         self.bans = bans  # `[bans]`: what a confirmed circumvention attempt leads to

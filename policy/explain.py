@@ -97,7 +97,7 @@ def explain_text(decision: Decision, policy: CompiledPolicy, now: datetime | Non
     if decision.verdict is Verdict.SAFE_SEARCH and decision.rewrite_to:
         parts.append(f"Results come from {decision.rewrite_to}.")
     if "banned" in decision.flags:
-        parts.append("This device or person is under a ban and is treated as supervised.")
+        parts.append(f"This device or person is under a ban and is treated as supervised ({policy.dynamic.ban}).")
     if "circumvention" in decision.flags:
         parts.append("This is a way round the school's filter; attempts are reported to the DSL.")
     if decision.exception_id is not None:

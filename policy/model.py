@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import date, tzinfo
 from typing import NamedTuple
 
 from schoolgate.policy.types import Role, Verdict
@@ -197,9 +197,28 @@ class BanPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class DynamicClauses:
-    """Which written clauses the database-driven parts implement, for explanations."""
+class Document:
+    """The school's written policy that this file encodes: what it is, and when it is due for
+    review (the appliance warns when that date passes; the DfE standard asks for a yearly review)."""
 
-    exception: str = "Social Media Policy §9 and appendix A (blocked content access request)"
-    site_block: str = "Social Media Policy §9 and appendix B (inappropriate content report)"
-    ban: str = "Social Media Policy §9 (ban after an attempt to circumvent the filter)"
+    title: str
+    review_by: date
+    approved: str = ""  # who approved it and when, as the document says
+    review: str = ""  # what the document says about its review, e.g. "Next review: March 2027 (§7)"
+
+
+# What the database-driven parts and the daemons' own refusals cite when a policy file does not
+# say: no school's clause, but plain words that say so. A seed policy names its own clauses.
+NO_CLAUSE = "not in the school's policy"
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicClauses:
+    """Which written clauses the database-driven parts implement, for explanations, and what the
+    daemons cite when they refuse a connection themselves (no rule of the file decided it)."""
+
+    exception: str = f"{NO_CLAUSE}: a blocked-site access request approved in the console"
+    site_block: str = f"{NO_CLAUSE}: a site blocked by an ICT technician in the console"
+    ban: str = f"{NO_CLAUSE}: a ban from school equipment other than under supervision"
+    # The proxy refusing a connection that hides its site, the gateway refusing encrypted DNS.
+    circumvention: str = f"{NO_CLAUSE}: ways round the filter are refused (DfE filtering and monitoring standard)"

@@ -53,6 +53,7 @@ from schoolgate.proxy.addresses import AddressBook
 from schoolgate.proxy.judge import (
     FLAG_FRONTING,
     FLAG_NO_SNI,
+    NO_SNI_CLAUSE,
     Action,
     Decide,
     Judgement,
@@ -167,8 +168,15 @@ class Services:
     upset: UpsetSigner | None = None
     # A catalogue service -> who runs it, for the fronting check (judge.decide_name).
     operator_of: OperatorOf = own_operator
+    # What the proxy's own refusals (a connection hiding its site) cite: the school's policy's
+    # `[dynamic] circumvention_clause`; None: the judge's "not in the school's policy" wording.
+    refusal_clause: Callable[[], str] | None = None
     connections: Connections = field(default_factory=Connections)
     counters: ProxyCounters = field(default_factory=ProxyCounters)
+
+
+def _refusal_clause(services: Services) -> str:
+    return services.refusal_clause() if services.refusal_clause is not None else NO_SNI_CLAUSE
 
 
 def _ip_of(address: Any) -> str | None:
@@ -274,6 +282,7 @@ class TlsGate:
                 operator_of=self.s.operator_of,
                 now=self.s.now(),
                 inspect=self.s.inspect,
+                refusal_clause=_refusal_clause(self.s),
             )
         except Exception:
             # No verdict: never decrypt, and UpstreamGate refuses the unjudged connection.
@@ -367,6 +376,7 @@ class HttpGate:
                     book=self.s.book,
                     operator_of=self.s.operator_of,
                     now=now,
+                    refusal_clause=_refusal_clause(self.s),
                 )
                 for name in _request_names(flow.request)
             )
@@ -574,6 +584,7 @@ class Rejudge:
                 book=self.s.book,
                 operator_of=self.s.operator_of,
                 now=now,
+                refusal_clause=_refusal_clause(self.s),
             )
             if not fresh.blocked:
                 state.judgement = fresh

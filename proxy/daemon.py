@@ -210,6 +210,12 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         found = policy.service_by_id.get(service_id) if policy is not None else None
         return found.operator_id if found is not None else service_id
 
+    def refusal_clause() -> str:
+        from schoolgate.proxy.judge import NO_SNI_CLAUSE
+
+        policy = live.policy
+        return policy.dynamic.circumvention if policy is not None else NO_SNI_CLAUSE
+
     def category(category_id: str) -> tuple[str, str] | None:
         policy = live.policy
         found = policy.category_by_id.get(category_id) if policy is not None else None
@@ -231,6 +237,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         policy_version=lambda: (live.generation, live.overlay_generation),
         category=category,
         upset=UpsetSigner(load_key(upset_key_path_of(config))),
+        refusal_clause=refusal_clause,
     )
 
     opts: Any = mitm_options.Options()  # mitmproxy's option and addon APIs are untyped

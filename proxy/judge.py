@@ -33,6 +33,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from schoolgate.policy.engine import SUPPORT_RULE_ID
+from schoolgate.policy.model import DynamicClauses
 from schoolgate.policy.types import Client, Decision, Target, Verdict
 from schoolgate.proxy.addresses import AddressBook
 
@@ -49,7 +50,9 @@ FLAG_FRONTING = "fronting"
 FLAG_NO_SNI = "no_sni"
 
 NO_SNI_RULE = "proxy.no-sni"
-NO_SNI_CLAUSE = "Online safety policy §9: attempts to circumvent the network's filtering"
+# What a refusal cites when the daemon passes no clause of its own: the policy's
+# `[dynamic] circumvention_clause` is the school's (the proxy passes it in).
+NO_SNI_CLAUSE = DynamicClauses().circumvention
 NO_SNI_REASON = "The connection hid which site it was for, so it was refused."
 FRONTING_REASON = "The connection named one site but was sent to {service}, which is blocked."
 
@@ -97,9 +100,11 @@ def decide_name(
     now: datetime,
     dialled_name: str | None = None,
     operator_of: OperatorOf = own_operator,
+    refusal_clause: str = NO_SNI_CLAUSE,
 ) -> tuple[Decision, str | None]:
     """The decision for `target` sent to `dialled_ip` or `dialled_name` (rules 1-4 above) and
-    the fronted name."""
+    the fronted name. `refusal_clause` is what a refusal of the proxy's own (no SNI) cites: the
+    school's policy's `[dynamic] circumvention_clause`."""
     host = target.host
     if not host:
         names = book.hosts_for(dialled_ip) if dialled_ip else []
@@ -115,7 +120,7 @@ def decide_name(
             base,
             verdict=Verdict.BLOCK,
             rule_id=base.rule_id if base.blocked else NO_SNI_RULE,
-            clause=base.clause if base.blocked else NO_SNI_CLAUSE,
+            clause=base.clause if base.blocked else refusal_clause,
             reason=NO_SNI_REASON,
             rewrite_to=None,
             exception_id=None,
@@ -192,12 +197,14 @@ def judge_tls(
     inspect: Callable[[str], bool] | None = None,
     dialled_name: str | None = None,
     operator_of: OperatorOf = own_operator,
+    refusal_clause: str = NO_SNI_CLAUSE,
 ) -> Judgement:
     """A TLS ClientHello: pass it through, kill it, or intercept it to show the block page."""
     target = Target(host=normalise_name(sni))
     decision, fronted = decide_name(
         decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now,
         operator_of=operator_of,
+        refusal_clause=refusal_clause,
     )
     if decision.blocked:
         action = Action.BLOCK_PAGE if client.trusts_school_ca and target.host else Action.KILL
@@ -221,11 +228,13 @@ def judge_http(
     now: datetime,
     dialled_name: str | None = None,
     operator_of: OperatorOf = own_operator,
+    refusal_clause: str = NO_SNI_CLAUSE,
 ) -> Judgement:
     """A plain HTTP request (Host and URL): forward it, or answer with the block page."""
     target = Target(host=normalise_name(request.host), url=request.url)
     decision, fronted = decide_name(
         decide, client, target, dialled_ip=dialled_ip, dialled_name=dialled_name, book=book, now=now,
         operator_of=operator_of,
+        refusal_clause=refusal_clause,
     )
     return Judgement(decision, target, Action.BLOCK_PAGE if decision.blocked else Action.PASS, fronted)

@@ -348,6 +348,7 @@ def check_policy(env: Env) -> list[Result]:
             )
         ]
     results = [ok("policy", f"{path} loads: {len(policy.rules)} rules, {len(policy.networks)} networks")]
+    results += _policy_upkeep(env, policy)
     known = [net for network in policy.networks for net in network.networks]
     role = getattr(policy.school.unknown_network_role, "value", policy.school.unknown_network_role)
     for cidr in env.config.network.lan_cidrs:
@@ -395,6 +396,24 @@ def check_lists(env: Env) -> list[Result]:
         else:
             results.append(ok("lists", status.describe()))
     return results
+
+
+def _policy_upkeep(env: Env, policy: Any) -> list[Result]:
+    """Term dates about to run out and a written policy past its review date (policy.upkeep)."""
+    from schoolgate.policy.upkeep import REVIEW, upkeep_warnings
+
+    today = env.now().astimezone(policy.school.zone).date()
+    fixes = {
+        REVIEW: f"review the school's policy, then update {env.config.policy.name} and its [document] review_by",
+    }
+    return [
+        warn(
+            "policy upkeep",
+            warning.message,
+            fixes.get(warning.kind, f"edit {env.config.policy.name}, then: schoolgate policy check {env.config.policy}"),
+        )
+        for warning in upkeep_warnings(policy, today)
+    ]
 
 
 # ------------------------------------------------------------------------ daemons

@@ -46,15 +46,15 @@ def example_daemon(tmp_path_factory, authority):
 
 def test_social_media_by_role_and_time(example_daemon: Daemon) -> None:
     d = example_daemon
-    d.set_time(datetime(2026, 11, 18, 10, 0, tzinfo=UTC))  # school hours, no break
+    d.set_time(datetime(2026, 11, 18, 12, 30, tzinfo=UTC))  # school hours: lunch is inside them (§4, §6)
     pupil = ask(d.port, "www.facebook.com", use_edns=0)
     assert addresses(pupil) == ["10.41.0.1"] and ede(pupil) == [(17, "pupils-no-social-media")]
     staff = ask(d.port, "www.facebook.com", server="::1", use_edns=0)
     assert addresses(staff) == ["10.41.0.1"] and ede(staff) == [(17, "staff-social-media-school-hours")]
-    d.set_time(datetime(2026, 11, 18, 12, 58, tzinfo=UTC))  # lunch: staff may, for two more minutes
-    lunch = ask(d.port, "www.facebook.com", server="::1")
-    assert addresses(lunch) == ["192.0.2.21"]
-    assert lunch.answer[0].ttl <= 120
+    d.set_time(datetime(2026, 11, 18, 8, 43, tzinfo=UTC))  # before school: staff may, for two more minutes
+    early = ask(d.port, "www.facebook.com", server="::1")
+    assert addresses(early) == ["192.0.2.21"]
+    assert early.answer[0].ttl <= 120
     assert addresses(ask(d.port, "www.facebook.com")) == ["10.41.0.1"]  # pupils still may not
 
 

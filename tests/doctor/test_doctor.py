@@ -551,6 +551,33 @@ def test_lists(config: AppConfig, tmp_path: Path, verified_days_ago: int | None,
         assert "schoolgate lists update --config" in result.fix
 
 
+@pytest.mark.parametrize(
+    ("seed", "now", "expected"),
+    [
+        ("aspire-federation", NOW, []),
+        # Crockham Hill's "Next Review: Spring 2026" has passed.
+        ("crockham-hill", NOW, ["due for review by Friday 27 March 2026"]),
+        # 30 days before ASPIRE's last term date (Wednesday 21 July 2027), its review (March 2027) overdue.
+        ("aspire-federation", dt.datetime(2027, 6, 21, 9, tzinfo=dt.UTC),
+         ["run out on Wednesday 21 July 2027 (in 30 days)", "due for review by Wednesday 31 March 2027"]),
+        ("aspire-federation", dt.datetime(2027, 9, 6, 9, tzinfo=dt.UTC),
+         ["ended on Wednesday 21 July 2027", "due for review by Wednesday 31 March 2027"]),
+    ],
+)
+def test_policy_upkeep(
+    config: AppConfig, tmp_path: Path, seed: str, now: dt.datetime, expected: list[str]
+) -> None:
+    """The term dates running out and the written policy's review date passing are warnings."""
+    policy = tmp_path / "policy.toml"
+    shutil.copy(REPO / "deploy" / "policies" / f"{seed}.toml", policy)
+    shutil.copytree(REPO / "deploy/lists", tmp_path / "lists", dirs_exist_ok=True)
+    env = Env(config=replace(config, policy=policy, network=NetworkConfig(lan_cidrs=[])), now=lambda: now)
+    upkeep = [r for r in doctor.check_policy(env) if r.check == "policy upkeep"]
+    assert [r.status for r in upkeep] == [Status.WARN] * len(expected)
+    for result, words in zip(upkeep, expected, strict=True):
+        assert words in result.message and result.fix
+
+
 # ------------------------------------------------------------------------ the whole run
 
 

@@ -26,9 +26,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "policy", "check", str(EXAMPLE))
     assert code == 0, err
-    assert "OK. Kingswood Primary School: 15 rules, 16 services" in out
+    assert "OK. Kingswood Primary School: 14 rules, 16 services" in out
     assert "list circumvention (lists/circumvention.txt, plain):" in out
-    assert "window overnight: 22:00-06:00" in out
+    assert "document: Social Media Policy (Reviewed and approved by the EHT March 2026" in out
+    assert "window school_hours: 08:45-15:15" in out
 
 
 def test_check_error_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -40,8 +41,7 @@ def test_check_error_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert out == ""
     line = bad.read_text().splitlines().index('when = ["lessons"]') + 1
     assert err.strip() == (
-        f'error: policy.toml:{line}: rules[10].when: unknown window "lessons" '
-        "(known: lunch, morning_break, overnight, school_hours)"
+        f'error: policy.toml:{line}: rules[7].when: unknown window "lessons" (known: school_hours)'
     )
 
 
@@ -62,14 +62,14 @@ def test_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     assert data["verdict"] == "block"
     assert data["rule"] == "pupils-no-social-media"
-    assert data["clause"] == "Social Media Policy §6 and §9"
+    assert data["clause"] == "Social Media Policy §6: not permitted for children during school hours"
     assert data["service"] == "facebook"
     assert data["role"] == "pupil"
-    assert data["valid_until"] is None
+    assert data["valid_until"] == "2026-11-23T15:15:00+00:00"  # then §3 keeps it closed after school
     assert data["category"] == "social_media"
     assert data["exception_id"] is None
     assert data["flags"] == []
-    assert data["reason"] == "pupils may not use social media at school"
+    assert data["reason"] == "pupils may not use social media during school hours"
 
 
 def test_explain_text_for_a_headteacher(capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,10 +88,10 @@ def test_explain_text_for_a_headteacher(capsys: pytest.CaptureFixture[str]) -> N
     )
     assert code == 0
     assert out.strip() == (
-        "Blocked: staff may not use social media for personal use during school hours, except in their breaks "
-        "(Social Media Policy §4: no personal use during school hours). Facebook. Social media: Social networks "
+        "Blocked: staff may not use social media for personal use during school hours (Social Media Policy §4: "
+        "personal use during school hours is not permitted for staff). Facebook. Social media: Social networks "
         "and messaging services. The school's social media policy says who may use them, and when. "
-        "Changes at 12:00."
+        "Changes at 15:15."
     )
 
 
@@ -106,7 +106,7 @@ def test_explain_role_override_and_url(capsys: pytest.CaptureFixture[str]) -> No
         "--role",
         "authorised",
         "--url",
-        "https://www.instagram.com/kingswoodprimary/",
+        "https://www.facebook.com/kingswoodprimary/",
         "--at",
         "2026-11-23T11:00:00Z",
     )
@@ -115,7 +115,7 @@ def test_explain_role_override_and_url(capsys: pytest.CaptureFixture[str]) -> No
         0,
         "allow",
         "authorised-school-accounts",
-        "www.instagram.com",
+        "www.facebook.com",
     )
 
 

@@ -17,6 +17,7 @@ from schoolgate.policy import (
     Target,
     Verdict,
     decide,
+    explain_text,
 )
 from schoolgate.policy.engine import CompiledPolicy, url_key
 
@@ -66,8 +67,8 @@ def test_exception_expiring_mid_window_sets_valid_until_to_the_expiry(example: C
     assert decision.verdict is Verdict.ALLOW
     assert decision.exception_id == 7
     assert decision.rule_id == "exception-7"
-    assert decision.valid_until == local("2026-11-23 11:20")  # before the lunch edge at 12:00
-    assert "appendix A" in decision.clause
+    assert decision.valid_until == local("2026-11-23 11:20")  # before school hours end at 15:15
+    assert decision.clause == example.dynamic.exception  # the school's own process, from [dynamic]
     after = decide(layered, TEACHER, Target("www.facebook.com"), local("2026-11-23 11:20"))
     assert (after.verdict, after.rule_id) == (Verdict.BLOCK, "staff-social-media-school-hours")
     # The base example is untouched by the overlay.
@@ -164,6 +165,16 @@ def test_ban_makes_the_client_supervised(example: CompiledPolicy) -> None:
     assert after.verdict is Verdict.ALLOW
 
 
+def test_a_banned_clients_explanation_cites_the_schools_ban_clause(example: CompiledPolicy) -> None:
+    ban = Ban(id=4, device_id="IPAD-31", person_id=None, mac=None,
+              starts=local("2026-11-23 09:00"), until=local("2026-11-27 15:15"))
+    layered = example.with_overlay(bans=[ban])
+    now = local("2026-11-23 11:00")
+    text = explain_text(decide(layered, PUPIL, Target("example.org"), now), layered, now)
+    assert f"under a ban and is treated as supervised ({example.dynamic.ban})" in text
+    assert "§3" in example.dynamic.ban  # ASPIRE §3: removal of internet access
+
+
 def test_ban_by_mac_and_person(example: CompiledPolicy) -> None:
     start, end = local("2026-11-23 00:00"), local("2026-11-30 00:00")
     by_mac = Ban(id=5, device_id=None, person_id=None, mac="AA:BB:CC:00:00:07", starts=start, until=end)
@@ -200,7 +211,7 @@ def test_site_blocks(example: CompiledPolicy) -> None:
     now = local("2026-11-23 11:00")
     decision = decide(layered, TEACHER, Target("www.badgames.example"), now)
     assert (decision.verdict, decision.rule_id, decision.reason) == (Verdict.BLOCK, "site-block-9", "reported")
-    assert "appendix B" in decision.clause
+    assert decision.clause == example.dynamic.site_block
     assert decide(layered, PUPIL, Target("chat.example"), now).verdict is Verdict.BLOCK
     assert decide(layered, TEACHER, Target("chat.example"), now).verdict is Verdict.ALLOW
     nasty = Target("news.example", url="https://news.example/nasty/story")

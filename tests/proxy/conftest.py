@@ -118,6 +118,7 @@ def services(
         category=lambda category_id: _category(policy, category_id),
         upset=UpsetSigner(b"test key for the upset button"),
         operator_of=lambda sid: policy.service_by_id[sid].operator_id,
+        refusal_clause=lambda: policy.dynamic.circumvention,
     )
 
 

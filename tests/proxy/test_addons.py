@@ -215,6 +215,19 @@ def test_no_sni_to_a_watched_address_is_refused_and_flagged(
     assert {"circumvention", "no_sni"} <= set(event.flags.split(","))
 
 
+def test_no_sni_refusal_cites_the_schools_own_clause(
+    harness: Harness, sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    """The proxy's own refusal names the clause the school's policy gives for it ([dynamic]
+    circumvention_clause), not a clause of some other school's policy."""
+    ctx = harness.connect(TRUSTED_PUPIL, OTHER_IP)
+    harness.hello(ctx, None)
+    assert harness.server_connect(ctx).error == REFUSED
+    (event,) = events(sessions, writer)
+    assert (event.verdict, event.rule_id) == ("block", "proxy.no-sni")
+    assert event.clause == "Acceptable Use Policy §7: connections that hide where they go are refused"
+
+
 def test_ipv6_dialled_address_is_judged_too(harness: Harness) -> None:
     ctx = harness.connect(PUPIL, "2001:db8::10")
     harness.hello(ctx, "innocent.example.org")
