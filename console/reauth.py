@@ -46,7 +46,7 @@ def totp_guard() -> TotpReplayGuard:
 
 def wait_text(until: datetime) -> str:
     """"Try again after 10:42:30." in the school's time, to the second (waits start at 30 s)."""
-    local = until.astimezone(web.local_zone())
+    local = until.astimezone(web.zone())
     return f"Too many attempts that were not right. Try again after {local:%H:%M:%S}."
 
 

@@ -14,10 +14,9 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from sqlalchemy.orm import Session, sessionmaker
@@ -370,17 +369,27 @@ def policy_ref() -> ConsolePolicy:
     return cast(ConsolePolicy, current_app.extensions["schoolgate.policy"])
 
 
-def local_zone() -> tzinfo:
-    """The school's time zone (the policy's [school] timezone), for times shown to people."""
-    try:
-        return policy().school.zone
-    except PolicyUnavailable:
-        return ZoneInfo("Europe/London")
-
-
 def policy() -> CompiledPolicy:
     """The current compiled policy file (see schoolgate.console.policyref)."""
     return policy_ref().get()
+
+
+def zone() -> tzinfo:
+    """The school's time zone: the policy's `[school] timezone`, the one source of it (UTC only
+    while no version of the policy has ever loaded). Read once per request."""
+    cached = g.get("school_zone")
+    if cached is None:
+        try:
+            cached = policy().school.zone
+        except PolicyUnavailable:
+            cached = UTC
+        g.school_zone = cached
+    return cast(tzinfo, cached)
+
+
+def today(in_policy: CompiledPolicy | None = None) -> date:
+    """Today's date at the school."""
+    return now().astimezone(in_policy.school.zone if in_policy is not None else zone()).date()
 
 
 def error_status(error: Exception) -> int:

@@ -32,6 +32,7 @@ from schoolgate.store.models import AccessEvent, Alert, EventDaily, EventHourly,
 
 if TYPE_CHECKING:
     from schoolgate.policy import CompiledPolicy
+    from schoolgate.services.policy_history import FileFacts
 
 log = logging.getLogger(__name__)
 LONDON = ZoneInfo("Europe/London")
@@ -361,6 +362,74 @@ def retention_job(config: AppConfig, session_factory: SessionFactory, now: datet
             )
         session.commit()
     return RetentionOutcome(allowed, blocked, len(old_alerts))
+
+
+# -- the policy's history and upkeep ----------------------------------------------------------------
+
+
+@dataclass
+class PolicyOutcome:
+    recorded: int | None = None  # the id of the new history row, when the policy changed
+    notified: list[str] = field(default_factory=list)  # the upkeep warnings e-mailed this time
+    mail_error: str | None = None
+
+
+def policy_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    policy: CompiledPolicy | None,
+    facts: FileFacts | None,
+    mailer: Mailer | None,
+) -> PolicyOutcome:
+    """Record a changed policy in the history (and the audit log), and tell the technicians,
+    once each, that the term dates are running out or the written policy's review is due."""
+    from schoolgate.policy.upkeep import upkeep_warnings
+    from schoolgate.services import policy_history
+    from schoolgate.services.mailer import build_message
+    from schoolgate.services.mailtemplates import link, render
+
+    outcome = PolicyOutcome()
+    if policy is None:
+        return outcome
+    site = config.site.id
+    if facts is not None:
+        with session_factory() as session:
+            row = policy_history.record_version(session, site=site, policy=policy, facts=facts, now=now)
+            session.commit()
+            outcome.recorded = row.id if row is not None else None
+    warnings = upkeep_warnings(policy, now.astimezone(policy.school.zone).date())
+    if not warnings or mailer is None:
+        return outcome
+    with session_factory() as session:
+        pending = [w for w in warnings if not policy_history.notified(session, site, w)]
+        recipients = policy_history.technician_recipients(session, site) if pending else []
+    for warning in pending if recipients else ():
+        mail = render(
+            "policy_upkeep",
+            f"{config.site.name}: the filtering policy needs attention",
+            warning=warning,
+            site_name=config.site.name,
+            base_url=config.console.base_url,
+            link=link,
+        )
+        try:
+            mailer.send(
+                build_message(
+                    sender=config.mail.sender, recipients=recipients, subject=mail.subject, text=mail.text,
+                    html=mail.html,
+                )
+            )
+        except Exception as err:  # not sent: tried again at the next run
+            outcome.mail_error = str(err)
+            log.warning("policy upkeep e-mail failed (will retry): %s", err)
+            continue
+        with session_factory() as session:
+            policy_history.record_notice(session, site=site, warning=warning, recipients=recipients, now=now)
+            session.commit()
+        outcome.notified.append(warning.key)
+    return outcome
 
 
 # -- heartbeat ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime, time
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -29,6 +30,7 @@ from schoolgate.services.mailer import Mailer
 
 if TYPE_CHECKING:
     from schoolgate.policy import CompiledPolicy
+    from schoolgate.services.policy_history import FileFacts
 
 log = logging.getLogger(__name__)
 LONDON = ZoneInfo("Europe/London")
@@ -37,6 +39,7 @@ HEARTBEAT_SECONDS = 30
 EXPIRY_SECONDS = 30
 ROLLUP_SECONDS = 30
 NOTIFY_SECONDS = 15  # a new report or a request waiting for someone: e-mailed within this
+POLICY_SECONDS = 60
 
 
 def digest_trigger(at: str) -> CronTrigger:
@@ -82,6 +85,24 @@ class CurrentPolicy:
         return self.live.policy
 
 
+def file_facts(path: Path) -> FileFacts | None:
+    """The policy file's owner and modification time (None if it cannot be read)."""
+    import pwd
+    from datetime import UTC
+
+    from schoolgate.services.policy_history import FileFacts
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    return FileFacts(str(path), owner, datetime.fromtimestamp(st.st_mtime, UTC))
+
+
 class SchedulerService:
     """Owns the APScheduler instance and the state the jobs share (engine, mailer, counters)."""
 
@@ -107,6 +128,7 @@ class SchedulerService:
         # record the change whatever runs).
         self.after_lists_installed: list[Callable[[jobs.ListsOutcome], object]] = []
         self.list_update: Callable[[AppConfig, float], list[dict[str, object]]] = jobs.run_lists_update
+        self._recorded_fingerprint: str | None = None  # the policy version the history has
         self.scheduler = BackgroundScheduler(timezone=LONDON)
         self._stop = threading.Event()
         self._add_jobs()
@@ -140,6 +162,13 @@ class SchedulerService:
             self._guard("expiry", self.run_expiry),
             IntervalTrigger(seconds=EXPIRY_SECONDS),
             id="expiry",
+            misfire_grace_time=60,
+            **common,
+        )
+        add(
+            self._guard("policy", self.run_policy),
+            IntervalTrigger(seconds=POLICY_SECONDS),
+            id="policy",
             misfire_grace_time=60,
             **common,
         )
@@ -225,6 +254,18 @@ class SchedulerService:
                     hook(outcome)
                 except Exception:
                     log.exception("a hook after a list update failed")
+        return outcome
+
+    def run_policy(self) -> jobs.PolicyOutcome:
+        policy = self.policy()
+        # The history is written when the fingerprint moves; the file's facts are read then only.
+        changed = policy is not None and policy.fingerprint != self._recorded_fingerprint
+        facts = file_facts(self.config.policy) if changed else None
+        outcome = jobs.policy_job(
+            self.config, self.session_factory, self.clock.now(), policy=policy, facts=facts, mailer=self.mailer
+        )
+        if facts is not None and policy is not None:
+            self._recorded_fingerprint = policy.fingerprint
         return outcome
 
     def run_retention(self) -> jobs.RetentionOutcome:

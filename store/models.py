@@ -389,6 +389,28 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+class PolicyVersion(Base):
+    """One version of a site's policy file, as the appliance first loaded it: the policy history.
+
+    Written by the scheduler alone (one per appliance), when it loads a policy whose fingerprint
+    differs from the site's latest row; an audit entry says the same, hash-chained."""
+
+    __tablename__ = "policy_versions"
+    __table_args__ = (Index("ix_policy_versions_site_loaded_at", "site", "loaded_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # CompiledPolicy.fingerprint (the file's text)
+    loaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    path: Mapped[str] = mapped_column(String(500))
+    installed_by: Mapped[str] = mapped_column(String(200))  # who, as far as the appliance can tell
+    file_owner: Mapped[str] = mapped_column(String(100), default="")
+    file_modified: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    summary: Mapped[str] = mapped_column(Text, default="")  # the changes in sentences
+    changes: Mapped[str] = mapped_column(Text, default="{}")  # JSON: schoolgate.policy.history.Changes
+    snapshot: Mapped[str] = mapped_column(Text, default="{}")  # JSON: what the next version is compared with
+
+
 class ConsoleUser(Base):
     """Someone who signs in to the console."""
 

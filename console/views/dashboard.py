@@ -55,7 +55,7 @@ def index() -> Any:
     )
     return render_template(
         "dashboard/index.html", figures=figures, charts=chart_data, days=days, ranges=RANGES,
-        top_services=top_services, fresh=fresh, list_warnings=_list_warnings(now),
+        top_services=top_services, fresh=fresh, list_warnings=_list_warnings(now), upkeep=_policy_upkeep(),
         network_mode=facts(web.state().config.network.mode),
         notices=notices.recent(session, web.site_id(), now, web.actor().permissions or frozenset()),
     )
@@ -70,3 +70,15 @@ def _list_warnings(now: datetime) -> list[str]:
     except Exception as err:  # the policy page shows a broken policy; the dashboard still draws
         return [f"The content lists' state cannot be read: {err}"]
     return [s.describe() for s in statuses if s.needs_attention]
+
+
+def _policy_upkeep() -> tuple[Any, ...]:
+    """The policy's upkeep warnings: term dates running out, the written policy's review overdue."""
+    from schoolgate.console.policyref import PolicyUnavailable
+    from schoolgate.policy.upkeep import upkeep_warnings
+
+    try:
+        policy = web.policy()
+    except PolicyUnavailable:
+        return ()
+    return upkeep_warnings(policy, web.today(policy))

@@ -11,7 +11,8 @@ from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.policyref import PolicyUnavailable
 from schoolgate.policy import Client, Ownership, Role, Target, decide, explain_text
-from schoolgate.services import policy_exceptions, site_blocks
+from schoolgate.policy.upkeep import upkeep_warnings
+from schoolgate.services import policy_exceptions, policy_history, site_blocks
 from schoolgate.services.common import normalise_host
 from schoolgate.services.errors import NotFound, ServiceError
 from schoolgate.services.permissions import Permission
@@ -81,13 +82,26 @@ def index() -> Any:
         list_statuses = read_statuses(config, now) if policy is not None else []
     except Exception:  # the page must draw; the dashboard and doctor say what is wrong
         list_statuses = []
+    versions = policy_history.list_versions(web.db(), web.site_scope(), limit=3)
+    upkeep = upkeep_warnings(policy, web.today(policy)) if policy is not None else ()
     return render_template(
         "policy/index.html", policy=policy, load_error=load_error, values=values, roles=ROLES,
         list_statuses=list_statuses, illegal_content=illegal_content.setting_of(config),
         illegal_content_text=illegal_content.WHAT_SCHOOLGATE_DOES,
         explanation=explanation, check_error=check_error, active=active, upcoming=upcoming, blocks=blocks,
-        ownership_choices=OWNERSHIP_CHOICES,
+        ownership_choices=OWNERSHIP_CHOICES, versions=versions, upkeep=upkeep,
+        lines_of=lambda row: policy_history.changes_of(row).lines(),
         policy_path=str(web.state().config.policy),
+    )
+
+
+@bp.route("/history")
+@web.requires(Permission.VIEW_POLICY)
+def history() -> Any:
+    """Every recorded version of the policy file: when, who, what changed."""
+    page = policy_history.list_versions(web.db(), web.site_scope(), offset=web.int_arg("offset", 0))
+    return render_template(
+        "policy/history.html", page=page, lines_of=lambda row: policy_history.changes_of(row).lines()
     )
 
 

@@ -403,15 +403,11 @@ def _policy_upkeep(env: Env, policy: Any) -> list[Result]:
     from schoolgate.policy.upkeep import REVIEW, upkeep_warnings
 
     today = env.now().astimezone(policy.school.zone).date()
-    fixes = {
-        REVIEW: f"review the school's policy, then update {env.config.policy.name} and its [document] review_by",
-    }
+    name = env.config.policy.name
+    fixes = {REVIEW: f"review the school's policy, then update {name} and its [document] review_by"}
+    check = f"edit {name}, then: schoolgate policy check {env.config.policy}"
     return [
-        warn(
-            "policy upkeep",
-            warning.message,
-            fixes.get(warning.kind, f"edit {env.config.policy.name}, then: schoolgate policy check {env.config.policy}"),
-        )
+        warn("policy upkeep", warning.message, fixes.get(warning.kind, check))
         for warning in upkeep_warnings(policy, today)
     ]
 

@@ -28,6 +28,10 @@ name = "Test Primary"
 timezone = "Europe/London"
 block_ipv4 = "10.99.0.1"
 
+[document]
+title = "Social Media Policy"
+review_by = 2027-09-01
+
 [calendar]
 terms = [
   { name = "Autumn 1", start = 2026-09-03, end = 2026-10-23 },

@@ -74,6 +74,7 @@ def test_the_scheduler_registers_the_digest_trigger(
         "digest",
         "retention",
         "lists",
+        "policy",
     }
     with pytest.raises(ValueError, match="digest_time"):
         digest_trigger("half past seven")
