@@ -32,6 +32,7 @@ from schoolgate.gateway.blocked import BlockedSets
 from schoolgate.gateway.nflog import Attempt
 from schoolgate.gateway.ruleset import KIND_DNS_BYPASS, KIND_DOH, KIND_DOT, KIND_QUIC
 from schoolgate.gateway.sets import watched_family
+from schoolgate.policy.model import DynamicClauses
 from schoolgate.policy.types import Client, Role
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ CATEGORY = "circumvention"
 FLAG_CIRCUMVENTION = "circumvention"
 FLAG_QUIC = "quic"
 FLAG_FOREIGN_RESOLVER = "foreign_resolver"
-CLAUSE = "Social Media Policy §9: attempts to circumvent the network's firewalls"
+# What a refused DoT/DoH attempt cites when no policy is loaded; the watcher passes the school's
+# own `[dynamic] circumvention_clause` (PolicyRoles.circumvention_clause).
+CLAUSE = DynamicClauses().circumvention
 QUIC_CLAUSE = "HTTP/3 (QUIC) to a watched service is refused so that the browser uses HTTPS, which the filter judges"
 DNS_CLAUSE = "every DNS query on the school network is answered by schoolgate"
 
@@ -69,11 +72,13 @@ KINDS: dict[str, AttemptKind] = {
 
 
 def attempt_event(attempt: Attempt, client: Client, *, site: str, ts: datetime,
-                  role: Role | None = None) -> Any:
+                  role: Role | None = None, circumvention_clause: str | None = None) -> Any:
     """The EventRecord for one attempt (every DfE field the gateway can know).
 
     `role` is the client's effective role under the policy (a ban makes it supervised, an
     unknown device gets its network's role); without a policy, the register's role or guest.
+    `circumvention_clause` is what a refused circumvention attempt cites: the school's policy's
+    `[dynamic] circumvention_clause`.
     """
     from schoolgate.store.events import EventRecord
 
@@ -94,7 +99,7 @@ def attempt_event(attempt: Attempt, client: Client, *, site: str, ts: datetime,
         url=f"{attempt.protocol}://{_hostport(attempt.dest_ip, attempt.dest_port)}",
         verdict=kind.verdict,
         rule_id=kind.rule_id,
-        clause=kind.clause,
+        clause=circumvention_clause if circumvention_clause and kind.clause == CLAUSE else kind.clause,
         category=kind.category,
         flags=kind.flags,
         identity_source=client.identity_source,
@@ -130,6 +135,11 @@ class PolicyRoles:
                 log.debug("policy still not loadable: %s", err)
             return
         self.live.check()
+
+    def circumvention_clause(self) -> str | None:
+        """The school's clause for refusing ways round the filter (None: no policy loaded)."""
+        policy = self.live.policy
+        return policy.dynamic.circumvention if policy is not None else None
 
     def role(self, client: Client, attempt: Attempt, now: datetime) -> Role | None:
         from schoolgate.policy import Target, decide
@@ -236,7 +246,9 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
                 except Exception as err:  # never lose the event over the role
                     log.warning("role for %s not decided: %s", client.ip, err)
                     role = None
-                event = attempt_event(attempt, client, site=site, ts=now, role=role)
+                event = attempt_event(
+                    attempt, client, site=site, ts=now, role=role, circumvention_clause=roles.circumvention_clause()
+                )
                 if writer.submit(event):
                     counts["recorded"] += 1
     finally:

@@ -159,7 +159,12 @@ def test_event_carries_every_field_and_the_circumvention_flag() -> None:
     assert (row["host"], row["url"]) == ("198.51.100.9", "tcp://198.51.100.9:853")
     assert (row["verdict"], row["rule_id"], row["category"]) == ("block", "gateway.refuse.dot", "circumvention")
     assert set(row["flags"].split(",")) == {"circumvention", "dot"}
-    assert "§9" in row["clause"]
+    # Without the school's policy, the refusal says it cites none; with it, the school's clause.
+    assert row["clause"].startswith("not in the school's policy")
+    ours = "Policy for Social Media §9: attempts made to circumvent the network's firewalls"
+    assert attempt_event(ATTEMPT, client, site="lab", ts=ts, circumvention_clause=ours).row()["clause"] == ours
+    quic = Attempt("quic", "10.77.0.11", None, "198.51.100.9", 443, "udp", ATTEMPT.at)
+    assert attempt_event(quic, client, site="lab", ts=ts, circumvention_clause=ours).row()["clause"] != ours
 
 
 @pytest.mark.parametrize(
