@@ -1,7 +1,8 @@
 """A school day in the lab, measured: no alert from ordinary use, one case and a ban that sticks.
 
-Every lab device browses as it would on a normal day, for a given number of minutes, starting at
-lunch (staff may use Facebook then, in Chromium, which tries HTTP/3 once a site advertises it):
+Every lab device browses as it would on a normal day, for a given number of minutes, starting
+just after school hours (the example policy, ASPIRE's, lets staff use Facebook then (§4), in
+Chromium, which tries HTTP/3 once a site advertises it):
 
 - the staff laptop and the Year 6 laptop load pages in Chromium, keeping their profiles, so the
   sites' Alt-Svc makes Chromium try QUIC, which the gateway refuses quietly;
@@ -42,7 +43,7 @@ from schoolgate.lab.lab import SITE_ID
 from schoolgate.lab.topology import GATEWAY_LAN_IP, LabDevice
 from schoolgate.store.models import AccessEvent, Alert, BanRow
 
-LUNCH = "2026-11-23T12:05:00+00:00"  # a Monday in term, GMT: 12:05 in London
+AFTER_SCHOOL = "2026-11-23T15:20:00+00:00"  # a Monday in term, GMT: 3:20 pm in London, after school hours
 FACEBOOK_IP = next(s.ip for s in SITES if s.label == "facebook")
 PHONE = LabDevice("phone", "10.41.20.77", "02:41:00:00:20:77", "", "", None, None, None, None, registered=False)
 HALL_TV = LabDevice("tv", "10.41.10.90", "02:41:00:00:10:90", "", "", None, None, None, None, registered=False)
@@ -78,7 +79,7 @@ class SessionReport:
     cpu_s: float = 0.0
 
     def lines(self) -> list[str]:
-        out = [f"lab session: {self.minutes:g} minutes of a school day (from 12:05, lunch)"]
+        out = [f"lab session: {self.minutes:g} minutes of a school day (from 3:20 pm, after school hours)"]
         for key, tally in sorted(self.actions.items()):
             out.append(f"  {key:8} " + ", ".join(f"{what} {n}" for what, n in sorted(tally.items())))
         out.append("  events: " + ", ".join(f"{verdict} {n}" for verdict, n in sorted(self.events.items())))
@@ -119,7 +120,7 @@ class Session:
 
     def staff(self, n: int) -> str:
         if n % 2 == 0:
-            return self._chromium("staff", "https://www.facebook.com/")  # lunch: allowed; Alt-Svc says h3
+            return self._chromium("staff", "https://www.facebook.com/")  # after school: allowed; Alt-Svc says h3
         return self._curl("staff", f"https://{self._pick(ALLOWED_NAMES)}/")
 
     def pupil(self, n: int) -> str:
@@ -214,7 +215,7 @@ def run_session(client: LabClient, minutes: float, *, home: Path, seed: int = 20
     for item in (PHONE, HALL_TV):
         if item.key not in lab.state.extra_devices:
             lab.attach_device(item)
-    client.set_clock(LUNCH)
+    client.set_clock(AFTER_SCHOOL)
     session = Session(client, seed=seed, home=home)
     devices = [
         Device("staff", 45.0, session.staff),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -172,6 +173,9 @@ def test_a_minute_without_the_central_database_loses_and_duplicates_nothing(
 
 SCHOOLGATE = Path(sys.executable).with_name("schoolgate")
 EXAMPLE_POLICY = HERE.parent.parent / "deploy" / "policy.example.toml"
+# The loopback clients are pupils: the example (ASPIRE's policy) keeps social media closed to
+# pupils at every hour (§6 in school hours, §3 on site), so every query below is blocked.
+LOOPBACK_PUPILS = '\n[[networks]]\nname = "test: loopback pupils"\ncidrs = ["127.0.0.0/8"]\nrole = "pupil"\n'
 DNS_RATE = 80.0  # blocked queries per second per school, from a bounded loop on loopback
 
 
@@ -198,9 +202,11 @@ class DnsSchool:
         self.data_dir = self.workdir / "var"
         self.data_dir.mkdir(parents=True)
         self.port = free_udp_tcp_port()
+        (self.workdir / "policy.toml").write_text(EXAMPLE_POLICY.read_text(encoding="utf-8") + LOOPBACK_PUPILS)
+        shutil.copytree(EXAMPLE_POLICY.parent / "lists", self.workdir / "lists")
         config = self.workdir / "schoolgate.toml"
         config.write_text(
-            f'policy = "{EXAMPLE_POLICY}"\ndata_dir = "var"\n\n'
+            'policy = "policy.toml"\ndata_dir = "var"\n\n'
             f'[site]\nid = "{site}"\nname = "{site}"\n\n'
             f'[database]\nurl = "{url}"\n\n'
             f'[dns]\nlisten = ["127.0.0.1:{self.port}"]\nupstream_timeout_ms = 300\n',
