@@ -41,7 +41,8 @@ def test_check_error_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert out == ""
     line = bad.read_text().splitlines().index('when = ["lessons"]') + 1
     assert err.strip() == (
-        f'error: policy.toml:{line}: rules[7].when: unknown window "lessons" (known: school_hours)'
+        f'error: policy.toml:{line}: rules[7].when: unknown window "lessons" '
+        "(known: lunch, morning_break, school_hours)"
     )
 
 
