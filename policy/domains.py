@@ -157,13 +157,21 @@ class ListSet:
         return found_lists, found_categories
 
     def has_urls(self, names: Sequence[str]) -> bool:
-        """Whether any list holds `host/path` entries for one of these names."""
+        """Whether any list holds `host/path` entries for one of these names (a host's
+        suffixes, longest first; a top-level domain alone is never such a host). Asked for
+        every new host, so each name's key is checked against the store's small filter first."""
+        if len(names) > 1:
+            names = names[:-1]
         for index in self._indexes:
             store = index.store
             if not store.url_count:
                 continue
+            shift, bitmap = store.url_host_filter()
+            seed = store.seed
             for name in names:
-                if store.has_url_host(xxh3_64_intdigest(name.encode("utf-8", "replace"), store.seed)):
+                key = xxh3_64_intdigest(name.encode("utf-8", "replace"), seed)
+                top = key >> shift
+                if bitmap[top >> 3] >> (top & 7) & 1 and store.has_url_host(key):
                     return True
         return False
 

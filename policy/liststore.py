@@ -100,6 +100,7 @@ class ListStore:
         "_shift",
         "_small",
         "_url_blob",
+        "_url_filter",
         "_url_keys",
         "_url_refs",
         "_v4_classes",
@@ -138,6 +139,7 @@ class ListStore:
             raise StoreError("damaged list store header")
         n, u, a, b = (int(head[f]) for f in ("key_count", "url_count", "v4_count", "v6_count"))
         self._small: dict[int, int] | None = None
+        self._url_filter: tuple[int, bytes] | None = None
         self.seed: int = int(seed)
         self.key_count: int = n
         self.url_count: int = u
@@ -225,6 +227,20 @@ class ListStore:
                 mask |= self.classes[klass][0]
             i += 1
         return mask
+
+    def url_host_filter(self) -> tuple[int, bytes]:
+        """(shift, bitmap): bit `key >> shift` of the bitmap is set for every URL entry's host
+        key. Built once per process (about 16 bits per URL host, 2 MB at most), so the names of
+        a host with no URL entries (nearly all of them) are ruled out without a bisect."""
+        if self._url_filter is None:
+            bits = max(12, min(24, self.url_count.bit_length() + 4))
+            shift = 64 - bits
+            bitmap = bytearray(1 << (bits - 3))
+            for key in self._url_keys:
+                top = key >> shift
+                bitmap[top >> 3] |= 1 << (top & 7)
+            self._url_filter = (shift, bytes(bitmap))
+        return self._url_filter
 
     def has_url_host(self, host_key: int) -> bool:
         keys = self._url_keys

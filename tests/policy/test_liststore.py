@@ -201,3 +201,24 @@ def test_a_top_level_domain_alone_in_a_list_file_is_reported_not_used(write_poli
     pupil = Client(ip="10.0.0.5", role=Role.PUPIL)
     assert decide(policy, pupil, Target("www.evil.example"), now).verdict is Verdict.BLOCK
     assert decide(policy, pupil, Target("bbc.com"), now).verdict is Verdict.ALLOW
+
+
+@pytest.mark.parametrize("url_hosts", [1, 300, 5000])
+def test_hosts_with_url_entries_are_found_through_the_filter(url_hosts: int) -> None:
+    """The filter only rules names out: every host with URL entries (and its subdomains) is
+    still found, any other is not, whatever the filter's size."""
+    builder = StoreBuilder(21, ["adult", "gambling", "agressif"])
+    builder.add_names(["listed.example"], 0)
+    for i in range(url_hosts):
+        builder.add_url(f"forum{i}.example", f"/board{i}/", i % 3)
+    data = builder.build()
+    store = ListStore(data)
+    lists = listset(data)
+    shift, bitmap = store.url_host_filter()
+    assert len(bitmap) * 8 == 1 << (64 - shift) and 12 <= 64 - shift <= 24
+    for i in range(0, url_hosts, max(1, url_hosts // 50)):
+        assert lists.has_urls(suffixes(f"forum{i}.example"))
+        assert lists.has_urls(suffixes(f"www.forum{i}.example"))
+    for host in ("listed.example", "forum.example", f"forum{url_hosts}.example", "example", "www.example"):
+        assert not lists.has_urls(suffixes(host)), host
+    assert store.url_count == url_hosts
