@@ -65,6 +65,22 @@ def check_admin_may_disable(target: ConsoleUser, active: bool) -> None:
         )
 
 
+def check_admin_may_change_contact(
+    target: ConsoleUser, *, email: str | None, receives_digest: bool, acting_user_id: int
+) -> None:
+    """The e-mail address of a DSL's or headteacher's account receives safeguarding cases about
+    named children and the DSL's digest: an admin who could change it could read them, or stop
+    the DSL hearing of them. So it, and whether the digest goes to it, are the headteacher's to
+    set (roles_the_headteacher_sets's form), or the holder's own."""
+    if target.id == acting_user_id or not guarded_roles_of(target.role_names):
+        return
+    if email != target.email or receives_digest != target.receives_digest:
+        raise DutyRefused(
+            "This account holds the DSL or headteacher role: its e-mail address receives safeguarding cases "
+            "about named children, so only the headteacher changes it, or whether it receives the digest."
+        )
+
+
 def roles_the_headteacher_sets(
     target: ConsoleUser, guarded: frozenset[ConsoleRole], *, acting_user_id: int
 ) -> frozenset[ConsoleRole]:

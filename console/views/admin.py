@@ -123,6 +123,11 @@ def _edit_page(user: ConsoleUser, error: str | None, status: int = 200) -> Any:
     ), status
 
 
+def _contact_change(user: ConsoleUser, email: str | None) -> dict[str, Any]:
+    """For the audit entry: the e-mail address before and after, when it changes."""
+    return {"email_before": user.email, "email": email} if email != user.email else {}
+
+
 def _end_sessions(user: ConsoleUser, reason: str) -> int:
     keep = web.session_token() if user.id == _me().id else None
     return sessions.end_all(web.db(), user.id, now=web.now(), reason=reason, keep=keep)
@@ -148,16 +153,20 @@ def edit(user_id: int) -> Any:
         email = request.form.get("email", "").strip()
         if len(display_name) > 200 or len(email) > 200:
             raise AccountError("The name and the e-mail address are each at most 200 characters.")
+        receives_digest = request.form.get("receives_digest") == "1"
+        duties.check_admin_may_change_contact(user, email=email or None, receives_digest=receives_digest,
+                                              acting_user_id=me.id)
+        contact = _contact_change(user, email or None)
         user.display_name = display_name or user.display_name
         user.email = email or None
-        user.receives_digest = request.form.get("receives_digest") == "1"
+        user.receives_digest = receives_digest
         web.db().flush()
         ended = 0
         if before != sorted(user.role_names) or not active:
             # What the account may do changed: its browsers sign in again under the new roles.
             ended = _end_sessions(user, sessions.ROLES_CHANGED if active else sessions.DISABLED)
         _audit("user.update", user, {"roles_before": before, "roles": sorted(user.role_names), "active": active,
-                                     "receives_digest": user.receives_digest, "sessions_ended": ended})
+                                     "receives_digest": user.receives_digest, "sessions_ended": ended, **contact})
     except (AccountError, ValueError) as err:
         web.db().rollback()
         return _edit_page(_load(user_id), str(err), 403 if isinstance(err, duties.DutyRefused) else 400)
@@ -195,15 +204,24 @@ def guarded_roles(user_id: int) -> Any:
         return signature
     user = _load(user_id)
     before = sorted(user.role_names)
+    contact: dict[str, Any] = {}
     try:
         accounts.set_roles(user, roles)
+        if "email" in request.form:  # the form sets the address too: a DSL's cases go to it
+            email = request.form.get("email", "").strip()
+            if len(email) > 200:
+                raise AccountError("The e-mail address is at most 200 characters.")
+            contact = _contact_change(user, email or None)
+            user.email = email or None
+            user.receives_digest = request.form.get("receives_digest") == "1"
+            contact["receives_digest"] = user.receives_digest
     except AccountError as err:
         web.db().rollback()
         return _edit_page(_load(user_id), str(err), 400)
     web.db().flush()
     ended = _end_sessions(user, sessions.ROLES_CHANGED) if before != sorted(user.role_names) else 0
     _audit("user.guarded_roles", user, {"roles_before": before, "roles": sorted(user.role_names),
-                                        "signature": signature, "sessions_ended": ended})
+                                        "signature": signature, "sessions_ended": ended, **contact})
     web.db().commit()
     flash(f"{user.username}'s roles are now: {', '.join(sorted(user.role_names))}.")
     return redirect(url_for("admin.edit", user_id=user.id))

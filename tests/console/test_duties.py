@@ -233,3 +233,44 @@ def test_the_headteacher_is_told_when_two_admins_reset_her_account(console: Cons
         told = notices.recent(session, SITE, console.clock.now(), frozenset({notices.Permission.GRANT_GUARDED_ROLES}))
     assert [n.kind for n in told] == ["user.reset_totp_confirmed", "user.reset_totp_requested"]
     assert "admin asked and admin2 confirmed" in told[0].text and told[0].path == f"/users/{head}"
+
+
+@pytest.mark.parametrize("change", [{"email": "admin@attacker.example"}, {"email": ""}, {"receives_digest": ""}])
+def test_an_admin_cannot_send_the_dsls_cases_elsewhere(console: Console, change: dict[str, str]) -> None:
+    """The DSL's address receives alerts naming children and her digest: an admin who changed it
+    would read them, and one who turned the digest off would stop her hearing of them."""
+    dsl = console.accounts["dsl"].id
+    with console.session() as session:
+        user = session.get(ConsoleUser, dsl)
+        assert user is not None
+        user.email, user.receives_digest = "dsl@school.example", True
+        session.commit()
+    admin = console.login("admin")
+    page = admin.get(f"/users/{dsl}").get_data(as_text=True)
+    assert 'name="email" value="dsl@school.example"' in page and 'type="hidden" name="receives_digest"' in page
+    form = {"display_name": "Ms D Shah", "email": "dsl@school.example", "receives_digest": "1", "active": "1",
+            **change}
+    refused = post_form(admin, f"/users/{dsl}", f"/users/{dsl}", form)
+    assert refused.status_code == 403 and "only the headteacher changes it" in refused.get_data(as_text=True)
+    with console.session() as session:
+        user = session.get(ConsoleUser, dsl)
+        assert user is not None and (user.email, user.receives_digest) == ("dsl@school.example", True)
+    # The page as a browser sends it (the address and digest as they are) still saves her name.
+    as_sent = {"display_name": "Ms Dee Shah", "email": "dsl@school.example", "receives_digest": "1", "active": "1"}
+    kept = post_form(admin, f"/users/{dsl}", f"/users/{dsl}", as_sent)
+    assert kept.status_code == 302
+
+
+def test_the_headteacher_sets_the_dsls_address_confirming_it_is_her(console: Console) -> None:
+    dsl = console.accounts["dsl"].id
+    head = console.login("headteacher")
+    url = f"/users/{dsl}"
+    assert 'id="f-guarded-email"' in head.get(url).get_data(as_text=True)
+    done = post_form(head, url, f"{url}/guarded-roles", {"guarded": ["dsl"], "email": "new.dsl@school.example",
+                                                         "receives_digest": "1", **_sign(console, "headteacher")})
+    assert done.status_code == 302, done.get_data(as_text=True)[:2000]
+    with console.session() as session:
+        user = session.get(ConsoleUser, dsl)
+        assert user is not None and (user.email, user.receives_digest) == ("new.dsl@school.example", True)
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "user.guarded_roles")).one()
+        assert '"email":"new.dsl@school.example"' in entry.detail and '"email_before":null' in entry.detail
