@@ -118,7 +118,7 @@ def _names_in_case(session: Session, alert: Alert) -> list[str]:
     return [n for n in names if len(n.strip()) >= 3]
 
 
-def _check_reason(session: Session, text: str, alert: Alert | None) -> None:
+def _check_reason(session: Session, text: str, alert: Alert | None, *, field: str = "ban_reason") -> None:
     if alert is None:
         return
     folded = text.casefold()
@@ -127,7 +127,7 @@ def _check_reason(session: Session, text: str, alert: Alert | None) -> None:
             raise InvalidInput(
                 "Keep the child's name and the concern out of the reason: admins read it in the audit log. "
                 f"The ban is linked to case {alert.id}, which holds the details.",
-                field="ban_reason",
+                field=field,
             )
 
 
@@ -278,6 +278,9 @@ def lift_ban(session: Session, *, site: str, now: datetime, actor: Actor, ban_id
     if ban.until is not None and ban.until <= now:
         raise InvalidTransition("That ban has already ended.")
     text = clean_text(reason, field="reason", max_len=4000, required=True)
+    # The reason for lifting goes to the audit log as the ban's reason did: no child's name in it.
+    _check_reason(session, text, session.get(Alert, ban.alert_id) if ban.alert_id is not None else None,
+                  field="reason")
     ban.lifted_at = now
     session.flush()
     label = ban.device_id or ban.mac or ban.person_id

@@ -150,6 +150,17 @@ def test_a_reason_never_carries_the_childs_name_or_the_case_title(session: Sessi
     assert caught.value.field == "ban_reason"
 
 
+def test_the_reason_for_lifting_a_ban_keeps_the_childs_name_out_too(session: Session, dsl: Actor) -> None:
+    register(session)
+    alert = make_alert(session)
+    imposed = ban(session, dsl, "IPAD-5", alert_id=alert.id)
+    with pytest.raises(InvalidInput, match="audit log") as caught:
+        bans.lift_ban(session, site=SITE, now=NOW, actor=dsl, ban_id=imposed.id, reason="Sam Pupil has learnt")
+    assert caught.value.field == "reason" and imposed.lifted_at is None
+    lifted = bans.lift_ban(session, site=SITE, now=NOW, actor=dsl, ban_id=imposed.id, reason="Talked it through")
+    assert lifted.lifted_at == NOW
+
+
 def test_the_supervisor_is_required_and_a_ban_may_stay_on_the_device(session: Session, dsl: Actor) -> None:
     register(session)
     with pytest.raises(InvalidInput) as caught:
