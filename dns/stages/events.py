@@ -7,35 +7,53 @@ sink: one row per client and domain per minute, built once, not once per query (
 more than answering the query did). The daemon calls `flush_due` a few times a second, which
 hands over a bounded slice of the finished minutes, so no single call stalls the answers; a
 flood of distinct names that would outgrow `max_folded` is handed over early instead.
-The sink's `submit` never blocks (a bounded queue in schoolgate.store.events).
+The sink's `submit` never blocks (a bounded queue in schoolgate.store.events). Events are
+handed over as compact tuples (schoolgate.store.events.record.CompactEvent) to a sink that takes
+them (`submit_compact`: the EventWriter, whose thread makes the records): building a record here
+cost more than deciding a blocked query did.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
-from schoolgate.dns.chain import Answer, Result, Stage, is_ready, then
+from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import Query, type_name
-from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
-from schoolgate.store.events import EventRecord
+from schoolgate.policy.types import Client, Decision, Role, Verdict
+from schoolgate.store.events.record import CompactEvent, EventRecord, from_compact
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
+SPECIAL_CLAUSE = "schoolgate DNS: names answered by the appliance itself"
 MAX_FOLDED = 50_000  # distinct (minute, client, name) keys held before handing over early
 FLUSH_SLICE = 500  # records handed over per flush_due call
 
 
-def record_for(
-    decision: Decision, client: Client, host: str, qtype: int, *, site: str, ts: datetime, count: int = 1
-) -> EventRecord:
-    return EventRecord.from_decision(
-        decision, client, Target(host), site=site, source="dns", ts=ts, qtype=type_name(qtype), count=count
+def compact_event(
+    decision: Decision, client: Client, host: str, qtype: int, *, site: str, ts: float, count: int = 1
+) -> CompactEvent:
+    """The event of one decision (or `count` folded ones) in compact form: the record
+    EventRecord.from_decision makes, as record.COMPACT_FIELDS orders its values."""
+    return (
+        ts, site, "dns", client.ip, host, decision.verdict._value_, decision.rule_id, decision.role._value_,
+        client.mac, client.device_id, client.device_name, client.person_id, client.person_name,
+        type_name(qtype), None, None, decision.clause, decision.service, decision.category, decision.flags, count,
+        client.identity_source,
     )
 
 
 class EventSink(Protocol):
     def submit(self, record: EventRecord) -> bool: ...
+
+
+def _compact_submitter(sink: EventSink) -> Callable[[CompactEvent], bool]:
+    """How to hand a compact event to `sink`: as it is, if the sink takes them."""
+    takes_compact = getattr(sink, "submit_compact", None)
+    if takes_compact is not None:
+        return takes_compact  # type: ignore[no-any-return]
+    return lambda event: sink.submit(from_compact(event))
 
 
 class EventsStage(Stage):
@@ -52,6 +70,7 @@ class EventsStage(Stage):
     ) -> None:
         super().__init__()
         self.sink = sink
+        self.submit = _compact_submitter(sink)
         self.max_folded = max_folded
         self.role_for = role_for
         self.site = site
@@ -60,6 +79,10 @@ class EventsStage(Stage):
         self._folded: dict[tuple[int, str, str, str], list[object]] = {}
         self._held_queries = 0  # the queries counted in _folded
         self.logged = 0
+
+    def set_sink(self, sink: EventSink) -> None:
+        self.sink = sink
+        self.submit = _compact_submitter(sink)
 
     def held(self) -> tuple[int, int]:
         """(rows, queries) folded in memory and not yet handed to the sink: what a kill loses.
@@ -70,7 +93,7 @@ class EventsStage(Stage):
 
     def resolve(self, query: Query) -> Result:
         result = self.pass_on(query)
-        if is_ready(result):
+        if result is None or isinstance(result, bytes | bytearray):  # chain.is_ready, inlined: every query
             self._log(query)
             return result
         # Upstream may still change the verdict (a CNAME to a blocked name): log when answered.
@@ -91,13 +114,13 @@ class EventsStage(Stage):
                 self._fold(query, decision)
 
     def _fold(self, query: Query, decision: Decision) -> None:
-        now = query.now or datetime.now(UTC)
-        key = (int(now.timestamp()) // 60, query.client_ip, query.qname, decision.verdict.value)
+        ts = query.ts or time.time()
+        key = (int(ts) // 60, query.client_ip, query.qname, decision.verdict._value_)
         slot = self._folded.get(key)
         if slot is None:
             if len(self._folded) >= self.max_folded:
                 self.flush()
-            self._folded[key] = [1, decision, query.client, query.qtype, now]
+            self._folded[key] = [1, decision, query.client, query.qtype, ts]
         else:
             slot[0] += 1  # type: ignore[operator]
         self._held_queries += 1
@@ -127,41 +150,29 @@ class EventsStage(Stage):
 
     def _submit_folded(self, key: tuple[int, str, str, str], slot: list[object]) -> None:
         count, decision, client, qtype, ts = slot
-        assert isinstance(decision, Decision) and isinstance(ts, datetime) and isinstance(count, int)
+        assert isinstance(decision, Decision) and isinstance(ts, float) and isinstance(count, int)
         who = client if isinstance(client, Client) else Client(ip=key[1])
         assert isinstance(qtype, int)
-        self.sink.submit(record_for(decision, who, key[2], qtype, site=self.site, ts=ts, count=count))
+        self.submit(compact_event(decision, who, key[2], qtype, site=self.site, ts=ts, count=count))
         self.logged += 1
 
     def _full(self, query: Query, decision: Decision) -> None:
         client = query.client or Client(ip=query.client_ip)
-        ts = query.now or datetime.now(UTC)
-        self.sink.submit(record_for(decision, client, query.qname, query.qtype, site=self.site, ts=ts))
+        ts = query.ts or time.time()
+        self.submit(compact_event(decision, client, query.qname, query.qtype, site=self.site, ts=ts))
         self.logged += 1
 
     def _special(self, query: Query) -> None:
         client = query.client or Client(ip=query.client_ip)
         role = self.role_for(client) if self.role_for is not None else client.role or self.default_role
-        record = EventRecord(
-            ts=query.now or datetime.now(UTC),
-            site=self.site,
-            source="dns",
-            client_ip=client.ip,
-            mac=client.mac,
-            device_id=client.device_id,
-            device_name=client.device_name,
-            person_id=client.person_id,
-            person_name=client.person_name,
-            role=role.value,
-            host=query.qname,
-            qtype=type_name(query.qtype),
-            verdict=SPECIAL_VERDICTS.get(query.special_rule, Verdict.BLOCK.value),
-            rule_id=query.special_rule,
-            clause="schoolgate DNS: names answered by the appliance itself",
-            # Browsers and phones ask these names by themselves (Firefox's DoH canary, iCloud
-            # Private Relay's check, resolver discovery): recorded, never taken for intent.
-            category=None,
-            flags="special_name",
-        )
-        self.sink.submit(record)
+        ts = query.ts or time.time()
+        # Browsers and phones ask these names by themselves (Firefox's DoH canary, iCloud
+        # Private Relay's check, resolver discovery): recorded, never taken for intent, so
+        # without a category.
+        verdict = SPECIAL_VERDICTS.get(query.special_rule, Verdict.BLOCK.value)
+        self.submit((
+            ts, self.site, "dns", client.ip, query.qname, verdict, query.special_rule, role._value_,
+            client.mac, client.device_id, client.device_name, client.person_id, client.person_name,
+            type_name(query.qtype), None, None, SPECIAL_CLAUSE, None, None, "special_name", 1, client.identity_source,
+        ))
         self.logged += 1

@@ -25,7 +25,14 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from schoolgate.store.events.record import RECORD_FIELDS, EventRecord, flags_text
+from schoolgate.store.events.record import (
+    COMPACT_FIELDS,
+    RECORD_FIELDS,
+    CompactEvent,
+    EventRecord,
+    flags_text,
+    from_compact,
+)
 from schoolgate.store.models import AccessEvent
 
 # The fast paths (``SqliteRows``, ``PostgresRows``) bind a plain tuple per row: the three
@@ -34,6 +41,10 @@ _PLAIN_FIELDS = tuple(name for name in RECORD_FIELDS if name not in ("ts", "flag
 _plain_values = operator.attrgetter(*_PLAIN_FIELDS)
 _TUPLE_COLUMNS = ("ts", "flags", "uid", *_PLAIN_FIELDS)
 _TUPLE_SITE = _TUPLE_COLUMNS.index("site")
+# The same fields taken from a compact event (record.CompactEvent), and where its flags are.
+_compact_plain_values = operator.itemgetter(*(COMPACT_FIELDS.index(name) for name in _PLAIN_FIELDS))
+_COMPACT_FLAGS = COMPACT_FIELDS.index("flags")
+_COMPACT_LEN = len(COMPACT_FIELDS)
 
 
 def _tuple_insert(placeholder: str) -> str:
@@ -227,6 +238,10 @@ class CoreRows:
         return row
 
     @staticmethod
+    def build_compact(event: CompactEvent, uids: Callable[[], str]) -> dict[str, Any]:
+        return CoreRows.build(from_compact(event), uids)
+
+    @staticmethod
     def insert(conn: Connection, rows: list[Any]) -> int:
         return insert_events(conn, rows)
 
@@ -258,6 +273,20 @@ class SqliteRows:
             flags_text(flags) if flags else "",
             uids() if uid is None else uid,
             *_plain_values(record),
+        )
+
+    @staticmethod
+    def build_compact(event: CompactEvent, uids: Callable[[], str]) -> tuple[Any, ...]:
+        """The row of a compact event, without making its record first (the DNS daemon's
+        events come so: this is the writer thread's work per blocked query)."""
+        if len(event) != _COMPACT_LEN:
+            raise ValueError(f"a compact event has {_COMPACT_LEN} fields, not {len(event)}")
+        flags = event[_COMPACT_FLAGS]
+        return (
+            datetime.fromtimestamp(event[0], UTC).replace(tzinfo=None).isoformat(" ", "microseconds"),
+            flags_text(flags) if flags else "",
+            uids(),
+            *_compact_plain_values(event),
         )
 
     @staticmethod
@@ -293,6 +322,10 @@ class PostgresRows:
             uids() if uid is None else uid,
             *_plain_values(record),
         )
+
+    @staticmethod
+    def build_compact(event: CompactEvent, uids: Callable[[], str]) -> tuple[Any, ...]:
+        return PostgresRows.build(from_compact(event), uids)
 
     @staticmethod
     def insert(conn: Connection, rows: list[Any]) -> int:

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from schoolgate.store.coltypes import utcnow
 from schoolgate.store.events.ledger import Ledger
-from schoolgate.store.events.record import EventRecord
+from schoolgate.store.events.record import CompactEvent, EventRecord
 from schoolgate.store.events.rows import WRITE_ERRORS, RowFormat, insert_mended, is_bad_data, row_format
 from schoolgate.store.events.shipper import RETRY_MIN, SpoolShipper
 from schoolgate.store.events.status import write_status
@@ -124,7 +124,8 @@ class EventWriter:
         self.batch_size = batch_size
         self._status = status
         self._uids = UidSource(uid_prefix)
-        self._queue: deque[EventRecord] = deque()  # rows are built by the writer thread
+        # Records or compact events (see record.CompactEvent): rows are built by the writer thread.
+        self._queue: deque[EventRecord | CompactEvent] = deque()
         # fast_rows=False: dicts through SQLAlchemy Core on every database, the reference
         # the fast paths are tested and measured against.
         self._rows: RowFormat = row_format(engine, fast=fast_rows)
@@ -159,8 +160,12 @@ class EventWriter:
 
     # -- producer side
 
-    def submit(self, record: EventRecord) -> bool:
-        """Queue a record; False if it was dropped because the queue is full (counted)."""
+    def submit(self, record: EventRecord | CompactEvent) -> bool:
+        """Queue a record; False if it was dropped because the queue is full (counted).
+
+        A compact event (record.CompactEvent) is queued as it is and made a record by the
+        writer's thread: the producer's cost is the tuple it built.
+        """
         with self._lock:
             ledger = self._ledger
             ledger.counts.submitted += 1
@@ -174,6 +179,8 @@ class EventWriter:
             if len(self._queue) >= self.batch_size:
                 self._wake.notify()
             return True
+
+    submit_compact = submit  # the name the DNS events stage looks for (see its EventSink)
 
     def stats(self) -> dict[str, Any]:
         held_rows = held_queries = 0
@@ -281,11 +288,11 @@ class EventWriter:
             if not records:
                 return []
             batch: list[Any] = []
-            build = self._rows.build
+            build, build_compact = self._rows.build, self._rows.build_compact
             uids = self._uids
             for record in records:
                 try:
-                    row = build(record, uids)
+                    row = build_compact(record, uids) if isinstance(record, tuple) else build(record, uids)
                 except Exception as err:  # a malformed record must not kill the writer thread
                     log.warning("malformed event record dropped: %s", err)
                     with self._lock:

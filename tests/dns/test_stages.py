@@ -15,7 +15,7 @@ from conftest import DATA
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Result, Stage, link, settle
 from schoolgate.dns.stages.cache import CacheStage
-from schoolgate.dns.stages.events import EventsStage
+from schoolgate.dns.stages.events import EventsStage, compact_event
 from schoolgate.dns.stages.identify import IdentifyStage
 from schoolgate.dns.stages.policy import PolicyStage
 from schoolgate.dns.stages.safesearch import SafeSearchStage
@@ -25,7 +25,8 @@ from schoolgate.dns.upstream import UpstreamFailure
 from schoolgate.dns.wire import Query, parse_query
 from schoolgate.gateway.sets import MemoryWatchedSets
 from schoolgate.policy import decide, load_policy
-from schoolgate.policy.types import Client, Role
+from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
+from schoolgate.store.events.record import EventRecord, from_compact
 
 POLICY = load_policy(DATA / "policy.toml")
 TEN = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
@@ -260,6 +261,43 @@ def test_events_blocked_in_full_allowed_folded_special_named() -> None:
     assert allowed.count == 3 and allowed.verdict == "allow" and allowed.qtype == "A"
     row = allowed.row()
     assert row["ts"] == TEN and row["client_ip"] == "127.0.0.1" and row["role"] == "pupil"
+
+
+def test_the_compact_event_is_the_record_from_decision_makes() -> None:
+    """The events stage builds tuples instead of records: field for field the same event."""
+    decision = Decision(
+        verdict=Verdict.BLOCK, rule_id="social-media", clause="Social Media Policy §9", reason="no",
+        role=Role.PUPIL, service="facebook", category="social_media", flags=frozenset({"repeat"}),
+    )
+    client = Client(ip="10.0.0.7", mac="02:00:00:00:00:07", device_id="LAP-07", device_name="Laptop 7",
+                    person_id="p42", person_name="Sam Pupil", role=Role.PUPIL, identity_source="radius")
+    event = compact_event(decision, client, "www.facebook.com", 28, site="dnstest", ts=TEN.timestamp(), count=2)
+    expected = EventRecord.from_decision(decision, client, Target("www.facebook.com"), site="dnstest", source="dns",
+                                         ts=TEN, qtype="AAAA", count=2)
+    assert from_compact(event) == expected
+
+
+def test_a_sink_that_takes_compact_events_gets_them_as_they_are() -> None:
+    class CompactSink:
+        def __init__(self):
+            self.events = []
+
+        def submit(self, record):
+            raise AssertionError("records are for sinks without submit_compact")
+
+        def submit_compact(self, event):
+            self.events.append(event)
+            return True
+
+    sink = CompactSink()
+    events = EventsStage(sink, "dnstest", StaticPolicy().role_for)
+    link([events, SpecialNamesStage([], ""), PolicyStage(StaticPolicy(), FixedClock(TEN)),
+          Upstream({"a.test": ["A 192.0.2.1"]})])
+    events.resolve(query("www.facebook.com"))
+    events.resolve(query("use-application-dns.net"))
+    blocked, special = (from_compact(event) for event in sink.events)
+    assert (blocked.host, blocked.verdict, blocked.ts) == ("www.facebook.com", "block", TEN)
+    assert (special.host, special.flags, special.role) == ("use-application-dns.net", "special_name", "pupil")
 
 
 def test_allowed_queries_handed_over_once_their_minute_is_over() -> None:

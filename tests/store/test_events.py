@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
 from schoolgate.store.db import make_engine
 from schoolgate.store.events import AllowedAggregator, EventRecord, EventWriter, StatusTarget, read_status
+from schoolgate.store.events.record import COMPACT_FIELDS, compact, from_compact
 from schoolgate.store.models import AccessEvent
 
 SITE = "testschool"
@@ -108,6 +109,37 @@ def test_from_decision_maps_every_field() -> None:
         "identity_source": "radius",
     }
     assert not rec.is_plain_allow
+
+
+@pytest.mark.parametrize("flags", [frozenset({"repeat", "circumvention"}), "special_name", frozenset()])
+def test_a_compact_event_stands_for_its_record_field_by_field(flags: frozenset[str] | str) -> None:
+    full = record(7, mac="02:00:00:00:00:07", device_id="LAP-07", device_name="Laptop 7", person_id="p42",
+                  person_name="Sam Pupil", qtype="AAAA", url="https://x.example/", search_term="cats",
+                  clause="Social Media Policy §9", service="facebook", category="social_media", flags=flags,
+                  count=3, identity_source="dhcp")
+    event = compact(full)
+    assert len(event) == len(COMPACT_FIELDS) and "uid" not in COMPACT_FIELDS
+    assert isinstance(event[0], float)
+    assert from_compact(event) == full
+    assert from_compact(event).row() == full.row()
+    with pytest.raises(ValueError, match="fields"):
+        from_compact(event[:-1])
+
+
+def test_compact_events_are_written_as_their_records_would_be(engine: Engine) -> None:
+    """The DNS hot path hands over tuples; the rows are the same as from records."""
+    writer = EventWriter(engine)
+    writer.submit(compact(record(1, flags=frozenset({"b", "a"}), host="compact.example", identity_source="radius")))
+    assert writer.submit_compact(compact(record(2, host="compact2.example")))
+    writer.submit(record(3, flags="a,b", host="record.example", identity_source="radius"))
+    assert writer.flush()
+    with Session(engine) as session:
+        rows = {row.host: row for row in session.scalars(select(AccessEvent))}
+    assert set(rows) == {"compact.example", "compact2.example", "record.example"}
+    assert rows["compact.example"].ts == T0 + timedelta(milliseconds=1)
+    assert rows["compact.example"].flags == rows["record.example"].flags == "a,b"
+    assert rows["compact.example"].identity_source == "radius"
+    assert writer.stats()["written"] == 3
 
 
 def test_naive_timestamps_are_refused() -> None:
