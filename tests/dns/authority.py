@@ -78,12 +78,22 @@ def _cname_target(name: str) -> str | None:
 class Authority:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, synthetic: bool = False) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.udp.bind((host, port))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(family, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((host, self.port))
+        # UDP and TCP on one port number. With port 0 the kernel picks a free UDP port, whose
+        # TCP twin another process on this busy machine may hold: then try another.
+        for attempt in range(1 if port else 50):
+            self.udp = socket.socket(family, socket.SOCK_DGRAM)
+            self.udp.bind((host, port))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(family, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((host, self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+                if port or attempt == 49:
+                    raise
         self.tcp.listen(64)
         self.host = host
         self.synthetic = synthetic
