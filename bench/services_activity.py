@@ -156,7 +156,9 @@ def main() -> None:
                 ("dashboard (all figures)", lambda: activity.dashboard(session, SITE, NOW)),
                 (
                     "digest facts, 1 day",
-                    lambda: digest.compose_digest(session, site=SITE, site_name="Bench", now=NOW, since=NOW - day),
+                    lambda: digest.compose_digest(
+                        session, site=SITE, site_name="Bench", now=NOW, zone=UTC, since=NOW - day
+                    ),
                 ),
             ]
             print(f"{'query':<42} {'p50 ms':>8} {'p95 ms':>8} {'p95/ref':>8}")

@@ -7,7 +7,6 @@ import secrets
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import Flask, render_template, request
 from markupsafe import Markup
@@ -22,6 +21,7 @@ from schoolgate.console.policyref import ConsolePolicy
 from schoolgate.console.text import printable
 from schoolgate.console.throttle import SignInThrottle, ThrottleSettings
 from schoolgate.services.permissions import Permission
+from schoolgate.timewords import local, short_day_words, short_instant_words
 
 
 def display_text(value: Any) -> Any:
@@ -31,23 +31,23 @@ def display_text(value: Any) -> Any:
     return value
 
 
-LONDON = ZoneInfo("Europe/London")
-
-
 def local_time(moment: datetime | None) -> str:
-    """School-local time, the way staff read it: "Mon 9 Mar 2026 13:05"."""
+    """A time shown on a page, in the school's time zone and in words: "Mon 9 Mar, 1:05 pm"
+    (the year when it is not this year's). One helper for every time shown to a person:
+    schoolgate.timewords."""
     if moment is None:
         return ""
-    local = moment.astimezone(LONDON)
-    return f"{local:%a} {local.day} {local:%b %Y %H:%M}"
+    return short_instant_words(moment, web.zone(), now=web.now())
 
 
 def local_date(moment: datetime | date | None) -> str:
+    """A date shown on a page: "Mon 9 Mar" (the year when it is not this year's)."""
     if moment is None:
         return ""
+    today = web.today()
     if isinstance(moment, datetime):
-        moment = moment.astimezone(LONDON).date()
-    return f"{moment.day} {moment:%b %Y}"
+        moment = local(moment, web.zone()).date()
+    return short_day_words(moment, today=today)
 
 
 def load_secret_key(config: AppConfig) -> bytes:

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -171,6 +171,8 @@ class Services:
     # What the proxy's own refusals (a connection hiding its site) cite: the school's policy's
     # `[dynamic] circumvention_clause`; None: the judge's "not in the school's policy" wording.
     refusal_clause: Callable[[], str] | None = None
+    # The school's time zone (the policy's `[school] timezone`), for times on the block page.
+    zone: Callable[[], tzinfo] = lambda: UTC
     connections: Connections = field(default_factory=Connections)
     counters: ProxyCounters = field(default_factory=ProxyCounters)
 
@@ -417,6 +419,7 @@ class HttpGate:
             rationale=category[1] if category else None,
             pupil=pupil,
             upset_token=token,
+            zone=self.s.zone(),
         )
         body = blockpage.render(info, ctx.options.schoolgate_console_url)
         flow.response = http.Response.make(403, body.encode("utf-8"), blockpage.headers_for(info))

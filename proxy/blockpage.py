@@ -19,13 +19,12 @@ import base64
 import hashlib
 import html
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from schoolgate.proxy.upset import UPSET_PATH
+from schoolgate.timewords import instant_words
 
-_LONDON = ZoneInfo("Europe/London")
 MAX_ECHO = 300  # long URLs are cut on the page (the request link carries the full one, capped)
 MAX_LINK_URL = 2000
 CHILDLINE_NUMBER = "0800 1111"
@@ -104,6 +103,7 @@ class BlockInfo:
     at: datetime  # aware
     device: str | None  # device id, for the request form
     device_name: str | None
+    zone: tzinfo  # the school's time zone (the policy's [school] timezone), for "Time"
     service_name: str | None = None
     circumvention: bool = False
     explanation: str | None = None  # schoolgate.policy.explain_text: reason, clause, when it changes
@@ -117,11 +117,9 @@ def _cut(text: str, limit: int = MAX_ECHO) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def in_words(moment: datetime) -> str:
-    """School-local time in words: "Monday 23 November 2026, 10:15 am"."""
-    local = moment.astimezone(_LONDON)
-    hour = local.hour % 12 or 12
-    return f"{local:%A} {local.day} {local:%B %Y}, {hour}:{local:%M} {'am' if local.hour < 12 else 'pm'}"
+def in_words(moment: datetime, zone: tzinfo) -> str:
+    """The school's local time in words: "Monday 23 November 2026, 10:15 am"."""
+    return instant_words(moment, zone)
 
 
 def request_link(console_base_url: str, info: BlockInfo) -> str:
@@ -148,7 +146,7 @@ def _facts(info: BlockInfo) -> str:
         ("Policy", info.clause or None),
         ("Category", category),
         ("Device", info.device_name or info.device),
-        ("Time", in_words(info.at)),
+        ("Time", in_words(info.at, info.zone)),
     ]
     return "\n".join(f'<dt>{e(k)}</dt><dd id="fact-{k.lower()}">{e(v)}</dd>' for k, v in rows if v)
 

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +216,10 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         policy = live.policy
         return policy.dynamic.circumvention if policy is not None else NO_SNI_CLAUSE
 
+    def zone() -> tzinfo:
+        policy = live.policy
+        return policy.school.zone if policy is not None else UTC
+
     def category(category_id: str) -> tuple[str, str] | None:
         policy = live.policy
         found = policy.category_by_id.get(category_id) if policy is not None else None
@@ -238,6 +242,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         category=category,
         upset=UpsetSigner(load_key(upset_key_path_of(config))),
         refusal_clause=refusal_clause,
+        zone=zone,
     )
 
     opts: Any = mitm_options.Options()  # mitmproxy's option and addon APIs are untyped

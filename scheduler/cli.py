@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
         "scheduler",
         help="run the scheduler (daily digest, alerts, expiry, retention)",
-        description="Runs the scheduled jobs in Europe/London time until SIGTERM. "
+        description="Runs the scheduled jobs in the school's time (the policy's [school] timezone) until SIGTERM. "
         "With --run, runs one job now and exits.",
     )
     parser.add_argument("--config", required=True, help="the appliance configuration (schoolgate.toml)")

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,10 +34,18 @@ if TYPE_CHECKING:
     from schoolgate.services.policy_history import FileFacts
 
 log = logging.getLogger(__name__)
-LONDON = ZoneInfo("Europe/London")
+
 SessionFactory = sessionmaker[Session] | Callable[[], Session]
 EXPIRY_MARK = "expiry_checked"  # generations row: when the expiry job last looked
 PURGE_BATCH = 5000
+
+
+def school_zone(policy: CompiledPolicy | None) -> tzinfo:
+    """The school's time zone: the policy's `[school] timezone`, the one source of it (UTC only
+    while no version of the policy has ever loaded, when the scheduler has nothing to go by)."""
+    return policy.school.zone if policy is not None else UTC
+
+
 SCAN_EVENTS_PER_TRANSACTION = 10_000
 MAX_SCAN_ROUNDS = 20  # a backlog beyond 200,000 events is worked off over several runs
 MAX_PURGE_BATCHES = 2000  # at most ten million rows a night; the rest waits for tomorrow
@@ -106,6 +113,7 @@ def alerts_job(
                 mailer=mailer,
                 sender=config.mail.sender,
                 base_url=config.console.base_url,
+                zone=school_zone(policy),
                 severities=config.alerts.immediate_severities,
                 extra_recipients=config.mail.digest_recipients,
                 commit=session.commit,
@@ -128,7 +136,12 @@ class NotificationsOutcome:
 
 
 def notifications_job(
-    config: AppConfig, session_factory: SessionFactory, now: datetime, *, mailer: Mailer | None
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    mailer: Mailer | None,
+    policy: CompiledPolicy | None = None,
 ) -> NotificationsOutcome:
     """E-mail whoever a step now waits for: the technicians a new report, the DSL a request that
     needs her safeguarding notes, the headteacher a request that needs her decision."""
@@ -139,7 +152,8 @@ def notifications_job(
         return outcome
     with session_factory() as session:
         notices = notifications.due(
-            session, site=config.site.id, site_name=config.site.name, base_url=config.console.base_url
+            session, site=config.site.id, site_name=config.site.name, base_url=config.console.base_url,
+            zone=school_zone(policy),
         )
         session.commit()  # nothing written: no lock is held while the mail server answers
         try:
@@ -191,8 +205,9 @@ def digest_job(
     mailer: Mailer | None,
     policy: CompiledPolicy | None = None,
 ) -> DigestOutcome:
-    """Send the daily digest if today (Europe/London) is a school day and none went out today."""
-    today = now.astimezone(LONDON).date()
+    """Send the daily digest if today (at the school) is a school day and none went out today."""
+    zone = school_zone(policy)
+    today = now.astimezone(zone).date()
     if not is_school_day(policy, today):
         return DigestOutcome(False, f"{today} is not a school day")
     if mailer is None:
@@ -201,7 +216,7 @@ def digest_job(
     rollups_job(config, session_factory, now, max_batches=1000)  # the top lists read the rollups
     with session_factory() as session:
         previous = last_digest_at(session, site)
-        if previous is not None and previous.astimezone(LONDON).date() == today:
+        if previous is not None and previous.astimezone(zone).date() == today:
             return DigestOutcome(False, "today's digest has already been sent")
         sent = send_digest(
             session,
@@ -211,6 +226,7 @@ def digest_job(
             mailer=mailer,
             sender=config.mail.sender,
             base_url=config.console.base_url,
+            zone=zone,
             extra_recipients=config.mail.digest_recipients,
             release=session.commit,
         )
@@ -305,7 +321,9 @@ def _purge(session_factory: SessionFactory, condition_factory: Callable[[], list
     return deleted
 
 
-def retention_job(config: AppConfig, session_factory: SessionFactory, now: datetime) -> RetentionOutcome:
+def retention_job(
+    config: AppConfig, session_factory: SessionFactory, now: datetime, *, policy: CompiledPolicy | None = None
+) -> RetentionOutcome:
     """Purge events past their retention (UK GDPR): plain allowed traffic after `allowed_days`,
     blocked or flagged events after `blocked_days`; resolved alert cases after `alerts_days`."""
     site = config.site.id
@@ -336,7 +354,7 @@ def retention_job(config: AppConfig, session_factory: SessionFactory, now: datet
         session.execute(
             delete(EventHourly).where(EventHourly.site == site, EventHourly.hour < now - timedelta(days=keep))
         )
-        oldest_day = (now - timedelta(days=keep)).astimezone(LONDON).date()
+        oldest_day = (now - timedelta(days=keep)).astimezone(school_zone(policy)).date()
         session.execute(delete(EventDaily).where(EventDaily.site == site, EventDaily.day < oldest_day))
         old_alerts = session.scalars(
             select(Alert).where(Alert.site == site, Alert.status == "resolved", Alert.updated_at < alerts_cutoff)
@@ -409,6 +427,7 @@ def policy_job(
         mail = render(
             "policy_upkeep",
             f"{config.site.name}: the filtering policy needs attention",
+            zone=policy.school.zone,
             warning=warning,
             site_name=config.site.name,
             base_url=config.console.base_url,

@@ -1,4 +1,4 @@
-"""APScheduler wiring: which job runs when, in Europe/London time, until SIGTERM.
+"""APScheduler wiring: which job runs when, in the school's time (the policy's zone), until SIGTERM.
 
 The jobs themselves live in `jobs` and take the instant as an argument; here each trigger
 reads the clock (schoolgate.clock, so the lab can move time) and calls its job. A job that
@@ -12,11 +12,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime, time
+from datetime import datetime, time, tzinfo
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from schoolgate.services.policy_history import FileFacts
 
 log = logging.getLogger(__name__)
-LONDON = ZoneInfo("Europe/London")
 RETENTION_TIME = time(2, 30)  # nightly, when nobody is at school
 HEARTBEAT_SECONDS = 30
 EXPIRY_SECONDS = 30
@@ -42,26 +40,26 @@ NOTIFY_SECONDS = 15  # a new report or a request waiting for someone: e-mailed w
 POLICY_SECONDS = 60
 
 
-def digest_trigger(at: str) -> CronTrigger:
-    """School-day mornings at `at` (HH:MM, Europe/London); the job skips holidays and INSET days."""
+def digest_trigger(at: str, zone: tzinfo) -> CronTrigger:
+    """School-day mornings at `at` (HH:MM, the school's time); the job skips holidays and INSET days."""
     try:
         when = time.fromisoformat(at)
     except ValueError as err:
         raise ValueError(f"[mail] digest_time: expected a time like 07:30, got {at!r}") from err
-    return CronTrigger(day_of_week="mon-fri", hour=when.hour, minute=when.minute, timezone=LONDON)
+    return CronTrigger(day_of_week="mon-fri", hour=when.hour, minute=when.minute, timezone=zone)
 
 
-def lists_trigger(at: str) -> CronTrigger:
-    """Every day at `at` (HH:MM, Europe/London): list sources publish daily."""
+def lists_trigger(at: str, zone: tzinfo) -> CronTrigger:
+    """Every day at `at` (HH:MM, the school's time): list sources publish daily."""
     try:
         when = time.fromisoformat(at)
     except ValueError as err:
         raise ValueError(f"[lists] update_time: expected a time like 03:30, got {at!r}") from err
-    return CronTrigger(hour=when.hour, minute=when.minute, timezone=LONDON)
+    return CronTrigger(hour=when.hour, minute=when.minute, timezone=zone)
 
 
-def retention_trigger() -> CronTrigger:
-    return CronTrigger(hour=RETENTION_TIME.hour, minute=RETENTION_TIME.minute, timezone=LONDON)
+def retention_trigger(zone: tzinfo) -> CronTrigger:
+    return CronTrigger(hour=RETENTION_TIME.hour, minute=RETENTION_TIME.minute, timezone=zone)
 
 
 class CurrentPolicy:
@@ -129,7 +127,10 @@ class SchedulerService:
         self.after_lists_installed: list[Callable[[jobs.ListsOutcome], object]] = []
         self.list_update: Callable[[AppConfig, float], list[dict[str, object]]] = jobs.run_lists_update
         self._recorded_fingerprint: str | None = None  # the policy version the history has
-        self.scheduler = BackgroundScheduler(timezone=LONDON)
+        # The school's time zone (the policy's [school] timezone) as the scheduler starts: a
+        # change of zone takes effect when the scheduler restarts.
+        self.zone = jobs.school_zone(self.policy())
+        self.scheduler = BackgroundScheduler(timezone=self.zone)
         self._stop = threading.Event()
         self._add_jobs()
 
@@ -182,7 +183,7 @@ class SchedulerService:
         # A digest late by up to two hours (appliance rebooting at 07:30) is still worth sending.
         add(
             self._guard("digest", self.run_digest),
-            digest_trigger(config.mail.digest_time),
+            digest_trigger(config.mail.digest_time, self.zone),
             id="digest",
             misfire_grace_time=7200,
             **common,
@@ -191,14 +192,14 @@ class SchedulerService:
         # doing late (misfire grace of 12 hours).
         add(
             self._guard("lists", self.run_lists),
-            lists_trigger(config.lists.update_time),
+            lists_trigger(config.lists.update_time, self.zone),
             id="lists",
             misfire_grace_time=12 * 3600,
             **common,
         )
         add(
             self._guard("retention", self.run_retention),
-            retention_trigger(),
+            retention_trigger(self.zone),
             id="retention",
             misfire_grace_time=6 * 3600,
             **common,
@@ -227,7 +228,9 @@ class SchedulerService:
         )
 
     def run_notifications(self) -> jobs.NotificationsOutcome:
-        return jobs.notifications_job(self.config, self.session_factory, self.clock.now(), mailer=self.mailer)
+        return jobs.notifications_job(
+            self.config, self.session_factory, self.clock.now(), mailer=self.mailer, policy=self.policy()
+        )
 
     def run_rollups(self) -> int:
         return jobs.rollups_job(self.config, self.session_factory, self.clock.now())
@@ -269,7 +272,7 @@ class SchedulerService:
         return outcome
 
     def run_retention(self) -> jobs.RetentionOutcome:
-        return jobs.retention_job(self.config, self.session_factory, self.clock.now())
+        return jobs.retention_job(self.config, self.session_factory, self.clock.now(), policy=self.policy())
 
     def run_heartbeat(self) -> None:
         jobs.heartbeat_job(

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -27,8 +26,8 @@ from schoolgate.services.mailer import Mailer, build_message
 from schoolgate.services.mailtemplates import RenderedMail, link, local_time, render
 from schoolgate.services.signals import classify
 from schoolgate.store.models import AccessEvent, AccessRequest, Alert, ConsoleUser, Generation, UserRole
+from schoolgate.timewords import day_words, local
 
-LONDON = ZoneInfo("Europe/London")
 DIGEST_MARK = "digest_sent"  # generations row: when the last digest went out
 MAX_LISTED_ALERTS = 25
 MAX_PERIOD = timedelta(days=7)
@@ -76,6 +75,7 @@ class DigestContent:
     circumvention: list[CircumventionLine] = field(default_factory=list)
     awaiting_headteacher: list[RequestLine] = field(default_factory=list)
     health: list[str] = field(default_factory=list)  # the filtering checks: last self-test, coverage
+    zone: tzinfo = UTC  # the school's time zone (the policy's [school] timezone): times in words
 
 
 def digest_recipients(session: Session, site: str, extra: Sequence[str] = ()) -> list[str]:
@@ -109,7 +109,7 @@ def mark_digest_sent(session: Session, site: str, now: datetime) -> None:
 
 
 def compose_digest(
-    session: Session, *, site: str, site_name: str, now: datetime, since: datetime | None = None
+    session: Session, *, site: str, site_name: str, now: datetime, zone: tzinfo, since: datetime | None = None
 ) -> DigestContent:
     """Collect the digest's facts for the period since the last digest (at most a week)."""
     if since is None:
@@ -198,7 +198,7 @@ def compose_digest(
         )
     ]
     return DigestContent(
-        health=filtering_health(session, site, now),
+        health=filtering_health(session, site, now, zone),
         site_name=site_name,
         since=since,
         until=now,
@@ -209,10 +209,11 @@ def compose_digest(
         top_devices=top_devices(session, site, since, now, limit=10),
         circumvention=circumvention,
         awaiting_headteacher=awaiting,
+        zone=zone,
     )
 
 
-def filtering_health(session: Session, site: str, now: datetime) -> list[str]:
+def filtering_health(session: Session, site: str, now: datetime, zone: tzinfo) -> list[str]:
     """What the DSL should know about the filtering checks: the last self-test, open failures."""
     from schoolgate.services import checklog
 
@@ -221,13 +222,13 @@ def filtering_health(session: Session, site: str, now: datetime) -> list[str]:
     if last is None:
         lines.append("No self-test has run yet.")
     elif last.result == checklog.PASS:
-        lines.append(f"The last self-test passed ({local_time(last.at)}).")
+        lines.append(f"The last self-test passed ({local_time(last.at, zone)}).")
     else:
         down = " Filtering itself was not working." if last.filtering_down else ""
-        lines.append(f"The last self-test FAILED ({local_time(last.at)}): {last.failures} check(s).{down} "
+        lines.append(f"The last self-test FAILED ({local_time(last.at, zone)}): {last.failures} check(s).{down} "
                      f"{last.action}".strip())
     if last is not None and now - last.at > timedelta(days=4):
-        lines.append(f"No self-test since {local_time(last.at)}: is the scheduler running?")
+        lines.append(f"No self-test since {local_time(last.at, zone)}: is the scheduler running?")
     unfixed = checklog.unfixed_failures(session, site)
     if unfixed:
         lines.append(f"{len(unfixed)} failed manual check(s) have no fix recorded yet.")
@@ -236,15 +237,16 @@ def filtering_health(session: Session, site: str, now: datetime) -> list[str]:
 
 def render_digest(content: DigestContent, base_url: str) -> RenderedMail:
     """The digest as an e-mail, from the templates mail/digest.txt and mail/digest.html."""
-    day = content.until.astimezone(LONDON).strftime("%A %d %B %Y")
+    day = day_words(local(content.until, content.zone).date())
     subject = f"schoolgate daily summary for {content.site_name}: {day}"
     return render(
         "digest",
         subject,
+        zone=content.zone,
         content=content,
         base_url=base_url,
         link=link,
-        period=f"{local_time(content.since)} to {local_time(content.until)} (UK time)",
+        period=f"{local_time(content.since, content.zone)} to {local_time(content.until, content.zone)}",
         open_total=sum(content.open_by_severity.values()),
         open_text=", ".join(f"{s} {content.open_by_severity[s]}" for s in reversed(SEVERITIES)),
         new_text=", ".join(f"{s} {content.new_by_severity[s]}" for s in reversed(SEVERITIES)),
@@ -265,6 +267,7 @@ def send_digest(
     mailer: Mailer,
     sender: str,
     base_url: str,
+    zone: tzinfo,
     extra_recipients: Sequence[str] = (),
     release: Callable[[], None] | None = None,
 ) -> bool:
@@ -277,7 +280,7 @@ def send_digest(
     recipients = digest_recipients(session, site, extra_recipients)
     if not recipients:
         return False
-    content = compose_digest(session, site=site, site_name=site_name, now=now)
+    content = compose_digest(session, site=site, site_name=site_name, now=now, zone=zone)
     rendered = render_digest(content, base_url)
     if release is not None:
         release()
@@ -290,9 +293,9 @@ def send_digest(
     return True
 
 
-def render_immediate(alert: Alert, base_url: str, site_name: str) -> RenderedMail:
+def render_immediate(alert: Alert, base_url: str, site_name: str, zone: tzinfo) -> RenderedMail:
     subject = f"schoolgate {alert.severity} alert at {site_name} (case {int(alert.id)})"
-    return render("alert", subject, alert=alert, base_url=base_url, link=link)
+    return render("alert", subject, zone=zone, alert=alert, base_url=base_url, link=link)
 
 
 def dispatch_immediate(
@@ -304,6 +307,7 @@ def dispatch_immediate(
     mailer: Mailer,
     sender: str,
     base_url: str,
+    zone: tzinfo,
     severities: Sequence[str] = ("high", "critical"),
     extra_recipients: Sequence[str] = (),
     commit: Any = None,
@@ -334,7 +338,7 @@ def dispatch_immediate(
     for case in unsent:
         route = concern_route(session, site, case.person_id, chair=chair, dsl=dsl)
         if route.recipients and (route.about_staff or case.severity in severities):
-            messages.append((case.id, route.recipients, render_immediate(case, base_url, site_name)))
+            messages.append((case.id, route.recipients, render_immediate(case, base_url, site_name, zone)))
     if commit is not None:
         commit()  # nothing written yet: this only ends the transaction
     sent: list[int] = []

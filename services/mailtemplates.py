@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.runtime import Context
 
-LONDON = ZoneInfo("Europe/London")
+from schoolgate.timewords import short_instant_words
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +31,17 @@ def one_line(value: object, limit: int = 300) -> str:
     return " ".join(str(value).split())[:limit]
 
 
-def local_time(when: datetime | None) -> str:
-    """School-local time as staff read it in a mail: "Mon 23 Nov 10:15"."""
+def local_time(when: datetime | None, zone: tzinfo) -> str:
+    """A time in a mail, in the school's time zone (the policy's `[school] timezone`) and in
+    words: "Mon 23 Nov 2026, 10:15 am" (schoolgate.timewords, as on the console's pages)."""
     if when is None:
         return ""
-    return when.astimezone(LONDON).strftime("%a %d %b %H:%M")
+    return short_instant_words(when, zone)
+
+
+@pass_context
+def _local_filter(context: Context, when: datetime | None) -> str:
+    return local_time(when, context["zone"])
 
 
 def link(base_url: str, path: str) -> str:
@@ -54,14 +60,15 @@ def environment() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters["one_line"] = one_line
-    env.filters["local"] = local_time
+    env.filters["local"] = _local_filter
     return env
 
 
-def render(name: str, subject: str, **context: Any) -> RenderedMail:
-    """Render `name`.txt and `name`.html with `context` (and the subject)."""
+def render(name: str, subject: str, *, zone: tzinfo, **context: Any) -> RenderedMail:
+    """Render `name`.txt and `name`.html with `context` (and the subject); times (`| local`) in
+    the school's time `zone`."""
     env = environment()
-    values = {"subject": subject, **context}
+    values = {"subject": subject, "zone": zone, **context}
     return RenderedMail(
         subject=one_line(subject, 250),
         text=env.get_template(f"{name}.txt").render(values),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -170,8 +170,9 @@ def _mark_request(request_id: int, column: str) -> Callable[[Session, datetime],
     return mark
 
 
-def due(session: Session, *, site: str, site_name: str, base_url: str) -> list[Notice]:
-    """Every message that is waiting to go, composed (nothing is written)."""
+def due(session: Session, *, site: str, site_name: str, base_url: str, zone: tzinfo) -> list[Notice]:
+    """Every message that is waiting to go, composed (nothing is written); times in the
+    school's time `zone`."""
     from schoolgate.services.access_requests import FORWARDED, awaits_dsl, proposal_summary, reference_for
     from schoolgate.services.reports import reference_for as report_reference
 
@@ -189,7 +190,8 @@ def due(session: Session, *, site: str, site_name: str, base_url: str) -> list[N
             reference = report_reference(report.id)
             rendered = render(
                 "report", f"Inappropriate content reported at {site_name}: {reference}",
-                report=report, reference=reference, hosts=hosts, base_url=base_url, link=link, site_name=site_name,
+                zone=zone, report=report, reference=reference, hosts=hosts, base_url=base_url, link=link,
+                site_name=site_name,
             )
             notices.append(Notice(technicians, rendered, _mark_report(report.id)))
     requests = session.scalars(
@@ -206,20 +208,20 @@ def due(session: Session, *, site: str, site_name: str, base_url: str) -> list[N
             if request.dsl_notified_at is None and dsls:
                 rendered = render(
                     "request_dsl", f"Safeguarding check needed: access request {reference} at {site_name}",
-                    request=request, reference=reference, summary=summary, base_url=base_url, link=link,
+                    zone=zone, request=request, reference=reference, summary=summary, base_url=base_url, link=link,
                 )
                 notices.append(Notice(dsls, rendered, _mark_request(request.id, "dsl_notified_at")))
         elif request.headteacher_notified_at is None and heads:
             rendered = render(
                 "request_head", f"Your decision: access request {reference} at {site_name}",
-                request=request, reference=reference, summary=summary, base_url=base_url, link=link,
+                zone=zone, request=request, reference=reference, summary=summary, base_url=base_url, link=link,
             )
             notices.append(Notice(heads, rendered, _mark_request(request.id, "headteacher_notified_at")))
-    notices.extend(_audit_notices(session, site=site, site_name=site_name, base_url=base_url))
+    notices.extend(_audit_notices(session, site=site, site_name=site_name, base_url=base_url, zone=zone))
     return notices
 
 
-def _audit_notices(session: Session, *, site: str, site_name: str, base_url: str) -> list[Notice]:
+def _audit_notices(session: Session, *, site: str, site_name: str, base_url: str, zone: tzinfo) -> list[Notice]:
     """Changes someone must hear about, from the audit log (schoolgate.services.notices): e.g.
     the headteacher, when a device she authorised was moved and its authorisation lapsed."""
     from schoolgate.services import notices as audit_notices
@@ -228,8 +230,8 @@ def _audit_notices(session: Session, *, site: str, site_name: str, base_url: str
     for item in audit_notices.untold(session, site):
         recipients = holders(session, site, item.permission)
         if recipients:
-            rendered = render("audit_notice", f"{item.subject} at {site_name}", notice=item, base_url=base_url,
-                              link=link, site_name=site_name)
+            rendered = render("audit_notice", f"{item.subject} at {site_name}", zone=zone, notice=item,
+                              base_url=base_url, link=link, site_name=site_name)
             found.append(Notice(recipients, rendered, item.mark))
     return found
 

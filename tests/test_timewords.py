@@ -37,6 +37,10 @@ def test_without_now_the_year_is_always_given() -> None:
 
 def test_short_form_and_the_clock() -> None:
     assert short_instant_words(datetime(2026, 11, 23, 10, 5, tzinfo=UTC), LONDON, now=NOW) == "Mon 23 Nov, 10:05 am"
+    assert short_instant_words(datetime(2026, 12, 6, 13, 5, tzinfo=UTC), LONDON, now=NOW) == "today, 1:05 pm"
+    assert short_instant_words(datetime(2026, 12, 7, 0, 5, tzinfo=UTC), LONDON, now=NOW) == "tomorrow, 12:05 am"
+    assert short_instant_words(datetime(2027, 1, 4, 8, 45, tzinfo=UTC), LONDON, now=NOW) == "Mon 4 Jan 2027, 8:45 am"
+    assert short_instant_words(datetime(2027, 1, 4, 8, 45, tzinfo=UTC), LONDON) == "Mon 4 Jan 2027, 8:45 am"
     assert [clock_words(datetime(2026, 1, 1, h, 0)) for h in (0, 11, 12, 23)] == [
         "12:00 am", "11:00 am", "12:00 pm", "11:00 pm"
     ]

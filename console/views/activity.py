@@ -9,7 +9,7 @@ from flask import Blueprint, abort, render_template, request
 
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
-from schoolgate.console.forms import LONDON, parse_local
+from schoolgate.console.forms import parse_local
 from schoolgate.console.policyref import PolicyUnavailable
 from schoolgate.policy import Client, Role, Target, decide, explain_text
 from schoolgate.services import activity as svc
@@ -30,7 +30,7 @@ EVENT_COLUMNS = ["ts", "verdict", "host", "url", "search_term", "device_id", "de
 
 def _range(args: Any, now: datetime) -> tuple[datetime, datetime]:
     if args.get("start") or args.get("end"):
-        start = parse_local(args.get("start") or (now - timedelta(days=7)).astimezone(LONDON).date().isoformat(),
+        start = parse_local(args.get("start") or (now - timedelta(days=7)).astimezone(web.zone()).date().isoformat(),
                             field="start")
         end = (parse_local(args["end"], field="end", end_of_day=True) + timedelta(minutes=1)
                if args.get("end") else now + timedelta(seconds=1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, render_template, request
 
@@ -15,12 +14,11 @@ from schoolgate.services.permissions import Permission
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
-LONDON = ZoneInfo("Europe/London")
 RANGES = {"1": "last 24 hours", "7": "last 7 days", "30": "last 30 days"}
 
 
 def _label(moment: Any, bucket: str) -> str:
-    local = moment.astimezone(LONDON)
+    local = moment.astimezone(web.zone())
     return f"{local:%H}:00" if bucket == "hour" else f"{local:%a} {local.day}"
 
 

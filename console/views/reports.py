@@ -8,7 +8,6 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 
 from schoolgate.console import web
 from schoolgate.console.csvout import csv_response, wants_csv
-from schoolgate.console.forms import london_today
 from schoolgate.policy.types import Role
 from schoolgate.services import reports as svc
 from schoolgate.services.errors import ServiceError
@@ -54,7 +53,7 @@ def new() -> Any:
     now = web.now()
     try:
         report = svc.submit_report(
-            web.db(), site=web.site_id(), now=now, actor=web.actor(), london_today=london_today(now),
+            web.db(), site=web.site_id(), now=now, actor=web.actor(), london_today=web.today(),
             form=svc.ReportForm(submitter_name=values["submitter_name"], urls=values["urls"],
                                 nature=values["nature"], accessed_by=values["accessed_by"]),
         )

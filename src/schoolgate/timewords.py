@@ -56,7 +56,12 @@ def instant_words(moment: datetime, zone: tzinfo, *, now: datetime | None = None
 
 
 def short_instant_words(moment: datetime, zone: tzinfo, *, now: datetime | None = None) -> str:
-    """"Sun 6 Dec, 9:41 am" for tables, in the school's time zone."""
+    """"Sun 6 Dec, 9:41 am" for tables and notes, in the school's time zone; "today, 9:41 am"
+    and "tomorrow, 8:45 am" when `now` is given and the day is today or tomorrow there."""
     at = local(moment, zone)
     today = local(now, zone).date() if now is not None else None
+    if today is not None and at.date() == today:
+        return f"today, {clock_words(at)}"
+    if today is not None and at.date().toordinal() == today.toordinal() + 1:
+        return f"tomorrow, {clock_words(at)}"
     return f"{short_day_words(at.date(), today=today)}, {clock_words(at)}"

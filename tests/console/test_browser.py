@@ -236,6 +236,7 @@ def test_pupil_request_is_triaged_and_approved_on_a_phone(live: Live, browser: A
         at=datetime.now(UTC),
         device="KW-IPAD-12",
         device_name="Class iPad 12",
+        zone=UTC,  # only the request link is used: it carries the instant, not words
         service_name="Facebook",
     )
     _log_block(live, "KW-IPAD-12", "127.0.0.1", "www.facebook.com")
@@ -365,7 +366,7 @@ def test_the_headteacher_decides_from_the_email_link_on_a_phone(live: Live, brow
             requests.append(submitted.request.id)
         session.commit()
         notices = notifications.due(session, site=SITE, site_name="Kingswood Primary School",
-                                    base_url=live.config.console.base_url)
+                                    base_url=live.config.console.base_url, zone=policy.school.zone)
     texts = [n.rendered.text for n in notices if n.recipients == ["head@kingswood.example"]]
     links = [re.search(rf"{re.escape(live.base)}/requests/{rid}\b", "".join(texts)) for rid in requests]
     assert all(links), texts
@@ -444,6 +445,7 @@ def test_content_report_is_actioned_by_blocking_the_url(live: Live, browser: Any
 
 
 def test_dsl_opens_the_digest_link_reviews_resolves_and_bans(live: Live, browser: Any) -> None:
+    from schoolgate.policy import load_policy
     from schoolgate.services.alert_rules import AlertEngine
     from schoolgate.services.digest import compose_digest, render_digest
 
@@ -480,7 +482,8 @@ def test_dsl_opens_the_digest_link_reviews_resolves_and_bans(live: Live, browser
                 flags="circumvention",
             )
         AlertEngine().scan(session, SITE, None, now)
-        content = compose_digest(session, site=SITE, site_name="Kingswood Primary School", now=now)
+        content = compose_digest(session, site=SITE, site_name="Kingswood Primary School", now=now,
+                                 zone=load_policy(live.config.policy).school.zone)
         mail = render_digest(content, live.config.console.base_url)
         session.commit()
     links = re.findall(r"http://127\.0\.0\.1:\d+/alerts/\d+", mail.text)

@@ -34,14 +34,14 @@ def test_figures_say_as_of_when_and_a_dead_scheduler_is_named(console: Console) 
     _heartbeat(console, timedelta(seconds=10))
     page = client.get("/dashboard").get_data(as_text=True)
     assert 'id="scheduler-down"' not in page
-    assert "Figures as of Mon 23 Nov 2026 10:35" in page
+    assert "Figures as of today, 10:35 am" in page  # the school's time, in words
     assert '<span class="value" id="today-blocked">1</span>' in page
     # The scheduler stops: the same figures are now shown as of then, under a warning.
     _heartbeat(console, timedelta(minutes=10))
     console.clock.advance(minutes=10)
     page = client.get("/dashboard").get_data(as_text=True)
     assert 'id="scheduler-down"' in page and "The scheduler is not running" in page
-    assert "The figures below are as of Mon 23 Nov 2026 10:35, not now." in page
+    assert "The figures below are as of today, 10:35 am, not now." in page
 
 
 def test_content_lists_that_need_attention_are_named(console: Console) -> None:

@@ -288,7 +288,7 @@ def test_a_teacher_opens_a_site_for_the_lesson_within_two_seconds_and_it_closes_
              ["click", "main button[type=submit]"], ["fill", "#f-url", "https://coolmathgames.com/0-2048"],
              ["fill", "#f-reason", "Times tables"], ["click", "#open-form button[type=submit]"]]
     *_, signed_in, _url, _reason, opened = browse(lab, "staff", steps, tmp_path / "staff")
-    assert signed_in["url"].endswith("/lesson") and "10:30, when morning break starts" in signed_in["text"]
+    assert signed_in["url"].endswith("/lesson") and "10:30 am, when morning break starts" in signed_in["text"]
     assert "coolmathgames.com is open for 5A until" in opened["text"], opened["text"][:800]
 
     def open_for_the_class() -> bool | None:

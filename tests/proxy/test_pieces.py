@@ -9,6 +9,7 @@ import ipaddress
 import re
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -56,6 +57,7 @@ INFO = blockpage.BlockInfo(
     at=datetime(2026, 7, 1, 10, 15, tzinfo=UTC),
     device="LAP-001&x=<y>",
     device_name="Laptop <1>",
+    zone=ZoneInfo("Europe/London"),  # the school's [school] timezone
 )
 
 
@@ -65,7 +67,7 @@ def test_block_page_escapes_everything_it_echoes() -> None:
     assert "<script" not in body and "<svg" not in body and "<b>" not in body
     assert "&lt;script&gt;" in body and "&lt;svg onload=alert(1)&gt;" in body
     assert "St Mary&#x27;s &lt;C of E&gt; Primary" in page
-    assert "11:15" in page  # shown in UK time (BST in July)
+    assert "Wednesday 1 July 2026, 11:15 am" in page  # in the school's zone (BST in July), in words
     assert "filtered and monitored" in page
     # The request link: one attribute, every value percent-encoded, round-trips exactly.
     href = re.search(r'href="([^"]*)"', page)

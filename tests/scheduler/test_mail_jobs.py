@@ -49,7 +49,7 @@ class FixedClock:
     ],
 )
 def test_digest_fires_at_0730_london_across_clock_changes(after: datetime, expected_utc: datetime) -> None:
-    fire = digest_trigger("07:30").get_next_fire_time(None, after)
+    fire = digest_trigger("07:30", LONDON).get_next_fire_time(None, after)
     assert fire is not None
     assert fire == expected_utc
     local = fire.astimezone(LONDON)
@@ -77,7 +77,22 @@ def test_the_scheduler_registers_the_digest_trigger(
         "policy",
     }
     with pytest.raises(ValueError, match="digest_time"):
-        digest_trigger("half past seven")
+        digest_trigger("half past seven", LONDON)
+
+
+
+def test_the_digest_fires_in_the_policys_time_zone(
+    make_config: Callable[..., AppConfig], factory: sessionmaker[Session], policy_file: Path
+) -> None:
+    """The one time zone source is the policy's `[school] timezone`: a school abroad gets its
+    digest at 07:30 on its own clock, not London's."""
+    policy_file.write_text(policy_file.read_text().replace('timezone = "Europe/London"', 'timezone = "Europe/Berlin"'))
+    service = SchedulerService(make_config(), factory, FixedClock(datetime(2026, 10, 23, 6, 0, tzinfo=UTC)))
+    job = service.scheduler.get_job("digest")
+    assert job is not None
+    # Friday 23 October 2026, 05:00 UTC is 07:00 in Berlin (CEST, UTC+2): the digest is due at 05:30 UTC.
+    fire = job.trigger.get_next_fire_time(None, datetime(2026, 10, 23, 5, 0, tzinfo=UTC))
+    assert fire == datetime(2026, 10, 23, 5, 30, tzinfo=UTC)
 
 
 def seed(session: Session) -> dict[str, int]:
@@ -261,8 +276,9 @@ def test_digest_only_on_school_days(
     assert len(inbox.received) == (1 if sent else 0)  # type: ignore[attr-defined]
     if sent:
         _, message = inbox.received[0]  # type: ignore[attr-defined]
-        local_day = now.astimezone(LONDON).strftime("%A %d %B %Y")
-        assert message["Subject"].endswith(local_day)
+        local_day = now.astimezone(LONDON)
+        # "Tuesday 3 November 2026", in words as every time schoolgate shows a person
+        assert message["Subject"].endswith(f"{local_day:%A} {local_day.day} {local_day:%B %Y}")
 
 
 def test_scheduler_runs_the_digest_with_its_clock(

@@ -165,5 +165,5 @@ def test_the_dsls_digest_leaves_out_concerns_about_staff(staffed: sessionmaker[S
         concern(session, "S-DSL", title="Circumvention attempt from the DSL's laptop")
         concern(session, "P-1", title="Circumvention attempt from Ada's iPad")
         session.commit()
-        content = compose_digest(session, site=SITE, site_name="Test Primary", now=NOW + timedelta(minutes=1))
+        content = compose_digest(session, site=SITE, site_name="Test Primary", now=NOW + timedelta(minutes=1), zone=UTC)
     assert [line.title for line in content.alerts] == ["Circumvention attempt from Ada's iPad"]
