@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.permissions import ROLES, SECOND_FACTOR_ROLES, ConsoleRole
-from schoolgate.store.models import ConsoleUser, UserRole
+from schoolgate.store.models import AuditEntry, ConsoleUser, UserRole
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1000
@@ -136,6 +136,34 @@ def credentials_for(session: Session, username: str) -> Credentials | None:
 
 def totp_required(user: ConsoleUser) -> bool:
     return bool(user.role_names & {r.value for r in SECOND_FACTOR_ROLES})
+
+
+#: Audit actions by which someone else sets an account's password in the console: an admin's new
+#: account or reset, the headteacher's reset, two admins' reset (console/views/admin.py).
+PASSWORD_SET_BY_OTHERS = ("user.create", "user.reset_password", "user.reset_password_confirmed")
+PASSWORD_CHOSEN = "user.change_password"  # noqa: S105 (an audit action, not a password)
+#: The appliance's command line (root on the appliance, who sets up the first headteacher and
+#: may hand over a password they chose with its holder): its passwords are not forced to change.
+CLI_ACTOR = "system:cli"
+
+
+def password_handed_over(session: Session, user: ConsoleUser) -> bool:
+    """Whether the account's password was last set in the console by someone else, who has seen
+    it: then its holder chooses their own before doing anything else, so that the "one-time
+    password" an admin (or the second of two admins resetting a headteacher's account) read is
+    of no use to them afterwards. From the audit log, which records every such step."""
+    last = session.scalars(
+        select(AuditEntry)
+        .where(
+            AuditEntry.object_type == "console_user",
+            AuditEntry.object_id == str(user.id),
+            AuditEntry.action.in_([*PASSWORD_SET_BY_OTHERS, PASSWORD_CHOSEN]),
+        )
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    ).first()
+    return (last is not None and last.action != PASSWORD_CHOSEN
+            and last.actor not in (user.username, CLI_ACTOR))
 
 
 def find_user(session: Session, username: str) -> ConsoleUser | None:

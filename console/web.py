@@ -36,6 +36,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION = "schoolgate"
 
 ACCESS_ATTR = "_console_access"
+#: Set at sign-in when someone else set the account's password (accounts.password_handed_over):
+#: until its holder chooses their own, only their account page (and signing out) is open.
+MUST_CHOOSE_PASSWORD = "must_choose_password"  # noqa: S105 (a session key, not a password)
 #: The cookie key holding the server-side session's token.
 SESSION_TOKEN = "sid"  # noqa: S105 (a cookie key, not a secret)
 PUBLIC = "public"
@@ -360,6 +363,9 @@ def enforce_access() -> WerkzeugResponse | None:
         return _to_login()
     if rule == SIGNED_IN:
         return None
+    if session.get(MUST_CHOOSE_PASSWORD):
+        flash("Choose your own password before going on: whoever set the one you were given has seen it.")
+        return redirect(url_for("auth.account"))
     if not can(cast(Permission, rule)):
         abort(403)
     return None

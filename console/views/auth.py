@@ -72,6 +72,7 @@ def _finish_sign_in(user_id: int) -> Response:
     user.last_login = current
     lifetime = timedelta(hours=max(1, web.state().config.console.session_max_hours))
     token = sessions.start(db, user, now=current, lifetime=lifetime, client_ip=request.remote_addr)
+    handed_over = accounts.password_handed_over(db, user)
     db.commit()
     session.clear()
     rotate_csrf_token()
@@ -80,6 +81,9 @@ def _finish_sign_in(user_id: int) -> Response:
     session["uid"] = user.id
     session["stage"] = STAGE_FULL
     session["seen"] = int(current.timestamp())
+    if handed_over:
+        session[web.MUST_CHOOSE_PASSWORD] = True
+        nxt = url_for("auth.account")
     response = redirect(nxt or web.home_url(user))
     secure = bool(current_app.config["SESSION_COOKIE_SECURE"])
     device = known_devices.remember(request, response, user.username, secure=secure)
@@ -284,6 +288,7 @@ def change_password() -> Response | tuple[str, int]:
     accounts.audit_user(db, site=web.site_id(), actor=stored.username, action="user.change_password", user=stored,
                         detail={"sessions_ended": ended}, now=web.now())
     db.commit()
+    session.pop(web.MUST_CHOOSE_PASSWORD, None)
     flash("Your password is changed. Other signed-in browsers have been signed out.")
     return redirect(url_for("auth.account"))
 

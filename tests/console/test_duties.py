@@ -202,6 +202,10 @@ def test_an_admin_cannot_be_the_second_admin_through_an_account_they_made(consol
     assert post_form(first, f"/users/{head}", f"/users/{head}/reset-password", {}).status_code == 302
     confirmer = console.client()
     sign_in(confirmer, console.clock, puppet)
+    own = "the puppet's own one"  # a password someone else set: the holder chooses theirs first
+    chosen = post_form(confirmer, "/account", "/account/password",
+                       {"current_password": PASSWORD, "new_password": own, "confirm_password": own})
+    assert chosen.status_code == 302
     refused = post_form(confirmer, f"/users/{head}", f"/users/{head}/reset-password", {})
     assert refused.status_code == 403 and "independent" in refused.get_data(as_text=True)
     assert head_phone.get("/requests").status_code == 200  # her account and sessions are untouched

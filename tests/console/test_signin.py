@@ -8,7 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from console_testkit import PASSWORD, Console, SpyHasher, build_console, csrf_from, post_form, seed, sign_in, totp_now
+from console_testkit import (
+    PASSWORD,
+    SITE,
+    Console,
+    SpyHasher,
+    build_console,
+    csrf_from,
+    post_form,
+    seed,
+    sign_in,
+    totp_now,
+)
 from flask.testing import FlaskClient
 
 from schoolgate.console import accounts, sessions
@@ -185,3 +196,58 @@ def test_a_signed_in_headteacher_signs_whatever_happens_at_the_sign_in_page(cons
         "decision": "decline", "reasons": "Not for school", "signer_name": "Mrs J Patel", "password": PASSWORD,
         "code": totp_now(console.accounts["headteacher"].totp_secret or "", console.clock)})
     assert response.status_code == 302, response.get_data(as_text=True)[:1500]
+
+
+# -- a password someone else has seen ------------------------------------------------------------
+
+
+def _one_time_password(html: str) -> str:
+    import re
+
+    found = re.search(r'id="one-time-password">([^<]+)<', html)
+    assert found, "no one-time password on the page"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("how", ["added", "reset"])
+def test_a_password_an_admin_has_seen_is_changed_before_anything_else(console: Console, how: str) -> None:
+    admin = console.login("admin")
+    if how == "added":
+        shown = post_form(admin, "/users/new", "/users/new", {"username": "mgreen", "display_name": "Mr Green",
+                                                              "roles": ["technician"]})
+        username = "mgreen"
+    else:
+        tech = console.accounts["technician"].id
+        shown = post_form(admin, f"/users/{tech}", f"/users/{tech}/reset-password", {})
+        username = "technician"
+    password = _one_time_password(shown.get_data(as_text=True))
+    holder = console.client()
+    signed = try_password(holder, username, password)
+    assert signed.status_code == 302 and signed.headers["Location"].endswith("/account")
+    for page in ("/requests", "/dashboard", "/activity"):
+        refused = holder.get(page)
+        assert refused.status_code == 302 and refused.headers["Location"].endswith("/account"), page
+    assert "Choose your own password" in holder.get("/account").get_data(as_text=True)
+    chosen = post_form(holder, "/account", "/account/password", {
+        "current_password": password, "new_password": "my own passphrase 2026", "confirm_password":
+        "my own passphrase 2026"})
+    assert chosen.status_code == 302
+    assert holder.get("/requests").status_code == 200
+    # The admin's copy of the one-time password is no use now, and the next sign-in is not held up.
+    assert try_password(console.client(), username, password).status_code == 400
+    again = console.client()
+    assert try_password(again, username, "my own passphrase 2026").headers["Location"].endswith("/dashboard")
+
+
+def test_a_password_of_ones_own_is_never_held_up(console: Console) -> None:
+    """An account whose holder changed the password since an admin set it signs in as usual,
+    and so does one set up on the appliance's command line (its operator hands it over)."""
+    with console.session() as session:
+        user = accounts.find_user(session, "technician")
+        assert user is not None
+        accounts.audit_user(session, site=SITE, actor=accounts.CLI_ACTOR, action="user.reset_password",
+                            user=user)
+        session.commit()
+    client = console.client()
+    assert try_password(client, "technician", PASSWORD).headers["Location"].endswith("/dashboard")
+    assert client.get("/requests").status_code == 200
