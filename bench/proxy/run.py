@@ -105,18 +105,25 @@ def connection_rate(namespace: str, host: str, ip: str, *, killed: bool, seconds
     )
 
 
+LATENCY_FAILURES: dict[str, int] = {}  # handshakes that failed, by host: counted and printed
+
+
 def setup_latency(namespace: str, host: str, ip: str, cafile: str, count: int) -> list[float]:
-    """Sequential TCP connect + TLS handshake times, in milliseconds."""
+    """Sequential TCP connect + TLS handshake times, in milliseconds (a failed handshake is
+    counted in LATENCY_FAILURES, not timed: one reset on a busy machine must not end the run)."""
 
     def measure() -> list[float]:
         context = ssl.create_default_context(cafile=cafile)
         times = []
         for _ in range(count):
             started = time.perf_counter()
-            with socket.create_connection((ip, 443), timeout=5) as raw, context.wrap_socket(
-                raw, server_hostname=host
-            ):
-                times.append((time.perf_counter() - started) * 1000)
+            try:
+                with socket.create_connection((ip, 443), timeout=5) as raw, context.wrap_socket(
+                    raw, server_hostname=host
+                ):
+                    times.append((time.perf_counter() - started) * 1000)
+            except (OSError, ssl.SSLError):
+                LATENCY_FAILURES[host] = LATENCY_FAILURES.get(host, 0) + 1
         return times
 
     return netns.call_in(namespace, measure, timeout=count * 5 + 30)
@@ -323,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             ("through squid (splice)", _dist(via_squid)),
             ("added by schoolgate (median)", f"{statistics.median(via_proxy) - statistics.median(direct):8.2f}"),
             ("added by squid (median)", f"{statistics.median(via_squid) - statistics.median(direct):8.2f}"),
+            ("handshakes that failed (not timed)",
+             ", ".join(f"{host}: {n}" for host, n in LATENCY_FAILURES.items()) or "none"),
         ])
         report(f"Unwatched HTTP download, {args.download_mb} MB, median of {args.download_runs} alternating (MB/s)", [
             ("with schoolgate running", f"{with_schoolgate:8.1f}"),
