@@ -17,9 +17,8 @@ import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -50,6 +49,7 @@ from schoolgate.services.errors import (
 from schoolgate.services.permissions import Permission
 from schoolgate.services.policy_gate import refuse_if_locked
 from schoolgate.store.models import AccessRequest, PolicyExceptionRow
+from schoolgate.timewords import local, short_instant_words
 
 if TYPE_CHECKING:
     from schoolgate.policy import CompiledPolicy as Policy
@@ -84,7 +84,6 @@ SIGNATURE_MAX_AGE = timedelta(minutes=10)
 REFERENCE_PREFIX = "AR-"
 #: The audit detail key that keeps the block page link's (unverified) device value.
 DEVICE_HINT_KEY = "device_hint_unverified"
-LONDON = ZoneInfo("Europe/London")
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +332,7 @@ def submit_request(
         status=MERGED if original is not None else SUBMITTED,
         requester=requester,
         staff_name=staff_name,
-        request_date=now.astimezone(LONDON).date(),
+        request_date=local(now, policy.school.zone).date(),
         url=url,
         host=host,
         site_content=site_content,
@@ -614,9 +613,9 @@ def _proposal_of(request: AccessRequest) -> tuple[object, ...]:
 ROLE_WORDS = {"pupil": "every pupil", "staff": "all staff", "guest": "every guest", "authorised": "everyone authorised"}
 
 
-def proposal_summary(request: AccessRequest) -> str:
+def proposal_summary(request: AccessRequest, zone: tzinfo) -> str:
     """The request and the technician's proposal in one sentence: the top of the headteacher's
-    page and her e-mail say the same."""
+    page and her e-mail say the same (times in words, in the school's time `zone`)."""
     asks = f"{request.requester} asks to use {request.host}"
     if request.triaged_at is None:
         return f"{asks}; the ICT technician has not checked it yet."
@@ -632,8 +631,7 @@ def proposal_summary(request: AccessRequest) -> str:
     }.get(request.proposed_scope, subject)
     until = ""
     if request.proposed_expires is not None:
-        local = request.proposed_expires.astimezone(LONDON)
-        until = f" until {local:%a} {local.day} {local:%b %Y %H:%M}"
+        until = f" until {short_instant_words(request.proposed_expires, zone)}"
     return f"{asks}; the ICT technician recommends opening {what} for {whom}{until}."
 
 
@@ -695,7 +693,7 @@ def proposal_fingerprint(request: AccessRequest) -> str:
     return hashlib.sha256(json.dumps(shown, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
-def check_decision(request: AccessRequest, decision: DecisionForm) -> str:
+def check_decision(request: AccessRequest, decision: DecisionForm, zone: tzinfo) -> str:
     """Refuse a decision that cannot stand, before anyone signs it; returns the cleaned reasons.
 
     Declining needs reasons. Approving needs the technician's check, and the proposal to be the
@@ -724,25 +722,20 @@ def check_decision(request: AccessRequest, decision: DecisionForm) -> str:
     if not decision.proposal or not hmac.compare_digest(decision.proposal, proposal_fingerprint(request)):
         raise ProposalChanged(
             f"The ICT technician changed the proposal for {reference_for(request.id)} after you opened it, "
-            f"so nothing was approved. It now reads: {describe_proposal(request)}. "
+            f"so nothing was approved. It now reads: {describe_proposal(request, zone)}. "
             "Read it again below and sign if you agree."
         )
     return reasons
 
 
-def describe_proposal(request: AccessRequest) -> str:
-    """The proposal in one sentence, as the decision page shows it."""
+def describe_proposal(request: AccessRequest, zone: tzinfo) -> str:
+    """The proposal in one sentence, as the decision page shows it (times in the school's `zone`)."""
     what = ("the whole of " if request.proposed_target == "domain" else "pages under ") + (request.proposed_value or "")
     starts, expires = request.proposed_starts, request.proposed_expires
     when = ""
     if starts is not None and expires is not None:
-        when = f", from {_local_words(starts)} until {_local_words(expires)}"
+        when = f", from {short_instant_words(starts, zone)} until {short_instant_words(expires, zone)}"
     return f"{what} for {request.proposed_scope} {request.proposed_subject}{when}"
-
-
-def _local_words(moment: datetime) -> str:
-    local = moment.astimezone(LONDON)
-    return f"{local:%a} {local.day} {local:%b %Y %H:%M}"
 
 
 def _check_signature(actor: Actor, signature: Signature | None, now: datetime) -> None:
@@ -775,7 +768,7 @@ def decide_request(
     # Locked for the rest of the transaction (PostgreSQL; SQLite writes are serialised anyway),
     # so two headteachers deciding at once cannot both see "forwarded" and create two exceptions.
     request = get_request(session, site, request_id, for_update=True)
-    reasons = check_decision(request, decision)
+    reasons = check_decision(request, decision, policy.school.zone)
     signature = decision.signature
     assert signature is not None
     request.authoriser = actor.display_name

@@ -203,7 +203,7 @@ def due(session: Session, *, site: str, site_name: str, base_url: str, zone: tzi
     dsls = holders(session, site, Permission.REVIEW_REQUEST_SAFEGUARDING)
     for request in requests:
         reference = reference_for(request.id)
-        summary = proposal_summary(request)
+        summary = proposal_summary(request, zone)
         if awaits_dsl(request):
             if request.dsl_notified_at is None and dsls:
                 rendered = render(

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, tzinfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -34,8 +33,8 @@ from schoolgate.services.errors import Forbidden, InvalidInput, InvalidTransitio
 from schoolgate.services.permissions import Permission
 from schoolgate.services.site_blocks import BlockSpec, add_site_block
 from schoolgate.store.models import ContentReport, SiteBlockRow
+from schoolgate.timewords import local
 
-LONDON = ZoneInfo("Europe/London")
 OPEN = "open"
 ACTIONED = "actioned"
 CLOSED = "closed"
@@ -56,7 +55,7 @@ class ReportForm:
     urls: str  # full URL(s), one per line
     nature: str  # nature of the inappropriate content
     accessed_by: str = ""  # name of the individual accessing it, if known
-    report_date: date | None = None  # defaults to today (Europe/London date of `now`)
+    report_date: date | None = None  # defaults to today at the school (the date of `now` in its time zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +135,7 @@ def submit_report(
     now: datetime,
     actor: Actor,
     form: ReportForm,
-    london_today: date | None = None,
+    zone: tzinfo,
 ) -> ContentReport:
     """Any console user may report content; the ICT technicians see it in their queue."""
     submitter = clean_text(form.submitter_name, field="submitter_name", max_len=200, required=True)
@@ -149,7 +148,7 @@ def submit_report(
         submitter_name=submitter,
         submitted_by_user_id=actor.user_id,
         accessed_by=accessed_by,
-        report_date=form.report_date or london_today or now.astimezone(LONDON).date(),
+        report_date=form.report_date or local(now, zone).date(),
         urls="\n".join(urls),
         nature=nature,
         created_at=now,
@@ -176,6 +175,7 @@ def submit_public_report(
     now: datetime,
     form: ReportForm,
     filer: public_limits.Filer,
+    zone: tzinfo,
     person_id: str | None = None,
     allowance: public_limits.Allowance = PUBLIC_ALLOWANCE,
 ) -> SubmittedReport:
@@ -187,7 +187,7 @@ def submit_public_report(
         )
     ).all()
     public_limits.check([(device, ip) for device, ip in earlier], filer, allowance, what="reports")
-    report = submit_report(session, site=site, now=now, actor=REPORT_FORM, form=form)
+    report = submit_report(session, site=site, now=now, actor=REPORT_FORM, form=form, zone=zone)
     token, stored_hash = new_status_token()
     report.device_id = filer.device_id
     report.client_ip = filer.client_ip

@@ -145,6 +145,7 @@ def report_form() -> str | tuple[str, int]:
             form=reports.ReportForm(submitter_name=values["submitter_name"], urls=values["urls"],
                                     nature=values["nature"], accessed_by=values["accessed_by"]),
             filer=public_limits.Filer(found.device_id if found else None, request.remote_addr, role),
+            zone=web.zone(),
             person_id=found.person_id if found else None,
         )
     except ServiceError as err:

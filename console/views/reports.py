@@ -53,7 +53,7 @@ def new() -> Any:
     now = web.now()
     try:
         report = svc.submit_report(
-            web.db(), site=web.site_id(), now=now, actor=web.actor(), london_today=web.today(),
+            web.db(), site=web.site_id(), now=now, actor=web.actor(), zone=web.zone(),
             form=svc.ReportForm(submitter_name=values["submitter_name"], urls=values["urls"],
                                 nature=values["nature"], accessed_by=values["accessed_by"]),
         )

@@ -126,7 +126,7 @@ def _show(item: AccessRequest, *, triage: dict[str, str] | None = None, errors: 
     return render_template(
         "requests/show.html",
         item=item,
-        summary=svc.proposal_summary(item),
+        summary=svc.proposal_summary(item, web.zone()),
         awaits_dsl=svc.awaits_dsl(item),
         safeguarding=item.safeguarding_notes if safeguarding is None else safeguarding,
         reference=svc.reference_for(item.id),
@@ -218,7 +218,7 @@ def decide(request_id: int) -> Any:
                                      proposal=form.get("proposal", "")[:64] or None,
                                      scope_seen=form.get("scope_seen") if "scope_seen" in form else None)
     try:
-        svc.check_decision(item, decision_form)
+        svc.check_decision(item, decision_form, web.zone())
         signature = sign(values["signer_name"], form.get("password", ""), form.get("code", ""))
         svc.decide_request(
             web.db(), site=web.site_id(), now=web.now(), actor=web.actor(), request_id=item.id,

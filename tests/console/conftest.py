@@ -426,6 +426,7 @@ def seed(console: Console) -> dict[str, int]:
             site=SITE,
             now=now,
             actor=tech,
+            zone=console.app.extensions["schoolgate.policy"].get().school.zone,
             form=reports.ReportForm(
                 submitter_name="Technician Person", urls="https://bad.example.org/page", nature="Violent images"
             ),

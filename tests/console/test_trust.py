@@ -49,16 +49,19 @@ def seed_other_school(console: Console) -> dict[str, int]:
         console.accounts["oak_tech"] = Account("oak_tech", tech.role_names, None, tech.id)  # type: ignore[arg-type]
         console.accounts["oak_dsl"] = Account("oak_dsl", dsl.role_names, dsl.totp_secret, dsl.id)  # type: ignore[arg-type]
         actor = Actor.from_user(tech)
+        school_policy = console.app.extensions["schoolgate.policy"].get()
         ids["person"] = create_person(session, site=OAK, now=now, actor=actor,
                                       form=PersonForm(external_id="OAK-P1", name="Oak Pupil", role="pupil")).id
         ids["device"] = create_device(session, site=OAK, now=now, actor=actor, form=DeviceForm(
             device_id="OAK-IPAD-1", name="Oak iPad", ip="10.50.0.9", owner="OAK-P1")).id
         ids["request"] = access_requests.submit_request(
-            session, site=OAK, now=now, policy=console.app.extensions["schoolgate.policy"].get(),
+            session, site=OAK, now=now, policy=school_policy,
             form=access_requests.RequestForm(requester="Oak Pupil", url=f"https://{OAK_HOST}/", reasons="oak work"),
         ).request.id
-        ids["report"] = reports.submit_report(session, site=OAK, now=now, actor=actor, form=reports.ReportForm(
-            submitter_name="Oak Tech", urls=f"https://{OAK_HOST}/bad", nature="oak report")).id
+        ids["report"] = reports.submit_report(session, site=OAK, now=now, actor=actor, zone=school_policy.school.zone,
+                                              form=reports.ReportForm(submitter_name="Oak Tech",
+                                                                      urls=f"https://{OAK_HOST}/bad",
+                                                                      nature="oak report")).id
         ids["event"] = add_event(session, site=OAK, host=OAK_HOST, device_id="OAK-IPAD-1",
                                  person_name="Oak Pupil").id
         alert = Alert(site=OAK, kind="circumvention", severity="high", status="new", title=f"Oak case {OAK_HOST}",

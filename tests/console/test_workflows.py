@@ -95,7 +95,7 @@ def test_the_headteacher_reads_the_decision_first_and_gets_the_number_pad(consol
     summary = re.search(r'id="summary">([^<]+)<', page)
     assert summary is not None
     assert summary.group(1) == ("Sam Pupil asks to use www.facebook.com; the ICT technician recommends opening the "
-                                "whole of facebook.com for the device KW-IPAD-12 until Fri 18 Dec 2026 23:59.")
+                                "whole of facebook.com for the device KW-IPAD-12 until Fri 18 Dec 2026, 11:59 pm.")
     assert "This opens the whole of facebook.com and its subdomains" in page
     code = re.search(r'<input id="f-code"[^>]*>', page)
     assert code is not None and 'inputmode="numeric"' in code.group(0)

@@ -394,7 +394,7 @@ def test_no_database_lock_is_held_while_mail_is_sent(
                     session, site=SITE, now=now,
                     form=reports.ReportForm(submitter_name=f"Teacher {number}", urls=f"https://bad{number}.example/\n",
                                             nature="Upsetting pictures", accessed_by="a pupil"),
-                    filer=public_limits.Filer(f"IPAD-{number}", f"10.0.0.{number}", "pupil"),
+                    filer=public_limits.Filer(f"IPAD-{number}", f"10.0.0.{number}", "pupil"), zone=LONDON,
                 )
             session.commit()
         outcome = jobs.notifications_job(config, factory, now, mailer=mailer)

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,7 +65,7 @@ def test_a_report_from_a_device_without_an_account_reaches_the_technicians(
             session, site=SITE, now=NOW,
             form=reports.ReportForm(submitter_name="Mr Tay (TA, 6B)", urls="https://scary.example.org/video\n",
                                     nature="A frightening video came up in a search", accessed_by="a pupil in 6B"),
-            filer=public_limits.Filer("KW-IPAD-12", "10.41.20.15", "pupil"),
+            filer=public_limits.Filer("KW-IPAD-12", "10.41.20.15", "pupil"), zone=ZoneInfo("Europe/London"),
         )
         session.commit()
     assert run(config, staffed).sent == 1

@@ -643,3 +643,23 @@ def test_an_approval_of_a_proposal_changed_since_it_was_read_creates_nothing(
         prints.add(ar.proposal_fingerprint(base))
         setattr(base, field, original)
     assert len(prints) == 7
+
+
+def test_the_proposal_and_the_request_date_are_in_the_schools_time_and_in_words(
+    session: Session, policy: CompiledPolicy, technician: Actor
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    # 23:30 UTC on Tuesday 6 October is 00:30 on Wednesday 7 October in London (BST).
+    late = datetime(2026, 10, 6, 23, 30, tzinfo=UTC)
+    request_id = ar.submit_request(session, site=SITE, now=late, form=form(), policy=policy).request.id
+    request = ar.get_request(session, SITE, request_id)
+    assert str(policy.school.zone) == "Europe/London" and request.request_date.isoformat() == "2026-10-07"
+    ar.triage_request(session, site=SITE, now=late, actor=technician, request_id=request_id, policy=policy,
+                      form=triage_form(starts=late, expires=datetime(2026, 10, 20, 22, 59, tzinfo=UTC)))
+    london, kolkata = ZoneInfo("Europe/London"), ZoneInfo("Asia/Kolkata")
+    assert ar.proposal_summary(request, london).endswith(
+        "recommends opening the whole of facebook.com for the device LAPTOP-12 until Tue 20 Oct 2026, 11:59 pm.")
+    assert ar.proposal_summary(request, kolkata).endswith("until Wed 21 Oct 2026, 4:29 am.")
+    assert ar.describe_proposal(request, london) == (
+        "the whole of facebook.com for device LAPTOP-12, from Wed 7 Oct 2026, 12:30 am until Tue 20 Oct 2026, 11:59 pm")

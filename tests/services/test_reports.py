@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from schoolgate.store.overlay import load_overlay, read_generation
 
 SITE = "testschool"
 NOW = datetime(2026, 10, 6, 9, 0, tzinfo=UTC)
+ZONE = ZoneInfo("Europe/London")  # the test policy's [school] timezone
 
 
 def report_form(**overrides: object) -> reports.ReportForm:
@@ -34,7 +36,7 @@ def report_form(**overrides: object) -> reports.ReportForm:
 
 
 def test_report_then_block_for_pupils(session: Session, policy: CompiledPolicy, technician: Actor, dsl: Actor) -> None:
-    report = reports.submit_report(session, site=SITE, now=NOW, actor=dsl, form=report_form())
+    report = reports.submit_report(session, site=SITE, now=NOW, actor=dsl, zone=ZONE, form=report_form())
     assert report.status == reports.OPEN
     assert report.urls.splitlines() == ["https://games.example/violent-game", "https://cdn.games.example/clip.mp4"]
     before = read_generation(session, SITE)
@@ -87,7 +89,7 @@ def test_report_then_block_for_pupils(session: Session, policy: CompiledPolicy, 
 
 
 def test_block_for_every_role_by_url(session: Session, technician: Actor, dsl: Actor) -> None:
-    report = reports.submit_report(session, site=SITE, now=NOW, actor=dsl, form=report_form())
+    report = reports.submit_report(session, site=SITE, now=NOW, actor=dsl, zone=ZONE, form=report_form())
     _, (block,) = reports.action_report(
         session,
         site=SITE,
@@ -111,7 +113,7 @@ def test_block_for_every_role_by_url(session: Session, technician: Actor, dsl: A
 )
 def test_report_validation(session: Session, dsl: Actor, overrides: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
-        reports.submit_report(session, site=SITE, now=NOW, actor=dsl, form=report_form(**overrides))
+        reports.submit_report(session, site=SITE, now=NOW, actor=dsl, zone=ZONE, form=report_form(**overrides))
     assert err.value.field == field
 
 
@@ -125,7 +127,7 @@ def test_report_validation(session: Session, dsl: Actor, overrides: dict[str, ob
     ],
 )
 def test_block_spec_validation(session: Session, technician: Actor, dsl: Actor, spec: BlockSpec) -> None:
-    report = reports.submit_report(session, site=SITE, now=NOW, actor=dsl, form=report_form())
+    report = reports.submit_report(session, site=SITE, now=NOW, actor=dsl, zone=ZONE, form=report_form())
     with pytest.raises(InvalidInput):
         reports.action_report(
             session, site=SITE, now=NOW, actor=technician, report_id=report.id, action_taken="x", blocks=[spec]
@@ -139,7 +141,8 @@ def test_a_report_from_a_school_device_without_an_account(session: Session) -> N
     filer = public_limits.Filer("KW-IPAD-12", "10.41.20.15", "pupil")
     form = reports.ReportForm(submitter_name="Mr Tay (TA)", urls="https://scary.example.org/a\n",
                               nature="A frightening video")
-    first = reports.submit_public_report(session, site=SITE, now=NOW, form=form, filer=filer, person_id="P1042")
+    first = reports.submit_public_report(session, site=SITE, now=NOW, form=form, zone=ZONE, filer=filer,
+                                         person_id="P1042")
     assert first.reference == f"IR-{first.report.id:06d}" and len(first.token) >= 20
     stored = first.report
     assert (stored.device_id, stored.client_ip, stored.person_id) == ("KW-IPAD-12", "10.41.20.15", "P1042")
@@ -153,11 +156,11 @@ def test_a_report_from_a_school_device_without_an_account(session: Session) -> N
             reports.report_status(session, SITE, *wrong)
     # A pupil's device: three a day, then the technicians are spared.
     for _ in range(reports.PUBLIC_ALLOWANCE.pupil - 1):
-        reports.submit_public_report(session, site=SITE, now=NOW, form=form, filer=filer)
+        reports.submit_public_report(session, site=SITE, now=NOW, form=form, zone=ZONE, filer=filer)
     with pytest.raises(RateLimited):
-        reports.submit_public_report(session, site=SITE, now=NOW, form=form, filer=filer)
+        reports.submit_public_report(session, site=SITE, now=NOW, form=form, zone=ZONE, filer=filer)
     tomorrow = reports.submit_public_report(session, site=SITE, now=NOW + timedelta(days=1, minutes=1), form=form,
-                                            filer=filer)
+                                            zone=ZONE, filer=filer)
     assert tomorrow.report.id > first.report.id
 
 
