@@ -342,7 +342,7 @@ def _dsl_bans(client: LabClient, case: Alert) -> tuple[BanRow, datetime]:
         ban = bans.ban_device(
             session, site=SITE_ID, now=now, actor=dsl, device_id=bans.case_device(session, case), until=None,
             reason=f"Seed 001 §9: an attempt to get round the school's filtering (case {case.id})",
-            supervisor="the class teacher", alert_id=case.id,
+            supervisor="the class teacher", alert_id=case.id, zone=UTC,  # until lifted: no time to show
         )
         session.commit()
         committed = datetime.now(UTC)

@@ -81,7 +81,7 @@ def alerts_job(
     With the `policy`, confirmed circumvention cases are banned at once where its `[bans]`
     section says so, in the scan's own transaction.
     """
-    engine = engine or AlertEngine(AlertSettings.from_config(config.alerts))
+    engine = engine or AlertEngine(AlertSettings.from_config(config.alerts, school_zone(policy)))
     site = config.site.id
     scan = ScanResult()
     imposed: list[int] = []
@@ -90,7 +90,7 @@ def alerts_job(
             part = engine.scan(session, site, None, now, max_events=SCAN_EVENTS_PER_TRANSACTION)
             if policy is not None and (part.opened or part.folded):
                 imposed += apply_ban_policy(session, site=site, now=now, policy=policy.bans,
-                                            case_ids=[*part.opened, *part.folded])
+                                            case_ids=[*part.opened, *part.folded], zone=policy.school.zone)
             session.commit()
         scan.events += part.events
         scan.cursor = part.cursor

@@ -118,7 +118,6 @@ class SchedulerService:
         self.clock = clock
         self.mailer = mailer if mailer is not None else jobs.default_mailer(config)
         self.policy = policy or CurrentPolicy(config).get
-        self.engine = AlertEngine(AlertSettings.from_config(config.alerts))
         self.started_at = clock.now()
         self.stats: dict[str, Any] = {"runs": {}, "failures": {}, "last_error": ""}
         # Called with the ListsOutcome after a round that installed a new list version
@@ -131,6 +130,7 @@ class SchedulerService:
         # change of zone takes effect when the scheduler restarts.
         self.zone = jobs.school_zone(self.policy())
         self.scheduler = BackgroundScheduler(timezone=self.zone)
+        self.engine = AlertEngine(AlertSettings.from_config(config.alerts, self.zone))
         self._stop = threading.Event()
         self._add_jobs()
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta, tzinfo
+
+from schoolgate.timewords import clock_words
 
 ATTEMPT_SPAN = timedelta(seconds=30)
 MAX_ITEMS = 40  # per case: the rest is counted, not itemised
-LONDON = ZoneInfo("Europe/London")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +69,14 @@ class EvidenceItem:
             event_id=max(self.event_id or 0, other.event_id or 0) or None,
         )
 
-    def words(self, zone: ZoneInfo = LONDON) -> str:
-        """One line a DSL can read on a phone."""
+    def words(self, zone: tzinfo) -> str:
+        """One line a DSL can read on a phone; times on the school's clock (`zone`, the policy's
+        `[school] timezone`), in words."""
         first, last = self.first.astimezone(zone), self.last.astimezone(zone)
-        when = f"at {first:%H:%M}" if f"{first:%H:%M}" == f"{last:%H:%M}" else f"{first:%H:%M} to {last:%H:%M}"
+        start, end = clock_words(first), clock_words(last)
+        when = f"at {start}" if start == end else f"{start} to {end}"
         if first.date() != last.date():
-            when = f"{first:%d %b %H:%M} to {last:%d %b %H:%M}"
+            when = f"{first.day} {first:%b}, {start} to {last.day} {last:%b}, {end}"
         times = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
         if self.requests > self.attempts:
             times += f" ({self.requests} requests)"
@@ -137,7 +139,7 @@ class Evidence:
             return None
         return min(i.first for i in self._items.values()), max(i.last for i in self._items.values())
 
-    def lines(self, zone: ZoneInfo = LONDON, limit: int = 8) -> list[str]:
+    def lines(self, zone: tzinfo, limit: int = 8) -> list[str]:
         items = list(self)
         out = [item.words(zone) for item in items[:limit]]
         rest = len(items) - limit

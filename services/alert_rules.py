@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,8 +32,8 @@ from schoolgate.services.common import read_mark, write_mark
 from schoolgate.services.keywords import KeywordList, searchable_text
 from schoolgate.services.signals import flag_set
 from schoolgate.store.models import AccessEvent, Alert, AlertHistory
+from schoolgate.timewords import clock_words, day_words
 
-LONDON = ZoneInfo("Europe/London")
 CURSOR_NAME = "alerts_cursor"
 ENGINE_ACTOR = "system:alerts"
 OPEN_STATUSES = ("new", "in_review")
@@ -104,16 +103,18 @@ class SafeguardingTermRule:
 
 
 class OutOfHoursRule:
-    """Activity by the given roles between `start` and `end`, Europe/London local time."""
+    """Activity by the given roles between `start` and `end`, on the school's clock (`zone`, the
+    policy's `[school] timezone`)."""
 
-    def __init__(self, start: time, end: time, roles: Iterable[str], severity: str = "low") -> None:
+    def __init__(self, start: time, end: time, roles: Iterable[str], severity: str = "low", *, zone: tzinfo) -> None:
+        self.zone = zone
         self.start = start
         self.end = end
         self.roles = frozenset(roles)
         self.severity = severity
 
     def is_out_of_hours(self, at: datetime) -> bool:
-        local = at.astimezone(LONDON).time()
+        local = at.astimezone(self.zone).time()
         if self.start <= self.end:
             return self.start <= local < self.end
         return local >= self.start or local < self.end  # the window spans midnight
@@ -124,7 +125,7 @@ class OutOfHoursRule:
     def check(self, event: AccessEvent) -> Iterable[Trigger]:
         if event.role not in self.roles or not self.is_out_of_hours(event.ts):
             return ()
-        local = event.ts.astimezone(LONDON).strftime("%H:%M")
+        local = clock_words(event.ts.astimezone(self.zone))
         return (
             Trigger(
                 kind=KIND_OUT_OF_HOURS,
@@ -146,8 +147,9 @@ class PupilUpsetRule:
     event is the evidence: the device, its address, the person where known, the time, and the
     site and address of the page. One case per device and site while it is open."""
 
-    def __init__(self, severity: str = "high") -> None:
+    def __init__(self, severity: str = "high", *, zone: tzinfo) -> None:
         self.severity = severity
+        self.zone = zone  # the school's clock, for the case's words
 
     def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
         return None
@@ -155,8 +157,8 @@ class PupilUpsetRule:
     def check(self, event: AccessEvent) -> Iterable[Trigger]:
         if UPSET_FLAG not in _flags(event):
             return ()
-        local = event.ts.astimezone(LONDON)
-        when = f"{local:%A} {local.day} {local:%B} at {local:%H:%M}"
+        local = event.ts.astimezone(self.zone)
+        when = f"{day_words(local.date(), today=local.date())} at {clock_words(local)}"
         page = f" ({event.url})" if event.url else ""
         return (
             Trigger(
@@ -195,9 +197,12 @@ class AlertSettings:
     # Events this young wait for the next scan, so that what a device did in one moment (an
     # encrypted-DNS probe and its plain fallback) is judged together. 0: scan everything.
     settle: timedelta = timedelta(0)
+    # The school's clock (the policy's `[school] timezone`): out of hours, and the times in a
+    # case's words. UTC only where no policy is at hand (a bare engine in a benchmark).
+    zone: tzinfo = UTC
 
     @classmethod
-    def from_config(cls, alerts: object) -> AlertSettings:
+    def from_config(cls, alerts: object, zone: tzinfo = UTC) -> AlertSettings:
         """Build from schoolgate.config.AlertsConfig; a bad value raises ValueError naming it."""
         from schoolgate.config import AlertsConfig
 
@@ -225,19 +230,22 @@ class AlertSettings:
             keywords=KeywordList.load(alerts.keywords_file or None),
             foreign_resolver_alerts=alerts.foreign_resolver_alerts,
             settle=timedelta(seconds=alerts.settle_seconds),
+            zone=zone,
         )
 
     def rules(self) -> list[AlertRule]:
         return [
-            CircumventionRule(self.foreign_resolver_alerts),
+            CircumventionRule(self.foreign_resolver_alerts, zone=self.zone),
             RepeatedBlocksRule(
-                self.repeated_blocks_threshold, self.repeated_blocks_window, self.repeated_blocks_severity
+                self.repeated_blocks_threshold, self.repeated_blocks_window, self.repeated_blocks_severity,
+                zone=self.zone,
             ),
             SafeguardingTermRule(self.keywords),
             OutOfHoursRule(
-                self.out_of_hours_start, self.out_of_hours_end, self.out_of_hours_roles, self.out_of_hours_severity
+                self.out_of_hours_start, self.out_of_hours_end, self.out_of_hours_roles, self.out_of_hours_severity,
+                zone=self.zone,
             ),
-            PupilUpsetRule(self.pupil_upset_severity),
+            PupilUpsetRule(self.pupil_upset_severity, zone=self.zone),
         ]
 
 
@@ -389,7 +397,7 @@ class AlertEngine:
             evidence = Evidence.from_json(case.evidence)
             attempts_before = _counted_attempts(evidence)
             evidence.extend(trigger.evidence)
-            severity, summary = _judged(trigger, evidence)
+            severity, summary = _judged(trigger, evidence, self.settings.zone)
             case.evidence = evidence.to_json()
             case.summary = summary
             case.last_seen = max(case.last_seen, event.ts)
@@ -414,7 +422,7 @@ class AlertEngine:
         if not trigger.opens:
             return  # evidence for a case, not a case of its own
         evidence = Evidence(trigger.evidence)
-        severity, summary = _judged(trigger, evidence)
+        severity, summary = _judged(trigger, evidence, self.settings.zone)
         case = Alert(
             site=site,
             kind=trigger.kind,
@@ -447,12 +455,12 @@ def _counted_attempts(evidence: Evidence) -> int:
     return sum(item.attempts for item in evidence if item.intent) or evidence.attempts
 
 
-def _judged(trigger: Trigger, evidence: Evidence) -> tuple[str, str]:
+def _judged(trigger: Trigger, evidence: Evidence, zone: tzinfo) -> tuple[str, str]:
     """(severity, summary) of a case with this evidence, as the trigger's rule judges it."""
     if trigger.assess is not None:
         return trigger.assess(evidence)
     if evidence:
-        return trigger.severity, "\n".join([trigger.summary, *evidence.lines()])
+        return trigger.severity, "\n".join([trigger.summary, *evidence.lines(zone)])
     return trigger.severity, trigger.summary
 
 

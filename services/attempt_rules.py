@@ -26,16 +26,18 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
+from functools import partial
 
 from publicsuffix2 import get_tld
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from schoolgate.services.alert_evidence import ATTEMPT_SPAN, LONDON, Evidence, EvidenceItem
+from schoolgate.services.alert_evidence import ATTEMPT_SPAN, Evidence, EvidenceItem
 from schoolgate.services.alert_trigger import Trigger, outcome_of, subject_of, who
 from schoolgate.services.signals import CRAFTED, ENCRYPTED_DNS, Signal, SignalKind, classify, flag_set
 from schoolgate.store.models import AccessEvent, Alert
+from schoolgate.timewords import clock_words, day_words
 
 KIND_CIRCUMVENTION = "circumvention"
 KIND_REPEATED_BLOCKS = "repeated_blocks"
@@ -52,12 +54,14 @@ def _subject_condition(subject: Subject) -> list[ColumnElement[bool]]:
     return [AccessEvent.device_id.is_(None), AccessEvent.client_ip == client_ip]
 
 
-def _when(first: datetime, last: datetime) -> str:
-    first, last = first.astimezone(LONDON), last.astimezone(LONDON)
-    day = f"{first:%A} {first.day} {first:%B}"
-    if f"{first:%H:%M}" == f"{last:%H:%M}":
-        return f"on {day} at {first:%H:%M}"
-    return f"on {day} between {first:%H:%M} and {last:%H:%M}"
+def _when(first: datetime, last: datetime, zone: tzinfo) -> str:
+    """"on Tuesday 6 October between 10:00 am and 10:03 am", on the school's clock."""
+    first, last = first.astimezone(zone), last.astimezone(zone)
+    day = day_words(first.date(), today=first.date())
+    start, end = clock_words(first), clock_words(last)
+    if start == end:
+        return f"on {day} at {start}"
+    return f"on {day} between {start} and {end}"
 
 
 # ---------------------------------------------------------------------------- circumvention
@@ -91,7 +95,7 @@ def _own_resolver_upgrade(item: EvidenceItem, resolvers: set[str]) -> bool:
     return bool((item.provider and item.provider in resolvers) or (item.address and item.address in resolvers))
 
 
-def assess_circumvention(evidence: Evidence) -> tuple[str, str]:
+def assess_circumvention(evidence: Evidence, zone: tzinfo) -> tuple[str, str]:
     """The case's severity and plain-words summary from all of its evidence."""
     items = list(evidence)
     foreign = [i for i in items if i.kind == SignalKind.FOREIGN_DNS]
@@ -114,7 +118,7 @@ def assess_circumvention(evidence: Evidence) -> tuple[str, str]:
     attempts = sum(i.attempts for i in intent) or evidence.attempts
     head = (
         f"{attempts} attempt{'s' if attempts != 1 else ''} to get round the filter"
-        f"{' ' + _when(*span) if span else ''}; each was stopped."
+        f"{' ' + _when(*span, zone) if span else ''}; each was stopped."
     )
     if intent and not deliberate:
         head += (
@@ -123,14 +127,17 @@ def assess_circumvention(evidence: Evidence) -> tuple[str, str]:
         )
     elif foreign and not intent:
         head += " Only DNS sent to another resolver, which schoolgate answered; many devices do this by design."
-    return severity, "\n".join([head, *evidence.lines()])
+    return severity, "\n".join([head, *evidence.lines(zone)])
 
 
 class CircumventionRule:
     """One case per device: the ways round the filter it tried, with the evidence."""
 
-    def __init__(self, foreign_resolver_alerts: bool = False, window: timedelta = CONTEXT_WINDOW) -> None:
+    def __init__(
+        self, foreign_resolver_alerts: bool = False, window: timedelta = CONTEXT_WINDOW, *, zone: tzinfo
+    ) -> None:
         self.foreign_resolver_alerts = foreign_resolver_alerts
+        self.zone = zone  # the school's clock, for the case's words
         self.window = window
         # per subject: the recent DNS sent to other resolvers (evidence for an intent case)
         self._foreign: dict[Subject, deque[EvidenceItem]] = {}
@@ -190,7 +197,7 @@ class CircumventionRule:
                 event=event,
                 category="circumvention",
                 evidence=evidence,
-                assess=assess_circumvention,
+                assess=partial(assess_circumvention, zone=self.zone),
                 opens=opens,
                 counts_attempts=True,
             ),
@@ -245,7 +252,8 @@ class RepeatedBlocksRule:
     """
 
     def __init__(self, threshold: int, window: timedelta, severity: str = "medium",
-                 span: timedelta = ATTEMPT_SPAN) -> None:
+                 span: timedelta = ATTEMPT_SPAN, *, zone: tzinfo) -> None:
+        self.zone = zone  # the school's clock, for the case's words
         if threshold < 1:
             raise ValueError("the repeated blocks threshold must be at least 1")
         self.threshold = threshold
@@ -330,10 +338,10 @@ class RepeatedBlocksRule:
 
         def assess(case: Evidence) -> tuple[str, str]:
             head = (
-                f"{count} blocked attempts within {minutes} minutes {_when(first, last)} "
+                f"{count} blocked attempts within {minutes} minutes {_when(first, last, self.zone)} "
                 "(each attempt is one site tried once; the requests a page makes are one attempt)."
             )
-            return severity, "\n".join([head, *case.lines()])
+            return severity, "\n".join([head, *case.lines(self.zone)])
 
         return (
             Trigger(

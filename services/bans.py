@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from schoolgate.services.errors import InvalidInput, InvalidTransition, NotFound
 from schoolgate.services.permissions import Permission
 from schoolgate.store import audit as audit_log
 from schoolgate.store.models import AccessEvent, Alert, AlertHistory, BanRow, Device, Person
+from schoolgate.timewords import instant_words
 
 MAX_BAN_DAYS = 366
 SYSTEM_ACTOR = "system:bans"
@@ -175,10 +176,12 @@ def ban_device(
     alert_id: int | None = None,
     person_id: str | None = None,
     follow_person: bool = True,
+    zone: tzinfo,
 ) -> BanRow:
     """Ban a device (its register id, or its MAC address) and, where known, its person.
 
     `until` None: until lifted. `supervisor`: who supervises the banned pupil (required).
+    `zone`: the school's clock (the policy's `[school] timezone`), for the words of the case.
     """
     actor.require(Permission.BAN_DEVICE, doing="ban devices")
     text = clean_text(reason, field="ban_reason", max_len=4000, required=True)
@@ -193,7 +196,7 @@ def ban_device(
     _check_reason(session, text, alert)
     target = resolve_target(session, site, device_id, person_id=person_id, follow_person=follow_person)
     return _impose(session, site=site, now=now, actor_name=actor.name, target=target, until=until, reason=text,
-                   supervisor=who, alert=alert)
+                   supervisor=who, alert=alert, zone=zone)
 
 
 def _impose(
@@ -207,10 +210,11 @@ def _impose(
     reason: str,
     supervisor: str,
     alert: Alert | None,
+    zone: tzinfo,
 ) -> BanRow:
     existing = active_ban_for_target(session, site, target, now)
     if existing is not None:
-        end = f"until {existing.until:%Y-%m-%d %H:%M} UTC" if existing.until else "until it is lifted"
+        end = f"until {instant_words(existing.until, zone, now=now)}" if existing.until else "until it is lifted"
         raise InvalidTransition(f"{target.label} is already banned {end}; lift that ban to change it.")
     ban = BanRow(
         site=site,
@@ -229,6 +233,7 @@ def _impose(
     session.flush()
     end = until.isoformat() if until else "until lifted"
     if alert is not None:
+        words = f"until {instant_words(until, zone, now=now)}" if until else "until lifted"
         whom = f"device {target.label}" + (" and its person on every device" if target.person_id else "")
         session.add(
             AlertHistory(
@@ -236,7 +241,7 @@ def _impose(
                 at=now,
                 actor=actor_name,
                 action="ban",
-                detail=f"{whom}: supervised use only, {end}; supervised by {supervisor}",
+                detail=f"{whom}: supervised use only, {words}; supervised by {supervisor}",
             )
         )
     detail = {
@@ -250,7 +255,7 @@ def _impose(
 
 
 def ban_automatically(session: Session, *, site: str, now: datetime, alert: Alert, days: int,
-                      supervisor: str) -> BanRow | None:
+                      supervisor: str, zone: tzinfo) -> BanRow | None:
     """The policy's automatic ban for a circumvention case (seed 001 §9 "will result in a ban").
 
     None when there is nothing to ban (no MAC ever seen for the case) or a ban is in force."""
@@ -265,7 +270,7 @@ def ban_automatically(session: Session, *, site: str, now: datetime, alert: Aler
         return None
     until = now + timedelta(days=days) if days else None
     return _impose(session, site=site, now=now, actor_name=SYSTEM_ACTOR, target=target, until=until,
-                   reason=AUTOMATIC_REASON.format(case=alert.id), supervisor=supervisor, alert=alert)
+                   reason=AUTOMATIC_REASON.format(case=alert.id), supervisor=supervisor, alert=alert, zone=zone)
 
 
 def lift_ban(session: Session, *, site: str, now: datetime, actor: Actor, ban_id: int, reason: str) -> BanRow:
@@ -349,7 +354,7 @@ CONFIRMED_SEVERITY = "high"
 
 
 def apply_ban_policy(session: Session, *, site: str, now: datetime, policy: BanPolicy,
-                     case_ids: list[int]) -> list[int]:
+                     case_ids: list[int], zone: tzinfo) -> list[int]:
     """Seed 001 §9 where the school chose automatic bans: ban the devices (and people) of the
     confirmed circumvention cases among `case_ids`, for the policy's roles. Returns ban ids."""
     if not policy.automatic:
@@ -365,7 +370,7 @@ def apply_ban_policy(session: Session, *, site: str, now: datetime, policy: BanP
         if event is None or event.role not in {role.value for role in policy.automatic_roles}:
             continue
         ban = ban_automatically(session, site=site, now=now, alert=alert, days=policy.days,
-                                supervisor=policy.supervisor)
+                                supervisor=policy.supervisor, zone=zone)
         if ban is not None:
             imposed.append(ban.id)
     return imposed

@@ -171,7 +171,7 @@ def ban(alert_id: int) -> Any:
             web.db(), device_id=request.form.get("device_id", "") or bans.case_device(web.db(), alert),
             until=parse_local(until_text, field="until", end_of_day=True) if until_text else None,
             reason=request.form.get("ban_reason", ""), supervisor=request.form.get("supervisor", ""),
-            follow_person=request.form.get("follow_person") == "1", alert_id=alert.id, **_common(),
+            follow_person=request.form.get("follow_person") == "1", alert_id=alert.id, zone=web.zone(), **_common(),
         )
 
     return _apply(alert_id, "Banned: close supervision only, as the ban says. The ban takes effect within seconds.",

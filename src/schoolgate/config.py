@@ -145,7 +145,8 @@ class RetentionConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """The DSL's alert rules (schoolgate.services.alert_rules); times are Europe/London."""
+    """The DSL's alert rules (schoolgate.services.alert_rules); times are on the school's clock
+    (the policy's [school] timezone)."""
 
     repeated_blocks_threshold: int = 10  # blocked attempts by one device ...
     repeated_blocks_window_minutes: int = 10  # ... within this many minutes raise an alert
@@ -166,7 +167,7 @@ class ListsConfig:
     """List subscriptions (schoolgate.lists): where versions live and when they are updated."""
 
     dir: str = ""  # empty: <data_dir>/lists
-    update_time: str = "03:30"  # every day, Europe/London
+    update_time: str = "03:30"  # every day, on the school's clock (the policy's [school] timezone)
     stale_days: int = 3  # a list not confirmed current for longer is a warning (doctor, console, mail)
     update_timeout_s: int = 3600  # the scheduler ends an update run that takes longer
 

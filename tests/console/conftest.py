@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pyotp
 import pytest
@@ -476,6 +477,7 @@ def seed(console: Console) -> dict[str, int]:
             until=now + timedelta(days=7),
             reason="seed ban",
             supervisor="Mrs Khan",
+            zone=ZoneInfo("Europe/London"),  # the example policy's [school] timezone
         )
         ids["ban"] = ban.id
         victim = accounts.create_user(

@@ -94,6 +94,7 @@ def test_the_headteacher_reads_the_decision_first_and_gets_the_number_pad(consol
     assert decision < request_card  # the decision sits at the top, the request follows
     summary = re.search(r'id="summary">([^<]+)<', page)
     assert summary is not None
+    # the school's time, in words
     assert summary.group(1) == ("Sam Pupil asks to use www.facebook.com; the ICT technician recommends opening the "
                                 "whole of facebook.com for the device KW-IPAD-12 until Fri 18 Dec 2026, 11:59 pm.")
     assert "This opens the whole of facebook.com and its subdomains" in page

@@ -35,6 +35,7 @@ def _ban_the_phone(lab: LabClient) -> tuple[int, datetime]:
         ban = bans.ban_device(
             session, site=SITE_ID, now=lab.lab.clock_now(), actor=dsl, device_id=PHONE.mac, until=None,
             reason="Seed 001 §9: an attempt to get round the school's filtering", supervisor="the class teacher",
+            zone=UTC,  # until lifted: no time to show
         )
         session.commit()
         return ban.id, datetime.now(UTC)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from schoolgate.services.alert_evidence import MAX_ITEMS, Evidence, EvidenceItem
 
 T0 = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)  # GMT: 10:15 in London
+LONDON = ZoneInfo("Europe/London")  # the test school's [school] timezone
 
 
 def item(seconds: float, *, target: str = "nordvpn.com", event_id: int | None = None, **fields: object) -> EvidenceItem:
@@ -46,16 +48,19 @@ def test_words_and_json() -> None:
     evidence = Evidence([item(0, event_id=1), item(1, event_id=2), item(120, event_id=3),
                          item(5, target="1.1.1.1:853", kind="dot", label="Tried DNS over TLS to", outcome="refused",
                               event_id=4)])
-    assert evidence.lines() == [
-        "Tried to open a VPN site: nordvpn.com, 2 attempts (3 requests), 10:15 to 10:17, blocked",
-        "Tried DNS over TLS to: 1.1.1.1:853, 1 attempt, at 10:15, refused",
+    assert evidence.lines(LONDON) == [
+        "Tried to open a VPN site: nordvpn.com, 2 attempts (3 requests), 10:15 am to 10:17 am, blocked",
+        "Tried DNS over TLS to: 1.1.1.1:853, 1 attempt, at 10:15 am, refused",
     ]
     again = Evidence.from_json(evidence.to_json())
-    assert again.lines() == evidence.lines() and again.attempts == 3
+    assert again.lines(LONDON) == evidence.lines(LONDON) and again.attempts == 3
+    # The school's clock is the policy's [school] timezone, whatever it is.
+    kolkata = evidence.lines(ZoneInfo("Asia/Kolkata"))
+    assert kolkata[1] == "Tried DNS over TLS to: 1.1.1.1:853, 1 attempt, at 3:45 pm, refused"
     assert Evidence.from_json("not json").attempts == 0 and not Evidence.from_json("")
 
 
 def test_a_case_keeps_at_most_max_items_and_counts_the_rest() -> None:
     evidence = Evidence(item(i * 60, target=f"site{i}.example", event_id=i + 1) for i in range(MAX_ITEMS + 5))
     assert len(evidence) == MAX_ITEMS and evidence.omitted == 5 and evidence.attempts == MAX_ITEMS + 5
-    assert evidence.lines(limit=3)[-1] == "and 38 more (see the case)"
+    assert evidence.lines(LONDON, limit=3)[-1] == "and 38 more (see the case)"

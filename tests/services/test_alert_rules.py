@@ -14,6 +14,7 @@ from schoolgate.services.alert_evidence import Evidence
 from schoolgate.services.alert_rules import (
     AlertEngine,
     AlertSettings,
+    OutOfHoursRule,
     read_cursor,
 )
 from schoolgate.services.keywords import KeywordList
@@ -49,7 +50,10 @@ def add(session: Session, events: Sequence[AccessEvent]) -> None:
 
 
 def engine(**overrides: object) -> AlertEngine:
-    settings: dict[str, object] = {"repeated_blocks_threshold": 5, "repeated_blocks_window": timedelta(minutes=10)}
+    settings: dict[str, object] = {
+        "repeated_blocks_threshold": 5, "repeated_blocks_window": timedelta(minutes=10),
+        "zone": LONDON,  # the test school's [school] timezone
+    }
     settings.update(overrides)
     return AlertEngine(AlertSettings(**settings))  # type: ignore[arg-type]
 
@@ -123,7 +127,7 @@ def test_circumvention(
     assert (case.severity, case.trigger_count) == expected
     assert case.device_id == "IPAD-5" and case.title == "Circumvention attempt from iPad 5"
     evidence = Evidence.from_json(case.evidence)
-    assert evidence and case.summary.splitlines()[1:] == evidence.lines()
+    assert evidence and case.summary.splitlines()[1:] == evidence.lines(LONDON)
     assert "on Tuesday 6 October" in case.summary.splitlines()[0]
 
 
@@ -143,16 +147,16 @@ def test_circumvention_evidence_says_what_when_and_how_often(session: Session) -
     assert (case.severity, case.trigger_count) == ("high", 3)
     lines = case.summary.splitlines()
     assert lines[0] == (
-        "3 attempts to get round the filter on Tuesday 6 October between 10:00 and 10:11; each was stopped."
+        "3 attempts to get round the filter on Tuesday 6 October between 10:00 am and 10:11 am; each was stopped."
     )
     assert lines[1:] == [
         "Sent DNS to another resolver (schoolgate answered instead): 198.51.100.53, 2 attempts, "
-        "10:00 to 10:01, answered by schoolgate instead",
-        "Tried to open a VPN, proxy or encrypted-DNS site: nordvpn.com, 1 attempt (3 requests), at 10:02, blocked",
-        "Tried encrypted DNS (DNS over HTTPS) to: Cloudflare DNS (1.1.1.1) (1.1.1.1:443), 1 attempt, at 10:06, "
+        "10:00 am to 10:01 am, answered by schoolgate instead",
+        "Tried to open a VPN, proxy or encrypted-DNS site: nordvpn.com, 1 attempt (3 requests), at 10:02 am, blocked",
+        "Tried encrypted DNS (DNS over HTTPS) to: Cloudflare DNS (1.1.1.1) (1.1.1.1:443), 1 attempt, at 10:06 am, "
         "refused",
         "Hid where it was going (domain fronting): named one site, connected to another: "
-        "weather.example.net to facebook, 1 attempt, at 10:11, blocked",
+        "weather.example.net to facebook, 1 attempt, at 10:11 am, blocked",
     ]
     assert case.first_seen == T0 and case.last_seen == T0 + timedelta(seconds=700)
 
@@ -217,11 +221,13 @@ def test_repeated_blocks_count_sites_not_requests(session: Session) -> None:
     engine(repeated_blocks_threshold=4).scan(session, SITE, None, T0)
     (case,) = [a for a in alerts(session) if a.kind == "repeated_blocks"]
     lines = case.summary.splitlines()
-    assert lines[0].startswith("4 blocked attempts within 10 minutes on Tuesday 6 October between 10:00 and 10:03")
+    assert lines[0].startswith(
+        "4 blocked attempts within 10 minutes on Tuesday 6 October between 10:00 am and 10:03 am"
+    )
     assert lines[1:] == [
         # the case fired on the third view's first request
-        "Tried to open a blocked site: facebook.com, 3 attempts (9 requests), 10:00 to 10:03, blocked",
-        "Tried to open a blocked site: games.example, 1 attempt (2 requests), at 10:01, blocked",
+        "Tried to open a blocked site: facebook.com, 3 attempts (9 requests), 10:00 am to 10:03 am, blocked",
+        "Tried to open a blocked site: games.example, 1 attempt (2 requests), at 10:01 am, blocked",
     ]
 
 
@@ -356,7 +362,7 @@ def test_folding_and_idempotent_rescans(session: Session) -> None:
 def test_cursor_survives_commit_and_batches(session: Session) -> None:
     add(session, [event(i * 60, device_id=f"D{i % 7}", **VPN_SITE) for i in range(50)])
     session.commit()
-    result = AlertEngine(AlertSettings(), batch_size=8).scan(session, SITE, None, T0)
+    result = AlertEngine(AlertSettings(zone=LONDON), batch_size=8).scan(session, SITE, None, T0)
     session.commit()
     assert result.events == 50 and len(result.opened) == 7
     assert session.scalar(select(func.sum(Alert.trigger_count))) == 50
@@ -383,7 +389,7 @@ def test_other_sites_are_ignored(session: Session) -> None:
 
 def test_a_backlog_is_worked_off_in_bounded_scans(session: Session) -> None:
     add(session, [event(i * 60, **VPN_SITE) for i in range(20)])
-    rules = AlertEngine(AlertSettings(), batch_size=8)
+    rules = AlertEngine(AlertSettings(zone=LONDON), batch_size=8)
     parts = []
     while True:
         part = rules.scan(session, SITE, None, T0, max_events=8)
@@ -417,7 +423,7 @@ def test_a_pupil_saying_a_page_upset_them_raises_a_case_per_device_and_site(sess
     assert first.severity == "high" and first.person_id == "P5"
     assert first.title == "A pupil said a blocked page upset them: iPad 5 (Sam Pupil)"
     # The evidence in plain words: when (school time), who, which address, which page, which rule.
-    assert first.summary.startswith("On Tuesday 6 October at 10:00, iPad 5 (Sam Pupil) at 10.0.0.5")
+    assert first.summary.startswith("On Tuesday 6 October at 10:00 am, iPad 5 (Sam Pupil) at 10.0.0.5")
     assert "http://games.example.com/level2" in first.summary and "pupils-no-social-media" in first.summary
 
 
@@ -432,3 +438,12 @@ def test_events_younger_than_the_settle_time_wait_for_the_next_scan(session: Ses
     assert later.events == 2
     (case,) = alerts(session)
     assert case.severity == "low"  # its own resolver's encrypted DNS: judged with the fallback
+
+
+def test_out_of_hours_is_on_the_policys_clock() -> None:
+    """The school's clock is its policy's `[school] timezone`: 11:00 UTC is a school morning in
+    London and 8 pm in Tokyo."""
+    instant = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    london = OutOfHoursRule(time(19, 0), time(7, 0), ["pupil"], zone=LONDON)
+    tokyo = OutOfHoursRule(time(19, 0), time(7, 0), ["pupil"], zone=ZoneInfo("Asia/Tokyo"))
+    assert not london.is_out_of_hours(instant) and tokyo.is_out_of_hours(instant)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from schoolgate.store.overlay import load_overlay, read_generation
 
 SITE = "testschool"
 NOW = datetime(2026, 10, 6, 9, 0, tzinfo=UTC)
+LONDON = ZoneInfo("Europe/London")  # the test school's [school] timezone
 PHONE_MAC = "3c:22:fb:99:00:01"  # a pupil's own phone: not in the register
 
 
@@ -56,7 +58,7 @@ def supervised(policy: CompiledPolicy, session: Session, client: Client, at: dat
 
 def ban(session: Session, actor: Actor, device: str, **fields: object) -> BanRow:
     values: dict[str, object] = {"until": NOW + timedelta(days=7), "reason": "Seed 001 §9 (case 1)",
-                                 "supervisor": "Mrs Khan, Year 5 teacher"}
+                                 "supervisor": "Mrs Khan, Year 5 teacher", "zone": LONDON}
     values.update(fields)
     return bans.ban_device(session, site=SITE, now=NOW, actor=actor, device_id=device, **values)  # type: ignore[arg-type]
 
@@ -77,7 +79,8 @@ def test_a_registered_device_is_banned_by_id_mac_and_its_owner(
     assert supervised(policy, session, Client(ip="10.0.0.77", mac="3c:22:fb:01:02:05"))
     assert supervised(policy, session, Client(ip="10.0.0.9", device_id="LAPTOP-9", person_id="P5", role=Role.PUPIL))
     assert not supervised(policy, session, Client(ip="10.0.0.8", device_id="IPAD-8", person_id="P8", role=Role.PUPIL))
-    with pytest.raises(InvalidTransition, match="already banned"):
+    # in the school's time, in words: 9:00 UTC on 6 October is 10:00 am in London (BST)
+    with pytest.raises(InvalidTransition, match="already banned until Tuesday 13 October, 10:00 am"):
         ban(session, dsl, "LAPTOP-9")  # the person is banned already, on every device
     history = alerts.history(session, SITE, alert.id)
     assert [h.action for h in history] == ["ban"] and "supervised by Mrs Khan" in history[0].detail
@@ -195,7 +198,7 @@ def test_the_school_chooses_automatic_bans_or_offers(
     alert = _case_with_event(session, role=role, severity=severity)
     choice = BanPolicy(on_circumvention=mode, automatic_roles=frozenset({Role.PUPIL}), days=0,
                        supervisor="the class teacher")
-    imposed = bans.apply_ban_policy(session, site=SITE, now=NOW, policy=choice, case_ids=[alert.id])
+    imposed = bans.apply_ban_policy(session, site=SITE, now=NOW, policy=choice, case_ids=[alert.id], zone=LONDON)
     assert bool(imposed) is banned
     if banned:
         row = session.get(BanRow, imposed[0])
@@ -208,4 +211,4 @@ def test_the_school_chooses_automatic_bans_or_offers(
         assert json.loads(audit.detail)["alert_id"] == alert.id
         assert supervised(policy, session, Client(ip="10.0.0.66", mac=PHONE_MAC))
         # and never twice
-        assert bans.apply_ban_policy(session, site=SITE, now=NOW, policy=choice, case_ids=[alert.id]) == []
+        assert bans.apply_ban_policy(session, site=SITE, now=NOW, policy=choice, case_ids=[alert.id], zone=LONDON) == []
