@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from schoolgate.services import activity, digest, rollups
 from schoolgate.services.alert_rules import AlertEngine, AlertSettings
@@ -29,6 +30,7 @@ from schoolgate.store.db import init_db, session_factory
 
 SITE = "bench"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+SCHOOL_ZONE = ZoneInfo("Europe/London")  # the example policy's [school] timezone
 SERVICES = [f"service{i}" for i in range(30)]
 
 
@@ -100,7 +102,7 @@ def main() -> None:
         engine = init_db(f"sqlite:///{path}")
         began = time.perf_counter()
         with session_factory(engine)() as session:
-            while rollups.update_rollups(session, SITE, NOW).events:
+            while rollups.update_rollups(session, SITE, NOW, zone=SCHOOL_ZONE).events:
                 session.commit()
             session.commit()
         print(f"rolled up {rows} events in {time.perf_counter() - began:.1f} s (the scheduler does this every 30 s)")
@@ -145,19 +147,22 @@ def main() -> None:
                 ),
                 (
                     "chart: blocked by service, 7 days",
-                    lambda: activity.blocked_over_time(session, SITE, NOW - week, NOW, by="service"),
+                    lambda: activity.blocked_over_time(session, SITE, NOW - week, NOW, by="service", zone=SCHOOL_ZONE),
                 ),
                 (
                     "chart: blocked by role, 30 days",
-                    lambda: activity.blocked_over_time(session, SITE, NOW - month, NOW, by="role"),
+                    lambda: activity.blocked_over_time(session, SITE, NOW - month, NOW, by="role", zone=SCHOOL_ZONE),
                 ),
-                ("top services, 7 days", lambda: activity.top_services(session, SITE, NOW - week, NOW)),
-                ("top devices, 7 days", lambda: activity.top_devices(session, SITE, NOW - week, NOW)),
-                ("dashboard (all figures)", lambda: activity.dashboard(session, SITE, NOW)),
+                (
+                    "top services, 7 days",
+                    lambda: activity.top_services(session, SITE, NOW - week, NOW, zone=SCHOOL_ZONE),
+                ),
+                ("top devices, 7 days", lambda: activity.top_devices(session, SITE, NOW - week, NOW, zone=SCHOOL_ZONE)),
+                ("dashboard (all figures)", lambda: activity.dashboard(session, SITE, NOW, zone=SCHOOL_ZONE)),
                 (
                     "digest facts, 1 day",
                     lambda: digest.compose_digest(
-                        session, site=SITE, site_name="Bench", now=NOW, zone=UTC, since=NOW - day
+                        session, site=SITE, site_name="Bench", now=NOW, zone=SCHOOL_ZONE, since=NOW - day
                     ),
                 ),
             ]

@@ -170,13 +170,22 @@ def notifications_job(
 # -- rollups -----------------------------------------------------------------------------------
 
 
-def rollups_job(config: AppConfig, session_factory: SessionFactory, now: datetime, *, max_batches: int = 20) -> int:
-    """Count new events into the dashboard's rollups, one short transaction per batch."""
+def rollups_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    max_batches: int = 20,
+    policy: CompiledPolicy | None = None,
+) -> int:
+    """Count new events into the dashboard's rollups, one short transaction per batch; days are
+    the school's (the policy's `[school] timezone`)."""
+    zone = school_zone(policy)
     counted = 0
     for _ in range(max_batches):
         with session_factory() as session:
             before = rollups.read_cursor(session, config.site.id)
-            result = rollups.update_rollups(session, config.site.id, now)
+            result = rollups.update_rollups(session, config.site.id, now, zone=zone)
             session.commit()
         counted += result.events
         if result.cursor == before:
@@ -213,7 +222,7 @@ def digest_job(
     if mailer is None:
         return DigestOutcome(False, "no mail server is configured")
     site = config.site.id
-    rollups_job(config, session_factory, now, max_batches=1000)  # the top lists read the rollups
+    rollups_job(config, session_factory, now, max_batches=1000, policy=policy)  # the top lists read the rollups
     with session_factory() as session:
         previous = last_digest_at(session, site)
         if previous is not None and previous.astimezone(zone).date() == today:

@@ -233,7 +233,7 @@ class SchedulerService:
         )
 
     def run_rollups(self) -> int:
-        return jobs.rollups_job(self.config, self.session_factory, self.clock.now())
+        return jobs.rollups_job(self.config, self.session_factory, self.clock.now(), policy=self.policy())
 
     def run_expiry(self) -> jobs.ExpiryOutcome:
         return jobs.expiry_job(self.config, self.session_factory, self.clock.now())

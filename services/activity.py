@@ -4,16 +4,15 @@ The search reads `events` through its indexes (site + device/person/service/verd
 and pages by keyset (ts, id) rather than OFFSET, never counting the whole table. Charts and
 top lists read the rollups (event_hourly, event_daily; see schoolgate.services.rollups),
 which the scheduler keeps within about 30 seconds of the events. Hours fold into
-Europe/London days in Python, so a school day is a local day on both sides of a clock change.
+the school's local days (the policy's zone) in Python, so a school day is a local day on both sides of a clock change.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -31,7 +30,6 @@ from schoolgate.store.models import (
     PolicyExceptionRow,
 )
 
-LONDON = ZoneInfo("Europe/London")
 MAX_PAGE = 500
 MAX_RANGE = timedelta(days=400)
 # refused: QUIC refused quietly; redirect: DNS sent elsewhere, answered by schoolgate (the gateway's)
@@ -140,17 +138,17 @@ def search_events(session: Session, site: SiteScope, query: EventQuery) -> Event
     return EventPage(items=rows, next_cursor=cursor)
 
 
-def local_midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=LONDON)
+def local_midnight(day: date, zone: tzinfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=zone)
 
 
 def _floor_hour(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _local_days(start: datetime, end: datetime) -> tuple[date, date]:
-    """The first and last Europe/London dates that [start, end) touches."""
-    return start.astimezone(LONDON).date(), (end - timedelta(microseconds=1)).astimezone(LONDON).date()
+def _local_days(start: datetime, end: datetime, zone: tzinfo) -> tuple[date, date]:
+    """The first and last of the school's dates (`zone`) that [start, end) touches."""
+    return start.astimezone(zone).date(), (end - timedelta(microseconds=1)).astimezone(zone).date()
 
 
 def blocked_over_time(
@@ -162,11 +160,12 @@ def blocked_over_time(
     by: str = "service",
     bucket: str | None = None,
     top: int = 8,
+    zone: tzinfo,
 ) -> Series:
     """Blocked attempts per hour (ranges up to two days) or per local day, split by service or role.
 
     Reads the rollups: per hour, whole UTC hours that start inside the range; per day, whole
-    Europe/London days that the range touches.
+    days of the school (`zone`, the policy's `[school] timezone`) that the range touches.
     Keys beyond the `top` busiest are summed under "other"; no service shows as "(none)".
     """
     _check_range(start, end)
@@ -192,9 +191,9 @@ def blocked_over_time(
             )
         ]
     else:
-        first, last = _local_days(start, end)
+        first, last = _local_days(start, end, zone)
         rows = [
-            (local_midnight(day), key, count)
+            (local_midnight(day, zone), key, count)
             for day, key, count in session.execute(
                 select(EventDaily.day, EventDaily.key, EventDaily.count).where(
                     on_site(EventDaily.site, site),
@@ -219,9 +218,9 @@ def blocked_over_time(
             buckets.append(cursor)
             cursor += timedelta(hours=1)
     else:
-        day, last = _local_days(start, end)
+        day, last = _local_days(start, end, zone)
         while day <= last:
-            buckets.append(local_midnight(day))
+            buckets.append(local_midnight(day, zone))
             day += timedelta(days=1)
     index = {b: i for i, b in enumerate(buckets)}
     counts: dict[str, list[int]] = {}
@@ -236,10 +235,11 @@ def blocked_over_time(
 
 
 def _top(
-    session: Session, site: SiteScope, dimension: str, start: datetime, end: datetime, *, verdict: str, limit: int
+    session: Session, site: SiteScope, dimension: str, start: datetime, end: datetime, *, verdict: str, limit: int,
+    zone: tzinfo,
 ) -> list[Ranked]:
     _check_range(start, end)
-    first, last = _local_days(start, end)
+    first, last = _local_days(start, end, zone)
     total = func.sum(EventDaily.count)
     rows = session.execute(
         select(EventDaily.key, func.max(EventDaily.label), total)
@@ -258,19 +258,21 @@ def _top(
 
 
 def top_services(
-    session: Session, site: SiteScope, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10
+    session: Session, site: SiteScope, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10,
+    zone: tzinfo,
 ) -> list[Ranked]:
     """Services (or hosts, where no catalogue service matched) with the most events of `verdict`,
     over the whole local days the range touches (from the daily rollup)."""
-    return _top(session, site, TARGET, start, end, verdict=verdict, limit=limit)
+    return _top(session, site, TARGET, start, end, verdict=verdict, limit=limit, zone=zone)
 
 
 def top_devices(
-    session: Session, site: SiteScope, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10
+    session: Session, site: SiteScope, start: datetime, end: datetime, *, verdict: str = "block", limit: int = 10,
+    zone: tzinfo,
 ) -> list[Ranked]:
     """Devices (or addresses, for unregistered devices) with the most events of `verdict`,
     over the whole local days the range touches (from the daily rollup)."""
-    return _top(session, site, DEVICE, start, end, verdict=verdict, limit=limit)
+    return _top(session, site, DEVICE, start, end, verdict=verdict, limit=limit, zone=zone)
 
 
 def count_events(session: Session, site: SiteScope, start: datetime, end: datetime, verdict: str) -> int:
@@ -288,11 +290,12 @@ def count_events(session: Session, site: SiteScope, start: datetime, end: dateti
     )
 
 
-def dashboard(session: Session, site: SiteScope, now: datetime, *, days: int = 7) -> Dashboard:
-    """The figures on the console's front page: today (local), open work, the last `days` days."""
+def dashboard(session: Session, site: SiteScope, now: datetime, *, zone: tzinfo, days: int = 7) -> Dashboard:
+    """The figures on the console's front page: today (the school's, in `zone`), open work, the
+    last `days` days."""
     from schoolgate.services.alerts import count_open_by_severity
 
-    today = local_midnight(now.astimezone(LONDON).date())
+    today = local_midnight(now.astimezone(zone).date(), zone)
     since = now - timedelta(days=days)
     pending: dict[str, int] = {
         str(status): int(count)
@@ -326,8 +329,8 @@ def dashboard(session: Session, site: SiteScope, now: datetime, *, days: int = 7
         requests_awaiting_headteacher=int(pending.get("forwarded", 0)),
         active_exceptions=int(active_exceptions or 0),
         active_bans=int(active_bans or 0),
-        top_blocked_services=top_services(session, site, since, now + timedelta(seconds=1)),
-        top_blocked_devices=top_devices(session, site, since, now + timedelta(seconds=1)),
+        top_blocked_services=top_services(session, site, since, now + timedelta(seconds=1), zone=zone),
+        top_blocked_devices=top_devices(session, site, since, now + timedelta(seconds=1), zone=zone),
     )
 
 

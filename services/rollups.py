@@ -3,7 +3,7 @@
 Incremental like the alert engine: a cursor in `generations` (`rollup_cursor`) remembers the
 last event id counted, and the counts and the cursor move in one transaction, so a rerun
 never counts an event twice. SQL groups each batch by UTC hour (few rows); Python folds the
-hours into Europe/London days, which SQL cannot do across clock changes portably.
+hours into the school's local days (the policy's zone), which SQL cannot do across clock changes portably.
 
 Ids are assigned in commit order on SQLite (one writer at a time holds the write lock), so
 an id cursor never skips an event there.
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,7 +22,6 @@ from sqlalchemy.orm import Session
 from schoolgate.services.common import advance_mark, read_mark, write_mark
 from schoolgate.store.models import AccessEvent, DaemonStatus, EventDaily, EventHourly, Generation
 
-LONDON = ZoneInfo("Europe/London")
 CURSOR_NAME = "rollup_cursor"
 RAN_NAME = "rollups_ran"  # generations row: when the scheduler last brought the rollups up to date
 # The scheduler counts every 30 s and beats its heart every 30 s: after this long without either,
@@ -84,8 +82,9 @@ def _upsert(session: Session, model: type[Any], rows: list[dict[str, Any]], keys
     session.connection().execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), rows)
 
 
-def update_rollups(session: Session, site: str, now: datetime, *, batch: int = BATCH) -> RollupResult:
-    """Count the events after the cursor (up to `batch` ids per call); the caller commits."""
+def update_rollups(session: Session, site: str, now: datetime, *, zone: tzinfo, batch: int = BATCH) -> RollupResult:
+    """Count the events after the cursor (up to `batch` ids per call); the caller commits. Days
+    are the school's (`zone`: the policy's `[school] timezone`)."""
     cursor = read_cursor(session, site, lock=True)
     last = session.scalar(select(func.max(AccessEvent.id)).where(AccessEvent.id > cursor))
     if last is None:
@@ -112,7 +111,7 @@ def update_rollups(session: Session, site: str, now: datetime, *, batch: int = B
 
     daily: dict[tuple[str, str, date, str], list[Any]] = defaultdict(lambda: [0, ""])
     for row in hourly_rows:
-        day = row["hour"].astimezone(LONDON).date()
+        day = row["hour"].astimezone(zone).date()
         daily[(SERVICE, row["verdict"], day, row["service"])][0] += row["count"]
         daily[(ROLE, row["verdict"], day, row["role"])][0] += row["count"]
     device_key = func.coalesce(AccessEvent.device_id, AccessEvent.client_ip)
@@ -128,7 +127,7 @@ def update_rollups(session: Session, site: str, now: datetime, *, batch: int = B
         .where(*in_batch)
         .group_by(hour, AccessEvent.verdict, device_key)
     ):
-        entry = daily[(DEVICE, verdict, parse_hour(h).astimezone(LONDON).date(), str(key)[:255])]
+        entry = daily[(DEVICE, verdict, parse_hour(h).astimezone(zone).date(), str(key)[:255])]
         entry[0] += int(count or 0)
         # "" when nothing names the device: a later event with its name then fills it in.
         label = f"{name or key} ({person})" if person else str(name or "")
@@ -140,7 +139,7 @@ def update_rollups(session: Session, site: str, now: datetime, *, batch: int = B
         .where(*in_batch)
         .group_by(hour, AccessEvent.verdict, target_key)
     ):
-        entry = daily[(TARGET, verdict, parse_hour(h).astimezone(LONDON).date(), str(key)[:255])]
+        entry = daily[(TARGET, verdict, parse_hour(h).astimezone(zone).date(), str(key)[:255])]
         entry[0] += int(count or 0)
         entry[1] = str(key)[:300]
     daily_rows = [
@@ -162,7 +161,9 @@ def update_rollups(session: Session, site: str, now: datetime, *, batch: int = B
     return RollupResult(counted, upper)
 
 
-def catch_up(session: Session, site: str, now: datetime, *, batch: int = BATCH, max_batches: int = 1000) -> int:
+def catch_up(
+    session: Session, site: str, now: datetime, *, zone: tzinfo, batch: int = BATCH, max_batches: int = 1000
+) -> int:
     """Run `update_rollups` until the cursor reaches the newest event; returns events counted.
 
     The caller commits; for a large backlog, call `update_rollups` per transaction instead.
@@ -170,7 +171,7 @@ def catch_up(session: Session, site: str, now: datetime, *, batch: int = BATCH, 
     counted = 0
     for _ in range(max_batches):
         before = read_cursor(session, site)
-        result = update_rollups(session, site, now, batch=batch)
+        result = update_rollups(session, site, now, zone=zone, batch=batch)
         counted += result.events
         if result.cursor == before:
             break

@@ -124,7 +124,7 @@ def main() -> None:
         factory = session_factory(engine)
         started = time.perf_counter()
         with factory() as session:
-            counted = rollups.catch_up(session, SITE, NOW)
+            counted = rollups.catch_up(session, SITE, NOW, zone=UTC)
             session.commit()
         print(f"rolled up {counted:,} events in {time.perf_counter() - started:.1f} s (the scheduler's job)")
         head_hash = accounts.hash_password("bench password 1")

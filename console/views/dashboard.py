@@ -38,10 +38,10 @@ def index() -> Any:
     end = now + timedelta(seconds=1)
     start = end - timedelta(days=int(days))
     session, site = web.db(), web.site_scope()
-    figures = activity.dashboard(session, site, now, days=int(days))
+    figures = activity.dashboard(session, site, now, days=int(days), zone=web.zone())
     fresh = rollups.freshness(session, web.site_id(), now, datetime.now(UTC))
-    by_service = activity.blocked_over_time(session, site, start, end, by="service")
-    by_role = activity.blocked_over_time(session, site, start, end, by="role")
+    by_service = activity.blocked_over_time(session, site, start, end, by="service", zone=web.zone())
+    by_role = activity.blocked_over_time(session, site, start, end, by="role", zone=web.zone())
     chart_data = []
     for title, series in ((f"Blocked attempts by service, {RANGES[days]}", by_service),
                           (f"Blocked attempts by role, {RANGES[days]}", by_role)):

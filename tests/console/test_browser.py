@@ -553,7 +553,7 @@ def test_dashboard_and_hostile_events_in_chromium(live: Live, browser: Any) -> N
             service="<b>svc</b>",
             device_id="KW-DESKTOP-01",
         )
-        update_rollups(session, SITE, now)  # the scheduler's job, every minute on the appliance
+        update_rollups(session, SITE, now, zone=UTC)  # the scheduler's job, every minute on the appliance
         session.commit()
     head = Watched(browser)
     sign_in(head, live, "head")

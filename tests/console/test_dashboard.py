@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from console_testkit import SITE, Console, add_event
 
@@ -28,7 +29,7 @@ def test_figures_say_as_of_when_and_a_dead_scheduler_is_named(console: Console) 
     now = console.clock.now()
     with console.session() as session:
         add_event(session, ts=now - timedelta(minutes=2))
-        rollups.catch_up(session, SITE, now)
+        rollups.catch_up(session, SITE, now, zone=ZoneInfo("Europe/London"))  # the example's zone
         rollups.mark_ran(session, SITE, now)
         session.commit()
     _heartbeat(console, timedelta(seconds=10))

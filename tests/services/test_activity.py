@@ -82,7 +82,7 @@ def events(session: Session) -> list[AccessEvent]:
     rows.append(ev(NOW - timedelta(minutes=5), site="another", verdict="block", service="facebook"))
     session.add_all(rows)
     session.flush()
-    rollups.catch_up(session, SITE, NOW)
+    rollups.catch_up(session, SITE, NOW, zone=LONDON)
     return rows
 
 
@@ -121,14 +121,14 @@ def test_search_validation() -> None:
 def test_blocked_over_time_in_local_days_across_the_clock_change(session: Session, events: list[AccessEvent]) -> None:
     start = datetime(2026, 10, 24, tzinfo=LONDON)
     end = datetime(2026, 10, 28, tzinfo=LONDON)
-    series = activity.blocked_over_time(session, SITE, start, end, by="service")
+    series = activity.blocked_over_time(session, SITE, start, end, by="service", zone=LONDON)
     assert series.bucket == "day"
     assert [b.date().isoformat() for b in series.buckets] == ["2026-10-24", "2026-10-25", "2026-10-26", "2026-10-27"]
     assert series.counts["facebook"] == [1, 1, 0, 10]
     assert series.counts["tiktok"] == [0, 1, 0, 0]
-    by_role = activity.blocked_over_time(session, SITE, start, end, by="role")
+    by_role = activity.blocked_over_time(session, SITE, start, end, by="role", zone=LONDON)
     assert by_role.counts["staff"] == [0, 1, 0, 0] and sum(by_role.counts["pupil"]) == 12
-    hourly = activity.blocked_over_time(session, SITE, NOW - timedelta(hours=2), NOW, by="service")
+    hourly = activity.blocked_over_time(session, SITE, NOW - timedelta(hours=2), NOW, by="service", zone=LONDON)
     assert hourly.bucket == "hour" and len(hourly.buckets) == 2 and sum(hourly.counts["facebook"]) == 10
 
 
@@ -136,11 +136,11 @@ def test_top_lists_and_dashboard(session: Session, events: list[AccessEvent]) ->
     session.add(
         AccessRequest(site=SITE, status="forwarded", requester="x", request_date=NOW.date(), url="u", host="h.example")
     )
-    top = activity.top_services(session, SITE, NOW - timedelta(days=7), NOW)
+    top = activity.top_services(session, SITE, NOW - timedelta(days=7), NOW, zone=LONDON)
     assert [(r.key, r.count) for r in top] == [("facebook", 12), ("tiktok", 1)]
-    devices = activity.top_devices(session, SITE, NOW - timedelta(days=7), NOW)
+    devices = activity.top_devices(session, SITE, NOW - timedelta(days=7), NOW, zone=LONDON)
     assert [(d.key, d.label, d.count) for d in devices] == [("A", "iPad A", 7), ("C", "C", 5), ("B", "B", 1)]
-    board = activity.dashboard(session, SITE, NOW)
+    board = activity.dashboard(session, SITE, NOW, zone=LONDON)
     assert board.today_blocked == 10 and board.today_allowed == 20
     assert board.requests_awaiting_headteacher == 1 and board.requests_awaiting_triage == 0
     assert board.top_blocked_services[0].key == "facebook"

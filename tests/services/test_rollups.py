@@ -81,14 +81,14 @@ def test_rollups_match_the_events_in_any_batching(session: Session) -> None:
     events = synthetic(600, seed=1)
     session.add_all(events[:250])
     session.flush()
-    rollups.update_rollups(session, SITE, START, batch=97)  # one partial batch
-    rollups.catch_up(session, SITE, START, batch=97)
+    rollups.update_rollups(session, SITE, START, zone=LONDON, batch=97)  # one partial batch
+    rollups.catch_up(session, SITE, START, zone=LONDON, batch=97)
     session.add_all(events[250:])
     session.flush()
-    rollups.catch_up(session, SITE, START, batch=1000)
+    rollups.catch_up(session, SITE, START, zone=LONDON, batch=1000)
     assert stored(session) == expected(events)
     # Running again counts nothing twice.
-    assert rollups.catch_up(session, SITE, START) == 0
+    assert rollups.catch_up(session, SITE, START, zone=LONDON) == 0
     assert stored(session) == expected(events)
     assert rollups.read_cursor(session, SITE) == max(e.id for e in events)
 
@@ -128,7 +128,7 @@ def test_local_days_and_labels(session: Session) -> None:
     ]
     session.add_all(late)
     session.flush()
-    rollups.catch_up(session, SITE, START)
+    rollups.catch_up(session, SITE, START, zone=LONDON)
     rows = session.scalars(select(EventDaily).where(EventDaily.dimension == "device")).all()
     assert [(r.day, r.count, r.label) for r in rows] == [(date(2026, 10, 25), 2, "iPad A (Amira)")]
 
@@ -152,3 +152,17 @@ def test_freshness_says_as_of_when_and_whether_the_scheduler_runs(session: Sessi
     assert down.stale and "not running" in down.reason and down.as_of == now - timedelta(minutes=1)
     behind = rollups.freshness(session, SITE, now + timedelta(minutes=10), wall)
     assert behind.stale and "not counted" in behind.reason
+
+
+def test_days_are_the_schools_own(session: Session) -> None:
+    """A day in the rollups is a day on the school's clock, its policy's `[school] timezone`:
+    22:30 UTC on Saturday 24 October is still Saturday evening in London and already Sunday
+    morning in Tokyo."""
+    at = datetime(2026, 10, 24, 22, 30, tzinfo=UTC)  # 23:30 BST Saturday; 07:30 JST Sunday
+    session.add(AccessEvent(site=SITE, ts=at, source="dns", client_ip="10.0.0.9", device_id="T", role="pupil",
+                            host="x.example", verdict="block", rule_id="r", flags="", count=1))
+    session.flush()
+    rollups.catch_up(session, SITE, at, zone=ZoneInfo("Asia/Tokyo"))
+    days = {r.day for r in session.scalars(select(EventDaily).where(EventDaily.dimension == "device"))}
+    assert days == {date(2026, 10, 25)}
+    assert at.astimezone(LONDON).date() == date(2026, 10, 24)  # where a London school counts it
