@@ -11,6 +11,7 @@ from schoolgate.console import charts, web
 from schoolgate.gateway.modes import facts
 from schoolgate.services import activity, notices, rollups
 from schoolgate.services.permissions import Permission
+from schoolgate.timewords import clock_words
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -19,7 +20,7 @@ RANGES = {"1": "last 24 hours", "7": "last 7 days", "30": "last 30 days"}
 
 def _label(moment: Any, bucket: str) -> str:
     local = moment.astimezone(web.zone())
-    return f"{local:%H}:00" if bucket == "hour" else f"{local:%a} {local.day}"
+    return clock_words(local) if bucket == "hour" else f"{local:%a} {local.day}"
 
 
 def _table(series: activity.Series) -> tuple[list[str], list[tuple[str, list[int], int]]]:
