@@ -531,7 +531,8 @@ class EventHourly(Base):
 
 
 class EventDaily(Base):
-    """Event counts per Europe/London day for the top lists: per device, and per service or host.
+    """Event counts per school day (the policy's [school] timezone) for the top lists: per device,
+    and per service or host.
 
     `dimension` is "device" (key: device id, or the address of an unregistered device),
     "target" (key: the catalogue service, or the host when no service matched), "service"
@@ -546,7 +547,7 @@ class EventDaily(Base):
     site: Mapped[str] = mapped_column(SITE)
     dimension: Mapped[str] = mapped_column(String(10))
     verdict: Mapped[str] = mapped_column(String(12))
-    day: Mapped[date] = mapped_column(Date)  # the local (Europe/London) date
+    day: Mapped[date] = mapped_column(Date)  # the school's local date (the policy's [school] timezone)
     key: Mapped[str] = mapped_column(String(255))
     label: Mapped[str] = mapped_column(String(300), default="")  # e.g. "iPad 5 (Amira K)"
     count: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), default=0)
