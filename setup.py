@@ -22,6 +22,8 @@ SUBPACKAGES = {
     "schoolgate.services": "services",
     "schoolgate.scheduler": "scheduler",
     "schoolgate.lists": "lists",
+    "schoolgate.selftest": "selftest",
+    "schoolgate.review": "review",
 }
 DATA_SUFFIXES = {".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 

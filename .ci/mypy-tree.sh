@@ -6,7 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tree="$root/build/typecheck"
 rm -rf "$tree" && mkdir -p "$tree/schoolgate"
 for f in "$root"/src/schoolgate/*.py; do ln -s "$f" "$tree/schoolgate/"; done
-for area in policy store identity dns proxy gateway lab console services scheduler lists; do
+for area in policy store identity dns proxy gateway lab console services scheduler lists selftest review; do
   [ -d "$root/$area" ] && ln -s "$root/$area" "$tree/schoolgate/$area"
 done
 cd "$tree"

@@ -57,7 +57,8 @@ def _check_csrf() -> None:
 
 def _add_headers(response: Response, *, tls: bool) -> Response:
     headers = response.headers
-    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    # A view may set a policy of its own (the "Am I filtered?" page loads other sites' images).
+    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Referrer-Policy"] = "no-referrer"

@@ -41,6 +41,7 @@ ACCESS_ATTR = "_console_access"
 MUST_CHOOSE_PASSWORD = "must_choose_password"  # noqa: S105 (a session key, not a password)
 #: The cookie key holding the server-side session's token.
 SESSION_TOKEN = "sid"  # noqa: S105 (a cookie key, not a secret)
+TOKEN_ATTR = "_console_token"  # noqa: S105 (an attribute name) - the bearer-token check of token_or
 PUBLIC = "public"
 SIGNED_IN = "signed_in"
 
@@ -165,6 +166,17 @@ def requires(permission: Permission, **by_method: Permission) -> Callable[[F], F
 
     def mark(view: F) -> F:
         setattr(view, ACCESS_ATTR, rules)
+        return view
+
+    return mark
+
+
+def token_or(token_ok: Callable[[], bool]) -> Callable[[F], F]:
+    """Also let in a machine whose request passes `token_ok` (a Prometheus scraper or a SIEM with
+    the bearer token), without a session. Goes above `requires(...)`, which people still need."""
+
+    def mark(view: F) -> F:
+        setattr(view, TOKEN_ATTR, token_ok)
         return view
 
     return mark
@@ -357,6 +369,9 @@ def enforce_access() -> WerkzeugResponse | None:
     if rule is None:
         abort(403)
     if rule == PUBLIC:
+        return None
+    token_ok = getattr(current_app.view_functions.get(endpoint), TOKEN_ATTR, None)
+    if token_ok is not None and token_ok():
         return None
     user = current_user()
     if user is None:

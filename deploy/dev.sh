@@ -20,7 +20,7 @@ DEBIAN_PACKAGES=(
   curl ca-certificates openssl bind9-dnsutils libnss3-tools tzdata
   sqlite3 postgresql
   debootstrap systemd systemd-container libseccomp2 shellcheck util-linux
-  chromium fonts-liberation
+  chromium fonts-liberation poppler-utils
 )
 
 say() { printf '\033[1mschoolgate:\033[0m %s\n' "$*" >&2; }

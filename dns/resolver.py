@@ -64,7 +64,7 @@ def build_resolver(
     own_ipv6: str = "",
 ) -> Resolver:
     identify = IdentifyStage(identities)
-    events = EventsStage(sink, site, getattr(policy, "role_for", None))
+    events = EventsStage(sink, site, getattr(policy, "role_for", None), clock=clock)
     special = SpecialNamesStage(own_names or [], own_ipv4, own_ipv6)
     policy_stage = PolicyStage(policy, clock)
     watch = WatchStage(feeder)

@@ -202,6 +202,9 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
     roles = PolicyRoles(config, sessions, clock)
     blocked = None if config.network.mode == "dns-only" else BlockedSets(family=watched_family(config.network.mode))
     synced_generation, next_resync = -1, 0.0
+    from schoolgate.gateway.census import CensusTaker
+
+    census = CensusTaker(config, sessions, clock)  # which devices the gateway forwards for
     writer.start()
     log.info("reading circumvention attempts from NFLOG group %d", group)
     if ready is not None:
@@ -228,6 +231,7 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
                         log.warning("blocked address sets not written: %s", err)
                         next_resync = monotonic + BLOCKED_RESYNC_S
                 next_poll = monotonic + 1.0
+            census.poll(monotonic)
             try:
                 attempts = nflog.receive()
             except TimeoutError:

@@ -1,4 +1,4 @@
-"""`schoolgate net apply|show|status|watch|down`: the appliance's network, from schoolgate.toml.
+"""`schoolgate net apply|show|status|watch|census|down`: the appliance's network, from schoolgate.toml.
 
 apply  - pyroute2 (links, the bridge in bridge mode, addresses, sysctls, pinned neighbours),
          then the nftables ruleset of the configured mode in one `nft -f` transaction.
@@ -6,7 +6,9 @@ apply  - pyroute2 (links, the bridge in bridge mode, addresses, sysctls, pinned 
          are carried over with the time they had left.
 show   - print the ruleset that apply would load (no root needed).
 status - the schoolgate table's counters and the number of watched addresses.
-watch  - read refused circumvention attempts from NFLOG and write them as events.
+watch  - read refused circumvention attempts from NFLOG and write them as events; take the
+         census of the LAN's devices every minute.
+census - take that census now.
 down   - remove the schoolgate table (forwarding sysctls are left as they are).
 """
 
@@ -27,6 +29,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         ("show", "print the nftables ruleset without applying it", _show),
         ("status", "print the ruleset's counters and watched addresses", _status),
         ("watch", "turn refused circumvention attempts (NFLOG) into events", _watch),
+        ("census", "record which devices the gateway forwards for, now (net watch does it every minute)",
+         _census),
         ("down", "remove the schoolgate nftables table", _down),
     ):
         parser = net_sub.add_parser(name, help=helptext)
@@ -74,6 +78,27 @@ def bridge_mac(config: Any) -> str:
         raise RulesetError(f"network.lan_interface: {err}") from err
 
 
+def selftest_probes(config: Any) -> tuple[str, ...]:
+    """The self-test's probe addresses (schoolgate.selftest.vantage); () if they cannot be had.
+
+    Without them the appliance filters as before; only its self-test cannot ask from each
+    network, and says so.
+    """
+    from schoolgate.policy import load_policy
+    from schoolgate.selftest.vantage import VantageError, probe_addresses
+    from schoolgate.tomlpos import ConfigError
+
+    if not config.selftest.enabled:
+        return ()
+    try:
+        policy = load_policy(config.policy)
+        reserved = (config.network.appliance_ipv4, policy.school.block_ipv4)
+        return tuple(p.address for p in probe_addresses(policy, config.selftest, reserved=reserved))
+    except (ConfigError, OSError, VantageError) as err:
+        print(f"schoolgate: warning: no self-test addresses ({err})", file=sys.stderr)
+        return ()
+
+
 def build_ruleset(config: Any) -> str:
     from schoolgate.gateway.ruleset import plan_from_config, render_ruleset
 
@@ -99,6 +124,7 @@ def build_ruleset(config: Any) -> str:
         nflog_group=network.nflog_group,
         watched_timeout_s=config.dns.watched_set_timeout_s,
         lan_cidrs=network.lan_cidrs,
+        probe_addresses=selftest_probes(config),
     )
     return render_ruleset(plan)
 
@@ -174,6 +200,7 @@ def _apply(args: argparse.Namespace) -> int:
             ),
             ipv6=bool(network.appliance_ipv6),
             pinned_neighbours=_pinned_devices(config),
+            probe_addresses=selftest_probes(config),
         )
         try:
             for change in apply_interfaces(plan) + apply_sysctls(desired_sysctls(plan)):
@@ -223,6 +250,33 @@ def _watch(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_watcher(config)
+
+
+def _census(args: argparse.Namespace) -> int:
+    from schoolgate.clock import clock_from_env
+    from schoolgate.gateway.census import read_census, record
+    from schoolgate.gateway.nft import NftError
+    from schoolgate.store.db import make_engine, session_factory
+
+    config = load_config_or_report(args.config)
+    if config is None:
+        return 2
+    try:
+        census = read_census(clock_from_env().now(), lan=config.network.lan_cidrs)
+    except (NftError, OSError) as err:
+        print(f"schoolgate: {err}", file=sys.stderr)
+        return 1
+    engine = make_engine(config.database_url)
+    try:
+        touched = record(config, session_factory(engine), census)
+    finally:
+        engine.dispose()
+    for seen in census.forwarding:
+        print(f"forwarding  {seen.ip:<39} {seen.mac}  {seen.connections:>6} connections")
+    for use in census.vpn:
+        print(f"vpn         {use.ip:<39} {use.mac}  {use.label} x{use.connections}")
+    print(f"{len(census.neighbours)} neighbours; {touched} devices recorded")
+    return 0
 
 
 def _down(args: argparse.Namespace) -> int:

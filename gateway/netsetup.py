@@ -22,6 +22,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROC_SYS = Path("/proc/sys")
+PROBE_LABEL = "lo:sgprobe"
 
 
 class NetSetupError(RuntimeError):
@@ -38,6 +39,8 @@ class InterfacePlan:
     mode: str = "gateway"
     bridge_interface: str = ""  # bridge mode
     router_ipv4: str = ""  # bridge, dns-only: the default route, if the system has none
+    # The self-test's addresses in each role's network (on loopback, labelled PROBE_LABEL).
+    probe_addresses: tuple[str, ...] = field(default=())
 
     @property
     def address_interface(self) -> str:
@@ -60,6 +63,15 @@ def lan_addresses(appliance: Sequence[str], lan_cidrs: Sequence[str]) -> tuple[s
 
 
 def desired_sysctls(plan: InterfacePlan, root: Path = PROC_SYS) -> dict[str, str]:
+    wanted = _mode_sysctls(plan, root)
+    if plan.probe_addresses:
+        # Answer ARP only for the addresses of the interface it arrives on: the self-test's
+        # probe addresses (on loopback) are never announced on the school's network.
+        wanted[f"net/ipv4/conf/{plan.address_interface.replace('.', '/')}/arp_ignore"] = "1"
+    return wanted
+
+
+def _mode_sysctls(plan: InterfacePlan, root: Path) -> dict[str, str]:
     """Gateway: forwarding on; no ICMP redirects that would teach clients to bypass the gateway.
 
     Bridge: bridged frames are not handed to the IP hooks (br_netfilter, where the kernel has
@@ -134,6 +146,29 @@ def apply_interfaces(plan: InterfacePlan) -> list[str]:
         if plan.router_ipv4 and plan.mode in ("bridge", "dns-only"):
             changes.extend(_ensure_default_route(ipr, plan.router_ipv4))
         changes.extend(_pin_neighbours(ipr, home, plan.pinned_neighbours))
+        changes.extend(_probe_addresses(ipr, plan.probe_addresses))
+    return changes
+
+
+def _probe_addresses(ipr: object, addresses: tuple[str, ...]) -> list[str]:
+    """Loopback holds exactly the self-test's probe addresses (each a /32, labelled as ours).
+
+    On loopback, not a dummy interface: every kernel has one, and an address there is the
+    appliance's own without being on any wire. The label tells ours from any other.
+    """
+    changes: list[str] = []
+    index = _index(ipr, "lo")
+    present = {
+        a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)  # type: ignore[attr-defined]
+        if a.get_attr("IFA_LABEL") == PROBE_LABEL
+    }
+    wanted = {str(ipaddress.ip_address(a)) for a in addresses}
+    for address in sorted(wanted - present):
+        ipr.addr("add", index=index, address=address, prefixlen=32, label=PROBE_LABEL)  # type: ignore[attr-defined]
+        changes.append(f"address {address}/32 on lo (self-test)")
+    for address in sorted(present - wanted):
+        ipr.addr("del", index=index, address=address, prefixlen=32)  # type: ignore[attr-defined]
+        changes.append(f"address {address}/32 removed from lo (self-test)")
     return changes
 
 

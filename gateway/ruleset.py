@@ -26,6 +26,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from schoolgate.gateway.census import census_declarations, census_rules
 from schoolgate.gateway.sets import BLOCKED_V4, BLOCKED_V6, NFT_TABLE, WATCHED_V4, WATCHED_V6
 from schoolgate.resolvers import known_doh_addresses
 
@@ -35,6 +36,9 @@ PREFIXES_V4 = "watched_prefixes4"
 PREFIXES_V6 = "watched_prefixes6"
 DOH_V4 = "doh4"
 DOH_V6 = "doh6"
+# The appliance's own addresses in each role's network, from which its self-test asks
+# (schoolgate.selftest.vantage): their traffic is steered like a device's.
+PROBES_V4 = "selftest4"
 
 # The NFLOG prefix names the kind of attempt; the circumvention reader parses it back.
 LOG_PREFIX = "schoolgate-circumvention: "
@@ -98,6 +102,7 @@ class GatewayPlan:
     # a query to any other server is also answered by the appliance, and logged as a bypass.
     expected_dns_v4: tuple[str, ...] = ()
     expected_dns_v6: tuple[str, ...] = ()
+    probes_v4: tuple[str, ...] = ()  # the self-test's probe addresses
 
 
 def _interface(name: str, setting: str) -> str:
@@ -193,6 +198,7 @@ def plan_from_config(
     bridge_mac: str = "",
     router_ipv4: str = "",
     school_dns_servers: Sequence[str] = (),
+    probe_addresses: Sequence[str] = (),
 ) -> GatewayPlan:
     """Validate the network settings and gather what the ruleset needs.
 
@@ -228,7 +234,11 @@ def plan_from_config(
         expected_v4, expected_v6 = _split_networks(
             [a for a in (own_v4, own_v6, router_ipv4, *school_dns_servers) if a], "network.school_dns_servers"
         )
+    probes_v4, probes_v6 = _split_networks(probe_addresses, "selftest.probe_addresses")
+    if probes_v6:
+        raise RulesetError(f"selftest.probe_addresses: {probes_v6[0]}: the self-test asks over IPv4 only")
     return GatewayPlan(
+        probes_v4=probes_v4 if own_v4 else (),
         mode=mode,
         bridge_interface=_interface(bridge_interface, "network.bridge_interface") if mode == MODE_BRIDGE else "",
         bridge_mac=_mac(bridge_mac, f"the address of {bridge_interface}") if mode == MODE_BRIDGE else "",
@@ -306,6 +316,38 @@ REFUSE_CHAIN = [
 ]
 
 
+def selftest_chain(plan: GatewayPlan, *, watched: bool) -> list[str]:
+    """The self-test's traffic, made on the appliance, steered as a device's would be.
+
+    Locally made packets never pass `prerouting`, so these `output` rules repeat the steering
+    for the probe addresses only: DNS to the DNS daemon, web traffic to the block address (and,
+    where this table holds the watched sets, to a watched address) to the proxy. `dnat`, not
+    `redirect`: redirect would send locally made packets to 127.0.0.1, where the daemons do not
+    listen. Nothing else on the appliance is touched: only these source addresses match.
+    """
+    if not plan.probes_v4 or not plan.appliance_ipv4:
+        return []
+    own = plan.appliance_ipv4
+    probes = f"ip saddr @{PROBES_V4}"
+    web = "tcp dport { 80, 443 }"
+    proxy = f"dnat ip to {own}:{plan.proxy_port}"
+    lines = [
+        interval_set(PROBES_V4, "ipv4_addr", plan.probes_v4),
+        *counter_declarations(["selftest_dns"]),
+        "\tchain selftest {",
+        "\t\ttype nat hook output priority -100; policy accept;",
+        f'\t\t{probes} meta l4proto {{ tcp, udp }} th dport 53 counter name "selftest_dns" '
+        f"dnat ip to {own}:{plan.dns_port}",
+    ]
+    if plan.block_ipv4:
+        lines.append(f"\t\t{probes} ip daddr {plan.block_ipv4} {web} {proxy}")
+    if watched:
+        lines.append(f"\t\t{probes} ip daddr @{WATCHED_V4} {web} {proxy}")
+        lines.append(f"\t\t{probes} ip daddr @{PREFIXES_V4} {web} {proxy}")
+    lines.append("\t}")
+    return lines
+
+
 def render_ruleset(plan: GatewayPlan) -> str:
     """The complete ruleset for `nft -f`: the tables are created, emptied and rebuilt atomically."""
     if plan.mode == MODE_BRIDGE:
@@ -333,6 +375,7 @@ def render_gateway_ruleset(plan: GatewayPlan) -> str:
         f"table inet {t} {{",
     ]
     out.extend(set_declarations(plan))
+    out.extend(census_declarations())
 
     # Steering: DNS and watched web traffic into the local daemons. `redirect` rewrites the
     # destination to the LAN interface's own address, so no route_localnet is needed and the
@@ -375,6 +418,8 @@ def render_gateway_ruleset(plan: GatewayPlan) -> str:
         # Only a connection's first packet is judged; the bulk of forwarded traffic leaves
         # the chain here, so filtering costs a download nothing measurable.
         "\t\tct state established,related accept",
+        # Which devices the gateway forwards for, and which use VPN ports (schoolgate.gateway.census).
+        *census_rules(lan),
     ]
 
     def refuse(match: str, kind: str) -> None:
@@ -398,6 +443,7 @@ def render_gateway_ruleset(plan: GatewayPlan) -> str:
     fwd.append("\t}")
 
     out.extend(counter_declarations(COUNTERS))
+    out.extend(selftest_chain(plan, watched=True))
     out.extend(dst)
     out.extend(fwd)
     out.extend(REFUSE_CHAIN)

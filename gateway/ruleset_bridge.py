@@ -44,6 +44,7 @@ from schoolgate.gateway.ruleset import (
     interval_set,
     log_rule,
     refused_counter,
+    selftest_chain,
     set_declarations,
 )
 from schoolgate.gateway.sets import BLOCKED_V4, BLOCKED_V6, NFT_TABLE, WATCHED_V4, WATCHED_V6
@@ -216,5 +217,7 @@ def _inet_table(plan: GatewayPlan) -> list[str]:
     out.extend(steer)
     out.extend(refuse)
     out.extend(REFUSE_CHAIN)
+    # The watched sets live in the bridge table: the self-test checks DNS and the block page here.
+    out.extend(selftest_chain(plan, watched=False))
     out.append("}")
     return out

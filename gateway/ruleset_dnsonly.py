@@ -11,7 +11,7 @@ must do them (see schoolgate.gateway.modes).
 
 from __future__ import annotations
 
-from schoolgate.gateway.ruleset import GatewayPlan, counter_declarations
+from schoolgate.gateway.ruleset import GatewayPlan, counter_declarations, selftest_chain
 from schoolgate.gateway.sets import NFT_TABLE
 
 DNS_ONLY_COUNTERS = ("dns_redirected", "proxy_redirected")
@@ -43,5 +43,7 @@ def render_dns_only_ruleset(plan: GatewayPlan) -> str:
                 f'\t\t{lan} {family} daddr {block} tcp dport {{ 80, 443 }} counter name "proxy_redirected" '
                 f"redirect to :{plan.proxy_port}"
             )
-    out.extend(["\t}", "}"])
+    out.append("\t}")
+    out.extend(selftest_chain(plan, watched=False))
+    out.append("}")
     return "\n".join(out) + "\n"

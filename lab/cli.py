@@ -1,4 +1,4 @@
-"""`schoolgate lab start|up|down|status|clock|browse|request`: the network lab (needs root)."""
+"""`schoolgate lab start|up|down|status|clock|browse|request|selftest`: the network lab (needs root)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ TOPOLOGIES = ("gateway", "bridge", "dns-only")  # == schoolgate.lab.topology.TOP
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     lab = sub.add_parser("lab", help="the network lab: a school LAN, gateway and internet in namespaces")
-    lab.description = "start|up|down|status|clock|browse|request"
+    lab.description = "start|up|down|status|clock|browse|request|selftest"
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
 
     def common(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +71,28 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     common(clock)
     clock.add_argument("instant")
     clock.set_defaults(func=_clock)
+
+    selftest = lab_sub.add_parser("selftest", help="run the self-test from the lab devices (or the gateway)")
+    common(selftest)
+    selftest.add_argument("--from", dest="vantage", choices=("devices", "gateway"), default="devices",
+                          help="ask from the lab devices' namespaces (default) or, as an appliance does, "
+                               "from the gateway's probe addresses")
+    selftest.add_argument("--json", action="store_true")
+    selftest.set_defaults(func=_selftest)
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    from schoolgate.lab.selftest import run_lab_selftest
+
+    report = run_lab_selftest(_lab(args), from_devices=args.vantage == "devices", trigger="lab")
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for result in report.results:
+            print(result.line())
+        print(f"self-test {'PASSED' if report.passed else 'FAILED'}: {len(report.results)} checks, "
+              f"{len(report.failures)} failed, {report.duration_ms} ms")
+    return 0 if report.passed else 1
 
 
 def _lab(args: argparse.Namespace, **kwargs: Any) -> Any:

@@ -70,6 +70,10 @@ def try_this(lab: Lab, console: tuple[str, int], password: str, *, prefix_args: 
         f"    {sg} lab request pupilca https://www.facebook.com/ --name 'Ben Pupil' "
         f"--staff 'Cara Teacher' --reason 'Our class page for the school trip'{prefix_args}",
         "",
+        "  Prove that filtering works, from each device's network (results go to Checks in the console):",
+        f"    {sg} lab selftest{prefix_args}            (or --from gateway, as an appliance does)",
+        f"  Am I filtered? from a device: ip netns exec {pupil} curl -s http://{appliance}:{CONSOLE_PORT}/filtered",
+        "",
         f"  Other devices: {', '.join(d for d in ('pupil', 'staff', 'guest', 'sup'))}; "
         f"`{sg} lab status{prefix_args}` lists the daemons,",
         f"  logs are in {lab.state_dir / 'logs'}. Press Ctrl-C to stop and tear the lab down.",

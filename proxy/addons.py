@@ -50,6 +50,7 @@ from mitmproxy.proxy.layers.tls import parse_client_hello
 from schoolgate.policy.types import Client, Decision, Role, Target
 from schoolgate.proxy import blockpage
 from schoolgate.proxy.addresses import AddressBook
+from schoolgate.proxy.catrust import CaTrustObserver
 from schoolgate.proxy.judge import (
     FLAG_FRONTING,
     FLAG_NO_SNI,
@@ -145,6 +146,12 @@ class ProxyCounters:
         return dict(vars(self))
 
 
+def _wall_clock() -> datetime:
+    from datetime import UTC
+
+    return datetime.now(UTC)
+
+
 @dataclass
 class Services:
     """What the addons need from the daemon; tests pass their own."""
@@ -175,6 +182,8 @@ class Services:
     zone: Callable[[], tzinfo] = lambda: UTC
     connections: Connections = field(default_factory=Connections)
     counters: ProxyCounters = field(default_factory=ProxyCounters)
+    # What the proxy learns about each device's trust in the school CA (the coverage page).
+    ca_trust: CaTrustObserver = field(default_factory=lambda: CaTrustObserver(_wall_clock))
 
 
 def _refusal_clause(services: Services) -> str:
@@ -721,6 +730,7 @@ def build_addons(services: Services) -> list[object]:
         Rejudge(services),
         EventLog(services),
         Counters(services),
+        services.ca_trust,
         Forget(services),
     ]
 
@@ -747,6 +757,8 @@ class Pipeline:
         "tls_clienthello",
         "request",
         "server_connect",
+        "tls_established_client",
+        "tls_failed_client",
     )
 
     def __init__(self, members: list[object]) -> None:
@@ -862,6 +874,12 @@ class Pipeline:
 
     def request(self, flow: http.HTTPFlow) -> None:
         self._each("request", flow)
+
+    def tls_established_client(self, data: tls.TlsData) -> None:
+        self._each("tls_established_client", data)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        self._each("tls_failed_client", data)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.client.id in self._early_connects:

@@ -178,6 +178,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
             "identity_cache_misses": clients.misses,
             "listen": spec,
             "ca_fingerprint": ca_info.sha256_fingerprint,
+            "ca_trust": services.ca_trust.snapshot(),
         }
 
     writer = make_event_writer(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-JOBS = ("alerts", "digest", "expiry", "lists", "retention", "rollups")
+JOBS = ("alerts", "coverage", "digest", "expiry", "export", "lists", "retention", "rollups", "selftest")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
         "scheduler",
-        help="run the scheduler (daily digest, alerts, expiry, retention)",
+        help="run the scheduler (daily digest, alerts, expiry, retention, self-tests)",
         description="Runs the scheduled jobs in the school's time (the policy's [school] timezone) until SIGTERM. "
         "With --run, runs one job now and exits.",
     )

@@ -31,6 +31,7 @@ from schoolgate.store.models import AccessEvent, Alert, EventDaily, EventHourly,
 
 if TYPE_CHECKING:
     from schoolgate.policy import CompiledPolicy
+    from schoolgate.services.keywords import KeywordList
     from schoolgate.services.policy_history import FileFacts
 
 log = logging.getLogger(__name__)
@@ -574,4 +575,158 @@ def lists_job(
         list_changes.mark_notified(session, config.site.id, [(i, v) for i, v, _ in stale if i in due], now)
         session.commit()
     outcome.notified = due
+    return outcome
+
+
+# -- self-test ---------------------------------------------------------------------------------
+
+
+def selftest_job(
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    trigger: str,
+    clock: object,
+    mailer: Mailer | None,
+) -> object:
+    """Run the self-test (schoolgate.selftest), record it in the check log, e-mail on failure."""
+    from schoolgate.selftest.run import run_selftest
+
+    return run_selftest(config, session_factory, now, trigger=trigger, clock_source=clock, mailer=mailer)
+
+
+# -- coverage ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CoverageOutcome:
+    events: int = 0
+    not_filtered: list[str] = field(default_factory=list)  # newly found, by address
+    notified: list[str] = field(default_factory=list)
+    mail_error: str | None = None
+
+
+def _policy_or_none(config: AppConfig) -> CompiledPolicy | None:
+    """The policy file, for the roles the page and the e-mails name; None if it does not load."""
+    from schoolgate.policy import load_policy
+
+    try:
+        return load_policy(config.policy)
+    except Exception as err:  # the daemons keep the last good one; the roles fall back to the register's
+        log.warning("coverage: the policy does not load: %s", err)
+        return None
+
+
+def coverage_job(
+    config: AppConfig, session_factory: SessionFactory, now: datetime, *, mailer: Mailer | None, max_batches: int = 20
+) -> CoverageOutcome:
+    """Fold new events into the coverage table, judge every device, tell the technician once
+    about each device newly found not filtered."""
+    from schoolgate.selftest.notify import recipients
+    from schoolgate.services import coverage
+    from schoolgate.services.mailer import build_message
+    from schoolgate.services.mailtemplates import link, render
+
+    outcome = CoverageOutcome()
+    site = config.site.id
+    for _ in range(max_batches):
+        with session_factory() as session:
+            counted = coverage.scan_events(session, site, now)
+            session.commit()
+        outcome.events += counted
+        if counted < coverage.BATCH:
+            break
+    with session_factory() as session:
+        from schoolgate.store.events import read_status
+
+        proxy = read_status(session, site).get("proxy", {}).get("stats", {})
+        coverage.record_ca_trust(session, site, proxy.get("ca_trust") or {})
+        due = coverage.classify(session, site, now, coverage.Settings.from_config(config))
+        session.commit()
+        outcome.not_filtered = [row.ip for row in due]
+        keys = {row.key for row in due}
+        policy = _policy_or_none(config)
+        lines = [line for line in coverage.coverage_lines(session, site, now, policy) if line.key in keys]
+        to = recipients(session, site, filtering_down=False) if due and mailer is not None else []
+    if not due or mailer is None or not to:
+        return outcome
+    subject = f"schoolgate: {len(lines)} device(s) at {config.site.name} are not filtered"
+    mail = render("coverage", subject, zone=school_zone(policy), lines=lines, school=config.site.name,
+                  page=link(config.console.base_url, "/coverage"))
+    try:
+        mailer.send(build_message(sender=config.mail.sender, recipients=to, subject=mail.subject, text=mail.text,
+                                  html=mail.html))
+    except Exception as err:  # told next time: the rows stay un-notified
+        outcome.mail_error = str(err)
+        log.warning("coverage e-mail not sent (will retry): %s", err)
+        return outcome
+    with session_factory() as session:
+        coverage.mark_notified(session, [row.id for row in due], now)
+        session.commit()
+    outcome.notified = to
+    return outcome
+
+
+# -- SIEM export -------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportOutcome:
+    events: int = 0
+    audit: int = 0
+    error: str | None = None
+
+
+def _safeguarding_terms(config: AppConfig) -> KeywordList | None:
+    """The safeguarding term list the alerts use; None if it cannot be read (every search is then
+    withheld from the SIEM, the safe side)."""
+    from schoolgate.services.keywords import KeywordList
+
+    try:
+        return KeywordList.load(config.alerts.keywords_file or None)
+    except Exception as err:
+        log.error("safeguarding term list unreadable (%s): searches are withheld from the SIEM", err)
+        return None
+
+
+def export_job(config: AppConfig, session_factory: SessionFactory, now: datetime, *, max_rounds: int = 20
+               ) -> ExportOutcome:
+    """Push new events and audit entries to the SIEM's syslog receiver, oldest first. The
+    cursor moves only after a batch was handed over, so nothing is skipped (a receiver may see
+    a record twice after a failure; `uid` tells)."""
+    import socket as socket_module
+
+    from schoolgate.services import export
+
+    outcome = ExportOutcome()
+    settings = config.export
+    if not settings.syslog:
+        return outcome
+    target = export.SyslogTarget.parse(settings.syslog, settings.protocol, config.network.appliance_ipv4)
+    hostname = socket_module.gethostname()
+    keywords = _safeguarding_terms(config)
+    kinds = [("event", settings.events == "all")] + ([("audit", True)] if settings.audit else [])
+    for kind, everything in kinds:
+        for _ in range(max_rounds):
+            with session_factory() as session:
+                records, _cursor, upto = export.export_round(session, config.site.id, kind=kind, everything=everything,
+                                                             keywords=keywords)
+            if not records:
+                break
+            try:
+                export.send_syslog(target, [export.syslog_message(r, hostname=hostname, now=now) for r in records])
+            except OSError as err:
+                outcome.error = f"{settings.syslog}: {err}"
+                log.warning("SIEM export failed (will retry): %s", outcome.error)
+                return outcome
+            with session_factory() as session:
+                export.advance(session, config.site.id, kind, upto, now)
+                session.commit()
+            if kind == "event":
+                outcome.events += len(records)
+            else:
+                outcome.audit += len(records)
+            if len(records) < export.MAX_PAGE:
+                break
     return outcome

@@ -38,6 +38,8 @@ EXPIRY_SECONDS = 30
 ROLLUP_SECONDS = 30
 NOTIFY_SECONDS = 15  # a new report or a request waiting for someone: e-mailed within this
 POLICY_SECONDS = 60
+COVERAGE_SECONDS = 60
+EXPORT_SECONDS = 30
 
 
 def digest_trigger(at: str, zone: tzinfo) -> CronTrigger:
@@ -60,6 +62,41 @@ def lists_trigger(at: str, zone: tzinfo) -> CronTrigger:
 
 def retention_trigger(zone: tzinfo) -> CronTrigger:
     return CronTrigger(hour=RETENTION_TIME.hour, minute=RETENTION_TIME.minute, timezone=zone)
+
+
+DEFAULT_SELFTEST_TIME = time(7, 0)
+SELFTEST_LEAD_MINUTES = 30  # the morning self-test runs this long before the school day starts
+SELFTEST_WATCH_SECONDS = 30
+SELFTEST_REQUEST = "selftest_requested"  # generations row the console's "run now" button moves
+
+
+def selftest_time(policy: CompiledPolicy | None, setting: str) -> time:
+    """When the morning self-test runs: `[selftest] morning_time`, or half an hour before the
+    earliest window the policy opens on school (or staff) days, or 07:00 without one."""
+    if setting:
+        try:
+            return time.fromisoformat(setting)
+        except ValueError as err:
+            raise ValueError(f"[selftest] morning_time: expected a time like 07:45, got {setting!r}") from err
+    from schoolgate.policy.timeline import DayKind
+
+    starts = [
+        span.start
+        for window in (policy.windows if policy is not None else ())
+        if window.days in (DayKind.SCHOOL_DAYS, DayKind.STAFF_DAYS) and window.weekdays & {0, 1, 2, 3, 4}
+        for span in window.spans
+        if span.start >= 4 * 60  # a window from the small hours is not the school day
+    ]
+    if not starts:
+        return DEFAULT_SELFTEST_TIME
+    minutes = max(0, min(starts) - SELFTEST_LEAD_MINUTES)
+    return time(minutes // 60, minutes % 60)
+
+
+def selftest_trigger(at: time, zone: tzinfo) -> CronTrigger:
+    """Weekday mornings (the school's time); the job itself skips days that are not school or staff days."""
+    return CronTrigger(day_of_week="mon-fri", hour=at.hour, minute=at.minute, timezone=zone)
+
 
 
 class CurrentPolicy:
@@ -126,6 +163,11 @@ class SchedulerService:
         self.after_lists_installed: list[Callable[[jobs.ListsOutcome], object]] = []
         self.list_update: Callable[[AppConfig, float], list[dict[str, object]]] = jobs.run_lists_update
         self._recorded_fingerprint: str | None = None  # the policy version the history has
+        self._policy_watch: Any = None  # the policy last seen: the self-test runs after it changes
+        self._selftest_mark: int | None = None
+        self._selftest_due: str | None = None
+        if config.selftest.enabled:
+            self.after_lists_installed.append(self._lists_installed)
         # The school's time zone (the policy's [school] timezone) as the scheduler starts: a
         # change of zone takes effect when the scheduler restarts.
         self.zone = jobs.school_zone(self.policy())
@@ -204,6 +246,37 @@ class SchedulerService:
             misfire_grace_time=6 * 3600,
             **common,
         )
+        add(
+            self._guard("coverage", self.run_coverage),
+            IntervalTrigger(seconds=COVERAGE_SECONDS),
+            id="coverage",
+            misfire_grace_time=120,
+            **common,
+        )
+        if config.export.syslog:
+            add(
+                self._guard("export", self.run_export),
+                IntervalTrigger(seconds=EXPORT_SECONDS),
+                id="export",
+                misfire_grace_time=120,
+                **common,
+            )
+        if config.selftest.enabled:
+            # Before the school day, and within a minute of a policy or list change or a request.
+            add(
+                self._guard("selftest", self.run_morning_selftest),
+                selftest_trigger(selftest_time(self.policy(), config.selftest.morning_time), self.zone),
+                id="selftest",
+                misfire_grace_time=3600,
+                **common,
+            )
+            add(
+                self._guard("selftest-watch", self.watch_for_selftest),
+                IntervalTrigger(seconds=SELFTEST_WATCH_SECONDS),
+                id="selftest-watch",
+                misfire_grace_time=60,
+                **common,
+            )
 
     def _guard(self, name: str, job: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
@@ -273,6 +346,59 @@ class SchedulerService:
 
     def run_retention(self) -> jobs.RetentionOutcome:
         return jobs.retention_job(self.config, self.session_factory, self.clock.now(), policy=self.policy())
+
+    def run_export(self) -> jobs.ExportOutcome:
+        return jobs.export_job(self.config, self.session_factory, self.clock.now())
+
+    def run_coverage(self) -> jobs.CoverageOutcome:
+        return jobs.coverage_job(self.config, self.session_factory, self.clock.now(), mailer=self.mailer)
+
+    def run_selftest(self, trigger: str = "on_request") -> Any:
+        return jobs.selftest_job(self.config, self.session_factory, self.clock.now(), trigger=trigger,
+                                 clock=self.clock, mailer=self.mailer)
+
+    def run_morning_selftest(self) -> Any:
+        from schoolgate.services.schooldays import is_school_day
+
+        policy = self.policy()
+        today = self.clock.now().astimezone(self.zone).date()
+        staff_day = policy.calendar.is_staff_day(today) if policy is not None and policy.calendar.terms else None
+        if not (staff_day if staff_day is not None else is_school_day(policy, today)):
+            log.info("self-test: %s is not a school or staff day", today)
+            return None
+        return self.run_selftest("morning")
+
+    def _lists_installed(self, outcome: jobs.ListsOutcome) -> None:
+        """A new list version is in force: the watcher's next round (within half a minute, once
+        the daemons have mapped it) runs the self-test."""
+        del outcome
+        self._selftest_due = self._selftest_due or "list_change"
+
+    def watch_for_selftest(self) -> Any:
+        """Run the self-test after a policy or list change (once the daemons have reloaded it:
+        the next round) or when someone asked for one in the console."""
+        from schoolgate.services.common import read_mark
+
+        # The scheduler's own view of the policy (the appliance's one reloader): a new object
+        # whenever the policy file, its local lists or the installed list versions changed.
+        current = self.policy()
+        if self._policy_watch is None:
+            self._policy_watch = current
+        elif current is not None and current is not self._policy_watch:
+            self._policy_watch = current
+            self._selftest_due = self._selftest_due or "policy_change"
+            morning = selftest_time(current, self.config.selftest.morning_time)
+            self.scheduler.reschedule_job("selftest", trigger=selftest_trigger(morning, self.zone))
+            return None  # the daemons reload within seconds: test what they then apply, next round
+        with self.session_factory() as session:
+            mark = read_mark(session, self.config.site.id, SELFTEST_REQUEST)
+        if self._selftest_mark is None:
+            self._selftest_mark = mark
+        elif mark != self._selftest_mark:
+            self._selftest_mark = mark
+            self._selftest_due = self._selftest_due or "on_request"
+        due, self._selftest_due = self._selftest_due, None
+        return self.run_selftest(due) if due else None
 
     def run_heartbeat(self) -> None:
         jobs.heartbeat_job(

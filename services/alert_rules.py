@@ -30,6 +30,7 @@ from schoolgate.services.attempt_rules import (
 )
 from schoolgate.services.common import read_mark, write_mark
 from schoolgate.services.keywords import KeywordList, searchable_text
+from schoolgate.services.selftest_devices import is_selftest
 from schoolgate.services.signals import flag_set
 from schoolgate.store.models import AccessEvent, Alert, AlertHistory
 from schoolgate.timewords import clock_words, day_words
@@ -314,6 +315,8 @@ class AlertEngine:
             first = False
             with session.no_autoflush:
                 for event in events:
+                    if is_selftest(event.device_id):
+                        continue  # the appliance testing itself, not a person
                     for rule in self.rules:
                         for trigger in rule.check(event):
                             self._apply(

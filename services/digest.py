@@ -24,6 +24,7 @@ from schoolgate.services.common import advance_mark
 from schoolgate.services.keywords import SEVERITIES
 from schoolgate.services.mailer import Mailer, build_message
 from schoolgate.services.mailtemplates import RenderedMail, link, local_time, render
+from schoolgate.services.selftest_devices import not_selftest
 from schoolgate.services.signals import classify
 from schoolgate.store.models import AccessEvent, AccessRequest, Alert, ConsoleUser, Generation, UserRole
 from schoolgate.timewords import day_words, local
@@ -165,6 +166,7 @@ def compose_digest(
             AccessEvent.ts >= since,
             AccessEvent.ts < now,
             or_(AccessEvent.flags != "", AccessEvent.category == "circumvention"),
+            not_selftest(AccessEvent.device_id),
         )
         .order_by(AccessEvent.ts)
         .limit(50_000)

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.common import advance_mark, read_mark, write_mark
+from schoolgate.services.selftest_devices import not_selftest
 from schoolgate.store.models import AccessEvent, DaemonStatus, EventDaily, EventHourly, Generation
 
 CURSOR_NAME = "rollup_cursor"
@@ -90,7 +91,9 @@ def update_rollups(session: Session, site: str, now: datetime, *, zone: tzinfo, 
     if last is None:
         return RollupResult(0, cursor)
     upper = min(int(last), cursor + batch)
-    in_batch = [AccessEvent.site == site, AccessEvent.id > cursor, AccessEvent.id <= upper]
+    # The self-test's own questions are not the school's traffic (see services.selftest_devices).
+    in_batch = [AccessEvent.site == site, AccessEvent.id > cursor, AccessEvent.id <= upper,
+                not_selftest(AccessEvent.device_id)]
     hour = hour_expression(session)
     total = func.sum(AccessEvent.count)
     counted = 0

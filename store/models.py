@@ -751,3 +751,39 @@ class DirectoryImport(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     applied_by: Mapped[str | None] = mapped_column(String(200))
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LanDevice(Base):
+    """A device seen on the school's network, and whether schoolgate is filtering it.
+
+    One row per device: by MAC address where the gateway saw one, else by address. The gateway
+    fills in what the kernel saw (neighbour table, forwarded connections, VPN ports) and the
+    scheduler what schoolgate saw (its last DNS question through the appliance, circumvention
+    attempts); `status` is the coverage watchdog's verdict, `notified_at` when the technician
+    was told about it (once per episode).
+    """
+
+    __tablename__ = "lan_devices"
+    __table_args__ = (UniqueConstraint("site", "key"), Index("ix_lan_devices_site_ip", "site", "ip"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(SITE)
+    key: Mapped[str] = mapped_column(String(60))  # "mac:02:41:..." or "ip:10.41.20.7"
+    ip: Mapped[str] = mapped_column(String(45))  # the address it used last
+    mac: Mapped[str | None] = mapped_column(String(17))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    neighbour_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # in the kernel's neighbour table
+    forwarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the gateway forwarded a new connection
+    first_forwarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    forwarded_connections: Mapped[int] = mapped_column(Integer, default=0)
+    dns_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # its last DNS question through schoolgate
+    vpn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # traffic to a known VPN port
+    vpn_detail: Mapped[str] = mapped_column(String(200), default="")  # e.g. "udp/1194 x3"
+    circumvention_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # DoH, DoT, QUIC, other resolvers
+    circumvention_detail: Mapped[str] = mapped_column(String(200), default="")
+    ca_trusted: Mapped[bool | None] = mapped_column(Boolean)  # what the proxy learnt: None: not seen
+    status: Mapped[str] = mapped_column(String(20), default="unknown")  # filtered, not_filtered, idle, unknown
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    status_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
+from schoolgate.clock import Clock
 from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
@@ -67,10 +68,15 @@ class EventsStage(Stage):
         default_role: Role = Role.GUEST,
         *,
         max_folded: int = MAX_FOLDED,
+        clock: Clock | None = None,
     ) -> None:
         super().__init__()
         self.sink = sink
         self.submit = _compact_submitter(sink)
+        # The daemon's clock, for answers given before the policy stage stamped the query (the
+        # appliance's own names, the DoH and Private Relay canaries): every event of one daemon
+        # is on one clock, as the alert scan that orders them by time expects.
+        self._clock = clock
         self.max_folded = max_folded
         self.role_for = role_for
         self.site = site
@@ -79,6 +85,9 @@ class EventsStage(Stage):
         self._folded: dict[tuple[int, str, str, str], list[object]] = {}
         self._held_queries = 0  # the queries counted in _folded
         self.logged = 0
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp() if self._clock is not None else time.time()
 
     def set_sink(self, sink: EventSink) -> None:
         self.sink = sink
@@ -114,7 +123,7 @@ class EventsStage(Stage):
                 self._fold(query, decision)
 
     def _fold(self, query: Query, decision: Decision) -> None:
-        ts = query.ts or time.time()
+        ts = query.ts or self._now()
         key = (int(ts) // 60, query.client_ip, query.qname, decision.verdict._value_)
         slot = self._folded.get(key)
         if slot is None:
@@ -158,14 +167,14 @@ class EventsStage(Stage):
 
     def _full(self, query: Query, decision: Decision) -> None:
         client = query.client or Client(ip=query.client_ip)
-        ts = query.ts or time.time()
+        ts = query.ts or self._now()
         self.submit(compact_event(decision, client, query.qname, query.qtype, site=self.site, ts=ts))
         self.logged += 1
 
     def _special(self, query: Query) -> None:
         client = query.client or Client(ip=query.client_ip)
         role = self.role_for(client) if self.role_for is not None else client.role or self.default_role
-        ts = query.ts or time.time()
+        ts = query.ts or self._now()
         # Browsers and phones ask these names by themselves (Firefox's DoH canary, iCloud
         # Private Relay's check, resolver discovery): recorded, never taken for intent, so
         # without a category.

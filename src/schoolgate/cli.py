@@ -24,6 +24,8 @@ AREAS = (
     "schoolgate.console.cli",
     "schoolgate.scheduler.cli",
     "schoolgate.lists.cli",
+    "schoolgate.selftest.cli",
+    "schoolgate.review.cli",
     "schoolgate.runner",
     "schoolgate.doctor",
     "schoolgate.backup",

@@ -200,6 +200,46 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class SelftestConfig:
+    """The self-test (schoolgate.selftest): when it runs and where it asks from."""
+
+    enabled: bool = True  # the scheduler's morning and after-change runs
+    # The appliance's own addresses in each role's network, from which it asks as a device there
+    # would; empty: the last usable address of each policy network. Keep them out of DHCP.
+    probe_addresses: list[str] = field(default_factory=list)
+    allowed_sites: list[str] = field(default_factory=lambda: ["www.gov.uk"])  # must pass untouched
+    morning_time: str = ""  # "HH:MM"; empty: 30 minutes before the policy's school day starts
+    timeout_ms: int = 2000
+    heartbeat_max_age_s: int = 180
+
+
+@dataclass(frozen=True)
+class CoverageConfig:
+    """The coverage watchdog (schoolgate.services.coverage)."""
+
+    dns_silence_hours: int = 24  # forwarding without schoolgate's DNS for this long: not filtered
+    grace_minutes: int = 15  # a device that has just joined gets this long to ask
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus /metrics and the SIEM's JSON export on the console (schoolgate.services.metrics,
+    schoolgate.services.export): for people signed in with the permission, or a bearer token."""
+
+    token_file: str = ""  # a file holding the token scrapers and SIEMs send; empty: no token access
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The optional syslog export of events and audit entries to a trust's SIEM."""
+
+    syslog: str = ""  # "host:port" of the SIEM's syslog receiver; empty: no export
+    protocol: str = "tcp"  # tcp (RFC 6587 octet counting) or udp
+    events: str = "blocked"  # blocked (blocked and flagged events) or all
+    audit: bool = True
+
+
+@dataclass(frozen=True)
 class AppConfig:
     source: Path
     policy: Path
@@ -216,6 +256,10 @@ class AppConfig:
     lists: ListsConfig = ListsConfig()
     teachers: TeachersConfig = TeachersConfig()
     identity: IdentityConfig = IdentityConfig()
+    selftest: SelftestConfig = SelftestConfig()
+    coverage: CoverageConfig = CoverageConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    export: ExportConfig = ExportConfig()
 
     @property
     def database_url(self) -> str:
@@ -240,6 +284,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "lists": ListsConfig,
     "teachers": TeachersConfig,
     "identity": IdentityConfig,
+    "selftest": SelftestConfig,
+    "coverage": CoverageConfig,
+    "metrics": MetricsConfig,
+    "export": ExportConfig,
 }
 
 

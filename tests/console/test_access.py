@@ -24,7 +24,7 @@ from schoolgate.services.permissions import ROLES, Permission, permissions_of
 
 ROLE_NAMES = [role.value for role in ROLES]
 # Pages that answer an allowed GET with a redirect by design.
-REDIRECTING_GETS = {"public.home", "auth.login", "auth.login_code", "auth.enrol"}
+REDIRECTING_GETS = {"public.home", "auth.login", "auth.login_code", "auth.enrol", "filtered.result"}
 #: The seeded record each URL argument names (see console_testkit.seed).
 ARG_FOR = {
     "request_id": "request",

@@ -482,3 +482,26 @@ def test_a_block_found_after_upstream_answers_is_logged_as_a_block() -> None:
     assert [(r.host, r.verdict, r.rule_id) for r in sink.records] == [
         ("innocent.example.test", "block", "pupils-social-media")]
     assert events.flush() == 0  # nothing was counted as allowed
+
+
+def test_names_the_appliance_answers_itself_are_logged_on_the_daemons_clock() -> None:
+    """The DoH canary and Private Relay's names never reach the policy stage, which stamps the
+    query; their events must still carry the daemon's time (in the lab, the lab's clock), or the
+    alert scan, which waits for events to settle, holds at the first of them."""
+
+    class Sink:
+        def __init__(self):
+            self.records = []
+
+        def submit(self, record):
+            self.records.append(record)
+            return True
+
+    sink = Sink()
+    events = EventsStage(sink, "dnstest", StaticPolicy().role_for, clock=FixedClock(TEN))
+    link([events, SpecialNamesStage([], ""), PolicyStage(StaticPolicy(), FixedClock(TEN)),
+          Upstream({"a.test": ["A 192.0.2.1"]})])
+    for name in ("use-application-dns.net", "mask.icloud.com", "www.facebook.com"):
+        events.resolve(query(name))
+    assert [(r.host, r.ts) for r in sink.records] == [
+        ("use-application-dns.net", TEN), ("mask.icloud.com", TEN), ("www.facebook.com", TEN)]

@@ -75,6 +75,9 @@ def test_the_scheduler_registers_the_digest_trigger(
         "retention",
         "lists",
         "policy",
+        "selftest",
+        "selftest-watch",
+        "coverage",
     }
     with pytest.raises(ValueError, match="digest_time"):
         digest_trigger("half past seven", LONDON)

@@ -27,6 +27,7 @@ REVIEWED: dict[str, str] = {
     "console/views/activity.py": "pages and CSV rows come from shown_events",
     "console/templates/activity/search.html": "rendered from console/views/activity.py's shown events",
     "console/templates/activity/event.html": "rendered from console/views/activity.py's shown event",
+    "services/export.py": "the SIEM's JSON pages and syslog records come from shown_events, may_read=False",
     # Raising the DSL's cases: read with VIEW_ALERTS (the DSL and the headteacher only).
     "services/alert_rules.py": "matches terms against the safeguarding list for the DSL's alerts",
     # Recording events: writes, never shows.
