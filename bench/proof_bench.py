@@ -98,7 +98,7 @@ def main() -> None:
                                        5, NOW - timedelta(minutes=n % 60)) for n in range(400)]))
             session.commit()
         print(f"{rows} blocked events over the year, rolled up, 400 devices: {time.perf_counter() - started:.1f} s")
-        year = Year.parse("2026-27")
+        year = Year.parse("2026-27", policy.school.zone)
         with sessions() as session:
             timed("reference: dashboard figures", repeat, lambda: activity.dashboard(session, SITE, NOW))
             timed("/metrics scrape (collect + render)", repeat,

@@ -42,8 +42,8 @@ def _review_pack(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     try:
-        year = Year.parse(args.year)
         policy = load_policy(config.policy)
+        year = Year.parse(args.year, policy.school.zone)
     except (ReviewError, ConfigError) as err:
         print(f"schoolgate review-pack: {err}", file=sys.stderr)
         return 2

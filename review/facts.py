@@ -14,9 +14,8 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -37,7 +36,6 @@ from schoolgate.store.models import (
     LanDevice,
 )
 
-LONDON = ZoneInfo("Europe/London")
 _YEAR = re.compile(r"^(\d{4})-(\d{2})$")
 # Audit actions that change what is filtered, or who may change it: listed one by one.
 CHANGE_PREFIXES = ("request.", "exception.", "site_block.", "ban.", "policy.", "user.", "person.authorise",
@@ -56,12 +54,19 @@ class Year:
     end: datetime  # the next 1 September
 
     @classmethod
-    def parse(cls, text: str) -> Year:
+    def parse(cls, text: str, zone: tzinfo) -> Year:
+        """"2026-27": 1 September 2026 to 1 September 2027, midnight in the school's `zone`
+        (the policy's [school] timezone)."""
         match = _YEAR.match(text.strip())
         if not match or (int(match.group(1)) + 1) % 100 != int(match.group(2)):
             raise ReviewError(f"--year {text!r}: give the school year as YYYY-YY, e.g. 2026-27")
         first = int(match.group(1))
-        return cls(text.strip(), datetime(first, 9, 1, tzinfo=LONDON), datetime(first + 1, 9, 1, tzinfo=LONDON))
+        return cls(text.strip(), datetime(first, 9, 1, tzinfo=zone), datetime(first + 1, 9, 1, tzinfo=zone))
+
+    @property
+    def zone(self) -> tzinfo:
+        """The school's time zone the year was read in."""
+        return self.start.tzinfo or UTC
 
     @property
     def last_day(self) -> date:
@@ -179,8 +184,8 @@ def policy_facts(facts: ReviewFacts, policy: CompiledPolicy) -> None:
     action = VERDICT_WORDS.get(default.action, str(default.action))
     facts.default_rule = f"{action}: {default.reason} ({default.clause})"
     day = _first_school_day(policy, facts.year)
-    lesson = datetime.combine(day, time(10, 0), tzinfo=LONDON)
-    lunch = datetime.combine(day, time(12, 30), tzinfo=LONDON)
+    lesson = datetime.combine(day, time(10, 0), tzinfo=policy.school.zone)
+    lunch = datetime.combine(day, time(12, 30), tzinfo=policy.school.zone)
     columns = [("Pupils, in a lesson", Role.PUPIL, lesson), ("Staff, in a lesson", Role.STAFF, lesson),
                ("Staff, at lunch", Role.STAFF, lunch), ("Guests", Role.GUEST, lesson)]
     facts.decision_columns = [c[0] for c in columns]
@@ -301,7 +306,7 @@ def check_facts(facts: ReviewFacts, session: Session, site: str, config: AppConf
     passed, failed = [0] * 12, [0] * 12
     for row in rows:
         if row.kind == checklog.SELFTEST:
-            index = _month_index(year, row.at.astimezone(LONDON).date())
+            index = _month_index(year, row.at.astimezone(year.zone).date())
             if 0 <= index < 12:
                 (passed if row.result == checklog.PASS else failed)[index] += 1
             if row.result == checklog.FAIL:

@@ -5,31 +5,37 @@ people or came from the network."""
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.runtime import Context
 from markupsafe import Markup
 
 from schoolgate.console import charts
 from schoolgate.review.facts import ReviewFacts
 
-LONDON = ZoneInfo("Europe/London")
+
+def _zone(context: Context) -> tzinfo:
+    """The school's time zone (the policy's, through the year being reviewed)."""
+    facts: ReviewFacts = context["facts"]
+    return facts.year.zone
 
 
-def _when(moment: datetime | None) -> str:
+@pass_context
+def _when(context: Context, moment: datetime | None) -> str:
     if moment is None:
         return ""
-    local = moment.astimezone(LONDON)
+    local = moment.astimezone(_zone(context))
     return f"{local.day} {local:%b %Y %H:%M}"
 
 
-def _day(moment: Any) -> str:
+@pass_context
+def _day(context: Context, moment: Any) -> str:
     if moment is None:
         return ""
     if isinstance(moment, datetime):
-        moment = moment.astimezone(LONDON).date()
+        moment = moment.astimezone(_zone(context)).date()
     return f"{moment.day} {moment:%b %Y}"
 
 

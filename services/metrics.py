@@ -14,16 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.store.models import Alert, EventHourly
 
-LONDON = ZoneInfo("Europe/London")
 HEARTBEAT_STALE = timedelta(minutes=3)
 # The event writer's ledger: what every daemon wrote, and every way it lost events.
 WRITER_COUNTS = ("submitted", "written", "spooled", "shipped", "duplicates")
@@ -140,9 +138,10 @@ def collect(session: Session, site: str, now: datetime, wall_now: datetime, poli
 
     families = _daemons(read_status(session, site), wall_now)
 
-    today = datetime.combine(now.astimezone(LONDON).date(), datetime.min.time(), tzinfo=LONDON)
+    zone = policy.school.zone if policy is not None else UTC  # the policy's [school] timezone, the one source
+    today = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
     events = Family("schoolgate_events_today", "gauge",
-                    "Today's access events (Europe/London day) by verdict and role, from the rollups")
+                    "Today's access events (the school's day) by verdict and role, from the rollups")
     for verdict, role, total in session.execute(
         select(EventHourly.verdict, EventHourly.role, func.sum(EventHourly.count))
         .where(EventHourly.site == site, EventHourly.hour >= today.astimezone(now.tzinfo))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, abort, render_template, request
 
@@ -12,12 +11,11 @@ from schoolgate.console import web
 from schoolgate.services.permissions import Permission
 
 bp = Blueprint("review", __name__, url_prefix="/review")
-LONDON = ZoneInfo("Europe/London")
 
 
 def _years(now: datetime) -> list[str]:
     """This school year and the three before it, newest first."""
-    local = now.astimezone(LONDON)
+    local = now.astimezone(web.zone())
     first = local.year if local.month >= 9 else local.year - 1
     return [f"{y}-{(y + 1) % 100:02d}" for y in range(first, first - 4, -1)]
 
@@ -37,7 +35,7 @@ def index() -> Any:
     if names and not web.can(Permission.REVIEW_PACK_NAMES):
         abort(403)
     try:
-        year = Year.parse(request.form.get("year", ""))
+        year = Year.parse(request.form.get("year", ""), web.zone())
         facts = gather(web.state().config, web.db(), web.policy(), year, web.now(), include_names=names)
     except ReviewError as err:
         return render_template("review/index.html", years=years, error=str(err)), 400

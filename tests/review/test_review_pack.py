@@ -172,7 +172,8 @@ def test_the_facts_count_the_year_and_the_html_escapes(school: Path) -> None:
     engine = init_db(config.database_url)
     try:
         with session_factory(engine)() as session:
-            facts = gather(config, session, policy, Year.parse("2026-27"), datetime(2027, 8, 31, tzinfo=UTC))
+            year = Year.parse("2026-27", policy.school.zone)
+            facts = gather(config, session, policy, year, datetime(2027, 8, 31, tzinfo=UTC))
     finally:
         engine.dispose()
     assert facts.check_counts["selftests"] > 150 and facts.check_counts["fixes"] == 1
@@ -190,4 +191,4 @@ def test_the_facts_count_the_year_and_the_html_escapes(school: Path) -> None:
 @pytest.mark.parametrize("text", ["2026", "2026-28", "26-27", "2026-2027"])
 def test_a_year_must_be_a_school_year(text: str) -> None:
     with pytest.raises(ReviewError, match="YYYY-YY"):
-        Year.parse(text)
+        Year.parse(text, UTC)
