@@ -119,3 +119,17 @@ def test_a_list_not_confirmed_for_days_is_stale_with_its_age(scraped: Console) -
     found = families(response.get_data(as_text=True))
     assert value(found, "schoolgate_list_state", list="ut1", state="stale") == 1
     assert value(found, "schoolgate_list_age_seconds", list="ut1") == pytest.approx(4 * 86400, abs=5)
+
+
+def test_a_childs_safeguarding_search_is_withheld_from_the_siems_json(scraped: Console) -> None:
+    """The SIEM is read by IT staff, not the DSL: the pulled page withholds the term and its URL."""
+    with scraped.session() as session:
+        add_event(session, verdict="allow", rule_id="default", host="www.google.com", service=None, category=None,
+                  url="https://www.google.com/search?q=how+do+i+kill+myself", search_term="how do i kill myself",
+                  ts=scraped.clock.now() - timedelta(seconds=30))
+        session.commit()
+    items = scraped.client().get("/export/events?after=0&all=1",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}).get_json()["items"]
+    (search,) = [e for e in items if e["host"] == "www.google.com"]
+    assert search["withheld"] is True and "kill" not in json.dumps(items)
+    assert all(e["withheld"] is False for e in items if e is not search)
