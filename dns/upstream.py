@@ -6,7 +6,9 @@ random ID (RFC 5452): someone on the LAN who wants to poison the cache must gues
 and the ID, about 31 bits, for each query, instead of an ID for one of a few sockets that
 live as long as the daemon. An answer must also repeat our question before it is taken.
 An upstream that fails `down_after` times in a row is skipped for a back-off that doubles up to
-`max_backoff_s`; when its back-off ends the next query tries it again. The whole forward is
+`max_backoff_s`; when its back-off ends the next query tries it again. When every upstream is
+resting, the one whose rest ends first is asked anyway, so a resting upstream that answers again
+is used at once. The whole forward is
 bounded: when no upstream answers within the budget the caller gets UpstreamFailure.
 """
 
@@ -213,7 +215,13 @@ class UpstreamPool:
 
     def _candidates(self) -> list[_Upstream]:
         now = time.monotonic()
-        return [u for u in self._upstreams if u.health.down_until <= now]
+        awake = [u for u in self._upstreams if u.health.down_until <= now]
+        if awake:
+            return awake
+        # Every upstream is resting. Failing every query until a rest ends would cut a school
+        # with one upstream off the internet for up to max_backoff_s after a short glitch, so the
+        # one whose rest ends first is still asked: its answer ends the rest at once.
+        return [min(self._upstreams, key=lambda u: u.health.down_until)]
 
     def _failed(self, upstream: _Upstream, timeout: bool) -> None:
         health = upstream.health

@@ -102,6 +102,30 @@ def test_failover_health_and_backoff(auth: Authority) -> None:
     assert fast < 0.15  # the silent upstream is skipped while it is down
 
 
+def test_a_lone_upstream_back_from_a_glitch_is_used_at_once_not_after_its_rest(auth: Authority) -> None:
+    """A school with one upstream must not stay cut off for the back-off after a short glitch."""
+
+    async def go():
+        pool = UpstreamPool([auth.address], timeout_s=0.2, down_after=2, max_backoff_s=3600)
+        await pool.start()
+        try:
+            auth.down = True
+            for name in ("www.example.test", "video.test"):
+                with pytest.raises(UpstreamFailure):
+                    await pool.resolve(question(name), 0x0100, False)
+            resting = pool.health()[0]
+            auth.down = False
+            answer = await pool.resolve(question("www.example.test"), 0x0100, False)
+            return resting, answer, pool.health()[0]
+        finally:
+            pool.close()
+
+    resting, answer, after = run(go())
+    assert resting["down"] and resting["retry_in_s"] > 0
+    assert dns.message.from_wire(answer).answer[0][0].address == "192.0.2.10"
+    assert not after["down"] and after["successes"] == 1
+
+
 def test_nobody_answers_within_the_budget() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
