@@ -4,7 +4,8 @@ The DfE standard asks a school to review its filtering and monitoring at least e
 the DSL, senior leaders, IT and a governor. This gathers what that meeting needs into plain
 values (rendering is `review.render`'s job): the policy and why each category is treated as it
 is, every change and approval with who and when, access requests and content reports with their
-outcomes, alert counts (no pupil names unless asked), the check log, coverage and retention.
+outcomes, alert counts (no pupil names unless asked), the check log, coverage, retention, and how
+the appliance sits in the network with what that mode leaves to the school's own firewall.
 
 The year runs from 1 September to 31 August, school-local time.
 """
@@ -21,6 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.config import AppConfig
+from schoolgate.gateway.modes import ModeFacts
+from schoolgate.gateway.modes import facts as mode_facts
 from schoolgate.policy import Client, CompiledPolicy, Role, Target, Verdict, decide
 from schoolgate.services import checklog, coverage
 from schoolgate.services.rollups import ROLE
@@ -114,6 +117,7 @@ class ReviewFacts:
     include_names: bool
     policy_file: str
     policy_fingerprint: str
+    mode: ModeFacts  # how the appliance sits in the network, and what that leaves to the school
     networks: list[tuple[str, str, str]] = field(default_factory=list)  # name, ranges, role
     windows: list[str] = field(default_factory=list)
     terms: list[str] = field(default_factory=list)
@@ -367,7 +371,7 @@ def gather(config: AppConfig, session: Session, policy: CompiledPolicy, year: Ye
     """Everything the review shows, for one school and one year."""
     facts = ReviewFacts(
         school=config.site.name, site=config.site.id, year=year, generated_at=now, include_names=include_names,
-        policy_file=str(config.policy), policy_fingerprint=policy.fingerprint,
+        policy_file=str(config.policy), policy_fingerprint=policy.fingerprint, mode=mode_facts(config.mode),
     )
     policy_facts(facts, policy)
     record_facts(facts, session, config.site.id)

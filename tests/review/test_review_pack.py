@@ -3,7 +3,10 @@ back with pdftotext and checked section by section; pupils named only when asked
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -186,6 +189,34 @@ def test_the_facts_count_the_year_and_the_html_escapes(school: Path) -> None:
     assert facts.requests[0]["requester"] == ""  # no names unless asked
     html = render_html(facts)
     assert "<svg" in html and "Blocked attempts each month, by role" in html
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected", "absent"),
+    [
+        ("gateway", ["Gateway mode", "nothing in this part is left to other equipment"], "must do instead"),
+        ("bridge", ["Bridge mode", "bypass switch"], "left to other equipment"),
+        ("dns-only", ["DNS only mode", "port 53", "port 853", "UDP ports 80 and 443"], "left to other equipment"),
+    ],
+)
+def test_the_pack_says_what_the_mode_leaves_to_the_schools_own_firewall(
+    school: Path, mode: str, expected: list[str], absent: str
+) -> None:
+    config = load_config(school)
+    network = dataclasses.replace(config.network, mode=mode)
+    config = dataclasses.replace(config, network=network)
+    policy = load_policy(config.policy)
+    engine = init_db(config.database_url)
+    try:
+        with session_factory(engine)() as session:
+            facts = gather(config, session, policy, Year.parse("2026-27", policy.school.zone),
+                           datetime(2027, 8, 31, tzinfo=UTC))
+    finally:
+        engine.dispose()
+    text = html.unescape(" ".join(re.sub(r"<[^>]+>", " ", render_html(facts)).split()))
+    for words in expected:
+        assert words in text, words
+    assert absent not in text
 
 
 @pytest.mark.parametrize("text", ["2026", "2026-28", "26-27", "2026-2027"])
