@@ -607,22 +607,19 @@ class CoverageOutcome:
     mail_error: str | None = None
 
 
-def _policy_or_none(config: AppConfig) -> CompiledPolicy | None:
-    """The policy file, for the roles the page and the e-mails name; None if it does not load."""
-    from schoolgate.policy import load_policy
-
-    try:
-        return load_policy(config.policy)
-    except Exception as err:  # the daemons keep the last good one; the roles fall back to the register's
-        log.warning("coverage: the policy does not load: %s", err)
-        return None
-
-
 def coverage_job(
-    config: AppConfig, session_factory: SessionFactory, now: datetime, *, mailer: Mailer | None, max_batches: int = 20
+    config: AppConfig,
+    session_factory: SessionFactory,
+    now: datetime,
+    *,
+    mailer: Mailer | None,
+    policy: CompiledPolicy | None,
+    max_batches: int = 20,
 ) -> CoverageOutcome:
     """Fold new events into the coverage table, judge every device, tell the technician once
-    about each device newly found not filtered."""
+    about each device newly found not filtered. `policy` is the one the daemons enforce (the
+    scheduler's reloader: the last good version), for the roles the page and the e-mail name;
+    None only before any version has loaded, when the roles come from the register alone."""
     from schoolgate.selftest.notify import recipients
     from schoolgate.services import coverage
     from schoolgate.services.mailer import build_message
@@ -646,7 +643,6 @@ def coverage_job(
         session.commit()
         outcome.not_filtered = [row.ip for row in due]
         keys = {row.key for row in due}
-        policy = _policy_or_none(config)
         lines = [line for line in coverage.coverage_lines(session, site, now, policy) if line.key in keys]
         to = recipients(session, site, filtering_down=False) if due and mailer is not None else []
     if not due or mailer is None or not to:

@@ -351,7 +351,9 @@ class SchedulerService:
         return jobs.export_job(self.config, self.session_factory, self.clock.now())
 
     def run_coverage(self) -> jobs.CoverageOutcome:
-        return jobs.coverage_job(self.config, self.session_factory, self.clock.now(), mailer=self.mailer)
+        return jobs.coverage_job(
+            self.config, self.session_factory, self.clock.now(), mailer=self.mailer, policy=self.policy()
+        )
 
     def run_selftest(self, trigger: str = "on_request") -> Any:
         return jobs.selftest_job(self.config, self.session_factory, self.clock.now(), trigger=trigger,

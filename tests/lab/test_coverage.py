@@ -19,6 +19,7 @@ from schoolgate.lab.client import LabClient
 from schoolgate.lab.internet import RESOLVER_IP, SITES
 from schoolgate.lab.netns import call_in, exec_in, wait_for
 from schoolgate.lab.topology import GATEWAY_LAN_IP, device
+from schoolgate.policy import load_policy
 from schoolgate.scheduler import jobs
 from schoolgate.scheduler.runner import COVERAGE_SECONDS
 from schoolgate.services import coverage
@@ -106,7 +107,7 @@ def test_a_device_that_bypasses_dns_is_not_filtered_and_the_technician_is_told_o
     config = load_config(busy.lab.config_path)
     mailer = SmtpMailer(MailConfig(host="127.0.0.1", port=port, sender="schoolgate@kingswood.example"))
     now = busy.lab.clock_now()
-    again = jobs.coverage_job(config, busy.sessions, now, mailer=mailer)
+    again = jobs.coverage_job(config, busy.sessions, now, mailer=mailer, policy=load_policy(config.policy))
     assert again.not_filtered == [] and inbox.received == []
     assert len(told(GUEST.ip)) == 1 and len(told(STAFF.ip)) == 1
     with busy.session() as session:

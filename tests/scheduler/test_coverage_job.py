@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.config import AppConfig
 from schoolgate.gateway.census import Census, Forwarding
+from schoolgate.policy import load_policy
 from schoolgate.scheduler import jobs
 from schoolgate.services import coverage
 from schoolgate.services.mailer import SmtpMailer
@@ -35,7 +36,8 @@ def test_a_device_that_bypasses_dns_is_mailed_to_the_technician_once(
             at=T0, forwarding=[Forwarding("127.0.9.9", "02:00:00:00:09:09", 1, T0)], neighbours={}, vpn=[]))
         session.commit()
     mailer = SmtpMailer(config.mail)
-    first = jobs.coverage_job(config, factory, now, mailer=mailer)
+    policy = load_policy(config.policy)
+    first = jobs.coverage_job(config, factory, now, mailer=mailer, policy=policy)
     assert first.not_filtered == ["127.0.9.9"] and first.notified == ["tech@school.example"]
     ((recipients, message),) = inbox.wait(1, timeout=10)  # type: ignore[attr-defined]
     assert recipients == ["tech@school.example"]
@@ -43,5 +45,5 @@ def test_a_device_that_bypasses_dns_is_mailed_to_the_technician_once(
     text = inbox.text(message)  # type: ignore[attr-defined]
     assert "127.0.9.9 (02:00:00:00:09:09)" in text and "never asked schoolgate's DNS" in text
     assert "https://console.school.example:8443/coverage" in text
-    again = jobs.coverage_job(config, factory, now + timedelta(minutes=1), mailer=mailer)
+    again = jobs.coverage_job(config, factory, now + timedelta(minutes=1), mailer=mailer, policy=policy)
     assert again.not_filtered == [] and len(inbox.received) == 1  # type: ignore[attr-defined]
