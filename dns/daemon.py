@@ -181,6 +181,7 @@ class Worker:
                 "stale_served": self.cache.stale_served,
                 "policy_reloads": self.policy.reloads,
                 "policy_error": self.policy.last_error,
+                "register_generation": self.register_reloader.generation,
                 "upstreams": self.pool.health(),
                 "watched_added": self.feeder.added,
             }

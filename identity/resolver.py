@@ -129,6 +129,12 @@ class RegisterReloader:
         self.reloads = 0
         self.evidence_reloads = 0
 
+    @property
+    def generation(self) -> int:
+        """The overlay generation of the register in use (daemons report it in their status row,
+        so that whoever changed the register can see when they have picked it up)."""
+        return self._resolver.register.generation
+
     def poll(self) -> bool:
         """Reload what changed (or everything, the first time); True if anything was reloaded."""
         from schoolgate.identity.snapshot import load_evidence

@@ -173,6 +173,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
             "overlay_generation": live.overlay_generation,
             "overlay_skipped": list(live.overlay_skipped[:20]),
             "register_reloads": register_reloader.reloads,
+            "register_generation": register_reloader.generation,
             "hellos_judged_early": pipeline.relayed_early,
             "identity_cache_hits": clients.hits,
             "identity_cache_misses": clients.misses,

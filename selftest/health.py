@@ -89,6 +89,26 @@ def heartbeats(session: Session, config: AppConfig, wall_now: datetime | None = 
     return results
 
 
+def behind_register(
+    session: Session, config: AppConfig, generation: int, wall_now: datetime | None = None
+) -> list[str]:
+    """The live daemons (heartbeat within the allowance) whose identity register is older than
+    `generation`, by their status rows; a daemon that is down is the heartbeat check's to report."""
+    from schoolgate.store.events import read_status
+
+    wall_now = wall_now or datetime.now(UTC)
+    limit = timedelta(seconds=config.selftest.heartbeat_max_age_s)
+    behind = []
+    for name, row in read_status(session, config.site.id).items():
+        stats = row["stats"]
+        loaded = stats.get("register_generation", (stats.get("dns") or {}).get("register_generation"))
+        if loaded is None or wall_now - row["heartbeat_at"] > limit:
+            continue
+        if int(loaded) < generation:
+            behind.append(name)
+    return behind
+
+
 def lists(config: AppConfig, now: datetime) -> list[CheckResult]:
     """Every list the policy uses, as `schoolgate lists status` reports it (schoolgate.lists.status):
     a subscription with no version yet, or not confirmed current for `[lists] stale_days`, fails;

@@ -29,8 +29,7 @@ from schoolgate.selftest.vantage import Vantage, VantageError, gateway_vantages,
 
 log = logging.getLogger(__name__)
 SessionFactory = sessionmaker[Session] | Callable[[], Session]
-# The DNS daemon and the proxy poll the register's generation every second.
-REGISTER_RELOAD_S = 2.5
+REGISTER_POLL_S = 0.2  # how often the daemons' status rows are read while waiting for them
 
 
 @dataclass
@@ -127,13 +126,34 @@ def _school_zone(config: AppConfig, sessions: SessionFactory, now: datetime) -> 
 
 def _register_probes(config: AppConfig, sessions: SessionFactory, policy: CompiledPolicy, now: datetime) -> bool:
     from schoolgate.services.selftest_devices import register_probes
+    from schoolgate.store.overlay import read_generation
 
     reserved = (config.network.appliance_ipv4, policy.school.block_ipv4)
     probes = [(p.network, p.address) for p in probe_addresses(policy, config.selftest, reserved=reserved)]
     with sessions() as session:
         changed = register_probes(session, config.site.id, probes, now)
         session.commit()
+        generation = read_generation(session, config.site.id)
+    if changed:
+        _wait_for_register(config, sessions, generation)
     return changed
+
+
+def _wait_for_register(config: AppConfig, sessions: SessionFactory, generation: int) -> None:
+    """Until DNS and the proxy say (in their status rows) that they use the register holding the
+    probes, so that the probes' events name the self-test and never a pupil's device. A daemon
+    that has not done so within its heartbeat allowance is not healthy, which the heartbeat
+    check reports; the run goes on."""
+    deadline = time.monotonic() + config.selftest.heartbeat_max_age_s
+    while True:
+        with sessions() as session:
+            behind = health.behind_register(session, config, generation)
+        if not behind:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("self-test: %s still use an older device register", ", ".join(behind))
+            return
+        time.sleep(REGISTER_POLL_S)
 
 
 def run_checks(
@@ -163,7 +183,6 @@ def run_checks(
             vantages = gateway_vantages(policy, config)
         # The appliance's own probe addresses are registered, so that their events name them.
         if any(v.source for v in vantages) and _register_probes(config, sessions, policy, now):
-            time.sleep(REGISTER_RELOAD_S)  # let DNS and the proxy reload the register first
             policy, register = _load(config, sessions, now)
     except VantageError as err:
         results.append(CheckResult("setup", "probe addresses", "", Status.FAIL, str(err),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from dataclasses import replace
@@ -68,6 +69,29 @@ def test_heartbeats_name_the_daemon_that_stopped(tmp_path: Path, engine: Engine)
                      "scheduler": Status.OK}
     never = next(r for r in results if r.subject == "gateway")
     assert "never reported" in never.message and "schoolgate-netwatch" in never.fix
+
+
+def test_the_daemons_still_on_an_older_register_are_named_and_a_stopped_one_is_left_to_its_heartbeat(
+    tmp_path: Path, engine: Engine
+) -> None:
+    """The self-test waits on these reports after registering its probe addresses."""
+    wall = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    sessions = session_factory(engine)
+    rows = (
+        ("dns.1", 2, {"dns": {"register_generation": 7}}),  # has it
+        ("dns.2", 1, {"dns": {"register_generation": 6}}),  # not yet
+        ("proxy", 3, {"register_generation": 6}),  # not yet
+        ("dns.3", 400, {"dns": {"register_generation": 1}}),  # stopped: the heartbeat check's
+        ("scheduler", 1, {}),  # keeps no register
+    )
+    with sessions() as session:
+        for name, age, stats in rows:
+            session.add(DaemonStatus(site="kingswood", name=name, pid=100, started_at=wall,
+                                     heartbeat_at=wall - timedelta(seconds=age), stats=json.dumps(stats)))
+        session.commit()
+    with sessions() as session:
+        assert sorted(health.behind_register(session, config(tmp_path), 7, wall)) == ["dns.2", "proxy"]
+        assert health.behind_register(session, config(tmp_path), 6, wall) == []
 
 
 def test_the_lab_clock_is_the_time_and_the_system_clock_is_asked(tmp_path: Path) -> None:
