@@ -319,7 +319,13 @@ class Journey:
             self.page.tap(selector)
         self.taps += 1
 
-    def type(self, text: str) -> None:  # into the focused field
+    def type(self, text: str, *, focused: str | None = None) -> None:
+        """Type into the focused field. `focused`: the field the page gives the focus to (by
+        autofocus), which a person sees with the keyboard up before typing. Chromium applies
+        autofocus in a rendering step that may come after the load event on a busy machine, and
+        keys typed before it go nowhere."""
+        if focused is not None:
+            self.page.wait_for_function("sel => document.activeElement === document.querySelector(sel)", arg=focused)
         self.page.keyboard.type(text, delay=self.key_s * 1000)
         self.person_s += self.key_s * len(text)
 
@@ -384,11 +390,11 @@ def test_the_headteacher_decides_from_the_email_link_on_a_phone(live: Live, brow
         page.goto(link.group(0))
         if label == "signed out":
             assert "/login" in page.url
-            journey.type("head")  # the username box has the focus
+            journey.type("head", focused="#f-username")  # the username box has the focus
             journey.tap("#f-password")
             journey.type(live.passwords["head"])
             journey.tap("main button[type=submit]", submits=True)
-            journey.type(codes.pop(0))  # the code box has the focus, with the number pad
+            journey.type(codes.pop(0), focused="#f-code")  # the code box has the focus, with the number pad
             journey.tap("main button[type=submit]", submits=True)
         assert page.url == link.group(0), (page.url, page.inner_text("main")[:500])
         pixels = _approve_button_bottom(page)
@@ -396,7 +402,7 @@ def test_the_headteacher_decides_from_the_email_link_on_a_phone(live: Live, brow
         code = page.locator("#f-code")
         assert code.get_attribute("inputmode") == "numeric"
         assert code.get_attribute("autocomplete") == "one-time-code"
-        journey.type(live.passwords["head"])  # the password box has the focus
+        journey.type(live.passwords["head"], focused="#f-password")  # the password box has the focus
         journey.tap("#f-code")
         journey.type(codes.pop(0))
         journey.tap("button[value=approve]", submits=True)
