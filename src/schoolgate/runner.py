@@ -490,8 +490,9 @@ class Supervisor:
                     child.start()
                     child.restarts += 1
                     took = now - (child.died_mono or now)
-                    self.say(f"restarted {child.name} (pid {child.pid}) {took:.2f} s after it ended")
+                    # The status board first: whoever reads the log line can then read the board.
                     self._changed()
+                    self.say(f"restarted {child.name} (pid {child.pid}) {took:.2f} s after it ended")
                 continue
             status = child.process.poll()
             if status is None:
@@ -518,8 +519,9 @@ class Supervisor:
                 )
             else:
                 message += f". Previous run ended without flushing ({report.detail})"
-        self.say(message)
+        # The status board first, so the board already counts what the log line reports.
         self._changed()
+        self.say(message)
 
     def _report(self, child: Child, status: int) -> ExitReport:
         # A daemon that stops on its own with status 0 has flushed (its writer's stop() ran).

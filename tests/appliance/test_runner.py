@@ -214,3 +214,31 @@ def test_the_loss_estimate_of_an_unclean_exit(
     lost, detail = estimate_loss([row], rates)
     assert lost == expected, detail
     assert estimate_loss([{"name": "console", "stats": {}}], rates)[0] is None
+
+
+def test_the_status_written_before_the_log_line_that_reports_an_exit_or_restart(tmp_path: Path) -> None:
+    """Whoever reads the supervisor's log line about a death or a restart must find the same
+    facts already written: it once said "Previous run ended without flushing" while the
+    status still counted 0 events maybe lost."""
+    from schoolgate.runner import Child, Supervisor
+
+    state_file = tmp_path / "state.json"
+    child = Child("dns", [sys.executable, "-c", "raise SystemExit(3)"])
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def say(message: str) -> None:
+        seen.append((message, json.loads(state_file.read_text())["children"]["dns"]))
+
+    supervisor = Supervisor([child], board=None, state_file=state_file, grace=1.0, say=say)
+    child.start()
+    assert child.process is not None
+    child.process.wait(timeout=30)
+    supervisor._tend()
+    child.next_start = 0.0  # due now, not after the back-off
+    supervisor._tend()
+    supervisor.stop_all()
+    (ended, at_end), (restarted, at_restart) = seen[:2]
+    assert "status 3" in ended, ended
+    assert at_end["unclean_exits"] == 1 and "status 3" in str(at_end["last_exit"])
+    assert restarted.startswith("restarted dns")
+    assert at_restart["restarts"] == 1
