@@ -1,18 +1,11 @@
-"""Fixtures for the scheduler: a migrated SQLite file, a config, a real SMTP server on loopback."""
+"""Fixtures for the scheduler: a migrated SQLite file, a config for it and its policy."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes
-from email import policy as email_policy
-from email.message import EmailMessage
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,37 +61,7 @@ reason = "not restricted"
 """
 
 
-@dataclass
-class Inbox:
-    """What the SMTP server received: (envelope recipients, parsed message)."""
-
-    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        message = message_from_bytes(envelope.content, policy=email_policy.default)
-        assert isinstance(message, EmailMessage)
-        self.received.append((list(envelope.rcpt_tos), message))
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
-
-
+# mail_server (a real SMTP server on loopback) comes from tests/smtp_fixture.py;
 # db_path and engine (a migrated SQLite database per test) come from tests/fixtures_db.py.
 
 

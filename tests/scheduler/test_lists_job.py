@@ -57,13 +57,13 @@ def list_server() -> Iterator[str]:
 
 @pytest.fixture
 def config(make_config: Callable[..., AppConfig], policy_file: Path, list_server: str, tmp_path: Path,
-           smtp: tuple[object, int], db_path: Path) -> AppConfig:
+           mail_server: tuple[object, int], db_path: Path) -> AppConfig:
     text = policy_file.read_text(encoding="utf-8")
     policy_file.write_text(
         text + f'\n[lists.betting]\nurl = "{list_server}"\nformat = "plain"\ncategory = "gambling"\n',
         encoding="utf-8",
     )
-    built = replace(make_config(smtp[1]), lists=ListsConfig(stale_days=3, update_timeout_s=120))
+    built = replace(make_config(mail_server[1]), lists=ListsConfig(stale_days=3, update_timeout_s=120))
     # The child process reads the configuration from its file.
     built.source.write_text(
         f'policy = "{policy_file}"\ndata_dir = "{tmp_path}"\n[site]\nid = "testschool"\nname = "Test Primary"\n'
@@ -106,9 +106,9 @@ def _age(config: AppConfig, verified: datetime) -> None:
 
 
 def test_a_stale_list_is_mailed_to_the_technicians_once_per_spell(
-    config: AppConfig, factory: sessionmaker[Session], smtp: tuple[object, int], technician: None
+    config: AppConfig, factory: sessionmaker[Session], mail_server: tuple[object, int], technician: None
 ) -> None:
-    inbox = smtp[0]
+    inbox = mail_server[0]
     mailer = SmtpMailer(config.mail)
     jobs.lists_job(config, factory, NOW, mailer=mailer)  # installs (real update, child process)
 

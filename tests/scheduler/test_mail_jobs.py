@@ -215,9 +215,9 @@ def parts(message: EmailMessage) -> tuple[str, str]:
 
 
 def test_digest_is_received_with_escaped_content(
-    smtp: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with factory() as session:
         ids = seed(session)
@@ -263,14 +263,14 @@ def test_digest_is_received_with_escaped_content(
     ],
 )
 def test_digest_only_on_school_days(
-    smtp: tuple[object, int],
+    mail_server: tuple[object, int],
     make_config: Callable[..., AppConfig],
     factory: sessionmaker[Session],
     now: datetime,
     sent: bool,
     reason: str,
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with factory() as session:
         seed(session)
@@ -285,9 +285,9 @@ def test_digest_only_on_school_days(
 
 
 def test_scheduler_runs_the_digest_with_its_clock(
-    smtp: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with factory() as session:
         seed(session)
@@ -298,9 +298,9 @@ def test_scheduler_runs_the_digest_with_its_clock(
 
 
 def test_immediate_alerts_are_sent_once(
-    smtp: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with factory() as session:
         ids = seed(session)
@@ -329,11 +329,11 @@ def test_immediate_alerts_are_sent_once(
 
 
 def test_failed_send_is_retried(
-    smtp: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
 ) -> None:
     from schoolgate.services.mailer import MailError
 
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with factory() as session:
         ids = seed(session)

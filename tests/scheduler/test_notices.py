@@ -46,9 +46,9 @@ def _move_an_authorised_device(factory: sessionmaker[Session], site: str) -> Non
 
 
 def test_a_lapsed_authorisation_is_mailed_to_the_headteacher_once(
-    smtp: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     _move_an_authorised_device(factory, config.site.id)
     mailer = SmtpMailer(config.mail)
@@ -71,9 +71,9 @@ def test_a_lapsed_authorisation_is_mailed_to_the_headteacher_once(
 
 
 def test_a_notice_that_could_not_be_sent_is_sent_on_the_next_run(
-    smtp: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     _move_an_authorised_device(factory, config.site.id)
 

@@ -56,9 +56,9 @@ def run(config: AppConfig, factory: sessionmaker[Session], now: datetime = NOW) 
 
 
 def test_a_report_from_a_device_without_an_account_reaches_the_technicians(
-    staffed: sessionmaker[Session], make_config: Callable[..., AppConfig], smtp: tuple[Any, int]
+    staffed: sessionmaker[Session], make_config: Callable[..., AppConfig], mail_server: tuple[Any, int]
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with staffed() as session:
         submitted = reports.submit_public_report(
@@ -84,12 +84,15 @@ def test_a_report_from_a_device_without_an_account_reaches_the_technicians(
 
 
 def test_a_request_for_pupils_waits_for_the_dsl_then_the_headteacher(
-    staffed: sessionmaker[Session], make_config: Callable[..., AppConfig], smtp: tuple[Any, int], policy_file: Any
+    staffed: sessionmaker[Session],
+    make_config: Callable[..., AppConfig],
+    mail_server: tuple[Any, int],
+    policy_file: Any,
 ) -> None:
     from schoolgate.policy import load_policy
 
     policy = load_policy(policy_file)
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     with staffed() as session:
         tech = Actor.from_user(session.query(ConsoleUser).filter_by(username="tech").one())
@@ -145,10 +148,10 @@ def concern(session: Session, person_id: str | None, severity: str = "low", titl
     ],
 )
 def test_concerns_go_where_the_policy_says_and_never_to_the_person_concerned(
-    staffed: sessionmaker[Session], make_config: Callable[..., AppConfig], smtp: tuple[Any, int],
+    staffed: sessionmaker[Session], make_config: Callable[..., AppConfig], mail_server: tuple[Any, int],
     person: str | None, severity: str, chair: str, to: list[str],
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     base = make_config(port)
     config = dataclasses.replace(base, mail=dataclasses.replace(base.mail, chair_of_governors=chair))
     with staffed() as session:

@@ -123,11 +123,11 @@ def add_technician(factory: sessionmaker[Session], email: str | None = "ict@scho
 def test_the_technicians_are_emailed_once_per_warning(
     make_config: Callable[..., AppConfig],
     factory: sessionmaker[Session],
-    smtp: tuple[object, int],
+    mail_server: tuple[object, int],
     now: datetime,
     subject_words: str,
 ) -> None:
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     add_technician(factory)
     policy = load_policy(config.policy)
@@ -150,10 +150,10 @@ def test_the_technicians_are_emailed_once_per_warning(
 
 
 def test_no_technician_email_means_no_notice_yet(
-    make_config: Callable[..., AppConfig], factory: sessionmaker[Session], smtp: tuple[object, int]
+    make_config: Callable[..., AppConfig], factory: sessionmaker[Session], mail_server: tuple[object, int]
 ) -> None:
     """Nobody to tell is not "told": the notice goes out once a technician has an address."""
-    inbox, port = smtp
+    inbox, port = mail_server
     config = make_config(port)
     policy = load_policy(config.policy)
     now = datetime(2027, 4, 6, 8, tzinfo=UTC)
