@@ -104,9 +104,6 @@ def _import_leases(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
-DATE_ORDERS = {"auto": None, "day-first": True, "month-first": False}
-
-
 def _record_leases(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -114,9 +111,9 @@ def _record_leases(args: argparse.Namespace) -> int:
 
     from schoolgate.config import load_config_or_report
     from schoolgate.identity.exports import ExportError, decode_export
-    from schoolgate.identity.leaseformats import LeaseFormatError, parse_lease_file
+    from schoolgate.identity.leaseformats import DATE_ORDERS, LeaseFormatError, parse_lease_file
     from schoolgate.identity.leasestore import record_leases
-    from schoolgate.identity.zone import school_zone
+    from schoolgate.identity.zone import ZoneUnknown, school_zone
     from schoolgate.store.coltypes import utcnow
     from schoolgate.store.db import make_engine, session_factory
 
@@ -124,9 +121,11 @@ def _record_leases(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return 2
-    zone, problem = school_zone(config)
-    if problem:
-        print(f"{prog}: warning: {problem}", file=sys.stderr)
+    try:
+        zone = school_zone(config)
+    except ZoneUnknown as err:
+        print(f"{prog}: {err}; no lease was recorded", file=sys.stderr)
+        return 2
     try:
         text, _encoding = decode_export(Path(args.file).read_bytes(), what=args.file)
         parsed = parse_lease_file(text, args.format, tz=zone, day_first=DATE_ORDERS[args.date_order])

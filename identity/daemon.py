@@ -70,8 +70,9 @@ def run_identity_daemon(config: Any, *, stop: threading.Event | None = None) -> 
 async def _main(config: Any, stop: threading.Event) -> int:
     from schoolgate.clock import clock_from_env
     from schoolgate.identity.leasefollow import LeaseFollower
+    from schoolgate.identity.leaseformats import DATE_ORDERS
     from schoolgate.identity.radiusserver import AccountingServer
-    from schoolgate.identity.zone import school_zone
+    from schoolgate.identity.zone import ZoneUnknown, school_zone
     from schoolgate.store.db import make_engine, session_factory
 
     clock = clock_from_env()
@@ -89,24 +90,36 @@ async def _main(config: Any, stop: threading.Event) -> int:
         address = _listen_address(identity.radius_listen)
         transport, _ = await loop.create_datagram_endpoint(lambda: server, local_addr=address)
         log.info("receiving RADIUS accounting on %s:%d from %s", *address, ", ".join(identity.radius_clients))
-    if identity.lease_files:
-        zone, problem = school_zone(config)
-        if problem:
-            log.warning("%s", problem)
-        order = {"auto": None, "day-first": True, "month-first": False}[identity.lease_date_order]
-        follower = LeaseFollower(list(identity.lease_files), sessions, site, tz=zone, now=clock.now, day_first=order)
-        log.info("following %d lease file(s): %s", len(follower.files), ", ".join(identity.lease_files))
-    if server is None and follower is None:
+    if server is None and not identity.lease_files:
         log.info("no [identity] lease_files or radius_listen configured: nothing to receive")
+    waiting_for_zone: str | None = None  # why the lease files are not followed yet
     next_poll = next_status = 0.0
     try:
         while not stop.is_set():
             now = time.monotonic()
+            if identity.lease_files and follower is None and now >= next_poll:
+                # Lease times are local: without the policy's zone they would name the wrong
+                # person, so the files wait (RADIUS goes on) until the policy can be read.
+                try:
+                    zone = school_zone(config)
+                except ZoneUnknown as err:
+                    if str(err) != waiting_for_zone:
+                        log.error("lease files not followed: %s", err)
+                    waiting_for_zone = str(err)
+                    next_poll = time.monotonic() + identity.lease_poll_s
+                else:
+                    waiting_for_zone = None
+                    order = DATE_ORDERS[identity.lease_date_order]
+                    follower = LeaseFollower(
+                        list(identity.lease_files), sessions, site, tz=zone, now=clock.now, day_first=order
+                    )
+                    log.info("following %d lease file(s): %s", len(follower.files), ", ".join(identity.lease_files))
             if follower is not None and now >= next_poll:
                 await asyncio.to_thread(follower.poll)
                 next_poll = time.monotonic() + identity.lease_poll_s
             if now >= next_status:
-                await asyncio.to_thread(_report, sessions, site, started, server, follower)
+                leases = _lease_status(follower, identity.lease_files, waiting_for_zone)
+                await asyncio.to_thread(_report, sessions, site, started, server, leases)
                 next_status = time.monotonic() + STATUS_EVERY_S
             await asyncio.sleep(0.2)
     finally:
@@ -116,20 +129,27 @@ async def _main(config: Any, stop: threading.Event) -> int:
         if transport is not None:
             transport.close()
         with contextlib.suppress(Exception):
-            _report(sessions, site, started, server, follower)
+            _report(sessions, site, started, server, _lease_status(follower, identity.lease_files, waiting_for_zone))
         engine.dispose()
     return 0
 
 
-def _report(sessions: Any, site: str, started: datetime, server: Any, follower: Any) -> None:
+def _lease_status(follower: Any, configured: Any, waiting_for_zone: str | None) -> list[dict[str, Any]]:
+    """Each lease file's counters; a file not followed yet says why (doctor and the network page show it)."""
+    if follower is not None:
+        return list(follower.stats())
+    if waiting_for_zone is None:
+        return []
+    problem = f"not followed: {waiting_for_zone}"
+    return [{"file": str(path), "format": "", "leases": 0, "bad_records": 0, "problem": problem} for path in configured]
+
+
+def _report(sessions: Any, site: str, started: datetime, server: Any, lease_files: list[dict[str, Any]]) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from schoolgate.store.events import write_status
 
-    stats = {
-        "radius": server.stats() if server is not None else None,
-        "lease_files": follower.stats() if follower is not None else [],
-    }
+    stats = {"radius": server.stats() if server is not None else None, "lease_files": lease_files}
     try:
         with sessions.begin() as session:
             write_status(session, site, STATUS_NAME, os.getpid(), started, stats)

@@ -1,27 +1,27 @@
 """The school's time zone, from its policy (`[school] timezone`): the one source of local time.
 
-Lease files that write local times (Windows) are read in it. If the policy cannot be read the
-UK's zone is used, and the caller is told why.
+Lease files that write local times (Windows) are read in it. There is no fallback zone: a guess
+would shift every lease by the difference and name the wrong pupil for a device, so while the
+policy cannot be read the caller is told why and reads no local times.
 """
 
 from __future__ import annotations
 
+from datetime import tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
-
-DEFAULT_ZONE = "Europe/London"
 
 
-def school_zone(config: Any) -> tuple[ZoneInfo, str | None]:
-    """(zone, problem): the policy's time zone, or Europe/London with the reason it was not read."""
+class ZoneUnknown(Exception):
+    """The policy could not be read, so the school's time zone is not known."""
+
+
+def school_zone(config: Any) -> tzinfo:
+    """The policy's time zone (the compiler has already checked that the name is a real zone)."""
     from schoolgate.policy import load_policy
     from schoolgate.tomlpos import ConfigError
 
     try:
-        name = load_policy(config.policy).school.timezone or DEFAULT_ZONE
+        zone: tzinfo = load_policy(config.policy).school.zone
+        return zone
     except (ConfigError, OSError) as err:
-        return ZoneInfo(DEFAULT_ZONE), f"policy not read ({err}); local times are read as {DEFAULT_ZONE}"
-    try:
-        return ZoneInfo(name), None
-    except (KeyError, ValueError):
-        return ZoneInfo(DEFAULT_ZONE), f"unknown time zone {name!r}; local times are read as {DEFAULT_ZONE}"
+        raise ZoneUnknown(f"the school's time zone is unknown until the policy can be read ({err})") from err

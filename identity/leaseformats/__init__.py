@@ -109,6 +109,11 @@ def detect_format(text: str) -> str | None:
 Parser = Callable[..., LeaseFile]
 
 
+# How a Windows export's dates are read ([identity] lease_date_order, --date-order): None = decide
+# from the file's own dates.
+DATE_ORDERS: dict[str, bool | None] = {"auto": None, "day-first": True, "month-first": False}
+
+
 def parse_lease_file(text: str, fmt: str = "auto", *, tz: tzinfo, day_first: bool | None = None) -> LeaseFile:
     """Parse a whole lease file. `tz`: the zone of times a file writes without one (Windows);
     `day_first`: Windows' date order if the file cannot show it (None: decided from the file,

@@ -177,3 +177,77 @@ def test_directory_import_from_the_command_line(
     (tmp_path / "other.csv").write_text("colour,size\nred,4\n")
     assert main(["directory", "import", str(tmp_path / "other.csv"), "--config", str(config_file)]) == 2
     assert "matches no directory export" in capsys.readouterr().err
+
+
+def test_local_lease_times_are_not_guessed_while_the_policy_cannot_be_read(
+    config_file: Path, tmp_path: Path, sessions: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Windows export writes local times: read in a guessed zone they would shift every lease
+    and name the wrong pupil for a device, so nothing is recorded until the policy says the zone."""
+    windows = tmp_path / "leases.csv"
+    windows.write_text(
+        '"IPAddress","AddressState","ClientId","HostName","LeaseExpiryTime"\n'
+        '"10.41.20.11","Active","02-41-00-00-20-11","ipad-11","25/11/2036 14:03:22"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "policy.toml").write_text("[school\n", encoding="utf-8")
+    assert main(["identity", "leases", "import", str(windows), "--config", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert "time zone is unknown until the policy can be read" in err and "policy.toml" in err, err
+    assert "no lease was recorded" in err
+    assert main(["identity", "leases", "show", "10.41.20.11", "--config", str(config_file)]) == 1
+
+
+def test_the_daemon_follows_lease_files_once_the_policy_gives_the_zone(
+    config_file: Path, tmp_path: Path, sessions: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the policy is unreadable the identity daemon follows no local-time lease file and its
+    status says why (doctor and the network page show it); once the policy reads, it follows."""
+    import threading
+    import time
+
+    from schoolgate.config import load_config
+    from schoolgate.identity.daemon import run_identity_daemon
+    from schoolgate.store.events import read_status
+
+    good_policy = (tmp_path / "policy.toml").read_text(encoding="utf-8")
+    (tmp_path / "policy.toml").write_text("[school\n", encoding="utf-8")
+    windows = tmp_path / "leases.csv"
+    windows.write_text(
+        '"IPAddress","AddressState","ClientId","HostName","LeaseExpiryTime"\n'
+        '"10.41.20.11","Active","02-41-00-00-20-11","ipad-11","25/11/2036 14:03:22"\n',
+        encoding="utf-8",
+    )
+    with config_file.open("a", encoding="utf-8") as config:
+        config.write(f'\n[identity]\nlease_files = ["windows:{windows}"]\nlease_poll_s = 1\n')
+    stop = threading.Event()
+    daemon = threading.Thread(target=run_identity_daemon, args=(load_config(config_file),), kwargs={"stop": stop})
+    daemon.start()
+
+    def lease_problems() -> list[str]:
+        with sessions() as session:
+            stats = read_status(session, SITE).get("identity", {}).get("stats", {})
+        return [str(f.get("problem") or "") for f in stats.get("lease_files", [])]
+
+    def until(condition: object, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():  # type: ignore[operator]
+            assert daemon.is_alive(), "the identity daemon ended"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    try:
+        until(lease_problems, "the status row")
+        [problem] = lease_problems()
+        assert problem.startswith("not followed: the school's time zone is unknown"), problem
+        assert main(["identity", "leases", "show", "10.41.20.11", "--config", str(config_file)]) == 1
+        (tmp_path / "policy.toml").write_text(good_policy, encoding="utf-8")
+        until(
+            lambda: main(["identity", "leases", "show", "10.41.20.11", "--config", str(config_file)]) == 0,
+            "the lease to be recorded",
+        )
+    finally:
+        stop.set()
+        daemon.join(timeout=60)
+    assert "02:41:00:00:20:11 ipad-11" in capsys.readouterr().out
+    assert lease_problems() == [""]
