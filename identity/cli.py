@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     record.set_defaults(func=_record_leases)
     show = lease_sub.add_parser("show", help="which device held an address at a time")
     show.add_argument("ip")
-    show.add_argument("--at", help="ISO 8601 time with offset (default: now)")
+    show.add_argument("--at", help="a time on the school's clock, e.g. 2026-11-23T09:15, or with an offset (default: now)")
     show.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
     show.set_defaults(func=_show_leases)
     directory = sub.add_parser("directory", help="people, classes and year groups from the school's directory")
@@ -152,24 +152,36 @@ def _record_leases(args: argparse.Namespace) -> int:
 
 
 def _show_leases(args: argparse.Namespace) -> int:
-    from datetime import datetime
+    from datetime import UTC, datetime, tzinfo
 
     from schoolgate.config import load_config_or_report
     from schoolgate.identity.leasestore import leases_at
+    from schoolgate.identity.zone import ZoneUnknown, school_zone
     from schoolgate.store.coltypes import utcnow
     from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.timewords import local
 
+    prog = "schoolgate identity leases show"
     config = load_config_or_report(args.config)
     if config is None:
         return 2
+    zone: tzinfo
+    try:
+        zone = school_zone(config)  # a technician reads and types the school's clock
+    except ZoneUnknown as err:
+        zone = UTC
+        print(f"{prog}: {err}; times are shown in UTC", file=sys.stderr)
     try:
         at = datetime.fromisoformat(args.at) if args.at else utcnow()
     except ValueError:
-        print(f"schoolgate identity leases show: {args.at!r} is not an ISO 8601 time", file=sys.stderr)
+        print(f"{prog}: {args.at!r} is not a time; write e.g. 2026-11-23T09:15", file=sys.stderr)
         return 2
     if at.tzinfo is None:
-        print("schoolgate identity leases show: give the time with an offset, e.g. +00:00", file=sys.stderr)
-        return 2
+        at = at.replace(tzinfo=zone)
+
+    def shown(moment: datetime) -> str:
+        return local(moment, zone).isoformat(sep=" ", timespec="seconds")
+
     engine = make_engine(config.database_url)
     try:
         with session_factory(engine, readonly=True)() as session:
@@ -177,12 +189,12 @@ def _show_leases(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     if not rows:
-        print(f"no lease covers {args.ip} at {at.isoformat()}")
+        print(f"no lease covers {args.ip} at {shown(at)}")
         return 1
     for row in rows:
-        ends = row.ends.isoformat() if row.ends else "never"
-        print(f"{row.ip} {row.mac} {row.hostname or '-'} from {row.starts.isoformat()} to {ends} "
-              f"(last renewed {row.renewed.isoformat()}; {row.source}: {row.origin})")
+        ends = shown(row.ends) if row.ends else "never"
+        print(f"{row.ip} {row.mac} {row.hostname or '-'} from {shown(row.starts)} to {ends} "
+              f"(last renewed {shown(row.renewed)}; {row.source}: {row.origin})")
     return 0
 
 

@@ -251,3 +251,25 @@ def test_the_daemon_follows_lease_files_once_the_policy_gives_the_zone(
         daemon.join(timeout=60)
     assert "02:41:00:00:20:11 ipad-11" in capsys.readouterr().out
     assert lease_problems() == [""]
+
+
+def test_lease_times_are_shown_and_asked_on_the_school_clock(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In July the school's clock is an hour ahead of UTC: a technician types and reads it."""
+    windows = tmp_path / "leases.csv"
+    windows.write_text(
+        '"IPAddress","AddressState","ClientId","HostName","LeaseExpiryTime"\n'
+        '"10.41.20.11","Active","02-41-00-00-20-11","ipad-11","25/07/2036 14:03:22"\n',
+        encoding="utf-8",
+    )
+    assert main(["identity", "leases", "import", str(windows), "--config", str(config_file)]) == 0
+    capsys.readouterr()
+    show = ["identity", "leases", "show", "10.41.20.11", "--config", str(config_file)]
+    assert main([*show, "--at", "2036-07-25T14:00"]) == 0
+    assert "to 2036-07-25 14:03:22+01:00" in capsys.readouterr().out
+    assert main([*show, "--at", "2036-07-25T14:30"]) == 1
+    assert "no lease covers 10.41.20.11 at 2036-07-25 14:30:00+01:00" in capsys.readouterr().out
+    assert main([*show, "--at", "2036-07-25T13:00:00+00:00"]) == 0
+    assert main([*show, "--at", "half past two"]) == 2
+    assert "is not a time" in capsys.readouterr().err
