@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     record.set_defaults(func=_record_leases)
     show = lease_sub.add_parser("show", help="which device held an address at a time")
     show.add_argument("ip")
-    show.add_argument("--at", help="a time on the school's clock, e.g. 2026-11-23T09:15, or with an offset (default: now)")
+    show.add_argument(
+        "--at", help="a time on the school's clock, e.g. 2026-11-23T09:15, or with an offset (default: now)"
+    )
     show.add_argument("--config", required=True, help="the appliance's schoolgate.toml")
     show.set_defaults(func=_show_leases)
     directory = sub.add_parser("directory", help="people, classes and year groups from the school's directory")
