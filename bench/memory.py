@@ -1,35 +1,48 @@
 """The whole appliance's memory, idle, with the example policy: each process's PSS, and the sum.
 
-    sudo .venv/bin/python -P bench/memory.py [--idle 20] [--separate]
+    sudo .venv/bin/python -P bench/memory.py [--idle 20] [--separate] [--mappings 8]
 
-Builds a private lab (namespaces `sgm…`), runs every daemon under `schoolgate run` as the lab
-does (forked from one preloaded supervisor), lets it sit idle, and prints for every process of
-the appliance its RSS, PSS (shared pages divided among the processes that map them: what adds up
-to the machine's real use) and USS (pages only it holds), and the sums. The goal is a PSS sum of
-at most 200 MB.
+Builds a private lab (namespaces `sgm…`, its own SQLite database in a temporary folder) and runs
+the appliance in it as `./deploy/dev.sh start` does: every daemon under one `schoolgate run`,
+forked from its preloaded supervisor. Once every daemon reports ready (the lab's own start-up
+checks: DNS, proxy and console listening, the scheduler and identity service reporting, net
+watch bound to its NFLOG group) it lets the appliance sit idle and prints, for every process of
+the appliance, its RSS, PSS (shared pages divided among the processes that map them: what adds
+up to the machine's real use) and USS (pages only it holds), and the sums. The goal is a PSS sum
+of at most 200 MB.
+
+In the same run, as the reference, dnsmasq (the example policy's local block lists as hosts
+files, a cache of 10,000 names) and Squid (peek at the ClientHello, then terminate or splice by
+server name: the proxy's job) are started in the lab's gateway and measured the same way.
 
 `--separate` starts each daemon as its own Python process instead (`schoolgate run --no-preload`),
 as systemd runs them on an appliance: nothing is shared between daemons but the page cache.
-
-Each process is named by what it runs (`sg-dns`, `sg-proxy`...: the supervisor names its forked
-children so) and by the modules it has imported, counted, so that a daemon carrying imports it
-does not need shows.
+`--mappings N` also prints, for each process, the N mappings that hold most of its PSS (the
+Python heap, anonymous arenas, each shared library): where the memory goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from schoolgate.lab.lab import DEFAULT_CLOCK, Lab
+from schoolgate.lab import netns
+from schoolgate.lab.internet import RESOLVER_IP
+from schoolgate.lab.lab import DEFAULT_CLOCK, DEFAULT_POLICY, Lab
 from schoolgate.lab.topology import private_prefix
 
 GOAL_MB = 200.0
+DNSMASQ_PORT = 5454  # not 53 (schoolgate's) nor 5353 (the lab's)
+SQUID_HTTP_PORT = 3128
+SQUID_TLS_PORT = 3129
 
 
 @dataclass
@@ -39,6 +52,7 @@ class Memory:
     rss_kb: int
     pss_kb: int
     uss_kb: int  # Private_Clean + Private_Dirty
+    mappings: dict[str, int] = field(default_factory=dict)  # PSS kB by what is mapped
 
 
 def process_tree(pid: int) -> list[int]:
@@ -58,46 +72,67 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def memory_of(pid: int) -> Memory | None:
+def _process_name(pid: int) -> str:
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    if name.startswith(("python", "schoolgate")):
+        # A process started as `python -m schoolgate X`: name it by its subcommand.
+        words = [w.decode(errors="replace") for w in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if w]
+        if "schoolgate" in words:
+            rest = words[words.index("schoolgate") + 1 :]
+            name = "schoolgate " + " ".join(w for w in rest[:2] if not w.startswith("-"))
+    return name
+
+
+def pss_by_mapping(pid: int) -> dict[str, int]:
+    """PSS kB of one process by mapping: a file's name, [heap], [stack], or [anon] for the rest."""
+    found: dict[str, int] = defaultdict(int)
+    current = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line
+            current = os.path.basename(head[5].strip()) if len(head) == 6 and head[5].strip() else "[anon]"
+        elif line.startswith("Pss:"):
+            found[current] += int(line.split()[1])
+    return dict(found)
+
+
+def memory_of(pid: int, *, mappings: bool = False) -> Memory | None:
     """RSS, PSS and USS of one process, from smaps_rollup."""
     values: dict[str, int] = {}
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        name = _process_name(pid)
+        by_mapping = pss_by_mapping(pid) if mappings else {}
     except (FileNotFoundError, ProcessLookupError):
         return None
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         if rest.strip().endswith("kB"):
             values[key] = int(rest.split()[0])
-    if name.startswith(("python", "schoolgate")):
-        # A process started as `python -m schoolgate X`: name it by its subcommand.
-        words = [w.decode(errors="replace") for w in argv if w]
-        if "schoolgate" in words:
-            rest = words[words.index("schoolgate") + 1 :]
-            name = "schoolgate " + " ".join(w for w in rest[:2] if not w.startswith("-"))
     return Memory(
         pid, name, values.get("Rss", 0), values.get("Pss", 0),
-        values.get("Private_Clean", 0) + values.get("Private_Dirty", 0),
+        values.get("Private_Clean", 0) + values.get("Private_Dirty", 0), by_mapping,
     )
 
 
-def measure(root_pid: int) -> list[Memory]:
-    found = [memory_of(pid) for pid in process_tree(root_pid)]
+def measure(root_pids: list[int], *, mappings: bool = False) -> list[Memory]:
+    found = [memory_of(pid, mappings=mappings) for root in root_pids for pid in process_tree(root)]
     return [m for m in found if m is not None]
 
 
-def report(title: str, rows: list[Memory]) -> float:
+def report(title: str, rows: list[Memory], *, goal: float | None = None, mappings: int = 0) -> float:
     print(f"\n{title}")
     print(f"  {'process':28} {'pid':>7} {'RSS MB':>8} {'PSS MB':>8} {'USS MB':>8}")
     for row in rows:
         rss, pss, uss = row.rss_kb / 1024, row.pss_kb / 1024, row.uss_kb / 1024
         print(f"  {row.name:28} {row.pid:7d} {rss:8.1f} {pss:8.1f} {uss:8.1f}")
+        for mapped, kb in sorted(row.mappings.items(), key=lambda item: -item[1])[:mappings]:
+            print(f"      {mapped[:44]:44} {kb / 1024:8.1f}")
     pss = sum(r.pss_kb for r in rows) / 1024
     print(f"  {'sum':28} {'':7} {sum(r.rss_kb for r in rows) / 1024:8.1f} {pss:8.1f} "
           f"{sum(r.uss_kb for r in rows) / 1024:8.1f}")
-    print(f"  PSS sum {pss:.1f} MB against the goal of {GOAL_MB:.0f} MB: {'met' if pss <= GOAL_MB else 'NOT met'}")
+    if goal is not None:
+        print(f"  PSS sum {pss:.1f} MB against the goal of {goal:.0f} MB: {'met' if pss <= goal else 'NOT met'}")
     return pss
 
 
@@ -108,21 +143,124 @@ class SeparateLab(Lab):
         return [*super()._supervisor_argv(), "--no-preload"]
 
 
+def blocklist_hosts(policy: Path, block_ip: str, target: Path) -> int:
+    """The policy's local lists as one hosts file for dnsmasq: the same names, blocked alike."""
+    from schoolgate.policy.loader import load_list_sources
+
+    names: set[str] = set()
+    for source in load_list_sources(policy):
+        if source.file:  # a subscription has nothing local until `schoolgate lists update`
+            for line in (policy.parent / source.file).read_text().splitlines():
+                word = line.split("#", 1)[0].strip()
+                if word and "/" not in word and not word[0].isdigit():
+                    names.add(word)
+    target.write_text("".join(f"{block_ip} {name}\n" for name in sorted(names)))
+    return len(names)
+
+
+def squid_config(folder: Path, lab: Lab) -> Path:
+    """Squid doing the proxy's job: peek at the ClientHello, terminate or splice by server name."""
+    shutil.copy(lab.state_dir / "ca" / "mitmproxy-ca.pem", folder / "bump.pem")
+    shutil.chown(folder, "proxy", "proxy")
+    shutil.chown(folder / "bump.pem", "proxy", "proxy")
+    config = folder / "squid.conf"
+    address = lab.appliance_ip
+    config.write_text(f"""
+http_port {address}:{SQUID_HTTP_PORT}
+https_port {address}:{SQUID_TLS_PORT} intercept ssl-bump tls-cert={folder / 'bump.pem'} generate-host-certificates=off
+acl pupils src 10.41.20.0/22
+acl social ssl::server_name .facebook.com .instagram.com .x.com .twitter.com
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump terminate pupils social
+ssl_bump splice all
+http_access allow all
+on_unsupported_protocol tunnel all
+visible_hostname schoolgate-lab-gateway
+dns_nameservers {RESOLVER_IP}
+cache deny all
+access_log none
+cache_log {folder / 'cache.log'}
+pid_filename {folder / 'squid.pid'}
+coredump_dir {folder}
+shutdown_lifetime 1 seconds
+workers 1
+""")
+    return config
+
+
+def _listening(lab: Lab, port: int, kind: int) -> bool:
+    def attempt() -> bool:
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind((lab.appliance_ip, port))
+            except OSError:
+                return True  # taken: the server has bound it
+            return False
+    return bool(netns.call_in(lab.names.gateway, attempt))
+
+
+def _free(lab: Lab, name: str, port: int, kind: int) -> None:
+    if _listening(lab, port, kind):  # else "bound" below would not be the reference's doing
+        raise RuntimeError(f"port {port} of {lab.appliance_ip} is taken: {name} cannot be measured")
+
+
+def _wait_listening(lab: Lab, name: str, process: tuple[int, str | None], port: int, kind: int, log: Path) -> None:
+    netns.wait_for(lambda: not netns.process_alive(*process) or _listening(lab, port, kind), timeout=30, what=name)
+    if not netns.process_alive(*process):
+        raise RuntimeError(f"{name} ended at start-up:\n{log.read_text()}")
+
+
+def start_references(lab: Lab, folder: Path) -> dict[str, tuple[int, str | None]]:
+    """dnsmasq and Squid in the lab's gateway, each waited for until it has bound its port."""
+    started: dict[str, tuple[int, str | None]] = {}
+    hosts = folder / "blocklist.hosts"
+    blocklist_hosts(lab.policy.resolve(), lab.appliance_ip, hosts)
+    if shutil.which("dnsmasq"):
+        _free(lab, "dnsmasq", DNSMASQ_PORT, socket.SOCK_DGRAM)
+        process = netns.spawn(lab.names.gateway, [
+            "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--port={DNSMASQ_PORT}",
+            f"--listen-address={lab.appliance_ip}", "--bind-interfaces", f"--server={RESOLVER_IP}",
+            f"--addn-hosts={hosts}", "--cache-size=10000", "--user=root", "--pid-file=", "--log-facility=-",
+        ], log_path=folder / "dnsmasq.log")
+        started["dnsmasq"] = (process.pid, netns.process_start_time(process.pid))
+        _wait_listening(lab, "dnsmasq", started["dnsmasq"], DNSMASQ_PORT, socket.SOCK_DGRAM, folder / "dnsmasq.log")
+    else:
+        print("dnsmasq is not installed (Debian: dnsmasq-base): no DNS reference", file=sys.stderr)
+    if shutil.which("squid"):
+        _free(lab, "squid", SQUID_TLS_PORT, socket.SOCK_STREAM)
+        squid = folder / "squid"
+        squid.mkdir()
+        process = netns.spawn(lab.names.gateway, ["squid", "-N", "-f", str(squid_config(squid, lab))],
+                              log_path=folder / "squid.log")
+        started["squid"] = (process.pid, netns.process_start_time(process.pid))
+        _wait_listening(lab, "squid", started["squid"], SQUID_TLS_PORT, socket.SOCK_STREAM, folder / "squid.log")
+    else:
+        print("squid is not installed (Debian: squid-openssl): no proxy reference", file=sys.stderr)
+    return started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds idle before measuring")
     parser.add_argument("--samples", type=int, default=3, help="measurements, --idle/2 s apart; the last is shown")
     parser.add_argument("--separate", action="store_true", help="each daemon its own Python process (no preload)")
+    parser.add_argument("--mappings", type=int, default=0, metavar="N",
+                        help="also print each process's N largest mappings by PSS")
+    parser.add_argument("--no-reference", action="store_true", help="measure schoolgate only")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="sg-memory-") as tmp:
         kind = SeparateLab if args.separate else Lab
-        lab = kind(private_prefix("sgm", 0, os.getpid()), state_root=Path(tmp) / "state")
+        lab = kind(private_prefix("sgm", 0, os.getpid()), state_root=Path(tmp) / "state", policy=DEFAULT_POLICY)
         lab.down()
-        lab.up(clock=DEFAULT_CLOCK)
+        references: dict[str, tuple[int, str | None]] = {}
         try:
+            lab.up(clock=DEFAULT_CLOCK)  # returns once every daemon reports ready
+            if not args.no_reference:
+                references = start_references(lab, Path(tmp))
             supervisor = int(lab.state.processes["appliance"]["pid"])
             time.sleep(args.idle)
             sums = []
@@ -130,12 +268,29 @@ def main(argv: list[str] | None = None) -> int:
             for sample in range(max(1, args.samples)):
                 if sample:
                     time.sleep(args.idle / 2)
-                rows = measure(supervisor)
+                rows = measure([supervisor])
                 sums.append(sum(r.pss_kb for r in rows) / 1024)
+            if args.mappings:
+                rows = measure([supervisor], mappings=True)
             how = "each daemon its own process" if args.separate else "forked from the preloaded supervisor"
-            report(f"The appliance idle with the example policy ({how}), after {args.idle:.0f} s", rows)
+            report(f"The appliance idle with the example policy ({how}), after {args.idle:.0f} s", rows,
+                   goal=GOAL_MB, mappings=args.mappings)
             print(f"  PSS sums over {len(sums)} samples: " + ", ".join(f"{s:.1f}" for s in sums) + " MB")
+            for name, (pid, start) in references.items():
+                if not netns.process_alive(pid, start):
+                    print(f"{name} ended while idle:\n{(Path(tmp) / f'{name}.log').read_text()}", file=sys.stderr)
+            if references:
+                peers = measure([pid for pid, _ in references.values()], mappings=bool(args.mappings))
+                report("The reference in the same run, idle: dnsmasq (the same local lists) and Squid "
+                       "(peek, then terminate or splice)", peers, mappings=args.mappings)
+                by_name = {name: sum(r.pss_kb for r in measure([pid])) / 1024 for name, (pid, _) in references.items()}
+                ours = {r.name: r.pss_kb / 1024 for r in rows}
+                for peer, daemon in (("dnsmasq", "sg-dns"), ("squid", "sg-proxy")):
+                    if peer in by_name and daemon in ours and by_name[peer]:
+                        print(f"  {daemon} / {peer} PSS: {ours[daemon] / by_name[peer]:.1f}x")
         finally:
+            for pid, start in references.values():
+                netns.stop_process(pid, start)
             lab.down()
     return 0
 
