@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ from mitmproxy.addons.next_layer import stack_match
 from mitmproxy.net.http import url
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer, layers, server_hooks
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
@@ -761,7 +763,7 @@ class Pipeline:
         "tls_failed_client",
     )
 
-    def __init__(self, members: list[object]) -> None:
+    def __init__(self, members: list[object], connections: Connections | None = None) -> None:
         from mitmproxy.hooks import all_hooks
 
         self.members = members
@@ -777,6 +779,8 @@ class Pipeline:
         self._early_hellos: set[str] = set()  # connections whose ClientHello next_layer handled
         self._early_connects: set[str] = set()  # ... and whose server connection it allowed
         self.relayed_early = 0  # connections passed or killed before mitmproxy's TLS layers
+        self._adopted: dict[tuple[str, int], str] = {}  # peer -> the front door's connection id
+        self._connections = connections
 
     def _each(self, hook: str, *args: Any) -> None:
         for handler in self._handlers[hook]:
@@ -800,6 +804,15 @@ class Pipeline:
         self._each("done")
 
     async def client_connected(self, client: connection.Client) -> None:
+        front_id = self._adopted.pop(_peer_key(client.peername), None) if self._adopted else None
+        if front_id is not None:
+            state = self._connections.pop(front_id) if self._connections is not None else None
+            if state is not None and self._connections is not None:
+                self._connections.put(client.id, state)
+            if front_id in self._early_hellos:
+                self._early_hellos.discard(front_id)
+                self._early_hellos.add(client.id)
+            return
         for handler in self._handlers["client_connected"]:
             try:
                 result = handler(client)
@@ -834,37 +847,59 @@ class Pipeline:
             or not stack_match(context, [modes.TransparentProxy])
             or ctx.options.ignore_hosts
             or ctx.options.allow_hosts
+            or context.client.id in self._early_hellos  # judged by the front door already
         ):
             return
         data: bytes = nextlayer.data_client()  # type: ignore[no-untyped-call]
+        verdict = self.judge_hello(context, data)
+        if verdict is EarlyHello.PASS:
+            self._early_connects.add(context.client.id)
+            nextlayer.layer = layers.TCPLayer(context, ignore=True)
+        elif verdict is EarlyHello.REFUSE:
+            nextlayer.layer = RefusedConnection(context)
+
+    def judge_hello(self, context: Context, data: bytes) -> EarlyHello:
+        """Give the members a transparent connection's first bytes as its ClientHello.
+
+        UNJUDGED: not a whole, parsable ClientHello; mitmproxy's TLS layer takes it (and
+        refuses what it cannot parse). INTERCEPT: judged and logged; mitmproxy intercepts it and
+        its `tls_clienthello` is not given to the members again. PASS: judged, logged, and its
+        server connection put to the members and allowed (once: the caller relays the bytes).
+        REFUSE: judged, logged, and its server connection refused (never dialled): the caller
+        closes the client at once, as mitmproxy would after the refusal, minus the relay.
+        """
         if not starts_like_tls_record(data):
-            return
+            return EarlyHello.UNJUDGED
         try:
             hello = parse_client_hello(data)
         except ValueError:
-            return  # mitmproxy's TLS layer refuses it and closes the connection
+            return EarlyHello.UNJUDGED
         if hello is None:
             # Not all in yet (a large ClientHello may span TCP segments): mitmproxy's TLS
             # layer gathers the rest and offers `tls_clienthello` as usual.
-            return
+            return EarlyHello.UNJUDGED
         context.client.sni = hello.sni
         context.client.alpn_offers = hello.alpn_protocols
         hello_data = tls.ClientHelloData(context, hello)
         self._each("tls_clienthello", hello_data)
         if not hello_data.ignore_connection:
             self._early_hellos.add(context.client.id)
-            return
-        # The relay's server connection is put to the members now (once: the hook is not
-        # given to them again when mitmproxy opens it). A refused one is never dialled: the
-        # client is closed at once, as mitmproxy would after the refusal, minus the relay.
+            return EarlyHello.INTERCEPT
         relay = server_hooks.ServerConnectionHookData(server=context.server, client=context.client)
         self._each("server_connect", relay)
-        if context.server.error:
-            nextlayer.layer = RefusedConnection(context)
-        else:
-            self._early_connects.add(context.client.id)
-            nextlayer.layer = layers.TCPLayer(context, ignore=True)
         self.relayed_early += 1
+        return EarlyHello.REFUSE if context.server.error else EarlyHello.PASS
+
+    def adopt(self, peername: Any, front_id: str) -> None:
+        """The next connection mitmproxy reports from `peername` is one the front door
+        (schoolgate.proxy.front) accepted, identified and maybe judged as `front_id`: its
+        state carries over, and the members are not told of it a second time."""
+        self._adopted[_peer_key(peername)] = front_id
+
+    def forget_adoption(self, peername: Any) -> bool:
+        """Drop an adoption mitmproxy never claimed (it refused the connection before telling
+        the addons); True if there was one: the caller ends the front's connection itself."""
+        return self._adopted.pop(_peer_key(peername), None) is not None
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         if data.context.client.id in self._early_hellos:
@@ -886,6 +921,20 @@ class Pipeline:
             self._early_connects.discard(data.client.id)
             return  # allowed in next_layer already
         self._each("server_connect", data)
+
+
+class EarlyHello(Enum):
+    """What `Pipeline.judge_hello` made of a connection's first bytes."""
+
+    UNJUDGED = "unjudged"
+    INTERCEPT = "intercept"
+    PASS = "pass"  # noqa: S105 (not a password)
+    REFUSE = "refuse"
+
+
+def _peer_key(peername: Any) -> tuple[str, int]:
+    """A client's address as both asyncio and mitmproxy give it (IPv6 adds flow and scope)."""
+    return (str(peername[0]), int(peername[1])) if peername else ("", 0)
 
 
 class RefusedConnection(layer.Layer):

@@ -34,6 +34,7 @@ from schoolgate.proxy.upset import UpsetSigner, load_key
 if TYPE_CHECKING:
 
     from schoolgate.policy.engine import CompiledPolicy
+    from schoolgate.proxy.front import FrontDoor
 
 log = logging.getLogger("schoolgate.proxy")
 
@@ -118,6 +119,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     from schoolgate.proxy.addons import Pipeline, Services, build_addons
     from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
     from schoolgate.proxy.clients import RecentClients
+    from schoolgate.proxy.front import FrontDoor, listen_sockets
     from schoolgate.store.db import make_engine
     from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
 
@@ -158,6 +160,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     stats_path.parent.mkdir(parents=True, exist_ok=True)
 
     services: Services | None = None
+    front: FrontDoor | None = None
 
     def snapshot() -> dict[str, Any]:
         assert services is not None
@@ -175,6 +178,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
             "register_reloads": register_reloader.reloads,
             "register_generation": register_reloader.generation,
             "hellos_judged_early": pipeline.relayed_early,
+            "front": front.snapshot() if front is not None else None,
             "identity_cache_hits": clients.hits,
             "identity_cache_misses": clients.misses,
             "listen": spec,
@@ -193,7 +197,10 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         return is_search_engine(host)
 
     def close_connection(conn_id: str) -> bool:
-        """Close a client connection (and its server side) by mitmproxy's connection id."""
+        """Close a client connection (and its server side) by its id (the front door's or
+        mitmproxy's)."""
+        if front is not None and front.close(conn_id):
+            return True
         handler = addons.get("proxyserver").connections.get(conn_id)
         transport = handler.transports.get(handler.client) if handler is not None else None
         if transport is None or transport.handler is None:
@@ -256,7 +263,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     # is left out: it refuses clients by address class, and a school LAN may use public
     # addresses, so it was configured to refuse nothing; only the gateway's nftables rules
     # send traffic here. In the chain it still cost a call per connection.
-    pipeline = Pipeline(build_addons(services))
+    pipeline = Pipeline(build_addons(services), services.connections)
     addons.add(pipeline)
     addons.add(
         disable_h2c.DisableH2C(),
@@ -265,8 +272,14 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
     )
+    # Transparent mode: the front door (schoolgate.proxy.front) listens and judges each
+    # ClientHello; mitmproxy gets only what it must intercept, handed over in-process. Its own
+    # listener is on an ephemeral loopback port that nothing is redirected to (a connection
+    # there has no original destination, and mitmproxy drops it).
+    front_sockets = listen_sockets(pconf.listen, reuse_port=False) if pconf.mode == "transparent" else []
+    mitm_spec = "transparent@127.0.0.1:0" if front_sockets else spec
     updates: dict[str, Any] = {
-        "mode": [spec],
+        "mode": [mitm_spec],
         "connection_strategy": "lazy",  # never dial a server before the verdict
         "confdir": str(ca_dir),
         "schoolgate_school_name": config.site.name,
@@ -309,10 +322,18 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
             await asyncio.sleep(max(5.0, float(pconf.address_refresh_s)))
 
     async def announce() -> None:
+        nonlocal front
         ps = addons.get("proxyserver")
         while not ps.listen_addrs():
             await asyncio.sleep(0.05)
-        log.info("schoolgate proxy listening on %s (%s)", ps.listen_addrs(), spec)
+        if front_sockets:
+            instance = next(iter(ps.servers))
+            front = FrontDoor(pipeline, instance.handle_stream, opts, instance.mode)
+            front.start(front_sockets)
+            listening = front.listen_addrs()
+        else:
+            listening = ps.listen_addrs()
+        log.info("schoolgate proxy listening on %s (%s)", listening, spec)
         if ready is not None:
             ready()
 
@@ -324,6 +345,10 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     try:
         await master.run()
     finally:
+        if front is not None:
+            front.stop()
+        for sock in front_sockets:
+            sock.close()
         for task in tasks:
             task.cancel()
         for task in tasks:

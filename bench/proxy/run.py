@@ -27,9 +27,11 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -220,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download-mb", type=int, default=400)
     parser.add_argument("--download-runs", type=int, default=5)
     parser.add_argument("--prefix", default="sgb")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record py-spy profiles of schoolgate's proxy per load into this folder "
+                             "(py-spy from PyPI; the profiler's sampling adds a little CPU to the figures)")
     args = parser.parse_args(argv)
     if shutil.which("squid") is None:
         print("squid is not installed (Debian: squid-openssl)", file=sys.stderr)
@@ -274,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
                 for kind, device, clock in (("killed", pupil, LESSON), ("passed", staff, AFTER_SCHOOL)):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
+                    profiler = _start_profile(args.profile, pids[engine], f"{engine}-{kind}") \
+                        if engine == "schoolgate" else None
                     cpu_before = cpu_seconds(pids[engine])
                     rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
                                            cafile=cafile)
                     cpu[(engine, kind)] += cpu_seconds(pids[engine]) - cpu_before
+                    _stop_profile(profiler)
                     total = totals[(engine, kind)]
                     totals[(engine, kind)] = Rate(total.done + rate.done, total.failed + rate.failed,
                                                   total.seconds + rate.seconds)
@@ -349,6 +357,30 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(state_root, ignore_errors=True)
         if squid_folder is not None:
             shutil.rmtree(squid_folder, ignore_errors=True)
+
+
+def _start_profile(folder: Path | None, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` (with its native threads' Python frames) until `_stop_profile`;
+    one collapsed-stack file per slice: `<name>-<n>.txt` (flamegraph.pl or speedscope read it)."""
+    if folder is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}-{len(list(folder.glob(name + '-*.txt')))}.txt"
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        profiler.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait()
 
 
 def _load(averages: tuple[float, float, float]) -> str:

@@ -497,8 +497,11 @@ def test_transparent_mode_in_namespaces(
         c = wait_for(lambda: (c := stats(tmp_path)["counters"]).get("http_requests", 0) >= 2 and c, what="counters")
         assert (c["passed_through"], c["killed"], c["intercepted"], c["fronting_blocked"]) == (2, 2, 1, 1)
         assert c["connections_seen"] == 7
-        # The passed and killed ClientHellos were judged before mitmproxy's TLS layers.
+        # The passed and killed ClientHellos were judged before mitmproxy's TLS layers, by the
+        # front door, which handed mitmproxy only the block page and the two HTTP requests.
         assert stats(tmp_path)["hellos_judged_early"] == 4
+        front = stats(tmp_path)["front"]
+        assert (front["accepted"], front["killed"], front["spliced"], front["handed_over"]) == (7, 2, 2, 3)
         events = wait_for(lambda: len(e := blocked_events(sessions)) >= 4 and e, what="events")
         assert {e.client_ip for e in events} == {"10.251.0.2", "10.251.0.3"}
         assert all(e.mac for e in events)  # from the gateway's neighbour table

@@ -1,0 +1,271 @@
+"""The front door: real sockets on loopback, the real addons and policy, a real origin.
+
+The gateway's redirect is stood in for by the `destination` the front door is given (on
+loopback nothing was redirected, so SO_ORIGINAL_DST has no answer); everything else is what
+runs in the appliance: the pipeline of schoolgate's addons, the policy's decisions, the event
+writer and SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from mitmproxy import connection, options
+from mitmproxy.proxy.mode_specs import ProxyMode
+from proxy_testkit import FACEBOOK_IP, PUPIL, STAFF, TRUSTED_PUPIL, client_hello_bytes, events
+from sqlalchemy.orm import Session, sessionmaker
+
+from schoolgate.policy.types import Client
+from schoolgate.proxy import front as front_module
+from schoolgate.proxy.addons import Pipeline, Services, build_addons
+from schoolgate.proxy.front import FrontDoor, listen_sockets
+from schoolgate.store.events import EventWriter
+
+LOOPBACK = "127.0.0.1"
+MODE = ProxyMode.parse("transparent")
+
+
+@pytest.fixture
+def known_clients() -> dict[str, Client]:
+    return {}
+
+
+def as_loopback(who: Client) -> Client:
+    return dataclasses.replace(who, ip=LOOPBACK)
+
+
+class Origin:
+    """A TCP server standing in for the real site: echoes what it gets, counts connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, LOOPBACK, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        while chunk := await reader.read(65536):
+            self.received += chunk
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()  # the client half-closed: so do we, after echoing everything
+
+
+Scenario = Callable[[FrontDoor, int, Origin], Awaitable[Any]]
+
+
+def run_front(
+    services: Services,
+    destination: tuple[str, int] | None,
+    scenario: Scenario,
+    handed: list[tuple[bytes, Any]] | None = None,
+) -> Any:
+    """Start a front door (and an origin) on loopback, run `scenario`, stop both."""
+
+    async def main() -> Any:
+        origin = Origin()
+        origin_port = await origin.start()
+        pipeline = Pipeline(build_addons(services), services.connections)
+
+        async def handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # What mitmproxy is given: the bytes read so far come first.
+            first = await reader.read(65536)
+            peer = writer.get_extra_info("peername")
+            client = connection.Client(peername=peer, sockname=("0.0.0.0", 0), timestamp_start=0.0)
+            await pipeline.client_connected(client)  # mitmproxy tells the addons of it
+            if handed is not None:
+                handed.append((first, services.connections.get(client.id)))
+            pipeline.client_disconnected(client)
+            writer.close()
+
+        target = destination or (LOOPBACK, origin_port)
+        door = FrontDoor(pipeline, handover, options.Options(), MODE, destination=lambda _sock: target)
+        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+        try:
+            port = int(door.listen_addrs()[0][1])
+            return await asyncio.wait_for(scenario(door, port, origin), timeout=30)
+        finally:
+            door.stop()
+            assert origin.server is not None
+            origin.server.close()
+
+    return asyncio.run(main())
+
+
+async def send_hello(port: int, sni: str | None, then: bytes = b"") -> bytes:
+    """Connect, send a ClientHello (and `then`), half-close, and read until the proxy closes."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    writer.write(client_hello_bytes(sni) + then)
+    await writer.drain()
+    writer.write_eof()
+    try:
+        return await reader.read()
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+async def settled(condition: Callable[[], bool]) -> None:
+    """Wait until the front door's side of a connection has finished (bounded by run_front)."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def test_a_blocked_hello_is_killed_without_dialling_and_logged(
+    services: Services, known_clients: dict[str, Client], sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    known_clients[LOOPBACK] = as_loopback(PUPIL)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> bytes:
+        answer = await send_hello(port, "www.facebook.com")
+        await settled(lambda: len(services.connections) == 0)
+        return answer
+
+    assert run_front(services, (FACEBOOK_IP, 443), scenario) == b""
+    counters = services.counters
+    assert (counters.connections_seen, counters.tls_seen, counters.killed, counters.passed_through) == (1, 1, 1, 0)
+    logged = events(sessions, writer)
+    assert [(e.host, e.verdict, e.client_ip, e.device_id) for e in logged] == [
+        ("www.facebook.com", "block", LOOPBACK, PUPIL.device_id)
+    ]
+
+
+def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
+    services: Services, known_clients: dict[str, Client]
+) -> None:
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+    payload = bytes(range(256)) * 16_384  # 4 MiB: more than the relay's buffers hold
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, dict[str, int]]:
+        answer = await send_hello(port, "allowed.test", payload)
+        await settled(lambda: len(services.connections) == 0)
+        return answer, door.snapshot()
+
+    answer, snapshot = run_front(services, None, scenario)
+    hello = client_hello_bytes("allowed.test")
+    assert len(answer) == len(hello) + len(payload)
+    assert answer[len(hello):] == payload  # the hello first, then every byte, in order, echoed back
+    assert (snapshot["spliced"], snapshot["killed"], snapshot["splices_open"]) == (1, 0, 0)
+    assert (services.counters.passed_through, services.counters.upstream_refused) == (1, 0)
+
+
+def test_a_spliced_connection_can_be_closed_by_its_id(services: Services, known_clients: dict[str, Client]) -> None:
+    """What Rejudge does when lunch ends: the daemon's close() reaches the front's splice."""
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> bytes:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(client_hello_bytes("allowed.test"))
+        await reader.readexactly(len(client_hello_bytes("allowed.test")))  # echoed: spliced
+        (conn_id,) = [conn_id for conn_id, _state in services.connections.items()]
+        assert door.close(conn_id)
+        assert not door.close("not-a-connection")
+        try:
+            rest = await reader.read()
+        except ConnectionResetError:
+            rest = b""
+        writer.close()
+        await settled(lambda: len(services.connections) == 0)
+        return rest
+
+    assert run_front(services, None, scenario) == b""
+
+
+@pytest.mark.parametrize(
+    ("who", "first_bytes", "judged"),
+    [
+        (TRUSTED_PUPIL, client_hello_bytes("www.facebook.com"), True),  # the block page: intercepted
+        (PUPIL, b"GET / HTTP/1.1\r\nHost: www.facebook.com\r\n\r\n", False),  # plain HTTP
+        (PUPIL, b"\x16\x03\x01\x00\x05hello", False),  # not a ClientHello mitmproxy could read
+    ],
+)
+def test_what_must_be_intercepted_is_handed_to_mitmproxy_with_its_bytes(
+    services: Services, known_clients: dict[str, Client], who: Client, first_bytes: bytes, judged: bool
+) -> None:
+    known_clients[LOOPBACK] = as_loopback(who)
+    handed: list[tuple[bytes, Any]] = []
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> dict[str, int]:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(first_bytes)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+        await settled(lambda: len(handed) == 1 and len(services.connections) == 0)
+        return door.snapshot()
+
+    snapshot = run_front(services, (FACEBOOK_IP, 443), scenario, handed)
+    ((given, state),) = handed
+    assert given == first_bytes
+    # mitmproxy's connection carries the front door's state: identified once, judged once.
+    assert state is not None and state.client.device_id == who.device_id
+    assert (state.judgement is not None) is judged
+    assert services.counters.connections_seen == 1
+    assert services.counters.intercepted == int(judged)
+    assert (snapshot["handed_over"], snapshot["spliced"], snapshot["killed"]) == (1, 0, 0)
+
+
+def test_a_silent_client_is_closed_unjudged(
+    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known_clients[LOOPBACK] = as_loopback(PUPIL)
+    monkeypatch.setattr(front_module, "HELLO_WAIT_S", 0.2)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> bytes:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        answer = await reader.read()  # the front door closes it after HELLO_WAIT_S
+        writer.close()
+        await settled(lambda: len(services.connections) == 0)
+        return answer
+
+    assert run_front(services, (FACEBOOK_IP, 443), scenario) == b""
+    assert (services.counters.killed, services.counters.events_submitted) == (0, 0)
+
+
+def test_a_connection_without_an_original_destination_is_dropped(services: Services) -> None:
+    """Someone dialled the proxy's port directly: no redirect, nothing to judge or relay."""
+
+    async def main() -> bytes:
+        pipeline = Pipeline(build_addons(services), services.connections)
+
+        async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            raise AssertionError("handed over")
+
+        door = FrontDoor(pipeline, never, options.Options(), MODE)  # the real SO_ORIGINAL_DST
+        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+        try:
+            reader, writer = await asyncio.open_connection(LOOPBACK, int(door.listen_addrs()[0][1]))
+            try:
+                return await asyncio.wait_for(reader.read(), timeout=30)
+            except ConnectionResetError:
+                return b""
+            finally:
+                writer.close()
+        finally:
+            door.stop()
+
+    assert asyncio.run(main()) == b""
+    assert services.counters.connections_seen == 0
+
+
+@pytest.mark.parametrize(("listen", "families"), [("127.0.0.1:0", {socket.AF_INET}), ("[::1]:0", {socket.AF_INET6})])
+def test_listen_sockets_by_address(listen: str, families: set[int]) -> None:
+    if ":" in listen.rpartition(":")[0] and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    sockets = listen_sockets(listen, reuse_port=True)
+    try:
+        assert {s.family for s in sockets} == families
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
