@@ -1,8 +1,16 @@
-"""The DNS daemon: one worker process (listeners, resolver chain, background threads), and the
-supervisor that runs several workers on the same port with SO_REUSEPORT.
+"""The DNS daemon: a supervisor, the worker processes it forks (listeners, resolver chain) on
+one port with SO_REUSEPORT, and the one process that writes their events.
+
+Writing an event costs several times what answering a blocked query does, so workers do not
+write: they hand compact events in batches to the event-writing process over a socket pair
+(schoolgate.store.events.channel), and that process alone writes them to the database. Each
+worker still reports its own status row (what it holds in memory, for the loss estimate of a
+killed worker); the writing process reports its ledger as ``dns.events``.
 
 A worker stops cleanly on SIGTERM or SIGINT: it stops listening, lets answers in flight finish
-(briefly), hands the last folded log records over and flushes the event writer.
+(briefly), hands the last folded log records over and sends what it holds to the writer. The
+writing process stops once every worker has gone (the end of its socket's stream), or after
+``WRITER_STOP_GRACE_S`` if its parent was killed and a worker hangs.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ class DnsOptions:
     # Compiled once by the supervisor before it forks: the workers share its memory pages.
     preloaded: Any = None
     worker_index: int = 0  # which of the supervisor's workers this is (names its status row)
+    # The sending end of the event channel (schoolgate.store.events.channel), when a separate
+    # process writes the events; None: the worker writes them itself (one process, in tests).
+    events_socket: socket.socket | None = None
 
     @property
     def listen_addresses(self) -> list[str]:
@@ -57,6 +68,34 @@ class DnsOptions:
 def status_name(options: DnsOptions) -> str:
     """The daemon_status row: "dns", or "dns.1", "dns.2"... for several workers."""
     return "dns" if options.workers <= 1 else f"dns.{options.worker_index + 1}"
+
+
+def writer_status_name(options: DnsOptions) -> str:
+    """The event-writing process's daemon_status row: "dns.events"."""
+    return f"{status_name(options).split('.')[0]}.events"
+
+
+WRITER_PROCESS_NAME = "sg-dns-events"  # its name in ps and /proc/PID/comm
+WRITER_STOP_GRACE_S = 8.0  # after SIGTERM, how long it waits for the workers' last events
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The running workers of the DNS supervisor `supervisor` (its children but the event
+    writer), from /proc; empty if it has gone."""
+    from pathlib import Path
+
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    workers = []
+    for child in children:
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() != WRITER_PROCESS_NAME:
+                workers.append(int(child))
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+    return workers
 
 
 def _clock(options: DnsOptions) -> Any:
@@ -92,6 +131,7 @@ class Worker:
         from schoolgate.live import LivePolicy
         from schoolgate.store.db import make_engine
         from schoolgate.store.events import StatusTarget, make_event_writer
+        from schoolgate.store.events.channel import EventChannel
 
         config = options.config
         self.options = options
@@ -126,12 +166,15 @@ class Worker:
         with contextlib.suppress(Exception):
             self.policy.check()  # the overlay, now that there is a database
         self.pool = UpstreamPool(options.upstream_addresses, timeout_s=config.dns.upstream_timeout_ms / 1000)
-        self.writer = make_event_writer(
-            self.engine,
-            config,
-            # Every second, so a supervisor can tell how much a killed worker may have lost.
-            status=StatusTarget(site=site, name=status_name(options), interval=1.0, extra=self.stats),
-        )
+        # Every second, so a supervisor can tell how much a killed worker may have lost.
+        status = StatusTarget(site=site, name=status_name(options), interval=1.0, extra=self.stats)
+        self.writer: Any
+        self._hand_over: Any = None
+        if options.events_socket is not None:
+            self.writer = EventChannel(options.events_socket, self.engine, status=status)
+            self._hand_over = self.writer.flush
+        else:
+            self.writer = make_event_writer(self.engine, config, status=status)
         self.feeder = WatchedFeeder(_watched_sets(config), config.dns.watched_set_timeout_s)
         self.resolver = build_resolver(
             policy=self.policy,
@@ -220,6 +263,8 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=EVENTS_TICK_S)
                 self.resolver.events.flush_due(self.clock.now())
+                if self._hand_over is not None:
+                    self._hand_over()
         finally:
             await self.shutdown()
 
@@ -237,7 +282,8 @@ class Worker:
         self.feeder.stop()
         stats = self.writer.stop()
         self.pool.close()
-        log.info("stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
+        log.info("stopped; events %s %s, dropped %s", "handed to the writer" if self._hand_over else "written",
+                 stats.get("handed", stats.get("written")), stats.get("dropped"))
         self.engine.dispose()
 
 
@@ -301,59 +347,126 @@ def record_illegal_content_upstream(options: DnsOptions) -> None:
         engine.dispose()
 
 
+def run_event_writer(options: DnsOptions, reading: socket.socket) -> int:
+    """The event-writing process: the workers' batches into one EventWriter, until they have all
+    gone (or WRITER_STOP_GRACE_S after SIGTERM, if the parent was killed and a worker hangs)."""
+    from schoolgate.store.db import make_engine
+    from schoolgate.store.events import StatusTarget, make_event_writer
+    from schoolgate.store.events.channel import receive_events
+
+    config = options.config
+    stop_by: list[float] = []
+
+    def asked_to_stop(signum: int, frame: Any) -> None:
+        if not stop_by:
+            stop_by.append(time.monotonic() + WRITER_STOP_GRACE_S)
+
+    signal.signal(signal.SIGTERM, asked_to_stop)
+    signal.signal(signal.SIGINT, asked_to_stop)
+    engine = make_engine(options.database_url or config.database_url)
+    writer = make_event_writer(
+        engine, config, status=StatusTarget(site=config.site.id, name=writer_status_name(options), interval=1.0),
+    )
+    writer.start()
+    try:
+        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: stop_by[0] if stop_by else None):
+            pass
+    finally:
+        stats = writer.stop()
+        log.info("event writer stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
+        engine.dispose()
+    return 0
+
+
 def run(options: DnsOptions) -> int:
-    """Run in the foreground until SIGTERM; several workers under a supervisor if asked."""
+    """Run in the foreground until SIGTERM: the supervisor, its workers and the event writer."""
     _configure_logging()
-    if options.workers <= 1:
-        return run_worker(options)
     return Supervisor(options).run()
 
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 # Loaded before any fork: finding a library in the child could start a subprocess.
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class Supervisor:
-    """Forks the workers, restarts one that dies, forwards SIGTERM/SIGINT and waits for all."""
+    """Forks the event writer and the workers, restarts one that dies, forwards SIGTERM/SIGINT to
+    the workers and waits for all (the writer last: it stops once the workers have gone)."""
 
     RESTART_DELAY_S = 1.0
     MAX_QUICK_DEATHS = 3
+    WRITER = -1  # the event writer's index among the children
 
     def __init__(self, options: DnsOptions) -> None:
         self.options = options
-        self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index or WRITER, start time)
         self.stopping = False
         self.quick_deaths = 0
+        self.sending: socket.socket | None = None
+        self.reading: socket.socket | None = None
 
-    def _spawn(self, index: int) -> None:
-        self.options.worker_index = index
+    def _fork(self, index: int, name: str, body: Any) -> None:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
-                # A worker must not outlive a killed supervisor: it would go on answering on the
-                # shared port beside the restarted daemon's workers, unsupervised.
+                # A child must not outlive a killed supervisor: a worker would go on answering
+                # on the shared port beside the restarted daemon's workers, unsupervised.
                 _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
                 if os.getppid() != parent:  # the supervisor died before prctl took effect
                     os._exit(0)
+                if name:
+                    _LIBC.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _configure_logging()
-                status = run_worker(self.options)
+                status = body()
             except BaseException:
-                logging.getLogger("schoolgate.dns").exception("worker failed")
+                logging.getLogger("schoolgate.dns").exception("%s failed", name or "worker")
             finally:
                 logging.shutdown()
                 os._exit(status)
         self.children[pid] = (index, time.monotonic())
 
+    def _spawn(self, index: int) -> None:
+        if index == self.WRITER:
+            sending, reading = self.sending, self.reading
+            assert sending is not None and reading is not None
+
+            def write() -> int:
+                sending.close()  # the writer's stream ends when the workers' (and ours) close
+                return run_event_writer(self.options, reading)
+
+            self._fork(index, WRITER_PROCESS_NAME, write)
+            return
+        self.options.worker_index = index
+        self.options.events_socket = self.sending
+
+        def work() -> int:
+            if self.reading is not None:
+                self.reading.close()
+            return run_worker(self.options)
+
+        self._fork(index, "", work)
+
+    def _workers(self) -> list[int]:
+        return [pid for pid, (index, _) in self.children.items() if index != self.WRITER]
+
     def _forward(self, signum: int, frame: Any) -> None:
         self.stopping = True
-        for pid in list(self.children):
+        for pid in self._workers():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        self._release_writer()
+
+    def _release_writer(self) -> None:
+        """Once the workers have gone, close our sending end: the writer then sees the end of
+        its stream, writes what it has and stops."""
+        if self.stopping and not self._workers() and self.sending is not None:
+            self.sending.close()
+            self.sending = None
 
     def preload(self) -> None:
         """Compile the policy (and import what workers use) once, before forking.
@@ -372,6 +485,7 @@ class Supervisor:
         import schoolgate.identity.resolver
         import schoolgate.store.db
         import schoolgate.store.events
+        import schoolgate.store.events.channel
         from schoolgate.live import LivePolicy
 
         if self.options.config.dns.nftables:
@@ -386,12 +500,16 @@ class Supervisor:
         gc.freeze()  # keep the collector from writing to (and so copying) the shared pages
 
     def run(self) -> int:
+        from schoolgate.store.events.channel import channel_pair
+
         self.preload()
+        self.sending, self.reading = channel_pair()
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
+        self._spawn(self.WRITER)
         for index in range(self.options.workers):
             self._spawn(index)
-        log.info("supervising %d DNS workers: %s", len(self.children), sorted(self.children))
+        log.info("supervising %d DNS workers and their event writer: %s", self.options.workers, sorted(self.children))
         status = 0
         while self.children:
             try:
@@ -406,8 +524,10 @@ class Supervisor:
             index, started = child
             code = os.waitstatus_to_exitcode(wait_status)
             if self.stopping:
+                self._release_writer()
                 continue
-            log.error("DNS worker %d exited with %d", pid, code)
+            what = "event writer" if index == self.WRITER else "worker"
+            log.error("DNS %s %d exited with %d", what, pid, code)
             if time.monotonic() - started < 5.0:
                 self.quick_deaths += 1
                 if self.quick_deaths >= self.MAX_QUICK_DEATHS:
@@ -418,4 +538,3 @@ class Supervisor:
             time.sleep(self.RESTART_DELAY_S)
             self._spawn(index)
         return status
-

@@ -182,6 +182,24 @@ class EventWriter:
 
     submit_compact = submit  # the name the DNS events stage looks for (see its EventSink)
 
+    def submit_many(self, records: list[EventRecord | CompactEvent]) -> int:
+        """Queue a batch under one lock (what another process handed over); returns how many
+        were queued, the rest dropped and counted as ``overflow`` (or ``late`` after stop)."""
+        with self._lock:
+            ledger = self._ledger
+            ledger.counts.submitted += len(records)
+            if self._closed:
+                ledger.lose_locked("late", len(records))
+                return 0
+            room = max(0, self.max_queue - len(self._queue) - self._retry_len)
+            taken = records if len(records) <= room else records[:room]
+            if len(taken) < len(records):
+                ledger.lose_locked("overflow", len(records) - len(taken))
+            self._queue.extend(taken)
+            if len(self._queue) >= self.batch_size:
+                self._wake.notify()
+            return len(taken)
+
     def stats(self) -> dict[str, Any]:
         held_rows = held_queries = 0
         for counter in self._held:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from schoolgate.dns.daemon import worker_pids
 from schoolgate.lab.client import LabClient
 from schoolgate.lab.lab import DEFAULT_CLOCK, Lab
 from schoolgate.lab.netns import wait_for
@@ -40,11 +41,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, new_prefix: Callable[[str], st
 
 
 def _workers(parent: int) -> set[int]:
-    try:
-        text = Path(f"/proc/{parent}/task/{parent}/children").read_text()
-    except FileNotFoundError:
-        return set()
-    return {int(pid) for pid in text.split()}
+    return set(worker_pids(parent))  # the parent's children but its event writer
 
 
 def _alive(pid: int) -> bool:

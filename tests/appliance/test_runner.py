@@ -197,6 +197,8 @@ def test_restart_delays_are_capped_at_2_s() -> None:
         ({"submitted": 700, "written": 600, "spooled": 100}, [(0, 700), (5, 700)], 0),
         # allowed traffic folded in memory, not yet submitted, dies with the process
         ({"submitted": 700, "written": 700, "held": 40, "held_queries": 900}, [(0, 700), (5, 700)], 40),
+        # a DNS worker: what it handed to its daemon's event writer is the writer's to count
+        ({"submitted": 700, "handed": 650, "dropped": 10, "held": 5}, [(0, 700), (5, 700)], 45),
     ],
 )
 def test_the_loss_estimate_of_an_unclean_exit(

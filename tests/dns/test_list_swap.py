@@ -19,6 +19,7 @@ import pytest
 from authority import Authority
 from conftest import Daemon, init_database, wait_for
 
+from schoolgate.dns.daemon import worker_pids
 from schoolgate.lists.state import ListState
 from schoolgate.lists.update import INSTALLED, Updater
 from schoolgate.policy.loader import load_list_sources
@@ -143,8 +144,7 @@ def _run_load(port: int, names: list[str], load: Load, stop_at: float, on_tick: 
 
 
 def _worker_pids(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children]
+    return worker_pids(pid)  # the supervisor's children but its event writer
 
 
 def _mapped(pid: int, version: str) -> tuple[int, int] | None:

@@ -1,0 +1,263 @@
+"""Events handed from the processes that answer to the one process that writes them.
+
+Building a row and inserting it costs several times what answering a blocked query does, so a
+DNS worker must not do it: it hands each event over as a compact event (record.CompactEvent, a
+tuple of values it already holds) to an ``EventChannel``, which gathers them and sends them in
+batches (``marshal``, one message per batch) over a ``SOCK_SEQPACKET`` socket pair made before
+the workers are forked. The daemon's event-writing process reads the other end
+(``receive_events``) into its one ``EventWriter``, which owns the database.
+
+Every worker holds the same sending end, so a restarted worker needs nothing new, and what is
+sent while the writing process restarts waits in the socket. When every holder of the sending
+end has closed it, the reading end sees the end of the stream: the writing process knows all
+workers have handed over their last events.
+
+Loss on the worker's side is counted in its ``stats`` (its ``daemon_status`` row): events not
+yet sent when it was killed (``submitted - handed - dropped``, at most one tick's worth plus
+what waited for a full socket), and batches dropped because the socket stayed full beyond
+``max_waiting`` events (``dropped``). ``marshal`` is only ever read from our own socket pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from schoolgate.store.events.record import CompactEvent, EventRecord, compact
+from schoolgate.store.events.status import write_status
+from schoolgate.store.events.writer import HeldCounter, StatusTarget
+
+log = logging.getLogger(__name__)
+
+# A batch is one message: bounded so that it always fits the socket's send buffer (a compact
+# event is a few hundred bytes at most; a larger message is split, see EventChannel._send).
+BATCH_EVENTS = 128
+MAX_MESSAGE = 256 * 1024
+SOCKET_BUFFER = 4 * 1024 * 1024
+DEFAULT_MAX_WAITING = 50_000  # events a worker keeps while the writer does not read
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux: beyond net.core.[wr]mem_max, for root
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """(sending end, reading end): made once, before any worker or writer is forked."""
+    sending, reading = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock, forced, option in ((sending, _SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                                 (reading, _SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:  # root may go beyond the system's limit; anyone else gets that limit
+            sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    return sending, reading
+
+
+def encode(events: list[CompactEvent]) -> bytes:
+    return marshal.dumps(events)
+
+
+def decode(message: bytes) -> list[CompactEvent]:
+    events = marshal.loads(message)  # noqa: S302 (our own socket pair, never the network)
+    if not isinstance(events, list):
+        raise ValueError(f"an event batch is a list, not {type(events).__name__}")
+    return events
+
+
+class EventChannel:
+    """The answering process's side: what the events stage hands over, sent in batches.
+
+    Used from one thread (the worker's event loop): ``submit`` appends to the batch, which is
+    sent when it is full and on every ``flush`` (the worker's tick, a few times a second). A
+    batch the socket will not take now waits (up to ``max_waiting`` events) and is sent at the
+    next flush. ``start`` begins reporting the worker's status row once a ``status.interval``
+    from a thread of its own (a database write a second, off the event loop).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        engine: Engine | None = None,
+        *,
+        status: StatusTarget | None = None,
+        batch_events: int = BATCH_EVENTS,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+    ) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._engine = engine
+        self._status = status
+        self.batch_events = batch_events
+        self.max_waiting = max_waiting
+        self._batch: list[CompactEvent] = []
+        self._waiting: deque[tuple[bytes, int]] = deque()  # (message, events in it)
+        self._waiting_events = 0
+        self._held: list[HeldCounter] = []
+        self.submitted = 0
+        self.handed = 0  # sent to the writing process
+        self.dropped = 0  # lost: the socket stayed full, or the writing side had gone
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def count_held(self, counter: HeldCounter) -> None:
+        """Report what `counter` says the worker holds before submitting (allowed traffic)."""
+        self._held.append(counter)
+
+    def submit(self, event: CompactEvent | EventRecord) -> bool:
+        self.submitted += 1
+        batch = self._batch
+        batch.append(compact(event) if isinstance(event, EventRecord) else event)
+        if len(batch) >= self.batch_events:
+            self.flush()
+        return True
+
+    submit_compact = submit  # the name the DNS events stage looks for
+
+    def flush(self) -> None:
+        """Send what waits and the batch gathered so far (never blocks)."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self._queue(batch)
+        waiting = self._waiting
+        while waiting:
+            message, count = waiting[0]
+            if not self._send(message, count):
+                return
+            waiting.popleft()
+            self._waiting_events -= count
+
+    def _queue(self, events: list[CompactEvent]) -> None:
+        if self._waiting_events + len(events) > self.max_waiting:
+            self.dropped += len(events)
+            return
+        message = encode(events)
+        if len(message) > MAX_MESSAGE and len(events) > 1:  # more than the reader takes at once
+            half = len(events) // 2
+            self._queue(events[:half])
+            self._queue(events[half:])
+            return
+        self._waiting.append((message, len(events)))
+        self._waiting_events += len(events)
+
+    def _send(self, message: bytes, count: int) -> bool:
+        """True if the message went (or was lost for good and counted); False: try later."""
+        try:
+            self._sock.send(message)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as err:  # the reading end is gone for good (the whole daemon is ending)
+            log.error("event batch of %d events lost: %s", count, err)
+            self.dropped += count
+            return True
+        self.handed += count
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """The counters of the worker's status row: ``submitted - handed - dropped`` events were
+        still in this process (read from the status thread: lengths and ints only)."""
+        held_rows = held_queries = 0
+        for counter in self._held:
+            rows, queries = counter()
+            held_rows += rows
+            held_queries += queries
+        return {
+            "submitted": self.submitted,
+            "handed": self.handed,
+            "dropped": self.dropped,
+            "queued": len(self._batch) + self._waiting_events,
+            "held": held_rows,
+            "held_queries": held_queries,
+        }
+
+    # -- the status row
+
+    def start(self) -> None:
+        if self._status is not None and self._engine is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._report_loop, name="schoolgate-event-status", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Send the rest (waiting up to `timeout` for the writing process to read), report."""
+        deadline = time.monotonic() + timeout
+        self.flush()
+        while self._waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.flush()
+        self.dropped += self._waiting_events
+        self._waiting.clear()
+        self._waiting_events = 0
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._report_status()
+        return self.stats()
+
+    def _report_loop(self) -> None:
+        assert self._status is not None
+        # At once, then every interval: the row is how a supervisor sees this worker running.
+        self._report_status()
+        while not self._stop.wait(self._status.interval):
+            self._report_status()
+
+    def _report_status(self) -> None:
+        target = self._status
+        if target is None or self._engine is None:
+            return
+        stats: dict[str, Any] = {"events": self.stats()}
+        try:
+            if target.extra is not None:
+                stats.update(target.extra())
+            with Session(self._engine) as session, session.begin():
+                write_status(session, target.site, target.name, target.pid, target.started_at, stats)
+        except SQLAlchemyError as err:
+            log.debug("could not write daemon status: %s", err)
+        except Exception:  # a counter callback must not end the reporting
+            log.exception("daemon status report failed")
+
+
+def receive_events(
+    sock: socket.socket, submit: Callable[[list[CompactEvent]], object], *, stop_after: Callable[[], float | None]
+) -> Iterator[int]:
+    """Read batches from the reading end into `submit` until every sender has gone.
+
+    Yields after each wait (at most 0.2 s), with the number of events read since the last
+    yield, so the caller can do its periodic work. `stop_after()` returns None while running,
+    or the monotonic time by which to give up waiting for the senders (the process was asked
+    to stop and its parent may still hold the sending end).
+    """
+    sock.settimeout(0.2)
+    read = 0
+    while True:
+        deadline = stop_after()
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        try:
+            message = sock.recv(MAX_MESSAGE)
+        except TimeoutError:
+            yield read
+            read = 0
+            continue
+        except InterruptedError:
+            continue
+        if not message:  # every worker and the parent have closed the sending end
+            yield read
+            return
+        try:
+            events = decode(message)
+        except (ValueError, EOFError, TypeError) as err:
+            log.error("an unreadable event batch (%d bytes) was lost: %s", len(message), err)
+            continue
+        submit(events)
+        read += len(events)
+        if read >= 4096:
+            yield read
+            read = 0

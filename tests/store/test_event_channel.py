@@ -1,0 +1,218 @@
+"""Events handed from answering processes to the one process that writes them (channel.py):
+real socket pairs, real forked senders, a real EventWriter on SQLite."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import socket
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from schoolgate.store.events import EventRecord, EventWriter, StatusTarget, read_status
+from schoolgate.store.events.channel import (
+    MAX_MESSAGE,
+    EventChannel,
+    channel_pair,
+    encode,
+    receive_events,
+)
+from schoolgate.store.events.record import RECORD_FIELDS, compact
+from schoolgate.store.models import AccessEvent
+
+SITE = "testschool"
+T0 = datetime(2026, 11, 23, 10, 15, 5, tzinfo=UTC)
+
+
+def record(n: int, **changes: Any) -> EventRecord:
+    base = EventRecord(
+        ts=T0 + timedelta(milliseconds=n), site=SITE, source="dns", client_ip=f"10.0.0.{n % 250 + 1}",
+        host=f"host{n}.example", verdict="block", rule_id="social-media", role="pupil", mac="02:00:00:00:00:07",
+        device_id="LAP-07", device_name="Laptop 7", person_id="p42", person_name="Sam Pupil", qtype="A",
+        clause="Social Media Policy §9", category="social_media", flags=frozenset({"repeat"}),
+    )
+    return replace(base, **changes)
+
+
+def receive_all(reading: socket.socket, writer: EventWriter) -> threading.Thread:
+    """The writing process's loop, in a thread: until every sender has closed its end."""
+
+    def run() -> None:
+        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: None):
+            pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def stored(engine: Engine) -> list[AccessEvent]:
+    with Session(engine) as session:
+        return list(session.scalars(select(AccessEvent).order_by(AccessEvent.ts)))
+
+
+def test_events_from_forked_senders_are_written_as_their_records(engine: Engine) -> None:
+    """Two processes share the sending end (as forked workers do); the reader's stream ends when
+    both and the parent have closed it, and every event is stored with every DfE field."""
+    sending, reading = channel_pair()
+    writer = EventWriter(engine, flush_interval=0.02)
+    writer.start()
+    per_sender = 1000
+    children = []
+    for sender in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                reading.close()
+                channel = EventChannel(sending)
+                for i in range(per_sender):
+                    channel.submit_compact(compact(record(sender * per_sender + i)))
+                stats = channel.stop()
+                code = 0 if stats["handed"] == per_sender and stats["dropped"] == 0 else 3
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sending.close()
+    thread = receive_all(reading, writer)
+    for pid in children:
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    thread.join(10)
+    assert not thread.is_alive(), "the reader did not see the end of the stream"
+    writer.stop()
+    rows = stored(engine)
+    assert len(rows) == 2 * per_sender
+    assert {row.host for row in rows} == {f"host{n}.example" for n in range(2 * per_sender)}
+    first = next(row for row in rows if row.host == "host7.example")
+    expected = record(7)
+    for name in ("client_ip", "mac", "device_id", "device_name", "person_id", "person_name", "host", "qtype",
+                 "verdict", "rule_id", "role", "clause", "category"):
+        assert getattr(first, name) == getattr(expected, name), name
+    assert first.ts.replace(tzinfo=UTC) == expected.ts
+    assert first.flags == "repeat"
+    assert len({row.uid for row in rows}) == len(rows)
+
+
+def test_a_full_socket_keeps_events_waiting_up_to_the_bound_and_counts_the_rest() -> None:
+    sending, reading = channel_pair()
+    sending.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # full after a batch or two
+    channel = EventChannel(sending, batch_events=16, max_waiting=2000)
+    total = 20_000
+    for i in range(total):
+        channel.submit(record(i))
+        stats = channel.stats()
+        assert stats["submitted"] == stats["handed"] + stats["dropped"] + stats["queued"]
+    channel.flush()
+    stats = channel.stats()
+    assert stats["dropped"] > 0 and stats["queued"] <= 2000
+    # The reader catches up: what waited is sent, in order, and nothing more is lost.
+    received: list[tuple[Any, ...]] = []
+    reading.setblocking(False)
+    while channel.stats()["queued"]:
+        while True:
+            try:
+                message = reading.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                break
+            received.extend(marshal.loads(message))
+        channel.flush()
+    while True:
+        try:
+            received.extend(marshal.loads(reading.recv(MAX_MESSAGE)))
+        except BlockingIOError:
+            break
+    final = channel.stats()
+    assert final["handed"] == len(received)
+    assert final["handed"] + final["dropped"] == total
+    hosts = [event[RECORD_FIELDS.index("host")] for event in received]
+    numbers = [int(host[4:].split(".")[0]) for host in hosts]
+    assert numbers == sorted(numbers)  # sent in the order they were submitted
+    sending.close()
+    reading.close()
+
+
+def test_a_batch_larger_than_one_message_is_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("schoolgate.store.events.channel.MAX_MESSAGE", MAX_MESSAGE // 5)
+    sending, reading = channel_pair()
+    # Each a different long name (marshal writes a string it has seen once as a reference).
+    events = [compact(record(i, host=f"{i}.{'x' * 60}." * 4 + "example")) for i in range(200)]
+    assert len(encode(events)) > MAX_MESSAGE / 5
+    channel = EventChannel(sending, batch_events=200)
+    for event in events:
+        channel.submit(event)
+    reading.settimeout(1)
+    received = 0
+    while received < 200:
+        message = reading.recv(MAX_MESSAGE + 1)
+        assert len(message) <= MAX_MESSAGE / 5
+        received += len(marshal.loads(message))
+    assert channel.stats()["handed"] == 200
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"not marshal", encode({"a": 1}), b"\x00"],
+)
+def test_an_unreadable_batch_is_lost_alone(engine: Engine, message: bytes) -> None:
+    sending, reading = channel_pair()
+    writer = EventWriter(engine, flush_interval=0.02)
+    writer.start()
+    channel = EventChannel(sending)
+    sending.send(message)
+    channel.submit(record(1))
+    channel.flush()
+    sending.close()
+    thread = receive_all(reading, writer)
+    thread.join(10)
+    writer.stop()
+    assert [row.host for row in stored(engine)] == ["host1.example"]
+
+
+def test_the_writer_takes_a_batch_up_to_its_bound_and_counts_the_overflow(engine: Engine) -> None:
+    writer = EventWriter(engine, max_queue=100)
+    assert writer.submit_many([compact(record(i)) for i in range(150)]) == 100
+    stats = writer.stats()
+    assert stats["submitted"] == 150 and stats["overflow"] == 50 and stats["dropped"] == 50
+    writer.stop()
+    assert writer.submit_many([compact(record(1))]) == 0
+    stats = writer.stats()
+    assert stats["late"] == 1 and stats["written"] == 100
+    assert stats["submitted"] == stats["written"] + stats["dropped"]
+
+
+def test_a_worker_status_row_says_what_it_still_held(engine: Engine) -> None:
+    """The row a killed worker leaves behind is what the supervisor's loss estimate reads."""
+    from schoolgate.runner import RateTracker, estimate_loss
+
+    sending, reading = channel_pair()
+    status = StatusTarget(site=SITE, name="dns.1", interval=0.05, pid=4242, extra=lambda: {"dns": {"queries": 9}})
+    channel = EventChannel(sending, engine, status=status, batch_events=1000)
+    channel.count_held(lambda: (3, 40))
+    for i in range(25):
+        channel.submit(record(i))
+    channel.flush()
+    for i in range(7):  # gathered, not yet sent: a kill now loses them
+        channel.submit(record(100 + i))
+    channel.start()
+    deadline = datetime.now(UTC) + timedelta(seconds=20)
+    row = None
+    while datetime.now(UTC) < deadline:
+        with Session(engine) as session:
+            row = read_status(session, SITE).get("dns.1")
+        if row is not None:
+            break
+    assert row is not None
+    channel._stop.set()  # the process is killed: no last report
+    events = row["stats"]["events"]
+    assert events == {"submitted": 32, "handed": 25, "dropped": 0, "queued": 7, "held": 3, "held_queries": 40}
+    assert row["stats"]["dns"] == {"queries": 9} and row["pid"] == 4242
+    lost, detail = estimate_loss([{"name": "dns.1", **row}], RateTracker())
+    assert lost == 7 + 3, detail
+    sending.close()
+    reading.close()
