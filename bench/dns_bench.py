@@ -18,7 +18,8 @@ For every run it reads the CPU time (user + system, every thread) of every proce
 server from /proc before and after, and prints queries per second, queries per CPU-second
 (answered queries / CPU seconds of the server's processes: the figure least moved by a busy
 machine), CPU microseconds per query, mean and p99 latency, lost queries, and for schoolgate
-each process's share (its serving workers and, with several, the process supervising them).
+each process's share (its serving workers, the process writing their events, and the one
+supervising them), with the ratio of the workers' own queries per CPU-second to dnsmasq's.
 Memory: RSS and PSS of every process of each server after the loads, and their sums. With
 --runs N everything is measured N times, the servers alternating, and printed as ranges
 (min-max) with the median. schoolgate runs with its per-client policy (pupil network) and
@@ -343,17 +344,23 @@ def start_schoolgate(workdir: Path, config: Path, upstream_port: int, workers: i
     )
     server = Server("schoolgate", proc, port)
     wait_until_answering(port, "schoolgate.lan", 120, proc)
-    # Every worker must be up (the first answer may come from the first one ready): with
-    # several workers the daemon is a supervising process and its workers.
-    expected = workers + 1 if workers > 1 else 1
+    # Every worker must be up (the first answer may come from the first one ready): the daemon
+    # is a supervising process, its workers and the process that writes their events.
+    expected = workers + 2
     deadline = time.monotonic() + 60
     while len(process_tree(proc.pid)) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
     for _ in range(50):
         wait_until_answering(port, "schoolgate.lan", 60, proc)
     server.startup_s = time.monotonic() - started
-    several = len(process_tree(proc.pid)) > 1
-    server.roles = lambda pid: "supervisor" if pid == proc.pid and several else "workers"
+    from schoolgate.dns.daemon import WRITER_PROCESS_NAME
+
+    def role(pid: int) -> str:
+        if pid == proc.pid:
+            return "supervisor"
+        return "event writer" if process_name(pid) == WRITER_PROCESS_NAME else "workers"
+
+    server.roles = role
     return server
 
 
@@ -475,7 +482,18 @@ def report(runs: list[dict[str, Server]], workers: int, loads: tuple[str, ...] =
         if len(roles) > 1:
             print(f"{'':<14} {'':<11} schoolgate CPU us/q by process: "
                   + ", ".join(f"{role} {_span(v, '.1f')}" for role, v in sorted(roles.items())))
-        summary[load] = {"qps_ratio": qps_ratio, "cpu_ratio": cpu_ratio}
+        # The workers alone (what answers; the writer's work is on another process): their
+        # queries per CPU-second against dnsmasq's, per worker as the issue's goal reads.
+        worker_ratio = [
+            run["dnsmasq"].results[load].cpu_us_per_query
+            / (run["schoolgate"].results[load].cpu_by_role["workers"] / run["schoolgate"].results[load].completed * 1e6)
+            for run in both
+            if run["schoolgate"].results[load].completed and run["schoolgate"].results[load].cpu_by_role.get("workers")
+        ]
+        if worker_ratio:
+            print(f"{'':<14} {'ratio':<11} {'':>24} {_span(worker_ratio, '.2f'):>24}"
+                  "   (schoolgate's workers alone/dnsmasq: queries per CPU-second)")
+        summary[load] = {"qps_ratio": qps_ratio, "cpu_ratio": cpu_ratio, "worker_cpu_ratio": worker_ratio}
     print()
     for name in names:
         servers = [run[name] for run in runs if name in run]

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from schoolgate.config import AppConfig
@@ -468,6 +468,28 @@ class Supervisor:
             self.sending.close()
             self.sending = None
 
+    def _loss_of(self, index: int, pid: int) -> str:
+        """What a worker that died may have lost, from its last status row (the events it had
+        not handed over, and the allowed traffic it held folded), as the appliance's supervisor
+        says it of a daemon."""
+        from schoolgate.runner import RateTracker, estimate_loss
+        from schoolgate.store.db import make_engine, session_factory
+        from schoolgate.store.events import read_status
+
+        name = status_name(replace(self.options, worker_index=index, events_socket=None, preloaded=None))
+        engine = make_engine(self.options.database_url or self.options.config.database_url)
+        try:
+            with session_factory(engine)() as session:
+                row = read_status(session, self.options.config.site.id).get(name)
+        except Exception as err:  # the database may be what broke
+            return f"; its counters are unreadable: {err}"
+        finally:
+            engine.dispose()
+        if row is None or row["pid"] != pid:
+            return "; it had not reported its counters yet"
+        lost, detail = estimate_loss([{"name": name, **row}], RateTracker())
+        return f"; up to {lost} events may be lost ({detail})"
+
     def preload(self) -> None:
         """Compile the policy (and import what workers use) once, before forking.
 
@@ -526,8 +548,10 @@ class Supervisor:
             if self.stopping:
                 self._release_writer()
                 continue
-            what = "event writer" if index == self.WRITER else "worker"
-            log.error("DNS %s %d exited with %d", what, pid, code)
+            if index == self.WRITER:
+                log.error("DNS event writer %d exited with %d", pid, code)
+            else:
+                log.error("DNS worker %d exited with %d%s", pid, code, self._loss_of(index, pid))
             if time.monotonic() - started < 5.0:
                 self.quick_deaths += 1
                 if self.quick_deaths >= self.MAX_QUICK_DEATHS:

@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -182,7 +182,7 @@ class EventWriter:
 
     submit_compact = submit  # the name the DNS events stage looks for (see its EventSink)
 
-    def submit_many(self, records: list[EventRecord | CompactEvent]) -> int:
+    def submit_many(self, records: Sequence[EventRecord | CompactEvent]) -> int:
         """Queue a batch under one lock (what another process handed over); returns how many
         were queued, the rest dropped and counted as ``overflow`` (or ``late`` after stop)."""
         with self._lock:
