@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from schoolgate.policy.catalogue import CATALOGUE, HARMFUL_CATEGORIES
 from schoolgate.policy.timeline import DayKind
 from schoolgate.policy.types import Client, Decision, ExceptionScope, Role, Target
 from schoolgate.services.actor import Actor
@@ -34,18 +35,11 @@ from schoolgate.store.models import ConsoleUser, LessonUnlock, Person, PolicyExc
 if TYPE_CHECKING:
     from schoolgate.policy import CompiledPolicy as Policy
 
+#: The locked categories (illegal, circumvention): no one opens them.
+ALWAYS_REFUSED = frozenset(c.id for c in CATALOGUE if c.locked)
 #: Categories a teacher never opens, whatever the settings: they need the headteacher.
-ALWAYS_REFUSED = frozenset({"illegal", "circumvention"})
+HARMFUL = frozenset(HARMFUL_CATEGORIES)
 DEFAULT_REFUSED = frozenset({"social_media", "dating"})
-
-
-def _harmful() -> frozenset[str]:
-    try:
-        from schoolgate.policy.catalogue import HARMFUL_CATEGORIES
-    except ImportError:  # a policy package without the catalogue: the UKSIC list by name
-        return frozenset({"pornography", "gambling", "drugs", "extremism", "hate", "malware", "misinformation",
-                          "piracy", "self_harm", "violence"})
-    return frozenset(HARMFUL_CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -65,7 +59,7 @@ class UnlockSettings:
 
     @property
     def never(self) -> frozenset[str]:
-        return ALWAYS_REFUSED | _harmful() | self.refused_categories
+        return ALWAYS_REFUSED | HARMFUL | self.refused_categories
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,7 +228,10 @@ def _audit_notices(session: Session, *, site: str, site_name: str, base_url: str
 
     found: list[Notice] = []
     for item in audit_notices.untold(session, site):
-        recipients = holders(session, site, item.permission)
+        if item.addresses:
+            recipients = sorted({a for a in map(usable_address, item.addresses) if a})
+        else:
+            recipients = holders(session, site, item.permission)
         if recipients:
             rendered = render("audit_notice", f"{item.subject} at {site_name}", zone=zone, notice=item,
                               base_url=base_url, link=link, site_name=site_name)

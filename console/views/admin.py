@@ -17,6 +17,7 @@ from schoolgate.console import accounts, duties, sessions, web
 from schoolgate.console.accounts import AccountError
 from schoolgate.console.csvout import csv_response, wants_csv
 from schoolgate.console.reauth import ReauthFailed, sign, throttle
+from schoolgate.services import notices
 from schoolgate.services.permissions import GUARDED_ROLES, ROLES, ConsoleRole, parse_roles
 from schoolgate.services.permissions import Permission as Perm
 from schoolgate.store.models import ConsoleUser
@@ -128,6 +129,14 @@ def _contact_change(user: ConsoleUser, email: str | None) -> dict[str, Any]:
     return {"email_before": user.email, "email": email} if email != user.email else {}
 
 
+def _tell_of_address_change(user: ConsoleUser, contact: dict[str, Any]) -> None:
+    """A changed address is its own audit entry, which the notifications job mails to the old and
+    the new address (schoolgate.services.notices)."""
+    if "email_before" in contact:
+        _audit(notices.ADDRESS_CHANGED, user, {"username": user.username, "email_before": contact["email_before"],
+                                              "email": contact["email"]})
+
+
 def _end_sessions(user: ConsoleUser, reason: str) -> int:
     keep = web.session_token() if user.id == _me().id else None
     return sessions.end_all(web.db(), user.id, now=web.now(), reason=reason, keep=keep)
@@ -167,6 +176,7 @@ def edit(user_id: int) -> Any:
             ended = _end_sessions(user, sessions.ROLES_CHANGED if active else sessions.DISABLED)
         _audit("user.update", user, {"roles_before": before, "roles": sorted(user.role_names), "active": active,
                                      "receives_digest": user.receives_digest, "sessions_ended": ended, **contact})
+        _tell_of_address_change(user, contact)
     except (AccountError, ValueError) as err:
         web.db().rollback()
         return _edit_page(_load(user_id), str(err), 403 if isinstance(err, duties.DutyRefused) else 400)
@@ -222,6 +232,7 @@ def guarded_roles(user_id: int) -> Any:
     ended = _end_sessions(user, sessions.ROLES_CHANGED) if before != sorted(user.role_names) else 0
     _audit("user.guarded_roles", user, {"roles_before": before, "roles": sorted(user.role_names),
                                         "signature": signature, "sessions_ended": ended, **contact})
+    _tell_of_address_change(user, contact)
     web.db().commit()
     flash(f"{user.username}'s roles are now: {', '.join(sorted(user.role_names))}.")
     return redirect(url_for("admin.edit", user_id=user.id))

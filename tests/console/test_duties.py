@@ -278,3 +278,28 @@ def test_the_headteacher_sets_the_dsls_address_confirming_it_is_her(console: Con
         assert user is not None and (user.email, user.receives_digest) == ("new.dsl@school.example", True)
         entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "user.guarded_roles")).one()
         assert '"email":"new.dsl@school.example"' in entry.detail and '"email_before":null' in entry.detail
+
+
+def test_a_changed_address_is_told_to_the_old_address_and_the_new(console: Console) -> None:
+    """An admin may change a technician's address, but an address changed to read someone's
+    mail must not pass unseen: the old address hears of it (the e-mail itself is sent by the
+    notifications job: tests/scheduler/test_notices.py)."""
+    technician = console.accounts["technician"].id
+    with console.session() as session:
+        user = session.get(ConsoleUser, technician)
+        assert user is not None
+        user.email = "tech@school.example"
+        session.commit()
+    admin = console.login("admin")
+    form = {"display_name": "Tech", "email": "tech.new@school.example", "roles": ["technician"], "active": "1"}
+    assert post_form(admin, f"/users/{technician}", f"/users/{technician}", form).status_code == 302
+    unchanged = {**form, "display_name": "Tech Person"}  # saving again without a new address tells no one
+    assert post_form(admin, f"/users/{technician}", f"/users/{technician}", unchanged).status_code == 302
+    with console.session() as session:
+        from schoolgate.services import notices
+
+        told = [n for n in notices.untold(session, SITE) if n.kind == notices.ADDRESS_CHANGED]
+    assert len(told) == 1
+    assert told[0].addresses == ("tech@school.example", "tech.new@school.example")
+    assert "admin changed the e-mail address of the schoolgate console account" in told[0].text
+    assert "from tech@school.example to tech.new@school.example" in told[0].text

@@ -85,3 +85,25 @@ def test_a_notice_that_could_not_be_sent_is_sent_on_the_next_run(
     assert failed.sent == 0 and failed.mail_error == "connection refused"
     retried = jobs.notifications_job(config, factory, NOW + timedelta(seconds=30), mailer=SmtpMailer(config.mail))
     assert retried.sent == 1 and len(inbox.received) == 1  # type: ignore[attr-defined]
+
+
+def test_a_changed_address_is_mailed_to_the_old_address_and_the_new(
+    mail_server: tuple[object, int], make_config: Callable[..., AppConfig], factory: sessionmaker[Session]
+) -> None:
+    from schoolgate.console.accounts import audit_user
+
+    inbox, port = mail_server
+    config = make_config(port)
+    with factory() as session:
+        _people(session, config.site.id)
+        user = session.query(ConsoleUser).filter_by(username="tech").one()
+        user.email = "tech.new@school.example"
+        audit_user(session, site=config.site.id, actor="admin", action=notices.ADDRESS_CHANGED, user=user,
+                   detail={"username": "tech", "email_before": "tech@school.example", "email": user.email}, now=NOW)
+        session.commit()
+    sent = jobs.notifications_job(config, factory, NOW + timedelta(seconds=30), mailer=SmtpMailer(config.mail))
+    assert sent.sent == 1 and sent.mail_error is None
+    ((recipients, message),) = inbox.received  # type: ignore[attr-defined]
+    assert recipients == ["tech.new@school.example", "tech@school.example"]  # not the headteacher
+    assert "e-mail address was changed" in message["Subject"]
+    assert "from tech@school.example to tech.new@school.example" in message.get_body(("plain",)).get_content()
