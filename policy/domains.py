@@ -77,8 +77,25 @@ def _class_bits(index: ListIndex) -> tuple[tuple[int, int, int, int], ...]:
 
 
 _Probe = tuple[
-    dict[int, int] | None, memoryview, memoryview, memoryview, int, tuple[tuple[int, int, int, int], ...]
+    dict[int, int] | None,
+    memoryview,
+    memoryview,
+    memoryview,
+    int,
+    tuple[tuple[int, int, int, int], ...],
+    ListStore | None,
 ]
+
+
+def _has_url_host(store: ListStore, keys: Sequence[int]) -> bool:
+    """Whether `store` holds `host/path` entries for one of these keys. Asked for every new
+    host, so each key is checked against the store's small filter before a bisect."""
+    shift, bitmap = store.url_host_filter()
+    for key in keys:
+        top = key >> shift
+        if bitmap[top >> 3] >> (top & 7) & 1 and store.has_url_host(key):
+            return True
+    return False
 
 
 class ListSet:
@@ -95,7 +112,8 @@ class ListSet:
             store = index.store
             table, keys, classes, shift = store.arrays()
             by_seed.setdefault(store.seed, []).append(
-                (store.small_table(), table, keys, classes, shift, _class_bits(index))
+                (store.small_table(), table, keys, classes, shift, _class_bits(index),
+                 store if store.url_count else None)
             )
         self._groups = tuple((seed, tuple(probes)) for seed, probes in by_seed.items())
         self._indexes = tuple(indexes)
@@ -104,14 +122,27 @@ class ListSet:
         self.address_count = sum(i.store.address_count for i in indexes)
 
     def lookup(self, names: Sequence[str]) -> tuple[int, int, str | None]:
-        """For a host's suffixes (longest first): (list bits, category bits, first match).
+        """For a host's suffixes (longest first): (list bits, category bits, first match)."""
+        found_lists, found_categories, first, _ = self.probe(names)
+        return found_lists, found_categories, first
+
+    def has_urls(self, names: Sequence[str]) -> bool:
+        """Whether any list holds `host/path` entries for one of these names (a host's
+        suffixes, longest first; a top-level domain alone is never such a host)."""
+        return self.probe(names)[3]
+
+    def probe(self, names: Sequence[str]) -> tuple[int, int, str | None, bool]:
+        """For a host's suffixes (longest first): (list bits, category bits, first match,
+        whether a list holds `host/path` entries under one of them).
 
         A suffix entry covers the host and all its subdomains; an exact entry only the host
         itself (the first element of `names`). This is the hot path of a decision for a name
         the engine has not seen, so each store's probe is written out here: a dict probe for
-        the small local store, a bisect within one bucket for a mapped version.
+        the small local store, a bisect within one bucket for a mapped version; the keys
+        hashed for it answer the URL question too.
         """
         found_lists = found_categories = 0
+        url_entries = False
         first = len(names)
         if len(names) > 1:
             # A top-level domain alone ("com", "uk") is never a list entry: an entry that would
@@ -119,7 +150,9 @@ class ListSet:
             names = names[:-1]
         for seed, probes in self._groups:
             keys = [xxh3_64_intdigest(name.encode("utf-8", "replace"), seed) for name in names]
-            for small, table, sorted_keys, key_classes, shift, classes in probes:
+            for small, table, sorted_keys, key_classes, shift, classes, url_store in probes:
+                if url_store is not None and not url_entries:
+                    url_entries = _has_url_host(url_store, keys)
                 for position, key in enumerate(keys):
                     if small is not None:
                         klass = small.get(key, -1)
@@ -140,7 +173,7 @@ class ListSet:
                         found_lists |= lists
                         found_categories |= categories
                         first = min(first, position)
-        return found_lists, found_categories, names[first] if first < len(names) else None
+        return found_lists, found_categories, names[first] if first < len(names) else None, url_entries
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:
         """(list bits, category bits) of `host/path` entries covering the host and path."""
@@ -155,25 +188,6 @@ class ListSet:
                 found_categories |= categories
                 found_lists |= lists
         return found_lists, found_categories
-
-    def has_urls(self, names: Sequence[str]) -> bool:
-        """Whether any list holds `host/path` entries for one of these names (a host's
-        suffixes, longest first; a top-level domain alone is never such a host). Asked for
-        every new host, so each name's key is checked against the store's small filter first."""
-        if len(names) > 1:
-            names = names[:-1]
-        for index in self._indexes:
-            store = index.store
-            if not store.url_count:
-                continue
-            shift, bitmap = store.url_host_filter()
-            seed = store.seed
-            for name in names:
-                key = xxh3_64_intdigest(name.encode("utf-8", "replace"), seed)
-                top = key >> shift
-                if bitmap[top >> 3] >> (top & 7) & 1 and store.has_url_host(key):
-                    return True
-        return False
 
     def lookup_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
         """(list bits, category bits) of the listed networks holding `address`."""

@@ -6,8 +6,12 @@ A `CompiledPolicy` is built once per policy version (see compiler.py); the dynam
 costs a few small dictionaries and leaves the compiled lists and caches shared.
 
 Speed comes from remembering: a host's catalogue/list match is cached per host, and a whole
-static `Decision` is remembered per (role, year group, host match, timeline segment), because
-building a frozen dataclass costs more than the rest of a decision. Caches are bounded.
+static `Decision` is remembered per (role, year group, device, kind of match, timeline
+segment), because choosing the rule and building a frozen dataclass cost more than the rest of
+a decision. The kind of match leaves out which listed domain matched: the millions of names of
+a subscription fall into a few kinds (the lists and categories holding them), so a name the
+engine has never seen still finds its decision remembered, and only the domain is named on a
+copy of it. Caches are bounded.
 """
 
 from __future__ import annotations
@@ -259,8 +263,10 @@ class CompiledPolicy:
         # full, so a reader in another thread always sees a consistent dict.
         self._host_cache: dict[str, tuple[int, HostMatch]] = {}
         self._match_numbers = itertools.count(1)
-        self._match_ids: dict[HostMatch, int] = {}
+        self._match_ids: dict[tuple[object, ...], int] = {}
         self._decisions: dict[tuple[object, ...], Decision] = {}
+        # The remembered decisions with a listed domain named, for the names asked again.
+        self._named: dict[tuple[object, ...], Decision] = {}
         self._minutes: dict[int, tuple[int, int, int]] = {}
         self._roles: dict[str, Role] = {}
         # valid_until instants: few distinct ones (the timeline's edges), shared by decisions.
@@ -323,18 +329,18 @@ class CompiledPolicy:
         if address is not None:
             list_bits, list_categories = self.entries.lookup_address(address)
             list_domain = host if list_bits else None
+            url_entries = False
         else:
-            list_bits, list_categories, list_domain = self.entries.lookup(names)
+            # A list's host/path entries for this host: the proxy must see its URLs to apply them.
+            list_bits, list_categories, list_domain, url_entries = self.entries.probe(names)
         builtin_bits = self._canaries.get(host, 0)
         builtin_domain = host if builtin_bits else None
-        if self._support_domains:
+        if self._support_domains and not self._support_domains.isdisjoint(names):
             for name in names:
                 if name in self._support_domains:
                     builtin_bits |= self._support_bits
                     builtin_domain = builtin_domain or name
                     break
-        # A list's host/path entries for this host: the proxy must see its URLs to apply them.
-        url_entries = bool(self.entries.url_count) and address is None and self.entries.has_urls(names)
         if service < 0 and not list_bits and not builtin_bits and not url_entries:
             entry: tuple[int, HostMatch] = (0, NO_MATCH)
         else:
@@ -351,22 +357,29 @@ class CompiledPolicy:
                 service, service_domain, list_bits, list_domain, categories, safe_search_host, builtin_domain,
                 url_entries,
             )
-            entry = (self.number_for(hm), hm)
+            kind = (service, service_domain, list_bits, categories, safe_search_host, builtin_domain, url_entries)
+            entry = (self._number(kind), hm)
         if len(self._host_cache) >= _HOST_CACHE_LIMIT:
             self._host_cache = {}
         self._host_cache[host] = entry
         return entry
 
     def number_for(self, hm: HostMatch) -> int:
-        """Decisions are remembered under a small integer per distinct match, so that all of
-        facebook.com's subdomains share one. Numbers are never reused: a decision computed
-        just before a cache reset can never be filed under another match."""
-        number = self._match_ids.get(hm)
+        """Decisions are remembered under a small integer per kind of match: the match but
+        for the listed domain, so that all of facebook.com's subdomains share one, and so do
+        all the names a subscription files under the same lists and categories. Numbers are
+        never reused: a decision computed just before a cache reset can never be filed under
+        another kind."""
+        return self._number(hm[:3] + hm[4:])
+
+    def _number(self, kind: tuple[object, ...]) -> int:
+        """`kind`: a HostMatch's fields but the listed domain, as `number_for` cuts them."""
+        number = self._match_ids.get(kind)
         if number is None:
             number = next(self._match_numbers)
             if len(self._match_ids) >= _HOST_CACHE_LIMIT:
                 self._match_ids = {}
-            self._match_ids[hm] = number
+            self._match_ids[kind] = number
         return number
 
     def match_url(self, host: str, hm: HostMatch, url: str) -> HostMatch:
@@ -428,7 +441,17 @@ class CompiledPolicy:
             if len(self._decisions) >= _DECISION_CACHE_LIMIT:
                 self._decisions = {}
             self._decisions[key] = decision
-        return decision
+        listed = hm.list_domain
+        if listed is None or hm.service >= 0 or decision.matched == listed:
+            return decision  # a catalogue service's decision names its own domain
+        named_key = (key, listed)
+        named = self._named.get(named_key)
+        if named is None:
+            named = decision.about(listed)
+            if len(self._named) >= _DECISION_CACHE_LIMIT:
+                self._named = {}
+            self._named[named_key] = named
+        return named
 
     def _evaluate(
         self, role: Role, year_group: int | None, hm: HostMatch, *, device: str, utc_day: int, index: int, active: int

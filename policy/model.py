@@ -159,8 +159,9 @@ class Rule:
 
 
 class HostMatch(NamedTuple):
-    """What a host is, as far as the policy's catalogue and lists know. Hashable: it is part
-    of the key under which decisions are remembered."""
+    """What a host is, as far as the policy's catalogue and lists know. Its fields but the
+    listed domain are the kind of match under which the engine remembers decisions
+    (CompiledPolicy.number_for)."""
 
     service: int  # -1: no catalogue service
     service_domain: str | None

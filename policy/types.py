@@ -6,7 +6,7 @@ so the DNS daemon, the proxy and the console can all hand them around freely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 
@@ -163,3 +163,18 @@ class Decision:
     @property
     def blocked(self) -> bool:
         return self.verdict is Verdict.BLOCK
+
+    def about(self, matched: str) -> Decision:
+        """The same decision, for another listed domain of the same match (the engine
+        remembers one decision per kind of match and names the domain afterwards). Copied
+        slot by slot: `dataclasses.replace` would rebuild and revalidate every field."""
+        copied = _new_decision(Decision)
+        for name in _DECISION_SLOTS:
+            _set_slot(copied, name, getattr(self, name))
+        _set_slot(copied, "matched", matched)
+        return copied
+
+
+_DECISION_SLOTS = tuple(f.name for f in fields(Decision) if f.name != "matched")
+_new_decision = object.__new__
+_set_slot = object.__setattr__  # a frozen value is filled in once, before anyone sees it

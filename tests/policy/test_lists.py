@@ -3,6 +3,7 @@ the shipped catalogue compared with AdGuard's blocked-services lists."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from schoolgate.policy import Client, Role, Target, Verdict, decide
+from schoolgate.policy import Client, Decision, Role, Target, Verdict, decide
 from schoolgate.policy.domains import ListIndex, ListSet, suffixes
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.lists import (
@@ -485,3 +486,102 @@ def test_a_store_with_several_sources_and_exact_hosts() -> None:
     assert lists.lookup(suffixes("exact.example")) == (0b1000, 0b100, "exact.example")
     assert lists.lookup(suffixes("sub.exact.example")) == (0, 0, None)
     assert lists.lookup(suffixes("unused.example")) == (0, 0, None)
+
+
+# -- remembered decisions: one per kind of match, the listed domain named afterwards ---------
+
+KINDS_POLICY = """
+    [school]
+    id = "t"
+    name = "T"
+    timezone = "Europe/London"
+    block_ipv4 = "10.0.0.1"
+    [calendar]
+    terms = [{ start = 2026-09-03, end = 2026-12-18 }]
+    [lists.games]
+    file = "games.txt"
+    format = "plain"
+    [lists.ads]
+    file = "ads.txt"
+    format = "adblock"
+    [[rules]]
+    id = "games"
+    clause = "Acceptable Use §2"
+    reason = "pupils may not play games at school"
+    lists = ["games"]
+    roles = ["pupil"]
+    action = "block"
+    [[rules]]
+    id = "ads"
+    clause = "Acceptable Use §5"
+    reason = "advertising is blocked"
+    lists = ["ads"]
+    action = "block"
+"""
+GAMES = [f"game{i}.example" for i in range(300)]
+ADS = [f"ads{i}.example.net" for i in range(300)]
+EXACT_ADS = [f"pixel{i}.example.org" for i in range(50)]
+
+
+@pytest.fixture
+def kinds_policy(write_policy: Callable[..., Path]) -> Path:
+    return write_policy(
+        KINDS_POLICY,
+        files={
+            "games.txt": "\n".join(GAMES) + "\n",
+            "ads.txt": "".join(f"||{n}^\n" for n in ADS) + "".join(f"|{n}^\n" for n in EXACT_ADS),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "host_of", "listed", "verdict", "rule"),
+    [
+        (Role.PUPIL, "{}", GAMES, Verdict.BLOCK, "games"),
+        (Role.PUPIL, "www.{}", GAMES, Verdict.BLOCK, "games"),
+        (Role.STAFF, "cdn.{}", GAMES, Verdict.ALLOW, "default"),
+        (Role.STAFF, "{}", ADS, Verdict.BLOCK, "ads"),
+        (Role.PUPIL, "a.b.{}", ADS, Verdict.BLOCK, "ads"),
+        (Role.GUEST, "{}", EXACT_ADS, Verdict.BLOCK, "ads"),
+    ],
+)
+def test_listed_names_of_one_kind_share_one_remembered_decision(
+    kinds_policy: Path, role: Role, host_of: str, listed: list[str], verdict: Verdict, rule: str
+) -> None:
+    """Hundreds of distinct listed names (a subscription has millions) are remembered as one
+    decision per kind of match, and each answer still names its own listed domain: the same
+    decision as a policy with nothing remembered would give."""
+    policy = load_policy(kinds_policy)
+    now = datetime(2026, 11, 23, 11, tzinfo=UTC)
+    client = Client(ip="10.0.0.9", role=role)
+    answers = [decide(policy, client, Target(host_of.format(name)), now) for name in listed]
+    assert [a.matched for a in answers] == listed
+    assert {(a.verdict, a.rule_id, a.list_id) for a in answers} == {(verdict, rule, answers[0].list_id)}
+    assert len(policy._decisions) == 1
+    for name, answer in list(zip(listed, answers, strict=True))[::37]:
+        assert decide(load_policy(kinds_policy), client, Target(host_of.format(name)), now) == answer
+        assert decide(policy, client, Target(host_of.format(name)), now) is answer  # asked again: remembered
+
+
+def test_a_listed_name_under_an_exact_entry_only_is_not_blocked(kinds_policy: Path) -> None:
+    """An exact entry's kind must not lend its decision to the name's subdomains."""
+    policy = load_policy(kinds_policy)
+    now = datetime(2026, 11, 23, 11, tzinfo=UTC)
+    client = Client(ip="10.0.0.9", role=Role.STAFF)
+    assert decide(policy, client, Target(EXACT_ADS[0]), now).verdict is Verdict.BLOCK
+    sub = decide(policy, client, Target("www." + EXACT_ADS[1]), now)
+    assert (sub.verdict, sub.matched, sub.list_id) == (Verdict.ALLOW, None, None)
+
+
+def test_a_decision_about_another_domain_copies_every_field() -> None:
+    """`Decision.about` copies slot by slot: a field added later must be copied too."""
+    values: dict[str, object] = {
+        "verdict": Verdict.SAFE_SEARCH, "rule_id": "r", "clause": "c", "reason": "why", "role": Role.GUEST,
+        "service": "s", "service_name": "S", "category": "gambling", "matched": "a.example", "locked": True,
+        "exception_id": 7, "rewrite_to": "safe.example", "valid_until": datetime(2026, 11, 23, 12, tzinfo=UTC),
+        "flags": frozenset({"x"}), "list_id": "ads", "url_scoped": True, "own_role": Role.PUPIL,
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(Decision)}
+    original = Decision(**values)  # type: ignore[arg-type]
+    assert original.about("b.example") == dataclasses.replace(original, matched="b.example")
+    assert original.matched == "a.example"
