@@ -47,12 +47,12 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
-from mitmproxy.proxy.layers.tls import parse_client_hello
 
 from schoolgate.policy.types import Client, Decision, Role, Target
 from schoolgate.proxy import blockpage
 from schoolgate.proxy.addresses import AddressBook
 from schoolgate.proxy.catrust import CaTrustObserver
+from schoolgate.proxy.hello import parse_client_hello
 from schoolgate.proxy.judge import (
     FLAG_FRONTING,
     FLAG_NO_SNI,

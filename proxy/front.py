@@ -38,7 +38,7 @@ from mitmproxy import connection
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.platform import original_addr
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy.proxy.layers.tls import get_client_hello
 
 from schoolgate.proxy.addons import EarlyHello, Pipeline
 
@@ -284,8 +284,8 @@ class FrontDoor:
                         if len(data) >= 3 or data[:1] != b"\x16":
                             break
                         continue
-                    try:
-                        if parse_client_hello(data) is not None:
+                    try:  # all in? (the pipeline parses it)
+                        if get_client_hello(data) is not None:
                             break
                     except ValueError:
                         break

@@ -334,6 +334,24 @@ def main(argv: list[str] | None = None) -> int:
             ("passed through (spliced): squid", f"{per_connection[('squid', 'passed')]:8.0f}"),
             ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'passed'):8.2f}"),
         ])
+        report("Connections per CPU-second of the proxy process (higher is leaner)", [
+            (f"{kind}: schoolgate / squid",
+             f"{1e6 / per_connection[('schoolgate', kind)]:8.0f} / {1e6 / per_connection[('squid', kind)]:.0f}"
+             if per_connection[("schoolgate", kind)] and per_connection[("squid", kind)] else "n/a")
+            for kind in ("killed", "passed")
+        ])
+        added = statistics.median(via_proxy) - statistics.median(direct)
+        added_squid = statistics.median(via_squid) - statistics.median(direct)
+        print("\nThe issue's table (this run; goals: rate ratio >= 1.0, CPU <= 2x Squid's, added setup <= 1 ms)")
+        print("  | | schoolgate | Squid | rate ratio | CPU ratio |")
+        print("  |---|---|---|---|---|")
+        for kind, label in (("killed", "Proxy, TLS connections killed at the SNI"), ("passed", "Proxy, passthrough")):
+            ours, theirs = totals[("schoolgate", kind)], totals[("squid", kind)]
+            cost, cost_squid = per_connection[("schoolgate", kind)], per_connection[("squid", kind)]
+            print(f"  | {label} | {ours.per_second:,.0f}/s, {cost:,.0f} µs CPU each "
+                  f"| {theirs.per_second:,.0f}/s, {cost_squid:,.0f} µs | {_ratio(ours, theirs):.2f} "
+                  f"| {cost / cost_squid if cost_squid else float('nan'):.2f}x |")
+        print(f"  | Proxy, setup latency added (median) | {added:.2f} ms | {added_squid:.2f} ms | | |")
         report(f"Connection setup, TCP + TLS handshake (ms, {len(direct)} sequential)", [
             ("direct (unwatched site, kernel-forwarded)", _dist(direct)),
             ("through schoolgate proxy (passthrough)", _dist(via_proxy)),
