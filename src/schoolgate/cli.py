@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command. `parser`: one built earlier by build_parser (the supervisor builds it once
+    before forking its daemons, so that none of them builds every area's commands again)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "func", None)
     if handler is None:

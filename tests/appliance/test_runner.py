@@ -251,3 +251,37 @@ def test_the_status_written_before_the_log_line_that_reports_an_exit_or_restart(
     assert at_end["unclean_exits"] == 1 and "status 3" in str(at_end["last_exit"])
     assert restarted.startswith("restarted dns")
     assert at_restart["restarts"] == 1
+
+
+# The supervisor's preload, as `schoolgate run` does it, then one daemon forked from it: the
+# child must run on what the supervisor built (its copy-on-write pages stay shared), not build
+# the command line again. Run in a process of its own: the preload imports every daemon's modules.
+PRELOAD_THEN_FORK = """
+import sys
+from schoolgate import cli
+from schoolgate.runner import Preloaded
+
+preloaded = Preloaded()
+preloaded.load()
+from schoolgate.store.models import Base
+
+unconfigured = [m.class_.__name__ for m in Base.registry.mappers if not m.configured]
+if unconfigured:
+    sys.exit(f"mappers left for each daemon to configure after the fork: {unconfigured}")
+
+def build_again():
+    raise SystemExit("the forked daemon built the whole command line again")
+
+cli.build_parser = build_again
+daemon = preloaded.spawn("probe", ["policy", "check", sys.argv[1]])
+sys.exit(daemon.wait(120))
+"""
+
+
+def test_a_forked_daemon_runs_on_the_parser_and_mappers_the_supervisor_built(repo_root: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", PRELOAD_THEN_FORK, str(repo_root / "deploy" / "policy.example.toml")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "policy.example.toml: OK." in done.stdout, done.stdout + done.stderr
