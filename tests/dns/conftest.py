@@ -115,10 +115,11 @@ class Daemon:
         self.extra_listen = extra_listen
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "daemon.log"
+        self.command = [str(SCHOOLGATE)]  # what runs `schoolgate dns ...`
 
     def start(self) -> Daemon:
         args = [
-            str(SCHOOLGATE),
+            *self.command,
             "dns",
             "--config",
             str(self.workdir / "schoolgate.toml"),
