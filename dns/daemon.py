@@ -141,7 +141,7 @@ class Worker:
         self.engine = make_engine(options.database_url or config.database_url)
         sessions = sessionmaker(self.engine)
         # The neighbour table is read in the watcher thread, never on the event loop: a netlink
-        # dump takes milliseconds and pyroute2 cannot run inside a running asyncio loop.
+        # dump takes milliseconds.
         self.neighbours = NeighbourTable(min_refresh=float("inf"))
         self.neighbours.refresh()
         self._neighbours_at = time.monotonic()
@@ -512,8 +512,6 @@ class Supervisor:
 
         if self.options.config.dns.nftables:
             import schoolgate.gateway.nft  # noqa: F401
-        with contextlib.suppress(ImportError):
-            import pyroute2  # noqa: F401  (the neighbour table imports it on first use)
 
         live = LivePolicy.from_config(self.options.config)
         live.load()

@@ -122,9 +122,6 @@ class Preloaded:
         "mitmproxy.addons.next_layer", "mitmproxy.addons.block", "mitmproxy.addons.core",
         "gunicorn.app.base", "gunicorn.arbiter", "gunicorn.workers.gthread",
         "apscheduler.schedulers.background", "apscheduler.triggers.cron", "apscheduler.triggers.interval",
-        # The neighbour table (DNS, proxy, identity): imported on first use it was most of a
-        # restarted DNS daemon's time before its first answer.
-        "pyroute2",
     )
 
     def __init__(self, before_fork_child: Callable[[], None] | None = None) -> None:
