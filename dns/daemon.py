@@ -356,6 +356,9 @@ def run_event_writer(options: DnsOptions, reading: socket.socket) -> int:
 
     config = options.config
     stop_by: list[float] = []
+    # The supervisor's heap (the compiled policy above all) is never this process's: keep the
+    # collector from walking it (and so copying its pages) as the rows come and go.
+    gc.freeze()
 
     def asked_to_stop(signum: int, frame: Any) -> None:
         if not stop_by:
