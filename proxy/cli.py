@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     proxy.add_argument("action", nargs="?", choices=("run", "stats"), default="run")
     proxy.add_argument("--config", required=True, help="the appliance configuration (schoolgate.toml)")
     proxy.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    proxy.add_argument("--workers", type=int, default=None, help="workers sharing the port (default: proxy.workers)")
+    proxy.add_argument("--worker", type=int, default=1, help="which of them this is (1..workers)")
     proxy.set_defaults(func=_proxy)
 
     ca = sub.add_parser("ca", help="create, export and inspect the school's certificate authority")
@@ -82,8 +84,13 @@ def _proxy(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    workers = args.workers if args.workers is not None else config.proxy.workers
+    if workers < 1 or not 1 <= args.worker <= workers:
+        print(f"schoolgate proxy: --worker {args.worker} of --workers {workers}: need 1 <= worker <= workers",
+              file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(daemon.run(config))
+        return asyncio.run(daemon.run(config, worker=args.worker, workers=workers))
     except (CAError, ConfigError, ValueError) as err:
         print(f"schoolgate proxy: {err}", file=sys.stderr)
         return 2
@@ -92,16 +99,20 @@ def _proxy(args: argparse.Namespace) -> int:
 def _stats(config: Any) -> int:
     from schoolgate.proxy.daemon import stats_path_of
 
-    path = stats_path_of(config)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        print(f"schoolgate proxy stats: {path} not found (is the proxy running?)", file=sys.stderr)
-        return 1
-    except ValueError as err:
-        print(f"schoolgate proxy stats: {path}: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(data, indent=2, sort_keys=True))
+    workers = max(1, config.proxy.workers)
+    found: dict[str, Any] = {}
+    for worker in range(1, workers + 1):
+        path = stats_path_of(config, worker, workers)
+        try:
+            found[str(worker)] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            print(f"schoolgate proxy stats: {path} not found (is the proxy running?)", file=sys.stderr)
+            return 1
+        except ValueError as err:
+            print(f"schoolgate proxy stats: {path}: {err}", file=sys.stderr)
+            return 1
+    # One worker: its stats as they were; several: each worker's, by number.
+    print(json.dumps(found["1"] if workers == 1 else found, indent=2, sort_keys=True))
     return 0
 
 

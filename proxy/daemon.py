@@ -46,8 +46,15 @@ def ca_dir_of(config: AppConfig) -> Path:
     return Path(config.proxy.ca_dir) if config.proxy.ca_dir else config.data_dir / "ca"
 
 
-def stats_path_of(config: AppConfig) -> Path:
-    return Path(config.proxy.stats_file) if config.proxy.stats_file else config.data_dir / STATS_FILE
+def stats_path_of(config: AppConfig, worker: int = 1, workers: int = 1) -> Path:
+    """The proxy's stats file; with several workers, one each (`proxy-stats.2.json`)."""
+    path = Path(config.proxy.stats_file) if config.proxy.stats_file else config.data_dir / STATS_FILE
+    return path if workers <= 1 else path.with_name(f"{path.stem}.{worker}{path.suffix}")
+
+
+def status_name_of(worker: int, workers: int) -> str:
+    """The daemon_status row: "proxy", or "proxy.1", "proxy.2"... for several workers."""
+    return "proxy" if workers <= 1 else f"proxy.{worker}"
 
 
 def upset_key_path_of(config: AppConfig) -> Path:
@@ -104,8 +111,16 @@ def quiet_mitmproxy_logging(master: Any) -> None:
         logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
 
 
-async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> int:
-    """Run the proxy until SIGTERM/SIGINT. Returns the exit status."""
+async def run(
+    config: AppConfig, *, ready: Callable[[], None] | None = None, worker: int = 1, workers: int = 1
+) -> int:
+    """Run the proxy (one of `workers`, sharing the port) until SIGTERM/SIGINT. Returns the exit status.
+
+    Several workers share the transparent listener with SO_REUSEPORT: the kernel spreads new
+    connections over the workers' sockets, and a worker that dies leaves the group at once, so
+    its share goes to the others until the supervisor has restarted it. (The nftables `numgen`
+    map would send each worker its share by port whether it is alive or not, and needs the
+    ruleset to follow the worker count.)"""
     from mitmproxy import master as mitm_master
     from mitmproxy import options as mitm_options
     from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
@@ -156,7 +171,7 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     )
 
     started = clock.now()
-    stats_path = stats_path_of(config)
+    stats_path = stats_path_of(config, worker, workers)
     stats_path.parent.mkdir(parents=True, exist_ok=True)
 
     services: Services | None = None
@@ -187,7 +202,11 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
         }
 
     writer = make_event_writer(
-        engine, config, status=StatusTarget(site=site, name="proxy", interval=1.0, started_at=started, extra=snapshot)
+        engine,
+        config,
+        status=StatusTarget(
+            site=site, name=status_name_of(worker, workers), interval=1.0, started_at=started, extra=snapshot
+        ),
     )
     aggregator = AllowedAggregator(writer, clock=clock.now)
 
@@ -276,7 +295,9 @@ async def run(config: AppConfig, *, ready: Callable[[], None] | None = None) -> 
     # ClientHello; mitmproxy gets only what it must intercept, handed over in-process. Its own
     # listener is on an ephemeral loopback port that nothing is redirected to (a connection
     # there has no original destination, and mitmproxy drops it).
-    front_sockets = listen_sockets(pconf.listen, reuse_port=False) if pconf.mode == "transparent" else []
+    if workers > 1 and pconf.mode != "transparent":
+        raise ValueError("proxy.workers: several workers need proxy.mode = \"transparent\"")
+    front_sockets = listen_sockets(pconf.listen, reuse_port=workers > 1) if pconf.mode == "transparent" else []
     mitm_spec = "transparent@127.0.0.1:0" if front_sockets else spec
     updates: dict[str, Any] = {
         "mode": [mitm_spec],

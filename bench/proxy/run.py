@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         if proxy_pid is None:
             print("the schoolgate proxy is not running in the lab", file=sys.stderr)
             return 1
-        pids = {"schoolgate": proxy_pid, "squid": squid_pid[0]}
+        workers = [int(info["pid"]) for name, info in lab.supervisor_state()["children"].items()
+                   if (name == "proxy" or name.startswith("proxy.")) and info.get("pid")]
+        pids = {"schoolgate": workers or [proxy_pid], "squid": [squid_pid[0]]}
         latency: dict[str, list[float]] = {e: [] for e in engines}
         direct: list[float] = []
         slices = max(1, args.rounds)
@@ -279,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
                 for kind, device, clock in (("killed", pupil, LESSON), ("passed", staff, AFTER_SCHOOL)):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
-                    profiler = _start_profile(args.profile, pids[engine], f"{engine}-{kind}") \
+                    profiler = _start_profile(args.profile, pids[engine][0], f"{engine}-{kind}") \
                         if engine == "schoolgate" else None
-                    cpu_before = cpu_seconds(pids[engine])
+                    cpu_before = sum(cpu_seconds(pid) for pid in pids[engine])
                     rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
                                            cafile=cafile)
-                    cpu[(engine, kind)] += cpu_seconds(pids[engine]) - cpu_before
+                    cpu[(engine, kind)] += sum(cpu_seconds(pid) for pid in pids[engine]) - cpu_before
                     _stop_profile(profiler)
                     total = totals[(engine, kind)]
                     totals[(engine, kind)] = Rate(total.done + rate.done, total.failed + rate.failed,
@@ -326,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             ("  ratio schoolgate/squid", f"{_ratio(sg['passed'], sq['passed']):8.2f}"),
         ])
         per_connection = {key: cpu[key] / max(1, totals[key].done) * 1e6 for key in cpu}
-        report("Proxy CPU time per connection (µs, user + system, all threads)", [
+        report(f"Proxy CPU time per connection (µs, user + system, all threads of its {len(pids['schoolgate'])} "
+               "worker(s))", [
             ("killed at the SNI: schoolgate", f"{per_connection[('schoolgate', 'killed')]:8.0f}"),
             ("killed at the SNI: squid", f"{per_connection[('squid', 'killed')]:8.0f}"),
             ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'killed'):8.2f}"),

@@ -56,6 +56,9 @@ class ProxyConfig:
     nftables: bool = False
     mode: str = "transparent"  # "regular" (an explicit HTTP proxy) for development only
     stats_file: str = ""  # empty: <data_dir>/proxy-stats.json
+    # Processes sharing the listening port (SO_REUSEPORT; transparent mode): the supervisor
+    # runs "proxy" (worker 1), "proxy.2"... each restarted on its own.
+    workers: int = 1
     neighbours: bool = True  # read the kernel's neighbour table for client MACs
     resolvers: list[str] = field(default_factory=list)  # for learning watched addresses; empty: dns.upstreams
     watched_names: list[str] = field(default_factory=list)  # resolved besides the catalogue's domains

@@ -233,6 +233,7 @@ class Child:
     next_start: float | None = None
     died_mono: float | None = None
     last_exit: str = ""
+    status_name: str | None = None  # one worker of several: its own daemon_status row
 
     @property
     def pid(self) -> int | None:
@@ -297,6 +298,34 @@ def _schoolgate(*args: str) -> list[str]:
 
 def child_argv(name: str, config: str) -> list[str]:
     return _schoolgate(*DAEMONS[name], "--config", config)
+
+
+def proxy_workers(config: str) -> int:
+    """`[proxy] workers` (1 if the configuration cannot be read: the proxy reports why)."""
+    from schoolgate.config import load_config
+    from schoolgate.tomlpos import ConfigError
+
+    try:
+        return max(1, load_config(config).proxy.workers)
+    except ConfigError:
+        return 1
+
+
+def children_of(name: str, config: str, workers: int, preloaded: Preloaded | None) -> list[Child]:
+    """The supervised processes of one daemon: the proxy's workers are each a child of their own
+    ("proxy" is worker 1, then "proxy.2"...), so one that dies is restarted alone while the
+    others keep serving the shared port."""
+    if name != "proxy" or workers <= 1:
+        return [Child(name, child_argv(name, config), preloaded=preloaded)]
+    return [
+        Child(
+            "proxy" if index == 1 else f"proxy.{index}",
+            [*child_argv(name, config), "--worker", str(index), "--workers", str(workers)],
+            preloaded=preloaded,
+            status_name=f"proxy.{index}",
+        )
+        for index in range(1, workers + 1)
+    ]
 
 
 def _available_commands() -> set[str]:
@@ -440,7 +469,7 @@ class StatusBoard:
         self._read()
 
     def rows_of(self, child: Child) -> list[dict[str, Any]]:
-        status_name = STATUS_NAMES.get(child.name)
+        status_name = child.status_name or STATUS_NAMES.get(child.name)
         if status_name is None or child.started_wall is None:
             return []
         rows = self._read()
@@ -646,6 +675,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if args.first_run:
         _first_run(config, commands)
+    workers = proxy_workers(config) if "proxy" in present else 1
 
     def say(message: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
@@ -675,7 +705,7 @@ def _run(args: argparse.Namespace) -> int:
         say(f"preloaded the daemons' modules in {time.monotonic() - started:.1f} s"
             + (f" (not available: {', '.join(preloaded.failed)})" if preloaded.failed else ""))
     supervisor = Supervisor(
-        [Child(name, child_argv(name, config), preloaded=preloaded) for name in present],
+        [child for name in present for child in children_of(name, config, workers, preloaded)],
         board=board,
         state_file=Path(args.state_file) if args.state_file else None,
         grace=args.grace,

@@ -285,3 +285,46 @@ def test_a_forked_daemon_runs_on_the_parser_and_mappers_the_supervisor_built(rep
     )
     assert done.returncode == 0, done.stderr
     assert "policy.example.toml: OK." in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "workers", "expected"),
+    [
+        ("proxy", 1, [("proxy", None, [])]),
+        ("dns", 3, [("dns", None, [])]),  # DNS forks its own workers: one child
+        (
+            "proxy",
+            3,
+            [
+                ("proxy", "proxy.1", ["--worker", "1", "--workers", "3"]),
+                ("proxy.2", "proxy.2", ["--worker", "2", "--workers", "3"]),
+                ("proxy.3", "proxy.3", ["--worker", "3", "--workers", "3"]),
+            ],
+        ),
+    ],
+)
+def test_each_proxy_worker_is_a_child_with_its_own_status_row(
+    name: str, workers: int, expected: list[tuple[str, str | None, list[str]]]
+) -> None:
+    from schoolgate.runner import child_argv, children_of
+
+    base = child_argv(name, "/etc/schoolgate.toml")
+    children = children_of(name, "/etc/schoolgate.toml", workers, None)
+    assert [(c.name, c.status_name, c.argv[len(base):]) for c in children] == expected
+    assert all(c.argv[: len(base)] == base for c in children)
+
+
+def test_a_workers_status_rows_are_its_own(tmp_path: Path) -> None:
+    """The supervisor counts a dead worker's possibly lost events from that worker's row only."""
+    from schoolgate.runner import Child, StatusBoard
+
+    board = StatusBoard.__new__(StatusBoard)
+    now = datetime.now().astimezone()
+    rows = {name: {"heartbeat_at": now, "stats": {}} for name in ("proxy.1", "proxy.2", "dns")}
+    board._read = lambda: rows  # type: ignore[method-assign]
+    worker = Child("proxy.2", [], status_name="proxy.2")
+    worker.started_wall = now
+    assert [row["name"] for row in board.rows_of(worker)] == ["proxy.2"]
+    single = Child("proxy", [])
+    single.started_wall = now
+    assert sorted(row["name"] for row in board.rows_of(single)) == ["proxy.1", "proxy.2"]

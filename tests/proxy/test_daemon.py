@@ -139,9 +139,14 @@ def write_config(
 
 
 def start_proxy(
-    config: Path, port: int, netns: str | None = None, host: str = "127.0.0.1", env: dict[str, str] | None = None
+    config: Path,
+    port: int,
+    netns: str | None = None,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    command = [SCHOOLGATE, "proxy", "--config", str(config)]
+    command = [SCHOOLGATE, "proxy", "--config", str(config), *args]
     if netns:
         command = ["ip", "netns", "exec", netns, *command]
     process = subprocess.Popen(command, env={**os.environ, **(env or {})})
@@ -160,10 +165,10 @@ def start_proxy(
     return process
 
 
-def stats(config_dir: Path) -> dict[str, Any]:
+def stats(config_dir: Path, name: str = "proxy-stats.json") -> dict[str, Any]:
     """The proxy's stats file ({} until its first write)."""
     try:
-        data: dict[str, Any] = json.loads((config_dir / "data" / "proxy-stats.json").read_text())
+        data: dict[str, Any] = json.loads((config_dir / "data" / name).read_text())
     except FileNotFoundError:
         return {"counters": {}}
     return data
@@ -507,6 +512,48 @@ def test_transparent_mode_in_namespaces(
         assert all(e.mac for e in events)  # from the gateway's neighbour table
     finally:
         stop(proxy)
+        stop(origin.process)
+
+
+@pytest.mark.root
+def test_two_workers_share_the_port_and_one_serves_while_the_other_is_down(
+    namespaces: tuple[str, dict[str, str]],
+    tmp_path: Path,
+    policy_file: Path,
+    db_path: Path,
+    school_ca: Path,
+) -> None:
+    gw, devices = namespaces
+    origin = start_origin(tmp_path, ["10.251.9.2:443"], [], netns=gw, dns="10.251.0.1:5353")
+    config = write_config(
+        tmp_path, policy=policy_file, db_path=db_path, ca_dir=school_ca, listen="*:8081", mode="transparent",
+        extra='resolvers = ["10.251.0.1:5353"]\nworkers = 2',
+    )
+    workers = [start_proxy(config, 8081, netns=gw, args=("--worker", str(n), "--workers", "2")) for n in (1, 2)]
+    names = ("proxy-stats.1.json", "proxy-stats.2.json")
+    try:
+        for name in names:  # each worker has its front door listening (the port is shared)
+            wait_for(lambda name=name: stats(tmp_path, name).get("front"), what=f"{name}'s front door")
+
+        def fetch() -> str:
+            return curl("--interface", "10.251.0.2", "--cacert", str(origin.ca), "--resolve",
+                        "allowed.test:443:10.251.9.2", "https://allowed.test/", netns=devices["10.251.0.2"]).body
+
+        for _ in range(24):
+            assert fetch() == "origin allowed.test"
+        accepted = [wait_for(lambda name=name: stats(tmp_path, name)["front"]["accepted"], what="a count")
+                    for name in names]
+        # The kernel spreads connections by their addresses and ports: with 24, each worker gets
+        # some unless the hash is very unlucky (p < 1e-6).
+        assert all(accepted), accepted
+        workers[0].kill()
+        workers[0].wait()
+        # Worker 1's socket left the group with it: worker 2 takes every new connection at once.
+        for _ in range(8):
+            assert fetch() == "origin allowed.test"
+    finally:
+        for process in workers:
+            stop(process)
         stop(origin.process)
 
 
