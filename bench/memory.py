@@ -284,10 +284,13 @@ def main(argv: list[str] | None = None) -> int:
                 report("The reference in the same run, idle: dnsmasq (the same local lists) and Squid "
                        "(peek, then terminate or splice)", peers, mappings=args.mappings)
                 by_name = {name: sum(r.pss_kb for r in measure([pid])) / 1024 for name, (pid, _) in references.items()}
-                ours = {r.name: r.pss_kb / 1024 for r in rows}
-                for peer, daemon in (("dnsmasq", "sg-dns"), ("squid", "sg-proxy")):
-                    if peer in by_name and daemon in ours and by_name[peer]:
-                        print(f"  {daemon} / {peer} PSS: {ours[daemon] / by_name[peer]:.1f}x")
+                for peer, daemon in (("dnsmasq", "dns"), ("squid", "proxy")):
+                    # Every process of the daemon (a DNS control process, its workers and its event
+                    # writer; `sg-dns...` when forked, `schoolgate dns` when started on its own).
+                    ours = sum(r.pss_kb for r in rows if daemon in r.name.split("-")[1:] + r.name.split()[1:2]) / 1024
+                    if peer in by_name and ours and by_name[peer]:
+                        print(f"  schoolgate {daemon} (all its processes) {ours:.1f} MB / {peer} "
+                              f"{by_name[peer]:.1f} MB PSS: {ours / by_name[peer]:.1f}x")
         finally:
             for pid, start in references.values():
                 netns.stop_process(pid, start)
