@@ -141,6 +141,7 @@ class Lab:
         daemons: bool = True,
         python: str = sys.executable,
         dns_workers: int = 1,
+        proxy_workers: int = 1,  # several: the lab client's proxy_stats reads worker 1's only
         topology: str | None = None,
     ) -> None:
         self.names = LabNames(prefix)
@@ -149,6 +150,7 @@ class Lab:
         self.with_daemons = daemons
         self.python = python
         self.dns_workers = dns_workers
+        self.proxy_workers = proxy_workers
         self.state = LabState.load(self.state_dir) or LabState(prefix, str(self.state_dir))
         # A lab that is up keeps its topology for `down`, `status` and the device commands.
         self.wiring: Topology = _topology(topology or self.state.topology)
@@ -441,6 +443,7 @@ nftables = true
 
 [proxy]
 listen = "{address}:{PROXY_PORT}"
+workers = {self.proxy_workers}
 ca_dir = {json.dumps(str(self.state_dir / "ca"))}
 nftables = true
 # The lab's websites use the lab's own public CA: what the proxy verifies them with when it

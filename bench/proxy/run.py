@@ -1,6 +1,10 @@
 """The transparent proxy in the lab, against Squid doing the same job in the same run.
 
     sudo .venv/bin/python -P bench/proxy/run.py [--seconds 8] [--concurrency 32]
+        [--proxy-workers 2] [--profile FOLDER]
+
+(`--profile`: py-spy, from PyPI, samples schoolgate's proxy during each load; one collapsed
+stack file per slice. `--proxy-workers`: the CPU per connection is summed over every worker.)
 
 Builds a private lab (namespaces `sgb…`), then measures from the lab's devices:
 
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download-mb", type=int, default=400)
     parser.add_argument("--download-runs", type=int, default=5)
     parser.add_argument("--prefix", default="sgb")
+    parser.add_argument("--proxy-workers", type=int, default=1, help="schoolgate proxy workers (proxy.workers)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record py-spy profiles of schoolgate's proxy per load into this folder "
                              "(py-spy from PyPI; the profiler's sampling adds a little CPU to the figures)")
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_at_start = os.getloadavg()
     state_root = Path(tempfile.mkdtemp(prefix="sg-bench-"))
-    lab = Lab(args.prefix, state_root=state_root)
+    lab = Lab(args.prefix, state_root=state_root, proxy_workers=args.proxy_workers)
     lab.down()
     squid_pid: tuple[int, str | None] | None = None
     squid_folder: Path | None = None
