@@ -45,6 +45,21 @@ log = logging.getLogger(__name__)
 OVERLAY_REFRESH_S = 60.0  # exceptions start and end with time, not only when the counter moves
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A policy compiled by `preload`, with what it was compiled from."""
+
+    path: Path
+    manifest_stamp: tuple[int, int, int]
+    seed: int | None
+    files: tuple[Path, ...]
+    file_stamp: tuple[tuple[int, int], ...]
+    policy: CompiledPolicy
+
+
+_preloaded: _Compiled | None = None
+
+
 def _stamp(files: Iterable[Path]) -> tuple[tuple[int, int], ...]:
     out: list[tuple[int, int]] = []
     for file in files:
@@ -103,6 +118,7 @@ class LivePolicy:
         self._files: list[Path] = [self.path]
         self._file_stamp: tuple[tuple[int, int], ...] = ()
         self._manifest_stamp: tuple[int, int, int] = (0, 0, 0)
+        self._seed: int | None = None  # the list state's seed the policy was compiled with
         self._db_generation = -1
         self._overlay_at = float("-inf")
         self.policy: CompiledPolicy | None = None  # what readers use: compiled + overlay
@@ -187,6 +203,15 @@ class LivePolicy:
                 )
             except ListStateError as err:
                 self.lists_error = f"{err} (the list versions in use stay in force)"
+        reused = _take_preloaded(self.path, manifest_stamp, seed)
+        if reused is not None:
+            self._files = list(reused.files)
+            self._file_stamp = reused.file_stamp
+            self._manifest_stamp = manifest_stamp
+            self._seed = seed
+            self._compiled = reused.policy
+            self.policy_error = None
+            return True
         try:
             compiled = load_policy(self.path, installed=self._installed, seed=seed or secrets.randbits(64))
         except ConfigError as err:
@@ -200,6 +225,7 @@ class LivePolicy:
         self._files = list_files(self.path, compiled)
         self._file_stamp = file_stamp + _stamp(self._files[1:])
         self._manifest_stamp = manifest_stamp
+        self._seed = seed
         self._compiled = compiled
         self.policy_error = None
         return True
@@ -305,6 +331,37 @@ class LivePolicy:
                     self.also_poll()
                 except Exception as err:
                     log.warning("device register reload failed: %s", err)
+
+
+def preload(live: LivePolicy) -> None:
+    """Compile the policy once in a process that then forks the daemons (with the reloader
+    they will make: `LivePolicy.from_config(config)`).
+
+    `schoolgate run` calls this before forking: each daemon's first load takes this compiled
+    policy, if the policy file, its list files and the installed list versions are still what it
+    was compiled from, instead of compiling its own. Its pages then stay shared between the
+    daemons rather than each daemon building (and writing) a copy of its own. Taken once per
+    process: a second reloader in the same process compiles its own, so no two share one object.
+    A broken policy raises ConfigError here, and each daemon reports it as usual.
+    """
+    global _preloaded
+    with live._lock:
+        live._recompile(raise_errors=True)
+    assert live._compiled is not None
+    _preloaded = _Compiled(live.path, live._manifest_stamp, live._seed, tuple(live._files), live._file_stamp,
+                           live._compiled)
+
+
+def _take_preloaded(path: Path, manifest_stamp: tuple[int, int, int], seed: int | None) -> _Compiled | None:
+    """The preloaded policy if it is of this file and still current; it is taken only once."""
+    global _preloaded
+    found = _preloaded
+    if found is None or found.path != path or found.manifest_stamp != manifest_stamp or found.seed != seed:
+        return None
+    if _stamp(found.files) != found.file_stamp:
+        return None  # edited since: compile what is on disk now
+    _preloaded = None
+    return found
 
 
 @functools.cache

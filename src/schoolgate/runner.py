@@ -693,6 +693,11 @@ def _run(args: argparse.Namespace) -> int:
         preloaded = Preloaded(before_fork_child=(lambda: board.engine.dispose(close=False)) if board else None)
         preloaded.load()
         if board is not None:
+            from schoolgate.live import LivePolicy, preload
+
+            # The policy compiled once for every daemon's first load (each checks it is current).
+            with contextlib.suppress(Exception):  # a broken policy: each daemon reports it itself
+                preload(LivePolicy.from_config(board.config))
             # A first read of the status rows imports and builds the database layer's lazy parts
             # (the SQLite dialect, statement caches) here, once, rather than in every daemon.
             with contextlib.suppress(Exception):  # a busy database: the supervision loop says so later

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+import schoolgate.live as live_module
 from schoolgate.lists.state import ListState
-from schoolgate.live import LivePolicy
+from schoolgate.live import LivePolicy, preload
 from schoolgate.policy import Client, ExceptionScope, PolicyException, Role, Target, Verdict
 from schoolgate.policy.liststore import StoreBuilder
 from schoolgate.store.models import PolicyExceptionRow
@@ -196,3 +198,53 @@ def test_an_overlay_set_by_the_caller(policy_file: Path) -> None:
     live.set_overlay(exceptions=[PolicyException(1, ExceptionScope.PERSON, "P1", "one.example", None,
                                                  NOW - timedelta(hours=1), NOW + timedelta(hours=1))])
     assert live.decide(PUPIL, Target("one.example"), NOW).exception_id == 1
+
+
+@pytest.fixture
+def preloaded_reset() -> Iterator[None]:
+    yield
+    live_module._preloaded = None  # the memo is per process: leave none behind for other tests
+
+
+def test_a_preloaded_policy_is_taken_once_by_the_first_load(
+    policy_file: Path, state: ListState, preloaded_reset: None
+) -> None:
+    # `schoolgate run` compiles the policy before forking; each daemon's first load takes it.
+    supervisor = LivePolicy(policy_file, lists_dir=state.folder)
+    preload(supervisor)
+    daemon = LivePolicy(policy_file, lists_dir=state.folder)
+    daemon.load()
+    assert daemon.compiled is supervisor._compiled
+    assert verdict(daemon, "one.example") is Verdict.BLOCK and daemon.error is None
+    assert not daemon.check()  # it watches the same files as a policy it compiled itself
+    # A second reloader in the same process compiles its own: no two share one object.
+    other = LivePolicy(policy_file, lists_dir=state.folder)
+    other.load()
+    assert other.compiled is not supervisor._compiled
+    assert verdict(other, "one.example") is Verdict.BLOCK
+
+
+@pytest.mark.parametrize("change", ["list file edited", "list version installed", "another policy file"])
+def test_a_preloaded_policy_that_is_no_longer_current_is_not_taken(
+    policy_file: Path, state: ListState, preloaded_reset: None, change: str
+) -> None:
+    install(state, "feed-1.sgl", ["casino.example"])  # the list state (and its seed) already there
+    supervisor = LivePolicy(policy_file, lists_dir=state.folder)
+    preload(supervisor)
+    path = policy_file
+    if change == "list file edited":
+        blocked = policy_file.parent / "blocked.txt"
+        blocked.write_text("two.example\n", encoding="utf-8")
+        touch_later(blocked)
+    elif change == "list version installed":
+        install(state, "feed-2.sgl", ["other-casino.example"])
+    else:
+        path = policy_file.with_name("copy.toml")
+        path.write_text(policy_file.read_text(), encoding="utf-8")
+    daemon = LivePolicy(path, lists_dir=state.folder)
+    daemon.load()
+    assert daemon.compiled is not supervisor._compiled
+    if change == "list file edited":
+        assert verdict(daemon, "two.example") is Verdict.BLOCK and verdict(daemon, "one.example") is Verdict.ALLOW
+    elif change == "list version installed":
+        assert verdict(daemon, "other-casino.example") is Verdict.BLOCK
