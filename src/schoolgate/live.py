@@ -58,6 +58,7 @@ class _Compiled:
 
 
 _preloaded: _Compiled | None = None
+_preloaded_lock = threading.Lock()  # two reloaders' first loads in two threads: one takes it
 
 
 def _stamp(files: Iterable[Path]) -> tuple[tuple[int, int], ...]:
@@ -355,13 +356,14 @@ def preload(live: LivePolicy) -> None:
 def _take_preloaded(path: Path, manifest_stamp: tuple[int, int, int], seed: int | None) -> _Compiled | None:
     """The preloaded policy if it is of this file and still current; it is taken only once."""
     global _preloaded
-    found = _preloaded
-    if found is None or found.path != path or found.manifest_stamp != manifest_stamp or found.seed != seed:
-        return None
-    if _stamp(found.files) != found.file_stamp:
-        return None  # edited since: compile what is on disk now
-    _preloaded = None
-    return found
+    with _preloaded_lock:
+        found = _preloaded
+        if found is None or found.path != path or found.manifest_stamp != manifest_stamp or found.seed != seed:
+            return None
+        if _stamp(found.files) != found.file_stamp:
+            return None  # edited since: compile what is on disk now
+        _preloaded = None
+        return found
 
 
 @functools.cache
