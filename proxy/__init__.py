@@ -20,6 +20,15 @@ and for the fronting check the upstream resolvers (`[proxy] resolvers`, default
 `[dns] upstreams`) to learn the watched services' addresses. The clock can be set with
 SCHOOLGATE_CLOCK_FILE (schoolgate.clock).
 
+Who takes a connection: in transparent mode the front door (schoolgate.proxy.front) owns the
+port. It reads the ClientHello (schoolgate.proxy.hello), gives it to the addons' pipeline, and
+itself closes a blocked connection or splices an allowed one; mitmproxy, listening only on an
+internal loopback port, is handed the rest in-process (the block page, plain HTTP, anything
+that is not a whole ClientHello). A client silent for 10 s before its first byte is closed.
+With `[proxy] workers = N` (transparent mode) the supervisor runs N proxy processes ("proxy",
+"proxy.2"...) sharing the port with SO_REUSEPORT, each with its own `daemon_status` row
+("proxy.1"...) and stats file (`proxy-stats.1.json`...).
+
 What it does per connection (see schoolgate.proxy.addons and .judge): TLS is judged on the
 SNI and on the dialled address; allowed TLS is passed through undecrypted; blocked TLS is
 closed, or, for a device the register marks `trusts_school_ca`, decrypted with the school CA
@@ -37,7 +46,8 @@ Logging: at INFO the proxy logs its own start-up, reloads and errors, not mitmpr
 client and server connect (each decision is an event in the database); run it with
 `--log-level DEBUG` to see those.
 
-Modules: `daemon` (the master and the loop), `addons` (one concern each, behind one
-`Pipeline`), `judge` (the pure verdict), `addresses` (address -> watched service), `clients`
-(recent identity answers, used without leaving the loop), `blockpage`, `search`, `cli`.
+Modules: `daemon` (the master and the loop), `front` (the front door), `hello` (the
+ClientHello's SNI and ALPN), `addons` (one concern each, behind one `Pipeline`), `judge` (the
+pure verdict), `addresses` (address -> watched service), `clients` (recent identity answers,
+used without leaving the loop), `blockpage`, `search`, `cli`.
 """
