@@ -50,6 +50,10 @@ CONNECT_TIMEOUT_S = 15.0
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
 ACCEPT_PAUSE_S = 1.0  # out of file descriptors: stop accepting this long (as asyncio does)
 WRITE_HIGH_WATER = 256 * 1024
+# A spliced connection with no byte either way for this long is closed, as mitmproxy closed
+# an idle relay: a device that vanished without a FIN must not hold two sockets for ever.
+SPLICE_IDLE_S = 600.0
+IDLE_SWEEP_S = 30.0
 
 Handover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -96,6 +100,8 @@ class _Splice(asyncio.Protocol):
         self.peer: _Splice | None = None
         self.eof = False
         self.closed: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self.last_active = loop.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -103,6 +109,7 @@ class _Splice(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
 
@@ -151,12 +158,15 @@ class FrontDoor:
         self._mode = mode  # mitmproxy's proxy mode, on each Client as mitmproxy would set it
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._splices: dict[str, tuple[asyncio.Transport, asyncio.Transport]] = {}
+        # conn id -> (client transport, server transport, its two halves)
+        self._splices: dict[str, tuple[asyncio.Transport, asyncio.Transport, _Splice, _Splice]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self.accepted = 0
         self.killed = 0
         self.spliced = 0
         self.handed_over = 0
         self.accept_errors = 0
+        self.idle_closed = 0
 
     # ------------------------------------------------------------------ listening
     def start(self, sockets: list[socket.socket]) -> None:
@@ -164,6 +174,7 @@ class FrontDoor:
         self._sockets = sockets
         for sock in sockets:
             loop.add_reader(sock.fileno(), self._accept, sock)
+        self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
 
     def listen_addrs(self) -> list[Any]:
         return [sock.getsockname() for sock in self._sockets if sock.fileno() >= 0]
@@ -174,7 +185,9 @@ class FrontDoor:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(sock.fileno())
             sock.close()
-        for client, server in list(self._splices.values()):
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for client, server, _up, _down in list(self._splices.values()):
             client.abort()
             server.abort()
         for task in list(self._tasks):
@@ -189,6 +202,7 @@ class FrontDoor:
             "splices_open": len(self._splices),
             "handed_over": self.handed_over,
             "accept_errors": self.accept_errors,
+            "idle_closed": self.idle_closed,
         }
 
     def close(self, conn_id: str) -> bool:
@@ -196,9 +210,19 @@ class FrontDoor:
         found = self._splices.get(conn_id)
         if found is None:
             return False
-        for transport in found:
-            transport.abort()
+        found[0].abort()
+        found[1].abort()
         return True
+
+    def _sweep_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time() - SPLICE_IDLE_S
+        for client, server, up, down in list(self._splices.values()):
+            if max(up.last_active, down.last_active) < quiet_since:
+                self.idle_closed += 1
+                client.abort()
+                server.abort()
+        self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
 
     def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -310,7 +334,7 @@ class FrontDoor:
             server_transport.abort()
             return
         self.spliced += 1
-        self._splices[client.id] = (client_transport, server_transport)
+        self._splices[client.id] = (client_transport, server_transport, upstream, downstream)
         try:
             # Either side's end closes the other (after flushing what it holds for it).
             await asyncio.wait((upstream.closed, downstream.closed))

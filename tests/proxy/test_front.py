@@ -181,6 +181,30 @@ def test_a_spliced_connection_can_be_closed_by_its_id(services: Services, known_
     assert run_front(services, None, scenario) == b""
 
 
+def test_an_idle_splice_is_closed(
+    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As mitmproxy closed an idle relay: a device gone without a FIN holds no sockets for ever."""
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+    monkeypatch.setattr(front_module, "SPLICE_IDLE_S", 0.3)
+    monkeypatch.setattr(front_module, "IDLE_SWEEP_S", 0.1)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, int]:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        hello = client_hello_bytes("allowed.test")
+        writer.write(hello)
+        await reader.readexactly(len(hello))  # spliced, and the origin answered
+        try:
+            rest = await reader.read()  # then nothing either way: closed by the sweep
+        except ConnectionResetError:
+            rest = b""
+        writer.close()
+        await settled(lambda: len(services.connections) == 0)
+        return rest, door.snapshot()["idle_closed"]
+
+    assert run_front(services, None, scenario) == (b"", 1)
+
+
 @pytest.mark.parametrize(
     ("who", "first_bytes", "judged"),
     [
