@@ -3,6 +3,7 @@ filtering can break is caught, recorded in the check log and e-mailed to the rig
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -116,14 +117,22 @@ def test_the_selftests_own_questions_raise_no_alert(staffed: LabClient) -> None:
 
 @pytest.fixture
 def dns_paused(staffed: LabClient) -> Iterator[int]:
-    """The DNS daemon stopped dead (SIGSTOP): the supervisor sees it alive, devices get no answers."""
+    """The DNS daemon stopped dead (SIGSTOP to its supervising process and every worker): the
+    appliance's supervisor sees it alive, devices get no answers."""
+    from schoolgate.dns.daemon import worker_pids
+
     pid = staffed.lab.daemon_pid("dns")
     assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    stopped = [pid, *worker_pids(pid)]
+    assert len(stopped) > 1, "the DNS daemon has no workers to stop"
+    for each in stopped:
+        os.kill(each, signal.SIGSTOP)
     try:
         yield pid
     finally:
-        os.kill(pid, signal.SIGCONT)
+        for each in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGCONT)
 
 
 def test_a_stopped_dns_daemon_is_filtering_down_and_mails_the_dsl_and_head(
