@@ -216,3 +216,16 @@ def test_a_worker_status_row_says_what_it_still_held(engine: Engine) -> None:
     assert lost == 7 + 3, detail
     sending.close()
     reading.close()
+
+
+def test_the_event_writing_process_writes_a_full_batch_in_one_transaction(engine: Engine) -> None:
+    """The DNS event-writing process's batch size (measured in bench/dns_path.py): a burst of
+    that many handed-over events is one flush, and every one of them is stored."""
+    from schoolgate.dns.daemon import WRITER_BATCH_ROWS
+
+    writer = EventWriter(engine, batch_size=WRITER_BATCH_ROWS)
+    assert writer.submit_many([compact(record(i)) for i in range(WRITER_BATCH_ROWS)]) == WRITER_BATCH_ROWS
+    assert writer.flush()
+    stats = writer.stats()
+    assert stats["flushes"] == 1 and stats["written"] == WRITER_BATCH_ROWS and stats["dropped"] == 0
+    assert len(stored(engine)) == WRITER_BATCH_ROWS
