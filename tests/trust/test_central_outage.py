@@ -287,22 +287,25 @@ class DnsSchool:
         return self.proc.returncode
 
 
-def writer_totals(engine: Any, site: str) -> dict[str, int]:
-    """The DNS workers' EventWriter counters, summed, from their daemon_status rows."""
+def event_ledgers(engine: Any, site: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(the DNS event writer's counters, the DNS workers' counters summed), from their
+    daemon_status rows: the workers hand events over ("handed"), the writer writes or spools them."""
     from sqlalchemy.orm import Session
 
     from schoolgate.store.events import read_status
 
     with Session(engine) as session:
         daemons = read_status(session, site)
-    totals: dict[str, int] = {}
+    writer: dict[str, int] = {}
+    workers: dict[str, int] = {}
     for name, row in daemons.items():
         if not name.startswith("dns"):
             continue
+        into = writer if name == "dns.events" else workers
         for key, value in row["stats"].get("events", {}).items():
             if isinstance(value, int):
-                totals[key] = totals.get(key, 0) + value
-    return totals
+                into[key] = into.get(key, 0) + value
+    return writer, workers
 
 
 @pytest.mark.slow
@@ -356,10 +359,11 @@ def test_dns_daemons_keep_filtering_and_log_every_query_once_through_an_outage(
             assert len(stored) == len(set(stored)), f"{school.site}: duplicated events"
             assert set(school.answered) <= set(stored) <= set(school.sent), school.site
             assert school.blocked_answers == len(school.answered)
-            totals = writer_totals(engine, school.site)
-            assert totals["dropped"] == 0, totals
+            totals, handed_over = event_ledgers(engine, school.site)
+            assert totals["dropped"] == 0 and handed_over["dropped"] == 0, (totals, handed_over)
             assert totals["spooled"] > 0 and totals["spool_pending"] == 0, totals
             assert totals["written"] + totals["spooled"] == totals["submitted"], totals
+            assert handed_over["handed"] == totals["submitted"], (totals, handed_over)
         print(
             "\ntrust dns: "
             + "; ".join(f"{s.site}: {len(s.answered)} blocked queries answered, all logged once" for s in schools)
