@@ -273,3 +273,21 @@ def test_generation_counters_hold_event_ids_beyond_32_bits(engine: Engine) -> No
         session.add(Generation(site=SITE, name="rollup_cursor", value=big, changed_at=T0))
     with Session(engine) as session:
         assert session.get(Generation, (SITE, "rollup_cursor")).value == big  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [
+        (frozenset({"repeat", "safe_search"}), "repeat,safe_search"),
+        (frozenset({"safe_search", "repeat"}), "repeat,safe_search"),
+        ("safe_search, repeat,,", "repeat,safe_search"),
+        ({"repeat", " "}, "repeat"),  # a plain set (unhashable) is still written
+        (["b", "a", "a"], "a,b"),
+        (frozenset(), ""),
+    ],
+)
+def test_flags_are_stored_sorted_without_blanks_however_often_they_repeat(flags: Any, text: str) -> None:
+    from schoolgate.store.events.record import flags_text
+
+    assert flags_text(flags) == text
+    assert flags_text(flags) == text  # the remembered answer is the same
