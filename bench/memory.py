@@ -37,12 +37,11 @@ from pathlib import Path
 from schoolgate.lab import netns
 from schoolgate.lab.internet import RESOLVER_IP
 from schoolgate.lab.lab import DEFAULT_CLOCK, DEFAULT_POLICY, Lab
+from schoolgate.lab.squid import SQUID_TLS_PORT, write_squid_config
 from schoolgate.lab.topology import private_prefix
 
 GOAL_MB = 200.0
 DNSMASQ_PORT = 5454  # not 53 (schoolgate's) nor 5353 (the lab's)
-SQUID_HTTP_PORT = 3128
-SQUID_TLS_PORT = 3129
 
 
 @dataclass
@@ -158,37 +157,6 @@ def blocklist_hosts(policy: Path, block_ip: str, target: Path) -> int:
     return len(names)
 
 
-def squid_config(folder: Path, lab: Lab) -> Path:
-    """Squid doing the proxy's job: peek at the ClientHello, terminate or splice by server name."""
-    shutil.copy(lab.state_dir / "ca" / "mitmproxy-ca.pem", folder / "bump.pem")
-    shutil.chown(folder, "proxy", "proxy")
-    shutil.chown(folder / "bump.pem", "proxy", "proxy")
-    config = folder / "squid.conf"
-    address = lab.appliance_ip
-    config.write_text(f"""
-http_port {address}:{SQUID_HTTP_PORT}
-https_port {address}:{SQUID_TLS_PORT} intercept ssl-bump tls-cert={folder / 'bump.pem'} generate-host-certificates=off
-acl pupils src 10.41.20.0/22
-acl social ssl::server_name .facebook.com .instagram.com .x.com .twitter.com
-acl step1 at_step SslBump1
-ssl_bump peek step1
-ssl_bump terminate pupils social
-ssl_bump splice all
-http_access allow all
-on_unsupported_protocol tunnel all
-visible_hostname schoolgate-lab-gateway
-dns_nameservers {RESOLVER_IP}
-cache deny all
-access_log none
-cache_log {folder / 'cache.log'}
-pid_filename {folder / 'squid.pid'}
-coredump_dir {folder}
-shutdown_lifetime 1 seconds
-workers 1
-""")
-    return config
-
-
 def _listening(lab: Lab, port: int, kind: int) -> bool:
     def attempt() -> bool:
         with socket.socket(socket.AF_INET, kind) as probe:
@@ -231,8 +199,8 @@ def start_references(lab: Lab, folder: Path) -> dict[str, tuple[int, str | None]
         _free(lab, "squid", SQUID_TLS_PORT, socket.SOCK_STREAM)
         squid = folder / "squid"
         squid.mkdir()
-        process = netns.spawn(lab.names.gateway, ["squid", "-N", "-f", str(squid_config(squid, lab))],
-                              log_path=folder / "squid.log")
+        config = write_squid_config(squid, lab, lab.appliance_ip)
+        process = netns.spawn(lab.names.gateway, ["squid", "-N", "-f", str(config)], log_path=folder / "squid.log")
         started["squid"] = (process.pid, netns.process_start_time(process.pid))
         _wait_listening(lab, "squid", started["squid"], SQUID_TLS_PORT, socket.SOCK_STREAM, folder / "squid.log")
     else:

@@ -45,15 +45,16 @@ from pathlib import Path
 
 from schoolgate.gateway.cli import build_ruleset
 from schoolgate.lab import netns
-from schoolgate.lab.internet import RESOLVER_IP, SITES
+from schoolgate.lab.internet import SITES
 from schoolgate.lab.lab import Lab
+from schoolgate.lab.squid import SQUID_TLS_PORT as SQUID_PORT
+from schoolgate.lab.squid import write_squid_config
 from schoolgate.lab.topology import GATEWAY_LAN_IP, WAN_INTERFACE
 
 LESSON = "2026-11-23T10:15:00+00:00"
 AFTER_SCHOOL = "2026-11-23T16:30:00+00:00"  # the example policy (ASPIRE §4): staff social media after school
 FACEBOOK = next(s.ip for s in SITES if s.label == "facebook")
 LIBRARY = next(s.ip for s in SITES if s.label == "library")
-SQUID_PORT = 3129
 MAX_CONNECTIONS = 200_000  # per measurement, whatever the duration
 
 
@@ -145,39 +146,6 @@ def download_speed(lab: Lab, device: str, size: int) -> float:
     return float(done.stdout) / 1e6
 
 
-def squid_config(folder: Path, lab: Lab) -> Path:
-    """Peek at the ClientHello, then terminate or splice by SNI and network, like the policy does
-    for these two cases (pupils: social media blocked; staff after school: allowed)."""
-    ca = lab.state_dir / "ca" / "mitmproxy-ca.pem"
-    shutil.copy(ca, folder / "bump.pem")
-    shutil.chown(folder, "proxy", "proxy")
-    shutil.chown(folder / "bump.pem", "proxy", "proxy")
-    config = folder / "squid.conf"
-    bump = f"intercept ssl-bump tls-cert={folder / 'bump.pem'} generate-host-certificates=off"
-    config.write_text(f"""
-http_port {GATEWAY_LAN_IP}:3128
-https_port {GATEWAY_LAN_IP}:{SQUID_PORT} {bump}
-acl pupils src 10.41.20.0/22
-acl social ssl::server_name .facebook.com .instagram.com .x.com .twitter.com
-acl step1 at_step SslBump1
-ssl_bump peek step1
-ssl_bump terminate pupils social
-ssl_bump splice all
-http_access allow all
-on_unsupported_protocol tunnel all
-visible_hostname schoolgate-lab-gateway
-dns_nameservers {RESOLVER_IP}
-cache deny all
-access_log none
-cache_log {folder / 'cache.log'}
-pid_filename {folder / 'squid.pid'}
-coredump_dir {folder}
-shutdown_lifetime 1 seconds
-workers 1
-""")
-    return config
-
-
 def apply_redirect_to(lab: Lab, port: int) -> None:
     """Reload the gateway's ruleset with the web redirect pointing at `port` (keeps the sets)."""
     from schoolgate.config import load_config
@@ -248,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         engines = {"schoolgate": 8081, "squid": SQUID_PORT}
 
         folder = squid_folder = Path(tempfile.mkdtemp(prefix="sg-squid-"))
-        config = squid_config(folder, lab)
+        config = write_squid_config(folder, lab, GATEWAY_LAN_IP)
         squid_log = folder / "squid.out"
         process = netns.spawn(lab.names.gateway, ["squid", "-N", "-f", str(config)], log_path=squid_log)
         squid_pid = (process.pid, netns.process_start_time(process.pid))
