@@ -176,106 +176,40 @@ class SchedulerService:
         self._stop = threading.Event()
         self._add_jobs()
 
-    def _add_jobs(self) -> None:
+    def _jobs(self) -> list[tuple[str, Callable[[], object], Any, int]]:
+        """Each job: its name (its id, and its key in the stats), what it runs, when, and how
+        late a run may still start (the misfire grace, in seconds)."""
         config = self.config
-        add = self.scheduler.add_job
-        common = {"coalesce": True, "max_instances": 1}
-        add(
-            self._guard("alerts", self.run_alerts),
-            IntervalTrigger(seconds=config.alerts.scan_interval_seconds),
-            id="alerts",
-            misfire_grace_time=60,
-            **common,
-        )
-        add(
-            self._guard("notify", self.run_notifications),
-            IntervalTrigger(seconds=NOTIFY_SECONDS),
-            id="notify",
-            misfire_grace_time=60,
-            **common,
-        )
-        add(
-            self._guard("rollups", self.run_rollups),
-            IntervalTrigger(seconds=ROLLUP_SECONDS),
-            id="rollups",
-            misfire_grace_time=60,
-            **common,
-        )
-        add(
-            self._guard("expiry", self.run_expiry),
-            IntervalTrigger(seconds=EXPIRY_SECONDS),
-            id="expiry",
-            misfire_grace_time=60,
-            **common,
-        )
-        add(
-            self._guard("policy", self.run_policy),
-            IntervalTrigger(seconds=POLICY_SECONDS),
-            id="policy",
-            misfire_grace_time=60,
-            **common,
-        )
-        add(
-            self._guard("heartbeat", self.run_heartbeat),
-            IntervalTrigger(seconds=HEARTBEAT_SECONDS),
-            id="heartbeat",
-            misfire_grace_time=60,
-            **common,
-        )
-        # A digest late by up to two hours (appliance rebooting at 07:30) is still worth sending.
-        add(
-            self._guard("digest", self.run_digest),
-            digest_trigger(config.mail.digest_time, self.zone),
-            id="digest",
-            misfire_grace_time=7200,
-            **common,
-        )
-        # The list subscriptions: daily, and a run missed while the appliance was off is worth
-        # doing late (misfire grace of 12 hours).
-        add(
-            self._guard("lists", self.run_lists),
-            lists_trigger(config.lists.update_time, self.zone),
-            id="lists",
-            misfire_grace_time=12 * 3600,
-            **common,
-        )
-        add(
-            self._guard("retention", self.run_retention),
-            retention_trigger(self.zone),
-            id="retention",
-            misfire_grace_time=6 * 3600,
-            **common,
-        )
-        add(
-            self._guard("coverage", self.run_coverage),
-            IntervalTrigger(seconds=COVERAGE_SECONDS),
-            id="coverage",
-            misfire_grace_time=120,
-            **common,
-        )
+        table: list[tuple[str, Callable[[], object], Any, int]] = [
+            ("alerts", self.run_alerts, IntervalTrigger(seconds=config.alerts.scan_interval_seconds), 60),
+            ("notify", self.run_notifications, IntervalTrigger(seconds=NOTIFY_SECONDS), 60),
+            ("rollups", self.run_rollups, IntervalTrigger(seconds=ROLLUP_SECONDS), 60),
+            ("expiry", self.run_expiry, IntervalTrigger(seconds=EXPIRY_SECONDS), 60),
+            ("policy", self.run_policy, IntervalTrigger(seconds=POLICY_SECONDS), 60),
+            ("heartbeat", self.run_heartbeat, IntervalTrigger(seconds=HEARTBEAT_SECONDS), 60),
+            # A digest late by up to two hours (appliance rebooting at 07:30) is still worth sending.
+            ("digest", self.run_digest, digest_trigger(config.mail.digest_time, self.zone), 7200),
+            # The list subscriptions: daily, and a run missed while the appliance was off is
+            # worth doing late.
+            ("lists", self.run_lists, lists_trigger(config.lists.update_time, self.zone), 12 * 3600),
+            ("retention", self.run_retention, retention_trigger(self.zone), 6 * 3600),
+            ("coverage", self.run_coverage, IntervalTrigger(seconds=COVERAGE_SECONDS), 120),
+        ]
         if config.export.syslog:
-            add(
-                self._guard("export", self.run_export),
-                IntervalTrigger(seconds=EXPORT_SECONDS),
-                id="export",
-                misfire_grace_time=120,
-                **common,
-            )
+            table.append(("export", self.run_export, IntervalTrigger(seconds=EXPORT_SECONDS), 120))
         if config.selftest.enabled:
             # Before the school day, and within a minute of a policy or list change or a request.
-            add(
-                self._guard("selftest", self.run_morning_selftest),
-                selftest_trigger(selftest_time(self.policy(), config.selftest.morning_time), self.zone),
-                id="selftest",
-                misfire_grace_time=3600,
-                **common,
+            morning = selftest_trigger(selftest_time(self.policy(), config.selftest.morning_time), self.zone)
+            table.append(("selftest", self.run_morning_selftest, morning, 3600))
+            table.append(
+                ("selftest-watch", self.watch_for_selftest, IntervalTrigger(seconds=SELFTEST_WATCH_SECONDS), 60)
             )
-            add(
-                self._guard("selftest-watch", self.watch_for_selftest),
-                IntervalTrigger(seconds=SELFTEST_WATCH_SECONDS),
-                id="selftest-watch",
-                misfire_grace_time=60,
-                **common,
+        return table
+
+    def _add_jobs(self) -> None:
+        for name, job, trigger, grace in self._jobs():
+            self.scheduler.add_job(
+                self._guard(name, job), trigger, id=name, misfire_grace_time=grace, coalesce=True, max_instances=1
             )
 
     def _guard(self, name: str, job: Callable[[], object]) -> Callable[[], None]:

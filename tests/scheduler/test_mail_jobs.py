@@ -84,6 +84,23 @@ def test_the_scheduler_registers_the_digest_trigger(
 
 
 
+@pytest.mark.parametrize(
+    ("job_id", "grace"),
+    [("alerts", 60), ("digest", 7200), ("lists", 12 * 3600), ("retention", 6 * 3600), ("coverage", 120),
+     ("selftest", 3600), ("selftest-watch", 60)],
+)
+def test_each_job_runs_alone_and_late_runs_start_within_its_grace(
+    make_config: Callable[..., AppConfig], factory: sessionmaker[Session], job_id: str, grace: int
+) -> None:
+    """A digest or list update missed while the appliance rebooted still runs, once; a run
+    never overlaps the one before it."""
+    service = SchedulerService(make_config(), factory, FixedClock(datetime(2026, 10, 23, 6, 0, tzinfo=UTC)))
+    job = service.scheduler.get_job(job_id)
+    assert job is not None
+    assert (job.misfire_grace_time, job.coalesce, job.max_instances) == (grace, True, 1)
+
+
+
 def test_the_digest_fires_in_the_policys_time_zone(
     make_config: Callable[..., AppConfig], factory: sessionmaker[Session], policy_file: Path
 ) -> None:
