@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import time
 
 from schoolgate.gateway.ruleset import plan_from_config, render_ruleset
+from schoolgate.lab.packages import ensure_programs
 
 PREFIX = f"sgbb{os.getpid() % 10000}"
 CLIENT, BRIDGE, SERVER = f"{PREFIX}c", f"{PREFIX}b", f"{PREFIX}s"
@@ -87,9 +87,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if shutil.which("iperf3") is None:
-        print("installing iperf3 (Debian package) for this benchmark")
-        sh("apt-get", "install", "-y", "-qq", "iperf3")
+    if ensure_programs({"iperf3": "iperf3"}):
+        raise SystemExit("cannot run without iperf3")
     build()
     server = subprocess.Popen(["ip", "netns", "exec", SERVER, "iperf3", "-s"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

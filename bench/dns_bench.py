@@ -45,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schoolgate.lab.packages import ensure_programs
+
 REPO = Path(__file__).resolve().parent.parent
 # The shared reference data beside the checkout (../shared/), or where SCHOOLGATE_SHARED says.
 SHARED = Path(os.environ.get("SCHOOLGATE_SHARED") or REPO.parent / "shared")
@@ -63,13 +65,10 @@ def log(message: str) -> None:
 
 
 def ensure_tools() -> None:
-    missing = [p for p, tool in (("dnsperf", "dnsperf"), ("dnsmasq-base", "dnsmasq")) if not shutil.which(tool)
-               and not Path(f"/usr/sbin/{tool}").exists()]
+    # dnsmasq-base is the program without the Debian service, so nothing starts on port 53.
+    missing = ensure_programs({"dnsperf": "dnsperf", "dnsmasq": "dnsmasq-base"})
     if missing:
-        # dnsmasq-base is the program without the Debian service, so nothing starts on port 53.
-        log(f"installing {' '.join(missing)}")
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+        raise SystemExit(f"cannot run without {', '.join(missing)}")
 
 
 def free_port() -> int:

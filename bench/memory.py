@@ -37,6 +37,7 @@ from pathlib import Path
 from schoolgate.lab import netns
 from schoolgate.lab.internet import RESOLVER_IP
 from schoolgate.lab.lab import DEFAULT_CLOCK, DEFAULT_POLICY, Lab
+from schoolgate.lab.packages import ensure_programs
 from schoolgate.lab.squid import SQUID_TLS_PORT, write_squid_config
 from schoolgate.lab.topology import private_prefix
 
@@ -182,6 +183,7 @@ def _wait_listening(lab: Lab, name: str, process: tuple[int, str | None], port: 
 def start_references(lab: Lab, folder: Path) -> dict[str, tuple[int, str | None]]:
     """dnsmasq and Squid in the lab's gateway, each waited for until it has bound its port."""
     started: dict[str, tuple[int, str | None]] = {}
+    ensure_programs({"dnsmasq": "dnsmasq-base", "squid": "squid-openssl"})
     hosts = folder / "blocklist.hosts"
     blocklist_hosts(lab.policy.resolve(), lab.appliance_ip, hosts)
     if shutil.which("dnsmasq"):

@@ -47,6 +47,7 @@ from schoolgate.gateway.cli import build_ruleset
 from schoolgate.lab import netns
 from schoolgate.lab.internet import SITES
 from schoolgate.lab.lab import Lab
+from schoolgate.lab.packages import ensure_programs
 from schoolgate.lab.squid import SQUID_TLS_PORT as SQUID_PORT
 from schoolgate.lab.squid import write_squid_config
 from schoolgate.lab.topology import GATEWAY_LAN_IP, WAN_INTERFACE
@@ -199,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="record py-spy profiles of schoolgate's proxy per load into this folder "
                              "(py-spy from PyPI; the profiler's sampling adds a little CPU to the figures)")
     args = parser.parse_args(argv)
-    if shutil.which("squid") is None:
-        print("squid is not installed (Debian: squid-openssl)", file=sys.stderr)
+    if ensure_programs({"squid": "squid-openssl"}):
         return 2
 
     load_at_start = os.getloadavg()
