@@ -85,6 +85,19 @@ class AnswerCache:
         self.hits += 1
         return entry
 
+    def fresh(self, key: CacheKey) -> Entry | None:
+        """A fresh entry or None, neither counted: for a caller that may still hand the query to
+        `lookup` (which counts it), and calls `served` when it answers from the entry."""
+        entry = self._entries.get(key)
+        if entry is None or self._now() - entry.stored >= entry.lifetime:
+            return None
+        return entry
+
+    def served(self, key: CacheKey) -> None:
+        """An entry `fresh` returned was served: a hit, and the most recently used."""
+        self._entries.move_to_end(key)
+        self.hits += 1
+
     def lookup_stale(self, key: CacheKey) -> Entry | None:
         entry = self._entries.get(key)
         if entry is None or self._now() - entry.stored >= entry.lifetime + self.stale_for:

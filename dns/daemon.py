@@ -238,7 +238,7 @@ class Worker:
         self.writer.start()
         self.feeder.start()
         self.policy.start("schoolgate-dns-policy")
-        self.handler = QueryHandler(self.resolver.head)
+        self.handler = QueryHandler(self.resolver.head, self.resolver.fast.answer)
         try:
             for address in self.options.listen_addresses:
                 udp = UdpListener(bind_socket(address, socket.SOCK_DGRAM, reuse_port=True), self.handler)

@@ -3,6 +3,9 @@
     validate (wire.parse_query, in the listener) -> identify -> events -> special names
     -> policy -> watched services -> safe search -> cache -> HTTPS/SVCB filter -> upstream
 
+and, beside it, the fast path (schoolgate.dns.fastpath) made of the same stages' parts: it
+answers a blocked name or a cache hit in one call and hands every other query to the chain.
+
 The events stage sits early so it sees every answer the later stages give; it reads what
 they decided (query.decision, query.answered_by), which is always known before the answer is.
 The watch stage sits after policy so cached and fresh answers alike refresh @watched.
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from schoolgate.clock import Clock
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Stage, link
+from schoolgate.dns.fastpath import FastPath
 from schoolgate.dns.stages.cache import CacheStage
 from schoolgate.dns.stages.events import EventSink, EventsStage
 from schoolgate.dns.stages.https import HttpsFilterStage
@@ -39,6 +43,7 @@ class Resolver:
     watch: WatchStage
     cache: CacheStage
     upstream: UpstreamStage
+    fast: FastPath
 
     def stages(self) -> list[Stage]:
         out = []
@@ -73,4 +78,5 @@ def build_resolver(
     https = HttpsFilterStage()
     upstream = UpstreamStage(pool)
     head = link([identify, events, special, policy_stage, watch, safe_search, cache_stage, https, upstream])
-    return Resolver(head, identify, events, special, policy_stage, watch, cache_stage, upstream)
+    fast = FastPath(identify=identify, events=events, special=special, policy=policy_stage, cache=cache)
+    return Resolver(head, identify, events, special, policy_stage, watch, cache_stage, upstream, fast)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schoolgate.dns.chain import Answer, Stage
+from schoolgate.dns.fastpath import FastAnswer
 from schoolgate.dns.upstream import parse_address
 from schoolgate.dns.wire import (
     PLAIN_UDP_SIZE,
@@ -80,16 +81,31 @@ def bind_socket(address: str, kind: int, reuse_port: bool) -> socket.socket:
 
 
 class QueryHandler:
-    """Runs one query through the chain; shared by the UDP and TCP listeners."""
+    """Runs one query through the chain; shared by the UDP and TCP listeners.
 
-    def __init__(self, chain: Stage) -> None:
+    A UDP query goes to the fast path first (`fast`, schoolgate.dns.fastpath: a blocked name or
+    a cache hit answered in one call), and to the chain when that declines it.
+    """
+
+    def __init__(self, chain: Stage, fast: FastAnswer | None = None) -> None:
         self.chain = chain
+        self.fast = fast
         self.counters = Counters()
         self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, data: bytes, client_ip: str, tcp: bool) -> Answer | Awaitable[Answer]:
         counters = self.counters
         counters.queries += 1
+        fast = self.fast
+        if fast is not None and not tcp:
+            try:
+                answer = fast(data, client_ip)
+            except Exception:
+                # Never the client's fault: the chain answers (SERVFAIL if it fails the same way).
+                log.exception("the fast path failed for a query from %s", client_ip)
+                answer = None
+            if answer is not None:
+                return answer
         try:
             query = parse_query(data)
         except Drop:

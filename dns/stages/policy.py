@@ -94,14 +94,18 @@ class PolicyStage(Stage):
         query.decision = decision
         query.answered_by = "policy"
         ttl = min(BLOCK_TTL, query.ttl_ceiling)
-        address = None
-        if query.qtype == TYPE_A:
-            address = self._address(self.policy.block_ipv4)
-        elif query.qtype == TYPE_AAAA:
-            address = self._address(self.policy.block_ipv6)
+        address = self.block_address(query.qtype)
         if address is None:
             return reply(query, NOERROR, ede=ede_for(decision))
         return reply(query, NOERROR, rr(query.qtype, ttl, address), 1, ede=ede_for(decision))
+
+    def block_address(self, qtype: int) -> bytes | None:
+        """The packed block address a blocked query of this type is answered with, if any."""
+        if qtype == TYPE_A:
+            return self._address(self.policy.block_ipv4)
+        if qtype == TYPE_AAAA:
+            return self._address(self.policy.block_ipv6)
+        return None
 
     def _address(self, text: str | None) -> bytes | None:
         if not text:

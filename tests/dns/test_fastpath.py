@@ -1,0 +1,249 @@
+"""The fast path takes the chain's decision: one table of queries through both, byte for byte.
+
+Two resolvers are built as a worker builds them (build_resolver), each over the same policy,
+clock and upstream: one answers through the fast path first (as the worker's QueryHandler does),
+the other through the chain alone. Every packet of the table goes to both, in the same order,
+and must get the same answer bytes and leave the same events. Each case says whether the fast
+path must have answered it, so the comparison cannot pass by the fast path declining everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import ClassVar
+
+import dns.flags
+import dns.message
+import dns.rdatatype
+import dns.rrset
+import pytest
+from test_stages import TEN, FixedClock, StaticPolicy
+
+from schoolgate.dns.cache import AnswerCache
+from schoolgate.dns.chain import Result, Stage
+from schoolgate.dns.resolver import Resolver, build_resolver
+from schoolgate.dns.server import QueryHandler
+from schoolgate.dns.stages.watch import WatchedFeeder
+from schoolgate.dns.upstream import UpstreamPool
+from schoolgate.dns.wire import Query
+from schoolgate.gateway.sets import MemoryWatchedSets
+from schoolgate.policy.types import Client, Role
+
+PUPIL = "127.0.0.1"
+STAFF = "::1"
+
+
+class Upstream(Stage):
+    """Every name has an A and an AAAA record (TTL 300); a few names answer otherwise. Both
+    resolvers get the same bytes for a question (an rrset's order is not fixed otherwise)."""
+
+    made: ClassVar[dict[tuple[str, int, bool], bytes]] = {}
+
+    def resolve(self, query: Query) -> Result:
+        key = (query.qname, query.qtype, query.dnssec_ok)
+        if key not in self.made:
+            self.made[key] = self._make(query)
+        return query.raw[:2] + self.made[key][2:]
+
+    @staticmethod
+    def _make(query: Query) -> bytes:
+        message = dns.message.make_response(dns.message.from_wire(query.raw))
+        owner = query.qname + "."
+        if query.qname == "alias.example.test":
+            message.answer.append(dns.rrset.from_text(owner, 300, "IN", "CNAME", "www.facebook.com."))
+            message.answer.append(dns.rrset.from_text("www.facebook.com.", 300, "IN", "A", "192.0.2.22"))
+        elif query.qname == "big.example.test" and query.qtype == dns.rdatatype.A:
+            addresses = [f"192.0.2.{i}" for i in range(1, 60)]
+            message.answer.append(dns.rrset.from_text_list(owner, 300, "IN", "A", addresses))
+        elif query.qtype == dns.rdatatype.A:
+            message.answer.append(dns.rrset.from_text(owner, 300, "IN", "A", "192.0.2.7"))
+        elif query.qtype == dns.rdatatype.AAAA:
+            message.answer.append(dns.rrset.from_text(owner, 300, "IN", "AAAA", "2001:db8::7"))
+        elif query.qtype == 99:  # SPF: an odd type, answered as text
+            message.answer.append(dns.rrset.from_text(owner, 300, "IN", "SPF", '"v=spf1 -all"'))
+        message.use_edns(False)
+        return message.to_wire()
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def submit(self, record: object) -> bool:
+        raise AssertionError("the events stage hands over compact events")
+
+    def submit_compact(self, event: tuple[object, ...]) -> bool:
+        self.events.append(event)
+        return True
+
+
+class Identities:
+    """A device register of one: the pupil's iPad, with a person."""
+
+    def resolve(self, ip: str, mac: str | None = None) -> Client:
+        if ip == PUPIL:
+            return Client(ip=ip, mac="02:00:00:00:00:01", device_id="ipad-7", device_name="iPad 7",
+                          person_id="p-12", person_name="A Pupil", role=Role.PUPIL)
+        return Client(ip=ip)
+
+
+def resolver() -> tuple[Resolver, Sink]:
+    sink = Sink()
+    built = build_resolver(
+        policy=StaticPolicy(), clock=FixedClock(TEN), pool=UpstreamPool(["127.0.0.1:9"]), cache=AnswerCache(),
+        sink=sink, site="dnstest", feeder=WatchedFeeder(MemoryWatchedSets(), 600), identities=Identities(),
+        own_names=["schoolgate.lan"], own_ipv4="10.0.0.1",
+    )
+    built.cache.next.next = Upstream()  # type: ignore[union-attr]
+    return built, sink
+
+
+def packet(name: str, rdtype: str | int = "A", *, edns: bool = True, do: bool = False, flags: int | None = None,
+           ident: int = 0x1234) -> bytes:
+    message = dns.message.make_query(name, rdtype, use_edns=0 if edns or do else False, want_dnssec=do)
+    message.id = ident
+    if flags is not None:
+        message.flags = flags
+    return message.to_wire()
+
+
+def patched(wire: bytes, offset: int, value: bytes) -> bytes:
+    return wire[:offset] + value + wire[offset + len(value):]
+
+
+def raw(name_wire: bytes, qtype: int = 1, qclass: int = 1, *, counts: tuple[int, int, int, int] = (1, 0, 0, 0),
+        flags: int = 0x0100, tail: bytes = b"") -> bytes:
+    return struct.pack("!HHHHHH", 0x4321, flags, *counts) + name_wire + struct.pack("!HH", qtype, qclass) + tail
+
+
+OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"  # root, OPT, 1232 bytes, version 0, no options
+WWW_FACEBOOK = b"\x03www\x08facebook\x03com\x00"
+
+# (what it is, client, packet, whether the fast path answers it). Allowed names are asked once
+# before (the "warm" list) so that their second sight is a cache hit.
+WARM = ["news.example.test", "big.example.test", "alias.example.test", "spf.example.test"]
+CASES: list[tuple[str, str, bytes, bool]] = [
+    ("blocked A, EDNS", PUPIL, packet("www.facebook.com"), True),
+    ("blocked AAAA", PUPIL, packet("www.facebook.com", "AAAA"), True),
+    ("blocked TXT: no data", PUPIL, packet("www.facebook.com", "TXT"), True),
+    ("blocked, no EDNS", PUPIL, packet("www.facebook.com", edns=False), True),
+    ("blocked, DO bit", PUPIL, packet("www.facebook.com", do=True), True),
+    ("blocked, locked (circumvention) for staff", STAFF, packet("dns.google"), True),
+    ("blocked, 0x20 letter case echoed", PUPIL, packet("WwW.FaCeBoOk.CoM"), True),
+    ("blocked, an odd type (SPF)", PUPIL, packet("www.facebook.com", 99), True),
+    ("blocked, TC and CD set in the query, RD clear", PUPIL,
+     packet("www.facebook.com", flags=dns.flags.TC | dns.flags.CD), True),
+    ("blocked, an OPT record with an option (cookie)", PUPIL,
+     raw(WWW_FACEBOOK, counts=(1, 0, 0, 1), tail=b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c"
+         + b"\x00\x0a\x00\x08" + b"\x01\x02\x03\x04\x05\x06\x07\x08"), True),
+    ("cached A, EDNS", PUPIL, packet("news.example.test"), True),
+    ("cached A, no EDNS: the same entry", PUPIL, packet("news.example.test", edns=False), True),
+    ("cached AAAA: first sight", PUPIL, packet("news.example.test", "AAAA"), False),
+    ("cached AAAA", PUPIL, packet("news.example.test", "AAAA"), True),
+    ("cached, DO bit: a cache key of its own", PUPIL, packet("news.example.test", do=True), False),
+    ("cached, DO bit", PUPIL, packet("news.example.test", do=True), True),
+    ("cached, 0x20 letter case echoed", PUPIL, packet("NeWs.ExAmPlE.tEsT"), True),
+    ("cached for staff: the same decision, the same entry", STAFF, packet("news.example.test"), True),
+    ("cached, an odd type (SPF)", PUPIL, packet("spf.example.test", 99), True),
+    ("cached, TC set in the query", PUPIL, packet("news.example.test", flags=dns.flags.TC | dns.flags.RD), True),
+    ("cached, too big for 512 bytes without EDNS: TC", PUPIL, packet("big.example.test", edns=False), False),
+    ("cached, big, with EDNS", PUPIL, packet("big.example.test"), True),
+    ("cached, a CNAME to a blocked name", PUPIL, packet("alias.example.test"), False),
+    ("a watched service allowed for staff", STAFF, packet("www.facebook.com"), False),
+    ("safe search", PUPIL, packet("www.google.com"), False),
+    ("special: DoH canary", PUPIL, packet("use-application-dns.net"), False),
+    ("special: DoH canary in capitals", PUPIL, packet("USE-APPLICATION-DNS.NET"), False),
+    ("special: resolver discovery", PUPIL, packet("_dns.resolver.arpa", "SVCB"), False),
+    ("special: the appliance's name", PUPIL, packet("schoolgate.lan"), False),
+    ("special: a dot inside a label", PUPIL, raw(b"\x0fmask.icloud.com\x00"), False),
+    ("a name that is not ASCII", PUPIL, raw(b"\x04caf\xc9\x04test\x00"), False),
+    ("ANY", PUPIL, packet("news.example.test", "ANY"), False),
+    ("AXFR: refused", PUPIL, packet("news.example.test", "AXFR"), False),
+    ("AXFR for a blocked name: refused", PUPIL, packet("www.facebook.com", "AXFR"), False),
+    ("ANY for a blocked name", PUPIL, packet("www.facebook.com", "ANY"), False),
+    ("MAILB for a blocked name: not implemented", PUPIL, packet("www.facebook.com", "MAILB"), False),
+    ("a meta type (128) for a blocked name: not implemented", PUPIL, raw(WWW_FACEBOOK, qtype=128), False),
+    ("class CH for a blocked name: refused", PUPIL, raw(WWW_FACEBOOK, qclass=3), False),
+    ("type 0 for a blocked name: format error", PUPIL, raw(WWW_FACEBOOK, qtype=0), False),
+    ("type 0: format error", PUPIL, raw(b"\x04news\x04test\x00", qtype=0), False),
+    ("class CH: refused", PUPIL, raw(b"\x04news\x04test\x00", qclass=3), False),
+    ("shorter than a header: dropped", PUPIL, b"\x12\x34\x01", False),
+    ("a response: dropped", PUPIL, patched(packet("news.example.test"), 2, b"\x81\x00"), False),
+    ("opcode NOTIFY: not implemented", PUPIL, patched(packet("news.example.test"), 2, b"\x20\x00"), False),
+    ("two questions", PUPIL, raw(WWW_FACEBOOK, counts=(2, 0, 0, 0)), False),
+    ("an answer record in a query", PUPIL, raw(WWW_FACEBOOK, counts=(1, 1, 0, 0)), False),
+    ("a label running past the end", PUPIL, raw(b"\x03www\x20facebook")[:-4], False),
+    ("a compression pointer in the question", PUPIL, raw(b"\x03www\xc0\x0c"), False),
+    ("a name over 255 bytes", PUPIL, raw((b"\x3f" + b"a" * 63) * 4 + b"\x00"), False),
+    ("EDNS version 1: BADVERS", PUPIL, raw(WWW_FACEBOOK, counts=(1, 0, 0, 1), tail=patched(OPT, 6, b"\x01")), False),
+    ("two OPT records", PUPIL, raw(WWW_FACEBOOK, counts=(1, 0, 0, 2), tail=OPT + OPT), False),
+    ("an OPT record not at the root", PUPIL, raw(WWW_FACEBOOK, counts=(1, 0, 0, 1), tail=b"\xc0\x0c" + OPT[1:]), False),
+    ("an OPT record cut short", PUPIL, raw(WWW_FACEBOOK, counts=(1, 0, 0, 1), tail=OPT[:7]), False),
+    ("a TSIG-like record instead of OPT", PUPIL,
+     raw(WWW_FACEBOOK, counts=(1, 0, 0, 1), tail=b"\x00\x00\xfa\x00\xff\x00\x00\x00\x00\x00\x00"), False),
+    ("bytes after the question", PUPIL, raw(WWW_FACEBOOK, tail=b"\xde\xad"), True),
+    ("the root name", PUPIL, raw(b"\x00", qtype=2), False),
+]
+
+
+def answers(handler: QueryHandler, data: bytes, client_ip: str) -> bytes | None:
+    result = handler.handle(data, client_ip, False)
+    if result is not None and not isinstance(result, bytes | bytearray):
+        result = asyncio.run(_settled(result))
+    return None if result is None else bytes(result)
+
+
+async def _settled(pending: object) -> bytes | None:
+    return await pending  # type: ignore[misc, no-any-return]
+
+
+def test_the_fast_path_answers_as_the_chain_does() -> None:
+    fast_resolver, fast_sink = resolver()
+    chain_resolver, chain_sink = resolver()
+    fast = QueryHandler(fast_resolver.head, fast_resolver.fast.answer)
+    chain = QueryHandler(chain_resolver.head)
+    for name in WARM:
+        for rdtype in ("A", 99):
+            for handler in (fast, chain):
+                answers(handler, packet(name, rdtype), PUPIL)
+    for what, client_ip, data, expect_fast in CASES:
+        before = fast_resolver.fast.answered
+        got = answers(fast, data, client_ip)
+        expected = answers(chain, data, client_ip)
+        assert got == expected, what
+        assert (fast_resolver.fast.answered > before) is expect_fast, what
+        assert fast_sink.events == chain_sink.events, what
+    fast_resolver.events.flush()
+    chain_resolver.events.flush()
+    assert fast_sink.events == chain_sink.events
+    assert fast.counters == chain.counters
+    assert fast_resolver.cache.cache.hits == chain_resolver.cache.cache.hits
+    assert fast_resolver.cache.cache.misses == chain_resolver.cache.cache.misses
+
+
+def test_every_blocked_query_answered_fast_leaves_its_event_with_the_dfe_fields() -> None:
+    built, sink = resolver()
+    handler = QueryHandler(built.head, built.fast.answer)
+    answer = dns.message.from_wire(answers(handler, packet("www.facebook.com"), PUPIL) or b"")
+    assert [rd.address for rrset in answer.answer for rd in rrset] == ["10.99.0.1"]
+    assert built.fast.answered == 1
+    (event,) = sink.events
+    # record.COMPACT_FIELDS: time, site, source, IP, host, verdict, rule, role, MAC, device, person...
+    assert event[0] == TEN.timestamp() and event[3] == PUPIL and event[4] == "www.facebook.com"
+    assert event[5] == "block" and event[6] == "pupils-social-media"
+    assert event[8:13] == ("02:00:00:00:00:01", "ipad-7", "iPad 7", "p-12", "A Pupil")
+
+
+@pytest.mark.parametrize(("what", "client_ip", "data"), [case[:3] for case in CASES], ids=[case[0] for case in CASES])
+def test_each_case_alone(what: str, client_ip: str, data: bytes) -> None:
+    """The same comparison from cold caches: a case must not depend on the ones before it."""
+    fast_resolver, fast_sink = resolver()
+    chain_resolver, chain_sink = resolver()
+    fast = QueryHandler(fast_resolver.head, fast_resolver.fast.answer)
+    chain = QueryHandler(chain_resolver.head)
+    for _ in range(2):  # the first sight fills the cache, the second may be a hit
+        assert answers(fast, data, client_ip) == answers(chain, data, client_ip), what
+    fast_resolver.events.flush()
+    chain_resolver.events.flush()
+    assert fast_sink.events == chain_sink.events, what
