@@ -17,13 +17,13 @@ the events.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from schoolgate.dns.cache import AnswerCache, render
 from schoolgate.dns.stages.cache import decision_key
 from schoolgate.dns.stages.events import EventsStage
 from schoolgate.dns.stages.identify import IdentifyStage
-from schoolgate.dns.stages.policy import BLOCK_TTL, PolicyStage, ceiling_seconds, ede_for
+from schoolgate.dns.stages.policy import BLOCK_TTL, MAX_CEILING, PolicyStage, ede_for
 from schoolgate.dns.stages.special import NODATA_ZONES, NXDOMAIN_NAMES, SpecialNamesStage
 from schoolgate.dns.wire import (
     CD,
@@ -43,11 +43,15 @@ from schoolgate.dns.wire import (
     edns_opt,
     encode_name,
 )
-from schoolgate.policy.types import Client, Target, Verdict
+from schoolgate.policy.types import Client, Decision, Target, Verdict
 
 _NOT_SIMPLE = QR | 0x7800  # a response, or an opcode other than QUERY: the full parser says what to do
 _ECHOED = RD | CD
 _OPT_CACHE_LIMIT = 1024
+_NEVER = float("inf")
+# (client IP, name) pairs whose decision is remembered; a full table starts over (a school's
+# devices ask a few hundred names each, and a miss costs one policy decision).
+DECIDED_LIMIT = 10_000
 
 
 class FastPath:
@@ -73,6 +77,14 @@ class FastPath:
         )
         self._special_suffixes = tuple(encode_name(zone) for zone in NODATA_ZONES)
         self._opts: dict[tuple[bool, tuple[int, str] | None], bytes] = {}
+        # (client IP, wire name) -> (client, policy generation, UTC minute, when decided, valid
+        # until, decision, its cache key, dotted name). A remembered decision stands while the
+        # identify stage gives the same client, the policy in force is the same (a reload moves
+        # its generation), the clock is in the same minute (the policy's windows change on
+        # whole minutes: the engine caches its own decisions per minute too) and before the
+        # decision's valid_until (exceptions and bans end when they end). Without a
+        # generation to watch, nothing is remembered.
+        self._decided: dict[tuple[str, bytes], tuple[Client, int, float, float, float, Decision, Hashable, str]] = {}
         self.answered = 0
 
     def _opt(self, dnssec_ok: bool, ede: tuple[int, str] | None) -> bytes:
@@ -135,24 +147,43 @@ class FastPath:
             edns = True
             dnssec_ok = bool(ttl & 0x8000)
             max_size = max(PLAIN_UDP_SIZE, min(udp_size, EDNS_UDP_SIZE))
-        if offset > 13:
-            dotted = bytearray(data[13 : offset - 1])
-            for dot in dots:
-                dotted[dot] = 46  # "."
-            qname = dotted.decode("latin-1").lower()
-        else:
-            qname = ""
-
-        # identify -> policy, as the stages do it
+        # identify -> policy, as the stages do it; the decision for this client and name is
+        # remembered while nothing it depends on can have moved (see _decided).
         resolver = self.identify.resolver
         client = Client(ip=client_ip) if resolver is None else resolver.resolve(client_ip)
-        policy = self.policy
-        now = policy.clock.now()
-        decision = policy.policy.decide(client, Target(qname), now)
+        now = self.policy.clock.now()
         ts = now.timestamp()
-        ceiling = ceiling_seconds(decision, ts)
+        decided = self._decided.get((client_ip, name_wire))
+        if (
+            decided is not None
+            and decided[1] == getattr(self.policy.policy, "generation", None)
+            and decided[2] == ts // 60
+            and decided[3] <= ts < decided[4]
+            and (decided[0] is client or decided[0] == client)
+        ):
+            _, _, _, _, until, decision, dkey, qname = decided
+        else:
+            if offset > 13:
+                dotted = bytearray(data[13 : offset - 1])
+                for dot in dots:
+                    dotted[dot] = 46  # "."
+                qname = dotted.decode("latin-1").lower()
+            else:
+                qname = ""
+            generation = getattr(self.policy.policy, "generation", None)  # read before deciding
+            decision = self.policy.policy.decide(client, Target(qname), now)
+            dkey = decision_key(decision)
+            until = decision.valid_until.timestamp() if decision.valid_until is not None else _NEVER
+            if generation is not None:
+                if len(self._decided) >= DECIDED_LIMIT:
+                    self._decided.clear()
+                self._decided[(client_ip, name_wire)] = (client, generation, ts // 60, ts, until, decision, dkey, qname)
+        # policy.ceiling_seconds, from the remembered instant
+        ceiling = 0 if until <= ts else MAX_CEILING if until == _NEVER else min(int(until - ts), MAX_CEILING)
+        policy = self.policy
         verdict = decision.verdict
         reply_flags = QR | (flags & _ECHOED) | RA
+        answer: bytes
         if verdict is Verdict.BLOCK:
             # policy.blocked: the block address for A and AAAA, no data otherwise; the rule in
             # an Extended DNS Error when the client speaks EDNS.
@@ -173,7 +204,7 @@ class FastPath:
             if (decision.service is not None or decision.url_scoped) and qtype in (TYPE_A, TYPE_AAAA):
                 return None  # the watch stage feeds these answers' addresses to the gateway
             cache = self.cache
-            key = (name_wire, qtype, qclass, decision_key(decision), dnssec_ok)
+            key = (name_wire, qtype, qclass, dkey, dnssec_ok)
             entry = cache.fresh(key)
             if entry is None or entry.aliases:
                 return None  # upstream, or the policy's check of the CNAME targets

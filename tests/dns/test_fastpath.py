@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import ClassVar
 
 import dns.flags
@@ -18,7 +20,8 @@ import dns.message
 import dns.rdatatype
 import dns.rrset
 import pytest
-from test_stages import TEN, FixedClock, StaticPolicy
+from conftest import DATA
+from test_stages import POLICY, TEN, FixedClock, StaticPolicy
 
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Result, Stage
@@ -28,7 +31,9 @@ from schoolgate.dns.stages.watch import WatchedFeeder
 from schoolgate.dns.upstream import UpstreamPool
 from schoolgate.dns.wire import Query
 from schoolgate.gateway.sets import MemoryWatchedSets
-from schoolgate.policy.types import Client, Role
+from schoolgate.policy import decide, load_policy
+from schoolgate.policy.engine import CompiledPolicy
+from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
 
 PUPIL = "127.0.0.1"
 STAFF = "::1"
@@ -88,11 +93,14 @@ class Identities:
         return Client(ip=ip)
 
 
-def resolver() -> tuple[Resolver, Sink]:
+def resolver(
+    policy: object | None = None, clock: FixedClock | None = None, identities: object | None = None
+) -> tuple[Resolver, Sink]:
     sink = Sink()
     built = build_resolver(
-        policy=StaticPolicy(), clock=FixedClock(TEN), pool=UpstreamPool(["127.0.0.1:9"]), cache=AnswerCache(),
-        sink=sink, site="dnstest", feeder=WatchedFeeder(MemoryWatchedSets(), 600), identities=Identities(),
+        policy=policy or StaticPolicy(), clock=clock or FixedClock(TEN), pool=UpstreamPool(["127.0.0.1:9"]),  # type: ignore[arg-type]
+        cache=AnswerCache(), sink=sink, site="dnstest", feeder=WatchedFeeder(MemoryWatchedSets(), 600),
+        identities=identities or Identities(),  # type: ignore[arg-type]
         own_names=["schoolgate.lan"], own_ipv4="10.0.0.1",
     )
     built.cache.next.next = Upstream()  # type: ignore[union-attr]
@@ -247,3 +255,80 @@ def test_each_case_alone(what: str, client_ip: str, data: bytes) -> None:
     fast_resolver.events.flush()
     chain_resolver.events.flush()
     assert fast_sink.events == chain_sink.events, what
+
+
+ENDS = datetime(2026, 11, 18, 12, 0, 20, tzinfo=UTC)
+
+
+class ReloadablePolicy(StaticPolicy):
+    """The test policy, or with Facebook open to pupils once `reload` is called."""
+
+    def __init__(self) -> None:
+        self.policy = POLICY
+        self.generation = 0
+
+    def reload(self, policy: CompiledPolicy) -> None:
+        self.policy = policy
+        self.generation += 1
+
+    def decide(self, client: Client, target: Target, now: datetime) -> Decision:
+        if target.host == "timed.example.test" and now < ENDS:
+            # A decision that ends inside a minute, as an exception or a ban can.
+            return Decision(Verdict.BLOCK, "timed-ban", "Acceptable Use §2", "banned until 12:00:20", Role.PUPIL,
+                            valid_until=ENDS)
+        return decide(self.policy, client, target, now)
+
+
+class MovingIdentities(Identities):
+    def __init__(self) -> None:
+        self.staff_ips: set[str] = set()
+
+    def resolve(self, ip: str, mac: str | None = None) -> Client:
+        if ip in self.staff_ips:
+            return Client(ip=ip, device_id="laptop-1", role=Role.STAFF)
+        return super().resolve(ip, mac)
+
+
+def test_a_remembered_decision_ends_with_its_window_a_reload_or_a_new_client(tmp_path: Path) -> None:
+    clock = FixedClock(datetime(2026, 11, 18, 11, 59, 30, tzinfo=UTC))  # a minute before lunch
+    policy = ReloadablePolicy()
+    identities = MovingIdentities()
+    fast_resolver, fast_sink = resolver(policy, clock, identities)
+    chain_resolver, chain_sink = resolver(policy, clock, identities)
+    fast = QueryHandler(fast_resolver.head, fast_resolver.fast.answer)
+    chain = QueryHandler(chain_resolver.head)
+
+    def both(name: str, rdtype: str = "TXT") -> dns.message.Message:
+        data = packet(name, rdtype)
+        got = answers(fast, data, PUPIL)
+        assert got == answers(chain, data, PUPIL), name
+        assert fast_sink.events == chain_sink.events
+        return dns.message.from_wire(got or b"")
+
+    def blocked(message: dns.message.Message) -> bool:
+        return any(option.code == 17 or option.code == 15 for option in message.options)
+
+    for name in ("www.games.test", "www.facebook.com"):
+        both(name)  # decided and remembered (games: a no-data block; facebook: blocked)
+    assert blocked(both("www.games.test")) and fast_resolver.fast.answered == 3
+    clock.instant = datetime(2026, 11, 18, 12, 0, 5, tzinfo=UTC)  # lunch: games open to pupils
+    assert not blocked(both("www.games.test"))
+    assert blocked(both("www.facebook.com"))
+    text = (DATA / "policy.toml").read_text(encoding="utf-8")
+    opened = tmp_path / "policy.toml"
+    opened.write_text(text.replace('roles = ["pupil", "guest", "supervised"]', 'roles = ["guest", "supervised"]'),
+                      encoding="utf-8")
+    policy.reload(load_policy(opened))
+    assert not blocked(both("www.facebook.com"))  # the reload opened it
+    policy.reload(POLICY)
+    assert blocked(both("www.facebook.com"))
+    identities.staff_ips.add(PUPIL)  # the register now says this address is a staff laptop
+    assert not blocked(both("www.facebook.com", "TXT"))
+    identities.staff_ips.clear()
+    assert blocked(both("www.facebook.com"))
+    assert blocked(both("timed.example.test")) and blocked(both("timed.example.test"))
+    clock.instant = datetime(2026, 11, 18, 12, 0, 25, tzinfo=UTC)  # the same minute, after valid_until
+    assert not blocked(both("timed.example.test"))
+    fast_resolver.events.flush()
+    chain_resolver.events.flush()
+    assert fast_sink.events == chain_sink.events
