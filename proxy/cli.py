@@ -2,6 +2,8 @@
 
     schoolgate proxy --config schoolgate.toml            run the proxy until SIGTERM
     schoolgate proxy stats --config schoolgate.toml      print the running proxy's counters
+    schoolgate proxy events --config F --events-fd N     the workers' event-writing process
+                                                         (`schoolgate run` starts it)
     schoolgate ca init --config F [--owner USER] [--force]
     schoolgate ca export --config F --out DIR           schoolgate-ca.pem and schoolgate-ca.crt (DER)
     schoolgate ca show --config F                        subject, SHA-256 fingerprint, expiry
@@ -27,11 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="run the transparent filtering proxy (or print its counters)",
         description="Run the transparent filtering proxy; `stats` prints the running proxy's counters.",
     )
-    proxy.add_argument("action", nargs="?", choices=("run", "stats"), default="run")
+    proxy.add_argument("action", nargs="?", choices=("run", "stats", "events"), default="run")
     proxy.add_argument("--config", required=True, help="the appliance configuration (schoolgate.toml)")
     proxy.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     proxy.add_argument("--workers", type=int, default=None, help="workers sharing the port (default: proxy.workers)")
     proxy.add_argument("--worker", type=int, default=1, help="which of them this is (1..workers)")
+    proxy.add_argument(
+        "--events-fd", type=int, default=None,
+        help="the inherited event channel (given by `schoolgate run`): a worker sends its events on it, "
+        "`events` reads and writes them; without it the proxy writes its own events",
+    )
     proxy.set_defaults(func=_proxy)
 
     ca = sub.add_parser("ca", help="create, export and inspect the school's certificate authority")
@@ -84,13 +91,22 @@ def _proxy(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from schoolgate.proxy.events import events_socket, run_event_writer
+
     workers = args.workers if args.workers is not None else config.proxy.workers
     if workers < 1 or not 1 <= args.worker <= workers:
         print(f"schoolgate proxy: --worker {args.worker} of --workers {workers}: need 1 <= worker <= workers",
               file=sys.stderr)
         return 2
+    if args.action == "events" and args.events_fd is None:
+        print("schoolgate proxy events: needs --events-fd (schoolgate run gives it)", file=sys.stderr)
+        return 2
     try:
-        return asyncio.run(daemon.run(config, worker=args.worker, workers=workers))
+        channel = events_socket(args.events_fd) if args.events_fd is not None else None
+        if args.action == "events":
+            assert channel is not None
+            return run_event_writer(config, channel)
+        return asyncio.run(daemon.run(config, worker=args.worker, workers=workers, events=channel))
     except (CAError, ConfigError, ValueError) as err:
         print(f"schoolgate proxy: {err}", file=sys.stderr)
         return 2

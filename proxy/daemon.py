@@ -9,8 +9,12 @@ mitmproxy, the same loop runs:
   reloaded when its generation moves, counters written to the stats file;
 - the address learner (schoolgate.proxy.addresses), every `proxy.address_refresh_s`.
 
-Events go through the store's EventWriter (its own thread) and AllowedAggregator; the writer
-also records the counters in `daemon_status` (name "proxy") every second.
+Events: under `schoolgate run` (`--events-fd`) each worker hands compact events in batches to
+the proxy's one event-writing process (schoolgate.proxy.events) over the store's event channel,
+from the loop, every EVENTS_TICK_S or when a batch is full; allowed traffic is folded per minute
+first (AllowedAggregator, flushed from the same loop). Run on its own, the proxy writes them
+itself (the store's EventWriter, in a thread). Either way its counters are in `daemon_status`
+(name "proxy", or "proxy.N") every second, with what it handed over or wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -39,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("schoolgate.proxy")
 
 STATS_FILE = "proxy-stats.json"
+# How often the loop hands its gathered events to the event-writing process (as the DNS
+# workers do): a worker killed between two hand-overs loses at most this much.
+EVENTS_TICK_S = 0.2
 UPSET_KEY_FILE = "upset-button.key"
 
 
@@ -112,7 +120,8 @@ def quiet_mitmproxy_logging(master: Any) -> None:
 
 
 async def run(
-    config: AppConfig, *, ready: Callable[[], None] | None = None, worker: int = 1, workers: int = 1
+    config: AppConfig, *, ready: Callable[[], None] | None = None, worker: int = 1, workers: int = 1,
+    events: socket.socket | None = None,
 ) -> int:
     """Run the proxy (one of `workers`, sharing the port) until SIGTERM/SIGINT. Returns the exit status.
 
@@ -120,7 +129,10 @@ async def run(
     connections over the workers' sockets, and a worker that dies leaves the group at once, so
     its share goes to the others until the supervisor has restarted it. (The nftables `numgen`
     map would send each worker its share by port whether it is alive or not, and needs the
-    ruleset to follow the worker count.)"""
+    ruleset to follow the worker count.)
+
+    `events`: the sending end of the event channel to the proxy's event-writing process; None:
+    this process writes its events itself."""
     from mitmproxy import master as mitm_master
     from mitmproxy import options as mitm_options
     from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
@@ -137,6 +149,7 @@ async def run(
     from schoolgate.proxy.front import FrontDoor, listen_sockets
     from schoolgate.store.db import make_engine
     from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
+    from schoolgate.store.events.channel import EventChannel
 
     pconf = config.proxy
     ca_dir = ca_dir_of(config)
@@ -201,13 +214,16 @@ async def run(
             "ca_trust": services.ca_trust.snapshot(),
         }
 
-    writer = make_event_writer(
-        engine,
-        config,
-        status=StatusTarget(
-            site=site, name=status_name_of(worker, workers), interval=1.0, started_at=started, extra=snapshot
-        ),
+    status = StatusTarget(
+        site=site, name=status_name_of(worker, workers), interval=1.0, started_at=started, extra=snapshot
     )
+    writer: Any  # the channel to the writing process, or an EventWriter: submit, stats, start, stop
+    if events is not None:
+        # Used from the loop only (the channel is not thread-safe): the aggregator's minutes are
+        # handed over by the loop's own tick, not by its thread.
+        writer = EventChannel(events, engine, status=status)
+    else:
+        writer = make_event_writer(engine, config, status=status)
     aggregator = AllowedAggregator(writer, clock=clock.now)
 
     def inspect(host: str) -> bool:
@@ -311,7 +327,8 @@ async def run(
     opts.update(**updates)
 
     writer.start()
-    aggregator.start()
+    if events is None:
+        aggregator.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, master.shutdown)
@@ -358,11 +375,20 @@ async def run(
         if ready is not None:
             ready()
 
+    async def hand_over_loop() -> None:
+        """The events gathered on the loop, to the writing process (never blocks)."""
+        while True:
+            await asyncio.sleep(EVENTS_TICK_S)
+            aggregator.flush_due()
+            writer.flush()
+
     tasks = [
         asyncio.create_task(tick_loop(), name="proxy-tick"),
         asyncio.create_task(learn_loop(), name="proxy-learn"),
         asyncio.create_task(announce(), name="proxy-announce"),
     ]
+    if events is not None:
+        tasks.append(asyncio.create_task(hand_over_loop(), name="proxy-events"))
     try:
         await master.run()
     finally:
@@ -375,8 +401,14 @@ async def run(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        aggregator.stop()
-        writer.stop()
+        if events is not None:
+            aggregator.flush_all()  # on the loop's thread, like every other submit
+            stopped = writer.stop()
+            log.info("stopped; events handed to the writing process %s, dropped %s",
+                     stopped.get("handed"), stopped.get("dropped"))
+        else:
+            aggregator.stop()
+            writer.stop()
         with contextlib.suppress(OSError):
             write_json_atomic(stats_path, {"updated": clock.now().isoformat(), "stopped": True, **snapshot()})
         engine.dispose()

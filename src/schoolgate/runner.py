@@ -23,6 +23,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,10 +176,15 @@ class Preloaded:
         except Exception:  # a broken model shows in the daemon that uses it, with its own error
             self.failed.append("sqlalchemy.orm.configure_mappers")
 
-    def spawn(self, name: str, args: list[str]) -> ForkedProcess:
+    def spawn(self, name: str, args: list[str], closes: tuple[int, ...] = ()) -> ForkedProcess:
+        """Fork `schoolgate ARGS`; the child closes `closes` (the supervisor's descriptors that
+        are not its own: a worker holding the event channel's reading end, say)."""
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
+            for fd in closes:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             _run_forked(name, args, parent, self.before_child, self.parser)
         return ForkedProcess(pid)
 
@@ -233,7 +239,11 @@ class Child:
     next_start: float | None = None
     died_mono: float | None = None
     last_exit: str = ""
-    status_name: str | None = None  # one worker of several: its own daemon_status row
+    status_name: str | None = None  # one worker of several, or the proxy's event writer: its own row only
+    # Descriptors of the supervisor's that this child inherits (the proxy's event channel):
+    # named in its argv. Every other child closes them (`closes`).
+    fds: tuple[int, ...] = ()
+    closes: tuple[int, ...] = ()
 
     @property
     def pid(self) -> int | None:
@@ -241,10 +251,13 @@ class Child:
 
     def start(self) -> None:
         if self.preloaded is not None:
-            self.process = self.preloaded.spawn(self.name, self.argv[self.argv.index("schoolgate") + 1:])
+            self.process = self.preloaded.spawn(
+                self.name, self.argv[self.argv.index("schoolgate") + 1:], self.closes
+            )
         else:
-            # The supervisor runs no threads, so preexec_fn is safe here.
-            self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)  # noqa: PLW1509
+            # The supervisor runs no threads, so preexec_fn is safe here. Only `fds` are
+            # inherited (close_fds closes the rest).
+            self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent, pass_fds=self.fds)  # noqa: PLW1509
         self.started_mono = time.monotonic()
         self.started_wall = datetime.now(UTC)
         self.next_start = None
@@ -311,21 +324,73 @@ def proxy_workers(config: str) -> int:
         return 1
 
 
-def children_of(name: str, config: str, workers: int, preloaded: Preloaded | None) -> list[Child]:
+def children_of(
+    name: str, config: str, workers: int, preloaded: Preloaded | None, events: EventChannelEnds | None = None
+) -> list[Child]:
     """The supervised processes of one daemon: the proxy's workers are each a child of their own
     ("proxy" is worker 1, then "proxy.2"...), so one that dies is restarted alone while the
-    others keep serving the shared port."""
-    if name != "proxy" or workers <= 1:
+    others keep serving the shared port. With `events` (the proxy's event channel), the workers
+    hand their events to one more child, "proxy.events", which alone writes them."""
+    if name != "proxy":
         return [Child(name, child_argv(name, config), preloaded=preloaded)]
-    return [
-        Child(
-            "proxy" if index == 1 else f"proxy.{index}",
-            [*child_argv(name, config), "--worker", str(index), "--workers", str(workers)],
-            preloaded=preloaded,
-            status_name=f"proxy.{index}",
-        )
-        for index in range(1, workers + 1)
-    ]
+    sending = ("--events-fd", str(events.sending.fileno())) if events is not None else ()
+    if workers <= 1:
+        proxies = [Child(name, [*child_argv(name, config), *sending], preloaded=preloaded,
+                         status_name="proxy" if events is not None else None)]
+    else:
+        proxies = [
+            Child(
+                "proxy" if index == 1 else f"proxy.{index}",
+                [*child_argv(name, config), "--worker", str(index), "--workers", str(workers), *sending],
+                preloaded=preloaded,
+                status_name=f"proxy.{index}",
+            )
+            for index in range(1, workers + 1)
+        ]
+    if events is None:
+        return proxies
+    for child in proxies:
+        child.fds, child.closes = (events.sending.fileno(),), (events.reading.fileno(),)
+    writer = Child(
+        PROXY_EVENTS,
+        [*_schoolgate("proxy", "events", "--config", config, "--events-fd", str(events.reading.fileno()))],
+        preloaded=preloaded,
+        status_name=PROXY_EVENTS,
+        fds=(events.reading.fileno(),),
+        closes=(events.sending.fileno(),),
+    )
+    return [*proxies, writer]
+
+
+# The proxy's event-writing process: its child's name and its daemon_status row.
+PROXY_EVENTS = "proxy.events"
+
+
+@dataclass
+class EventChannelEnds:
+    """The proxy's event channel (schoolgate.store.events.channel), made by the supervisor so
+    that a restarted worker or writer gets the same socket: what the workers send while the
+    writer restarts waits in it. The supervisor itself never reads or sends; it lets go of
+    both ends when it stops the daemons, so the writer sees the end of the stream once the
+    last worker has gone."""
+
+    sending: socket.socket
+    reading: socket.socket
+
+    @classmethod
+    def make(cls) -> EventChannelEnds:
+        from schoolgate.store.events.channel import channel_pair
+
+        sending, reading = channel_pair()
+        return cls(sending, reading)
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.sending.fileno(), self.reading.fileno()) if fd >= 0)
+
+    def close(self) -> None:
+        self.sending.close()
+        self.reading.close()
 
 
 def _available_commands() -> set[str]:
@@ -475,7 +540,9 @@ class StatusBoard:
         rows = self._read()
         found = []
         for name, row in rows.items():
-            if name != status_name and not name.startswith(status_name + "."):
+            # A child that names its row owns that row alone ("proxy" beside "proxy.events");
+            # otherwise a daemon's rows are its name's and its workers' ("dns", "dns.1"...).
+            if name != status_name and (child.status_name or not name.startswith(status_name + ".")):
                 continue
             # Only this run's rows: the ones from before it started belong to an earlier run.
             if row["heartbeat_at"] < child.started_wall:
@@ -505,8 +572,10 @@ class Supervisor:
         state_file: Path | None,
         grace: float,
         say: Callable[[str], None],
+        events: EventChannelEnds | None = None,
     ) -> None:
         self.children = children
+        self.events = events
         self.board = board
         self.state_file = state_file
         self.grace = grace
@@ -614,6 +683,10 @@ class Supervisor:
                 assert child.process is not None
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(signal.SIGTERM)
+        if self.events is not None:
+            # The proxy's event writer reads until every sender has gone: the workers, as they
+            # stop, and this copy now.
+            self.events.close()
         deadline = time.monotonic() + self.grace
         for child in running:
             assert child.process is not None
@@ -709,12 +782,20 @@ def _run(args: argparse.Namespace) -> int:
         gc.freeze()
         say(f"preloaded the daemons' modules in {time.monotonic() - started:.1f} s"
             + (f" (not available: {', '.join(preloaded.failed)})" if preloaded.failed else ""))
+    # The proxy's workers hand their events to one writing process over a channel made here.
+    events = EventChannelEnds.make() if "proxy" in present else None
+    children = [child for name in present for child in children_of(name, config, workers, preloaded, events)]
+    if events is not None:
+        for child in children:
+            if not child.fds:  # not the proxy's: it must not hold the channel (nor keep it open)
+                child.closes = events.fds
     supervisor = Supervisor(
-        [child for name in present for child in children_of(name, config, workers, preloaded)],
+        children,
         board=board,
         state_file=Path(args.state_file) if args.state_file else None,
         grace=args.grace,
         say=say,
+        events=events,
     )
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)

@@ -204,7 +204,7 @@ def test_the_supervisor_keeps_every_daemon_running_after_the_kills(lab: LabClien
     status = lab.lab.status()
     assert status["processes"]["appliance"]["alive"]
     assert {name for name, info in status["daemons"].items() if info["alive"]} == {
-        "dns", "proxy", "console", "scheduler", "watch", "identity"
+        "dns", "proxy", "proxy.events", "console", "scheduler", "watch", "identity"
     }
     with lab.session() as session:
         assert session.scalar(select(func.count()).select_from(AccessEvent)) > 0

@@ -314,6 +314,48 @@ def test_each_proxy_worker_is_a_child_with_its_own_status_row(
     assert all(c.argv[: len(base)] == base for c in children)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_proxy_workers_and_their_event_writer_share_one_channel(workers: int) -> None:
+    """The workers get the channel's sending end, "proxy.events" its reading end, each named in
+    its argv; each holds only its own end (a worker holding the reading end, or the writer the
+    sending end, would keep the writer's stream from ever ending)."""
+    from schoolgate.runner import PROXY_EVENTS, EventChannelEnds, children_of
+
+    events = EventChannelEnds.make()
+    try:
+        children = children_of("proxy", "/etc/schoolgate.toml", workers, None, events)
+        sending, reading = events.sending.fileno(), events.reading.fileno()
+        *proxies, writer = children
+        assert len(proxies) == workers
+        for child in proxies:
+            assert child.argv[-2:] == ["--events-fd", str(sending)]
+            assert (child.fds, child.closes) == ((sending,), (reading,))
+            assert child.status_name == ("proxy" if workers == 1 else f"proxy.{child.argv[-5]}")
+        assert (writer.name, writer.status_name) == (PROXY_EVENTS, PROXY_EVENTS)
+        assert writer.argv[-5:] == ["events", "--config", "/etc/schoolgate.toml", "--events-fd", str(reading)]
+        assert (writer.fds, writer.closes) == ((reading,), (sending,))
+    finally:
+        events.close()
+
+
+def test_a_single_proxys_row_is_its_own_beside_its_event_writers() -> None:
+    """A killed proxy worker's possible loss is read from its row alone, not the writer's."""
+    from schoolgate.runner import PROXY_EVENTS, Child, StatusBoard
+
+    board = StatusBoard.__new__(StatusBoard)
+    now = datetime.now().astimezone()
+    rows = {name: {"heartbeat_at": now, "stats": {}} for name in ("proxy", PROXY_EVENTS, "dns", "dns.events")}
+    board._read = lambda: rows  # type: ignore[method-assign]
+    for name, status_name, expected in (
+        ("proxy", "proxy", ["proxy"]),
+        (PROXY_EVENTS, PROXY_EVENTS, [PROXY_EVENTS]),
+        ("dns", None, ["dns", "dns.events"]),  # the DNS daemon's writer is its own child process
+    ):
+        child = Child(name, [], status_name=status_name)
+        child.started_wall = now
+        assert sorted(row["name"] for row in board.rows_of(child)) == expected
+
+
 def test_a_workers_status_rows_are_its_own(tmp_path: Path) -> None:
     """The supervisor counts a dead worker's possibly lost events from that worker's row only."""
     from schoolgate.runner import Child, StatusBoard

@@ -145,11 +145,12 @@ def start_proxy(
     host: str = "127.0.0.1",
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     command = [SCHOOLGATE, "proxy", "--config", str(config), *args]
     if netns:
         command = ["ip", "netns", "exec", netns, *command]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, pass_fds=pass_fds)
 
     def listening() -> bool:
         assert process.poll() is None, "the proxy exited during start-up"
@@ -190,6 +191,80 @@ def add_device(
 def blocked_events(sessions: sessionmaker[Session]) -> list[AccessEvent]:
     with sessions() as session:
         return list(session.scalars(select(AccessEvent).where(AccessEvent.verdict == "block").order_by(AccessEvent.id)))
+
+
+def test_a_worker_hands_its_events_to_the_writing_process_which_writes_them(
+    tmp_path: Path, policy_file: Path, db_path: Path, school_ca: Path, sessions: sessionmaker[Session]
+) -> None:
+    """As `schoolgate run` starts them: the worker gets the channel's sending end, `schoolgate
+    proxy events` its reading end. Every blocked attempt is stored by the writing process with
+    the DfE fields; each process reports its row; when the worker stops, the writer has its last
+    events, writes them and ends by itself (the end of its stream)."""
+    from schoolgate.store.events.channel import channel_pair
+
+    oport, pport = free_port(), free_port()
+    origin = start_origin(tmp_path, [f"127.0.0.1:{oport}"], [])
+    config = write_config(
+        tmp_path, policy=policy_file, db_path=db_path, ca_dir=school_ca, listen=f"127.0.0.1:{pport}",
+        mode="regular", extra='neighbours = false\nresolvers = ["127.0.0.1:9"]',
+    )
+    sending, reading = channel_pair()
+    writer = subprocess.Popen(
+        [SCHOOLGATE, "proxy", "events", "--config", str(config), "--events-fd", str(reading.fileno())],
+        pass_fds=(reading.fileno(),),
+    )
+    reading.close()
+    proxy = None
+    try:
+        proxy = start_proxy(config, pport, args=("--events-fd", str(sending.fileno())), pass_fds=(sending.fileno(),))
+        sending.close()  # the worker's is now the only sending end
+        via = ["-x", f"http://127.0.0.1:{pport}"]
+        assert curl(*via, "http://www.facebook.com/wall?x=1").status == 403
+        killed = curl(*via, "--cacert", str(origin.ca), "--connect-to", f"www.facebook.com:443:127.0.0.1:{oport}",
+                      "https://www.facebook.com/")
+        assert killed.code != 0 and killed.status == 0
+        events = wait_for(lambda: len(found := blocked_events(sessions)) >= 2 and found, what="the events written")
+        by_url = {event.url: event for event in events}
+        page = by_url["http://www.facebook.com/wall?x=1"]
+        kill = by_url[None]  # the TLS kill: by host, nothing decrypted
+        for event in (page, kill):
+            assert (event.source, event.client_ip, event.host) == ("proxy", "127.0.0.1", "www.facebook.com")
+            assert event.rule_id and event.clause and event.role and event.ts is not None
+
+        def rows() -> dict[str, Any]:
+            with sessions() as session:
+                return {row.name: json.loads(row.stats) for row in session.scalars(select(DaemonStatus))}
+
+        found = wait_for(lambda: (r := rows()).get("proxy", {}).get("events", {}).get("handed", 0) >= 2
+                         and r.get("proxy.events", {}).get("events", {}).get("written", 0) >= 2 and r,
+                         what="both status rows")
+        assert found["proxy"]["events"]["dropped"] == 0
+        assert found["proxy"]["counters"]["killed"] == 1
+    finally:
+        if proxy is not None:
+            stop(proxy)
+        stop(origin.process)
+    # No signal: the writer stops because its last sender has gone.
+    try:
+        assert writer.wait(timeout=30) == 0
+    finally:
+        stop(writer)
+
+
+def test_the_writing_process_refuses_a_descriptor_that_is_not_the_channel(tmp_path: Path, db_path: Path,
+                                                                          policy_file: Path, school_ca: Path) -> None:
+    config = write_config(tmp_path, policy=policy_file, db_path=db_path, ca_dir=school_ca,
+                          listen="127.0.0.1:9", mode="regular")
+    with socket.socket() as tcp:
+        done = subprocess.run(
+            [SCHOOLGATE, "proxy", "events", "--config", str(config), "--events-fd", str(tcp.fileno())],
+            pass_fds=(tcp.fileno(),), capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 2
+    assert "not the event channel" in done.stderr
+    missing = subprocess.run([SCHOOLGATE, "proxy", "events", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "needs --events-fd" in missing.stderr
 
 
 # ------------------------------------------------------------------------- regular, loopback

@@ -1,0 +1,81 @@
+"""The proxy's event-writing process: every worker's events, written by one process.
+
+Building a row and inserting it cost a killed connection a sixth of its CPU when each proxy
+worker ran its own EventWriter thread, and that thread held the worker's interpreter lock
+while connections waited. So the workers hand compact events over the store's event channel
+(schoolgate.store.events.channel, as the DNS workers do) and this process alone writes them.
+
+`schoolgate run` makes the channel before it starts the proxy: the workers get its sending
+end (`schoolgate proxy --events-fd N`), this process its reading end (`schoolgate proxy events
+--events-fd N`), and the supervisor keeps both, so a restarted worker or writer finds the same
+socket and what is sent while the writer restarts waits in it. Its status row is
+"proxy.events" (its writer's ledger); each worker's row counts what it handed over.
+
+It stops once every sender has gone (the end of its stream: the workers have handed over
+their last events), or WRITER_STOP_GRACE_S after SIGTERM if a sender hangs.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import socket
+import time
+from typing import Any
+
+from schoolgate.config import AppConfig
+
+log = logging.getLogger("schoolgate.proxy.events")
+
+WRITER_STATUS_NAME = "proxy.events"
+WRITER_STOP_GRACE_S = 8.0  # after SIGTERM, how long it waits for the workers' last events
+# Rows per transaction: the writing process sees every worker's stream, so its batches fill
+# (the DNS event writer measured 2,000 rows a transaction as cheaper per event than 500).
+WRITER_BATCH_ROWS = 2000
+
+
+def events_socket(fd: int) -> socket.socket:
+    """The channel's end this process inherited as descriptor `fd`."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as err:
+        raise ValueError(f"--events-fd {fd}: not an open socket ({err.strerror})") from err
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+        sock.detach()
+        raise ValueError(f"--events-fd {fd}: not the event channel (a Unix SOCK_SEQPACKET socket)")
+    return sock
+
+
+def run_event_writer(config: AppConfig, reading: socket.socket) -> int:
+    """Write the batches read from `reading` until every sender has gone."""
+    from schoolgate.store.db import make_engine
+    from schoolgate.store.events import StatusTarget, make_event_writer
+    from schoolgate.store.events.channel import receive_events
+
+    stop_by: list[float] = []
+    # What the supervisor imported before forking this process is never its business: keep
+    # the collector from walking it (and so copying the shared pages) as rows come and go.
+    gc.freeze()
+
+    def asked_to_stop(signum: int, frame: Any) -> None:
+        if not stop_by:
+            stop_by.append(time.monotonic() + WRITER_STOP_GRACE_S)
+
+    signal.signal(signal.SIGTERM, asked_to_stop)
+    signal.signal(signal.SIGINT, asked_to_stop)
+    engine = make_engine(config.database_url)
+    writer = make_event_writer(
+        engine, config, batch_size=WRITER_BATCH_ROWS,
+        status=StatusTarget(site=config.site.id, name=WRITER_STATUS_NAME, interval=1.0),
+    )
+    writer.start()
+    log.info("writing the proxy workers' events")
+    try:
+        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: stop_by[0] if stop_by else None):
+            pass
+    finally:
+        stats = writer.stop()
+        log.info("stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
+        engine.dispose()
+    return 0
