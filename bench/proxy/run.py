@@ -4,7 +4,8 @@
         [--proxy-workers 2] [--profile FOLDER]
 
 (`--profile`: py-spy, from PyPI, samples schoolgate's proxy during each load; one collapsed
-stack file per slice. `--proxy-workers`: the CPU per connection is summed over every worker.)
+stack file per slice. `--proxy-workers`: the CPU per connection is summed over every process of
+schoolgate's proxy, its workers and the one that writes their events, and shown per process.)
 
 Builds a private lab (namespaces `sgb…`), then measures from the lab's devices:
 
@@ -236,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if proxy_pid is None:
             print("the schoolgate proxy is not running in the lab", file=sys.stderr)
             return 1
-        workers = [int(info["pid"]) for name, info in lab.supervisor_state()["children"].items()
-                   if (name == "proxy" or name.startswith("proxy.")) and info.get("pid")]
-        pids = {"schoolgate": workers or [proxy_pid], "squid": [squid_pid[0]]}
+        # Every process of schoolgate's proxy: its workers and the one that writes their events.
+        processes = {name: int(info["pid"]) for name, info in lab.supervisor_state()["children"].items()
+                     if (name == "proxy" or name.startswith("proxy.")) and info.get("pid")}
+        pids = {"schoolgate": list(processes.values()) or [proxy_pid], "squid": [squid_pid[0]]}
+        by_process = {(name, kind): 0.0 for name in processes for kind in ("killed", "passed")}
         latency: dict[str, list[float]] = {e: [] for e in engines}
         direct: list[float] = []
         slices = max(1, args.rounds)
@@ -256,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)  # the daemons re-read the clock file
                     profiler = _start_profile(args.profile, pids[engine][0], f"{engine}-{kind}") \
                         if engine == "schoolgate" else None
+                    each_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
                     cpu_before = sum(cpu_seconds(pid) for pid in pids[engine])
                     rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
                                            cafile=cafile)
                     cpu[(engine, kind)] += sum(cpu_seconds(pid) for pid in pids[engine]) - cpu_before
+                    if engine == "schoolgate":
+                        for name, pid in processes.items():
+                            by_process[(name, kind)] += cpu_seconds(pid) - each_before[name]
                     _stop_profile(profiler)
                     total = totals[(engine, kind)]
                     totals[(engine, kind)] = Rate(total.done + rate.done, total.failed + rate.failed,
@@ -309,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
             ("passed through (spliced): schoolgate", f"{per_connection[('schoolgate', 'passed')]:8.0f}"),
             ("passed through (spliced): squid", f"{per_connection[('squid', 'passed')]:8.0f}"),
             ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'passed'):8.2f}"),
+        ])
+        report("schoolgate's CPU time per connection by process (µs; killed / passed through)", [
+            (name, f"{by_process[(name, 'killed')] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
+                   f"{by_process[(name, 'passed')] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}")
+            for name in processes
         ])
         report("Connections per CPU-second of the proxy process (higher is leaner)", [
             (f"{kind}: schoolgate / squid",
