@@ -27,7 +27,9 @@ internal loopback port, is handed the rest in-process (the block page, plain HTT
 that is not a whole ClientHello). A client silent for 10 s before its first byte is closed.
 With `[proxy] workers = N` (transparent mode) the supervisor runs N proxy processes ("proxy",
 "proxy.2"...) sharing the port with SO_REUSEPORT, each with its own `daemon_status` row
-("proxy.1"...) and stats file (`proxy-stats.1.json`...).
+("proxy.1"...) and stats file (`proxy-stats.1.json`...). Under `schoolgate run` the workers hand
+their events to one event-writing process, "proxy.events" (schoolgate.proxy.events), over the
+store's event channel (`--events-fd`); run on its own, the proxy writes its events itself.
 
 What it does per connection (see schoolgate.proxy.addons and .judge): TLS is judged on the
 SNI and on the dialled address; allowed TLS is passed through undecrypted; blocked TLS is
@@ -47,7 +49,7 @@ client and server connect (each decision is an event in the database); run it wi
 `--log-level DEBUG` to see those.
 
 Modules: `daemon` (the master and the loop), `front` (the front door), `hello` (the
-ClientHello's SNI and ALPN), `addons` (one concern each, behind one `Pipeline`), `judge` (the
-pure verdict), `addresses` (address -> watched service), `clients` (recent identity answers,
-used without leaving the loop), `blockpage`, `search`, `cli`.
+ClientHello's SNI and ALPN), `events` (the event-writing process), `addons` (one concern each,
+behind one `Pipeline`), `judge` (the pure verdict), `addresses` (address -> watched service),
+`clients` (recent identity answers, used without leaving the loop), `blockpage`, `search`, `cli`.
 """
