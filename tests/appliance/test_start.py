@@ -175,7 +175,7 @@ def test_ctrl_c_tears_everything_down(started: tuple[Started, str]) -> None:
     supervised = json.loads((state_dir / "run.json").read_text())
     ours = [(info["pid"], info["start"]) for info in lab_state["processes"].values()]
     ours += [(info["pid"], info["start"]) for info in supervised["children"].values() if info["pid"]]
-    assert len(ours) == 8  # the internet, the supervisor and its six daemons
+    assert len(ours) == 9  # the internet, the supervisor, its six daemons and the proxy's event writer
     assert all(process_alive(pid, start) for pid, start in ours)
 
     run.process.send_signal(signal.SIGINT)
