@@ -1,7 +1,10 @@
 """Serving the console with gunicorn, over TLS unless plain HTTP is asked for.
 
-One worker process with threads: the sign-in rate limiter and the TOTP replay guard live in
-memory, and one process keeps them exact; eight threads are plenty for a school's staff.
+One process with threads: the sign-in rate limiter and the TOTP replay guard live in memory,
+and one process keeps them exact; eight threads are plenty for a school's staff. That process
+is gunicorn's threaded worker run on its own, without gunicorn's arbiter: with one worker the
+arbiter only watches and restarts it, which the service manager (systemd, or `schoolgate run`)
+already does, and on a Raspberry Pi its own Python process cost about 7 MB (bench/memory.py).
 The certificate is, in order: `[console] tls_cert`/`tls_key`; one issued earlier by the
 school CA into `<data_dir>/console-tls/`; or one issued now by the school CA (the proxy's
 `schoolgate ca init`), when this process can read the CA key.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,8 +139,32 @@ def tls_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> 
     return context
 
 
+def run_worker_alone(app: Any) -> None:
+    """Serve `app` (a gunicorn application, its configuration loaded) with one gunicorn worker
+    in this process until SIGTERM (finishing the requests in flight) or SIGINT.
+
+    What the arbiter would do for its one worker, done here: open the listening sockets, build
+    the worker and run it. The worker stops by itself if its parent changes (its supervisor
+    died), as it would if the arbiter died.
+    """
+    from gunicorn import sock
+
+    cfg = app.cfg
+    logger = cfg.logger_class(cfg)
+    listeners = sock.create_sockets(cfg, logger)
+    worker = cfg.worker_class(1, os.getppid(), listeners, app, cfg.timeout / 2.0, cfg, logger)
+    worker.pid = os.getpid()
+    logger.info("Serving with one %s worker (pid %s), no arbiter", cfg.worker_class_str, worker.pid)
+    try:
+        worker.init_process()
+    finally:
+        worker.tmp.close()
+        for listener in listeners:
+            listener.close()
+
+
 def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, threads: int = 8) -> None:
-    """Run gunicorn in the foreground until SIGTERM/SIGINT."""
+    """Serve the console in the foreground until SIGTERM/SIGINT."""
     from gunicorn.app.base import BaseApplication
 
     host, port = parse_listen(listen or config.console.listen)
@@ -176,4 +204,4 @@ def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, thr
             # lookups miss and the request form falls back to the register's fixed addresses.
             return create_app(config, tls=tls is not None, clock=clock_from_env(), neighbours=NeighbourTable())
 
-    ConsoleServer().run()
+    run_worker_alone(ConsoleServer())

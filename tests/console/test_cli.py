@@ -103,6 +103,8 @@ def test_console_serves_tls_with_a_certificate_from_the_school_ca(tmp_path: Path
                     time.sleep(0.2)
             assert headers["Strict-Transport-Security"].startswith("max-age=")
             assert "Secure" in headers["Set-Cookie"]
+            # One process serves, gunicorn's worker without its arbiter: no child process.
+            assert _children(server.pid) == [], log.read_text()
             # TLS 1.2 offers forward-secret AEAD suites only: a client that speaks nothing but
             # CBC (or nothing newer than TLS 1.1) is refused, one offering AES-GCM gets in.
             for version, ciphers, accepted in [
@@ -133,6 +135,11 @@ def test_console_serves_tls_with_a_certificate_from_the_school_ca(tmp_path: Path
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=15)
+    assert server.returncode == 0, log.read_text()  # SIGTERM: it finished its requests and stopped
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_a_teachers_account_is_linked_to_their_entry_in_the_people_register(tmp_path: Path) -> None:
