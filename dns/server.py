@@ -94,18 +94,29 @@ class QueryHandler:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, data: bytes, client_ip: str, tcp: bool) -> Answer | Awaitable[Answer]:
+        if self.fast is not None and not tcp:
+            answer = self.try_fast(data, client_ip)
+            if answer is not None:
+                self.counters.queries += 1
+                return answer
+        return self.through_chain(data, client_ip, tcp)
+
+    def try_fast(self, data: bytes, client_ip: str) -> bytes | None:
+        """The fast path's answer, or None for the chain to answer."""
+        fast = self.fast
+        if fast is None:
+            return None
+        try:
+            answer: bytes | None = fast(data, client_ip)
+        except Exception:
+            # Never the client's fault: the chain answers (SERVFAIL if it fails the same way).
+            log.exception("the fast path failed for a query from %s", client_ip)
+            return None
+        return answer
+
+    def through_chain(self, data: bytes, client_ip: str, tcp: bool) -> Answer | Awaitable[Answer]:
         counters = self.counters
         counters.queries += 1
-        fast = self.fast
-        if fast is not None and not tcp:
-            try:
-                answer = fast(data, client_ip)
-            except Exception:
-                # Never the client's fault: the chain answers (SERVFAIL if it fails the same way).
-                log.exception("the fast path failed for a query from %s", client_ip)
-                answer = None
-            if answer is not None:
-                return answer
         try:
             query = parse_query(data)
         except Drop:
@@ -166,10 +177,15 @@ class UdpListener:
         self.sock.close()
 
     def _readable(self) -> None:
+        # Per datagram: receive, the fast path (a blocked name or a cache hit, answered in one
+        # call), else the chain; the answer is sent from here unless it waits for upstream.
         sock = self.sock
         recvfrom = sock.recvfrom
         sendto = sock.sendto
-        handle = self.handler.handle
+        handler = self.handler
+        counters = handler.counters
+        fast = handler.fast
+        through_chain = handler.through_chain
         v4 = self._v4
         for _ in range(READ_BATCH):
             try:
@@ -179,14 +195,24 @@ class UdpListener:
             except OSError as err:
                 log.debug("udp receive error: %s", err)
                 return
+            client_ip = addr[0] if v4 else _client_ip(addr)
+            result: Answer | Awaitable[Answer] = None
             try:
-                result = handle(data, addr[0] if v4 else _client_ip(addr), False)
+                result = fast(data, client_ip) if fast is not None else None
             except Exception:
-                self.handler.counters.internal_errors += 1
-                log.exception("udp query handling failed")
-                continue
-            if result is None:
-                continue
+                # Never the client's fault: the chain answers (SERVFAIL if it fails the same way).
+                log.exception("the fast path failed for a query from %s", client_ip)
+            if result is not None:
+                counters.queries += 1
+            else:
+                try:
+                    result = through_chain(data, client_ip, False)
+                except Exception:
+                    counters.internal_errors += 1
+                    log.exception("udp query handling failed")
+                    continue
+                if result is None:
+                    continue
             if isinstance(result, bytes | bytearray):
                 try:
                     sendto(result, addr)
@@ -196,8 +222,8 @@ class UdpListener:
                     log.debug("udp send to %s failed: %s", addr, err)
             else:
                 task = self.loop.create_task(self._later(result, addr))
-                self.handler.tasks.add(task)
-                task.add_done_callback(self.handler.tasks.discard)
+                handler.tasks.add(task)
+                task.add_done_callback(handler.tasks.discard)
 
     async def _later(self, pending: Awaitable[Answer], addr: Any) -> None:
         answer = await pending

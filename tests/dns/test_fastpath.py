@@ -10,6 +10,7 @@ path must have answered it, so the comparison cannot pass by the fast path decli
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from test_stages import POLICY, TEN, FixedClock, StaticPolicy
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Result, Stage
 from schoolgate.dns.resolver import Resolver, build_resolver
-from schoolgate.dns.server import QueryHandler
+from schoolgate.dns.server import QueryHandler, UdpListener
 from schoolgate.dns.stages.watch import WatchedFeeder
 from schoolgate.dns.upstream import UpstreamPool
 from schoolgate.dns.wire import Query
@@ -332,3 +333,34 @@ def test_a_remembered_decision_ends_with_its_window_a_reload_or_a_new_client(tmp
     fast_resolver.events.flush()
     chain_resolver.events.flush()
     assert fast_sink.events == chain_sink.events
+
+
+def test_the_udp_listener_answers_through_the_chain_when_the_fast_path_fails(caplog: pytest.LogCaptureFixture) -> None:
+    built, _ = resolver()
+
+    def broken(data: bytes, client_ip: str) -> bytes | None:
+        raise RuntimeError("a bug in the fast path")
+
+    handler = QueryHandler(built.head, broken)
+    chain = QueryHandler(resolver()[0].head)
+    expected = answers(chain, packet("www.facebook.com"), PUPIL)
+
+    async def ask() -> bytes:
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        listener = UdpListener(server, handler)
+        listener.start()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind((PUPIL, 0))
+        client.setblocking(False)
+        try:
+            client.sendto(packet("www.facebook.com"), server.getsockname())
+            return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 4096), 5)
+        finally:
+            listener.close()
+            client.close()
+
+    assert asyncio.run(ask()) == expected
+    assert handler.counters.queries == 1 and handler.counters.internal_errors == 0
+    assert "the fast path failed" in caplog.text
