@@ -49,9 +49,10 @@ _NOT_SIMPLE = QR | 0x7800  # a response, or an opcode other than QUERY: the full
 _ECHOED = RD | CD
 _OPT_CACHE_LIMIT = 1024
 _NEVER = float("inf")
-# (client IP, name) pairs whose decision is remembered; a full table starts over (a school's
-# devices ask a few hundred names each, and a miss costs one policy decision).
-DECIDED_LIMIT = 10_000
+# (client IP, name) pairs whose decision is remembered within one minute; a full table starts
+# over (a miss costs one policy decision). The table is emptied when a new minute's first
+# decision is stored, so it holds one minute's pairs at most, not everything ever asked.
+DECIDED_LIMIT = 8192
 
 
 class FastPath:
@@ -85,6 +86,9 @@ class FastPath:
         # decision's valid_until (exceptions and bans end when they end). Without a
         # generation to watch, nothing is remembered.
         self._decided: dict[tuple[str, bytes], tuple[Client, int, float, float, float, Decision, Hashable, str]] = {}
+        self._decided_minute = -1.0
+        # The blocked answer's record after the question, per (type, TTL, address).
+        self._block_records: dict[tuple[int, int, bytes], bytes] = {}
         self.answered = 0
 
     def _opt(self, dnssec_ok: bool, ede: tuple[int, str] | None) -> bytes:
@@ -175,9 +179,11 @@ class FastPath:
             dkey = decision_key(decision)
             until = decision.valid_until.timestamp() if decision.valid_until is not None else _NEVER
             if generation is not None:
-                if len(self._decided) >= DECIDED_LIMIT:
+                minute = ts // 60
+                if minute != self._decided_minute or len(self._decided) >= DECIDED_LIMIT:
                     self._decided.clear()
-                self._decided[(client_ip, name_wire)] = (client, generation, ts // 60, ts, until, decision, dkey, qname)
+                    self._decided_minute = minute
+                self._decided[(client_ip, name_wire)] = (client, generation, minute, ts, until, decision, dkey, qname)
         # policy.ceiling_seconds, from the remembered instant
         ceiling = 0 if until <= ts else MAX_CEILING if until == _NEVER else min(int(until - ts), MAX_CEILING)
         policy = self.policy
@@ -192,14 +198,15 @@ class FastPath:
             if address is None:
                 answer = HEADER.pack(ident, reply_flags, 1, 0, 0, 1 if edns else 0) + data[12:question_end] + opt
             else:
-                answer = (
-                    HEADER.pack(ident, reply_flags, 1, 1, 0, 1 if edns else 0)
-                    + data[12:question_end]
-                    + QUESTION_PTR
-                    + RR_FIXED.pack(qtype, CLASS_IN, min(BLOCK_TTL, ceiling), len(address))
-                    + address
-                    + opt
-                )
+                ttl = min(BLOCK_TTL, ceiling)
+                record = self._block_records.get((qtype, ttl, address))
+                if record is None:
+                    if len(self._block_records) >= _OPT_CACHE_LIMIT:
+                        self._block_records.clear()
+                    record = QUESTION_PTR + RR_FIXED.pack(qtype, CLASS_IN, ttl, len(address)) + address
+                    self._block_records[(qtype, ttl, address)] = record
+                head = HEADER.pack(ident, reply_flags, 1, 1, 0, 1 if edns else 0)
+                answer = head + data[12:question_end] + record + opt
         elif verdict is Verdict.ALLOW:
             if (decision.service is not None or decision.url_scoped) and qtype in (TYPE_A, TYPE_AAAA):
                 return None  # the watch stage feeds these answers' addresses to the gateway

@@ -24,6 +24,7 @@ import pytest
 from conftest import DATA
 from test_stages import POLICY, TEN, FixedClock, StaticPolicy
 
+from schoolgate.dns import fastpath
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Result, Stage
 from schoolgate.dns.resolver import Resolver, build_resolver
@@ -364,3 +365,20 @@ def test_the_udp_listener_answers_through_the_chain_when_the_fast_path_fails(cap
     assert asyncio.run(ask()) == expected
     assert handler.counters.queries == 1 and handler.counters.internal_errors == 0
     assert "the fast path failed" in caplog.text
+
+
+def test_remembered_decisions_hold_one_minute_of_pairs_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FixedClock(TEN)
+    built, _ = resolver(ReloadablePolicy(), clock)
+    handler = QueryHandler(built.head, built.fast.answer)
+    for name in ("a.facebook.com", "b.facebook.com", "c.facebook.com"):
+        answers(handler, packet(name), PUPIL)
+    assert len(built.fast._decided) == 3
+    clock.instant = datetime(2026, 11, 18, 10, 1, tzinfo=UTC)
+    answers(handler, packet("d.facebook.com"), PUPIL)
+    assert list(built.fast._decided) == [(PUPIL, b"\x01d\x08facebook\x03com\x00")]
+    monkeypatch.setattr(fastpath, "DECIDED_LIMIT", 2)
+    for name in ("e.facebook.com", "f.facebook.com", "g.facebook.com"):
+        answers(handler, packet(name), PUPIL)
+    assert len(built.fast._decided) <= 2
+    assert built.fast.answered == 7
