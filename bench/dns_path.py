@@ -53,7 +53,7 @@ from schoolgate.clock import SystemClock
 from schoolgate.config import load_config
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.chain import Stage
-from schoolgate.dns.daemon import WRITER_BATCH_ROWS
+from schoolgate.dns.daemon import WRITER_BATCH_ROWS, WRITER_SQLITE_CACHE_KIB
 from schoolgate.dns.resolver import build_resolver
 from schoolgate.dns.server import QueryHandler
 from schoolgate.dns.stages.watch import WatchedFeeder
@@ -142,9 +142,11 @@ def fork_event_writer(database: Path) -> tuple[EventChannel, int]:
             gc.freeze()  # as the daemon's writer inherits its supervisor's heap: never walked
             from schoolgate.store.db import make_engine
 
-            # The daemon's event-writing process's batch size, so its CPU per event is the daemon's.
+            # The daemon's event-writing process's batch size and page cache, so its CPU per event
+            # is the daemon's.
             writer = EventWriter(
-                make_engine(f"sqlite:///{database}"), max_queue=10_000_000, batch_size=WRITER_BATCH_ROWS,
+                make_engine(f"sqlite:///{database}", sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB),
+                max_queue=10_000_000, batch_size=WRITER_BATCH_ROWS,
             )
             writer.start()
             for _ in receive_events(reading, writer.submit_many, stop_after=lambda: None):

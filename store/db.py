@@ -39,9 +39,14 @@ def make_engine(
     *,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     echo: bool = False,
+    sqlite_cache_kib: int | None = None,
     **kwargs: Any,
 ) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE."""
+    """An engine for ``url``; SQLite gets WAL, a busy timeout, foreign keys, BEGIN IMMEDIATE.
+
+    ``sqlite_cache_kib``: each SQLite connection's page cache (SQLite's default is 2,000 KiB),
+    for a process that writes much (the event writer); other databases ignore it.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         return _make_postgresql_engine(parsed, echo=echo, **kwargs)
@@ -56,7 +61,7 @@ def make_engine(
     connect_args.setdefault("timeout", busy_timeout_ms / 1000)
     connect_args.setdefault("check_same_thread", False)
     engine = create_engine(parsed, echo=echo, connect_args=connect_args, **kwargs)
-    _setup_sqlite(engine, busy_timeout_ms)
+    _setup_sqlite(engine, busy_timeout_ms, sqlite_cache_kib)
     return engine
 
 
@@ -87,7 +92,7 @@ def _make_postgresql_engine(parsed: URL, *, echo: bool, **kwargs: Any) -> Engine
     return create_engine(parsed, echo=echo, connect_args=connect_args, **kwargs)
 
 
-def _setup_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+def _setup_sqlite(engine: Engine, busy_timeout_ms: int, cache_kib: int | None = None) -> None:
     in_memory = engine.url.database in (None, "", ":memory:")
 
     @event.listens_for(engine, "connect")
@@ -105,6 +110,8 @@ def _setup_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
             # In WAL mode NORMAL is durable across application crashes; only an OS crash or
             # power cut can lose the last commits, never corrupt the file.
             cursor.execute("PRAGMA synchronous=NORMAL")
+            if cache_kib is not None:
+                cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")  # negative: KiB, not pages
         finally:
             cursor.close()
 

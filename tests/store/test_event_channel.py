@@ -229,3 +229,24 @@ def test_the_event_writing_process_writes_a_full_batch_in_one_transaction(engine
     stats = writer.stats()
     assert stats["flushes"] == 1 and stats["written"] == WRITER_BATCH_ROWS and stats["dropped"] == 0
     assert len(stored(engine)) == WRITER_BATCH_ROWS
+
+
+def test_the_event_writing_process_connects_to_sqlite_with_its_own_page_cache(tmp_path: Any) -> None:
+    """Its engine asks for WRITER_SQLITE_CACHE_KIB on every connection; another engine keeps
+    SQLite's default, so the console and the other daemons do not grow by it."""
+    from schoolgate.dns.daemon import WRITER_SQLITE_CACHE_KIB
+    from schoolgate.store.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    for engine, expected in ((make_engine(url, sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB), -WRITER_SQLITE_CACHE_KIB),
+                             (make_engine(url), -2000)):
+        try:
+            pooled = [engine.raw_connection() for _ in range(2)]  # each connection is set up alike
+            try:
+                for conn in pooled:
+                    assert conn.cursor().execute("PRAGMA cache_size").fetchone()[0] == expected
+            finally:
+                for conn in pooled:
+                    conn.close()
+        finally:
+            engine.dispose()

@@ -33,6 +33,7 @@ from schoolgate.store.events import (
     sqlite_ts_text,
 )
 from schoolgate.store.events.record import compact
+from schoolgate.store.events.rows import sqlite_posix_text
 from schoolgate.store.models import AccessEvent, Generation
 
 SITE = "testschool"
@@ -134,6 +135,36 @@ def test_sqlite_ts_text_is_what_utcdatetime_stores() -> None:
     assert processor is not None
     for ts in (T0, datetime(2026, 6, 1, 9, 0, tzinfo=BST), datetime(999, 1, 2, tzinfo=UTC)):
         assert sqlite_ts_text(ts) == processor(ts)
+
+
+@pytest.mark.parametrize(
+    "posix",
+    [
+        T0.timestamp(),
+        1_790_000_000.0,  # a whole second
+        1_790_000_000.0000005,  # half a microsecond, as a float holds it
+        1_790_000_000.9999996,  # rounds up into the next second
+        1_790_000_000.9999994,
+        1_700_000_000 + 0.5e-6 * 3,  # ties round to even
+        1_700_000_000 + 0.5e-6 * 5,
+        86_399.999_999_7,  # the last instant of a day, into the next
+        -0.25,  # before 1970 (a clock set wrong)
+        1e-7,
+    ],
+)
+def test_posix_seconds_make_the_text_their_datetime_makes(posix: float) -> None:
+    """The writer formats a compact event's time itself; it must be the text UTCDateTime
+    stores for the datetime of those seconds, to the microsecond, carries and ties included."""
+    assert sqlite_posix_text(posix) == sqlite_ts_text(datetime.fromtimestamp(posix, UTC))
+
+
+def test_posix_seconds_make_the_text_their_datetime_makes_over_a_year_of_random_times() -> None:
+    import random
+
+    rng = random.Random(14)
+    for _ in range(20_000):
+        posix = 1_780_000_000 + rng.random() * 31_536_000
+        assert sqlite_posix_text(posix) == sqlite_ts_text(datetime.fromtimestamp(posix, UTC)), posix
 
 
 def test_each_database_gets_its_fast_row_format(engine: Engine) -> None:
