@@ -85,18 +85,19 @@ class AnswerCache:
         self.hits += 1
         return entry
 
-    def fresh(self, key: CacheKey) -> Entry | None:
-        """A fresh entry or None, neither counted: for a caller that may still hand the query to
-        `lookup` (which counts it), and calls `served` when it answers from the entry."""
+    def render_fresh(self, key: CacheKey, ident: int, question: bytes, *, ceiling: int, room: int) -> bytearray | None:
+        """A fresh entry rendered for one client (see `render`) and counted as a hit; None, and
+        nothing counted, for a miss, an entry whose CNAME targets the policy must check, or one
+        longer than `room` bytes: the caller hands those to the chain, whose `lookup` counts."""
         entry = self._entries.get(key)
-        if entry is None or self._now() - entry.stored >= entry.lifetime:
+        if entry is None or entry.aliases or len(entry.wire) > room:
             return None
-        return entry
-
-    def served(self, key: CacheKey) -> None:
-        """An entry `fresh` returned was served: a hit, and the most recently used."""
+        age = self._now() - entry.stored
+        if age >= entry.lifetime:
+            return None
         self._entries.move_to_end(key)
         self.hits += 1
+        return render(entry, ident, question, int(age), ceiling=ceiling)
 
     def lookup_stale(self, key: CacheKey) -> Entry | None:
         entry = self._entries.get(key)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from schoolgate.dns.cache import AnswerCache, render
+from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.stages.cache import decision_key
 from schoolgate.dns.stages.events import EventsStage
 from schoolgate.dns.stages.identify import IdentifyStage
@@ -49,6 +49,7 @@ _NOT_SIMPLE = QR | 0x7800  # a response, or an opcode other than QUERY: the full
 _ECHOED = RD | CD
 _OPT_CACHE_LIMIT = 1024
 _NEVER = float("inf")
+_PLAIN_OPT_SIZE = len(edns_opt(False))  # our OPT record without an Extended DNS Error
 # (client IP, name) pairs whose decision is remembered within one minute; a full table starts
 # over (a miss costs one policy decision). The table is emptied when a new minute's first
 # decision is stored, so it holds one minute's pairs at most, not everything ever asked.
@@ -210,20 +211,19 @@ class FastPath:
         elif verdict is Verdict.ALLOW:
             if (decision.service is not None or decision.url_scoped) and qtype in (TYPE_A, TYPE_AAAA):
                 return None  # the watch stage feeds these answers' addresses to the gateway
-            cache = self.cache
-            key = (name_wire, qtype, qclass, dkey, dnssec_ok)
-            entry = cache.fresh(key)
-            if entry is None or entry.aliases:
-                return None  # upstream, or the policy's check of the CNAME targets
-            out = render(entry, ident, data[12:question_end], cache.age(entry), ceiling=ceiling)
+            # The cached bytes with this client's ID, question and TTLs, and our OPT record
+            # when the client spoke EDNS (the entry is stored without one).
+            out = self.cache.render_fresh(
+                (name_wire, qtype, qclass, dkey, dnssec_ok), ident, data[12:question_end], ceiling=ceiling,
+                room=max_size - _PLAIN_OPT_SIZE if edns else max_size,
+            )
+            if out is None:
+                return None  # upstream, the policy's check of CNAME targets, or TC=1: the chain's
             if edns:
                 arcount = (out[10] << 8 | out[11]) + 1
                 out[10] = arcount >> 8
                 out[11] = arcount & 0xFF
                 out += self._opt(dnssec_ok, None)
-            if len(out) > max_size:
-                return None  # the chain answers TC=1
-            cache.served(key)
             answer = bytes(out)
         else:
             return None  # safe search: the chain rewrites the name

@@ -95,13 +95,20 @@ class Identities:
         return Client(ip=ip)
 
 
+def unmoving() -> float:
+    """Both resolvers' caches on one clock that stands still: an answer's age (so its TTLs)
+    cannot differ between the two by the instants each happened to store and serve it."""
+    return 1000.0
+
+
 def resolver(
     policy: object | None = None, clock: FixedClock | None = None, identities: object | None = None
 ) -> tuple[Resolver, Sink]:
     sink = Sink()
     built = build_resolver(
         policy=policy or StaticPolicy(), clock=clock or FixedClock(TEN), pool=UpstreamPool(["127.0.0.1:9"]),  # type: ignore[arg-type]
-        cache=AnswerCache(), sink=sink, site="dnstest", feeder=WatchedFeeder(MemoryWatchedSets(), 600),
+        cache=AnswerCache(monotonic=unmoving), sink=sink, site="dnstest",
+        feeder=WatchedFeeder(MemoryWatchedSets(), 600),
         identities=identities or Identities(),  # type: ignore[arg-type]
         own_names=["schoolgate.lan"], own_ipv4="10.0.0.1",
     )
