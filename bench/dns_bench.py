@@ -344,8 +344,9 @@ def start_schoolgate(workdir: Path, config: Path, upstream_port: int, workers: i
     server = Server("schoolgate", proc, port)
     wait_until_answering(port, "schoolgate.lan", 120, proc)
     # Every worker must be up (the first answer may come from the first one ready): the daemon
-    # is a supervising process, its workers and the process that writes their events.
-    expected = workers + 2
+    # is a supervising process, its workers and the process that writes their events; with one
+    # worker, the daemon's own process is the worker.
+    expected = workers + 2 if workers > 1 else 2
     deadline = time.monotonic() + 60
     while len(process_tree(proc.pid)) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -355,7 +356,7 @@ def start_schoolgate(workdir: Path, config: Path, upstream_port: int, workers: i
     from schoolgate.dns.daemon import WRITER_PROCESS_NAME
 
     def role(pid: int) -> str:
-        if pid == proc.pid:
+        if pid == proc.pid and workers > 1:
             return "supervisor"
         return "event writer" if process_name(pid) == WRITER_PROCESS_NAME else "workers"
 

@@ -7,6 +7,11 @@ write: they hand compact events in batches to the event-writing process over a s
 worker still reports its own status row (what it holds in memory, for the loss estimate of a
 killed worker); the writing process reports its ledger as ``dns.events``.
 
+With one worker (`[dns] workers = 1`, the default) the daemon's own process is that worker:
+it forks only the event writer, and whoever supervises the daemon (systemd, `schoolgate run`)
+restarts it as a whole. A third process only to watch one worker cost the idle appliance about
+6 MB (bench/memory.py).
+
 A worker stops cleanly on SIGTERM or SIGINT: it stops listening, lets answers in flight finish
 (briefly), hands the last folded log records over and sends what it holds to the writer. The
 writing process stops once every worker has gone (the end of its socket's stream), or after
@@ -80,22 +85,25 @@ WRITER_STOP_GRACE_S = 8.0  # after SIGTERM, how long it waits for the workers' l
 
 
 def worker_pids(supervisor: int) -> list[int]:
-    """The running workers of the DNS supervisor `supervisor` (its children but the event
-    writer), from /proc; empty if it has gone."""
+    """The processes answering for the DNS daemon `supervisor`, from /proc: its children but the
+    event writer, or the daemon itself when it is its one worker (its only child is the event
+    writer); empty if it has gone."""
     from pathlib import Path
 
     try:
         children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     except FileNotFoundError:
         return []
-    workers = []
+    workers, writers = [], 0
     for child in children:
         try:
             if Path(f"/proc/{child}/comm").read_text().strip() != WRITER_PROCESS_NAME:
                 workers.append(int(child))
+            else:
+                writers += 1
         except FileNotFoundError:  # it ended meanwhile
             continue
-    return workers
+    return workers or ([supervisor] if writers else [])
 
 
 def _clock(options: DnsOptions) -> Any:
@@ -287,7 +295,10 @@ class Worker:
         self.engine.dispose()
 
 
-def run_worker(options: DnsOptions) -> int:
+def run_worker(options: DnsOptions, writer_pid: int | None = None) -> int:
+    """Answer until SIGTERM or SIGINT (0). `writer_pid`: the event writer this process forked
+    itself (one worker, no supervisor between them); if it ends, so does this worker (1), since
+    what it hands over would be lost, and the daemon's own supervisor starts both again."""
     # The event writer and policy watcher threads share the interpreter with the resolver loop;
     # a shorter switch interval bounds how long a query waits for them (tail latency).
     sys.setswitchinterval(0.001)
@@ -302,15 +313,29 @@ def run_worker(options: DnsOptions) -> int:
     gc.freeze()
     gc.set_threshold(1000, 20, 100)
 
+    writer_ended: list[int] = []
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if writer_pid is not None:
+            def check_writer() -> None:
+                with contextlib.suppress(ChildProcessError):
+                    pid, wait_status = os.waitpid(writer_pid, os.WNOHANG)
+                    if pid:
+                        writer_ended.append(os.waitstatus_to_exitcode(wait_status))
+                        log.error("DNS event writer %d exited with %d; stopping, to be started again with it",
+                                  writer_pid, writer_ended[0])
+                        stop.set()
+
+            loop.add_signal_handler(signal.SIGCHLD, check_writer)
+            check_writer()  # it may have ended before the handler was in place
         await worker.serve(stop)
 
     asyncio.run(main())
-    return 0
+    return 1 if writer_ended else 0
 
 
 def _configure_logging() -> None:
@@ -537,11 +562,34 @@ class Supervisor:
         gc.collect()
         gc.freeze()  # keep the collector from writing to (and so copying) the shared pages
 
+    def _run_alone(self) -> int:
+        """One worker: this process answers, beside the event writer it forks (forked before the
+        worker starts any thread). When the worker stops, the writer sees the end of its stream,
+        writes what it has and stops; this process waits for it."""
+        assert self.sending is not None and self.reading is not None
+        self._spawn(self.WRITER)
+        (writer,) = self.children
+        self.reading.close()  # the writer's alone: should it end, sending fails instead of filling up
+        self.reading = None
+        self.options.worker_index = 0
+        self.options.events_socket = self.sending
+        log.info("one DNS worker: answering in this process, its event writer is %d", writer)
+        try:
+            status = run_worker(self.options, writer_pid=writer)
+        finally:
+            self.sending.close()
+            self.sending = None
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(writer, 0)
+        return status
+
     def run(self) -> int:
         from schoolgate.store.events.channel import channel_pair
 
         self.preload()
         self.sending, self.reading = channel_pair()
+        if self.options.workers == 1:
+            return self._run_alone()
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
         self._spawn(self.WRITER)

@@ -16,12 +16,13 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from dnslib import DNSRecord
 
 from schoolgate.clock import set_clock_file
-from schoolgate.dns.daemon import worker_pids
+from schoolgate.dns.daemon import WRITER_PROCESS_NAME, worker_pids
 from schoolgate.store.db import make_engine, session_factory
 from schoolgate.store.events import read_status
 
@@ -57,8 +58,9 @@ def _wait(condition: object, timeout: float, what: str) -> float:
 
 
 class Running:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, dns_workers: int = 1) -> None:
         self.port = _free_udp_port()
+        self.dns_workers = dns_workers
         self.database = f"sqlite:///{tmp / 'schoolgate.db'}"
         self.config = tmp / "schoolgate.toml"
         self.config.write_text(f"""
@@ -72,6 +74,7 @@ url = "{self.database}"
 [dns]
 listen = ["127.0.0.1:{self.port}"]
 upstreams = ["127.0.0.1:9"]
+workers = {dns_workers}
 [mail]
 host = ""
 """)
@@ -106,8 +109,8 @@ host = ""
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    run = Running(tmp_path)
+def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    run = Running(tmp_path, dns_workers=getattr(request, "param", 1))
     try:
         yield run
     finally:
@@ -150,12 +153,22 @@ def test_a_killed_daemon_is_restarted_and_sigterm_stops_all_cleanly(running: Run
         assert pid is not None and not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.parametrize("running", [1, 2], indirect=True, ids=["one-worker", "two-workers"])
 def test_allowed_traffic_folded_in_memory_is_counted_lost_when_killed(running: Running) -> None:
     """A DNS worker folds allowed queries per client, name and minute before it logs them; a
     kill -9 of the worker loses what it holds, and its supervisor must count that like every
-    other loss. (A kill -9 of the daemon's supervisor loses none of it: its workers get SIGTERM
-    and hand it over as they stop.)"""
+    other loss: `schoolgate run` when the daemon is its one worker, the daemon's own supervising
+    process when it has several. (A kill -9 of that supervising process loses none of it: its
+    workers get SIGTERM and hand it over as they stop.)"""
     _wait(lambda: _answers(running.port, "www.facebook.com"), 60, "schoolgate dns to answer")
+    daemon = running.pid("dns")
+    assert daemon is not None
+    alone = running.dns_workers == 1
+    _wait(lambda: len(worker_pids(daemon)) == running.dns_workers, 10, "the DNS workers")
+    if alone:
+        # One worker: the daemon answers itself and forks only its event writer.
+        assert worker_pids(daemon) == [daemon]
+        assert [_comm(child) for child in _children(daemon)] == [WRITER_PROCESS_NAME]
     # The start of a minute: its rows stay folded for the next 60 s, longer than this test.
     set_clock_file(running.clock, datetime.fromisoformat("2026-11-23T10:20:00+00:00"))
     time.sleep(0.5)  # the daemon re-reads the clock file at most every 0.2 s
@@ -164,25 +177,39 @@ def test_allowed_traffic_folded_in_memory_is_counted_lost_when_killed(running: R
         _answers(running.port, name)
         _answers(running.port, name)
 
-    def held() -> tuple[int, int]:
-        events = running.status().get("dns", {}).get("stats", {}).get("events", {})  # type: ignore[union-attr]
-        return int(events.get("held", 0)), int(events.get("held_queries", 0))  # type: ignore[union-attr]
+    def held() -> dict[int, tuple[int, int]]:
+        """pid -> (rows held, queries in them), for each worker's status row ("dns", "dns.N")."""
+        found = {}
+        for name, row in running.status().items():
+            if name == "dns" or (name.startswith("dns.") and name[4:].isdigit()):
+                events: dict[str, Any] = cast(dict[str, Any], row["stats"]).get("events", {})
+                found[int(cast(int, row["pid"]))] = (int(events.get("held", 0)), int(events.get("held_queries", 0)))
+        return found
 
-    _wait(lambda: held()[0] >= len(names), 10, "the status row to show the folded rows")
-    rows, queries = held()
-    assert queries >= 2 * len(names)
-    daemon = running.pid("dns")
-    assert daemon is not None
-    (worker,) = worker_pids(daemon)
-    os.kill(worker, signal.SIGKILL)
-    _wait(lambda: f"DNS worker {worker} exited" in running.log.read_text(errors="replace"), 10,
-          "the DNS supervisor's report of the kill")
+    _wait(lambda: sum(rows for rows, _ in held().values()) >= len(names), 10,
+          "the status rows to show the folded rows")
+    # Kill the worker holding most (with two, the kernel spreads the queries, even one name's, between them).
+    victim, (rows, queries) = max(held().items(), key=lambda item: item[1][0])
+    assert victim in worker_pids(daemon)
+    assert rows > 0 and queries >= rows
+    os.kill(victim, signal.SIGKILL)
+    said = "dns killed by SIGKILL" if alone else f"DNS worker {victim} exited"
+    _wait(lambda: said in running.log.read_text(errors="replace"), 10, "the supervisor's report of the kill")
     log = running.log.read_text(errors="replace")
-    report = next(line for line in log.splitlines() if f"DNS worker {worker} exited" in line)
+    report = next(line for line in log.splitlines() if said in line)
     assert f"{rows} rows of allowed traffic folded in memory ({queries} queries)" in report, log
     counted = int(report.split("up to ")[1].split()[0])
     assert counted >= rows
-    assert running.pid("dns") == daemon  # the worker was replaced; the daemon itself ran on
+    if not alone:
+        assert running.pid("dns") == daemon  # the worker was replaced; the daemon itself ran on
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 def test_restart_delays_are_capped_at_2_s() -> None:
