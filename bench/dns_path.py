@@ -4,7 +4,9 @@
 
 Builds the chain as a worker does (schoolgate.dns.resolver.build_resolver) over the example policy
 plus a generated 200,000-name blocklist, with a pupil client, and times `QueryHandler.handle` on
-ready-made query packets (the thread's CPU time, best of --repeat short runs: the least disturbed by other work):
+ready-made query packets, the fast path first as in a worker (schoolgate.dns.fastpath: blocked
+names and cache hits; "fast path answered" says how many it took), by the thread's CPU time,
+best of --repeat short runs (the least disturbed by other work):
 
   blocked      a listed name, a different one each query (the policy's cold path)
   blocked-hot  one of 500 listed names (the policy's caches warm, as in a school)
