@@ -384,6 +384,13 @@ WRITER_BATCH_ROWS = 2000
 # transaction. 4 MiB held them and cut the process's system time per event by a third in
 # bench/dns_path.py's and a 300-device run; the process's memory grows by at most that.
 WRITER_SQLITE_CACHE_KIB = 4096
+# The event-writing process reads the workers' events in bursts a second apart and writes each
+# burst at once (channel.receive_events' `gather`): at a school's rates (tens to hundreds of
+# blocked queries a second) a transaction a fifth of a second wrote the same index pages for a
+# fifth of the rows. Events wait that second in the socket, where a restarted writing process
+# finds them; what the whole daemon would lose if killed is that second at most (the
+# appliance's loss estimate counts it: runner.EXTRA_HOLD_S).
+WRITER_GATHER_S = 1.0
 
 
 def run_event_writer(options: DnsOptions, reading: socket.socket) -> int:
@@ -412,7 +419,8 @@ def run_event_writer(options: DnsOptions, reading: socket.socket) -> int:
     )
     writer.start()
     try:
-        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: stop_by[0] if stop_by else None):
+        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: stop_by[0] if stop_by else None,
+                                gather=WRITER_GATHER_S, gathered=writer.write_now):
             pass
     finally:
         stats = writer.stop()

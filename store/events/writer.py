@@ -136,6 +136,7 @@ class EventWriter:
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._write_soon = False  # write_now() was called: write what is queued, however little
         self._stop_event = threading.Event()
         self._closed = False
         self._last_status = 0.0
@@ -199,6 +200,13 @@ class EventWriter:
             if len(self._queue) >= self.batch_size:
                 self._wake.notify()
             return len(taken)
+
+    def write_now(self) -> None:
+        """Have the writer thread write what is queued now, without waiting for a full batch or
+        the next flush interval (a process that hands over whole bursts: channel.receive_events)."""
+        with self._lock:
+            self._write_soon = True
+            self._wake.notify()
 
     def stats(self) -> dict[str, Any]:
         held_rows = held_queries = 0
@@ -285,8 +293,9 @@ class EventWriter:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not self._stopping and len(self._queue) < self.batch_size:
+                if not self._stopping and not self._write_soon and len(self._queue) < self.batch_size:
                     self._wake.wait(self.flush_interval)
+                self._write_soon = False
                 stopping = self._stopping
             if stopping:
                 self._drain(deadline=self._stop_deadline)

@@ -397,3 +397,25 @@ def test_a_workers_status_rows_are_its_own(tmp_path: Path) -> None:
     single = Child("proxy", [])
     single.started_wall = now
     assert sorted(row["name"] for row in board.rows_of(single)) == ["proxy.1", "proxy.2"]
+
+
+def test_the_loss_estimate_of_the_dns_event_writer_counts_the_second_its_events_wait_in_the_socket() -> None:
+    """The DNS event-writing process reads its workers' events in bursts WRITER_GATHER_S apart:
+    killed with its daemon, it loses up to that long at the fastest rate seen, on top of the
+    flush interval, and the estimate says so."""
+    import math
+    from datetime import UTC, timedelta
+
+    from schoolgate.dns.daemon import WRITER_GATHER_S
+    from schoolgate.runner import EXTRA_HOLD_S, FLUSH_INTERVAL_S, RateTracker, estimate_loss
+
+    assert EXTRA_HOLD_S["dns.events"] >= WRITER_GATHER_S
+    start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    rates = RateTracker()
+    for seconds, submitted in [(0, 100), (5, 600)]:  # 100 events a second
+        rates.observe("dns.events", start + timedelta(seconds=seconds), submitted)
+    counters = {"submitted": 600, "written": 600}
+    row = {"name": "dns.events", "stats": {"events": counters}, "heartbeat_at": start, "started_at": start}
+    lost, detail = estimate_loss([row], rates)
+    assert lost == math.ceil(100 * (FLUSH_INTERVAL_S + EXTRA_HOLD_S["dns.events"])), detail
+    assert lost >= 100 * WRITER_GATHER_S

@@ -7,6 +7,7 @@ import marshal
 import os
 import socket
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +51,13 @@ def receive_all(reading: socket.socket, writer: EventWriter) -> threading.Thread
     thread = threading.Thread(target=run)
     thread.start()
     return thread
+
+
+def wait_until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def stored(engine: Engine) -> list[AccessEvent]:
@@ -250,3 +258,109 @@ def test_the_event_writing_process_connects_to_sqlite_with_its_own_page_cache(tm
                     conn.close()
         finally:
             engine.dispose()
+
+
+def gathering(reading: socket.socket, writer: EventWriter, gather: float, bursts: list[int],
+              max_gathered: int = 100_000) -> threading.Thread:
+    """The writing process's loop reading in bursts, in a thread; each burst's size noted."""
+
+    def submit(events: list[Any]) -> None:
+        bursts.append(len(events))
+        writer.submit_many(events)
+
+    def run() -> None:
+        for _ in receive_events(reading, submit, stop_after=lambda: None, gather=gather,
+                                gathered=writer.write_now, max_gathered=max_gathered):
+            pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_events_read_in_bursts_are_written_a_burst_a_transaction(engine: Engine) -> None:
+    """Batches sent over a gathering period are read at once after it and written in one
+    transaction, without waiting for a full batch or the writer's flush interval."""
+    sending, reading = channel_pair()
+    writer = EventWriter(engine, flush_interval=600, batch_size=10_000)  # only write_now writes
+    writer.start()
+    bursts: list[int] = []
+    channel = EventChannel(sending, batch_events=10)
+    gather = 1.0
+    thread = gathering(reading, writer, gather, bursts)
+    try:
+        began = time.monotonic()
+        for i in range(100):  # ten batches, sent well inside one gathering period
+            channel.submit_compact(compact(record(i)))
+        channel.flush()
+        sent = time.monotonic() - began
+        wait_until(lambda: writer.stats()["written"] == 100)
+        if sent < gather / 2:  # a machine too busy to send 100 events in half a second proves nothing here
+            assert bursts == [100]
+            assert writer.stats()["flushes"] == 1
+    finally:
+        channel.stop()
+        sending.close()
+        thread.join(10)
+    assert not thread.is_alive(), "the reader did not see the end of the stream"
+    writer.stop()
+    assert len(stored(engine)) == 100
+
+
+def test_a_backlog_beyond_one_burst_is_read_without_waiting_again(engine: Engine) -> None:
+    """What waits beyond `max_gathered` is read in the next bursts at once, not a gathering
+    period later each: the writer keeps up with a backlog."""
+    sending, reading = channel_pair()
+    channel = EventChannel(sending, batch_events=50)
+    for i in range(1000):  # waiting in the socket before the reader starts: a backlog
+        channel.submit_compact(compact(record(i)))
+    channel.flush()
+    assert channel.stats()["handed"] == 1000
+    writer = EventWriter(engine, flush_interval=600, batch_size=10_000)
+    writer.start()
+    bursts: list[int] = []
+    gather = 3.0
+    thread = gathering(reading, writer, gather, bursts, max_gathered=300)
+    try:
+        # Four bursts: waiting a gathering period before each would take 4 * gather; only the
+        # last, which finds fewer than max_gathered waiting, waits.
+        wait_until(lambda: writer.stats()["written"] == 1000, timeout=3 * gather)
+        assert sum(bursts) == 1000 and max(bursts) <= 300 + 50  # a burst stops after the batch that reached the bound
+    finally:
+        channel.stop()
+        sending.close()  # the stream ends: the reader returns within a gathering period
+        thread.join(2 * gather)
+    assert not thread.is_alive(), "the end of the stream went unnoticed while gathering"
+    writer.stop()
+    assert {row.host for row in stored(engine)} == {f"host{n}.example" for n in range(1000)}
+
+
+def test_what_waits_in_the_socket_while_gathering_is_read_when_the_stream_ends(engine: Engine) -> None:
+    sending, reading = channel_pair()
+    writer = EventWriter(engine, flush_interval=600, batch_size=10_000)
+    writer.start()
+    bursts: list[int] = []
+    thread = gathering(reading, writer, 0.5, bursts)
+    channel = EventChannel(sending, batch_events=7)
+    for i in range(50):
+        channel.submit_compact(compact(record(i)))
+    channel.stop()
+    sending.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    writer.stop()
+    assert sum(bursts) == 50 and len(stored(engine)) == 50
+
+
+def test_write_now_writes_a_part_batch_at_once(engine: Engine) -> None:
+    writer = EventWriter(engine, flush_interval=600, batch_size=10_000)
+    writer.start()
+    try:
+        writer.submit_many([compact(record(i)) for i in range(5)])
+        time.sleep(0.05)
+        assert writer.stats()["written"] == 0  # neither a full batch nor the interval: it waits
+        writer.write_now()
+        wait_until(lambda: writer.stats()["written"] == 5)
+    finally:
+        writer.stop()
+    assert writer.stats()["flushes"] == 1
