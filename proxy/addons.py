@@ -33,7 +33,7 @@ import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from enum import Enum
@@ -264,13 +264,19 @@ class IdentifyClient:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    async def client_connected(self, client: connection.Client) -> None:
+    def client_connected(self, client: connection.Client) -> Awaitable[None] | None:
+        """Identified at once from a recent answer; otherwise the lookup to await."""
         cached = self.s.identify_cached
         identified = cached(_ip_of(client.peername) or "0.0.0.0") if cached is not None else None
         if identified is None:
-            # In a worker thread: the neighbour table is read over netlink, which must neither
-            # block the proxy's loop nor run inside it.
-            identified = await asyncio.to_thread(_identify, self.s, client)
+            return self._look_up(client)
+        self.s.connections.put(client.id, ConnState(client=identified))
+        return None
+
+    async def _look_up(self, client: connection.Client) -> None:
+        # In a worker thread: the neighbour table is read over netlink, which must neither
+        # block the proxy's loop nor run inside it.
+        identified = await asyncio.to_thread(_identify, self.s, client)
         self.s.connections.put(client.id, ConnState(client=identified))
 
 
@@ -636,7 +642,8 @@ class EventLog:
             # Allowed traffic is kept at domain level (folded per minute); blocked, flagged and
             # search events keep the URL.
             sink = self.s.submit_allowed
-            record = dataclasses.replace(record, url=None)
+            if record.url is not None:  # a TLS connection's target has none: no copy to make
+                record = dataclasses.replace(record, url=None)
         self.s.counters.events_submitted += 1
         if not sink(record):
             self.s.counters.events_refused += 1
@@ -813,13 +820,36 @@ class Pipeline:
                 self._early_hellos.discard(front_id)
                 self._early_hellos.add(client.id)
             return
-        for handler in self._handlers["client_connected"]:
+        pending = self.begin_client(client)
+        if pending is not None:
+            await pending
+
+    def begin_client(self, client: connection.Client, start: int = 0) -> Awaitable[None] | None:
+        """`client_connected` for the members, as far as it goes without waiting: None once every
+        member has been told (the front door then goes on in the same callback), or what is left
+        to await (a member's lookup off the loop, then the members after it)."""
+        handlers = self._handlers["client_connected"]
+        for index in range(start, len(handlers)):
+            handler = handlers[index]
             try:
                 result = handler(client)
-                if result is not None and inspect.isawaitable(result):
-                    await result
             except Exception:
                 log.exception("client_connected failed in %s", _owner(handler))
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return self._finish_client(client, handler, result, index + 1)
+        return None
+
+    async def _finish_client(
+        self, client: connection.Client, handler: Callable[..., Any], waiting: Awaitable[Any], after: int
+    ) -> None:
+        try:
+            await waiting
+        except Exception:
+            log.exception("client_connected failed in %s", _owner(handler))
+        rest = self.begin_client(client, after)
+        if rest is not None:
+            await rest
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._early_hellos.discard(client.id)

@@ -12,11 +12,17 @@ close the socket or copy bytes. Here the front door owns the listening socket an
    `decide`), the same events, counters and circumvention and fronting checks as inside
    mitmproxy;
 4. kills the connection (a refused verdict), or splices it to the original destination
-   (a passthrough: two asyncio protocols copying bytes, with flow control), or hands it to
-   mitmproxy (`handover`): a connection to intercept for the block page, plain HTTP, or
-   anything the front cannot judge. mitmproxy then runs it exactly as if it had accepted it,
-   with the bytes already read put back in front, and the addons are not told twice
-   (`Pipeline.adopt`).
+   (a passthrough: `_Relay`, the two sockets' bytes copied on the loop's readiness callbacks,
+   with flow control), or hands it to mitmproxy (`handover`): a connection to intercept for
+   the block page, plain HTTP, or anything the front cannot judge. mitmproxy then runs it
+   exactly as if it had accepted it, with the bytes already read put back in front, and the
+   addons are not told twice (`Pipeline.adopt`).
+
+A killed or spliced connection costs no task and no future: it is read, judged and carried out
+from the loop's readiness callbacks (in the accept callback itself when its ClientHello is in
+by then), with one timer while it waits for its first bytes. Only a connection that waits for
+an identity lookup off the loop (a client not seen in the last seconds), or that mitmproxy
+takes, gets a task.
 
 Interception concerns (block page, search terms, the upset button) stay in the addons. The
 front never decrypts and never dials a server for a connection its verdict does not allow.
@@ -27,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from mitmproxy import connection
@@ -49,11 +56,12 @@ HELLO_WAIT_S = 10.0  # silence after which the connection is left to mitmproxy a
 CONNECT_TIMEOUT_S = 15.0
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
 ACCEPT_PAUSE_S = 1.0  # out of file descriptors: stop accepting this long (as asyncio does)
-WRITE_HIGH_WATER = 256 * 1024
+READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
 # A spliced connection with no byte either way for this long is closed, as mitmproxy closed
 # an idle relay: a device that vanished without a FIN must not hold two sockets for ever.
 SPLICE_IDLE_S = 600.0
 IDLE_SWEEP_S = 30.0
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 Handover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -92,55 +100,206 @@ def listen_sockets(listen: str, *, reuse_port: bool) -> list[socket.socket]:
     return sockets
 
 
-class _Splice(asyncio.Protocol):
-    """One direction's reader of a spliced connection: what it receives goes to `peer`."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Splice | None = None
-        self.eof = False
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self._loop = loop
-        self.last_active = loop.time()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_active = self._loop.time()
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        peer = self.peer
-        if peer is None or peer.transport is None or peer.eof:
-            return False  # both sides done: close
-        if peer.transport.can_write_eof():
-            peer.transport.write_eof()  # half-close, as a TCP relay should
+def hello_complete(data: bytes) -> bool:
+    """Whether the first bytes `data` are all the front door waits for: a whole ClientHello, or
+    enough to see that none is coming (not TLS, or not a ClientHello mitmproxy could read)."""
+    if len(data) >= MAX_HELLO:
+        return True
+    if len(data) < 3 or not starts_like_tls_record(data):
+        return len(data) >= 3 or data[:1] != b"\x16"
+    try:  # all in? (the pipeline parses it)
+        return get_client_hello(data) is not None
+    except ValueError:
         return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.close()  # flushes what is buffered first
-        if not self.closed.done():
-            self.closed.set_result(None)
 
-    # Flow control: when this side's buffer is full, stop reading from the other side.
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+# A new Server's attributes, but its address and id: every default is an immutable value.
+_SERVER_DEFAULTS = dict(vars(connection.Server(address=None, id="")))
 
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+
+def new_server(address: tuple[str, int], conn_id: str) -> connection.Server:
+    """`connection.Server(address=address, id=conn_id)`, the same object, made without its
+    generated __init__: that sets each of its twenty attributes through Server.__setattr__'s
+    check, a twentieth of a killed connection's CPU (tests hold the two to be equal)."""
+    server: connection.Server = connection.Server.__new__(connection.Server)
+    attributes = server.__dict__
+    attributes.update(_SERVER_DEFAULTS)
+    attributes["address"] = address
+    attributes["id"] = conn_id
+    return server
+
+
+class _Relay:
+    """A passed-through connection: the device's socket and the server's, each one's bytes sent
+    on to the other from the loop's readiness callbacks.
+
+    Per wake-up, what the socket holds (up to READ_SIZE) is read and sent on at once; only what
+    the other side will not take now is kept, and then that side is read no more until it is
+    taken (flow control: nothing is buffered beyond one read). A FIN is passed on as a
+    half-close; the connection ends when both sides have sent theirs and everything is
+    delivered, or at once on an error either side.
+    """
+
+    __slots__ = ("_closed", "_door", "_eof", "_loop", "_timer", "client", "device", "last_active", "server",
+                 "waiting")
+
+    def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
+        self._door = door
+        self._loop = door.loop
+        self.client = client
+        self.device = device
+        self.server: socket.socket | None = None
+        self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet
+        self._eof: set[socket.socket] = set()  # the sides that have sent their FIN
+        self.last_active = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def connect(self, destination: tuple[str, int], hello: bytes) -> None:
+        """Dial the original destination; the ClientHello goes first once connected."""
+        try:
+            server = socket.socket(socket.AF_INET6 if ":" in destination[0] else socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as err:
+            log.warning("passthrough to %s: no socket: %s", destination, err)
+            self.close()
+            return
+        self.server = server
+        server.setblocking(False)
+        for sock in (server, self.device):  # as asyncio's transports do: no Nagle delay on a relay
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.waiting[server] = hello
+        code = server.connect_ex(destination)
+        if code not in (0, errno.EINPROGRESS):
+            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
+            self.close()
+            return
+        self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
+        self._loop.add_writer(server.fileno(), self._connected, destination)
+
+    def _connect_timed_out(self, destination: tuple[str, int]) -> None:
+        log.debug("passthrough to %s: no answer in %.0f s", destination, CONNECT_TIMEOUT_S)
+        self._timer = None
+        self.close()
+
+    def _connected(self, destination: tuple[str, int]) -> None:
+        server = self.server
+        assert server is not None
+        self._loop.remove_writer(server.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        code = server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
+            self.close()
+            return
+        self._door.spliced += 1
+        hello = self.waiting.pop(server)
+        self._loop.add_reader(server.fileno(), self._read, server, self.device)
+        self._loop.add_reader(self.device.fileno(), self._read, self.device, server)
+        self._send(self.device, server, hello)
+
+    def _read(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            data = source.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.last_active = self._loop.time()
+        if data:
+            self._send(source, target, data)
+            return
+        self._loop.remove_reader(source.fileno())
+        self._eof.add(source)
+        if target not in self.waiting:
+            self._pass_eof(target)
+
+    def _send(self, source: socket.socket, target: socket.socket, data: bytes) -> None:
+        """Send `data` from `source` on to `target`; what it will not take now waits, and
+        `source` is not read until it has gone."""
+        try:
+            sent = target.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.waiting[target] = data[sent:]
+            self._loop.remove_reader(source.fileno())
+            self._loop.add_writer(target.fileno(), self._drain, source, target)
+
+    def _drain(self, source: socket.socket, target: socket.socket) -> None:
+        data = self.waiting[target]
+        try:
+            sent = target.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.waiting[target] = data[sent:]
+            return
+        del self.waiting[target]
+        self._loop.remove_writer(target.fileno())
+        self.last_active = self._loop.time()
+        if source in self._eof:
+            self._pass_eof(target)
+        else:
+            self._loop.add_reader(source.fileno(), self._read, source, target)
+
+    def _pass_eof(self, target: socket.socket) -> None:
+        """The other side has said all it will: half-close towards `target`, or end the
+        connection if `target` has finished too."""
+        if len(self._eof) == 2 and not self.waiting:
+            self.close()
+            return
+        try:
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """End both sides now (what was not yet delivered is dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in (self.device, self.server):
+            if sock is None:
+                continue
+            fd = sock.fileno()
+            if fd >= 0:
+                self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
+            sock.close()
+        self.waiting.clear()
+        self._door._relay_closed(self)
+
+
+class _Hello:
+    """A connection whose first bytes are being read."""
+
+    __slots__ = ("client", "context", "data", "sock", "timer")
+
+    def __init__(self, sock: socket.socket, client: connection.Client, context: Context) -> None:
+        self.sock = sock
+        self.client = client
+        self.context = context
+        self.data = b""
+        self.timer: asyncio.TimerHandle | None = None  # set while the loop waits for more
 
 
 class FrontDoor:
     """Accepts the redirected connections and judges, kills, splices or hands each over."""
+
+    loop: asyncio.AbstractEventLoop  # the running loop, from start()
 
     def __init__(
         self,
@@ -158,10 +317,15 @@ class FrontDoor:
         self._mode = mode  # mitmproxy's proxy mode, on each Client as mitmproxy would set it
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        # conn id -> (client transport, server transport, its two halves)
-        self._splices: dict[str, tuple[asyncio.Transport, asyncio.Transport, _Splice, _Splice]] = {}
+        self._relays: dict[str, _Relay] = {}  # conn id -> its splice
+        self._waiting: dict[int, _Hello] = {}  # socket fd -> a connection waiting for its first bytes
         self._sweeper: asyncio.TimerHandle | None = None
+        # Connection ids: unique in this process, as mitmproxy's own (uuid4 text) are; a counter
+        # costs nothing, where two uuid4s (the client's and its server's) cost a killed connection
+        # a few percent of its CPU.
+        self._serials = itertools.count(1)
         self.accepted = 0
+        self.judged_at_accept = 0  # decided in the accept callback: its first bytes were in
         self.killed = 0
         self.spliced = 0
         self.handed_over = 0
@@ -170,7 +334,7 @@ class FrontDoor:
 
     # ------------------------------------------------------------------ listening
     def start(self, sockets: list[socket.socket]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._sockets = sockets
         for sock in sockets:
             loop.add_reader(sock.fileno(), self._accept, sock)
@@ -180,16 +344,18 @@ class FrontDoor:
         return [sock.getsockname() for sock in self._sockets if sock.fileno() >= 0]
 
     def stop(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         for sock in self._sockets:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(sock.fileno())
             sock.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for client, server, _up, _down in list(self._splices.values()):
-            client.abort()
-            server.abort()
+        for relay in list(self._relays.values()):
+            relay.close()
+        for hello in list(self._waiting.values()):
+            self._stop_waiting(hello)
+            self._end(hello.sock, hello.client)
         for task in list(self._tasks):
             task.cancel()
 
@@ -197,9 +363,10 @@ class FrontDoor:
         """The front door's counters, for the proxy's status."""
         return {
             "accepted": self.accepted,
+            "judged_at_accept": self.judged_at_accept,
             "killed": self.killed,
             "spliced": self.spliced,
-            "splices_open": len(self._splices),
+            "splices_open": len(self._relays),
             "handed_over": self.handed_over,
             "accept_errors": self.accept_errors,
             "idle_closed": self.idle_closed,
@@ -207,28 +374,25 @@ class FrontDoor:
 
     def close(self, conn_id: str) -> bool:
         """Close a spliced connection (its verdict now blocks); False if it is not the front's."""
-        found = self._splices.get(conn_id)
-        if found is None:
+        relay = self._relays.get(conn_id)
+        if relay is None:
             return False
-        found[0].abort()
-        found[1].abort()
+        relay.close()
         return True
 
     def _sweep_idle(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         quiet_since = loop.time() - SPLICE_IDLE_S
-        for client, server, up, down in list(self._splices.values()):
-            if max(up.last_active, down.last_active) < quiet_since:
+        for relay in list(self._relays.values()):
+            if relay.last_active < quiet_since:
                 self.idle_closed += 1
-                client.abort()
-                server.abort()
+                relay.close()
         self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
 
     def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, _peer = listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
@@ -236,120 +400,159 @@ class FrontDoor:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of descriptors: waiting is all that helps; the backlog keeps the rest.
                     log.error("cannot accept connections (%s); pausing for %.0f s", err, ACCEPT_PAUSE_S)
-                    loop.remove_reader(listener.fileno())
-                    loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
+                    self.loop.remove_reader(listener.fileno())
+                    self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
                     return
                 log.warning("accepting a connection failed: %s", err)
                 continue
             sock.setblocking(False)
             self.accepted += 1
-            task = loop.create_task(self._serve(sock))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._begin(sock, peer)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+            self.loop.add_reader(listener.fileno(), self._accept, listener)
 
     # ------------------------------------------------------------------ one connection
-    async def _serve(self, sock: socket.socket) -> None:
+    def _begin(self, sock: socket.socket, peer: Any) -> None:
+        """A new connection: its client told to the addons, then its first bytes read."""
         try:
-            peer = sock.getpeername()
             destination = self._destination(sock)
         except (OSError, struct.error) as err:  # gone already, or not redirected (someone dialled the port itself)
             log.debug("dropping a connection without an original destination: %s", err)
             sock.close()
             return
+        client, context = self._connection(peer, destination)
+        try:
+            pending = self.pipeline.begin_client(client)
+        except Exception:
+            log.exception("the front door failed on a connection from %s", peer)
+            self._end(sock, client)
+            return
+        if pending is None:
+            self._read_hello(_Hello(sock, client, context), at_accept=True)
+        else:  # an identity lookup off the loop first (the client was not seen lately)
+            self._spawn(self._identified(_Hello(sock, client, context), pending))
+
+    async def _identified(self, hello: _Hello, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("the front door failed on a connection from %s", hello.client.peername)
+            self._end(hello.sock, hello.client)
+            return
+        self._read_hello(hello)
+
+    def _read_hello(self, hello: _Hello, *, at_accept: bool = False) -> None:
+        """Read what the client has sent; decide once it is all the front waits for (a whole
+        ClientHello, or clearly none), else wait for more, up to HELLO_WAIT_S of silence in
+        all (then decide on what came)."""
+        sock = hello.sock
+        try:
+            chunk = sock.recv(MAX_HELLO - len(hello.data))
+        except (BlockingIOError, InterruptedError):
+            chunk = None
+        except ConnectionError:
+            chunk = b""  # reset: as if it had closed
+        except OSError as err:
+            log.debug("connection from %s ended early: %s", hello.client.peername, err)
+            self._stop_waiting(hello)
+            self._end(sock, hello.client)
+            return
+        if chunk is not None:
+            hello.data += chunk
+            if not chunk or hello_complete(hello.data):
+                self._stop_waiting(hello)
+                if at_accept:
+                    self.judged_at_accept += 1
+                self._decide(sock, hello.client, hello.context, hello.data)
+                return
+        if hello.timer is None:  # the first wait: from now on the loop says when more came
+            self._waiting[sock.fileno()] = hello
+            self.loop.add_reader(sock.fileno(), self._read_hello, hello)
+            hello.timer = self.loop.call_later(HELLO_WAIT_S, self._hello_timed_out, hello)
+
+    def _hello_timed_out(self, hello: _Hello) -> None:
+        hello.timer = None
+        self._stop_waiting(hello)
+        self._decide(hello.sock, hello.client, hello.context, hello.data)
+
+    def _stop_waiting(self, hello: _Hello) -> None:
+        if self._waiting.pop(hello.sock.fileno(), None) is not None:
+            self.loop.remove_reader(hello.sock.fileno())
+        if hello.timer is not None:
+            hello.timer.cancel()
+            hello.timer = None
+
+    def _connection(self, peer: Any, destination: tuple[str, int]) -> tuple[connection.Client, Context]:
+        """mitmproxy's Client and Context for the addons' hooks, as mitmproxy would build them
+        for an accepted connection, with the original destination as the server's address."""
+        serial = next(self._serials)
         client = connection.Client(
+            id=f"front-{serial}",
             peername=peer,
             sockname=destination,
             timestamp_start=time.time(),
             proxy_mode=self._mode,
             state=connection.ConnectionState.OPEN,
         )
-        context = Context(client, self._options)
-        context.server.address = destination
-        handed_over = False
+        # Context.__init__ would make a server of its own (with a uuid4) only for us to replace
+        # its address: the same attributes, set once (tests hold them to Context's own).
+        context = Context.__new__(Context)
+        context.client = client
+        context.options = self._options
+        context.server = new_server(destination, f"front-{serial}-server")
+        context.layers = []
+        return client, context
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _decide(self, sock: socket.socket, client: connection.Client, context: Context, data: bytes) -> None:
+        """Judge the first bytes and carry the verdict out: kill, splice or hand over."""
         try:
-            await self.pipeline.client_connected(client)
-            data = await self._first_bytes(sock)
             verdict = self.pipeline.judge_hello(context, data) if data else EarlyHello.REFUSE
-            if verdict is EarlyHello.PASS:
-                await self._splice(client, sock, destination, data)
-            elif verdict is EarlyHello.REFUSE:
+            if verdict is EarlyHello.REFUSE:
                 self.killed += bool(data)
+                self._end(sock, client)
+            elif verdict is EarlyHello.PASS:
+                destination = context.server.address
+                assert destination is not None  # the original destination, from _connection
+                relay = _Relay(self, client, sock)
+                self._relays[client.id] = relay
+                relay.connect(destination, data)
             else:
-                handed_over = True
                 self.handed_over += 1
-                self.pipeline.adopt(peer, client.id)
-                await self._hand_over(sock, data)
+                self.pipeline.adopt(client.peername, client.id)
+                self._spawn(self._hand_over(sock, client, data))
         except Exception:
-            log.exception("the front door failed on a connection from %s", peer)
+            log.exception("the front door failed on a connection from %s", client.peername)
+            self._end(sock, client)
+
+    def _end(self, sock: socket.socket, client: connection.Client) -> None:
+        sock.close()
+        self.pipeline.client_disconnected(client)
+
+    def _relay_closed(self, relay: _Relay) -> None:
+        self._relays.pop(relay.client.id, None)
+        self.pipeline.client_disconnected(relay.client)
+
+    async def _hand_over(self, sock: socket.socket, client: connection.Client, data: bytes) -> None:
+        """mitmproxy takes the connection as if it had accepted it, the bytes read put back."""
+        try:
+            reader = asyncio.StreamReader(limit=2**16)
+            if data:
+                reader.feed_data(data)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await self.loop.connect_accepted_socket(lambda: protocol, sock)
+            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+            await self._handover(reader, writer)
+        except Exception:
+            log.exception("handing a connection from %s to mitmproxy failed", client.peername)
         finally:
             # A connection mitmproxy took is ended by it (its client_disconnected); one it
             # refused before telling the addons (no original destination) is ended here.
-            if not handed_over or self.pipeline.forget_adoption(peer):
-                sock.close()
-                self.pipeline.client_disconnected(client)
-
-    async def _first_bytes(self, sock: socket.socket) -> bytes:
-        """The client's first bytes: a whole ClientHello, or whatever came before it was clear
-        that none is coming (not TLS, unparsable, the client closed, or HELLO_WAIT_S of silence)."""
-        loop = asyncio.get_running_loop()
-        data = b""
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            async with asyncio.timeout(HELLO_WAIT_S):
-                while len(data) < MAX_HELLO:
-                    chunk = await loop.sock_recv(sock, MAX_HELLO - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
-                    if len(data) < 3 or not starts_like_tls_record(data):
-                        if len(data) >= 3 or data[:1] != b"\x16":
-                            break
-                        continue
-                    try:  # all in? (the pipeline parses it)
-                        if get_client_hello(data) is not None:
-                            break
-                    except ValueError:
-                        break
-        return data
-
-    async def _splice(self, client: connection.Client, sock: socket.socket, destination: tuple[str, int],
-                      hello: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        upstream = _Splice(loop)
-        downstream = _Splice(loop)
-        upstream.peer, downstream.peer = downstream, upstream
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                server_transport, _ = await loop.create_connection(lambda: upstream, destination[0], destination[1])
-        except (OSError, TimeoutError) as err:
-            log.debug("passthrough to %s failed: %s", destination, err)
-            return
-        server_transport.write(hello)
-        try:
-            client_transport, _ = await loop.connect_accepted_socket(lambda: downstream, sock)
-        except OSError:
-            server_transport.abort()
-            return
-        self.spliced += 1
-        self._splices[client.id] = (client_transport, server_transport, upstream, downstream)
-        try:
-            # Either side's end closes the other (after flushing what it holds for it).
-            await asyncio.wait((upstream.closed, downstream.closed))
-        finally:
-            self._splices.pop(client.id, None)
-            client_transport.abort()
-            server_transport.abort()
-
-    async def _hand_over(self, sock: socket.socket, data: bytes) -> None:
-        """mitmproxy takes the connection as if it had accepted it, the bytes read put back."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**16)
-        if data:
-            reader.feed_data(data)
-        protocol = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await self._handover(reader, writer)
+            if self.pipeline.forget_adoption(client.peername):
+                self._end(sock, client)

@@ -20,6 +20,11 @@ from mitmproxy import tls
 from mitmproxy.net.check import is_valid_host
 from mitmproxy.proxy.layers.tls import get_client_hello
 
+# The same few names come again and again (a school's devices reach the same sites all day), and
+# mitmproxy's check (IDNA and label rules) was a noticeable part of reading a ClientHello.
+# Bounded: a flood of distinct names only evicts.
+_valid_host = functools.lru_cache(maxsize=4096)(is_valid_host)
+
 EXT_SERVER_NAME = 0x00
 EXT_ALPN = 0x10
 HOST_NAME = 0  # the only server name type (RFC 6066 §3)
@@ -81,7 +86,7 @@ def read_sni_alpn(body: bytes) -> tuple[str | None, list[bytes]]:
         pos = _skip(body, start, end, length)
         if kind == EXT_SERVER_NAME:
             names = _server_names(body[start:pos])
-            if sni is None and len(names) == 1 and names[0][0] == HOST_NAME and is_valid_host(names[0][1]):
+            if sni is None and len(names) == 1 and names[0][0] == HOST_NAME and _valid_host(names[0][1]):
                 sni = names[0][1].decode("ascii")
         elif kind == EXT_ALPN:
             protocols = _protocols(body[start:pos])

@@ -177,8 +177,14 @@ def schoolgate_nat(lab: Lab) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads included."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of a process, all its threads included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def report(title: str, rows: list[tuple[str, str]]) -> None:
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                      if (name == "proxy" or name.startswith("proxy.")) and info.get("pid")}
         pids = {"schoolgate": list(processes.values()) or [proxy_pid], "squid": [squid_pid[0]]}
         by_process = {(name, kind): 0.0 for name in processes for kind in ("killed", "passed")}
+        in_kernel = {kind: 0.0 for kind in ("killed", "passed")}  # their system time
         latency: dict[str, list[float]] = {e: [] for e in engines}
         direct: list[float] = []
         slices = max(1, args.rounds)
@@ -260,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                     profiler = _start_profile(args.profile, pids[engine][0], f"{engine}-{kind}") \
                         if engine == "schoolgate" else None
                     each_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+                    system_before = sum(cpu_split(pid)[1] for pid in processes.values())
                     cpu_before = sum(cpu_seconds(pid) for pid in pids[engine])
                     rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
@@ -268,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     if engine == "schoolgate":
                         for name, pid in processes.items():
                             by_process[(name, kind)] += cpu_seconds(pid) - each_before[name]
+                        in_kernel[kind] += sum(cpu_split(pid)[1] for pid in processes.values()) - system_before
                     _stop_profile(profiler)
                     total = totals[(engine, kind)]
                     totals[(engine, kind)] = Rate(total.done + rate.done, total.failed + rate.failed,
@@ -321,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             (name, f"{by_process[(name, 'killed')] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
                    f"{by_process[(name, 'passed')] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}")
             for name in processes
+        ] + [
+            ("  of which in the kernel (system time)",
+             f"{in_kernel['killed'] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
+             f"{in_kernel['passed'] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}"),
         ])
         report("Connections per CPU-second of the proxy process (higher is leaner)", [
             (f"{kind}: schoolgate / squid",

@@ -293,3 +293,68 @@ def test_listen_sockets_by_address(listen: str, families: set[int]) -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+def test_the_front_doors_context_is_mitmproxys_with_the_original_destination(services: Services) -> None:
+    """The front builds each connection's Context without Context.__init__ (which would make
+    a server, with a uuid4, only to have its address replaced): it must hold exactly what
+    mitmproxy's own holds, so an addon sees no difference."""
+    from mitmproxy.proxy.context import Context
+
+    async def main() -> None:
+        pipeline = Pipeline(build_addons(services), services.connections)
+        opts = options.Options()
+        door = FrontDoor(pipeline, _never_handed, opts, MODE)
+        first, first_context = door._connection(("10.0.0.7", 50123), (FACEBOOK_IP, 443))
+        second, _ = door._connection(("10.0.0.7", 50124), (FACEBOOK_IP, 443))
+        reference = Context(first, opts)
+        assert set(vars(first_context)) == set(vars(reference))
+        assert first_context.client is first and first_context.options is opts and first_context.layers == []
+        assert first_context.server.address == (FACEBOOK_IP, 443)
+        assert type(first_context.server) is type(reference.server)
+        ids = {first.id, second.id, first_context.server.id}
+        assert len(ids) == 3  # unique per connection, the server's apart from its client's
+        assert (first.peername, first.sockname, first.proxy_mode) == (("10.0.0.7", 50123), (FACEBOOK_IP, 443), MODE)
+
+    asyncio.run(main())
+
+
+async def _never_handed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    raise AssertionError("handed over")
+
+
+def test_a_hello_in_with_the_connection_is_judged_in_the_accept_callback(
+    services: Services, known_clients: dict[str, Client], sessions: sessionmaker[Session], writer: EventWriter
+) -> None:
+    """A client identified a moment ago whose ClientHello is in when it is accepted is killed
+    (or spliced) without a task; one whose identity must be looked up waits for it."""
+    known_clients[LOOPBACK] = as_loopback(PUPIL)
+    from schoolgate.proxy.clients import RecentClients
+
+    recent = RecentClients(services.identify, lambda: None, ttl=3600)
+    services.identify, services.identify_cached = recent.resolve, recent.cached
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[int, int]:
+        for done in range(1, 4):
+            # Connected and sent before the loop runs again: the hello is in when it accepts.
+            with socket.create_connection((LOOPBACK, port)) as raw:
+                raw.sendall(client_hello_bytes("www.facebook.com"))
+                await settled(lambda done=done: door.snapshot()["killed"] == done)
+        await settled(lambda: len(services.connections) == 0)
+        return door.snapshot()["judged_at_accept"], door.snapshot()["killed"]
+
+    judged_at_accept, killed = run_front(services, (FACEBOOK_IP, 443), scenario)
+    # The first was looked up off the loop (a task); the next two were known already.
+    assert (judged_at_accept, killed) == (2, 3)
+    assert [e.verdict for e in events(sessions, writer)] == ["block"] * 3
+
+
+def test_the_front_doors_server_is_the_one_mitmproxy_would_make() -> None:
+    from schoolgate.proxy.front import new_server
+
+    made = new_server((FACEBOOK_IP, 443), "front-7-server")
+    reference = connection.Server(address=(FACEBOOK_IP, 443), id="front-7-server")
+    assert type(made) is connection.Server
+    assert vars(made) == vars(reference)
+    made.error = "refused by the school's filtering policy"  # what UpstreamGate sets: its own, not shared
+    assert new_server((FACEBOOK_IP, 443), "front-8-server").error is None
