@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import struct
@@ -323,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
                        "(peek, then terminate or splice)", peers, mappings=args.mappings)
                 by_name = {name: sum(r.pss_kb for r in measure([pid])) / 1024 for name, (pid, _) in references.items()}
                 for peer, daemon in (("dnsmasq", "dns"), ("squid", "proxy")):
-                    # Every process of the daemon (a DNS control process, its workers and its event
-                    # writer; `sg-dns...` when forked, `schoolgate dns` when started on its own).
-                    ours = sum(r.pss_kb for r in rows if daemon in r.name.split("-")[1:] + r.name.split()[1:2]) / 1024
+                    # Every process of the daemon: its workers and its event writer (`sg-dns`,
+                    # `sg-dns-events`, `sg-proxy.2`, `sg-proxy.events` when forked; `schoolgate dns`
+                    # when started on its own).
+                    ours = sum(r.pss_kb for r in rows if daemon in re.split(r"[-. ]", r.name)[1:2]) / 1024
                     if peer in by_name and ours and by_name[peer]:
                         print(f"  schoolgate {daemon} (all its processes) {ours:.1f} MB / {peer} "
                               f"{by_name[peer]:.1f} MB PSS: {ours / by_name[peer]:.1f}x")
