@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  args.latency_samples // slices)
             direct += setup_latency(staff, "library.example.org", LIBRARY, cafile, args.latency_samples // slices)
         results = {e: {k: totals[(e, k)] for k in ("killed", "passed")} for e in engines}
+        front_doors = _front_doors(lab.data_dir, args.proxy_workers)
         via_proxy, via_squid = latency["schoolgate"], latency["squid"]
         netns.stop_process(*squid_pid)
         squid_pid = None
@@ -334,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
             ("  of which in the kernel (system time)",
              f"{in_kernel['killed'] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
              f"{in_kernel['passed'] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}"),
+        ])
+        report("schoolgate's front doors (all loads, warm-up included)", [
+            ("connections accepted", f"{sum(f.get('accepted', 0) for f in front_doors):8d}"),
+            ("  judged in the accept callback (hello already in)",
+             f"{sum(f.get('judged_at_accept', 0) for f in front_doors):8d}"),
+            ("  killed / spliced / handed to mitmproxy",
+             " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}" for key in ("killed", "spliced", "handed_over"))),
         ])
         report("Connections per CPU-second of the proxy process (higher is leaner)", [
             (f"{kind}: schoolgate / squid",
@@ -400,6 +408,18 @@ def _stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         profiler.kill()
         profiler.wait()
+
+
+def _front_doors(data_dir: Path, workers: int) -> list[dict[str, int]]:
+    """Each worker's front-door counters, from its stats file (written every second)."""
+    import json
+
+    names = ["proxy-stats.json"] if workers <= 1 else [f"proxy-stats.{n}.json" for n in range(1, workers + 1)]
+    found = []
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            found.append(json.loads((data_dir / name).read_text()).get("front") or {})
+    return found
 
 
 def _load(averages: tuple[float, float, float]) -> str:
