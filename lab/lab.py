@@ -382,10 +382,16 @@ class Lab:
         """dns-only: the school DHCP server's lease file (ISC format), which the lab writes."""
         return self.state_dir / "dhcpd.leases"
 
+    @property
+    def identity_configured(self) -> bool:
+        """Whether the identity service has anything to receive here (lease files, RADIUS); when
+        not, `schoolgate run` does not start it."""
+        return self.wiring.name == "dns-only"
+
     def _identity_section(self) -> str:
         """dns-only: the router is also the Wi-Fi controller (RADIUS accounting) and the DHCP
         server of the routed Wi-Fi network; its lease file is the lab's to write."""
-        if self.wiring.name != "dns-only":
+        if not self.identity_configured:
             return ""
         secret = self.state_dir / "radius-secret"
         secret.write_bytes(self.radius_secret + b"\n")
@@ -496,8 +502,9 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
             ("proxy", lambda: _tcp_open(gw, address, PROXY_PORT), "schoolgate proxy to listen"),
             ("console", lambda: _tcp_open(gw, address, CONSOLE_PORT), "schoolgate console to listen"),
             ("scheduler", lambda: self._reported("scheduler"), "schoolgate scheduler to report"),
-            ("identity", lambda: self._reported("identity"), "schoolgate identity to report"),
         ]
+        if self.identity_configured:  # else schoolgate run does not start it: nothing to receive
+            checks.append(("identity", lambda: self._reported("identity"), "schoolgate identity to report"))
         if self.wiring.name != "dns-only":  # nothing is refused or logged by the kernel there
             checks.append(
                 ("watch", lambda: nflog_bound(gw, NFLOG_GROUP), "schoolgate net watch to bind its NFLOG group")

@@ -719,12 +719,17 @@ def _not_needed(config: str, wanted: list[str]) -> dict[str, str]:
     from schoolgate.tomlpos import ConfigError
 
     try:
-        mode = load_config(config).network.mode
+        loaded = load_config(config)
     except ConfigError:
         return {}  # each daemon reports the mistake itself
-    if mode == "dns-only" and "watch" in wanted:
-        return {"watch": "in dns-only mode the kernel refuses nothing, so there are no attempts to read"}
-    return {}
+    skipped = {}
+    if loaded.network.mode == "dns-only" and "watch" in wanted:
+        skipped["watch"] = "in dns-only mode the kernel refuses nothing, so there are no attempts to read"
+    if "identity" in wanted and not (loaded.identity.lease_files or loaded.identity.radius_listen):
+        # As doctor and the console's network page expect no identity service then. Its Python
+        # process would cost the idle appliance about 24 MB (bench/memory.py) to wait for nothing.
+        skipped["identity"] = "no [identity] lease_files or radius_listen is set, so there is nothing to receive"
+    return skipped
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -212,6 +212,23 @@ def _comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
+@pytest.mark.parametrize(
+    ("settings", "skipped"),
+    [
+        ("", ["identity"]),  # nothing for the identity service to receive
+        ('[identity]\nradius_listen = "127.0.0.1:1813"\nradius_clients = ["127.0.0.1"]\n', []),
+        ('[identity]\nlease_files = ["isc:/var/lib/dhcp/dhcpd.leases"]\n', []),
+        ('[network]\nmode = "dns-only"\n', ["identity", "watch"]),
+    ],
+)
+def test_daemons_with_nothing_to_do_are_not_started(tmp_path: Path, settings: str, skipped: list[str]) -> None:
+    from schoolgate.runner import DAEMONS, _not_needed
+
+    config = tmp_path / "schoolgate.toml"
+    config.write_text(f'policy = "{REPO / "deploy" / "policy.example.toml"}"\ndata_dir = "{tmp_path}"\n{settings}')
+    assert sorted(_not_needed(str(config), list(DAEMONS))) == skipped
+
+
 def test_restart_delays_are_capped_at_2_s() -> None:
     from schoolgate.runner import restart_delay
 
