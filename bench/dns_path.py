@@ -153,7 +153,8 @@ def fork_event_writer(database: Path) -> tuple[EventChannel, int]:
             )
             writer.start()
             for _ in receive_events(reading, writer.submit_many, stop_after=lambda: None,
-                                    gather=WRITER_GATHER_S, gathered=writer.write_now):
+                                    gather=WRITER_GATHER_S, gathered=writer.write_now,
+                                    max_gathered=WRITER_BATCH_ROWS):
                 pass
             stats = writer.stop(timeout=600)
             print(f"event-writing process: {stats['written']:,} written, {stats['dropped']} dropped")
