@@ -172,7 +172,7 @@ class ListSet:
                     if lists:
                         found_lists |= lists
                         found_categories |= categories
-                        first = min(first, position)
+                        first = position if position < first else first  # not min(): a call
         return found_lists, found_categories, names[first] if first < len(names) else None, url_entries
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:

@@ -252,6 +252,11 @@ class CompiledPolicy:
         self._support_domains = frozenset(name for name, _ in SUPPORT_DOMAINS) if support is not None else frozenset()
         # Canaries: reserved names the policy files under their category whatever the lists hold.
         self._canaries = {c.canary: 1 << c.bit for c in categories if c.canary}
+        # Every name the catalogue itself knows (services' domains and hosts, support sites,
+        # canaries): one set test rules all of them out for the names only lists hold.
+        self._catalogue_names = frozenset(
+            (*self._suffix_service, *self._exact_service, *self._support_domains, *self._canaries)
+        )
         self._rules_by_role: dict[Role, tuple[Rule, ...]] = {
             role: tuple(r for r in rules if role in r.roles) for role in Role
         }
@@ -316,16 +321,23 @@ class CompiledPolicy:
         # The entry keeps no suffix strings (they would triple its size); the overlay, the
         # only other reader of them, walks them again when it has something to check.
         names = suffixes(host)
-        service = self._exact_service.get(host, -1)
-        service_domain: str | None = host if service >= 0 else None
-        if service < 0:
-            lookup = self._suffix_service.get
-            for name in names:
-                found = lookup(name)
-                if found is not None:
-                    service, service_domain = found, name
-                    break
-        address = _address(host)
+        service = -1
+        service_domain: str | None = None
+        known = not self._catalogue_names.isdisjoint(names)
+        if known:
+            service = self._exact_service.get(host, -1)
+            if service >= 0:
+                service_domain = host
+            else:
+                lookup = self._suffix_service.get
+                for name in names:
+                    found = lookup(name)
+                    if found is not None:
+                        service, service_domain = found, name
+                        break
+        # No top-level domain is all digits, so only a name ending in a digit or holding a
+        # colon can be an address literal.
+        address = _address(host) if host[-1:].isdigit() or ":" in host else None
         if address is not None:
             list_bits, list_categories = self.entries.lookup_address(address)
             list_domain = host if list_bits else None
@@ -333,9 +345,12 @@ class CompiledPolicy:
         else:
             # A list's host/path entries for this host: the proxy must see its URLs to apply them.
             list_bits, list_categories, list_domain, url_entries = self.entries.probe(names)
-        builtin_bits = self._canaries.get(host, 0)
-        builtin_domain = host if builtin_bits else None
-        if self._support_domains and not self._support_domains.isdisjoint(names):
+        builtin_bits = 0
+        builtin_domain = None
+        if known:
+            builtin_bits = self._canaries.get(host, 0)
+            builtin_domain = host if builtin_bits else None
+        if known and self._support_domains and not self._support_domains.isdisjoint(names):
             for name in names:
                 if name in self._support_domains:
                     builtin_bits |= self._support_bits
@@ -425,7 +440,8 @@ class CompiledPolicy:
     def _static(
         self, role: Role, year_group: int | None, number: int, hm: HostMatch, ts: float, *, device: str
     ) -> Decision:
-        segment, index, active = self.segment(ts)
+        # segment(ts), its minute cache read here: this runs for every decision.
+        segment, index, active = self._minutes.get(int(ts // 60)) or self.segment(ts)
         key = (
             role,
             year_group if self._uses_year_groups else None,
@@ -723,7 +739,9 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
     if now.tzinfo is None:
         raise ValueError("decide() needs an aware datetime (with a time zone)")
     ts = now.timestamp()
-    role = client.role if client.role is not None else policy.role_for_ip(client.ip)
+    role = client.role
+    if role is None:
+        role = policy._roles.get(client.ip) or policy.role_for_ip(client.ip)
     overlay = policy.overlay
     banned: Ban | None = None
     ban_edge: datetime | None = None
@@ -740,7 +758,10 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
         with_url = policy.match_url(host, hm, target.url)
         if with_url is not hm:
             number, hm = policy.number_for(with_url), with_url
-    base = policy._static(role, client.year_group, number, hm, ts, device=device_condition(client.ownership))
+    ownership = client.ownership
+    base = policy._static(
+        role, client.year_group, number, hm, ts, device="unknown" if ownership is None else device_condition(ownership)
+    )
     if overlay.empty:
         return base
     return _apply_overlay(
