@@ -84,18 +84,8 @@ _Probe = tuple[
     int,
     tuple[tuple[int, int, int, int], ...],
     ListStore | None,
+    tuple[int, bytes] | None,
 ]
-
-
-def _has_url_host(store: ListStore, keys: Sequence[int]) -> bool:
-    """Whether `store` holds `host/path` entries for one of these keys. Asked for every new
-    host, so each key is checked against the store's small filter before a bisect."""
-    shift, bitmap = store.url_host_filter()
-    for key in keys:
-        top = key >> shift
-        if bitmap[top >> 3] >> (top & 7) & 1 and store.has_url_host(key):
-            return True
-    return False
 
 
 class ListSet:
@@ -113,7 +103,7 @@ class ListSet:
             table, keys, classes, shift = store.arrays()
             by_seed.setdefault(store.seed, []).append(
                 (store.small_table(), table, keys, classes, shift, _class_bits(index),
-                 store if store.url_count else None)
+                 store if store.url_count else None, store.url_host_filter() if store.url_count else None)
             )
         self._groups = tuple((seed, tuple(probes)) for seed, probes in by_seed.items())
         self._indexes = tuple(indexes)
@@ -144,35 +134,43 @@ class ListSet:
         found_lists = found_categories = 0
         url_entries = False
         first = len(names)
-        if len(names) > 1:
+        if first > 1:
             # A top-level domain alone ("com", "uk") is never a list entry: an entry that would
             # block a whole TLD is a broken or hostile list, and skipping it saves a probe.
             names = names[:-1]
         for seed, probes in self._groups:
             keys = [xxh3_64_intdigest(name.encode("utf-8", "replace"), seed) for name in names]
-            for small, table, sorted_keys, key_classes, shift, classes, url_store in probes:
-                if url_store is not None and not url_entries:
-                    url_entries = _has_url_host(url_store, keys)
-                for position, key in enumerate(keys):
-                    if small is not None:
-                        klass = small.get(key, -1)
-                        if klass < 0:
-                            continue
-                    else:
+            for small, table, sorted_keys, key_classes, shift, classes, url_store, url_filter in probes:
+                if url_filter is not None and not url_entries:
+                    # The filter rules out nearly every host without a bisect of the URL keys.
+                    url_shift, bitmap = url_filter
+                    for key in keys:
+                        top = key >> url_shift
+                        if bitmap[top >> 3] >> (top & 7) & 1 and url_store.has_url_host(key):  # type: ignore[union-attr]
+                            url_entries = True
+                            break
+                position = -1
+                for key in keys:
+                    position += 1
+                    if small is None:
                         bucket = key >> shift
                         hi = table[bucket + 1]
                         i = bisect_left(sorted_keys, key, table[bucket], hi)
-                        if i >= hi or sorted_keys[i] != key:
+                        if i == hi or sorted_keys[i] != key:
                             continue
                         klass = key_classes[i]
+                    else:
+                        klass = small.get(key, -1)
+                        if klass < 0:
+                            continue
                     categories, exact_categories, lists, exact_lists = classes[klass]
-                    if position == 0:
+                    if not position:
                         categories |= exact_categories
                         lists |= exact_lists
                     if lists:
                         found_lists |= lists
                         found_categories |= categories
-                        first = position if position < first else first  # not min(): a call
+                        first = position if position < first else first  # not min(): a call per hit
         return found_lists, found_categories, names[first] if first < len(names) else None, url_entries
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:

@@ -63,6 +63,7 @@ _INSTANT_CACHE_LIMIT = 4096
 _ROLE_CACHE_LIMIT = 20_000
 _MINUTE_CACHE_LIMIT = 50_000
 DEFAULT_BAN_POLICY = BanPolicy()
+_new_match = tuple.__new__
 
 
 # The two verdicts no rule writes: illegal content is always a locked block, and support is
@@ -368,12 +369,13 @@ class CompiledPolicy:
                 if listed.safe_search is not None:
                     safe_search_host = listed.safe_search_hosts is None or host in listed.safe_search_hosts
             categories |= list_categories
-            hm = HostMatch(
+            # HostMatch's fields in order, built without its Python-level __new__ (a frame per new name).
+            hm = _new_match(HostMatch, (
                 service, service_domain, list_bits, list_domain, categories, safe_search_host, builtin_domain,
                 url_entries,
-            )
+            ))
             kind = (service, service_domain, list_bits, categories, safe_search_host, builtin_domain, url_entries)
-            entry = (self._number(kind), hm)
+            entry = (self._match_ids.get(kind) or self._number(kind), hm)
         if len(self._host_cache) >= _HOST_CACHE_LIMIT:
             self._host_cache = {}
         self._host_cache[host] = entry
