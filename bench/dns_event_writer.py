@@ -1,0 +1,144 @@
+"""CPU per event of the DNS daemon's event-writing process, by number of devices and rate.
+
+    .venv/bin/python -P bench/dns_event_writer.py [--events 100000] [--devices 1 300] [--rates 0 1000 200]
+
+Forks a process that does what the daemon's `sg-dns-events` does (dns.daemon.run_event_writer:
+an EventWriter on SQLite with the daemon's batch size and page cache, reading the channel in the
+daemon's bursts) and hands it blocked-query events through an EventChannel, as the workers do.
+Each event is a different listed name asked by one of `--devices` devices (each with its MAC,
+register id, name and person), in time order. A rate of 0 hands them over as fast as the writer
+takes them; any other rate paces them (events per second), as a school's traffic comes.
+
+Printed per case: the writing process's CPU per event from its rusage (user and system), and
+a reference measured in the same run: the same rows inserted by a bare sqlite3 executemany in
+transactions of the writer's size (a burst's events, up to its batch size), with the same
+pragmas, in this process (what SQLite itself costs; the difference is the writing process's
+own work). The database is a fresh file in a temporary folder each time.
+
+bench/dns_path.py prints the same process's figure for the worker's whole path (one client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from schoolgate.dns.daemon import WRITER_BATCH_ROWS, WRITER_GATHER_S, WRITER_SQLITE_CACHE_KIB
+from schoolgate.store.db import init_db, make_engine
+from schoolgate.store.events import EventWriter, SqliteRows, UidSource
+from schoolgate.store.events.channel import EventChannel, channel_pair, receive_events
+from schoolgate.store.events.record import CompactEvent
+
+FLAGS = frozenset({"list:bench_blocklist"})
+
+
+def event(i: int, devices: int, t0: float, rate: float) -> CompactEvent:
+    d = i % devices
+    ts = t0 + i / (rate or 2000.0)
+    return (
+        ts, "bench", "dns", f"10.1.{d // 250 % 250}.{d % 250 + 1}", f"ads{i}.track-{i % 9973}.com", "block",
+        "bench-blocklist", "pupil", f"02:00:00:00:{d // 256 % 256:02x}:{d % 256:02x}", f"dev-{d}",
+        f"Pupil iPad {d}", f"p{d}", f"Pupil {d}", ("A", "AAAA", "HTTPS")[i % 3], None, None,
+        "Online Safety Policy (filtering)", None, "bench_adverts", FLAGS, 1, "dhcp",
+    )
+
+
+def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[float, float]:
+    """(user, system) µs of CPU per event of a forked writing process fed `events`."""
+    sending, reading = channel_pair()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sending.close()
+            gc.freeze()
+            writer = EventWriter(make_engine(url, sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB),
+                                 max_queue=10_000_000, batch_size=WRITER_BATCH_ROWS)
+            writer.start()
+            for _ in receive_events(reading, writer.submit_many, stop_after=lambda: None, gather=WRITER_GATHER_S,
+                                    gathered=writer.write_now, max_gathered=WRITER_BATCH_ROWS):
+                pass
+            stats = writer.stop(timeout=600)
+            code = 0 if stats["written"] == len(events) and stats["dropped"] == 0 else 3
+        finally:
+            os._exit(code)
+    reading.close()
+    channel = EventChannel(sending, max_waiting=10_000_000)
+    begun = time.monotonic()
+    for i, compact in enumerate(events):
+        channel.submit_compact(compact)
+        if rate and i % 32 == 31:  # a worker's tick hands over what it gathered
+            channel.flush()
+            ahead = begun + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    channel.stop(timeout=600)
+    sending.close()
+    _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the writing process did not write every event (exit status {status})")
+    return usage.ru_utime / len(events) * 1e6, usage.ru_stime / len(events) * 1e6
+
+
+def bare_sqlite(path: Path, events: list[CompactEvent], per_transaction: int) -> tuple[float, float]:
+    """(user, system) µs of CPU per row of the same rows through sqlite3 alone."""
+    uids = UidSource()
+    rows = [SqliteRows.build_compact(compact, uids) for compact in events]
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"cache_size=-{WRITER_SQLITE_CACHE_KIB}"):
+        conn.execute(f"PRAGMA {pragma}")
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for start in range(0, len(rows), per_transaction):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(SqliteRows.INSERT, rows[start:start + per_transaction])
+        conn.execute("COMMIT")
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    conn.close()
+    return ((after.ru_utime - before.ru_utime) / len(rows) * 1e6, (after.ru_stime - before.ru_stime) / len(rows) * 1e6)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000, help="events per case when not paced")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of a paced case")
+    parser.add_argument("--devices", type=int, nargs="+", default=[1, 300])
+    parser.add_argument("--rates", type=float, nargs="+", default=[0, 1000, 200])
+    args = parser.parse_args()
+    print(f"event-writing process: {WRITER_BATCH_ROWS:,} rows a transaction at most, bursts {WRITER_GATHER_S:g} s "
+          f"apart, {WRITER_SQLITE_CACHE_KIB} KiB page cache; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
+    print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'µs CPU/event':>12} {'(user':>6} {'sys)':>6}"
+          f"   {'bare sqlite3':>12}   ratio")
+    for devices in args.devices:
+        for rate in args.rates:
+            count = args.events if not rate else int(rate * args.seconds)
+            t0 = time.time()
+            events = [event(i, devices, t0, rate) for i in range(count)]
+            folder = Path(tempfile.mkdtemp(prefix="sg-bench-writer-"))
+            try:
+                url = f"sqlite:///{folder / 'events.db'}"
+                init_db(url).dispose()
+                user, system = writing_process(url, events, rate)
+                init_db(f"sqlite:///{folder / 'bare.db'}").dispose()
+                # The writer's transactions: a burst's events, up to its batch size.
+                per_transaction = min(WRITER_BATCH_ROWS, int(rate * WRITER_GATHER_S)) if rate else WRITER_BATCH_ROWS
+                bare_user, bare_system = bare_sqlite(folder / "bare.db", events, max(1, per_transaction))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            total, bare = user + system, bare_user + bare_system
+            label = f"{rate:g}" if rate else "max"
+            print(f"  {devices:>7} {label:>7} {count:>8,}   {total:12.2f} {user:6.2f} {system:6.2f}"
+                  f"   {bare:12.2f}   {total / bare:5.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
