@@ -9,7 +9,8 @@ Each event is a different listed name asked by one of `--devices` devices (each 
 register id, name and person), in time order. A rate of 0 hands them over as fast as the writer
 takes them; any other rate paces them (events per second), as a school's traffic comes.
 
-Printed per case: the writing process's CPU per event from its rusage (user and system), and
+Printed per case: the writing process's CPU per event from its rusage (user and system, from
+its first read to its writer's stop, so that its start is not spread over the events), and
 a reference measured in the same run: the same rows inserted by a bare sqlite3 executemany in
 transactions of the writer's size (a burst's events, up to its batch size), with the same
 pragmas, in this process (what SQLite itself costs; the difference is the writing process's
@@ -54,23 +55,31 @@ def event(i: int, devices: int, t0: float, rate: float) -> CompactEvent:
 def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[float, float]:
     """(user, system) µs of CPU per event of a forked writing process fed `events`."""
     sending, reading = channel_pair()
+    report_from, report_to = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             sending.close()
+            os.close(report_from)
             gc.freeze()
             writer = EventWriter(make_engine(url, sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB),
                                  max_queue=10_000_000, batch_size=WRITER_BATCH_ROWS)
             writer.start()
+            # From here on: the process's start (imports, engine) is not per event, and a short
+            # paced case would otherwise be charged with it.
+            begun = resource.getrusage(resource.RUSAGE_SELF)
             for _ in receive_events(reading, writer.submit_many, stop_after=lambda: None, gather=WRITER_GATHER_S,
                                     gathered=writer.write_now, max_gathered=WRITER_BATCH_ROWS):
                 pass
             stats = writer.stop(timeout=600)
+            ended = resource.getrusage(resource.RUSAGE_SELF)
+            os.write(report_to, f"{ended.ru_utime - begun.ru_utime} {ended.ru_stime - begun.ru_stime}".encode())
             code = 0 if stats["written"] == len(events) and stats["dropped"] == 0 else 3
         finally:
             os._exit(code)
     reading.close()
+    os.close(report_to)
     channel = EventChannel(sending, max_waiting=10_000_000)
     begun = time.monotonic()
     for i, compact in enumerate(events):
@@ -82,10 +91,13 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
                 time.sleep(ahead)
     channel.stop(timeout=600)
     sending.close()
-    _, status, usage = os.wait4(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    with os.fdopen(report_from) as report:
+        spent = report.read().split()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or len(spent) != 2:
         raise SystemExit(f"the writing process did not write every event (exit status {status})")
-    return usage.ru_utime / len(events) * 1e6, usage.ru_stime / len(events) * 1e6
+    user, system = (float(seconds) for seconds in spent)
+    return user / len(events) * 1e6, system / len(events) * 1e6
 
 
 def bare_sqlite(path: Path, events: list[CompactEvent], per_transaction: int) -> tuple[float, float]:
