@@ -24,7 +24,9 @@ Who takes a connection: in transparent mode the front door (schoolgate.proxy.fro
 port. It reads the ClientHello (schoolgate.proxy.hello), gives it to the addons' pipeline, and
 itself closes a blocked connection or splices an allowed one; mitmproxy, listening only on an
 internal loopback port, is handed the rest in-process (the block page, plain HTTP, anything
-that is not a whole ClientHello). A client silent for 10 s before its first byte is closed.
+that is not a whole ClientHello). The kernel hands the front door a connection once its first
+bytes are in (TCP_DEFER_ACCEPT; a silent one after a second), and a client silent for 10 s
+more is closed.
 With `[proxy] workers = N` (transparent mode) the supervisor runs N proxy processes ("proxy",
 "proxy.2"...) sharing the port with SO_REUSEPORT, each with its own `daemon_status` row
 ("proxy.1"...) and stats file (`proxy-stats.1.json`...). Under `schoolgate run` the workers hand

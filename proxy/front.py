@@ -56,6 +56,10 @@ HELLO_WAIT_S = 10.0  # silence after which the connection is left to mitmproxy a
 CONNECT_TIMEOUT_S = 15.0
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
 ACCEPT_PAUSE_S = 1.0  # out of file descriptors: stop accepting this long (as asyncio does)
+# The kernel hands over a connection once its first bytes are in (TCP_DEFER_ACCEPT), so nearly
+# every one is judged in the accept callback: no reader, no timer, one wake-up fewer. A client
+# silent this long is handed over anyway (then HELLO_WAIT_S applies): web clients speak first.
+DEFER_ACCEPT_S = 1
 READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
 # A spliced connection with no byte either way for this long is closed, as mitmproxy closed
 # an idle relay: a device that vanished without a FIN must not hold two sockets for ever.
@@ -95,6 +99,7 @@ def listen_sockets(listen: str, *, reuse_port: bool) -> list[socket.socket]:
         sock = socket.create_server(
             (address, port), family=family, backlog=1024, reuse_port=reuse_port, dualstack_ipv6=dualstack
         )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
         sock.setblocking(False)
         sockets.append(sock)
     return sockets

@@ -290,6 +290,8 @@ def test_listen_sockets_by_address(listen: str, families: set[int]) -> None:
     try:
         assert {s.family for s in sockets} == families
         assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+        # Handed over once the first bytes are in: judged in the accept callback.
+        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0 for s in sockets)
     finally:
         for s in sockets:
             s.close()
