@@ -149,6 +149,8 @@ class ListSet:
                         if bitmap[top >> 3] >> (top & 7) & 1 and url_store.has_url_host(key):  # type: ignore[union-attr]
                             url_entries = True
                             break
+                if small is not None and small.keys().isdisjoint(keys):
+                    continue  # the usual answer of a policy's own small lists, in one call
                 position = -1
                 for key in keys:
                     position += 1
