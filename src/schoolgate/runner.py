@@ -27,11 +27,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 # The daemons in start order: name -> the `schoolgate` subcommand that runs it.
 DAEMONS: dict[str, tuple[str, ...]] = {
@@ -126,9 +126,21 @@ class Preloaded:
         "gunicorn.app.base", "gunicorn.arbiter", "gunicorn.workers.gthread",
         "apscheduler.schedulers.background", "apscheduler.triggers.cron", "apscheduler.triggers.interval",
     )
+    # What only one daemon uses: a supervisor of some daemons (`--only`, as the proxy's unit
+    # runs) leaves out the others' areas and libraries, which no child of its would share.
+    OWN: ClassVar[dict[str, tuple[str, ...]]] = {
+        "dns": ("schoolgate.dns",),
+        "proxy": ("schoolgate.proxy", "mitmproxy"),
+        "console": ("schoolgate.console", "gunicorn"),
+        "scheduler": ("schoolgate.scheduler", "apscheduler"),
+    }
 
-    def __init__(self, before_fork_child: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, before_fork_child: Callable[[], None] | None = None, daemons: Iterable[str] | None = None
+    ) -> None:
         self.before_child = before_fork_child
+        wanted = set(DAEMONS if daemons is None else daemons)
+        self.left_out = tuple(prefix for daemon, own in self.OWN.items() if daemon not in wanted for prefix in own)
         self.failed: list[str] = []
         self.parser: argparse.ArgumentParser | None = None
 
@@ -139,6 +151,8 @@ class Preloaded:
         names: list[str] = []
         for area in self.PACKAGES:
             package = f"schoolgate.{area}"
+            if self._left_out(package):
+                continue
             try:
                 module = importlib.import_module(package)
             except Exception:  # an area missing from this build: its daemon imports it itself
@@ -151,11 +165,16 @@ class Preloaded:
                 if "migrations" not in info.name and not info.name.endswith("__main__")
             )
         for name in (*names, *self.THIRD_PARTY):
+            if self._left_out(name):
+                continue
             try:
                 importlib.import_module(name)
             except Exception:  # optional parts (a benchmark helper, a missing extra)
                 self.failed.append(name)
         self._warm()
+
+    def _left_out(self, module: str) -> bool:
+        return any(module == prefix or module.startswith(prefix + ".") for prefix in self.left_out)
 
     def _warm(self) -> None:
         """Build here, once, what every daemon would otherwise build for itself after the fork.
@@ -304,6 +323,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="start each daemon as a new Python process instead of forking a preloaded supervisor (slower restarts)",
     )
     parser.set_defaults(func=_run)
+
+
+def supervisor_status_name(only: list[str]) -> str:
+    """The supervisor's own daemon_status row: "run" for the whole appliance, "run.proxy" for
+    a supervisor of some daemons (the proxy's systemd unit runs `schoolgate run --only proxy`
+    for its workers and event writer), so that two supervisors never share a row."""
+    return SUPERVISOR_STATUS_NAME if not only else ".".join([SUPERVISOR_STATUS_NAME, *sorted(set(only))])
 
 
 def _schoolgate(*args: str) -> list[str]:
@@ -511,10 +537,11 @@ def estimate_loss(rows: list[dict[str, Any]], rates: RateTracker,
 class StatusBoard:
     """Reads the children's ``daemon_status`` rows and writes the supervisor's own row."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, status_name: str = SUPERVISOR_STATUS_NAME) -> None:
         from schoolgate.config import load_config
         from schoolgate.store.db import make_engine, session_factory
 
+        self.status_name = status_name
         self.config = load_config(config_path)
         self.engine = make_engine(self.config.database_url)
         self.sessions = session_factory(self.engine)
@@ -557,7 +584,7 @@ class StatusBoard:
 
         stats = {"children": {c.name: c.describe() for c in children}}
         with self.sessions() as session, session.begin():
-            write_status(session, self.config.site.id, SUPERVISOR_STATUS_NAME, os.getpid(), self.started_at, stats)
+            write_status(session, self.config.site.id, self.status_name, os.getpid(), self.started_at, stats)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -763,14 +790,16 @@ def _run(args: argparse.Namespace) -> int:
 
     board: StatusBoard | None = None
     try:
-        board = StatusBoard(config)
+        board = StatusBoard(config, supervisor_status_name(args.only))
     except Exception as err:  # supervise anyway; the daemons will say what is wrong
         say(f"daemon status is not recorded: {err}")
     preloaded: Preloaded | None = None
     if not args.no_preload:
         started = time.monotonic()
         # A forked daemon must not touch the supervisor's database connections.
-        preloaded = Preloaded(before_fork_child=(lambda: board.engine.dispose(close=False)) if board else None)
+        preloaded = Preloaded(
+            before_fork_child=(lambda: board.engine.dispose(close=False)) if board else None, daemons=present
+        )
         preloaded.load()
         if board is not None:
             from schoolgate.live import LivePolicy, preload

@@ -138,7 +138,7 @@ def test_a_killed_daemon_is_restarted_and_sigterm_stops_all_cleanly(running: Run
     log = running.log.read_text(errors="replace")
     assert "dns killed by SIGKILL" in log and "Previous run ended without flushing" in log, log
     assert back_after <= 2.0, f"answered again {back_after:.2f} s after the kill"
-    board = running.status()["run"]
+    board = running.status()["run.dns.scheduler"]  # a supervisor of some daemons: its own row
     children = board["stats"]["children"]  # type: ignore[index]
     assert children["dns"]["restarts"] == 1 and children["dns"]["unclean_exits"] == 1
     assert children["scheduler"]["restarts"] == 0
@@ -436,3 +436,34 @@ def test_the_loss_estimate_of_the_dns_event_writer_counts_the_second_its_events_
     lost, detail = estimate_loss([row], rates)
     assert lost == math.ceil(100 * (FLUSH_INTERVAL_S + EXTRA_HOLD_S["dns.events"])), detail
     assert lost >= 100 * WRITER_GATHER_S
+
+
+# A supervisor of the proxy alone (its systemd unit runs `schoolgate run --only proxy`) preloads
+# what the proxy's children share and none of the other daemons' libraries (each area's command
+# table, `cli`, is part of the one parser every child runs on).
+PRELOAD_FOR_THE_PROXY = """
+import sys
+from schoolgate.runner import Preloaded
+
+Preloaded(daemons=["proxy"]).load()
+others = sorted(m for m in sys.modules if m.split(".")[0] in ("gunicorn", "apscheduler")
+                or m.startswith(("schoolgate.console.", "schoolgate.scheduler.")) and not m.endswith(".cli"))
+print("mitmproxy" in sys.modules and "schoolgate.proxy.front" in sys.modules, others)
+"""
+
+
+def test_a_supervisor_of_the_proxy_alone_preloads_only_what_its_children_share() -> None:
+    done = subprocess.run([sys.executable, "-P", "-c", PRELOAD_FOR_THE_PROXY], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True []", done.stdout
+
+
+@pytest.mark.parametrize(
+    ("only", "row"),
+    [([], "run"), (["proxy"], "run.proxy"), (["proxy", "dns", "proxy"], "run.dns.proxy")],
+)
+def test_each_supervisor_writes_a_status_row_of_its_own(only: list[str], row: str) -> None:
+    from schoolgate.runner import supervisor_status_name
+
+    assert supervisor_status_name(only) == row

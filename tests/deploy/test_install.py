@@ -383,6 +383,7 @@ def test_boots_and_runs_hardened_under_systemd(booted: Container) -> None:
             assert int(status[field], 16) == caps, (daemon, field, status[field])
         assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", daemon
 
+
     # doctor, inside: everything the booted tree can have is OK (waiting for first heartbeats).
     argv = ["/opt/schoolgate/venv/bin/python", "-c", DOCTOR, "doctor", "--timeout", "2"]
     for check in DOCTOR_CHECKS:
@@ -397,6 +398,17 @@ def test_boots_and_runs_hardened_under_systemd(booted: Container) -> None:
     assert "FAIL" not in report.stdout
     for word in ("OK   dns: answering on 10.91.0.1:53", "OK   console: answering", "OK   nftables: table inet"):
         assert word in report.stdout, report.stdout
+
+    # The proxy's unit supervises its worker and the one process that writes its events (doctor
+    # has seen the proxy answer, so both have started); they run as the unit's user, hardened.
+    supervisor = container.main_pid("schoolgate-proxy.service")
+    children = container.run("cat", f"/proc/{supervisor}/task/{supervisor}/children").stdout.split()
+    names = {container.run("cat", f"/proc/{pid}/comm").stdout.strip(): int(pid) for pid in children}
+    assert "sg-proxy.events" in names and len(names) >= 2, names
+    for pid in names.values():
+        status = container.proc_status(pid)
+        assert status["Uid"].split()[0] == container.run("id", "-u", "schoolgate-proxy").stdout.strip()
+        assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
 
     # A killed daemon is restarted by systemd (Restart=always, RestartSec=1).
     for daemon in ("dns", "proxy"):

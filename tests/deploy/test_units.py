@@ -29,7 +29,13 @@ DAEMONS = {
         {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"},
         "dns",
     ),
-    "schoolgate-proxy.service": ("schoolgate-proxy", set(), {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"}, "proxy"),
+    # The proxy's unit supervises its workers and their event writer (schoolgate run --only proxy).
+    "schoolgate-proxy.service": (
+        "schoolgate-proxy",
+        set(),
+        {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6"},
+        "run --only proxy",
+    ),
     "schoolgate-console.service": ("schoolgate-console", set(), {"AF_UNIX", "AF_INET", "AF_INET6"}, "console"),
     "schoolgate-scheduler.service": ("schoolgate-scheduler", set(), {"AF_UNIX", "AF_INET", "AF_INET6"}, "scheduler"),
     "schoolgate-netwatch.service": (
