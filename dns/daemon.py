@@ -405,37 +405,14 @@ WRITER_GATHER_S = 1.0
 def run_event_writer(options: DnsOptions, reading: socket.socket) -> int:
     """The event-writing process: the workers' batches into one EventWriter, until they have all
     gone (or WRITER_STOP_GRACE_S after SIGTERM, if the parent was killed and a worker hangs)."""
-    from schoolgate.store.db import make_engine
-    from schoolgate.store.events import StatusTarget, make_event_writer
-    from schoolgate.store.events.channel import receive_events
+    from schoolgate.store.events.writing import WritingSettings, run_writing_process
 
-    config = options.config
-    stop_by: list[float] = []
-    # The supervisor's heap (the compiled policy above all) is never this process's: keep the
-    # collector from walking it (and so copying its pages) as the rows come and go.
-    gc.freeze()
-
-    def asked_to_stop(signum: int, frame: Any) -> None:
-        if not stop_by:
-            stop_by.append(time.monotonic() + WRITER_STOP_GRACE_S)
-
-    signal.signal(signal.SIGTERM, asked_to_stop)
-    signal.signal(signal.SIGINT, asked_to_stop)
-    engine = make_engine(options.database_url or config.database_url, sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB)
-    writer = make_event_writer(
-        engine, config, batch_size=WRITER_BATCH_ROWS,
-        status=StatusTarget(site=config.site.id, name=writer_status_name(options), interval=1.0),
+    settings = WritingSettings(
+        status_name=writer_status_name(options), batch_rows=WRITER_BATCH_ROWS, stop_grace_s=WRITER_STOP_GRACE_S,
+        sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB, gather_s=WRITER_GATHER_S,
     )
-    writer.start()
-    try:
-        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: stop_by[0] if stop_by else None,
-                                gather=WRITER_GATHER_S, gathered=writer.write_now, max_gathered=WRITER_BATCH_ROWS):
-            pass
-    finally:
-        stats = writer.stop()
-        log.info("event writer stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
-        engine.dispose()
-    return 0
+    config = options.config
+    return run_writing_process(config, options.database_url or config.database_url, reading, settings)
 
 
 def run(options: DnsOptions) -> int:

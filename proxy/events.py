@@ -17,16 +17,9 @@ their last events), or WRITER_STOP_GRACE_S after SIGTERM if a sender hangs.
 
 from __future__ import annotations
 
-import gc
-import logging
-import signal
 import socket
-import time
-from typing import Any
 
 from schoolgate.config import AppConfig
-
-log = logging.getLogger("schoolgate.proxy.events")
 
 WRITER_STATUS_NAME = "proxy.events"
 WRITER_STOP_GRACE_S = 8.0  # after SIGTERM, how long it waits for the workers' last events
@@ -49,33 +42,9 @@ def events_socket(fd: int) -> socket.socket:
 
 def run_event_writer(config: AppConfig, reading: socket.socket) -> int:
     """Write the batches read from `reading` until every sender has gone."""
-    from schoolgate.store.db import make_engine
-    from schoolgate.store.events import StatusTarget, make_event_writer
-    from schoolgate.store.events.channel import receive_events
+    from schoolgate.store.events.writing import WritingSettings, run_writing_process
 
-    stop_by: list[float] = []
-    # What the supervisor imported before forking this process is never its business: keep
-    # the collector from walking it (and so copying the shared pages) as rows come and go.
-    gc.freeze()
-
-    def asked_to_stop(signum: int, frame: Any) -> None:
-        if not stop_by:
-            stop_by.append(time.monotonic() + WRITER_STOP_GRACE_S)
-
-    signal.signal(signal.SIGTERM, asked_to_stop)
-    signal.signal(signal.SIGINT, asked_to_stop)
-    engine = make_engine(config.database_url)
-    writer = make_event_writer(
-        engine, config, batch_size=WRITER_BATCH_ROWS,
-        status=StatusTarget(site=config.site.id, name=WRITER_STATUS_NAME, interval=1.0),
+    settings = WritingSettings(
+        status_name=WRITER_STATUS_NAME, batch_rows=WRITER_BATCH_ROWS, stop_grace_s=WRITER_STOP_GRACE_S
     )
-    writer.start()
-    log.info("writing the proxy workers' events")
-    try:
-        for _ in receive_events(reading, writer.submit_many, stop_after=lambda: stop_by[0] if stop_by else None):
-            pass
-    finally:
-        stats = writer.stop()
-        log.info("stopped; events written %s, dropped %s", stats.get("written"), stats.get("dropped"))
-        engine.dispose()
-    return 0
+    return run_writing_process(config, config.database_url, reading, settings)

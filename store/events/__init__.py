@@ -15,6 +15,8 @@ One module per part, and each way an event can be lost in exactly one of them:
 - ``rows``: how rows are built and inserted (fast paths for SQLite and psycopg, ON CONFLICT
   (uid) DO NOTHING), and which failures are the rows' own fault.
 - ``status``: each daemon's heartbeat and counters in ``daemon_status``.
+- ``channel``: compact events handed from a daemon's workers to its event-writing process,
+  and ``writing``: that process's body (the DNS daemon's and the proxy's, with their settings).
 
 The names other parts of schoolgate use are importable from here.
 """
