@@ -65,7 +65,7 @@ def run_writing_process(config: Any, database_url: str, reading: socket.socket, 
             pass
     finally:
         stats = writer.stop()
-        log.info("%s: stopped; events written %s, dropped %s", settings.status_name, stats.get("written"),
+        log.info("%s: event writer stopped; events written %s, dropped %s", settings.status_name, stats.get("written"),
                  stats.get("dropped"))
         engine.dispose()
     return 0
