@@ -40,6 +40,7 @@ from schoolgate.dns.wire import (
     TYPE_A,
     TYPE_AAAA,
     TYPE_OPT,
+    dotted_name,
     edns_opt,
     encode_name,
 )
@@ -168,13 +169,7 @@ class FastPath:
         ):
             _, _, _, _, until, decision, dkey, qname = decided
         else:
-            if offset > 13:
-                dotted = bytearray(data[13 : offset - 1])
-                for dot in dots:
-                    dotted[dot] = 46  # "."
-                qname = dotted.decode("latin-1").lower()
-            else:
-                qname = ""
+            qname = dotted_name(data, offset, dots)
             generation = getattr(self.policy.policy, "generation", None)  # read before deciding
             decision = self.policy.policy.decide(client, Target(qname), now)
             dkey = decision_key(decision)

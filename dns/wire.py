@@ -228,6 +228,17 @@ def skip_name(data: bytes, offset: int) -> int:
         offset += length + 1
 
 
+def dotted_name(data: bytes, end: int, dots: list[int]) -> str:
+    """The question's name in dotted lower case ("" for the root): the wire name from byte 12
+    to `end` (past its zero byte), each length byte at `dots` (offsets from byte 13) a dot."""
+    if end <= 13:
+        return ""
+    dotted = bytearray(data[13 : end - 1])
+    for dot in dots:
+        dotted[dot] = 46  # "."
+    return dotted.decode("latin-1").lower()
+
+
 def parse_query(data: bytes) -> Query:
     """Parse and validate a client query. Raises Drop or QueryError (with the rcode to answer)."""
     size = len(data)
@@ -268,13 +279,7 @@ def parse_query(data: bytes) -> Query:
     qtype, qclass = QFIXED.unpack_from(data, offset)
     question_end = offset + 4
     name_wire = data[12:offset].lower()
-    if offset > 13:
-        dotted = bytearray(data[13 : offset - 1])
-        for dot in dots:
-            dotted[dot] = 46  # "."
-        qname = dotted.decode("latin-1").lower()
-    else:
-        qname = ""
+    qname = dotted_name(data, offset, dots)
     query = Query(data, ident, flags, qname, name_wire, qtype, qclass, question_end)
     # Additional section: the EDNS OPT record (at most one); other records (TSIG...) are ignored.
     offset = question_end
