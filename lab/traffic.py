@@ -8,6 +8,7 @@ is bounded in count (`MAX_PER_STREAM`) and stops when asked.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -27,6 +28,19 @@ PUPIL = device("pupil")
 # Destinations for the attempts to use another resolver: each one distinct, because net watch
 # keeps one event per client, destination and port every 5 s.
 OTHER_RESOLVERS = [f"192.0.2.{n}" for n in range(1, 255)] + [f"198.51.100.{n}" for n in range(1, 255)]
+# The source ports of those attempts. The ruleset logs a flow's first packet only (its nat
+# chain sees nothing else), and conntrack keeps an answered UDP flow for 30 s: one test's
+# attempt that reused, by the kernel's random pick, the port an earlier test's attempt to the
+# same address had used, rode the old flow unlogged and counted as lost. These ports lie
+# below the kernel's ephemeral range (nothing else picks them) and go round in far more than
+# 30 s at the streams' rate (12,768 ports, at most a few dozen attempts a second).
+_GATEWAY_SOURCE_PORTS = itertools.cycle(range(20000, 32768))
+_GATEWAY_SOURCE_PORTS_LOCK = threading.Lock()
+
+
+def next_gateway_source_port() -> int:
+    with _GATEWAY_SOURCE_PORTS_LOCK:
+        return next(_GATEWAY_SOURCE_PORTS)
 
 
 @dataclass
@@ -91,8 +105,9 @@ class Traffic:
     def _pupil_other_resolver(self, index: int) -> bool:
         # Refused or redirected by the ruleset and logged to NFLOG by the kernel whatever the
         # daemons do: every attempt made is one the appliance should record.
-        self.lab.run("pupil", ["dig", "+time=1", "+tries=1", "+short", f"@{OTHER_RESOLVERS[index]}", "lab.example"],
-                     timeout=5)
+        source = f"{PUPIL.ip}#{next_gateway_source_port()}"
+        self.lab.run("pupil", ["dig", "-b", source, "+time=1", "+tries=1", "+short", f"@{OTHER_RESOLVERS[index]}",
+                               "lab.example"], timeout=5)
         return True
 
     def _staff_lookup(self, index: int) -> bool:

@@ -187,12 +187,12 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
     # one flush interval (plus the one attempt in flight).
     own = {"dns": "dns", "proxy": "proxy", "watch": "gateway"}.get(daemon)
     for stream, count in lost.items():
+        when = sorted(round(began(traffic, stream, item) - killed_at, 2) for item in missing[stream])
         if stream == own:
-            when = sorted(round(began(traffic, stream, item) - killed_at, 2) for item in missing[stream])
             assert count <= allowance[stream], f"{stream}: {count} lost (allowed {allowance[stream]}), " \
                 f"attempts begun at {when} s from the kill"
         else:
-            assert count == 0, (stream, count)
+            assert count == 0, f"{stream}: {count} lost ({sorted(missing[stream])}), begun at {when} s from the kill"
     # The staff device kept being answered except while the DNS daemon was down.
     assert traffic.stream("staff").done
     if own is not None:
