@@ -6,8 +6,12 @@ the DNS, proxy and gateway daemons, which reload them within a second. It runs u
 supervisor (`schoolgate run`) and as the hardened schoolgate-identity unit; it needs no
 privilege (port 1813 is not a privileged port). Its counters go to its daemon_status row
 ("identity") every few seconds: packets received, recorded and dropped by reason, and for
-each lease file the reads, leases and bad records. With nothing configured it only reports
-that, so the supervisor does not restart it over and over.
+each lease file the reads, leases and bad records.
+
+With nothing configured there is nothing to receive: it says so and exits cleanly at once,
+before it opens the database. `schoolgate run` does not start it then, and its unit restarts
+it on failure only, so a school without lease files or RADIUS pays no process for it. Once the
+technician configures either, starting the unit (or the target) again runs it.
 """
 
 from __future__ import annotations
@@ -67,7 +71,20 @@ def run_identity_daemon(config: Any, *, stop: threading.Event | None = None) -> 
         return 2
 
 
+NOTHING_TO_RECEIVE = (
+    "no [identity] lease_files or radius_listen configured: nothing to receive, so not running "
+    "(configure either, then start schoolgate-identity again)"
+)
+
+
+def has_something_to_receive(identity: Any) -> bool:
+    return bool(identity.lease_files or identity.radius_listen)
+
+
 async def _main(config: Any, stop: threading.Event) -> int:
+    if not has_something_to_receive(config.identity):
+        log.info("%s", NOTHING_TO_RECEIVE)
+        return 0
     from schoolgate.clock import clock_from_env
     from schoolgate.identity.leasefollow import LeaseFollower
     from schoolgate.identity.leaseformats import DATE_ORDERS
@@ -90,8 +107,6 @@ async def _main(config: Any, stop: threading.Event) -> int:
         address = _listen_address(identity.radius_listen)
         transport, _ = await loop.create_datagram_endpoint(lambda: server, local_addr=address)
         log.info("receiving RADIUS accounting on %s:%d from %s", *address, ", ".join(identity.radius_clients))
-    if server is None and not identity.lease_files:
-        log.info("no [identity] lease_files or radius_listen configured: nothing to receive")
     waiting_for_zone: str | None = None  # why the lease files are not followed yet
     next_poll = next_status = 0.0
     try:

@@ -509,6 +509,7 @@ def check_proxy(env: Env) -> list[Result]:
 def check_heartbeats(env: Env) -> list[Result]:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from schoolgate.identity.daemon import has_something_to_receive
     from schoolgate.store.db import make_engine, session_factory
     from schoolgate.store.events import read_status
 
@@ -540,7 +541,7 @@ def check_heartbeats(env: Env) -> list[Result]:
     now = env.now()
     identity = env.config.identity
     # The identity service matters once the school's systems feed it (leases, Wi-Fi sign-ins).
-    wanted = (*HEARTBEAT_DAEMONS, "identity") if identity.lease_files or identity.radius_listen else HEARTBEAT_DAEMONS
+    wanted = (*HEARTBEAT_DAEMONS, "identity") if has_something_to_receive(identity) else HEARTBEAT_DAEMONS
     for daemon in wanted:
         row = status.get(daemon)
         unit = f"schoolgate-{daemon}"

@@ -743,6 +743,7 @@ def _in_foreground() -> bool:
 def _not_needed(config: str, wanted: list[str]) -> dict[str, str]:
     """Daemons the configuration gives nothing to do, and why (the config is checked again later)."""
     from schoolgate.config import load_config
+    from schoolgate.identity.daemon import has_something_to_receive
     from schoolgate.tomlpos import ConfigError
 
     try:
@@ -752,7 +753,7 @@ def _not_needed(config: str, wanted: list[str]) -> dict[str, str]:
     skipped = {}
     if loaded.network.mode == "dns-only" and "watch" in wanted:
         skipped["watch"] = "in dns-only mode the kernel refuses nothing, so there are no attempts to read"
-    if "identity" in wanted and not (loaded.identity.lease_files or loaded.identity.radius_listen):
+    if "identity" in wanted and not has_something_to_receive(loaded.identity):
         # As doctor and the console's network page expect no identity service then. Its Python
         # process would cost the idle appliance about 24 MB (bench/memory.py) to wait for nothing.
         skipped["identity"] = "no [identity] lease_files or radius_listen is set, so there is nothing to receive"
