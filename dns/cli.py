@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--workers", type=int, default=None, help="worker processes sharing the port")
     parser.add_argument("--clock-file", default=None, help="read the time from this file (tests and the lab)")
     parser.add_argument("--database", default=None, help="database URL (default: from the configuration)")
+    parser.add_argument(
+        "--events-fd", type=int, default=None,
+        help="the inherited sending end of an event channel another process writes from (given by "
+        "`schoolgate run`); without it the daemon forks an event writer of its own",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -44,6 +49,14 @@ def _run(args: argparse.Namespace) -> int:
         clock_file=args.clock_file,
         database_url=args.database,
     )
+    if args.events_fd is not None:
+        from schoolgate.store.events.channel import inherited_end
+
+        try:
+            options.events_socket = inherited_end(args.events_fd, f"--events-fd {args.events_fd}")
+        except ValueError as err:
+            print(f"schoolgate dns: {err}", file=sys.stderr)
+            return 2
     for address in [*options.listen_addresses, *options.upstream_addresses]:
         try:
             parse_address(address)

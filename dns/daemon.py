@@ -12,6 +12,12 @@ it forks only the event writer, and whoever supervises the daemon (systemd, `sch
 restarts it as a whole. A third process only to watch one worker cost the idle appliance about
 6 MB (bench/memory.py).
 
+Given the sending end of a channel someone else reads (`--events-fd`: `schoolgate run` with
+the proxy beside it runs one event-writing process for both daemons, schoolgate.writers), the
+daemon forks no writer: its workers hand their events to that channel, whose reading end the
+supervisor holds, so what they send while that writer restarts waits in it. The settings the
+events are written with (WRITER_SETTINGS) are the same either way.
+
 A worker stops cleanly on SIGTERM or SIGINT: it stops listening, lets answers in flight finish
 (briefly), hands the last folded log records over and sends what it holds to the writer. The
 writing process stops once every worker has gone (the end of its socket's stream), or after
@@ -34,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from schoolgate.config import AppConfig
+from schoolgate.store.events.writing import WritingSettings
 
 log = logging.getLogger("schoolgate.dns")
 
@@ -57,6 +64,8 @@ class DnsOptions:
     worker_index: int = 0  # which of the supervisor's workers this is (names its status row)
     # The sending end of the event channel (schoolgate.store.events.channel), when a separate
     # process writes the events; None: the worker writes them itself (one process, in tests).
+    # Given to the Supervisor (`--events-fd`), it is a channel another process reads, and the
+    # daemon forks no event writer of its own.
     events_socket: socket.socket | None = None
 
     @property
@@ -75,9 +84,12 @@ def status_name(options: DnsOptions) -> str:
     return "dns" if options.workers <= 1 else f"dns.{options.worker_index + 1}"
 
 
+WRITER_STATUS_NAME = "dns.events"  # the event writer's daemon_status row, whoever runs it
+
+
 def writer_status_name(options: DnsOptions) -> str:
     """The event-writing process's daemon_status row: "dns.events"."""
-    return f"{status_name(options).split('.')[0]}.events"
+    return WRITER_STATUS_NAME
 
 
 WRITER_PROCESS_NAME = "sg-dns-events"  # its name in ps and /proc/PID/comm
@@ -94,16 +106,16 @@ def worker_pids(supervisor: int) -> list[int]:
         children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     except FileNotFoundError:
         return []
-    workers, writers = [], 0
+    workers = []
     for child in children:
         try:
             if Path(f"/proc/{child}/comm").read_text().strip() != WRITER_PROCESS_NAME:
                 workers.append(int(child))
-            else:
-                writers += 1
         except FileNotFoundError:  # it ended meanwhile
             continue
-    return workers or ([supervisor] if writers else [])
+    # No worker child: the daemon is its one worker (beside its event writer, or alone when
+    # another process writes its events).
+    return workers or [supervisor]
 
 
 def _clock(options: DnsOptions) -> Any:
@@ -402,17 +414,21 @@ WRITER_SQLITE_CACHE_KIB = 4096
 WRITER_GATHER_S = 1.0
 
 
+# How the DNS daemon's events are written, by its own event-writing process or by the one
+# `schoolgate run` shares between the DNS daemon and the proxy (schoolgate.writers).
+WRITER_SETTINGS = WritingSettings(
+    status_name=WRITER_STATUS_NAME, batch_rows=WRITER_BATCH_ROWS, stop_grace_s=WRITER_STOP_GRACE_S,
+    sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB, gather_s=WRITER_GATHER_S,
+)
+
+
 def run_event_writer(options: DnsOptions, reading: socket.socket) -> int:
     """The event-writing process: the workers' batches into one EventWriter, until they have all
     gone (or WRITER_STOP_GRACE_S after SIGTERM, if the parent was killed and a worker hangs)."""
-    from schoolgate.store.events.writing import WritingSettings, run_writing_process
+    from schoolgate.store.events.writing import run_writing_process
 
-    settings = WritingSettings(
-        status_name=writer_status_name(options), batch_rows=WRITER_BATCH_ROWS, stop_grace_s=WRITER_STOP_GRACE_S,
-        sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB, gather_s=WRITER_GATHER_S,
-    )
     config = options.config
-    return run_writing_process(config, options.database_url or config.database_url, reading, settings)
+    return run_writing_process(config, options.database_url or config.database_url, reading, WRITER_SETTINGS)
 
 
 def run(options: DnsOptions) -> int:
@@ -558,38 +574,51 @@ class Supervisor:
 
     def _run_alone(self) -> int:
         """One worker: this process answers, beside the event writer it forks (forked before the
-        worker starts any thread). When the worker stops, the writer sees the end of its stream,
-        writes what it has and stops; this process waits for it."""
-        assert self.sending is not None and self.reading is not None
-        self._spawn(self.WRITER)
-        (writer,) = self.children
-        self.reading.close()  # the writer's alone: should it end, sending fails instead of filling up
-        self.reading = None
+        worker starts any thread), or alone when another process reads its channel. When the
+        worker stops, the writer sees the end of its stream (once every sender has gone), writes
+        what it has and stops; this process waits for its own."""
+        assert self.sending is not None
+        writer: int | None = None
+        if self.reading is not None:
+            self._spawn(self.WRITER)
+            (writer,) = self.children
+            self.reading.close()  # the writer's alone: should it end, sending fails instead of filling up
+            self.reading = None
+            log.info("one DNS worker: answering in this process, its event writer is %d", writer)
+        else:
+            log.info("one DNS worker: answering in this process, its events written by the appliance's writer")
         self.options.worker_index = 0
         self.options.events_socket = self.sending
-        log.info("one DNS worker: answering in this process, its event writer is %d", writer)
         try:
             status = run_worker(self.options, writer_pid=writer)
         finally:
             self.sending.close()
             self.sending = None
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(writer, 0)
+            if writer is not None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(writer, 0)
         return status
 
     def run(self) -> int:
         from schoolgate.store.events.channel import channel_pair
 
         self.preload()
-        self.sending, self.reading = channel_pair()
+        if self.options.events_socket is not None:
+            # Another process reads the channel (and its supervisor holds the reading end, where
+            # events wait while that writer restarts): no writer of our own.
+            self.sending, self.reading = self.options.events_socket, None
+        else:
+            self.sending, self.reading = channel_pair()
         if self.options.workers == 1:
             return self._run_alone()
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
-        self._spawn(self.WRITER)
+        if self.reading is not None:
+            self._spawn(self.WRITER)
         for index in range(self.options.workers):
             self._spawn(index)
-        log.info("supervising %d DNS workers and their event writer: %s", self.options.workers, sorted(self.children))
+        log.info("supervising %d DNS workers%s: %s", self.options.workers,
+                 " and their event writer" if self.reading is not None else "", sorted(self.children))
         status = 0
         while self.children:
             try:

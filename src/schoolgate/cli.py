@@ -27,6 +27,7 @@ AREAS = (
     "schoolgate.selftest.cli",
     "schoolgate.review.cli",
     "schoolgate.runner",
+    "schoolgate.writers",
     "schoolgate.doctor",
     "schoolgate.backup",
 )

@@ -261,6 +261,8 @@ class Child:
     died_mono: float | None = None
     last_exit: str = ""
     status_name: str | None = None  # one worker of several, or the proxy's event writer: its own row only
+    # The rows an event-writing process of several daemons owns alone ("dns.events", "proxy.events").
+    status_names: tuple[str, ...] = ()
     # Descriptors of the supervisor's that this child inherits (the proxy's event channel):
     # named in its argv. Every other child closes them (`closes`).
     fds: tuple[int, ...] = ()
@@ -353,18 +355,24 @@ def proxy_workers(config: str) -> int:
 
 
 def children_of(
-    name: str, config: str, workers: int, preloaded: Preloaded | None, events: EventChannelEnds | None = None
+    name: str, config: str, workers: int, preloaded: Preloaded | None, events: EventChannels | None = None
 ) -> list[Child]:
     """The supervised processes of one daemon: the proxy's workers are each a child of their own
     ("proxy" is worker 1, then "proxy.2"...), so one that dies is restarted alone while the
-    others keep serving the shared port. With `events` (the proxy's event channel), the workers
-    hand their events to one more child, "proxy.events", which alone writes them."""
+    others keep serving the shared port. A daemon with a channel in `events` gets its sending
+    end (`--events-fd`) and hands its events to the supervisor's event-writing process
+    (`event_writer_child`), which alone writes them."""
+    ends = events.ends.get(name) if events is not None else None
+    sending = ("--events-fd", str(ends.sending.fileno())) if ends is not None else ()
     if name != "proxy":
-        return [Child(name, child_argv(name, config), preloaded=preloaded)]
-    sending = ("--events-fd", str(events.sending.fileno())) if events is not None else ()
+        child = Child(name, [*child_argv(name, config), *sending], preloaded=preloaded)
+        if events is not None and ends is not None:
+            child.fds = (ends.sending.fileno(),)
+            child.closes = events.others(child.fds)
+        return [child]
     if workers <= 1:
         proxies = [Child(name, [*child_argv(name, config), *sending], preloaded=preloaded,
-                         status_name="proxy" if events is not None else None)]
+                         status_name="proxy" if ends is not None else None)]
     else:
         proxies = [
             Child(
@@ -375,28 +383,56 @@ def children_of(
             )
             for index in range(1, workers + 1)
         ]
-    if events is None:
+    if events is None or ends is None:
         return proxies
     for child in proxies:
-        child.fds, child.closes = (events.sending.fileno(),), (events.reading.fileno(),)
-    writer = Child(
-        PROXY_EVENTS,
-        [*_schoolgate("proxy", "events", "--config", config, "--events-fd", str(events.reading.fileno()))],
+        child.fds = (ends.sending.fileno(),)
+        child.closes = events.others(child.fds)
+    return proxies
+
+
+def event_writer_child(config: str, preloaded: Preloaded | None, events: EventChannels) -> Child:
+    """The supervisor's event-writing process (`schoolgate events`): the reading end of every
+    channel in `events`, each daemon's events written with its own settings and status row."""
+    from schoolgate.writers import settings_of
+
+    readings = tuple(ends.reading.fileno() for ends in events.ends.values())
+    sources = [arg for daemon, ends in events.ends.items()
+               for arg in ("--source", f"{daemon}={ends.reading.fileno()}")]
+    return Child(
+        events.writer_name,
+        _schoolgate("events", "--config", config, *sources),
         preloaded=preloaded,
-        status_name=PROXY_EVENTS,
-        fds=(events.reading.fileno(),),
-        closes=(events.sending.fileno(),),
+        status_names=tuple(settings_of(daemon).status_name for daemon in events.ends),
+        fds=readings,
+        closes=events.others(readings),
     )
-    return [*proxies, writer]
 
 
-# The proxy's event-writing process: its child's name and its daemon_status row.
+# The supervisor's event-writing process, as a child: "proxy.events" when it writes the proxy's
+# events alone (the proxy's systemd unit), "events" when it writes the DNS daemon's too.
 PROXY_EVENTS = "proxy.events"
+SHARED_EVENTS = "events"
+
+
+def writing_daemons(present: Iterable[str]) -> list[str]:
+    """The daemons whose events the supervisor's own event-writing process writes.
+
+    The proxy's whenever it runs the proxy (its workers are the supervisor's children; its
+    systemd unit is `schoolgate run --only proxy`), and the DNS daemon's too when it runs both
+    (the appliance's `schoolgate run`, the lab): one writing process instead of one each, a
+    Python process (23-25 MB) less. Without the proxy (the DNS daemon's systemd unit runs
+    `schoolgate dns`; `--only dns`) the DNS daemon forks its own writer, as it does alone.
+    """
+    running = set(present)
+    if "proxy" not in running:
+        return []
+    return [daemon for daemon in ("dns", "proxy") if daemon in running]
 
 
 @dataclass
 class EventChannelEnds:
-    """The proxy's event channel (schoolgate.store.events.channel), made by the supervisor so
+    """One daemon's event channel (schoolgate.store.events.channel), made by the supervisor so
     that a restarted worker or writer gets the same socket: what the workers send while the
     writer restarts waits in it. The supervisor itself never reads or sends; it lets go of
     both ends when it stops the daemons, so the writer sees the end of the stream once the
@@ -419,6 +455,39 @@ class EventChannelEnds:
     def close(self) -> None:
         self.sending.close()
         self.reading.close()
+
+
+@dataclass
+class EventChannels:
+    """A channel per daemon whose events the supervisor's event-writing process writes (see
+    `writing_daemons`). One channel each rather than one the daemons share: the writing
+    process then knows whose each event is without a tag on every event, writes each daemon's
+    with that daemon's settings (the DNS daemon's second-long bursts are not the proxy's) into
+    that daemon's own status row, and one daemon's backlog filling its socket never drops the
+    other's events."""
+
+    ends: dict[str, EventChannelEnds]
+
+    @classmethod
+    def make(cls, daemons: Iterable[str]) -> EventChannels:
+        return cls({daemon: EventChannelEnds.make() for daemon in daemons})
+
+    @property
+    def writer_name(self) -> str:
+        return PROXY_EVENTS if list(self.ends) == ["proxy"] else SHARED_EVENTS
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(fd for ends in self.ends.values() for fd in ends.fds)
+
+    def others(self, own: tuple[int, ...]) -> tuple[int, ...]:
+        """The channels' descriptors a child holding `own` must close: a sender holding a reading
+        end, or the writer a sending end, would keep a stream from ever ending."""
+        return tuple(fd for fd in self.fds if fd not in own)
+
+    def close(self) -> None:
+        for ends in self.ends.values():
+            ends.close()
 
 
 def _available_commands() -> set[str]:
@@ -562,16 +631,22 @@ class StatusBoard:
     def sample(self) -> None:
         self._read()
 
-    def rows_of(self, child: Child) -> list[dict[str, Any]]:
-        status_name = child.status_name or STATUS_NAMES.get(child.name)
+    def rows_of(self, child: Child, owned_elsewhere: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """`child`'s status rows from this run. `owned_elsewhere`: rows other children own alone
+        (the supervisor's event writer's "dns.events" is not the DNS daemon's)."""
+        own = child.status_names or ((child.status_name,) if child.status_name else ())
+        status_name = own[0] if own else STATUS_NAMES.get(child.name)
         if status_name is None or child.started_wall is None:
             return []
+        others = set(owned_elsewhere)
         rows = self._read()
         found = []
         for name, row in rows.items():
-            # A child that names its row owns that row alone ("proxy" beside "proxy.events");
+            # A child that names its rows owns those rows alone ("proxy" beside "proxy.events");
             # otherwise a daemon's rows are its name's and its workers' ("dns", "dns.1"...).
-            if name != status_name and (child.status_name or not name.startswith(status_name + ".")):
+            if own and name not in own:
+                continue
+            if not own and (name in others or (name != status_name and not name.startswith(status_name + "."))):
                 continue
             # Only this run's rows: the ones from before it started belong to an earlier run.
             if row["heartbeat_at"] < child.started_wall:
@@ -601,7 +676,7 @@ class Supervisor:
         state_file: Path | None,
         grace: float,
         say: Callable[[str], None],
-        events: EventChannelEnds | None = None,
+        events: EventChannels | None = None,
     ) -> None:
         self.children = children
         self.events = events
@@ -681,7 +756,9 @@ class Supervisor:
         if self.board is None:
             return ExitReport(status, False, None, _exit_text(status))
         try:
-            rows = self.board.rows_of(child)
+            owned_elsewhere = [name for other in self.children if other is not child
+                               for name in (other.status_names or (other.status_name or "",))]
+            rows = self.board.rows_of(child, owned_elsewhere)
         except Exception as err:  # the database may be what broke; keep supervising
             return ExitReport(status, False, None, f"{_exit_text(status)}; its counters are unreadable: {err}")
         maybe_lost, detail = estimate_loss(rows, self.board.rates)
@@ -713,7 +790,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(signal.SIGTERM)
         if self.events is not None:
-            # The proxy's event writer reads until every sender has gone: the workers, as they
+            # The event writer reads until every sender has gone: the daemons' workers, as they
             # stop, and this copy now.
             self.events.close()
         deadline = time.monotonic() + self.grace
@@ -819,12 +896,15 @@ def _run(args: argparse.Namespace) -> int:
         gc.freeze()
         say(f"preloaded the daemons' modules in {time.monotonic() - started:.1f} s"
             + (f" (not available: {', '.join(preloaded.failed)})" if preloaded.failed else ""))
-    # The proxy's workers hand their events to one writing process over a channel made here.
-    events = EventChannelEnds.make() if "proxy" in present else None
+    # The proxy's workers (and the DNS daemon's, beside them) hand their events to one writing
+    # process over channels made here.
+    writing = writing_daemons(present)
+    events = EventChannels.make(writing) if writing else None
     children = [child for name in present for child in children_of(name, config, workers, preloaded, events)]
     if events is not None:
+        children.append(event_writer_child(config, preloaded, events))
         for child in children:
-            if not child.fds:  # not the proxy's: it must not hold the channel (nor keep it open)
+            if not child.fds:  # not a writing daemon's: it must not hold a channel (nor keep it open)
                 child.closes = events.fds
     supervisor = Supervisor(
         children,

@@ -60,6 +60,19 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
     return sending, reading
 
 
+def inherited_end(fd: int, given_as: str) -> socket.socket:
+    """The end of an event channel this process inherited as descriptor `fd`; `given_as` is how
+    its command line named it ("--events-fd 7"), for the error."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as err:
+        raise ValueError(f"{given_as}: not an open socket ({err.strerror})") from err
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET:
+        sock.detach()
+        raise ValueError(f"{given_as}: not the event channel (a Unix SOCK_SEQPACKET socket)")
+    return sock
+
+
 def encode(events: list[CompactEvent]) -> bytes:
     return marshal.dumps(events)
 

@@ -363,41 +363,88 @@ def test_the_proxy_workers_and_their_event_writer_share_one_channel(workers: int
     """The workers get the channel's sending end, "proxy.events" its reading end, each named in
     its argv; each holds only its own end (a worker holding the reading end, or the writer the
     sending end, would keep the writer's stream from ever ending)."""
-    from schoolgate.runner import PROXY_EVENTS, EventChannelEnds, children_of
+    from schoolgate.runner import PROXY_EVENTS, EventChannels, children_of, event_writer_child
 
-    events = EventChannelEnds.make()
+    events = EventChannels.make(["proxy"])
     try:
-        children = children_of("proxy", "/etc/schoolgate.toml", workers, None, events)
-        sending, reading = events.sending.fileno(), events.reading.fileno()
-        *proxies, writer = children
+        proxies = children_of("proxy", "/etc/schoolgate.toml", workers, None, events)
+        writer = event_writer_child("/etc/schoolgate.toml", None, events)
+        sending, reading = events.ends["proxy"].sending.fileno(), events.ends["proxy"].reading.fileno()
         assert len(proxies) == workers
         for child in proxies:
             assert child.argv[-2:] == ["--events-fd", str(sending)]
             assert (child.fds, child.closes) == ((sending,), (reading,))
             assert child.status_name == ("proxy" if workers == 1 else f"proxy.{child.argv[-5]}")
-        assert (writer.name, writer.status_name) == (PROXY_EVENTS, PROXY_EVENTS)
-        assert writer.argv[-5:] == ["events", "--config", "/etc/schoolgate.toml", "--events-fd", str(reading)]
+        assert (writer.name, writer.status_names) == (PROXY_EVENTS, (PROXY_EVENTS,))
+        assert writer.argv[-5:] == ["events", "--config", "/etc/schoolgate.toml", "--source", f"proxy={reading}"]
         assert (writer.fds, writer.closes) == ((reading,), (sending,))
     finally:
         events.close()
 
 
+@pytest.mark.parametrize(("present", "writing"), [
+    (["dns", "proxy", "console", "scheduler", "watch"], ["dns", "proxy"]),  # the appliance's `schoolgate run`
+    (["proxy"], ["proxy"]),  # the proxy's systemd unit
+    (["dns"], []),  # the DNS daemon without the proxy forks its own writer
+    (["dns", "scheduler"], []),
+    (["console", "scheduler"], []),
+])
+def test_which_daemons_events_the_supervisors_writer_writes(present: list[str], writing: list[str]) -> None:
+    from schoolgate.runner import writing_daemons
+
+    assert writing_daemons(present) == writing
+
+
+def test_with_dns_and_proxy_one_writer_reads_both_channels_and_each_daemon_holds_its_own_end() -> None:
+    """The appliance's default: the DNS daemon and the proxy each send on a channel of their
+    own (`--events-fd`), and one child, "events", reads both (`--source dns=R1 --source
+    proxy=R2`), each written with its daemon's settings into its daemon's row."""
+    from schoolgate.runner import SHARED_EVENTS, EventChannels, children_of, event_writer_child
+
+    events = EventChannels.make(["dns", "proxy"])
+    try:
+        (dns,) = children_of("dns", "/etc/schoolgate.toml", 1, None, events)
+        (proxy,) = children_of("proxy", "/etc/schoolgate.toml", 1, None, events)
+        (console,) = children_of("console", "/etc/schoolgate.toml", 1, None, events)
+        writer = event_writer_child("/etc/schoolgate.toml", None, events)
+        ends = {name: (pair.sending.fileno(), pair.reading.fileno()) for name, pair in events.ends.items()}
+        every = set(events.fds)
+        assert len(every) == 4
+        for child, daemon in ((dns, "dns"), (proxy, "proxy")):
+            sending = ends[daemon][0]
+            assert child.argv[-2:] == ["--events-fd", str(sending)]
+            assert child.fds == (sending,) and set(child.closes) == every - {sending}
+        assert console.fds == () and "--events-fd" not in console.argv
+        assert writer.name == SHARED_EVENTS
+        assert writer.argv[-6:] == ["--config", "/etc/schoolgate.toml", "--source", f"dns={ends['dns'][1]}",
+                                    "--source", f"proxy={ends['proxy'][1]}"]
+        assert set(writer.fds) == {ends["dns"][1], ends["proxy"][1]}
+        assert set(writer.closes) == {ends["dns"][0], ends["proxy"][0]}
+        assert writer.status_names == ("dns.events", "proxy.events")
+    finally:
+        events.close()
+
+
 def test_a_single_proxys_row_is_its_own_beside_its_event_writers() -> None:
-    """A killed proxy worker's possible loss is read from its row alone, not the writer's."""
-    from schoolgate.runner import PROXY_EVENTS, Child, StatusBoard
+    """A killed proxy worker's possible loss is read from its row alone, not the writer's; a
+    killed DNS daemon's from its own rows, not those of the writer the supervisor runs for it."""
+    from schoolgate.runner import PROXY_EVENTS, SHARED_EVENTS, Child, StatusBoard
 
     board = StatusBoard.__new__(StatusBoard)
     now = datetime.now().astimezone()
     rows = {name: {"heartbeat_at": now, "stats": {}} for name in ("proxy", PROXY_EVENTS, "dns", "dns.events")}
     board._read = lambda: rows  # type: ignore[method-assign]
-    for name, status_name, expected in (
-        ("proxy", "proxy", ["proxy"]),
-        (PROXY_EVENTS, PROXY_EVENTS, [PROXY_EVENTS]),
-        ("dns", None, ["dns", "dns.events"]),  # the DNS daemon's writer is its own child process
+    shared = Child(SHARED_EVENTS, [], status_names=("dns.events", PROXY_EVENTS))
+    for name, status_name, status_names, owned_elsewhere, expected in (
+        ("proxy", "proxy", (), (), ["proxy"]),
+        (PROXY_EVENTS, None, (PROXY_EVENTS,), (), [PROXY_EVENTS]),
+        ("dns", None, (), (), ["dns", "dns.events"]),  # the DNS daemon's own writer is its child process
+        ("dns", None, (), shared.status_names, ["dns"]),  # the supervisor's writer writes for it
+        (SHARED_EVENTS, None, shared.status_names, (), ["dns.events", PROXY_EVENTS]),
     ):
-        child = Child(name, [], status_name=status_name)
+        child = Child(name, [], status_name=status_name, status_names=status_names)
         child.started_wall = now
-        assert sorted(row["name"] for row in board.rows_of(child)) == expected
+        assert sorted(row["name"] for row in board.rows_of(child, owned_elsewhere)) == expected
 
 
 def test_a_workers_status_rows_are_its_own(tmp_path: Path) -> None:

@@ -191,5 +191,5 @@ def test_ctrl_c_tears_everything_down(started: tuple[Started, str]) -> None:
     assert not [n for n in LabNames(run.prefix).all() if n in namespaces]
     # Each daemon stopped cleanly, flushing (status 0), not killed.
     log = (state_dir / "logs" / "appliance.log").read_text(errors="replace")
-    for name in ("dns", "proxy", "proxy.events", "console", "scheduler", "watch"):
+    for name in ("dns", "proxy", "events", "console", "scheduler", "watch"):
         assert f"schoolgate run: {name} exited with status 0" in log, log[-3000:]

@@ -47,7 +47,7 @@ def test_up_status_clock_down_from_separate_processes(tmp_path: Path) -> None:
         # The daemons run under `schoolgate run` (the "appliance" process), which restarts them.
         assert set(state["processes"]) == {"internet", "appliance"}
         # No identity service: this lab configures no lease files or RADIUS for it to receive.
-        assert set(state["daemons"]) == {"dns", "proxy", "proxy.events", "console", "scheduler", "watch"}
+        assert set(state["daemons"]) == {"dns", "proxy", "events", "console", "scheduler", "watch"}
         assert all(p["alive"] for p in [*state["processes"].values(), *state["daemons"].values()])
         assert state["clock"] == "2026-11-23T09:00:00+00:00"
         pids = [p["pid"] for p in [*state["processes"].values(), *state["daemons"].values()]]
