@@ -258,6 +258,9 @@ class TotpPurpose(Enum):
     ENROL = "enrol"
 
 
+TOTP_STEP_S = 30  # the step of the codes `pyotp.TOTP(secret)` checks (its default interval)
+
+
 class TotpReplayGuard:
     """Remembers the last time step accepted per user, secret and purpose, so a code cannot be
     used twice for the same thing.
@@ -271,6 +274,13 @@ class TotpReplayGuard:
         # codes for the same 30 seconds are different codes, both usable once.
         self._last_step: dict[tuple[int, str, TotpPurpose], int] = {}
         self._lock = threading.Lock()
+
+    def remembers_usable_codes(self, now: datetime) -> bool:
+        """Whether a code it has accepted could still be accepted again (its step is within the
+        one step either side that `check` allows): what a console going to sleep would forget."""
+        current = int(now.timestamp()) // TOTP_STEP_S
+        with self._lock:
+            return any(step >= current - 1 for step in self._last_step.values())
 
     def verify(self, user_id: int, secret: str, code: str, now: datetime, purpose: TotpPurpose) -> bool:
         return self.check(user_id, secret, code, now, purpose) is TotpCheck.OK

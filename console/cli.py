@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                          help="serve without TLS (development only; also [console] plain_http)")
     console.add_argument("--listen", help="HOST:PORT to listen on (default: [console] listen)")
     console.add_argument("--threads", type=int, default=8, help="request threads (default 8)")
+    console.add_argument("--listen-fd", type=int, action="append", default=[], metavar="FD",
+                         help="serve this inherited listening socket (repeatable; `schoolgate run` passes it) "
+                              "and sleep after [console] idle_minutes without a connection; systemd's "
+                              "LISTEN_FDS is read the same way")
     console.add_argument("--issue-cert", action="store_true",
                          help="issue the console's TLS certificate from the school CA, then exit")
     console.set_defaults(func=_console)
@@ -60,6 +64,7 @@ def _err(message: str) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
+    from schoolgate.console.activation import ActivationError, inherited_sockets
     from schoolgate.console.server import ServeError, issue_console_cert, serve
 
     config = load_config_or_report(args.config)
@@ -71,8 +76,8 @@ def _console(args: argparse.Namespace) -> int:
             print(f"certificate: {files.cert}\nkey: {files.key}")
             return 0
         serve(config, plain_http=args.plain_http or config.console.plain_http, listen=args.listen,
-              threads=args.threads)
-    except ServeError as err:
+              threads=args.threads, fds=inherited_sockets(args.listen_fd))
+    except (ServeError, ActivationError) as err:
         return _err(str(err))
     return 0
 

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from schoolgate.config import AppConfig
+from schoolgate.console.activation import Sleep
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +140,30 @@ def tls_context(_config: Any, default_factory: Callable[[], ssl.SSLContext]) -> 
     return context
 
 
-def run_worker_alone(app: Any) -> None:
+def run_worker_alone(app: Any, fds: list[int] | None = None, sleep: Sleep | None = None) -> None:
     """Serve `app` (a gunicorn application, its configuration loaded) with one gunicorn worker
-    in this process until SIGTERM (finishing the requests in flight) or SIGINT.
+    in this process until SIGTERM (finishing the requests in flight) or SIGINT; with `sleep`,
+    also once idle (schoolgate.console.activation).
 
-    What the arbiter would do for its one worker, done here: open the listening sockets, build
-    the worker and run it. The worker stops by itself if its parent changes (its supervisor
-    died), as it would if the arbiter died.
+    What the arbiter would do for its one worker, done here: open the listening sockets (or
+    take `fds`, already listening, from the service manager), build the worker and run it.
+    The worker stops by itself if its parent changes (its supervisor died), as it would if the
+    arbiter died.
     """
     from gunicorn import sock
 
     cfg = app.cfg
     logger = cfg.logger_class(cfg)
-    listeners = sock.create_sockets(cfg, logger)
-    worker = cfg.worker_class(1, os.getppid(), listeners, app, cfg.timeout / 2.0, cfg, logger)
+    listeners = sock.create_sockets(cfg, logger, fds=fds or None)
+    worker_class = cfg.worker_class
+    if sleep is not None:
+        from schoolgate.console.activation import sleeping_worker
+
+        worker_class = sleeping_worker(worker_class, sleep)
+    worker = worker_class(1, os.getppid(), listeners, app, cfg.timeout / 2.0, cfg, logger)
     worker.pid = os.getpid()
-    logger.info("Serving with one %s worker (pid %s), no arbiter", cfg.worker_class_str, worker.pid)
+    logger.info("Serving with one %s worker (pid %s), no arbiter%s", cfg.worker_class_str, worker.pid,
+                f"; asleep after {sleep.idle_s:g} s with no connection" if sleep is not None else "")
     try:
         worker.init_process()
     finally:
@@ -163,8 +172,14 @@ def run_worker_alone(app: Any) -> None:
             listener.close()
 
 
-def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, threads: int = 8) -> None:
-    """Serve the console in the foreground until SIGTERM/SIGINT."""
+def serve(
+    config: AppConfig, *, plain_http: bool, listen: str | None = None, threads: int = 8,
+    fds: list[int] | None = None,
+) -> None:
+    """Serve the console in the foreground until SIGTERM/SIGINT.
+
+    With `fds` (listening sockets from systemd or `schoolgate run`) it is socket-activated:
+    it also stops, cleanly, after `[console] idle_minutes` with no connection (0: never)."""
     from gunicorn.app.base import BaseApplication
 
     host, port = parse_listen(listen or config.console.listen)
@@ -204,4 +219,5 @@ def serve(config: AppConfig, *, plain_http: bool, listen: str | None = None, thr
             # lookups miss and the request form falls back to the register's fixed addresses.
             return create_app(config, tls=tls is not None, clock=clock_from_env(), neighbours=NeighbourTable())
 
-    run_worker_alone(ConsoleServer())
+    sleep = Sleep.from_minutes(config.console.idle_minutes) if fds else None
+    run_worker_alone(ConsoleServer(), fds=fds, sleep=sleep)

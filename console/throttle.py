@@ -136,6 +136,16 @@ class SignInThrottle:
             for key in [k for k in self._buckets if len(k) > 1 and k[0] in ("device", "account") and k[1] == account]:
                 del self._buckets[key]
 
+    def remembers_failures(self, now: datetime) -> bool:
+        """Whether a failure still counts or a wait still runs: what a console going to sleep
+        (schoolgate.console.activation) would forget, handing a guesser a fresh allowance."""
+        with self._lock:
+            return any(
+                (bucket.failures and now - bucket.failures[-1] < self.settings.window)
+                or (bucket.wait_until is not None and bucket.wait_until > now)
+                for bucket in self._buckets.values()
+            )
+
     def slowed_accounts(self, accounts: Iterable[str], now: datetime) -> dict[str, datetime]:
         """Accounts whose sign-ins from unknown devices must wait, and until when."""
         wanted = set(accounts)

@@ -198,7 +198,7 @@ def _status(args: argparse.Namespace) -> int:
     for name, info in status["processes"].items():
         print(f"  {name:9} pid {info['pid']:>7} {'running' if info['alive'] else 'stopped'}")
     for name, info in status.get("daemons", {}).items():
-        state = f"pid {info['pid']:>7} running" if info["alive"] else "restarting"
+        state = f"pid {info['pid']:>7} running" if info["alive"] else info.get("state") or "restarting"
         print(f"    {name:9} {state}, restarts {info['restarts']}, unclean exits {info['unclean_exits']}, "
               f"events maybe lost {info['events_maybe_lost']}")
     up = all(status["namespaces"].values()) and all(p["alive"] for p in status["processes"].values())

@@ -500,7 +500,9 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
         checks: list[tuple[str, Callable[[], bool], str]] = [
             ("dns", lambda: _tcp_open(gw, address, DNS_PORT), "schoolgate dns to listen"),
             ("proxy", lambda: _tcp_open(gw, address, PROXY_PORT), "schoolgate proxy to listen"),
-            ("console", lambda: _tcp_open(gw, address, CONSOLE_PORT), "schoolgate console to listen"),
+            # An answer, not an open port: the supervisor holds the console's socket and this
+            # first request wakes the console (`schoolgate run` starts it on demand).
+            ("console", lambda: _http_answers(gw, address, CONSOLE_PORT), "schoolgate console to answer"),
             ("scheduler", lambda: self._reported("scheduler"), "schoolgate scheduler to report"),
         ]
         if self.identity_configured:  # else schoolgate run does not start it: nothing to receive
@@ -683,6 +685,7 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
             name: {
                 "pid": info.get("pid"),
                 "alive": bool(info.get("pid")) and netns.process_alive(int(info["pid"]), info.get("start")),
+                "state": info.get("state", ""),
                 "restarts": info.get("restarts", 0),
                 "unclean_exits": info.get("unclean_exits", 0),
                 "events_maybe_lost": info.get("events_maybe_lost", 0),
@@ -752,6 +755,19 @@ def _tcp_open(namespace: str, host: str, port: int) -> bool:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
+        except OSError:
+            return False
+
+    return netns.call_in(namespace, attempt)
+
+
+def _http_answers(namespace: str, host: str, port: int) -> bool:
+    def attempt() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as sock:
+                sock.settimeout(10)  # a console woken by this request loads before it answers
+                sock.sendall(f"GET /login HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                return sock.recv(64).startswith(b"HTTP/1.1 ")
         except OSError:
             return False
 

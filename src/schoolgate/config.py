@@ -122,6 +122,10 @@ class ConsoleConfig:
     lockout_failures: int = 5  # on one account from unknown devices, or from one known device
     lockout_minutes: int = 15  # the longest wait, and how long a failure counts
     address_failures: int = 20  # from one address (an IPv6 client: its /64), over all accounts
+    # Socket-activated (`schoolgate run`, or systemd's schoolgate-console.socket): the console
+    # stops after this many minutes without a connection and the next one starts it again
+    # (schoolgate.console.activation). 0: always on. Fractions are allowed.
+    idle_minutes: int | float = 10
 
 
 @dataclass(frozen=True)
@@ -357,7 +361,22 @@ def load_config(path: str | Path) -> AppConfig:
         _check_network(path, text, kwargs["network"])
     if "identity" in kwargs:
         _check_identity(path, text, kwargs["identity"])
+    if "console" in kwargs:
+        _check_console(path, text, kwargs["console"])
     return AppConfig(source=path.resolve(), policy=policy, data_dir=data_dir, **kwargs)
+
+
+# A day: a console asleep for longer than a school day is what 0 (always on) is for.
+MAX_CONSOLE_IDLE_MINUTES = 24 * 60
+
+
+def _check_console(path: Path, text: str, console: ConsoleConfig) -> None:
+    if not 0 <= console.idle_minutes <= MAX_CONSOLE_IDLE_MINUTES or console.idle_minutes != console.idle_minutes:
+        raise ConfigError(
+            path, locate(text, ("console", "idle_minutes")), "console.idle_minutes",
+            f"{console.idle_minutes!r}: minutes without a connection before the console sleeps, "
+            f"0 (always on) to {MAX_CONSOLE_IDLE_MINUTES}",
+        )
 
 
 def _check_identity(path: Path, text: str, identity: IdentityConfig) -> None:

@@ -10,7 +10,10 @@ children of one supervisor:
   where a technician sees it: this supervisor's own ``daemon_status`` row (name ``run``)
   and its log ("previous run ended without flushing; up to N events may be lost");
 - Ctrl-C or SIGTERM stops them all, each flushing its events first. The children also get
-  SIGTERM if the supervisor itself is killed (PR_SET_PDEATHSIG), so none is left behind.
+  SIGTERM if the supervisor itself is killed (PR_SET_PDEATHSIG), so none is left behind;
+- the console runs on demand (`OnDemand`): the supervisor holds its listening socket and
+  starts it when a connection waits there; once idle it stops cleanly and is "asleep", which
+  is not a crash (no restart, nothing counted) until the next connection wakes it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import gc
 import json
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -63,6 +67,7 @@ EXTRA_HOLD_S = {"gateway": 0.1, "dns.events": 1.0}
 DEFAULT_GRACE_S = 12.0
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+ASLEEP = "asleep (wakes on connection)"
 
 
 @dataclass
@@ -246,6 +251,65 @@ def _run_forked(
 
 
 @dataclass
+class OnDemand:
+    """A daemon's listening sockets, held by the supervisor so that the daemon can sleep: a
+    connection that arrives while it is asleep waits in them and wakes it, and is then served
+    by it (the sockets outlive every run of the daemon, so nothing is refused meanwhile)."""
+
+    sockets: list[socket.socket]
+    listen: str
+
+    @classmethod
+    def bind(cls, listen: str) -> OnDemand:
+        """A listening TCP socket on HOST:PORT, set up as gunicorn sets up its own."""
+        from schoolgate.console.server import parse_listen
+
+        host, port = parse_listen(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(ON_DEMAND_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return cls([sock], listen)
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return tuple(sock.fileno() for sock in self.sockets if sock.fileno() >= 0)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+ON_DEMAND_BACKLOG = 2048  # gunicorn's own default backlog
+
+
+def console_on_demand(config: str, say: Callable[[str], None]) -> OnDemand | None:
+    """The console's sockets for socket activation, or None to run it always on: `[console]
+    idle_minutes = 0`, or a configuration or address the console will report itself."""
+    from schoolgate.config import load_config
+    from schoolgate.tomlpos import ConfigError
+
+    try:
+        console = load_config(config).console
+    except ConfigError:
+        return None
+    if console.idle_minutes <= 0:
+        return None
+    try:
+        return OnDemand.bind(console.listen)
+    except (OSError, ValueError) as err:
+        say(f"cannot hold the console's socket on {console.listen} ({err}); running it always on")
+        return None
+
+
+@dataclass
 class Child:
     name: str
     argv: list[str]
@@ -267,6 +331,16 @@ class Child:
     # named in its argv. Every other child closes them (`closes`).
     fds: tuple[int, ...] = ()
     closes: tuple[int, ...] = ()
+    # Started on demand (the console): asleep until a connection waits on these sockets.
+    on_demand: OnDemand | None = None
+    asleep: bool = False
+    wakes: int = 0
+
+    def wake_on(self, on_demand: OnDemand) -> None:
+        """Run this child on demand: it serves `on_demand`'s sockets (`--listen-fd`)."""
+        self.on_demand = on_demand
+        self.fds = (*self.fds, *on_demand.fds)
+        self.argv = [*self.argv, *(arg for fd in on_demand.fds for arg in ("--listen-fd", str(fd)))]
 
     @property
     def pid(self) -> int | None:
@@ -288,8 +362,11 @@ class Child:
     def describe(self) -> dict[str, Any]:
         running = self.process is not None and self.process.poll() is None
         pid = self.pid if running else None
+        state = "running" if running else ASLEEP if self.asleep else "restarting"
         return {
             "pid": pid,
+            "state": state,
+            "wakes": self.wakes,
             "start": _process_start_time(pid) if pid else None,
             "restarts": self.restarts,
             "unclean_exits": self.unclean_exits,
@@ -691,13 +768,17 @@ class Supervisor:
 
     def run(self) -> None:
         for child in self.children:
+            if child.on_demand is not None:
+                child.asleep = True
+                self.say(f"{child.name} is {ASLEEP} on {child.on_demand.listen}")
+                continue
             self.say(f"starting {child.name}")
             child.start()
         self._changed()
         next_sample = time.monotonic() + SAMPLE_S
         try:
             while self.stop_signal is None:
-                time.sleep(POLL_S)
+                self._wait(POLL_S)
                 self._tend()
                 if self.board is not None and time.monotonic() >= next_sample:
                     next_sample = time.monotonic() + SAMPLE_S
@@ -707,6 +788,24 @@ class Supervisor:
                         self.say(f"could not read the daemons' status: {err}")
         finally:
             self.stop_all()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep for `timeout`, or less to wake a sleeping daemon whose socket has a connection
+        waiting: the connection is served by the daemon it wakes."""
+        sleepers = {
+            sock: child for child in self.children if child.asleep and child.on_demand is not None
+            for sock in child.on_demand.sockets
+        }
+        if not sleepers:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select(list(sleepers), [], [], timeout)
+        for child in [c for c in self.children if any(sleepers.get(sock) is c for sock in readable)]:
+            child.asleep = False
+            child.start()
+            child.wakes += 1
+            self._changed()
+            self.say(f"woke {child.name} (pid {child.pid}) for a connection")
 
     def _tend(self) -> None:
         now = time.monotonic()
@@ -727,6 +826,9 @@ class Supervisor:
 
     def _ended(self, child: Child, status: int, now: float) -> None:
         ran = now - child.started_mono
+        if child.on_demand is not None and status == 0 and self.stop_signal is None:
+            self._fell_asleep(child, ran)
+            return
         child.quick_deaths = 0 if ran >= STABLE_AFTER_S else child.quick_deaths + 1
         delay = restart_delay(child.quick_deaths if ran < STABLE_AFTER_S else 0)
         report = self._report(child, status)
@@ -748,6 +850,17 @@ class Supervisor:
         # The status board first, so the board already counts what the log line reports.
         self._changed()
         self.say(message)
+
+    def _fell_asleep(self, child: Child, ran: float) -> None:
+        """An on-demand daemon that stopped cleanly by itself was idle: it sleeps until the next
+        connection. Not a death: no restart, no back-off, nothing counted as lost."""
+        child.process = None
+        child.asleep = True
+        child.next_start = None
+        child.quick_deaths = 0
+        child.last_exit = f"{datetime.now(UTC).isoformat(timespec='seconds')}: idle, asleep"
+        self._changed()
+        self.say(f"{child.name} is {ASLEEP} after {ran:.1f} s awake")
 
     def _report(self, child: Child, status: int) -> ExitReport:
         # A daemon that stops on its own with status 0 has flushed (its writer's stop() ran).
@@ -805,6 +918,8 @@ class Supervisor:
             self.say(f"{child.name} {_exit_text(status)}")
         for child in self.children:
             child.process = None
+            if child.on_demand is not None:
+                child.on_demand.close()
         if self.state_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.state_file.unlink()
@@ -906,6 +1021,13 @@ def _run(args: argparse.Namespace) -> int:
         for child in children:
             if not child.fds:  # not a writing daemon's: it must not hold a channel (nor keep it open)
                 child.closes = events.fds
+    on_demand = console_on_demand(config, say) if "console" in present else None
+    if on_demand is not None:
+        for child in children:
+            if child.name == "console":
+                child.wake_on(on_demand)
+            else:  # only the console serves (and so holds) its socket
+                child.closes = (*child.closes, *on_demand.fds)
     supervisor = Supervisor(
         children,
         board=board,

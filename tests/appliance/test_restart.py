@@ -33,6 +33,7 @@ from schoolgate.lab.lab import nflog_bound
 from schoolgate.lab.netns import call_in, exec_in
 from schoolgate.lab.topology import GATEWAY_LAN_IP, NFLOG_GROUP
 from schoolgate.lab.traffic import Traffic, began, dns_answers, expected, settled
+from schoolgate.runner import ASLEEP
 from schoolgate.runner import POLL_S as SUPERVISOR_POLL_S
 from schoolgate.store.events import read_status
 from schoolgate.store.models import AccessEvent
@@ -148,6 +149,8 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
     lab: LabClient, daemon: str, measured: list[str]
 ) -> None:
     appliance = lab.lab
+    if daemon == "console":  # it runs on demand: a request wakes it if it has gone to sleep
+        assert _console_answers(lab, 0)
     old_pid = appliance.daemon_pid(daemon)
     assert old_pid is not None, appliance.supervisor_state()
     before = appliance.supervisor_state()["children"][daemon]
@@ -312,9 +315,11 @@ def test_the_supervisor_keeps_every_daemon_running_after_the_kills(lab: LabClien
     assert status["processes"]["appliance"]["alive"]
     # The identity service runs only where it has lease files or RADIUS to receive.
     identity = {"identity"} if lab.lab.identity_configured else set()
-    assert {name for name, info in status["daemons"].items() if info["alive"]} == {
-        "dns", "proxy", "events", "console", "scheduler", "watch", *identity
-    }
+    # The console runs on demand: serving since the kill test's requests, or asleep again.
+    assert {
+        name for name, info in status["daemons"].items()
+        if info["alive"] or (name == "console" and info["state"] == ASLEEP)
+    } == {"dns", "proxy", "events", "console", "scheduler", "watch", *identity}
     with lab.session() as session:
         assert session.scalar(select(func.count()).select_from(AccessEvent)) > 0
 
@@ -322,6 +327,7 @@ def test_the_supervisor_keeps_every_daemon_running_after_the_kills(lab: LabClien
 def test_killing_the_supervisor_stops_its_daemons(lab: LabClient) -> None:
     """PR_SET_PDEATHSIG: if `schoolgate run` itself dies, no daemon is left running alone."""
     appliance = lab.lab
+    assert _console_answers(lab, 0)  # awake (it runs on demand), so that it too must stop
     names = ["dns", "proxy", "console", "scheduler", "watch", *(["identity"] if appliance.identity_configured else [])]
     pids = {name: appliance.daemon_pid(name) for name in names}
     assert all(pids.values()), pids
