@@ -17,12 +17,12 @@ pragmas, in this process (what SQLite itself costs; the difference is the writin
 own work). The database is a fresh file in a temporary folder each time.
 
 Then, in the same run, the writing process's own body (store.events.writing.run_writing_sources,
-from its start to its end) in its two shapes: the DNS daemon's own writer (one channel), and
-the one `schoolgate run` shares between the DNS daemon and the proxy (`sg-events`: two
-channels, each read by a thread of its own into a writer of its own), fed the same DNS events
-plus a proxy event for every tenth, on the proxy's channel. CPU per event written (every
-event, both daemons'), and the ratio shared/own: what writing both daemons' events in one
-process costs per event.
+from each process's start to its end) fed the same DNS events plus a proxy event for every
+tenth on the proxy's channel, in its two shapes: a writing process for each daemon (as the
+DNS daemon's and the proxy's own writers), and one process for both, as `schoolgate run` runs
+it (`sg-events`: each channel read by a thread of its own into a writer of its own). CPU per
+event written (both daemons' events, summed over the processes), and the ratio one/two: what
+writing both daemons' events in one process costs per event.
 
 bench/dns_path.py prints the same process's figure for the worker's whole path (one client).
 """
@@ -108,35 +108,39 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
     return user / len(events) * 1e6, system / len(events) * 1e6
 
 
-def body_process(url: str, events: list[CompactEvent], rate: float, shared: bool) -> tuple[float, int]:
-    """(µs of CPU per event, events written) of the real writing process's body, forked: the DNS
-    daemon's channel alone, or (`shared`) beside the proxy's, which gets a proxy event for every
-    tenth DNS event."""
+def body_processes(url: str, events: list[CompactEvent], rate: float, shared: bool) -> tuple[float, int]:
+    """(µs of CPU per event, events written) of the real writing body, fed the DNS daemon's
+    channel and the proxy's (a proxy event for every tenth DNS event): each read by a process
+    of its own (the daemons' own writers), or both by one process (`shared`, `sg-events`)."""
     from types import SimpleNamespace
 
     from schoolgate.dns.daemon import WRITER_SETTINGS as DNS_SETTINGS
     from schoolgate.proxy.events import WRITER_SETTINGS as PROXY_SETTINGS
     from schoolgate.store.events.writing import Source, run_writing_sources
 
-    pairs = [channel_pair() for _ in range(2 if shared else 1)]
-    report_from, report_to = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            for sending, _ in pairs:
-                sending.close()
-            os.close(report_from)
-            config = SimpleNamespace(site=SimpleNamespace(id="bench"), data_dir=None)
-            settings = (DNS_SETTINGS, PROXY_SETTINGS)[: len(pairs)]
-            sources = [Source(reading, kept) for (_, reading), kept in zip(pairs, settings, strict=True)]
-            begun = resource.getrusage(resource.RUSAGE_SELF)
-            code = run_writing_sources(config, url, sources)
-            ended = resource.getrusage(resource.RUSAGE_SELF)
-            os.write(report_to, f"{ended.ru_utime - begun.ru_utime + ended.ru_stime - begun.ru_stime}".encode())
-        finally:
-            os._exit(code)
-    os.close(report_to)
+    pairs = [channel_pair(), channel_pair()]
+    settings = (DNS_SETTINGS, PROXY_SETTINGS)
+    groups = [[0, 1]] if shared else [[0], [1]]  # which channels each writing process reads
+    children: list[tuple[int, int]] = []  # (pid, the pipe its CPU time comes on)
+    for group in groups:
+        report_from, report_to = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for sending, _ in pairs:
+                    sending.close()
+                os.close(report_from)
+                config = SimpleNamespace(site=SimpleNamespace(id="bench"), data_dir=None)
+                sources = [Source(pairs[index][1], settings[index]) for index in group]
+                begun = resource.getrusage(resource.RUSAGE_SELF)
+                code = run_writing_sources(config, url, sources)
+                ended = resource.getrusage(resource.RUSAGE_SELF)
+                os.write(report_to, f"{ended.ru_utime - begun.ru_utime + ended.ru_stime - begun.ru_stime}".encode())
+            finally:
+                os._exit(code)
+        os.close(report_to)
+        children.append((pid, report_from))
     channels = []
     for sending, reading in pairs:
         reading.close()
@@ -144,7 +148,7 @@ def body_process(url: str, events: list[CompactEvent], rate: float, shared: bool
     begun_at = time.monotonic()
     for i, compact in enumerate(events):
         channels[0].submit_compact(compact)
-        if shared and i % 10 == 9:
+        if i % 10 == 9:
             proxy: CompactEvent = (compact[0], compact[1], "proxy", compact[3], f"www.{compact[4]}", *compact[5:])
             channels[1].submit_compact(proxy)
         if rate and i % 32 == 31:
@@ -156,18 +160,21 @@ def body_process(url: str, events: list[CompactEvent], rate: float, shared: bool
     for channel, (sending, _) in zip(channels, pairs, strict=True):
         channel.stop(timeout=600)
         sending.close()
-    with os.fdopen(report_from) as report:
-        spent = report.read()
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0 or not spent:
-        raise SystemExit(f"the writing process failed (exit status {status})")
+    spent = 0.0
+    for pid, report_from in children:
+        with os.fdopen(report_from) as report:
+            told = report.read()
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not told:
+            raise SystemExit(f"a writing process failed (exit status {status})")
+        spent += float(told)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             written = int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
     finally:
         engine.dispose()
-    return float(spent) / written * 1e6, written
+    return spent / written * 1e6, written
 
 
 def bare_sqlite(path: Path, events: list[CompactEvent], per_transaction: int) -> tuple[float, float]:
@@ -219,9 +226,9 @@ def main() -> int:
             label = f"{rate:g}" if rate else "max"
             print(f"  {devices:>7} {label:>7} {count:>8,}   {total:12.2f} {user:6.2f} {system:6.2f}"
                   f"   {bare:12.2f}   {total / bare:5.2f}", flush=True)
-    print("The writing process's body, from its start to its end: the DNS daemon's own writer, and the "
-          "one shared with the proxy (a proxy event for every tenth)")
-    print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'own µs/event':>12}   {'shared µs/event':>15}   shared/own")
+    print("The writing body, from each process's start to its end, the DNS daemon's events and a proxy event "
+          "for every tenth: a writing process each (as the daemons' own writers), or one for both (sg-events)")
+    print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'two: µs/event':>13}   {'one: µs/event':>13}   one/two")
     for devices in args.devices:
         for rate in args.rates:
             count = args.events if not rate else int(rate * args.seconds)
@@ -233,8 +240,8 @@ def main() -> int:
                 try:
                     url = f"sqlite:///{folder / 'events.db'}"
                     init_db(url).dispose()
-                    per_event, written = body_process(url, events, rate, shared)
-                    expected = count + (count // 10 if shared else 0)
+                    per_event, written = body_processes(url, events, rate, shared)
+                    expected = count + count // 10
                     if written != expected:
                         raise SystemExit(f"{written} events written of {expected}")
                     figures.append((per_event, written))
@@ -242,8 +249,8 @@ def main() -> int:
                     shutil.rmtree(folder, ignore_errors=True)
             (own, _), (shared_cost, written) = figures
             label = f"{rate:g}" if rate else "max"
-            print(f"  {devices:>7} {label:>7} {written:>8,}   {own:12.2f}   {shared_cost:15.2f}"
-                  f"   {shared_cost / own:10.2f}", flush=True)
+            print(f"  {devices:>7} {label:>7} {written:>8,}   {own:13.2f}   {shared_cost:13.2f}"
+                  f"   {shared_cost / own:7.2f}", flush=True)
     return 0
 
 
