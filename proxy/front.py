@@ -143,10 +143,14 @@ class _Relay:
     taken (flow control: nothing is buffered beyond one read). A FIN is passed on as a
     half-close; the connection ends when both sides have sent theirs and everything is
     delivered, or at once on an error either side.
+
+    The relay keeps its own note of what it asked the loop to watch (`_reading`, `_writing`), so
+    that ending it unregisters only those: asking the loop to forget a socket it does not watch
+    costs two raised KeyErrors, and every spliced connection ended with four such calls.
     """
 
-    __slots__ = ("_closed", "_door", "_eof", "_loop", "_timer", "client", "device", "last_active", "server",
-                 "waiting")
+    __slots__ = ("_closed", "_door", "_eof", "_loop", "_reading", "_timer", "_writing", "client", "device",
+                 "last_active", "server", "waiting")
 
     def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
         self._door = door
@@ -156,6 +160,8 @@ class _Relay:
         self.server: socket.socket | None = None
         self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet
         self._eof: set[socket.socket] = set()  # the sides that have sent their FIN
+        self._reading: set[int] = set()  # the descriptors the loop reads for this relay
+        self._writing: set[int] = set()  # ... and waits to be writable
         self.last_active = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -173,14 +179,14 @@ class _Relay:
         for sock in (server, self.device):  # as asyncio's transports do: no Nagle delay on a relay
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.waiting[server] = hello
         code = server.connect_ex(destination)
         if code not in (0, errno.EINPROGRESS):
             log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
             self.close()
             return
+        self.waiting[server] = hello
         self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
-        self._loop.add_writer(server.fileno(), self._connected, destination)
+        self._write_when_ready(server, self._connected, destination)
 
     def _connect_timed_out(self, destination: tuple[str, int]) -> None:
         log.debug("passthrough to %s: no answer in %.0f s", destination, CONNECT_TIMEOUT_S)
@@ -188,22 +194,30 @@ class _Relay:
         self.close()
 
     def _connected(self, destination: tuple[str, int]) -> None:
+        """The server's socket is writable: connected, or the connection failed, which the
+        first send reports (ECONNREFUSED and the like): no SO_ERROR read for it."""
         server = self.server
         assert server is not None
-        self._loop.remove_writer(server.fileno())
+        self._stop_writing(server)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        code = server.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
+        hello = self.waiting.pop(server)
+        try:
+            sent = server.send(hello)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as err:
+            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(err.errno or 0, err))
             self.close()
             return
         self._door.spliced += 1
-        hello = self.waiting.pop(server)
-        self._loop.add_reader(server.fileno(), self._read, server, self.device)
-        self._loop.add_reader(self.device.fileno(), self._read, self.device, server)
-        self._send(self.device, server, hello)
+        self._read_from(server, self.device)
+        if sent < len(hello):  # the rest waits, and the device is not read until it has gone
+            self.waiting[server] = hello[sent:]
+            self._write_when_ready(server, self._drain, self.device, server)
+        else:
+            self._read_from(self.device, server)
 
     def _read(self, source: socket.socket, target: socket.socket) -> None:
         try:
@@ -217,7 +231,7 @@ class _Relay:
         if data:
             self._send(source, target, data)
             return
-        self._loop.remove_reader(source.fileno())
+        self._stop_reading(source)
         self._eof.add(source)
         if target not in self.waiting:
             self._pass_eof(target)
@@ -234,8 +248,8 @@ class _Relay:
             return
         if sent < len(data):
             self.waiting[target] = data[sent:]
-            self._loop.remove_reader(source.fileno())
-            self._loop.add_writer(target.fileno(), self._drain, source, target)
+            self._stop_reading(source)
+            self._write_when_ready(target, self._drain, source, target)
 
     def _drain(self, source: socket.socket, target: socket.socket) -> None:
         data = self.waiting[target]
@@ -250,12 +264,12 @@ class _Relay:
             self.waiting[target] = data[sent:]
             return
         del self.waiting[target]
-        self._loop.remove_writer(target.fileno())
+        self._stop_writing(target)
         self.last_active = self._loop.time()
         if source in self._eof:
             self._pass_eof(target)
         else:
-            self._loop.add_reader(source.fileno(), self._read, source, target)
+            self._read_from(source, target)
 
     def _pass_eof(self, target: socket.socket) -> None:
         """The other side has said all it will: half-close towards `target`, or end the
@@ -268,6 +282,26 @@ class _Relay:
         except OSError:
             self.close()
 
+    def _read_from(self, source: socket.socket, target: socket.socket) -> None:
+        fd = source.fileno()
+        self._reading.add(fd)
+        self._loop.add_reader(fd, self._read, source, target)
+
+    def _stop_reading(self, source: socket.socket) -> None:
+        fd = source.fileno()
+        self._reading.discard(fd)
+        self._loop.remove_reader(fd)
+
+    def _write_when_ready(self, target: socket.socket, callback: Callable[..., None], *args: Any) -> None:
+        fd = target.fileno()
+        self._writing.add(fd)
+        self._loop.add_writer(fd, callback, *args)
+
+    def _stop_writing(self, target: socket.socket) -> None:
+        fd = target.fileno()
+        self._writing.discard(fd)
+        self._loop.remove_writer(fd)
+
     def close(self) -> None:
         """End both sides now (what was not yet delivered is dropped)."""
         if self._closed:
@@ -276,14 +310,15 @@ class _Relay:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for sock in (self.device, self.server):
-            if sock is None:
-                continue
-            fd = sock.fileno()
-            if fd >= 0:
-                self._loop.remove_reader(fd)
-                self._loop.remove_writer(fd)
-            sock.close()
+        for fd in self._reading:
+            self._loop.remove_reader(fd)
+        for fd in self._writing:
+            self._loop.remove_writer(fd)
+        self._reading.clear()
+        self._writing.clear()
+        self.device.close()
+        if self.server is not None:
+            self.server.close()
         self.waiting.clear()
         self._door._relay_closed(self)
 

@@ -159,6 +159,27 @@ def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
     assert (services.counters.passed_through, services.counters.upstream_refused) == (1, 0)
 
 
+def test_an_allowed_hello_to_a_server_that_refuses_is_ended_unspliced(
+    services: Services, known_clients: dict[str, Client]
+) -> None:
+    """The server refuses the passthrough's connection: the first send says so, and the
+    device's connection is ended with nothing left registered or counted as spliced."""
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+    with socket.socket() as closed:  # a port nothing listens on (bound, never listened)
+        closed.bind((LOOPBACK, 0))
+        refusing = (LOOPBACK, int(closed.getsockname()[1]))
+
+        async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, dict[str, int]]:
+            answer = await send_hello(port, "allowed.test")
+            await settled(lambda: len(services.connections) == 0)
+            return answer, door.snapshot()
+
+        answer, snapshot = run_front(services, refusing, scenario)
+    assert answer == b""
+    assert (snapshot["spliced"], snapshot["splices_open"], snapshot["killed"]) == (0, 0, 0)
+    assert services.counters.passed_through == 1  # judged and logged as allowed: the server said no
+
+
 def test_a_spliced_connection_can_be_closed_by_its_id(services: Services, known_clients: dict[str, Client]) -> None:
     """What Rejudge does when lunch ends: the daemon's close() reaches the front's splice."""
     known_clients[LOOPBACK] = as_loopback(STAFF)
