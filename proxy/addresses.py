@@ -27,6 +27,7 @@ is blocked for the client (see schoolgate.proxy.judge).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -47,6 +48,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_HOSTS_PER_ADDRESS = 8
 
 
+# Cached: every passed-through connection asks the book about the address it dialled, parsing
+# an address is a sizeable part of that in Python, and a school's devices dial the same few
+# addresses all day. Bounded, so a flood of distinct addresses only evicts (a bad address
+# raises ValueError each time: errors are not cached).
+@functools.lru_cache(maxsize=4096)
 def _canonical(address: str) -> str:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -72,11 +78,15 @@ class AddressBook:
         self._hosts: dict[str, dict[str, float]] = {}  # address -> {host: expires (monotonic)}
         self._named: list[tuple[IPNetwork, str]] = []
         self._unnamed: list[IPNetwork] = []
+        # address -> the names of the published ranges it is in (they change only with
+        # set_prefixes): matching an address against every range was most of a lookup.
+        self._named_of: dict[str, tuple[str, ...]] = {}
 
     def set_prefixes(self, named: Iterable[tuple[IPNetwork, str]], unnamed: Iterable[IPNetwork]) -> None:
         # Longest prefix first, so a more specific range wins.
         self._named = sorted(named, key=lambda item: item[0].prefixlen, reverse=True)
         self._unnamed = list(unnamed)
+        self._named_of = {}
 
     def learn(self, host: str, addresses: Iterable[str], lifetime_s: float) -> int:
         expires = self._clock() + lifetime_s
@@ -120,11 +130,24 @@ class AddressBook:
             return []
         now = self._clock()
         learnt = [h for h, until in reversed(self._hosts.get(key, {}).items()) if until > now]
-        ip = ipaddress.ip_address(key)
-        for network, host in self._named:
-            if ip.version == network.version and ip in network and host not in learnt:
+        for host in self._named_hosts(key):
+            if host not in learnt:
                 learnt.append(host)
         return learnt
+
+    def _named_hosts(self, key: str) -> tuple[str, ...]:
+        """The names of the published ranges holding the canonical address `key`, longest
+        prefix first."""
+        found = self._named_of.get(key)
+        if found is None:
+            ip = ipaddress.ip_address(key)
+            found = tuple(dict.fromkeys(
+                host for network, host in self._named if ip.version == network.version and ip in network
+            ))
+            if len(self._named_of) >= self._max:
+                self._named_of = {}  # simplest bound: start over (refilled as addresses are seen)
+            self._named_of[key] = found
+        return found
 
     def host_for(self, address: str) -> str | None:
         """The watched name this address most recently served, or None if it is not watched."""

@@ -112,6 +112,21 @@ def test_address_book_learns_expires_and_knows_ranges() -> None:
         parse_prefix_host("31.13.0.0/16")
 
 
+def test_address_book_follows_new_ranges_after_an_address_was_looked_up() -> None:
+    """The names of the ranges an address is in are remembered per address: a new set of
+    ranges (a reload) must replace what was remembered, not add to it or be ignored."""
+    book = AddressBook()
+    book.set_prefixes([parse_prefix_host("31.13.0.0/16 instagram.com")], [])
+    assert book.hosts_for("31.13.70.1") == ["instagram.com"]
+    assert book.hosts_for("::ffff:31.13.70.1") == ["instagram.com"]  # the same address, remembered once
+    book.set_prefixes([parse_prefix_host("31.13.64.0/18 facebook.com")], [])
+    assert book.hosts_for("31.13.70.1") == ["facebook.com"]
+    book.set_prefixes([], [])
+    assert book.hosts_for("31.13.70.1") == []
+    book.learn("whatsapp.com", ["31.13.70.1"], 60)
+    assert book.hosts_for("31.13.70.1") == ["whatsapp.com"]  # learnt names still come first
+
+
 @pytest.mark.parametrize(
     ("mode", "listen", "spec"),
     [
