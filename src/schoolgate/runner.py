@@ -346,6 +346,11 @@ class Child:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    @property
+    def own_rows(self) -> tuple[str, ...]:
+        """The status rows this child owns alone; none named: its daemon's (StatusBoard.rows_of)."""
+        return self.status_names or ((self.status_name,) if self.status_name else ())
+
     def start(self) -> None:
         if self.preloaded is not None:
             self.process = self.preloaded.spawn(
@@ -711,7 +716,7 @@ class StatusBoard:
     def rows_of(self, child: Child, owned_elsewhere: Iterable[str] = ()) -> list[dict[str, Any]]:
         """`child`'s status rows from this run. `owned_elsewhere`: rows other children own alone
         (the supervisor's event writer's "dns.events" is not the DNS daemon's)."""
-        own = child.status_names or ((child.status_name,) if child.status_name else ())
+        own = child.own_rows
         status_name = own[0] if own else STATUS_NAMES.get(child.name)
         if status_name is None or child.started_wall is None:
             return []
@@ -869,8 +874,7 @@ class Supervisor:
         if self.board is None:
             return ExitReport(status, False, None, _exit_text(status))
         try:
-            owned_elsewhere = [name for other in self.children if other is not child
-                               for name in (other.status_names or (other.status_name or "",))]
+            owned_elsewhere = [name for other in self.children if other is not child for name in other.own_rows]
             rows = self.board.rows_of(child, owned_elsewhere)
         except Exception as err:  # the database may be what broke; keep supervising
             return ExitReport(status, False, None, f"{_exit_text(status)}; its counters are unreadable: {err}")

@@ -447,6 +447,32 @@ def test_a_single_proxys_row_is_its_own_beside_its_event_writers() -> None:
         assert sorted(row["name"] for row in board.rows_of(child, owned_elsewhere)) == expected
 
 
+def test_a_killed_dns_daemons_loss_is_its_own_not_the_shared_writers() -> None:
+    """With the supervisor's writer writing the DNS daemon's events, a killed DNS daemon may have
+    lost what its own row says it held, not what the living writer holds (its row, "dns.events",
+    is the writer's); the writer's death counts both of its rows."""
+    from schoolgate.runner import SHARED_EVENTS, Child, RateTracker, StatusBoard, Supervisor
+
+    now = datetime.now().astimezone()
+    rows = {
+        "dns": {"heartbeat_at": now, "stats": {"events": {"submitted": 10, "handed": 7, "held": 2}}},
+        "dns.events": {"heartbeat_at": now, "stats": {"events": {"submitted": 500, "written": 100}}},
+        "proxy.events": {"heartbeat_at": now, "stats": {"events": {"submitted": 50, "written": 20}}},
+    }
+    board = StatusBoard.__new__(StatusBoard)
+    board._read = lambda: rows  # type: ignore[method-assign]
+    board.rates = RateTracker()
+    dns = Child("dns", [])
+    writer = Child(SHARED_EVENTS, [], status_names=("dns.events", "proxy.events"))
+    for child in (dns, writer):
+        child.started_wall = now
+    supervisor = Supervisor([dns, writer], board=board, state_file=None, grace=1.0, say=lambda _: None)
+    report = supervisor._report(dns, -9)
+    assert report.maybe_lost == 3 + 2 and "dns.events" not in report.detail, report
+    report = supervisor._report(writer, -9)
+    assert report.maybe_lost == 400 + 30 and "dns.events" in report.detail and "proxy.events" in report.detail
+
+
 def test_a_workers_status_rows_are_its_own(tmp_path: Path) -> None:
     """The supervisor counts a dead worker's possibly lost events from that worker's row only."""
     from schoolgate.runner import Child, StatusBoard
