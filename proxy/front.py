@@ -12,8 +12,8 @@ close the socket or copy bytes. Here the front door owns the listening socket an
    `decide`), the same events, counters and circumvention and fronting checks as inside
    mitmproxy;
 4. kills the connection (a refused verdict), or splices it to the original destination
-   (a passthrough: `_Relay`, the two sockets' bytes copied on the loop's readiness callbacks,
-   with flow control), or hands it to mitmproxy (`handover`): a connection to intercept for
+   (a passthrough: `Relay` in schoolgate.proxy.relay, the two sockets' bytes copied on
+   readiness callbacks, with flow control), or hands it to mitmproxy (`handover`): a connection to intercept for
    the block page, plain HTTP, or anything the front cannot judge. mitmproxy then runs it
    exactly as if it had accepted it, with the bytes already read put back in front, and the
    addons are not told twice (`Pipeline.adopt`).
@@ -48,19 +48,18 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.tls import get_client_hello
 
 from schoolgate.proxy.addons import EarlyHello, Pipeline
+from schoolgate.proxy.relay import Relay, SplicePoller
 
 log = logging.getLogger(__name__)
 
 MAX_HELLO = 64 * 1024  # a ClientHello with every extension a browser sends is under 2 KiB
 HELLO_WAIT_S = 10.0  # silence after which the connection is left to mitmproxy as it is
-CONNECT_TIMEOUT_S = 15.0
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
 ACCEPT_PAUSE_S = 1.0  # out of file descriptors: stop accepting this long (as asyncio does)
 # The kernel hands over a connection once its first bytes are in (TCP_DEFER_ACCEPT), so nearly
 # every one is judged in the accept callback: no reader, no timer, one wake-up fewer. A client
 # silent this long is handed over anyway (then HELLO_WAIT_S applies): web clients speak first.
 DEFER_ACCEPT_S = 1
-READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
 # A spliced connection with no byte either way for this long is closed, as mitmproxy closed
 # an idle relay: a device that vanished without a FIN must not hold two sockets for ever.
 SPLICE_IDLE_S = 600.0
@@ -134,195 +133,6 @@ def new_server(address: tuple[str, int], conn_id: str) -> connection.Server:
     return server
 
 
-class _Relay:
-    """A passed-through connection: the device's socket and the server's, each one's bytes sent
-    on to the other from the loop's readiness callbacks.
-
-    Per wake-up, what the socket holds (up to READ_SIZE) is read and sent on at once; only what
-    the other side will not take now is kept, and then that side is read no more until it is
-    taken (flow control: nothing is buffered beyond one read). A FIN is passed on as a
-    half-close; the connection ends when both sides have sent theirs and everything is
-    delivered, or at once on an error either side.
-
-    The relay keeps its own note of what it asked the loop to watch (`_reading`, `_writing`), so
-    that ending it unregisters only those: asking the loop to forget a socket it does not watch
-    costs two raised KeyErrors, and every spliced connection ended with four such calls.
-    """
-
-    __slots__ = ("_closed", "_door", "_eof", "_loop", "_reading", "_timer", "_writing", "client", "device",
-                 "last_active", "server", "waiting")
-
-    def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
-        self._door = door
-        self._loop = door.loop
-        self.client = client
-        self.device = device
-        self.server: socket.socket | None = None
-        self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet
-        self._eof: set[socket.socket] = set()  # the sides that have sent their FIN
-        self._reading: set[int] = set()  # the descriptors the loop reads for this relay
-        self._writing: set[int] = set()  # ... and waits to be writable
-        self.last_active = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = None
-        self._closed = False
-
-    def connect(self, destination: tuple[str, int], hello: bytes) -> None:
-        """Dial the original destination; the ClientHello goes first once connected."""
-        try:
-            server = socket.socket(socket.AF_INET6 if ":" in destination[0] else socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as err:
-            log.warning("passthrough to %s: no socket: %s", destination, err)
-            self.close()
-            return
-        self.server = server
-        server.setblocking(False)
-        for sock in (server, self.device):  # as asyncio's transports do: no Nagle delay on a relay
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = server.connect_ex(destination)
-        if code not in (0, errno.EINPROGRESS):
-            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
-            self.close()
-            return
-        self.waiting[server] = hello
-        self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
-        self._write_when_ready(server, self._connected, destination)
-
-    def _connect_timed_out(self, destination: tuple[str, int]) -> None:
-        log.debug("passthrough to %s: no answer in %.0f s", destination, CONNECT_TIMEOUT_S)
-        self._timer = None
-        self.close()
-
-    def _connected(self, destination: tuple[str, int]) -> None:
-        """The server's socket is writable: connected, or the connection failed, which the
-        first send reports (ECONNREFUSED and the like): no SO_ERROR read for it."""
-        server = self.server
-        assert server is not None
-        self._stop_writing(server)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        hello = self.waiting.pop(server)
-        try:
-            sent = server.send(hello)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as err:
-            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(err.errno or 0, err))
-            self.close()
-            return
-        self._door.spliced += 1
-        self._read_from(server, self.device)
-        if sent < len(hello):  # the rest waits, and the device is not read until it has gone
-            self.waiting[server] = hello[sent:]
-            self._write_when_ready(server, self._drain, self.device, server)
-        else:
-            self._read_from(self.device, server)
-
-    def _read(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            data = source.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.last_active = self._loop.time()
-        if data:
-            self._send(source, target, data)
-            return
-        self._stop_reading(source)
-        self._eof.add(source)
-        if target not in self.waiting:
-            self._pass_eof(target)
-
-    def _send(self, source: socket.socket, target: socket.socket, data: bytes) -> None:
-        """Send `data` from `source` on to `target`; what it will not take now waits, and
-        `source` is not read until it has gone."""
-        try:
-            sent = target.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self.waiting[target] = data[sent:]
-            self._stop_reading(source)
-            self._write_when_ready(target, self._drain, source, target)
-
-    def _drain(self, source: socket.socket, target: socket.socket) -> None:
-        data = self.waiting[target]
-        try:
-            sent = target.send(data)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self.waiting[target] = data[sent:]
-            return
-        del self.waiting[target]
-        self._stop_writing(target)
-        self.last_active = self._loop.time()
-        if source in self._eof:
-            self._pass_eof(target)
-        else:
-            self._read_from(source, target)
-
-    def _pass_eof(self, target: socket.socket) -> None:
-        """The other side has said all it will: half-close towards `target`, or end the
-        connection if `target` has finished too."""
-        if len(self._eof) == 2 and not self.waiting:
-            self.close()
-            return
-        try:
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.close()
-
-    def _read_from(self, source: socket.socket, target: socket.socket) -> None:
-        fd = source.fileno()
-        self._reading.add(fd)
-        self._loop.add_reader(fd, self._read, source, target)
-
-    def _stop_reading(self, source: socket.socket) -> None:
-        fd = source.fileno()
-        self._reading.discard(fd)
-        self._loop.remove_reader(fd)
-
-    def _write_when_ready(self, target: socket.socket, callback: Callable[..., None], *args: Any) -> None:
-        fd = target.fileno()
-        self._writing.add(fd)
-        self._loop.add_writer(fd, callback, *args)
-
-    def _stop_writing(self, target: socket.socket) -> None:
-        fd = target.fileno()
-        self._writing.discard(fd)
-        self._loop.remove_writer(fd)
-
-    def close(self) -> None:
-        """End both sides now (what was not yet delivered is dropped)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for fd in self._reading:
-            self._loop.remove_reader(fd)
-        for fd in self._writing:
-            self._loop.remove_writer(fd)
-        self._reading.clear()
-        self._writing.clear()
-        self.device.close()
-        if self.server is not None:
-            self.server.close()
-        self.waiting.clear()
-        self._door._relay_closed(self)
-
-
 class _Hello:
     """A connection whose first bytes are being read."""
 
@@ -340,6 +150,7 @@ class FrontDoor:
     """Accepts the redirected connections and judges, kills, splices or hands each over."""
 
     loop: asyncio.AbstractEventLoop  # the running loop, from start()
+    splices: SplicePoller  # the spliced sockets' readiness, from start()
 
     def __init__(
         self,
@@ -357,7 +168,7 @@ class FrontDoor:
         self._mode = mode  # mitmproxy's proxy mode, on each Client as mitmproxy would set it
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._relays: dict[str, _Relay] = {}  # conn id -> its splice
+        self._relays: dict[str, Relay] = {}  # conn id -> its splice
         self._waiting: dict[int, _Hello] = {}  # socket fd -> a connection waiting for its first bytes
         self._sweeper: asyncio.TimerHandle | None = None
         # Connection ids: unique in this process, as mitmproxy's own (uuid4 text) are; a counter
@@ -375,6 +186,7 @@ class FrontDoor:
     # ------------------------------------------------------------------ listening
     def start(self, sockets: list[socket.socket]) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        self.splices = SplicePoller(loop)
         self._sockets = sockets
         for sock in sockets:
             loop.add_reader(sock.fileno(), self._accept, sock)
@@ -393,6 +205,7 @@ class FrontDoor:
             self._sweeper.cancel()
         for relay in list(self._relays.values()):
             relay.close()
+        self.splices.close()
         for hello in list(self._waiting.values()):
             self._stop_waiting(hello)
             self._end(hello.sock, hello.client)
@@ -560,7 +373,7 @@ class FrontDoor:
             elif verdict is EarlyHello.PASS:
                 destination = context.server.address
                 assert destination is not None  # the original destination, from _connection
-                relay = _Relay(self, client, sock)
+                relay = Relay(self, client, sock)
                 self._relays[client.id] = relay
                 relay.connect(destination, data)
             else:
@@ -575,7 +388,7 @@ class FrontDoor:
         sock.close()
         self.pipeline.client_disconnected(client)
 
-    def _relay_closed(self, relay: _Relay) -> None:
+    def _relay_closed(self, relay: Relay) -> None:
         self._relays.pop(relay.client.id, None)
         self.pipeline.client_disconnected(relay.client)
 

@@ -1,0 +1,280 @@
+"""Passed-through connections: the front door's splices and the one epoll that watches them.
+
+A spliced connection (`Relay`) copies the device's bytes to the server and back from
+readiness callbacks. Those sockets are watched by an epoll of the front door's own
+(`SplicePoller`), which the event loop watches as a single reader: one registration each way
+is one dict entry and one epoll_ctl, and one ready socket is one callback. Through the loop's
+own add_reader, each was a Handle, a selector key and a KeyError probe, and each readiness a
+Handle queued and run in a context: about a tenth of a passed-through connection's CPU for
+the six registrations and five readinesses a splice makes.
+
+Pure Linux: epoll, as the transparent proxy itself (SO_ORIGINAL_DST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import select
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import connection
+
+if TYPE_CHECKING:
+    from schoolgate.proxy.front import FrontDoor
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 15.0
+READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
+
+_READABLE = select.EPOLLIN
+_WRITABLE = select.EPOLLOUT
+Callback = tuple[Callable[..., None], tuple[Any, ...]]
+
+
+class SplicePoller:
+    """Readiness of the spliced sockets: `add_reader`, `remove_reader`, `add_writer` and
+    `remove_writer` as the event loop's (level-triggered; an error or hang-up wakes both
+    sides, as asyncio's selector does), on an epoll the loop watches as one reader.
+
+    A callback that raises is logged and its relay closed; the others in the same wake-up
+    still run.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, list[Callback | None]] = {}  # fd -> [on readable, on writable]
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def add_reader(self, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        self._set(fd, 0, (callback, args))
+
+    def remove_reader(self, fd: int) -> None:
+        self._set(fd, 0, None)
+
+    def add_writer(self, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        self._set(fd, 1, (callback, args))
+
+    def remove_writer(self, fd: int) -> None:
+        self._set(fd, 1, None)
+
+    def forget(self, fd: int) -> None:
+        """Stop watching `fd` either way (before it is closed)."""
+        if self._callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+        self._callbacks.clear()
+
+    def _set(self, fd: int, side: int, callback: Callback | None) -> None:
+        slots = self._callbacks.get(fd)
+        if slots is None:
+            if callback is None:
+                return
+            slots = self._callbacks[fd] = [None, None]
+            slots[side] = callback
+            self._epoll.register(fd, _READABLE if side == 0 else _WRITABLE)
+            return
+        before = _mask(slots)
+        slots[side] = callback
+        after = _mask(slots)
+        if not after:
+            del self._callbacks[fd]
+            self._epoll.unregister(fd)
+        elif after != before:
+            self._epoll.modify(fd, after)
+
+    def _dispatch(self) -> None:
+        callbacks = self._callbacks
+        for fd, events in self._epoll.poll(0):
+            for side, wanted in ((0, events & ~_WRITABLE), (1, events & ~_READABLE)):
+                slots = callbacks.get(fd)  # looked up again: the first callback may have ended it
+                if not wanted or slots is None or (entry := slots[side]) is None:
+                    continue
+                function, args = entry
+                try:
+                    function(*args)
+                except Exception:
+                    log.exception("a spliced connection failed")
+                    owner = getattr(function, "__self__", None)
+                    if isinstance(owner, Relay):
+                        owner.close()
+
+
+def _mask(slots: list[Callback | None]) -> int:
+    return (_READABLE if slots[0] is not None else 0) | (_WRITABLE if slots[1] is not None else 0)
+
+
+class Relay:
+    """A passed-through connection: the device's socket and the server's, each one's bytes sent
+    on to the other from the splice poller's readiness callbacks.
+
+    Per wake-up, what the socket holds (up to READ_SIZE) is read and sent on at once; only what
+    the other side will not take now is kept, and then that side is read no more until it is
+    taken (flow control: nothing is buffered beyond one read). A FIN is passed on as a
+    half-close; the connection ends when both sides have sent theirs and everything is
+    delivered, or at once on an error either side.
+    """
+
+    __slots__ = ("_closed", "_door", "_eof", "_loop", "_poller", "_timer", "client", "device", "last_active",
+                 "server", "waiting")
+
+    def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
+        self._door = door
+        self._loop = door.loop
+        self._poller = door.splices
+        self.client = client
+        self.device = device
+        self.server: socket.socket | None = None
+        self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet
+        self._eof: set[socket.socket] = set()  # the sides that have sent their FIN
+        self.last_active = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def connect(self, destination: tuple[str, int], hello: bytes) -> None:
+        """Dial the original destination; the ClientHello goes first once connected."""
+        try:
+            server = socket.socket(socket.AF_INET6 if ":" in destination[0] else socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as err:
+            log.warning("passthrough to %s: no socket: %s", destination, err)
+            self.close()
+            return
+        self.server = server
+        server.setblocking(False)
+        for sock in (server, self.device):  # as asyncio's transports do: no Nagle delay on a relay
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = server.connect_ex(destination)
+        if code not in (0, errno.EINPROGRESS):
+            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
+            self.close()
+            return
+        self.waiting[server] = hello
+        self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
+        self._poller.add_writer(server.fileno(), self._connected, destination)
+
+    def _connect_timed_out(self, destination: tuple[str, int]) -> None:
+        log.debug("passthrough to %s: no answer in %.0f s", destination, CONNECT_TIMEOUT_S)
+        self._timer = None
+        self.close()
+
+    def _connected(self, destination: tuple[str, int]) -> None:
+        """The server's socket is writable: connected, or the connection failed, which the
+        first send reports (ECONNREFUSED and the like): no SO_ERROR read for it."""
+        server = self.server
+        assert server is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        hello = self.waiting.pop(server)
+        try:
+            sent = server.send(hello)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as err:
+            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(err.errno or 0, err))
+            self.close()
+            return
+        self._door.spliced += 1
+        poller, fd = self._poller, server.fileno()
+        poller.add_reader(fd, self._read, server, self.device)
+        if sent < len(hello):  # the rest waits, and the device is not read until it has gone
+            self.waiting[server] = hello[sent:]
+            poller.add_writer(fd, self._drain, self.device, server)
+        else:
+            poller.remove_writer(fd)
+            poller.add_reader(self.device.fileno(), self._read, self.device, server)
+
+    def _read(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            data = source.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        self.last_active = self._loop.time()
+        if data:
+            self._send(source, target, data)
+            return
+        self._poller.remove_reader(source.fileno())
+        self._eof.add(source)
+        if target not in self.waiting:
+            self._pass_eof(target)
+
+    def _send(self, source: socket.socket, target: socket.socket, data: bytes) -> None:
+        """Send `data` from `source` on to `target`; what it will not take now waits, and
+        `source` is not read until it has gone."""
+        try:
+            sent = target.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.waiting[target] = data[sent:]
+            self._poller.remove_reader(source.fileno())
+            self._poller.add_writer(target.fileno(), self._drain, source, target)
+
+    def _drain(self, source: socket.socket, target: socket.socket) -> None:
+        data = self.waiting[target]
+        try:
+            sent = target.send(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.waiting[target] = data[sent:]
+            return
+        del self.waiting[target]
+        self._poller.remove_writer(target.fileno())
+        self.last_active = self._loop.time()
+        if source in self._eof:
+            self._pass_eof(target)
+        else:
+            self._poller.add_reader(source.fileno(), self._read, source, target)
+
+    def _pass_eof(self, target: socket.socket) -> None:
+        """The other side has said all it will: half-close towards `target`, or end the
+        connection if `target` has finished too."""
+        if len(self._eof) == 2 and not self.waiting:
+            self.close()
+            return
+        try:
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """End both sides now (what was not yet delivered is dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in (self.device, self.server):
+            if sock is None:
+                continue
+            fd = sock.fileno()
+            if fd >= 0:
+                self._poller.forget(fd)
+            sock.close()
+        self.waiting.clear()
+        self._door._relay_closed(self)

@@ -1,0 +1,138 @@
+"""The splice poller: the spliced sockets' readiness on an epoll of the front door's own, watched
+by the event loop as one reader. Real sockets (socket pairs) and a real asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from schoolgate.proxy.relay import SplicePoller
+
+
+def run_with_poller(scenario: Callable[[SplicePoller], object]) -> object:
+    async def main() -> object:
+        poller = SplicePoller(asyncio.get_running_loop())
+        try:
+            result = scenario(poller)
+            if asyncio.iscoroutine(result):
+                return await asyncio.wait_for(result, timeout=30)
+            return result
+        finally:
+            poller.close()
+
+    return asyncio.run(main())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition` holds (bounded by run_with_poller's timeout)."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def settle() -> None:
+    """A few loop turns: long enough for a ready descriptor to be reported, as the loop does it."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_reader_is_called_while_data_waits_and_not_after_it_is_removed() -> None:
+    left, right = socket.socketpair()
+    calls: list[bytes] = []
+
+    async def scenario(poller: SplicePoller) -> None:
+        def on_readable(sock: socket.socket) -> None:
+            calls.append(sock.recv(10))
+
+        poller.add_reader(left.fileno(), on_readable, left)
+        right.send(b"hello")
+        await until(lambda: calls == [b"hello"])
+        poller.remove_reader(left.fileno())
+        assert len(poller) == 0
+        right.send(b"more")
+        await settle()
+        assert calls == [b"hello"]  # no longer watched
+
+    with left, right:
+        run_with_poller(scenario)
+
+
+def test_a_descriptor_watched_both_ways_gets_both_and_keeps_one_when_the_other_goes() -> None:
+    left, right = socket.socketpair()
+    seen: list[str] = []
+
+    async def scenario(poller: SplicePoller) -> None:
+        fd = left.fileno()
+
+        def on_readable() -> None:
+            seen.append("readable")
+            left.recv(10)
+
+        poller.add_writer(fd, seen.append, "writable")  # a socket pair is writable at once
+        poller.add_reader(fd, on_readable)
+        right.send(b"x")
+        await until(lambda: "readable" in seen and "writable" in seen)
+        poller.remove_writer(fd)
+        seen.clear()
+        right.send(b"y")
+        await until(lambda: "readable" in seen)
+        assert "writable" not in seen
+        assert len(poller) == 1
+        poller.forget(fd)
+        poller.forget(fd)  # forgetting twice is harmless
+        assert len(poller) == 0
+
+    with left, right:
+        run_with_poller(scenario)
+
+
+def test_a_hang_up_wakes_a_writer_as_the_loops_selector_would() -> None:
+    """An error or hang-up is reported to both sides: a relay waiting to write learns of it."""
+    left, right = socket.socketpair()
+    woken: list[str] = []
+
+    async def scenario(poller: SplicePoller) -> None:
+        left.setblocking(False)
+        while True:  # fill the buffer: not writable any more
+            try:
+                left.send(b"\0" * 65536)
+            except BlockingIOError:
+                break
+        poller.add_writer(left.fileno(), woken.append, "writer")
+        await settle()
+        assert woken == []
+        right.close()
+        await until(lambda: woken != [])
+        poller.forget(left.fileno())
+
+    with left:
+        run_with_poller(scenario)
+
+
+def test_a_callback_that_raises_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    pairs = [socket.socketpair() for _ in range(3)]
+    ran: list[int] = []
+
+    async def scenario(poller: SplicePoller) -> None:
+        def on_readable(index: int, sock: socket.socket) -> None:
+            sock.recv(10)
+            ran.append(index)
+            if index == 1:
+                poller.forget(sock.fileno())
+                raise RuntimeError("a relay bug")
+
+        for index, (left, _right) in enumerate(pairs):
+            poller.add_reader(left.fileno(), on_readable, index, left)
+        for _left, right in pairs:
+            right.send(b"x")
+        await until(lambda: sorted(ran) == [0, 1, 2])
+
+    with caplog.at_level(logging.ERROR, logger="schoolgate.proxy.relay"):
+        run_with_poller(scenario)
+    assert "a spliced connection failed" in caplog.text
+    for left, right in pairs:
+        left.close()
+        right.close()
