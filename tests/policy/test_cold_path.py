@@ -23,7 +23,7 @@ from schoolgate.policy import Client, Target, decide
 from schoolgate.policy.catalogue import canary_for
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.loader import load_policy
-from schoolgate.policy.types import Decision, Ownership, Role
+from schoolgate.policy.types import Ban, Decision, ExceptionScope, Ownership, PolicyException, Role, SiteBlock
 
 POLICY = """
     [school]
@@ -197,3 +197,94 @@ def test_an_upper_case_or_rooted_name_is_decided_as_its_normal_form(policy_path:
 def _jsonable(value: tuple[object, ...]) -> tuple[object, ...]:
     """As the table stores it (JSON has lists, not tuples)."""
     return tuple(list(v) if isinstance(v, tuple) else v for v in value)
+
+
+# -- the overlay, the window's edges, role changes: recorded from the engine before the list
+# store's probe and the cold match were rewritten (the paths above, with the overlay laid over).
+EDGES = {
+    "before-lessons": datetime(2026, 11, 23, 8, 44, 59, tzinfo=UTC),
+    "lessons-begin": datetime(2026, 11, 23, 8, 45, tzinfo=UTC),
+    "lessons-end-soon": datetime(2026, 11, 23, 15, 14, 59, 999_000, tzinfo=UTC),
+    "after-lessons": datetime(2026, 11, 23, 15, 15, tzinfo=UTC),
+    **TIMES,
+}
+_DAY = datetime(2026, 11, 23, tzinfo=UTC)
+EXCEPTIONS = [
+    PolicyException(1, ExceptionScope.PERSON, "p5", "game1.example", None, _DAY, _DAY.replace(hour=12)),
+    PolicyException(2, ExceptionScope.GROUP, "5A", "ads1.example.net", None, _DAY, _DAY.replace(day=30)),
+    PolicyException(3, ExceptionScope.DEVICE, "d5", "pixel.example.org", None, _DAY.replace(hour=9),
+                     _DAY.replace(hour=14)),
+    PolicyException(4, ExceptionScope.ROLE, "pupil", None, "http://both.example/ok/", _DAY, _DAY.replace(day=30)),
+    PolicyException(5, ExceptionScope.PERSON, "p-banned", "game2.example", None, _DAY, _DAY.replace(day=30)),
+    PolicyException(6, ExceptionScope.ROLE, "supervised", "www.game2.example", None, _DAY, _DAY.replace(day=30)),
+    PolicyException(7, ExceptionScope.PERSON, "p5", "adult1.example", None, _DAY, _DAY.replace(day=30)),
+]
+BANS = [
+    Ban(1, "banned-device", None, None, _DAY, _DAY.replace(hour=15, minute=15)),
+    Ban(2, None, "p-later", None, _DAY.replace(hour=9), None),
+    Ban(3, None, None, "02:00:00:00:00:99", _DAY.replace(day=20), None),
+]
+BLOCKS = [
+    SiteBlock(1, "example.com", None, frozenset({Role.PUPIL})),
+    SiteBlock(2, None, "https://www.notgame1.example/bad", frozenset()),
+    SiteBlock(3, "chirp.example", None, frozenset({Role.STAFF})),
+    SiteBlock(4, "cdn.both.example", None, frozenset(), "reported by a teacher"),
+]
+OVERLAY_CLIENTS = {
+    "pupil-p5": Client(ip="10.1.20.5", year_group=5, person_id="p5", device_id="d5", groups=frozenset({"5A"})),
+    "pupil-banned": Client(ip="10.1.20.9", year_group=4, device_id="banned-device", person_id="p-banned"),
+    "pupil-banned-later": Client(ip="10.1.20.10", year_group=6, person_id="p-later", trusts_school_ca=True),
+    "banned-by-mac": Client(ip="10.1.10.9", mac="02:00:00:00:00:99"),
+    # One address whose role changes between questions (the identity resolver learns who it is).
+    "changing-as-pupil": Client(ip="10.1.20.11", year_group=3),
+    "changing-as-staff": Client(ip="10.1.20.11", role=Role.STAFF),
+    "changing-unknown": Client(ip="10.1.20.11"),
+    "staff": Client(ip="10.1.10.5", person_id="t1"),
+}
+OVERLAY_TARGETS = {
+    **{host: Target(host) for host in HOSTS if host not in ("a", "com")},
+    "both.example/ok": Target("both.example", "http://both.example/ok/page"),
+    "both.example/other": Target("both.example", "http://both.example/other"),
+    "www.notgame1.example/bad": Target("www.notgame1.example", "https://www.notgame1.example/bad/x"),
+    "www.notgame1.example/good": Target("www.notgame1.example", "https://www.notgame1.example/good"),
+}
+OVERLAY_CASES = [(w, t, e) for w in OVERLAY_CLIENTS for t in OVERLAY_TARGETS for e in EDGES]
+RECORDED_OVERLAY = Path(__file__).with_name("data") / "cold_path_overlay_decisions.json"
+
+
+def _overlaid(path: Path) -> CompiledPolicy:
+    return load_policy(path).with_overlay(EXCEPTIONS, BANS, BLOCKS)
+
+
+def _overlay_answer(policy: CompiledPolicy, case: tuple[str, str, str]) -> tuple[object, ...]:
+    who, target, when = case
+    decision = decide(policy, OVERLAY_CLIENTS[who], OVERLAY_TARGETS[target], EDGES[when])
+    return (*_jsonable(recorded(decision)), decision.exception_id, decision.rewrite_to)
+
+
+def _expected_overlay() -> dict[tuple[str, str, str], tuple[object, ...]]:
+    raw = json.loads(RECORDED_OVERLAY.read_text(encoding="utf-8"))
+    return {tuple(key.split("|")): tuple(value) for key, value in raw.items()}  # type: ignore[misc]
+
+
+def test_the_overlay_table_covers_every_case() -> None:
+    assert set(_expected_overlay()) == set(OVERLAY_CASES)
+
+
+@pytest.mark.parametrize("who", list(OVERLAY_CLIENTS))
+def test_cold_decisions_under_the_overlay_are_the_recorded_ones(policy_path: Path, who: str) -> None:
+    expected = _expected_overlay()
+    for target in OVERLAY_TARGETS:
+        for when in EDGES:
+            case = (who, target, when)
+            assert _overlay_answer(_overlaid(policy_path), case) == expected[case], case
+
+
+def test_remembered_and_interleaved_decisions_under_the_overlay_are_the_recorded_ones(policy_path: Path) -> None:
+    """Asked in order, again, and in reverse with the changing client's roles interleaved:
+    what one client's question left remembered never shows in another's answer."""
+    expected = _expected_overlay()
+    policy = _overlaid(policy_path)
+    for order in (OVERLAY_CASES, OVERLAY_CASES, list(reversed(OVERLAY_CASES))):
+        answers = {case: _overlay_answer(policy, case) for case in order}
+        assert answers == expected
