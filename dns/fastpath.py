@@ -51,6 +51,11 @@ _ECHOED = RD | CD
 _OPT_CACHE_LIMIT = 1024
 _NEVER = float("inf")
 _PLAIN_OPT_SIZE = len(edns_opt(False))  # our OPT record without an Extended DNS Error
+# A Target for the question's name, made through its slots' setters: a dataclass's __init__
+# costs twice as much, on the path of every name this worker has not seen this minute.
+_new_target = object.__new__
+_put_host = vars(Target)["host"].__set__
+_put_url = vars(Target)["url"].__set__
 # (client IP, name) pairs whose decision is remembered within one minute; a full table starts
 # over (a miss costs one policy decision). The table is emptied when a new minute's first
 # decision is stored, so it holds one minute's pairs at most, not everything ever asked.
@@ -89,8 +94,8 @@ class FastPath:
         # generation to watch, nothing is remembered.
         self._decided: dict[tuple[str, bytes], tuple[Client, int, float, float, float, Decision, Hashable, str]] = {}
         self._decided_minute = -1.0
-        # The blocked answer's record after the question, per (type, TTL, address).
-        self._block_records: dict[tuple[int, int, bytes], bytes] = {}
+        # The blocked answer's record after the question, per (type, TTL, policy generation).
+        self._block_records: dict[tuple[int, int, int | None], bytes] = {}
         self.answered = 0
 
     def _opt(self, dnssec_ok: bool, ede: tuple[int, str] | None) -> bytes:
@@ -159,10 +164,12 @@ class FastPath:
         client = Client(ip=client_ip) if resolver is None else resolver.resolve(client_ip)
         now = self.policy.clock.now()
         ts = now.timestamp()
+        live = self.policy.policy
+        generation = getattr(live, "generation", None)  # read before deciding
         decided = self._decided.get((client_ip, name_wire))
         if (
             decided is not None
-            and decided[1] == getattr(self.policy.policy, "generation", None)
+            and decided[1] == generation
             and decided[2] == ts // 60
             and decided[3] <= ts < decided[4]
             and (decided[0] is client or decided[0] == client)
@@ -170,9 +177,12 @@ class FastPath:
             _, _, _, _, until, decision, dkey, qname = decided
         else:
             qname = dotted_name(data, offset, dots)
-            generation = getattr(self.policy.policy, "generation", None)  # read before deciding
-            decision = self.policy.policy.decide(client, Target(qname), now)
-            dkey = decision_key(decision)
+            target: Target = _new_target(Target)
+            _put_host(target, qname)
+            _put_url(target, None)
+            decision = live.decide(client, target, now)
+            # The answer cache's key: only an allowed answer is read from the cache.
+            dkey = None if decision.verdict is Verdict.BLOCK else decision_key(decision)
             until = decision.valid_until.timestamp() if decision.valid_until is not None else _NEVER
             if generation is not None:
                 minute = ts // 60
@@ -190,19 +200,22 @@ class FastPath:
             # policy.blocked: the block address for A and AAAA, no data otherwise; the rule in
             # an Extended DNS Error when the client speaks EDNS.
             opt = self._opt(dnssec_ok, ede_for(decision)) if edns else b""
-            address = policy.block_address(qtype)
-            if address is None:
-                answer = HEADER.pack(ident, reply_flags, 1, 0, 0, 1 if edns else 0) + data[12:question_end] + opt
-            else:
-                ttl = min(BLOCK_TTL, ceiling)
-                record = self._block_records.get((qtype, ttl, address))
-                if record is None:
+            ttl = min(BLOCK_TTL, ceiling)
+            # The answer record (none: no data), remembered per policy generation: the policy
+            # in force says the block addresses.
+            record_key = (qtype, ttl, generation)
+            record = self._block_records.get(record_key) if generation is not None else None
+            if record is None:
+                address = policy.block_address(qtype)
+                record = b"" if address is None else (
+                    QUESTION_PTR + RR_FIXED.pack(qtype, CLASS_IN, ttl, len(address)) + address
+                )
+                if generation is not None:
                     if len(self._block_records) >= _OPT_CACHE_LIMIT:
                         self._block_records.clear()
-                    record = QUESTION_PTR + RR_FIXED.pack(qtype, CLASS_IN, ttl, len(address)) + address
-                    self._block_records[(qtype, ttl, address)] = record
-                head = HEADER.pack(ident, reply_flags, 1, 1, 0, 1 if edns else 0)
-                answer = head + data[12:question_end] + record + opt
+                    self._block_records[record_key] = record
+            head = HEADER.pack(ident, reply_flags, 1, 1 if record else 0, 0, 1 if edns else 0)
+            answer = head + data[12:question_end] + record + opt
         elif verdict is Verdict.ALLOW:
             if (decision.service is not None or decision.url_scoped) and qtype in (TYPE_A, TYPE_AAAA):
                 return None  # the watch stage feeds these answers' addresses to the gateway

@@ -65,27 +65,39 @@ def _bits_of(mask: int, source_bits: Sequence[tuple[int, int]]) -> tuple[int, in
     return categories, lists
 
 
-def _class_bits(index: ListIndex) -> tuple[tuple[int, int, int, int], ...]:
-    """Per class of the store: (categories with subdomains, exact categories, lists with
-    subdomains, exact lists)."""
-    out = []
+def _class_bits(index: ListIndex) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """Per class of the store, the policy's (category bits, list bits) it stands for: as a
+    parent domain of the host asked for (entries with subdomains), and as the host itself
+    (exact entries too)."""
+    as_parent = []
+    as_host = []
     for suffix, exact in index.store.classes:
         categories, lists = _bits_of(suffix, index.source_bits)
         exact_categories, exact_lists = _bits_of(exact, index.source_bits)
-        out.append((categories, exact_categories, lists, exact_lists))
-    return tuple(out)
+        as_parent.append((categories, lists))
+        as_host.append((categories | exact_categories, lists | exact_lists))
+    return tuple(as_parent), tuple(as_host)
 
 
-_Probe = tuple[
-    dict[int, int] | None,
-    memoryview,
-    memoryview,
-    memoryview,
-    int,
-    tuple[tuple[int, int, int, int], ...],
-    ListStore | None,
-    tuple[int, bytes] | None,
-]
+_ClassBits = tuple[tuple[int, int], ...]
+# A mapped version, bisected in place: (bucket index, keys, classes, shift, bits as a parent
+# domain, bits as the host, and if it holds URL entries: the store and its URL-host filter).
+_Urls = tuple[ListStore, tuple[int, bytes]] | None
+_Bisected = tuple[memoryview, memoryview, memoryview, int, _ClassBits, _ClassBits, _Urls]
+# A small store (a policy's own lists) held as a dict: (key -> class, bits as a parent, bits as
+# the host, and the store with its URL-host filter if it holds URL entries).
+_Small = tuple[dict[int, int], _ClassBits, _ClassBits, _Urls]
+
+
+def _has_url_host(keys: Sequence[int], store: ListStore, url_filter: tuple[int, bytes]) -> bool:
+    """Whether the store holds `host/path` entries for one of these keys: the filter rules out
+    nearly every host without a bisect of the URL keys."""
+    url_shift, bitmap = url_filter
+    for key in keys:
+        top = key >> url_shift
+        if bitmap[top >> 3] >> (top & 7) & 1 and store.has_url_host(key):
+            return True
+    return False
 
 
 class ListSet:
@@ -95,17 +107,21 @@ class ListSet:
     __slots__ = ("_groups", "_indexes", "address_count", "count", "url_count")
 
     def __init__(self, indexes: Sequence[ListIndex] = ()) -> None:
-        by_seed: dict[int, list[_Probe]] = {}
+        by_seed: dict[int, tuple[list[_Bisected], list[_Small]]] = {}
         for index in indexes:
             if len(index.store.sources) != len(index.source_bits):
                 raise ValueError("a list index must say what each of its store's sources stands for")
             store = index.store
-            table, keys, classes, shift = store.arrays()
-            by_seed.setdefault(store.seed, []).append(
-                (store.small_table(), table, keys, classes, shift, _class_bits(index),
-                 store if store.url_count else None, store.url_host_filter() if store.url_count else None)
-            )
-        self._groups = tuple((seed, tuple(probes)) for seed, probes in by_seed.items())
+            as_parent, as_host = _class_bits(index)
+            urls = (store, store.url_host_filter()) if store.url_count else None
+            bisected, small = by_seed.setdefault(store.seed, ([], []))
+            table = store.small_table()
+            if table is None:
+                index_table, keys, classes, shift = store.arrays()
+                bisected.append((index_table, keys, classes, shift, as_parent, as_host, urls))
+            else:
+                small.append((table, as_parent, as_host, urls))
+        self._groups = tuple((seed, tuple(bisected), tuple(small)) for seed, (bisected, small) in by_seed.items())
         self._indexes = tuple(indexes)
         self.count = sum(i.store.key_count for i in indexes)
         self.url_count = sum(i.store.url_count for i in indexes)
@@ -133,47 +149,44 @@ class ListSet:
         """
         found_lists = found_categories = 0
         url_entries = False
-        first = len(names)
-        if first > 1:
+        count = first = len(names)
+        if count > 1:
             # A top-level domain alone ("com", "uk") is never a list entry: an entry that would
             # block a whole TLD is a broken or hostile list, and skipping it saves a probe.
             names = names[:-1]
-        for seed, probes in self._groups:
+        for seed, bisected, small in self._groups:
             keys = [xxh3_64_intdigest(name.encode("utf-8", "replace"), seed) for name in names]
-            for small, table, sorted_keys, key_classes, shift, classes, url_store, url_filter in probes:
-                if url_filter is not None and not url_entries:
-                    # The filter rules out nearly every host without a bisect of the URL keys.
-                    url_shift, bitmap = url_filter
-                    for key in keys:
-                        top = key >> url_shift
-                        if bitmap[top >> 3] >> (top & 7) & 1 and url_store.has_url_host(key):  # type: ignore[union-attr]
-                            url_entries = True
-                            break
-                if small is not None and small.keys().isdisjoint(keys):
+            for table, sorted_keys, key_classes, shift, as_parent, as_host, urls in bisected:
+                if urls is not None and not url_entries:
+                    url_entries = _has_url_host(keys, *urls)
+                position = -1
+                for key in keys:
+                    position += 1
+                    bucket = key >> shift
+                    hi = table[bucket + 1]
+                    i = bisect_left(sorted_keys, key, table[bucket], hi)
+                    if i != hi and sorted_keys[i] == key:
+                        categories, lists = (as_parent if position else as_host)[key_classes[i]]
+                        if lists:
+                            found_lists |= lists
+                            found_categories |= categories
+                            first = position if position < first else first  # not min(): a call per hit
+            for held, as_parent, as_host, urls in small:
+                if urls is not None and not url_entries:
+                    url_entries = _has_url_host(keys, *urls)
+                if held.keys().isdisjoint(keys):
                     continue  # the usual answer of a policy's own small lists, in one call
                 position = -1
                 for key in keys:
                     position += 1
-                    if small is None:
-                        bucket = key >> shift
-                        hi = table[bucket + 1]
-                        i = bisect_left(sorted_keys, key, table[bucket], hi)
-                        if i == hi or sorted_keys[i] != key:
-                            continue
-                        klass = key_classes[i]
-                    else:
-                        klass = small.get(key, -1)
-                        if klass < 0:
-                            continue
-                    categories, exact_categories, lists, exact_lists = classes[klass]
-                    if not position:
-                        categories |= exact_categories
-                        lists |= exact_lists
-                    if lists:
-                        found_lists |= lists
-                        found_categories |= categories
-                        first = position if position < first else first  # not min(): a call per hit
-        return found_lists, found_categories, names[first] if first < len(names) else None, url_entries
+                    klass = held.get(key, -1)
+                    if klass >= 0:
+                        categories, lists = (as_parent if position else as_host)[klass]
+                        if lists:
+                            found_lists |= lists
+                            found_categories |= categories
+                            first = position if position < first else first  # not min(): a call per hit
+        return found_lists, found_categories, names[first] if first < count else None, url_entries
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:
         """(list bits, category bits) of `host/path` entries covering the host and path."""

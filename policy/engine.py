@@ -64,6 +64,7 @@ _ROLE_CACHE_LIMIT = 20_000
 _MINUTE_CACHE_LIMIT = 50_000
 DEFAULT_BAN_POLICY = BanPolicy()
 _new_match = tuple.__new__
+_UNMATCHED: tuple[int, HostMatch] = (0, NO_MATCH)  # the host cache's entry for a name nothing holds
 
 
 # The two verdicts no rule writes: illegal content is always a locked block, and support is
@@ -322,6 +323,22 @@ class CompiledPolicy:
         # The entry keeps no suffix strings (they would triple its size); the overlay, the
         # only other reader of them, walks them again when it has something to check.
         names = suffixes(host)
+        if self._catalogue_names.isdisjoint(names) and not (host[-1:].isdigit() or ":" in host):
+            # The commonest first question for a name: one only the lists can hold (no service,
+            # support site, canary or address literal). The general path below gives the same
+            # entry; this one skips what cannot apply (tests/policy/test_cold_path.py).
+            list_bits, list_categories, list_domain, url_entries = self.entries.probe(names)
+            if list_bits or url_entries:
+                list_kind = (-1, None, list_bits, list_categories, False, None, url_entries)
+                fields = (-1, None, list_bits, list_domain, list_categories, False, None, url_entries)
+                hm = _new_match(HostMatch, fields)
+                entry = (self._match_ids.get(list_kind) or self._number(list_kind), hm)
+            else:
+                entry = _UNMATCHED
+            if len(self._host_cache) >= _HOST_CACHE_LIMIT:
+                self._host_cache = {}
+            self._host_cache[host] = entry
+            return entry
         service = -1
         service_domain: str | None = None
         known = not self._catalogue_names.isdisjoint(names)
@@ -358,7 +375,7 @@ class CompiledPolicy:
                     builtin_domain = builtin_domain or name
                     break
         if service < 0 and not list_bits and not builtin_bits and not url_entries:
-            entry: tuple[int, HostMatch] = (0, NO_MATCH)
+            entry = _UNMATCHED
         else:
             categories = builtin_bits
             safe_search_host = False

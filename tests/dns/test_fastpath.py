@@ -389,3 +389,42 @@ def test_remembered_decisions_hold_one_minute_of_pairs_at_most(monkeypatch: pyte
         answers(handler, packet(name), PUPIL)
     assert len(built.fast._decided) <= 2
     assert built.fast.answered == 7
+
+
+class MovingBlockAddress(ReloadablePolicy):
+    """The test policy, whose block addresses a reload can move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block_ipv4 = "10.99.0.1"
+        self.block_ipv6: str | None = "fd99::1"
+
+    def move(self, ipv4: str, ipv6: str | None) -> None:
+        self.block_ipv4, self.block_ipv6 = ipv4, ipv6
+        self.generation += 1
+
+
+def test_the_block_answer_follows_a_reload_that_moves_the_block_address() -> None:
+    """The fast path remembers a blocked answer's record per policy generation: a policy that
+    moves the block address (or drops the IPv6 one) is answered with at once, as the chain does."""
+    clock = FixedClock(datetime(2026, 11, 18, 10, 0, tzinfo=UTC))
+    policy = MovingBlockAddress()
+    fast_resolver, fast_sink = resolver(policy, clock)
+    chain_resolver, chain_sink = resolver(policy, clock)
+    fast = QueryHandler(fast_resolver.head, fast_resolver.fast.answer)
+    chain = QueryHandler(chain_resolver.head)
+
+    def addresses(rdtype: str) -> list[str]:
+        data = packet("www.facebook.com", rdtype)
+        got = answers(fast, data, PUPIL)
+        assert got == answers(chain, data, PUPIL), rdtype
+        return [item.address for rrset in dns.message.from_wire(got or b"").answer for item in rrset]
+
+    assert (addresses("A"), addresses("AAAA")) == (["10.99.0.1"], ["fd99::1"])
+    answered = fast_resolver.fast.answered
+    policy.move("10.98.0.7", None)
+    assert (addresses("A"), addresses("AAAA")) == (["10.98.0.7"], [])
+    assert fast_resolver.fast.answered == answered + 2  # the fast path's answers, not the chain's
+    fast_resolver.events.flush()
+    chain_resolver.events.flush()
+    assert fast_sink.events == chain_sink.events
