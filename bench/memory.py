@@ -11,6 +11,12 @@ the appliance, its RSS, PSS (shared pages divided among the processes that map t
 up to the machine's real use) and USS (pages only it holds), and the sums. The goal is a PSS sum
 of at most 200 MB.
 
+The console runs on demand (schoolgate.console.activation): the lab's start-up check is a
+request, which wakes it. So the appliance is measured twice, both printed: first with the
+console awake (it has just served that request, as after a technician's visit), then, once it
+has gone back to sleep by itself after `[console] idle_minutes` (set here to cover the awake
+measurement), with the console asleep: its socket held by the supervisor, no process.
+
 In the same run, as the reference, dnsmasq (the example policy's local block lists as hosts
 files, a cache of 10,000 names) and Squid (peek at the ClientHello, then terminate or splice by
 server name: the proxy's job) are started in the lab's gateway and measured the same way.
@@ -51,6 +57,7 @@ from schoolgate.lab.lab import DEFAULT_CLOCK, DEFAULT_POLICY, Lab
 from schoolgate.lab.packages import ensure_programs
 from schoolgate.lab.squid import SQUID_TLS_PORT, write_squid_config
 from schoolgate.lab.topology import private_prefix
+from schoolgate.runner import ASLEEP
 
 GOAL_MB = 200.0
 DNSMASQ_PORT = 5454  # not 53 (schoolgate's) nor 5353 (the lab's)
@@ -275,6 +282,28 @@ def start_references(lab: Lab, folder: Path) -> dict[str, tuple[int, str | None]
     return started
 
 
+def idle_samples(supervisor: int, idle: float, samples: int) -> tuple[list[Memory], list[float]]:
+    """After `idle` seconds, `samples` measurements `idle`/2 apart: the last one's rows, and
+    every one's PSS sum."""
+    time.sleep(idle)
+    sums: list[float] = []
+    rows: list[Memory] = []
+    for sample in range(max(1, samples)):
+        if sample:
+            time.sleep(idle / 2)
+        rows = measure([supervisor])
+        sums.append(sum(r.pss_kb for r in rows) / 1024)
+    return rows, sums
+
+
+def print_sums(sums: list[float]) -> None:
+    print(f"  PSS sums over {len(sums)} samples: " + ", ".join(f"{s:.1f}" for s in sums) + " MB")
+
+
+def console_state(lab: Lab) -> str:
+    return str((lab.supervisor_state()["children"].get("console") or {}).get("state", ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds idle before measuring")
@@ -289,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 2
+    # Long enough for the awake measurement: the console sleeps by itself only after it.
+    awake_for_s = args.idle * (1 + (max(1, args.samples) - 1) / 2) + 15
     with tempfile.TemporaryDirectory(prefix="sg-memory-") as tmp:
         kind = SeparateLab if args.separate else Lab
-        lab = kind(private_prefix("sgm", 0, os.getpid()), state_root=Path(tmp) / "state", policy=DEFAULT_POLICY)
+        lab = kind(private_prefix("sgm", 0, os.getpid()), state_root=Path(tmp) / "state", policy=DEFAULT_POLICY,
+                   console_idle_minutes=round(awake_for_s / 60, 3))
         lab.down()
         references: dict[str, tuple[int, str | None]] = {}
         try:
@@ -299,22 +331,28 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_reference:
                 references = start_references(lab, Path(tmp))
             supervisor = int(lab.state.processes["appliance"]["pid"])
-            time.sleep(args.idle)
-            sums = []
-            rows: list[Memory] = []
-            for sample in range(max(1, args.samples)):
-                if sample:
-                    time.sleep(args.idle / 2)
-                rows = measure([supervisor])
-                sums.append(sum(r.pss_kb for r in rows) / 1024)
-            if args.mappings:
-                rows = measure([supervisor], mappings=True)
             how = "each daemon its own process" if args.separate else "forked from the preloaded supervisor"
-            report(f"The appliance idle with the example policy ({how}), after {args.idle:.0f} s", rows,
-                   goal=GOAL_MB, mappings=args.mappings)
-            print(f"  PSS sums over {len(sums)} samples: " + ", ".join(f"{s:.1f}" for s in sums) + " MB")
+            if console_state(lab) != "running":
+                print(f"the console is not awake after start-up ({console_state(lab)!r})", file=sys.stderr)
+            awake_rows, awake_sums = idle_samples(supervisor, args.idle, args.samples)
+            if args.mappings:
+                awake_rows = measure([supervisor], mappings=True)
+            awake_state = console_state(lab)
+            report(f"CONSOLE AWAKE (console {awake_state}): the appliance idle with the example policy ({how}), "
+                   f"after {args.idle:.0f} s", awake_rows, goal=GOAL_MB, mappings=args.mappings)
+            print_sums(awake_sums)
             if args.copied and not args.separate:
                 copied_report(supervisor)
+            netns.wait_for(lambda: console_state(lab) == ASLEEP, timeout=awake_for_s + 60, what="the console to sleep")
+            rows, sums = idle_samples(supervisor, args.idle / 2, args.samples)
+            if args.mappings:
+                rows = measure([supervisor], mappings=True)
+            report(f"CONSOLE ASLEEP ({console_state(lab)}): the appliance idle with the example policy ({how}), "
+                   f"after {args.idle / 2:.0f} s more", rows, goal=GOAL_MB, mappings=args.mappings)
+            print_sums(sums)
+            console_mb = sum(r.pss_kb for r in awake_rows if r.name in ("sg-console", "schoolgate console")) / 1024
+            print(f"\nPSS sum, console asleep: {sums[-1]:.1f} MB; console awake: {awake_sums[-1]:.1f} MB "
+                  f"(the console process: {console_mb:.1f} MB when awake); goal {GOAL_MB:.0f} MB")
             for name, (pid, start) in references.items():
                 if not netns.process_alive(pid, start):
                     print(f"{name} ended while idle:\n{(Path(tmp) / f'{name}.log').read_text()}", file=sys.stderr)

@@ -64,6 +64,31 @@ def inherited_sockets(given: list[int], environ: MutableMapping[str, str] | None
     return list(given) if given else listen_fds(environ)
 
 
+def listening_elsewhere(fds: list[int], listen: str) -> list[str]:
+    """The addresses of the sockets handed over that are not `listen` ([console] listen): a
+    socket unit left behind when the setting changed, say, whose address the console is then
+    not reachable at where the configuration (and its certificate, and base_url) say."""
+    import ipaddress
+    import socket
+
+    host, _, port = listen.rpartition(":")
+    wanted = (host.strip("[]") or "0.0.0.0", int(port) if port.isdigit() else -1)
+    elsewhere = []
+    for fd in fds:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            address = sock.getsockname()
+        if not isinstance(address, tuple):  # a Unix socket: no address to compare
+            continue
+        try:
+            same = ipaddress.ip_address(address[0]) == ipaddress.ip_address(wanted[0]) and address[1] == wanted[1]
+        except ValueError:
+            same = False
+        if not same:
+            host_shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+            elsewhere.append(f"{host_shown}:{address[1]}")
+    return elsewhere
+
+
 def memory_to_keep(app: Any, now: datetime) -> str | None:
     """Why the console's application (schoolgate.console.app.create_app) must not sleep yet:
     what it holds in memory only and would forget. None when nothing."""

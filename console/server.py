@@ -219,5 +219,11 @@ def serve(
             # lookups miss and the request form falls back to the register's fixed addresses.
             return create_app(config, tls=tls is not None, clock=clock_from_env(), neighbours=NeighbourTable())
 
+    if fds:
+        from schoolgate.console.activation import listening_elsewhere
+
+        for address in listening_elsewhere(fds, listen or config.console.listen):
+            log.warning("serving the socket it was given on %s, not [console] listen %s: the socket unit's "
+                        "address is out of date (run deploy/install.sh again)", address, config.console.listen)
     sleep = Sleep.from_minutes(config.console.idle_minutes) if fds else None
     run_worker_alone(ConsoleServer(), fds=fds, sleep=sleep)

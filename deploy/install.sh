@@ -29,8 +29,10 @@ CONFFILES=$PREFIX/conffiles.sha256   # what this script last installed, to tell 
 GROUP=schoolgate
 DAEMONS=(dns proxy console scheduler netwatch identity)
 UNITS=(schoolgate.target schoolgate-net.service schoolgate-dns.service schoolgate-proxy.service
-       schoolgate-console.service schoolgate-scheduler.service schoolgate-netwatch.service
-       schoolgate-identity.service)
+       schoolgate-console.socket schoolgate-console.service schoolgate-scheduler.service
+       schoolgate-netwatch.service schoolgate-identity.service)
+# Where the console's socket takes its address from the configuration ([console] listen).
+CONSOLE_SOCKET_DROPIN=/etc/systemd/system/schoolgate-console.socket.d/listen.conf
 DEBIAN_PACKAGES=(python3 python3-venv nftables iproute2 ca-certificates openssl systemd passwd)
 # Only needed when pip finds no binary wheel for this machine (it then compiles from source).
 BUILD_PACKAGES=(python3-dev build-essential libffi-dev libssl-dev)
@@ -539,6 +541,7 @@ install_units() {
       changed=1
     fi
   done
+  write_console_socket && changed=1
   # A symlink to the CLI on the PATH, for `schoolgate doctor` and friends.
   ln -sfn "$VENV/bin/schoolgate" "$ROOT/usr/local/bin/schoolgate"
   if [ -n "$ROOT" ]; then
@@ -557,6 +560,24 @@ install_units() {
     # No running systemd (a container or an image being built): enable only.
     systemctl --root=/ enable "${UNITS[@]}" >/dev/null
   fi
+}
+
+# The console's socket listens where the configuration says the console does; written again at
+# every install, so that re-running the installer after editing [console] listen moves it.
+# Succeeds (status 0) only when the file changed.
+write_console_socket() {
+  local listen text
+  listen=$(setting console listen) || die "cannot read [console] listen from $ETC/schoolgate.toml"
+  text="# Written by deploy/install.sh from [console] listen in $ETC/schoolgate.toml.
+[Socket]
+ListenStream=
+ListenStream=$listen"
+  if [ -f "$ROOT$CONSOLE_SOCKET_DROPIN" ] && [ "$(cat "$ROOT$CONSOLE_SOCKET_DROPIN")" = "$text" ]; then
+    return 1
+  fi
+  mkdir -p "$(dirname "$ROOT$CONSOLE_SOCKET_DROPIN")"
+  printf '%s\n' "$text" > "$ROOT$CONSOLE_SOCKET_DROPIN"
+  chmod 0644 "$ROOT$CONSOLE_SOCKET_DROPIN"
 }
 
 main() {

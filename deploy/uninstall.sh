@@ -14,8 +14,8 @@ UNIT_DIR=/usr/local/lib/systemd/system
 GROUP=schoolgate
 DAEMONS=(dns proxy console scheduler netwatch identity)
 UNITS=(schoolgate.target schoolgate-net.service schoolgate-dns.service schoolgate-proxy.service
-       schoolgate-console.service schoolgate-scheduler.service schoolgate-netwatch.service
-       schoolgate-identity.service)
+       schoolgate-console.socket schoolgate-console.service schoolgate-scheduler.service
+       schoolgate-netwatch.service schoolgate-identity.service)
 
 ROOT=""
 PURGE=0
@@ -47,6 +47,8 @@ else
   target systemctl disable "${UNITS[@]}" >/dev/null 2>&1 || true
 fi
 for unit in "${UNITS[@]}"; do rm -f "$ROOT$UNIT_DIR/$unit"; done
+# The console socket's address, which install.sh wrote from the configuration.
+rm -rf "$ROOT/etc/systemd/system/schoolgate-console.socket.d"
 rmdir "$ROOT/etc/systemd/system/schoolgate.target.wants" 2>/dev/null || true
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 if [ -L "$ROOT/usr/local/bin/schoolgate" ]; then rm -f "$ROOT/usr/local/bin/schoolgate"; fi

@@ -143,6 +143,7 @@ class Lab:
         dns_workers: int = 1,
         proxy_workers: int = 1,  # several: the lab client's proxy_stats reads worker 1's only
         topology: str | None = None,
+        console_idle_minutes: float | None = None,  # None: the appliance's default
     ) -> None:
         self.names = LabNames(prefix)
         self.state_dir = state_root / prefix
@@ -151,6 +152,7 @@ class Lab:
         self.python = python
         self.dns_workers = dns_workers
         self.proxy_workers = proxy_workers
+        self.console_idle_minutes = console_idle_minutes
         self.state = LabState.load(self.state_dir) or LabState(prefix, str(self.state_dir))
         # A lab that is up keeps its topology for `down`, `status` and the device commands.
         self.wiring: Topology = _topology(topology or self.state.topology)
@@ -462,6 +464,7 @@ upstream_ca_file = {json.dumps(str(self.public_ca))}
 listen = "{address}:{CONSOLE_PORT}"
 base_url = "http://{address}:{CONSOLE_PORT}"
 plain_http = true  # the lab only: an appliance serves the console over TLS
+{"" if self.console_idle_minutes is None else f"idle_minutes = {self.console_idle_minutes}"}
 
 [mail]
 # The lab's mail relay keeps every message in the state directory's mail/ folder.

@@ -463,6 +463,12 @@ def _http_status(url: str, timeout_s: float) -> int:
         conn.close()
 
 
+# A console asleep (socket-activated: schoolgate-console.socket, or `schoolgate run`) answers
+# doctor's request once it has started, a new Python process under systemd: on a Raspberry Pi
+# that takes seconds, which is not a fault.
+CONSOLE_WAKE_S = 30.0
+
+
 def check_console(env: Env) -> list[Result]:
     console = env.config.console
     host, port = split_hostport(console.listen, 8443)
@@ -470,11 +476,12 @@ def check_console(env: Env) -> list[Result]:
     scheme = "http" if console.plain_http else "https"
     shown = f"[{host}]" if ":" in host else host
     base = f"{scheme}://{shown}:{port}"
+    timeout_s = max(env.timeout_s, CONSOLE_WAKE_S) if console.idle_minutes > 0 else env.timeout_s
     try:
-        status = _http_status(base + "/healthz", env.timeout_s)
+        status = _http_status(base + "/healthz", timeout_s)
         path = "/healthz"
         if status == 404:  # an older console without a health endpoint: its login page will do
-            status = _http_status(base + "/login", env.timeout_s)
+            status = _http_status(base + "/login", timeout_s)
             path = "/login"
     except (OSError, ValueError) as err:
         return [

@@ -26,6 +26,7 @@ from schoolgate.console.activation import (
     Sleep,
     inherited_sockets,
     listen_fds,
+    listening_elsewhere,
     memory_to_keep,
 )
 from schoolgate.console.throttle import SignInThrottle, ThrottleSettings
@@ -90,6 +91,17 @@ def test_the_supervisors_descriptors_come_before_systemds() -> None:
     assert inherited_sockets([], {}) == []
 
 
+@pytest.mark.parametrize(
+    ("listen", "elsewhere"),
+    [("127.0.0.1:{port}", False), ("127.0.0.1:1", True), ("10.41.0.2:{port}", True), ("garbage", True)],
+)
+def test_a_socket_not_where_the_configuration_says_is_named(listen: str, elsewhere: bool) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        found = listening_elsewhere([server.fileno()], listen.format(port=port))
+    assert found == ([f"127.0.0.1:{port}"] if elsewhere else [])
+
+
 @pytest.mark.parametrize(("minutes", "idle_s"), [(0, None), (10, 600.0), (0.05, 3.0), (1440, 86400.0)])
 def test_idle_minutes_zero_is_always_on(minutes: float, idle_s: float | None) -> None:
     sleep = Sleep.from_minutes(minutes)
@@ -151,11 +163,11 @@ def test_a_console_started_by_systemd_serves_its_socket_and_sleeps_when_idle(tmp
     """As schoolgate-console.socket starts it: the listening socket as descriptor 3, LISTEN_PID
     the service's own PID. It answers the connection that started it, then exits 0 once idle."""
     idle_minutes = 0.05
-    config = write_config(tmp_path, listen="127.0.0.1:1", extra=f"idle_minutes = {idle_minutes}\n")
-    subprocess.run([sys.executable, "-P", "-m", "schoolgate", "db", "upgrade", "--config", str(config)],
-                   check=True, capture_output=True, timeout=120)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    config = write_config(tmp_path, listen=f"127.0.0.1:{port}", extra=f"idle_minutes = {idle_minutes}\n")
+    subprocess.run([sys.executable, "-P", "-m", "schoolgate", "db", "upgrade", "--config", str(config)],
+                   check=True, capture_output=True, timeout=120)
     client = socket.create_connection(("127.0.0.1", port))  # waiting before the service starts
     client.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     log = tmp_path / "console.log"
@@ -178,6 +190,7 @@ def test_a_console_started_by_systemd_serves_its_socket_and_sleeps_when_idle(tmp
         status = service.wait(timeout=idle_minutes * 60 + WORKER_LOOP_S + answered + 5)
         assert status == 0, log.read_text()
         assert "asleep until the next one" in log.read_text()
+        assert "not [console] listen" not in log.read_text()  # the socket is where the setting says
         # The socket is still listening (systemd's, here the test's): the next connection waits in it.
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass

@@ -102,10 +102,25 @@ def words(unit: dict[str, dict[str, list[str]]], section: str, key: str) -> set[
 
 def test_the_unit_set_is_complete() -> None:
     names = {p.name for p in UNITS.iterdir()}
-    assert names == {*DAEMONS, "schoolgate-net.service", "schoolgate.target"}
+    assert names == {*DAEMONS, "schoolgate-net.service", "schoolgate.target", "schoolgate-console.socket"}
     target = parse_unit(UNITS / "schoolgate.target")
-    assert words(target, "Unit", "Wants") == {*DAEMONS, "schoolgate-net.service"}
+    # The console is started by its socket (on demand), so the target wants the socket.
+    wanted = {*DAEMONS, "schoolgate-net.service", "schoolgate-console.socket"} - {"schoolgate-console.service"}
+    assert words(target, "Unit", "Wants") == wanted
     assert one(target, "Install", "WantedBy") == "multi-user.target"
+
+
+def test_the_console_is_socket_activated() -> None:
+    socket_unit = parse_unit(UNITS / "schoolgate-console.socket")
+    assert one(socket_unit, "Socket", "Service") == "schoolgate-console.service"
+    assert one(socket_unit, "Socket", "ListenStream")  # replaced by the installer's drop-in
+    assert one(socket_unit, "Socket", "FreeBind") == "yes"  # bound before the LAN address is up
+    assert one(socket_unit, "Install", "WantedBy") == "schoolgate.target"
+    assert "schoolgate.target" in words(socket_unit, "Unit", "PartOf")
+    service = parse_unit(UNITS / "schoolgate-console.service")
+    assert "schoolgate-console.socket" in words(service, "Unit", "Requires")
+    assert "schoolgate-console.socket" in words(service, "Unit", "After")
+    assert one(service, "Install", "Also") == "schoolgate-console.socket"
 
 
 @pytest.mark.parametrize("name", sorted(DAEMONS))
@@ -117,8 +132,10 @@ def test_daemon_hardening(name: str) -> None:
     assert one(unit, "Service", "User") == user
     assert one(unit, "Service", "Group") == "schoolgate"
     # Every daemon is restarted whatever ends it, but identity with nothing configured exits
-    # cleanly by design (nothing to receive) and stays stopped; any failure restarts it.
-    assert one(unit, "Service", "Restart") == ("on-failure" if name == "schoolgate-identity.service" else "always")
+    # cleanly by design (nothing to receive) and stays stopped, and the console exits cleanly
+    # once idle, to be started by its socket; any failure restarts either.
+    clean_exit = {"schoolgate-identity.service", "schoolgate-console.service"}
+    assert one(unit, "Service", "Restart") == ("on-failure" if name in clean_exit else "always")
     assert float(one(unit, "Service", "RestartSec")) <= 1  # a killed daemon is back within 2 s
     assert one(unit, "Unit", "StartLimitIntervalSec") == "0"  # and it is never given up on
     assert words(unit, "Service", "CapabilityBoundingSet") == caps
@@ -130,7 +147,8 @@ def test_daemon_hardening(name: str) -> None:
     assert service["SystemCallFilter"][0] == "@system-service"
     assert "~@privileged @resources" in service["SystemCallFilter"]
     assert "schoolgate.target" in words(unit, "Unit", "PartOf")
-    assert one(unit, "Install", "WantedBy") == "schoolgate.target"
+    if name != "schoolgate-console.service":  # enabled through its socket (above)
+        assert one(unit, "Install", "WantedBy") == "schoolgate.target"
 
 
 def test_net_oneshot() -> None:
