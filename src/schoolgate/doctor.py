@@ -493,7 +493,9 @@ def check_console(env: Env) -> list[Result]:
         ]
     if status >= 500 or status == 404:
         return [fail("console", f"GET {path} gave HTTP {status}", "journalctl -u schoolgate-console")]
-    return [ok("console", f"answering on {console.listen} (GET {path}: {status})")]
+    on_demand = f"; started on demand, asleep after {console.idle_minutes:g} idle minutes" \
+        if console.idle_minutes > 0 else ""
+    return [ok("console", f"answering on {console.listen} (GET {path}: {status}){on_demand}")]
 
 
 def check_proxy(env: Env) -> list[Result]:

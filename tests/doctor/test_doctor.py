@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -189,6 +190,30 @@ def test_console(config: AppConfig, paths: dict[str, int], expected: Status, sho
         server.server_close()
     assert result.status is expected
     assert shown in result.message
+
+
+@pytest.mark.parametrize(("idle_minutes", "expected"), [(10, Status.OK), (0, Status.FAIL)])
+def test_a_console_on_demand_is_given_time_to_wake(config: AppConfig, idle_minutes: int, expected: Status) -> None:
+    """A sleeping console answers once it has started: slower than the probe's timeout is no
+    fault then (within doctor.CONSOLE_WAKE_S), but it is for a console that is always on."""
+    env = make_env(config)
+    wake_s = env.timeout_s * 3
+    assert wake_s < doctor.CONSOLE_WAKE_S
+
+    def waking(_path: str) -> int:
+        time.sleep(wake_s)
+        return 200
+
+    server, listen = http_server(waking)
+    try:
+        console = ConsoleConfig(listen=listen, plain_http=True, idle_minutes=idle_minutes)
+        (result,) = doctor.check_console(make_env(replace(config, console=console)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.status is expected, result
+    if expected is Status.OK:
+        assert "started on demand, asleep after 10 idle minutes" in result.message
 
 
 def test_console_over_tls(config: AppConfig, ca_dir: Path) -> None:
