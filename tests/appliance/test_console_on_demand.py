@@ -23,6 +23,8 @@ import pytest
 from schoolgate.console.activation import WORKER_LOOP_S
 from schoolgate.runner import ASLEEP
 from schoolgate.runner import POLL_S as SUPERVISOR_POLL_S
+from schoolgate.store.db import make_engine, session_factory
+from schoolgate.store.events import read_status
 
 pytestmark = [pytest.mark.slow]
 
@@ -97,6 +99,16 @@ idle_minutes = {IDLE_MINUTES}
             conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
             return _read_all(conn).split(b"\r\n", 1)[0].decode("latin-1")
 
+    def board_state(self) -> str:
+        """The console's state in the supervisor's daemon_status row ("run.console")."""
+        engine = make_engine(f"sqlite:///{self.tmp / 'data' / 'schoolgate.db'}")
+        try:
+            with session_factory(engine)() as session:
+                row = read_status(session, "kingswood").get("run.console")
+        finally:
+            engine.dispose()
+        return str(row["stats"]["children"]["console"]["state"]) if row else ""
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -140,10 +152,13 @@ def _asleep(run: OnDemandConsole) -> bool:
 def test_asleep_at_idle_then_woken_by_a_connection_that_it_serves(console: OnDemandConsole) -> None:
     # Asleep from the start: no console process, yet the port takes connections.
     assert console.child()["pid"] is None and console.child()["wakes"] == 0
+    # The supervisor's status row says so too (written just after its state file).
+    _wait(lambda: console.board_state() == ASLEEP, 10, "the supervisor's status row")
     # The very first connection is answered by the console it wakes: not refused, not reset.
     assert console.get() == "HTTP/1.1 200 OK", console.log_text()
     info = console.child()
     assert info["state"] == "running" and info["wakes"] == 1 and info["pid"]
+    _wait(lambda: console.board_state() == "running", 10, "the supervisor's status row")
     assert info["restarts"] == 0 and info["unclean_exits"] == 0
     assert "woke console" in console.log_text()
 
