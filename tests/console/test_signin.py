@@ -91,6 +91,18 @@ def test_unknown_usernames_get_the_same_answers_and_the_same_work(console: Conso
     assert "not right" in answers["mr.nobody"][0][1] and "Try again after" in answers["mr.nobody"][5][1]
 
 
+def test_an_unknown_usernames_check_costs_what_a_real_accounts_does() -> None:
+    """The stand-in hash checked for an unknown username has the parameters every account's
+    hash gets (memory, passes, lanes, lengths), so the check takes the same time."""
+    import argon2
+
+    hasher = accounts._HASHER
+    dummy = argon2.extract_parameters(accounts._DUMMY_HASH)
+    assert dummy == argon2.extract_parameters(hasher.hash("a real account's password"))
+    assert not hasher.check_needs_rehash(accounts._DUMMY_HASH)
+    assert not accounts.verify_password(None, accounts.generate_password())
+
+
 def test_an_ipv6_client_is_counted_by_its_64(tmp_path: Any, console_template: Any) -> None:
     console = build_console(tmp_path, console_template, "address_failures = 6\n")
     for number in range(6):  # a different address in the /64 and a different name each time
