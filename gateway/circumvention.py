@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,11 @@ from schoolgate.policy.types import Client, Role
 
 log = logging.getLogger(__name__)
 
+STATUS_NAME = "gateway"  # net watch's daemon_status row
+# `keep_watching`'s pauses before it starts a failed watcher again, by failures in a row: the
+# kernel's NFLOG group or nft may be missing until `schoolgate net apply` has run.
+RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+STABLE_AFTER_S = 60.0  # a watcher that ran this long before failing starts the back-off afresh
 BLOCKED_RESYNC_S = 300.0  # the blocked sets are rewritten at least this often (a re-applied ruleset empties them)
 CATEGORY = "circumvention"
 FLAG_CIRCUMVENTION = "circumvention"
@@ -171,10 +176,14 @@ class AttemptDeduplicator:
 
 def run_watcher(config: Any, *, stop: threading.Event | None = None,
                 ready: Callable[[], None] | None = None) -> int:
-    """`schoolgate net watch`: read the NFLOG group until SIGTERM, write events."""
+    """`schoolgate net watch`: read the NFLOG group until SIGTERM (or `stop`), write events.
+
+    Raises if it cannot start (the NFLOG group refused, the database unreadable); what it had
+    opened is closed first, so that `keep_watching` can start it again in the same process."""
     import time
 
     from schoolgate.clock import clock_from_env
+    from schoolgate.gateway.census import CensusTaker
     from schoolgate.gateway.nflog import NflogSocket
     from schoolgate.identity.neighbours import NeighbourTable
     from schoolgate.identity.resolver import IdentityResolver, RegisterReloader
@@ -186,31 +195,33 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
         if threading.current_thread() is threading.main_thread():
             signal.signal(signum, lambda *_: stop.set())
     clock = clock_from_env()
-    engine = make_engine(config.database_url)
-    sessions = session_factory(engine)
     site = config.site.id
-    resolver = IdentityResolver(neighbours=NeighbourTable(), now=clock.now)
-    reloader = RegisterReloader(sessions, site, resolver)
-    counts = {"attempts": 0, "recorded": 0}
-    writer = make_event_writer(
-        engine, config, status=StatusTarget(site=site, name="gateway", extra=lambda: dict(counts))
-    )
     group = getattr(config.network, "nflog_group", 7)
-    nflog = NflogSocket(group)
-    nflog.settimeout(1.0)
-    dedup = AttemptDeduplicator()
-    roles = PolicyRoles(config, sessions, clock)
-    blocked = None if config.network.mode == "dns-only" else BlockedSets(family=watched_family(config.network.mode))
-    synced_generation, next_resync = -1, 0.0
-    from schoolgate.gateway.census import CensusTaker
-
-    census = CensusTaker(config, sessions, clock)  # which devices the gateway forwards for
-    writer.start()
-    log.info("reading circumvention attempts from NFLOG group %d", group)
-    if ready is not None:
-        ready()
-    next_poll = 0.0
+    counts = {"attempts": 0, "recorded": 0}
+    engine = make_engine(config.database_url)
+    nflog: Any = None
+    writer: Any = None
+    writing = False
     try:
+        sessions = session_factory(engine)
+        resolver = IdentityResolver(neighbours=NeighbourTable(), now=clock.now)
+        reloader = RegisterReloader(sessions, site, resolver)
+        writer = make_event_writer(
+            engine, config, status=StatusTarget(site=site, name=STATUS_NAME, extra=lambda: dict(counts))
+        )
+        nflog = NflogSocket(group)
+        nflog.settimeout(1.0)
+        dedup = AttemptDeduplicator()
+        roles = PolicyRoles(config, sessions, clock)
+        blocked = None if config.network.mode == "dns-only" else BlockedSets(family=watched_family(config.network.mode))
+        synced_generation, next_resync = -1, 0.0
+        census = CensusTaker(config, sessions, clock)  # which devices the gateway forwards for
+        writer.start()
+        writing = True
+        log.info("reading circumvention attempts from NFLOG group %d", group)
+        if ready is not None:
+            ready()
+        next_poll = 0.0
         while not stop.is_set():
             monotonic = time.monotonic()
             if monotonic >= next_poll:
@@ -256,7 +267,52 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
                 if writer.submit(event):
                     counts["recorded"] += 1
     finally:
-        nflog.close()
-        writer.stop()
+        if nflog is not None:
+            nflog.close()
+        if writing:
+            writer.stop()
         engine.dispose()
     return 0
+
+
+def keep_watching(config: Any, stop: threading.Event, *, retry_s: Sequence[float] = RETRY_S) -> None:
+    """net watch in a thread of a process that does other work (the event-writing process of
+    `schoolgate run`, beside the DNS daemon's and the proxy's channels), until `stop`.
+
+    A watcher that fails (the NFLOG group refused, the database away) is started again after a
+    back-off, and its status row says why meanwhile, rather than ending the process: that would
+    stop the other sources' writing with it, over and over while the cause lasts. Under systemd
+    (`schoolgate net watch`) the watcher is a process of its own and the unit restarts it."""
+    import os
+    import time
+
+    failures = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            run_watcher(config, stop=stop)
+            return
+        except Exception as err:
+            failures = 1 if time.monotonic() - started >= STABLE_AFTER_S else failures + 1
+            pause = retry_s[min(failures, len(retry_s)) - 1]
+            log.error("net watch failed (%s); starting it again in %g s", err, pause)
+            failed = {"error": f"{type(err).__name__}: {err}", "failures_in_a_row": failures, "retry_in_s": pause}
+            try:
+                _write_status(config, os.getpid(), failed)
+            except Exception as status_err:  # the database may be what failed
+                log.warning("net watch's status row not written: %s", status_err)
+            stop.wait(pause)
+
+
+def _write_status(config: Any, pid: int, stats: dict[str, Any]) -> None:
+    from datetime import UTC
+
+    from schoolgate.store.db import make_engine, session_factory
+    from schoolgate.store.events import write_status
+
+    engine = make_engine(config.database_url)
+    try:
+        with session_factory(engine)() as session, session.begin():
+            write_status(session, config.site.id, STATUS_NAME, pid, datetime.now(UTC), stats)
+    finally:
+        engine.dispose()

@@ -550,7 +550,7 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
     def _process_started(self, name: str) -> float | None:
         """When the daemon's process started (forked by the supervisor), in seconds since boot,
         by the kernel's record in the supervisor's state file; None until the file has it."""
-        info = self.supervisor_state()["children"].get(name) or {}
+        info = self._child_running(name)
         if not info.get("start"):
             return None
         return int(info["start"]) / os.sysconf("SC_CLK_TCK")
@@ -588,9 +588,22 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
             return {"supervisor": None, "children": {}}
         return state
 
+    def host_of(self, name: str) -> str:
+        """The supervisor's child that runs daemon `name`: itself, or the one whose process it
+        runs in (net watch runs in the event-writing process, "events")."""
+        children = self.supervisor_state()["children"]
+        if name in children:
+            return name
+        return next((child for child, info in children.items() if name in info.get("runs", ())), name)
+
+    def _child_running(self, name: str) -> dict[str, Any]:
+        info: dict[str, Any] = self.supervisor_state()["children"].get(self.host_of(name)) or {}
+        return info
+
     def daemon_pid(self, name: str) -> int | None:
-        """The PID of one appliance daemon (dns, proxy, console, scheduler, watch), if running."""
-        info = self.supervisor_state()["children"].get(name)
+        """The PID of the process that runs one appliance daemon (dns, proxy, console, scheduler,
+        watch), if running: net watch's is the event-writing process's (see `host_of`)."""
+        info = self._child_running(name)
         if not info or not info.get("pid"):
             return None
         pid = int(info["pid"])
@@ -695,6 +708,9 @@ scan_interval_seconds = 5  # the lab shows a DSL's case a few seconds after what
             }
             for name, info in supervised.items()
         }
+        for host, info in supervised.items():  # net watch, in the event-writing process
+            for name in info.get("runs", ()):
+                daemons[name] = {**daemons[host], "runs_in": host}
         return {
             "prefix": self.names.prefix,
             "topology": self.wiring.name,

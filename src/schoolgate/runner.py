@@ -325,8 +325,12 @@ class Child:
     died_mono: float | None = None
     last_exit: str = ""
     status_name: str | None = None  # one worker of several, or the proxy's event writer: its own row only
-    # The rows an event-writing process of several daemons owns alone ("dns.events", "proxy.events").
+    # The rows an event-writing process of several daemons owns alone ("dns.events", "proxy.events",
+    # and "gateway" when it runs net watch).
     status_names: tuple[str, ...] = ()
+    # The daemons this child runs inside itself (the event-writing process: net watch), which
+    # have no process of their own: the state file names them, so that their host can be found.
+    runs: tuple[str, ...] = ()
     # Descriptors of the supervisor's that this child inherits (the proxy's event channel):
     # named in its argv. Every other child closes them (`closes`).
     fds: tuple[int, ...] = ()
@@ -377,6 +381,7 @@ class Child:
             "unclean_exits": self.unclean_exits,
             "events_maybe_lost": self.events_maybe_lost,
             "last_exit": self.last_exit,
+            "runs": list(self.runs),
         }
 
 
@@ -473,21 +478,27 @@ def children_of(
     return proxies
 
 
-def event_writer_child(config: str, preloaded: Preloaded | None, events: EventChannels) -> Child:
+def event_writer_child(
+    config: str, preloaded: Preloaded | None, events: EventChannels, companions: Iterable[str] = ()
+) -> Child:
     """The supervisor's event-writing process (`schoolgate events`): the reading end of every
-    channel in `events`, each daemon's events written with its own settings and status row."""
+    channel in `events`, each daemon's events written with its own settings and status row,
+    and the daemons in `companions` (see `writing_companions`) run in it, each with its row."""
     from schoolgate.writers import settings_of
 
+    beside = tuple(companions)
     readings = tuple(ends.reading.fileno() for ends in events.ends.values())
     sources = [arg for daemon, ends in events.ends.items()
                for arg in ("--source", f"{daemon}={ends.reading.fileno()}")]
     return Child(
         events.writer_name,
-        _schoolgate("events", "--config", config, *sources),
+        _schoolgate("events", "--config", config, *sources, *(COMPANIONS[daemon][0] for daemon in beside)),
         preloaded=preloaded,
-        status_names=tuple(settings_of(daemon).status_name for daemon in events.ends),
+        status_names=(*(settings_of(daemon).status_name for daemon in events.ends),
+                      *(COMPANIONS[daemon][1] for daemon in beside)),
         fds=readings,
         closes=events.others(readings),
+        runs=beside,
     )
 
 
@@ -510,6 +521,27 @@ def writing_daemons(present: Iterable[str]) -> list[str]:
     if "proxy" not in running:
         return []
     return [daemon for daemon in ("dns", "proxy") if daemon in running]
+
+
+# What the supervisor's event-writing process can run in a thread of its own beside the
+# channels: daemon -> (the `schoolgate events` option that asks for it, its status row).
+COMPANIONS: dict[str, tuple[str, str]] = {"watch": ("--watch", STATUS_NAMES["watch"])}
+
+
+def writing_companions(present: Iterable[str]) -> list[str]:
+    """The daemons the supervisor's event-writing process runs itself rather than as processes
+    of their own: net watch, whenever the supervisor has that process (`writing_daemons`).
+
+    The process that records what devices did: the watcher's NFLOG reads, set syncs and census
+    are a thread there, a Python process (about 22 MB of its own) less for the idle appliance.
+    Without such a process (`--only watch`, or net watch's systemd unit, `schoolgate net watch`
+    with CAP_NET_ADMIN) net watch runs as a process of its own, the same function
+    (gateway.circumvention.run_watcher) in its other shape.
+    """
+    running = set(present)
+    if not writing_daemons(running):
+        return []
+    return [daemon for daemon in COMPANIONS if daemon in running]
 
 
 @dataclass
@@ -1017,11 +1049,13 @@ def _run(args: argparse.Namespace) -> int:
             + (f" (not available: {', '.join(preloaded.failed)})" if preloaded.failed else ""))
     # The proxy's workers (and the DNS daemon's, beside them) hand their events to one writing
     # process over channels made here.
-    writing = writing_daemons(present)
+    # net watch runs in that process too (writing_companions).
+    writing, companions = writing_daemons(present), writing_companions(present)
     events = EventChannels.make(writing) if writing else None
-    children = [child for name in present for child in children_of(name, config, workers, preloaded, events)]
+    children = [child for name in present if name not in companions
+                for child in children_of(name, config, workers, preloaded, events)]
     if events is not None:
-        children.append(event_writer_child(config, preloaded, events))
+        children.append(event_writer_child(config, preloaded, events, companions))
         for child in children:
             if not child.fds:  # not a writing daemon's: it must not hold a channel (nor keep it open)
                 child.closes = events.fds

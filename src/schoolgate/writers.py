@@ -1,19 +1,22 @@
 """`schoolgate events`: the event-writing process `schoolgate run` starts for the daemons whose
 events it has the channels of.
 
-    schoolgate events --config F --source dns=FD --source proxy=FD
+    schoolgate events --config F --source dns=FD --source proxy=FD [--watch]
 
 Each `--source` is one daemon's channel (schoolgate.store.events.channel), inherited as
 descriptor FD: its reading end, made by the supervisor before it started the daemon, whose
 workers hold the sending end. Each is written with that daemon's own settings (its batch size,
 bursts and page cache, its `daemon_status` row), in one process (schoolgate.store.events.writing):
 with the DNS daemon and the proxy under one supervisor, one writing process costs the idle
-appliance one Python process less than a writer each.
+appliance one Python process less than a writer each. With `--watch` it also runs net watch
+(schoolgate.gateway.circumvention.keep_watching) in a thread beside them: the one process that
+records what devices did, one Python process fewer again than net watch on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -21,7 +24,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from schoolgate.store.events.writing import Source, WritingSettings
+    from schoolgate.store.events.writing import Companion, Source, WritingSettings
 
 # The daemons whose events a writing process can write: where their settings are.
 SETTINGS_OF: dict[str, str] = {"dns": "schoolgate.dns.daemon", "proxy": "schoolgate.proxy.events"}
@@ -58,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--source", action="append", required=True, type=source_argument, metavar="DAEMON=FD",
         help="a daemon's channel, inherited as descriptor FD (repeatable): " + ", ".join(SETTINGS_OF),
     )
+    parser.add_argument(
+        "--watch", action="store_true",
+        help="also run net watch (the NFLOG reader, the blocked address sets and the census) beside them",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -90,4 +97,9 @@ def _run(args: argparse.Namespace) -> int:
         format=f"%(asctime)s %(levelname)s [events {os.getpid()}] %(name)s: %(message)s",
         force=True,
     )
-    return run_writing_sources(config, config.database_url, sources)
+    companions: list[tuple[str, Companion]] = []
+    if args.watch:
+        from schoolgate.gateway.circumvention import keep_watching
+
+        companions.append(("net watch", functools.partial(keep_watching, config)))
+    return run_writing_sources(config, config.database_url, sources, companions)

@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,18 +48,31 @@ class Source:
     settings: WritingSettings
 
 
+# Work a writing process does beside its channels (net watch under `schoolgate run`): run in
+# a thread of its own until the event is set (SIGTERM, a failed source, or every channel ended),
+# then flush what it holds and return. It keeps itself going: an exception it lets out is a
+# defect, which stops the whole process (the supervisor starts it again).
+Companion = Callable[[threading.Event], None]
+
+
 class _Stop:
     """When the sources must stop waiting for their senders: `grace` after SIGTERM or SIGINT,
     or at once when another source of the process failed (the supervisor starts the process
-    again, and what is still in the channels waits there for it)."""
+    again, and what is still in the channels waits there for it). `companions` is set at once."""
 
     def __init__(self) -> None:
         self.asked_at: float | None = None
         self.abort = False
+        self.companions = threading.Event()
 
     def ask(self, signum: int, frame: Any) -> None:
         if self.asked_at is None:
             self.asked_at = time.monotonic()
+        self.companions.set()
+
+    def fail(self) -> None:
+        self.abort = True
+        self.companions.set()
 
     def deadline(self, grace: float) -> float | None:
         if self.abort:
@@ -72,10 +85,12 @@ def run_writing_process(config: Any, database_url: str, reading: socket.socket, 
     return run_writing_sources(config, database_url, [Source(reading, settings)])
 
 
-def run_writing_sources(config: Any, database_url: str, sources: Sequence[Source]) -> int:
+def run_writing_sources(config: Any, database_url: str, sources: Sequence[Source],
+                        companions: Sequence[tuple[str, Companion]] = ()) -> int:
     """Write what arrives on each source's channel until every sender of every channel has
     closed it, or each source's `stop_grace_s` after SIGTERM or SIGINT. `config` is the
-    appliance's AppConfig. Returns 0, or 1 if a source failed (the others then stop too)."""
+    appliance's AppConfig. `companions` (name, work) run beside the sources, each in a thread,
+    until then. Returns 0, or 1 if a source or companion failed (the others then stop too)."""
     if not sources:
         raise ValueError("an event-writing process needs at least one channel to read")
     names = [source.settings.status_name for source in sources]
@@ -95,20 +110,33 @@ def run_writing_sources(config: Any, database_url: str, sources: Sequence[Source
         except Exception:
             log.exception("%s: the event writer failed", source.settings.status_name)
             failed.append(source.settings.status_name)
-            stop.abort = True
+            stop.fail()
 
-    if len(sources) == 1:
+    def accompany(name: str, work: Companion) -> None:
+        try:
+            work(stop.companions)
+        except Exception:
+            log.exception("%s failed", name)
+            failed.append(name)
+            stop.fail()
+
+    if len(sources) == 1 and not companions:
         write(sources[0])
-    else:
-        threads = [
-            threading.Thread(target=write, args=(source,), name=f"schoolgate-{source.settings.status_name}")
-            for source in sources
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # in steps: the signal handlers run in this thread
+        return 1 if failed else 0
+    writers = [
+        threading.Thread(target=write, args=(source,), name=f"schoolgate-{source.settings.status_name}")
+        for source in sources
+    ]
+    beside = [threading.Thread(target=accompany, args=pair, name=f"schoolgate-{pair[0]}") for pair in companions]
+    for thread in (*writers, *beside):
+        thread.start()
+    for thread in writers:
+        while thread.is_alive():
+            thread.join(0.2)  # in steps: the signal handlers run in this thread
+    stop.companions.set()  # every channel has ended (or the process is stopping): so do they
+    for thread in beside:
+        while thread.is_alive():
+            thread.join(0.2)
     return 1 if failed else 0
 
 

@@ -148,12 +148,19 @@ def _wait_for(condition: Callable[[], object], timeout: float) -> object:
 def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses_are_counted(
     lab: LabClient, daemon: str, measured: list[str]
 ) -> None:
+    from schoolgate.dns.daemon import EVENTS_TICK_S as DNS_TICK_S
+    from schoolgate.dns.daemon import WRITER_GATHER_S
+    from schoolgate.proxy.daemon import EVENTS_TICK_S as PROXY_TICK_S
+
     appliance = lab.lab
     if daemon == "console":  # it runs on demand: a request wakes it if it has gone to sleep
         assert _console_answers(lab, 0)
+    # The supervisor's child that runs it: net watch runs in the event-writing process, so
+    # killing what runs the watcher kills the writing of the DNS daemon's and the proxy's events.
+    host = appliance.host_of(daemon)
     old_pid = appliance.daemon_pid(daemon)
     assert old_pid is not None, appliance.supervisor_state()
-    before = appliance.supervisor_state()["children"][daemon]
+    before = appliance.supervisor_state()["children"][host]
     first_id = lab.last_event_id()
     tag = f"k{daemon[:2]}{os.getpid() % 1000}"
     probe = PROBES[daemon]
@@ -186,6 +193,15 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
     # rate: traffic comes in bursts, and a burst just before the kill is what a writer loses.
     lead_in = {s: FLUSH_INTERVAL_S for s in found}
     lead_in["gateway"] += NFLOG_HOLD_S
+    # The streams whose writing the killed process held: its daemon's, and with net watch in the
+    # event-writing process the DNS daemon's and the proxy's too (each with its own window, as
+    # when the writer alone is killed: their workers' hand-over tick and the writer's gathering).
+    own = {"dns": "dns", "proxy": "proxy", "watch": "gateway"}.get(daemon)
+    owned = {own} if own is not None else set()
+    if host == "events":
+        owned |= {"dns", "proxy"}
+        lead_in["dns"] = DNS_TICK_S + WRITER_GATHER_S + FLUSH_INTERVAL_S
+        lead_in["proxy"] = PROXY_TICK_S + FLUSH_INTERVAL_S
     after_kill = {s: serving_after if s == "gateway" else 0.0 for s in found}
 
     def begun_in_window(stream: str) -> int:
@@ -193,7 +209,7 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
         return sum(1 for t in times if -lead_in[stream] <= t <= after_kill[stream])
 
     allowance = {s: begun_in_window(s) + 1 for s in found}
-    after = appliance.supervisor_state()["children"][daemon]
+    after = appliance.supervisor_state()["children"][host]
     log_text = lab.lab.log_path("appliance").read_text(errors="replace")
     counted = after["events_maybe_lost"] - before["events_maybe_lost"]
     # The bound is what a restart waits for, measured in this lab: the supervisor noticing the
@@ -202,7 +218,7 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
     # and the probe that saw it answer (the pause before it, and its own round trip).
     first_start = appliance.first_start(daemon)
     assert first_start is not None, f"the lab did not time {daemon}'s first start"
-    restart_delay = announced_restart_delay(log_text, daemon)
+    restart_delay = announced_restart_delay(log_text, host)
     # The goal holds whenever the machine lets it: a restart on a busy machine may take as long
     # as a start did there, and no longer. (Bounded by the first start alone, a restart that
     # meets a moment's load failed at 0.17 s against a first start timed at 0.07 s.)
@@ -226,18 +242,17 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
     # The supervisor noticed, restarted it, and said what may have been lost.
     assert after["restarts"] == before["restarts"] + 1
     assert after["unclean_exits"] == before["unclean_exits"] + 1
-    assert f"{daemon} killed by SIGKILL" in log_text
+    assert f"{host} killed by SIGKILL" in log_text
     assert "Previous run ended without flushing" in log_text
     with lab.session() as session:
-        board = read_status(session, "kingswood")["run"]["stats"]["children"][daemon]
+        board = read_status(session, "kingswood")["run"]["stats"]["children"][host]
     assert board["unclean_exits"] == after["unclean_exits"]
 
-    # The losses: only the killed daemon's own stream may lose, and at most what it took in
-    # one flush interval (plus the one attempt in flight).
-    own = {"dns": "dns", "proxy": "proxy", "watch": "gateway"}.get(daemon)
+    # The losses: only the streams the killed process wrote may lose, and each at most what it
+    # took in its window (plus the one attempt in flight); and no more than the supervisor counted.
     for stream, count in lost.items():
         when = sorted(round(began(traffic, stream, item) - killed_at, 2) for item in missing[stream])
-        if stream == own:
+        if stream in owned:
             assert count <= allowance[stream], f"{stream}: {count} lost (allowed {allowance[stream]}), " \
                 f"attempts begun at {when} s from the kill"
         else:
@@ -247,6 +262,10 @@ def test_a_killed_daemon_serves_again_as_fast_as_it_first_started_and_its_losses
     if own is not None:
         # An event-writing daemon's unclean end is reported with a number, not just a note.
         assert "events may be lost" in log_text
+    if host == "events":
+        # The writer's own losses are within what the supervisor counted. (net watch's may not be:
+        # what the kernel logs while no watcher listens is not a count it can know.)
+        assert lost["dns"] + lost["proxy"] <= counted, (lost, counted)
 
 
 def test_a_killed_event_writer_loses_at_most_what_it_had_taken_and_the_supervisor_counts_it(
@@ -257,7 +276,9 @@ def test_a_killed_event_writer_loses_at_most_what_it_had_taken_and_the_superviso
     the channels the supervisor holds, and the restarted writer writes it. Lost: at most what
     the killed process had read and not written, for each source its own window (the DNS
     daemon's hand-over tick, its writer's second of gathering and a flush interval; the
-    proxy's tick and a flush interval), and the supervisor says how many may be lost."""
+    proxy's tick and a flush interval; for net watch, which runs in it, a flush interval and
+    what the kernel held back, and what it logged until the new watcher bound the NFLOG group),
+    and the supervisor says how many may be lost."""
     from schoolgate.dns.daemon import EVENTS_TICK_S as DNS_TICK_S
     from schoolgate.dns.daemon import WRITER_GATHER_S
     from schoolgate.proxy.daemon import EVENTS_TICK_S as PROXY_TICK_S
@@ -266,6 +287,7 @@ def test_a_killed_event_writer_loses_at_most_what_it_had_taken_and_the_superviso
     old_pid = appliance.daemon_pid("events")
     assert old_pid is not None, appliance.supervisor_state()
     before = appliance.supervisor_state()["children"]["events"]
+    watching = "watch" in before["runs"]
     first_id = lab.last_event_id()
     with Traffic(lab, f"kev{os.getpid() % 1000}") as traffic:
         time.sleep(WARM_UP_S)
@@ -274,7 +296,9 @@ def test_a_killed_event_writer_loses_at_most_what_it_had_taken_and_the_superviso
         new_pid = None
         while time.monotonic() - killed_at < 15 and new_pid is None:
             pid = appliance.daemon_pid("events")
-            if pid not in (None, old_pid) and set(_writer_rows(lab).values()) == {pid}:
+            if pid not in (None, old_pid) and set(_writer_rows(lab).values()) == {pid} and (
+                not watching or nflog_bound(lab.gateway, NFLOG_GROUP)
+            ):
                 new_pid = pid
             time.sleep(PROBE_PAUSE_S)
         back_after = time.monotonic() - killed_at
@@ -284,10 +308,13 @@ def test_a_killed_event_writer_loses_at_most_what_it_had_taken_and_the_superviso
     found = settled(lab, traffic, first_id)
     missing = {s: expected(traffic, s) - found[s] for s in found}
     lead_in = {"dns": DNS_TICK_S + WRITER_GATHER_S + FLUSH_INTERVAL_S, "proxy": PROXY_TICK_S + FLUSH_INTERVAL_S}
+    after_kill = {"dns": 0.0, "proxy": 0.0}
+    if watching:
+        lead_in["gateway"], after_kill["gateway"] = FLUSH_INTERVAL_S + NFLOG_HOLD_S, back_after
 
     def begun_in_window(stream: str) -> int:
         times = (began(traffic, stream, item) - killed_at for item in expected(traffic, stream))
-        return sum(1 for t in times if -lead_in[stream] <= t <= 0.0)
+        return sum(1 for t in times if -lead_in[stream] <= t <= after_kill[stream])
 
     after = appliance.supervisor_state()["children"]["events"]
     counted = after["events_maybe_lost"] - before["events_maybe_lost"]
@@ -301,11 +328,12 @@ def test_a_killed_event_writer_loses_at_most_what_it_had_taken_and_the_superviso
         if stream in lead_in:
             allowance = begun_in_window(stream) + 1
             assert len(gone) <= allowance, f"{stream}: {len(gone)} lost (allowed {allowance}), begun at {when} s"
-        else:  # net watch writes its own events
+        else:
             assert not gone, f"{stream}: {len(gone)} lost, begun at {when} s from the kill"
     assert found["dns"] and found["proxy"], "events from both daemons written"
-    # Nothing lost beyond what the supervisor said may be lost.
-    assert sum(len(missing[s]) for s in lead_in) <= counted, (missing, counted)
+    # Nothing the writer took lost beyond what the supervisor said may be lost (net watch's gap,
+    # while no watcher listens, is the restart time the log reports, not a count).
+    assert len(missing["dns"]) + len(missing["proxy"]) <= counted, (missing, counted)
     assert after["restarts"] == before["restarts"] + 1
     log_text = appliance.log_path("appliance").read_text(errors="replace")
     assert "events killed by SIGKILL" in log_text and "events may be lost" in log_text

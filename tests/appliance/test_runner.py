@@ -395,6 +395,39 @@ def test_which_daemons_events_the_supervisors_writer_writes(present: list[str], 
     assert writing_daemons(present) == writing
 
 
+@pytest.mark.parametrize(("present", "companions"), [
+    (["dns", "proxy", "console", "scheduler", "watch"], ["watch"]),  # the appliance's `schoolgate run`
+    (["proxy", "watch"], ["watch"]),
+    (["watch"], []),  # `--only watch`: a process of its own, as under systemd
+    (["dns", "watch"], []),  # no writing process to run it in
+    (["dns", "proxy"], []),
+])
+def test_net_watch_runs_in_the_supervisors_writing_process_whenever_there_is_one(
+    present: list[str], companions: list[str]
+) -> None:
+    from schoolgate.runner import writing_companions
+
+    assert writing_companions(present) == companions
+
+
+def test_the_writing_process_that_runs_net_watch_owns_its_row_and_says_it_runs_it() -> None:
+    """`schoolgate events ... --watch`: its rows are the two channels' and net watch's
+    ("gateway"), so its death is counted against all three; the state file names what it runs."""
+    from schoolgate.runner import EventChannels, event_writer_child
+
+    events = EventChannels.make(["dns", "proxy"])
+    try:
+        writer = event_writer_child("/etc/schoolgate.toml", None, events, ["watch"])
+        plain = event_writer_child("/etc/schoolgate.toml", None, events)
+    finally:
+        events.close()
+    assert writer.argv[-1] == "--watch" and "--watch" not in plain.argv
+    assert writer.argv[: len(plain.argv)] == plain.argv
+    assert writer.own_rows == ("dns.events", "proxy.events", "gateway")
+    assert (writer.runs, plain.runs) == (("watch",), ())
+    assert writer.describe()["runs"] == ["watch"] and plain.describe()["runs"] == []
+
+
 def test_with_dns_and_proxy_one_writer_reads_both_channels_and_each_daemon_holds_its_own_end() -> None:
     """The appliance's default: the DNS daemon and the proxy each send on a channel of their
     own (`--events-fd`), and one child, "events", reads both (`--source dns=R1 --source

@@ -55,3 +55,13 @@ def test_a_descriptor_that_is_not_a_channel_or_a_daemon_named_twice_is_refused()
         tcp.close()
         sending.close()
         reading.close()
+
+
+def test_watch_is_asked_for_by_an_option() -> None:
+    """`--watch` runs net watch beside the channels; without it the process writes only them."""
+    from schoolgate.writers import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["events", "--config", "c", "--source", "dns=7", "--watch"]).watch
+    assert not parser.parse_args(["events", "--config", "c", "--source", "dns=7"]).watch

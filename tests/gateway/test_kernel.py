@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -367,3 +369,87 @@ def test_the_blocked_address_sets_are_replaced_without_touching_the_ruleset(
     listed = nft_list(gw)
     assert "203.0.113.0/24" in listed and "93.184.216.34" not in listed and "2a00" not in listed
     assert set(call_in(gw, read_counters)) == set(counters_before)  # the rest of the table untouched
+
+
+def test_net_watch_beside_the_event_writer_retries_a_refused_bind_while_dns_events_are_written(
+    gateway_pair: tuple[str, str], tmp_path: Path
+) -> None:
+    """`schoolgate events --source dns=FD --watch`, net watch in the writing process as
+    `schoolgate run` has it: while another socket holds the NFLOG group the watcher's bind is
+    refused, and the DNS daemon's events are written all the same; the watcher's status row says
+    why and when it tries again, and once the group is free it binds it and records attempts."""
+    from schoolgate.gateway.nflog import NflogSocket
+    from schoolgate.store.db import init_db, make_engine, session_factory
+    from schoolgate.store.events import EventRecord, read_status
+    from schoolgate.store.events.channel import EventChannel, channel_pair
+    from schoolgate.store.events.record import compact
+    from schoolgate.store.models import AccessEvent
+
+    gw, client = gateway_pair
+    config = str(write_config(tmp_path))
+    schoolgate(gw, "net", "apply", "--config", config)
+    url = f"sqlite:///{tmp_path / 'data' / 'schoolgate.db'}"
+    init_db(url).dispose()
+    holder = call_in(gw, lambda: NflogSocket(11))  # the group is taken: the watcher's bind is refused
+    sending, reading = channel_pair()
+    log = (tmp_path / "events.log").open("wb")
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", gw, sys.executable, "-P", "-m", "schoolgate", "events", "--config", config,
+         "--source", f"dns={reading.fileno()}", "--watch"],
+        stdout=log, stderr=subprocess.STDOUT, pass_fds=(reading.fileno(),),
+    )
+    reading.close()
+    sender = EventChannel(sending)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+
+    def watcher_row() -> dict[str, Any]:
+        with sessions() as session:
+            row: dict[str, Any] = read_status(session, "gwtest").get("gateway") or {"stats": {}}
+            return row
+
+    def hosts(source: str) -> set[str]:
+        with sessions() as session:
+            return set(session.scalars(select(AccessEvent.host).where(AccessEvent.source == source)))
+
+    try:
+        wait_for(lambda: watcher_row()["stats"].get("error"), timeout=30, what="the watcher's failure row")
+        refused = watcher_row()["stats"]["error"]
+        assert "NFLOG group 11" in refused, refused
+        for n in range(100):
+            sender.submit(compact(EventRecord(
+                ts=datetime.now(UTC), site="gwtest", source="dns", client_ip="10.98.0.2", host=f"dns{n}.example",
+                verdict="block", rule_id="social-media", role="pupil", qtype="A", clause="§9", category="social_media",
+            )))
+        sender.flush()
+        wait_for(lambda: hosts("dns") == {f"dns{n}.example" for n in range(100)}, timeout=30,
+                 what="the DNS daemon's events written while the watcher cannot bind")
+        # It keeps trying, each time after the pause its row announced.
+        first_pause = float(watcher_row()["stats"]["retry_in_s"])
+        wait_for(lambda: watcher_row()["stats"].get("failures_in_a_row", 0) >= 2, timeout=first_pause + 30,
+                 what="a second attempt to bind")
+        holder.close()
+        pause = float(watcher_row()["stats"].get("retry_in_s", 0.0))
+        wait_for(lambda: "events" in watcher_row()["stats"], timeout=pause + 30, what="the watcher bound at last")
+
+        def dot_attempt() -> None:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("198.51.100.200", 853), timeout=2).close()
+
+        call_in(client, dot_attempt)
+        wait_for(lambda: hosts("gateway") == {"198.51.100.200"}, timeout=10, what="the attempt recorded")
+    finally:
+        sender.stop(timeout=10)
+        sending.close()  # the last sender gone: the process ends by itself, net watch with it
+        holder.close()
+        try:
+            process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()
+            engine.dispose()
+    assert process.returncode == 0, (tmp_path / "events.log").read_text()
+    text = (tmp_path / "events.log").read_text()
+    assert "net watch failed" in text and "starting it again in" in text

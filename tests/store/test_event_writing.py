@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -221,3 +222,65 @@ def test_each_source_is_named_once() -> None:
     finally:
         first.close()
         second.close()
+
+
+class Companion:
+    """Work run beside the channels (as net watch is under `schoolgate run`): says when it
+    started and when it was told to stop, or fails at once."""
+
+    def __init__(self, fails: bool = False, terminates: bool = False) -> None:
+        self.fails = fails
+        self.terminates = terminates  # sends the process SIGTERM once started (its handlers are set by then)
+        self.seen: list[str] = []
+
+    def __call__(self, stop: threading.Event) -> None:
+        self.seen.append("started")
+        if self.terminates:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if self.fails:
+            raise RuntimeError("a defect in the companion")
+        stop.wait()
+        self.seen.append("stopped")
+
+
+@pytest.mark.usefixtures("own_signal_handlers")
+def test_a_companion_runs_beside_the_sources_until_every_channel_has_ended(db_path: Path,
+                                                                            channels: Channels) -> None:
+    """Both daemons' events are written while the companion runs; when the last sender of each
+    channel has gone, the companion is told to stop and the process ends cleanly."""
+    db_url = f"sqlite:///{db_path}"
+    config = SimpleNamespace(site=SimpleNamespace(id=SITE), data_dir=None)
+    companion = Companion()
+    channels.send("dns", 0, 200)
+    channels.send("proxy", 0, 50)
+    channels.close_senders()
+    assert run_writing_sources(config, db_url, channels.sources(), [("watch", companion)]) == 0
+    assert companion.seen == ["started", "stopped"]
+    assert stored_hosts(db_url) == {"dns": {f"dns{n}.example" for n in range(200)},
+                                    "proxy": {f"proxy{n}.example" for n in range(50)}}
+
+
+@pytest.mark.usefixtures("own_signal_handlers")
+def test_sigterm_stops_the_companion_with_the_sources(db_path: Path, channels: Channels) -> None:
+    """SIGTERM while the senders still live: the companion is told at once, the sources after
+    their grace, and the process ends cleanly."""
+    config = SimpleNamespace(site=SimpleNamespace(id=SITE), data_dir=None)
+    companion = Companion(terminates=True)
+    started = time.monotonic()
+    assert run_writing_sources(config, f"sqlite:///{db_path}", channels.sources(), [("watch", companion)]) == 0
+    assert companion.seen == ["started", "stopped"]
+    assert time.monotonic() - started >= DNS.stop_grace_s  # the sources waited for their senders
+
+
+@pytest.mark.usefixtures("own_signal_handlers")
+def test_a_companion_that_fails_ends_the_process_so_that_it_is_started_again(db_path: Path,
+                                                                            channels: Channels) -> None:
+    """A companion is meant to keep itself going (net watch retries its own failures): one that
+    lets an exception out has a defect, and the process ends with status 1 at once, the sources
+    stopped cleanly, for the supervisor to start again."""
+    config = SimpleNamespace(site=SimpleNamespace(id=SITE), data_dir=None)
+    started = time.monotonic()
+    companion = Companion(fails=True)
+    assert run_writing_sources(config, f"sqlite:///{db_path}", channels.sources(), [("watch", companion)]) == 1
+    assert companion.seen == ["started"]
+    assert time.monotonic() - started < DNS.stop_grace_s + DNS.gather_s
