@@ -120,18 +120,22 @@ def _writer_rows(lab: LabClient) -> dict[str, int | None]:
 def test_one_event_writing_process_writes_for_the_dns_daemon_and_the_proxy(lab: LabClient) -> None:
     """The appliance's default `schoolgate run`: the supervisor's children are the daemons and
     one event-writing process, which writes the DNS daemon's and the proxy's events (both
-    status rows are its); the DNS daemon forks no writer of its own."""
+    status rows are its) and runs net watch (its "gateway" row is the same process's); the DNS
+    daemon forks no writer of its own, and net watch has no process of its own."""
     appliance = lab.lab
     supervisor = int(appliance.state.processes["appliance"]["pid"])
     writer, dns = appliance.daemon_pid("events"), appliance.daemon_pid("dns")
     assert writer is not None and dns is not None
     names = sorted(_comm(pid) for pid in _children(supervisor))
     assert "sg-events" in names and "sg-dns-events" not in names and "sg-proxy.events" not in names, names
+    assert "sg-watch" not in names and appliance.daemon_pid("watch") == writer, names
     assert _children(dns) == [] and worker_pids(dns) == [dns]  # one worker: the daemon itself
     assert _children(writer) == []
     # Both rows are the writer's (each written a second apart by its own writer thread).
     _wait_for(lambda: set(_writer_rows(lab).values()) == {writer}, 10)
     assert _writer_rows(lab) == {"dns.events": writer, "proxy.events": writer}
+    with lab.session() as session:
+        assert read_status(session, "kingswood")["gateway"]["pid"] == writer
 
 
 def _wait_for(condition: Callable[[], object], timeout: float) -> object:
