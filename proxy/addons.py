@@ -52,7 +52,7 @@ from schoolgate.policy.types import Client, Decision, Role, Target
 from schoolgate.proxy import blockpage
 from schoolgate.proxy.addresses import AddressBook
 from schoolgate.proxy.catrust import CaTrustObserver
-from schoolgate.proxy.hello import parse_client_hello
+from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.judge import (
     FLAG_FRONTING,
     FLAG_NO_SNI,
@@ -888,8 +888,9 @@ class Pipeline:
         elif verdict is EarlyHello.REFUSE:
             nextlayer.layer = RefusedConnection(context)
 
-    def judge_hello(self, context: Context, data: bytes) -> EarlyHello:
-        """Give the members a transparent connection's first bytes as its ClientHello.
+    def judge_hello(self, context: Context, data: bytes, hello: FastClientHello | None = None) -> EarlyHello:
+        """Give the members a transparent connection's first bytes as its ClientHello (`hello`:
+        the caller's parse of `data`, if it has one: not parsed twice).
 
         UNJUDGED: not a whole, parsable ClientHello; mitmproxy's TLS layer takes it (and
         refuses what it cannot parse). INTERCEPT: judged and logged; mitmproxy intercepts it and
@@ -898,12 +899,13 @@ class Pipeline:
         REFUSE: judged, logged, and its server connection refused (never dialled): the caller
         closes the client at once, as mitmproxy would after the refusal, minus the relay.
         """
-        if not starts_like_tls_record(data):
-            return EarlyHello.UNJUDGED
-        try:
-            hello = parse_client_hello(data)
-        except ValueError:
-            return EarlyHello.UNJUDGED
+        if hello is None:
+            if not starts_like_tls_record(data):
+                return EarlyHello.UNJUDGED
+            try:
+                hello = parse_client_hello(data)
+            except ValueError:
+                return EarlyHello.UNJUDGED
         if hello is None:
             # Not all in yet (a large ClientHello may span TCP segments): mitmproxy's TLS
             # layer gathers the rest and offers `tls_clienthello` as usual.

@@ -45,9 +45,9 @@ from mitmproxy import connection
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.platform import original_addr
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers.tls import get_client_hello
 
 from schoolgate.proxy.addons import EarlyHello, Pipeline
+from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.relay import Relay, SplicePoller
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,19 @@ def listen_sockets(listen: str, *, reuse_port: bool) -> list[socket.socket]:
     return sockets
 
 
-def hello_complete(data: bytes) -> bool:
-    """Whether the first bytes `data` are all the front door waits for: a whole ClientHello, or
-    enough to see that none is coming (not TLS, or not a ClientHello mitmproxy could read)."""
+def hello_ready(data: bytes) -> tuple[bool, FastClientHello | None]:
+    """Whether the first bytes `data` are all the front door waits for (a whole ClientHello, or
+    enough to see that none is coming: not TLS, or not a ClientHello mitmproxy could read), and
+    the ClientHello if they are one: parsed here once, and judged as it is."""
     if len(data) >= MAX_HELLO:
-        return True
+        return True, None
     if len(data) < 3 or not starts_like_tls_record(data):
-        return len(data) >= 3 or data[:1] != b"\x16"
-    try:  # all in? (the pipeline parses it)
-        return get_client_hello(data) is not None
+        return len(data) >= 3 or data[:1] != b"\x16", None
+    try:
+        hello = parse_client_hello(data)
     except ValueError:
-        return True
+        return True, None  # the pipeline finds it unparsable too: mitmproxy's TLS layer refuses it
+    return hello is not None, hello
 
 
 # A new Server's attributes, but its address and id: every default is an immutable value.
@@ -314,11 +316,12 @@ class FrontDoor:
             return
         if chunk is not None:
             hello.data += chunk
-            if not chunk or hello_complete(hello.data):
+            complete, parsed = hello_ready(hello.data)
+            if not chunk or complete:
                 self._stop_waiting(hello)
                 if at_accept:
                     self.judged_at_accept += 1
-                self._decide(sock, hello.client, hello.context, hello.data)
+                self._decide(sock, hello.client, hello.context, hello.data, parsed)
                 return
         if hello.timer is None:  # the first wait: from now on the loop says when more came
             self._waiting[sock.fileno()] = hello
@@ -363,10 +366,14 @@ class FrontDoor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _decide(self, sock: socket.socket, client: connection.Client, context: Context, data: bytes) -> None:
-        """Judge the first bytes and carry the verdict out: kill, splice or hand over."""
+    def _decide(
+        self, sock: socket.socket, client: connection.Client, context: Context, data: bytes,
+        parsed: FastClientHello | None = None,
+    ) -> None:
+        """Judge the first bytes (`parsed`: their ClientHello, if read already) and carry the
+        verdict out: kill, splice or hand over."""
         try:
-            verdict = self.pipeline.judge_hello(context, data) if data else EarlyHello.REFUSE
+            verdict = self.pipeline.judge_hello(context, data, parsed) if data else EarlyHello.REFUSE
             if verdict is EarlyHello.REFUSE:
                 self.killed += bool(data)
                 self._end(sock, client)

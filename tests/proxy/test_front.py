@@ -303,6 +303,38 @@ def test_a_connection_without_an_original_destination_is_dropped(services: Servi
     assert services.counters.connections_seen == 0
 
 
+def _two_records(hello: bytes) -> bytes:
+    """The same ClientHello split over two TLS records (as a large one arrives)."""
+    body = hello[5:]
+    half = len(body) // 2
+    return b"".join(
+        hello[:3] + len(part).to_bytes(2, "big") + part for part in (body[:half], body[half:])
+    )
+
+
+HELLO = client_hello_bytes("www.facebook.com")
+
+
+@pytest.mark.parametrize(
+    ("data", "complete", "sni"),
+    [
+        (HELLO, True, "www.facebook.com"),  # all in: parsed once, here
+        (HELLO[:100], False, None),  # more to come
+        (_two_records(HELLO), True, "www.facebook.com"),
+        (_two_records(HELLO)[:-10], False, None),
+        (b"\x16", False, None),  # a record's first byte: wait for the rest
+        (b"GET / HTTP/1.1\r\n", True, None),  # not TLS: for mitmproxy
+        (b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", True, None),  # a handshake, not a ClientHello
+        (b"\x16" * front_module.MAX_HELLO, True, None),  # as much as the front reads: decide on it
+    ],
+    ids=["whole", "partial", "two-records", "two-records-partial", "one-byte", "http", "not-hello", "too-long"],
+)
+def test_hello_ready_says_when_to_decide_and_hands_on_the_parse(data: bytes, complete: bool, sni: str | None) -> None:
+    ready, parsed = front_module.hello_ready(data)
+    assert ready is complete
+    assert (parsed.sni if parsed is not None else None) == sni
+
+
 @pytest.mark.parametrize(("listen", "families"), [("127.0.0.1:0", {socket.AF_INET}), ("[::1]:0", {socket.AF_INET6})])
 def test_listen_sockets_by_address(listen: str, families: set[int]) -> None:
     if ":" in listen.rpartition(":")[0] and not socket.has_ipv6:
