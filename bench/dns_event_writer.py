@@ -21,8 +21,14 @@ from each process's start to its end) fed the same DNS events plus a proxy event
 tenth on the proxy's channel, in its two shapes: a writing process for each daemon (as the
 DNS daemon's and the proxy's own writers), and one process for both, as `schoolgate run` runs
 it (`sg-events`: each channel read by a thread of its own into a writer of its own). CPU per
-event written (both daemons' events, summed over the processes), and the ratio one/two: what
-writing both daemons' events in one process costs per event.
+event (both daemons' events, summed over the processes), and the ratio one/two: what
+writing both daemons' events in one process costs per event. And the one process once more
+with net watch running beside the channels, as `schoolgate run` runs it (`schoolgate events
+--watch`: gateway.circumvention.keep_watching in a thread, its NFLOG group bound in a private
+network namespace of the process, the register and overlay polled each second, the census
+taken; no policy file, so no policy is compiled in the measured time): the process's CPU per
+event, the same without the watcher thread's own CPU (what the writers spent: the figure the
+watcher must not raise; the ratio writers/one), and the watcher thread's CPU (run as root).
 
 bench/dns_path.py prints the same process's figure for the worker's whole path (one client).
 """
@@ -30,15 +36,19 @@ bench/dns_path.py prints the same process's figure for the worker's whole path (
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
+import logging
 import os
 import resource
 import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from schoolgate.dns.daemon import WRITER_BATCH_ROWS, WRITER_GATHER_S, WRITER_SQLITE_CACHE_KIB
 from schoolgate.store.db import init_db, make_engine
@@ -108,10 +118,31 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
     return user / len(events) * 1e6, system / len(events) * 1e6
 
 
-def body_processes(url: str, events: list[CompactEvent], rate: float, shared: bool) -> tuple[float, int]:
-    """(µs of CPU per event, events written) of the real writing body, fed the DNS daemon's
+def watcher_config(folder: Path) -> Any:
+    """An appliance configuration for net watch in `folder` (its database: folder/schoolgate.db)."""
+    from schoolgate.config import load_config
+
+    path = folder / "schoolgate.toml"
+    path.write_text(f"""policy = "absent-policy.toml"
+data_dir = "{folder}"
+[site]
+id = "bench"
+[network]
+lan_interface = "lo"
+appliance_ipv4 = "127.0.0.1"
+lan_cidrs = ["127.0.0.0/8"]
+nflog_group = 29
+""")
+    return load_config(str(path))
+
+
+def body_processes(url: str, events: list[CompactEvent], rate: float, shared: bool,
+                   watcher: Any = None) -> tuple[float, int, float]:
+    """(µs of CPU per event, events written, the watcher thread's CPU seconds) of the real
+    writing body, fed the DNS daemon's
     channel and the proxy's (a proxy event for every tenth DNS event): each read by a process
-    of its own (the daemons' own writers), or both by one process (`shared`, `sg-events`)."""
+    of its own (the daemons' own writers), or both by one process (`shared`, `sg-events`),
+    with net watch beside them if `watcher` is its configuration."""
     from types import SimpleNamespace
 
     from schoolgate.dns.daemon import WRITER_SETTINGS as DNS_SETTINGS
@@ -133,10 +164,25 @@ def body_processes(url: str, events: list[CompactEvent], rate: float, shared: bo
                 os.close(report_from)
                 config = SimpleNamespace(site=SimpleNamespace(id="bench"), data_dir=None)
                 sources = [Source(pairs[index][1], settings[index]) for index in group]
+                companions: list[tuple[str, Any]] = []
+                watched = [0.0]  # the watcher thread's own CPU seconds (user and system)
+                if watcher is not None:
+                    from schoolgate.gateway.circumvention import keep_watching
+
+                    private_network()
+
+                    def watch(stop: threading.Event, watched: list[float] = watched) -> None:
+                        try:
+                            keep_watching(watcher, stop)
+                        finally:
+                            watched[0] = time.thread_time()
+
+                    companions.append(("net watch", watch))
                 begun = resource.getrusage(resource.RUSAGE_SELF)
-                code = run_writing_sources(config, url, sources)
+                code = run_writing_sources(config, url, sources, companions)
                 ended = resource.getrusage(resource.RUSAGE_SELF)
-                os.write(report_to, f"{ended.ru_utime - begun.ru_utime + ended.ru_stime - begun.ru_stime}".encode())
+                spent_here = ended.ru_utime - begun.ru_utime + ended.ru_stime - begun.ru_stime
+                os.write(report_to, f"{spent_here} {watched[0]}".encode())
             finally:
                 os._exit(code)
         os.close(report_to)
@@ -160,21 +206,32 @@ def body_processes(url: str, events: list[CompactEvent], rate: float, shared: bo
     for channel, (sending, _) in zip(channels, pairs, strict=True):
         channel.stop(timeout=600)
         sending.close()
-    spent = 0.0
+    spent = watching = 0.0
     for pid, report_from in children:
         with os.fdopen(report_from) as report:
-            told = report.read()
+            told = report.read().split()
         _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0 or not told:
+        if os.waitstatus_to_exitcode(status) != 0 or len(told) != 2:
             raise SystemExit(f"a writing process failed (exit status {status})")
-        spent += float(told)
+        spent += float(told[0])
+        watching += float(told[1])
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             written = int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
     finally:
         engine.dispose()
-    return spent / written * 1e6, written
+    return spent / written * 1e6, written, watching
+
+
+def private_network() -> None:
+    """This process into a network namespace of its own (its NFLOG group is then its own)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET): run the bench as root")
+
+
+CLONE_NEWNET = 0x40000000
 
 
 def bare_sqlite(path: Path, events: list[CompactEvent], per_transaction: int) -> tuple[float, float]:
@@ -228,29 +285,41 @@ def main() -> int:
                   f"   {bare:12.2f}   {total / bare:5.2f}", flush=True)
     print("The writing body, from each process's start to its end, the DNS daemon's events and a proxy event "
           "for every tenth: a writing process each (as the daemons' own writers), or one for both (sg-events)")
-    print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'two: µs/event':>13}   {'one: µs/event':>13}   one/two")
+    # What net watch imports, imported before the forks (as the preloaded supervisor has them).
+    import schoolgate.gateway.census
+    import schoolgate.gateway.circumvention
+    import schoolgate.gateway.nflog
+    import schoolgate.identity.resolver
+    import schoolgate.live  # noqa: F401
+
+    logging.basicConfig(level=logging.ERROR)  # the watcher's warnings (no policy, no nft table) are expected
+    print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'two: µs/event':>13}   {'one: µs/event':>13}   one/two"
+          f"   {'one+watch: µs/event':>19} {'writers':>8} {'ratio':>6} {'watcher ms':>10}")
     for devices in args.devices:
         for rate in args.rates:
             count = args.events if not rate else int(rate * args.seconds)
             t0 = time.time()
             events = [event(i, devices, t0, rate) for i in range(count)]
             figures = []
-            for shared in (False, True):
+            for shared, watching in ((False, False), (True, False), (True, True)):
                 folder = Path(tempfile.mkdtemp(prefix="sg-bench-writer-"))
                 try:
-                    url = f"sqlite:///{folder / 'events.db'}"
+                    url = f"sqlite:///{folder / 'schoolgate.db'}"
                     init_db(url).dispose()
-                    per_event, written = body_processes(url, events, rate, shared)
+                    watcher = watcher_config(folder) if watching else None
+                    per_event, written, watching_s = body_processes(url, events, rate, shared, watcher)
                     expected = count + count // 10
                     if written != expected:
                         raise SystemExit(f"{written} events written of {expected}")
-                    figures.append((per_event, written))
+                    figures.append((per_event, written, watching_s))
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
-            (own, _), (shared_cost, written) = figures
+            (own, _, _), (shared_cost, written, _), (watching_cost, _, watcher_s) = figures
+            writers_cost = watching_cost - watcher_s / written * 1e6
             label = f"{rate:g}" if rate else "max"
             print(f"  {devices:>7} {label:>7} {written:>8,}   {own:13.2f}   {shared_cost:13.2f}"
-                  f"   {shared_cost / own:7.2f}", flush=True)
+                  f"   {shared_cost / own:7.2f}   {watching_cost:19.2f} {writers_cost:8.2f}"
+                  f" {writers_cost / shared_cost:6.2f} {watcher_s * 1e3:10.1f}", flush=True)
     return 0
 
 

@@ -179,3 +179,34 @@ def test_a_client_hello_without_sni_to_a_watched_address_is_refused(lab: LabClie
 def test_the_gateway_counted_every_refusal(lab: LabClient) -> None:
     counters = lab.counters()
     assert counters["refused_dot"] >= 2 and counters["refused_doh"] >= 2 and counters["refused_quic"] >= 1
+
+
+def _dns_query(name: str) -> bytes:
+    """A DNS query for `name`'s A record, as a device would send it (id 0x5347, recursion desired)."""
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    return bytes.fromhex("534701000001000000000000") + labels + b"\0\0\x01\0\x01"
+
+
+def test_a_burst_of_attempts_is_recorded_whole_while_dns_and_proxy_events_are_written(lab: LabClient) -> None:
+    """net watch runs in the event-writing process beside the DNS daemon's and the proxy's
+    channels (`schoolgate run`). A device that fires queries at 300 other resolvers at once, each
+    a redirect the kernel logs (and a query the DNS daemon answers, an event of its own), has
+    every attempt recorded, each once: the watcher keeps up beside the writers."""
+    staff = device("staff")
+    targets = [f"198.51.100.{n}" for n in range(1, 201)] + [f"192.0.2.{n}" for n in range(1, 101)]
+    query = _dns_query("library.example.org")
+    since = lab.last_event_id()
+
+    def burst() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for address in targets:
+                sock.sendto(query, (address, 53))
+
+    call_in(lab.ns("staff"), burst)
+    # The bound is a safety net, not the claim: the claim is that every one arrives, once.
+    found = lab.wait_events(
+        lambda e: e.source == "gateway" and e.rule_id == "gateway.redirect.dns" and e.client_ip == staff.ip,
+        since, count=len(targets), timeout=60,
+    )
+    assert sorted(e.host for e in found) == sorted(targets)
+    assert {e.url for e in found} == {f"udp://{address}:53" for address in targets}
