@@ -286,6 +286,8 @@ def keep_watching(config: Any, stop: threading.Event, *, retry_s: Sequence[float
     import os
     import time
 
+    from schoolgate.store.events.status import FAILING
+
     failures = 0
     while not stop.is_set():
         started = time.monotonic()
@@ -296,7 +298,7 @@ def keep_watching(config: Any, stop: threading.Event, *, retry_s: Sequence[float
             failures = 1 if time.monotonic() - started >= STABLE_AFTER_S else failures + 1
             pause = retry_s[min(failures, len(retry_s)) - 1]
             log.error("net watch failed (%s); starting it again in %g s", err, pause)
-            failed = {"error": f"{type(err).__name__}: {err}", "failures_in_a_row": failures, "retry_in_s": pause}
+            failed = {FAILING: f"{type(err).__name__}: {err}", "failures_in_a_row": failures, "retry_in_s": pause}
             try:
                 _write_status(config, os.getpid(), failed)
             except Exception as status_err:  # the database may be what failed

@@ -63,6 +63,7 @@ def clock(config: AppConfig, clock_source: object) -> list[CheckResult]:
 def heartbeats(session: Session, config: AppConfig, wall_now: datetime | None = None) -> list[CheckResult]:
     """Every daemon has written its heartbeat lately (the wall clock: that is what they write)."""
     from schoolgate.store.events import read_status
+    from schoolgate.store.events.status import failing
 
     wall_now = wall_now or datetime.now(UTC)
     limit = timedelta(seconds=config.selftest.heartbeat_max_age_s)
@@ -77,7 +78,15 @@ def heartbeats(session: Session, config: AppConfig, wall_now: datetime | None = 
             continue
         for key, row in sorted(beats.items()):
             age = wall_now - row["heartbeat_at"]
-            if age > limit:
+            why = failing(row["stats"])
+            if why is not None:  # alive and reporting, and saying it does not work
+                retry = row["stats"].get("retry_in_s")
+                results.append(CheckResult(
+                    "daemon", key, "", Status.FAIL,
+                    f"{what}: not working: {why}" + (f" (trying again in {retry} s)" if retry is not None else ""),
+                    f"journalctl -u {unit}",
+                ))
+            elif age > limit:
                 results.append(CheckResult(
                     "daemon", key, "", Status.FAIL,
                     f"{what}: no heartbeat for {int(age.total_seconds())} s (pid {row['pid']})",

@@ -72,7 +72,10 @@ def _int(value: Any) -> float:
 
 
 def _daemons(status: Mapping[str, Mapping[str, Any]], wall_now: datetime) -> list[Family]:
-    up = Family("schoolgate_daemon_up", "gauge", "1 if the daemon's heartbeat is fresh (under three minutes)")
+    from schoolgate.store.events.status import failing
+
+    up = Family("schoolgate_daemon_up", "gauge",
+                "1 if the daemon's heartbeat is fresh (under three minutes) and it does not report itself failing")
     age = Family("schoolgate_daemon_heartbeat_age_seconds", "gauge", "Seconds since the daemon's last heartbeat")
     queries = Family("schoolgate_dns_queries_total", "counter", "DNS questions answered, by DNS worker")
     dns_dropped = Family("schoolgate_dns_dropped_total", "counter", "DNS questions dropped unanswered, by DNS worker")
@@ -87,8 +90,9 @@ def _daemons(status: Mapping[str, Mapping[str, Any]], wall_now: datetime) -> lis
     for name, row in sorted(status.items()):
         seconds = max(0.0, (wall_now - row["heartbeat_at"]).total_seconds())
         age.add(seconds, daemon=name)
-        up.add(1.0 if seconds <= HEARTBEAT_STALE.total_seconds() else 0.0, daemon=name)
         stats = row.get("stats") or {}
+        working = seconds <= HEARTBEAT_STALE.total_seconds() and failing(stats) is None
+        up.add(1.0 if working else 0.0, daemon=name)
         dns = stats.get("dns") or {}
         if dns:
             queries.add(_int(dns.get("queries")), daemon=name)

@@ -22,6 +22,16 @@ from schoolgate.store.models import DaemonStatus
 # copy megabytes of shared pages (reference counts written) that a plain statement leaves alone.
 _TABLE = cast(Table, DaemonStatus.__table__)  # a declarative class's table is a Table
 _COLUMNS = (_TABLE.c.name, _TABLE.c.pid, _TABLE.c.started_at, _TABLE.c.heartbeat_at, _TABLE.c.stats)
+# A row whose stats carry this key is of a process that is alive and reporting that the daemon
+# is not working, and why (net watch in the event-writing process, retrying a refused NFLOG
+# bind): a fresh heartbeat then does not mean the daemon works.
+FAILING = "error"
+
+
+def failing(stats: Mapping[str, Any]) -> str | None:
+    """Why the daemon of a status row says it is not working; None if it does not say so."""
+    reason = stats.get(FAILING)
+    return str(reason) if reason else None
 
 
 def write_status(  # noqa: PLR0917 (the agreed positional signature)

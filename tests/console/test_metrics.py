@@ -34,6 +34,9 @@ def scraped(tmp_path: Path, console_template: object) -> Console:
         session.add(DaemonStatus(site=SITE, name="proxy", pid=11, started_at=wall,
                                  heartbeat_at=wall - timedelta(minutes=10),
                                  stats=json.dumps({"counters": {"killed": 7, "connections_seen": 9}})))
+        # net watch alive in its process and reporting that it cannot bind its NFLOG group
+        session.add(DaemonStatus(site=SITE, name="gateway", pid=12, started_at=wall, heartbeat_at=beat,
+                                 stats=json.dumps({"error": "PermissionError: NFLOG group 7", "retry_in_s": 5})))
         checklog.record_selftest(session, site=SITE, outcome=checklog.SelftestOutcome(
             at=console.clock.now(), trigger="morning", passed=True, failures=0, filtering_down=False,
             duration_ms=900, tried="everything", action="", profiles="pupil", detail={}))
@@ -68,6 +71,7 @@ def test_a_scraper_with_the_token_gets_metrics_prometheus_can_parse(scraped: Con
     assert value(found, "schoolgate_events_lost_total", daemon="dns", reason="failed") == 1
     assert value(found, "schoolgate_daemon_up", daemon="dns") == 1
     assert value(found, "schoolgate_daemon_up", daemon="proxy") == 0  # ten minutes without a heartbeat
+    assert value(found, "schoolgate_daemon_up", daemon="gateway") == 0  # fresh, but failing
     assert value(found, "schoolgate_proxy_connections_total", outcome="killed") == 7
     assert value(found, "schoolgate_selftest_passed") == 1
     assert value(found, "schoolgate_list_entries", list="curriculum") > 0

@@ -71,6 +71,25 @@ def test_heartbeats_name_the_daemon_that_stopped(tmp_path: Path, engine: Engine)
     assert "never reported" in never.message and "schoolgate-netwatch" in never.fix
 
 
+def test_a_daemon_that_reports_itself_failing_fails_however_fresh_its_heartbeat(tmp_path: Path,
+                                                                                 engine: Engine) -> None:
+    """net watch in the event-writing process keeps its row fresh while it retries a refused
+    NFLOG bind, saying why: the self-test names the failure, not a healthy heartbeat."""
+    wall = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        session.add(DaemonStatus(site="kingswood", name="gateway", pid=100, started_at=wall,
+                                 heartbeat_at=wall - timedelta(seconds=3),
+                                 stats=json.dumps({"error": "PermissionError: [Errno 1] NFLOG group 7: Operation "
+                                                   "not permitted", "failures_in_a_row": 3, "retry_in_s": 5.0})))
+        session.commit()
+    with sessions() as session:
+        gateway = by_id(health.heartbeats(session, config(tmp_path), wall))["gateway"]
+    assert gateway.status is Status.FAIL  # type: ignore[attr-defined]
+    assert "not working: PermissionError" in gateway.message and "trying again in 5.0 s" in gateway.message  # type: ignore[attr-defined]
+    assert "schoolgate-netwatch" in gateway.fix  # type: ignore[attr-defined]
+
+
 def test_the_daemons_still_on_an_older_register_are_named_and_a_stopped_one_is_left_to_its_heartbeat(
     tmp_path: Path, engine: Engine
 ) -> None:
