@@ -37,6 +37,7 @@ FIXTURE_PLUGINS = {
     "schoolgate_tests_reference_data": "reference_data.py",
     "schoolgate_tests_policy_variants": "policy_variants.py",
     "schoolgate_tests_smtp": "smtp_fixture.py",
+    "schoolgate_tests_browsing": "browsing.py",
 }
 
 

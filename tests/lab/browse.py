@@ -6,7 +6,12 @@ one JSON object: for each step, when it finished, the page's URL, HTTP status, v
 HTML.
 
 SPEC: {"home": dir (its .pki/nssdb holds the CAs the device trusts), "viewport": [w, h] or null,
-       "steps": [["goto", url] | ["click", selector] | ["fill", selector, text]]}
+       "steps": [["goto", url] | ["click", selector] | ["fill", selector, text]
+                 | ["wait_text", selector, [text, ...], timeout_ms]]}
+
+`wait_text` waits, in real time, until the element's text holds one of the texts: what a
+page's own script writes when it is done (headless Chromium's --virtual-time-budget would run
+the script's timers without the time passing that the script waits for).
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ def main(spec_path: str) -> int:
                     status = response.status if response is not None else None
                 elif step[0] == "fill":
                     page.fill(step[1], step[2], timeout=10_000)
+                elif step[0] == "wait_text":
+                    page.wait_for_function(
+                        "([selector, texts]) => { const e = document.querySelector(selector);"
+                        " return !!e && texts.some((t) => e.textContent.includes(t)); }",
+                        arg=[step[1], step[2]], timeout=step[3],
+                    )
                 else:
                     raise ValueError(f"unknown step {step[0]!r}")
             except Exception as err:  # reported to the test, which decides

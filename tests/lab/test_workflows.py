@@ -10,7 +10,6 @@ the scheduler that raises the DSL's case.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -42,22 +41,8 @@ def lab_policy(folder: Path) -> Path:
 
     policy: Path = _variants.with_games(DEFAULT_POLICY, folder)
     return policy
-BROWSE = Path(__file__).resolve().parent / "browse.py"
 T = TypeVar("T")
-
-
-def browse(lab: LabClient, key: str, steps: list[list[str]], home: Path, *, trust: tuple[str, ...] = (),
-           viewport: tuple[int, int] | None = None) -> list[dict[str, Any]]:
-    """Run `steps` in Chromium on lab device `key`; each step's URL, status, text and HTML."""
-    lab.browser_home(home, trust)
-    spec = home / "spec.json"
-    spec.write_text(json.dumps({"home": str(home), "steps": steps, "viewport": viewport}))
-    done = lab.run(key, [sys.executable, "-P", str(BROWSE), str(spec)], timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
-    assert out["csp_violations"] == [], out["csp_violations"]
-    results: list[dict[str, Any]] = out["results"]
-    return results
+browse = sys.modules["schoolgate_tests_browsing"].browse
 
 
 def scheduler_bound(lab: LabClient) -> float:
