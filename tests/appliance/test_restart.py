@@ -35,7 +35,7 @@ from schoolgate.lab.topology import GATEWAY_LAN_IP, NFLOG_GROUP
 from schoolgate.lab.traffic import Traffic, began, dns_answers, expected, settled
 from schoolgate.runner import ASLEEP
 from schoolgate.runner import POLL_S as SUPERVISOR_POLL_S
-from schoolgate.store.events import read_status
+from schoolgate.store.events import StatusTarget, read_status
 from schoolgate.store.models import AccessEvent
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -46,6 +46,8 @@ PROBE_PAUSE_S = 0.01  # between probes
 NFLOG_HOLD_S = 0.1  # how long the kernel may hold an NFLOG message back (gateway.nflog)
 WARM_UP_S = 6.0  # traffic before the kill: the DNS daemon's status row is written every 5 s
 AFTER_KILL_S = 3.0
+# How often net watch's writer writes its status row (it gives no interval of its own).
+GATEWAY_STATUS_EVERY_S = StatusTarget.__dataclass_fields__["interval"].default
 
 
 # -- how each daemon shows it is serving again, asked from a pupil's device or the gateway
@@ -134,8 +136,17 @@ def test_one_event_writing_process_writes_for_the_dns_daemon_and_the_proxy(lab: 
     # Both rows are the writer's (each written a second apart by its own writer thread).
     _wait_for(lambda: set(_writer_rows(lab).values()) == {writer}, 10)
     assert _writer_rows(lab) == {"dns.events": writer, "proxy.events": writer}
+    # Net watch's row comes from its own writer, which starts after the watcher has bound NFLOG
+    # (what the lab waits for) and read the policy, and reports at its first flush: asked the
+    # moment the lab came up, it may not be written yet (so it failed in CI). Only a row that
+    # never comes waits the whole cap, which leaves a slow policy read several report intervals.
+    _wait_for(lambda: _row_pid(lab, "gateway") == writer, 6 * GATEWAY_STATUS_EVERY_S)
+
+
+def _row_pid(lab: LabClient, name: str) -> int | None:
     with lab.session() as session:
-        assert read_status(session, "kingswood")["gateway"]["pid"] == writer
+        row = read_status(session, "kingswood").get(name)
+    return None if row is None else row["pid"]
 
 
 def _wait_for(condition: Callable[[], object], timeout: float) -> object:
