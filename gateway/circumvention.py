@@ -277,44 +277,13 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
 
 def keep_watching(config: Any, stop: threading.Event, *, retry_s: Sequence[float] = RETRY_S) -> None:
     """net watch in a thread of a process that does other work (the event-writing process of
-    `schoolgate run`, beside the DNS daemon's and the proxy's channels), until `stop`.
+    `schoolgate run`, beside the DNS daemon's and the proxy's channels), until `stop`: a watcher
+    that fails (the NFLOG group refused, the database away) is started again after a back-off,
+    its status row saying why meanwhile (schoolgate.companions). Under systemd (`schoolgate net
+    watch`) the watcher is a process of its own and the unit restarts it."""
+    from schoolgate.companions import keep_running
 
-    A watcher that fails (the NFLOG group refused, the database away) is started again after a
-    back-off, and its status row says why meanwhile, rather than ending the process: that would
-    stop the other sources' writing with it, over and over while the cause lasts. Under systemd
-    (`schoolgate net watch`) the watcher is a process of its own and the unit restarts it."""
-    import os
-    import time
+    def watch(stopping: threading.Event) -> None:
+        run_watcher(config, stop=stopping)
 
-    from schoolgate.store.events.status import FAILING
-
-    failures = 0
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            run_watcher(config, stop=stop)
-            return
-        except Exception as err:
-            failures = 1 if time.monotonic() - started >= STABLE_AFTER_S else failures + 1
-            pause = retry_s[min(failures, len(retry_s)) - 1]
-            log.error("net watch failed (%s); starting it again in %g s", err, pause)
-            failed = {FAILING: f"{type(err).__name__}: {err}", "failures_in_a_row": failures, "retry_in_s": pause}
-            try:
-                _write_status(config, os.getpid(), failed)
-            except Exception as status_err:  # the database may be what failed
-                log.warning("net watch's status row not written: %s", status_err)
-            stop.wait(pause)
-
-
-def _write_status(config: Any, pid: int, stats: dict[str, Any]) -> None:
-    from datetime import UTC
-
-    from schoolgate.store.db import make_engine, session_factory
-    from schoolgate.store.events import write_status
-
-    engine = make_engine(config.database_url)
-    try:
-        with session_factory(engine)() as session, session.begin():
-            write_status(session, config.site.id, STATUS_NAME, pid, datetime.now(UTC), stats)
-    finally:
-        engine.dispose()
+    keep_running("net watch", STATUS_NAME, config, watch, stop, retry_s=retry_s, stable_after_s=STABLE_AFTER_S)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SessionFactory = sessionmaker[Session] | Callable[[], Session]
+STATUS_NAME = "scheduler"  # its daemon_status row, written by heartbeat_job
 EXPIRY_MARK = "expiry_checked"  # generations row: when the expiry job last looked
 PURGE_BATCH = 5000
 
@@ -476,7 +477,7 @@ def heartbeat_job(
     from schoolgate.store.events import write_status
 
     with session_factory() as session:
-        write_status(session, config.site.id, "scheduler", pid, started_at, {**stats, "at": now.isoformat()})
+        write_status(session, config.site.id, STATUS_NAME, pid, started_at, {**stats, "at": now.isoformat()})
         session.commit()
 
 

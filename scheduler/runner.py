@@ -359,11 +359,15 @@ class SchedulerService:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        self.run_until(self._stop)
+
+    def run_until(self, stop: threading.Event) -> None:
+        """Start, run until `stop` is set, then stop cleanly (running jobs finish)."""
         self.scheduler.start()
         log.info("scheduler started for site %s", self.config.site.id)
         self._guard("heartbeat", self.run_heartbeat)()
         try:
-            while not self._stop.wait(1.0):
+            while not stop.wait(1.0):
                 pass
         finally:
             self.scheduler.shutdown(wait=True)
@@ -371,3 +375,22 @@ class SchedulerService:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def keep_scheduling(config: AppConfig, stop: threading.Event) -> None:
+    """The scheduler in a thread of a process that does other work (the event-writing process
+    of `schoolgate run`), until `stop`: one that cannot start (a mail setting refused, the
+    database away) is started again after a back-off, its status row saying why meanwhile
+    (schoolgate.companions). Under systemd (`schoolgate scheduler`) it is a process of its own."""
+    from schoolgate.clock import clock_from_env
+    from schoolgate.companions import keep_running
+    from schoolgate.store.db import make_engine, session_factory
+
+    def schedule(stopping: threading.Event) -> None:
+        engine = make_engine(config.database_url)
+        try:
+            SchedulerService(config, session_factory(engine), clock_from_env()).run_until(stopping)
+        finally:
+            engine.dispose()
+
+    keep_running("the scheduler", jobs.STATUS_NAME, config, schedule, stop)

@@ -525,18 +525,25 @@ def writing_daemons(present: Iterable[str]) -> list[str]:
 
 # What the supervisor's event-writing process can run in a thread of its own beside the
 # channels: daemon -> (the `schoolgate events` option that asks for it, its status row).
-COMPANIONS: dict[str, tuple[str, str]] = {"watch": ("--watch", STATUS_NAMES["watch"])}
+COMPANIONS: dict[str, tuple[str, str]] = {
+    "watch": ("--watch", STATUS_NAMES["watch"]),
+    "scheduler": ("--scheduler", STATUS_NAMES["scheduler"]),
+}
 
 
 def writing_companions(present: Iterable[str]) -> list[str]:
     """The daemons the supervisor's event-writing process runs itself rather than as processes
-    of their own: net watch, whenever the supervisor has that process (`writing_daemons`).
+    of their own: net watch and the scheduler, whenever the supervisor has that process
+    (`writing_daemons`).
 
     The process that records what devices did: the watcher's NFLOG reads, set syncs and census
-    are a thread there, a Python process (about 22 MB of its own) less for the idle appliance.
-    Without such a process (`--only watch`, or net watch's systemd unit, `schoolgate net watch`
-    with CAP_NET_ADMIN) net watch runs as a process of its own, the same function
-    (gateway.circumvention.run_watcher) in its other shape.
+    are a thread there, and the scheduler's jobs (which wake a few times a minute) threads of
+    their own; each a Python process (22-25 MB of its own, bench/memory.py) less for the idle
+    appliance. A companion that fails is started again there by itself (schoolgate.companions);
+    killing the process restarts all it runs. Without such a process (`--only watch`, `--only
+    scheduler`, or their systemd units, `schoolgate net watch` and `schoolgate scheduler`) each
+    runs as a process of its own, the same code (gateway.circumvention.run_watcher,
+    scheduler.runner.SchedulerService) in its other shape.
     """
     running = set(present)
     if not writing_daemons(running):

@@ -1,7 +1,7 @@
 """`schoolgate events`: the event-writing process `schoolgate run` starts for the daemons whose
 events it has the channels of.
 
-    schoolgate events --config F --source dns=FD --source proxy=FD [--watch]
+    schoolgate events --config F --source dns=FD --source proxy=FD [--watch] [--scheduler]
 
 Each `--source` is one daemon's channel (schoolgate.store.events.channel), inherited as
 descriptor FD: its reading end, made by the supervisor before it started the daemon, whose
@@ -10,7 +10,11 @@ bursts and page cache, its `daemon_status` row), in one process (schoolgate.stor
 with the DNS daemon and the proxy under one supervisor, one writing process costs the idle
 appliance one Python process less than a writer each. With `--watch` it also runs net watch
 (schoolgate.gateway.circumvention.keep_watching) in a thread beside them: the one process that
-records what devices did, one Python process fewer again than net watch on its own.
+records what devices did, one Python process fewer again than net watch on its own. With
+`--scheduler` the scheduler (schoolgate.scheduler.runner.keep_scheduling) runs there too, in
+threads of its own: its jobs wake a few times a minute, and a process of its own cost the idle
+appliance about 24 MB (bench/memory.py). Each companion that fails is started again by itself
+(schoolgate.companions), never ending the writing.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--watch", action="store_true",
         help="also run net watch (the NFLOG reader, the blocked address sets and the census) beside them",
     )
+    parser.add_argument(
+        "--scheduler", action="store_true",
+        help="also run the scheduler (digest, alerts, expiry, retention, self-tests) beside them",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -102,4 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         from schoolgate.gateway.circumvention import keep_watching
 
         companions.append(("net watch", functools.partial(keep_watching, config)))
+    if args.scheduler:
+        from schoolgate.scheduler.runner import keep_scheduling
+
+        companions.append(("scheduler", functools.partial(keep_scheduling, config)))
     return run_writing_sources(config, config.database_url, sources, companions)

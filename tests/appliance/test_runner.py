@@ -396,13 +396,16 @@ def test_which_daemons_events_the_supervisors_writer_writes(present: list[str], 
 
 
 @pytest.mark.parametrize(("present", "companions"), [
-    (["dns", "proxy", "console", "scheduler", "watch"], ["watch"]),  # the appliance's `schoolgate run`
+    (["dns", "proxy", "console", "scheduler", "watch"], ["watch", "scheduler"]),  # the appliance's `schoolgate run`
     (["proxy", "watch"], ["watch"]),
+    (["proxy", "scheduler"], ["scheduler"]),
     (["watch"], []),  # `--only watch`: a process of its own, as under systemd
+    (["scheduler"], []),  # `--only scheduler`, likewise
     (["dns", "watch"], []),  # no writing process to run it in
+    (["dns", "scheduler"], []),
     (["dns", "proxy"], []),
 ])
-def test_net_watch_runs_in_the_supervisors_writing_process_whenever_there_is_one(
+def test_net_watch_and_the_scheduler_run_in_the_supervisors_writing_process_whenever_there_is_one(
     present: list[str], companions: list[str]
 ) -> None:
     from schoolgate.runner import writing_companions
@@ -410,22 +413,26 @@ def test_net_watch_runs_in_the_supervisors_writing_process_whenever_there_is_one
     assert writing_companions(present) == companions
 
 
-def test_the_writing_process_that_runs_net_watch_owns_its_row_and_says_it_runs_it() -> None:
-    """`schoolgate events ... --watch`: its rows are the two channels' and net watch's
-    ("gateway"), so its death is counted against all three; the state file names what it runs."""
+def test_the_writing_process_that_runs_companions_owns_their_rows_and_says_it_runs_them() -> None:
+    """`schoolgate events ... --watch --scheduler`: its rows are the two channels', net watch's
+    ("gateway") and the scheduler's, so its death is counted against all four; the state file
+    names what it runs."""
     from schoolgate.runner import EventChannels, event_writer_child
 
     events = EventChannels.make(["dns", "proxy"])
     try:
-        writer = event_writer_child("/etc/schoolgate.toml", None, events, ["watch"])
+        writer = event_writer_child("/etc/schoolgate.toml", None, events, ["watch", "scheduler"])
+        watching = event_writer_child("/etc/schoolgate.toml", None, events, ["watch"])
         plain = event_writer_child("/etc/schoolgate.toml", None, events)
     finally:
         events.close()
-    assert writer.argv[-1] == "--watch" and "--watch" not in plain.argv
+    assert writer.argv[-2:] == ["--watch", "--scheduler"] and watching.argv[-1] == "--watch"
+    assert not {"--watch", "--scheduler"} & set(plain.argv)
     assert writer.argv[: len(plain.argv)] == plain.argv
-    assert writer.own_rows == ("dns.events", "proxy.events", "gateway")
-    assert (writer.runs, plain.runs) == (("watch",), ())
-    assert writer.describe()["runs"] == ["watch"] and plain.describe()["runs"] == []
+    assert writer.own_rows == ("dns.events", "proxy.events", "gateway", "scheduler")
+    assert watching.own_rows == ("dns.events", "proxy.events", "gateway")
+    assert (writer.runs, watching.runs, plain.runs) == (("watch", "scheduler"), ("watch",), ())
+    assert writer.describe()["runs"] == ["watch", "scheduler"] and plain.describe()["runs"] == []
 
 
 def test_with_dns_and_proxy_one_writer_reads_both_channels_and_each_daemon_holds_its_own_end() -> None:

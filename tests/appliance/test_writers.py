@@ -57,11 +57,18 @@ def test_a_descriptor_that_is_not_a_channel_or_a_daemon_named_twice_is_refused()
         reading.close()
 
 
-def test_watch_is_asked_for_by_an_option() -> None:
-    """`--watch` runs net watch beside the channels; without it the process writes only them."""
+@pytest.mark.parametrize(("options", "watch", "scheduler"), [
+    ([], False, False),
+    (["--watch"], True, False),
+    (["--scheduler"], False, True),
+    (["--watch", "--scheduler"], True, True),
+])
+def test_companions_are_asked_for_by_options(options: list[str], watch: bool, scheduler: bool) -> None:
+    """`--watch` runs net watch beside the channels, `--scheduler` the scheduler; without them
+    the process writes only the channels."""
     from schoolgate.writers import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    assert parser.parse_args(["events", "--config", "c", "--source", "dns=7", "--watch"]).watch
-    assert not parser.parse_args(["events", "--config", "c", "--source", "dns=7"]).watch
+    args = parser.parse_args(["events", "--config", "c", "--source", "dns=7", *options])
+    assert (args.watch, args.scheduler) == (watch, scheduler)
