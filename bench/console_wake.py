@@ -15,7 +15,12 @@ console's whole life (its start, both requests, and its idle loop until it slept
 `--systemd` measures the console as schoolgate-console.socket starts it instead: this script
 holds the listening socket, as systemd does, and on each run starts `schoolgate console` as a
 new Python process with the socket as LISTEN_FDS (no preloaded supervisor to fork from: the
-whole start-up is in the wake), right after the request is sent; its CPU is its rusage.
+whole start-up is in the wake), right after the request is sent; its CPU is its rusage. As on
+an appliance, where `pip install` has compiled every module's bytecode, the checkout's modules
+are compiled first (beside their sources, in the `__pycache__` folders git ignores): a
+development checkout under PYTHONDONTWRITEBYTECODE=1 (as the units set it) would otherwise
+compile about a hundred of them from source on every wake. `--source` measures that instead
+(with PYTHONDONTWRITEBYTECODE=1 and this checkout not compiled beforehand).
 
 `--load N` runs `stress-ng --cpu N` meanwhile (started and stopped by this script), as the
 machine is at 8:50 on a Monday; `--tls` serves the console over TLS (a certificate from a
@@ -31,7 +36,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -40,17 +44,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from schoolgate.lab.console_demand import SCHOOLGATE, free_port, prepare
+
 REPO = Path(__file__).resolve().parents[1]
-SCHOOLGATE = [sys.executable, "-P", "-m", "schoolgate"]
 IDLE_MINUTES = 0.02  # 1.2 s: a run then takes a few seconds
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def reaped_children_cpu_s(pid: int) -> float:
@@ -61,8 +59,7 @@ def reaped_children_cpu_s(pid: int) -> float:
 
 class Console:
     def __init__(self, folder: Path, *, tls: bool) -> None:
-        self.port = free_port()
-        self.write_config(folder, tls=tls)
+        self.setup(folder, free_port(), tls=tls)
         self.state = folder / "run.json"
         self.log = folder / "run.log"
         self.process = subprocess.Popen(
@@ -70,27 +67,9 @@ class Console:
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
-    def write_config(self, folder: Path, *, tls: bool) -> None:
-        self.folder = folder
-        self.config = folder / "schoolgate.toml"
-        self.config.write_text(f"""
-policy = "{REPO / 'deploy' / 'policy.example.toml'}"
-data_dir = "{folder / 'data'}"
-[site]
-id = "kingswood"
-name = "Kingswood Primary School"
-[console]
-listen = "127.0.0.1:{self.port}"
-base_url = "{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-plain_http = {'false' if tls else 'true'}
-idle_minutes = {IDLE_MINUTES}
-""")
-        self.context: ssl.SSLContext | None = None
-        steps = [["db", "upgrade"]] + ([["ca", "init"], ["console", "--issue-cert"]] if tls else [])
-        for step in steps:
-            subprocess.run([*SCHOOLGATE, *step, "--config", str(self.config)], check=True, capture_output=True)
-        if tls:
-            self.context = ssl.create_default_context(cafile=str(folder / "data" / "ca" / "mitmproxy-ca-cert.pem"))
+    def setup(self, folder: Path, port: int, *, tls: bool) -> None:
+        made = prepare(folder, port=port, tls=tls, idle_minutes=IDLE_MINUTES)
+        self.folder, self.port, self.config, self.context = folder, port, made.config, made.context
 
     def state_of_console(self) -> dict[str, object]:
         try:
@@ -131,13 +110,14 @@ idle_minutes = {IDLE_MINUTES}
 class SystemdConsole(Console):
     """The console started as systemd's socket unit starts it: a new process per wake."""
 
-    def __init__(self, folder: Path, *, tls: bool) -> None:
+    def __init__(self, folder: Path, *, tls: bool, bytecode: bool) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
-        self.port = self.listener.getsockname()[1]
-        self.folder, self.tls = folder, tls
-        Console.write_config(self, folder, tls=tls)
+        self.setup(folder, self.listener.getsockname()[1], tls=tls)
         self.log = folder / "console.log"
         self.service: subprocess.Popen[bytes] | None = None
+        if bytecode:
+            compile_checkout()
+        self.env = {**os.environ, **({} if bytecode else {"PYTHONDONTWRITEBYTECODE": "1"})}
 
     def start_service(self) -> None:
         # LISTEN_PID is the service's own PID: the shell's, which `exec` keeps.
@@ -145,7 +125,7 @@ class SystemdConsole(Console):
         listener = self.listener.fileno()
         self.service = subprocess.Popen(
             ["sh", "-c", script, "sh", *SCHOOLGATE, "console", "--config", str(self.config)],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, pass_fds=(3,),
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, pass_fds=(3,), env=self.env,
             preexec_fn=lambda: os.dup2(listener, 3),  # noqa: PLW1509  (the test's own child, no threads)
         )
 
@@ -177,6 +157,14 @@ class SystemdConsole(Console):
             self.service.send_signal(signal.SIGTERM)
             self.service.wait(timeout=60)
         self.listener.close()
+
+
+def compile_checkout() -> None:
+    """Every module of this checkout compiled beside its source (`__pycache__`, which git
+    ignores), as `pip install` leaves an appliance's: what its console then reads instead."""
+    excluded = r"[/\\](\.venv|\.git|build|tests|bench)[/\\]"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-x", excluded, str(REPO)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 @contextlib.contextmanager
@@ -212,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=int, default=0, metavar="N", help="run stress-ng --cpu N meanwhile")
     parser.add_argument("--systemd", action="store_true",
                         help="start the console as schoolgate-console.socket does: a new process with LISTEN_FDS")
+    parser.add_argument("--source", action="store_true",
+                        help="with --systemd: no compiled bytecode, every module of the checkout compiled on each wake")
     args = parser.parse_args(argv)
     woken: list[float] = []
     awake: list[float] = []
     cpu: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sg-console-wake-") as tmp:
         if args.systemd:
-            service = SystemdConsole(Path(tmp), tls=args.tls)
+            service = SystemdConsole(Path(tmp), tls=args.tls, bytecode=not args.source)
             try:
                 with cpu_load(args.load):
                     for _ in range(max(1, args.runs)):
@@ -242,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 console.stop()
     how = ("TLS" if args.tls else "plain HTTP") + (f", under stress-ng --cpu {args.load}" if args.load else "")
-    how += ", started as systemd's socket unit does (a new process)" if args.systemd \
+    how += ", started as systemd's socket unit does (a new process" + (
+        ", the checkout's modules compiled from source each time)" if args.source else
+        ", bytecode compiled beforehand as on an appliance)") if args.systemd \
         else ", forked by schoolgate run's preloaded supervisor"
     print(f"Console on demand ({how}), {len(woken)} runs, {os.cpu_count()} CPUs")
     print(f"  first byte, waking the console (ms)  {spread(woken)}")

@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from schoolgate.console.activation import WORKER_LOOP_S
+from schoolgate.lab.console_demand import SCHOOLGATE, free_port, prepare
 from schoolgate.runner import ASLEEP
 from schoolgate.runner import POLL_S as SUPERVISOR_POLL_S
 from schoolgate.store.db import make_engine, session_factory
@@ -28,17 +27,8 @@ from schoolgate.store.events import read_status
 
 pytestmark = [pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-SCHOOLGATE = [sys.executable, "-P", "-m", "schoolgate"]
 IDLE_MINUTES = 0.05  # 3 s: what these tests give the console as [console] idle_minutes
 IDLE_S = IDLE_MINUTES * 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OnDemandConsole:
@@ -47,27 +37,8 @@ class OnDemandConsole:
     def __init__(self, tmp: Path, *, tls: bool) -> None:
         self.tmp = tmp
         self.tls = tls
-        self.port = _free_port()
-        self.config = tmp / "schoolgate.toml"
-        self.config.write_text(f"""
-policy = "{REPO / 'deploy' / 'policy.example.toml'}"
-data_dir = "{tmp / 'data'}"
-[site]
-id = "kingswood"
-name = "Kingswood Primary School"
-[console]
-listen = "127.0.0.1:{self.port}"
-base_url = "{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-plain_http = {'false' if tls else 'true'}
-idle_minutes = {IDLE_MINUTES}
-""")
-        self.context: ssl.SSLContext | None = None
-        if tls:
-            for step in (["ca", "init"], ["console", "--issue-cert"]):
-                done = self.schoolgate(*step)
-                assert done.returncode == 0, done.stderr
-            self.context = ssl.create_default_context(cafile=str(tmp / "data" / "ca" / "mitmproxy-ca-cert.pem"))
-        assert self.schoolgate("db", "upgrade").returncode == 0
+        setup = prepare(tmp, port=free_port(), tls=tls, idle_minutes=IDLE_MINUTES)
+        self.port, self.config, self.context, self.database = setup.port, setup.config, setup.context, setup.database
         self.state = tmp / "run.json"
         self.log = tmp / "run.log"
         self.process = subprocess.Popen(
@@ -75,10 +46,6 @@ idle_minutes = {IDLE_MINUTES}
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # signals from this test only, not a terminal's
         )
-
-    def schoolgate(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*SCHOOLGATE, *args, "--config", str(self.config)], capture_output=True, text=True,
-                              timeout=120, check=False)
 
     def child(self) -> dict[str, Any]:
         try:
@@ -101,7 +68,7 @@ idle_minutes = {IDLE_MINUTES}
 
     def board_state(self) -> str:
         """The console's state in the supervisor's daemon_status row ("run.console")."""
-        engine = make_engine(f"sqlite:///{self.tmp / 'data' / 'schoolgate.db'}")
+        engine = make_engine(f"sqlite:///{self.database}")
         try:
             with session_factory(engine)() as session:
                 row = read_status(session, "kingswood").get("run.console")
