@@ -171,6 +171,10 @@ class Services:
     policy_version: Callable[[], object] | None = None  # changes when the policy or overlay does
     # A recent answer of `identify` that the event loop may use without a thread hop, or None.
     identify_cached: Callable[[str], Client | None] | None = None
+    # The lookup of an address off the loop, shared by every connection from it that arrives
+    # while it is under way (RecentClients.lookup); None: each connection asks `identify` in a
+    # thread of its own.
+    identify_shared: Callable[[str], asyncio.Future[Client]] | None = None
     # A category id -> (display name, published rationale), for the block page; None: not known.
     category: Callable[[str], tuple[str, str] | None] | None = None
     # Signs the pupil page's "this upset me" button; None: the page has no button.
@@ -253,11 +257,16 @@ def _identify(services: Services, client: connection.Client) -> Client:
     try:
         return services.identify(ip)
     except Exception:
-        # The register being unreadable must not open the filter: an unknown device gets the
-        # strictest role of its network from the policy.
-        services.counters.identity_errors += 1
-        log.exception("identifying %s failed; treating it as an unknown device", ip)
-        return Client(ip=ip)
+        return _unidentified(services, ip)
+
+
+def _unidentified(services: Services, ip: str) -> Client:
+    """The client when identifying `ip` failed (called in the handler of that error). The
+    register being unreadable must not open the filter: an unknown device gets the strictest
+    role of its network from the policy."""
+    services.counters.identity_errors += 1
+    log.exception("identifying %s failed; treating it as an unknown device", ip)
+    return Client(ip=ip)
 
 
 class IdentifyClient:
@@ -274,9 +283,17 @@ class IdentifyClient:
         return None
 
     async def _look_up(self, client: connection.Client) -> None:
-        # In a worker thread: the neighbour table is read over netlink, which must neither
-        # block the proxy's loop nor run inside it.
-        identified = await asyncio.to_thread(_identify, self.s, client)
+        # Off the loop: the neighbour table is read over netlink, which must neither block the
+        # proxy's loop nor run inside it.
+        shared = self.s.identify_shared
+        if shared is None:
+            identified = await asyncio.to_thread(_identify, self.s, client)
+        else:
+            ip = _ip_of(client.peername) or "0.0.0.0"
+            try:
+                identified = await asyncio.shield(shared(ip))
+            except Exception:
+                identified = _unidentified(self.s, ip)
         self.s.connections.put(client.id, ConnState(client=identified))
 
 
