@@ -30,6 +30,11 @@ taken; no policy file, so no policy is compiled in the measured time): the proce
 event, the same without the watcher thread's own CPU (what the writers spent: the figure the
 watcher must not raise; the ratio writers/one), and the watcher thread's CPU (run as root).
 
+`--mix real` asks each name as A, AAAA and HTTPS together, as phones and tablets do, which the
+writer folds into one row per attempt (store.events.repeats); the default mix asks every name
+once, so nothing folds. Figures are per query handed over either way; `--unfolded` measures the
+writer with folding turned off, in the same run's conditions.
+
 bench/dns_path.py prints the same process's figure for the worker's whole path (one client).
 """
 
@@ -59,13 +64,20 @@ from schoolgate.store.events.record import CompactEvent
 FLAGS = frozenset({"list:bench_blocklist"})
 
 
-def event(i: int, devices: int, t0: float, rate: float) -> CompactEvent:
-    d = i % devices
+QTYPES = ("A", "AAAA", "HTTPS")
+MIXES = ("bench", "real")
+
+
+def event(i: int, devices: int, t0: float, rate: float, mix: str = "bench") -> CompactEvent:
+    """The i-th blocked query. "bench": each a different name (nothing to fold); "real": each
+    name asked as A, AAAA and HTTPS together by one device, as phones and tablets ask."""
+    n = i // len(QTYPES) if mix == "real" else i
+    d = n % devices
     ts = t0 + i / (rate or 2000.0)
     return (
-        ts, "bench", "dns", f"10.1.{d // 250 % 250}.{d % 250 + 1}", f"ads{i}.track-{i % 9973}.com", "block",
+        ts, "bench", "dns", f"10.1.{d // 250 % 250}.{d % 250 + 1}", f"ads{n}.track-{n % 9973}.com", "block",
         "bench-blocklist", "pupil", f"02:00:00:00:{d // 256 % 256:02x}:{d % 256:02x}", f"dev-{d}",
-        f"Pupil iPad {d}", f"p{d}", f"Pupil {d}", ("A", "AAAA", "HTTPS")[i % 3], None, None,
+        f"Pupil iPad {d}", f"p{d}", f"Pupil {d}", QTYPES[i % 3], None, None,
         "Online Safety Policy (filtering)", None, "bench_adverts", FLAGS, 1, "dhcp",
     )
 
@@ -93,7 +105,7 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
             stats = writer.stop(timeout=600)
             ended = resource.getrusage(resource.RUSAGE_SELF)
             os.write(report_to, f"{ended.ru_utime - begun.ru_utime} {ended.ru_stime - begun.ru_stime}".encode())
-            code = 0 if stats["written"] == len(events) and stats["dropped"] == 0 else 3
+            code = 0 if stats["written"] + stats["folded"] == len(events) and stats["dropped"] == 0 else 3
         finally:
             os._exit(code)
     reading.close()
@@ -218,7 +230,8 @@ def body_processes(url: str, events: list[CompactEvent], rate: float, shared: bo
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            written = int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
+            # Queries, not rows: a row holds a burst's repeated asks (its count).
+            written = int(conn.exec_driver_sql("SELECT sum(count) FROM events").scalar_one())
     finally:
         engine.dispose()
     return spent / written * 1e6, written, watching
@@ -257,17 +270,26 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of a paced case")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 300])
     parser.add_argument("--rates", type=float, nargs="+", default=[0, 1000, 200])
+    parser.add_argument("--mix", choices=MIXES, default="bench",
+                        help="bench: every query a different name; real: each name asked as A, AAAA and HTTPS")
+    parser.add_argument("--no-body", action="store_true", help="only the first table (the forked writer)")
+    parser.add_argument("--unfolded", action="store_true",
+                        help="the writer without folding repeated asks (a row per query), for comparison")
     args = parser.parse_args()
+    if args.unfolded:
+        import schoolgate.store.events.writer as writer_module
+
+        writer_module.fold_repeats = lambda records: (list(records), 0)  # type: ignore[assignment]
     print(f"event-writing process: {WRITER_BATCH_ROWS:,} rows a transaction at most, bursts {WRITER_GATHER_S:g} s "
           f"apart, {WRITER_SQLITE_CACHE_KIB} KiB page cache; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; {args.mix} mix (µs per query handed over; bare sqlite3: one row per query)")
     print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'µs CPU/event':>12} {'(user':>6} {'sys)':>6}"
           f"   {'bare sqlite3':>12}   ratio")
     for devices in args.devices:
         for rate in args.rates:
             count = args.events if not rate else int(rate * args.seconds)
             t0 = time.time()
-            events = [event(i, devices, t0, rate) for i in range(count)]
+            events = [event(i, devices, t0, rate, args.mix) for i in range(count)]
             folder = Path(tempfile.mkdtemp(prefix="sg-bench-writer-"))
             try:
                 url = f"sqlite:///{folder / 'events.db'}"
@@ -283,6 +305,8 @@ def main() -> int:
             label = f"{rate:g}" if rate else "max"
             print(f"  {devices:>7} {label:>7} {count:>8,}   {total:12.2f} {user:6.2f} {system:6.2f}"
                   f"   {bare:12.2f}   {total / bare:5.2f}", flush=True)
+    if args.no_body:
+        return 0
     print("The writing body, from each process's start to its end, the DNS daemon's events and a proxy event "
           "for every tenth: a writing process each (as the daemons' own writers), or one for both (sg-events)")
     # What net watch imports, imported before the forks (as the preloaded supervisor has them).
@@ -299,7 +323,7 @@ def main() -> int:
         for rate in args.rates:
             count = args.events if not rate else int(rate * args.seconds)
             t0 = time.time()
-            events = [event(i, devices, t0, rate) for i in range(count)]
+            events = [event(i, devices, t0, rate, args.mix) for i in range(count)]
             figures = []
             for shared, watching in ((False, False), (True, False), (True, True)):
                 folder = Path(tempfile.mkdtemp(prefix="sg-bench-writer-"))

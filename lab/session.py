@@ -392,7 +392,7 @@ def _verdicts(client: LabClient, first_event: int) -> dict[str, int]:
 def _count(client: LabClient, first_event: int, rule_id: str) -> int:
     with client.session() as session:
         return int(session.scalar(
-            select(func.count()).select_from(AccessEvent)
+            select(func.sum(AccessEvent.count))  # a row may hold a burst's repeated attempts
             .where(AccessEvent.id > first_event, AccessEvent.rule_id == rule_id)
         ) or 0)
 

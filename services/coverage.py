@@ -163,7 +163,8 @@ def scan_events(session: Session, site: str, now: datetime, *, batch: int = BATC
         row = rows.get(str(ip), mac, ts)
         row.dns_at = _later(row.dns_at, ts)
     attempts = session.execute(
-        select(AccessEvent.client_ip, AccessEvent.mac, AccessEvent.rule_id, func.max(AccessEvent.ts), func.count())
+        select(AccessEvent.client_ip, AccessEvent.mac, AccessEvent.rule_id, func.max(AccessEvent.ts),
+               func.sum(AccessEvent.count))  # a row may hold a burst's repeated attempts
         .where(*in_batch, AccessEvent.rule_id.in_(CIRCUMVENTION_RULES))
         .group_by(AccessEvent.client_ip, AccessEvent.mac, AccessEvent.rule_id)
     ).all()

@@ -76,7 +76,7 @@ def device_signal_counts(
     ]
     if device:
         conditions.append(key == device)
-    attempts = func.count()
+    attempts = func.sum(AccessEvent.count)  # a row may hold a burst's repeated attempts (store.events.repeats)
     rows = session.execute(
         select(
             AccessEvent.site,

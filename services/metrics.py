@@ -24,7 +24,7 @@ from schoolgate.store.models import Alert, EventHourly
 
 HEARTBEAT_STALE = timedelta(minutes=3)
 # The event writer's ledger: what every daemon wrote, and every way it lost events.
-WRITER_COUNTS = ("submitted", "written", "spooled", "shipped", "duplicates")
+WRITER_COUNTS = ("submitted", "written", "folded", "spooled", "shipped", "duplicates")
 LOSS_REASONS = ("overflow", "late", "failed", "spool_full")
 
 

@@ -149,7 +149,9 @@ class AccessEvent(Base):
     person_name: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))
     host: Mapped[str] = mapped_column(String(255))
-    qtype: Mapped[str | None] = mapped_column(String(10))
+    # The DNS types asked, in the order asked ("A,AAAA,HTTPS" when a burst's asks for one name
+    # are folded into one row: store.events.repeats).
+    qtype: Mapped[str | None] = mapped_column(String(40))
     url: Mapped[str | None] = mapped_column(Text)
     search_term: Mapped[str | None] = mapped_column(Text)
     verdict: Mapped[str] = mapped_column(String(12))

@@ -709,7 +709,7 @@ def estimate_loss(rows: list[dict[str, Any]], rates: RateTracker,
         counters = row["stats"]["events"]
         submitted = int(counters.get("submitted", 0))
         # "handed": what a DNS worker sent on to its daemon's event writer (whose own row counts it).
-        settled = sum(int(counters.get(key, 0)) for key in ("written", "dropped", "spooled", "handed"))
+        settled = sum(int(counters.get(key, 0)) for key in ("written", "folded", "dropped", "spooled", "handed"))
         waiting = max(0, submitted - settled)
         held = int(counters.get("held", 0))
         peak = rates.peak(row["name"])

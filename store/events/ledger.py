@@ -1,6 +1,6 @@
 """The event writer's ledger: where every submitted event went, and every way one was lost.
 
-After a writer stops, ``submitted == written + spooled + dropped`` holds exactly, and
+After a writer stops, ``submitted == written + folded + spooled + dropped`` holds exactly, and
 ``dropped`` is the sum of the loss reasons below; each is recorded through ``lose`` and
 nowhere else, so a search for ``lose(`` finds every place an event can be lost:
 
@@ -36,6 +36,9 @@ LOSS_REASONS: tuple[LossReason, ...] = ("overflow", "late", "failed", "spool_ful
 class Counts:
     submitted: int = 0  # every submit() call
     written: int = 0  # rows committed to the database directly (including ones it already had)
+    # Repeated asks folded into an earlier event's row of the same burst (repeats.py): stored
+    # in that row's count, not as rows of their own. A row lost later counts once in dropped.
+    folded: int = 0
     dropped: int = 0  # overflow + late + failed + spool_full: never written
     overflow: int = 0  # refused because the queue was full
     late: int = 0  # submitted after stop()

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from schoolgate.store.coltypes import utcnow
 from schoolgate.store.events.ledger import Ledger
 from schoolgate.store.events.record import CompactEvent, EventRecord
+from schoolgate.store.events.repeats import fold_repeats
 from schoolgate.store.events.rows import WRITE_ERRORS, RowFormat, insert_mended, is_bad_data, row_format
 from schoolgate.store.events.shipper import RETRY_MIN, SpoolShipper
 from schoolgate.store.events.status import write_status
@@ -82,9 +83,10 @@ class EventWriter:
     """A bounded queue of EventRecords and the one thread that writes them.
 
     ``submit`` never blocks. Records in the queue and records held back for a retry share
-    the bound ``max_queue``; beyond it new records are dropped and counted. After ``stop``,
-    ``submitted == written + spooled + dropped`` holds exactly (``spooled`` is 0 without a
-    spool).
+    the bound ``max_queue``; beyond it new records are dropped and counted. A burst's repeated
+    asks are folded into one row before it is written (repeats.py). After ``stop``,
+    ``submitted == written + folded + spooled + dropped`` holds exactly (``spooled`` is 0
+    without a spool).
 
     With a ``spool_path``, a batch the database cannot take (it is unreachable, or fails for
     any reason other than the rows themselves) goes to the on-disk spool through the
@@ -314,6 +316,11 @@ class EventWriter:
                 self._retry_len = n  # still counted against the bound while in flight
             if not records:
                 return []
+            records, folded = fold_repeats(records)
+            if folded:
+                with self._lock:
+                    self._ledger.counts.folded += folded
+                    self._retry_len -= folded
             batch: list[Any] = []
             build, build_compact = self._rows.build, self._rows.build_compact
             uids = self._uids

@@ -244,6 +244,8 @@ def test_restart_delays_are_capped_at_2_s() -> None:
         ({"submitted": 600, "written": 600}, [(0, 100), (5, 600)], 20),
         # a backlog held while the database was busy is lost too
         ({"submitted": 700, "written": 600, "dropped": 50}, [(0, 100), (5, 600)], 70),
+        # repeated asks folded into an earlier ask's row are written in its count, not waiting
+        ({"submitted": 900, "written": 300, "folded": 600}, [(0, 900), (5, 900)], 0),
         # spooled rows are on disk, not lost
         ({"submitted": 700, "written": 600, "spooled": 100}, [(0, 700), (5, 700)], 0),
         # allowed traffic folded in memory, not yet submitted, dies with the process

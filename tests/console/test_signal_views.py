@@ -30,8 +30,10 @@ def test_quiet_refusals_are_counted_per_device_and_never_alerts(console: Console
         for minute in range(4):
             add_event(session, ts=now - timedelta(minutes=minute + 1), role="staff", device_id="KW-STAFF-21",
                       device_name="Staff laptop 21", person_name="Cara <b>Teacher</b>", **quic)
-        for n, address in enumerate(("192.0.2.53", "192.0.2.53", "198.51.100.53")):
-            add_event(session, ts=now - timedelta(minutes=n + 1), device_id=None, device_name=None, person_id=None,
+        # Two asks of one resolver folded into one row (its count), as the event writer does a burst's.
+        for n, (address, asks) in enumerate((("192.0.2.53", 2), ("198.51.100.53", 1))):
+            add_event(session, ts=now - timedelta(minutes=n + 1), count=asks, device_id=None, device_name=None,
+                      person_id=None,
                       person_name=None, client_ip="10.41.30.77", mac="02:00:00:00:30:77",
                       **{**quic, "verdict": "redirect", "rule_id": "gateway.redirect.dns", "flags": "foreign_resolver",
                          "url": f"udp://{address}:53", "host": address})
@@ -84,3 +86,21 @@ def test_the_dsl_bans_an_unregistered_phone_from_its_case(console: Console) -> N
     assert 'id="alert-ban"' in shown and "until lifted" in shown and "Mrs Khan" in shown
     listed = dsl.get("/alerts/bans").get_data(as_text=True)
     assert "02:00:00:00:20:88" in listed and "not registered" in listed and "until lifted" in listed
+
+
+def test_an_events_page_says_what_its_count_folds(console: Console) -> None:
+    """A blocked row may hold a burst's asks for one name (A, AAAA and HTTPS within a second);
+    an allowed row a minute's requests. The page says which, and the types asked."""
+    now = console.clock.now()
+    with console.session() as session:
+        blocked = add_event(session, ts=now - timedelta(minutes=2), source="dns", verdict="block", count=3,
+                            qtype="A,AAAA,HTTPS", url=None)
+        allowed = add_event(session, ts=now - timedelta(minutes=3), source="dns", verdict="allow", count=7,
+                            qtype="A", url=None, flags="", rule_id="default")
+        session.commit()
+        ids = (blocked.id, allowed.id)
+    tech = console.login("technician")
+    page = tech.get(f"/activity/{ids[0]}").get_data(as_text=True)
+    assert "(3 attempts within a second)" in page and "dns (A,AAAA,HTTPS)" in page
+    page = tech.get(f"/activity/{ids[1]}").get_data(as_text=True)
+    assert "(7 attempts that minute)" in page

@@ -88,8 +88,9 @@ def test_the_technician_is_told_once_and_again_only_after_a_recovery(session: Se
 def test_circumvention_the_gateway_refused_is_counted_per_device(session: Session) -> None:
     now = T0 + timedelta(minutes=30)
     coverage.record_census(session, SITE, census(now, (*A, now)))
-    for rule in ("gateway.refuse.doh", "gateway.refuse.doh", "gateway.redirect.dns"):
-        dns_event(session, *A, now, source="gateway", rule_id=rule, verdict="block", host="1.1.1.1", count=1)
+    # A row may hold a burst's repeated attempts (its count): two refusals folded into one row.
+    for rule, count in (("gateway.refuse.doh", 2), ("gateway.redirect.dns", 1)):
+        dns_event(session, *A, now, source="gateway", rule_id=rule, verdict="block", host="1.1.1.1", count=count)
     coverage.scan_events(session, SITE, now)
     dns_event(session, *A, now, source="gateway", rule_id="gateway.refuse.doh", verdict="block", host="1.1.1.1",
               count=1)

@@ -1,0 +1,97 @@
+"""Folding a burst's repeated asks: one row for a device's asks of one name, with their count.
+
+A phone or tablet asks for a name as A, AAAA and HTTPS at once (and asks again when a
+blocked answer makes the app retry): three or more blocked queries for one attempt. Written
+one row each, every ask costs the event writer an entry in each of the table's indexes,
+the largest part of its CPU per blocked query. Folded, the attempt is one row whose
+``count`` is the exact number of asks and whose ``qtype`` lists the types asked, in the
+order they came ("A,AAAA,HTTPS"), stamped with the first ask's time: every fact the DfE
+standards ask for (device, address, person, time, name) is kept, and readers that count
+attempts sum ``count`` (as they already do for allowed traffic, folded per minute).
+
+Only compact events (record.CompactEvent, what the DNS workers, the proxy and net watch hand
+over) are folded, and only with an earlier event of the same burst that is the same in every
+field but the time, the type and the count, asked within ``FOLD_WINDOW_S`` of it. A record
+with a uid of its own (shipped from a spool or another appliance) is never folded: its uid
+is its identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from schoolgate.store.events.record import COMPACT_FIELDS, CompactEvent, EventRecord
+
+# Asks further apart than this are separate attempts, even within one burst (a burst can hold
+# many seconds of events when the writer has fallen behind).
+FOLD_WINDOW_S = 1.0
+
+_TS = COMPACT_FIELDS.index("ts")
+_CLIENT_IP = COMPACT_FIELDS.index("client_ip")
+_HOST = COMPACT_FIELDS.index("host")
+_QTYPE = COMPACT_FIELDS.index("qtype")
+_COUNT = COMPACT_FIELDS.index("count")
+_LEN = len(COMPACT_FIELDS)
+assert _TS == 0 and _QTYPE < _COUNT, "fold_repeats compares the fields between ts, qtype and count"
+
+
+def _qtypes_width() -> int:
+    from schoolgate.store.models import AccessEvent
+
+    length = getattr(AccessEvent.__table__.c.qtype.type, "length", None)
+    if not isinstance(length, int):
+        raise TypeError("events.qtype must be a string column of a fixed width")
+    return length
+
+
+QTYPES_WIDTH = _qtypes_width()  # a folded row's types must fit the column (PostgreSQL refuses more)
+
+
+def fold_repeats(records: Sequence[EventRecord | CompactEvent]) -> tuple[list[EventRecord | CompactEvent], int]:
+    """The burst's records with each repeated ask folded into the first; and how many were folded.
+
+    The order of the rest is kept. A compact event is folded into the row of an earlier one
+    with the same client address and name when every other field but the time, type and
+    count is the same and it came within ``FOLD_WINDOW_S`` of that row's first ask.
+    """
+    rows: list[EventRecord | CompactEvent] = []
+    latest: dict[tuple[Any, Any], int] = {}  # (client address, name) -> its newest row's index
+    folded = 0
+    for record in records:
+        if type(record) is not tuple or len(record) != _LEN:
+            rows.append(record)
+            continue
+        key = (record[_CLIENT_IP], record[_HOST])
+        at = latest.get(key)
+        if at is not None:
+            merged = _merged(rows[at], record)  # type: ignore[arg-type]  # only tuples are indexed
+            if merged is not None:
+                rows[at] = merged
+                folded += 1
+                continue
+        latest[key] = len(rows)
+        rows.append(record)
+    return rows, folded
+
+
+def _merged(first: CompactEvent, ask: CompactEvent) -> CompactEvent | None:
+    """`first` with `ask` folded in, or None if `ask` is another attempt."""
+    if not -FOLD_WINDOW_S <= ask[_TS] - first[_TS] <= FOLD_WINDOW_S:
+        return None
+    if (first[1:_QTYPE] != ask[1:_QTYPE] or first[_QTYPE + 1 : _COUNT] != ask[_QTYPE + 1 : _COUNT]
+            or first[_COUNT + 1 :] != ask[_COUNT + 1 :]):
+        return None
+    qtypes = first[_QTYPE]
+    asked = ask[_QTYPE]
+    if asked is not None and asked != qtypes:
+        if qtypes is None:
+            qtypes = asked
+        elif asked not in qtypes.split(","):
+            qtypes = f"{qtypes},{asked}"
+            if len(qtypes) > QTYPES_WIDTH:
+                return None
+    return (
+        min(first[_TS], ask[_TS]), *first[1:_QTYPE], qtypes, *first[_QTYPE + 1 : _COUNT],
+        first[_COUNT] + ask[_COUNT], *first[_COUNT + 1 :],
+    )
