@@ -457,7 +457,8 @@ class CompiledPolicy:
         return self._static(role, year_group, number, hm, ts, device=device)
 
     def _static(
-        self, role: Role, year_group: int | None, number: int, hm: HostMatch, ts: float, *, device: str
+        self, role: Role, year_group: int | None, number: int, hm: HostMatch, ts: float, *, device: str,
+        named: bool = True,
     ) -> Decision:
         # segment(ts), its minute cache read here: this runs for every decision.
         segment, index, active = self._minutes.get(int(ts // 60)) or self.segment(ts)
@@ -477,16 +478,16 @@ class CompiledPolicy:
                 self._decisions = {}
             self._decisions[key] = decision
         listed = hm.list_domain
-        if listed is None or hm.service >= 0 or decision.matched == listed:
+        if not named or listed is None or hm.service >= 0 or decision.matched == listed:
             return decision  # a catalogue service's decision names its own domain
         named_key = (key, listed)
-        named = self._named.get(named_key)
-        if named is None:
-            named = decision.about(listed)
+        about = self._named.get(named_key)
+        if about is None:
+            about = decision.about(listed)
             if len(self._named) >= _DECISION_CACHE_LIMIT:
                 self._named = {}
-            self._named[named_key] = named
-        return named
+            self._named[named_key] = about
+        return about
 
     def _evaluate(
         self, role: Role, year_group: int | None, hm: HostMatch, *, device: str, utc_day: int, index: int, active: int
@@ -753,8 +754,15 @@ def _apply_overlay(
                    own_role=own_role)
 
 
-def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime) -> Decision:
-    """The verdict for `client` asking for `target` at `now` (an aware datetime)."""
+def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime, *, named: bool = True) -> Decision:
+    """The verdict for `client` asking for `target` at `now` (an aware datetime).
+
+    `named=False`: a name a list holds gets the decision its kind of match shares with every
+    other such name, whose `matched` is the listed domain it was first made for, not
+    necessarily this host's. Every other field is the same. For a caller that never reads
+    `matched` (the DNS fast path: its answer, Extended DNS Error and event leave it out), this
+    saves naming a copy of the decision for each new name (a Decision per name, and the
+    collector's time for it)."""
     if now.tzinfo is None:
         raise ValueError("decide() needs an aware datetime (with a time zone)")
     ts = now.timestamp()
@@ -779,7 +787,8 @@ def decide(policy: CompiledPolicy, client: Client, target: Target, now: datetime
             number, hm = policy.number_for(with_url), with_url
     ownership = client.ownership
     base = policy._static(
-        role, client.year_group, number, hm, ts, device="unknown" if ownership is None else device_condition(ownership)
+        role, client.year_group, number, hm, ts, device="unknown" if ownership is None else device_condition(ownership),
+        named=named,
     )
     if overlay.empty:
         return base

@@ -30,7 +30,10 @@ class PolicyView(Protocol):
     @property
     def block_ipv6(self) -> str | None: ...
 
-    def decide(self, client: Client, target: Target, now: datetime) -> Decision: ...
+    def decide(self, client: Client, target: Target, now: datetime, *, named: bool = True) -> Decision:
+        """`named=False`: the decision's `matched` may name another listed domain of the same
+        kind (schoolgate.policy.engine.decide); only the fast path, which never reads it, asks so."""
+        ...
 
 
 def ede_for(decision: Decision) -> tuple[int, str]:

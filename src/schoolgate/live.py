@@ -155,13 +155,14 @@ class LivePolicy:
     def last_error(self) -> str | None:
         return self.error
 
-    def decide(self, client: Client, target: Target, now: datetime) -> Decision:
+    def decide(self, client: Client, target: Target, now: datetime, *, named: bool = True) -> Decision:
         # Every DNS query comes here: the policy in force and the engine, without the property
-        # and the import statement that cost more than a cached decision does.
+        # and the import statement that cost more than a cached decision does. `named`: see
+        # schoolgate.policy.engine.decide.
         policy = self.policy
         if policy is None:
             raise RuntimeError("the policy has not been loaded")
-        return _engine_decide()(policy, client, target, now)
+        return _engine_decide()(policy, client, target, now, named=named)
 
     def role_for(self, client: Client) -> Role:
         if client.role is not None:
@@ -367,7 +368,7 @@ def _take_preloaded(path: Path, manifest_stamp: tuple[int, int, int], seed: int 
 
 
 @functools.cache
-def _engine_decide() -> Callable[[CompiledPolicy, Client, Target, datetime], Decision]:
+def _engine_decide() -> Callable[..., Decision]:
     from schoolgate.policy.engine import decide
 
     return decide

@@ -280,12 +280,12 @@ class ReloadablePolicy(StaticPolicy):
         self.policy = policy
         self.generation += 1
 
-    def decide(self, client: Client, target: Target, now: datetime) -> Decision:
+    def decide(self, client: Client, target: Target, now: datetime, *, named: bool = True) -> Decision:
         if target.host == "timed.example.test" and now < ENDS:
             # A decision that ends inside a minute, as an exception or a ban can.
             return Decision(Verdict.BLOCK, "timed-ban", "Acceptable Use §2", "banned until 12:00:20", Role.PUPIL,
                             valid_until=ENDS)
-        return decide(self.policy, client, target, now)
+        return decide(self.policy, client, target, now, named=named)
 
 
 class MovingIdentities(Identities):

@@ -45,8 +45,8 @@ class StaticPolicy:
     block_ipv6 = "fd99::1"
     generation = 0
 
-    def decide(self, client, target, now):
-        return decide(POLICY, client, target, now)
+    def decide(self, client, target, now, *, named=True):
+        return decide(POLICY, client, target, now, named=named)
 
     def role_for(self, client):
         return client.role or POLICY.role_for_ip(client.ip)
@@ -359,8 +359,8 @@ def test_watch_feeds_a_name_whose_verdict_depends_on_the_page() -> None:
     layered = POLICY.with_overlay(blocks=[page])
 
     class Overlaid(StaticPolicy):
-        def decide(self, client, target, now):
-            return decide(layered, client, target, now)
+        def decide(self, client, target, now, *, named=True):
+            return decide(layered, client, target, now, named=named)
 
     sets = MemoryWatchedSets()
     policy = PolicyStage(Overlaid(), FixedClock(TEN))
@@ -389,8 +389,8 @@ def test_a_page_scoped_answer_waits_until_its_addresses_reach_the_proxy(steered:
     )
 
     class Overlaid(StaticPolicy):
-        def decide(self, client, target, now):
-            return decide(layered, client, target, now)
+        def decide(self, client, target, now, *, named=True):
+            return decide(layered, client, target, now, named=named)
 
     sets = Sets()
     policy = PolicyStage(Overlaid(), FixedClock(TEN))

@@ -563,6 +563,38 @@ def test_listed_names_of_one_kind_share_one_remembered_decision(
         assert decide(policy, client, Target(host_of.format(name)), now) is answer  # asked again: remembered
 
 
+@pytest.mark.parametrize(
+    ("role", "host_of", "listed"),
+    [
+        (Role.PUPIL, "{}", GAMES),
+        (Role.PUPIL, "www.{}", GAMES),
+        (Role.STAFF, "cdn.{}", GAMES),
+        (Role.STAFF, "{}", ADS),
+        (Role.PUPIL, "a.b.{}", ADS),
+        (Role.GUEST, "{}", EXACT_ADS),
+        (Role.GUEST, "www.{}", EXACT_ADS),
+    ],
+)
+def test_an_unnamed_decision_differs_from_the_named_one_in_matched_alone(
+    kinds_policy: Path, role: Role, host_of: str, listed: list[str]
+) -> None:
+    """decide(named=False), as the DNS fast path asks: every field but `matched` is what the
+    named decision says, whichever of the two a policy was asked first."""
+    now = datetime(2026, 11, 23, 11, tzinfo=UTC)
+    client = Client(ip="10.0.0.9", role=role)
+    named_first, unnamed_first = load_policy(kinds_policy), load_policy(kinds_policy)
+    for name in listed[:60]:
+        target = Target(host_of.format(name))
+        named = decide(named_first, client, target, now)
+        unnamed = decide(named_first, client, target, now, named=False)
+        later_unnamed = decide(unnamed_first, client, target, now, named=False)
+        later_named = decide(unnamed_first, client, target, now)
+        assert later_named == named
+        for got in (unnamed, later_unnamed):
+            assert dataclasses.replace(got, matched=named.matched) == named, name
+    assert len(unnamed_first._named) <= len(named_first._named)
+
+
 def test_a_listed_name_under_an_exact_entry_only_is_not_blocked(kinds_policy: Path) -> None:
     """An exact entry's kind must not lend its decision to the name's subdomains."""
     policy = load_policy(kinds_policy)
