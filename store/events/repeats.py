@@ -18,6 +18,7 @@ is its identity.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,8 @@ def fold_repeats(records: Sequence[EventRecord | CompactEvent]) -> tuple[list[Ev
     count is the same and it came within ``FOLD_WINDOW_S`` of that row's first ask.
     """
     rows: list[EventRecord | CompactEvent] = []
-    latest: dict[tuple[Any, Any], int] = {}  # (client address, name) -> its newest row's index
+    latest: dict[tuple[Any, Any], int] = {}  # (client address, name) -> where its newest row is
+    grown: dict[int, _Row] = {}  # the rows that folded asks in, by where they are: made anew at the end
     folded = 0
     for record in records:
         if type(record) is not tuple or len(record) != _LEN:
@@ -65,33 +67,56 @@ def fold_repeats(records: Sequence[EventRecord | CompactEvent]) -> tuple[list[Ev
         key = (record[_CLIENT_IP], record[_HOST])
         at = latest.get(key)
         if at is not None:
-            merged = _merged(rows[at], record)  # type: ignore[arg-type]  # only tuples are indexed
-            if merged is not None:
-                rows[at] = merged
+            row = grown.get(at)
+            if row is None:
+                row = _Row(rows[at])  # type: ignore[arg-type]  # only compact events are indexed
+            if row.takes(record):
+                grown[at] = row
                 folded += 1
                 continue
         latest[key] = len(rows)
         rows.append(record)
+    for at, row in grown.items():
+        rows[at] = row.made()
     return rows, folded
 
 
-def _merged(first: CompactEvent, ask: CompactEvent) -> CompactEvent | None:
-    """`first` with `ask` folded in, or None if `ask` is another attempt."""
-    if not -FOLD_WINDOW_S <= ask[_TS] - first[_TS] <= FOLD_WINDOW_S:
-        return None
-    if (first[1:_QTYPE] != ask[1:_QTYPE] or first[_QTYPE + 1 : _COUNT] != ask[_QTYPE + 1 : _COUNT]
-            or first[_COUNT + 1 :] != ask[_COUNT + 1 :]):
-        return None
-    qtypes = first[_QTYPE]
-    asked = ask[_QTYPE]
-    if asked is not None and asked != qtypes:
-        if qtypes is None:
-            qtypes = asked
-        elif asked not in qtypes.split(","):
-            qtypes = f"{qtypes},{asked}"
-            if len(qtypes) > QTYPES_WIDTH:
-                return None
-    return (
-        min(first[_TS], ask[_TS]), *first[1:_QTYPE], qtypes, *first[_QTYPE + 1 : _COUNT],
-        first[_COUNT] + ask[_COUNT], *first[_COUNT + 1 :],
-    )
+_facts = operator.itemgetter(*(n for n in range(1, _LEN) if n not in (_QTYPE, _COUNT)))
+
+
+class _Row:
+    """A row being folded: its first ask, and what later asks added."""
+
+    __slots__ = ("count", "facts", "first", "qtypes", "ts")
+
+    def __init__(self, first: CompactEvent) -> None:
+        self.first = first
+        self.facts: tuple[Any, ...] = _facts(first)
+        self.ts = first[_TS]
+        self.qtypes: str | None = first[_QTYPE]
+        self.count: int = first[_COUNT]
+
+    def takes(self, ask: CompactEvent) -> bool:
+        """Fold `ask` in if it is a repeat of this row's attempt."""
+        if not -FOLD_WINDOW_S <= ask[_TS] - self.first[_TS] <= FOLD_WINDOW_S:
+            return False
+        if _facts(ask) != self.facts:
+            return False
+        asked = ask[_QTYPE]
+        qtypes = self.qtypes
+        if asked is not None and asked != qtypes:
+            if qtypes is None:
+                qtypes = asked
+            elif asked not in qtypes.split(","):
+                qtypes = f"{qtypes},{asked}"
+                if len(qtypes) > QTYPES_WIDTH:
+                    return False
+        self.qtypes = qtypes
+        self.count += ask[_COUNT]
+        self.ts = min(self.ts, ask[_TS])
+        return True
+
+    def made(self) -> CompactEvent:
+        first = self.first
+        return (self.ts, *first[1:_QTYPE], self.qtypes, *first[_QTYPE + 1 : _COUNT], self.count,
+                *first[_COUNT + 1 :])
