@@ -5,7 +5,9 @@
 
 (`--profile`: py-spy, from PyPI, samples schoolgate's proxy during each load; one collapsed
 stack file per slice. `--proxy-workers`: the CPU per connection is summed over every process of
-schoolgate's proxy, its workers and the one that writes their events, and shown per process.)
+schoolgate's proxy, its workers and the one that writes their events, and shown per process;
+where that process also writes the DNS daemon's events and runs net watch and the scheduler, as
+`schoolgate run` has it, only its threads that write the proxy's events are counted.)
 
 Builds a private lab (namespaces `sgb…`), then measures from the lab's devices:
 
@@ -55,7 +57,8 @@ from schoolgate.lab.packages import ensure_programs
 from schoolgate.lab.squid import SQUID_TLS_PORT as SQUID_PORT
 from schoolgate.lab.squid import write_squid_config
 from schoolgate.lab.topology import GATEWAY_LAN_IP, WAN_INTERFACE
-from schoolgate.runner import SHARED_EVENTS
+from schoolgate.runner import PROXY_EVENTS, SHARED_EVENTS
+from schoolgate.store.events.writing import OS_THREAD_PREFIX
 
 LESSON = "2026-11-23T10:15:00+00:00"
 AFTER_SCHOOL = "2026-11-23T16:30:00+00:00"  # the example policy (ASPIRE §4): staff social media after school
@@ -267,16 +270,43 @@ def schoolgate_nat(lab: Lab) -> None:
     apply_redirect_to(lab, 8081)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    return sum(cpu_split(pid))
+# The threads of the shared event-writing process that write the proxy's events (and the
+# threads they start): the process also writes the DNS daemon's events and runs net watch and
+# the scheduler, none of which is the proxy's cost (schoolgate.store.events.writing names each
+# part's threads in the kernel).
+PROXY_WRITING_THREADS = f"{OS_THREAD_PREFIX}{PROXY_EVENTS}"[:15]
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU time of a process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+@dataclass(frozen=True)
+class Measured:
+    """A process whose CPU time is counted, or only its threads of one kernel name."""
+
+    pid: int
+    threads: str | None = None  # a thread name (/proc/PID/task/TID/comm); None: the whole process
+
+
+def cpu_seconds(measured: Measured) -> float:
+    """User + system CPU time of a process (all its threads), or of its threads named so."""
+    return sum(cpu_split(measured))
+
+
+def cpu_split(measured: Measured) -> tuple[float, float]:
+    """(user, system) CPU time of a process (all its threads), or of its threads named so."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    if measured.threads is None:
+        paths = [Path(f"/proc/{measured.pid}/stat")]
+    else:
+        paths = []
+        for task in Path(f"/proc/{measured.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                if (task / "comm").read_text().strip() == measured.threads:
+                    paths.append(task / "stat")
+    user = system = 0
+    for path in paths:
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            fields = path.read_text().rsplit(")", 1)[1].split()
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user / tick, system / tick
 
 
 def report(title: str, rows: list[tuple[str, str]]) -> None:
@@ -336,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
             print("the schoolgate proxy is not running in the lab", file=sys.stderr)
             return 1
         # Every process of schoolgate's proxy: its workers and the one that writes their events
-        # ("proxy.events", or "events" where one process writes the DNS daemon's events too: the
-        # whole of it is counted, though the devices here dial by address and ask DNS nothing).
-        processes = {name: int(info["pid"]) for name, info in lab.supervisor_state()["children"].items()
-                     if (name == "proxy" or name.startswith("proxy.") or name == SHARED_EVENTS) and info.get("pid")}
-        pids = {"schoolgate": list(processes.values()) or [proxy_pid], "squid": [squid_pid[0]]}
+        # ("proxy.events", or "events" where one process also writes the DNS daemon's events and
+        # runs net watch and the scheduler: of that one, only the threads that write the proxy's).
+        processes = {
+            name: Measured(int(info["pid"]), PROXY_WRITING_THREADS if name == SHARED_EVENTS else None)
+            for name, info in lab.supervisor_state()["children"].items()
+            if (name == "proxy" or name.startswith("proxy.") or name == SHARED_EVENTS) and info.get("pid")
+        }
+        pids = {"schoolgate": list(processes.values()) or [Measured(proxy_pid)], "squid": [Measured(squid_pid[0])]}
         by_process = {(name, kind): 0.0 for name in processes for kind in ("killed", "passed")}
         in_kernel = {key: 0.0 for key in cpu}  # each proxy's system time
         latency: dict[str, list[float]] = {e: [] for e in engines}
@@ -358,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind, device, clock in (("killed", pupil, LESSON), ("passed", staff, AFTER_SCHOOL)):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
-                    profiler = _start_profile(args.profile, pids[engine][0], f"{engine}-{kind}") \
+                    profiler = _start_profile(args.profile, pids[engine][0].pid, f"{engine}-{kind}") \
                         if engine == "schoolgate" else None
                     each_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
                     system_before = sum(cpu_split(pid)[1] for pid in pids[engine])
@@ -415,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             ("  ratio schoolgate/squid", f"{_ratio(sg['passed'], sq['passed']):8.2f}"),
         ])
         per_connection = {key: cpu[key] / max(1, totals[key].done) * 1e6 for key in cpu}
-        report(f"Proxy CPU time per connection (µs, user + system, all threads of its {len(pids['schoolgate'])} "
-               "worker(s))", [
+        report(f"Proxy CPU time per connection (µs, user + system, its {len(pids['schoolgate'])} "
+               "processes: workers and event writing)", [
             ("killed at the SNI: schoolgate", f"{per_connection[('schoolgate', 'killed')]:8.0f}"),
             ("killed at the SNI: squid", f"{per_connection[('squid', 'killed')]:8.0f}"),
             ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'killed'):8.2f}"),
@@ -425,9 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'passed'):8.2f}"),
         ])
         report("schoolgate's CPU time per connection by process (µs; killed / passed through)", [
-            (name, f"{by_process[(name, 'killed')] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
-                   f"{by_process[(name, 'passed')] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}")
-            for name in processes
+            (name if measured.threads is None else f"{name}: its {measured.threads} threads",
+             f"{by_process[(name, 'killed')] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
+             f"{by_process[(name, 'passed')] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}")
+            for name, measured in processes.items()
         ] + [
             (f"  of which in the kernel (system time){': ' + engine if engine == 'squid' else ''}",
              f"{in_kernel[(engine, 'killed')] / max(1, totals[(engine, 'killed')].done) * 1e6:8.0f} / "

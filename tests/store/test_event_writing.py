@@ -155,6 +155,30 @@ def test_one_process_writes_each_daemons_events_into_its_own_status_row(db_path:
     assert exit_status(writer, 30) == 0
 
 
+def test_each_daemons_writing_threads_carry_its_name_in_the_kernel(db_path: Path, channels: Channels) -> None:
+    """So that each daemon's share of the process's CPU can be read from outside (bench/proxy
+    counts only the proxy's): the thread reading a daemon's channel and the writer thread it
+    starts are both named after that daemon's status row."""
+    db_url = f"sqlite:///{db_path}"
+    writer = channels.fork_writer(db_url)
+    channels.send("proxy", 0, 10)
+    wait_for(lambda: len(stored_hosts(db_url)["proxy"]) == 10, 30)
+
+    def names() -> list[str]:
+        found = []
+        for task in Path(f"/proc/{writer}/task").iterdir():
+            try:
+                found.append((task / "comm").read_text().strip())
+            except OSError:  # a thread that has just ended
+                continue
+        return found
+
+    named = wait_for(lambda: (found := names()).count("sg-proxy.events") >= 2 and found, 10)
+    assert named.count("sg-dns.events") >= 2
+    channels.close_senders()
+    assert exit_status(writer, 30) == 0
+
+
 def test_a_killed_writing_process_loses_nothing_that_waited_in_the_channels(db_path: Path,
                                                                             channels: Channels) -> None:
     """SIGKILL while both daemons hand events over: what it had read and not written is lost
