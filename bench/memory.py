@@ -362,17 +362,20 @@ def main(argv: list[str] | None = None) -> int:
                        "(peek, then terminate or splice)", peers, mappings=args.mappings)
                 by_name = {name: sum(r.pss_kb for r in measure([pid])) / 1024 for name, (pid, _) in references.items()}
                 # The event-writing process `schoolgate run` shares between the DNS daemon and the
-                # proxy (`sg-events`) is half each daemon's.
-                shared = sum(r.pss_kb for r in rows if r.name == "sg-events") / 1024
+                # proxy (`sg-events`, or `schoolgate events` with --separate) also runs net watch
+                # and the scheduler: it is shown apart, not shared out between the two.
+                shared = sum(r.pss_kb for r in rows if r.name in ("sg-events", "schoolgate events")) / 1024
                 for peer, daemon in (("dnsmasq", "dns"), ("squid", "proxy")):
                     # Every process of the daemon: its workers and its event writer (`sg-dns`,
                     # `sg-dns-events`, `sg-proxy.2`, `sg-proxy.events` when forked; `schoolgate dns`
                     # when started on its own).
                     ours = sum(r.pss_kb for r in rows if daemon in re.split(r"[-. ]", r.name)[1:2]) / 1024
-                    ours += shared / 2
                     if peer in by_name and ours and by_name[peer]:
                         print(f"  schoolgate {daemon} (all its processes) {ours:.1f} MB / {peer} "
                               f"{by_name[peer]:.1f} MB PSS: {ours / by_name[peer]:.1f}x")
+                if shared:
+                    print(f"  beside them, the event-writing process both hand their events to, which also runs "
+                          f"net watch and the scheduler: {shared:.1f} MB")
         finally:
             for pid, start in references.values():
                 netns.stop_process(pid, start)
