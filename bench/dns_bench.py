@@ -25,7 +25,9 @@ server from /proc before and after, and prints queries per second, queries per C
 (answered queries / CPU seconds of the server's processes: the figure least moved by a busy
 machine), CPU microseconds per query, mean and p99 latency, lost queries, and for schoolgate
 each process's share (its serving workers, the process writing their events, and the one
-supervising them), with the ratio of the workers' own queries per CPU-second to dnsmasq's.
+supervising them), with the ratio of the workers' own queries per CPU-second to dnsmasq's,
+and the kernel's share of the CPU per query (system time: receiving, sending, waking up) for
+dnsmasq and for schoolgate's workers, which no leaner Python path can save.
 Memory: RSS and PSS of every process of each server after the loads, and their sums. With
 --runs N everything is measured N times, the servers alternating, and printed as ranges
 (min-max) with the median. schoolgate runs with its per-client policy (pupil network) and
@@ -203,17 +205,17 @@ def process_name(pid: int) -> str:
         return "?"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process, all its threads."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process, all its threads."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
-def cpu_by_process(root: int) -> dict[int, float]:
-    return {pid: cpu_seconds(pid) for pid in process_tree(root)}
+def cpu_by_process(root: int) -> dict[int, tuple[float, float]]:
+    return {pid: cpu_times(pid) for pid in process_tree(root)}
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -237,6 +239,8 @@ class Result:
     completed: int = 0
     cpu_s: float = 0.0  # the server's processes, all of them
     cpu_by_role: dict[str, float] = field(default_factory=dict)  # schoolgate: worker / control
+    # The kernel's share of it (system time: receiving and sending datagrams, waking up), by role.
+    system_by_role: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_cpu_second(self) -> float:
@@ -294,11 +298,13 @@ def dnsperf(server: Server, queries: Path, seconds: int, *, clients: int = 20, o
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30).stdout
     after = cpu_by_process(server.proc.pid)
     result = Result()
-    for pid, spent in after.items():
-        used = spent - before.get(pid, 0.0)
+    for pid, (user, system) in after.items():
+        user_before, system_before = before.get(pid, (0.0, 0.0))
+        used = user - user_before + system - system_before
         result.cpu_s += used
         role = server.roles(pid)
         result.cpu_by_role[role] = result.cpu_by_role.get(role, 0.0) + used
+        result.system_by_role[role] = result.system_by_role.get(role, 0.0) + system - system_before
     latencies = []
     for line in out.splitlines():
         stripped = line.strip()
@@ -503,6 +509,15 @@ def report(runs: list[dict[str, Server]], workers: int, loads: tuple[str, ...] =
         if worker_ratio:
             print(f"{'':<14} {'ratio':<11} {'':>24} {_span(worker_ratio, '.2f'):>24}"
                   "   (schoolgate's workers alone/dnsmasq: queries per CPU-second)")
+        # Of each CPU us/q, the kernel's (system time): what a leaner Python path cannot save.
+        kernel = {
+            label: [run[name].results[load].system_by_role.get(role, 0.0) / run[name].results[load].completed * 1e6
+                    for run in runs if name in run and run[name].results[load].completed]
+            for label, name, role in (("dnsmasq", "dnsmasq", "all"), ("schoolgate workers", "schoolgate", "workers"))
+        }
+        if any(kernel.values()):
+            print(f"{'':<14} {'':<11} kernel (system) CPU us/q: "
+                  + ", ".join(f"{label} {_span(v, '.1f')}" for label, v in kernel.items() if v))
         summary[load] = {"qps_ratio": qps_ratio, "cpu_ratio": cpu_ratio, "worker_cpu_ratio": worker_ratio}
     print()
     for name in names:
