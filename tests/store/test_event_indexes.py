@@ -1,5 +1,9 @@
 """The events table's indexes serve the readers' queries, on SQLite and PostgreSQL.
 
+A search by verdict has no index of its own (each entry cost the writer more than the
+searches it sped up): it walks the index by time newest first, so a page is found without
+reading and sorting the whole range.
+
 The indexes by person and by service are partial (only rows that name one): each index
 entry costs the event writer CPU for every blocked query, and most events name neither. A
 reader that looks one up by equality still gets its index; these tests fail if a query's
@@ -104,3 +108,11 @@ def test_the_search_by_person_finds_the_same_events_as_a_scan(filled: Engine) ->
         found = [item.uid for item in search_events(session, SITE, query).items]
     expected = [row["uid"] for row in rows(6000) if row["person_id"] == "p3"]
     assert found == list(reversed(expected))
+
+
+@pytest.mark.parametrize("verdict", ["block", "allow"])
+def test_the_activity_search_by_verdict_walks_the_time_index_without_sorting(filled: Engine, db_path: object,
+                                                                            verdict: str) -> None:
+    query = EventQuery(start=START, end=START + timedelta(days=1), verdict=verdict)
+    plan = plan_of_search(filled, query)
+    assert "ix_events_site_ts" in plan and "TEMP B-TREE" not in plan, plan
