@@ -638,6 +638,8 @@ class Rejudge:
 class EventLog:
     """One event per decision, with the DfE fields (from EventRecord.from_decision)."""
 
+    observes_only = True  # see Pipeline.judge_hello_first
+
     def __init__(self, services: Services) -> None:
         self.s = services
 
@@ -690,6 +692,8 @@ class EventLog:
 
 
 class Counters:
+    observes_only = True  # see Pipeline.judge_hello_first
+
     def __init__(self, services: Services) -> None:
         self.c = services.counters
         self.s = services
@@ -800,6 +804,13 @@ class Pipeline:
         self._handlers: dict[str, list[Callable[..., Any]]] = {
             name: [getattr(m, name) for m in members if callable(getattr(m, name, None))] for name in self.HOOKS
         }
+        # The ClientHello's hooks split for judge_hello_first: the members that decide, and
+        # after them those that only observe (which build_addons puts last for these hooks).
+        self._deciding = {hook: [h for h in self._handlers[hook] if not _observes_only(h)] for hook in _SPLIT_HOOKS}
+        self._observing = {hook: [h for h in self._handlers[hook] if _observes_only(h)] for hook in _SPLIT_HOOKS}
+        for hook in _SPLIT_HOOKS:
+            if self._deciding[hook] + self._observing[hook] != self._handlers[hook]:
+                raise TypeError(f"{hook}: a member that only observes is ordered before one that decides")
         self._early_hellos: set[str] = set()  # connections whose ClientHello next_layer handled
         self._early_connects: set[str] = set()  # ... and whose server connection it allowed
         self.relayed_early = 0  # connections passed or killed before mitmproxy's TLS layers
@@ -907,7 +918,21 @@ class Pipeline:
 
     def judge_hello(self, context: Context, data: bytes, hello: FastClientHello | None = None) -> EarlyHello:
         """Give the members a transparent connection's first bytes as its ClientHello (`hello`:
-        the caller's parse of `data`, if it has one: not parsed twice).
+        the caller's parse of `data`, if it has one: not parsed twice): `judge_hello_first`, its
+        observers told at once."""
+        verdict, observe = self.judge_hello_first(context, data, hello)
+        if observe is not None:
+            observe()
+        return verdict
+
+    def judge_hello_first(
+        self, context: Context, data: bytes, hello: FastClientHello | None = None
+    ) -> tuple[EarlyHello, Callable[[], None] | None]:
+        """The verdict on a transparent connection's first bytes, from the members that decide;
+        and what tells the members that only observe (`observes_only`: the event log and the
+        counters), for the caller to call once it has carried the verdict out (the kill closed,
+        the server dialled), before anything else of that connection: the device and the
+        server wait for no event being written. None: nothing to tell (not judged).
 
         UNJUDGED: not a whole, parsable ClientHello; mitmproxy's TLS layer takes it (and
         refuses what it cannot parse). INTERCEPT: judged and logged; mitmproxy intercepts it and
@@ -918,26 +943,46 @@ class Pipeline:
         """
         if hello is None:
             if not starts_like_tls_record(data):
-                return EarlyHello.UNJUDGED
+                return EarlyHello.UNJUDGED, None
             try:
                 hello = parse_client_hello(data)
             except ValueError:
-                return EarlyHello.UNJUDGED
+                return EarlyHello.UNJUDGED, None
         if hello is None:
             # Not all in yet (a large ClientHello may span TCP segments): mitmproxy's TLS
             # layer gathers the rest and offers `tls_clienthello` as usual.
-            return EarlyHello.UNJUDGED
+            return EarlyHello.UNJUDGED, None
         context.client.sni = hello.sni
         context.client.alpn_offers = hello.alpn_protocols
         hello_data = tls.ClientHelloData(context, hello)
-        self._each("tls_clienthello", hello_data)
+        self._each_deciding("tls_clienthello", hello_data)
         if not hello_data.ignore_connection:
             self._early_hellos.add(context.client.id)
-            return EarlyHello.INTERCEPT
+            return EarlyHello.INTERCEPT, functools.partial(self._observe_hello, hello_data, None)
         relay = server_hooks.ServerConnectionHookData(server=context.server, client=context.client)
-        self._each("server_connect", relay)
+        self._each_deciding("server_connect", relay)
         self.relayed_early += 1
-        return EarlyHello.REFUSE if context.server.error else EarlyHello.PASS
+        verdict = EarlyHello.REFUSE if context.server.error else EarlyHello.PASS
+        return verdict, functools.partial(self._observe_hello, hello_data, relay)
+
+    def _each_deciding(self, hook: str, *args: Any) -> None:
+        for handler in self._deciding[hook]:
+            try:
+                handler(*args)
+            except Exception:
+                log.exception("%s failed in %s", hook, _owner(handler))
+
+    def _observe_hello(
+        self, hello_data: tls.ClientHelloData, relay: server_hooks.ServerConnectionHookData | None
+    ) -> None:
+        for hook, args in (("tls_clienthello", hello_data), ("server_connect", relay)):
+            if args is None:
+                continue
+            for handler in self._observing[hook]:
+                try:
+                    handler(args)
+                except Exception:
+                    log.exception("%s failed in %s", hook, _owner(handler))
 
     def adopt(self, peername: Any, front_id: str) -> None:
         """The next connection mitmproxy reports from `peername` is one the front door
@@ -970,6 +1015,15 @@ class Pipeline:
             self._early_connects.discard(data.client.id)
             return  # allowed in next_layer already
         self._each("server_connect", data)
+
+
+_SPLIT_HOOKS = ("tls_clienthello", "server_connect")
+
+
+def _observes_only(handler: Callable[..., Any]) -> bool:
+    """Whether a hook's member only records (the `observes_only` mark): it changes no verdict,
+    no flow and no connection, so it may be told after the verdict is carried out."""
+    return bool(getattr(getattr(handler, "__self__", None), "observes_only", False))
 
 
 class EarlyHello(Enum):

@@ -8,9 +8,10 @@ close the socket or copy bytes. Here the front door owns the listening socket an
 1. reads the original destination (the gateway's redirect: SO_ORIGINAL_DST);
 2. tells the schoolgate addons of the client (`client_connected`: who is it);
 3. reads the first bytes; if they are a whole ClientHello, gives it to the addons through
-   `Pipeline.judge_hello`: the same hooks, the same one judge (`judge_tls` with the policy's
-   `decide`), the same events, counters and circumvention and fronting checks as inside
-   mitmproxy;
+   `Pipeline.judge_hello_first`: the same hooks, the same one judge (`judge_tls` with the
+   policy's `decide`), the same events, counters and circumvention and fronting checks as
+   inside mitmproxy; the members that only record (the event log, the counters) are told once
+   step 4 is done, so that neither the device nor the server waits for an event being built;
 4. kills the connection (a refused verdict), or splices it to the original destination
    (a passthrough: `Relay` in schoolgate.proxy.relay, the two sockets' bytes copied on
    readiness callbacks, with flow control), or hands it to mitmproxy (`handover`): a connection to intercept for
@@ -372,18 +373,32 @@ class FrontDoor:
     ) -> None:
         """Judge the first bytes (`parsed`: their ClientHello, if read already) and carry the
         verdict out: kill, splice or hand over."""
+        observe = None
         try:
-            verdict = self.pipeline.judge_hello(context, data, parsed) if data else EarlyHello.REFUSE
+            verdict, observe = (
+                self.pipeline.judge_hello_first(context, data, parsed) if data else (EarlyHello.REFUSE, None)
+            )
+            # The verdict is carried out first, then the event logged and counted: the device
+            # learns of its kill, and the server of its connection, without waiting for either.
             if verdict is EarlyHello.REFUSE:
                 self.killed += bool(data)
-                self._end(sock, client)
+                sock.close()
+                if observe is not None:
+                    observe()
+                self.pipeline.client_disconnected(client)
             elif verdict is EarlyHello.PASS:
                 destination = context.server.address
                 assert destination is not None  # the original destination, from _connection
                 relay = Relay(self, client, sock)
                 self._relays[client.id] = relay
-                relay.connect(destination, data)
+                dialled = relay.connect(destination, data)
+                if observe is not None:
+                    observe()
+                if not dialled:
+                    relay.close()
             else:
+                if observe is not None:
+                    observe()
                 self.handed_over += 1
                 self.pipeline.adopt(client.peername, client.id)
                 self._spawn(self._hand_over(sock, client, data))

@@ -144,14 +144,15 @@ class Relay:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def connect(self, destination: tuple[str, int], hello: bytes) -> None:
-        """Dial the original destination; the ClientHello goes first once connected."""
+    def connect(self, destination: tuple[str, int], hello: bytes) -> bool:
+        """Dial the original destination; the ClientHello goes first once connected. False if
+        it failed at once (no socket, or the connect refused before any packet): the caller
+        closes the relay."""
         try:
             server = socket.socket(socket.AF_INET6 if ":" in destination[0] else socket.AF_INET, socket.SOCK_STREAM)
         except OSError as err:
             log.warning("passthrough to %s: no socket: %s", destination, err)
-            self.close()
-            return
+            return False
         self.server = server
         server.setblocking(False)
         for sock in (server, self.device):  # as asyncio's transports do: no Nagle delay on a relay
@@ -160,11 +161,11 @@ class Relay:
         code = server.connect_ex(destination)
         if code not in (0, errno.EINPROGRESS):
             log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
-            self.close()
-            return
+            return False
         self.waiting[server] = hello
         self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
         self._poller.add_writer(server.fileno(), self._connected, destination)
+        return True
 
     def _connect_timed_out(self, destination: tuple[str, int]) -> None:
         log.debug("passthrough to %s: no answer in %.0f s", destination, CONNECT_TIMEOUT_S)

@@ -140,6 +140,57 @@ def test_a_blocked_hello_is_killed_without_dialling_and_logged(
     ]
 
 
+@pytest.mark.parametrize(
+    ("who", "sni", "verdict"), [(PUPIL, "www.facebook.com", "block"), (STAFF, "allowed.test", "allow")]
+)
+def test_the_verdict_is_carried_out_before_the_event_is_recorded(
+    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch,
+    who: Client, sni: str, verdict: str,
+) -> None:
+    """The device has its kill (its socket closed), or the server its connection (dialled),
+    before the event is built and handed over: neither waits for the record."""
+    known_clients[LOOPBACK] = as_loopback(who)
+    doors: list[FrontDoor] = []
+    seen: list[tuple[str, bool]] = []  # (verdict, carried out by then)
+    closed: set[int] = set()
+    real_close = socket.socket.close
+
+    def recording_close(sock: socket.socket) -> None:
+        closed.add(id(sock))
+        real_close(sock)
+
+    monkeypatch.setattr(socket.socket, "close", recording_close)
+    front_sockets: dict[str, socket.socket] = {}
+    real_decide = FrontDoor._decide
+
+    def remembering_decide(door: FrontDoor, sock: socket.socket, client: connection.Client, *args: Any) -> None:
+        front_sockets[client.id] = sock
+        real_decide(door, sock, client, *args)
+
+    monkeypatch.setattr(FrontDoor, "_decide", remembering_decide)
+
+    def recording(submit: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        def record(event: Any) -> bool:
+            relays = list(doors[0]._relays.values())
+            killed = any(id(sock) in closed for sock in front_sockets.values())
+            dialled = any(relay.server is not None and relay.server in relay.waiting for relay in relays)
+            seen.append((event.verdict, killed if event.verdict == "block" else dialled))
+            return submit(event)
+
+        return record
+
+    services.submit_full = recording(services.submit_full)
+    services.submit_allowed = recording(services.submit_allowed)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> None:
+        doors.append(door)
+        await send_hello(port, sni)
+        await settled(lambda: len(services.connections) == 0)
+
+    run_front(services, None if verdict == "allow" else (FACEBOOK_IP, 443), scenario)
+    assert seen == [(verdict, True)]
+
+
 def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
     services: Services, known_clients: dict[str, Client]
 ) -> None:

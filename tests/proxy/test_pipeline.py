@@ -87,6 +87,22 @@ def test_a_member_hook_the_pipeline_does_not_pass_on_is_refused(services: Servic
         Pipeline([*build_addons(services), WantsResponses()])
 
 
+def test_a_member_that_only_observes_must_follow_those_that_decide(services: Services) -> None:
+    """judge_hello_first tells the observers after the verdict is carried out: that must not
+    reorder the members, so an observer ordered before a deciding member is refused."""
+
+    class Watcher:
+        observes_only = True
+
+        def tls_clienthello(self, data: Any) -> None:
+            pass
+
+    members = build_addons(services)
+    Pipeline([*members, Watcher()])  # after every deciding member: fine
+    with pytest.raises(TypeError, match="tls_clienthello: a member that only observes"):
+        Pipeline([Watcher(), *members])
+
+
 def test_the_pipeline_calls_members_in_order(services: Services) -> None:
     order: list[str] = []
 
