@@ -70,11 +70,22 @@ _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutE
 Handover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h: the socket option mitmproxy's original_addr reads
+_ORIGINAL_DST_V4 = struct.Struct("!2xH4s")  # a struct sockaddr_in
+
+
 def original_destination(sock: socket.socket) -> tuple[str, int]:
-    """Where the client was going before the gateway's `redirect` sent it here (mitmproxy's
-    own reading of SO_ORIGINAL_DST, which it uses for the connections handed to it)."""
+    """Where the client was going before the gateway's `redirect` sent it here.
+
+    On an IPv4 listener, SO_ORIGINAL_DST read as mitmproxy reads it, without its
+    getsockname() first (a system call that only tells an IPv4 connection on an IPv6 socket
+    from an IPv6 one: an IPv4 socket has only the one kind); otherwise mitmproxy's own
+    original_addr, which it uses for the connections handed to it."""
     if original_addr is None:
         raise OSError("transparent mode needs Linux (SO_ORIGINAL_DST)")
+    if sock.family == socket.AF_INET:
+        port, raw_ip = _ORIGINAL_DST_V4.unpack_from(sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16))
+        return socket.inet_ntop(socket.AF_INET, raw_ip), port
     host, port = original_addr(sock)
     return str(host), int(port)
 

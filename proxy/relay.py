@@ -64,9 +64,26 @@ class SplicePoller:
     def remove_writer(self, fd: int) -> None:
         self._set(fd, 1, None)
 
-    def forget(self, fd: int) -> None:
-        """Stop watching `fd` either way (before it is closed)."""
-        if self._callbacks.pop(fd, None) is not None:
+    def watch(self, fd: int, on_readable: Callback | None, on_writable: Callback | None) -> None:
+        """Set both sides of `fd` at once ((callback, args), or None): one epoll change at most."""
+        slots = self._callbacks.get(fd)
+        before = _mask(slots) if slots is not None else 0
+        slots = [on_readable, on_writable]
+        after = _mask(slots)
+        if not after:
+            self.forget(fd)
+            return
+        self._callbacks[fd] = slots
+        if not before:
+            self._epoll.register(fd, after)
+        elif after != before:
+            self._epoll.modify(fd, after)
+
+    def forget(self, fd: int, *, closing: bool = False) -> None:
+        """Stop watching `fd` either way. `closing`: the caller closes it next, which takes it
+        out of the epoll by itself (the relays never duplicate a socket's descriptor), so no
+        system call is made for it here."""
+        if self._callbacks.pop(fd, None) is not None and not closing:
             self._epoll.unregister(fd)
 
     def __len__(self) -> int:
@@ -190,13 +207,12 @@ class Relay:
             self.close()
             return
         self._door.spliced += 1
-        poller, fd = self._poller, server.fileno()
-        poller.add_reader(fd, self._read, server, self.device)
+        poller, reading = self._poller, (self._read, (server, self.device))
         if sent < len(hello):  # the rest waits, and the device is not read until it has gone
             self.waiting[server] = hello[sent:]
-            poller.add_writer(fd, self._drain, self.device, server)
+            poller.watch(server.fileno(), reading, (self._drain, (self.device, server)))
         else:
-            poller.remove_writer(fd)
+            poller.watch(server.fileno(), reading, None)
             poller.add_reader(self.device.fileno(), self._read, self.device, server)
 
     def _read(self, source: socket.socket, target: socket.socket) -> None:
@@ -275,7 +291,7 @@ class Relay:
                 continue
             fd = sock.fileno()
             if fd >= 0:
-                self._poller.forget(fd)
+                self._poller.forget(fd, closing=True)
             sock.close()
         self.waiting.clear()
         self._door._relay_closed(self)

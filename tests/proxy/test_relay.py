@@ -89,6 +89,62 @@ def test_a_descriptor_watched_both_ways_gets_both_and_keeps_one_when_the_other_g
         run_with_poller(scenario)
 
 
+def test_watch_sets_both_sides_at_once() -> None:
+    left, right = socket.socketpair()
+    seen: list[str] = []
+
+    async def scenario(poller: SplicePoller) -> None:
+        fd = left.fileno()
+
+        def on_readable() -> None:
+            seen.append("readable")
+            left.recv(10)
+
+        poller.watch(fd, (on_readable, ()), (seen.append, ("writable",)))
+        right.send(b"x")
+        await until(lambda: "readable" in seen and "writable" in seen)
+        poller.watch(fd, (on_readable, ()), None)  # the writer goes, the reader stays
+        seen.clear()
+        right.send(b"y")
+        await until(lambda: "readable" in seen)
+        assert "writable" not in seen
+        poller.watch(fd, None, None)
+        assert len(poller) == 0
+
+    with left, right:
+        run_with_poller(scenario)
+
+
+def test_a_descriptor_forgotten_as_it_is_closed_leaves_the_epoll_with_the_close() -> None:
+    """`forget(closing=True)` makes no epoll call: the close takes the socket out, so a new
+    socket given the same descriptor number is watched afresh, and only for its own events."""
+    seen: list[str] = []
+
+    async def scenario(poller: SplicePoller) -> None:
+        left, right = socket.socketpair()
+        fd = left.fileno()
+        poller.add_reader(fd, seen.append, "old")
+        poller.forget(fd, closing=True)
+        left.close()
+        again, other = socket.socketpair()
+        try:
+            assert again.fileno() == fd or other.fileno() == fd  # the number is reused at once
+            reused = again if again.fileno() == fd else other
+            peer = other if reused is again else again
+            poller.add_reader(fd, lambda: (seen.append("new"), reused.recv(10)))  # no "already registered"
+            await settle()
+            assert seen == []
+            peer.send(b"y")
+            await until(lambda: seen == ["new"])
+            poller.forget(fd)
+        finally:
+            again.close()
+            other.close()
+            right.close()
+
+    run_with_poller(scenario)
+
+
 def test_a_hang_up_wakes_a_writer_as_the_loops_selector_would() -> None:
     """An error or hang-up is reported to both sides: a relay waiting to write learns of it."""
     left, right = socket.socketpair()
