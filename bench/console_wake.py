@@ -8,7 +8,9 @@ folder) with `[console] idle_minutes` short, so that the console sleeps between 
 waits until the supervisor reports the console asleep, then opens a new connection and times
 its first byte (the wake: the supervisor's fork, the application loading, the answer), then a
 second request on a new connection (the same console, awake: the reference in the same run),
-then waits for it to sleep again. The CPU a wake costs is read from the supervisor's
+then waits for it to sleep again. The console's CPU until that first byte (its start-up, read
+from its /proc/PID/stat as the byte arrives) is the figure a busy machine moves least. The CPU a
+wake costs over the console's whole life is read from the supervisor's
 /proc/PID/stat: the CPU of its children it has reaped (cutime + cstime), which grows by each
 console's whole life (its start, both requests, and its idle loop until it slept).
 
@@ -51,6 +53,15 @@ IDLE_MINUTES = 0.02  # 1.2 s: a run then takes a few seconds
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of `pid` so far (0 if it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def reaped_children_cpu_s(pid: int) -> float:
     """cutime + cstime of `pid`: the CPU of the children it has waited for."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -85,6 +96,10 @@ class Console:
                 raise RuntimeError(f"the console did not sleep:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.02)
 
+    def console_pid(self) -> int | None:
+        pid = self.state_of_console().get("pid")
+        return int(str(pid)) if pid else None
+
     def time_to_first_byte(self) -> float:
         """One GET /login on a new connection: seconds from connecting to its first byte."""
         started = time.perf_counter()
@@ -94,6 +109,10 @@ class Console:
             conn.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             first = conn.recv(1)
             took = time.perf_counter() - started
+            # The console's CPU so far: for the request that woke it, its start-up (a forked
+            # child's times begin at zero).
+            console_pid = self.console_pid()
+            self.cpu_to_first_byte = process_cpu_s(console_pid) if console_pid else float("nan")
             rest = first
             while chunk := conn.recv(65536):
                 rest += chunk
@@ -129,6 +148,9 @@ class SystemdConsole(Console):
             preexec_fn=lambda: os.dup2(listener, 3),  # noqa: PLW1509  (the test's own child, no threads)
         )
 
+    def console_pid(self) -> int | None:
+        return self.service.pid if self.service is not None else None
+
     def wake_and_time(self) -> float:
         """The first request, sent before the service starts (as it is what starts it)."""
         started = time.perf_counter()
@@ -139,6 +161,7 @@ class SystemdConsole(Console):
             conn.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             first = conn.recv(1)
             took = time.perf_counter() - started
+            self.cpu_to_first_byte = process_cpu_s(self.service.pid)  # its whole start-up, from exec
             while first and conn.recv(65536):
                 pass
         return took
@@ -206,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     woken: list[float] = []
     awake: list[float] = []
     cpu: list[float] = []
+    started_cpu: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sg-console-wake-") as tmp:
         if args.systemd:
             service = SystemdConsole(Path(tmp), tls=args.tls, bytecode=not args.source)
@@ -213,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 with cpu_load(args.load):
                     for _ in range(max(1, args.runs)):
                         woken.append(service.wake_and_time())
+                        started_cpu.append(service.cpu_to_first_byte)
                         awake.append(service.time_to_first_byte())
                         cpu.append(service.wait_exit_cpu_s())
             finally:
@@ -226,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                         console.wait_asleep(60)
                         before = reaped_children_cpu_s(console.process.pid)
                         woken.append(console.time_to_first_byte())
+                        started_cpu.append(console.cpu_to_first_byte)
                         awake.append(console.time_to_first_byte())
                         console.wait_asleep(60)
                         cpu.append(reaped_children_cpu_s(console.process.pid) - before)
@@ -241,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  first byte, the console awake (ms)   {spread(awake)}")
     ratios = [w / a for w, a in zip(woken, awake, strict=True)]
     print(f"  wake / awake, per run                {spread(ratios, 1.0)} x")
+    print(f"  CPU until the first byte, waking (ms)  {spread(started_cpu)}")
     print(f"  CPU per wake, the console's whole life (ms)  {spread(cpu)}")
     return 0
 
