@@ -179,8 +179,12 @@ def test_log_rows_carry_every_required_field(fresh_daemon, authority) -> None:
     with Session(engine) as session:
         found = list(session.scalars(select(AccessEvent)))
     engine.dispose()
-    blocked = sorted((r for r in found if r.host == "www.facebook.com"), key=lambda r: r.qtype or "")
-    assert [r.qtype for r in blocked] == ["A", "AAAA"]  # in full: one row per answer
+    blocked = sorted((r for r in found if r.host == "www.facebook.com"), key=lambda r: r.ts)
+    # Every ask, in full: the event writer folds a burst's asks for one name by one device into
+    # one row (qtype the types in the order asked, count the asks), or keeps them apart if they
+    # fell into different bursts; either way both asks are there, counted exactly.
+    assert ",".join(r.qtype or "" for r in blocked) == "A,AAAA"
+    assert sum(r.count for r in blocked) == 2
     for row in blocked:
         assert row.client_ip == "127.0.0.1" and row.role == "pupil" and row.source == "dns"
         assert row.verdict == "block" and row.rule_id == "pupils-social-media"
