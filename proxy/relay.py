@@ -165,20 +165,21 @@ class Relay:
         """Dial the original destination; the ClientHello goes first once connected. False if
         it failed at once (no socket, or the connect refused before any packet): the caller
         closes the relay."""
+        family = socket.AF_INET6 if ":" in destination[0] else socket.AF_INET
         try:
-            server = socket.socket(socket.AF_INET6 if ":" in destination[0] else socket.AF_INET, socket.SOCK_STREAM)
+            server = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as err:
             log.warning("passthrough to %s: no socket: %s", destination, err)
             return False
         self.server = server
-        server.setblocking(False)
-        for sock in (server, self.device):  # as asyncio's transports do: no Nagle delay on a relay
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = server.connect_ex(destination)
+        code = server.connect_ex(destination)  # the SYN leaves now: nothing else comes before it
         if code not in (0, errno.EINPROGRESS):
             log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
             return False
+        # As asyncio's transports do: no Nagle delay on a relay (the device's socket has it
+        # from the front door's listener, schoolgate.proxy.front.listen_sockets).
+        with contextlib.suppress(OSError):
+            server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.waiting[server] = hello
         self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
         self._poller.add_writer(server.fileno(), self._connected, destination)

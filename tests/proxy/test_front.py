@@ -240,6 +240,10 @@ def test_a_spliced_connection_can_be_closed_by_its_id(services: Services, known_
         writer.write(client_hello_bytes("allowed.test"))
         await reader.readexactly(len(client_hello_bytes("allowed.test")))  # echoed: spliced
         (conn_id,) = [conn_id for conn_id, _state in services.connections.items()]
+        relay = door._relays[conn_id]
+        assert relay.server is not None
+        for sock in (relay.device, relay.server):  # no Nagle delay either way, as asyncio's relays
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert door.close(conn_id)
         assert not door.close("not-a-connection")
         try:
