@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -48,6 +49,7 @@ STATS_FILE = "proxy-stats.json"
 # workers do): a worker killed between two hand-overs loses at most this much.
 EVENTS_TICK_S = 0.2
 UPSET_KEY_FILE = "upset-button.key"
+SWITCH_INTERVAL_S = 0.001
 
 
 def ca_dir_of(config: AppConfig) -> Path:
@@ -151,6 +153,11 @@ async def run(
     from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
     from schoolgate.store.events.channel import EventChannel
 
+    # Threads share the interpreter with the connections' loop (identity lookups, the status
+    # writer, the tick's policy and register checks): a shorter switch interval bounds how long
+    # a connection's wake-up waits for one of them to let go (5 ms by default), as in the DNS
+    # workers.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     pconf = config.proxy
     ca_dir = ca_dir_of(config)
     ca_info = ca.check_ca(ca_dir)  # before mitmproxy could create a CA of its own
