@@ -101,7 +101,8 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
             # paced case would otherwise be charged with it.
             begun = resource.getrusage(resource.RUSAGE_SELF)
             for _ in receive_events(reading, writer.submit_many, stop_after=lambda: None, gather=WRITER_GATHER_S,
-                                    gathered=writer.write_now, max_gathered=WRITER_BATCH_ROWS):
+                                    gathered=writer.write_now, max_gathered=WRITER_BATCH_ROWS,
+                                    room=writer.wait_for_room):
                 pass
             stats = writer.stop(timeout=600)
             raw = engine.raw_connection()  # outside a transaction: what is still in the WAL is its work too

@@ -245,6 +245,7 @@ def receive_events(
     gather: float = 0.0,
     gathered: Callable[[], object] | None = None,
     max_gathered: int = 100_000,
+    room: Callable[[int], bool] | None = None,
 ) -> Iterator[int]:
     """Read batches from the reading end into `submit` until every sender has gone.
 
@@ -261,6 +262,12 @@ def receive_events(
     blocked queries the indexes' pages are written once for several times the rows. When
     `max_gathered` events are waiting already, they are taken without waiting, so a backlog
     drains at the writer's pace.
+
+    `room(n)` (the writer's ``wait_for_room``) is asked before each burst (or, without `gather`,
+    each message) is read whether the writer can queue that many more, waiting a moment
+    (False: not yet). Until it can, the
+    events stay in the socket (and in the senders' own bounded queues behind it) rather than
+    overflow the writer's queue: a backlog larger than that queue is written whole, late.
     """
     sock.settimeout(0.2)
     read = 0
@@ -268,6 +275,11 @@ def receive_events(
         deadline = stop_after()
         if deadline is not None and time.monotonic() >= deadline:
             return
+        # A burst stops after the message that reached its bound: one message more at most.
+        if room is not None and not room((max_gathered if gather > 0 else 0) + BATCH_EVENTS):
+            yield read
+            read = 0
+            continue
         try:
             message = sock.recv(MAX_MESSAGE)
         except TimeoutError:

@@ -136,6 +136,7 @@ class EventWriter:
         self._lock = threading.Lock()
         self._ledger = Ledger(self._lock)
         self._wake = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # notified when queued rows are settled
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._write_soon = False  # write_now() was called: write what is queued, however little
@@ -203,6 +204,16 @@ class EventWriter:
                 self._wake.notify()
             return len(taken)
 
+    def wait_for_room(self, events: int, timeout: float = 0.2) -> bool:
+        """Wait up to `timeout` until `events` more would be queued without an overflow (a
+        reader that can leave events waiting in their socket, as channel.receive_events does,
+        then takes no more than the writer can hold). True if there is room, or the writer
+        has stopped (a submit then counts what comes as late)."""
+        need = min(events, self.max_queue)
+        with self._lock:
+            return self._room.wait_for(
+                lambda: self._closed or len(self._queue) + self._retry_len + need <= self.max_queue, timeout)
+
     def write_now(self) -> None:
         """Have the writer thread write what is queued now, without waiting for a full batch or
         the next flush interval (a process that hands over whole bursts: channel.receive_events)."""
@@ -258,12 +269,14 @@ class EventWriter:
                 log.error("event writer did not stop within %.1fs", timeout)
                 with self._lock:
                     self._closed = True
+                    self._room.notify_all()
                 return self.stats()
             self._thread = None
         else:
             self._drain(deadline=time.monotonic() + timeout)
         with self._lock:
             self._closed = True
+            self._room.notify_all()
         self._abandon_rest("stopped before they could be written")
         if self._shipper is not None:
             self._shipper.stop(deadline=self._stop_deadline)
@@ -321,6 +334,7 @@ class EventWriter:
                 with self._lock:
                     self._ledger.counts.folded += folded
                     self._retry_len -= folded
+                    self._room.notify_all()
             batch: list[Any] = []
             build, build_compact = self._rows.build, self._rows.build_compact
             uids = self._uids
@@ -395,6 +409,7 @@ class EventWriter:
             with self._lock:
                 self._retry = []
                 self._retry_len = 0
+                self._room.notify_all()
         return done
 
     def _write_one_by_one(self, batch: list[Any]) -> bool:
@@ -433,6 +448,7 @@ class EventWriter:
                 self._ledger.lose_locked("failed", failed)
             self._retry = []
             self._retry_len = 0
+            self._room.notify_all()
 
     def _abandon_rest(self, why: str) -> None:
         with self._lock:
@@ -440,6 +456,7 @@ class EventWriter:
             self._queue.clear()
             self._retry = []
             self._retry_len = 0
+            self._room.notify_all()
             if lost:
                 self._ledger.lose_locked("failed", lost)
         if lost:

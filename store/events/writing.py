@@ -178,6 +178,7 @@ def _write_source(config: Any, database_url: str, source: Source, stop: _Stop) -
         {"gather": settings.gather_s, "gathered": writer.write_now, "max_gathered": settings.batch_rows}
         if settings.gather_s > 0 else {}
     )
+    bursts["room"] = writer.wait_for_room  # a backlog waits in the socket, not beyond the writer's bound
     try:
         for _ in receive_events(source.reading, writer.submit_many,
                                 stop_after=lambda: stop.deadline(settings.stop_grace_s), **bursts):

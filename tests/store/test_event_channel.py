@@ -6,16 +6,19 @@ from __future__ import annotations
 import marshal
 import os
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from schoolgate.store.db import make_engine
 from schoolgate.store.events import EventRecord, EventWriter, StatusTarget, read_status
 from schoolgate.store.events.channel import (
     MAX_MESSAGE,
@@ -261,7 +264,7 @@ def test_the_event_writing_process_connects_to_sqlite_with_its_own_page_cache(tm
 
 
 def gathering(reading: socket.socket, writer: EventWriter, gather: float, bursts: list[int],
-              max_gathered: int = 100_000) -> threading.Thread:
+              max_gathered: int = 100_000, room: Any = None) -> threading.Thread:
     """The writing process's loop reading in bursts, in a thread; each burst's size noted."""
 
     def submit(events: list[Any]) -> None:
@@ -270,7 +273,7 @@ def gathering(reading: socket.socket, writer: EventWriter, gather: float, bursts
 
     def run() -> None:
         for _ in receive_events(reading, submit, stop_after=lambda: None, gather=gather,
-                                gathered=writer.write_now, max_gathered=max_gathered):
+                                gathered=writer.write_now, max_gathered=max_gathered, room=room):
             pass
 
     thread = threading.Thread(target=run)
@@ -333,6 +336,46 @@ def test_a_backlog_beyond_one_burst_is_read_without_waiting_again(engine: Engine
     assert not thread.is_alive(), "the end of the stream went unnoticed while gathering"
     writer.stop()
     assert {row.host for row in stored(engine)} == {f"host{n}.example" for n in range(1000)}
+
+
+def test_a_backlog_beyond_the_writers_bound_waits_in_the_socket_and_is_written_whole(db_path: Path) -> None:
+    """While the database is locked the writer holds at most its bound; the reader asks it for
+    room before each burst and leaves the rest in the socket (and the sender's own queue),
+    so that nothing overflows, and once the database is back every event is written."""
+    sending, reading = channel_pair()
+    channel = EventChannel(sending, batch_events=50)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    engine = make_engine(f"sqlite:///{db_path}", busy_timeout_ms=50)
+    writer = EventWriter(engine, flush_interval=600, batch_size=100, max_queue=400)
+    writer.start()
+    bursts: list[int] = []
+    try:
+        for i in range(3000):
+            channel.submit_compact(compact(record(i)))
+        channel.flush()
+        thread = gathering(reading, writer, 0.05, bursts, max_gathered=100, room=writer.wait_for_room)
+        # Failed attempts of the first batch, each a busy timeout and a back-off: time enough
+        # for a reader that did not ask for room to read 20 bursts beyond the bound.
+        wait_until(lambda: writer.stats()["errors"] >= 4)
+        assert writer.stats()["overflow"] == 0
+        assert writer.stats()["queued"] <= 400
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    def all_written() -> bool:
+        channel.flush()  # what the socket could not take yet waited in the sender
+        return bool(writer.stats()["written"] == 3000)
+
+    wait_until(all_written, timeout=60)
+    channel.stop()
+    sending.close()
+    thread.join(10)
+    stats = writer.stop()
+    engine.dispose()
+    assert (stats["overflow"], stats["dropped"], stats["written"]) == (0, 0, 3000)
+    assert len(stored(engine)) == 3000
 
 
 def test_what_waits_in_the_socket_while_gathering_is_read_when_the_stream_ends(engine: Engine) -> None:
