@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 15.0
 READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
 
-_READABLE = select.EPOLLIN
+# A reader also hears of the peer's FIN (EPOLLRDHUP): what it sent last and its FIN are then
+# taken in one wake-up (see Relay._read).
+_READABLE = select.EPOLLIN | select.EPOLLRDHUP
+_PEER_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP
 _WRITABLE = select.EPOLLOUT
 Callback = tuple[Callable[..., None], tuple[Any, ...]]
 
@@ -50,6 +53,8 @@ class SplicePoller:
         self._loop = loop
         self._epoll = select.epoll()
         self._callbacks: dict[int, list[Callback | None]] = {}  # fd -> [on readable, on writable]
+        # While a callback runs: whether its socket's peer has closed its side (its FIN is in).
+        self.peer_closed = False
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def add_reader(self, fd: int, callback: Callable[..., None], *args: Any) -> None:
@@ -121,6 +126,7 @@ class SplicePoller:
                 if not wanted or slots is None or (entry := slots[side]) is None:
                     continue
                 function, args = entry
+                self.peer_closed = bool(events & _PEER_CLOSED)
                 try:
                     function(*args)
                 except Exception:
@@ -217,6 +223,7 @@ class Relay:
             poller.add_reader(self.device.fileno(), self._read, self.device, server)
 
     def _read(self, source: socket.socket, target: socket.socket) -> None:
+        peer_closed = self._poller.peer_closed
         try:
             data = source.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -225,9 +232,20 @@ class Relay:
             self.close()
             return
         self.last_active = self._loop.time()
-        if data:
+        while data:
             self._send(source, target, data)
-            return
+            if not peer_closed or self._closed or target in self.waiting:
+                return
+            # The peer has said all it will: the rest of it and its FIN are in, so they are
+            # taken now rather than on a wake-up of their own (a device sends its last bytes
+            # and closes at once).
+            try:
+                data = source.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
         self._poller.remove_reader(source.fileno())
         self._eof.add(source)
         if target not in self.waiting:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -208,6 +209,54 @@ def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
     assert answer[len(hello):] == payload  # the hello first, then every byte, in order, echoed back
     assert (snapshot["spliced"], snapshot["killed"], snapshot["splices_open"]) == (1, 0, 0)
     assert (services.counters.passed_through, services.counters.upstream_refused) == (1, 0)
+
+
+def test_a_devices_last_bytes_and_its_fin_are_taken_in_one_wake_up(
+    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device sends its last bytes and closes at once (a TLS client's Finished, then its
+    close): the splice reads both when it wakes for the bytes, not the FIN on a wake-up of its
+    own, and still passes everything on and half-closes towards the server."""
+    from schoolgate.proxy.relay import Relay
+
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+    device_reads: list[int] = []
+    real_read = Relay._read
+
+    def counting_read(relay: Relay, source: socket.socket, target: socket.socket) -> None:
+        if source is relay.device:
+            device_reads.append(1)
+        real_read(relay, source, target)
+
+    monkeypatch.setattr(Relay, "_read", counting_read)
+    hello = client_hello_bytes("allowed.test")
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> bytes:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as raw:
+            raw.setblocking(False)
+            await loop.sock_connect(raw, (LOOPBACK, port))
+            await loop.sock_sendall(raw, hello)
+            echoed = b""
+            while len(echoed) < len(hello):  # spliced, and the device's side being read
+                echoed += await loop.sock_recv(raw, 65536)
+            device_reads.clear()
+            raw.send(b"finished")  # the last bytes and the FIN, before the loop runs again
+            raw.shutdown(socket.SHUT_WR)
+            # Both in at the proxy's side before its loop runs again (a busy kernel may hand
+            # loopback packets over a moment later): bounded by the kernel delivering the FIN.
+            (relay,) = door._relays.values()
+            arrived = select.poll()
+            arrived.register(relay.device, select.POLLRDHUP)
+            assert arrived.poll(30_000)
+            rest = b""
+            while chunk := await loop.sock_recv(raw, 65536):  # echoed, then closed after our FIN
+                rest += chunk
+        await settled(lambda: len(services.connections) == 0)
+        return echoed + rest
+
+    assert run_front(services, None, scenario) == hello + b"finished"
+    assert len(device_reads) == 1
 
 
 def test_an_allowed_hello_to_a_server_that_refuses_is_ended_unspliced(
