@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from schoolgate.gateway.cli import build_ruleset
 from schoolgate.lab import netns
@@ -415,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                     latency[engine].append(proxied)
                     direct[engine].append(kernel_forwarded)
         results = {e: {k: totals[(e, k)] for k in ("killed", "passed")} for e in engines}
-        front_doors = _front_doors(lab.data_dir, args.proxy_workers)
+        worker_stats = _worker_stats(lab.data_dir, args.proxy_workers)
+        front_doors = [stats.get("front") or {} for stats in worker_stats]
         via_proxy, via_squid = latency["schoolgate"], latency["squid"]
         netns.stop_process(*squid_pid)
         squid_pid = None
@@ -474,6 +476,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{sum(f.get('judged_at_accept', 0) for f in front_doors):8d}"),
             ("  killed / spliced / handed to mitmproxy",
              " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}" for key in ("killed", "spliced", "handed_over"))),
+            ("identity: answered on the loop / waited for a lookup",
+             " / ".join(f"{sum(w.get(key, 0) for w in worker_stats)}"
+                        for key in ("identity_cache_hits", "identity_cache_misses"))),
+            ("  lookups off the loop (of which renewals ahead / shared)",
+             f"{sum(w.get('identity_lookups', 0) for w in worker_stats):8d} ("
+             + " / ".join(f"{sum(w.get(key, 0) for w in worker_stats)}"
+                          for key in ("identity_refreshes", "identity_lookups_shared")) + ")"),
         ])
         report("Connections per CPU-second of the proxy process (higher is leaner)", [
             (f"{kind}: schoolgate / squid",
@@ -551,15 +560,15 @@ def _stop_profile(profiler: subprocess.Popen[bytes] | None) -> None:
         profiler.wait()
 
 
-def _front_doors(data_dir: Path, workers: int) -> list[dict[str, int]]:
-    """Each worker's front-door counters, from its stats file (written every second)."""
+def _worker_stats(data_dir: Path, workers: int) -> list[dict[str, Any]]:
+    """Each worker's stats file (written every second)."""
     import json
 
     names = ["proxy-stats.json"] if workers <= 1 else [f"proxy-stats.{n}.json" for n in range(1, workers + 1)]
     found = []
     for name in names:
         with contextlib.suppress(OSError, ValueError):
-            found.append(json.loads((data_dir / name).read_text()).get("front") or {})
+            found.append(json.loads((data_dir / name).read_text()))
     return found
 
 
