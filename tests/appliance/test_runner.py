@@ -85,6 +85,7 @@ host = ""
                        check=True, capture_output=True, env=self.env, timeout=120)
         self.state = tmp / "run.json"
         self.log = tmp / "run.log"
+        self.launched = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "schoolgate", "run", "--config", str(self.config),
              "--only", "dns", "--only", "scheduler", "--state-file", str(self.state)],
@@ -125,6 +126,9 @@ def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]
 
 def test_a_killed_daemon_is_restarted_and_sigterm_stops_all_cleanly(running: Running) -> None:
     _wait(lambda: _answers(running.port, "www.facebook.com"), 60, "schoolgate dns to answer")
+    # How long this machine, as loaded now, took to start the daemon (with the supervisor's
+    # preload, which a restart skips): a restart with no back-off is never slower than that.
+    first_start = time.monotonic() - running.launched
     _wait(lambda: "scheduler" in running.status(), 30, "the scheduler's heartbeat")
     old = running.pid("dns")
     assert old is not None
@@ -137,7 +141,8 @@ def test_a_killed_daemon_is_restarted_and_sigterm_stops_all_cleanly(running: Run
     back_after = time.monotonic() - killed
     log = running.log.read_text(errors="replace")
     assert "dns killed by SIGKILL" in log and "Previous run ended without flushing" in log, log
-    assert back_after <= 2.0, f"answered again {back_after:.2f} s after the kill"
+    bound = max(2.0, first_start)
+    assert back_after <= bound, f"answered again {back_after:.2f} s after the kill (first start {first_start:.2f} s)"
     board = running.status()["run.dns.scheduler"]  # a supervisor of some daemons: its own row
     children = board["stats"]["children"]  # type: ignore[index]
     assert children["dns"]["restarts"] == 1 and children["dns"]["unclean_exits"] == 1
