@@ -224,21 +224,7 @@ class Relay:
 
     def _read(self, source: socket.socket, target: socket.socket) -> None:
         peer_closed = self._poller.peer_closed
-        try:
-            data = source.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        self.last_active = self._loop.time()
-        while data:
-            self._send(source, target, data)
-            if not peer_closed or self._closed or target in self.waiting:
-                return
-            # The peer has said all it will: the rest of it and its FIN are in, so they are
-            # taken now rather than on a wake-up of their own (a device sends its last bytes
-            # and closes at once).
+        while True:
             try:
                 data = source.recv(READ_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -246,6 +232,15 @@ class Relay:
             except OSError:
                 self.close()
                 return
+            self.last_active = self._loop.time()
+            if not data:
+                break
+            self._send(source, target, data)
+            if not peer_closed or self._closed or target in self.waiting:
+                return
+            # The peer has said all it will: the rest of it and its FIN are in, so they are
+            # taken now rather than on a wake-up of their own (a device sends its last bytes
+            # and closes at once).
         self._poller.remove_reader(source.fileno())
         self._eof.add(source)
         if target not in self.waiting:
