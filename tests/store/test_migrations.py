@@ -187,3 +187,46 @@ def test_migrations_render_for_postgresql(url: str) -> None:
     buffer.truncate()
     command.downgrade(config, "head:base", sql=True)
     assert "DROP TABLE events" in buffer.getvalue()
+
+
+def _events_root_page(path: Path) -> int:
+    with sqlite3.connect(path) as con:
+        row = con.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()
+        return int(row[0])
+
+
+def test_widening_event_types_on_sqlite_keeps_the_table_where_it_is(tmp_path: Path) -> None:
+    """0014 widens events.qtype by its declared type alone: a rebuild would copy every event a
+    school has logged (10 s per million rows here, and the table's size again on disk)."""
+    path = tmp_path / "widen.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        from alembic import command
+
+        from schoolgate.store.db import alembic_config
+
+        command.upgrade(alembic_config(engine), "0013_partial_event_indexes")
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO events (site, ts, source, client_ip, role, host, qtype, verdict, rule_id, clause,"
+                " flags, count, uid) VALUES ('s', '2026-12-01 09:00:00', 'dns', '10.0.0.5', 'pupil',"
+                " 'a.example', 'A,AAAA', 'block', 'r', 'c', '', 1, 'u1')"))
+        root = _events_root_page(path)
+        command.upgrade(alembic_config(engine), "0014_folded_qtypes")
+        assert _events_root_page(path) == root  # not copied
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE events SET qtype = 'A,AAAA,HTTPS' WHERE uid = 'u1'"))
+        init_db(engine)
+        assert schema_differences(engine) == [], HINT
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT qtype FROM events")).scalar_one() == "A,AAAA,HTTPS"
+            names = {row[1] for row in connection.exec_driver_sql("PRAGMA index_list(events)")}
+            assert {"ix_events_site_person_ts", "ix_events_site_service_ts"} <= names
+        downgrade_db(engine, "0013_partial_event_indexes")
+        assert _events_root_page(path) == root
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT qtype FROM events")).scalar_one() == "A"
+        init_db(engine)
+        assert schema_differences(engine) == [], HINT
+    finally:
+        engine.dispose()
