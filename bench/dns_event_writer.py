@@ -6,8 +6,11 @@ Forks a process that does what the daemon's `sg-dns-events` does (dns.daemon.run
 an EventWriter on SQLite with the daemon's batch size and page cache, reading the channel in the
 daemon's bursts) and hands it blocked-query events through an EventChannel, as the workers do.
 Each event is a different listed name asked by one of `--devices` devices (each with its MAC,
-register id, name and person), in time order. A rate of 0 hands them over as fast as the writer
-takes them; any other rate paces them (events per second), as a school's traffic comes.
+register id, name and person), in time order, handed over as a DNS worker does: through the
+events stage's ``record`` (dns.stages.events, folding a device's repeated asks as the daemon's
+workers do) into an EventChannel, with the stage and channel flushed on each worker tick. A rate
+of 0 hands them over as fast as the writer takes them; any other rate paces them (events per
+second), as a school's traffic comes.
 
 Printed per case: the writing process's CPU per event from its rusage (user and system, from
 its first read to its writer's stop and the checkpoint of what it left in the WAL, so that its
@@ -15,7 +18,10 @@ start is not spread over the events), and
 a reference measured in the same run: the same rows inserted by a bare sqlite3 executemany in
 transactions of the writer's size (a burst's events, up to its batch size), with the same
 pragmas, in this process (what SQLite itself costs; the difference is the writing process's
-own work). The database is a fresh file in a temporary folder each time.
+own work). The database is a fresh file in a temporary folder each time. Beside them, the
+worker's CPU per query for that hand-over (this process's thread time from the first ``record``
+to the channel's stop: building, folding, encoding and sending events, not the sleeps between
+paced ticks), and worker + writer: what logging a blocked query costs the appliance.
 
 Then, in the same run, the writing process's own body (store.events.writing.run_writing_sources,
 from each process's start to its end) fed the same DNS events plus a proxy event for every
@@ -32,9 +38,11 @@ event, the same without the watcher thread's own CPU (what the writers spent: th
 watcher must not raise; the ratio writers/one), and the watcher thread's CPU (run as root).
 
 `--mix real` asks each name as A, AAAA and HTTPS together, as phones and tablets do, which the
-writer folds into one row per attempt (store.events.repeats); the default mix asks every name
-once, so nothing folds. Figures are per query handed over either way; `--unfolded` measures the
-writer with folding turned off, in the same run's conditions.
+worker folds into one event per attempt (EventsStage.fold_asks; the writer folds what crossed
+apart, store.events.repeats); the default mix asks every name once, so nothing folds. Figures
+are per query handed over either way; `--unfolded` measures the worker and writer with folding
+turned off, in the same run's conditions. (The second table feeds compact events straight to
+the channels: it compares the writing body's shapes, not the worker's hand-over.)
 
 bench/dns_path.py prints the same process's figure for the worker's whole path (one client).
 """
@@ -53,13 +61,14 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from schoolgate.dns.daemon import WRITER_BATCH_ROWS, WRITER_GATHER_S, WRITER_SQLITE_CACHE_KIB
 from schoolgate.store.db import init_db, make_engine
 from schoolgate.store.events import EventWriter, SqliteRows, UidSource
-from schoolgate.store.events.channel import EventChannel, channel_pair, receive_events
+from schoolgate.store.events.channel import BATCH_EVENTS, EventChannel, channel_pair, receive_events
 from schoolgate.store.events.record import CompactEvent
 
 FLAGS = frozenset({"list:bench_blocklist"})
@@ -83,8 +92,34 @@ def event(i: int, devices: int, t0: float, rate: float, mix: str = "bench") -> C
     )
 
 
-def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[float, float]:
-    """(user, system) µs of CPU per event of a forked writing process fed `events`."""
+class Asks:
+    """The queries of `event` as a DNS worker hands them over: each device's Client and the one
+    Decision its kind of listed name shares (dns.fastpath), to the events stage's ``record``."""
+
+    def __init__(self, devices: int) -> None:
+        from schoolgate.policy.types import Client, Decision, Role, Verdict
+
+        self.decision = Decision(verdict=Verdict.BLOCK, rule_id="bench-blocklist",
+                                 clause="Online Safety Policy (filtering)", reason="listed", role=Role.PUPIL,
+                                 category="bench_adverts", flags=FLAGS)
+        self.clients = []
+        for d in range(devices):
+            values = event(d, devices, 0.0, 1.0)
+            self.clients.append(Client(ip=values[3], mac=values[8], device_id=values[9], device_name=values[10],
+                                       person_id=values[11], person_name=values[12], role=Role.PUPIL,
+                                       identity_source="dhcp"))
+
+
+QTYPE_NUMBERS = {"A": 1, "AAAA": 28, "HTTPS": 65}
+UNFOLDED = False  # --unfolded: neither the worker nor the writer folds repeated asks
+
+
+def writing_process(url: str, events: list[CompactEvent], rate: float, devices: int) -> tuple[float, float, float]:
+    """(user, system, worker) µs of CPU per event: of a forked writing process fed `events`, and
+    of this process handing them over as a DNS worker does (the events stage's ``record``, the
+    channel's batch, its sends)."""
+    from schoolgate.dns.stages.events import EventsStage
+
     sending, reading = channel_pair()
     report_from, report_to = os.pipe()
     pid = os.fork()
@@ -108,25 +143,38 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
             raw = engine.raw_connection()  # outside a transaction: what is still in the WAL is its work too
             try:
                 raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # Queries, not rows: a row holds an attempt's repeated asks (its count).
+                queries = raw.cursor().execute("SELECT sum(count) FROM events").fetchone()[0]
             finally:
                 raw.close()
             ended = resource.getrusage(resource.RUSAGE_SELF)
             os.write(report_to, f"{ended.ru_utime - begun.ru_utime} {ended.ru_stime - begun.ru_stime}".encode())
-            code = 0 if stats["written"] + stats["folded"] == len(events) and stats["dropped"] == 0 else 3
+            code = 0 if queries == len(events) and stats["dropped"] == 0 else 3
         finally:
             os._exit(code)
     reading.close()
     os.close(report_to)
+    asks = Asks(devices)
     channel = EventChannel(sending, max_waiting=10_000_000)
-    begun = time.monotonic()
-    for i, compact in enumerate(events):
-        channel.submit_compact(compact)
+    stage = EventsStage(channel, "bench")
+    stage.fold_asks(0 if UNFOLDED else BATCH_EVENTS)  # as the daemon's workers do (dns.daemon)
+    # Each query's arguments made before the clock starts: the worker has them from the packet.
+    clients = {client.device_id: client for client in asks.clients}
+    queries = [(clients[e[9]], e[3], e[4], QTYPE_NUMBERS[e[13]], e[0]) for e in events]
+    record, decision = stage.record, asks.decision
+    paced_from = time.monotonic()
+    started = time.thread_time()  # the worker's CPU: sleeping between paced ticks is not counted
+    for i, (client, client_ip, host, qtype, ts) in enumerate(queries):
+        record(decision, client, client_ip, host, qtype, ts=ts)
         if rate and i % 32 == 31:  # a worker's tick hands over what it gathered
+            stage.flush_due(datetime.now(UTC))
             channel.flush()
-            ahead = begun + i / rate - time.monotonic()
+            ahead = paced_from + i / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
+    stage.flush()
     channel.stop(timeout=600)
+    handing = time.thread_time() - started
     sending.close()
     with os.fdopen(report_from) as report:
         spent = report.read().split()
@@ -134,7 +182,7 @@ def writing_process(url: str, events: list[CompactEvent], rate: float) -> tuple[
     if os.waitstatus_to_exitcode(status) != 0 or len(spent) != 2:
         raise SystemExit(f"the writing process did not write every event (exit status {status})")
     user, system = (float(seconds) for seconds in spent)
-    return user / len(events) * 1e6, system / len(events) * 1e6
+    return user / len(events) * 1e6, system / len(events) * 1e6, handing / len(events) * 1e6
 
 
 def watcher_config(folder: Path) -> Any:
@@ -282,17 +330,20 @@ def main() -> int:
                         help="bench: every query a different name; real: each name asked as A, AAAA and HTTPS")
     parser.add_argument("--no-body", action="store_true", help="only the first table (the forked writer)")
     parser.add_argument("--unfolded", action="store_true",
-                        help="the writer without folding repeated asks (a row per query), for comparison")
+                        help="no folding of repeated asks, by the worker or the writer (a row per query), "
+                             "for comparison")
     args = parser.parse_args()
     if args.unfolded:
         import schoolgate.store.events.writer as writer_module
 
+        global UNFOLDED
+        UNFOLDED = True
         writer_module.fold_repeats = lambda records: (list(records), 0)  # type: ignore[assignment]
     print(f"event-writing process: {WRITER_BATCH_ROWS:,} rows a transaction at most, bursts {WRITER_GATHER_S:g} s "
           f"apart, {WRITER_SQLITE_CACHE_KIB} KiB page cache; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs; {args.mix} mix (µs per query handed over; bare sqlite3: one row per query)")
     print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'µs CPU/event':>12} {'(user':>6} {'sys)':>6}"
-          f"   {'bare sqlite3':>12}   ratio")
+          f"   {'bare sqlite3':>12}   ratio   {'worker µs':>9}   {'worker+writer':>13}")
     for devices in args.devices:
         for rate in args.rates:
             count = args.events if not rate else int(rate * args.seconds)
@@ -302,7 +353,7 @@ def main() -> int:
             try:
                 url = f"sqlite:///{folder / 'events.db'}"
                 init_db(url).dispose()
-                user, system = writing_process(url, events, rate)
+                user, system, worker = writing_process(url, events, rate, devices)
                 init_db(f"sqlite:///{folder / 'bare.db'}").dispose()
                 # The writer's transactions: a burst's events, up to its batch size.
                 per_transaction = min(WRITER_BATCH_ROWS, int(rate * WRITER_GATHER_S)) if rate else WRITER_BATCH_ROWS
@@ -312,7 +363,7 @@ def main() -> int:
             total, bare = user + system, bare_user + bare_system
             label = f"{rate:g}" if rate else "max"
             print(f"  {devices:>7} {label:>7} {count:>8,}   {total:12.2f} {user:6.2f} {system:6.2f}"
-                  f"   {bare:12.2f}   {total / bare:5.2f}", flush=True)
+                  f"   {bare:12.2f}   {total / bare:5.2f}   {worker:9.2f}   {worker + total:13.2f}", flush=True)
     if args.no_body:
         return 0
     print("The writing body, from each process's start to its end, the DNS daemon's events and a proxy event "

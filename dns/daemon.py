@@ -151,7 +151,7 @@ class Worker:
         from schoolgate.live import LivePolicy
         from schoolgate.store.db import make_engine
         from schoolgate.store.events import StatusTarget, make_event_writer
-        from schoolgate.store.events.channel import EventChannel
+        from schoolgate.store.events.channel import BATCH_EVENTS, EventChannel
 
         config = options.config
         self.options = options
@@ -212,7 +212,10 @@ class Worker:
             own_ipv6=config.network.appliance_ipv6,
         )
         # Allowed queries folded per minute are held in the events stage until the minute is
-        # over: the status row says how many, so a killed worker's loss is counted.
+        # over, and a device's repeated asks of a blocked name until the next tick (a batch's
+        # worth at most, which the channel would have held as long): the status row says how
+        # many, so a killed worker's loss is counted.
+        self.resolver.events.fold_asks(BATCH_EVENTS)
         self.writer.count_held(self.resolver.events.held)
         self.listeners: list[Any] = []
         self.handler: Any = None

@@ -18,30 +18,33 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from schoolgate.clock import Clock
 from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
 from schoolgate.store.events.record import CompactEvent, EventRecord, from_compact
+from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
 SPECIAL_CLAUSE = "schoolgate DNS: names answered by the appliance itself"
 MAX_FOLDED = 50_000  # distinct (minute, client, name) keys held before handing over early
 FLUSH_SLICE = 500  # records handed over per flush_due call
+_TYPES_THAT_FIT = (QTYPES_WIDTH + 1) // 10  # names of types, 9 characters at most, and commas
 
 
 def compact_event(
-    decision: Decision, client: Client, host: str, qtype: int, *, site: str, ts: float, count: int = 1
+    decision: Decision, client: Client, host: str, qtype: int | str, *, site: str, ts: float, count: int = 1
 ) -> CompactEvent:
     """The event of one decision (or `count` folded ones) in compact form: the record
-    EventRecord.from_decision makes, as record.COMPACT_FIELDS orders its values."""
+    EventRecord.from_decision makes, as record.COMPACT_FIELDS orders its values. `qtype` is the
+    type asked, or the text of the types asked ("A,AAAA,HTTPS")."""
     return (
         ts, site, "dns", client.ip, host, decision.verdict._value_, decision.rule_id, decision.role._value_,
         client.mac, client.device_id, client.device_name, client.person_id, client.person_name,
-        type_name(qtype), None, None, decision.clause, decision.service, decision.category, decision.flags, count,
-        client.identity_source,
+        type_name(qtype) if type(qtype) is int else qtype, None, None, decision.clause, decision.service,
+        decision.category, decision.flags, count, client.identity_source,
     )
 
 
@@ -84,6 +87,10 @@ class EventsStage(Stage):
         # (minute, client ip, name, verdict) -> [count, query decision, client, qtype, first time]
         self._folded: dict[tuple[int, str, str, str], list[object]] = {}
         self._held_queries = 0  # the queries counted in _folded
+        # Blocked and flagged attempts being folded (hold_asks): (client ip, name) -> an attempt (_hold).
+        self.hold_asks = 0
+        self._attempts: dict[tuple[str, str], list[Any]] = {}
+        self._held_asks = 0  # the queries in _attempts
         self.logged = 0
 
     def _now(self) -> float:
@@ -96,9 +103,26 @@ class EventsStage(Stage):
     def held(self) -> tuple[int, int]:
         """(rows, queries) folded in memory and not yet handed to the sink: what a kill loses.
 
-        Read from the event writer's thread: a length and an int, never an iteration.
+        Read from the event writer's thread: lengths and ints, never an iteration.
         """
-        return len(self._folded), self._held_queries
+        return len(self._folded) + len(self._attempts), self._held_queries + self._held_asks
+
+    def fold_asks(self, rows: int) -> None:
+        """Fold each device's repeated asks for a blocked or flagged name (a phone asks A, AAAA
+        and HTTPS at once) into one event before it is handed over, holding at most `rows`
+        attempts until the next ``flush_due`` (the daemon's tick) or ``flush``.
+
+        The event is what the writer would have made of the asks (store.events.repeats: the
+        same rule, a `count` and the types in the order asked, the first ask's time), but its
+        tuple is built, sent, decoded and folded once per attempt instead of once per ask. The
+        daemon hands its events over on that tick anyway (its channel sends then), so holding
+        them there delays no event and a kill loses no more: what is held is counted in
+        ``held``. 0: hand each ask over at once (the default)."""
+        if rows < 0:
+            raise ValueError("fold_asks: rows must be >= 0")
+        if rows == 0:
+            self.hand_over_attempts()
+        self.hold_asks = rows
 
     def resolve(self, query: Query) -> Result:
         result = self.pass_on(query)
@@ -125,6 +149,9 @@ class EventsStage(Stage):
         """Log one decided query: blocked and flagged ones in full, allowed ones folded per minute.
         (The chain's events come here, and the fast path's: schoolgate.dns.fastpath.)"""
         if decision.verdict is Verdict.BLOCK or decision.flags:
+            if self.hold_asks:
+                self._hold(decision, client, client_ip, qname, qtype, ts=ts)
+                return
             self.submit(compact_event(
                 decision, client or Client(ip=client_ip), qname, qtype, site=self.site, ts=ts,
             ))
@@ -140,16 +167,62 @@ class EventsStage(Stage):
             slot[0] += 1  # type: ignore[operator]
         self._held_queries += 1
 
+    def _hold(self, decision: Decision, client: Client | None, client_ip: str, qname: str, qtype: int, *,
+              ts: float) -> None:
+        """Fold a blocked or flagged ask into its attempt (see fold_asks).
+
+        An ask is the attempt's if it has the same decision and client (so every fact of its
+        event but the time, type and count is the same) and came within FOLD_WINDOW_S of the
+        attempt's first ask. An attempt is a list (the cheapest thing to make once per blocked
+        name): [decision, client, the type asked or a list of the types, count, first ask, time].
+        """
+        key = (client_ip, qname)
+        attempts = self._attempts
+        attempt = attempts.get(key)
+        self._held_asks += 1
+        if attempt is not None:
+            if ((attempt[0] is decision or attempt[0] == decision)
+                    and (attempt[1] is client or attempt[1] == client)
+                    and -FOLD_WINDOW_S <= ts - attempt[4] <= FOLD_WINDOW_S
+                    and _with_type(attempt, qtype)):
+                attempt[3] += 1
+                attempt[5] = min(attempt[5], ts)
+                return
+            self._hand_over(key, attempts.pop(key))
+        elif len(attempts) >= self.hold_asks:
+            self.hand_over_attempts()  # a dict of its own from here on
+        self._attempts[key] = [decision, client, qtype, 1, ts, ts]
+
+    def hand_over_attempts(self) -> int:
+        """Hand every attempt being folded to the sink; returns how many."""
+        attempts, self._attempts = self._attempts, {}
+        for key, attempt in attempts.items():
+            self._hand_over(key, attempt)
+        return len(attempts)
+
+    def _hand_over(self, key: tuple[str, str], attempt: list[Any]) -> None:
+        decision, client, types, count, _, ts = attempt
+        self._held_asks -= count
+        self.submit(compact_event(
+            decision, client if client is not None else Client(ip=key[0]), key[1],
+            types if type(types) is int else ",".join(map(type_name, types)), site=self.site, ts=ts, count=count,
+        ))
+        self.logged += 1
+
     def flush(self) -> int:
-        """Hand every folded allowed query to the sink (at shutdown, and in tests)."""
+        """Hand every folded allowed query and attempt to the sink (at shutdown, and in tests)."""
+        attempts = self.hand_over_attempts()
         folded, self._folded = self._folded, {}
         self._held_queries = 0
         for key, slot in folded.items():
             self._submit_folded(key, slot)
-        return len(folded)
+        return len(folded) + attempts
 
     def flush_due(self, now: datetime, limit: int = FLUSH_SLICE) -> int:
-        """Hand over up to `limit` keys of the minutes before `now`'s; returns how many."""
+        """Hand over the attempts being folded, and up to `limit` keys of the minutes before `now`'s;
+        returns how many keys of minutes."""
+        if self._attempts:
+            self.hand_over_attempts()
         current = int(now.timestamp()) // 60
         folded = self._folded
         due: list[tuple[int, str, str, str]] = []
@@ -185,3 +258,22 @@ class EventsStage(Stage):
             type_name(query.qtype), None, None, SPECIAL_CLAUSE, None, None, "special_name", 1, client.identity_source,
         ))
         self.logged += 1
+
+
+
+def _with_type(attempt: list[Any], qtype: int) -> bool:
+    """Add `qtype` to the attempt's types (each once, in the order asked); False if the types
+    would not fit the events table's column: the ask is then an attempt of its own."""
+    types = attempt[2]
+    if types == qtype:
+        return True
+    if type(types) is int:
+        attempt[2] = [types, qtype]
+        return True
+    if qtype in types:
+        return True
+    # A type's name has 9 characters at most ("TYPE65280"): four always fit the column.
+    if len(types) >= _TYPES_THAT_FIT and len(",".join(map(type_name, (*types, qtype)))) > QTYPES_WIDTH:
+        return False
+    types.append(qtype)
+    return True

@@ -9,8 +9,10 @@ order they came ("A,AAAA,HTTPS"), stamped with the first ask's time: every fact 
 standards ask for (device, address, person, time, name) is kept, and readers that count
 attempts sum ``count`` (as they already do for allowed traffic, folded per minute).
 
-Only compact events (record.CompactEvent, what the DNS workers, the proxy and net watch hand
-over) are folded, and only with an earlier event of the same burst that is the same in every
+The DNS workers fold an attempt's asks before they hand it over (dns.stages.events, by the same
+rule), so here a DNS row meets only the asks that reached the worker's next hand-over, a few in a
+thousand. Only compact events (record.CompactEvent, what the DNS workers, the proxy and net watch
+hand over) are folded, and only with an earlier event of the same burst that is the same in every
 field but the time, the type and the count, asked within ``FOLD_WINDOW_S`` of it. A record
 with a uid of its own (shipped from a spool or another appliance) is never folded: its uid
 is its identity.
@@ -107,10 +109,13 @@ class _Row:
         if asked is not None and asked != qtypes:
             if qtypes is None:
                 qtypes = asked
-            elif asked not in qtypes.split(","):
-                qtypes = f"{qtypes},{asked}"
-                if len(qtypes) > QTYPES_WIDTH:
-                    return False
+            else:  # an ask may be a row a DNS worker folded already: "A,AAAA"
+                known = qtypes.split(",")
+                new = [qtype for qtype in asked.split(",") if qtype not in known]
+                if new:
+                    qtypes = ",".join((qtypes, *new))
+                    if len(qtypes) > QTYPES_WIDTH:
+                        return False
         self.qtypes = qtypes
         self.count += ask[_COUNT]
         self.ts = min(self.ts, ask[_TS])

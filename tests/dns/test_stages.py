@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import dns.message
@@ -505,3 +506,111 @@ def test_names_the_appliance_answers_itself_are_logged_on_the_daemons_clock() ->
         events.resolve(query(name))
     assert [(r.host, r.ts) for r in sink.records] == [
         ("use-application-dns.net", TEN), ("mask.icloud.com", TEN), ("www.facebook.com", TEN)]
+
+
+# -- a device's repeated asks of a blocked name, folded in the worker (EventsStage.fold_asks)
+
+BLOCKED = Decision(verdict=Verdict.BLOCK, rule_id="list:ads", clause="Online Safety Policy (filtering)",
+                   reason="listed", role=Role.PUPIL, category="adverts")
+IPAD = Client(ip="10.41.20.15", mac="02:00:00:00:20:15", device_id="KW-IPAD-12", device_name="Class iPad 12",
+              person_id="p7", person_name="Sam Pupil", role=Role.PUPIL, identity_source="dhcp")
+T = TEN.timestamp()
+
+
+class CompactSink:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def submit(self, record):
+        raise AssertionError("a compact sink")
+
+    def submit_compact(self, event) -> bool:
+        self.events.append(event)
+        return True
+
+
+def folded_rows(asks: list[tuple], hold: int = 128) -> list[tuple]:
+    """(seconds after T, host, qtype, count, device) of each event the stage hands over of `asks`:
+    (seconds after T, name, type, and optionally the decision and client)."""
+    sink = CompactSink()
+    stage = EventsStage(sink, "dnstest")
+    stage.fold_asks(hold)
+    for at, name, qtype, *rest in asks:
+        decision, client = (rest + [BLOCKED, IPAD][len(rest):])[:2]
+        stage.record(decision, client, client.ip, name, qtype, ts=T + at)
+    assert stage.flush_due(TEN) == 0 and stage.held() == (0, 0)
+    return [(round(e[0] - T, 3), e[4], e[13], e[20], e[9]) for e in sink.events]
+
+
+FOLDS = [
+    pytest.param([(0, "ads.test", 1), (0.001, "ads.test", 28), (0.002, "ads.test", 65)],
+                 [(0.0, "ads.test", "A,AAAA,HTTPS", 3, "KW-IPAD-12")], id="a phone's three types"),
+    pytest.param([(0, "ads.test", 1), (0.3, "ads.test", 1), (0.4, "ads.test", 28)],
+                 [(0.0, "ads.test", "A,AAAA", 3, "KW-IPAD-12")], id="a retry counts, its type named once"),
+    pytest.param([(0.2, "ads.test", 28), (0.1, "ads.test", 1)],
+                 [(0.1, "ads.test", "AAAA,A", 2, "KW-IPAD-12")], id="the earliest time, types as they came"),
+    pytest.param([(0, "ads.test", 1), (1.01, "ads.test", 28)],
+                 [(0.0, "ads.test", "A", 1, "KW-IPAD-12"), (1.01, "ads.test", "AAAA", 1, "KW-IPAD-12")],
+                 id="another attempt a second later"),
+    pytest.param([(0, "ads.test", 1), (0.1, "b.test", 1), (0.2, "ads.test", 28)],
+                 [(0.0, "ads.test", "A,AAAA", 2, "KW-IPAD-12"), (0.1, "b.test", "A", 1, "KW-IPAD-12")],
+                 id="another name between"),
+    pytest.param([(0, "ads.test", 1), (0.1, "ads.test", 28, BLOCKED, Client(ip=IPAD.ip))],
+                 [(0.0, "ads.test", "A", 1, "KW-IPAD-12"), (0.1, "ads.test", "AAAA", 1, None)],
+                 id="the address changed hands"),
+    pytest.param([(0, "ads.test", 1), (0.1, "ads.test", 28, replace(BLOCKED, rule_id="list:trackers"))],
+                 [(0.0, "ads.test", "A", 1, "KW-IPAD-12"), (0.1, "ads.test", "AAAA", 1, "KW-IPAD-12")],
+                 id="another decision (the policy reloaded)"),
+    pytest.param([(0, "ads.test", 1), (0.1, "ads.test", 28, replace(BLOCKED), replace(IPAD))],
+                 [(0.0, "ads.test", "A,AAAA", 2, "KW-IPAD-12")], id="an equal decision and client"),
+    pytest.param([(n * 0.001, "ads.test", 65280 + n) for n in range(6)],
+                 [(0.0, "ads.test", "TYPE65280,TYPE65281,TYPE65282,TYPE65283", 4, "KW-IPAD-12"),
+                  (0.004, "ads.test", "TYPE65284,TYPE65285", 2, "KW-IPAD-12")],
+                 id="types beyond the column's width start a new event"),
+]
+
+
+@pytest.mark.parametrize(("asks", "expected"), FOLDS)
+def test_a_devices_repeated_asks_are_handed_over_as_one_event(asks: list[tuple], expected: list[tuple]) -> None:
+    assert folded_rows(asks) == expected
+
+
+def test_folded_asks_are_the_event_the_writer_would_have_made() -> None:
+    """The worker folds by the writer's rule (store.events.repeats): an attempt's event is the
+    writer's row of its asks, field for field."""
+    from schoolgate.store.events.repeats import fold_repeats
+
+    names = [f"n{n % 5}.test" for n in range(40)]
+    asks = [(n * 0.01, name, (1, 28, 65)[n % 3]) for n, name in enumerate(names)]
+    sink = CompactSink()
+    stage = EventsStage(sink, "dnstest")
+    stage.fold_asks(128)
+    unfolded = []
+    for at, name, qtype in asks:
+        stage.record(BLOCKED, IPAD, IPAD.ip, name, qtype, ts=T + at)
+        unfolded.append(compact_event(BLOCKED, IPAD, name, qtype, site="dnstest", ts=T + at))
+    stage.flush()
+    by_writer, _ = fold_repeats(unfolded)
+    assert sorted(sink.events) == sorted(by_writer)
+    assert fold_repeats(sink.events) == (sink.events, 0)  # nothing left for the writer to fold
+
+
+def test_attempts_are_held_until_the_tick_and_at_most_the_bound() -> None:
+    sink = CompactSink()
+    stage = EventsStage(sink, "dnstest")
+    stage.fold_asks(3)
+    for n, qtype in enumerate((1, 28, 65)):
+        stage.record(BLOCKED, IPAD, IPAD.ip, "ads.test", qtype, ts=T + n * 0.001)
+    stage.record(BLOCKED, IPAD, IPAD.ip, "b.test", 1, ts=T + 0.01)
+    assert sink.events == [] and stage.held() == (2, 4)  # a kill now loses these, and says so
+    stage.record(BLOCKED, IPAD, IPAD.ip, "c.test", 1, ts=T + 0.02)
+    stage.record(BLOCKED, IPAD, IPAD.ip, "d.test", 1, ts=T + 0.03)  # a fourth attempt: the three go
+    assert [(e[4], e[20]) for e in sink.events] == [("ads.test", 3), ("b.test", 1), ("c.test", 1)]
+    assert stage.held() == (1, 1)
+    stage.flush_due(TEN)  # the daemon's tick hands over every attempt
+    assert [e[4] for e in sink.events][-1] == "d.test" and stage.held() == (0, 0)
+    stage.record(BLOCKED, IPAD, IPAD.ip, "e.test", 1, ts=T + 0.04)
+    stage.fold_asks(0)  # no longer folding: what it held goes, and each ask after at once
+    stage.record(BLOCKED, IPAD, IPAD.ip, "e.test", 28, ts=T + 0.05)
+    assert [(e[4], e[13]) for e in sink.events][-2:] == [("e.test", "A"), ("e.test", "AAAA")]
+    assert stage.held() == (0, 0) and stage.logged == len(sink.events) == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -226,6 +227,65 @@ def test_a_worker_status_row_says_what_it_still_held(engine: Engine) -> None:
     lost, detail = estimate_loss([{"name": "dns.1", **row}], RateTracker())
     assert lost == 7 + 3, detail
     sending.close()
+    reading.close()
+
+
+def test_a_worker_killed_while_folding_asks_loses_only_what_its_status_row_says(engine: Engine) -> None:
+    """A DNS worker folds a device's repeated asks of a blocked name until its next tick
+    (dns.stages.events.fold_asks). Killed in between, it loses those attempts and nothing
+    else: everything handed over before is written, with every ask counted, and its last
+    status row names what it held, which is what the supervisor's loss estimate counts."""
+    from schoolgate.dns.stages.events import EventsStage
+    from schoolgate.policy.types import Client, Decision, Role, Verdict
+    from schoolgate.runner import RateTracker, estimate_loss
+    from schoolgate.store.events.channel import BATCH_EVENTS
+
+    decision = Decision(verdict=Verdict.BLOCK, rule_id="list:ads", clause="Online Safety Policy (filtering)",
+                        reason="listed", role=Role.PUPIL, category="adverts")
+    ipad = Client(ip="10.41.20.15", mac="02:00:00:00:20:15", device_id="KW-IPAD-12", person_id="p7",
+                  role=Role.PUPIL)
+    url = engine.url.render_as_string(hide_password=False)
+    sending, reading = channel_pair()
+    writer = EventWriter(engine, flush_interval=0.02)
+    writer.start()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            reading.close()
+            own_engine = make_engine(url)
+            channel = EventChannel(sending, own_engine, status=StatusTarget(site=SITE, name="dns.1", interval=60))
+            stage = EventsStage(channel, SITE)
+            stage.fold_asks(BATCH_EVENTS)
+            channel.count_held(stage.held)
+            ts = T0.timestamp()
+            for n in range(10):  # ten attempts, each asked as A, AAAA and HTTPS, then a tick
+                for qtype in (1, 28, 65):
+                    stage.record(decision, ipad, ipad.ip, f"ads{n}.example", qtype, ts=ts + n)
+            stage.flush_due(T0)
+            channel.flush()
+            for n in range(10, 15):  # five more attempts, fourteen asks, before the next tick
+                for qtype in (1, 28, 65)[: 2 if n == 14 else 3]:
+                    stage.record(decision, ipad, ipad.ip, f"ads{n}.example", qtype, ts=ts + n)
+            channel._report_status()  # the status thread's report (each second in a worker)
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    sending.close()
+    thread = receive_all(reading, writer)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    thread.join(10)
+    assert not thread.is_alive(), "the reader did not see the end of the stream"
+    writer.stop()
+    rows = stored(engine)
+    assert sorted(row.host for row in rows) == sorted(f"ads{n}.example" for n in range(10))
+    assert {(row.qtype, row.count) for row in rows} == {("A,AAAA,HTTPS", 3)}
+    with Session(engine) as session:
+        row = read_status(session, SITE)["dns.1"]
+    events = row["stats"]["events"]
+    # The channel counts events (an attempt each); held: the attempts folded, and their asks.
+    assert events == {"submitted": 10, "handed": 10, "dropped": 0, "queued": 0, "held": 5, "held_queries": 14}
+    lost, detail = estimate_loss([{"name": "dns.1", **row}], RateTracker())
+    assert lost == 5 and "(14 queries)" in detail, detail
     reading.close()
 
 
