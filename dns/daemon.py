@@ -261,7 +261,8 @@ class Worker:
         self.writer.start()
         self.feeder.start()
         self.policy.start("schoolgate-dns-policy")
-        self.handler = QueryHandler(self.resolver.head, self.resolver.fast.answer)
+        fast = self.resolver.fast
+        self.handler = QueryHandler(self.resolver.head, fast.answer, fast.drain)
         try:
             for address in self.options.listen_addresses:
                 udp = UdpListener(bind_socket(address, socket.SOCK_DGRAM, reuse_port=True), self.handler)

@@ -18,6 +18,9 @@ the events.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from datetime import datetime
+from functools import partial
+from typing import Any
 
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.stages.cache import decision_key
@@ -56,10 +59,39 @@ _PLAIN_OPT_SIZE = len(edns_opt(False))  # our OPT record without an Extended DNS
 _new_target = object.__new__
 _put_host = vars(Target)["host"].__set__
 _put_url = vars(Target)["url"].__set__
+# The reply header after the ID (flags and the four counts), per (flags, answer count, OPT or not).
+_REPLY_HEADS = {
+    (flags, answers, edns): HEADER.pack(0, flags, 1, answers, 0, 1 if edns else 0)[2:]
+    for flags in (QR | RA, QR | RA | RD, QR | RA | CD, QR | RA | RD | CD)
+    for answers in (0, 1)
+    for edns in (False, True)
+}
 # (client IP, name) pairs whose decision is remembered within one minute; a full table starts
 # over (a miss costs one policy decision). The table is emptied when a new minute's first
 # decision is stored, so it holds one minute's pairs at most, not everything ever asked.
 DECIDED_LIMIT = 8192
+
+
+class Drain:
+    """What the datagrams of one wake-up share: the policy clock's instant, the policy in force
+    and its generation, and each client's identity.
+
+    A wake-up drains at most a few dozen datagrams that arrived together, within a millisecond;
+    reading the clock, the policy and the client once for them, rather than once per datagram,
+    answers each as of the moment the batch was taken, as if they had arrived a fraction of a
+    millisecond later or earlier. Decisions stand for whole minutes (the policy's windows change
+    on whole minutes), and a reload or a new client takes effect from the next wake-up.
+    """
+
+    __slots__ = ("clients", "generation", "live", "minute", "now", "ts")
+
+    def __init__(self, now: datetime, live: Any) -> None:
+        self.now = now
+        self.ts = now.timestamp()
+        self.minute = self.ts // 60
+        self.live = live
+        self.generation: int | None = getattr(live, "generation", None)  # read before deciding
+        self.clients: dict[str, Client] = {}
 
 
 class FastPath:
@@ -94,8 +126,9 @@ class FastPath:
         # generation to watch, nothing is remembered.
         self._decided: dict[tuple[str, bytes], tuple[Client, int, float, float, float, Decision, Hashable, str]] = {}
         self._decided_minute = -1.0
-        # The blocked answer's record after the question, per (type, TTL, policy generation).
-        self._block_records: dict[tuple[int, int, int | None], bytes] = {}
+        # The blocked answer after the question (its record, or none, and the OPT record), per
+        # (type, TTL, policy generation, rule and lock for the Extended DNS Error, EDNS, DO).
+        self._block_tails: dict[tuple[int, int, int | None, bool, str, bool, bool], tuple[int, bytes]] = {}
         self.answered = 0
 
     def _opt(self, dnssec_ok: bool, ede: tuple[int, str] | None) -> bytes:
@@ -107,8 +140,17 @@ class FastPath:
             opt = self._opts[key] = edns_opt(dnssec_ok, ede)
         return opt
 
+    def drain(self) -> FastAnswer:
+        """The fast path for the datagrams of one wake-up: one instant, one policy, one
+        identity per client for all of them (see Drain)."""
+        return partial(self.answer_in, Drain(self.policy.clock.now(), self.policy.policy))
+
     def answer(self, data: bytes, client_ip: str) -> bytes | None:
         """The answer to a UDP query, or None for the chain to answer it."""
+        return self.answer_in(Drain(self.policy.clock.now(), self.policy.policy), data, client_ip)
+
+    def answer_in(self, drain: Drain, data: bytes, client_ip: str) -> bytes | None:
+        """The answer to a UDP query of a wake-up's `drain`, or None for the chain to answer it."""
         size = len(data)
         if size < 17:
             return None
@@ -160,17 +202,18 @@ class FastPath:
             max_size = max(PLAIN_UDP_SIZE, min(udp_size, EDNS_UDP_SIZE))
         # identify -> policy, as the stages do it; the decision for this client and name is
         # remembered while nothing it depends on can have moved (see _decided).
-        resolver = self.identify.resolver
-        client = Client(ip=client_ip) if resolver is None else resolver.resolve(client_ip)
-        now = self.policy.clock.now()
-        ts = now.timestamp()
-        live = self.policy.policy
-        generation = getattr(live, "generation", None)  # read before deciding
+        client = drain.clients.get(client_ip)
+        if client is None:
+            resolver = self.identify.resolver
+            client = Client(ip=client_ip) if resolver is None else resolver.resolve(client_ip)
+            drain.clients[client_ip] = client
+        ts = drain.ts
+        generation = drain.generation
         decided = self._decided.get((client_ip, name_wire))
         if (
             decided is not None
             and decided[1] == generation
-            and decided[2] == ts // 60
+            and decided[2] == drain.minute
             and decided[3] <= ts < decided[4]
             and (decided[0] is client or decided[0] == client)
         ):
@@ -182,12 +225,12 @@ class FastPath:
             _put_url(target, None)
             # Unnamed: nothing here reads `matched` (the answer, its EDE and the event leave it
             # out), and naming a copy for each new listed name costs about a microsecond.
-            decision = live.decide(client, target, now, named=False)
+            decision = drain.live.decide(client, target, drain.now, named=False)
             # The answer cache's key: only an allowed answer is read from the cache.
             dkey = None if decision.verdict is Verdict.BLOCK else decision_key(decision)
             until = decision.valid_until.timestamp() if decision.valid_until is not None else _NEVER
             if generation is not None:
-                minute = ts // 60
+                minute = drain.minute
                 if minute != self._decided_minute or len(self._decided) >= DECIDED_LIMIT:
                     self._decided.clear()
                     self._decided_minute = minute
@@ -200,24 +243,23 @@ class FastPath:
         answer: bytes
         if verdict is Verdict.BLOCK:
             # policy.blocked: the block address for A and AAAA, no data otherwise; the rule in
-            # an Extended DNS Error when the client speaks EDNS.
-            opt = self._opt(dnssec_ok, ede_for(decision)) if edns else b""
+            # an Extended DNS Error when the client speaks EDNS. What follows the question is
+            # remembered per policy generation (the policy in force says the block addresses).
             ttl = min(BLOCK_TTL, ceiling)
-            # The answer record (none: no data), remembered per policy generation: the policy
-            # in force says the block addresses.
-            record_key = (qtype, ttl, generation)
-            record = self._block_records.get(record_key) if generation is not None else None
-            if record is None:
+            tail_key = (qtype, ttl, generation, decision.locked, decision.rule_id, edns, dnssec_ok)
+            known = self._block_tails.get(tail_key) if generation is not None else None
+            if known is None:
                 address = policy.block_address(qtype)
                 record = b"" if address is None else (
                     QUESTION_PTR + RR_FIXED.pack(qtype, CLASS_IN, ttl, len(address)) + address
                 )
+                opt = self._opt(dnssec_ok, ede_for(decision)) if edns else b""
+                known = (1 if record else 0, record + opt)
                 if generation is not None:
-                    if len(self._block_records) >= _OPT_CACHE_LIMIT:
-                        self._block_records.clear()
-                    self._block_records[record_key] = record
-            head = HEADER.pack(ident, reply_flags, 1, 1 if record else 0, 0, 1 if edns else 0)
-            answer = head + data[12:question_end] + record + opt
+                    if len(self._block_tails) >= _OPT_CACHE_LIMIT:
+                        self._block_tails.clear()
+                    self._block_tails[tail_key] = known
+            answer = data[:2] + _REPLY_HEADS[reply_flags, known[0], edns] + data[12:question_end] + known[1]
         elif verdict is Verdict.ALLOW:
             if (decision.service is not None or decision.url_scoped) and qtype in (TYPE_A, TYPE_AAAA):
                 return None  # the watch stage feeds these answers' addresses to the gateway

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from schoolgate.dns.wire import (
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!H")
+_READY = (bytes, bytearray)  # an answer sent at once (anything else is awaited)
 READ_BATCH = 64
 TCP_IDLE_S = 10.0
 TCP_MAX_CONNECTIONS = 256
@@ -84,12 +85,18 @@ class QueryHandler:
     """Runs one query through the chain; shared by the UDP and TCP listeners.
 
     A UDP query goes to the fast path first (`fast`, schoolgate.dns.fastpath: a blocked name or
-    a cache hit answered in one call), and to the chain when that declines it.
+    a cache hit answered in one call; the UDP listener takes it per wake-up from `drain`), and
+    to the chain when that declines it.
     """
 
-    def __init__(self, chain: Stage, fast: FastAnswer | None = None) -> None:
+    def __init__(
+        self, chain: Stage, fast: FastAnswer | None = None, drain: Callable[[], FastAnswer] | None = None
+    ) -> None:
         self.chain = chain
         self.fast = fast
+        # The fast path for one wake-up's datagrams (FastPath.drain: one clock reading, policy
+        # and identity per client for all of them); without it, `fast` answers each alone.
+        self.drain = drain
         self.counters = Counters()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -184,7 +191,7 @@ class UdpListener:
         sendto = sock.sendto
         handler = self.handler
         counters = handler.counters
-        fast = handler.fast
+        fast = handler.fast if handler.drain is None else handler.drain()
         through_chain = handler.through_chain
         v4 = self._v4
         for _ in range(READ_BATCH):
@@ -213,7 +220,7 @@ class UdpListener:
                     continue
                 if result is None:
                     continue
-            if isinstance(result, bytes | bytearray):
+            if isinstance(result, _READY):
                 try:
                     sendto(result, addr)
                 except (BlockingIOError, InterruptedError):

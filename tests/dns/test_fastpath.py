@@ -428,3 +428,74 @@ def test_the_block_answer_follows_a_reload_that_moves_the_block_address() -> Non
     fast_resolver.events.flush()
     chain_resolver.events.flush()
     assert fast_sink.events == chain_sink.events
+
+
+class CountingClock(FixedClock):
+    def __init__(self, now: datetime) -> None:
+        super().__init__(now)
+        self.reads = 0
+
+    def now(self) -> datetime:
+        self.reads += 1
+        return self.instant
+
+
+class CountingIdentities(Identities):
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def resolve(self, ip: str, mac: str | None = None) -> Client:
+        self.asked.append(ip)
+        return super().resolve(ip, mac)
+
+
+def test_one_wake_ups_queries_share_one_clock_reading_policy_and_identity_and_answer_as_the_chain_does() -> None:
+    """The UDP listener takes the fast path per wake-up (FastPath.drain): every query of the
+    table, a few to a wake-up, gets the chain's answer and event, while the clock and each
+    client's identity are read once per wake-up."""
+    clock = CountingClock(TEN)
+    identities = CountingIdentities()
+    fast_resolver, fast_sink = resolver(clock=clock, identities=identities)
+    chain_resolver, chain_sink = resolver()
+    chain = QueryHandler(chain_resolver.head)
+    fast = QueryHandler(fast_resolver.head, fast_resolver.fast.answer, fast_resolver.fast.drain)
+    assert fast.drain is not None
+    for name in WARM:
+        for rdtype in ("A", 99):
+            for handler in (fast, chain):
+                answers(handler, packet(name, rdtype), PUPIL)
+    per_wake_up = 5
+    for start in range(0, len(CASES), per_wake_up):
+        clock.reads = 0
+        identities.asked.clear()
+        answer_fast = fast.drain()
+        for what, client_ip, data, expect_fast in CASES[start:start + per_wake_up]:
+            before = fast_resolver.fast.answered
+            got = answer_fast(data, client_ip)
+            if got is None:
+                got = answers(fast, data, client_ip)  # declined: the chain answers, as the listener does
+            assert got == answers(chain, data, client_ip), what
+            assert (fast_resolver.fast.answered > before) is expect_fast, what
+            assert fast_sink.events == chain_sink.events, what
+    # A wake-up of queries the fast path answers: one clock reading, one identity per client.
+    clock.reads = 0
+    identities.asked.clear()
+    answer_fast = fast.drain()
+    for _what, client_ip, data, expect_fast in CASES * 2:
+        if expect_fast:
+            assert answer_fast(data, client_ip) is not None
+    assert clock.reads == 1
+    assert sorted(identities.asked) == sorted({case[1] for case in CASES if case[3]})
+
+
+def test_a_reload_takes_effect_from_the_next_wake_up() -> None:
+    clock = FixedClock(datetime(2026, 11, 18, 10, 0, tzinfo=UTC))
+    policy = MovingBlockAddress()
+    built, _ = resolver(policy, clock)
+    data = packet("www.facebook.com")
+    answer_fast = built.fast.drain()
+    first = answer_fast(data, PUPIL)
+    policy.move("10.99.0.2", None)
+    assert answer_fast(data, PUPIL) == first  # the same wake-up: the policy it began with
+    moved = dns.message.from_wire(built.fast.drain()(data, PUPIL) or b"")
+    assert [rd.address for rrset in moved.answer for rd in rrset] == ["10.99.0.2"]
