@@ -310,6 +310,15 @@ def cpu_split(measured: Measured) -> tuple[float, float]:
     return user / tick, system / tick
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every CPU (/proc/stat; idle and
+    iowait are not busy)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return (total - fields[3] - fields[4]) / tick, total / tick
+
+
 def report(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n{title}")
     for name, value in rows:
@@ -377,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         pids = {"schoolgate": list(processes.values()) or [Measured(proxy_pid)], "squid": [Measured(squid_pid[0])]}
         by_process = {(name, kind): 0.0 for name in processes for kind in ("killed", "passed")}
         in_kernel = {key: 0.0 for key in cpu}  # each proxy's system time
+        # The rest of the machine in the same slices: the lab's web server (one process: the
+        # sites' TLS handshakes, the same work for both proxies) and every CPU's busy share, so
+        # that a rate can be read as the proxy's or as the machine's.
+        origin = Measured(int(lab.state.processes["internet"]["pid"]))
+        origin_cpu = {key: 0.0 for key in cpu}
+        busy = {key: [0.0, 0.0] for key in cpu}  # busy, total CPU seconds of the machine
         latency: dict[str, list[float]] = {e: [] for e in engines}
         direct: dict[str, list[float]] = {e: [] for e in engines}  # taken in turn with each engine's
         slices = max(1, args.rounds)
@@ -397,10 +412,15 @@ def main(argv: list[str] | None = None) -> int:
                     each_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
                     system_before = sum(cpu_split(pid)[1] for pid in pids[engine])
                     cpu_before = sum(cpu_seconds(pid) for pid in pids[engine])
+                    origin_before, machine_before = cpu_seconds(origin), machine_busy()
                     rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
                                            cafile=cafile)
                     cpu[(engine, kind)] += sum(cpu_seconds(pid) for pid in pids[engine]) - cpu_before
+                    origin_cpu[(engine, kind)] += cpu_seconds(origin) - origin_before
+                    machine_after = machine_busy()
+                    busy[(engine, kind)][0] += machine_after[0] - machine_before[0]
+                    busy[(engine, kind)][1] += machine_after[1] - machine_before[1]
                     in_kernel[(engine, kind)] += sum(cpu_split(pid)[1] for pid in pids[engine]) - system_before
                     if engine == "schoolgate":
                         for name, pid in processes.items():
@@ -483,6 +503,17 @@ def main(argv: list[str] | None = None) -> int:
              f"{sum(w.get('identity_lookups', 0) for w in worker_stats):8d} ("
              + " / ".join(f"{sum(w.get(key, 0) for w in worker_stats)}"
                           for key in ("identity_refreshes", "identity_lookups_shared")) + ")"),
+        ])
+        report("The rest of the machine meanwhile (killed / passed through)", [
+            (f"lab web server's CPU per connection (µs): {engine}",
+             " / ".join(f"{origin_cpu[(engine, kind)] / max(1, totals[(engine, kind)].done) * 1e6:.0f}"
+                        for kind in ("killed", "passed")))
+            for engine in engines
+        ] + [
+            (f"machine busy (all {os.cpu_count()} CPUs): {engine}",
+             " / ".join(f"{busy[(engine, kind)][0] / max(1e-9, busy[(engine, kind)][1]):.0%}"
+                        for kind in ("killed", "passed")))
+            for engine in engines
         ])
         report("Connections per CPU-second of the proxy process (higher is leaner)", [
             (f"{kind}: schoolgate / squid",
