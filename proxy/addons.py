@@ -51,6 +51,7 @@ from mitmproxy.proxy.layers import modes
 from schoolgate.policy.types import Client, Decision, Role, Target
 from schoolgate.proxy import blockpage
 from schoolgate.proxy.addresses import AddressBook
+from schoolgate.proxy.allowed import is_plain_allow
 from schoolgate.proxy.catrust import CaTrustObserver
 from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.judge import (
@@ -165,6 +166,10 @@ class Services:
     site: str
     submit_full: Callable[[EventRecord], bool]  # blocked, flagged and search events, one row each
     submit_allowed: Callable[[EventRecord], bool]  # plain allowed traffic (aggregated per minute)
+    # A passed-through connection's plain allowed decision, counted per client, name and minute
+    # without a record of its own (schoolgate.proxy.allowed.AllowedPasses.add, which hands its
+    # minutes to `submit_allowed`); None: a record each, to `submit_allowed`.
+    fold_allowed: Callable[[Decision, Client, str, datetime], None] | None = None
     inspect: Callable[[str], bool] | None = None
     close: Callable[[str], bool] | None = None  # close a client connection by id (the daemon's)
     explain: Callable[[Decision, datetime], str] | None = None  # plain words for the block page
@@ -670,7 +675,18 @@ class EventLog:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         state = self.s.connections.get(data.context.client.id)
         judgement = state.judgement if state is not None else None
-        if state is not None and judgement is not None and judgement.action in (Action.PASS, Action.KILL):
+        if state is None or judgement is None:
+            return
+        if judgement.action is Action.PASS:
+            fold = self.s.fold_allowed
+            if fold is not None and is_plain_allow(judgement.decision):
+                # Most connections: counted in their minute, no record made (the record
+                # submit() would make is what the fold makes of its minute).
+                self.s.counters.events_submitted += 1
+                fold(judgement.decision, state.client, judgement.target.host, self.s.now())
+                return
+            self.submit(state, judgement)
+        elif judgement.action is Action.KILL:
             self.submit(state, judgement)
 
     def request(self, flow: http.HTTPFlow) -> None:

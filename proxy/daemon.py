@@ -147,6 +147,7 @@ async def run(
     from schoolgate.live import LivePolicy
     from schoolgate.proxy.addons import Pipeline, Services, build_addons
     from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
+    from schoolgate.proxy.allowed import AllowedPasses
     from schoolgate.proxy.clients import RecentClients
     from schoolgate.proxy.front import FrontDoor, listen_sockets
     from schoolgate.store.db import make_engine
@@ -235,6 +236,10 @@ async def run(
     else:
         writer = make_event_writer(engine, config, status=status)
     aggregator = AllowedAggregator(writer, clock=clock.now)
+    # Passed-through allowed connections are counted per minute on the loop, and each minute's
+    # count reaches the aggregator as one record (schoolgate.proxy.allowed).
+    passes = AllowedPasses(aggregator.submit, site)
+    writer.count_held(passes.held)
 
     def inspect(host: str) -> bool:
         from schoolgate.proxy.search import is_search_engine
@@ -289,6 +294,7 @@ async def run(
         site=site,
         submit_full=writer.submit,
         submit_allowed=aggregator.submit,
+        fold_allowed=passes.add,
         inspect=inspect if pconf.inspect_search_engines else None,
         close=close_connection,
         explain=explain,
@@ -390,8 +396,15 @@ async def run(
         """The events gathered on the loop, to the writing process (never blocks)."""
         while True:
             await asyncio.sleep(EVENTS_TICK_S)
+            passes.flush_due(clock.now())
             aggregator.flush_due()
             writer.flush()
+
+    async def passes_loop() -> None:
+        """The passed-through connections' minutes, to the aggregator (whose own thread writes)."""
+        while True:
+            await asyncio.sleep(EVENTS_TICK_S)
+            passes.flush_due(clock.now())
 
     tasks = [
         asyncio.create_task(tick_loop(), name="proxy-tick"),
@@ -400,6 +413,8 @@ async def run(
     ]
     if events is not None:
         tasks.append(asyncio.create_task(hand_over_loop(), name="proxy-events"))
+    else:
+        tasks.append(asyncio.create_task(passes_loop(), name="proxy-passes"))
     try:
         await master.run()
     finally:
@@ -412,8 +427,9 @@ async def run(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        passes.flush_all()  # on the loop's thread, like every other submit
         if events is not None:
-            aggregator.flush_all()  # on the loop's thread, like every other submit
+            aggregator.flush_all()
             stopped = writer.stop()
             log.info("stopped; events handed to the writing process %s, dropped %s",
                      stopped.get("handed"), stopped.get("dropped"))
