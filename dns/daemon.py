@@ -397,8 +397,8 @@ def record_illegal_content_upstream(options: DnsOptions) -> None:
 # Rows per transaction in the event-writing process. It sees every worker's stream, so under
 # load its batches fill: 2,000 rows a transaction cost its process 27-31 µs of CPU per event
 # against 33-42 µs at the writer's default 500 (bench/dns_path.py, three runs each), the
-# commit and the executemany's setup paid once for four times the rows. Read in bursts a second
-# apart (WRITER_GATHER_S), a busy second's events are one transaction of up to 10,000 rows:
+# commit and the executemany's setup paid once for four times the rows. Read in bursts
+# (WRITER_GATHER_S apart), a busy burst's events are one transaction of up to 10,000 rows:
 # 20 µs per event against 29-30 µs at 2,000, with 300 devices' events (each transaction writes
 # a page of the device and person indexes per device, whatever its rows). The queue's bound
 # (50,000) is unchanged, so a burst still holds at most that many events in memory.
@@ -409,13 +409,17 @@ WRITER_BATCH_ROWS = 10_000
 # transaction. 4 MiB held them and cut the process's system time per event by a third in
 # bench/dns_path.py's and a 300-device run; the process's memory grows by at most that.
 WRITER_SQLITE_CACHE_KIB = 4096
-# The event-writing process reads the workers' events in bursts a second apart and writes each
-# burst at once (channel.receive_events' `gather`): at a school's rates (tens to hundreds of
+# The event-writing process reads the workers' events in bursts two seconds apart and writes
+# each burst at once (channel.receive_events' `gather`): at a school's rates (tens to hundreds of
 # blocked queries a second) a transaction a fifth of a second wrote the same index pages for a
-# fifth of the rows. Events wait that second in the socket, where a restarted writing process
-# finds them; what the whole daemon would lose if killed is that second at most (the
-# appliance's loss estimate counts it: runner.EXTRA_HOLD_S).
-WRITER_GATHER_S = 1.0
+# fifth of the rows. Two seconds rather than one cost the process 16-21% less CPU per blocked
+# query at a school's rates (bench/dns_event_writer.py, a phone's real mix, 300 devices, runs
+# alternated: 6.3-6.5 µs against 7.5-8.3 at 1,000 queries a second, 11.2-11.5 against 13.8-14.2
+# at 200); four seconds saved 0-15% more. Events wait in the socket, where a restarted writing
+# process finds them; what the whole daemon would lose if killed is those seconds at most (the
+# appliance's loss estimate counts them: runner.EXTRA_HOLD_S), and the console sees an attempt
+# that much later.
+WRITER_GATHER_S = 2.0
 
 
 # How the DNS daemon's events are written, by its own event-writing process or by the one

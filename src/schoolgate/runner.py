@@ -61,9 +61,9 @@ FLUSH_INTERVAL_S = 0.2
 # Held back before the writer sees it: the kernel batches NFLOG messages for up to 0.1 s.
 # (What the kernel logs while no watcher listens, between a death and the restart, is lost
 # too; that gap is the restart time, reported in the log line.)
-# The DNS daemon's event-writing process reads its workers' events in bursts a second apart
+# The DNS daemon's event-writing process reads its workers' events in bursts two seconds apart
 # (dns.daemon.WRITER_GATHER_S): until then they wait in the daemon's socket.
-EXTRA_HOLD_S = {"gateway": 0.1, "dns.events": 1.0}
+EXTRA_HOLD_S = {"gateway": 0.1, "dns.events": 2.0}
 DEFAULT_GRACE_S = 12.0
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
