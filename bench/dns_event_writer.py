@@ -20,8 +20,9 @@ transactions of the writer's size (a burst's events, up to its batch size), with
 pragmas, in this process (what SQLite itself costs; the difference is the writing process's
 own work). The database is a fresh file in a temporary folder each time. Beside them, the
 worker's CPU per query for that hand-over (this process's thread time from the first ``record``
-to the channel's stop: building, folding, encoding and sending events, not the sleeps between
-paced ticks), and worker + writer: what logging a blocked query costs the appliance.
+to the channel's stop: building, folding, encoding and sending events; less the same paced loop
+run again logging nothing, whose sleeps and cold wake-ups a worker pays anyway), and worker +
+writer: what logging a blocked query costs the appliance.
 
 Then, in the same run, the writing process's own body (store.events.writing.run_writing_sources,
 from each process's start to its end) fed the same DNS events plus a proxy event for every
@@ -161,20 +162,19 @@ def writing_process(url: str, events: list[CompactEvent], rate: float, devices: 
     # Each query's arguments made before the clock starts: the worker has them from the packet.
     clients = {client.device_id: client for client in asks.clients}
     queries = [(clients[e[9]], e[3], e[4], QTYPE_NUMBERS[e[13]], e[0]) for e in events]
-    record, decision = stage.record, asks.decision
-    paced_from = time.monotonic()
-    started = time.thread_time()  # the worker's CPU: sleeping between paced ticks is not counted
-    for i, (client, client_ip, host, qtype, ts) in enumerate(queries):
-        record(decision, client, client_ip, host, qtype, ts=ts)
-        if rate and i % 32 == 31:  # a worker's tick hands over what it gathered
-            stage.flush_due(datetime.now(UTC))
-            channel.flush()
-            ahead = paced_from + i / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+
+    def tick() -> None:  # a worker's tick hands over what it gathered
+        stage.flush_due(datetime.now(UTC))
+        channel.flush()
+
+    handing = hand_over(queries, rate, stage.record, asks.decision, tick)
     stage.flush()
     channel.stop(timeout=600)
-    handing = time.thread_time() - started
+    handing = time.thread_time() - handing
+    # The same loop, its sleeps and wake-ups, logging nothing: what a paced worker spends anyway
+    # (a thread woken every tick finds its caches cold), taken off the worker's figure.
+    idle = time.thread_time() - hand_over(queries, rate, lambda *_, **__: None, asks.decision, lambda: None)
+    handing -= idle
     sending.close()
     with os.fdopen(report_from) as report:
         spent = report.read().split()
@@ -183,6 +183,21 @@ def writing_process(url: str, events: list[CompactEvent], rate: float, devices: 
         raise SystemExit(f"the writing process did not write every event (exit status {status})")
     user, system = (float(seconds) for seconds in spent)
     return user / len(events) * 1e6, system / len(events) * 1e6, handing / len(events) * 1e6
+
+
+def hand_over(queries: list[tuple[Any, ...]], rate: float, record: Any, decision: Any, tick: Any) -> float:
+    """Hand `queries` to `record` as a worker does, with a `tick` every 32 of them, paced at
+    `rate` a second (0: at once); returns the thread time it started at (sleeps are not counted)."""
+    paced_from = time.monotonic()
+    started = time.thread_time()
+    for i, (client, client_ip, host, qtype, ts) in enumerate(queries):
+        record(decision, client, client_ip, host, qtype, ts=ts)
+        if rate and i % 32 == 31:
+            tick()
+            ahead = paced_from + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    return started
 
 
 def watcher_config(folder: Path) -> Any:

@@ -1,7 +1,9 @@
 """Log what the DfE filtering and monitoring standards ask for, without slowing the answer.
 
 Blocked and special-name answers are logged in full (time, client IP, MAC, device, person,
-role, name, type, verdict, rule). Allowed queries are logged at domain level: the stage counts
+role, name, type, verdict, rule); in the daemon a device's repeated asks of one blocked name (a
+phone's A, AAAA and HTTPS) are one event with their count and types, folded until the next tick
+(`fold_asks`). Allowed queries are logged at domain level: the stage counts
 them per (minute, client, name) and, once the minute is over, hands one record per key to the
 sink: one row per client and domain per minute, built once, not once per query (a record costs
 more than answering the query did). The daemon calls `flush_due` a few times a second, which
@@ -177,9 +179,7 @@ class EventsStage(Stage):
         name): [decision, client, the type asked or a list of the types, count, first ask, time].
         """
         key = (client_ip, qname)
-        attempts = self._attempts
-        attempt = attempts.get(key)
-        self._held_asks += 1
+        attempt = self._attempts.get(key)
         if attempt is not None:
             if ((attempt[0] is decision or attempt[0] == decision)
                     and (attempt[1] is client or attempt[1] == client)
@@ -187,27 +187,34 @@ class EventsStage(Stage):
                     and _with_type(attempt, qtype)):
                 attempt[3] += 1
                 attempt[5] = min(attempt[5], ts)
+                self._held_asks += 1
                 return
-            self._hand_over(key, attempts.pop(key))
-        elif len(attempts) >= self.hold_asks:
-            self.hand_over_attempts()  # a dict of its own from here on
+            del self._attempts[key]
+            self._hand_over({key: attempt})
+        elif len(self._attempts) >= self.hold_asks:
+            self.hand_over_attempts()
         self._attempts[key] = [decision, client, qtype, 1, ts, ts]
+        self._held_asks += 1
 
     def hand_over_attempts(self) -> int:
         """Hand every attempt being folded to the sink; returns how many."""
         attempts, self._attempts = self._attempts, {}
-        for key, attempt in attempts.items():
-            self._hand_over(key, attempt)
+        self._hand_over(attempts)
         return len(attempts)
 
-    def _hand_over(self, key: tuple[str, str], attempt: list[Any]) -> None:
-        decision, client, types, count, _, ts = attempt
-        self._held_asks -= count
-        self.submit(compact_event(
-            decision, client if client is not None else Client(ip=key[0]), key[1],
-            types if type(types) is int else ",".join(map(type_name, types)), site=self.site, ts=ts, count=count,
-        ))
-        self.logged += 1
+    def _hand_over(self, attempts: dict[tuple[str, str], list[Any]]) -> None:
+        """Submit `attempts` (no longer in self._attempts): one loop, as this runs for every
+        blocked name."""
+        submit, site = self.submit, self.site
+        asks = 0
+        for (client_ip, qname), (decision, client, types, count, _, ts) in attempts.items():
+            submit(compact_event(
+                decision, client if client is not None else Client(ip=client_ip), qname,
+                types if type(types) is int else ",".join(map(type_name, types)), site=site, ts=ts, count=count,
+            ))
+            asks += count
+        self._held_asks -= asks
+        self.logged += len(attempts)
 
     def flush(self) -> int:
         """Hand every folded allowed query and attempt to the sink (at shutdown, and in tests)."""
