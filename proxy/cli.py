@@ -106,7 +106,11 @@ def _proxy(args: argparse.Namespace) -> int:
         if args.action == "events":
             assert channel is not None
             return run_event_writer(config, channel)
-        return asyncio.run(daemon.run(config, worker=args.worker, workers=workers, events=channel))
+        # On a SpliceSelector: the spliced sockets' readiness comes from the loop's one wait.
+        from schoolgate.proxy.relay import new_event_loop
+
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(daemon.run(config, worker=args.worker, workers=workers, events=channel))
     except (CAError, ConfigError, ValueError) as err:
         print(f"schoolgate proxy: {err}", file=sys.stderr)
         return 2

@@ -240,6 +240,8 @@ class FrontDoor:
             "handed_over": self.handed_over,
             "accept_errors": self.accept_errors,
             "idle_closed": self.idle_closed,
+            # 1: the spliced sockets are in the loop's own epoll (one wait per wake-up)
+            "splices_in_loop_wait": int(getattr(self, "splices", None) is not None and self.splices.shares_loop_wait),
         }
 
     def close(self, conn_id: str) -> bool:

@@ -1,12 +1,16 @@
-"""Passed-through connections: the front door's splices and the one epoll that watches them.
+"""Passed-through connections: the front door's splices and the epoll that watches them.
 
 A spliced connection (`Relay`) copies the device's bytes to the server and back from
-readiness callbacks. Those sockets are watched by an epoll of the front door's own
-(`SplicePoller`), which the event loop watches as a single reader: one registration each way
-is one dict entry and one epoll_ctl, and one ready socket is one callback. Through the loop's
-own add_reader, each was a Handle, a selector key and a KeyError probe, and each readiness a
+readiness callbacks, kept by the front door's `SplicePoller`: one registration each way is one
+dict entry and one epoll_ctl, and one ready socket is one callback. Through the loop's own
+add_reader, each was a Handle, a selector key and a KeyError probe, and each readiness a
 Handle queued and run in a context: about a tenth of a passed-through connection's CPU for
 the six registrations and five readinesses a splice makes.
+
+Where the proxy's loop runs on a `SpliceSelector` (the daemon's loop: `new_event_loop`), the
+spliced sockets are in the loop's own epoll and their callbacks run from the loop's one wait;
+on any other loop (tests, a library caller) they are in an epoll of the poller's own, which the
+loop watches as one reader: a second epoll_wait, and a Handle run, for each wake-up.
 
 Pure Linux: epoll, as the transparent proxy itself (SO_ORIGINAL_DST).
 """
@@ -17,7 +21,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import select
+import selectors
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -40,10 +46,63 @@ _WRITABLE = select.EPOLLOUT
 Callback = tuple[Callable[..., None], tuple[Any, ...]]
 
 
+class SpliceSelector(selectors.EpollSelector):
+    """asyncio's epoll selector, whose one wait also serves the spliced sockets: a `SplicePoller`
+    on a loop built on it puts them in this epoll, and their readiness is dispatched to it from
+    `select` itself, never reaching the loop as events (no second epoll_wait, no Handle).
+
+    Everything the loop registered itself is returned as EpollSelector returns it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splices: SplicePoller | None = None  # the poller using this epoll, if any
+        # The selector's fd -> key map (kept, never replaced, by selectors' base class).
+        self._keys: dict[int, selectors.SelectorKey] = self._fd_to_key  # type: ignore[attr-defined]
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            timeout = math.ceil(timeout * 1e3) * 1e-3  # at least `timeout`, as EpollSelector waits
+        splices = self.splices
+        max_ev = max(len(self._keys) + (len(splices) if splices is not None else 0), 1)
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        try:
+            fd_event_list = self._selector.poll(timeout, max_ev)  # type: ignore[attr-defined]
+        except InterruptedError:
+            return ready
+        spliced = None
+        key_from_fd = self._keys.get
+        for fd, event in fd_event_list:
+            key = key_from_fd(fd)
+            if key is None:
+                if spliced is None:
+                    spliced = []
+                spliced.append((fd, event))
+                continue
+            events = 0
+            if event & ~select.EPOLLIN:
+                events |= selectors.EVENT_WRITE
+            if event & ~select.EPOLLOUT:
+                events |= selectors.EVENT_READ
+            ready.append((key, events & key.events))
+        if spliced is not None and splices is not None:
+            splices.run(spliced)
+        return ready
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The proxy daemon's event loop: asyncio's, on a SpliceSelector."""
+    return asyncio.SelectorEventLoop(SpliceSelector())
+
+
 class SplicePoller:
     """Readiness of the spliced sockets: `add_reader`, `remove_reader`, `add_writer` and
     `remove_writer` as the event loop's (level-triggered; an error or hang-up wakes both
-    sides, as asyncio's selector does), on an epoll the loop watches as one reader.
+    sides, as asyncio's selector does), on the loop's own epoll where the loop runs on a
+    SpliceSelector, else on an epoll the loop watches as one reader.
 
     A callback that raises is logged and its relay closed; the others in the same wake-up
     still run.
@@ -51,11 +110,24 @@ class SplicePoller:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._epoll = select.epoll()
         self._callbacks: dict[int, list[Callback | None]] = {}  # fd -> [on readable, on writable]
         # While a callback runs: whether its socket's peer has closed its side (its FIN is in).
         self.peer_closed = False
-        loop.add_reader(self._epoll.fileno(), self._dispatch)
+        # asyncio keeps its selector private; a loop built by new_event_loop has a SpliceSelector.
+        selector = getattr(loop, "_selector", None)
+        self._selector: SpliceSelector | None = None
+        if isinstance(selector, SpliceSelector) and selector.splices is None:
+            self._selector = selector
+            self._epoll = selector._selector  # type: ignore[attr-defined]  # the loop's select.epoll
+            selector.splices = self
+        else:
+            self._epoll = select.epoll()
+            loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    @property
+    def shares_loop_wait(self) -> bool:
+        """Whether the spliced sockets are in the loop's own epoll (one wait per wake-up)."""
+        return self._selector is not None
 
     def add_reader(self, fd: int, callback: Callable[..., None], *args: Any) -> None:
         self._set(fd, 0, (callback, args))
@@ -95,9 +167,15 @@ class SplicePoller:
         return len(self._callbacks)
 
     def close(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(self._epoll.fileno())
-        self._epoll.close()
+        if self._selector is not None:  # the loop's epoll: its sockets out of it, the epoll kept
+            for fd in self._callbacks:
+                with contextlib.suppress(ValueError, OSError):
+                    self._epoll.unregister(fd)
+            self._selector.splices = None
+        else:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
         self._callbacks.clear()
 
     def _set(self, fd: int, side: int, callback: Callback | None) -> None:
@@ -119,8 +197,13 @@ class SplicePoller:
             self._epoll.modify(fd, after)
 
     def _dispatch(self) -> None:
+        """The poller's own epoll is readable (on a loop that is not on a SpliceSelector)."""
+        self.run(self._epoll.poll(0))
+
+    def run(self, ready: list[tuple[int, int]]) -> None:
+        """Run the callbacks of the ready sockets: (fd, epoll events) each."""
         callbacks = self._callbacks
-        for fd, events in self._epoll.poll(0):
+        for fd, events in ready:
             for side, wanted in ((0, events & ~_WRITABLE), (1, events & ~_READABLE)):
                 slots = callbacks.get(fd)  # looked up again: the first callback may have ended it
                 if not wanted or slots is None or (entry := slots[side]) is None:

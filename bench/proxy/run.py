@@ -496,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{sum(f.get('judged_at_accept', 0) for f in front_doors):8d}"),
             ("  killed / spliced / handed to mitmproxy",
              " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}" for key in ("killed", "spliced", "handed_over"))),
+            ("workers whose splices share the loop's one wait",
+             f"{sum(f.get('splices_in_loop_wait', 0) for f in front_doors):8d} of {len(front_doors)}"),
             ("identity: answered on the loop / waited for a lookup",
              " / ".join(f"{sum(w.get(key, 0) for w in worker_stats)}"
                         for key in ("identity_cache_hits", "identity_cache_misses"))),

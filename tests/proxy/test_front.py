@@ -12,7 +12,8 @@ import asyncio
 import dataclasses
 import select
 import socket
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -25,10 +26,31 @@ from schoolgate.policy.types import Client
 from schoolgate.proxy import front as front_module
 from schoolgate.proxy.addons import Pipeline, Services, build_addons
 from schoolgate.proxy.front import FrontDoor, listen_sockets
+from schoolgate.proxy.relay import new_event_loop
 from schoolgate.store.events import EventWriter
 
 LOOPBACK = "127.0.0.1"
 MODE = ProxyMode.parse("transparent")
+# Each test runs on the proxy daemon's loop (the spliced sockets in the loop's own epoll) and on
+# a plain asyncio loop (in an epoll of the splice poller's own).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "daemon's loop": new_event_loop,
+    "plain loop": asyncio.new_event_loop,
+}
+
+
+@pytest.fixture(params=list(LOOPS), autouse=True)
+def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(sys.modules[__name__], "new_loop", LOOPS[request.param])
+    return str(request.param)
+
+
+new_loop = new_event_loop  # the loop each test runs on (loop_kind sets it)
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(main)
 
 
 @pytest.fixture
@@ -99,7 +121,7 @@ def run_front(
             assert origin.server is not None
             origin.server.close()
 
-    return asyncio.run(main())
+    return run(main())
 
 
 async def send_hello(port: int, sni: str | None, then: bytes = b"") -> bytes:
@@ -193,7 +215,7 @@ def test_the_verdict_is_carried_out_before_the_event_is_recorded(
 
 
 def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
-    services: Services, known_clients: dict[str, Client]
+    services: Services, known_clients: dict[str, Client], loop_kind: str
 ) -> None:
     known_clients[LOOPBACK] = as_loopback(STAFF)
     payload = bytes(range(256)) * 16_384  # 4 MiB: more than the relay's buffers hold
@@ -208,6 +230,7 @@ def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
     assert len(answer) == len(hello) + len(payload)
     assert answer[len(hello):] == payload  # the hello first, then every byte, in order, echoed back
     assert (snapshot["spliced"], snapshot["killed"], snapshot["splices_open"]) == (1, 0, 0)
+    assert snapshot["splices_in_loop_wait"] == (loop_kind == "daemon's loop")
     assert (services.counters.passed_through, services.counters.upstream_refused) == (1, 0)
 
 
@@ -403,7 +426,7 @@ def test_a_connection_without_an_original_destination_is_dropped(services: Servi
         finally:
             door.stop()
 
-    assert asyncio.run(main()) == b""
+    assert run(main()) == b""
     assert services.counters.connections_seen == 0
 
 
@@ -475,7 +498,7 @@ def test_the_front_doors_context_is_mitmproxys_with_the_original_destination(ser
         assert len(ids) == 3  # unique per connection, the server's apart from its client's
         assert (first.peername, first.sockname, first.proxy_mode) == (("10.0.0.7", 50123), (FACEBOOK_IP, 443), MODE)
 
-    asyncio.run(main())
+    run(main())
 
 
 async def _never_handed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,16 +1,33 @@
-"""The splice poller: the spliced sockets' readiness on an epoll of the front door's own, watched
-by the event loop as one reader. Real sockets (socket pairs) and a real asyncio loop."""
+"""The splice poller: the spliced sockets' readiness in the proxy daemon's loop's own epoll (a
+SpliceSelector), or on a plain asyncio loop in an epoll of the poller's own, watched by the loop
+as one reader; every test runs on both. Real sockets (socket pairs) and a real asyncio loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
+import sys
 from collections.abc import Callable
 
 import pytest
 
-from schoolgate.proxy.relay import SplicePoller
+from schoolgate.proxy.relay import SplicePoller, new_event_loop
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "daemon's loop": new_event_loop,
+    "plain loop": asyncio.new_event_loop,
+}
+
+
+@pytest.fixture(params=list(LOOPS), autouse=True)
+def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(sys.modules[__name__], "new_loop", LOOPS[request.param])
+    return str(request.param)
+
+
+new_loop = new_event_loop  # the loop each test runs on (loop_kind sets it)
 
 
 def run_with_poller(scenario: Callable[[SplicePoller], object]) -> object:
@@ -24,7 +41,8 @@ def run_with_poller(scenario: Callable[[SplicePoller], object]) -> object:
         finally:
             poller.close()
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(main())
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -192,3 +210,35 @@ def test_a_callback_that_raises_is_logged_and_the_others_still_run(caplog: pytes
     for left, right in pairs:
         left.close()
         right.close()
+
+
+def test_on_the_daemons_loop_spliced_sockets_share_the_loops_one_wait(loop_kind: str) -> None:
+    """On a SpliceSelector the poller adds no reader of its own to the loop (so a wake-up is one
+    epoll_wait, not two) and its sockets are served by the loop's wait; once the poller is closed
+    its sockets are out of the loop's epoll and the loop goes on serving its own."""
+    left, right = socket.socketpair()
+    calls: list[bytes] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        selector = loop._selector  # type: ignore[attr-defined]
+        watched_before = len(selector.get_map())
+        poller = SplicePoller(loop)
+        assert poller.shares_loop_wait is (loop_kind == "daemon's loop")
+        assert len(selector.get_map()) == watched_before + (0 if poller.shares_loop_wait else 1)
+        poller.add_reader(left.fileno(), lambda: calls.append(left.recv(10)))
+        right.send(b"hello")
+        await asyncio.wait_for(until(lambda: calls == [b"hello"]), timeout=30)
+        poller.close()
+        right.send(b"more")
+        await settle()
+        assert calls == [b"hello"]  # out of the loop's epoll with the poller
+        if poller.shares_loop_wait:  # not left in it either (a ready socket nobody reads would spin the loop)
+            selector._selector.register(left.fileno(), select.EPOLLIN)
+            selector._selector.unregister(left.fileno())
+        woke = loop.create_future()
+        loop.call_soon(woke.set_result, True)  # the loop's own work goes on
+        assert await asyncio.wait_for(woke, timeout=30)
+
+    with left, right, asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
