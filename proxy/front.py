@@ -204,19 +204,23 @@ class FrontDoor:
     def start(self, sockets: list[socket.socket]) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self.splices = SplicePoller(loop)
+        # The listening sockets' readiness: from the loop's one wait with the splices' where they
+        # share it (no Handle per accepting wake-up), else the loop's own reader.
+        self._listening: SplicePoller | asyncio.AbstractEventLoop = (
+            self.splices if self.splices.shares_loop_wait else loop
+        )
         self._sockets = sockets
         for sock in sockets:
-            loop.add_reader(sock.fileno(), self._accept, sock)
+            self._listening.add_reader(sock.fileno(), self._accept, sock)
         self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
 
     def listen_addrs(self) -> list[Any]:
         return [sock.getsockname() for sock in self._sockets if sock.fileno() >= 0]
 
     def stop(self) -> None:
-        loop = self.loop
         for sock in self._sockets:
             with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(sock.fileno())
+                self._listening.remove_reader(sock.fileno())
             sock.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -272,7 +276,7 @@ class FrontDoor:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of descriptors: waiting is all that helps; the backlog keeps the rest.
                     log.error("cannot accept connections (%s); pausing for %.0f s", err, ACCEPT_PAUSE_S)
-                    self.loop.remove_reader(listener.fileno())
+                    self._listening.remove_reader(listener.fileno())
                     self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
                     return
                 log.warning("accepting a connection failed: %s", err)
@@ -283,7 +287,7 @@ class FrontDoor:
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0:
-            self.loop.add_reader(listener.fileno(), self._accept, listener)
+            self._listening.add_reader(listener.fileno(), self._accept, listener)
 
     # ------------------------------------------------------------------ one connection
     def _begin(self, sock: socket.socket, peer: Any) -> None:

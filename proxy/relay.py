@@ -67,7 +67,7 @@ class SpliceSelector(selectors.EpollSelector):
         else:
             timeout = math.ceil(timeout * 1e3) * 1e-3  # at least `timeout`, as EpollSelector waits
         splices = self.splices
-        max_ev = max(len(self._keys) + (len(splices) if splices is not None else 0), 1)
+        max_ev = max(len(self._keys) + (len(splices._callbacks) if splices is not None else 0), 1)
         ready: list[tuple[selectors.SelectorKey, int]] = []
         try:
             fd_event_list = self._selector.poll(timeout, max_ev)  # type: ignore[attr-defined]

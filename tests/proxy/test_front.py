@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import logging
 import select
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -221,6 +224,9 @@ def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
     payload = bytes(range(256)) * 16_384  # 4 MiB: more than the relay's buffers hold
 
     async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, dict[str, int]]:
+        # On the daemon's loop the listener is served from the loop's one wait, not as its reader.
+        loop_readers = asyncio.get_running_loop()._selector.get_map()  # type: ignore[attr-defined]
+        assert (door._sockets[0].fileno() in loop_readers) is (loop_kind == "plain loop")
         answer = await send_hello(port, "allowed.test", payload)
         await settled(lambda: len(services.connections) == 0)
         return answer, door.snapshot()
@@ -540,3 +546,52 @@ def test_the_front_doors_server_is_the_one_mitmproxy_would_make() -> None:
     assert vars(made) == vars(reference)
     made.error = "refused by the school's filtering policy"  # what UpstreamGate sets: its own, not shared
     assert new_server((FACEBOOK_IP, 443), "front-8-server").error is None
+
+
+def test_out_of_descriptors_pauses_accepting_then_resumes(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EMFILE on accept: the listener is not watched for ACCEPT_PAUSE_S (the backlog keeps the
+    connections), then watched again, and the connection waiting in it is served, on either loop."""
+    monkeypatch.setattr(front_module, "ACCEPT_PAUSE_S", 0.2)
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+    real_accept = socket.socket.accept
+    failed_at: list[float] = []
+    accepted_at: list[float] = []
+
+    def accept(sock: socket.socket) -> tuple[socket.socket, Any]:
+        if sock.family == socket.AF_INET and port_box and sock.getsockname()[1] == port_box[0]:
+            if failures:
+                failed_at.append(time.monotonic())
+                raise failures.pop()
+            accepted = real_accept(sock)
+            accepted_at.append(time.monotonic())
+            return accepted
+        return real_accept(sock)
+
+    port_box: list[int] = []
+    monkeypatch.setattr(socket.socket, "accept", accept)
+
+    async def main() -> tuple[int, int]:
+        pipeline = Pipeline(build_addons(services), services.connections)
+        door = FrontDoor(pipeline, _no_handover, options.Options(), MODE, destination=lambda _sock: (LOOPBACK, 9))
+        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+        port_box.append(int(door.listen_addrs()[0][1]))
+        try:
+            _reader, writer = await asyncio.open_connection(LOOPBACK, port_box[0])
+            writer.write(b"GET / HTTP/1.1\r\n")  # the kernel hands a connection over once it has spoken
+            await settled(lambda: door.accept_errors == 1)
+            await settled(lambda: door.accepted == 1)  # resumed after the pause: the waiting one taken
+            writer.close()
+            return door.accept_errors, door.accepted
+        finally:
+            door.stop()
+
+    with caplog.at_level(logging.ERROR, logger="schoolgate.proxy.front"):
+        assert run(asyncio.wait_for(main(), timeout=30)) == (1, 1)
+    assert "cannot accept connections" in caplog.text
+    assert accepted_at[0] - failed_at[0] >= 0.2  # not retried before the pause was over
+
+
+async def _no_handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
