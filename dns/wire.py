@@ -98,6 +98,9 @@ class QueryError(Exception):
         self.question_end = question_end  # > 12 when the question parsed and may be echoed
 
 
+LONGEST_TYPE_NAME = max(len("TYPE65535"), *map(len, TYPE_NAMES.values()))
+
+
 def type_name(qtype: int) -> str:
     return TYPE_NAMES.get(qtype) or f"TYPE{qtype}"
 

@@ -24,16 +24,15 @@ from typing import Any, Protocol
 
 from schoolgate.clock import Clock
 from schoolgate.dns.chain import Answer, Result, Stage, then
-from schoolgate.dns.wire import Query, type_name
+from schoolgate.dns.wire import LONGEST_TYPE_NAME, Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
 from schoolgate.store.events.record import CompactEvent, EventRecord, from_compact
-from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH
+from schoolgate.store.events.repeats import add_types, within_window
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
 SPECIAL_CLAUSE = "schoolgate DNS: names answered by the appliance itself"
 MAX_FOLDED = 50_000  # distinct (minute, client, name) keys held before handing over early
 FLUSH_SLICE = 500  # records handed over per flush_due call
-_TYPES_THAT_FIT = (QTYPES_WIDTH + 1) // 10  # names of types, 9 characters at most, and commas
 
 
 def compact_event(
@@ -183,7 +182,7 @@ class EventsStage(Stage):
         if attempt is not None:
             if ((attempt[0] is decision or attempt[0] == decision)
                     and (attempt[1] is client or attempt[1] == client)
-                    and -FOLD_WINDOW_S <= ts - attempt[4] <= FOLD_WINDOW_S
+                    and within_window(attempt[4], ts)
                     and _with_type(attempt, qtype)):
                 attempt[3] += 1
                 attempt[5] = min(attempt[5], ts)
@@ -277,10 +276,4 @@ def _with_type(attempt: list[Any], qtype: int) -> bool:
     if type(types) is int:
         attempt[2] = [types, qtype]
         return True
-    if qtype in types:
-        return True
-    # A type's name has 9 characters at most ("TYPE65280"): four always fit the column.
-    if len(types) >= _TYPES_THAT_FIT and len(",".join(map(type_name, (*types, qtype)))) > QTYPES_WIDTH:
-        return False
-    types.append(qtype)
-    return True
+    return add_types(types, (qtype,), type_name, longest_name=LONGEST_TYPE_NAME)

@@ -21,8 +21,8 @@ is its identity.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from schoolgate.store.events.record import COMPACT_FIELDS, CompactEvent, EventRecord
 
@@ -49,6 +49,34 @@ def _qtypes_width() -> int:
 
 
 QTYPES_WIDTH = _qtypes_width()  # a folded row's types must fit the column (PostgreSQL refuses more)
+QType = TypeVar("QType")  # an int (a DNS worker's) or its name (the writer's)
+
+
+# The rule, in two parts, shared with the DNS workers' fold (dns.stages.events), which keeps the
+# types as numbers and the rest of an attempt in its own cheaper form.
+def within_window(first_ask: float, ts: float) -> bool:
+    """An ask at `ts` can be a repeat of an attempt first asked at `first_ask`."""
+    return -FOLD_WINDOW_S <= ts - first_ask <= FOLD_WINDOW_S
+
+
+def add_types(types: list[QType], asked: Iterable[QType], name: Callable[[QType], str], *,
+              longest_name: int | None = None) -> bool:
+    """Add the types in `asked` that `types` lacks, each once, in the order asked; False (and
+    `types` unchanged) if their names, comma-joined, would not fit the events table's column:
+    the ask is then an attempt of its own. `longest_name`, where the caller knows it, spares
+    joining the names while so few are asked that they must fit."""
+    new: list[QType] = []
+    for qtype in asked:
+        if qtype not in types and qtype not in new:
+            new.append(qtype)
+    if not new:
+        return True
+    count = len(types) + len(new)
+    if (longest_name is None or count * (longest_name + 1) - 1 > QTYPES_WIDTH) and len(
+            ",".join(map(name, (*types, *new)))) > QTYPES_WIDTH:
+        return False
+    types.extend(new)
+    return True
 
 
 def fold_repeats(records: Sequence[EventRecord | CompactEvent]) -> tuple[list[EventRecord | CompactEvent], int]:
@@ -100,7 +128,7 @@ class _Row:
 
     def takes(self, ask: CompactEvent) -> bool:
         """Fold `ask` in if it is a repeat of this row's attempt."""
-        if not -FOLD_WINDOW_S <= ask[_TS] - self.first[_TS] <= FOLD_WINDOW_S:
+        if not within_window(self.first[_TS], ask[_TS]):
             return False
         if _facts(ask) != self.facts:
             return False
@@ -110,12 +138,10 @@ class _Row:
             if qtypes is None:
                 qtypes = asked
             else:  # an ask may be a row a DNS worker folded already: "A,AAAA"
-                known = qtypes.split(",")
-                new = [qtype for qtype in asked.split(",") if qtype not in known]
-                if new:
-                    qtypes = ",".join((qtypes, *new))
-                    if len(qtypes) > QTYPES_WIDTH:
-                        return False
+                types = qtypes.split(",")
+                if not add_types(types, asked.split(","), str):
+                    return False
+                qtypes = ",".join(types)
         self.qtypes = qtypes
         self.count += ask[_COUNT]
         self.ts = min(self.ts, ask[_TS])

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 
 from schoolgate.store.events import EventRecord, EventWriter
 from schoolgate.store.events.record import COMPACT_FIELDS, CompactEvent, compact
-from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, fold_repeats
+from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types, fold_repeats, within_window
 from schoolgate.store.models import AccessEvent
 
 T0 = datetime(2026, 11, 23, 10, 15, 5, tzinfo=UTC).timestamp()
@@ -115,3 +115,30 @@ def test_the_writer_stores_a_burst_of_asks_as_one_row_and_accounts_for_each(engi
     assert stored[0].ts == datetime.fromtimestamp(T0, UTC)
     assert (stats["submitted"], stats["written"], stats["folded"], stats["dropped"]) == (4, 2, 2, 0)
     assert stats["submitted"] == stats["written"] + stats["folded"] + stats["spooled"] + stats["dropped"]
+
+
+@pytest.mark.parametrize(
+    ("types", "asked", "longest", "fits", "after"),
+    [
+        pytest.param(["A"], ["A"], None, True, ["A"], id="known"),
+        pytest.param(["A"], ["AAAA", "HTTPS", "AAAA"], None, True, ["A", "AAAA", "HTTPS"], id="each once, in order"),
+        # Four names of 10-11 characters and three commas are 46 > 40: long names are counted.
+        pytest.param(["OPENPGPKEY", "OPENPGPKEY2", "OPENPGPKEY3"], ["OPENPGPKEY4"], None, False,
+                     ["OPENPGPKEY", "OPENPGPKEY2", "OPENPGPKEY3"], id="too wide: unchanged"),
+        pytest.param(["TYPE65280", "TYPE65281", "TYPE65282"], ["TYPE65283"], 9, True,
+                     ["TYPE65280", "TYPE65281", "TYPE65282", "TYPE65283"], id="four of nine always fit"),
+        pytest.param(["TYPE65280", "TYPE65281", "TYPE65282", "TYPE65283"], ["TYPE65284"], 9, False,
+                     ["TYPE65280", "TYPE65281", "TYPE65282", "TYPE65283"], id="a fifth is counted"),
+    ],
+)
+def test_types_are_added_once_in_order_while_they_fit_the_column(
+    types: list[str], asked: list[str], longest: int | None, fits: bool, after: list[str]
+) -> None:
+    assert QTYPES_WIDTH == 40
+    assert add_types(types, asked, str, longest_name=longest) is fits
+    assert types == after
+
+
+def test_an_ask_is_a_repeat_within_the_window_either_side_of_the_first() -> None:
+    assert within_window(100.0, 100.0 + FOLD_WINDOW_S) and within_window(100.0, 100.0 - FOLD_WINDOW_S)
+    assert not within_window(100.0, 100.0 + FOLD_WINDOW_S + 0.001)
