@@ -3,8 +3,10 @@ and the addons' Services wired to the real event writer."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from schoolgate.policy.loader import load_policy
 from schoolgate.policy.types import Client, Decision, Role, Target
 from schoolgate.proxy.addons import Pipeline, Services, build_addons
 from schoolgate.proxy.addresses import AddressBook
+from schoolgate.proxy.relay import new_event_loop
 from schoolgate.proxy.upset import UpsetSigner
 from schoolgate.store.events import EventWriter
 from schoolgate.store.models import AccessEvent
@@ -249,3 +252,19 @@ def events(sessions: sessionmaker[Session], writer: EventWriter) -> list[AccessE
 
 
 sys.modules.setdefault("proxy_testkit", sys.modules[__name__])
+
+
+# The proxy daemon's loop (spliced sockets in the loop's own epoll: relay.SpliceSelector) and a
+# plain asyncio loop (spliced sockets in an epoll of the splice poller's own).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "daemon's loop": new_event_loop,
+    "plain loop": asyncio.new_event_loop,
+}
+
+
+@pytest.fixture(params=list(LOOPS))
+def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each kind of loop: sets the requesting module's ``new_loop`` (a module
+    opts in with ``pytestmark = pytest.mark.usefixtures("loop_kind")``)."""
+    monkeypatch.setattr(request.module, "new_loop", LOOPS[request.param])
+    return str(request.param)

@@ -14,7 +14,6 @@ import errno
 import logging
 import select
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -34,20 +33,8 @@ from schoolgate.store.events import EventWriter
 
 LOOPBACK = "127.0.0.1"
 MODE = ProxyMode.parse("transparent")
-# Each test runs on the proxy daemon's loop (the spliced sockets in the loop's own epoll) and on
-# a plain asyncio loop (in an epoll of the splice poller's own).
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "daemon's loop": new_event_loop,
-    "plain loop": asyncio.new_event_loop,
-}
-
-
-@pytest.fixture(params=list(LOOPS), autouse=True)
-def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(sys.modules[__name__], "new_loop", LOOPS[request.param])
-    return str(request.param)
-
-
+# Each test runs on the proxy daemon's loop and on a plain asyncio loop (conftest.loop_kind).
+pytestmark = pytest.mark.usefixtures("loop_kind")
 new_loop = new_event_loop  # the loop each test runs on (loop_kind sets it)
 
 

@@ -8,25 +8,14 @@ import asyncio
 import logging
 import select
 import socket
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from schoolgate.proxy.relay import SplicePoller, new_event_loop
 
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "daemon's loop": new_event_loop,
-    "plain loop": asyncio.new_event_loop,
-}
-
-
-@pytest.fixture(params=list(LOOPS), autouse=True)
-def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(sys.modules[__name__], "new_loop", LOOPS[request.param])
-    return str(request.param)
-
-
+# Each test runs on the proxy daemon's loop and on a plain asyncio loop (conftest.loop_kind).
+pytestmark = pytest.mark.usefixtures("loop_kind")
 new_loop = new_event_loop  # the loop each test runs on (loop_kind sets it)
 
 
