@@ -106,18 +106,6 @@ def _decode_bad_text(writing: sessionmaker[Session]) -> None:
         event.listen(bind, "connect", _on_connect)
 
 
-def _reading_factory(writing: sessionmaker[Session]) -> sessionmaker[Session]:
-    """The same database, with SQLite transactions that start DEFERRED (pure reads)."""
-    from sqlalchemy import Engine
-
-    from schoolgate.store.db import read_only
-
-    bind = writing.kw.get("bind")
-    if not isinstance(bind, Engine):
-        return writing
-    return sessionmaker(bind=read_only(bind), expire_on_commit=False)
-
-
 def create_app(
     config: AppConfig,
     *,
@@ -154,12 +142,14 @@ def create_app(
     )
     app.jinja_env.autoescape = True  # always, whatever the template's name
     app.jinja_env.finalize = display_text
+    from schoolgate.store.db import reading_factory
+
     writing = session_factory or _default_session_factory(config)
     _decode_bad_text(writing)
     app.extensions[web.EXTENSION] = web.ConsoleState(
         config=config,
         session_factory=writing,
-        read_session_factory=_reading_factory(writing),
+        read_session_factory=reading_factory(writing),
         clock=clock or SystemClock(),
     )
     app.extensions["schoolgate.policy"] = ConsolePolicy(config)

@@ -5,6 +5,10 @@ before the day starts, after every policy or list change, and when someone asks 
 console). Sessions open at the edges: the policy overlay and the register are read in one short
 read, the checks run with no transaction open, the log row is written in another, and the mail
 goes out after that commit.
+
+Every read is a pure read (on SQLite a DEFERRED transaction), and a write that fails (the
+database locked by a hung writer, a full disk) becomes one more failure in the report: the run
+that would tell the school its appliance is unwell must not be stopped by the unwell part.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.config import AppConfig
@@ -30,6 +35,14 @@ from schoolgate.selftest.vantage import Vantage, VantageError, gateway_vantages,
 log = logging.getLogger(__name__)
 SessionFactory = sessionmaker[Session] | Callable[[], Session]
 REGISTER_POLL_S = 0.2  # how often the daemons' status rows are read while waiting for them
+DATABASE_FIX = "see `schoolgate doctor`: another process may hold the database, or its disk may be full"
+
+
+def reading(sessions: SessionFactory) -> SessionFactory:
+    """Sessions for the self-test's pure reads (schoolgate.store.db.reading_factory)."""
+    from schoolgate.store.db import reading_factory
+
+    return reading_factory(sessions) if isinstance(sessions, sessionmaker) else sessions
 
 
 @dataclass
@@ -109,8 +122,9 @@ def _load(config: AppConfig, sessions: SessionFactory, now: datetime) -> tuple[C
     from schoolgate.identity.register import load_register
     from schoolgate.live import load_current
 
-    policy = load_current(config, sessions=sessions, clock=_At(now)).compiled
-    with sessions() as session:
+    reads = reading(sessions)
+    policy = load_current(config, sessions=reads, clock=_At(now)).compiled
+    with reads() as session:
         register = load_register(session, config.site.id)
     return policy, register
 
@@ -145,8 +159,9 @@ def _wait_for_register(config: AppConfig, sessions: SessionFactory, generation: 
     that has not done so within its heartbeat allowance is not healthy, which the heartbeat
     check reports; the run goes on."""
     deadline = time.monotonic() + config.selftest.heartbeat_max_age_s
+    reads = reading(sessions)
     while True:
-        with sessions() as session:
+        with reads() as session:
             behind = health.behind_register(session, config, generation)
         if not behind:
             return
@@ -188,6 +203,10 @@ def run_checks(
         results.append(CheckResult("setup", "probe addresses", "", Status.FAIL, str(err),
                                    "fix [selftest] probe_addresses in schoolgate.toml"))
         vantages = []
+    except OperationalError as err:  # the probes' register entries could not be written
+        results.append(CheckResult("setup", "probe addresses", "", Status.FAIL,
+                                   f"the probes could not be registered: {_database_error(err)}", DATABASE_FIX))
+        vantages = list(vantages or [])  # they still probe; their events name no device
     identities = IdentityResolver(register)
 
     def client_for(vantage: Vantage) -> Client:
@@ -216,7 +235,7 @@ def run_checks(
     results.extend(health.console(config, runner))
     results.extend(health.clock(config, clock_source))
     results.extend(health.lists(config, now))
-    with sessions() as session:
+    with reading(sessions)() as session:
         results.extend(health.heartbeats(session, config, datetime.now(UTC)))
     return results, [v.name for v in vantages]
 
@@ -246,19 +265,19 @@ def run_selftest(
              report.duration_ms, len(report.failures))
     if not record:
         return report
-    with sessions() as session:
+    reads = reading(sessions)
+    with reads() as session:
         previous = checklog.last_selftest(session, config.site.id)
-        row = checklog.record_selftest(session, site=config.site.id, outcome=checklog.SelftestOutcome(
-            at=now, trigger=trigger, passed=report.passed, failures=len(report.failures),
-            filtering_down=report.filtering_down, duration_ms=report.duration_ms, tried=report.tried(),
-            action=report.action(), profiles=", ".join(names), detail=report.as_dict(),
-        ))
-        session.commit()
-        report.check_id = row.id
-        repeat = notify.same_failures_as(previous, report)
+    try:
+        report.check_id = _record(sessions, config, report, trigger, names)
+    except OperationalError as err:
+        log.error("self-test: the check log could not be written: %s", err)
+        report.results.append(CheckResult("log", "check log", "", Status.FAIL,
+                                          f"this run could not be recorded: {_database_error(err)}", DATABASE_FIX))
+    repeat = notify.same_failures_as(previous, report)
     if report.passed or mailer is None or repeat:
         return report
-    with sessions() as session:
+    with reads() as session:
         recipients = notify.recipients(session, config.site.id, filtering_down=report.filtering_down)
     if not recipients:
         return report
@@ -268,7 +287,31 @@ def run_selftest(
         log.warning("self-test failure e-mail not sent: %s", err)
         return report
     report.notified = recipients
-    with sessions() as session:
-        checklog.mark_notified(session, row.id, recipients)
-        session.commit()
+    if report.check_id is not None:
+        try:
+            with sessions() as session:
+                checklog.mark_notified(session, report.check_id, recipients)
+                session.commit()
+        except OperationalError as err:  # the mail went; only its note in the log is missing
+            log.warning("self-test: the check log does not show the e-mail sent: %s", err)
     return report
+
+
+def _record(sessions: SessionFactory, config: AppConfig, report: SelftestReport, trigger: str,
+            names: list[str]) -> int:
+    """The run's row in the check log; its id."""
+    from schoolgate.services import checklog
+
+    with sessions() as session:
+        row = checklog.record_selftest(session, site=config.site.id, outcome=checklog.SelftestOutcome(
+            at=report.at, trigger=trigger, passed=report.passed, failures=len(report.failures),
+            filtering_down=report.filtering_down, duration_ms=report.duration_ms, tried=report.tried(),
+            action=report.action(), profiles=", ".join(names), detail=report.as_dict(),
+        ))
+        session.commit()
+        return int(row.id)
+
+
+def _database_error(err: OperationalError) -> str:
+    """SQLite's or PostgreSQL's own words ("database is locked"), without the statement."""
+    return str(err.orig).strip() or type(err.orig).__name__

@@ -134,6 +134,16 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(**{BEGIN_MODE_OPTION: "DEFERRED"})
 
 
+def reading_factory(writing: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for pure reads on the database of ``writing``: on SQLite their transactions
+    start DEFERRED, so a writer holding the write lock (the event writer mid-batch, or one that
+    hangs) never makes a read wait for it. Factories not bound to an Engine are returned as is."""
+    bind = writing.kw.get("bind")
+    if not isinstance(bind, Engine):
+        return writing
+    return sessionmaker(bind=read_only(bind), expire_on_commit=False)
+
+
 def session_factory(engine: Engine, *, readonly: bool = False) -> sessionmaker[Session]:
     """Sessions bound to ``engine``; objects stay readable after commit (expire_on_commit off)."""
     bind = read_only(engine) if readonly else engine
