@@ -150,6 +150,8 @@ async def run(
     from schoolgate.proxy.allowed import AllowedPasses
     from schoolgate.proxy.clients import RecentClients
     from schoolgate.proxy.front import FrontDoor, listen_sockets
+    from schoolgate.proxy.judge import NO_SNI_CLAUSE
+    from schoolgate.proxy.search import is_search_engine
     from schoolgate.store.db import make_engine
     from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
     from schoolgate.store.events.channel import EventChannel
@@ -242,8 +244,6 @@ async def run(
     writer.count_held(passes.held)
 
     def inspect(host: str) -> bool:
-        from schoolgate.proxy.search import is_search_engine
-
         return is_search_engine(host)
 
     def close_connection(conn_id: str) -> bool:
@@ -269,9 +269,7 @@ async def run(
         found = policy.service_by_id.get(service_id) if policy is not None else None
         return found.operator_id if found is not None else service_id
 
-    def refusal_clause() -> str:
-        from schoolgate.proxy.judge import NO_SNI_CLAUSE
-
+    def refusal_clause() -> str:  # asked on every TLS connection: nothing imported here
         policy = live.policy
         return policy.dynamic.circumvention if policy is not None else NO_SNI_CLAUSE
 
