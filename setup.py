@@ -6,7 +6,7 @@ new sub-package or template folder is picked up without editing a list by hand.
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ROOT = Path(__file__).parent
 SUBPACKAGES = {
@@ -25,7 +25,16 @@ SUBPACKAGES = {
     "schoolgate.selftest": "selftest",
     "schoolgate.review": "review",
 }
-DATA_SUFFIXES = {".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
+# Compiled helpers, built by `pip install` (deploy/dev.sh, deploy/install.sh) with Debian's
+# gcc, python3-dev and libxxhash-dev (a header only: XXH_INLINE_ALL compiles xxh3 in).
+EXTENSIONS = [
+    Extension(
+        "schoolgate.policy._listprobe",
+        sources=["policy/_listprobe.c"],
+        extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
+    ),
+]
+DATA_SUFFIXES = {".pyi", ".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 
 
 def _walk() -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
@@ -50,4 +59,7 @@ def _walk() -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
 
 
 _packages, _package_dir, _package_data = _walk()
-setup(packages=_packages, package_dir=_package_dir, package_data=_package_data, include_package_data=False)
+setup(
+    packages=_packages, package_dir=_package_dir, package_data=_package_data, include_package_data=False,
+    ext_modules=EXTENSIONS,
+)

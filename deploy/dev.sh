@@ -15,7 +15,7 @@ cd "$root"
 
 # Debian packages the appliance and its tests use. The benchmarks install their own extras.
 DEBIAN_PACKAGES=(
-  python3 python3-venv python3-dev build-essential
+  python3 python3-venv python3-dev build-essential libxxhash-dev
   nftables iproute2 iputils-ping procps
   curl ca-certificates openssl bind9-dnsutils libnss3-tools tzdata
   sqlite3 postgresql
@@ -68,10 +68,13 @@ install_python_packages() {
     say "creating the virtual environment in $venv"
     "$(find_python)" -m venv "$venv"
   fi
-  # Reinstall only when the dependencies or the package layout changed.
+  # Reinstall only when the dependencies, the package layout or a compiled helper's source
+  # changed (pip builds the helpers in place), or a built helper has gone missing.
   local want
-  want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  want=$({ cat pyproject.toml setup.py; find . \( -path ./.venv -o -path ./build \) -prune -o \
+           \( -name '*.c' -o -name '*.h' \) -type f -print | LC_ALL=C sort | xargs -r cat; } | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
+     ! "$venv/bin/python" -c 'import schoolgate.policy._listprobe' 2>/dev/null; then
     say "installing schoolgate and its Python dependencies"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet -e ".[test]"

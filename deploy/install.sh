@@ -33,8 +33,11 @@ UNITS=(schoolgate.target schoolgate-net.service schoolgate-dns.service schoolgat
        schoolgate-netwatch.service schoolgate-identity.service)
 # Where the console's socket takes its address from the configuration ([console] listen).
 CONSOLE_SOCKET_DROPIN=/etc/systemd/system/schoolgate-console.socket.d/listen.conf
-DEBIAN_PACKAGES=(python3 python3-venv nftables iproute2 ca-certificates openssl systemd passwd)
-# Only needed when pip finds no binary wheel for this machine (it then compiles from source).
+# gcc, python3-dev and libxxhash-dev build schoolgate's own compiled helper (the list store's
+# hash and probe, policy/_listprobe.c), which has no binary wheel: pip compiles it on every install.
+DEBIAN_PACKAGES=(python3 python3-venv nftables iproute2 ca-certificates openssl systemd passwd
+                 gcc libc6-dev python3-dev libxxhash-dev)
+# Only needed when pip finds no binary wheel of a dependency for this machine (it then compiles from source).
 BUILD_PACKAGES=(python3-dev build-essential libffi-dev libssl-dev)
 
 ROOT=""
@@ -191,7 +194,7 @@ source_tarball() {
     --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./var --exclude=./data \
     --exclude=./tests --exclude=./bench --exclude=./.ci --exclude=__pycache__ --exclude='*.egg-info' \
     --exclude=.pytest_cache --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.hypothesis \
-    --exclude=node_modules --exclude='*.db' --exclude='*.db-wal' --exclude='*.db-shm' \
+    --exclude=node_modules --exclude='*.so' --exclude='*.db' --exclude='*.db-wal' --exclude='*.db-shm' \
     -cf - .
 }
 

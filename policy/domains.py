@@ -10,13 +10,15 @@ small dictionaries in the engine.
 from __future__ import annotations
 
 import ipaddress
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from xxhash import xxh3_64_intdigest
+from schoolgate.policy._listprobe import Prober
+from schoolgate.policy.liststore import ListStore, key_of
 
-from schoolgate.policy.liststore import ListStore
+if TYPE_CHECKING:
+    from schoolgate.policy._listprobe import StoreArrays
 
 MAX_LISTS = 32  # lists in one policy (one bit each in a decision's match)
 
@@ -80,113 +82,73 @@ def _class_bits(index: ListIndex) -> tuple[tuple[tuple[int, int], ...], tuple[tu
 
 
 _ClassBits = tuple[tuple[int, int], ...]
-# A mapped version, bisected in place: (bucket index, keys, classes, shift, bits as a parent
-# domain, bits as the host, and if it holds URL entries: the store and its URL-host filter).
-_Urls = tuple[ListStore, tuple[int, bytes]] | None
-_Bisected = tuple[memoryview, memoryview, memoryview, int, _ClassBits, _ClassBits, _Urls]
-# A small store (a policy's own lists) held as a dict: (key -> class, bits as a parent, bits as
-# the host, and the store with its URL-host filter if it holds URL entries).
-_Small = tuple[dict[int, int], _ClassBits, _ClassBits, _Urls]
-
-
-def _has_url_host(keys: Sequence[int], store: ListStore, url_filter: tuple[int, bytes]) -> bool:
-    """Whether the store holds `host/path` entries for one of these keys: the filter rules out
-    nearly every host without a bisect of the URL keys."""
-    url_shift, bitmap = url_filter
-    for key in keys:
-        top = key >> url_shift
-        if bitmap[top >> 3] >> (top & 7) & 1 and store.has_url_host(key):
-            return True
-    return False
 
 
 class ListSet:
-    """Every list store of a policy, asked together. Stores that share a seed share the keys
-    of a host's suffixes, so each suffix is hashed once per seed, not once per store."""
+    """Every list store of a policy, asked together about a host in one compiled call
+    (schoolgate.policy._listprobe): the host's label suffixes are hashed once per seed, and
+    each store's bucket is bisected in place in its mapping."""
 
-    __slots__ = ("_groups", "_indexes", "address_count", "count", "url_count")
+    __slots__ = ("_bits", "_indexes", "_prober", "address_count", "count", "url_count")
 
     def __init__(self, indexes: Sequence[ListIndex] = ()) -> None:
-        by_seed: dict[int, tuple[list[_Bisected], list[_Small]]] = {}
-        for index in indexes:
-            if len(index.store.sources) != len(index.source_bits):
-                raise ValueError("a list index must say what each of its store's sources stands for")
+        # Stores that share a seed are asked one after another, so the prober hashes each
+        # suffix once per seed, not once per store.
+        ordered = sorted(indexes, key=lambda index: index.store.seed)
+        arrays: list[StoreArrays] = []
+        bits: list[tuple[_ClassBits, _ClassBits]] = []
+        for index in ordered:
             store = index.store
-            as_parent, as_host = _class_bits(index)
-            urls = (store, store.url_host_filter()) if store.url_count else None
-            bisected, small = by_seed.setdefault(store.seed, ([], []))
-            table = store.small_table()
-            if table is None:
-                index_table, keys, classes, shift = store.arrays()
-                bisected.append((index_table, keys, classes, shift, as_parent, as_host, urls))
+            if len(store.sources) != len(index.source_bits):
+                raise ValueError("a list index must say what each of its store's sources stands for")
+            bits.append(_class_bits(index))
+            table, keys, classes, shift = store.arrays()
+            if store.url_count:
+                url_shift, bitmap = store.url_host_filter()
+                arrays.append((store.seed, table, keys, classes, shift, store.url_keys(), url_shift, bitmap))
             else:
-                small.append((table, as_parent, as_host, urls))
-        self._groups = tuple((seed, tuple(bisected), tuple(small)) for seed, (bisected, small) in by_seed.items())
+                arrays.append((store.seed, table, keys, classes, shift, None, 0, None))
+        self._prober = Prober(arrays)
+        self._bits = tuple(bits)
         self._indexes = tuple(indexes)
         self.count = sum(i.store.key_count for i in indexes)
         self.url_count = sum(i.store.url_count for i in indexes)
         self.address_count = sum(i.store.address_count for i in indexes)
 
-    def lookup(self, names: Sequence[str]) -> tuple[int, int, str | None]:
-        """For a host's suffixes (longest first): (list bits, category bits, first match)."""
-        found_lists, found_categories, first, _ = self.probe(names)
+    def lookup(self, host: str) -> tuple[int, int, str | None]:
+        """For a host (normalised): (list bits, category bits, the listed domain that matched)."""
+        found_lists, found_categories, first, _ = self.probe(host)
         return found_lists, found_categories, first
 
-    def has_urls(self, names: Sequence[str]) -> bool:
-        """Whether any list holds `host/path` entries for one of these names (a host's
-        suffixes, longest first; a top-level domain alone is never such a host)."""
-        return self.probe(names)[3]
+    def has_urls(self, host: str) -> bool:
+        """Whether any list holds `host/path` entries for the host or a domain above it (a
+        top-level domain alone is never such a host)."""
+        return self.probe(host)[3]
 
-    def probe(self, names: Sequence[str]) -> tuple[int, int, str | None, bool]:
-        """For a host's suffixes (longest first): (list bits, category bits, first match,
-        whether a list holds `host/path` entries under one of them).
+    def probe(self, host: str) -> tuple[int, int, str | None, bool]:
+        """For a host (normalised): (list bits, category bits, the longest listed domain that
+        matched, whether a list holds `host/path` entries for it or a domain above it).
 
         A suffix entry covers the host and all its subdomains; an exact entry only the host
-        itself (the first element of `names`). This is the hot path of a decision for a name
-        the engine has not seen, so each store's probe is written out here: a dict probe for
-        the small local store, a bisect within one bucket for a mapped version; the keys
-        hashed for it answer the URL question too.
+        itself. The host's label suffixes are walked as `suffixes` walks them, and a top-level
+        domain alone ("com", "uk") is never a list entry (one that would block a whole TLD is a
+        broken or hostile list), unless it is the whole host asked about. This is the hot path
+        of a decision for a name the engine has not seen.
         """
+        hits, url_entries = self._prober.probe(host)
         found_lists = found_categories = 0
-        url_entries = False
-        count = first = len(names)
-        if count > 1:
-            # A top-level domain alone ("com", "uk") is never a list entry: an entry that would
-            # block a whole TLD is a broken or hostile list, and skipping it saves a probe.
-            names = names[:-1]
-        for seed, bisected, small in self._groups:
-            keys = [xxh3_64_intdigest(name.encode("utf-8", "replace"), seed) for name in names]
-            for table, sorted_keys, key_classes, shift, as_parent, as_host, urls in bisected:
-                if urls is not None and not url_entries:
-                    url_entries = _has_url_host(keys, *urls)
-                position = -1
-                for key in keys:
-                    position += 1
-                    bucket = key >> shift
-                    hi = table[bucket + 1]
-                    i = bisect_left(sorted_keys, key, table[bucket], hi)
-                    if i != hi and sorted_keys[i] == key:
-                        categories, lists = (as_parent if position else as_host)[key_classes[i]]
-                        if lists:
-                            found_lists |= lists
-                            found_categories |= categories
-                            first = position if position < first else first  # not min(): a call per hit
-            for held, as_parent, as_host, urls in small:
-                if urls is not None and not url_entries:
-                    url_entries = _has_url_host(keys, *urls)
-                if held.keys().isdisjoint(keys):
-                    continue  # the usual answer of a policy's own small lists, in one call
-                position = -1
-                for key in keys:
-                    position += 1
-                    klass = held.get(key, -1)
-                    if klass >= 0:
-                        categories, lists = (as_parent if position else as_host)[klass]
-                        if lists:
-                            found_lists |= lists
-                            found_categories |= categories
-                            first = position if position < first else first  # not min(): a call per hit
-        return found_lists, found_categories, names[first] if first < count else None, url_entries
+        first = -1
+        bits = self._bits
+        for at in range(0, len(hits), 3):
+            offset = hits[at + 1]
+            as_parent, as_host = bits[hits[at]]
+            categories, lists = (as_parent if offset else as_host)[hits[at + 2]]
+            if lists:
+                found_lists |= lists
+                found_categories |= categories
+                if first < 0 or offset < first:
+                    first = offset
+        return found_lists, found_categories, host[first:] if first >= 0 else None, url_entries
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:
         """(list bits, category bits) of `host/path` entries covering the host and path."""
@@ -196,7 +158,7 @@ class ListSet:
             if not store.url_count:
                 continue
             for name in names:
-                mask = store.find_url(xxh3_64_intdigest(name.encode("utf-8", "replace"), store.seed), path)
+                mask = store.find_url(key_of(name, store.seed), path)
                 categories, lists = _bits_of(mask, index.source_bits)
                 found_categories |= categories
                 found_lists |= lists

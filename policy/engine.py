@@ -327,7 +327,7 @@ class CompiledPolicy:
             # The commonest first question for a name: one only the lists can hold (no service,
             # support site, canary or address literal). The general path below gives the same
             # entry; this one skips what cannot apply (tests/policy/test_cold_path.py).
-            list_bits, list_categories, list_domain, url_entries = self.entries.probe(names)
+            list_bits, list_categories, list_domain, url_entries = self.entries.probe(host)
             if list_bits or url_entries:
                 list_kind = (-1, None, list_bits, list_categories, False, None, url_entries)
                 fields = (-1, None, list_bits, list_domain, list_categories, False, None, url_entries)
@@ -362,7 +362,7 @@ class CompiledPolicy:
             url_entries = False
         else:
             # A list's host/path entries for this host: the proxy must see its URLs to apply them.
-            list_bits, list_categories, list_domain, url_entries = self.entries.probe(names)
+            list_bits, list_categories, list_domain, url_entries = self.entries.probe(host)
         builtin_bits = 0
         builtin_domain = None
         if known:

@@ -35,7 +35,10 @@ the version; the bisect costs the same either way.
 
 A lookup hashes each label suffix of the host (as `schoolgate.policy.domains` walks them),
 reads the bucket's bounds from the index and bisects the few keys in it: about four keys per
-bucket, so a suffix costs a hash and two or three comparisons.
+bucket, so a suffix costs a hash and two or three comparisons. The hash and the lookup are
+compiled (`schoolgate.policy._listprobe`, from policy/_listprobe.c): the one implementation of
+both, used by the builders here and by every reader, so what is filed and what is asked for
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from itertools import repeat
 from typing import Any, Literal
 
-from xxhash import xxh3_64_intdigest
+from schoolgate.policy._listprobe import find as _find
+from schoolgate.policy._listprobe import key as _key
 
 Buffer = bytes | bytearray | memoryview  # what a layout piece may be (written as it is)
 
@@ -59,7 +63,6 @@ _ORDER_CHECK = 0x0102030405060708  # read back natively: a file from a machine o
 MAX_SOURCES = 64  # source categories per version: a class mask is one 64-bit word
 MAX_CLASSES = 65535
 _KEYS_PER_BUCKET = 4  # the index's target; it costs 4 bytes per bucket, under one byte per name
-SMALL_STORE = 16_384  # keys: up to this many are also held as a dict (about 1.5 MB at most)
 
 # magic, version, header size, order check, seed, bucket bits, class width, then u64 counts and
 # offsets (see _FIELDS).
@@ -79,7 +82,8 @@ class StoreError(ValueError):
 
 
 def key_of(name: str, seed: int) -> int:
-    return xxh3_64_intdigest(name.encode("utf-8", "replace"), seed)
+    """A name's key: xxh3_64 of its UTF-8 bytes with the store's seed."""
+    return _key(name.encode("utf-8", "replace"), seed)
 
 
 def bucket_bits_for(count: int) -> int:
@@ -105,7 +109,6 @@ class ListStore:
         "_index",
         "_keys",
         "_shift",
-        "_small",
         "_url_blob",
         "_url_filter",
         "_url_keys",
@@ -145,7 +148,6 @@ class ListStore:
         if width not in (1, 2) or bits > 40:
             raise StoreError("damaged list store header")
         n, u, a, b = (int(head[f]) for f in ("key_count", "url_count", "v4_count", "v6_count"))
-        self._small: dict[int, int] | None = None
         self._url_filter: tuple[int, bytes] | None = None
         self.seed: int = int(seed)
         self.key_count: int = n
@@ -194,29 +196,17 @@ class ListStore:
         self._buffer.release()
 
     # -- lookups ------------------------------------------------------------------------------
-    def small_table(self) -> dict[int, int] | None:
-        """A store of at most SMALL_STORE keys (a policy's local lists) as a dict: one probe
-        instead of a bisect. Built once; a big store answers None and is bisected in place."""
-        if self.key_count > SMALL_STORE:
-            return None
-        if self._small is None:
-            self._small = dict(zip(self._keys, self._classes, strict=True))
-        return self._small
-
     def arrays(self) -> tuple[memoryview[int], memoryview[int], memoryview[int], int]:
         """(bucket index, keys, classes, shift) for a caller that inlines `find` in a hot loop."""
         return self._index, self._keys, self._classes, self._shift
 
+    def url_keys(self) -> memoryview[int]:
+        """The sorted host keys of the `host/path` entries (for the prober's URL-host check)."""
+        return self._url_keys
+
     def find(self, key: int) -> int:
         """The class of a name's key, or -1 if the name is not listed."""
-        bucket = key >> self._shift
-        index = self._index
-        hi = index[bucket + 1]
-        keys = self._keys
-        i = bisect_left(keys, key, index[bucket], hi)
-        if i < hi and keys[i] == key:
-            return self._classes[i]
-        return -1
+        return _find(self._index, self._keys, self._classes, self._shift, key)
 
     def find_url(self, host_key: int, path: str) -> int:
         """The union of the classes of `host/path` entries whose path is a prefix of `path`
@@ -248,11 +238,6 @@ class ListStore:
                 bitmap[top >> 3] |= 1 << (top & 7)
             self._url_filter = (shift, bytes(bitmap))
         return self._url_filter
-
-    def has_url_host(self, host_key: int) -> bool:
-        keys = self._url_keys
-        i = bisect_left(keys, host_key)
-        return i < len(keys) and keys[i] == host_key
 
     def find_address(self, address: Address) -> int:
         """The class of the range holding `address`, or -1."""
@@ -347,7 +332,6 @@ class StoreBuilder:
             raise ValueError("the seed is a 64-bit unsigned number")
         self.seed = seed
         self.sources = tuple(sources)
-        self._hash = partial(xxh3_64_intdigest, seed=seed)
         self.names: dict[tuple[int, bool], array[int]] = {}
         self.urls: list[tuple[int, bytes, int]] = []  # (host key, path, source)
         self.ranges: list[tuple[int, int, int, int]] = []  # (version, first, last, source)
@@ -356,7 +340,7 @@ class StoreBuilder:
         """Add names (already checked and lower-cased); returns how many were added."""
         keys = self.names.setdefault((source, exact), array("Q"))
         before = len(keys)
-        keys.extend(map(self._hash, map(str.encode, names)))
+        keys.extend(map(_key, map(str.encode, names), repeat(self.seed)))
         return len(keys) - before
 
     def add_keys(self, keys: array[int], source: int, *, exact: bool = False) -> None:

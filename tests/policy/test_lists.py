@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from schoolgate.policy import Client, Decision, Role, Target, Verdict, decide
-from schoolgate.policy.domains import ListIndex, ListSet, suffixes
+from schoolgate.policy.domains import ListIndex, ListSet
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.lists import (
     ListStats,
@@ -468,9 +468,9 @@ def test_stevenblack_parses_fully() -> None:
     with STEVENBLACK.open(encoding="utf-8") as handle:
         sample = [line.strip() for line in handle if line.strip() and not line.startswith("#")][::997]
     for name in sample:
-        assert lists.lookup(suffixes(name))[0] == 1, name
-        assert lists.lookup(suffixes("deeper." + name)) == (1, 0, name)
-    assert lists.lookup(suffixes("schoolgate-not-listed.example")) == (0, 0, None)
+        assert lists.lookup(name)[0] == 1, name
+        assert lists.lookup("deeper." + name) == (1, 0, name)
+    assert lists.lookup("schoolgate-not-listed.example") == (0, 0, None)
 
 
 def test_a_store_with_several_sources_and_exact_hosts() -> None:
@@ -482,10 +482,10 @@ def test_a_store_with_several_sources_and_exact_hosts() -> None:
     # source a: category bit 0b10 and list bit 0b1; b: category 0b100, list 0b1000; unused: nothing
     lists = _one_list(builder, ((0b10, 0b1), (0b100, 0b1000), (0, 0)))
     assert lists.count == 5003
-    assert lists.lookup(suffixes("a.n1.example")) == (0b1001, 0b110, "n1.example")
-    assert lists.lookup(suffixes("exact.example")) == (0b1000, 0b100, "exact.example")
-    assert lists.lookup(suffixes("sub.exact.example")) == (0, 0, None)
-    assert lists.lookup(suffixes("unused.example")) == (0, 0, None)
+    assert lists.lookup("a.n1.example") == (0b1001, 0b110, "n1.example")
+    assert lists.lookup("exact.example") == (0b1000, 0b100, "exact.example")
+    assert lists.lookup("sub.exact.example") == (0, 0, None)
+    assert lists.lookup("unused.example") == (0, 0, None)
 
 
 # -- remembered decisions: one per kind of match, the listed domain named afterwards ---------
