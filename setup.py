@@ -33,6 +33,11 @@ EXTENSIONS = [
         sources=["policy/_listprobe.c"],
         extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
     ),
+    Extension(
+        "schoolgate.dns._question",
+        sources=["dns/_question.c"],
+        extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
+    ),
 ]
 DATA_SUFFIXES = {".pyi", ".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 

@@ -22,6 +22,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from schoolgate.dns._question import plain_name
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.stages.cache import decision_key
 from schoolgate.dns.stages.events import EventsStage
@@ -43,7 +44,6 @@ from schoolgate.dns.wire import (
     TYPE_A,
     TYPE_AAAA,
     TYPE_OPT,
-    dotted_name,
     edns_opt,
     encode_name,
 )
@@ -157,32 +157,16 @@ class FastPath:
         ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
         if flags & _NOT_SIMPLE or qdcount != 1 or ancount or nscount or arcount > 1:
             return None
-        # The question's name, as wire.parse_query reads it: plain labels, their length bytes
-        # made dots for the dotted name.
-        offset = 12
-        dots: list[int] = []
-        while True:
-            if offset >= size:
-                return None
-            length = data[offset]
-            if length == 0:
-                break
-            if length > 63:
-                return None
-            if offset > 12:
-                dots.append(offset - 13)
-            offset += length + 1
-        offset += 1
-        question_end = offset + 4
-        if offset > 267 or question_end > size:  # a name over 255 bytes, or type and class missing
+        # The question's name, as wire.parse_query reads it, if it is a plain one: labels
+        # only, ASCII, no dot inside a label (for those the wire form and the dotted name the
+        # stages compare say the same thing), in one compiled pass.
+        question = plain_name(data)
+        if question is None:
             return None
+        offset, name_wire, dotted = question
+        question_end = offset + 4
         qtype, qclass = QFIXED.unpack_from(data, offset)
         if qclass != CLASS_IN or qtype == 0 or qtype >= 128:  # refused, or meta and zone-transfer types
-            return None
-        name_wire = data[12:offset].lower()
-        # Only plain ASCII names without a dot inside a label: for those the wire form and the
-        # dotted name the stages compare say the same thing.
-        if not name_wire.isascii() or 46 in name_wire:
             return None
         if name_wire in self._special_names or name_wire.endswith(self._special_suffixes):
             return None
@@ -219,7 +203,7 @@ class FastPath:
         ):
             _, _, _, _, until, decision, dkey, qname = decided
         else:
-            qname = dotted_name(data, offset, dots)
+            qname = dotted
             target: Target = _new_target(Target)
             _put_host(target, qname)
             _put_url(target, None)
