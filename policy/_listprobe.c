@@ -95,6 +95,8 @@ typedef struct {
     Py_buffer url_keys;       /* u64[u], sorted */
     Py_buffer url_bitmap;     /* bit (key >> url_shift) set for each URL host key */
     int url_bits;
+    PyObject *as_parent;      /* per class: (categories, lists) as a parent domain of the host */
+    PyObject *as_host;        /* per class: (categories, lists) as the host itself */
 } Store;
 
 static int get_array(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, const char *what) {
@@ -114,6 +116,8 @@ static void store_release(Store *store) {
     if (store->classes.obj) PyBuffer_Release(&store->classes);
     if (store->url_keys.obj) PyBuffer_Release(&store->url_keys);
     if (store->url_bitmap.obj) PyBuffer_Release(&store->url_bitmap);
+    Py_CLEAR(store->as_parent);
+    Py_CLEAR(store->as_host);
 }
 
 /* (index, keys, classes, shift) as ListStore.arrays() gives them */
@@ -214,6 +218,8 @@ typedef struct {
     PyObject_HEAD
     Py_ssize_t count;
     Store *stores;            /* grouped by seed: a host's suffixes are hashed once per seed */
+    int has_catalogue;
+    Store catalogue;          /* the names the policy's catalogue knows, keyed as a store */
 } ProberObject;
 
 static void prober_dealloc(ProberObject *self) {
@@ -222,14 +228,35 @@ static void prober_dealloc(ProberObject *self) {
             store_release(&self->stores[i]);
         PyMem_Free(self->stores);
     }
+    store_release(&self->catalogue);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int class_table(PyObject *table, PyObject **slot, const char *what) {
+    if (!PyTuple_Check(table)) {
+        PyErr_Format(PyExc_TypeError, "%s: a tuple of (categories, lists) per class is needed", what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(table, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyLong_Check(PyTuple_GET_ITEM(pair, 0))
+            || !PyLong_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_Format(PyExc_TypeError, "%s: each class is a pair of ints (categories, lists)", what);
+            return -1;
+        }
+    }
+    Py_INCREF(table);
+    *slot = table;
+    return 0;
+}
+
 static int store_from_tuple(Store *store, PyObject *item) {
-    /* (seed, index, keys, classes, shift, url_keys | None, url_shift, url_bitmap | None) */
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 8) {
+    /* (seed, index, keys, classes, shift, url_keys | None, url_shift, url_bitmap | None,
+        bits as a parent, bits as the host) */
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 10) {
         PyErr_SetString(PyExc_TypeError,
-                        "a store is (seed, index, keys, classes, shift, url_keys, url_shift, url_bitmap)");
+                        "a store is (seed, index, keys, classes, shift, url_keys, url_shift, url_bitmap, "
+                        "as_parent, as_host)");
         return -1;
     }
     store->seed = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 0));
@@ -238,6 +265,13 @@ static int store_from_tuple(Store *store, PyObject *item) {
     if (store_arrays(store, PyTuple_GET_ITEM(item, 1), PyTuple_GET_ITEM(item, 2), PyTuple_GET_ITEM(item, 3),
                      PyTuple_GET_ITEM(item, 4)) < 0)
         return -1;
+    if (class_table(PyTuple_GET_ITEM(item, 8), &store->as_parent, "as_parent") < 0
+        || class_table(PyTuple_GET_ITEM(item, 9), &store->as_host, "as_host") < 0)
+        return -1;
+    if (PyTuple_GET_SIZE(store->as_parent) != PyTuple_GET_SIZE(store->as_host)) {
+        PyErr_SetString(PyExc_ValueError, "as_parent and as_host differ in length");
+        return -1;
+    }
     PyObject *url_keys = PyTuple_GET_ITEM(item, 5), *url_bitmap = PyTuple_GET_ITEM(item, 7);
     if (url_keys == Py_None)
         return 0;
@@ -262,9 +296,9 @@ static int store_from_tuple(Store *store, PyObject *item) {
 }
 
 static PyObject *prober_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    PyObject *stores_arg;
-    static char *names[] = {"stores", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Prober", names, &stores_arg))
+    PyObject *stores_arg, *catalogue = Py_None;
+    static char *names[] = {"stores", "catalogue", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:Prober", names, &stores_arg, &catalogue))
         return NULL;
     PyObject *stores = PySequence_Tuple(stores_arg);
     if (stores == NULL)
@@ -290,14 +324,41 @@ static PyObject *prober_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         }
     }
     Py_DECREF(stores);
+    if (catalogue != Py_None) {
+        /* (seed, index, keys, classes, shift) */
+        if (!PyTuple_Check(catalogue) || PyTuple_GET_SIZE(catalogue) != 5) {
+            PyErr_SetString(PyExc_TypeError, "the catalogue is (seed, index, keys, classes, shift)");
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->catalogue.seed = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(catalogue, 0));
+        if ((self->catalogue.seed == (uint64_t)-1 && PyErr_Occurred())
+            || store_arrays(&self->catalogue, PyTuple_GET_ITEM(catalogue, 1), PyTuple_GET_ITEM(catalogue, 2),
+                            PyTuple_GET_ITEM(catalogue, 3), PyTuple_GET_ITEM(catalogue, 4)) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->has_catalogue = 1;
+    }
     return (PyObject *)self;
 }
 
-/* probe(host) -> (hits, url_entries). `hits` is flat: (store, offset, class) for each listed
-   suffix, where store is the store's number in the order given, offset the suffix's start in
-   `host` (in characters: 0 is the host itself) and class the store's class for it. The host's
-   label suffixes are taken as schoolgate.policy.domains.suffixes walks them; the last one (a
-   top-level domain alone) is skipped unless it is the whole host. */
+static inline void hash_suffixes(uint64_t *keys, const char *data, Py_ssize_t size, const Py_ssize_t *starts,
+                                 int count, uint64_t seed) {
+    for (int p = 0; p < count; p++)
+        keys[p] = XXH3_64bits_withSeed(data + starts[p], (size_t)(size - starts[p]), seed);
+}
+
+/* probe(host) -> (lists, categories, listed domain | None, url_entries, catalogued).
+
+   The host's label suffixes are taken as schoolgate.policy.domains.suffixes walks them. For
+   each store, each suffix but the last (a top-level domain alone is never a list entry, unless
+   it is the whole host) is looked up; a hit's class gives the policy's (categories, lists) as
+   a parent domain, or as the host itself for the whole host (exact entries too), and a hit with
+   list bits adds them. The listed domain is the longest suffix that added list bits.
+   url_entries: a store holds `host/path` entries under one of the suffixes looked up.
+   catalogued: one of all the suffixes (the last too) may be a name the catalogue knows; a
+   64-bit key says so, so a false "may" costs the caller its exact check, never a wrong answer. */
 static PyObject *prober_probe(ProberObject *self, PyObject *host) {
     if (!PyUnicode_Check(host)) {
         PyErr_Format(PyExc_TypeError, "probe() needs a str host, not %.100s", Py_TYPE(host)->tp_name);
@@ -343,17 +404,27 @@ static PyObject *prober_probe(ProberObject *self, PyObject *host) {
         }
     }
     int probed = count > 1 ? count - 1 : 1;
-    PyObject *hits = NULL;
-    Py_ssize_t hit_count = 0;
-    int url_entries = 0;
+    PyObject *lists = NULL, *categories = NULL, *result = NULL;
+    Py_ssize_t first = -1;
+    int url_entries = 0, catalogued = 0;
     uint64_t hashed_seed = 0;
-    int hashed = 0;
+    int hashed = 0;  /* how many of the suffixes `keys` holds for hashed_seed */
+    if (self->has_catalogue) {
+        hash_suffixes(keys, data, size, starts, count, self->catalogue.seed);
+        hashed = count;
+        hashed_seed = self->catalogue.seed;
+        for (int p = 0; p < count && !catalogued; p++)
+            catalogued = store_find(&self->catalogue, keys[p]) >= 0;
+    }
+    lists = PyLong_FromLong(0);
+    categories = PyLong_FromLong(0);
+    if (lists == NULL || categories == NULL)
+        goto done;
     for (Py_ssize_t s = 0; s < self->count; s++) {
         const Store *store = &self->stores[s];
         if (!hashed || store->seed != hashed_seed) {
-            for (int p = 0; p < probed; p++)
-                keys[p] = XXH3_64bits_withSeed(data + starts[p], (size_t)(size - starts[p]), store->seed);
-            hashed = 1;
+            hash_suffixes(keys, data, size, starts, probed, store->seed);
+            hashed = probed;
             hashed_seed = store->seed;
         }
         for (int p = 0; p < probed; p++) {
@@ -362,52 +433,68 @@ static PyObject *prober_probe(ProberObject *self, PyObject *host) {
             long klass = store_find(store, keys[p]);
             if (klass < 0)
                 continue;
-            if (hits == NULL && (hits = PyList_New(0)) == NULL)
-                goto fail;
-            PyObject *triple[3] = {PyLong_FromSsize_t(s), PyLong_FromSsize_t(chars[p]), PyLong_FromLong(klass)};
-            for (int t = 0; t < 3; t++) {
-                if (triple[t] == NULL || PyList_Append(hits, triple[t]) < 0) {
-                    for (int u = 0; u < 3; u++)
-                        Py_XDECREF(triple[u]);
-                    goto fail;
-                }
+            PyObject *table = p ? store->as_parent : store->as_host;
+            if (klass >= PyTuple_GET_SIZE(table)) {
+                PyErr_SetString(PyExc_ValueError, "damaged list store: a key names a class that does not exist");
+                goto done;
             }
-            for (int t = 0; t < 3; t++)
-                Py_DECREF(triple[t]);
-            hit_count++;
+            PyObject *pair = PyTuple_GET_ITEM(table, klass);
+            PyObject *its_lists = PyTuple_GET_ITEM(pair, 1);
+            int listed = PyObject_IsTrue(its_lists);
+            if (listed < 0)
+                goto done;
+            if (!listed)
+                continue;
+            PyObject *more = PyNumber_Or(lists, its_lists);
+            if (more == NULL)
+                goto done;
+            Py_SETREF(lists, more);
+            more = PyNumber_Or(categories, PyTuple_GET_ITEM(pair, 0));
+            if (more == NULL)
+                goto done;
+            Py_SETREF(categories, more);
+            if (first < 0 || chars[p] < first)
+                first = chars[p];
         }
     }
-    Py_XDECREF(encoded);
-    PyMem_Free(heap);
-    PyObject *found = hits == NULL ? PyTuple_New(0) : PyList_AsTuple(hits);
-    Py_XDECREF(hits);
-    if (found == NULL)
-        return NULL;
-    PyObject *result = PyTuple_New(2);
-    if (result == NULL) {
-        Py_DECREF(found);
-        return NULL;
+    PyObject *domain;
+    if (first < 0) {
+        domain = Py_NewRef(Py_None);
+    } else if (first == 0) {
+        domain = Py_NewRef(host);
+    } else {
+        domain = PyUnicode_Substring(host, first, PyUnicode_GET_LENGTH(host));
+        if (domain == NULL)
+            goto done;
     }
-    PyTuple_SET_ITEM(result, 0, found);
-    PyTuple_SET_ITEM(result, 1, PyBool_FromLong(url_entries));
-    return result;
-fail:
+    result = PyTuple_New(5);
+    if (result == NULL) {
+        Py_DECREF(domain);
+        goto done;
+    }
+    PyTuple_SET_ITEM(result, 0, Py_NewRef(lists));
+    PyTuple_SET_ITEM(result, 1, Py_NewRef(categories));
+    PyTuple_SET_ITEM(result, 2, domain);
+    PyTuple_SET_ITEM(result, 3, PyBool_FromLong(url_entries));
+    PyTuple_SET_ITEM(result, 4, PyBool_FromLong(catalogued));
+done:
+    Py_XDECREF(lists);
+    Py_XDECREF(categories);
     Py_XDECREF(encoded);
     PyMem_Free(heap);
-    Py_XDECREF(hits);
-    return NULL;
+    return result;
 }
 
 static PyMethodDef prober_methods[] = {
     {"probe", (PyCFunction)prober_probe, METH_O,
-     "probe(host) -> (hits, url_entries): hits is flat (store, offset, class) triples"},
+     "probe(host) -> (lists, categories, listed domain | None, url_entries, catalogued)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyTypeObject ProberType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "schoolgate.policy._listprobe.Prober",
-    .tp_doc = "Prober(stores): the list stores of a policy, asked together about a host.",
+    .tp_doc = "Prober(stores, catalogue=None): the list stores of a policy, asked together about a host.",
     .tp_basicsize = sizeof(ProberObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = prober_new,

@@ -7,8 +7,12 @@ from typing_extensions import Buffer
 XXH_VERSION_NUMBER: int
 
 # (seed, bucket index u32, keys u64, classes u8/u16, shift, URL keys u64 or None, URL filter
-# shift, URL filter bitmap or None)
-StoreArrays = tuple[int, Buffer, Buffer, Buffer, int, Buffer | None, int, Buffer | None]
+# shift, URL filter bitmap or None, per class (categories, lists) as a parent domain, the same
+# as the host itself)
+_ClassBits = tuple[tuple[int, int], ...]
+StoreArrays = tuple[int, Buffer, Buffer, Buffer, int, Buffer | None, int, Buffer | None, _ClassBits, _ClassBits]
+# (seed, bucket index, keys, classes, shift)
+KeySet = tuple[int, Buffer, Buffer, Buffer, int]
 
 def key(name: Buffer, seed: int) -> int:
     """xxh3_64 of the bytes with the seed: a list store's key of a name."""
@@ -19,9 +23,9 @@ def find(index: Buffer, keys: Buffer, classes: Buffer, shift: int, key: int) -> 
 class Prober:
     """A policy's list stores, asked together about a host."""
 
-    def __init__(self, stores: Sequence[StoreArrays]) -> None: ...
-    def probe(self, host: str, /) -> tuple[tuple[int, ...], bool]:
-        """(hits, url_entries): hits is flat (store, offset, class) triples, one per listed
-        label suffix (offset 0 is the host itself); url_entries says whether a store holds
-        `host/path` entries under one of the suffixes. A top-level domain alone is skipped
-        unless it is the whole host."""
+    def __init__(self, stores: Sequence[StoreArrays], catalogue: KeySet | None = None) -> None: ...
+    def probe(self, host: str, /) -> tuple[int, int, str | None, bool, bool]:
+        """(list bits, category bits, the longest listed domain that added list bits,
+        whether a store holds `host/path` entries under a suffix, whether a suffix may be a
+        catalogue name). A top-level domain alone is never a list entry unless it is the
+        whole host; the catalogue is asked about every suffix."""

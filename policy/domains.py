@@ -10,12 +10,13 @@ small dictionaries in the engine.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from schoolgate.policy._listprobe import Prober
-from schoolgate.policy.liststore import ListStore, key_of
+from schoolgate.policy.liststore import ListStore, StoreBuilder, key_of
 
 if TYPE_CHECKING:
     from schoolgate.policy._listprobe import StoreArrays
@@ -84,46 +85,64 @@ def _class_bits(index: ListIndex) -> tuple[tuple[tuple[int, int], ...], tuple[tu
 _ClassBits = tuple[tuple[int, int], ...]
 
 
+# (list bits, category bits, the listed domain that matched, whether a list holds `host/path`
+# entries for the host or a domain above it, whether a suffix may be a name the catalogue knows)
+Classified = tuple[int, int, str | None, bool, bool]
+
+
 class ListSet:
     """Every list store of a policy, asked together about a host in one compiled call
-    (schoolgate.policy._listprobe): the host's label suffixes are hashed once per seed, and
-    each store's bucket is bisected in place in its mapping."""
+    (schoolgate.policy._listprobe): the host's label suffixes are hashed once per seed, each
+    store's bucket is bisected in place in its mapping, and what a hit's class stands for (the
+    policy's list and category bits) is added up there too."""
 
-    __slots__ = ("_bits", "_indexes", "_prober", "address_count", "count", "url_count")
+    __slots__ = ("_arrays", "_catalogue", "_indexes", "address_count", "classify", "count", "url_count")
 
-    def __init__(self, indexes: Sequence[ListIndex] = ()) -> None:
+    classify: Callable[[str], Classified]
+
+    def __init__(self, indexes: Sequence[ListIndex] = (), catalogue: Iterable[str] = ()) -> None:
         # Stores that share a seed are asked one after another, so the prober hashes each
         # suffix once per seed, not once per store.
         ordered = sorted(indexes, key=lambda index: index.store.seed)
         arrays: list[StoreArrays] = []
-        bits: list[tuple[_ClassBits, _ClassBits]] = []
         for index in ordered:
             store = index.store
             if len(store.sources) != len(index.source_bits):
                 raise ValueError("a list index must say what each of its store's sources stands for")
-            bits.append(_class_bits(index))
+            as_parent, as_host = _class_bits(index)
             table, keys, classes, shift = store.arrays()
             if store.url_count:
                 url_shift, bitmap = store.url_host_filter()
-                arrays.append((store.seed, table, keys, classes, shift, store.url_keys(), url_shift, bitmap))
+                arrays.append((store.seed, table, keys, classes, shift, store.url_keys(), url_shift, bitmap,
+                               as_parent, as_host))
             else:
-                arrays.append((store.seed, table, keys, classes, shift, None, 0, None))
-        self._prober = Prober(arrays)
-        self._bits = tuple(bits)
+                arrays.append((store.seed, table, keys, classes, shift, None, 0, None, as_parent, as_host))
+        self._arrays = tuple(arrays)
         self._indexes = tuple(indexes)
+        self._catalogue = frozenset(catalogue)
+        # The catalogue's names keyed with the first store's seed share the suffixes' keys.
+        seed = arrays[0][0] if arrays else 0
+        names = ListStore(_catalogue_store(seed, self._catalogue)) if self._catalogue else None
+        prober = Prober(arrays, names.arrays_with_seed() if names is not None else None)
+        self.classify = prober.probe
         self.count = sum(i.store.key_count for i in indexes)
         self.url_count = sum(i.store.url_count for i in indexes)
         self.address_count = sum(i.store.address_count for i in indexes)
 
+    def with_catalogue(self, names: Iterable[str]) -> ListSet:
+        """The same lists, asked also whether a host's suffix is one of `names` (the policy
+        catalogue's own names: services, support sites, canaries), in the same call."""
+        return ListSet(self._indexes, names)
+
     def lookup(self, host: str) -> tuple[int, int, str | None]:
         """For a host (normalised): (list bits, category bits, the listed domain that matched)."""
-        found_lists, found_categories, first, _ = self.probe(host)
+        found_lists, found_categories, first, _, _ = self.classify(host)
         return found_lists, found_categories, first
 
     def has_urls(self, host: str) -> bool:
         """Whether any list holds `host/path` entries for the host or a domain above it (a
         top-level domain alone is never such a host)."""
-        return self.probe(host)[3]
+        return self.classify(host)[3]
 
     def probe(self, host: str) -> tuple[int, int, str | None, bool]:
         """For a host (normalised): (list bits, category bits, the longest listed domain that
@@ -132,23 +151,13 @@ class ListSet:
         A suffix entry covers the host and all its subdomains; an exact entry only the host
         itself. The host's label suffixes are walked as `suffixes` walks them, and a top-level
         domain alone ("com", "uk") is never a list entry (one that would block a whole TLD is a
-        broken or hostile list), unless it is the whole host asked about. This is the hot path
-        of a decision for a name the engine has not seen.
+        broken or hostile list), unless it is the whole host asked about. `classify` answers
+        the same and, last, whether a suffix may be a catalogue name (a 64-bit key's word: a
+        caller checks a "may" exactly): the engine's hot path for a name it has not seen.
         """
-        hits, url_entries = self._prober.probe(host)
-        found_lists = found_categories = 0
-        first = -1
-        bits = self._bits
-        for at in range(0, len(hits), 3):
-            offset = hits[at + 1]
-            as_parent, as_host = bits[hits[at]]
-            categories, lists = (as_parent if offset else as_host)[hits[at + 2]]
-            if lists:
-                found_lists |= lists
-                found_categories |= categories
-                if first < 0 or offset < first:
-                    first = offset
-        return found_lists, found_categories, host[first:] if first >= 0 else None, url_entries
+        found_lists, found_categories, first, url_entries, _ = self.classify(host)
+        return found_lists, found_categories, first, url_entries
+
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:
         """(list bits, category bits) of `host/path` entries covering the host and path."""
@@ -185,3 +194,10 @@ class ListSet:
                 categories, lists = _bits_of(index.store.classes[klass][0], index.source_bits)
                 if lists:
                     yield network, categories
+
+
+def _catalogue_store(seed: int, names: Iterable[str]) -> bytes:
+    """The catalogue's names as a store of one source (only whether a key is there is read)."""
+    builder = StoreBuilder(seed, ["catalogue"])
+    builder.add_keys(array("Q", (key_of(name, seed) for name in names)), 0)
+    return builder.build()

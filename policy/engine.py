@@ -259,6 +259,8 @@ class CompiledPolicy:
         self._catalogue_names = frozenset(
             (*self._suffix_service, *self._exact_service, *self._support_domains, *self._canaries)
         )
+        # ... and the lists' own call says whether a host's suffix may be one of them.
+        self.entries = entries.with_catalogue(self._catalogue_names)
         self._rules_by_role: dict[Role, tuple[Rule, ...]] = {
             role: tuple(r for r in rules if role in r.roles) for role in Role
         }
@@ -322,12 +324,12 @@ class CompiledPolicy:
     def _match_new(self, host: str) -> tuple[int, HostMatch]:
         # The entry keeps no suffix strings (they would triple its size); the overlay, the
         # only other reader of them, walks them again when it has something to check.
-        names = suffixes(host)
-        if self._catalogue_names.isdisjoint(names) and not (host[-1:].isdigit() or ":" in host):
+        list_bits, list_categories, list_domain, url_entries, catalogued = self.entries.classify(host)
+        if not catalogued and not (host[-1:].isdigit() or ":" in host):
             # The commonest first question for a name: one only the lists can hold (no service,
-            # support site, canary or address literal). The general path below gives the same
-            # entry; this one skips what cannot apply (tests/policy/test_cold_path.py).
-            list_bits, list_categories, list_domain, url_entries = self.entries.probe(host)
+            # support site, canary or address literal: the lists' own call said no suffix is a
+            # catalogue name). The general path below gives the same entry; this one skips what
+            # cannot apply (tests/policy/test_cold_path.py).
             if list_bits or url_entries:
                 list_kind = (-1, None, list_bits, list_categories, False, None, url_entries)
                 fields = (-1, None, list_bits, list_domain, list_categories, False, None, url_entries)
@@ -339,6 +341,7 @@ class CompiledPolicy:
                 self._host_cache = {}
             self._host_cache[host] = entry
             return entry
+        names = suffixes(host)
         service = -1
         service_domain: str | None = None
         known = not self._catalogue_names.isdisjoint(names)
@@ -360,9 +363,8 @@ class CompiledPolicy:
             list_bits, list_categories = self.entries.lookup_address(address)
             list_domain = host if list_bits else None
             url_entries = False
-        else:
-            # A list's host/path entries for this host: the proxy must see its URLs to apply them.
-            list_bits, list_categories, list_domain, url_entries = self.entries.probe(host)
+        # else: the lists' answer above (a list's host/path entries for this host too: the
+        # proxy must see its URLs to apply them)
         builtin_bits = 0
         builtin_domain = None
         if known:

@@ -200,6 +200,10 @@ class ListStore:
         """(bucket index, keys, classes, shift) for a caller that inlines `find` in a hot loop."""
         return self._index, self._keys, self._classes, self._shift
 
+    def arrays_with_seed(self) -> tuple[int, memoryview[int], memoryview[int], memoryview[int], int]:
+        """(seed, bucket index, keys, classes, shift): the store as the prober takes it."""
+        return self.seed, self._index, self._keys, self._classes, self._shift
+
     def url_keys(self) -> memoryview[int]:
         """The sorted host keys of the `host/path` entries (for the prober's URL-host check)."""
         return self._url_keys

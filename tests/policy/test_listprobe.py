@@ -11,14 +11,18 @@ from __future__ import annotations
 import gc
 from array import array
 from bisect import bisect_left
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schoolgate.policy._listprobe import Prober, find, key
-from schoolgate.policy.domains import ListIndex, ListSet, suffixes
+from schoolgate.policy.domains import ListIndex, ListSet, _class_bits, suffixes
 from schoolgate.policy.liststore import ListStore, StoreBuilder, key_of
+
+if TYPE_CHECKING:
+    from schoolgate.policy._listprobe import StoreArrays
 
 # (name, seed, xxh3_64) recorded from the reference implementation
 RECORDED_KEYS = [
@@ -65,48 +69,72 @@ def store(seed: int) -> ListStore:
     return ListStore(builder.build())
 
 
-def reference(host: str, stores: list[ListStore]) -> tuple[list[tuple[int, int, int]], bool]:
-    """The walk the compiled probe replaced: (store, offset, class) per listed suffix, and
-    whether a store holds URL entries for one of them."""
+# per store: (categories, lists) per source, as a policy's ListIndex says
+SOURCE_BITS = [((0b1, 0b1), (0b10, 0b10)), ((0b100, 0b100), (0b1000, 0)), ((0b10000, 0b10000), (0, 0b100000))]
+CATALOGUE = frozenset({"tiktok.com", "uk", "b.a..b", "bücher.example"})
+
+
+def reference(host: str, stores: list[ListStore], catalogue: frozenset[str] = frozenset()
+              ) -> tuple[int, int, str | None, bool, bool]:
+    """The walk the compiled probe replaced, in Python: the suffixes, each store's bucket
+    bisected, a hit's class turned into the policy's bits."""
     names = suffixes(host)
+    catalogued = not catalogue.isdisjoint(names)
     if len(names) > 1:
         names = names[:-1]
-    hits = []
+    found_lists = found_categories = 0
+    first: str | None = None
     url = False
-    for number, one in enumerate(stores):
+    for one, source_bits in zip(stores, SOURCE_BITS, strict=False):
+        as_parent, as_host = _class_bits(ListIndex(one, source_bits))
         index, keys, classes, shift = one.arrays()
-        for name in names:
+        url_keys = one.url_keys()
+        for position, name in enumerate(names):
             k = key_of(name, one.seed)
             bucket = k >> shift if shift < 64 else 0
             hi = index[bucket + 1]
             i = bisect_left(keys, k, index[bucket], hi)
             if i < hi and keys[i] == k:
-                hits.append((number, len(host) - len(name), classes[i]))
-            url_keys = one.url_keys()
+                categories, lists = (as_parent if position else as_host)[classes[i]]
+                if lists:
+                    found_lists |= lists
+                    found_categories |= categories
+                    if first is None or len(name) > len(first):
+                        first = name
             j = bisect_left(url_keys, k)
             url = url or (j < len(url_keys) and url_keys[j] == k)
-    return hits, url
+    return found_lists, found_categories, first, url, catalogued
 
 
-def prober(stores: list[ListStore]) -> Prober:
-    arrays = []
-    for one in stores:
+def arrays_of(stores: list[ListStore]) -> list[StoreArrays]:
+    arrays: list[StoreArrays] = []
+    for one, source_bits in zip(stores, SOURCE_BITS, strict=False):
         index, keys, classes, shift = one.arrays()
         url_shift, bitmap = one.url_host_filter()
-        arrays.append((one.seed, index, keys, classes, shift, one.url_keys(), url_shift, bitmap))
-    return Prober(arrays)
+        as_parent, as_host = _class_bits(ListIndex(one, source_bits))
+        arrays.append((one.seed, index, keys, classes, shift, one.url_keys(), url_shift, bitmap, as_parent, as_host))
+    return arrays
+
+
+def prober(stores: list[ListStore], catalogue: frozenset[str] = frozenset()) -> Prober:
+    names = None
+    if catalogue:
+        builder = StoreBuilder(stores[0].seed, ["catalogue"])
+        builder.add_names(catalogue, 0)
+        names = ListStore(builder.build()).arrays_with_seed()
+    return Prober(arrays_of(stores), names)
 
 
 STORES = [store(5), store(9), store(5)]
-PROBER = prober(STORES)
+PROBER = prober(STORES, CATALOGUE)
 
 ODD_HOSTS = [
     "example.com", "www.example.com", "notexample.com", "ads.example.net", "x.ads.example.net",
-    "", ".", "..", "a..b", "x.a..b", ".lead.example", "trail.example.", "a.trail.example.",
+    "", ".", "..", "a..b", "x.a..b", "b.a..b", ".lead.example", "trail.example.", "a.trail.example.",
     "bücher.example", "www.bücher.example", "\udcff.odd.example", "?.odd.example", "\x00.example",
     "x" * 63 + ".long.example", "y." + "x" * 63 + ".long.example", "com", "uk", "co.uk", "bbc.co.uk", "single",
     "only.exact.example", "www.only.exact.example", "sub.only.exact.example", "EXAMPLE.COM",
-    "forum.example", "www.forum.example", "example",
+    "forum.example", "www.forum.example", "example", "tiktok.com", "www.tiktok.com", "tiktok.com.evil.example",
     ".".join(["a"] * 127) + ".example.com",  # a 255-byte name
     ".".join(["b"] * 400) + ".example.com",  # more labels than DNS allows (a proxy's host may)
     "a" * 100_000 + ".example.com",
@@ -115,21 +143,21 @@ ODD_HOSTS = [
 
 @pytest.mark.parametrize("host", ODD_HOSTS, ids=lambda h: repr(h[:40]))
 def test_the_probe_finds_what_the_reference_walk_finds(host: str) -> None:
-    hits, url = PROBER.probe(host)
-    expected, expected_url = reference(host, STORES)
-    assert [tuple(hits[i : i + 3]) for i in range(0, len(hits), 3)] == expected
-    assert url == expected_url
+    assert PROBER.probe(host) == reference(host, STORES, CATALOGUE)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([*LISTED, *EXACT, "a", "www", "", "ü", "\udc80", "forum.example", "0"]),
+@given(st.lists(st.sampled_from([*LISTED, *EXACT, *CATALOGUE, "a", "www", "", "ü", "\udc80", "forum.example", "0"]),
                 min_size=1, max_size=6))
 def test_generated_hosts_agree_with_the_reference(parts: list[str]) -> None:
     host = ".".join(parts)
-    hits, url = PROBER.probe(host)
-    expected, expected_url = reference(host, STORES)
-    assert [tuple(hits[i : i + 3]) for i in range(0, len(hits), 3)] == expected
-    assert url == expected_url
+    assert PROBER.probe(host) == reference(host, STORES, CATALOGUE)
+
+
+def test_without_a_catalogue_nothing_is_catalogued() -> None:
+    bare = prober(STORES)
+    for host in ODD_HOSTS:
+        assert bare.probe(host) == (*reference(host, STORES)[:4], False)
 
 
 @pytest.mark.parametrize(("host", "expected"), [
@@ -158,20 +186,26 @@ def test_find_and_the_store_agree() -> None:
     assert one.find(key_of("not.listed.example", one.seed)) == -1
 
 
+PARENT = ((1, 1), (2, 2))
+
+
 @pytest.mark.parametrize(("change", "error"), [
-    (lambda a: (a[0], a[1], a[2], a[3], a[4], None, 0, None), None),
-    (lambda a: (a[0], a[2], a[2], a[3], a[4], None, 0, None), ValueError),  # keys for the index: wrong item size
-    (lambda a: (a[0], a[1], a[1], a[3], a[4], None, 0, None), ValueError),  # index for the keys
-    (lambda a: (a[0], a[1], a[2], a[2], a[4], None, 0, None), ValueError),  # classes of 8 bytes
-    (lambda a: (a[0], a[1], a[2], a[3], a[4] - 1, None, 0, None), ValueError),  # index length disagrees
-    (lambda a: (a[0], a[1], a[2], a[3], 70, None, 0, None), ValueError),  # shift out of range
-    (lambda a: (a[0], a[1][:-1], a[2], a[3], a[4], None, 0, None), ValueError),  # short index
-    (lambda a: (a[0], a[1], a[2][:-1], a[3], a[4], None, 0, None), ValueError),  # keys and classes differ
-    (lambda a: (a[0], a[1], a[2], a[3], a[4], a[2], 52, b"\0"), ValueError),  # a bitmap too short
-    (lambda a: (a[0], a[1], a[2], a[3], a[4], a[2], 1, b"\0"), ValueError),  # a URL shift out of range
-    (lambda a: (-1, a[1], a[2], a[3], a[4], None, 0, None), OverflowError),
-    (lambda a: (a[0], "index", a[2], a[3], a[4], None, 0, None), TypeError),
-    (lambda a: (a[0], a[1], a[2], a[3]), TypeError),
+    (lambda a: (*a, None, 0, None, PARENT, PARENT), None),
+    (lambda a: (a[0], a[2], a[2], a[3], a[4], None, 0, None, PARENT, PARENT), ValueError),  # keys for the index
+    (lambda a: (a[0], a[1], a[1], a[3], a[4], None, 0, None, PARENT, PARENT), ValueError),  # index for the keys
+    (lambda a: (a[0], a[1], a[2], a[2], a[4], None, 0, None, PARENT, PARENT), ValueError),  # classes of 8 bytes
+    (lambda a: (a[0], a[1], a[2], a[3], a[4] - 1, None, 0, None, PARENT, PARENT), ValueError),  # index length
+    (lambda a: (a[0], a[1], a[2], a[3], 70, None, 0, None, PARENT, PARENT), ValueError),  # shift out of range
+    (lambda a: (a[0], a[1][:-1], a[2], a[3], a[4], None, 0, None, PARENT, PARENT), ValueError),  # short index
+    (lambda a: (a[0], a[1], a[2][:-1], a[3], a[4], None, 0, None, PARENT, PARENT), ValueError),  # keys != classes
+    (lambda a: (*a, a[2], 52, b"\0", PARENT, PARENT), ValueError),  # a bitmap too short
+    (lambda a: (*a, a[2], 1, b"\0", PARENT, PARENT), ValueError),  # a URL shift out of range
+    (lambda a: (-1, *a[1:], None, 0, None, PARENT, PARENT), OverflowError),
+    (lambda a: (a[0], "index", *a[2:], None, 0, None, PARENT, PARENT), TypeError),
+    (lambda a: (*a, None, 0, None, PARENT, PARENT[:1]), ValueError),  # the two class tables differ
+    (lambda a: (*a, None, 0, None, PARENT, ((1, "2"),)), TypeError),
+    (lambda a: (*a, None, 0, None, PARENT, [(1, 1)]), TypeError),
+    (lambda a: a, TypeError),
 ])
 def test_bad_store_arrays_are_refused(change: object, error: type[Exception] | None) -> None:
     one = STORES[0]
@@ -184,6 +218,19 @@ def test_bad_store_arrays_are_refused(change: object, error: type[Exception] | N
         Prober([arrays])
 
 
+@pytest.mark.parametrize("catalogue", [(1, 2), (1, b"", b"", b"", 64, 0), "names"])
+def test_a_bad_catalogue_is_refused(catalogue: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        Prober([], catalogue)  # type: ignore[arg-type]
+
+
+def test_a_class_beyond_the_class_table_is_an_error_not_a_read() -> None:
+    one = STORES[0]
+    index, keys, classes, shift = one.arrays()
+    with pytest.raises(ValueError, match="class"):
+        Prober([(one.seed, index, keys, classes, shift, None, 0, None, (), ())]).probe("www.example.com")
+
+
 def test_a_damaged_bucket_index_reads_nothing_outside_the_keys() -> None:
     one = STORES[0]
     index, keys, classes, shift = one.arrays()
@@ -191,7 +238,7 @@ def test_a_damaged_bucket_index_reads_nothing_outside_the_keys() -> None:
     damaged[-1] = 0xFFFFFFFF  # every key's bucket runs far past the end of the keys
     for b in range(1, len(damaged) - 1):
         damaged[b] = 0xFFFFFFF0
-    probe = Prober([(one.seed, damaged, keys, classes, shift, None, 0, None)])
+    probe = Prober([(one.seed, damaged, keys, classes, shift, None, 0, None, PARENT, PARENT)])
     for host in ODD_HOSTS:
         probe.probe(host)  # answers (listed or not) and never reads past the arrays
     assert find(damaged, keys, classes, shift, key_of("example.com", one.seed)) in (-1, *range(len(one.classes)))
@@ -200,13 +247,13 @@ def test_a_damaged_bucket_index_reads_nothing_outside_the_keys() -> None:
 def test_the_probe_takes_only_a_str() -> None:
     with pytest.raises(TypeError):
         PROBER.probe(b"example.com")  # type: ignore[arg-type]
-    assert Prober([]).probe("example.com") == ((), False)
+    assert Prober([]).probe("example.com") == (0, 0, None, False, False)
 
 
 def test_a_prober_keeps_its_stores_alive() -> None:
-    probe = prober([store(21)])  # nothing else holds the store or its buffer
+    probe = prober([store(21)], CATALOGUE)  # nothing else holds the stores or their buffers
     gc.collect()
-    hits, _ = probe.probe("www.example.com")
-    assert hits[:2] == (0, 4)
+    assert probe.probe("www.tiktok.com") == (0, 0, None, False, True)
+    assert probe.probe("www.example.com") == (0b1, 0b1, "example.com", False, False)
     del probe
     gc.collect()  # the buffers are released with the prober (a leak or a double release would show here)
