@@ -205,7 +205,8 @@ class Message:
         if not opts:
             return self.data
         counts = list(self.counts)
-        counts[3] -= len(opts)
+        for record in opts:  # each from its own section: a hostile answer may put one anywhere
+            counts[record.section] -= 1
         return self.splice([(r.start, r.end, b"") for r in opts], counts)
 
     def ttl_offsets(self) -> list[tuple[int, int]]:

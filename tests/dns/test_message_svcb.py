@@ -209,3 +209,28 @@ def test_an_answer_must_count_one_question(qdcount: int) -> None:
     wire[4:6] = struct.pack("!H", qdcount)
     with pytest.raises(UpstreamFailure):
         clean_answer(bytes(wire))
+
+
+def _with_opt_in(sections: tuple[int, int, int]) -> bytes:
+    """An answer for a.example A with one A record in the answer section and an OPT record in
+    each section named (1 answer, 2 authority, 3 additional), as a hostile upstream may send."""
+    question = b"\x01a\x07example\x00" + struct.pack("!HH", 1, 1)
+    a_record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + bytes([192, 0, 2, 1])
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+    bodies = {1: a_record, 2: b"", 3: b""}
+    counts = [1, 1, 0, 0]
+    for section in sections:
+        bodies[section] += opt
+        counts[section] += 1
+    return struct.pack("!HHHHHH", 0x1234, 0x8180, *counts) + question + bodies[1] + bodies[2] + bodies[3]
+
+
+@pytest.mark.parametrize("sections", [(3,), (3, 3), (1,), (2,), (1, 2, 3)])
+def test_opt_records_are_removed_from_whichever_section_holds_them(sections: tuple[int, int, int]) -> None:
+    # A hostile upstream put an OPT record in the answer or authority section: removing it took
+    # one from the additional count, which went negative and failed the whole query
+    # (struct.error) instead of answering it (found by the hostile-upstream fuzzer).
+    cleaned = Message(clean_answer(_with_opt_in(sections)))
+    assert cleaned.counts == [1, 1, 0, 0]
+    assert [r.rtype for r in cleaned.records] == [1]
+    assert cleaned.answer_addresses() == ["192.0.2.1"]
