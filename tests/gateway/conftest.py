@@ -1,9 +1,12 @@
-"""Private network namespaces for the gateway tests (names start with `sgt-gw`, removed after)."""
+"""Private network namespaces for the gateway tests (names start with `sgt-gw`, removed after),
+and the probe a client in one uses to try a refused protocol."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -108,3 +111,42 @@ def bridge_trio() -> Iterator[tuple[str, str, str]]:
     finally:
         for name in names:
             _ns("netns", "del", name, check=False)
+
+
+class RefusalProbe:
+    """What a client sees when it tries a refused protocol: an outcome and how long it took.
+
+    The outcome is "connected" or "answered" when the gateway let it through, else the name of
+    the error the client got (ConnectionRefusedError for a TCP reset, TimeoutError when the
+    packets were dropped in silence). The seconds show a refusal was immediate, not a timeout.
+    Run them in the client's namespace (lab.netns.call_in).
+    """
+
+    @staticmethod
+    def tcp(host: str, port: int) -> tuple[str, float]:
+        started = time.monotonic()
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+            return "connected", 0.0
+        except OSError as err:
+            return type(err).__name__, time.monotonic() - started
+
+    @staticmethod
+    def quic(host: str) -> tuple[str, float]:
+        """A QUIC Initial-sized datagram to port 443 (a long-header first byte, 1,200 bytes)."""
+        started = time.monotonic()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(3)
+            sock.connect((host, 443))
+            sock.send(b"\xc0" + b"\0" * 1199)
+            try:
+                sock.recv(100)
+                return "answered", 0.0
+            except OSError as err:
+                return type(err).__name__, time.monotonic() - started
+
+
+@pytest.fixture
+def refusal_probe() -> RefusalProbe:
+    return RefusalProbe()

@@ -289,7 +289,7 @@ def test_status_and_down(gateway_pair: tuple[str, str], tmp_path: Path) -> None:
     assert os.path.exists(f"/run/netns/{gw}")
 
 
-def test_ipv6_refusals_and_their_log(gateway_pair: tuple[str, str], tmp_path: Path) -> None:
+def test_ipv6_refusals_and_their_log(gateway_pair: tuple[str, str], tmp_path: Path, refusal_probe: Any) -> None:
     gw, client = gateway_pair
     applied = schoolgate(gw, "net", "apply", "--config", str(write_config(tmp_path)))
     assert "address fd98::1/64 on sgt-lan" in applied.stdout
@@ -298,35 +298,15 @@ def test_ipv6_refusals_and_their_log(gateway_pair: tuple[str, str], tmp_path: Pa
     reader = call_in(gw, lambda: NflogSocket(11))
     reader.settimeout(3)
 
-    def tcp(host: str, port: int) -> tuple[str, float]:
-        started = time.monotonic()
-        try:
-            socket.create_connection((host, port), timeout=3).close()
-            return "connected", 0.0
-        except OSError as err:
-            return type(err).__name__, time.monotonic() - started
-
-    def quic(host: str) -> tuple[str, float]:
-        started = time.monotonic()
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(3)
-            sock.connect((host, 443))
-            sock.send(b"\xc0" + b"\0" * 1199)
-            try:
-                sock.recv(100)
-                return "answered", 0.0
-            except OSError as err:
-                return type(err).__name__, time.monotonic() - started
-
     def address_usable() -> bool:  # duplicate address detection has finished on the new address
         out = subprocess.run(["ip", "-n", gw, "-6", "addr", "show", "dev", "sgt-lan", "tentative"],
                              capture_output=True, text=True, check=False).stdout
         return "fd98::1" not in out
 
     wait_for(address_usable, timeout=10, what="the gateway's IPv6 address")
-    dot = call_in(client, lambda: tcp("2001:db8::99", 853))
-    doh = call_in(client, lambda: tcp("2001:db8::53", 443))
-    refused_quic = call_in(client, lambda: quic("2001:db8:fb::1"))
+    dot = call_in(client, lambda: refusal_probe.tcp("2001:db8::99", 853))
+    doh = call_in(client, lambda: refusal_probe.tcp("2001:db8::53", 443))
+    refused_quic = call_in(client, lambda: refusal_probe.quic("2001:db8:fb::1"))
     for outcome, seconds in (dot, doh, refused_quic):
         assert outcome in ("ConnectionRefusedError", "PermissionError", "OSError"), outcome
         assert seconds < 1.0

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,37 +207,17 @@ def test_watched_connections_go_to_the_proxy_and_running_ones_stay_put(
     assert counters["forwarded_connections"][0] >= 1  # the early one, bridged
 
 
-def test_refusals_are_immediate_logged_and_counted(applied: tuple[str, str, str, Path]) -> None:
+def test_refusals_are_immediate_logged_and_counted(applied: tuple[str, str, str, Path], refusal_probe: Any) -> None:
     from schoolgate.gateway.nflog import NflogSocket
 
     client, appliance, _router, _config = applied
     reader = call_in(appliance, lambda: NflogSocket(12))
     reader.settimeout(3)
 
-    def tcp(host: str, port: int) -> tuple[str, float]:
-        started = time.monotonic()
-        try:
-            socket.create_connection((host, port), timeout=3).close()
-            return "connected", 0.0
-        except OSError as err:
-            return type(err).__name__, time.monotonic() - started
-
-    def quic(host: str) -> tuple[str, float]:
-        started = time.monotonic()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(3)
-            sock.connect((host, 443))
-            sock.send(b"\xc0" + b"\0" * 1199)
-            try:
-                sock.recv(100)
-                return "answered", 0.0
-            except OSError as err:
-                return type(err).__name__, time.monotonic() - started
-
     outcomes = [
-        call_in(client, lambda: tcp("198.51.100.7", 853)),
-        call_in(client, lambda: tcp("192.0.2.53", 443)),
-        call_in(client, lambda: quic("198.51.100.150")),
+        call_in(client, lambda: refusal_probe.tcp("198.51.100.7", 853)),
+        call_in(client, lambda: refusal_probe.tcp("192.0.2.53", 443)),
+        call_in(client, lambda: refusal_probe.quic("198.51.100.150")),
     ]
     try:
         seen = []
