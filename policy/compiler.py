@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schoolgate.policy.catalogue import BUILTIN, CATALOGUE, ILLEGAL, BuiltinCategory, canary_for
-from schoolgate.policy.domains import MAX_LISTS, ListIndex, ListSet
+from schoolgate.policy.domains import MAX_LISTS, ListIndex
 from schoolgate.policy.engine import CompiledPolicy
 from schoolgate.policy.lists import (
     FORMATS,
@@ -658,7 +658,7 @@ def _lists(
     installed: Installed | None,
     seed: int,
     warnings: list[str],
-) -> tuple[tuple[DomainList, ...], ListSet]:
+) -> tuple[tuple[DomainList, ...], tuple[ListIndex, ...]]:
     """The [lists] section: local files compiled into one list store here, subscriptions
     taken from the versions installed (the caller maps them)."""
     if not isinstance(raw, dict):
@@ -696,7 +696,7 @@ def _lists(
         )
     if local_ids:
         indexes.insert(0, ListIndex(ListStore(local.build({"version": "local"})), tuple(local_bits)))
-    return tuple(out), ListSet(indexes)
+    return tuple(out), tuple(indexes)
 
 
 def _read_local(
@@ -994,7 +994,7 @@ def compile_policy(
         # Deterministic for tests; the loader passes a random seed (a seed known outside the
         # appliance would let someone choose a name that collides with a listed one).
         seed = int.from_bytes(hashlib.sha256(b"schoolgate-lists" + text.encode("utf-8")).digest()[:8], "little")
-    lists, entries = _lists(
+    lists, list_indexes = _lists(
         src, data.get("lists", {}), category_by_id, read_list, installed=installed, seed=seed, warnings=warnings
     )
     rules_raw = src.required(data, (), "rules", "add [[rules]] blocks; the first rule that matches decides")
@@ -1033,7 +1033,7 @@ def compile_policy(
         lists=lists,
         rules=tuple(rules),
         default_rule=default,
-        entries=entries,
+        list_indexes=list_indexes,
         dynamic=dynamic,
         document=document,
         fingerprint=fingerprint,

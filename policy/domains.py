@@ -96,7 +96,7 @@ class ListSet:
     store's bucket is bisected in place in its mapping, and what a hit's class stands for (the
     policy's list and category bits) is added up there too."""
 
-    __slots__ = ("_arrays", "_catalogue", "_indexes", "address_count", "classify", "count", "url_count")
+    __slots__ = ("_arrays", "_indexes", "address_count", "classify", "count", "url_count")
 
     classify: Callable[[str], Classified]
 
@@ -119,20 +119,15 @@ class ListSet:
                 arrays.append((store.seed, table, keys, classes, shift, None, 0, None, as_parent, as_host))
         self._arrays = tuple(arrays)
         self._indexes = tuple(indexes)
-        self._catalogue = frozenset(catalogue)
+        catalogue = frozenset(catalogue)
         # The catalogue's names keyed with the first store's seed share the suffixes' keys.
         seed = arrays[0][0] if arrays else 0
-        names = ListStore(_catalogue_store(seed, self._catalogue)) if self._catalogue else None
+        names = ListStore(_catalogue_store(seed, catalogue)) if catalogue else None
         prober = Prober(arrays, names.arrays_with_seed() if names is not None else None)
         self.classify = prober.probe
         self.count = sum(i.store.key_count for i in indexes)
         self.url_count = sum(i.store.url_count for i in indexes)
         self.address_count = sum(i.store.address_count for i in indexes)
-
-    def with_catalogue(self, names: Iterable[str]) -> ListSet:
-        """The same lists, asked also whether a host's suffix is one of `names` (the policy
-        catalogue's own names: services, support sites, canaries), in the same call."""
-        return ListSet(self._indexes, names)
 
     def lookup(self, host: str) -> tuple[int, int, str | None]:
         """For a host (normalised): (list bits, category bits, the listed domain that matched)."""
@@ -157,7 +152,6 @@ class ListSet:
         """
         found_lists, found_categories, first, url_entries, _ = self.classify(host)
         return found_lists, found_categories, first, url_entries
-
 
     def lookup_url(self, names: Sequence[str], path: str) -> tuple[int, int]:
         """(list bits, category bits) of `host/path` entries covering the host and path."""

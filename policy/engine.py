@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from schoolgate.policy.catalogue import ILLEGAL, SUPPORT, SUPPORT_DOMAINS
-from schoolgate.policy.domains import ListSet, normalise_host, suffixes
+from schoolgate.policy.domains import ListIndex, ListSet, normalise_host, suffixes
 from schoolgate.policy.model import (
     NO_CLAUSE,
     NO_MATCH,
@@ -203,7 +203,7 @@ class CompiledPolicy:
         lists: tuple[DomainList, ...],
         rules: tuple[Rule, ...],
         default_rule: Rule,
-        entries: ListSet,
+        list_indexes: Sequence[ListIndex],
         dynamic: DynamicClauses,
         document: Document | None = None,
         fingerprint: str = "",
@@ -220,7 +220,6 @@ class CompiledPolicy:
         self.lists = lists
         self.rules = rules
         self.default_rule = default_rule
-        self.entries = entries  # every list's names, URL prefixes and addresses
         self.dynamic = dynamic
         self.document = document
         self.fingerprint = fingerprint
@@ -259,8 +258,9 @@ class CompiledPolicy:
         self._catalogue_names = frozenset(
             (*self._suffix_service, *self._exact_service, *self._support_domains, *self._canaries)
         )
-        # ... and the lists' own call says whether a host's suffix may be one of them.
-        self.entries = entries.with_catalogue(self._catalogue_names)
+        # Every list's names, URL prefixes and addresses; the lists' own call also says
+        # whether a host's suffix may be one of the catalogue's names.
+        self.entries = ListSet(list_indexes, self._catalogue_names)
         self._rules_by_role: dict[Role, tuple[Rule, ...]] = {
             role: tuple(r for r in rules if role in r.roles) for role in Role
         }
@@ -324,8 +324,17 @@ class CompiledPolicy:
     def _match_new(self, host: str) -> tuple[int, HostMatch]:
         # The entry keeps no suffix strings (they would triple its size); the overlay, the
         # only other reader of them, walks them again when it has something to check.
-        list_bits, list_categories, list_domain, url_entries, catalogued = self.entries.classify(host)
-        if not catalogued and not (host[-1:].isdigit() or ":" in host):
+        # No top-level domain is all digits, so only a name ending in a digit or holding a
+        # colon can be an address literal: the lists' networks answer for one, not their names.
+        maybe_literal = host[-1:].isdigit() or ":" in host
+        address = _address(host) if maybe_literal else None
+        if address is not None:
+            list_bits, list_categories = self.entries.lookup_address(address)
+            list_domain = host if list_bits else None
+            url_entries = False
+        else:
+            list_bits, list_categories, list_domain, url_entries, catalogued = self.entries.classify(host)
+        if not maybe_literal and not catalogued:  # (classify ran: no literal)
             # The commonest first question for a name: one only the lists can hold (no service,
             # support site, canary or address literal: the lists' own call said no suffix is a
             # catalogue name). The general path below gives the same entry; this one skips what
@@ -356,15 +365,6 @@ class CompiledPolicy:
                     if found is not None:
                         service, service_domain = found, name
                         break
-        # No top-level domain is all digits, so only a name ending in a digit or holding a
-        # colon can be an address literal.
-        address = _address(host) if host[-1:].isdigit() or ":" in host else None
-        if address is not None:
-            list_bits, list_categories = self.entries.lookup_address(address)
-            list_domain = host if list_bits else None
-            url_entries = False
-        # else: the lists' answer above (a list's host/path entries for this host too: the
-        # proxy must see its URLs to apply them)
         builtin_bits = 0
         builtin_domain = None
         if known:

@@ -617,3 +617,91 @@ def test_a_decision_about_another_domain_copies_every_field() -> None:
     original = Decision(**values)  # type: ignore[arg-type]
     assert original.about("b.example") == dataclasses.replace(original, matched="b.example")
     assert original.matched == "a.example"
+
+
+# -- the policy's one ListSet: its lists and the catalogue asked in one call -------------------
+
+LITERALS_POLICY = KINDS_POLICY + """
+    [lists.networks]
+    file = "networks.txt"
+    format = "plain"
+    [[rules]]
+    id = "networks"
+    clause = "Acceptable Use §6"
+    reason = "these addresses are blocked"
+    lists = ["networks"]
+    action = "block"
+"""
+
+
+@pytest.fixture
+def literals_policy(write_policy: Callable[..., Path]) -> Path:
+    return write_policy(
+        LITERALS_POLICY,
+        files={
+            "games.txt": "\n".join(GAMES) + "\n",
+            "ads.txt": "".join(f"||{n}^\n" for n in ADS),
+            # public addresses (documentation and private ranges are refused by the list reader)
+            "networks.txt": "blocked-host.example\n45.33.32.156\n93.184.216.0/24\n2a00:1450:4009::/48\n",
+        },
+    )
+
+
+def test_a_compiled_policy_builds_one_prober_with_the_catalogue(
+    literals_policy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lists and the catalogue's names are handed to the compiled prober once, when the
+    policy is built: not a second ListSet over the same buffers for the catalogue."""
+    import schoolgate.policy.domains as domains
+
+    built: list[object] = []
+    real = domains.Prober
+
+    def counted(stores: object, catalogue: object) -> object:
+        built.append(catalogue)
+        return real(stores, catalogue)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(domains, "Prober", counted)
+    policy = load_policy(literals_policy)
+    assert len(built) == 1 and built[0] is not None  # the example catalogue's names are in it
+    now = datetime(2026, 11, 23, 11, tzinfo=UTC)
+    pupil = Client(ip="10.0.0.9", role=Role.PUPIL)
+    assert decide(policy, pupil, Target("www." + GAMES[3]), now).rule_id == "games"
+    assert policy.entries.classify("www." + GAMES[3])[4] is False  # no catalogue name above it
+    catalogue_host = next(iter(policy._catalogue_names))
+    assert policy.entries.classify("www." + catalogue_host)[4] is True
+
+
+@pytest.mark.parametrize(
+    ("host", "rule", "asks_the_names"),
+    [
+        ("45.33.32.156", "networks", False),  # a listed address
+        ("93.184.216.34", "networks", False),  # in a listed network
+        ("2a00:1450:4009::1", "networks", False),
+        ("93.184.217.1", "default", False),  # an address no list holds
+        ("::1", "default", False),
+        (GAMES[0], "default", True),  # a name (the client is staff: games are allowed)
+        ("www." + ADS[1], "ads", True),
+        ("1.2.3.4.example", "default", True),  # ends in a letter: a name
+        ("game.123", "default", True),  # ends in a digit, not an address: a name
+        ("45.33.32.156.", "networks", False),  # rooted: normalised first
+    ],
+)
+def test_an_address_literal_is_answered_by_the_listed_networks_alone(
+    literals_policy: Path, host: str, rule: str, asks_the_names: bool
+) -> None:
+    """An address literal is looked up among the listed networks, and the lists' names are
+    not asked about it first (their answer was thrown away)."""
+    policy = load_policy(literals_policy)
+    asked: list[str] = []
+    classify = policy.entries.classify
+
+    def recording(name: str) -> tuple[int, int, str | None, bool, bool]:
+        asked.append(name)
+        return classify(name)
+
+    policy.entries.classify = recording
+    now = datetime(2026, 11, 23, 11, tzinfo=UTC)
+    decision = decide(policy, Client(ip="10.0.0.9", role=Role.STAFF), Target(host), now)
+    assert decision.rule_id == rule
+    assert bool(asked) is asks_the_names
