@@ -10,9 +10,11 @@ more than answering the query did). The daemon calls `flush_due` a few times a s
 hands over a bounded slice of the finished minutes, so no single call stalls the answers; a
 flood of distinct names that would outgrow `max_folded` is handed over early instead.
 The sink's `submit` never blocks (a bounded queue in schoolgate.store.events). Events are
-handed over as compact tuples (schoolgate.store.events.record.CompactEvent) to a sink that takes
-them (`submit_compact`: the EventWriter, whose thread makes the records): building a record here
-cost more than deciding a blocked query did.
+handed over as asks (schoolgate.store.events.record.Ask: the time, name, type and count, and
+the facts of the decision and client, a tuple made once per decision and client and shared) to
+a sink that takes them (`submit_ask`: the EventChannel to the writing process), or as the
+compact tuples they stand for (`submit_compact`: the EventWriter, whose thread makes the
+records): building a record here cost more than deciding a blocked query did.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from schoolgate.clock import Clock
 from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import LONGEST_TYPE_NAME, Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
-from schoolgate.store.events.record import CompactEvent, EventRecord, from_compact
+from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, from_ask, from_compact
 from schoolgate.store.events.repeats import add_types, within_window
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
 SPECIAL_CLAUSE = "schoolgate DNS: names answered by the appliance itself"
 MAX_FOLDED = 50_000  # distinct (minute, client, name) keys held before handing over early
 FLUSH_SLICE = 500  # records handed over per flush_due call
+FACTS_LIMIT = 4096  # (decision, client) pairs whose ask facts are kept; a full table starts over
 
 
 def compact_event(
@@ -41,11 +44,17 @@ def compact_event(
     """The event of one decision (or `count` folded ones) in compact form: the record
     EventRecord.from_decision makes, as record.COMPACT_FIELDS orders its values. `qtype` is the
     type asked, or the text of the types asked ("A,AAAA,HTTPS")."""
+    asked = type_name(qtype) if type(qtype) is int else qtype
+    return from_ask((ts, host, asked, count, ask_facts(decision, client, site=site)))
+
+
+def ask_facts(decision: Decision, client: Client, *, site: str) -> tuple[Any, ...]:
+    """The facts of the events of `decision` for `client` (record.ASK_FACTS): every value of
+    their compact events but the time, name, type and count."""
     return (
-        ts, site, "dns", client.ip, host, decision.verdict._value_, decision.rule_id, decision.role._value_,
-        client.mac, client.device_id, client.device_name, client.person_id, client.person_name,
-        type_name(qtype) if type(qtype) is int else qtype, None, None, decision.clause, decision.service,
-        decision.category, decision.flags, count, client.identity_source,
+        site, "dns", client.ip, decision.verdict._value_, decision.rule_id, decision.role._value_,
+        client.mac, client.device_id, client.device_name, client.person_id, client.person_name, None, None,
+        decision.clause, decision.service, decision.category, decision.flags, client.identity_source,
     )
 
 
@@ -59,6 +68,15 @@ def _compact_submitter(sink: EventSink) -> Callable[[CompactEvent], bool]:
     if takes_compact is not None:
         return takes_compact  # type: ignore[no-any-return]
     return lambda event: sink.submit(from_compact(event))
+
+
+def _ask_submitter(sink: EventSink, submit: Callable[[CompactEvent], bool]) -> Callable[[Ask], bool]:
+    """How to hand an ask to `sink`: as it is, if the sink takes them, else as the compact
+    event it stands for (through `submit`)."""
+    takes_asks = getattr(sink, "submit_ask", None)
+    if takes_asks is not None:
+        return takes_asks  # type: ignore[no-any-return]
+    return lambda ask: submit(from_ask(ask))
 
 
 class EventsStage(Stage):
@@ -77,6 +95,11 @@ class EventsStage(Stage):
         super().__init__()
         self.sink = sink
         self.submit = _compact_submitter(sink)
+        self.submit_ask = _ask_submitter(sink, self.submit)
+        # (id of a decision, id of its client or the client's IP) -> (decision, client, their ask
+        # facts): the facts of every event of one decision for one client are one shared tuple.
+        # The entry holds the two objects, so their ids stay theirs while it is kept.
+        self._facts: dict[tuple[int, int | str], tuple[Decision, Client | None, tuple[Any, ...]]] = {}
         # The daemon's clock, for answers given before the policy stage stamped the query (the
         # appliance's own names, the DoH and Private Relay canaries): every event of one daemon
         # is on one clock, as the alert scan that orders them by time expects.
@@ -100,6 +123,21 @@ class EventsStage(Stage):
     def set_sink(self, sink: EventSink) -> None:
         self.sink = sink
         self.submit = _compact_submitter(sink)
+        self.submit_ask = _ask_submitter(sink, self.submit)
+
+    def facts(self, decision: Decision, client: Client | None, client_ip: str) -> tuple[Any, ...]:
+        """The facts (record.ASK_FACTS) of the events of `decision` for `client` (None: known
+        by `client_ip` alone), made once per decision and client: compact_event's values but
+        the time, name, type and count."""
+        key = (id(decision), client_ip if client is None else id(client))
+        known = self._facts.get(key)
+        if known is not None and known[0] is decision and known[1] is client:
+            return known[2]
+        facts = ask_facts(decision, client if client is not None else Client(ip=client_ip), site=self.site)
+        if len(self._facts) >= FACTS_LIMIT:
+            self._facts = {}
+        self._facts[key] = (decision, client, facts)
+        return facts
 
     def held(self) -> tuple[int, int]:
         """(rows, queries) folded in memory and not yet handed to the sink: what a kill loses.
@@ -153,9 +191,7 @@ class EventsStage(Stage):
             if self.hold_asks:
                 self._hold(decision, client, client_ip, qname, qtype, ts=ts)
                 return
-            self.submit(compact_event(
-                decision, client or Client(ip=client_ip), qname, qtype, site=self.site, ts=ts,
-            ))
+            self.submit_ask((ts, qname, type_name(qtype), 1, self.facts(decision, client, client_ip)))
             self.logged += 1
             return
         key = (int(ts) // 60, client_ip, qname, decision.verdict._value_)
@@ -204,12 +240,12 @@ class EventsStage(Stage):
     def _hand_over(self, attempts: dict[tuple[str, str], list[Any]]) -> None:
         """Submit `attempts` (no longer in self._attempts): one loop, as this runs for every
         blocked name."""
-        submit, site = self.submit, self.site
+        submit, facts = self.submit_ask, self.facts
         asks = 0
         for (client_ip, qname), (decision, client, types, count, _, ts) in attempts.items():
-            submit(compact_event(
-                decision, client if client is not None else Client(ip=client_ip), qname,
-                types if type(types) is int else ",".join(map(type_name, types)), site=site, ts=ts, count=count,
+            submit((
+                ts, qname, type_name(types) if type(types) is int else ",".join(map(type_name, types)), count,
+                facts(decision, client, client_ip),
             ))
             asks += count
         self._held_asks -= asks
@@ -245,9 +281,8 @@ class EventsStage(Stage):
     def _submit_folded(self, key: tuple[int, str, str, str], slot: list[object]) -> None:
         count, decision, client, qtype, ts = slot
         assert isinstance(decision, Decision) and isinstance(ts, float) and isinstance(count, int)
-        who = client if isinstance(client, Client) else Client(ip=key[1])
-        assert isinstance(qtype, int)
-        self.submit(compact_event(decision, who, key[2], qtype, site=self.site, ts=ts, count=count))
+        assert isinstance(qtype, int) and (client is None or isinstance(client, Client))
+        self.submit_ask((ts, key[2], type_name(qtype), count, self.facts(decision, client, key[1])))
         self.logged += 1
 
     def _special(self, query: Query) -> None:

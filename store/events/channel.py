@@ -2,7 +2,8 @@
 
 Building a row and inserting it costs several times what answering a blocked query does, so a
 DNS worker must not do it: it hands each event over as a compact event (record.CompactEvent, a
-tuple of values it already holds) to an ``EventChannel``, which gathers them and sends them in
+tuple of values it already holds; most of the DNS daemon's as an ask, record.Ask, whose shared
+facts are written once per batch) to an ``EventChannel``, which gathers them and sends them in
 batches (``marshal``, one message per batch) over a ``SOCK_SEQPACKET`` socket pair made before
 the workers are forked. The daemon's event-writing process reads the other end
 (``receive_events``) into its one ``EventWriter``, which owns the database.
@@ -33,7 +34,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from schoolgate.store.events.record import CompactEvent, EventRecord, compact
+from schoolgate.store.events.record import ASK_LEN, Ask, CompactEvent, EventRecord, compact, from_ask
 from schoolgate.store.events.status import write_status
 from schoolgate.store.events.writer import HeldCounter, StatusTarget
 
@@ -78,10 +79,11 @@ def encode(events: list[CompactEvent]) -> bytes:
 
 
 def decode(message: bytes) -> list[CompactEvent]:
+    """A batch's compact events: asks (record.Ask, the DNS daemon's) made whole again."""
     events = marshal.loads(message)  # noqa: S302 (our own socket pair, never the network)
     if not isinstance(events, list):
         raise ValueError(f"an event batch is a list, not {type(events).__name__}")
-    return events
+    return [from_ask(event) if len(event) == ASK_LEN else event for event in events]
 
 
 class EventChannel:
@@ -131,7 +133,16 @@ class EventChannel:
             self.flush()
         return True
 
-    submit_compact = submit  # the name the DNS events stage looks for
+    submit_compact = submit
+
+    def submit_ask(self, ask: Ask) -> bool:
+        """`submit` for an ask (record.Ask): the DNS events stage's events, sent as they are."""
+        self.submitted += 1
+        batch = self._batch
+        batch.append(ask)
+        if len(batch) >= self.batch_events:
+            self.flush()
+        return True
 
     def flush(self) -> None:
         """Send what waits and the batch gathered so far (never blocks)."""

@@ -27,7 +27,7 @@ from schoolgate.dns.wire import Query, parse_query
 from schoolgate.gateway.sets import MemoryWatchedSets
 from schoolgate.policy import decide, load_policy
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
-from schoolgate.store.events.record import EventRecord, from_compact
+from schoolgate.store.events.record import EventRecord, from_ask, from_compact
 
 POLICY = load_policy(DATA / "policy.toml")
 TEN = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
@@ -614,3 +614,59 @@ def test_attempts_are_held_until_the_tick_and_at_most_the_bound() -> None:
     stage.record(BLOCKED, IPAD, IPAD.ip, "e.test", 28, ts=T + 0.05)
     assert [(e[4], e[13]) for e in sink.events][-2:] == [("e.test", "A"), ("e.test", "AAAA")]
     assert stage.held() == (0, 0) and stage.logged == len(sink.events) == 6
+
+
+class AskSink:
+    """What the EventChannel takes: asks (record.Ask) and compact events."""
+
+    def __init__(self) -> None:
+        self.asks: list[tuple] = []
+        self.compact: list[tuple] = []
+
+    def submit(self, record):
+        raise AssertionError("records are for sinks without submit_compact")
+
+    def submit_compact(self, event) -> bool:
+        self.compact.append(event)
+        return True
+
+    def submit_ask(self, ask) -> bool:
+        self.asks.append(ask)
+        return True
+
+
+@pytest.mark.parametrize("hold", [0, 128])
+def test_a_sink_that_takes_asks_gets_each_event_as_an_ask_with_shared_facts(hold: int) -> None:
+    """Blocked events go over as asks whose facts, the same for every event of one decision
+    for one client, are one tuple made once; each ask stands for the compact event the stage
+    would have made."""
+    sink = AskSink()
+    stage = EventsStage(sink, "dnstest")
+    stage.fold_asks(hold)
+    other = replace(IPAD, ip="10.41.20.16", device_id="KW-IPAD-13")
+    asked = [(IPAD, f"ads{n}.example", 1, T + n) for n in range(5)] + [(other, "ads9.example", 28, T + 9)]
+    for client, name, qtype, ts in asked:
+        stage.record(BLOCKED, client, client.ip, name, qtype, ts=ts)
+    stage.hand_over_attempts()
+    stage.record(BLOCKED, None, "10.41.20.99", "ads10.example", 65, ts=T + 10)  # an unknown client
+    stage.hand_over_attempts()
+    assert not sink.compact
+    expected = [compact_event(BLOCKED, client, name, qtype, site="dnstest", ts=ts) for client, name, qtype, ts in asked]
+    expected.append(compact_event(BLOCKED, Client(ip="10.41.20.99"), "ads10.example", 65, site="dnstest", ts=T + 10))
+    assert [from_ask(ask) for ask in sink.asks] == expected
+    facts = [ask[4] for ask in sink.asks]
+    assert all(f is facts[0] for f in facts[:5]) and facts[5] is not facts[0] and facts[6] is not facts[0]
+
+
+def test_the_facts_kept_for_asks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import schoolgate.dns.stages.events as events_module
+
+    monkeypatch.setattr(events_module, "FACTS_LIMIT", 8)
+    sink = AskSink()
+    stage = EventsStage(sink, "dnstest")
+    clients = [replace(IPAD, ip=f"10.41.21.{n}") for n in range(50)]
+    for n, client in enumerate(clients):
+        stage.record(BLOCKED, client, client.ip, "ads.example", 1, ts=T + n)
+        assert len(stage._facts) <= 8
+    assert [from_ask(ask)[3] for ask in sink.asks] == [client.ip for client in clients]
+

@@ -25,10 +25,11 @@ from schoolgate.store.events.channel import (
     MAX_MESSAGE,
     EventChannel,
     channel_pair,
+    decode,
     encode,
     receive_events,
 )
-from schoolgate.store.events.record import RECORD_FIELDS, compact
+from schoolgate.store.events.record import ASK_FACTS, COMPACT_FIELDS, RECORD_FIELDS, compact
 from schoolgate.store.models import AccessEvent
 
 SITE = "testschool"
@@ -167,9 +168,58 @@ def test_a_batch_larger_than_one_message_is_split(monkeypatch: pytest.MonkeyPatc
     assert channel.stats()["handed"] == 200
 
 
+def ask_of(rec: EventRecord) -> tuple[Any, ...]:
+    """The ask (record.Ask) a record's compact event is."""
+    values = dict(zip(COMPACT_FIELDS, compact(rec), strict=True))
+    return (values["ts"], values["host"], values["qtype"], values["count"], tuple(values[n] for n in ASK_FACTS))
+
+
+def test_asks_and_compact_events_are_stored_as_the_same_rows(engine: Engine) -> None:
+    """The DNS daemon hands most events over as asks (their facts shared): the writer stores
+    the rows the compact events they stand for make, every column."""
+    records = [record(n, count=n % 3 + 1, qtype="A,AAAA,HTTPS" if n % 2 else "A") for n in range(40)]
+    sending, reading = channel_pair()
+    writer = EventWriter(engine, flush_interval=0.02)
+    writer.start()
+    channel = EventChannel(sending)
+    for n, rec in enumerate(records):
+        if n % 2:
+            channel.submit_ask(ask_of(rec))  # type: ignore[arg-type]
+        else:  # a compact event of the same facts, with a host of its own
+            channel.submit_compact(compact(replace(rec, host=f"compact{n}.example")))
+        channel.submit_compact(compact(replace(rec, host=f"as-compact{n}.example")))
+    channel.flush()
+    sending.close()
+    thread = receive_all(reading, writer)
+    thread.join(10)
+    writer.stop()
+    by_host = {row.host: row for row in stored(engine)}
+    assert len(by_host) == 80
+    columns = [c for c in RECORD_FIELDS if c not in ("uid", "host")]
+    for n in range(1, 40, 2):
+        asked, compacted = by_host[f"host{n}.example"], by_host[f"as-compact{n}.example"]
+        assert [getattr(asked, c) for c in columns] == [getattr(compacted, c) for c in columns], n
+
+
+def test_a_batch_of_asks_shares_their_facts_and_decodes_to_compact_events() -> None:
+    """A batch's shared facts are written once (marshal's references), and decoding makes each
+    ask the compact event it stands for, beside compact events in the same batch."""
+    asks = [ask_of(record(n, client_ip="10.0.0.1")) for n in range(100)]
+    shared = asks[0][4]
+    asks = [(*ask[:4], shared) for ask in asks]
+    events = [compact(record(n, client_ip="10.0.0.1")) for n in range(100)]
+    assert len(encode(asks)) * 2 < len(encode(events))
+    assert decode(encode([*asks, events[0], *asks[:1]])) == [*events, events[0], events[0]]
+
+
 @pytest.mark.parametrize(
     "message",
-    [b"not marshal", encode({"a": 1}), b"\x00"],
+    [
+        b"not marshal", encode({"a": 1}), b"\x00",
+        encode([(1.0, "a.example", "A", 1, ("short",))]),  # an ask whose facts are not whole
+        encode([(1.0, "a.example", "A", 1, ["not", "a", "tuple"])]),
+        encode([7]),  # neither an ask nor a compact event
+    ],
 )
 def test_an_unreadable_batch_is_lost_alone(engine: Engine, message: bytes) -> None:
     sending, reading = channel_pair()

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
 from schoolgate.store.db import make_engine
 from schoolgate.store.events import AllowedAggregator, EventRecord, EventWriter, StatusTarget, read_status
-from schoolgate.store.events.record import COMPACT_FIELDS, compact, from_compact
+from schoolgate.store.events.record import ASK_FACTS, COMPACT_FIELDS, compact, from_ask, from_compact
 from schoolgate.store.models import AccessEvent
 
 SITE = "testschool"
@@ -124,6 +124,46 @@ def test_a_compact_event_stands_for_its_record_field_by_field(flags: frozenset[s
     assert from_compact(event).row() == full.row()
     with pytest.raises(ValueError, match="fields"):
         from_compact(event[:-1])
+
+
+def _ask_of(event: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The ask a compact event is, by the fields' names."""
+    values = dict(zip(COMPACT_FIELDS, event, strict=True))
+    return (values["ts"], values["host"], values["qtype"], values["count"], tuple(values[n] for n in ASK_FACTS))
+
+
+@pytest.mark.parametrize("flags", [frozenset({"repeat", "circumvention"}), "special_name", frozenset()])
+def test_an_ask_stands_for_its_compact_event_field_by_field(flags: frozenset[str] | str) -> None:
+    """The DNS daemon's asks (the time, name, type and count, and the shared facts) are made
+    into the very compact events, and so records and rows, that they stand for."""
+    full = record(7, mac="02:00:00:00:00:07", device_id="LAP-07", device_name="Laptop 7", person_id="p42",
+                  person_name="Sam Pupil", qtype="A,AAAA,HTTPS", clause="Social Media Policy §9",
+                  service="facebook", category="social_media", flags=flags, count=3, identity_source="dhcp")
+    event = compact(full)
+    assert set(ASK_FACTS) == set(COMPACT_FIELDS) - {"ts", "host", "qtype", "count"}
+    assert from_ask(_ask_of(event)) == event
+    assert from_compact(from_ask(_ask_of(event))).row() == full.row()
+
+
+_FACTS = tuple(f"fact{i}" for i in range(len(ASK_FACTS)))
+
+
+@pytest.mark.parametrize(
+    ("ask", "error"),
+    [
+        ((), "an ask has 5 fields, not 0"),
+        ((1.0, "a.example", "A", 1), "an ask has 5 fields, not 4"),
+        ((1.0, "a.example", "A", 1, _FACTS, None), "an ask has 5 fields, not 6"),
+        ((1.0, "a.example", "A", 1, list(_FACTS)), "facts are a tuple"),
+        ((1.0, "a.example", "A", 1, _FACTS[:-1]), "facts are a tuple of 18 values"),
+        ((1.0, "a.example", "A", 1, (*_FACTS, None)), "facts are a tuple of 18 values"),
+        ((1.0, "a.example", "A", 1, "x" * len(ASK_FACTS)), "facts are a tuple"),
+        ((1.0, "a.example", "A", 1, None), "facts are a tuple"),
+    ],
+)
+def test_what_is_not_an_ask_is_refused(ask: tuple[Any, ...], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        from_ask(ask)
 
 
 def test_compact_events_are_written_as_their_records_would_be(engine: Engine) -> None:
