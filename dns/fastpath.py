@@ -22,7 +22,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from schoolgate.dns._question import plain_name
+from schoolgate.dns._question import plain_query, reply
 from schoolgate.dns.cache import AnswerCache
 from schoolgate.dns.stages.cache import decision_key
 from schoolgate.dns.stages.events import EventsStage
@@ -34,8 +34,6 @@ from schoolgate.dns.wire import (
     CLASS_IN,
     EDNS_UDP_SIZE,
     HEADER,
-    PLAIN_UDP_SIZE,
-    QFIXED,
     QR,
     QUESTION_PTR,
     RA,
@@ -43,13 +41,11 @@ from schoolgate.dns.wire import (
     RR_FIXED,
     TYPE_A,
     TYPE_AAAA,
-    TYPE_OPT,
     edns_opt,
     encode_name,
 )
 from schoolgate.policy.types import Client, Decision, Target, Verdict
 
-_NOT_SIMPLE = QR | 0x7800  # a response, or an opcode other than QUERY: the full parser says what to do
 _ECHOED = RD | CD
 _OPT_CACHE_LIMIT = 1024
 _NEVER = float("inf")
@@ -151,39 +147,18 @@ class FastPath:
 
     def answer_in(self, drain: Drain, data: bytes, client_ip: str) -> bytes | None:
         """The answer to a UDP query of a wake-up's `drain`, or None for the chain to answer it."""
-        size = len(data)
-        if size < 17:
+        # The query, if it is a plain one, in one compiled pass (dns/_question.c): a QUERY
+        # with one question, class IN, an ordinary type, no answer or authority records, at
+        # most one OPT record (EDNS version 0, inside the packet), and a plain name (labels
+        # only, ASCII, no dot inside a label: for those the wire form and the dotted name the
+        # stages compare say the same thing), read as wire.parse_query reads it. Anything
+        # else (TSIG, a bad EDNS version, a short record, a pointer) is the full parser's.
+        query = plain_query(data, EDNS_UDP_SIZE)
+        if query is None:
             return None
-        ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
-        if flags & _NOT_SIMPLE or qdcount != 1 or ancount or nscount or arcount > 1:
-            return None
-        # The question's name, as wire.parse_query reads it, if it is a plain one: labels
-        # only, ASCII, no dot inside a label (for those the wire form and the dotted name the
-        # stages compare say the same thing), in one compiled pass.
-        question = plain_name(data)
-        if question is None:
-            return None
-        offset, name_wire, dotted = question
-        question_end = offset + 4
-        qtype, qclass = QFIXED.unpack_from(data, offset)
-        if qclass != CLASS_IN or qtype == 0 or qtype >= 128:  # refused, or meta and zone-transfer types
-            return None
+        ident, flags, question_end, name_wire, dotted, qtype, edns, dnssec_ok, max_size = query
         if name_wire in self._special_names or name_wire.endswith(self._special_suffixes):
             return None
-        edns = False
-        dnssec_ok = False
-        max_size = PLAIN_UDP_SIZE
-        if arcount:
-            # One OPT record at the root, EDNS version 0, wholly inside the packet: anything
-            # else (TSIG, a bad version, a short record) is the full parser's to answer.
-            if question_end + 11 > size or data[question_end] != 0:
-                return None
-            rtype, udp_size, ttl, rdlength = RR_FIXED.unpack_from(data, question_end + 1)
-            if rtype != TYPE_OPT or ttl & 0xFF0000 or question_end + 11 + rdlength > size:
-                return None
-            edns = True
-            dnssec_ok = bool(ttl & 0x8000)
-            max_size = max(PLAIN_UDP_SIZE, min(udp_size, EDNS_UDP_SIZE))
         # identify -> policy, as the stages do it; the decision for this client and name is
         # remembered while nothing it depends on can have moved (see _decided).
         client = drain.clients.get(client_ip)
@@ -243,14 +218,14 @@ class FastPath:
                     if len(self._block_tails) >= _OPT_CACHE_LIMIT:
                         self._block_tails.clear()
                     self._block_tails[tail_key] = known
-            answer = data[:2] + _REPLY_HEADS[reply_flags, known[0], edns] + data[12:question_end] + known[1]
+            answer = reply(data, question_end, _REPLY_HEADS[reply_flags, known[0], edns], known[1])
         elif verdict is Verdict.ALLOW:
             if (decision.service is not None or decision.url_scoped) and qtype in (TYPE_A, TYPE_AAAA):
                 return None  # the watch stage feeds these answers' addresses to the gateway
             # The cached bytes with this client's ID, question and TTLs, and our OPT record
             # when the client spoke EDNS (the entry is stored without one).
             out = self.cache.render_fresh(
-                (name_wire, qtype, qclass, dkey, dnssec_ok), ident, data[12:question_end], ceiling=ceiling,
+                (name_wire, qtype, CLASS_IN, dkey, dnssec_ok), ident, data[12:question_end], ceiling=ceiling,
                 room=max_size - _PLAIN_OPT_SIZE if edns else max_size,
             )
             if out is None:
