@@ -22,7 +22,9 @@ own work). The database is a fresh file in a temporary folder each time. Beside 
 worker's CPU per query for that hand-over (this process's thread time from the first ``record``
 to the channel's stop: building, folding, encoding and sending events; less the same paced loop
 run again logging nothing, whose sleeps and cold wake-ups a worker pays anyway), and worker +
-writer: what logging a blocked query costs the appliance.
+writer: what logging a blocked query costs the appliance. Last, what a row costs on disk in
+the writer's database: the events table's pages and its indexes' pages per row (SQLite's
+dbstat), what a school's year of blocked queries fills on the appliance's SD card.
 
 Then, in the same run, the writing process's own body (store.events.writing.run_writing_sources,
 from each process's start to its end) fed the same DNS events plus a proxy event for every
@@ -335,6 +337,21 @@ def bare_sqlite(path: Path, events: list[CompactEvent], per_transaction: int) ->
     return ((after.ru_utime - before.ru_utime) / len(rows) * 1e6, (after.ru_stime - before.ru_stime) / len(rows) * 1e6)
 
 
+def bytes_per_row(path: Path) -> tuple[float, float]:
+    """(table, indexes) bytes on disk per events row of the database at `path` (SQLite's dbstat:
+    the pages each B-tree holds, so their free space counts too, as it does on the disk)."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        sizes = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                                    "AND tbl_name = 'events'")}
+    finally:
+        conn.close()
+    table = sizes.get("events", 0)
+    return table / max(rows, 1), sum(sizes.get(name, 0) for name in indexes) / max(rows, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="events per case when not paced")
@@ -358,7 +375,8 @@ def main() -> int:
           f"apart, {WRITER_SQLITE_CACHE_KIB} KiB page cache; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs; {args.mix} mix (µs per query handed over; bare sqlite3: one row per query)")
     print(f"  {'devices':>7} {'rate/s':>7} {'events':>8}   {'µs CPU/event':>12} {'(user':>6} {'sys)':>6}"
-          f"   {'bare sqlite3':>12}   ratio   {'worker µs':>9}   {'worker+writer':>13}")
+          f"   {'bare sqlite3':>12}   ratio   {'worker µs':>9}   {'worker+writer':>13}"
+          f"   {'B/row: table':>12} {'indexes':>7}")
     for devices in args.devices:
         for rate in args.rates:
             count = args.events if not rate else int(rate * args.seconds)
@@ -369,6 +387,7 @@ def main() -> int:
                 url = f"sqlite:///{folder / 'events.db'}"
                 init_db(url).dispose()
                 user, system, worker = writing_process(url, events, rate, devices)
+                table_bytes, index_bytes = bytes_per_row(folder / "events.db")
                 init_db(f"sqlite:///{folder / 'bare.db'}").dispose()
                 # The writer's transactions: a burst's events, up to its batch size.
                 per_transaction = min(WRITER_BATCH_ROWS, int(rate * WRITER_GATHER_S)) if rate else WRITER_BATCH_ROWS
@@ -378,7 +397,8 @@ def main() -> int:
             total, bare = user + system, bare_user + bare_system
             label = f"{rate:g}" if rate else "max"
             print(f"  {devices:>7} {label:>7} {count:>8,}   {total:12.2f} {user:6.2f} {system:6.2f}"
-                  f"   {bare:12.2f}   {total / bare:5.2f}   {worker:9.2f}   {worker + total:13.2f}", flush=True)
+                  f"   {bare:12.2f}   {total / bare:5.2f}   {worker:9.2f}   {worker + total:13.2f}"
+                  f"   {table_bytes:12.0f} {index_bytes:7.0f}", flush=True)
     if args.no_body:
         return 0
     print("The writing body, from each process's start to its end, the DNS daemon's events and a proxy event "

@@ -32,6 +32,7 @@ from schoolgate.policy import load_policy
 from schoolgate.review.facts import Year, gather
 from schoolgate.review.render import render_html
 from schoolgate.services import activity, checklog, coverage, metrics, rollups
+from schoolgate.store.coltypes import utc_microseconds
 from schoolgate.store.db import init_db, session_factory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def fill(path: Path, rows: int) -> None:
         "INSERT INTO events (site, ts, source, client_ip, device_id, role, host, verdict, rule_id, clause, "
         "category, flags, count) VALUES (?, ?, 'dns', ?, ?, ?, ?, 'block', 'r', '', ?, '', 1)",
         (
-            (SITE, (START + timedelta(seconds=rng.randrange(span))).strftime("%Y-%m-%d %H:%M:%S.%f"),
+            (SITE, utc_microseconds(START + timedelta(seconds=rng.randrange(span))),
              f"10.41.20.{n % 250}", f"IPAD-{n % 400}", rng.choice(["pupil", "staff", "guest"]),
              f"h{rng.randrange(5000)}.example", rng.choice(["gambling", "pornography", "social_media", "dating"]))
             for n in range(rows)

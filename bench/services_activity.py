@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from schoolgate.services import activity, digest, rollups
 from schoolgate.services.alert_rules import AlertEngine, AlertSettings
+from schoolgate.store.coltypes import utc_microseconds
 from schoolgate.store.db import init_db, session_factory
 
 SITE = "bench"
@@ -53,7 +54,7 @@ def fill(path: Path, rows: int) -> None:
         batch.append(
             (
                 SITE,
-                ts.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                utc_microseconds(ts),
                 "dns",
                 f"10.0.{device // 250}.{device % 250 + 1}",
                 f"DEV-{device}",
@@ -109,7 +110,7 @@ def main() -> None:
         factory = session_factory(engine, readonly=True)
         day, week, month = timedelta(days=1), timedelta(days=7), timedelta(days=30)
         raw = sqlite3.connect(path)
-        since = (NOW - day).strftime("%Y-%m-%d %H:%M:%S.%f")
+        since = utc_microseconds(NOW - day)
 
         def reference() -> object:
             return raw.execute("SELECT count(*) FROM events WHERE site = ? AND ts >= ?", (SITE, since)).fetchone()

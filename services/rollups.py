@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from schoolgate.services.common import advance_mark, read_mark, write_mark
@@ -46,7 +46,10 @@ def hour_expression(session: Session) -> Any:
     """SQL for the start of an event's UTC hour, as text 'YYYY-MM-DD HH:00:00'."""
     if session.get_bind().dialect.name == "postgresql":
         return func.to_char(func.date_trunc("hour", AccessEvent.ts), "YYYY-MM-DD HH24:00:00")
-    return func.strftime("%Y-%m-%d %H:00:00", AccessEvent.ts)
+    # SQLite stores events.ts as integer microseconds (store.coltypes.UTCMicroseconds); the
+    # division is SQLite's integer one, whole seconds for every time after 1970.
+    seconds = type_coerce(AccessEvent.ts, BigInteger) // 1_000_000
+    return func.strftime("%Y-%m-%d %H:00:00", seconds, "unixepoch")
 
 
 def parse_hour(text: str) -> datetime:

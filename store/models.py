@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from schoolgate.store.coltypes import UTCDateTime, utcnow
+from schoolgate.store.coltypes import UTCDateTime, UTCMicroseconds, utcnow
 
 # Named constraints: migrations can then drop or alter them by name on every backend
 # (SQLite's batch mode and PostgreSQL both need the name).
@@ -141,7 +141,8 @@ class AccessEvent(Base):
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     site: Mapped[str] = mapped_column(SITE)
-    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    # SQLite: an INTEGER of microseconds (UTCMicroseconds); readers see aware datetimes either way.
+    ts: Mapped[datetime] = mapped_column(UTCMicroseconds)
     source: Mapped[str] = mapped_column(String(10))  # dns, proxy, console
     client_ip: Mapped[str] = mapped_column(String(45))
     mac: Mapped[str | None] = mapped_column(String(17))

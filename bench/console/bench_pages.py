@@ -30,6 +30,7 @@ from schoolgate.config import load_config
 from schoolgate.console import accounts, create_app
 from schoolgate.services import rollups
 from schoolgate.services.permissions import ConsoleRole
+from schoolgate.store.coltypes import utc_microseconds
 from schoolgate.store.db import init_db, session_factory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def fill(db: Path, rows: int) -> None:
         search = f"how to {rng.randrange(1000)}" if rng.random() < 0.03 else None
         flags = "circumvention" if rng.random() < 0.002 else ""
         batch.append((
-            SITE, ts.strftime("%Y-%m-%d %H:%M:%S.%f"), "dns" if rng.random() < 0.7 else "proxy",
+            SITE, utc_microseconds(ts), "dns" if rng.random() < 0.7 else "proxy",
             f"10.41.{20 + device // 250}.{device % 250 + 1}", f"02:00:00:00:{device // 256:02x}:{device % 256:02x}",
             f"KW-DEV-{device:03d}", f"Device {device}", f"P{device:04d}", f"Person {device}",
             rng.choice(ROLES), host, f"https://{host}/page" if blocked else None, search,

@@ -34,7 +34,6 @@ from schoolgate.store.events.rows import (
     insert_postgres_rows,
     insert_sqlite_rows,
     row_format,
-    sqlite_ts_text,
     storable_text,
 )
 from schoolgate.store.events.shipper import SpoolShipper
@@ -62,7 +61,6 @@ __all__ = [
     "read_status",
     "row_format",
     "spool_paths",
-    "sqlite_ts_text",
     "storable_text",
     "write_status",
 ]

@@ -9,7 +9,6 @@ rows' own fault (never worth a retry) is decided here, in ``is_bad_data``.
 from __future__ import annotations
 
 import functools
-import math
 import operator
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -26,9 +25,9 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
+from schoolgate.store.coltypes import from_utc_microseconds, posix_microseconds, utc_microseconds
 from schoolgate.store.events.record import (
     COMPACT_FIELDS,
-    RECORD_FIELDS,
     CompactEvent,
     EventRecord,
     flags_text,
@@ -36,16 +35,16 @@ from schoolgate.store.events.record import (
 )
 from schoolgate.store.models import AccessEvent
 
-# The fast paths (``SqliteRows``, ``PostgresRows``) bind a plain tuple per row: the three
-# columns they compute first, then every other field as the record holds it.
-_PLAIN_FIELDS = tuple(name for name in RECORD_FIELDS if name not in ("ts", "flags", "uid"))
-_plain_values = operator.attrgetter(*_PLAIN_FIELDS)
-_TUPLE_COLUMNS = ("ts", "flags", "uid", *_PLAIN_FIELDS)
+# The fast paths (``SqliteRows``, ``PostgresRows``) bind a plain tuple per row, its values in a
+# compact event's order (record.CompactEvent) and the uid last: a compact event's row is then its
+# own values in two slices, with its time and flags made storable (no per-field gathering).
+_TUPLE_COLUMNS = (*COMPACT_FIELDS, "uid")
 _TUPLE_SITE = _TUPLE_COLUMNS.index("site")
-# The same fields taken from a compact event (record.CompactEvent), and where its flags are.
-_compact_plain_values = operator.itemgetter(*(COMPACT_FIELDS.index(name) for name in _PLAIN_FIELDS))
-_COMPACT_FLAGS = COMPACT_FIELDS.index("flags")
+_FLAGS_AT = COMPACT_FIELDS.index("flags")
+_AFTER_FLAGS = _FLAGS_AT + 1
 _COMPACT_LEN = len(COMPACT_FIELDS)
+assert COMPACT_FIELDS[0] == "ts", "the rows' builders replace the first value with the stored time"
+_record_values = operator.attrgetter(*COMPACT_FIELDS)  # a record's fields in that order, in one C call
 
 
 def _tuple_insert(placeholder: str) -> str:
@@ -57,38 +56,6 @@ def _tuple_insert(placeholder: str) -> str:
 
 _SQLITE_INSERT = _tuple_insert("?")  # sqlite3: qmark
 _PG_INSERT = _tuple_insert("%s")  # psycopg: format
-
-
-def sqlite_ts_text(ts: datetime) -> str:
-    """``ts`` as the text UTCDateTime stores on SQLite ("2026-11-23 10:15:05.000000", UTC).
-
-    isoformat rather than strftime: it is quicker and pads years below 1000 to four digits,
-    as SQLAlchemy's SQLite DateTime does.
-    """
-    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-@functools.lru_cache(maxsize=64)
-def _second_text(second: int) -> str:
-    """A whole POSIX second as UTCDateTime's SQLite text, without the fraction."""
-    return datetime.fromtimestamp(second, UTC).replace(tzinfo=None).isoformat(" ")
-
-
-def sqlite_posix_text(ts: float) -> str:
-    """POSIX seconds as the text UTCDateTime stores on SQLite: ``sqlite_ts_text`` of
-    ``datetime.fromtimestamp(ts, UTC)``, to the same microsecond (rounded half to even).
-
-    The writer makes one per blocked query: a datetime made, converted and formatted per row
-    cost 1.8 µs of the event-writing process's CPU; the text of the second is remembered
-    (events come in time order, so a few seconds cover a batch) and only the fraction is
-    formatted, in about a fifth of that.
-    """
-    second = math.floor(ts)
-    micro = round((ts - second) * 1_000_000)  # exact subtraction; round() is half to even
-    if micro >= 1_000_000:
-        second += 1
-        micro -= 1_000_000
-    return f"{_second_text(second)}.{micro:06d}"
 
 
 # What writing a batch can raise. UnicodeEncodeError is not a database error: the drivers
@@ -290,13 +257,15 @@ class SqliteRows:
 
     @staticmethod
     def build(record: EventRecord, uids: Callable[[], str]) -> tuple[Any, ...]:
-        flags = record.flags
+        values = _record_values(record)
+        flags = values[_FLAGS_AT]
         uid = record.uid
         return (
-            sqlite_ts_text(record.ts),
+            utc_microseconds(values[0]),  # what UTCMicroseconds stores on SQLite
+            *values[1:_FLAGS_AT],
             flags_text(flags) if flags else "",
+            *values[_AFTER_FLAGS:],
             uids() if uid is None else uid,
-            *_plain_values(record),
         )
 
     @staticmethod
@@ -305,12 +274,13 @@ class SqliteRows:
         events come so: this is the writer thread's work per blocked query)."""
         if len(event) != _COMPACT_LEN:
             raise ValueError(f"a compact event has {_COMPACT_LEN} fields, not {len(event)}")
-        flags = event[_COMPACT_FLAGS]
+        flags = event[_FLAGS_AT]
         return (
-            sqlite_posix_text(event[0]),
+            posix_microseconds(event[0]),
+            *event[1:_FLAGS_AT],
             flags_text(flags) if flags else "",
+            *event[_AFTER_FLAGS:],
             uids(),
-            *_compact_plain_values(event),
         )
 
     @staticmethod
@@ -324,7 +294,7 @@ class SqliteRows:
     @staticmethod
     def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:
         """The rows as ``CoreRows`` makes them (for the spool)."""
-        return [_tuple_as_dict(row, datetime.fromisoformat(row[0]).replace(tzinfo=UTC)) for row in rows]
+        return [_tuple_as_dict(row, from_utc_microseconds(row[0])) for row in rows]
 
 
 class PostgresRows:
@@ -338,13 +308,15 @@ class PostgresRows:
 
     @staticmethod
     def build(record: EventRecord, uids: Callable[[], str]) -> tuple[Any, ...]:
-        flags = record.flags
+        values = _record_values(record)
+        flags = values[_FLAGS_AT]
         uid = record.uid
         return (
-            record.ts.astimezone(UTC).replace(tzinfo=None),  # what UTCDateTime binds
+            values[0].astimezone(UTC).replace(tzinfo=None),  # what UTCMicroseconds binds on PostgreSQL
+            *values[1:_FLAGS_AT],
             flags_text(flags) if flags else "",
+            *values[_AFTER_FLAGS:],
             uids() if uid is None else uid,
-            *_plain_values(record),
         )
 
     @staticmethod
@@ -352,12 +324,13 @@ class PostgresRows:
         """The row of a compact event, without making its record first (as SqliteRows)."""
         if len(event) != _COMPACT_LEN:
             raise ValueError(f"a compact event has {_COMPACT_LEN} fields, not {len(event)}")
-        flags = event[_COMPACT_FLAGS]
+        flags = event[_FLAGS_AT]
         return (
-            datetime.fromtimestamp(event[0], UTC).replace(tzinfo=None),  # what UTCDateTime binds
+            datetime.fromtimestamp(event[0], UTC).replace(tzinfo=None),  # what UTCMicroseconds binds on PostgreSQL
+            *event[1:_FLAGS_AT],
             flags_text(flags) if flags else "",
+            *event[_AFTER_FLAGS:],
             uids(),
-            *_compact_plain_values(event),
         )
 
     @staticmethod

@@ -61,10 +61,26 @@ class UidSource:
         if not self.prefix or len(self.prefix) > 24:
             raise ValueError("a uid prefix has 1 to 24 characters")
         self._next = 0
+        self._head = self._head_of(0)
+
+    def _head_of(self, number: int) -> str:
+        return f"{self.prefix}-{number >> _TAIL_BITS:09x}"
 
     def __call__(self) -> str:
-        self._next += 1
-        return f"{self.prefix}-{self._next:012x}"
+        """The next id: "<prefix>-<the event's number as 12 hex digits>". One per blocked query,
+        so the number's text is a remembered head and one of 4,096 ready tails: formatting the
+        number cost the writer a fifth of its own time per row."""
+        number = self._next + 1
+        self._next = number
+        tail = number & _TAIL_MASK
+        if not tail:
+            self._head = self._head_of(number)
+        return self._head + _TAILS[tail]
+
+
+_TAIL_BITS = 12  # three hex digits
+_TAIL_MASK = (1 << _TAIL_BITS) - 1
+_TAILS = tuple(f"{n:03x}" for n in range(1 << _TAIL_BITS))
 
 
 @dataclass(frozen=True)

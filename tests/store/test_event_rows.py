@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from schoolgate.store.coltypes import UTCDateTime
+from schoolgate.store.coltypes import UTCMicroseconds, from_utc_microseconds, posix_microseconds, utc_microseconds
 from schoolgate.store.db import make_engine
 from schoolgate.store.events import (
     CoreRows,
@@ -30,10 +30,8 @@ from schoolgate.store.events import (
     SqliteRows,
     insert_events,
     row_format,
-    sqlite_ts_text,
 )
 from schoolgate.store.events.record import compact
-from schoolgate.store.events.rows import sqlite_posix_text
 from schoolgate.store.models import AccessEvent, Generation
 
 SITE = "testschool"
@@ -129,12 +127,24 @@ def write_all(engine: Engine, records: list[EventRecord], *, fast: bool) -> dict
     return writer.stop()
 
 
-def test_sqlite_ts_text_is_what_utcdatetime_stores() -> None:
+def test_utc_microseconds_are_what_utcmicroseconds_stores_on_sqlite() -> None:
     dialect = make_engine("sqlite://").dialect
-    processor = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    column = UTCMicroseconds()
+    processor = column.dialect_impl(dialect).bind_processor(dialect)
     assert processor is not None
-    for ts in (T0, datetime(2026, 6, 1, 9, 0, tzinfo=BST), datetime(999, 1, 2, tzinfo=UTC)):
-        assert sqlite_ts_text(ts) == processor(ts)
+    for ts in (T0, datetime(2026, 6, 1, 9, 0, tzinfo=BST), datetime(999, 1, 2, tzinfo=UTC),
+               datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)):
+        stored = processor(ts)
+        assert stored == utc_microseconds(ts)
+        assert isinstance(stored, int)
+        assert from_utc_microseconds(stored) == ts
+        assert column.process_result_value(stored, dialect) == ts
+
+
+def test_a_naive_time_is_refused_before_it_is_stored() -> None:
+    dialect = make_engine("sqlite://").dialect
+    with pytest.raises(ValueError, match="naive"):
+        UTCMicroseconds().process_bind_param(datetime(2026, 6, 1, 9, 0), dialect)
 
 
 @pytest.mark.parametrize(
@@ -152,19 +162,19 @@ def test_sqlite_ts_text_is_what_utcdatetime_stores() -> None:
         1e-7,
     ],
 )
-def test_posix_seconds_make_the_text_their_datetime_makes(posix: float) -> None:
-    """The writer formats a compact event's time itself; it must be the text UTCDateTime
-    stores for the datetime of those seconds, to the microsecond, carries and ties included."""
-    assert sqlite_posix_text(posix) == sqlite_ts_text(datetime.fromtimestamp(posix, UTC))
+def test_posix_seconds_make_the_microseconds_their_datetime_makes(posix: float) -> None:
+    """The writer turns a compact event's time into microseconds itself; they must be what
+    UTCMicroseconds stores for the datetime of those seconds, carries and ties included."""
+    assert posix_microseconds(posix) == utc_microseconds(datetime.fromtimestamp(posix, UTC))
 
 
-def test_posix_seconds_make_the_text_their_datetime_makes_over_a_year_of_random_times() -> None:
+def test_posix_seconds_make_the_microseconds_their_datetime_makes_over_a_year_of_random_times() -> None:
     import random
 
     rng = random.Random(14)
     for _ in range(20_000):
         posix = 1_780_000_000 + rng.random() * 31_536_000
-        assert sqlite_posix_text(posix) == sqlite_ts_text(datetime.fromtimestamp(posix, UTC)), posix
+        assert posix_microseconds(posix) == utc_microseconds(datetime.fromtimestamp(posix, UTC)), posix
 
 
 def test_each_database_gets_its_fast_row_format(engine: Engine) -> None:
@@ -198,8 +208,9 @@ def test_fast_and_core_paths_store_identical_rows(engine: Engine, twin_url: str)
     assert by_host["host5.example"]["url"] == ""
     assert all(row["uid"] for row in stored)
     if engine.dialect.name == "sqlite":
-        assert summer["ts"] == "2026-06-01 08:00:00.000000"  # summer time, stored as UTC
-        assert by_host["host3.example"]["ts"] == "0999-01-02 03:04:05.000000"
+        # Integer microseconds since 1970 (UTCMicroseconds): summer time stored as UTC.
+        assert summer["ts"] == 1_780_300_800_000_000  # 2026-06-01 08:00:00 UTC
+        assert by_host["host3.example"]["ts"] == utc_microseconds(datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC))
         assert by_host["host5.example"]["typeof(device_name)"] == "null"
         assert by_host["nul\x00byte.example"]["person_name"] == "tab\tnew\nline"
     else:

@@ -6,12 +6,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, select, text
 
 from schoolgate.cli import main
+from schoolgate.store.coltypes import UTCDateTime
 from schoolgate.store.db import (
     current_revision,
     downgrade_db,
@@ -21,7 +23,7 @@ from schoolgate.store.db import (
     schema_differences,
     session_factory,
 )
-from schoolgate.store.models import Base
+from schoolgate.store.models import AccessEvent, Base
 
 HINT = (
     "the models changed without a migration: add one with `schoolgate db revision -m MESSAGE` "
@@ -228,5 +230,90 @@ def test_widening_event_types_on_sqlite_keeps_the_table_where_it_is(tmp_path: Pa
             assert connection.execute(text("SELECT qtype FROM events")).scalar_one() == "A"
         init_db(engine)
         assert schema_differences(engine) == [], HINT
+    finally:
+        engine.dispose()
+
+
+# Times as the events table held them before 0016: SQLAlchemy's SQLite text of UTCDateTime (and
+# one row written by hand in another ISO form, with an offset), on both sides of 1970.
+OLD_EVENT_TIMES = (
+    datetime(2026, 12, 1, 9, 0, tzinfo=UTC),
+    datetime(2026, 6, 1, 8, 0, 0, 123456, tzinfo=UTC),
+    datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+)
+
+
+def _insert_old_events(engine: Engine) -> None:
+    """Rows as the code before 0016 stored them (UTCDateTime's own bind processing)."""
+    column = UTCDateTime()
+    processor = column.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+    with engine.begin() as connection:
+        for n, ts in enumerate(OLD_EVENT_TIMES):
+            connection.execute(
+                text("INSERT INTO events (site, ts, source, client_ip, device_id, role, host, verdict, rule_id,"
+                     " clause, flags, count, uid) VALUES ('s', :ts, 'dns', '10.0.0.5', 'dev', 'pupil', :host,"
+                     " 'block', 'r', 'c', '', 1, :uid)"),
+                {"ts": processor(ts) if processor else ts, "host": f"h{n}.example", "uid": f"u{n}"})
+        if engine.dialect.name == "sqlite":  # by hand, in British summer time
+            connection.execute(text(
+                "INSERT INTO events (site, ts, source, client_ip, device_id, role, host, verdict, rule_id, clause,"
+                " flags, count, uid) VALUES ('s', '2026-06-01T09:30:00.25+01:00', 'dns', '10.0.0.5', 'dev',"
+                " 'pupil', 'by-hand.example', 'block', 'r', 'c', '', 1, 'u-hand')"))
+
+
+def _event_times(engine: Engine) -> dict[str, datetime]:
+    with session_factory(engine)() as session:
+        return {event.host: event.ts for event in session.scalars(select(AccessEvent))}
+
+
+def test_events_time_becomes_integer_microseconds_and_old_rows_read_back_identically(empty_db_url: str) -> None:
+    from alembic import command
+
+    from schoolgate.store.db import alembic_config
+
+    engine = make_engine(empty_db_url)
+    try:
+        command.upgrade(alembic_config(engine), "0015_events_verdict_index")
+        _insert_old_events(engine)
+        expected = {f"h{n}.example": ts for n, ts in enumerate(OLD_EVENT_TIMES)}
+        if engine.dialect.name == "sqlite":
+            expected["by-hand.example"] = datetime(2026, 6, 1, 8, 30, 0, 250000, tzinfo=UTC)
+            path = Path(engine.url.database or "")
+            root = _events_root_page(path)
+        with engine.connect() as connection:
+            old_text = dict(connection.execute(text("SELECT uid, ts FROM events")).tuples().all())
+
+        init_db(engine)
+        assert schema_differences(engine) == [], HINT
+        assert _event_times(engine) == expected
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                assert _events_root_page(path) == root  # rewritten in place, not copied
+                kinds = connection.execute(text("SELECT DISTINCT typeof(ts) FROM events")).scalars().all()
+                assert kinds == ["integer"]
+                assert connection.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
+        # The indexes over ts find rows by time as before (a range, through the ORM's binding).
+        with session_factory(engine)() as session:
+            june = select(AccessEvent.host).where(
+                AccessEvent.site == "s", AccessEvent.device_id == "dev",
+                AccessEvent.ts >= datetime(2026, 6, 1, tzinfo=UTC), AccessEvent.ts < datetime(2026, 7, 1, tzinfo=UTC))
+            in_june = {host for host, ts in expected.items() if (ts.year, ts.month) == (2026, 6)}
+            assert set(session.scalars(june)) == in_june
+            newest = session.scalars(select(AccessEvent.host).order_by(AccessEvent.ts.desc()).limit(1)).one()
+            assert newest == "h2.example"
+
+        downgrade_db(engine, "0015_events_verdict_index")
+        with engine.connect() as connection:
+            back = dict(connection.execute(text("SELECT uid, ts FROM events")).tuples().all())
+        if engine.dialect.name == "sqlite":
+            # SQLAlchemy's text again, the same for every row it wrote; the hand-written row in UTC.
+            assert back.pop("u-hand") == "2026-06-01 08:30:00.250000"
+            old_text.pop("u-hand")
+        assert back == old_text
+        init_db(engine)
+        assert schema_differences(engine) == [], HINT
+        assert _event_times(engine) == expected
     finally:
         engine.dispose()
