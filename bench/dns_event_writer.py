@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import gc
 import logging
 import os
 import resource
@@ -73,6 +72,7 @@ from schoolgate.store.db import init_db, make_engine
 from schoolgate.store.events import EventWriter, SqliteRows, UidSource
 from schoolgate.store.events.channel import BATCH_EVENTS, EventChannel, channel_pair, receive_events
 from schoolgate.store.events.record import CompactEvent
+from schoolgate.store.events.writing import collect_for_writing
 
 FLAGS = frozenset({"list:bench_blocklist"})
 
@@ -131,7 +131,7 @@ def writing_process(url: str, events: list[CompactEvent], rate: float, devices: 
         try:
             sending.close()
             os.close(report_from)
-            gc.freeze()
+            collect_for_writing()  # as the daemon's writing process does
             engine = make_engine(url, sqlite_cache_kib=WRITER_SQLITE_CACHE_KIB)
             writer = EventWriter(engine, max_queue=10_000_000, batch_size=WRITER_BATCH_ROWS)
             writer.start()

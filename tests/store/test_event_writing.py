@@ -308,3 +308,35 @@ def test_a_companion_that_fails_ends_the_process_so_that_it_is_started_again(db_
     assert run_writing_sources(config, f"sqlite:///{db_path}", channels.sources(), [("watch", companion)]) == 1
     assert companion.seen == ["started"]
     assert time.monotonic() - started < DNS.stop_grace_s + DNS.gather_s
+
+
+def test_a_full_burst_is_written_and_freed_before_the_collector_walks_it() -> None:
+    """The writing process's collector threshold is above what a burst of the DNS daemon's
+    batch holds at once (each event's tuple, its flags set and its row), so no collection
+    walks the rows of a burst; lowering it, or raising the batch past it, fails here."""
+    import gc
+
+    from schoolgate.dns.daemon import WRITER_BATCH_ROWS
+    from schoolgate.store.events.writing import collect_for_writing
+
+    before = gc.get_threshold()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    try:
+        collect_for_writing()
+        gc.callbacks.append(count)
+        # As the writer holds a burst: each event a tuple with its own flags set, and its row.
+        burst = [(float(n), f"ads{n}.example", frozenset({"list:ads"})) for n in range(WRITER_BATCH_ROWS)]
+        rows = [(n, *event[1:]) for n, event in enumerate(burst)]
+        del burst, rows
+        assert collections == []
+    finally:
+        if count in gc.callbacks:
+            gc.callbacks.remove(count)
+        gc.unfreeze()
+        gc.set_threshold(*before)
