@@ -14,6 +14,7 @@ get a plain engine.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,26 @@ def _make_postgresql_engine(parsed: URL, *, echo: bool, **kwargs: Any) -> Engine
     return create_engine(parsed, echo=echo, connect_args=connect_args, **kwargs)
 
 
+# An adapter for None that gives None back, called in C: an empty dict's get finds nothing.
+_NOTHING: dict[object, None] = {}
+
+
+def bind_none_directly() -> None:
+    """Have sqlite3 bind None as NULL without looking for a way to adapt it first.
+
+    sqlite3 binds int, float and str as they are, but asks every other value, None included,
+    how to adapt it: two attribute lookups whose failure makes and clears an exception, about
+    0.2 us per None (a blocked query's row has three to eight of them: no URL, no search term,
+    an unknown device's name and person). With an adapter registered for None, the lookup finds
+    it at once, and None is bound as NULL as before. The registry is the process's own and the
+    adapter changes no value, so every other user of sqlite3 in the process binds the same.
+    """
+    sqlite3.register_adapter(type(None), _NOTHING.get)
+
+
 def _setup_sqlite(engine: Engine, busy_timeout_ms: int, cache_kib: int | None = None) -> None:
     in_memory = engine.url.database in (None, "", ":memory:")
+    bind_none_directly()
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
