@@ -26,17 +26,27 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r} given where an aware one is required")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return None if value is None else naive_utc(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return None if value is None else aware_utc(value)
+
+
+def _require_aware(value: datetime) -> None:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} given where an aware one is required")
+
+
+def naive_utc(value: datetime) -> datetime:
+    """An aware datetime as the naive UTC one a DATETIME column stores."""
+    _require_aware(value)
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def aware_utc(value: datetime | str) -> datetime:
+    """What a DATETIME column gave back (a datetime, or SQLite's text), aware in UTC; naive is UTC."""
+    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,8 +55,7 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def utc_microseconds(value: datetime) -> int:
     """An aware datetime as whole microseconds since the POSIX epoch (exact, no float)."""
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r} given where an aware one is required")
+    _require_aware(value)
     return (value - EPOCH) // _MICROSECOND
 
 
@@ -83,16 +92,9 @@ class UTCMicroseconds(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | int | None:
         if value is None:
             return None
-        if dialect.name == "sqlite":
-            return utc_microseconds(value)
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r} given where an aware one is required")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return utc_microseconds(value) if dialect.name == "sqlite" else naive_utc(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, int):
-            return from_utc_microseconds(value)
-        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return from_utc_microseconds(value) if isinstance(value, int) else aware_utc(value)
