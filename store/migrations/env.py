@@ -61,6 +61,11 @@ def run_migrations_online() -> None:
                     # SQLite cannot ALTER most things: batch mode copies the table instead.
                     render_as_batch=sqlite,
                     compare_type=True,
+                    # SQLite can roll DDL back, but alembic assumes it cannot and gives each
+                    # migration a transaction of its own: the write lock was let go between
+                    # steps, and a daemon starting at the same time could take it and run a step
+                    # the first had planned too ("duplicate column"). One transaction instead.
+                    transactional_ddl=True,
                 )
                 # One transaction (BEGIN IMMEDIATE on SQLite): two daemons starting at once
                 # serialise here, and the second finds the schema already at head.

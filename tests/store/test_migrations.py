@@ -59,6 +59,29 @@ def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     assert schema_differences(engine) == []
 
 
+def test_a_sqlite_upgrade_holds_the_write_lock_from_its_first_step_to_its_last(tmp_path: Path) -> None:
+    # Alembic gave SQLite a transaction per migration: the lock was let go between steps, and a
+    # daemon starting at the same moment could run a step the first had planned too (the race
+    # the test below catches only now and then). The whole upgrade is one BEGIN IMMEDIATE.
+    from sqlalchemy import event
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'one.db'}")
+    statements: list[str] = []
+
+    @event.listens_for(engine, "connect")
+    def _trace(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.set_trace_callback(statements.append)
+
+    try:
+        init_db(engine)
+    finally:
+        engine.dispose()
+    ends = [s for s in statements if s.split()[0].upper() in ("COMMIT", "ROLLBACK")]
+    begins = [s for s in statements if s.upper().startswith("BEGIN")]
+    assert begins == ["BEGIN IMMEDIATE"]
+    assert [s.upper() for s in ends] in (["COMMIT"], ["COMMIT", "ROLLBACK"])
+
+
 def test_two_processes_starting_at_once_both_upgrade_safely(empty_db_url: str) -> None:
     # Separate processes, as the daemons are (alembic's context is per process).
     # Each connects first, then all upgrade at the same instant (without the migration lock,
