@@ -8,7 +8,8 @@ daemon's bursts) and hands it blocked-query events through an EventChannel, as t
 Each event is a different listed name asked by one of `--devices` devices (each with its MAC,
 register id, name and person), in time order, handed over as a DNS worker does: through the
 events stage's ``record`` (dns.stages.events, folding a device's repeated asks as the daemon's
-workers do) into an EventChannel, with the stage and channel flushed on each worker tick. A rate
+workers do) into an EventChannel, with the stage and channel flushed on each worker tick
+(every EVENTS_TICK_S of paced time, as the daemon's loop ticks). A rate
 of 0 hands them over as fast as the writer takes them; any other rate paces them (events per
 second), as a school's traffic comes.
 
@@ -67,7 +68,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from schoolgate.dns.daemon import WRITER_BATCH_ROWS, WRITER_GATHER_S, WRITER_SQLITE_CACHE_KIB
+from schoolgate.dns.daemon import EVENTS_TICK_S, WRITER_BATCH_ROWS, WRITER_GATHER_S, WRITER_SQLITE_CACHE_KIB
 from schoolgate.store.db import init_db, make_engine
 from schoolgate.store.events import EventWriter, SqliteRows, UidSource
 from schoolgate.store.events.channel import BATCH_EVENTS, EventChannel, channel_pair, receive_events
@@ -188,14 +189,18 @@ def writing_process(url: str, events: list[CompactEvent], rate: float, devices: 
 
 
 def hand_over(queries: list[tuple[Any, ...]], rate: float, record: Any, decision: Any, tick: Any) -> float:
-    """Hand `queries` to `record` as a worker does, with a `tick` every 32 of them, paced at
-    `rate` a second (0: at once); returns the thread time it started at (sleeps are not counted)."""
+    """Hand `queries` to `record` as a worker does, paced at `rate` a second (0: at once), with
+    a `tick` every EVENTS_TICK_S of the paced time, as the daemon's loop ticks (dns.daemon);
+    returns the thread time it started at (sleeps are not counted). The pacing sleeps every 32
+    queries, whatever the tick."""
     paced_from = time.monotonic()
     started = time.thread_time()
+    per_tick = max(1, round(rate * EVENTS_TICK_S))  # queries between two ticks at this rate
     for i, (client, client_ip, host, qtype, ts) in enumerate(queries):
         record(decision, client, client_ip, host, qtype, ts=ts)
-        if rate and i % 32 == 31:
+        if rate and i % per_tick == per_tick - 1:
             tick()
+        if rate and i % 32 == 31:
             ahead = paced_from + i / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)

@@ -29,13 +29,18 @@ from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import LONGEST_TYPE_NAME, Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
 from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, from_ask, from_compact
-from schoolgate.store.events.repeats import add_types, within_window
+from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types, within_window
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
 SPECIAL_CLAUSE = "schoolgate DNS: names answered by the appliance itself"
 MAX_FOLDED = 50_000  # distinct (minute, client, name) keys held before handing over early
 FLUSH_SLICE = 500  # records handed over per flush_due call
 FACTS_LIMIT = 4096  # (decision, client) pairs whose ask facts are kept; a full table starts over
+_BLOCK = Verdict.BLOCK  # a module global: an enum member read through its class costs more, every query
+# An attempt of up to this many types always fits the events table's column, whatever the types:
+# a new type is then appended without joining the names to measure them.
+TYPES_THAT_ALWAYS_FIT = (QTYPES_WIDTH + 1) // (LONGEST_TYPE_NAME + 1)
+TYPE_TEXTS_LIMIT = 256  # the texts of the type lists folded attempts had ("A,AAAA,HTTPS"), kept
 
 
 def compact_event(
@@ -115,6 +120,7 @@ class EventsStage(Stage):
         self.hold_asks = 0
         self._attempts: dict[tuple[str, str], list[Any]] = {}
         self._held_asks = 0  # the queries in _attempts
+        self._type_texts: dict[tuple[int, ...], str] = {}  # a folded attempt's types -> their text
         self.logged = 0
 
     def _now(self) -> float:
@@ -187,9 +193,9 @@ class EventsStage(Stage):
     ) -> None:
         """Log one decided query: blocked and flagged ones in full, allowed ones folded per minute.
         (The chain's events come here, and the fast path's: schoolgate.dns.fastpath.)"""
-        if decision.verdict is Verdict.BLOCK or decision.flags:
+        if decision.verdict is _BLOCK or decision.flags:
             if self.hold_asks:
-                self._hold(decision, client, client_ip, qname, qtype, ts=ts)
+                self._hold(decision, client, client_ip, qname, qtype, ts)
                 return
             self.submit_ask((ts, qname, type_name(qtype), 1, self.facts(decision, client, client_ip)))
             self.logged += 1
@@ -204,7 +210,7 @@ class EventsStage(Stage):
             slot[0] += 1  # type: ignore[operator]
         self._held_queries += 1
 
-    def _hold(self, decision: Decision, client: Client | None, client_ip: str, qname: str, qtype: int, *,
+    def _hold(self, decision: Decision, client: Client | None, client_ip: str, qname: str, qtype: int,
               ts: float) -> None:
         """Fold a blocked or flagged ask into its attempt (see fold_asks).
 
@@ -218,10 +224,11 @@ class EventsStage(Stage):
         if attempt is not None:
             if ((attempt[0] is decision or attempt[0] == decision)
                     and (attempt[1] is client or attempt[1] == client)
-                    and within_window(attempt[4], ts)
-                    and _with_type(attempt, qtype)):
+                    and -FOLD_WINDOW_S <= ts - attempt[4] <= FOLD_WINDOW_S  # within_window, inlined: every ask
+                    and (attempt[2] == qtype or _with_type(attempt, qtype))):
                 attempt[3] += 1
-                attempt[5] = min(attempt[5], ts)
+                if ts < attempt[5]:
+                    attempt[5] = ts
                 self._held_asks += 1
                 return
             del self._attempts[key]
@@ -240,13 +247,20 @@ class EventsStage(Stage):
     def _hand_over(self, attempts: dict[tuple[str, str], list[Any]]) -> None:
         """Submit `attempts` (no longer in self._attempts): one loop, as this runs for every
         blocked name."""
-        submit, facts = self.submit_ask, self.facts
+        submit, facts, texts = self.submit_ask, self.facts, self._type_texts
         asks = 0
         for (client_ip, qname), (decision, client, types, count, _, ts) in attempts.items():
-            submit((
-                ts, qname, type_name(types) if type(types) is int else ",".join(map(type_name, types)), count,
-                facts(decision, client, client_ip),
-            ))
+            if type(types) is int:
+                asked = type_name(types)
+            else:  # a few lists of types recur (A,AAAA,HTTPS): their text is kept
+                types = tuple(types)
+                asked = texts.get(types)
+                if asked is None:
+                    asked = ",".join(map(type_name, types))
+                    if len(texts) >= TYPE_TEXTS_LIMIT:
+                        texts.clear()
+                    texts[types] = asked
+            submit((ts, qname, asked, count, facts(decision, client, client_ip)))
             asks += count
         self._held_asks -= asks
         self.logged += len(attempts)
@@ -310,5 +324,10 @@ def _with_type(attempt: list[Any], qtype: int) -> bool:
         return True
     if type(types) is int:
         attempt[2] = [types, qtype]
+        return True
+    if qtype in types:
+        return True
+    if len(types) < TYPES_THAT_ALWAYS_FIT:
+        types.append(qtype)
         return True
     return add_types(types, (qtype,), type_name, longest_name=LONGEST_TYPE_NAME)

@@ -23,7 +23,7 @@ from schoolgate.dns.stages.safesearch import SafeSearchStage
 from schoolgate.dns.stages.special import SpecialNamesStage
 from schoolgate.dns.stages.watch import WatchedFeeder, WatchStage
 from schoolgate.dns.upstream import UpstreamFailure
-from schoolgate.dns.wire import Query, parse_query
+from schoolgate.dns.wire import Query, parse_query, type_name
 from schoolgate.gateway.sets import MemoryWatchedSets
 from schoolgate.policy import decide, load_policy
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
@@ -563,6 +563,12 @@ FOLDS = [
                  id="another decision (the policy reloaded)"),
     pytest.param([(0, "ads.test", 1), (0.1, "ads.test", 28, replace(BLOCKED), replace(IPAD))],
                  [(0.0, "ads.test", "A,AAAA", 2, "KW-IPAD-12")], id="an equal decision and client"),
+    pytest.param([(0, "ads.test", 1), (0.001, "ads.test", 28), (0.002, "ads.test", 65), (0.003, "ads.test", 28),
+                  (0.004, "ads.test", 1)],
+                 [(0.0, "ads.test", "A,AAAA,HTTPS", 5, "KW-IPAD-12")], id="retries after three types, each named once"),
+    pytest.param([(n * 0.001, "ads.test", (1, 28, 65, 16, 15)[n]) for n in range(5)],
+                 [(0.0, "ads.test", "A,AAAA,HTTPS,TXT,MX", 5, "KW-IPAD-12")],
+                 id="short types beyond the four that always fit, measured and kept"),
     pytest.param([(n * 0.001, "ads.test", 65280 + n) for n in range(6)],
                  [(0.0, "ads.test", "TYPE65280,TYPE65281,TYPE65282,TYPE65283", 4, "KW-IPAD-12"),
                   (0.004, "ads.test", "TYPE65284,TYPE65285", 2, "KW-IPAD-12")],
@@ -656,6 +662,26 @@ def test_a_sink_that_takes_asks_gets_each_event_as_an_ask_with_shared_facts(hold
     assert [from_ask(ask) for ask in sink.asks] == expected
     facts = [ask[4] for ask in sink.asks]
     assert all(f is facts[0] for f in facts[:5]) and facts[5] is not facts[0] and facts[6] is not facts[0]
+
+
+def test_the_texts_kept_for_folded_types_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text of each list of types an attempt had ("A,AAAA,HTTPS") is kept for the next
+    attempt with the same list, in a table that starts over when full: every event still names
+    its own types, in the order asked."""
+    import schoolgate.dns.stages.events as events_module
+
+    monkeypatch.setattr(events_module, "TYPE_TEXTS_LIMIT", 4)
+    sink = AskSink()
+    stage = EventsStage(sink, "dnstest")
+    stage.fold_asks(128)
+    pairs = [(first, second) for first in (1, 28, 65, 16) for second in (1, 28, 65, 16) if first != second] * 2
+    for n, (first, second) in enumerate(pairs):
+        stage.record(BLOCKED, IPAD, IPAD.ip, f"ads{n}.example", first, ts=T + n)
+        stage.record(BLOCKED, IPAD, IPAD.ip, f"ads{n}.example", second, ts=T + n + 0.001)
+        stage.hand_over_attempts()
+        assert len(stage._type_texts) <= 4
+    assert [ask[2] for ask in sink.asks] == [f"{type_name(first)},{type_name(second)}" for first, second in pairs]
+    assert [ask[3] for ask in sink.asks] == [2] * len(pairs)
 
 
 def test_the_facts_kept_for_asks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
