@@ -29,7 +29,7 @@ from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import LONGEST_TYPE_NAME, Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
 from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, from_ask, from_compact
-from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types, within_window
+from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
 SPECIAL_CLAUSE = "schoolgate DNS: names answered by the appliance itself"
@@ -195,7 +195,7 @@ class EventsStage(Stage):
         (The chain's events come here, and the fast path's: schoolgate.dns.fastpath.)"""
         if decision.verdict is _BLOCK or decision.flags:
             if self.hold_asks:
-                self._hold(decision, client, client_ip, qname, qtype, ts)
+                self._hold(decision, client, client_ip, qname, qtype, ts=ts)
                 return
             self.submit_ask((ts, qname, type_name(qtype), 1, self.facts(decision, client, client_ip)))
             self.logged += 1
@@ -210,7 +210,7 @@ class EventsStage(Stage):
             slot[0] += 1  # type: ignore[operator]
         self._held_queries += 1
 
-    def _hold(self, decision: Decision, client: Client | None, client_ip: str, qname: str, qtype: int,
+    def _hold(self, decision: Decision, client: Client | None, client_ip: str, qname: str, qtype: int, *,
               ts: float) -> None:
         """Fold a blocked or flagged ask into its attempt (see fold_asks).
 
@@ -227,8 +227,7 @@ class EventsStage(Stage):
                     and -FOLD_WINDOW_S <= ts - attempt[4] <= FOLD_WINDOW_S  # within_window, inlined: every ask
                     and (attempt[2] == qtype or _with_type(attempt, qtype))):
                 attempt[3] += 1
-                if ts < attempt[5]:
-                    attempt[5] = ts
+                attempt[5] = min(attempt[5], ts)
                 self._held_asks += 1
                 return
             del self._attempts[key]
@@ -253,13 +252,14 @@ class EventsStage(Stage):
             if type(types) is int:
                 asked = type_name(types)
             else:  # a few lists of types recur (A,AAAA,HTTPS): their text is kept
-                types = tuple(types)
-                asked = texts.get(types)
-                if asked is None:
-                    asked = ",".join(map(type_name, types))
+                listed = tuple(types)
+                known = texts.get(listed)
+                if known is None:
+                    known = ",".join(map(type_name, listed))
                     if len(texts) >= TYPE_TEXTS_LIMIT:
                         texts.clear()
-                    texts[types] = asked
+                    texts[listed] = known
+                asked = known
             submit((ts, qname, asked, count, facts(decision, client, client_ip)))
             asks += count
         self._held_asks -= asks
