@@ -195,7 +195,7 @@ class EventsStage(Stage):
         (The chain's events come here, and the fast path's: schoolgate.dns.fastpath.)"""
         if decision.verdict is _BLOCK or decision.flags:
             if self.hold_asks:
-                self._hold(decision, client, client_ip, qname, qtype, ts=ts)
+                self._hold(decision, client, (client_ip, qname), qtype, ts)
                 return
             self.submit_ask((ts, qname, type_name(qtype), 1, self.facts(decision, client, client_ip)))
             self.logged += 1
@@ -210,16 +210,14 @@ class EventsStage(Stage):
             slot[0] += 1  # type: ignore[operator]
         self._held_queries += 1
 
-    def _hold(self, decision: Decision, client: Client | None, client_ip: str, qname: str, qtype: int, *,
-              ts: float) -> None:
-        """Fold a blocked or flagged ask into its attempt (see fold_asks).
+    def _hold(self, decision: Decision, client: Client | None, key: tuple[str, str], qtype: int, ts: float) -> None:
+        """Fold a blocked or flagged ask into its attempt (see fold_asks); `key` is (client ip, name).
 
         An ask is the attempt's if it has the same decision and client (so every fact of its
         event but the time, type and count is the same) and came within FOLD_WINDOW_S of the
         attempt's first ask. An attempt is a list (the cheapest thing to make once per blocked
         name): [decision, client, the type asked or a list of the types, count, first ask, time].
         """
-        key = (client_ip, qname)
         attempt = self._attempts.get(key)
         if attempt is not None:
             if ((attempt[0] is decision or attempt[0] == decision)
@@ -227,7 +225,8 @@ class EventsStage(Stage):
                     and -FOLD_WINDOW_S <= ts - attempt[4] <= FOLD_WINDOW_S  # within_window, inlined: every ask
                     and (attempt[2] == qtype or _with_type(attempt, qtype))):
                 attempt[3] += 1
-                attempt[5] = min(attempt[5], ts)
+                if ts < attempt[5]:  # noqa: PLR1730 (min() is a call, for every folded ask)
+                    attempt[5] = ts
                 self._held_asks += 1
                 return
             del self._attempts[key]
