@@ -28,7 +28,7 @@ from schoolgate.clock import Clock
 from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import LONGEST_TYPE_NAME, Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
-from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, from_ask, from_compact
+from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, flags_text, from_ask, from_compact
 from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
@@ -55,11 +55,12 @@ def compact_event(
 
 def ask_facts(decision: Decision, client: Client, *, site: str) -> tuple[Any, ...]:
     """The facts of the events of `decision` for `client` (record.ASK_FACTS): every value of
-    their compact events but the time, name, type and count."""
+    their compact events but the time, name, type and count, the flags as their stored text."""
     return (
         site, "dns", client.ip, decision.verdict._value_, decision.rule_id, decision.role._value_,
         client.mac, client.device_id, client.device_name, client.person_id, client.person_name, None, None,
-        decision.clause, decision.service, decision.category, decision.flags, client.identity_source,
+        decision.clause, decision.service, decision.category, flags_text(decision.flags) if decision.flags else "",
+        client.identity_source,
     )
 
 

@@ -163,25 +163,34 @@ def compact(record: EventRecord) -> CompactEvent:
 
 
 # An ask: a compact event as the DNS daemon hands most of them over, (ts, host, qtype, count,
-# facts), where `facts` is a tuple of the other COMPACT_FIELDS' values in their order (ASK_FACTS).
-# The facts are the same for every event of one decision for one client, so the events stage
-# makes them once and shares the tuple: per event it builds five slots instead of twenty-two,
-# and the channel's ``marshal`` writes a shared tuple once per batch and a reference after
-# that. The reading side makes the compact event again (``from_ask``), so the writer stores
-# the same rows.
+# facts), where `facts` is a tuple of the other COMPACT_FIELDS' values in their order (ASK_FACTS),
+# the flags among them as the text the events table stores (flags_text). The facts are the same
+# for every event of one decision for one client, so the events stage makes them once and
+# shares the tuple: per event it builds five slots instead of twenty-two, and the channel's
+# ``marshal`` writes a shared tuple once per batch and a reference after that. The writer
+# stores an ask as it came: its row is its four values and its facts, in that order, with the
+# time made storable and a uid added (rows.SqliteRows.build_ask), the same row as the compact
+# event it stands for (``from_ask``) would make.
 Ask: TypeAlias = tuple[float, str, str, int, tuple[Any, ...]]
 _ASKED = ("ts", "host", "qtype", "count")
 ASK_FACTS = tuple(name for name in COMPACT_FIELDS if name not in _ASKED)
 ASK_LEN = len(_ASKED) + 1
+ASK_FIELDS = (*_ASKED, *ASK_FACTS)  # an ask's values, its facts spread out, in order
+_FACTS_LEN = len(ASK_FACTS)
 # An ask's four values and its facts, in a row, put in COMPACT_FIELDS' order by one C call.
-_compact_of_ask = operator.itemgetter(*((*_ASKED, *ASK_FACTS).index(name) for name in COMPACT_FIELDS))
+_compact_of_ask = operator.itemgetter(*(ASK_FIELDS.index(name) for name in COMPACT_FIELDS))
+
+
+def ask_facts_valid(ask: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An ask's facts; ValueError for anything that is not an ask."""
+    if len(ask) != ASK_LEN:
+        raise ValueError(f"an ask has {ASK_LEN} fields, not {len(ask)}")
+    facts = ask[4]
+    if type(facts) is not tuple or len(facts) != _FACTS_LEN:
+        raise ValueError(f"an ask's facts are a tuple of {_FACTS_LEN} values")
+    return facts
 
 
 def from_ask(ask: tuple[Any, ...]) -> CompactEvent:
     """The compact event an ask stands for; ValueError for anything that is not an ask."""
-    if len(ask) != ASK_LEN:
-        raise ValueError(f"an ask has {ASK_LEN} fields, not {len(ask)}")
-    facts = ask[4]
-    if type(facts) is not tuple or len(facts) != len(ASK_FACTS):
-        raise ValueError(f"an ask's facts are a tuple of {len(ASK_FACTS)} values")
-    return _compact_of_ask(ask[:4] + facts)  # type: ignore[no-any-return]
+    return _compact_of_ask(ask[:4] + ask_facts_valid(ask))  # type: ignore[no-any-return]

@@ -11,9 +11,10 @@ attempts sum ``count`` (as they already do for allowed traffic, folded per minut
 
 The DNS workers fold an attempt's asks before they hand it over (dns.stages.events, by the same
 rule), so here a DNS row meets only the asks that reached the worker's next hand-over, a few in a
-thousand. Only compact events (record.CompactEvent, what the DNS workers, the proxy and net watch
-hand over) are folded, and only with an earlier event of the same burst that is the same in every
-field but the time, the type and the count, asked within ``FOLD_WINDOW_S`` of it. A record
+thousand. Only compact events and asks (record.CompactEvent and record.Ask, what the DNS workers,
+the proxy and net watch hand over) are folded, and only with an earlier event of the same burst
+that is the same in every field but the time, the type and the count, asked within
+``FOLD_WINDOW_S`` of it; a folded ask is still an ask (its row is built straight from it). A record
 with a uid of its own (shipped from a spool or another appliance) is never folded: its uid
 is its identity.
 """
@@ -24,7 +25,7 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from schoolgate.store.events.record import COMPACT_FIELDS, CompactEvent, EventRecord
+from schoolgate.store.events.record import ASK_FACTS, ASK_LEN, COMPACT_FIELDS, CompactEvent, EventRecord, from_ask
 
 # Asks further apart than this are separate attempts, even within one burst (a burst can hold
 # many seconds of events when the writer has fallen behind).
@@ -36,6 +37,8 @@ _HOST = COMPACT_FIELDS.index("host")
 _QTYPE = COMPACT_FIELDS.index("qtype")
 _COUNT = COMPACT_FIELDS.index("count")
 _LEN = len(COMPACT_FIELDS)
+_ASK_CLIENT_IP = ASK_FACTS.index("client_ip")  # in an ask's facts
+_FACTS_LEN = len(ASK_FACTS)
 assert _TS == 0 and _QTYPE < _COUNT, "fold_repeats compares the fields between ts, qtype and count"
 
 
@@ -82,24 +85,32 @@ def add_types(types: list[QType], asked: Iterable[QType], name: Callable[[QType]
 def fold_repeats(records: Sequence[EventRecord | CompactEvent]) -> tuple[list[EventRecord | CompactEvent], int]:
     """The burst's records with each repeated ask folded into the first; and how many were folded.
 
-    The order of the rest is kept. A compact event is folded into the row of an earlier one
-    with the same client address and name when every other field but the time, type and
-    count is the same and it came within ``FOLD_WINDOW_S`` of that row's first ask.
+    The order of the rest is kept. A compact event or an ask is folded into the row of an
+    earlier one with the same client address and name when every other field but the time,
+    type and count is the same and it came within ``FOLD_WINDOW_S`` of that row's first ask.
     """
     rows: list[EventRecord | CompactEvent] = []
     latest: dict[tuple[Any, Any], int] = {}  # (client address, name) -> where its newest row is
-    grown: dict[int, _Row] = {}  # the rows that folded asks in, by where they are: made anew at the end
+    grown: dict[int, _Row | _AskRow] = {}  # the rows that folded asks in, by where they are: made anew at the end
     folded = 0
     for record in records:
-        if type(record) is not tuple or len(record) != _LEN:
+        if type(record) is not tuple:
             rows.append(record)
             continue
-        key = (record[_CLIENT_IP], record[_HOST])
+        size = len(record)
+        if size == _LEN:
+            key = (record[_CLIENT_IP], record[_HOST])
+        elif size == ASK_LEN and type(facts := record[4]) is tuple and len(facts) == _FACTS_LEN:
+            key = (facts[_ASK_CLIENT_IP], record[1])
+        else:  # not an event: left for the row builder to refuse
+            rows.append(record)
+            continue
         at = latest.get(key)
         if at is not None:
             row = grown.get(at)
             if row is None:
-                row = _Row(rows[at])  # type: ignore[arg-type]  # only compact events are indexed
+                first: Any = rows[at]  # only compact events and asks are indexed
+                row = _AskRow(first) if len(first) == ASK_LEN else _Row(first)
             if row.takes(record):
                 grown[at] = row
                 folded += 1
@@ -112,6 +123,54 @@ def fold_repeats(records: Sequence[EventRecord | CompactEvent]) -> tuple[list[Ev
 
 
 _facts = operator.itemgetter(*(n for n in range(1, _LEN) if n not in (_QTYPE, _COUNT)))
+
+
+def _folded_types(qtypes: str | None, asked: str | None) -> tuple[bool, str | None]:
+    """(whether `asked` folds in, the types then): each type named once, in the order asked,
+    and no more than the column holds."""
+    if asked is None or asked == qtypes:
+        return True, qtypes
+    if qtypes is None:
+        return True, asked
+    types = qtypes.split(",")  # an ask may be a row a DNS worker folded already: "A,AAAA"
+    if not add_types(types, asked.split(","), str):
+        return False, qtypes
+    return True, ",".join(types)
+
+
+class _AskRow:
+    """An ask being folded (record.Ask: its facts are every field but the time, name, type and
+    count): its first ask, and what later asks added. A compact event of the same attempt is
+    compared as the compact event this ask stands for."""
+
+    __slots__ = ("count", "first", "qtypes", "ts")
+
+    def __init__(self, first: tuple[Any, ...]) -> None:
+        self.first = first
+        self.ts: float = first[0]
+        self.qtypes: str | None = first[2]
+        self.count: int = first[3]
+
+    def takes(self, ask: tuple[Any, ...]) -> bool:
+        first = self.first
+        if not within_window(first[0], ask[0]):
+            return False
+        if len(ask) == ASK_LEN:
+            if ask[4] is not first[4] and ask[4] != first[4]:
+                return False
+        elif _facts(ask) != _facts(from_ask(first)):
+            return False
+        fits, qtypes = _folded_types(self.qtypes, ask[_QTYPE] if len(ask) == _LEN else ask[2])
+        if not fits:
+            return False
+        self.qtypes = qtypes
+        self.count += ask[_COUNT] if len(ask) == _LEN else ask[3]
+        self.ts = min(self.ts, ask[0])
+        return True
+
+    def made(self) -> tuple[Any, ...]:
+        first = self.first
+        return (self.ts, first[1], self.qtypes, self.count, first[4])
 
 
 class _Row:
@@ -128,20 +187,15 @@ class _Row:
 
     def takes(self, ask: CompactEvent) -> bool:
         """Fold `ask` in if it is a repeat of this row's attempt."""
+        if len(ask) == ASK_LEN:  # an ask of the same attempt: compared as its compact event
+            ask = from_ask(ask)
         if not within_window(self.first[_TS], ask[_TS]):
             return False
         if _facts(ask) != self.facts:
             return False
-        asked = ask[_QTYPE]
-        qtypes = self.qtypes
-        if asked is not None and asked != qtypes:
-            if qtypes is None:
-                qtypes = asked
-            else:  # an ask may be a row a DNS worker folded already: "A,AAAA"
-                types = qtypes.split(",")
-                if not add_types(types, asked.split(","), str):
-                    return False
-                qtypes = ",".join(types)
+        fits, qtypes = _folded_types(self.qtypes, ask[_QTYPE])
+        if not fits:
+            return False
         self.qtypes = qtypes
         self.count += ask[_COUNT]
         self.ts = min(self.ts, ask[_TS])

@@ -27,24 +27,42 @@ from sqlalchemy.exc import (
 
 from schoolgate.store.coltypes import from_utc_microseconds, posix_microseconds, utc_microseconds
 from schoolgate.store.events.record import (
+    ASK_FIELDS,
     COMPACT_FIELDS,
+    Ask,
     CompactEvent,
     EventRecord,
+    ask_facts_valid,
     flags_text,
+    from_ask,
     from_compact,
 )
 from schoolgate.store.models import AccessEvent
 
-# The fast paths (``SqliteRows``, ``PostgresRows``) bind a plain tuple per row, its values in a
-# compact event's order (record.CompactEvent) and the uid last: a compact event's row is then its
-# own values in two slices, with its time and flags made storable (no per-field gathering).
-_TUPLE_COLUMNS = (*COMPACT_FIELDS, "uid")
+# The fast paths (``SqliteRows``, ``PostgresRows``) bind a plain tuple per row, its values in an
+# ask's order (record.Ask: the time, name, type and count, then the facts) and the uid last: an
+# ask's row is then its four values, its facts tuple as it came and the uid, with only its time
+# made storable (the DNS daemon's events come so: no per-field gathering, no flags to convert).
+# A compact event's or a record's values are put in that order by one C call.
+_TUPLE_COLUMNS = (*ASK_FIELDS, "uid")
 _TUPLE_SITE = _TUPLE_COLUMNS.index("site")
-_FLAGS_AT = COMPACT_FIELDS.index("flags")
+_FLAGS_AT = ASK_FIELDS.index("flags")
 _AFTER_FLAGS = _FLAGS_AT + 1
+_FACTS_FLAGS_AT = _FLAGS_AT - 4  # where the flags are in an ask's facts
 _COMPACT_LEN = len(COMPACT_FIELDS)
-assert COMPACT_FIELDS[0] == "ts", "the rows' builders replace the first value with the stored time"
-_record_values = operator.attrgetter(*COMPACT_FIELDS)  # a record's fields in that order, in one C call
+assert ASK_FIELDS[0] == "ts", "the rows' builders replace the first value with the stored time"
+_record_values = operator.attrgetter(*ASK_FIELDS)  # a record's fields in that order, in one C call
+_compact_values = operator.itemgetter(*(COMPACT_FIELDS.index(name) for name in ASK_FIELDS))
+
+
+def _stored_facts(ask: Ask) -> tuple[Any, ...]:
+    """An ask's facts with its flags as their stored text (as the DNS events stage makes them;
+    anything else is made so here); ValueError for anything that is not an ask."""
+    facts = ask_facts_valid(ask)
+    flags = facts[_FACTS_FLAGS_AT]
+    if type(flags) is str:
+        return facts
+    return (*facts[:_FACTS_FLAGS_AT], flags_text(flags) if flags else "", *facts[_FACTS_FLAGS_AT + 1 :])
 
 
 def _tuple_insert(placeholder: str) -> str:
@@ -233,6 +251,10 @@ class CoreRows:
         return CoreRows.build(from_compact(event), uids)
 
     @staticmethod
+    def build_ask(ask: Ask, uids: Callable[[], str]) -> dict[str, Any]:
+        return CoreRows.build(from_compact(from_ask(ask)), uids)
+
+    @staticmethod
     def insert(conn: Connection, rows: list[Any]) -> int:
         return insert_events(conn, rows)
 
@@ -270,18 +292,25 @@ class SqliteRows:
 
     @staticmethod
     def build_compact(event: CompactEvent, uids: Callable[[], str]) -> tuple[Any, ...]:
-        """The row of a compact event, without making its record first (the DNS daemon's
-        events come so: this is the writer thread's work per blocked query)."""
+        """The row of a compact event, without making its record first (the proxy's events
+        and the DNS daemon's own names come so)."""
         if len(event) != _COMPACT_LEN:
             raise ValueError(f"a compact event has {_COMPACT_LEN} fields, not {len(event)}")
-        flags = event[_FLAGS_AT]
+        values = _compact_values(event)
+        flags = values[_FLAGS_AT]
         return (
-            posix_microseconds(event[0]),
-            *event[1:_FLAGS_AT],
+            posix_microseconds(values[0]),
+            *values[1:_FLAGS_AT],
             flags_text(flags) if flags else "",
-            *event[_AFTER_FLAGS:],
+            *values[_AFTER_FLAGS:],
             uids(),
         )
+
+    @staticmethod
+    def build_ask(ask: Ask, uids: Callable[[], str]) -> tuple[Any, ...]:
+        """The row of an ask (the DNS daemon's blocked queries: this is the writer thread's
+        work per blocked query): its values as they came, the time made storable."""
+        return (posix_microseconds(ask[0]), ask[1], ask[2], ask[3], *_stored_facts(ask), uids())
 
     @staticmethod
     def insert(conn: Connection, rows: list[Any]) -> int:
@@ -324,14 +353,20 @@ class PostgresRows:
         """The row of a compact event, without making its record first (as SqliteRows)."""
         if len(event) != _COMPACT_LEN:
             raise ValueError(f"a compact event has {_COMPACT_LEN} fields, not {len(event)}")
-        flags = event[_FLAGS_AT]
+        values = _compact_values(event)
+        flags = values[_FLAGS_AT]
         return (
-            datetime.fromtimestamp(event[0], UTC).replace(tzinfo=None),  # what UTCMicroseconds binds on PostgreSQL
-            *event[1:_FLAGS_AT],
+            _naive_utc(values[0]),
+            *values[1:_FLAGS_AT],
             flags_text(flags) if flags else "",
-            *event[_AFTER_FLAGS:],
+            *values[_AFTER_FLAGS:],
             uids(),
         )
+
+    @staticmethod
+    def build_ask(ask: Ask, uids: Callable[[], str]) -> tuple[Any, ...]:
+        """The row of an ask (as SqliteRows)."""
+        return (_naive_utc(ask[0]), ask[1], ask[2], ask[3], *_stored_facts(ask), uids())
 
     @staticmethod
     def insert(conn: Connection, rows: list[Any]) -> int:
@@ -345,6 +380,11 @@ class PostgresRows:
     def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:
         """The rows as ``CoreRows`` makes them (for the spool)."""
         return [_tuple_as_dict(row, row[0].replace(tzinfo=UTC)) for row in rows]
+
+
+def _naive_utc(ts: float) -> datetime:
+    """POSIX seconds as the naive UTC datetime UTCMicroseconds binds on PostgreSQL."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
 
 
 RowFormat = type[CoreRows] | type[SqliteRows] | type[PostgresRows]

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from schoolgate.store.coltypes import utcnow
 from schoolgate.store.events.ledger import Ledger
-from schoolgate.store.events.record import CompactEvent, EventRecord
+from schoolgate.store.events.record import ASK_LEN, CompactEvent, EventRecord
 from schoolgate.store.events.repeats import fold_repeats
 from schoolgate.store.events.rows import WRITE_ERRORS, RowFormat, insert_mended, is_bad_data, row_format
 from schoolgate.store.events.shipper import RETRY_MIN, SpoolShipper
@@ -142,7 +142,8 @@ class EventWriter:
         self.batch_size = batch_size
         self._status = status
         self._uids = UidSource(uid_prefix)
-        # Records or compact events (see record.CompactEvent): rows are built by the writer thread.
+        # Records, compact events or asks (see record.CompactEvent, record.Ask): rows are built
+        # by the writer thread.
         self._queue: deque[EventRecord | CompactEvent] = deque()
         # fast_rows=False: dicts through SQLAlchemy Core on every database, the reference
         # the fast paths are tested and measured against.
@@ -183,8 +184,8 @@ class EventWriter:
     def submit(self, record: EventRecord | CompactEvent) -> bool:
         """Queue a record; False if it was dropped because the queue is full (counted).
 
-        A compact event (record.CompactEvent) is queued as it is and made a record by the
-        writer's thread: the producer's cost is the tuple it built.
+        A compact event or an ask (record.CompactEvent, record.Ask) is queued as it is and made
+        a row by the writer's thread: the producer's cost is the tuple it built.
         """
         with self._lock:
             ledger = self._ledger
@@ -200,7 +201,8 @@ class EventWriter:
                 self._wake.notify()
             return True
 
-    submit_compact = submit  # the name the DNS events stage looks for (see its EventSink)
+    submit_compact = submit  # the names the DNS events stage looks for (see its EventSink)
+    submit_ask = submit  # an ask (record.Ask) is queued as it is too: its row is built from it
 
     def submit_many(self, records: Sequence[EventRecord | CompactEvent]) -> int:
         """Queue a batch under one lock (what another process handed over); returns how many
@@ -352,11 +354,16 @@ class EventWriter:
                     self._retry_len -= folded
                     self._room.notify_all()
             batch: list[Any] = []
-            build, build_compact = self._rows.build, self._rows.build_compact
+            build, build_compact, build_ask = self._rows.build, self._rows.build_compact, self._rows.build_ask
             uids = self._uids
             for record in records:
                 try:
-                    row = build_compact(record, uids) if isinstance(record, tuple) else build(record, uids)
+                    if not isinstance(record, tuple):
+                        row = build(record, uids)
+                    elif len(record) == ASK_LEN:
+                        row = build_ask(record, uids)
+                    else:
+                        row = build_compact(record, uids)
                 except Exception as err:  # a malformed record must not kill the writer thread
                     log.warning("malformed event record dropped: %s", err)
                     with self._lock:

@@ -265,17 +265,19 @@ def test_events_blocked_in_full_allowed_folded_special_named() -> None:
 
 
 def test_the_compact_event_is_the_record_from_decision_makes() -> None:
-    """The events stage builds tuples instead of records: field for field the same event."""
+    """The events stage builds tuples instead of records: field for field the same event, its
+    flags as the text the events table stores (made once per decision and client)."""
     decision = Decision(
         verdict=Verdict.BLOCK, rule_id="social-media", clause="Social Media Policy §9", reason="no",
-        role=Role.PUPIL, service="facebook", category="social_media", flags=frozenset({"repeat"}),
+        role=Role.PUPIL, service="facebook", category="social_media", flags=frozenset({"repeat", "circumvention"}),
     )
     client = Client(ip="10.0.0.7", mac="02:00:00:00:00:07", device_id="LAP-07", device_name="Laptop 7",
                     person_id="p42", person_name="Sam Pupil", role=Role.PUPIL, identity_source="radius")
     event = compact_event(decision, client, "www.facebook.com", 28, site="dnstest", ts=TEN.timestamp(), count=2)
     expected = EventRecord.from_decision(decision, client, Target("www.facebook.com"), site="dnstest", source="dns",
                                          ts=TEN, qtype="AAAA", count=2)
-    assert from_compact(event) == expected
+    assert from_compact(event) == replace(expected, flags="circumvention,repeat")
+    assert from_compact(event).row() == expected.row() and from_compact(event).flag_set == expected.flag_set
 
 
 def test_a_sink_that_takes_compact_events_gets_them_as_they_are() -> None:

@@ -29,7 +29,7 @@ from schoolgate.store.events.channel import (
     encode,
     receive_events,
 )
-from schoolgate.store.events.record import ASK_FACTS, COMPACT_FIELDS, RECORD_FIELDS, compact
+from schoolgate.store.events.record import ASK_FACTS, COMPACT_FIELDS, RECORD_FIELDS, compact, from_ask
 from schoolgate.store.models import AccessEvent
 
 SITE = "testschool"
@@ -201,15 +201,19 @@ def test_asks_and_compact_events_are_stored_as_the_same_rows(engine: Engine) -> 
         assert [getattr(asked, c) for c in columns] == [getattr(compacted, c) for c in columns], n
 
 
-def test_a_batch_of_asks_shares_their_facts_and_decodes_to_compact_events() -> None:
-    """A batch's shared facts are written once (marshal's references), and decoding makes each
-    ask the compact event it stands for, beside compact events in the same batch."""
+def test_a_batch_of_asks_shares_their_facts_and_decodes_as_sent() -> None:
+    """A batch's shared facts are written once (marshal's references), and decoding gives the
+    asks back as they were sent, still sharing their facts, beside compact events in the same
+    batch: the writer builds an ask's row straight from it (rows.SqliteRows.build_ask)."""
     asks = [ask_of(record(n, client_ip="10.0.0.1")) for n in range(100)]
     shared = asks[0][4]
     asks = [(*ask[:4], shared) for ask in asks]
     events = [compact(record(n, client_ip="10.0.0.1")) for n in range(100)]
     assert len(encode(asks)) * 2 < len(encode(events))
-    assert decode(encode([*asks, events[0], *asks[:1]])) == [*events, events[0], events[0]]
+    decoded = decode(encode([*asks, events[0], *asks[:1]]))
+    assert decoded == [*asks, events[0], asks[0]]
+    assert all(ask[4] is decoded[0][4] for ask in decoded[:100] + decoded[101:])
+    assert [from_ask(e) for e in decoded[:100]] == events
 
 
 @pytest.mark.parametrize(

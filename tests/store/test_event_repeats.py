@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from schoolgate.store.events import EventRecord, EventWriter
-from schoolgate.store.events.record import COMPACT_FIELDS, CompactEvent, compact
+from schoolgate.store.events.record import ASK_FACTS, ASK_LEN, COMPACT_FIELDS, CompactEvent, compact, from_ask
 from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types, fold_repeats, within_window
 from schoolgate.store.models import AccessEvent
 
@@ -33,11 +33,31 @@ def ask(qtype: str | None = "A", at: float = 0.0, **changes: Any) -> CompactEven
     return tuple(values)
 
 
+def as_ask(event: CompactEvent) -> tuple[Any, ...]:
+    """The ask (record.Ask, as the DNS daemon hands its events over) that stands for `event`."""
+    values = dict(zip(COMPACT_FIELDS, event, strict=True))
+    return (values["ts"], values["host"], values["qtype"], values["count"], tuple(values[n] for n in ASK_FACTS))
+
+
+def as_compact(event: Any) -> Any:
+    return from_ask(event) if type(event) is tuple and len(event) == ASK_LEN else event
+
+
+# The same events as compact events, as asks (the DNS daemon's), and every other one an ask: the
+# writer folds them by one rule, whatever their form.
+SHAPES = {
+    "compact": lambda events: events,
+    "asks": lambda events: [as_ask(e) for e in events],
+    "mixed": lambda events: [as_ask(e) if n % 2 else e for n, e in enumerate(events)],
+}
+
+
 def rows_of(events: list[CompactEvent]) -> list[tuple[Any, ...]]:
     """(seconds after T0, qtype, count, host, client) of each row `fold_repeats` makes of `events`."""
     folded, _ = fold_repeats(events)
+    made = [as_compact(e) for e in folded]
     return [(round(e[0] - T0, 3), e[QTYPE], e[COMPACT_FIELDS.index("count")], e[COMPACT_FIELDS.index("host")],
-             e[COMPACT_FIELDS.index("client_ip")]) for e in folded]  # type: ignore[index]
+             e[COMPACT_FIELDS.index("client_ip")]) for e in made]
 
 
 CASES = [
@@ -62,9 +82,27 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("events", "expected"), CASES)
-def test_repeated_asks_fold_into_the_first(events: list[CompactEvent], expected: list[tuple[Any, ...]]) -> None:
-    assert rows_of(events) == expected
+def test_repeated_asks_fold_into_the_first(events: list[CompactEvent], expected: list[tuple[Any, ...]],
+                                           shape: str) -> None:
+    assert rows_of(SHAPES[shape](events)) == expected
+
+
+def test_a_folded_ask_is_still_an_ask_with_its_facts() -> None:
+    """Its row is built straight from it (rows.SqliteRows.build_ask): folding keeps the form."""
+    asks = [as_ask(ask("A")), as_ask(ask("AAAA", 0.01)), as_ask(ask("A", 0.02, host="b.example"))]
+    folded, count = fold_repeats(asks)
+    assert count == 1 and [len(e) for e in folded] == [ASK_LEN, ASK_LEN]  # type: ignore[arg-type]
+    assert folded[0] == (T0, "ads.example", "A,AAAA", 2, asks[0][4]) and folded[0][4] is asks[0][4]  # type: ignore[index]
+    assert folded[1] is asks[2]
+
+
+@pytest.mark.parametrize("bad", [(T0, "ads.example", "A", 1, ("short",)), (T0, "ads.example", "A", 1, 7), (1, 2)])
+def test_what_is_not_an_ask_is_left_for_the_row_builder_to_refuse(bad: tuple[Any, ...]) -> None:
+    events = [as_ask(ask("A")), bad, as_ask(ask("AAAA", 0.01))]
+    folded, count = fold_repeats(events)
+    assert count == 1 and folded[1] is bad and len(folded) == 2
 
 
 DIFFERENT = [
@@ -79,9 +117,10 @@ DIFFERENT = [
 ]
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("changes", DIFFERENT)
-def test_an_ask_that_differs_in_any_other_fact_is_a_row_of_its_own(changes: dict[str, Any]) -> None:
-    events = [ask("A"), ask("AAAA", 0.1, **changes)]
+def test_an_ask_that_differs_in_any_other_fact_is_a_row_of_its_own(changes: dict[str, Any], shape: str) -> None:
+    events = SHAPES[shape]([ask("A"), ask("AAAA", 0.1, **changes)])
     folded, count = fold_repeats(events)
     assert folded == events and count == 0
 

@@ -31,7 +31,7 @@ from schoolgate.store.events import (
     insert_events,
     row_format,
 )
-from schoolgate.store.events.record import compact
+from schoolgate.store.events.record import ASK_FACTS, COMPACT_FIELDS, compact, flags_text
 from schoolgate.store.models import AccessEvent, Generation
 
 SITE = "testschool"
@@ -260,6 +260,34 @@ def test_compact_events_make_the_rows_their_records_make(engine: Engine) -> None
         assert from_compact_events == from_records, rows
         with pytest.raises(ValueError, match="fields"):
             rows.build_compact(compact(records[0])[:-1], lambda: "x")
+
+
+def ask_of(event: tuple[Any, ...], *, flags_as_text: bool) -> tuple[Any, ...]:
+    """The ask (record.Ask) that stands for a compact event: its facts' flags as the DNS events
+    stage makes them (their stored text), or as the set a decision holds."""
+    values = dict(zip(COMPACT_FIELDS, event, strict=True))
+    text = flags_text(values["flags"]) if values["flags"] else ""
+    values["flags"] = text if flags_as_text else frozenset(text.split(",")) - {""}
+    return (values["ts"], values["host"], values["qtype"], values["count"], tuple(values[n] for n in ASK_FACTS))
+
+
+@pytest.mark.parametrize("flags_as_text", [True, False], ids=["flags as text", "flags as a set"])
+def test_asks_make_the_rows_their_compact_events_make(engine: Engine, flags_as_text: bool) -> None:
+    """The DNS daemon hands its blocked queries over as asks; each row format makes from an ask
+    the row of the compact event it stands for, and refuses what is not an ask."""
+    records = [replace(r, uid=None) for r in odd_records()]
+    for rows in (row_format(engine), CoreRows):
+        uids = [f"u{i}" for i in range(len(records))]
+        asks = [ask_of(compact(r), flags_as_text=flags_as_text) for r in records]
+        from_asks = [rows.build_ask(a, lambda uid=uid: uid) for a, uid in zip(asks, uids, strict=True)]  # type: ignore[arg-type]
+        from_compact_events = [
+            rows.build_compact(compact(r), lambda uid=uid: uid) for r, uid in zip(records, uids, strict=True)
+        ]
+        assert from_asks == from_compact_events, rows
+        whole = asks[1]
+        for bad in (whole[:4], (*whole[:4], whole[4][:-1]), (*whole[:4], list(whole[4])), (*whole, "extra")):
+            with pytest.raises(ValueError, match="ask"):
+                rows.build_ask(bad, lambda: "x")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "core"])
