@@ -38,6 +38,9 @@ from schoolgate.policy.types import Client, Role
 log = logging.getLogger(__name__)
 
 STATUS_NAME = "gateway"  # net watch's daemon_status row
+# The longest a read of the NFLOG group waits before the loop polls the register, the overlay
+# and the census again.
+NFLOG_READ_TIMEOUT_S = 1.0
 # `keep_watching`'s pauses before it starts a failed watcher again, by failures in a row: the
 # kernel's NFLOG group or nft may be missing until `schoolgate net apply` has run.
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -210,7 +213,7 @@ def run_watcher(config: Any, *, stop: threading.Event | None = None,
             engine, config, status=StatusTarget(site=site, name=STATUS_NAME, extra=lambda: dict(counts))
         )
         nflog = NflogSocket(group)
-        nflog.settimeout(1.0)
+        nflog.settimeout(NFLOG_READ_TIMEOUT_S)
         dedup = AttemptDeduplicator()
         roles = PolicyRoles(config, sessions, clock)
         blocked = None if config.network.mode == "dns-only" else BlockedSets(family=watched_family(config.network.mode))

@@ -14,9 +14,28 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from schoolgate.dns.daemon import EVENTS_TICK_S as DNS_TICK_S
+from schoolgate.dns.daemon import WRITER_SETTINGS as DNS_WRITING
+from schoolgate.gateway.circumvention import NFLOG_READ_TIMEOUT_S
 from schoolgate.lab.lab import Lab
 from schoolgate.lab.netns import exec_in
+from schoolgate.proxy.daemon import EVENTS_TICK_S as PROXY_TICK_S
+from schoolgate.proxy.events import WRITER_SETTINGS as PROXY_WRITING
+from schoolgate.store.db import DEFAULT_BUSY_TIMEOUT_MS
+from schoolgate.store.events import EventWriter
 from schoolgate.store.models import AccessEvent
+
+# The longest an event takes to reach the database while the appliance is healthy: the daemon's
+# tick (or net watch's NFLOG read) hands it over, its writing process gathers a burst, and the
+# write may wait out another writer's lock (the busy timeout), fail, and be tried again after
+# the writer's longest backoff. A wait for an event is bounded by this, not by a guess: a wait
+# shorter than one lock wait failed under a loaded CI run while the event was on its way.
+EVENT_DELIVERY_S = (
+    max(DNS_TICK_S, PROXY_TICK_S, NFLOG_READ_TIMEOUT_S)
+    + max(DNS_WRITING.gather_s, PROXY_WRITING.gather_s)
+    + DEFAULT_BUSY_TIMEOUT_MS / 1000
+    + EventWriter.RETRY_MAX
+)
 
 
 @dataclass
@@ -74,7 +93,7 @@ class LabClient:
         return rows[-1].id if rows else 0
 
     def wait_events(self, predicate: Callable[[AccessEvent], bool], since_id: int, *, count: int = 1,
-                    timeout: float = 10) -> list[AccessEvent]:
+                    timeout: float = EVENT_DELIVERY_S) -> list[AccessEvent]:
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events(since_id) if predicate(e)]
