@@ -266,9 +266,15 @@ class FrontDoor:
         self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
 
     def _accept(self, listener: socket.socket) -> None:
+        # socket.accept() asks the listener for its family and type (two enum conversions) and
+        # whether the new socket must block, for every connection: the listener's family is
+        # read here once per wake-up, and the descriptor wrapped as socket.accept() would.
+        # The new socket is left blocking (no ioctl): its first bytes are read with MSG_DONTWAIT,
+        # and only a connection that is kept (spliced or handed over) is made non-blocking.
+        family = listener.family
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = listener.accept()
+                fd, peer = listener._accept()  # type: ignore[attr-defined]  # socket.accept()'s own first step
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
@@ -281,7 +287,7 @@ class FrontDoor:
                     return
                 log.warning("accepting a connection failed: %s", err)
                 continue
-            sock.setblocking(False)
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             self.accepted += 1
             self._begin(sock, peer)
 
@@ -325,7 +331,7 @@ class FrontDoor:
         all (then decide on what came)."""
         sock = hello.sock
         try:
-            chunk = sock.recv(MAX_HELLO - len(hello.data))
+            chunk = sock.recv(MAX_HELLO - len(hello.data), socket.MSG_DONTWAIT)  # the socket blocks (_accept)
         except (BlockingIOError, InterruptedError):
             chunk = None
         except ConnectionError:

@@ -242,6 +242,9 @@ class Relay:
         self._loop = door.loop
         self._poller = door.splices
         self.client = client
+        # The front door leaves an accepted socket blocking (it reads the first bytes with
+        # MSG_DONTWAIT); a relay's sends and reads must never block.
+        device.setblocking(False)
         self.device = device
         self.server: socket.socket | None = None
         self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet

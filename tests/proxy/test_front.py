@@ -275,6 +275,39 @@ def test_a_devices_last_bytes_and_its_fin_are_taken_in_one_wake_up(
     assert len(device_reads) == 1
 
 
+@pytest.mark.parametrize(
+    ("who", "sni", "made_non_blocking"), [(PUPIL, "www.facebook.com", 0), (STAFF, "allowed.test", 1)]
+)
+def test_only_a_connection_that_is_kept_is_made_non_blocking(
+    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch,
+    who: Client, sni: str, made_non_blocking: int,
+) -> None:
+    """The front door reads a connection's first bytes without making its socket non-blocking
+    (MSG_DONTWAIT): a killed connection is accepted, read and closed with no ioctl of its own;
+    a spliced one is made non-blocking once, before its relay sends or reads on it."""
+    known_clients[LOOPBACK] = as_loopback(who)
+    door_ports: list[int] = []
+    calls: list[bool] = []  # setblocking's argument, for the sockets the front door accepted
+    real_setblocking = socket.socket.setblocking
+
+    def recording_setblocking(sock: socket.socket, flag: bool) -> None:
+        if door_ports and sock.fileno() >= 0 and sock.getsockname()[1] == door_ports[0]:
+            calls.append(flag)
+        real_setblocking(sock, flag)
+
+    monkeypatch.setattr(socket.socket, "setblocking", recording_setblocking)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> dict[str, int]:
+        door_ports.append(port)
+        await send_hello(port, sni)
+        await settled(lambda: len(services.connections) == 0)
+        return door.snapshot()
+
+    snapshot = run_front(services, None if made_non_blocking else (FACEBOOK_IP, 443), scenario)
+    assert (snapshot["killed"], snapshot["spliced"]) == (1 - made_non_blocking, made_non_blocking)
+    assert calls == [False] * made_non_blocking
+
+
 def test_an_allowed_hello_to_a_server_that_refuses_is_ended_unspliced(
     services: Services, known_clients: dict[str, Client]
 ) -> None:
@@ -542,11 +575,11 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(
     connections), then watched again, and the connection waiting in it is served, on either loop."""
     monkeypatch.setattr(front_module, "ACCEPT_PAUSE_S", 0.2)
     failures = [OSError(errno.EMFILE, "Too many open files")]
-    real_accept = socket.socket.accept
+    real_accept = socket.socket._accept  # what the front door accepts with: (descriptor, peer)
     failed_at: list[float] = []
     accepted_at: list[float] = []
 
-    def accept(sock: socket.socket) -> tuple[socket.socket, Any]:
+    def accept(sock: socket.socket) -> tuple[int, Any]:
         if sock.family == socket.AF_INET and port_box and sock.getsockname()[1] == port_box[0]:
             if failures:
                 failed_at.append(time.monotonic())
@@ -557,7 +590,7 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(
         return real_accept(sock)
 
     port_box: list[int] = []
-    monkeypatch.setattr(socket.socket, "accept", accept)
+    monkeypatch.setattr(socket.socket, "_accept", accept)
 
     async def main() -> tuple[int, int]:
         pipeline = Pipeline(build_addons(services), services.connections)
