@@ -327,8 +327,13 @@ class Relay:
             # The peer has said all it will: the rest of it and its FIN are in, so they are
             # taken now rather than on a wake-up of their own (a device sends its last bytes
             # and closes at once).
-        self._poller.remove_reader(source.fileno())
         self._eof.add(source)
+        if len(self._eof) == 2 and not self.waiting:
+            # The second FIN, everything delivered: the connection ends here, and closing the
+            # sockets takes them out of the epoll (no epoll_ctl to stop reading this one first).
+            self.close()
+            return
+        self._poller.remove_reader(source.fileno())
         if target not in self.waiting:
             self._pass_eof(target)
 

@@ -308,6 +308,51 @@ def test_only_a_connection_that_is_kept_is_made_non_blocking(
     assert calls == [False] * made_non_blocking
 
 
+class CountingEpoll:
+    """An epoll whose changes (register, modify, unregister) are counted: the splice poller's."""
+
+    def __init__(self, epoll: Any) -> None:
+        self._epoll = epoll
+        self.changes: list[str] = []
+
+    def register(self, fd: int, mask: int) -> None:
+        self.changes.append("register")
+        self._epoll.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.changes.append("modify")
+        self._epoll.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self.changes.append("unregister")
+        self._epoll.unregister(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._epoll, name)
+
+
+def test_a_splice_ended_by_both_fins_is_closed_without_unwatching_its_last_side(
+    services: Services, known_clients: dict[str, Client]
+) -> None:
+    """A splice's epoll changes: the server watched for its connect, then for reading, the
+    device watched for reading, the device unwatched at its FIN (the server may still answer);
+    at the server's FIN the connection ends, and closing its sockets takes both out of the
+    epoll: no change is made for that last side first."""
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, list[str]]:
+        counting = CountingEpoll(door.splices._epoll)
+        door.splices._epoll = counting
+        answer = await send_hello(port, "allowed.test", b"the device's last words")
+        await settled(lambda: len(services.connections) == 0)
+        return answer, list(counting.changes)  # before the door stops (its listener leaves the epoll)
+
+    answer, changes = run_front(services, None, scenario)
+    assert answer.endswith(b"the device's last words")  # the hello and the rest echoed, then closed
+    assert len(answer) == len(client_hello_bytes("allowed.test") + b"the device's last words")
+    assert changes == ["register", "modify", "register", "unregister"]
+
+
 def test_an_allowed_hello_to_a_server_that_refuses_is_ended_unspliced(
     services: Services, known_clients: dict[str, Client]
 ) -> None:
