@@ -65,6 +65,12 @@ DEFER_ACCEPT_S = 1
 # an idle relay: a device that vanished without a FIN must not hold two sockets for ever.
 SPLICE_IDLE_S = 600.0
 IDLE_SWEEP_S = 30.0
+# A passthrough whose server has not answered its dial in this long is closed. The dials are
+# checked together every DIAL_CHECK_S while any is outstanding, rather than each with a timer
+# of its own (made, then cancelled when the server answers a moment later, and left in the
+# loop's heap until then: 2.5% of a passthrough's instructions).
+CONNECT_TIMEOUT_S = 15.0
+DIAL_CHECK_S = 1.0
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 Handover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -188,6 +194,8 @@ class FrontDoor:
         self._relays: dict[str, Relay] = {}  # conn id -> its splice
         self._waiting: dict[int, _Hello] = {}  # socket fd -> a connection waiting for its first bytes
         self._sweeper: asyncio.TimerHandle | None = None
+        self._dials: list[Relay] = []  # the relays dialled since the last check, and those still dialling
+        self._dial_check: asyncio.TimerHandle | None = None
         # Connection ids: unique in this process, as mitmproxy's own (uuid4 text) are; a counter
         # costs nothing, where two uuid4s (the client's and its server's) cost a killed connection
         # a few percent of its CPU.
@@ -224,6 +232,8 @@ class FrontDoor:
             sock.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._dial_check is not None:
+            self._dial_check.cancel()
         for relay in list(self._relays.values()):
             relay.close()
         self.splices.close()
@@ -264,6 +274,26 @@ class FrontDoor:
                 self.idle_closed += 1
                 relay.close()
         self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
+
+    def _watch_dial(self, relay: Relay) -> None:
+        self._dials.append(relay)
+        if self._dial_check is None:
+            self._dial_check = self.loop.call_later(DIAL_CHECK_S, self._check_dials)
+
+    def _check_dials(self) -> None:
+        """Close the relays whose server has not answered in CONNECT_TIMEOUT_S; forget those
+        that have answered (or ended); check again while any is still dialling."""
+        overdue = self.loop.time() - CONNECT_TIMEOUT_S
+        dialling = []
+        for relay in self._dials:
+            if not relay.dialling:
+                continue
+            if relay.last_active <= overdue:  # the dial's time: nothing was read since
+                relay.dial_timed_out()
+            else:
+                dialling.append(relay)
+        self._dials = dialling
+        self._dial_check = self.loop.call_later(DIAL_CHECK_S, self._check_dials) if dialling else None
 
     def _accept(self, listener: socket.socket) -> None:
         # socket.accept() asks the listener for its family and type (two enum conversions) and
@@ -420,7 +450,9 @@ class FrontDoor:
                 dialled = relay.connect(destination, data)
                 if observe is not None:
                     observe()
-                if not dialled:
+                if dialled:
+                    self._watch_dial(relay)
+                else:
                     relay.close()
             else:
                 if observe is not None:

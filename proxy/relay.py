@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 15.0
 READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
 
 # A reader also hears of the peer's FIN (EPOLLRDHUP): what it sent last and its FIN are then
@@ -234,7 +233,7 @@ class Relay:
     delivered, or at once on an error either side.
     """
 
-    __slots__ = ("_closed", "_door", "_eof", "_loop", "_poller", "_timer", "client", "device", "last_active",
+    __slots__ = ("_closed", "_door", "_eof", "_loop", "_poller", "client", "device", "dialling", "last_active",
                  "server", "waiting")
 
     def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
@@ -250,7 +249,9 @@ class Relay:
         self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet
         self._eof: set[socket.socket] = set()  # the sides that have sent their FIN
         self.last_active = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = None
+        # From the dial until the server answers (or the relay ends): the front door closes a
+        # relay whose server has not answered in time (FrontDoor._check_dials).
+        self.dialling = False
         self._closed = False
 
     def connect(self, destination: tuple[str, int], hello: bytes) -> bool:
@@ -273,13 +274,13 @@ class Relay:
         with contextlib.suppress(OSError):
             server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.waiting[server] = hello
-        self._timer = self._loop.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out, destination)
+        self.dialling = True
         self._poller.add_writer(server.fileno(), self._connected, destination)
         return True
 
-    def _connect_timed_out(self, destination: tuple[str, int]) -> None:
-        log.debug("passthrough to %s: no answer in %.0f s", destination, CONNECT_TIMEOUT_S)
-        self._timer = None
+    def dial_timed_out(self) -> None:
+        """The server has not answered the dial in time (the front door's deadline)."""
+        log.debug("passthrough to %s: no answer in time", self.client.sockname)
         self.close()
 
     def _connected(self, destination: tuple[str, int]) -> None:
@@ -287,9 +288,7 @@ class Relay:
         first send reports (ECONNREFUSED and the like): no SO_ERROR read for it."""
         server = self.server
         assert server is not None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.dialling = False
         hello = self.waiting.pop(server)
         try:
             sent = server.send(hello)
@@ -388,9 +387,7 @@ class Relay:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.dialling = False
         for sock in (self.device, self.server):
             if sock is None:
                 continue

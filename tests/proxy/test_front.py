@@ -374,6 +374,44 @@ def test_an_allowed_hello_to_a_server_that_refuses_is_ended_unspliced(
     assert services.counters.passed_through == 1  # judged and logged as allowed: the server said no
 
 
+def test_passthroughs_whose_server_never_answers_are_closed_by_one_check_not_a_timer_each(
+    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server drops the passthroughs' SYNs (its accept queue is full): each device's
+    connection is closed once the connect timeout has passed, and the dials are watched by one
+    periodic check while any is outstanding, not by a timer made (and cancelled) per dial."""
+    monkeypatch.setattr(front_module, "CONNECT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(front_module, "DIAL_CHECK_S", 0.05)
+    known_clients[LOOPBACK] = as_loopback(STAFF)
+    scheduled: list[str] = []  # what the front door and its relays asked the loop to call later
+
+    with socket.socket() as full:
+        full.bind((LOOPBACK, 0))
+        full.listen(0)
+        # One connection fills the accept queue of a listener that never accepts: the kernel
+        # drops the SYNs that follow, so a dial to it waits for an answer that never comes.
+        with socket.create_connection(full.getsockname()):
+
+            async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[list[bytes], dict[str, int]]:
+                loop = asyncio.get_running_loop()
+                real_call_later = loop.call_later
+
+                def recording_call_later(delay: float, callback: Callable[..., Any], *args: Any) -> Any:
+                    scheduled.append(getattr(callback, "__qualname__", repr(callback)))
+                    return real_call_later(delay, callback, *args)
+
+                monkeypatch.setattr(loop, "call_later", recording_call_later)
+                answers = await asyncio.gather(*(send_hello(port, "allowed.test") for _ in range(3)))
+                await settled(lambda: len(services.connections) == 0)
+                return answers, door.snapshot()
+
+            answers, snapshot = run_front(services, full.getsockname(), scenario)
+    assert answers == [b""] * 3  # closed unanswered
+    assert (snapshot["spliced"], snapshot["splices_open"]) == (0, 0)
+    assert services.counters.passed_through == 3  # judged and logged as allowed; the server never answered
+    assert scheduled and set(scheduled) == {"FrontDoor._check_dials"}  # no timer of a relay's own
+
+
 def test_a_spliced_connection_can_be_closed_by_its_id(services: Services, known_clients: dict[str, Client]) -> None:
     """What Rejudge does when lunch ends: the daemon's close() reaches the front's splice."""
     known_clients[LOOPBACK] = as_loopback(STAFF)
