@@ -38,6 +38,11 @@ EXTENSIONS = [
         sources=["dns/_question.c"],
         extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
     ),
+    Extension(
+        "schoolgate.dns._datagrams",
+        sources=["dns/_datagrams.c"],
+        extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
+    ),
 ]
 DATA_SUFFIXES = {".pyi", ".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from schoolgate.dns._datagrams import receive as receive_datagrams
+from schoolgate.dns._datagrams import send as send_datagrams
 from schoolgate.dns.chain import Answer, Stage
 from schoolgate.dns.fastpath import FastAnswer
 from schoolgate.dns.upstream import parse_address
@@ -34,7 +36,6 @@ from schoolgate.dns.wire import (
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!H")
-_READY = (bytes, bytearray)  # an answer sent at once (anything else is awaited)
 READ_BATCH = 64
 TCP_IDLE_S = 10.0
 TCP_MAX_CONNECTIONS = 256
@@ -172,37 +173,32 @@ class UdpListener:
         self.sock = sock
         self.handler = handler
         self.loop = asyncio.get_running_loop()
-        # An IPv4 socket's peer address is already the client's IP as the policy spells it.
-        self._v4 = sock.family == socket.AF_INET
+        self._fd = sock.fileno()
 
     def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self.loop.add_reader(self._fd, self._readable)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.loop.remove_reader(self.sock.fileno())
+            self.loop.remove_reader(self._fd)
         self.sock.close()
 
     def _readable(self) -> None:
-        # Per datagram: receive, the fast path (a blocked name or a cache hit, answered in one
-        # call), else the chain; the answer is sent from here unless it waits for upstream.
-        sock = self.sock
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
+        # Per wake-up: the waiting datagrams in one system call (up to READ_BATCH); per datagram
+        # the fast path (a blocked name or a cache hit, answered in one call), else the chain;
+        # the answers ready are sent together at the end, in one system call (dns/_datagrams.c),
+        # and those that wait for upstream when it answers.
+        try:
+            datagrams = receive_datagrams(self._fd, READ_BATCH)
+        except OSError as err:
+            log.debug("udp receive error: %s", err)
+            return
         handler = self.handler
         counters = handler.counters
         fast = handler.fast if handler.drain is None else handler.drain()
         through_chain = handler.through_chain
-        v4 = self._v4
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                log.debug("udp receive error: %s", err)
-                return
-            client_ip = addr[0] if v4 else _client_ip(addr)
+        replies: list[tuple[bytes, bytes]] = []
+        for data, client_ip, sender in datagrams:
             result: Answer | Awaitable[Answer] = None
             try:
                 result = fast(data, client_ip) if fast is not None else None
@@ -220,30 +216,31 @@ class UdpListener:
                     continue
                 if result is None:
                     continue
-            if isinstance(result, _READY):
-                try:
-                    sendto(result, addr)
-                except (BlockingIOError, InterruptedError):
-                    pass  # the socket buffer is full: the client will retry
-                except OSError as err:
-                    log.debug("udp send to %s failed: %s", addr, err)
+            if isinstance(result, bytes):
+                replies.append((result, sender))
+            elif isinstance(result, bytearray):
+                replies.append((bytes(result), sender))
             else:
-                task = self.loop.create_task(self._later(result, addr))
+                task = self.loop.create_task(self._later(result, sender))
                 handler.tasks.add(task)
                 task.add_done_callback(handler.tasks.discard)
+        if replies:
+            self._send(replies)
 
-    async def _later(self, pending: Awaitable[Answer], addr: Any) -> None:
+    async def _later(self, pending: Awaitable[Answer], sender: bytes) -> None:
         answer = await pending
         if answer is not None:
-            self._send(answer, addr)
+            self._send([(bytes(answer), sender)])
 
-    def _send(self, answer: bytes, addr: Any) -> None:
+    def _send(self, replies: list[tuple[bytes, bytes]]) -> None:
         try:
-            self.sock.sendto(answer, addr)
-        except (BlockingIOError, InterruptedError):
-            pass  # the socket buffer is full: the client will retry
+            sent, failed = send_datagrams(self._fd, replies)
         except OSError as err:
-            log.debug("udp send to %s failed: %s", addr, err)
+            log.debug("udp send failed: %s", err)
+            return
+        if sent + failed < len(replies):
+            log.debug("udp socket buffer full: %d answers not sent (the clients will retry)",
+                      len(replies) - sent - failed)
 
 
 class TcpListener:
