@@ -41,6 +41,8 @@ STATUS_NAME = "gateway"  # net watch's daemon_status row
 # The longest a read of the NFLOG group waits before the loop polls the register, the overlay
 # and the census again.
 NFLOG_READ_TIMEOUT_S = 1.0
+# A retrying client sends many packets for one attempt: one event per attempt and this long.
+DEDUP_WINDOW_S = 5.0
 # `keep_watching`'s pauses before it starts a failed watcher again, by failures in a row: the
 # kernel's NFLOG group or nft may be missing until `schoolgate net apply` has run.
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -161,7 +163,7 @@ class PolicyRoles:
 class AttemptDeduplicator:
     """A retrying client sends many packets for one attempt: keep one event per few seconds."""
 
-    def __init__(self, window_s: float = 5.0, max_entries: int = 100_000) -> None:
+    def __init__(self, window_s: float = DEDUP_WINDOW_S, max_entries: int = 100_000) -> None:
         self._window = window_s
         self._max = max_entries
         self._last: dict[tuple[str, str, str, int, str], float] = {}
