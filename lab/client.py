@@ -28,8 +28,8 @@ from schoolgate.store.models import AccessEvent
 # The longest an event takes to reach the database while the appliance is healthy: the daemon's
 # tick (or net watch's NFLOG read) hands it over, its writing process gathers a burst, and the
 # write may wait out another writer's lock (the busy timeout), fail, and be tried again after
-# the writer's longest backoff. A wait for an event is bounded by this, not by a guess: a wait
-# shorter than one lock wait failed under a loaded CI run while the event was on its way.
+# the writer's longest backoff. A wait for an event is bounded by this, not by a guess (it was
+# 10 s, shorter than one lock wait).
 EVENT_DELIVERY_S = (
     max(DNS_TICK_S, PROXY_TICK_S, NFLOG_READ_TIMEOUT_S)
     + max(DNS_WRITING.gather_s, PROXY_WRITING.gather_s)
