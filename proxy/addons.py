@@ -70,6 +70,7 @@ from schoolgate.proxy.judge import (
 from schoolgate.proxy.search import search_term
 from schoolgate.proxy.upset import UPSET_PATH, UpsetNote, UpsetSigner
 from schoolgate.store.events import EventRecord
+from schoolgate.store.events.record import CompactEvent
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ class Services:
     site: str
     submit_full: Callable[[EventRecord], bool]  # blocked, flagged and search events, one row each
     submit_allowed: Callable[[EventRecord], bool]  # plain allowed traffic (aggregated per minute)
+    # `submit_full`'s sink for an event in its compact form (record.compact), or None. With it,
+    # the front door kills a repeat of a connection it killed this minute from memory
+    # (schoolgate.proxy.repeats), handing over the event it made the first time, restamped.
+    submit_compact: Callable[[CompactEvent], bool] | None = None
     # A passed-through connection's plain allowed decision, counted per client, name and minute
     # without a record of its own (schoolgate.proxy.allowed.AllowedPasses.add, which hands its
     # minutes to `submit_allowed`); None: a record each, to `submit_allowed`.
@@ -648,16 +653,20 @@ class EventLog:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def submit(self, state: ConnState, judgement: Judgement, search: str | None = None, *, upset: bool = False) -> None:
-        record = EventRecord.from_decision(
+    def record(self, state: ConnState, judgement: Judgement, ts: datetime, search: str | None = None) -> EventRecord:
+        """The event of `judgement` on `state`'s connection at `ts`."""
+        return EventRecord.from_decision(
             judgement.decision,
             state.client,
             judgement.target,
             site=self.s.site,
             source="proxy",
-            ts=self.s.now(),
+            ts=ts,
             search_term=search,
         )
+
+    def submit(self, state: ConnState, judgement: Judgement, search: str | None = None, *, upset: bool = False) -> None:
+        record = self.record(state, judgement, self.s.now(), search)
         if upset:
             record = dataclasses.replace(record, flags=record.flag_set | {FLAG_UPSET})
         if search or not record.is_plain_allow:

@@ -151,6 +151,7 @@ async def run(
     from schoolgate.proxy.clients import RecentClients
     from schoolgate.proxy.front import FrontDoor, listen_sockets
     from schoolgate.proxy.judge import NO_SNI_CLAUSE
+    from schoolgate.proxy.repeats import RepeatKills
     from schoolgate.proxy.search import is_search_engine
     from schoolgate.store.db import make_engine
     from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
@@ -291,6 +292,7 @@ async def run(
         now=clock.now,
         site=site,
         submit_full=writer.submit,
+        submit_compact=writer.submit,  # the channel and the in-process writer take both forms
         submit_allowed=aggregator.submit,
         fold_allowed=passes.add,
         inspect=inspect if pconf.inspect_search_engines else None,
@@ -381,7 +383,7 @@ async def run(
             await asyncio.sleep(0.05)
         if front_sockets:
             instance = next(iter(ps.servers))
-            front = FrontDoor(pipeline, instance.handle_stream, opts, instance.mode)
+            front = FrontDoor(pipeline, instance.handle_stream, opts, instance.mode, repeats=RepeatKills(services))
             front.start(front_sockets)
             listening = front.listen_addrs()
         else:

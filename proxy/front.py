@@ -50,6 +50,7 @@ from mitmproxy.proxy.context import Context
 from schoolgate.proxy.addons import EarlyHello, Pipeline
 from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.relay import Relay, SplicePoller
+from schoolgate.proxy.repeats import Moment, RepeatKills
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +160,30 @@ def new_server(address: tuple[str, int], conn_id: str) -> connection.Server:
 class _Hello:
     """A connection whose first bytes are being read."""
 
-    __slots__ = ("client", "context", "data", "sock", "timer")
+    __slots__ = ("client", "complete", "context", "data", "moment", "parsed", "sock", "timer")
 
-    def __init__(self, sock: socket.socket, client: connection.Client, context: Context) -> None:
+    def __init__(
+        self, sock: socket.socket, client: connection.Client, context: Context, moment: Moment | None
+    ) -> None:
         self.sock = sock
         self.client = client
         self.context = context
+        self.moment = moment  # of the wake-up that accepted it, when kills are remembered
         self.data = b""
+        self.complete = False  # the data is all the front door waits for (hello_ready)
+        self.parsed: FastClientHello | None = None  # their ClientHello, once complete
         self.timer: asyncio.TimerHandle | None = None  # set while the loop waits for more
+
+
+def _receive(sock: socket.socket, size: int) -> bytes | None:
+    """What the client has sent, up to `size` bytes, without waiting: None if nothing yet, b""
+    once it has closed (or reset: as if it had closed). Other errors are raised."""
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT)  # the socket blocks (FrontDoor._accept)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except ConnectionError:
+        return b""
 
 
 class FrontDoor:
@@ -183,8 +200,10 @@ class FrontDoor:
         mode: Any,
         *,
         destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
+        repeats: RepeatKills | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self._repeats = repeats  # the kills of this minute, to kill their repeats from memory
         self._handover = handover
         self._destination = destination  # tests on loopback give their own
         self._options = options
@@ -254,6 +273,7 @@ class FrontDoor:
             "handed_over": self.handed_over,
             "accept_errors": self.accept_errors,
             "idle_closed": self.idle_closed,
+            "killed_from_memory": self._repeats.replayed if self._repeats is not None else 0,
             # 1: the spliced sockets are in the loop's own epoll (one wait per wake-up)
             "splices_in_loop_wait": int(getattr(self, "splices", None) is not None and self.splices.shares_loop_wait),
         }
@@ -302,6 +322,8 @@ class FrontDoor:
         # The new socket is left blocking (no ioctl): its first bytes are read with MSG_DONTWAIT,
         # and only a connection that is kept (spliced or handed over) is made non-blocking.
         family = listener.family
+        repeats = self._repeats
+        moment: Moment | None = None
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, peer = listener._accept()  # type: ignore[attr-defined]  # socket.accept()'s own first step
@@ -319,22 +341,41 @@ class FrontDoor:
                 continue
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             self.accepted += 1
-            self._begin(sock, peer)
+            if moment is None and repeats is not None:
+                moment = repeats.moment()  # once per wake-up, before any of its connections is judged
+            self._begin(sock, peer, moment)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0:
             self._listening.add_reader(listener.fileno(), self._accept, listener)
 
     # ------------------------------------------------------------------ one connection
-    def _begin(self, sock: socket.socket, peer: Any) -> None:
-        """A new connection: its client told to the addons, then its first bytes read."""
+    def _begin(self, sock: socket.socket, peer: Any, moment: Moment | None = None) -> None:
+        """A new connection: its first bytes read; a repeat of a kill of this minute killed
+        from memory; any other connection's client told to the addons, then judged."""
         try:
             destination = self._destination(sock)
+            first = _receive(sock, MAX_HELLO)
         except (OSError, struct.error) as err:  # gone already, or not redirected (someone dialled the port itself)
-            log.debug("dropping a connection without an original destination: %s", err)
+            log.debug("dropping a connection from %s: %s", peer, err)
             sock.close()
             return
+        complete, parsed = (False, None) if first is None else hello_ready(first)
+        if moment is not None and parsed is not None and parsed.sni:
+            kill = self._repeats.recall(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
+            if kill is not None:
+                sock.close()
+                self.killed += 1
+                self.judged_at_accept += 1
+                self.pipeline.relayed_early += 1
+                self._repeats.replay(kill, moment)  # type: ignore[union-attr]
+                return
         client, context = self._connection(peer, destination)
+        hello = _Hello(sock, client, context, moment)
+        if first is not None:
+            hello.data = first
+            hello.complete = complete or not first
+            hello.parsed = parsed
         try:
             pending = self.pipeline.begin_client(client)
         except Exception:
@@ -342,9 +383,13 @@ class FrontDoor:
             self._end(sock, client)
             return
         if pending is None:
-            self._read_hello(_Hello(sock, client, context), at_accept=True)
+            if hello.complete:
+                self.judged_at_accept += 1
+                self._decide(hello)
+            else:
+                self._wait(hello)
         else:  # an identity lookup off the loop first (the client was not seen lately)
-            self._spawn(self._identified(_Hello(sock, client, context), pending))
+            self._spawn(self._identified(hello, pending))
 
     async def _identified(self, hello: _Hello, pending: Awaitable[None]) -> None:
         try:
@@ -353,34 +398,35 @@ class FrontDoor:
             log.exception("the front door failed on a connection from %s", hello.client.peername)
             self._end(hello.sock, hello.client)
             return
-        self._read_hello(hello)
+        if hello.complete:
+            self._decide(hello)
+        else:
+            self._read_hello(hello)
 
-    def _read_hello(self, hello: _Hello, *, at_accept: bool = False) -> None:
-        """Read what the client has sent; decide once it is all the front waits for (a whole
-        ClientHello, or clearly none), else wait for more, up to HELLO_WAIT_S of silence in
-        all (then decide on what came)."""
-        sock = hello.sock
+    def _read_hello(self, hello: _Hello) -> None:
+        """Read what the client has sent since; decide once it is all the front waits for (a
+        whole ClientHello, or clearly none), else wait for more, up to HELLO_WAIT_S of silence
+        in all (then decide on what came)."""
         try:
-            chunk = sock.recv(MAX_HELLO - len(hello.data), socket.MSG_DONTWAIT)  # the socket blocks (_accept)
-        except (BlockingIOError, InterruptedError):
-            chunk = None
-        except ConnectionError:
-            chunk = b""  # reset: as if it had closed
+            chunk = _receive(hello.sock, MAX_HELLO - len(hello.data))
         except OSError as err:
             log.debug("connection from %s ended early: %s", hello.client.peername, err)
             self._stop_waiting(hello)
-            self._end(sock, hello.client)
+            self._end(hello.sock, hello.client)
             return
         if chunk is not None:
             hello.data += chunk
-            complete, parsed = hello_ready(hello.data)
-            if not chunk or complete:
+            hello.complete, hello.parsed = hello_ready(hello.data)
+            if not chunk or hello.complete:
                 self._stop_waiting(hello)
-                if at_accept:
-                    self.judged_at_accept += 1
-                self._decide(sock, hello.client, hello.context, hello.data, parsed)
+                self._decide(hello)
                 return
-        if hello.timer is None:  # the first wait: from now on the loop says when more came
+        self._wait(hello)
+
+    def _wait(self, hello: _Hello) -> None:
+        """From now on the loop says when more came (the first wait only)."""
+        if hello.timer is None:
+            sock = hello.sock
             self._waiting[sock.fileno()] = hello
             self.loop.add_reader(sock.fileno(), self._read_hello, hello)
             hello.timer = self.loop.call_later(HELLO_WAIT_S, self._hello_timed_out, hello)
@@ -388,7 +434,8 @@ class FrontDoor:
     def _hello_timed_out(self, hello: _Hello) -> None:
         hello.timer = None
         self._stop_waiting(hello)
-        self._decide(hello.sock, hello.client, hello.context, hello.data)
+        hello.parsed = None  # decided on what came: not a whole ClientHello
+        self._decide(hello)
 
     def _stop_waiting(self, hello: _Hello) -> None:
         if self._waiting.pop(hello.sock.fileno(), None) is not None:
@@ -423,12 +470,11 @@ class FrontDoor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _decide(
-        self, sock: socket.socket, client: connection.Client, context: Context, data: bytes,
-        parsed: FastClientHello | None = None,
-    ) -> None:
-        """Judge the first bytes (`parsed`: their ClientHello, if read already) and carry the
-        verdict out: kill, splice or hand over."""
+    def _decide(self, hello: _Hello) -> None:
+        """Judge the first bytes (and their ClientHello, if they are one) and carry the verdict
+        out: kill, splice or hand over."""
+        sock, client, context, data = hello.sock, hello.client, hello.context, hello.data
+        parsed = hello.parsed
         observe = None
         try:
             verdict, observe = (
@@ -441,6 +487,11 @@ class FrontDoor:
                 sock.close()
                 if observe is not None:
                     observe()
+                if hello.moment is not None:
+                    self._repeats.note(  # type: ignore[union-attr]
+                        hello.moment, client.peername, parsed.sni if parsed is not None else None,
+                        context.server.address, client.id,
+                    )
                 self.pipeline.client_disconnected(client)
             elif verdict is EarlyHello.PASS:
                 destination = context.server.address

@@ -1,7 +1,7 @@
 """Instructions per killed or passed-through connection in the proxy's front door, counted by
 callgrind: a figure that a shared, noisy machine does not move.
 
-    .venv/bin/python -P bench/proxy/instructions.py [--kind kill|pass|both] [--counts 100 700]
+    .venv/bin/python -P bench/proxy/instructions.py [--kind kill|kill-judged|pass|all] [--counts 100 700]
 
 The lab benchmark (bench/proxy/run.py) measures CPU time per connection from /proc against
 Squid in the same run; on a machine that others are using its runs spread by 10-30%, more than
@@ -40,6 +40,15 @@ POLICY = CHECKOUT / "tests" / "proxy" / "policy.toml"
 WHEN = datetime(2026, 11, 18, 11, 0, tzinfo=UTC)  # a Wednesday in term: the pupil is in a lesson
 FACEBOOK = "198.51.100.10"
 SNI = {"kill": "www.facebook.com", "pass": "allowed.test"}
+# What is measured: (the devices' connections, whether the front door remembers this minute's
+# kills as the daemon's does, the label). The device repeats one connection, so with the table
+# every kill but the first is a repeat killed from memory; without it each is judged the whole
+# way, as a device's first attempt at a site in a minute is.
+KINDS = {
+    "kill": ("kill", True, "killed at the SNI, a repeat (from memory)"),
+    "kill-judged": ("kill", False, "killed at the SNI, judged the whole way"),
+    "pass": ("pass", True, "passed through (spliced)"),
+}
 
 
 def client_hello(sni: str) -> bytes:
@@ -79,7 +88,7 @@ async def devices(proxy_port: int, origin_port: int, kind: str, count: int) -> N
     server.close()
 
 
-async def front_door(kind: str, count: int) -> dict[str, int]:
+async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
     """The front door with the real pipeline until `count` devices are done."""
     from mitmproxy import options
     from mitmproxy.proxy.mode_specs import ProxyMode
@@ -90,6 +99,7 @@ async def front_door(kind: str, count: int) -> dict[str, int]:
     from schoolgate.proxy.addons import Pipeline, Services, build_addons
     from schoolgate.proxy.addresses import AddressBook
     from schoolgate.proxy.front import FrontDoor, listen_sockets
+    from schoolgate.proxy.repeats import RepeatKills
 
     policy = load_policy(POLICY)
     who = Client(ip="127.0.0.1", device_id="BENCH-1", person_id="bench", trusts_school_ca=False,
@@ -100,6 +110,7 @@ async def front_door(kind: str, count: int) -> dict[str, int]:
         decide=lambda client, target, now: decide(policy, client, target, now),
         identify=lambda ip: who, identify_cached=lambda ip: who, book=book, now=lambda: WHEN,
         site="bench", submit_full=lambda event: True, submit_allowed=lambda event: True,
+        submit_compact=lambda event: True, policy_version=lambda: (1, 0),
     )
     with socket.socket() as probe:  # a free port for the echo server
         probe.bind(("127.0.0.1", 0))
@@ -110,7 +121,8 @@ async def front_door(kind: str, count: int) -> dict[str, int]:
         writer.close()
 
     door = FrontDoor(Pipeline(build_addons(services), services.connections), handover, options.Options(),
-                     ProxyMode.parse("transparent"), destination=lambda sock: target)
+                     ProxyMode.parse("transparent"), destination=lambda sock: target,
+                     repeats=RepeatKills(services) if remember else None)
     door.start(listen_sockets("127.0.0.1:0", reuse_port=False))
     loop = asyncio.get_running_loop()
     ended_read, ended_write = os.pipe()  # the device process's end closes when it exits: one wake-up
@@ -132,12 +144,12 @@ async def front_door(kind: str, count: int) -> dict[str, int]:
     return door.snapshot()
 
 
-def measure(kind: str, count: int) -> int:
+def measure(kind: str, count: int, remember: bool) -> int:
     """Instructions callgrind counted in a front door run of `count` connections."""
     with tempfile.TemporaryDirectory(prefix="sg-callgrind-") as folder:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--cache-sim=no", f"--callgrind-out-file={folder}/out",
-             sys.executable, "-P", __file__, "door", kind, str(count)],
+             sys.executable, "-P", __file__, "door", kind, str(count), "remember" if remember else "judge"],
             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False,
         )
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -155,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         from schoolgate.proxy.relay import new_event_loop
 
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            snapshot = runner.run(front_door(args[1], int(args[2])))
+            snapshot = runner.run(front_door(args[1], int(args[2]), args[3] == "remember"))
         print(f"handled {snapshot['killed'] + snapshot['spliced']}")
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=("kill", "pass", "both"), default="both")
+    parser.add_argument("--kind", choices=(*KINDS, "all"), default="all")
     parser.add_argument("--counts", type=int, nargs=2, default=(100, 700), metavar=("FEW", "MANY"))
     options = parser.parse_args(args)
     from schoolgate.lab.packages import ensure_programs
@@ -167,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if ensure_programs({"valgrind": "valgrind"}):
         return 2
     few, many = options.counts
-    for kind in ("kill", "pass") if options.kind == "both" else (options.kind,):
-        low, high = measure(kind, few), measure(kind, many)
-        label = "killed at the SNI" if kind == "kill" else "passed through (spliced)"
-        print(f"{label:28} {(high - low) / (many - few):10,.0f} instructions per connection "
+    for kind in KINDS if options.kind == "all" else (options.kind,):
+        door_kind, remember, label = KINDS[kind]
+        low, high = measure(door_kind, few, remember), measure(door_kind, many, remember)
+        print(f"{label:44} {(high - low) / (many - few):10,.0f} instructions per connection "
               f"({few} and {many} connections: {low:,} and {high:,})")
     return 0
 

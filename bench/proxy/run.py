@@ -12,12 +12,14 @@ where that process also writes the DNS daemon's events and runs net watch and th
 Builds a private lab (namespaces `sgb…`), then measures from the lab's devices:
 
 1. new TLS connections per second that the proxy kills at the SNI (a pupil, Facebook, in a
-   lesson) and that it passes through (staff, Facebook, after school: steered to the proxy, then
-   spliced without decryption) — for schoolgate's proxy and for Squid (squid-openssl,
-   peek at step 1, then terminate or splice by SNI and client network: the same decision);
-   and the CPU time each proxy process spent per connection meanwhile (user + system, all
-   its threads, from /proc): the load generator shares the machine, so the rate moves with
-   whatever else runs, while the CPU cost of a connection hardly does;
+   lesson: the same name again and again, as a blocked app retries, and a new name each time,
+   which schoolgate cannot kill from its table of this minute's kills) and that it passes
+   through (staff, Facebook, after school: steered to the proxy, then spliced without
+   decryption) — for schoolgate's proxy and for Squid (squid-openssl, peek at step 1, then
+   terminate or splice by SNI and client network: the same decision); and the CPU time each
+   proxy process spent per connection meanwhile (user + system, all its threads, from
+   /proc): the load generator shares the machine, so the rate moves with whatever else runs,
+   while the CPU cost of a connection hardly does;
 2. the latency the proxy adds to a passthrough connection's setup (TCP + TLS handshake to
    Facebook through the proxy vs. to an unwatched site the kernel forwards directly, the two
    taken in turn so that the machine's load falls on both alike: median and p99 of each
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import resource
 import selectors
@@ -66,6 +69,21 @@ AFTER_SCHOOL = "2026-11-23T16:30:00+00:00"  # the example policy (ASPIRE §4): s
 FACEBOOK = next(s.ip for s in SITES if s.label == "facebook")
 LIBRARY = next(s.ip for s in SITES if s.label == "library")
 MAX_CONNECTIONS = 200_000  # per measurement, whatever the duration
+# The loads, each measured on both proxies. A blocked app retries: most kills are a device asking
+# again for what was just killed (the same name and address), which schoolgate kills from a
+# table of this minute's kills (schoolgate.proxy.repeats). "killed-new" gives each connection a
+# name never asked before (n1.www.facebook.com, n2...): every one judged the whole way.
+KINDS = ("killed", "killed-new", "passed")
+KIND_LABELS = {
+    "killed": "killed at the SNI (a device retrying)",
+    "killed-new": "killed at the SNI, a new name each time",
+    "passed": "passed through (spliced)",
+}
+TABLE_LABELS = {
+    "killed": "Proxy, TLS connections killed at the SNI (retries)",
+    "killed-new": "Proxy, TLS connections killed at the SNI (a new name each)",
+    "passed": "Proxy, passthrough",
+}
 
 
 @dataclass
@@ -97,7 +115,7 @@ class _Attempt:
 
 
 def _handshakes(host: str, ip: str, expect_killed: bool, seconds: float, concurrency: int,
-                cafile: str) -> Rate:
+                cafile: str, fresh_names: bool = False) -> Rate:
     """Open TLS connections back to back, `concurrency` at a time, for `seconds`.
 
     The load generator shares the two cores with both proxies, so its own cost must be small
@@ -112,12 +130,14 @@ def _handshakes(host: str, ip: str, expect_killed: bool, seconds: float, concurr
     A connection counts as killed when it ends before the server's first byte reaches the
     device, and as passed through when the TLS handshake with the real site completes (the
     device then sends its Finished and closes, as a client that got what it came for).
+    With `fresh_names`, each connection's SNI is a new subdomain of `host`.
     """
     context = ssl.create_default_context(cafile=cafile)
     context.set_alpn_protocols(["http/1.1"])
     selector = selectors.EpollSelector()
     attempts: dict[int, _Attempt] = {}
     done = failed = 0
+    serials = itertools.count(1)
     started = time.monotonic()
     deadline = started + seconds
     usage_at_start = resource.getrusage(resource.RUSAGE_THREAD)
@@ -151,7 +171,8 @@ def _handshakes(host: str, ip: str, expect_killed: bool, seconds: float, concurr
             if not writable or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                 finish(attempt, False)
                 return
-            attempt.tls = context.wrap_bio(attempt.incoming, attempt.outgoing, server_hostname=host)
+            name = f"n{next(serials)}.{host}" if fresh_names else host
+            attempt.tls = context.wrap_bio(attempt.incoming, attempt.outgoing, server_hostname=name)
             selector.modify(sock, selectors.EVENT_READ)
         else:
             data = sock.recv(65536)
@@ -195,10 +216,10 @@ def _handshakes(host: str, ip: str, expect_killed: bool, seconds: float, concurr
 
 
 def connection_rate(namespace: str, host: str, ip: str, *, killed: bool, seconds: float, concurrency: int,
-                    cafile: str) -> Rate:
+                    cafile: str, fresh_names: bool = False) -> Rate:
     return netns.call_in(
         namespace,
-        lambda: _handshakes(host, ip, killed, seconds, concurrency, cafile),
+        lambda: _handshakes(host, ip, killed, seconds, concurrency, cafile, fresh_names),
         timeout=seconds + 60,
     )
 
@@ -369,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # Both proxies run side by side; the redirect is switched between them and the
         # measurements alternate in short slices, so background load hits both alike.
-        totals = {(e, k): Rate(0, 0, 0.0) for e in engines for k in ("killed", "passed")}
-        cpu = {(e, k): 0.0 for e in engines for k in ("killed", "passed")}
+        totals = {(e, k): Rate(0, 0, 0.0) for e in engines for k in KINDS}
+        cpu = {(e, k): 0.0 for e in engines for k in KINDS}
         proxy_pid = lab.daemon_pid("proxy")
         if proxy_pid is None:
             print("the schoolgate proxy is not running in the lab", file=sys.stderr)
@@ -384,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             if (name == "proxy" or name.startswith("proxy.") or name == SHARED_EVENTS) and info.get("pid")
         }
         pids = {"schoolgate": list(processes.values()) or [Measured(proxy_pid)], "squid": [Measured(squid_pid[0])]}
-        by_process = {(name, kind): 0.0 for name in processes for kind in ("killed", "passed")}
+        by_process = {(name, kind): 0.0 for name in processes for kind in KINDS}
         in_kernel = {key: 0.0 for key in cpu}  # each proxy's system time
         # The rest of the machine in the same slices: the lab's web server (one process: the
         # sites' TLS handshakes, the same work for both proxies) and every CPU's busy share, so
@@ -404,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(slices):
             for engine, port in engines.items():
                 apply_redirect_to(lab, port)
-                for kind, device, clock in (("killed", pupil, LESSON), ("passed", staff, AFTER_SCHOOL)):
+                for kind, device, clock in (
+                    ("killed", pupil, LESSON), ("killed-new", pupil, LESSON), ("passed", staff, AFTER_SCHOOL)
+                ):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
                     profiler = _start_profile(args.profile, pids[engine][0].pid, f"{engine}-{kind}") \
@@ -413,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                     system_before = sum(cpu_split(pid)[1] for pid in pids[engine])
                     cpu_before = sum(cpu_seconds(pid) for pid in pids[engine])
                     origin_before, machine_before = cpu_seconds(origin), machine_busy()
-                    rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind == "killed",
+                    rate = connection_rate(device, "www.facebook.com", FACEBOOK, killed=kind != "passed",
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
-                                           cafile=cafile)
+                                           cafile=cafile, fresh_names=kind == "killed-new")
                     cpu[(engine, kind)] += sum(cpu_seconds(pid) for pid in pids[engine]) - cpu_before
                     origin_cpu[(engine, kind)] += cpu_seconds(origin) - origin_before
                     machine_after = machine_busy()
@@ -435,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.latency_samples // slices):
                     latency[engine].append(proxied)
                     direct[engine].append(kernel_forwarded)
-        results = {e: {k: totals[(e, k)] for k in ("killed", "passed")} for e in engines}
+        results = {e: {k: totals[(e, k)] for k in KINDS} for e in engines}
         worker_stats = _worker_stats(lab.data_dir, args.proxy_workers)
         front_doors = [stats.get("front") or {} for stats in worker_stats]
         via_proxy, via_squid = latency["schoolgate"], latency["squid"]
@@ -462,32 +485,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average (1, 5, 15 min): at start {_load(load_at_start)}, at end {_load(os.getloadavg())}; "
               f"{os.cpu_count()} CPUs")
         report("New TLS connections per second", [
-            ("killed at the SNI: schoolgate", _rate(sg["killed"])),
-            ("killed at the SNI: squid", _rate(sq["killed"])),
-            ("  ratio schoolgate/squid", f"{_ratio(sg['killed'], sq['killed']):8.2f}"),
-            ("passed through (spliced): schoolgate", _rate(sg["passed"])),
-            ("passed through (spliced): squid", _rate(sq["passed"])),
-            ("  ratio schoolgate/squid", f"{_ratio(sg['passed'], sq['passed']):8.2f}"),
+            row for kind in KINDS for row in (
+                (f"{KIND_LABELS[kind]}: schoolgate", _rate(sg[kind])),
+                (f"{KIND_LABELS[kind]}: squid", _rate(sq[kind])),
+                ("  ratio schoolgate/squid", f"{_ratio(sg[kind], sq[kind]):8.2f}"),
+            )
         ])
         per_connection = {key: cpu[key] / max(1, totals[key].done) * 1e6 for key in cpu}
         report(f"Proxy CPU time per connection (µs, user + system, its {len(pids['schoolgate'])} "
                "processes: workers and event writing)", [
-            ("killed at the SNI: schoolgate", f"{per_connection[('schoolgate', 'killed')]:8.0f}"),
-            ("killed at the SNI: squid", f"{per_connection[('squid', 'killed')]:8.0f}"),
-            ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'killed'):8.2f}"),
-            ("passed through (spliced): schoolgate", f"{per_connection[('schoolgate', 'passed')]:8.0f}"),
-            ("passed through (spliced): squid", f"{per_connection[('squid', 'passed')]:8.0f}"),
-            ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, 'passed'):8.2f}"),
+            row for kind in KINDS for row in (
+                (f"{KIND_LABELS[kind]}: schoolgate", f"{per_connection[('schoolgate', kind)]:8.0f}"),
+                (f"{KIND_LABELS[kind]}: squid", f"{per_connection[('squid', kind)]:8.0f}"),
+                ("  ratio squid/schoolgate", f"{_cost_ratio(per_connection, kind):8.2f}"),
+            )
         ])
-        report("schoolgate's CPU time per connection by process (µs; killed / passed through)", [
+        report(f"schoolgate's CPU time per connection by process (µs; {' / '.join(KINDS)})", [
             (name if measured.threads is None else f"{name}: its {measured.threads} threads",
-             f"{by_process[(name, 'killed')] / max(1, totals[('schoolgate', 'killed')].done) * 1e6:8.0f} / "
-             f"{by_process[(name, 'passed')] / max(1, totals[('schoolgate', 'passed')].done) * 1e6:.0f}")
+             " / ".join(f"{by_process[(name, kind)] / max(1, totals[('schoolgate', kind)].done) * 1e6:.0f}"
+                        for kind in KINDS))
             for name, measured in processes.items()
         ] + [
             (f"  of which in the kernel (system time){': ' + engine if engine == 'squid' else ''}",
-             f"{in_kernel[(engine, 'killed')] / max(1, totals[(engine, 'killed')].done) * 1e6:8.0f} / "
-             f"{in_kernel[(engine, 'passed')] / max(1, totals[(engine, 'passed')].done) * 1e6:.0f}")
+             " / ".join(f"{in_kernel[(engine, kind)] / max(1, totals[(engine, kind)].done) * 1e6:.0f}"
+                        for kind in KINDS))
             for engine in engines
         ])
         report("schoolgate's front doors (all loads, warm-up included)", [
@@ -496,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{sum(f.get('judged_at_accept', 0) for f in front_doors):8d}"),
             ("  killed / spliced / handed to mitmproxy",
              " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}" for key in ("killed", "spliced", "handed_over"))),
+            ("  killed from the table of this minute's kills",
+             f"{sum(f.get('killed_from_memory', 0) for f in front_doors):8d}"),
             ("workers whose splices share the loop's one wait",
              f"{sum(f.get('splices_in_loop_wait', 0) for f in front_doors):8d} of {len(front_doors)}"),
             ("identity: answered on the loop / waited for a lookup",
@@ -506,22 +529,22 @@ def main(argv: list[str] | None = None) -> int:
              + " / ".join(f"{sum(w.get(key, 0) for w in worker_stats)}"
                           for key in ("identity_refreshes", "identity_lookups_shared")) + ")"),
         ])
-        report("The rest of the machine meanwhile (killed / passed through)", [
+        report(f"The rest of the machine meanwhile ({' / '.join(KINDS)})", [
             (f"lab web server's CPU per connection (µs): {engine}",
              " / ".join(f"{origin_cpu[(engine, kind)] / max(1, totals[(engine, kind)].done) * 1e6:.0f}"
-                        for kind in ("killed", "passed")))
+                        for kind in KINDS))
             for engine in engines
         ] + [
             (f"machine busy (all {os.cpu_count()} CPUs): {engine}",
              " / ".join(f"{busy[(engine, kind)][0] / max(1e-9, busy[(engine, kind)][1]):.0%}"
-                        for kind in ("killed", "passed")))
+                        for kind in KINDS))
             for engine in engines
         ])
         report("Connections per CPU-second of the proxy process (higher is leaner)", [
             (f"{kind}: schoolgate / squid",
              f"{1e6 / per_connection[('schoolgate', kind)]:8.0f} / {1e6 / per_connection[('squid', kind)]:.0f}"
              if per_connection[("schoolgate", kind)] and per_connection[("squid", kind)] else "n/a")
-            for kind in ("killed", "passed")
+            for kind in KINDS
         ])
         # What the proxy adds to one connection: its handshake less the direct one taken just
         # before it (the machine's load at that moment falls on both), over all rounds.
@@ -531,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nThe issue's table (this run; goals: rate ratio >= 1.0, CPU <= 2x Squid's, added setup <= 1 ms)")
         print("  | | schoolgate | Squid | rate ratio | CPU ratio |")
         print("  |---|---|---|---|---|")
-        for kind, label in (("killed", "Proxy, TLS connections killed at the SNI"), ("passed", "Proxy, passthrough")):
+        for kind, label in TABLE_LABELS.items():
             ours, theirs = totals[("schoolgate", kind)], totals[("squid", kind)]
             cost, cost_squid = per_connection[("schoolgate", kind)], per_connection[("squid", kind)]
             print(f"  | {label} | {ours.per_second:,.0f}/s, {cost:,.0f} µs CPU each "

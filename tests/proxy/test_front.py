@@ -176,9 +176,9 @@ def test_the_verdict_is_carried_out_before_the_event_is_recorded(
     front_sockets: dict[str, socket.socket] = {}
     real_decide = FrontDoor._decide
 
-    def remembering_decide(door: FrontDoor, sock: socket.socket, client: connection.Client, *args: Any) -> None:
-        front_sockets[client.id] = sock
-        real_decide(door, sock, client, *args)
+    def remembering_decide(door: FrontDoor, hello: Any) -> None:
+        front_sockets[hello.client.id] = hello.sock
+        real_decide(door, hello)
 
     monkeypatch.setattr(FrontDoor, "_decide", remembering_decide)
 

@@ -1,0 +1,224 @@
+"""Repeated kills killed from memory: real sockets on loopback, the real addons, policy and event
+writer, each sequence of connections run with the table and without it and compared."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from mitmproxy import options
+from mitmproxy.proxy.mode_specs import ProxyMode
+from proxy_testkit import FACEBOOK_IP, PUPIL, STAFF, TRUSTED_PUPIL, SettableClock, client_hello_bytes, events
+from sqlalchemy.orm import Session, sessionmaker
+
+from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
+from schoolgate.proxy.addons import ConnState, Pipeline, Services, build_addons
+from schoolgate.proxy.front import FrontDoor, listen_sockets
+from schoolgate.proxy.judge import Action, Judgement
+from schoolgate.proxy.relay import new_event_loop
+from schoolgate.proxy.repeats import Moment, RepeatKills
+from schoolgate.store.events import EventWriter
+
+LOOPBACK = "127.0.0.1"
+MODE = ProxyMode.parse("transparent")
+# What an event is, but its row id, its uid and the instant it was stamped with.
+EVENT_FIELDS = ("source", "client_ip", "host", "verdict", "rule_id", "role", "mac", "device_id", "device_name",
+                "person_id", "person_name", "qtype", "url", "search_term", "clause", "service", "category",
+                "flags", "identity_source", "site")
+
+
+class Version:
+    """The policy version the services report (a reload or an overlay change moves it)."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+    def __call__(self) -> object:
+        return (self.value, 0)
+
+
+@pytest.fixture
+def version() -> Version:
+    return Version()
+
+
+@pytest.fixture
+def remembering(services: Services, known_clients: dict[str, Client], version: Version) -> Services:
+    """The services as the daemon wires them: a recent identity on the loop, a policy version,
+    and the compact form of the event sink."""
+    services.identify_cached = lambda ip: known_clients.get(ip, Client(ip=ip))
+    services.policy_version = version
+    services.submit_compact = services.submit_full  # the event writer takes both forms
+    return services
+
+
+Step = tuple[Client, str | None, tuple[str, int] | None]  # who connects, the SNI, where to (None: the origin)
+Between = Callable[[int], None]  # run before each connection, given its index
+
+
+def run_steps(services: Services, known: dict[str, Client], steps: list[Step], *, remember: bool,
+              between: Between | None = None) -> dict[str, Any]:
+    """Each step's connection, one after the other, through a front door with or without the
+    table of kills; what the front door and the counters said at the end."""
+
+    async def main() -> dict[str, Any]:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+            writer.close()
+
+        origin = await asyncio.start_server(echo, LOOPBACK, 0)
+        origin_address = (LOOPBACK, int(origin.sockets[0].getsockname()[1]))
+        targets: list[tuple[str, int]] = []
+
+        async def handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        door = FrontDoor(
+            Pipeline(build_addons(services), services.connections), handover, options.Options(), MODE,
+            destination=lambda _sock: targets[-1], repeats=RepeatKills(services) if remember else None,
+        )
+        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+        port = int(door.listen_addrs()[0][1])
+        try:
+            for index, (who, sni, target) in enumerate(steps):
+                if between is not None:
+                    between(index)
+                known[LOOPBACK] = dataclasses.replace(who, ip=LOOPBACK)  # the register says who is there
+                targets.append(target or origin_address)
+                reader, writer = await asyncio.open_connection(LOOPBACK, port)
+                writer.write(client_hello_bytes(sni))
+                await writer.drain()
+                writer.write_eof()
+                with contextlib.suppress(ConnectionResetError):  # a kill may reset the connection
+                    await asyncio.wait_for(reader.read(), timeout=30)
+                writer.close()
+                while len(services.connections) or door.snapshot()["splices_open"]:
+                    await asyncio.sleep(0.005)
+            return {"front": door.snapshot(), "counters": services.counters.as_dict()}
+        finally:
+            door.stop()
+            origin.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main())
+
+
+def logged(sessions: sessionmaker[Session], writer: EventWriter) -> list[tuple[Any, ...]]:
+    """Each attempt's event. The writer folds a repeated event handed over in compact form into
+    the row of the first (its `count`), as it does for every event that comes through the
+    daemon's channel; one handed over as a record stays a row of its own. A row of count n
+    stands for n attempts here."""
+    return [
+        tuple(getattr(e, name) for name in EVENT_FIELDS)
+        for e in events(sessions, writer)
+        for _ in range(e.count)
+    ]
+
+
+KILL = (FACEBOOK_IP, 443)
+CASES: dict[str, tuple[list[Step], int]] = {
+    # steps, and how many of them the table kills
+    "a pupil retrying Facebook": ([(PUPIL, "www.facebook.com", KILL)] * 4, 3),
+    "the SNI's case does not matter to the verdict, only to the key": (
+        [(PUPIL, "www.facebook.com", KILL), (PUPIL, "WWW.Facebook.com", KILL), (PUPIL, "www.facebook.com", KILL)], 1),
+    "another address is another connection": (
+        [(PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443)),
+         (PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443))], 2),
+    "passthroughs are not remembered": ([(STAFF, "allowed.test", None)] * 3, 0),
+    "no SNI: the address book had a say": ([(PUPIL, None, KILL)] * 3, 0),
+    "fronting: the address book had a say": ([(PUPIL, "allowed.test", KILL)] * 3, 0),
+    "the block page is mitmproxy's, not a kill": ([(TRUSTED_PUPIL, "www.facebook.com", KILL)] * 2, 0),
+    "the device changes hands: judged again": (
+        [(PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", KILL),
+         (dataclasses.replace(PUPIL, person_id="p9", person_name="Pupil Nine"), "www.facebook.com", KILL),
+         (STAFF, "www.facebook.com", KILL)], 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_table_kills_repeats_exactly_as_the_whole_way_does(
+    case: str, remembering: Services, known_clients: dict[str, Client], sessions: sessionmaker[Session],
+    writer: EventWriter,
+) -> None:
+    steps, from_memory = CASES[case]
+    whole_way = run_steps(remembering, known_clients, steps, remember=False)
+    whole_events = logged(sessions, writer)
+    remembering.counters = type(remembering.counters)()
+    remembered = run_steps(remembering, known_clients, steps, remember=True)
+    remembered_events = logged(sessions, writer)[len(whole_events):]
+    assert remembered["front"].pop("killed_from_memory") == from_memory
+    assert whole_way["front"].pop("killed_from_memory") == 0
+    assert remembered == whole_way
+    assert remembered_events == whole_events
+    assert len(whole_events) >= len([s for s in steps if s[2] == KILL and not s[0].trusts_school_ca])
+
+
+@pytest.mark.parametrize(
+    ("change", "from_memory"),
+    [
+        ("nothing", 3),
+        ("the policy is reloaded", 2),  # the repeat after the reload is judged again, then remembered
+        ("the minute turns", 2),
+    ],
+)
+def test_a_reload_or_a_new_minute_sends_the_next_repeat_the_whole_way(
+    change: str, from_memory: int, remembering: Services, known_clients: dict[str, Client], version: Version,
+    clock: SettableClock, sessions: sessionmaker[Session], writer: EventWriter,
+) -> None:
+    def between(index: int) -> None:
+        if index == 2 and change == "the policy is reloaded":
+            version.value += 1
+        if index == 2 and change == "the minute turns":
+            clock.instant += timedelta(seconds=60)
+
+    result = run_steps(remembering, known_clients, [(PUPIL, "www.facebook.com", KILL)] * 4, remember=True,
+                       between=between)
+    assert result["front"]["killed_from_memory"] == from_memory
+    assert result["front"]["killed"] == 4
+    assert sum(e.count for e in events(sessions, writer)) == 4
+
+
+def test_a_kill_is_not_replayed_past_its_decisions_end(remembering: Services, clock: SettableClock) -> None:
+    """An exception or a ban can end mid-minute (`valid_until`): a repeat after that is judged again."""
+    pupil = dataclasses.replace(PUPIL, ip=LOOPBACK)
+    recent = {LOOPBACK: pupil}  # the identities seen lately
+    remembering.identify_cached = recent.get
+    table = RepeatKills(remembering)
+    start = clock.instant.timestamp()
+    until = clock.instant + timedelta(seconds=20)
+    decision = Decision(verdict=Verdict.BLOCK, rule_id="ban", clause="§1", reason="banned", role=Role.PUPIL,
+                        valid_until=until)
+    remembering.connections.put("c1", ConnState(
+        client=pupil, judgement=Judgement(decision, Target(host="game.test"), Action.KILL)))
+    moment = Moment(start, remembering.policy_version())  # type: ignore[misc]
+    peer, destination = (LOOPBACK, 50000), ("203.0.113.9", 443)
+    table.note(moment, peer, "game.test", destination, "c1")
+    assert len(table) == 1
+    assert table.recall(Moment(start + 19, moment.version), peer, "game.test", destination) is not None
+    assert table.recall(Moment(start + 20, moment.version), peer, "game.test", destination) is None
+    assert table.recall(moment, peer, "other.test", destination) is None
+    recent.clear()  # the identity is no longer recent: looked up again, the whole way
+    assert table.recall(moment, peer, "game.test", destination) is None
+
+
+def test_the_table_is_bounded(remembering: Services, clock: SettableClock) -> None:
+    table = RepeatKills(remembering, limit=3)
+    decision = Decision(verdict=Verdict.BLOCK, rule_id="r", clause="§1", reason="blocked", role=Role.PUPIL)
+    pupil = dataclasses.replace(PUPIL, ip=LOOPBACK)
+    moment = Moment(clock.instant.timestamp(), remembering.policy_version())  # type: ignore[misc]
+    for index in range(7):
+        remembering.connections.put(f"c{index}", ConnState(
+            client=pupil, judgement=Judgement(decision, Target(host=f"n{index}.test"), Action.KILL)))
+        table.note(moment, (LOOPBACK, 50000), f"n{index}.test", KILL, f"c{index}")
+        assert 1 <= len(table) <= 3
+
+
+def test_the_table_needs_what_the_daemon_gives(services: Services) -> None:
+    with pytest.raises(ValueError, match="submit_compact"):
+        RepeatKills(services)
