@@ -160,7 +160,7 @@ def new_server(address: tuple[str, int], conn_id: str) -> connection.Server:
 class _Hello:
     """A connection whose first bytes are being read."""
 
-    __slots__ = ("client", "complete", "context", "data", "moment", "parsed", "sock", "timer")
+    __slots__ = ("at_accept", "client", "complete", "context", "data", "moment", "parsed", "sock", "timer")
 
     def __init__(
         self, sock: socket.socket, client: connection.Client, context: Context, moment: Moment | None
@@ -169,6 +169,7 @@ class _Hello:
         self.client = client
         self.context = context
         self.moment = moment  # of the wake-up that accepted it, when kills are remembered
+        self.at_accept = False  # judged in the accept callback (in its moment's wake-up)
         self.data = b""
         self.complete = False  # the data is all the front door waits for (hello_ready)
         self.parsed: FastClientHello | None = None  # their ClientHello, once complete
@@ -385,6 +386,7 @@ class FrontDoor:
         if pending is None:
             if hello.complete:
                 self.judged_at_accept += 1
+                hello.at_accept = True
                 self._decide(hello)
             else:
                 self._wait(hello)
@@ -487,7 +489,7 @@ class FrontDoor:
                 sock.close()
                 if observe is not None:
                     observe()
-                if hello.moment is not None:
+                if hello.moment is not None and hello.at_accept:  # judged in its moment's wake-up
                     self._repeats.note(  # type: ignore[union-attr]
                         hello.moment, client.peername, parsed.sni if parsed is not None else None,
                         context.server.address, client.id,

@@ -29,7 +29,7 @@ from typing import Any
 
 from schoolgate.policy.types import Client
 from schoolgate.proxy.addons import ConnState, EventLog, Services, _ip_of
-from schoolgate.proxy.judge import FLAG_FRONTING, Action
+from schoolgate.proxy.judge import FLAG_FRONTING, Action, Judgement
 from schoolgate.store.events.record import CompactEvent, compact
 
 # (address, SNI, destination) kills remembered within one minute; a full table starts over (a
@@ -42,7 +42,15 @@ Key = tuple[str, str, Any]  # (the device's address as accepted, the SNI as sent
 
 class Moment:
     """What the connections of one accepting wake-up share: the policy clock's instant and the
-    policy's version, read once for them (before any of them is judged)."""
+    policy's version, read once for them, before any of them is judged.
+
+    A kill judged the whole way in that wake-up is remembered under its moment, and a repeat
+    in a later wake-up is replayed only if its own moment has the same minute and version. A
+    reload or a minute's turn in the microseconds between the moment and a judgement can only
+    make the remembered kill stand for the rest of that one wake-up's connections, which are
+    then answered as if they had come those microseconds later (as the DNS fast path answers
+    the datagrams of one wake-up: schoolgate.dns.fastpath.Drain).
+    """
 
     __slots__ = ("minute", "ts", "version")
 
@@ -53,14 +61,23 @@ class Moment:
 
 
 class _Kill:
-    __slots__ = ("client", "event", "minute", "until", "version")
+    __slots__ = ("_event", "client", "judgement", "minute", "until", "version")
 
-    def __init__(self, client: Client, version: object, minute: float, until: float, event: CompactEvent) -> None:
+    def __init__(self, client: Client, judgement: Judgement, version: object, minute: float, until: float) -> None:
         self.client = client
+        self.judgement = judgement
         self.version = version
         self.minute = minute
         self.until = until
-        self.event = event  # the compact event but its time (record.compact, ts left out)
+        self._event: CompactEvent | None = None
+
+    def event(self, services: Services) -> CompactEvent:
+        """The compact event but its time (record.compact, ts left out): made at the first
+        repeat, as EventLog makes the event of a kill (most kills are never repeated)."""
+        if self._event is None:
+            record = EventLog(services).record(ConnState(client=self.client), self.judgement, services.now())
+            self._event = compact(record)[1:]
+        return self._event
 
 
 class RepeatKills:
@@ -101,13 +118,14 @@ class RepeatKills:
         counters.killed += 1
         counters.upstream_refused += 1
         counters.events_submitted += 1
-        if not self._submit((moment.ts, *kill.event)):
+        if not self._submit((moment.ts, *kill.event(self._services))):
             counters.events_refused += 1
         self.replayed += 1
 
     def note(self, moment: Moment, peer: Any, sni: str | None, destination: Any, conn_id: str) -> None:
-        """Remember the kill just made the whole way for connection `conn_id` (its state still
-        held), if it may stand for its repeats (see the module docstring)."""
+        """Remember the kill just made the whole way, in the wake-up of `moment`, for connection
+        `conn_id` (its state still held), if it may stand for its repeats (see the module
+        docstring)."""
         state: ConnState | None = self._services.connections.get(conn_id)
         judgement = state.judgement if state is not None else None
         if state is None or judgement is None or judgement.action is not Action.KILL or not sni:
@@ -115,15 +133,11 @@ class RepeatKills:
         decision = judgement.decision
         if not judgement.target.host or judgement.fronted_host is not None or FLAG_FRONTING in decision.flags:
             return  # the address book had a say
-        now = self._services.now()
-        if now.timestamp() // 60 != moment.minute or self._version() != moment.version:
-            return  # judged across a minute's turn or a reload: not of this moment
         if moment.minute != self._minute or len(self._kills) >= self._limit:
             self._kills.clear()
             self._minute = moment.minute
         until = decision.valid_until.timestamp() if decision.valid_until is not None else _NEVER
-        event = compact(EventLog(self._services).record(state, judgement, now))[1:]
-        self._kills[(peer[0], sni, destination)] = _Kill(state.client, moment.version, moment.minute, until, event)
+        self._kills[(peer[0], sni, destination)] = _Kill(state.client, judgement, moment.version, moment.minute, until)
 
     def __len__(self) -> int:
         return len(self._kills)
