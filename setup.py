@@ -43,6 +43,11 @@ EXTENSIONS = [
         sources=["dns/_datagrams.c"],
         extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
     ),
+    Extension(
+        "schoolgate.proxy._hello",
+        sources=["proxy/_hello.c"],
+        extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
+    ),
 ]
 DATA_SUFFIXES = {".pyi", ".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 

@@ -167,10 +167,12 @@ FACEBOOK_IP = "198.51.100.10"  # learnt as facebook.com's in the `book` fixture
 OTHER_IP = "203.0.113.7"
 
 
-def client_hello_bytes(sni: str | None) -> bytes:
-    """A real ClientHello, as Python's TLS stack sends it."""
+def client_hello_bytes(sni: str | None, alpn: list[str] | None = None) -> bytes:
+    """A real ClientHello, as Python's TLS stack sends it (offering `alpn`, if given)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
+    if alpn is not None:
+        ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls_obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
     with pytest.raises(ssl.SSLWantReadError):
