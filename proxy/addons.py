@@ -70,7 +70,7 @@ from schoolgate.proxy.judge import (
 from schoolgate.proxy.search import search_term
 from schoolgate.proxy.upset import UPSET_PATH, UpsetNote, UpsetSigner
 from schoolgate.store.events import EventRecord
-from schoolgate.store.events.record import CompactEvent
+from schoolgate.store.events.record import Ask, decision_facts
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,12 @@ class Services:
     site: str
     submit_full: Callable[[EventRecord], bool]  # blocked, flagged and search events, one row each
     submit_allowed: Callable[[EventRecord], bool]  # plain allowed traffic (aggregated per minute)
-    # `submit_full`'s sink for an event in its compact form (record.compact), or None. With it,
-    # the front door kills a repeat of a connection it killed this minute from memory
-    # (schoolgate.proxy.repeats), handing over the event it made the first time, restamped.
-    submit_compact: Callable[[CompactEvent], bool] | None = None
+    # `submit_full`'s sink for an event as an ask (record.Ask: its time, name, type and count,
+    # and the facts of its decision and client), or None: records. An ask costs a tuple where a
+    # record cost several microseconds, and repeats share their facts tuple on the way to the
+    # writer. With it, the front door also kills a repeat of a connection it killed this minute
+    # from memory (schoolgate.proxy.repeats).
+    submit_ask: Callable[[Ask], bool] | None = None
     # A passed-through connection's plain allowed decision, counted per client, name and minute
     # without a record of its own (schoolgate.proxy.allowed.AllowedPasses.add, which hands its
     # minutes to `submit_allowed`); None: a record each, to `submit_allowed`.
@@ -665,7 +667,25 @@ class EventLog:
             search_term=search,
         )
 
+    def facts(self, client: Client, judgement: Judgement, search: str | None = None, *, upset: bool = False
+              ) -> tuple[Any, ...]:
+        """The facts of the ask for `judgement` on `client`'s connection (record.decision_facts):
+        what `record` makes but the time, name, type and count."""
+        decision = judgement.decision
+        return decision_facts(
+            decision, client, site=self.s.site, source="proxy", url=judgement.target.url, search_term=search,
+            flags=decision.flags | {FLAG_UPSET} if upset else None,
+        )
+
     def submit(self, state: ConnState, judgement: Judgement, search: str | None = None, *, upset: bool = False) -> None:
+        submit_ask = self.s.submit_ask
+        if submit_ask is not None and (search or upset or not is_plain_allow(judgement.decision)):
+            self.s.counters.events_submitted += 1
+            ask = (self.s.now().timestamp(), judgement.target.host, None, 1, self.facts(state.client, judgement, search,
+                                                                                  upset=upset))
+            if not submit_ask(ask):
+                self.s.counters.events_refused += 1
+            return
         record = self.record(state, judgement, self.s.now(), search)
         if upset:
             record = dataclasses.replace(record, flags=record.flag_set | {FLAG_UPSET})

@@ -292,7 +292,7 @@ async def run(
         now=clock.now,
         site=site,
         submit_full=writer.submit,
-        submit_compact=writer.submit,  # the channel and the in-process writer take both forms
+        submit_ask=writer.submit_ask,  # the channel and the in-process writer both take asks
         submit_allowed=aggregator.submit,
         fold_allowed=passes.add,
         inspect=inspect if pconf.inspect_search_engines else None,

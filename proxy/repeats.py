@@ -30,7 +30,7 @@ from typing import Any
 from schoolgate.policy.types import Client
 from schoolgate.proxy.addons import ConnState, EventLog, Services, _ip_of
 from schoolgate.proxy.judge import FLAG_FRONTING, Action, Judgement
-from schoolgate.store.events.record import CompactEvent, compact
+from schoolgate.store.events.record import Ask
 
 # (address, SNI, destination) kills remembered within one minute; a full table starts over (a
 # miss costs one connection the whole way). Emptied when a new minute's first kill is stored.
@@ -61,7 +61,7 @@ class Moment:
 
 
 class _Kill:
-    __slots__ = ("_event", "client", "judgement", "minute", "until", "version")
+    __slots__ = ("_facts", "client", "judgement", "minute", "until", "version")
 
     def __init__(self, client: Client, judgement: Judgement, version: object, minute: float, until: float) -> None:
         self.client = client
@@ -69,25 +69,24 @@ class _Kill:
         self.version = version
         self.minute = minute
         self.until = until
-        self._event: CompactEvent | None = None
+        self._facts: tuple[Any, ...] | None = None
 
-    def event(self, services: Services) -> CompactEvent:
-        """The compact event but its time (record.compact, ts left out): made at the first
-        repeat, as EventLog makes the event of a kill (most kills are never repeated)."""
-        if self._event is None:
-            record = EventLog(services).record(ConnState(client=self.client), self.judgement, services.now())
-            self._event = compact(record)[1:]
-        return self._event
+    def facts(self, services: Services) -> tuple[Any, ...]:
+        """The facts of the kill's ask, as EventLog makes them: made at the first repeat (most
+        kills are never repeated), then shared by every repeat's ask."""
+        if self._facts is None:
+            self._facts = EventLog(services).facts(self.client, self.judgement)
+        return self._facts
 
 
 class RepeatKills:
     """The kills of this minute, by (address, SNI, destination), and their replay."""
 
     def __init__(self, services: Services, limit: int = REMEMBERED_LIMIT) -> None:
-        if services.submit_compact is None or services.policy_version is None or services.identify_cached is None:
-            raise ValueError("remembering kills needs submit_compact, policy_version and identify_cached")
+        if services.submit_ask is None or services.policy_version is None or services.identify_cached is None:
+            raise ValueError("remembering kills needs submit_ask, policy_version and identify_cached")
         self._services = services
-        self._submit: Callable[[CompactEvent], bool] = services.submit_compact
+        self._submit: Callable[[Ask], bool] = services.submit_ask
         self._version: Callable[[], object] = services.policy_version
         self._identify: Callable[[str], Client | None] = services.identify_cached
         self._limit = limit
@@ -118,7 +117,7 @@ class RepeatKills:
         counters.killed += 1
         counters.upstream_refused += 1
         counters.events_submitted += 1
-        if not self._submit((moment.ts, *kill.event(self._services))):
+        if not self._submit((moment.ts, kill.judgement.target.host, None, 1, kill.facts(self._services))):
             counters.events_refused += 1
         self.replayed += 1
 

@@ -110,7 +110,7 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
         decide=lambda client, target, now: decide(policy, client, target, now),
         identify=lambda ip: who, identify_cached=lambda ip: who, book=book, now=lambda: WHEN,
         site="bench", submit_full=lambda event: True, submit_allowed=lambda event: True,
-        submit_compact=lambda event: True, policy_version=lambda: (1, 0),
+        submit_ask=lambda event: True, policy_version=lambda: (1, 0),
     )
     with socket.socket() as probe:  # a free port for the echo server
         probe.bind(("127.0.0.1", 0))

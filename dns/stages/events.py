@@ -28,7 +28,7 @@ from schoolgate.clock import Clock
 from schoolgate.dns.chain import Answer, Result, Stage, then
 from schoolgate.dns.wire import LONGEST_TYPE_NAME, Query, type_name
 from schoolgate.policy.types import Client, Decision, Role, Verdict
-from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, flags_text, from_ask, from_compact
+from schoolgate.store.events.record import Ask, CompactEvent, EventRecord, decision_facts, from_ask, from_compact
 from schoolgate.store.events.repeats import FOLD_WINDOW_S, QTYPES_WIDTH, add_types
 
 SPECIAL_VERDICTS = {"dns.special.appliance-name": Verdict.ALLOW.value}
@@ -50,18 +50,7 @@ def compact_event(
     EventRecord.from_decision makes, as record.COMPACT_FIELDS orders its values. `qtype` is the
     type asked, or the text of the types asked ("A,AAAA,HTTPS")."""
     asked = type_name(qtype) if type(qtype) is int else qtype
-    return from_ask((ts, host, asked, count, ask_facts(decision, client, site=site)))
-
-
-def ask_facts(decision: Decision, client: Client, *, site: str) -> tuple[Any, ...]:
-    """The facts of the events of `decision` for `client` (record.ASK_FACTS): every value of
-    their compact events but the time, name, type and count, the flags as their stored text."""
-    return (
-        site, "dns", client.ip, decision.verdict._value_, decision.rule_id, decision.role._value_,
-        client.mac, client.device_id, client.device_name, client.person_id, client.person_name, None, None,
-        decision.clause, decision.service, decision.category, flags_text(decision.flags) if decision.flags else "",
-        client.identity_source,
-    )
+    return from_ask((ts, host, asked, count, decision_facts(decision, client, site=site, source="dns")))
 
 
 class EventSink(Protocol):
@@ -140,7 +129,9 @@ class EventsStage(Stage):
         known = self._facts.get(key)
         if known is not None and known[0] is decision and known[1] is client:
             return known[2]
-        facts = ask_facts(decision, client if client is not None else Client(ip=client_ip), site=self.site)
+        facts = decision_facts(
+            decision, client if client is not None else Client(ip=client_ip), site=self.site, source="dns"
+        )
         if len(self._facts) >= FACTS_LIMIT:
             self._facts = {}
         self._facts[key] = (decision, client, facts)

@@ -171,7 +171,7 @@ def compact(record: EventRecord) -> CompactEvent:
 # stores an ask as it came: its row is its four values and its facts, in that order, with the
 # time made storable and a uid added (rows.SqliteRows.build_ask), the same row as the compact
 # event it stands for (``from_ask``) would make.
-Ask: TypeAlias = tuple[float, str, str, int, tuple[Any, ...]]
+Ask: TypeAlias = tuple[float, str, str | None, int, tuple[Any, ...]]  # no type: not a DNS query
 _ASKED = ("ts", "host", "qtype", "count")
 ASK_FACTS = tuple(name for name in COMPACT_FIELDS if name not in _ASKED)
 ASK_LEN = len(_ASKED) + 1
@@ -179,6 +179,22 @@ ASK_FIELDS = (*_ASKED, *ASK_FACTS)  # an ask's values, its facts spread out, in 
 _FACTS_LEN = len(ASK_FACTS)
 # An ask's four values and its facts, in a row, put in COMPACT_FIELDS' order by one C call.
 _compact_of_ask = operator.itemgetter(*(ASK_FIELDS.index(name) for name in COMPACT_FIELDS))
+
+
+def decision_facts(
+    decision: Decision, client: Client, *, site: str, source: str, url: str | None = None,
+    search_term: str | None = None, flags: frozenset[str] | None = None,
+) -> tuple[Any, ...]:
+    """The facts (ASK_FACTS) of the events of `decision` for `client`: every value of the
+    record EventRecord.from_decision makes but the time, name, type and count, the flags (the
+    decision's, unless given) as their stored text."""
+    shown = decision.flags if flags is None else flags
+    return (
+        site, source, client.ip, decision.verdict._value_, decision.rule_id, decision.role._value_,
+        client.mac, client.device_id, client.device_name, client.person_id, client.person_name, url, search_term,
+        decision.clause, decision.service, decision.category, flags_text(shown) if shown else "",
+        client.identity_source,
+    )
 
 
 def ask_facts_valid(ask: tuple[Any, ...]) -> tuple[Any, ...]:

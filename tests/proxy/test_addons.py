@@ -589,3 +589,42 @@ def test_regular_mode_hellos_are_left_to_mitmproxy(harness: Harness, services: S
     modes.HttpProxy(ctx)  # an explicit proxy's stack: the hello comes inside a CONNECT tunnel
     assert harness.next_layer(ctx, client_hello_bytes("www.facebook.com")).layer is None
     assert services.counters.tls_seen == 0
+
+
+EVENT_CASES = [
+    # who, the name, where it was dialled, a search term, the upset button
+    (PUPIL, "www.facebook.com", FACEBOOK_IP, None, False),  # killed at the SNI
+    (PUPIL, "allowed.test", FACEBOOK_IP, None, False),  # fronting: flagged
+    (PUPIL, "", FACEBOOK_IP, None, False),  # no SNI: refused, flagged
+    (TRUSTED_PUPIL, "www.youtube.com", OTHER_IP, "cats", False),  # blocked, with a search term
+    (TRUSTED_PUPIL, "www.facebook.com", FACEBOOK_IP, None, True),  # the pupil said it upset them
+    (STAFF, "www.google.com", OTHER_IP, "cats", False),  # allowed, with a search term
+    (STAFF, "allowed.test", OTHER_IP, None, False),  # plain allowed: kept per minute, as a record
+]
+
+
+@pytest.mark.parametrize(("who", "sni", "dialled", "search", "upset"), EVENT_CASES)
+def test_the_event_log_hands_over_asks_that_stand_for_its_records(
+    services: Services, who: Client, sni: str, dialled: str, search: str | None, upset: bool
+) -> None:
+    """An ask (the daemon's form) makes the row the record (the form without submit_ask) makes."""
+    from schoolgate.proxy.addons import ConnState, EventLog
+    from schoolgate.proxy.judge import judge_tls
+    from schoolgate.store.events.record import from_ask, from_compact
+
+    judgement = judge_tls(services.decide, who, sni or None, dialled_ip=dialled, book=services.book,
+                          now=services.now(), operator_of=services.operator_of)
+    state = ConnState(client=who, judgement=judgement)
+    full: list[Any] = []
+    allowed: list[Any] = []
+    asks: list[Any] = []
+    services.submit_full, services.submit_allowed = full.append, allowed.append  # type: ignore[assignment]
+    EventLog(services).submit(state, judgement, search, upset=upset)
+    as_records = [record.row() for record in full]  # what the writer stores
+    full.clear()
+    services.submit_ask = asks.append  # type: ignore[assignment]
+    EventLog(services).submit(state, judgement, search, upset=upset)
+    assert [from_compact(from_ask(ask)).row() for ask in asks] == as_records
+    assert full == []
+    assert len(allowed) == (0 if as_records else 2)  # plain allowed traffic: records either way
+    assert services.counters.events_submitted == 2

@@ -48,12 +48,13 @@ def version() -> Version:
 
 
 @pytest.fixture
-def remembering(services: Services, known_clients: dict[str, Client], version: Version) -> Services:
+def remembering(services: Services, known_clients: dict[str, Client], version: Version, writer: EventWriter
+                ) -> Services:
     """The services as the daemon wires them: a recent identity on the loop, a policy version,
-    and the compact form of the event sink."""
+    and events handed to the writer as asks."""
     services.identify_cached = lambda ip: known_clients.get(ip, Client(ip=ip))
     services.policy_version = version
-    services.submit_compact = services.submit_full  # the event writer takes both forms
+    services.submit_ask = writer.submit_ask
     return services
 
 
@@ -110,10 +111,9 @@ def run_steps(services: Services, known: dict[str, Client], steps: list[Step], *
 
 
 def logged(sessions: sessionmaker[Session], writer: EventWriter) -> list[tuple[Any, ...]]:
-    """Each attempt's event. The writer folds a repeated event handed over in compact form into
-    the row of the first (its `count`), as it does for every event that comes through the
-    daemon's channel; one handed over as a record stays a row of its own. A row of count n
-    stands for n attempts here."""
+    """Each attempt's event. The writer folds a repeated event handed over as an ask into the
+    row of the first (its `count`), as it does for every event that comes through the daemon's
+    channel. A row of count n stands for n attempts here."""
     return [
         tuple(getattr(e, name) for name in EVENT_FIELDS)
         for e in events(sessions, writer)
@@ -220,5 +220,5 @@ def test_the_table_is_bounded(remembering: Services, clock: SettableClock) -> No
 
 
 def test_the_table_needs_what_the_daemon_gives(services: Services) -> None:
-    with pytest.raises(ValueError, match="submit_compact"):
+    with pytest.raises(ValueError, match="submit_ask"):
         RepeatKills(services)
