@@ -74,7 +74,7 @@ install_python_packages() {
   want=$({ cat pyproject.toml setup.py; find . \( -path ./.venv -o -path ./build \) -prune -o \
            \( -name '*.c' -o -name '*.h' \) -type f -print | LC_ALL=C sort | xargs -r cat; } | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] ||
-     ! "$venv/bin/python" -c 'import schoolgate.policy._listprobe, schoolgate.dns._question, schoolgate.dns._datagrams, schoolgate.proxy._hello' 2>/dev/null; then
+     ! "$venv/bin/python" -c 'import schoolgate.policy._listprobe, schoolgate.dns._question, schoolgate.dns._datagrams, schoolgate.proxy._hello, schoolgate.proxy._accept' 2>/dev/null; then
     say "installing schoolgate and its Python dependencies"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet -e ".[test]"

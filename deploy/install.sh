@@ -34,8 +34,8 @@ UNITS=(schoolgate.target schoolgate-net.service schoolgate-dns.service schoolgat
 # Where the console's socket takes its address from the configuration ([console] listen).
 CONSOLE_SOCKET_DROPIN=/etc/systemd/system/schoolgate-console.socket.d/listen.conf
 # gcc, libc6-dev, python3-dev and libxxhash-dev build schoolgate's compiled helpers (policy/_listprobe.c,
-# the list store's hash and probe, dns/_question.c, dns/_datagrams.c and proxy/_hello.c), which have no binary
-# wheel: pip compiles them on every install.
+# the list store's hash and probe, dns/_question.c, dns/_datagrams.c, proxy/_hello.c and proxy/_accept.c),
+# which have no binary wheel: pip compiles them on every install.
 DEBIAN_PACKAGES=(python3 python3-venv nftables iproute2 ca-certificates openssl systemd passwd
                  gcc libc6-dev python3-dev libxxhash-dev)
 # Only needed when pip finds no binary wheel of a dependency for this machine (it then compiles from source).
