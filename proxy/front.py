@@ -5,9 +5,11 @@ through undecrypted. For those, mitmproxy's connection handler (its layers, its 
 per-connection watchdog) was most of the cost while doing no more than read a ClientHello and
 close the socket or copy bytes. Here the front door owns the listening socket and, per connection:
 
-1. reads the original destination (the gateway's redirect: SO_ORIGINAL_DST);
+1. accepts it, reads its original destination (the gateway's redirect: SO_ORIGINAL_DST) and
+   its first bytes, for every connection of a wake-up in one compiled call (proxy/_accept.c);
+   a repeat of a connection killed this minute is killed there, from memory (proxy/repeats.py);
 2. tells the schoolgate addons of the client (`client_connected`: who is it);
-3. reads the first bytes; if they are a whole ClientHello, gives it to the addons through
+3. if the first bytes are a whole ClientHello, gives it to the addons through
    `Pipeline.judge_hello_first`: the same hooks, the same one judge (`judge_tls` with the
    policy's `decide`), the same events, counters and circumvention and fronting checks as
    inside mitmproxy; the members that only record (the event log, the counters) are told once
@@ -36,27 +38,32 @@ import contextlib
 import errno
 import itertools
 import logging
+import os
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection
 from mitmproxy.net.tls import starts_like_tls_record
-from mitmproxy.platform import original_addr
 from mitmproxy.proxy.context import Context
 
+from schoolgate.proxy._accept import accept_batch
 from schoolgate.proxy.addons import EarlyHello, Pipeline
 from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.relay import Relay, SplicePoller
 from schoolgate.proxy.repeats import Moment, RepeatKills
 
+if TYPE_CHECKING:
+    from schoolgate.proxy._accept import Accepted  # a name of the stub (proxy/_accept.pyi) alone
+
 log = logging.getLogger(__name__)
 
 MAX_HELLO = 64 * 1024  # a ClientHello with every extension a browser sends is under 2 KiB
 HELLO_WAIT_S = 10.0  # silence after which the connection is left to mitmproxy as it is
-ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
+ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket (accept_batch's most)
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_PAUSE_S = 1.0  # out of file descriptors: stop accepting this long (as asyncio does)
 # The kernel hands over a connection once its first bytes are in (TCP_DEFER_ACCEPT), so nearly
 # every one is judged in the accept callback: no reader, no timer, one wake-up fewer. A client
@@ -75,26 +82,6 @@ DIAL_CHECK_S = 1.0
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 Handover = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h: the socket option mitmproxy's original_addr reads
-_ORIGINAL_DST_V4 = struct.Struct("!2xH4s")  # a struct sockaddr_in
-
-
-def original_destination(sock: socket.socket) -> tuple[str, int]:
-    """Where the client was going before the gateway's `redirect` sent it here.
-
-    On an IPv4 listener, SO_ORIGINAL_DST read as mitmproxy reads it, without its
-    getsockname() first (a system call that only tells an IPv4 connection on an IPv6 socket
-    from an IPv6 one: an IPv4 socket has only the one kind); otherwise mitmproxy's own
-    original_addr, which it uses for the connections handed to it."""
-    if original_addr is None:
-        raise OSError("transparent mode needs Linux (SO_ORIGINAL_DST)")
-    if sock.family == socket.AF_INET:
-        port, raw_ip = _ORIGINAL_DST_V4.unpack_from(sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16))
-        return socket.inet_ntop(socket.AF_INET, raw_ip), port
-    host, port = original_addr(sock)
-    return str(host), int(port)
 
 
 def listen_sockets(listen: str, *, reuse_port: bool) -> list[socket.socket]:
@@ -200,13 +187,15 @@ class FrontDoor:
         options: Any,
         mode: Any,
         *,
-        destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
+        destination: Callable[[socket.socket], tuple[str, int]] | None = None,
         repeats: RepeatKills | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._repeats = repeats  # the kills of this minute, to kill their repeats from memory
         self._handover = handover
-        self._destination = destination  # tests on loopback give their own
+        # Where each connection was going: None, the gateway's redirect (SO_ORIGINAL_DST, read
+        # with the accept); tests on loopback, where nothing was redirected, give their own.
+        self._destination = destination
         self._options = options
         self._mode = mode  # mitmproxy's proxy mode, on each Client as mitmproxy would set it
         self._sockets: list[socket.socket] = []
@@ -239,7 +228,7 @@ class FrontDoor:
         )
         self._sockets = sockets
         for sock in sockets:
-            self._listening.add_reader(sock.fileno(), self._accept, sock)
+            self._listening.add_reader(sock.fileno(), self._accept, sock, sock.family)
         self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
 
     def listen_addrs(self) -> list[Any]:
@@ -316,61 +305,72 @@ class FrontDoor:
         self._dials = dialling
         self._dial_check = self.loop.call_later(DIAL_CHECK_S, self._check_dials) if dialling else None
 
-    def _accept(self, listener: socket.socket) -> None:
-        # socket.accept() asks the listener for its family and type (two enum conversions) and
-        # whether the new socket must block, for every connection: the listener's family is
-        # read here once per wake-up, and the descriptor wrapped as socket.accept() would.
-        # The new socket is left blocking (no ioctl): its first bytes are read with MSG_DONTWAIT,
-        # and only a connection that is kept (spliced or handed over) is made non-blocking.
-        family = listener.family
-        repeats = self._repeats
-        moment: Moment | None = None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, peer = listener._accept()  # type: ignore[attr-defined]  # socket.accept()'s own first step
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                self.accept_errors += 1
-                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: waiting is all that helps; the backlog keeps the rest.
-                    log.error("cannot accept connections (%s); pausing for %.0f s", err, ACCEPT_PAUSE_S)
-                    self._listening.remove_reader(listener.fileno())
-                    self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
-                    return
-                log.warning("accepting a connection failed: %s", err)
-                continue
-            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
-            self.accepted += 1
-            if moment is None and repeats is not None:
-                moment = repeats.moment()  # once per wake-up, before any of its connections is judged
-            self._begin(sock, peer, moment)
+    def _accept(self, listener: socket.socket, family: socket.AddressFamily) -> None:
+        # One compiled call (proxy/_accept.c) accepts what waits, with each connection's original
+        # destination and first bytes (TCP_DEFER_ACCEPT: nearly always its whole ClientHello):
+        # per connection, a socket object, the getsockopt and the recv in Python were as much
+        # again as killing a repeat from memory. A socket object is made only for a connection
+        # that is kept or judged the whole way; the new descriptors are left blocking (no ioctl):
+        # later reads use MSG_DONTWAIT, and only a connection that is kept (spliced or handed
+        # over) is made non-blocking.
+        connections, stopped_by, skipped = accept_batch(
+            listener.fileno(), ACCEPT_BATCH, MAX_HELLO, self._destination is None
+        )
+        self.accept_errors += skipped  # their accept failed for themselves alone: gone
+        if connections:
+            self.accepted += len(connections)
+            moment = self._repeats.moment() if self._repeats is not None else None  # before any is judged
+            for accepted in connections:
+                self._begin(accepted, family, moment)
+        if stopped_by:
+            self.accept_errors += 1
+            error = OSError(stopped_by, os.strerror(stopped_by))
+            if stopped_by in _OUT_OF_RESOURCES:
+                # Out of descriptors: waiting is all that helps; the backlog keeps the rest.
+                log.error("cannot accept connections (%s); pausing for %.0f s", error, ACCEPT_PAUSE_S)
+                self._listening.remove_reader(listener.fileno())
+                self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
+            else:
+                log.warning("accepting a connection failed: %s", error)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0:
-            self._listening.add_reader(listener.fileno(), self._accept, listener)
+            self._listening.add_reader(listener.fileno(), self._accept, listener, listener.family)
 
     # ------------------------------------------------------------------ one connection
-    def _begin(self, sock: socket.socket, peer: Any, moment: Moment | None = None) -> None:
-        """A new connection: its first bytes read; a repeat of a kill of this minute killed
-        from memory; any other connection's client told to the addons, then judged."""
-        try:
-            destination = self._destination(sock)
-            first = _receive(sock, MAX_HELLO)
-        except (OSError, struct.error) as err:  # gone already, or not redirected (someone dialled the port itself)
-            log.debug("dropping a connection from %s: %s", peer, err)
-            sock.close()
-            return
+    def _begin(self, accepted: Accepted, family: socket.AddressFamily, moment: Moment | None) -> None:
+        """A new connection (its descriptor, peer, original destination and first bytes, as
+        accept_batch gives them): a repeat of a kill of this minute killed from memory; any
+        other connection's client told to the addons, then judged."""
+        fd, peer, destination, first = accepted
+        sock = None
+        if destination is None:
+            if self._destination is None:  # the kernel has none: someone dialled the port itself
+                log.debug("dropping a connection from %s without an original destination", peer)
+                os.close(fd)
+                return
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            try:
+                destination = self._destination(sock)
+            except (OSError, struct.error) as err:
+                log.debug("dropping a connection from %s: %s", peer, err)
+                sock.close()
+                return
         complete, parsed = (False, None) if first is None else hello_ready(first)
         if moment is not None and parsed is not None and parsed.sni:
             kill = self._repeats.recall(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
             if kill is not None:
-                sock.close()
+                if sock is None:
+                    os.close(fd)
+                else:
+                    sock.close()
                 self.killed += 1
                 self.judged_at_accept += 1
                 self.pipeline.relayed_early += 1
                 self._repeats.replay(kill, moment)  # type: ignore[union-attr]
                 return
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
         client, context = self._connection(peer, destination)
         hello = _Hello(sock, client, context, moment)
         if first is not None:

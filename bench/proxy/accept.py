@@ -12,8 +12,8 @@ open until the front closes them. The front's process accepts each connection, r
 original destination and its first bytes, and closes it (a connection killed at its SNI, less
 the judging), in one of three ways, the rounds interleaved:
 
-- python: the front door's steps (listener._accept(), a socket object, original_destination,
-  recv(MAX_HELLO, MSG_DONTWAIT), close);
+- python: the front door's steps before accept_batch (listener._accept(), a socket object,
+  mitmproxy's original_addr, recv(MAX_HELLO, MSG_DONTWAIT), close);
 - compiled: accept_batch, then os.close of each descriptor;
 - compiled+socket: accept_batch, then a socket object made round each descriptor and closed
   (what a caller that still wants a socket object for every connection would pay).
@@ -47,8 +47,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mitmproxy.platform import original_addr
+
 from schoolgate.proxy._accept import accept_batch
-from schoolgate.proxy.front import ACCEPT_BATCH, MAX_HELLO, listen_sockets, original_destination
+from schoolgate.proxy.front import ACCEPT_BATCH, MAX_HELLO, listen_sockets
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 FIRST_PORT = 9441  # the ports the devices dial, each redirected to the front's listener
@@ -87,7 +89,7 @@ Handler = Callable[[socket.socket], int]
 
 
 def python_steps(listener: socket.socket) -> int:
-    """FrontDoor._accept's loop, _begin's original_destination and _read_hello's first read."""
+    """The front door's accept loop, original destination and first read as they were in Python."""
     family = listener.family
     served = 0
     for _ in range(ACCEPT_BATCH):
@@ -97,7 +99,7 @@ def python_steps(listener: socket.socket) -> int:
             break
         sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
         try:
-            original_destination(sock)
+            original_addr(sock)
         except (OSError, struct.error):
             sock.close()
             raise SystemExit("a connection without its original destination: the redirect is not in place") from None

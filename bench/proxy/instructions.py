@@ -98,6 +98,7 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
     from schoolgate.policy.types import Client, Role
     from schoolgate.proxy.addons import Pipeline, Services, build_addons
     from schoolgate.proxy.addresses import AddressBook
+    from schoolgate.proxy.allowed import AllowedPasses
     from schoolgate.proxy.front import FrontDoor, listen_sockets
     from schoolgate.proxy.repeats import RepeatKills
 
@@ -111,6 +112,7 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
         identify=lambda ip: who, identify_cached=lambda ip: who, book=book, now=lambda: WHEN,
         site="bench", submit_full=lambda event: True, submit_allowed=lambda event: True,
         submit_ask=lambda event: True, policy_version=lambda: (1, 0),
+        fold_allowed=AllowedPasses(lambda event: True, "bench").add,  # as the daemon counts plain passes
     )
     with socket.socket() as probe:  # a free port for the echo server
         probe.bind(("127.0.0.1", 0))

@@ -657,31 +657,28 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(
     """EMFILE on accept: the listener is not watched for ACCEPT_PAUSE_S (the backlog keeps the
     connections), then watched again, and the connection waiting in it is served, on either loop."""
     monkeypatch.setattr(front_module, "ACCEPT_PAUSE_S", 0.2)
-    failures = [OSError(errno.EMFILE, "Too many open files")]
-    real_accept = socket.socket._accept  # what the front door accepts with: (descriptor, peer)
+    failures = [errno.EMFILE]  # what accept_batch says when accept4 fails so (tests/proxy/test_accept.py)
+    real_accept = front_module.accept_batch
     failed_at: list[float] = []
     accepted_at: list[float] = []
 
-    def accept(sock: socket.socket) -> tuple[int, Any]:
-        if sock.family == socket.AF_INET and port_box and sock.getsockname()[1] == port_box[0]:
-            if failures:
-                failed_at.append(time.monotonic())
-                raise failures.pop()
-            accepted = real_accept(sock)
+    def accept(fd: int, limit: int, read_max: int, want_destination: bool) -> tuple[list[Any], int, int]:
+        if failures:
+            failed_at.append(time.monotonic())
+            return [], failures.pop(), 0
+        accepted = real_accept(fd, limit, read_max, want_destination)
+        if accepted[0]:
             accepted_at.append(time.monotonic())
-            return accepted
-        return real_accept(sock)
+        return accepted
 
-    port_box: list[int] = []
-    monkeypatch.setattr(socket.socket, "_accept", accept)
+    monkeypatch.setattr(front_module, "accept_batch", accept)
 
     async def main() -> tuple[int, int]:
         pipeline = Pipeline(build_addons(services), services.connections)
         door = FrontDoor(pipeline, _no_handover, options.Options(), MODE, destination=lambda _sock: (LOOPBACK, 9))
         door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
-        port_box.append(int(door.listen_addrs()[0][1]))
         try:
-            _reader, writer = await asyncio.open_connection(LOOPBACK, port_box[0])
+            _reader, writer = await asyncio.open_connection(LOOPBACK, int(door.listen_addrs()[0][1]))
             writer.write(b"GET / HTTP/1.1\r\n")  # the kernel hands a connection over once it has spoken
             await settled(lambda: door.accept_errors == 1)
             await settled(lambda: door.accepted == 1)  # resumed after the pause: the waiting one taken
