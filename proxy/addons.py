@@ -309,6 +309,26 @@ class IdentifyClient:
         self.s.connections.put(client.id, ConnState(client=identified))
 
 
+def judge_hello(services: Services, client: Client, sni: str | None, address: Any) -> Judgement:
+    """The judgement of a TLS ClientHello naming `sni`, sent by `client` to `address` (where
+    mitmproxy will connect: the original destination, or regular mode's CONNECT target): the
+    one judge (judge_tls) as TlsGate asks it, and as the front door asks it for a kill
+    (schoolgate.proxy.repeats)."""
+    dialled_ip = _ip_of(address)
+    return judge_tls(
+        services.decide,
+        client,
+        sni,
+        dialled_ip=dialled_ip,
+        dialled_name=_name_of(address) if dialled_ip is None else None,
+        book=services.book,
+        operator_of=services.operator_of,
+        now=services.now(),
+        inspect=services.inspect,
+        refusal_clause=_refusal_clause(services),
+    )
+
+
 class TlsGate:
     def __init__(self, services: Services) -> None:
         self.s = services
@@ -320,18 +340,7 @@ class TlsGate:
         state.dialled_ip = _ip_of(address)
         state.dialled_name = _name_of(address) if state.dialled_ip is None else None
         try:
-            judgement = judge_tls(
-                self.s.decide,
-                state.client,
-                state.sni,
-                dialled_ip=state.dialled_ip,
-                dialled_name=state.dialled_name,
-                book=self.s.book,
-                operator_of=self.s.operator_of,
-                now=self.s.now(),
-                inspect=self.s.inspect,
-                refusal_clause=_refusal_clause(self.s),
-            )
+            judgement = judge_hello(self.s, state.client, state.sni, address)
         except Exception:
             # No verdict: never decrypt, and UpstreamGate refuses the unjudged connection.
             log.exception("judging the TLS connection to %r failed; closing it", state.sni)

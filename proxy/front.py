@@ -7,7 +7,8 @@ close the socket or copy bytes. Here the front door owns the listening socket an
 
 1. accepts it, reads its original destination (the gateway's redirect: SO_ORIGINAL_DST) and
    its first bytes, for every connection of a wake-up in one compiled call (proxy/_accept.c);
-   a repeat of a connection killed this minute is killed there, from memory (proxy/repeats.py);
+   a device identified lately whose ClientHello's name decides a kill is killed there, by the
+   same judge, with the same event and counters, without the hooks (proxy/repeats.py);
 2. tells the schoolgate addons of the client (`client_connected`: who is it);
 3. if the first bytes are a whole ClientHello, gives it to the addons through
    `Pipeline.judge_hello_first`: the same hooks, the same one judge (`judge_tls` with the
@@ -147,16 +148,12 @@ def new_server(address: tuple[str, int], conn_id: str) -> connection.Server:
 class _Hello:
     """A connection whose first bytes are being read."""
 
-    __slots__ = ("at_accept", "client", "complete", "context", "data", "moment", "parsed", "sock", "timer")
+    __slots__ = ("client", "complete", "context", "data", "parsed", "sock", "timer")
 
-    def __init__(
-        self, sock: socket.socket, client: connection.Client, context: Context, moment: Moment | None
-    ) -> None:
+    def __init__(self, sock: socket.socket, client: connection.Client, context: Context) -> None:
         self.sock = sock
         self.client = client
         self.context = context
-        self.moment = moment  # of the wake-up that accepted it, when kills are remembered
-        self.at_accept = False  # judged in the accept callback (in its moment's wake-up)
         self.data = b""
         self.complete = False  # the data is all the front door waits for (hello_ready)
         self.parsed: FastClientHello | None = None  # their ClientHello, once complete
@@ -191,7 +188,7 @@ class FrontDoor:
         repeats: RepeatKills | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self._repeats = repeats  # the kills of this minute, to kill their repeats from memory
+        self._repeats = repeats  # kills judged here, or remembered from this minute, without the hooks
         self._handover = handover
         # Where each connection was going: None, the gateway's redirect (SO_ORIGINAL_DST, read
         # with the accept); tests on loopback, where nothing was redirected, give their own.
@@ -263,6 +260,7 @@ class FrontDoor:
             "handed_over": self.handed_over,
             "accept_errors": self.accept_errors,
             "idle_closed": self.idle_closed,
+            "killed_judged_at_door": self._repeats.judged if self._repeats is not None else 0,
             "killed_from_memory": self._repeats.replayed if self._repeats is not None else 0,
             # 1: the spliced sockets are in the loop's own epoll (one wait per wake-up)
             "splices_in_loop_wait": int(getattr(self, "splices", None) is not None and self.splices.shares_loop_wait),
@@ -340,7 +338,7 @@ class FrontDoor:
     # ------------------------------------------------------------------ one connection
     def _begin(self, accepted: Accepted, family: socket.AddressFamily, moment: Moment | None) -> None:
         """A new connection (its descriptor, peer, original destination and first bytes, as
-        accept_batch gives them): a repeat of a kill of this minute killed from memory; any
+        accept_batch gives them): a kill its name decides killed here (proxy/repeats.py); any
         other connection's client told to the addons, then judged."""
         fd, peer, destination, first = accepted
         sock = None
@@ -358,7 +356,7 @@ class FrontDoor:
                 return
         complete, parsed = (False, None) if first is None else hello_ready(first)
         if moment is not None and parsed is not None and parsed.sni:
-            kill = self._repeats.recall(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
+            kill = self._repeats.kill(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
             if kill is not None:
                 if sock is None:
                     os.close(fd)
@@ -372,7 +370,7 @@ class FrontDoor:
         if sock is None:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
         client, context = self._connection(peer, destination)
-        hello = _Hello(sock, client, context, moment)
+        hello = _Hello(sock, client, context)
         if first is not None:
             hello.data = first
             hello.complete = complete or not first
@@ -386,7 +384,6 @@ class FrontDoor:
         if pending is None:
             if hello.complete:
                 self.judged_at_accept += 1
-                hello.at_accept = True
                 self._decide(hello)
             else:
                 self._wait(hello)
@@ -489,11 +486,6 @@ class FrontDoor:
                 sock.close()
                 if observe is not None:
                     observe()
-                if hello.moment is not None and hello.at_accept:  # judged in its moment's wake-up
-                    self._repeats.note(  # type: ignore[union-attr]
-                        hello.moment, client.peername, parsed.sni if parsed is not None else None,
-                        context.server.address, client.id,
-                    )
                 self.pipeline.client_disconnected(client)
             elif verdict is EarlyHello.PASS:
                 destination = context.server.address

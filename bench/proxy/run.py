@@ -13,7 +13,7 @@ Builds a private lab (namespaces `sgb…`), then measures from the lab's devices
 
 1. new TLS connections per second that the proxy kills at the SNI (a pupil, Facebook, in a
    lesson: the same name again and again, as a blocked app retries, and a new name each time,
-   which schoolgate cannot kill from its table of this minute's kills) and that it passes
+   which schoolgate must judge anew each time) and that it passes
    through (staff, Facebook, after school: steered to the proxy, then spliced without
    decryption) — for schoolgate's proxy and for Squid (squid-openssl, peek at step 1, then
    terminate or splice by SNI and client network: the same decision); and the CPU time each
@@ -72,7 +72,7 @@ MAX_CONNECTIONS = 200_000  # per measurement, whatever the duration
 # The loads, each measured on both proxies. A blocked app retries: most kills are a device asking
 # again for what was just killed (the same name and address), which schoolgate kills from a
 # table of this minute's kills (schoolgate.proxy.repeats). "killed-new" gives each connection a
-# name never asked before (n1.www.facebook.com, n2...): every one judged the whole way.
+# name never asked before (n1.www.facebook.com, n2...): every one judged anew.
 KINDS = ("killed", "killed-new", "passed")
 KIND_LABELS = {
     "killed": "killed at the SNI (a device retrying)",
@@ -517,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{sum(f.get('judged_at_accept', 0) for f in front_doors):8d}"),
             ("  killed / spliced / handed to mitmproxy",
              " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}" for key in ("killed", "spliced", "handed_over"))),
-            ("  killed from the table of this minute's kills",
-             f"{sum(f.get('killed_from_memory', 0) for f in front_doors):8d}"),
+            ("  killed at the door: judged there / from this minute's memory",
+             " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}"
+                        for key in ("killed_judged_at_door", "killed_from_memory"))),
             ("workers whose splices share the loop's one wait",
              f"{sum(f.get('splices_in_loop_wait', 0) for f in front_doors):8d} of {len(front_doors)}"),
             ("identity: answered on the loop / waited for a lookup",

@@ -1,5 +1,6 @@
-"""Repeated kills killed from memory: real sockets on loopback, the real addons, policy and event
-writer, each sequence of connections run with the table and without it and compared."""
+"""Kills at the front door (judged there, or remembered from this minute): real sockets on
+loopback, the real addons, policy and event writer, each sequence of connections run with them
+and without them (the whole way) and compared."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,9 +18,8 @@ from proxy_testkit import FACEBOOK_IP, PUPIL, STAFF, TRUSTED_PUPIL, SettableCloc
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
-from schoolgate.proxy.addons import ConnState, Pipeline, Services, build_addons
+from schoolgate.proxy.addons import Pipeline, Services, build_addons
 from schoolgate.proxy.front import FrontDoor, listen_sockets
-from schoolgate.proxy.judge import Action, Judgement
 from schoolgate.proxy.relay import new_event_loop
 from schoolgate.proxy.repeats import Moment, RepeatKills
 from schoolgate.store.events import EventWriter
@@ -122,40 +122,42 @@ def logged(sessions: sessionmaker[Session], writer: EventWriter) -> list[tuple[A
 
 
 KILL = (FACEBOOK_IP, 443)
-CASES: dict[str, tuple[list[Step], int]] = {
-    # steps, and how many of them the table kills
-    "a pupil retrying Facebook": ([(PUPIL, "www.facebook.com", KILL)] * 4, 3),
+CASES: dict[str, tuple[list[Step], int, int]] = {
+    # steps; how many the front door judged and killed itself, and how many it killed from memory
+    "a pupil retrying Facebook": ([(PUPIL, "www.facebook.com", KILL)] * 4, 1, 3),
     "the SNI's case does not matter to the verdict, only to the key": (
-        [(PUPIL, "www.facebook.com", KILL), (PUPIL, "WWW.Facebook.com", KILL), (PUPIL, "www.facebook.com", KILL)], 1),
+        [(PUPIL, "www.facebook.com", KILL), (PUPIL, "WWW.Facebook.com", KILL), (PUPIL, "www.facebook.com", KILL)],
+        2, 1),
     "another address is another connection": (
         [(PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443)),
-         (PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443))], 2),
-    "passthroughs are not remembered": ([(STAFF, "allowed.test", None)] * 3, 0),
-    "no SNI: the address book had a say": ([(PUPIL, None, KILL)] * 3, 0),
-    "fronting: the address book had a say": ([(PUPIL, "allowed.test", KILL)] * 3, 0),
-    "the block page is mitmproxy's, not a kill": ([(TRUSTED_PUPIL, "www.facebook.com", KILL)] * 2, 0),
+         (PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443))], 2, 2),
+    "passthroughs go the whole way": ([(STAFF, "allowed.test", None)] * 3, 0, 0),
+    "no SNI: the address book has a say": ([(PUPIL, None, KILL)] * 3, 0, 0),
+    "fronting: the address book has a say": ([(PUPIL, "allowed.test", KILL)] * 3, 0, 0),
+    "the block page is mitmproxy's, not a kill": ([(TRUSTED_PUPIL, "www.facebook.com", KILL)] * 2, 0, 0),
     "the device changes hands: judged again": (
         [(PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", KILL),
          (dataclasses.replace(PUPIL, person_id="p9", person_name="Pupil Nine"), "www.facebook.com", KILL),
-         (STAFF, "www.facebook.com", KILL)], 1),
+         (STAFF, "www.facebook.com", KILL)], 2, 1),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_the_table_kills_repeats_exactly_as_the_whole_way_does(
+def test_the_front_door_kills_exactly_as_the_whole_way_does(
     case: str, remembering: Services, known_clients: dict[str, Client], sessions: sessionmaker[Session],
     writer: EventWriter,
 ) -> None:
-    steps, from_memory = CASES[case]
+    steps, judged, from_memory = CASES[case]
     whole_way = run_steps(remembering, known_clients, steps, remember=False)
     whole_events = logged(sessions, writer)
     remembering.counters = type(remembering.counters)()
-    remembered = run_steps(remembering, known_clients, steps, remember=True)
-    remembered_events = logged(sessions, writer)[len(whole_events):]
-    assert remembered["front"].pop("killed_from_memory") == from_memory
-    assert whole_way["front"].pop("killed_from_memory") == 0
-    assert remembered == whole_way
-    assert remembered_events == whole_events
+    at_the_door = run_steps(remembering, known_clients, steps, remember=True)
+    door_events = logged(sessions, writer)[len(whole_events):]
+    assert (at_the_door["front"].pop("killed_judged_at_door"), at_the_door["front"].pop("killed_from_memory")) == (
+        judged, from_memory)
+    assert (whole_way["front"].pop("killed_judged_at_door"), whole_way["front"].pop("killed_from_memory")) == (0, 0)
+    assert at_the_door == whole_way
+    assert door_events == whole_events
     assert len(whole_events) >= len([s for s in steps if s[2] == KILL and not s[0].trusts_school_ca])
 
 
@@ -167,7 +169,7 @@ def test_the_table_kills_repeats_exactly_as_the_whole_way_does(
         ("the minute turns", 2),
     ],
 )
-def test_a_reload_or_a_new_minute_sends_the_next_repeat_the_whole_way(
+def test_a_reload_or_a_new_minute_has_the_next_repeat_judged_again(
     change: str, from_memory: int, remembering: Services, known_clients: dict[str, Client], version: Version,
     clock: SettableClock, sessions: sessionmaker[Session], writer: EventWriter,
 ) -> None:
@@ -180,8 +182,19 @@ def test_a_reload_or_a_new_minute_sends_the_next_repeat_the_whole_way(
     result = run_steps(remembering, known_clients, [(PUPIL, "www.facebook.com", KILL)] * 4, remember=True,
                        between=between)
     assert result["front"]["killed_from_memory"] == from_memory
+    assert result["front"]["killed_judged_at_door"] == 4 - from_memory
     assert result["front"]["killed"] == 4
     assert sum(e.count for e in events(sessions, writer)) == 4
+
+
+def blocking(until: datetime | None = None) -> Callable[[Client, Target, datetime], Decision]:
+    """A decide that blocks every name (for a ban, say), until `until`."""
+
+    def decide(client: Client, target: Target, now: datetime) -> Decision:
+        return Decision(verdict=Verdict.BLOCK, rule_id="ban", clause="§1", reason="banned", role=Role.PUPIL,
+                        valid_until=until)
+
+    return decide
 
 
 def test_a_kill_is_not_replayed_past_its_decisions_end(remembering: Services, clock: SettableClock) -> None:
@@ -189,33 +202,42 @@ def test_a_kill_is_not_replayed_past_its_decisions_end(remembering: Services, cl
     pupil = dataclasses.replace(PUPIL, ip=LOOPBACK)
     recent = {LOOPBACK: pupil}  # the identities seen lately
     remembering.identify_cached = recent.get
+    remembering.decide = blocking(until=clock.instant + timedelta(seconds=20))
     table = RepeatKills(remembering)
     start = clock.instant.timestamp()
-    until = clock.instant + timedelta(seconds=20)
-    decision = Decision(verdict=Verdict.BLOCK, rule_id="ban", clause="§1", reason="banned", role=Role.PUPIL,
-                        valid_until=until)
-    remembering.connections.put("c1", ConnState(
-        client=pupil, judgement=Judgement(decision, Target(host="game.test"), Action.KILL)))
     moment = Moment(start, remembering.policy_version())  # type: ignore[misc]
     peer, destination = (LOOPBACK, 50000), ("203.0.113.9", 443)
-    table.note(moment, peer, "game.test", destination, "c1")
-    assert len(table) == 1
-    assert table.recall(Moment(start + 19, moment.version), peer, "game.test", destination) is not None
-    assert table.recall(Moment(start + 20, moment.version), peer, "game.test", destination) is None
-    assert table.recall(moment, peer, "other.test", destination) is None
-    recent.clear()  # the identity is no longer recent: looked up again, the whole way
-    assert table.recall(moment, peer, "game.test", destination) is None
+    assert table.kill(moment, peer, "game.test", destination) is not None
+    assert (table.judged, table.replayed, len(table)) == (1, 0, 1)
+    assert table.kill(Moment(start + 19, moment.version), peer, "game.test", destination) is not None
+    assert (table.judged, table.replayed) == (1, 1)
+    assert table.kill(Moment(start + 20, moment.version), peer, "game.test", destination) is not None
+    assert (table.judged, table.replayed) == (2, 1)  # judged again
+    recent.clear()  # the identity is no longer recent: looked up off the loop, the whole way
+    assert table.kill(moment, peer, "game.test", destination) is None
+
+
+def test_a_judge_that_fails_at_the_door_leaves_the_connection_to_the_whole_way(
+    remembering: Services, clock: SettableClock
+) -> None:
+    def failing(client: Client, target: Target, now: datetime) -> Decision:
+        raise RuntimeError("the policy could not be read")
+
+    remembering.identify_cached = lambda ip: dataclasses.replace(PUPIL, ip=ip)
+    remembering.decide = failing
+    table = RepeatKills(remembering)
+    moment = Moment(clock.instant.timestamp(), remembering.policy_version())  # type: ignore[misc]
+    assert table.kill(moment, (LOOPBACK, 50000), "game.test", KILL) is None
+    assert (table.judged, len(table)) == (0, 0)  # nothing remembered: the whole way judges and counts it
 
 
 def test_the_table_is_bounded(remembering: Services, clock: SettableClock) -> None:
+    remembering.identify_cached = lambda ip: dataclasses.replace(PUPIL, ip=ip)
+    remembering.decide = blocking()
     table = RepeatKills(remembering, limit=3)
-    decision = Decision(verdict=Verdict.BLOCK, rule_id="r", clause="§1", reason="blocked", role=Role.PUPIL)
-    pupil = dataclasses.replace(PUPIL, ip=LOOPBACK)
     moment = Moment(clock.instant.timestamp(), remembering.policy_version())  # type: ignore[misc]
     for index in range(7):
-        remembering.connections.put(f"c{index}", ConnState(
-            client=pupil, judgement=Judgement(decision, Target(host=f"n{index}.test"), Action.KILL)))
-        table.note(moment, (LOOPBACK, 50000), f"n{index}.test", KILL, f"c{index}")
+        assert table.kill(moment, (LOOPBACK, 50000), f"n{index}.test", KILL) is not None
         assert 1 <= len(table) <= 3
 
 
