@@ -340,6 +340,26 @@ def machine_busy() -> tuple[float, float]:
     return (total - fields[3] - fields[4]) / tick, total / tick
 
 
+def settle(measured: list[Measured], *, step: float = 0.25, quiet: float = 0.1, limit: float = 30.0) -> float:
+    """Wait until the processes are idle (under `quiet` of a CPU over one `step`), at most
+    `limit` seconds; returns the CPU seconds they spent meanwhile.
+
+    schoolgate writes the events of a load and its scheduler scans them for alerts after the
+    load has ended; without this wait, that work would run during the next slice, and its rate
+    (or Squid's, which writes no events) would be measured on a busier machine."""
+    spent = 0.0
+    last = sum(cpu_seconds(m) for m in measured)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = sum(cpu_seconds(m) for m in measured)
+        spent, busy = spent + now - last, now - last
+        last = now
+        if busy < quiet * step:
+            break
+    return spent
+
+
 def report(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n{title}")
     for name, value in rows:
@@ -405,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             if (name == "proxy" or name.startswith("proxy.") or name == SHARED_EVENTS) and info.get("pid")
         }
         pids = {"schoolgate": list(processes.values()) or [Measured(proxy_pid)], "squid": [Measured(squid_pid[0])]}
+        # Every schoolgate process, whole: what it still does after a load (the event writer's
+        # rows, the scheduler's alert scan of them) waits for it to finish before the next slice.
+        everything = [Measured(int(info["pid"])) for info in lab.supervisor_state()["children"].values()
+                      if info.get("pid")]
+        afterwards = {key: 0.0 for key in ((e, k) for e in engines for k in KINDS)}
+        previous: tuple[str, str] | None = None
         by_process = {(name, kind): 0.0 for name in processes for kind in KINDS}
         in_kernel = {key: 0.0 for key in cpu}  # each proxy's system time
         # The rest of the machine in the same slices: the lab's web server (one process: the
@@ -430,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
+                    spent = settle(everything)
+                    if previous is not None:
+                        afterwards[previous] += spent
+                    previous = (engine, kind)
                     profiler = _start_profile(args.profile, pids[engine][0].pid, f"{engine}-{kind}") \
                         if engine == "schoolgate" else None
                     each_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
@@ -458,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.latency_samples // slices):
                     latency[engine].append(proxied)
                     direct[engine].append(kernel_forwarded)
+        spent = settle(everything)
+        if previous is not None:
+            afterwards[previous] += spent
         results = {e: {k: totals[(e, k)] for k in KINDS} for e in engines}
         worker_stats = _worker_stats(lab.data_dir, args.proxy_workers)
         front_doors = [stats.get("front") or {} for stats in worker_stats]
@@ -529,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{sum(w.get('identity_lookups', 0) for w in worker_stats):8d} ("
              + " / ".join(f"{sum(w.get(key, 0) for w in worker_stats)}"
                           for key in ("identity_refreshes", "identity_lookups_shared")) + ")"),
+        ])
+        report(f"schoolgate after each load, until idle: its processes' CPU per connection of that load (µs; "
+               f"{' / '.join(KINDS)})", [
+            ("writing and scanning the load's events (all processes)",
+             " / ".join(f"{afterwards[('schoolgate', kind)] / max(1, totals[('schoolgate', kind)].done) * 1e6:.0f}"
+                        for kind in KINDS)),
         ])
         report(f"The rest of the machine meanwhile ({' / '.join(KINDS)})", [
             (f"lab web server's CPU per connection (µs): {engine}",
