@@ -53,6 +53,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from schoolgate.config import load_config
 from schoolgate.gateway.cli import build_ruleset
 from schoolgate.lab import netns
 from schoolgate.lab.internet import SITES
@@ -74,6 +75,7 @@ MAX_CONNECTIONS = 200_000  # per measurement, whatever the duration
 # table of this minute's kills (schoolgate.proxy.repeats). "killed-new" gives each connection a
 # name never asked before (n1.www.facebook.com, n2...): every one judged anew.
 KINDS = ("killed", "killed-new", "passed")
+KILLS_OF_SCHOOLGATE = (("schoolgate", "killed"), ("schoolgate", "killed-new"))
 KIND_LABELS = {
     "killed": "killed at the SNI (a device retrying)",
     "killed-new": "killed at the SNI, a new name each time",
@@ -267,7 +269,6 @@ def download_speed(lab: Lab, device: str, size: int) -> float:
 
 def apply_redirect_to(lab: Lab, port: int) -> None:
     """Reload the gateway's ruleset with the web redirect pointing at `port` (keeps the sets)."""
-    from schoolgate.config import load_config
     from schoolgate.gateway.nft import apply_ruleset
 
     config = load_config(lab.config_path)
@@ -340,22 +341,24 @@ def machine_busy() -> tuple[float, float]:
     return (total - fields[3] - fields[4]) / tick, total / tick
 
 
-def settle(measured: list[Measured], *, step: float = 0.25, quiet: float = 0.1, limit: float = 30.0) -> float:
-    """Wait until the processes are idle (under `quiet` of a CPU over one `step`), at most
-    `limit` seconds; returns the CPU seconds they spent meanwhile.
+def settle(measured: list[Measured], *, at_least: float = 0.0, step: float = 0.25, quiet: float = 0.1,
+           limit: float = 60.0) -> float:
+    """Wait `at_least` seconds, then until the processes are idle (under `quiet` of a CPU over
+    one `step`), at most `limit` seconds in all; returns the CPU seconds they spent meanwhile.
 
-    schoolgate writes the events of a load and its scheduler scans them for alerts after the
-    load has ended; without this wait, that work would run during the next slice, and its rate
-    (or Squid's, which writes no events) would be measured on a busier machine."""
+    schoolgate writes the events of a load, and its scheduler scans them for alerts at its next
+    scan (every `[alerts] scan_interval_seconds`), after the load has ended; without this wait,
+    that work would run during the next slice, and its rate (or Squid's, which writes no
+    events) would be measured on a busier machine."""
     spent = 0.0
     last = sum(cpu_seconds(m) for m in measured)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
         time.sleep(step)
         now = sum(cpu_seconds(m) for m in measured)
         spent, busy = spent + now - last, now - last
         last = now
-        if busy < quiet * step:
+        if busy < quiet * step and time.monotonic() - started >= at_least:
             break
     return spent
 
@@ -430,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         everything = [Measured(int(info["pid"])) for info in lab.supervisor_state()["children"].values()
                       if info.get("pid")]
         afterwards = {key: 0.0 for key in ((e, k) for e in engines for k in KINDS)}
+        during = {key: 0.0 for key in afterwards}  # every schoolgate process, in each slice
         previous: tuple[str, str] | None = None
+        scan_s = float(load_config(lab.config_path).alerts.scan_interval_seconds)
         by_process = {(name, kind): 0.0 for name in processes for kind in KINDS}
         in_kernel = {key: 0.0 for key in cpu}  # each proxy's system time
         # The rest of the machine in the same slices: the lab's web server (one process: the
@@ -456,10 +461,12 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     lab.set_clock(datetime.fromisoformat(clock))
                     time.sleep(0.5)  # the daemons re-read the clock file
-                    spent = settle(everything)
+                    # After schoolgate's kills, its next alert scan comes within scan_s.
+                    spent = settle(everything, at_least=scan_s + 1 if previous in KILLS_OF_SCHOOLGATE else 0.0)
                     if previous is not None:
                         afterwards[previous] += spent
                     previous = (engine, kind)
+                    everything_before = sum(cpu_seconds(m) for m in everything)
                     profiler = _start_profile(args.profile, pids[engine][0].pid, f"{engine}-{kind}") \
                         if engine == "schoolgate" else None
                     each_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
@@ -470,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                                            seconds=args.seconds / slices, concurrency=args.concurrency,
                                            cafile=cafile, fresh_names=kind == "killed-new")
                     cpu[(engine, kind)] += sum(cpu_seconds(pid) for pid in pids[engine]) - cpu_before
+                    during[(engine, kind)] += sum(cpu_seconds(m) for m in everything) - everything_before
                     origin_cpu[(engine, kind)] += cpu_seconds(origin) - origin_before
                     machine_after = machine_busy()
                     busy[(engine, kind)][0] += machine_after[0] - machine_before[0]
@@ -488,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.latency_samples // slices):
                     latency[engine].append(proxied)
                     direct[engine].append(kernel_forwarded)
-        spent = settle(everything)
+        spent = settle(everything, at_least=scan_s + 1 if previous in KILLS_OF_SCHOOLGATE else 0.0)
         if previous is not None:
             afterwards[previous] += spent
         results = {e: {k: totals[(e, k)] for k in KINDS} for e in engines}
@@ -568,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
             ("writing and scanning the load's events (all processes)",
              " / ".join(f"{afterwards[('schoolgate', kind)] / max(1, totals[('schoolgate', kind)].done) * 1e6:.0f}"
                         for kind in KINDS)),
+        ] + [
+            (f"every schoolgate process during the {engine} slices",
+             " / ".join(f"{during[(engine, kind)] / max(1, totals[(engine, kind)].done) * 1e6:.0f}" for kind in KINDS))
+            for engine in engines
         ])
         report(f"The rest of the machine meanwhile ({' / '.join(KINDS)})", [
             (f"lab web server's CPU per connection (µs): {engine}",
