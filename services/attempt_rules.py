@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from functools import partial
+from typing import Protocol, cast
 
 from publicsuffix2 import get_tld
 from sqlalchemy import ColumnElement, func, select
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from schoolgate.services.alert_evidence import ATTEMPT_SPAN, Evidence, EvidenceItem
 from schoolgate.services.alert_trigger import Trigger, outcome_of, subject_of, who
-from schoolgate.services.signals import CRAFTED, ENCRYPTED_DNS, Signal, SignalKind, classify, flag_set
+from schoolgate.services.signals import CRAFTED, ENCRYPTED_DNS, EventFields, Signal, SignalKind, classify, flag_set
 from schoolgate.store.models import AccessEvent, Alert
 from schoolgate.timewords import clock_words, day_words
 
@@ -217,14 +218,29 @@ def registrable(host: str) -> str:
     return ".".join(host.split(".")[-2:])
 
 
-def site_of(event: AccessEvent) -> tuple[str, str]:
+class AttemptFields(EventFields, Protocol):
+    """The fields of an access event a blocked attempt is made of (an AccessEvent, or a row of
+    _ATTEMPT_COLUMNS)."""
+
+    id: int
+    ts: datetime
+    count: int
+
+
+_ATTEMPT_COLUMNS = (
+    AccessEvent.id, AccessEvent.ts, AccessEvent.count, AccessEvent.source, AccessEvent.host, AccessEvent.url,
+    AccessEvent.verdict, AccessEvent.rule_id, AccessEvent.category, AccessEvent.flags, AccessEvent.service,
+)
+
+
+def site_of(event: EventFields) -> tuple[str, str]:
     """(key, name) of the site a blocked request was for: its catalogue service, else the
     registrable domain of its host, so that www.x.example and img.x.example are one site."""
     name = registrable(event.host or "")
     return (f"service:{event.service}" if event.service else name), name
 
 
-def counts_as_blocked_attempt(event: AccessEvent) -> bool:
+def counts_as_blocked_attempt(event: EventFields) -> bool:
     """A blocked request a person made: not the gateway's refusals, not circumvention (which has
     a case of its own), not names devices ask by themselves."""
     if event.verdict != "block" or event.source == "gateway":
@@ -288,8 +304,12 @@ class RepeatedBlocksRule:
             )
             if last_fire is not None and last_fire >= since:
                 since = last_fire + timedelta(microseconds=1)
-            rows = session.scalars(
-                select(AccessEvent)
+            # Only the columns an attempt is made of, not whole rows: a device that keeps trying
+            # one blocked site is one attempt, never fires, and has every blocked event of the
+            # window read again at each scan (a flood of them cost the scan about 150 µs each as
+            # mapped objects).
+            rows = session.execute(
+                select(*_ATTEMPT_COLUMNS)
                 .where(
                     AccessEvent.site == site,
                     AccessEvent.verdict == "block",
@@ -301,10 +321,11 @@ class RepeatedBlocksRule:
             ).all()
             self._attempts[subject] = deque()
             for row in rows:
-                if counts_as_blocked_attempt(row):
-                    self._observe(subject, row)
+                attempt = cast(AttemptFields, row)  # a Row: its columns by name
+                if counts_as_blocked_attempt(attempt):
+                    self._observe(subject, attempt)
 
-    def _observe(self, subject: Subject, event: AccessEvent) -> deque[_Attempt]:
+    def _observe(self, subject: Subject, event: AttemptFields) -> deque[_Attempt]:
         attempts = self._attempts.setdefault(subject, deque())
         key, name = site_of(event)
         for attempt in reversed(attempts):

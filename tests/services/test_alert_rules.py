@@ -208,17 +208,26 @@ def test_repeated_blocks_threshold(
         assert case.trigger_count == expected_triggers and case.severity == "medium"
 
 
-def test_repeated_blocks_count_sites_not_requests(session: Session) -> None:
+@pytest.mark.parametrize("scans", ["one scan", "a scan per event"])
+def test_repeated_blocks_count_sites_not_requests(session: Session, scans: str) -> None:
     """The issue's three page views of a blocked site (each a burst of requests to the site's
-    hosts) are three attempts, not ten; and two sites tried in one moment are two."""
+    hosts) are three attempts, not ten; and two sites tried in one moment are two. Scanned
+    event by event, each scan reads the device's earlier attempts back from the table (the
+    rule's seed): the same case, with the same evidence."""
     views = [0, 90, 180]
     hosts = ["www.facebook.com", "static.xx.fbcdn.net", "facebook.com", "www.facebook.com"]
     facebook = [event(v + i * 0.3, verdict="block", host=h, service="facebook") for v in views
                 for i, h in enumerate(hosts)]
     games = [event(100, verdict="block", host="www.games.example"),
              event(100.5, verdict="block", host="cdn.games.example")]
-    add(session, sorted(facebook + games, key=lambda e: e.ts))
-    engine(repeated_blocks_threshold=4).scan(session, SITE, None, T0)
+    rules = engine(repeated_blocks_threshold=4)
+    if scans == "one scan":
+        add(session, sorted(facebook + games, key=lambda e: e.ts))
+        rules.scan(session, SITE, None, T0)
+    else:
+        for one in sorted(facebook + games, key=lambda e: e.ts):
+            add(session, [one])
+            rules.scan(session, SITE, None, T0)
     (case,) = [a for a in alerts(session) if a.kind == "repeated_blocks"]
     lines = case.summary.splitlines()
     assert lines[0].startswith(
