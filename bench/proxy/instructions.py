@@ -15,9 +15,11 @@ is the connections' own cost, free of the interpreter's start-up and imports. On
 every connection has the loop's wake-ups of its own, as on a lightly loaded appliance.
 
 What is counted is user-space instructions in the proxy's process (the kernel's share of a
-system call is not); `strace -c -f -p PID` on the lab's proxy counts the system calls. Runs
-are repeatable to about 1% (PYTHONHASHSEED is fixed); each takes a minute or two, mostly the
-imports under valgrind. Installs valgrind (Debian's) where it is missing.
+system call is not); `strace -c -f -p PID` on the lab's proxy counts the system calls.
+PYTHONHASHSEED is fixed, yet a run can still differ from the last by a few thousand
+instructions per connection (once by half: when the garbage collector runs is not fixed), so
+compare two runs of each side. Each takes a minute or two, mostly the imports under valgrind.
+Installs valgrind (Debian's) where it is missing.
 """
 
 from __future__ import annotations
