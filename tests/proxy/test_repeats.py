@@ -99,12 +99,15 @@ def run_steps(services: Services, known: dict[str, Client], steps: list[Step], *
                 with contextlib.suppress(ConnectionResetError):  # a kill may reset the connection
                     await asyncio.wait_for(reader.read(), timeout=30)
                 writer.close()
-                while len(services.connections) or door.snapshot()["splices_open"]:
-                    await asyncio.sleep(0.005)
+                await asyncio.wait_for(ended(door), timeout=30)  # the front door's side is done
             return {"front": door.snapshot(), "counters": services.counters.as_dict()}
         finally:
             door.stop()
             origin.close()
+
+    async def ended(door: FrontDoor) -> None:
+        while len(services.connections) or door.snapshot()["splices_open"]:
+            await asyncio.sleep(0.005)
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main())
