@@ -383,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="record py-spy profiles of schoolgate's proxy per load into this folder "
                              "(py-spy from PyPI; the profiler's sampling adds a little CPU to the figures)")
     args = parser.parse_args(argv)
+    if args.profile is not None and _py_spy() is None:
+        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
     if ensure_programs({"squid": "squid-openssl"}):
         return 2
 
@@ -644,12 +647,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(squid_folder, ignore_errors=True)
 
 
+def _py_spy() -> str | None:
+    """py-spy beside this interpreter (the venv's) or on the PATH; None if neither has it."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
 def _start_profile(folder: Path | None, pid: int, name: str) -> subprocess.Popen[bytes] | None:
     """py-spy sampling `pid` (with its native threads' Python frames) until `_stop_profile`;
     one collapsed-stack file per slice: `<name>-<n>.txt` (flamegraph.pl or speedscope read it)."""
     if folder is None:
         return None
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    spy = _py_spy()
+    assert spy is not None  # main() checked before the lab was built
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{name}-{len(list(folder.glob(name + '-*.txt')))}.txt"
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
