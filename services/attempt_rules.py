@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from functools import partial
+from functools import lru_cache, partial
 from typing import Protocol, cast
 
 from publicsuffix2 import get_tld
@@ -35,7 +35,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from schoolgate.services.alert_evidence import ATTEMPT_SPAN, Evidence, EvidenceItem
-from schoolgate.services.alert_trigger import Trigger, outcome_of, subject_of, who
+from schoolgate.services.alert_trigger import ScannedEvent, Trigger, outcome_of, subject_of, who
 from schoolgate.services.signals import CRAFTED, ENCRYPTED_DNS, EventFields, Signal, SignalKind, classify, flag_set
 from schoolgate.store.models import AccessEvent, Alert
 from schoolgate.timewords import clock_words, day_words
@@ -68,7 +68,7 @@ def _when(first: datetime, last: datetime, zone: tzinfo) -> str:
 # ---------------------------------------------------------------------------- circumvention
 
 
-def _item(signal: Signal, event: AccessEvent) -> EvidenceItem:
+def _item(signal: Signal, event: ScannedEvent) -> EvidenceItem:
     target = signal.target
     if signal.kind in ENCRYPTED_DNS or signal.kind is SignalKind.FOREIGN_DNS:
         target = f"{signal.provider} ({signal.target})" if signal.provider else signal.target
@@ -143,10 +143,16 @@ class CircumventionRule:
         # per subject: the recent DNS sent to other resolvers (evidence for an intent case)
         self._foreign: dict[Subject, deque[EvidenceItem]] = {}
 
-    def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
-        """Seed the recent foreign-resolver evidence of subjects new to this scan from before it."""
+    def prepare(self, session: Session, site: str, events: Sequence[ScannedEvent], cursor: int, *, fresh: bool) -> None:
+        """Seed the recent foreign-resolver evidence of subjects new to the rule's state from
+        before the batch. Carried on from an earlier batch, a subject whose evidence has all
+        left the window is forgotten (seeded again when it next shows intent)."""
         if fresh:
             self._foreign = {}
+        elif events:
+            stale = events[0].ts - 2 * self.window  # room for events written out of order
+            for subject in [s for s, recent in self._foreign.items() if not recent or recent[-1].last < stale]:
+                del self._foreign[subject]
         intent = [e for e in events if (s := classify(e)) is not None and s.intent]
         for subject in {subject_of(e) for e in intent} - set(self._foreign):
             since = min(e.ts for e in intent if subject_of(e) == subject) - self.window
@@ -175,7 +181,7 @@ class CircumventionRule:
             recent.popleft()
         return tuple(recent)
 
-    def check(self, event: AccessEvent) -> Iterable[Trigger]:
+    def check(self, event: ScannedEvent) -> Iterable[Trigger]:
         signal = classify(event)
         if signal is None or signal.kind is SignalKind.QUIC:
             return ()
@@ -208,6 +214,7 @@ class CircumventionRule:
 # ---------------------------------------------------------------------------- repeated blocks
 
 
+@lru_cache(maxsize=4096)  # a school's blocked attempts are mostly a few hundred names, tried again and again
 def registrable(host: str) -> str:
     """The name a person registered: bbc.co.uk for www.bbc.co.uk, games.example for
     cdn.games.example (a name under no known suffix keeps its last two labels)."""
@@ -238,6 +245,12 @@ def site_of(event: EventFields) -> tuple[str, str]:
     registrable domain of its host, so that www.x.example and img.x.example are one site."""
     name = registrable(event.host or "")
     return (f"service:{event.service}" if event.service else name), name
+
+
+def site_key(event: EventFields) -> str:
+    """site_of's key alone: the service's needs no look-up of the host's registrable domain
+    (a flood of new names under one blocked service is one site, and each name new)."""
+    return f"service:{event.service}" if event.service else registrable(event.host or "")
 
 
 def counts_as_blocked_attempt(event: EventFields) -> bool:
@@ -278,13 +291,19 @@ class RepeatedBlocksRule:
         self.span = span
         self._attempts: dict[Subject, deque[_Attempt]] = {}
 
-    def prepare(self, session: Session, site: str, events: Sequence[AccessEvent], cursor: int, *, fresh: bool) -> None:
-        """Seed the attempts of subjects new to this scan from the events before it.
+    def prepare(self, session: Session, site: str, events: Sequence[ScannedEvent], cursor: int, *, fresh: bool) -> None:
+        """Seed the attempts of subjects new to the rule's state from the events before the batch.
 
-        Subjects already seen in this scan carry their attempts over from the previous batch.
+        Subjects already in it carry their attempts over from the previous batch (of this scan,
+        or of the scan before, see AlertEngine); one whose attempts have all left the window is
+        forgotten, and seeded again if it tries once more: seeding finds the same attempts.
         """
         if fresh:
             self._attempts = {}
+        elif events:
+            stale = events[0].ts - 2 * self.window  # room for events written out of order
+            for subject in [s for s, attempts in self._attempts.items() if not attempts or attempts[-1].last < stale]:
+                del self._attempts[subject]
         blocked = [e for e in events if counts_as_blocked_attempt(e)]
         if not blocked:
             return
@@ -325,9 +344,14 @@ class RepeatedBlocksRule:
                 if counts_as_blocked_attempt(attempt):
                     self._observe(subject, attempt)
 
+    @property
+    def subjects(self) -> int:
+        """The devices (or addresses) whose recent attempts the rule holds."""
+        return len(self._attempts)
+
     def _observe(self, subject: Subject, event: AttemptFields) -> deque[_Attempt]:
         attempts = self._attempts.setdefault(subject, deque())
-        key, name = site_of(event)
+        key = site_key(event)
         for attempt in reversed(attempts):
             if attempt.site == key and abs(event.ts - attempt.last) <= self.span:
                 attempt.last = max(attempt.last, event.ts)
@@ -335,12 +359,12 @@ class RepeatedBlocksRule:
                 attempt.event_id = max(attempt.event_id, event.id)
                 break
         else:
-            attempts.append(_Attempt(key, name, event.ts, event.ts, event.count or 1, event.id))
+            attempts.append(_Attempt(key, site_of(event)[1], event.ts, event.ts, event.count or 1, event.id))
         while attempts and attempts[0].last <= event.ts - self.window:
             attempts.popleft()
         return attempts
 
-    def check(self, event: AccessEvent) -> Iterable[Trigger]:
+    def check(self, event: ScannedEvent) -> Iterable[Trigger]:
         if not counts_as_blocked_attempt(event):
             return ()
         attempts = self._observe(subject_of(event), event)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Protocol
 
 from schoolgate.resolvers import resolver_at, resolver_named
@@ -84,8 +85,9 @@ class Signal:
         return LABELS[self.kind]
 
 
-def flag_set(flags: str | None) -> set[str]:
-    return {f.strip().lower() for f in (flags or "").split(",") if f.strip()}
+@lru_cache(maxsize=256)  # a few dozen combinations in all, asked of every event several times per scan
+def flag_set(flags: str | None) -> frozenset[str]:
+    return frozenset(f.strip().lower() for f in (flags or "").split(",") if f.strip())
 
 
 def _port_of(url: str | None) -> str:

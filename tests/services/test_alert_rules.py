@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.services.alert_evidence import Evidence
 from schoolgate.services.alert_rules import (
@@ -17,7 +19,10 @@ from schoolgate.services.alert_rules import (
     OutOfHoursRule,
     read_cursor,
 )
+from schoolgate.services.alert_trigger import ScannedEvent, Trigger
+from schoolgate.services.attempt_rules import RepeatedBlocksRule
 from schoolgate.services.keywords import KeywordList
+from schoolgate.store.db import make_engine, session_factory
 from schoolgate.store.models import AccessEvent, Alert, AlertHistory
 
 SITE = "testschool"
@@ -212,8 +217,10 @@ def test_repeated_blocks_threshold(
 def test_repeated_blocks_count_sites_not_requests(session: Session, scans: str) -> None:
     """The issue's three page views of a blocked site (each a burst of requests to the site's
     hosts) are three attempts, not ten; and two sites tried in one moment are two. Scanned
-    event by event, each scan reads the device's earlier attempts back from the table (the
-    rule's seed): the same case, with the same evidence."""
+    event by event, each scan carries on the device's earlier attempts from the scan before
+    (and a new engine would read them back from the table: the rule's seed, see
+    test_cases_are_the_same_whether_state_is_carried_seeded_or_scanned_at_once): the same
+    case, with the same evidence."""
     views = [0, 90, 180]
     hosts = ["www.facebook.com", "static.xx.fbcdn.net", "facebook.com", "www.facebook.com"]
     facebook = [event(v + i * 0.3, verdict="block", host=h, service="facebook") for v in views
@@ -456,3 +463,167 @@ def test_out_of_hours_is_on_the_policys_clock() -> None:
     london = OutOfHoursRule(time(19, 0), time(7, 0), ["pupil"], zone=LONDON)
     tokyo = OutOfHoursRule(time(19, 0), time(7, 0), ["pupil"], zone=ZoneInfo("Asia/Tokyo"))
     assert not london.is_out_of_hours(instant) and tokyo.is_out_of_hours(instant)
+
+
+# ---------------------------------------------------------------------------- the rules' state from scan to scan
+# The engine keeps its rules' state (each device's attempts, its DNS sent elsewhere) from one
+# scan to the next when the next starts where it ended; otherwise its rules seed it again from
+# the events before the cursor. Either way a case must be the same: the same count, severity,
+# words and evidence as one scan of everything.
+
+BLOCKED = {"verdict": "block", "source": "proxy"}
+# (name, groups of (offset seconds, fields), each group written and then scanned)
+STATE_CASES: list[tuple[str, list[list[tuple[float, dict[str, object]]]]]] = [
+    ("a pupil going down a list of blocked sites",
+     [[(g * 150 + i * 50, {**BLOCKED, "host": f"www.site{g * 3 + i}.example"}) for i in range(3)] for g in range(4)]),
+    ("two devices and an unknown address, interleaved",
+     [[(g * 100 + i * 10, {**BLOCKED, "host": f"www.s{g}-{i}.example", "device_id": device,
+                           "client_ip": f"10.0.0.{i + 5}"})
+       for i, device in enumerate(["A", "B", None])] for g in range(6)]),
+    ("a page view split by a scan is one attempt",
+     [[(0, {**BLOCKED, "host": "www.facebook.com", "service": "facebook"})],
+      [(0.3, {**BLOCKED, "host": "static.xx.fbcdn.net", "service": "facebook"}),
+       *[(60 * i, {**BLOCKED, "host": f"www.b{i}.example"}) for i in range(1, 5)]]]),
+    ("fires, then counts afresh across scans",
+     [[(g * 40 + i * 5, {**BLOCKED, "host": f"www.g{g}-{i}.example"}) for i in range(4)] for g in range(4)]),
+    ("attempts that leave the window, and a device quiet for longer than two windows",
+     [[(i * 30, {**BLOCKED, "host": f"www.early{i}.example"}) for i in range(4)],
+      [(900 + i * 30, {**BLOCKED, "host": f"www.mid{i}.example"}) for i in range(2)],
+      [(3000 + i * 30, {**BLOCKED, "host": f"www.late{i}.example"}) for i in range(5)]]),
+    ("dns sent elsewhere, then encrypted dns in a later scan",
+     [[(0, foreign_dns())], [(30, gateway("dot"))], [(60, VPN_SITE)]]),
+    ("dns sent elsewhere long before, then encrypted dns",
+     [[(0, foreign_dns())], [(4000, foreign_dns())], [(4030, gateway("dot"))]]),
+]
+
+
+def _case_facts(session: Session) -> list[tuple[object, ...]]:
+    return [
+        (a.kind, a.rule_id, a.device_id, a.client_ip, a.trigger_count, a.severity, a.title, a.summary,
+         a.evidence, a.first_seen, a.last_seen, a.last_event_id)
+        for a in alerts(session)
+    ]
+
+
+def _history(session: Session) -> list[tuple[object, ...]]:
+    return [(h.alert_id, h.action, h.detail) for h in session.scalars(select(AlertHistory).order_by(AlertHistory.id))]
+
+
+def _scanned(template: Path, folder: Path, groups: list[list[tuple[float, dict[str, object]]]], schedule: str
+             ) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The cases after writing `groups` and scanning them on `schedule`, in a database of its own."""
+    path = folder / f"{schedule}.db"
+    shutil.copyfile(template, path)
+    database = make_engine(f"sqlite:///{path}")
+    factory = session_factory(database)
+    rules = engine(repeated_blocks_threshold=5)
+    end = T0 + timedelta(hours=2)
+
+    def scan(by: AlertEngine) -> None:
+        with factory() as session:
+            by.scan(session, SITE, None, end)
+            session.commit()
+
+    for group in groups:
+        with factory() as session:
+            add(session, [event(offset, **fields) for offset, fields in group])
+            session.commit()
+        if schedule == "carried on":
+            scan(rules)
+        elif schedule == "seeded by a new engine each scan":
+            scan(engine(repeated_blocks_threshold=5))
+        elif schedule == "carried on, each scan first rolled back once":
+            with factory() as session:
+                rules.scan(session, SITE, None, end)
+                session.rollback()  # the state moved on, the stored cursor did not
+            scan(rules)
+    if schedule == "one scan":
+        scan(rules)
+    with factory() as session:
+        facts = _case_facts(session), _history(session)
+    database.dispose()
+    return facts
+
+
+SCHEDULES = ["carried on", "seeded by a new engine each scan", "carried on, each scan first rolled back once"]
+
+
+@pytest.mark.parametrize(("name", "groups"), STATE_CASES, ids=[c[0] for c in STATE_CASES])
+def test_cases_are_the_same_whether_state_is_carried_seeded_or_scanned_at_once(
+    migrated_template: Path, tmp_path: Path, name: str, groups: list[list[tuple[float, dict[str, object]]]]
+) -> None:
+    at_once, _ = _scanned(migrated_template, tmp_path, groups, "one scan")
+    assert at_once or name.startswith(("attempts that leave", "dns sent elsewhere long"))  # most raise a case
+    for schedule in SCHEDULES:
+        cases, _history_rows = _scanned(migrated_template, tmp_path, groups, schedule)
+        assert cases == at_once, schedule
+    # Rolled back or not, the cases' histories are the same as when carried on.
+    assert _scanned(migrated_template, tmp_path, groups, SCHEDULES[2])[1] == \
+        _scanned(migrated_template, tmp_path, groups, SCHEDULES[0])[1]
+
+
+class _FailsOnce:
+    """A rule that raises on the first event it is shown: a scan that fails half way."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def prepare(self, session: Session, site: str, events: Sequence[ScannedEvent], cursor: int, *, fresh: bool
+                ) -> None:
+        return None
+
+    def check(self, event: ScannedEvent) -> list[Trigger]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the scan failed half way")
+        return []
+
+
+def test_a_scan_that_failed_half_way_is_not_carried_on(factory: sessionmaker[Session]) -> None:
+    """The rules saw part of a batch and the transaction was rolled back: the next scan seeds
+    their state again rather than counting those events twice."""
+    rules = engine(repeated_blocks_threshold=4)
+    with factory() as session:
+        add(session, [event(i * 60, **BLOCKED, host=f"www.one{i}.example") for i in range(2)])
+        session.commit()
+        rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+        session.commit()
+    failing = _FailsOnce()
+    rules.rules.insert(2, failing)  # after the repeated-blocks rule: it has counted the event
+    with factory() as session:
+        add(session, [event(200, **BLOCKED, host="www.same.example")])
+        session.commit()
+        with pytest.raises(RuntimeError):
+            rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+        session.rollback()
+    with factory() as session:
+        add(session, [event(260, **BLOCKED, host="www.last.example")])
+        session.commit()
+        rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+        session.commit()
+        (case,) = alerts(session)
+    # Four attempts of one request each: the one the failed scan saw is counted once.
+    assert case.kind == "repeated_blocks" and case.trigger_count == 1
+    assert case.summary.splitlines()[1:] == [
+        "Tried to open a blocked site: one0.example, 1 attempt, at 10:00 am, blocked",
+        "Tried to open a blocked site: one1.example, 1 attempt, at 10:01 am, blocked",
+        "Tried to open a blocked site: same.example, 1 attempt, at 10:03 am, blocked",
+        "Tried to open a blocked site: last.example, 1 attempt, at 10:04 am, blocked",
+    ]
+
+
+def test_the_rules_forget_devices_gone_quiet(factory: sessionmaker[Session]) -> None:
+    """A school's devices come and go all day: a device whose attempts have all left the
+    window is not kept by the engine from scan to scan."""
+    rules = engine(repeated_blocks_threshold=50)
+    with factory() as session:
+        add(session, [event(i, **BLOCKED, device_id=f"D{i}", host="www.x.example") for i in range(40)])
+        session.commit()
+        rules.scan(session, SITE, None, T0 + timedelta(hours=2))
+        session.commit()
+        add(session, [event(3600, **BLOCKED, device_id="LATER", host="www.x.example")])
+        session.commit()
+        rules.scan(session, SITE, None, T0 + timedelta(hours=2))
+        session.commit()
+    (repeated,) = [rule for rule in rules.rules if isinstance(rule, RepeatedBlocksRule)]
+    assert repeated.subjects == 1
