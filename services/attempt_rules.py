@@ -151,7 +151,8 @@ class CircumventionRule:
             self._foreign = {}
         elif events:
             stale = events[0].ts - 2 * self.window  # room for events written out of order
-            for subject in [s for s, recent in self._foreign.items() if not recent or recent[-1].last < stale]:
+            for subject in [s for s, recent in self._foreign.items()
+                            if not recent or max(item.last for item in recent) < stale]:
                 del self._foreign[subject]
         intent = [e for e in events if (s := classify(e)) is not None and s.intent]
         for subject in {subject_of(e) for e in intent} - set(self._foreign):
@@ -302,7 +303,8 @@ class RepeatedBlocksRule:
             self._attempts = {}
         elif events:
             stale = events[0].ts - 2 * self.window  # room for events written out of order
-            for subject in [s for s, attempts in self._attempts.items() if not attempts or attempts[-1].last < stale]:
+            for subject in [s for s, attempts in self._attempts.items()
+                            if not attempts or max(a.last for a in attempts) < stale]:
                 del self._attempts[subject]
         blocked = [e for e in events if counts_as_blocked_attempt(e)]
         if not blocked:
@@ -370,15 +372,27 @@ class RepeatedBlocksRule:
         attempts = self._observe(subject_of(event), event)
         if len(attempts) < self.threshold:
             return ()
+        # The attempts within the window of this one. Events reach the scan in the order they
+        # were written, nearly always the order they happened in, and then that is all of them;
+        # but a trust appliance's spool can deliver a device's attempts hours late, after its
+        # newer ones, and those are never counted together.
+        earliest, latest = event.ts - self.window, event.ts + self.window
+        near = [a for a in attempts if earliest < a.last < latest]
+        if len(near) < self.threshold:
+            return ()
         evidence = tuple(
             EvidenceItem(kind="blocked_site", label="Tried to open a blocked site", target=a.name, first=a.first,
                          last=a.last, requests=a.requests, outcome="blocked", event_id=a.event_id)
-            for a in attempts
+            for a in sorted(near, key=lambda a: a.first)
         )
-        count = len(attempts)
-        first, last = attempts[0].first, max(a.last for a in attempts)
+        count = len(near)
+        first, last = min(a.first for a in near), max(a.last for a in near)
         minutes = int(self.window.total_seconds() // 60)
-        attempts.clear()
+        if len(near) == len(attempts):
+            attempts.clear()
+        else:  # counting starts afresh for what fired; the device's other attempts still count
+            for attempt in near:
+                attempts.remove(attempt)
         severity = self.severity
 
         def assess(case: Evidence) -> tuple[str, str]:

@@ -627,3 +627,25 @@ def test_the_rules_forget_devices_gone_quiet(factory: sessionmaker[Session]) -> 
         session.commit()
     (repeated,) = [rule for rule in rules.rules if isinstance(rule, RepeatedBlocksRule)]
     assert repeated.subjects == 1
+
+
+@pytest.mark.parametrize("scans", ["one scan", "the late events in a scan of their own"])
+def test_attempts_written_late_are_not_counted_with_attempts_hours_apart(session: Session, scans: str) -> None:
+    """A trust appliance's spool can deliver a device's events hours after they happened, after
+    its newer ones. Four attempts at 08:00 and six from 10:00 are not "10 blocked attempts
+    within 10 minutes": no case, whichever order they reach the scan in."""
+    rules = engine(repeated_blocks_threshold=10)
+    recent = [event(i * 60, **BLOCKED, host=f"www.now{i}.example") for i in range(6)]
+    late = [event(-7200 + i * 60, **BLOCKED, host=f"www.early{i}.example") for i in range(4)]
+    add(session, recent)
+    if scans != "one scan":
+        rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+    add(session, late)
+    rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+    assert [a for a in alerts(session) if a.kind == "repeated_blocks"] == []
+    # Four more at 08:00 make ten within ten minutes of each other: that is a case, of those ten.
+    add(session, [event(-7200 + 240 + i * 30, **BLOCKED, host=f"www.early-more{i}.example") for i in range(6)])
+    rules.scan(session, SITE, None, T0 + timedelta(hours=1))
+    (case,) = [a for a in alerts(session) if a.kind == "repeated_blocks"]
+    assert case.summary.startswith("10 blocked attempts within 10 minutes on Tuesday 6 October between 8:00 am and")
+    assert "now0.example" not in case.summary
