@@ -53,6 +53,11 @@ EXTENSIONS = [
         sources=["proxy/_accept.c"],
         extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
     ),
+    Extension(
+        "schoolgate.proxy._relay",
+        sources=["proxy/_relay.c"],
+        extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
+    ),
 ]
 DATA_SUFFIXES = {".pyi", ".html", ".css", ".js", ".svg", ".toml", ".ini", ".mako", ".txt", ".json", ".png", ".woff2"}
 

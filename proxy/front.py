@@ -16,15 +16,19 @@ close the socket or copy bytes. Here the front door owns the listening socket an
    inside mitmproxy; the members that only record (the event log, the counters) are told once
    step 4 is done, so that neither the device nor the server waits for an event being built;
 4. kills the connection (a refused verdict), or splices it to the original destination
-   (a passthrough: `Relay` in schoolgate.proxy.relay, the two sockets' bytes copied on
-   readiness callbacks, with flow control), or hands it to mitmproxy (`handover`): a connection to intercept for
+   (a passthrough: the server dialled here, then both sockets handed to the splice poller's
+   compiled relays, schoolgate.proxy.relay and proxy/_relay.c, which copy their bytes with flow
+   control until both sides have finished; Python hears of it again only when it has ended, to
+   tell the addons), or hands it to mitmproxy (`handover`): a connection to intercept for
    the block page, plain HTTP, or anything the front cannot judge. mitmproxy then runs it
    exactly as if it had accepted it, with the bytes already read put back in front, and the
    addons are not told twice (`Pipeline.adopt`).
 
 A killed or spliced connection costs no task and no future: it is read, judged and carried out
 from the loop's readiness callbacks (in the accept callback itself when its ClientHello is in
-by then), with one timer while it waits for its first bytes. Only a connection that waits for
+by then), with one timer while it waits for its first bytes; a spliced one's bytes never reach
+Python. The relays' sweeps (idle splices, dials the server never answered) are one periodic
+call each into the relays, not a timer per connection. Only a connection that waits for
 an identity lookup off the loop (a client not seen in the last seconds), or that mitmproxy
 takes, gets a task.
 
@@ -200,7 +204,6 @@ class FrontDoor:
         self._relays: dict[str, Relay] = {}  # conn id -> its splice
         self._waiting: dict[int, _Hello] = {}  # socket fd -> a connection waiting for its first bytes
         self._sweeper: asyncio.TimerHandle | None = None
-        self._dials: list[Relay] = []  # the relays dialled since the last check, and those still dialling
         self._dial_check: asyncio.TimerHandle | None = None
         # Connection ids: unique in this process, as mitmproxy's own (uuid4 text) are; a counter
         # costs nothing, where two uuid4s (the client's and its server's) cost a killed connection
@@ -209,7 +212,6 @@ class FrontDoor:
         self.accepted = 0
         self.judged_at_accept = 0  # decided in the accept callback: its first bytes were in
         self.killed = 0
-        self.spliced = 0
         self.handed_over = 0
         self.accept_errors = 0
         self.idle_closed = 0
@@ -274,34 +276,31 @@ class FrontDoor:
         relay.close()
         return True
 
-    def _sweep_idle(self) -> None:
-        loop = self.loop
-        quiet_since = loop.time() - SPLICE_IDLE_S
-        for relay in list(self._relays.values()):
-            if relay.last_active < quiet_since:
-                self.idle_closed += 1
-                relay.close()
-        self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
+    @property
+    def spliced(self) -> int:
+        """Passthroughs whose ClientHello was sent to the server (counted by the relays)."""
+        splices: SplicePoller | None = getattr(self, "splices", None)
+        return splices.relays.spliced if splices is not None else 0
 
-    def _watch_dial(self, relay: Relay) -> None:
-        self._dials.append(relay)
+    def _sweep_idle(self) -> None:
+        closed = self.splices.relays.close_idle(SPLICE_IDLE_S)
+        self.idle_closed += len(closed)
+        self.splices.ended([(relay, 0) for relay in closed])
+        self._sweeper = self.loop.call_later(IDLE_SWEEP_S, self._sweep_idle)
+
+    def _watch_dial(self) -> None:
         if self._dial_check is None:
             self._dial_check = self.loop.call_later(DIAL_CHECK_S, self._check_dials)
 
     def _check_dials(self) -> None:
-        """Close the relays whose server has not answered in CONNECT_TIMEOUT_S; forget those
-        that have answered (or ended); check again while any is still dialling."""
-        overdue = self.loop.time() - CONNECT_TIMEOUT_S
-        dialling = []
-        for relay in self._dials:
-            if not relay.dialling:
-                continue
-            if relay.last_active <= overdue:  # the dial's time: nothing was read since
-                relay.dial_timed_out()
-            else:
-                dialling.append(relay)
-        self._dials = dialling
-        self._dial_check = self.loop.call_later(DIAL_CHECK_S, self._check_dials) if dialling else None
+        """Close the relays whose server has not answered in CONNECT_TIMEOUT_S; check again
+        while any is still dialling."""
+        relays = self.splices.relays
+        overdue = relays.close_overdue_dials(CONNECT_TIMEOUT_S)
+        for relay in overdue:
+            log.debug("passthrough to %s: no answer in time", relay.destination)
+        self.splices.ended([(relay, 0) for relay in overdue])
+        self._dial_check = self.loop.call_later(DIAL_CHECK_S, self._check_dials) if relays.dialling else None
 
     def _accept(self, listener: socket.socket, family: socket.AddressFamily) -> None:
         # One compiled call (proxy/_accept.c) accepts what waits, with each connection's original
@@ -496,7 +495,7 @@ class FrontDoor:
                 if observe is not None:
                     observe()
                 if dialled:
-                    self._watch_dial(relay)
+                    self._watch_dial()
                 else:
                     relay.close()
             else:

@@ -1,16 +1,20 @@
 """Passed-through connections: the front door's splices and the epoll that watches them.
 
-A spliced connection (`Relay`) copies the device's bytes to the server and back from
-readiness callbacks, kept by the front door's `SplicePoller`: one registration each way is one
-dict entry and one epoll_ctl, and one ready socket is one callback. Through the loop's own
-add_reader, each was a Handle, a selector key and a KeyError probe, and each readiness a
-Handle queued and run in a context: about a tenth of a passed-through connection's CPU for
-the six registrations and five readinesses a splice makes.
+A spliced connection's bytes are copied in C (proxy/_relay.c, `Relays`): the ClientHello sent
+once the server's socket is writable, every read and send with its flow control, the peer's
+last bytes and FIN taken in one wake-up, half-closes and errors. Python runs twice per spliced
+connection: when the front door makes its `Relay` (its verdict PASS: the server dialled, both
+sockets handed to `Relays`) and when it has ended (its token handed back: the front door tells
+the addons). Copying from Python readiness callbacks, a passthrough cost more user CPU than
+Squid's; per readiness that was a callback, a bytes object per read and a socket method per
+system call.
 
-Where the proxy's loop runs on a `SpliceSelector` (the daemon's loop: `new_event_loop`), the
-spliced sockets are in the loop's own epoll and their callbacks run from the loop's one wait;
-on any other loop (tests, a library caller) they are in an epoll of the poller's own, which the
-loop watches as one reader: a second epoll_wait, and a Handle run, for each wake-up.
+The `SplicePoller` owns the `Relays` and the epoll they are in, and keeps Python readiness
+callbacks (`add_reader` and its kin) for any other descriptor in it: the front door's listening
+sockets. Where the proxy's loop runs on a `SpliceSelector` (the daemon's loop: `new_event_loop`),
+that epoll is the loop's own and `Relays.wait` is the loop's one wait; on any other loop (tests,
+a library caller) it is an epoll of the poller's own, which the loop watches as one reader: a
+second epoll_wait, and a Handle run, for each wake-up.
 
 Pure Linux: epoll, as the transparent proxy itself (SO_ORIGINAL_DST).
 """
@@ -30,25 +34,25 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection
 
+from schoolgate.proxy._relay import READ_SIZE, Relays
+
 if TYPE_CHECKING:
     from schoolgate.proxy.front import FrontDoor
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024  # bytes read per wake-up of a spliced socket (asyncio's transports read as much)
+__all__ = ["READ_SIZE", "Relay", "SplicePoller", "SpliceSelector", "new_event_loop"]
 
-# A reader also hears of the peer's FIN (EPOLLRDHUP): what it sent last and its FIN are then
-# taken in one wake-up (see Relay._read).
 _READABLE = select.EPOLLIN | select.EPOLLRDHUP
-_PEER_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP
 _WRITABLE = select.EPOLLOUT
 Callback = tuple[Callable[..., None], tuple[Any, ...]]
 
 
 class SpliceSelector(selectors.EpollSelector):
-    """asyncio's epoll selector, whose one wait also serves the spliced sockets: a `SplicePoller`
-    on a loop built on it puts them in this epoll, and their readiness is dispatched to it from
-    `select` itself, never reaching the loop as events (no second epoll_wait, no Handle).
+    """asyncio's epoll selector, whose one wait also serves the spliced connections: a
+    `SplicePoller` on a loop built on it puts them in this epoll, and `select` waits through its
+    `Relays`, which handle the relays' events themselves; the poller's own readers are run from
+    `select` too, never reaching the loop as events (no second epoll_wait, no Handle).
 
     Everything the loop registered itself is returned as EpollSelector returns it."""
 
@@ -59,19 +63,17 @@ class SpliceSelector(selectors.EpollSelector):
         self._keys: dict[int, selectors.SelectorKey] = self._fd_to_key  # type: ignore[attr-defined]
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            timeout = -1
-        elif timeout <= 0:
-            timeout = 0
-        else:
-            timeout = math.ceil(timeout * 1e3) * 1e-3  # at least `timeout`, as EpollSelector waits
         splices = self.splices
-        max_ev = max(len(self._keys) + (len(splices._callbacks) if splices is not None else 0), 1)
+        if splices is None:
+            return super().select(timeout)
+        if timeout is None:
+            timeout_ms = -1
+        elif timeout <= 0:
+            timeout_ms = 0
+        else:
+            timeout_ms = math.ceil(timeout * 1e3)  # at least `timeout`, as EpollSelector waits
         ready: list[tuple[selectors.SelectorKey, int]] = []
-        try:
-            fd_event_list = self._selector.poll(timeout, max_ev)  # type: ignore[attr-defined]
-        except InterruptedError:
-            return ready
+        fd_event_list, ended = splices.relays.wait(timeout_ms, len(self._keys) + len(splices._callbacks))
         spliced = None
         key_from_fd = self._keys.get
         for fd, event in fd_event_list:
@@ -87,8 +89,10 @@ class SpliceSelector(selectors.EpollSelector):
             if event & ~select.EPOLLOUT:
                 events |= selectors.EVENT_READ
             ready.append((key, events & key.events))
-        if spliced is not None and splices is not None:
+        if spliced is not None:
             splices.run(spliced)
+        if ended is not None:
+            splices.ended(ended)
         return ready
 
 
@@ -98,29 +102,30 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class SplicePoller:
-    """Readiness of the spliced sockets: `add_reader`, `remove_reader`, `add_writer` and
-    `remove_writer` as the event loop's (level-triggered; an error or hang-up wakes both
-    sides, as asyncio's selector does), on the loop's own epoll where the loop runs on a
-    SpliceSelector, else on an epoll the loop watches as one reader.
+    """The spliced connections (`relays`: proxy/_relay.c) and the readiness of other descriptors
+    in their epoll: `add_reader`, `remove_reader`, `add_writer` and `remove_writer` as the event
+    loop's (level-triggered; an error or hang-up wakes both sides, as asyncio's selector does),
+    on the loop's own epoll where the loop runs on a SpliceSelector, else on an epoll the loop
+    watches as one reader.
 
-    A callback that raises is logged and its relay closed; the others in the same wake-up
-    still run.
+    A callback that raises is logged; the others in the same wake-up still run. A relay that
+    has ended is handed back to its `Relay` (`Relay.ended`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._callbacks: dict[int, list[Callback | None]] = {}  # fd -> [on readable, on writable]
-        # While a callback runs: whether its socket's peer has closed its side (its FIN is in).
-        self.peer_closed = False
         # asyncio keeps its selector private; a loop built by new_event_loop has a SpliceSelector.
         selector = getattr(loop, "_selector", None)
         self._selector: SpliceSelector | None = None
         if isinstance(selector, SpliceSelector) and selector.splices is None:
             self._selector = selector
             self._epoll = selector._selector  # type: ignore[attr-defined]  # the loop's select.epoll
+            self.relays = Relays(self._epoll.fileno())
             selector.splices = self
         else:
             self._epoll = select.epoll()
+            self.relays = Relays(self._epoll.fileno())
             loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     @property
@@ -157,15 +162,18 @@ class SplicePoller:
 
     def forget(self, fd: int, *, closing: bool = False) -> None:
         """Stop watching `fd` either way. `closing`: the caller closes it next, which takes it
-        out of the epoll by itself (the relays never duplicate a socket's descriptor), so no
-        system call is made for it here."""
+        out of the epoll by itself (if its descriptor was never duplicated), so no system call
+        is made for it here."""
         if self._callbacks.pop(fd, None) is not None and not closing:
             self._epoll.unregister(fd)
 
     def __len__(self) -> int:
+        """The descriptors watched for callbacks (the relays' own are `len(relays)`)."""
         return len(self._callbacks)
 
     def close(self) -> None:
+        """Close every relay (each handed back as ended) and stop watching."""
+        self.ended([(relay, 0) for relay in self.relays.close_all()])
         if self._selector is not None:  # the loop's epoll: its sockets out of it, the epoll kept
             for fd in self._callbacks:
                 with contextlib.suppress(ValueError, OSError):
@@ -197,10 +205,14 @@ class SplicePoller:
 
     def _dispatch(self) -> None:
         """The poller's own epoll is readable (on a loop that is not on a SpliceSelector)."""
-        self.run(self._epoll.poll(0))
+        others, ended = self.relays.wait(0, len(self._callbacks))
+        if others:
+            self.run(others)
+        if ended is not None:
+            self.ended(ended)
 
     def run(self, ready: list[tuple[int, int]]) -> None:
-        """Run the callbacks of the ready sockets: (fd, epoll events) each."""
+        """Run the callbacks of the ready descriptors: (fd, epoll events) each."""
         callbacks = self._callbacks
         for fd, events in ready:
             for side, wanted in ((0, events & ~_WRITABLE), (1, events & ~_READABLE)):
@@ -208,14 +220,19 @@ class SplicePoller:
                 if not wanted or slots is None or (entry := slots[side]) is None:
                     continue
                 function, args = entry
-                self.peer_closed = bool(events & _PEER_CLOSED)
                 try:
                     function(*args)
                 except Exception:
-                    log.exception("a spliced connection failed")
-                    owner = getattr(function, "__self__", None)
-                    if isinstance(owner, Relay):
-                        owner.close()
+                    log.exception("a callback of the splice poller failed")
+
+    @staticmethod
+    def ended(ended: list[tuple[Relay, int]]) -> None:
+        """Hand the relays that ended (and the errno that ended each, 0 for both FINs) back."""
+        for relay, error in ended:
+            try:
+                relay.ended(error)
+            except Exception:
+                log.exception("a spliced connection failed as it ended")
 
 
 def _mask(slots: list[Callback | None]) -> int:
@@ -224,176 +241,90 @@ def _mask(slots: list[Callback | None]) -> int:
 
 class Relay:
     """A passed-through connection: the device's socket and the server's, each one's bytes sent
-    on to the other from the splice poller's readiness callbacks.
+    on to the other by the splice poller's `Relays` (proxy/_relay.c), this object its token.
 
-    Per wake-up, what the socket holds (up to READ_SIZE) is read and sent on at once; only what
+    Per wake-up, what a socket holds (up to READ_SIZE) is read and sent on at once; only what
     the other side will not take now is kept, and then that side is read no more until it is
     taken (flow control: nothing is buffered beyond one read). A FIN is passed on as a
     half-close; the connection ends when both sides have sent theirs and everything is
     delivered, or at once on an error either side.
     """
 
-    __slots__ = ("_closed", "_door", "_eof", "_loop", "_poller", "client", "device", "dialling", "last_active",
-                 "server", "waiting")
+    __slots__ = ("_door", "_open", "client", "destination", "device", "device_fd")
 
     def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
         self._door = door
-        self._loop = door.loop
-        self._poller = door.splices
         self.client = client
         # The front door leaves an accepted socket blocking (it reads the first bytes with
-        # MSG_DONTWAIT); a relay's sends and reads must never block.
+        # MSG_DONTWAIT); a relay's must never block. Relays reads and sends with MSG_DONTWAIT
+        # too, so this is for anything else done with the descriptor while it lives.
         device.setblocking(False)
-        self.device = device
-        self.server: socket.socket | None = None
-        self.waiting: dict[socket.socket, bytes] = {}  # bytes a socket has not taken yet
-        self._eof: set[socket.socket] = set()  # the sides that have sent their FIN
-        self.last_active = self._loop.time()
-        # From the dial until the server answers (or the relay ends): the front door closes a
-        # relay whose server has not answered in time (FrontDoor._check_dials).
-        self.dialling = False
-        self._closed = False
+        self.device: socket.socket | None = device  # until the relay is handed to Relays
+        self.device_fd = -1  # the device's descriptor, once in Relays (which owns it)
+        self.destination: tuple[str, int] | None = None
+        self._open = True
 
     def connect(self, destination: tuple[str, int], hello: bytes) -> bool:
         """Dial the original destination; the ClientHello goes first once connected. False if
         it failed at once (no socket, or the connect refused before any packet): the caller
         closes the relay."""
+        self.destination = destination
         family = socket.AF_INET6 if ":" in destination[0] else socket.AF_INET
         try:
             server = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as err:
             log.warning("passthrough to %s: no socket: %s", destination, err)
             return False
-        self.server = server
         code = server.connect_ex(destination)  # the SYN leaves now: nothing else comes before it
         if code not in (0, errno.EINPROGRESS):
             log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(code, code))
+            server.close()
             return False
         # As asyncio's transports do: no Nagle delay on a relay (the device's socket has it
         # from the front door's listener, schoolgate.proxy.front.listen_sockets).
         with contextlib.suppress(OSError):
             server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.waiting[server] = hello
-        self.dialling = True
-        self._poller.add_writer(server.fileno(), self._connected, destination)
+        device = self.device
+        assert device is not None
+        self.device = None
+        self.device_fd = device.fileno()
+        try:  # both descriptors are the relays' from here, even if add fails
+            self._door.splices.relays.add(device.detach(), server.detach(), hello, self)
+        except (OSError, ValueError, MemoryError) as err:
+            log.warning("passthrough to %s: %s", destination, err)
+            self.device_fd = -1
+            return False
         return True
 
-    def dial_timed_out(self) -> None:
-        """The server has not answered the dial in time (the front door's deadline)."""
-        log.debug("passthrough to %s: no answer in time", self.client.sockname)
-        self.close()
+    @property
+    def dialling(self) -> bool:
+        """Whether the server has yet to answer the dial (the ClientHello waits for it)."""
+        state = self.state()
+        return state is not None and bool(state["dialling"])
 
-    def _connected(self, destination: tuple[str, int]) -> None:
-        """The server's socket is writable: connected, or the connection failed, which the
-        first send reports (ECONNREFUSED and the like): no SO_ERROR read for it."""
-        server = self.server
-        assert server is not None
-        self.dialling = False
-        hello = self.waiting.pop(server)
-        try:
-            sent = server.send(hello)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as err:
-            log.debug("passthrough to %s failed: %s", destination, errno.errorcode.get(err.errno or 0, err))
-            self.close()
-            return
-        self._door.spliced += 1
-        poller, reading = self._poller, (self._read, (server, self.device))
-        if sent < len(hello):  # the rest waits, and the device is not read until it has gone
-            self.waiting[server] = hello[sent:]
-            poller.watch(server.fileno(), reading, (self._drain, (self.device, server)))
-        else:
-            poller.watch(server.fileno(), reading, None)
-            poller.add_reader(self.device.fileno(), self._read, self.device, server)
-
-    def _read(self, source: socket.socket, target: socket.socket) -> None:
-        peer_closed = self._poller.peer_closed
-        while True:
-            try:
-                data = source.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.close()
-                return
-            self.last_active = self._loop.time()
-            if not data:
-                break
-            self._send(source, target, data)
-            if not peer_closed or self._closed or target in self.waiting:
-                return
-            # The peer has said all it will: the rest of it and its FIN are in, so they are
-            # taken now rather than on a wake-up of their own (a device sends its last bytes
-            # and closes at once).
-        self._eof.add(source)
-        if len(self._eof) == 2 and not self.waiting:
-            # The second FIN, everything delivered: the connection ends here, and closing the
-            # sockets takes them out of the epoll (no epoll_ctl to stop reading this one first).
-            self.close()
-            return
-        self._poller.remove_reader(source.fileno())
-        if target not in self.waiting:
-            self._pass_eof(target)
-
-    def _send(self, source: socket.socket, target: socket.socket, data: bytes) -> None:
-        """Send `data` from `source` on to `target`; what it will not take now waits, and
-        `source` is not read until it has gone."""
-        try:
-            sent = target.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self.waiting[target] = data[sent:]
-            self._poller.remove_reader(source.fileno())
-            self._poller.add_writer(target.fileno(), self._drain, source, target)
-
-    def _drain(self, source: socket.socket, target: socket.socket) -> None:
-        data = self.waiting[target]
-        try:
-            sent = target.send(data)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            self.waiting[target] = data[sent:]
-            return
-        del self.waiting[target]
-        self._poller.remove_writer(target.fileno())
-        self.last_active = self._loop.time()
-        if source in self._eof:
-            self._pass_eof(target)
-        else:
-            self._poller.add_reader(source.fileno(), self._read, source, target)
-
-    def _pass_eof(self, target: socket.socket) -> None:
-        """The other side has said all it will: half-close towards `target`, or end the
-        connection if `target` has finished too."""
-        if len(self._eof) == 2 and not self.waiting:
-            self.close()
-            return
-        try:
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.close()
+    def state(self) -> dict[str, int] | None:
+        """What Relays holds of this relay (None once it has ended): see proxy/_relay.pyi."""
+        if self.device_fd < 0 or not self._open:
+            return None
+        return self._door.splices.relays.state(self.device_fd, self)
 
     def close(self) -> None:
         """End both sides now (what was not yet delivered is dropped)."""
-        if self._closed:
+        if not self._open:
             return
-        self._closed = True
-        self.dialling = False
-        for sock in (self.device, self.server):
-            if sock is None:
-                continue
-            fd = sock.fileno()
-            if fd >= 0:
-                self._poller.forget(fd, closing=True)
-            sock.close()
-        self.waiting.clear()
+        if self.device is not None:  # never handed to Relays
+            self.device.close()
+            self.device = None
+        elif self.device_fd >= 0 and not self._door.splices.relays.close(self.device_fd, self):
+            return  # already ended in Relays: handed back by its wait
+        self.ended(0)
+
+    def ended(self, error: int) -> None:
+        """Relays has closed both sockets: `error` is the errno that ended it (0: both FINs, or
+        closed on purpose)."""
+        if not self._open:
+            return
+        self._open = False
+        if error:
+            log.debug("passthrough to %s failed: %s", self.destination, errno.errorcode.get(error, error))
         self._door._relay_closed(self)

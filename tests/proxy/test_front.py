@@ -186,7 +186,7 @@ def test_the_verdict_is_carried_out_before_the_event_is_recorded(
         def record(event: Any) -> bool:
             relays = list(doors[0]._relays.values())
             killed = any(id(sock) in closed for sock in front_sockets.values())
-            dialled = any(relay.server is not None and relay.server in relay.waiting for relay in relays)
+            dialled = any(relay.dialling for relay in relays)
             seen.append((event.verdict, killed if event.verdict == "block" else dialled))
             return submit(event)
 
@@ -228,23 +228,13 @@ def test_an_allowed_hello_is_spliced_both_ways_with_flow_control(
 
 
 def test_a_devices_last_bytes_and_its_fin_are_taken_in_one_wake_up(
-    services: Services, known_clients: dict[str, Client], monkeypatch: pytest.MonkeyPatch
+    services: Services, known_clients: dict[str, Client]
 ) -> None:
     """A device sends its last bytes and closes at once (a TLS client's Finished, then its
     close): the splice reads both when it wakes for the bytes, not the FIN on a wake-up of its
     own, and still passes everything on and half-closes towards the server."""
-    from schoolgate.proxy.relay import Relay
-
     known_clients[LOOPBACK] = as_loopback(STAFF)
-    device_reads: list[int] = []
-    real_read = Relay._read
-
-    def counting_read(relay: Relay, source: socket.socket, target: socket.socket) -> None:
-        if source is relay.device:
-            device_reads.append(1)
-        real_read(relay, source, target)
-
-    monkeypatch.setattr(Relay, "_read", counting_read)
+    device_reads: list[int] = []  # the relays' wake-ups that read a device, from the last bytes on
     hello = client_hello_bytes("allowed.test")
 
     async def scenario(door: FrontDoor, port: int, origin: Origin) -> bytes:
@@ -256,23 +246,24 @@ def test_a_devices_last_bytes_and_its_fin_are_taken_in_one_wake_up(
             echoed = b""
             while len(echoed) < len(hello):  # spliced, and the device's side being read
                 echoed += await loop.sock_recv(raw, 65536)
-            device_reads.clear()
+            reads_before = door.splices.relays.read_wakeups[0]
             raw.send(b"finished")  # the last bytes and the FIN, before the loop runs again
             raw.shutdown(socket.SHUT_WR)
             # Both in at the proxy's side before its loop runs again (a busy kernel may hand
             # loopback packets over a moment later): bounded by the kernel delivering the FIN.
             (relay,) = door._relays.values()
             arrived = select.poll()
-            arrived.register(relay.device, select.POLLRDHUP)
+            arrived.register(relay.device_fd, select.POLLRDHUP)
             assert arrived.poll(30_000)
             rest = b""
             while chunk := await loop.sock_recv(raw, 65536):  # echoed, then closed after our FIN
                 rest += chunk
         await settled(lambda: len(services.connections) == 0)
+        device_reads.append(door.splices.relays.read_wakeups[0] - reads_before)
         return echoed + rest
 
     assert run_front(services, None, scenario) == hello + b"finished"
-    assert len(device_reads) == 1
+    assert device_reads == [1]
 
 
 @pytest.mark.parametrize(
@@ -308,29 +299,6 @@ def test_only_a_connection_that_is_kept_is_made_non_blocking(
     assert calls == [False] * made_non_blocking
 
 
-class CountingEpoll:
-    """An epoll whose changes (register, modify, unregister) are counted: the splice poller's."""
-
-    def __init__(self, epoll: Any) -> None:
-        self._epoll = epoll
-        self.changes: list[str] = []
-
-    def register(self, fd: int, mask: int) -> None:
-        self.changes.append("register")
-        self._epoll.register(fd, mask)
-
-    def modify(self, fd: int, mask: int) -> None:
-        self.changes.append("modify")
-        self._epoll.modify(fd, mask)
-
-    def unregister(self, fd: int) -> None:
-        self.changes.append("unregister")
-        self._epoll.unregister(fd)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._epoll, name)
-
-
 def test_a_splice_ended_by_both_fins_is_closed_without_unwatching_its_last_side(
     services: Services, known_clients: dict[str, Client]
 ) -> None:
@@ -340,17 +308,15 @@ def test_a_splice_ended_by_both_fins_is_closed_without_unwatching_its_last_side(
     epoll: no change is made for that last side first."""
     known_clients[LOOPBACK] = as_loopback(STAFF)
 
-    async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, list[str]]:
-        counting = CountingEpoll(door.splices._epoll)
-        door.splices._epoll = counting
+    async def scenario(door: FrontDoor, port: int, origin: Origin) -> tuple[bytes, tuple[int, int, int]]:
         answer = await send_hello(port, "allowed.test", b"the device's last words")
         await settled(lambda: len(services.connections) == 0)
-        return answer, list(counting.changes)  # before the door stops (its listener leaves the epoll)
+        return answer, door.splices.relays.epoll_changes
 
     answer, changes = run_front(services, None, scenario)
     assert answer.endswith(b"the device's last words")  # the hello and the rest echoed, then closed
     assert len(answer) == len(client_hello_bytes("allowed.test") + b"the device's last words")
-    assert changes == ["register", "modify", "register", "unregister"]
+    assert changes == (2, 1, 1)  # (register, modify, unregister): the server's two, the device's two
 
 
 def test_an_allowed_hello_to_a_server_that_refuses_is_ended_unspliced(
@@ -422,9 +388,11 @@ def test_a_spliced_connection_can_be_closed_by_its_id(services: Services, known_
         await reader.readexactly(len(client_hello_bytes("allowed.test")))  # echoed: spliced
         (conn_id,) = [conn_id for conn_id, _state in services.connections.items()]
         relay = door._relays[conn_id]
-        assert relay.server is not None
-        for sock in (relay.device, relay.server):  # no Nagle delay either way, as asyncio's relays
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        state = relay.state()
+        assert state is not None
+        for fd in (relay.device_fd, state["server_fd"]):  # no Nagle delay either way, as asyncio's relays
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:  # (a duplicate)
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert door.close(conn_id)
         assert not door.close("not-a-connection")
         try:

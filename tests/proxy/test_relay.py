@@ -195,7 +195,7 @@ def test_a_callback_that_raises_is_logged_and_the_others_still_run(caplog: pytes
 
     with caplog.at_level(logging.ERROR, logger="schoolgate.proxy.relay"):
         run_with_poller(scenario)
-    assert "a spliced connection failed" in caplog.text
+    assert "a callback of the splice poller failed" in caplog.text
     for left, right in pairs:
         left.close()
         right.close()
