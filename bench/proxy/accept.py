@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
 import re
 import select
 import socket
-import ssl
 import statistics
 import struct
 import subprocess
@@ -49,23 +47,13 @@ from pathlib import Path
 
 from mitmproxy.platform import original_addr
 
+from schoolgate.lab.hello import client_hello
 from schoolgate.proxy._accept import accept_batch
 from schoolgate.proxy.front import ACCEPT_BATCH, MAX_HELLO, listen_sockets
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 FIRST_PORT = 9441  # the ports the devices dial, each redirected to the front's listener
 PORTS = 8  # several: a device's ports are reused sooner than any one destination's would allow
-
-
-def client_hello(sni: str) -> bytes:
-    """A real ClientHello, as Python's TLS stack sends it."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the server's answer: the hello is out
-        tls.do_handshake()
-    return outgoing.read()
 
 
 def devices(count: int, inflight: int) -> None:

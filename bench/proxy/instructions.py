@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from schoolgate.lab.hello import client_hello
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 POLICY = CHECKOUT / "tests" / "proxy" / "policy.toml"
@@ -51,17 +51,6 @@ KINDS = {
     "kill-judged": ("kill", False, "killed at the SNI, judged the whole way"),
     "pass": ("pass", True, "passed through (spliced)"),
 }
-
-
-def client_hello(sni: str) -> bytes:
-    """A real ClientHello, as Python's TLS stack sends it."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the server's answer: the hello is out
-        tls.do_handshake()
-    return outgoing.read()
 
 
 async def devices(proxy_port: int, origin_port: int, kind: str, count: int) -> None:

@@ -4,7 +4,6 @@ and the addons' Services wired to the real event writer."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.ca import init_ca
+from schoolgate.lab.hello import client_hello
 from schoolgate.policy.engine import CompiledPolicy, decide
 from schoolgate.policy.explain import explain_text
 from schoolgate.policy.loader import load_policy
@@ -167,17 +167,7 @@ FACEBOOK_IP = "198.51.100.10"  # learnt as facebook.com's in the `book` fixture
 OTHER_IP = "203.0.113.7"
 
 
-def client_hello_bytes(sni: str | None, alpn: list[str] | None = None) -> bytes:
-    """A real ClientHello, as Python's TLS stack sends it (offering `alpn`, if given)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    if alpn is not None:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls_obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls_obj.do_handshake()
-    return outgoing.read()
+client_hello_bytes = client_hello  # the name these tests know it by
 
 
 def make_client(who: Client, dialled: str, port: int = 443) -> connection.Client:
