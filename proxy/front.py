@@ -7,8 +7,10 @@ close the socket or copy bytes. Here the front door owns the listening socket an
 
 1. accepts it, reads its original destination (the gateway's redirect: SO_ORIGINAL_DST) and
    its first bytes, for every connection of a wake-up in one compiled call (proxy/_accept.c);
-   a device identified lately whose ClientHello's name decides a kill is killed there, by the
-   same judge, with the same event and counters, without the hooks (proxy/repeats.py);
+   a device identified lately whose ClientHello's name decides a kill is killed there, and one
+   whose ClientHello is passed is spliced there (as in step 4), each by the same judge, with
+   the same event, counters and connection state, without mitmproxy's objects or the hooks
+   (proxy/repeats.py);
 2. tells the schoolgate addons of the client (`client_connected`: who is it);
 3. if the first bytes are a whole ClientHello, gives it to the addons through
    `Pipeline.judge_hello_first`: the same hooks, the same one judge (`judge_tls` with the
@@ -58,7 +60,7 @@ from schoolgate.proxy._accept import accept_batch
 from schoolgate.proxy.addons import EarlyHello, Pipeline
 from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.relay import Relay, SplicePoller
-from schoolgate.proxy.repeats import Moment, RepeatKills
+from schoolgate.proxy.repeats import DoorPass, Moment, RepeatKills
 
 if TYPE_CHECKING:
     from schoolgate.proxy._accept import Accepted  # a name of the stub (proxy/_accept.pyi) alone
@@ -264,6 +266,7 @@ class FrontDoor:
             "idle_closed": self.idle_closed,
             "killed_judged_at_door": self._repeats.judged if self._repeats is not None else 0,
             "killed_from_memory": self._repeats.replayed if self._repeats is not None else 0,
+            "passed_at_door": self._repeats.passed if self._repeats is not None else 0,
             # 1: the spliced sockets are in the loop's own epoll (one wait per wake-up)
             "splices_in_loop_wait": int(getattr(self, "splices", None) is not None and self.splices.shares_loop_wait),
         }
@@ -355,8 +358,12 @@ class FrontDoor:
                 return
         complete, parsed = (False, None) if first is None else hello_ready(first)
         if moment is not None and parsed is not None and parsed.sni:
-            kill = self._repeats.kill(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
-            if kill is not None:
+            verdict = self._repeats.kill(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
+            if isinstance(verdict, DoorPass):
+                self._pass_at_door(sock if sock is not None else socket.socket(family, socket.SOCK_STREAM, 0, fd),
+                                   verdict, destination, first)  # type: ignore[arg-type]  # first: a hello
+                return
+            if verdict is not None:
                 if sock is None:
                     os.close(fd)
                 else:
@@ -364,7 +371,7 @@ class FrontDoor:
                 self.killed += 1
                 self.judged_at_accept += 1
                 self.pipeline.relayed_early += 1
-                self._repeats.replay(kill, moment)  # type: ignore[union-attr]
+                self._repeats.replay(verdict, moment)  # type: ignore[union-attr]
                 return
         if sock is None:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
@@ -489,7 +496,7 @@ class FrontDoor:
             elif verdict is EarlyHello.PASS:
                 destination = context.server.address
                 assert destination is not None  # the original destination, from _connection
-                relay = Relay(self, client, sock)
+                relay = Relay(self, client.id, sock, client)
                 self._relays[client.id] = relay
                 dialled = relay.connect(destination, data)
                 if observe is not None:
@@ -508,13 +515,37 @@ class FrontDoor:
             log.exception("the front door failed on a connection from %s", client.peername)
             self._end(sock, client)
 
+    def _pass_at_door(self, sock: socket.socket, door_pass: DoorPass, destination: tuple[str, int], hello: bytes
+                      ) -> None:
+        """Splice a connection its judgement at the door passes, as `_decide` does one the addons
+        pass, then log and count it as they would (RepeatKills.replay_pass)."""
+        conn_id = f"front-{next(self._serials)}"
+        relay = Relay(self, conn_id, sock)
+        self._relays[conn_id] = relay
+        try:
+            dialled = relay.connect(destination, hello)
+            self.judged_at_accept += 1
+            self.pipeline.relayed_early += 1
+            self._repeats.replay_pass(door_pass, conn_id)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("the front door failed on a connection from %s", door_pass.client.ip)
+            relay.close()
+            return
+        if dialled:
+            self._watch_dial()
+        else:
+            relay.close()
+
     def _end(self, sock: socket.socket, client: connection.Client) -> None:
         sock.close()
         self.pipeline.client_disconnected(client)
 
     def _relay_closed(self, relay: Relay) -> None:
-        self._relays.pop(relay.client.id, None)
-        self.pipeline.client_disconnected(relay.client)
+        self._relays.pop(relay.conn_id, None)
+        if relay.client is not None:
+            self.pipeline.client_disconnected(relay.client)
+        elif self._repeats is not None:
+            self._repeats.pass_ended(relay.conn_id)
 
     async def _hand_over(self, sock: socket.socket, client: connection.Client, data: bytes) -> None:
         """mitmproxy takes the connection as if it had accepted it, the bytes read put back."""

@@ -250,10 +250,15 @@ class Relay:
     delivered, or at once on an error either side.
     """
 
-    __slots__ = ("_door", "_open", "client", "destination", "device", "device_fd")
+    __slots__ = ("_door", "_open", "client", "conn_id", "destination", "device", "device_fd")
 
-    def __init__(self, door: FrontDoor, client: connection.Client, device: socket.socket) -> None:
+    def __init__(
+        self, door: FrontDoor, conn_id: str, device: socket.socket, client: connection.Client | None = None
+    ) -> None:
         self._door = door
+        self.conn_id = conn_id
+        # mitmproxy's connection object, which the addons were told of; None for a pass carried
+        # out at the front door (schoolgate.proxy.repeats), which told them of nothing.
         self.client = client
         # The front door leaves an accepted socket blocking (it reads the first bytes with
         # MSG_DONTWAIT); a relay's must never block. Relays reads and sends with MSG_DONTWAIT

@@ -1,4 +1,5 @@
-"""Kills at the front door: a ClientHello that its name alone blocks, killed without the hooks.
+"""Verdicts at the front door: a ClientHello that its name alone blocks killed, and one that is
+passed spliced, without mitmproxy's objects or the hooks.
 
 Most connections the proxy kills are a blocked app's: a pupil's tablet tries Facebook or a
 game's servers again and again, each time the same device, SNI and address. The whole way
@@ -20,13 +21,22 @@ What is remembered stands while nothing its verdict depends on can have moved:
   not one without a name (no SNI) or for fronting (the name allowed, the address a blocked
   service's), which depend on what the book knows of the address.
 
-Anything else goes the whole way: a device not identified lately, a passthrough, the block
-page, a kill the address book had a say in, a judge that failed. So that a device's
+A pass is carried out at the door too (`DoorPass`), judged afresh for every connection and
+never remembered: whether the dialled address is a blocked service's (fronting) is the address
+book's to say, and what it knows changes as names are resolved and expire. The whole way's
+work for a pass came to about a quarter of a passthrough's instructions (mitmproxy's client,
+context and server objects, the hooks, a ClientHello judged a second time): `replay_pass` does
+what its hooks do (the counters, the event or the minute's fold, and the connection's state,
+which Rejudge reads to close it if its verdict turns to a block), and `pass_ended` what they
+do at its end.
+
+Anything else goes the whole way: a device not identified lately, the block page, a kill the
+address book had a say in, a judge that failed. So that a device's
 connections that go the whole way are not judged twice each, such a verdict is remembered
 too, as "the whole way", for the same minute and version.
 
 `tests/proxy/test_repeats.py` runs the same connections both ways and compares the events and
-the counters.
+the counters, and has Rejudge close a pass carried out either way.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ from collections.abc import Callable
 from typing import Any
 
 from schoolgate.policy.types import Client
-from schoolgate.proxy.addons import EventLog, Services, _ip_of, judge_hello
+from schoolgate.proxy.addons import ConnState, EventLog, Services, _ip_of, judge_hello
+from schoolgate.proxy.allowed import is_plain_allow
 from schoolgate.proxy.judge import FLAG_FRONTING, Action, Judgement
 from schoolgate.store.events.record import Ask
 
@@ -91,8 +102,25 @@ class _Verdict:
         return self._facts
 
 
+class DoorPass:
+    """A connection the door's judgement passes: spliced there, with no mitmproxy object and no
+    hook, then logged, counted and put in the connections' state (for Rejudge) as the whole way
+    does (`RepeatKills.replay_pass`). Judged afresh for each connection, never remembered: a
+    pass depends on what the address book knows of the dialled address (fronting), which can
+    change at any moment."""
+
+    __slots__ = ("client", "dialled_ip", "judgement", "sni")
+
+    def __init__(self, client: Client, judgement: Judgement, sni: str, dialled_ip: str) -> None:
+        self.client = client
+        self.judgement = judgement
+        self.sni = sni
+        self.dialled_ip = dialled_ip
+
+
 class RepeatKills:
-    """The front door's kills: judged there or remembered from this minute, and carried out."""
+    """The front door's verdicts: kills judged there or remembered from this minute, and
+    passes judged there; each carried out there."""
 
     def __init__(self, services: Services, limit: int = REMEMBERED_LIMIT) -> None:
         if services.submit_ask is None or services.policy_version is None or services.identify_cached is None:
@@ -106,14 +134,16 @@ class RepeatKills:
         self._minute = -1.0
         self.judged = 0  # kills judged at the front door
         self.replayed = 0  # kills carried out from memory (repeats of a kill of this minute)
+        self.passed = 0  # connections passed through at the front door
 
     def moment(self) -> Moment:
         """The instant and policy version for the connections accepted now."""
         return Moment(self._services.now().timestamp(), self._version())
 
-    def kill(self, moment: Moment, peer: Any, sni: str, destination: Any) -> _Verdict | None:
-        """The kill for this connection (a ClientHello naming `sni`, from `peer`, to
-        `destination`): remembered from this minute, or judged now; None: the whole way."""
+    def kill(self, moment: Moment, peer: Any, sni: str, destination: Any) -> _Verdict | DoorPass | None:
+        """The verdict for this connection (a ClientHello naming `sni`, from `peer`, to
+        `destination`) that the door carries out: a kill, remembered from this minute or judged
+        now; or a pass, judged now; None: the whole way."""
         key = (peer[0], sni, destination)
         known = self._verdicts.get(key)
         fresh = (
@@ -132,6 +162,12 @@ class RepeatKills:
             judgement = judge_hello(self._services, client, sni, destination)
         except Exception:  # the whole way judges it again, and logs and counts the failure
             return None
+        if judgement.action is Action.PASS:
+            dialled_ip = _ip_of(destination)
+            if dialled_ip is None:  # dialled by name (not the transparent proxy's case): the whole way
+                return None
+            self.passed += 1
+            return DoorPass(client, judgement, sni, dialled_ip)
         decision = judgement.decision
         by_name = (
             judgement.action is Action.KILL and bool(judgement.target.host) and judgement.fronted_host is None
@@ -165,6 +201,30 @@ class RepeatKills:
         counters.events_submitted += 1
         if not self._submit((moment.ts, kill.judgement.target.host, None, 1, kill.facts(self._services))):
             counters.events_refused += 1
+
+    def replay_pass(self, door_pass: DoorPass, conn_id: str) -> None:
+        """Log and count a pass carried out at the front door, and keep its state under
+        `conn_id` (Rejudge closes it if its verdict turns to a block), as the whole way does
+        (IdentifyClient, TlsGate, UpstreamGate, EventLog and Counters, see addons)."""
+        services = self._services
+        judgement = door_pass.judgement
+        state = ConnState(client=door_pass.client, judgement=judgement, sni=door_pass.sni,
+                          dialled_ip=door_pass.dialled_ip, passthrough=True)
+        services.connections.put(conn_id, state)
+        counters = services.counters
+        counters.connections_seen += 1
+        counters.tls_seen += 1
+        counters.passed_through += 1
+        fold = services.fold_allowed
+        if fold is not None and is_plain_allow(judgement.decision):
+            counters.events_submitted += 1
+            fold(judgement.decision, door_pass.client, judgement.target.host, services.now())
+        else:
+            EventLog(services).submit(state, judgement)
+
+    def pass_ended(self, conn_id: str) -> None:
+        """A pass carried out at the front door has ended: its state goes (as Forget does)."""
+        self._services.connections.pop(conn_id)
 
     def __len__(self) -> int:
         return len(self._verdicts)

@@ -564,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             ("  killed at the door: judged there / from this minute's memory",
              " / ".join(f"{sum(f.get(key, 0) for f in front_doors)}"
                         for key in ("killed_judged_at_door", "killed_from_memory"))),
+            ("  spliced at the door (judged there, no hooks)",
+             f"{sum(f.get('passed_at_door', 0) for f in front_doors):8d}"),
             ("workers whose splices share the loop's one wait",
              f"{sum(f.get('splices_in_loop_wait', 0) for f in front_doors):8d} of {len(front_doors)}"),
             ("identity: answered on the loop / waited for a lookup",

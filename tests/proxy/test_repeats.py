@@ -1,4 +1,4 @@
-"""Kills at the front door (judged there, or remembered from this minute): real sockets on
+"""Kills at the front door (judged there, or remembered from this minute) and passes there: real sockets on
 loopback, the real addons, policy and event writer, each sequence of connections run with them
 and without them (the whole way) and compared."""
 
@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from mitmproxy import options
 from mitmproxy.proxy.mode_specs import ProxyMode
-from proxy_testkit import FACEBOOK_IP, PUPIL, STAFF, TRUSTED_PUPIL, SettableClock, client_hello_bytes, events
+from proxy_testkit import FACEBOOK_IP, PUPIL, SITE, STAFF, TRUSTED_PUPIL, SettableClock, client_hello_bytes, events
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
-from schoolgate.proxy.addons import Pipeline, Services, build_addons
+from schoolgate.proxy.addons import Pipeline, Rejudge, Services, build_addons
+from schoolgate.proxy.allowed import AllowedPasses
 from schoolgate.proxy.front import FrontDoor, listen_sockets
 from schoolgate.proxy.relay import new_event_loop
 from schoolgate.proxy.repeats import Moment, RepeatKills
@@ -134,7 +135,10 @@ CASES: dict[str, tuple[list[Step], int, int]] = {
     "another address is another connection": (
         [(PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443)),
          (PUPIL, "www.facebook.com", KILL), (PUPIL, "www.facebook.com", ("203.0.113.7", 443))], 2, 2),
-    "passthroughs go the whole way": ([(STAFF, "allowed.test", None)] * 3, 0, 0),
+    "passthroughs are judged and spliced at the door": ([(STAFF, "allowed.test", None)] * 3, 0, 0),
+    "a pupil's allowed site, then a blocked one, then the allowed one again": (
+        [(PUPIL, "allowed.test", None), (PUPIL, "www.facebook.com", KILL), (PUPIL, "allowed.test", None),
+         (PUPIL, "www.facebook.com", KILL)], 1, 1),
     "no SNI: the address book has a say": ([(PUPIL, None, KILL)] * 3, 0, 0),
     "fronting: the address book has a say": ([(PUPIL, "allowed.test", KILL)] * 3, 0, 0),
     "the block page is mitmproxy's, not a kill": ([(TRUSTED_PUPIL, "www.facebook.com", KILL)] * 2, 0, 0),
@@ -145,20 +149,28 @@ CASES: dict[str, tuple[list[Step], int, int]] = {
 }
 
 
+@pytest.mark.parametrize("passes", ["each pass a row", "passes folded per minute, as the daemon does"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_the_front_door_kills_exactly_as_the_whole_way_does(
-    case: str, remembering: Services, known_clients: dict[str, Client], sessions: sessionmaker[Session],
-    writer: EventWriter,
+def test_the_front_door_kills_and_passes_exactly_as_the_whole_way_does(
+    case: str, passes: str, remembering: Services, known_clients: dict[str, Client],
+    sessions: sessionmaker[Session], writer: EventWriter,
 ) -> None:
     steps, judged, from_memory = CASES[case]
+    folds = AllowedPasses(writer.submit, SITE)
+    if passes != "each pass a row":
+        remembering.fold_allowed = folds.add
     whole_way = run_steps(remembering, known_clients, steps, remember=False)
+    folds.flush_all()
     whole_events = logged(sessions, writer)
     remembering.counters = type(remembering.counters)()
     at_the_door = run_steps(remembering, known_clients, steps, remember=True)
+    folds.flush_all()
     door_events = logged(sessions, writer)[len(whole_events):]
     assert (at_the_door["front"].pop("killed_judged_at_door"), at_the_door["front"].pop("killed_from_memory")) == (
         judged, from_memory)
     assert (whole_way["front"].pop("killed_judged_at_door"), whole_way["front"].pop("killed_from_memory")) == (0, 0)
+    passes = at_the_door["counters"]["passed_through"]
+    assert (at_the_door["front"].pop("passed_at_door"), whole_way["front"].pop("passed_at_door")) == (passes, 0)
     assert at_the_door == whole_way
     assert door_events == whole_events
     assert len(whole_events) >= len([s for s in steps if s[2] == KILL and not s[0].trusts_school_ca])
@@ -247,3 +259,58 @@ def test_the_table_is_bounded(remembering: Services, clock: SettableClock) -> No
 def test_the_table_needs_what_the_daemon_gives(services: Services) -> None:
     with pytest.raises(ValueError, match="submit_ask"):
         RepeatKills(services)
+
+
+@pytest.mark.parametrize("remember", [False, True], ids=["the whole way", "passed at the door"])
+def test_rejudge_closes_a_pass_whose_verdict_turns_to_a_block(
+    remember: bool, remembering: Services, known_clients: dict[str, Client], version: Version,
+    sessions: sessionmaker[Session], writer: EventWriter,
+) -> None:
+    """Lunch ends, or a ban is made: a connection spliced at the door is judged again each
+    second as one spliced the whole way is, and closed, with its block logged."""
+
+    async def main() -> tuple[bytes, dict[str, int], int]:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+            writer.close()
+
+        origin = await asyncio.start_server(echo, LOOPBACK, 0)
+        target = (LOOPBACK, int(origin.sockets[0].getsockname()[1]))
+
+        async def handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        door = FrontDoor(
+            Pipeline(build_addons(remembering), remembering.connections), handover, options.Options(), MODE,
+            destination=lambda _sock: target, repeats=RepeatKills(remembering) if remember else None,
+        )
+        remembering.close = door.close
+        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+        known_clients[LOOPBACK] = dataclasses.replace(STAFF, ip=LOOPBACK)
+        try:
+            reader, writer_ = await asyncio.open_connection(LOOPBACK, int(door.listen_addrs()[0][1]))
+            hello = client_hello_bytes("allowed.test")
+            writer_.write(hello)
+            await asyncio.wait_for(reader.readexactly(len(hello)), timeout=30)  # echoed: spliced
+            rejudge = Rejudge(remembering)
+            assert rejudge.sweep() == 0  # nothing changed
+            remembering.decide = blocking()
+            version.value += 1
+            closed = rejudge.sweep()
+            try:
+                rest = await asyncio.wait_for(reader.read(), timeout=30)
+            except ConnectionResetError:
+                rest = b""
+            writer_.close()
+            while len(remembering.connections) or door.snapshot()["splices_open"]:
+                await asyncio.sleep(0.005)
+            return rest, remembering.counters.as_dict(), closed
+        finally:
+            door.stop()
+            origin.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        rest, counters, closed = runner.run(main())
+    assert (rest, closed, counters["passthroughs_closed"], counters["passed_through"]) == (b"", 1, 1, 1)
+    assert [(e.host, e.verdict, e.rule_id) for e in events(sessions, writer)][-1] == ("allowed.test", "block", "ban")
