@@ -171,7 +171,7 @@ class Services:
     # and the facts of its decision and client), or None: records. An ask costs a tuple where a
     # record cost several microseconds, and repeats share their facts tuple on the way to the
     # writer. With it, the front door also kills a repeat of a connection it killed this minute
-    # from memory (schoolgate.proxy.repeats).
+    # from memory (schoolgate.proxy.door_verdicts).
     submit_ask: Callable[[Ask], bool] | None = None
     # A passed-through connection's plain allowed decision, counted per client, name and minute
     # without a record of its own (schoolgate.proxy.allowed.AllowedPasses.add, which hands its
@@ -313,7 +313,7 @@ def judge_hello(services: Services, client: Client, sni: str | None, address: An
     """The judgement of a TLS ClientHello naming `sni`, sent by `client` to `address` (where
     mitmproxy will connect: the original destination, or regular mode's CONNECT target): the
     one judge (judge_tls) as TlsGate asks it, and as the front door asks it for a kill
-    (schoolgate.proxy.repeats)."""
+    (schoolgate.proxy.door_verdicts)."""
     dialled_ip = _ip_of(address)
     return judge_tls(
         services.decide,

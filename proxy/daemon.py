@@ -149,9 +149,9 @@ async def run(
     from schoolgate.proxy.addresses import AddressBook, AddressLearner, parse_prefix_host
     from schoolgate.proxy.allowed import AllowedPasses
     from schoolgate.proxy.clients import RecentClients
+    from schoolgate.proxy.door_verdicts import DoorVerdicts
     from schoolgate.proxy.front import FrontDoor, listen_sockets
     from schoolgate.proxy.judge import NO_SNI_CLAUSE
-    from schoolgate.proxy.repeats import RepeatKills
     from schoolgate.proxy.search import is_search_engine
     from schoolgate.store.db import make_engine
     from schoolgate.store.events import AllowedAggregator, StatusTarget, make_event_writer
@@ -383,7 +383,7 @@ async def run(
             await asyncio.sleep(0.05)
         if front_sockets:
             instance = next(iter(ps.servers))
-            front = FrontDoor(pipeline, instance.handle_stream, opts, instance.mode, repeats=RepeatKills(services))
+            front = FrontDoor(pipeline, instance.handle_stream, opts, instance.mode, verdicts=DoorVerdicts(services))
             front.start(front_sockets)
             listening = front.listen_addrs()
         else:

@@ -10,7 +10,7 @@ close the socket or copy bytes. Here the front door owns the listening socket an
    a device identified lately whose ClientHello's name decides a kill is killed there, and one
    whose ClientHello is passed is spliced there (as in step 4), each by the same judge, with
    the same event, counters and connection state, without mitmproxy's objects or the hooks
-   (proxy/repeats.py);
+   (proxy/door_verdicts.py);
 2. tells the schoolgate addons of the client (`client_connected`: who is it);
 3. if the first bytes are a whole ClientHello, gives it to the addons through
    `Pipeline.judge_hello_first`: the same hooks, the same one judge (`judge_tls` with the
@@ -58,9 +58,9 @@ from mitmproxy.proxy.context import Context
 
 from schoolgate.proxy._accept import accept_batch
 from schoolgate.proxy.addons import EarlyHello, Pipeline
+from schoolgate.proxy.door_verdicts import DoorPass, DoorVerdicts, Moment
 from schoolgate.proxy.hello import FastClientHello, parse_client_hello
 from schoolgate.proxy.relay import Relay, SplicePoller
-from schoolgate.proxy.repeats import DoorPass, Moment, RepeatKills
 
 if TYPE_CHECKING:
     from schoolgate.proxy._accept import Accepted  # a name of the stub (proxy/_accept.pyi) alone
@@ -191,10 +191,11 @@ class FrontDoor:
         mode: Any,
         *,
         destination: Callable[[socket.socket], tuple[str, int]] | None = None,
-        repeats: RepeatKills | None = None,
+        verdicts: DoorVerdicts | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self._repeats = repeats  # kills judged here, or remembered from this minute, without the hooks
+        # Kills judged here or remembered from this minute, and passes judged here, without the hooks.
+        self._verdicts = verdicts
         self._handover = handover
         # Where each connection was going: None, the gateway's redirect (SO_ORIGINAL_DST, read
         # with the accept); tests on loopback, where nothing was redirected, give their own.
@@ -264,9 +265,9 @@ class FrontDoor:
             "handed_over": self.handed_over,
             "accept_errors": self.accept_errors,
             "idle_closed": self.idle_closed,
-            "killed_judged_at_door": self._repeats.judged if self._repeats is not None else 0,
-            "killed_from_memory": self._repeats.replayed if self._repeats is not None else 0,
-            "passed_at_door": self._repeats.passed if self._repeats is not None else 0,
+            "killed_judged_at_door": self._verdicts.judged if self._verdicts is not None else 0,
+            "killed_from_memory": self._verdicts.replayed if self._verdicts is not None else 0,
+            "passed_at_door": self._verdicts.passed if self._verdicts is not None else 0,
             # 1: the spliced sockets are in the loop's own epoll (one wait per wake-up)
             "splices_in_loop_wait": int(getattr(self, "splices", None) is not None and self.splices.shares_loop_wait),
         }
@@ -319,7 +320,7 @@ class FrontDoor:
         self.accept_errors += skipped  # their accept failed for themselves alone: gone
         if connections:
             self.accepted += len(connections)
-            moment = self._repeats.moment() if self._repeats is not None else None  # before any is judged
+            moment = self._verdicts.moment() if self._verdicts is not None else None  # before any is judged
             for accepted in connections:
                 self._begin(accepted, family, moment)
         if stopped_by:
@@ -340,7 +341,7 @@ class FrontDoor:
     # ------------------------------------------------------------------ one connection
     def _begin(self, accepted: Accepted, family: socket.AddressFamily, moment: Moment | None) -> None:
         """A new connection (its descriptor, peer, original destination and first bytes, as
-        accept_batch gives them): a kill its name decides killed here (proxy/repeats.py); any
+        accept_batch gives them): a kill its name decides killed here (proxy/door_verdicts.py); any
         other connection's client told to the addons, then judged."""
         fd, peer, destination, first = accepted
         sock = None
@@ -358,7 +359,7 @@ class FrontDoor:
                 return
         complete, parsed = (False, None) if first is None else hello_ready(first)
         if moment is not None and parsed is not None and parsed.sni:
-            verdict = self._repeats.kill(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
+            verdict = self._verdicts.judge(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
             if isinstance(verdict, DoorPass):
                 self._pass_at_door(sock if sock is not None else socket.socket(family, socket.SOCK_STREAM, 0, fd),
                                    verdict, destination, first)  # type: ignore[arg-type]  # first: a hello
@@ -371,7 +372,7 @@ class FrontDoor:
                 self.killed += 1
                 self.judged_at_accept += 1
                 self.pipeline.relayed_early += 1
-                self._repeats.replay(verdict, moment)  # type: ignore[union-attr]
+                self._verdicts.replay(verdict, moment)  # type: ignore[union-attr]
                 return
         if sock is None:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
@@ -518,7 +519,7 @@ class FrontDoor:
     def _pass_at_door(self, sock: socket.socket, door_pass: DoorPass, destination: tuple[str, int], hello: bytes
                       ) -> None:
         """Splice a connection its judgement at the door passes, as `_decide` does one the addons
-        pass, then log and count it as they would (RepeatKills.replay_pass)."""
+        pass, then log and count it as they would (DoorVerdicts.replay_pass)."""
         conn_id = f"front-{next(self._serials)}"
         relay = Relay(self, conn_id, sock)
         self._relays[conn_id] = relay
@@ -526,7 +527,7 @@ class FrontDoor:
             dialled = relay.connect(destination, hello)
             self.judged_at_accept += 1
             self.pipeline.relayed_early += 1
-            self._repeats.replay_pass(door_pass, conn_id)  # type: ignore[union-attr]
+            self._verdicts.replay_pass(door_pass, conn_id)  # type: ignore[union-attr]
         except Exception:
             log.exception("the front door failed on a connection from %s", door_pass.client.ip)
             relay.close()
@@ -544,8 +545,8 @@ class FrontDoor:
         self._relays.pop(relay.conn_id, None)
         if relay.client is not None:
             self.pipeline.client_disconnected(relay.client)
-        elif self._repeats is not None:
-            self._repeats.pass_ended(relay.conn_id)
+        elif self._verdicts is not None:
+            self._verdicts.pass_ended(relay.conn_id)
 
     async def _hand_over(self, sock: socket.socket, client: connection.Client, data: bytes) -> None:
         """mitmproxy takes the connection as if it had accepted it, the bytes read put back."""

@@ -258,7 +258,7 @@ class Relay:
         self._door = door
         self.conn_id = conn_id
         # mitmproxy's connection object, which the addons were told of; None for a pass carried
-        # out at the front door (schoolgate.proxy.repeats), which told them of nothing.
+        # out at the front door (schoolgate.proxy.door_verdicts), which told them of nothing.
         self.client = client
         # The front door leaves an accepted socket blocking (it reads the first bytes with
         # MSG_DONTWAIT); a relay's must never block. Relays reads and sends with MSG_DONTWAIT

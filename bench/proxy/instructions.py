@@ -90,8 +90,8 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
     from schoolgate.proxy.addons import Pipeline, Services, build_addons
     from schoolgate.proxy.addresses import AddressBook
     from schoolgate.proxy.allowed import AllowedPasses
+    from schoolgate.proxy.door_verdicts import DoorVerdicts
     from schoolgate.proxy.front import FrontDoor, listen_sockets
-    from schoolgate.proxy.repeats import RepeatKills
 
     policy = load_policy(POLICY)
     who = Client(ip="127.0.0.1", device_id="BENCH-1", person_id="bench", trusts_school_ca=False,
@@ -115,7 +115,7 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
 
     door = FrontDoor(Pipeline(build_addons(services), services.connections), handover, options.Options(),
                      ProxyMode.parse("transparent"), destination=lambda sock: target,
-                     repeats=RepeatKills(services) if remember else None)
+                     verdicts=DoorVerdicts(services) if remember else None)
     door.start(listen_sockets("127.0.0.1:0", reuse_port=False))
     loop = asyncio.get_running_loop()
     ended_read, ended_write = os.pipe()  # the device process's end closes when it exits: one wake-up

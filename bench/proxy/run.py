@@ -72,7 +72,7 @@ LIBRARY = next(s.ip for s in SITES if s.label == "library")
 MAX_CONNECTIONS = 200_000  # per measurement, whatever the duration
 # The loads, each measured on both proxies. A blocked app retries: most kills are a device asking
 # again for what was just killed (the same name and address), which schoolgate kills from a
-# table of this minute's kills (schoolgate.proxy.repeats). "killed-new" gives each connection a
+# table of this minute's kills (schoolgate.proxy.door_verdicts). "killed-new" gives each connection a
 # name never asked before (n1.www.facebook.com, n2...): every one judged anew.
 KINDS = ("killed", "killed-new", "passed")
 KILLS_OF_SCHOOLGATE = (("schoolgate", "killed"), ("schoolgate", "killed-new"))

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
 from schoolgate.proxy.addons import Pipeline, Rejudge, Services, build_addons
 from schoolgate.proxy.allowed import AllowedPasses
+from schoolgate.proxy.door_verdicts import DoorVerdicts, Moment
 from schoolgate.proxy.front import FrontDoor, listen_sockets
 from schoolgate.proxy.relay import new_event_loop
-from schoolgate.proxy.repeats import Moment, RepeatKills
 from schoolgate.store.events import EventWriter
 
 LOOPBACK = "127.0.0.1"
@@ -63,29 +63,38 @@ Step = tuple[Client, str | None, tuple[str, int] | None]  # who connects, the SN
 Between = Callable[[int], None]  # run before each connection, given its index
 
 
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The origin a passthrough reaches: it sends back what it is sent."""
+    while chunk := await reader.read(65536):
+        writer.write(chunk)
+    writer.close()
+
+
+async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """mitmproxy's side (the block page): these tests hand it nothing to serve."""
+    writer.close()
+
+
+def started_door(services: Services, destination: Callable[[Any], tuple[str, int]], *, remember: bool) -> FrontDoor:
+    """A front door on loopback with the real addons, with or without its verdicts at the door."""
+    door = FrontDoor(
+        Pipeline(build_addons(services), services.connections), refuse, options.Options(), MODE,
+        destination=destination, verdicts=DoorVerdicts(services) if remember else None,
+    )
+    door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+    return door
+
+
 def run_steps(services: Services, known: dict[str, Client], steps: list[Step], *, remember: bool,
               between: Between | None = None) -> dict[str, Any]:
     """Each step's connection, one after the other, through a front door with or without the
     table of kills; what the front door and the counters said at the end."""
 
     async def main() -> dict[str, Any]:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-            writer.close()
-
         origin = await asyncio.start_server(echo, LOOPBACK, 0)
         origin_address = (LOOPBACK, int(origin.sockets[0].getsockname()[1]))
         targets: list[tuple[str, int]] = []
-
-        async def handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.close()
-
-        door = FrontDoor(
-            Pipeline(build_addons(services), services.connections), handover, options.Options(), MODE,
-            destination=lambda _sock: targets[-1], repeats=RepeatKills(services) if remember else None,
-        )
-        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
+        door = started_door(services, lambda _sock: targets[-1], remember=remember)
         port = int(door.listen_addrs()[0][1])
         try:
             for index, (who, sni, target) in enumerate(steps):
@@ -218,18 +227,18 @@ def test_a_kill_is_not_replayed_past_its_decisions_end(remembering: Services, cl
     recent = {LOOPBACK: pupil}  # the identities seen lately
     remembering.identify_cached = recent.get
     remembering.decide = blocking(until=clock.instant + timedelta(seconds=20))
-    table = RepeatKills(remembering)
+    table = DoorVerdicts(remembering)
     start = clock.instant.timestamp()
     moment = Moment(start, remembering.policy_version())  # type: ignore[misc]
     peer, destination = (LOOPBACK, 50000), ("203.0.113.9", 443)
-    assert table.kill(moment, peer, "game.test", destination) is not None
+    assert table.judge(moment, peer, "game.test", destination) is not None
     assert (table.judged, table.replayed, len(table)) == (1, 0, 1)
-    assert table.kill(Moment(start + 19, moment.version), peer, "game.test", destination) is not None
+    assert table.judge(Moment(start + 19, moment.version), peer, "game.test", destination) is not None
     assert (table.judged, table.replayed) == (1, 1)
-    assert table.kill(Moment(start + 20, moment.version), peer, "game.test", destination) is not None
+    assert table.judge(Moment(start + 20, moment.version), peer, "game.test", destination) is not None
     assert (table.judged, table.replayed) == (2, 1)  # judged again
     recent.clear()  # the identity is no longer recent: looked up off the loop, the whole way
-    assert table.kill(moment, peer, "game.test", destination) is None
+    assert table.judge(moment, peer, "game.test", destination) is None
 
 
 def test_a_judge_that_fails_at_the_door_leaves_the_connection_to_the_whole_way(
@@ -240,25 +249,25 @@ def test_a_judge_that_fails_at_the_door_leaves_the_connection_to_the_whole_way(
 
     remembering.identify_cached = lambda ip: dataclasses.replace(PUPIL, ip=ip)
     remembering.decide = failing
-    table = RepeatKills(remembering)
+    table = DoorVerdicts(remembering)
     moment = Moment(clock.instant.timestamp(), remembering.policy_version())  # type: ignore[misc]
-    assert table.kill(moment, (LOOPBACK, 50000), "game.test", KILL) is None
+    assert table.judge(moment, (LOOPBACK, 50000), "game.test", KILL) is None
     assert (table.judged, len(table)) == (0, 0)  # nothing remembered: the whole way judges and counts it
 
 
 def test_the_table_is_bounded(remembering: Services, clock: SettableClock) -> None:
     remembering.identify_cached = lambda ip: dataclasses.replace(PUPIL, ip=ip)
     remembering.decide = blocking()
-    table = RepeatKills(remembering, limit=3)
+    table = DoorVerdicts(remembering, limit=3)
     moment = Moment(clock.instant.timestamp(), remembering.policy_version())  # type: ignore[misc]
     for index in range(7):
-        assert table.kill(moment, (LOOPBACK, 50000), f"n{index}.test", KILL) is not None
+        assert table.judge(moment, (LOOPBACK, 50000), f"n{index}.test", KILL) is not None
         assert 1 <= len(table) <= 3
 
 
 def test_the_table_needs_what_the_daemon_gives(services: Services) -> None:
     with pytest.raises(ValueError, match="submit_ask"):
-        RepeatKills(services)
+        DoorVerdicts(services)
 
 
 @pytest.mark.parametrize("remember", [False, True], ids=["the whole way", "passed at the door"])
@@ -270,23 +279,10 @@ def test_rejudge_closes_a_pass_whose_verdict_turns_to_a_block(
     second as one spliced the whole way is, and closed, with its block logged."""
 
     async def main() -> tuple[bytes, dict[str, int], int]:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-            writer.close()
-
         origin = await asyncio.start_server(echo, LOOPBACK, 0)
         target = (LOOPBACK, int(origin.sockets[0].getsockname()[1]))
-
-        async def handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.close()
-
-        door = FrontDoor(
-            Pipeline(build_addons(remembering), remembering.connections), handover, options.Options(), MODE,
-            destination=lambda _sock: target, repeats=RepeatKills(remembering) if remember else None,
-        )
+        door = started_door(remembering, lambda _sock: target, remember=remember)
         remembering.close = door.close
-        door.start(listen_sockets(f"{LOOPBACK}:0", reuse_port=False))
         known_clients[LOOPBACK] = dataclasses.replace(STAFF, ip=LOOPBACK)
         try:
             reader, writer_ = await asyncio.open_connection(LOOPBACK, int(door.listen_addrs()[0][1]))

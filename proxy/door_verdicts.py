@@ -35,7 +35,7 @@ address book had a say in, a judge that failed. So that a device's
 connections that go the whole way are not judged twice each, such a verdict is remembered
 too, as "the whole way", for the same minute and version.
 
-`tests/proxy/test_repeats.py` runs the same connections both ways and compares the events and
+`tests/proxy/test_door_verdicts.py` runs the same connections both ways and compares the events and
 the counters, and has Rejudge close a pass carried out either way.
 """
 
@@ -105,7 +105,7 @@ class _Verdict:
 class DoorPass:
     """A connection the door's judgement passes: spliced there, with no mitmproxy object and no
     hook, then logged, counted and put in the connections' state (for Rejudge) as the whole way
-    does (`RepeatKills.replay_pass`). Judged afresh for each connection, never remembered: a
+    does (`DoorVerdicts.replay_pass`). Judged afresh for each connection, never remembered: a
     pass depends on what the address book knows of the dialled address (fronting), which can
     change at any moment."""
 
@@ -118,7 +118,7 @@ class DoorPass:
         self.dialled_ip = dialled_ip
 
 
-class RepeatKills:
+class DoorVerdicts:
     """The front door's verdicts: kills judged there or remembered from this minute, and
     passes judged there; each carried out there."""
 
@@ -140,7 +140,7 @@ class RepeatKills:
         """The instant and policy version for the connections accepted now."""
         return Moment(self._services.now().timestamp(), self._version())
 
-    def kill(self, moment: Moment, peer: Any, sni: str, destination: Any) -> _Verdict | DoorPass | None:
+    def judge(self, moment: Moment, peer: Any, sni: str, destination: Any) -> _Verdict | DoorPass | None:
         """The verdict for this connection (a ClientHello naming `sni`, from `peer`, to
         `destination`) that the door carries out: a kill, remembered from this minute or judged
         now; or a pass, judged now; None: the whole way."""
