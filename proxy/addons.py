@@ -86,7 +86,7 @@ REFUSED = "refused by the school's filtering policy"
 OptionsError: type[Exception] = exceptions.OptionsError  # mitmproxy's class is untyped
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnState:
     """What the proxy knows about one client connection."""
 
@@ -309,11 +309,13 @@ class IdentifyClient:
         self.s.connections.put(client.id, ConnState(client=identified))
 
 
-def judge_hello(services: Services, client: Client, sni: str | None, address: Any) -> Judgement:
+def judge_hello(
+    services: Services, client: Client, sni: str | None, address: Any, now: datetime | None = None
+) -> Judgement:
     """The judgement of a TLS ClientHello naming `sni`, sent by `client` to `address` (where
-    mitmproxy will connect: the original destination, or regular mode's CONNECT target): the
-    one judge (judge_tls) as TlsGate asks it, and as the front door asks it for a kill
-    (schoolgate.proxy.door_verdicts)."""
+    mitmproxy will connect: the original destination, or regular mode's CONNECT target) at
+    `now` (None: the services' clock now): the one judge (judge_tls) as TlsGate asks it, and
+    as the front door asks it (schoolgate.proxy.door_verdicts, with its wake-up's instant)."""
     dialled_ip = _ip_of(address)
     return judge_tls(
         services.decide,
@@ -323,7 +325,7 @@ def judge_hello(services: Services, client: Client, sni: str | None, address: An
         dialled_name=_name_of(address) if dialled_ip is None else None,
         book=services.book,
         operator_of=services.operator_of,
-        now=services.now(),
+        now=services.now() if now is None else now,
         inspect=services.inspect,
         refusal_clause=_refusal_clause(services),
     )

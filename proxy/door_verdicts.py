@@ -42,9 +42,10 @@ the counters, and has Rejudge close a pass carried out either way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from schoolgate.policy.types import Client
+from schoolgate.policy.types import Client, Decision
 from schoolgate.proxy.addons import ConnState, EventLog, Services, _ip_of, judge_hello
 from schoolgate.proxy.allowed import is_plain_allow
 from schoolgate.proxy.judge import FLAG_FRONTING, Action, Judgement
@@ -70,18 +71,21 @@ class Moment:
     of one wake-up: schoolgate.dns.fastpath.Drain).
     """
 
-    __slots__ = ("minute", "ts", "version")
+    __slots__ = ("minute", "now", "ts", "version")
 
-    def __init__(self, ts: float, version: object) -> None:
+    def __init__(self, ts: float, version: object, now: datetime | None = None) -> None:
         self.ts = ts
         self.minute = ts // 60
         self.version = version
+        # The instant as the judge takes it (`ts` as an aware datetime): read from the clock once
+        # for the wake-up's connections, not once for each connection judged.
+        self.now = now if now is not None else datetime.fromtimestamp(ts, UTC)
 
 
 class _Verdict:
     """A remembered verdict: a kill (its judgement), or None: the whole way."""
 
-    __slots__ = ("_facts", "client", "judgement", "minute", "until", "version")
+    __slots__ = ("client", "facts", "judgement", "minute", "until", "version")
 
     def __init__(
         self, client: Client, judgement: Judgement | None, version: object, minute: float, until: float
@@ -91,15 +95,8 @@ class _Verdict:
         self.version = version
         self.minute = minute
         self.until = until
-        self._facts: tuple[Any, ...] | None = None
-
-    def facts(self, services: Services) -> tuple[Any, ...]:
-        """The facts of the kill's ask, as EventLog makes them (made once, then shared by every
-        repeat's ask)."""
-        if self._facts is None:
-            assert self.judgement is not None  # only a kill is replayed
-            self._facts = EventLog(services).facts(self.client, self.judgement)
-        return self._facts
+        # The facts of the kill's ask, once made (DoorVerdicts.replay): shared by every repeat's.
+        self.facts: tuple[Any, ...] | None = None
 
 
 class DoorPass:
@@ -131,6 +128,11 @@ class DoorVerdicts:
         self._identify: Callable[[str], Client | None] = services.identify_cached
         self._limit = limit
         self._verdicts: dict[Key, _Verdict] = {}
+        # The facts of this minute's kills by (client, decision), the two objects kept with them
+        # (so neither id is reused while it is here): a device's kills of many names of one
+        # blocked service or list entry share one decision (the engine's, per kind of match), and
+        # so one facts tuple, which the channel sends once per batch and the writer checks once.
+        self._facts: dict[tuple[int, int], tuple[Client, Decision, tuple[Any, ...]]] = {}
         self._minute = -1.0
         self.judged = 0  # kills judged at the front door
         self.replayed = 0  # kills carried out from memory (repeats of a kill of this minute)
@@ -138,7 +140,8 @@ class DoorVerdicts:
 
     def moment(self) -> Moment:
         """The instant and policy version for the connections accepted now."""
-        return Moment(self._services.now().timestamp(), self._version())
+        now = self._services.now()
+        return Moment(now.timestamp(), self._version(), now)
 
     def judge(self, moment: Moment, peer: Any, sni: str, destination: Any) -> _Verdict | DoorPass | None:
         """The verdict for this connection (a ClientHello naming `sni`, from `peer`, to
@@ -159,7 +162,7 @@ class DoorVerdicts:
             self.replayed += 1
             return known
         try:
-            judgement = judge_hello(self._services, client, sni, destination)
+            judgement = judge_hello(self._services, client, sni, destination, moment.now)
         except Exception:  # the whole way judges it again, and logs and counts the failure
             return None
         if judgement.action is Action.PASS:
@@ -182,6 +185,7 @@ class DoorVerdicts:
     def _remember(self, key: Key, moment: Moment, client: Client, judgement: Judgement | None) -> _Verdict:
         if moment.minute != self._minute or len(self._verdicts) >= self._limit:
             self._verdicts.clear()
+            self._facts.clear()
             self._minute = moment.minute
         until = _NEVER
         if judgement is not None and judgement.decision.valid_until is not None:
@@ -199,8 +203,24 @@ class DoorVerdicts:
         counters.killed += 1
         counters.upstream_refused += 1
         counters.events_submitted += 1
-        if not self._submit((moment.ts, kill.judgement.target.host, None, 1, kill.facts(self._services))):
+        facts = kill.facts
+        if facts is None:
+            facts = kill.facts = self._facts_of(kill.client, kill.judgement)
+        if not self._submit((moment.ts, kill.judgement.target.host, None, 1, facts)):
             counters.events_refused += 1
+
+    def _facts_of(self, client: Client, judgement: Judgement) -> tuple[Any, ...]:
+        """The facts of the ask of a kill at the door, as EventLog makes them; shared by the kills
+        of this minute whose client and decision are the same objects. (A kill at the door is a
+        ClientHello's: its target is a name, never a URL, so nothing else enters the facts.)"""
+        decision = judgement.decision
+        key = (id(client), id(decision))
+        known = self._facts.get(key)
+        if known is not None and known[0] is client and known[1] is decision:
+            return known[2]
+        facts = EventLog(self._services).facts(client, judgement)
+        self._facts[key] = (client, decision, facts)
+        return facts
 
     def replay_pass(self, door_pass: DoorPass, conn_id: str) -> None:
         """Log and count a pass carried out at the front door, and keep its state under

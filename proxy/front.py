@@ -361,8 +361,8 @@ class FrontDoor:
         if moment is not None and parsed is not None and parsed.sni:
             verdict = self._verdicts.judge(moment, peer, parsed.sni, destination)  # type: ignore[union-attr]
             if isinstance(verdict, DoorPass):
-                self._pass_at_door(sock if sock is not None else socket.socket(family, socket.SOCK_STREAM, 0, fd),
-                                   verdict, destination, first)  # type: ignore[arg-type]  # first: a hello
+                self._pass_at_door(sock if sock is not None else fd, verdict, destination,
+                                   first)  # type: ignore[arg-type]  # first: a hello
                 return
             if verdict is not None:
                 if sock is None:
@@ -516,12 +516,14 @@ class FrontDoor:
             log.exception("the front door failed on a connection from %s", client.peername)
             self._end(sock, client)
 
-    def _pass_at_door(self, sock: socket.socket, door_pass: DoorPass, destination: tuple[str, int], hello: bytes
-                      ) -> None:
-        """Splice a connection its judgement at the door passes, as `_decide` does one the addons
-        pass, then log and count it as they would (DoorVerdicts.replay_pass)."""
+    def _pass_at_door(
+        self, device: socket.socket | int, door_pass: DoorPass, destination: tuple[str, int], hello: bytes
+    ) -> None:
+        """Splice a connection its judgement at the door passes (`device`: its socket, or its
+        descriptor, for which no socket object is made), as `_decide` does one the addons pass,
+        then log and count it as they would (DoorVerdicts.replay_pass)."""
         conn_id = f"front-{next(self._serials)}"
-        relay = Relay(self, conn_id, sock)
+        relay = Relay(self, conn_id, device)
         self._relays[conn_id] = relay
         try:
             dialled = relay.connect(destination, hello)

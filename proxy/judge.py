@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from schoolgate.policy.engine import SUPPORT_RULE_ID
 from schoolgate.policy.model import DynamicClauses
@@ -64,8 +65,12 @@ class Action(StrEnum):
     INSPECT = "inspect"  # allowed, but decrypted to record search terms (devices that trust the CA)
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
+class Judgement(NamedTuple):
+    """A connection's or request's verdict: an immutable value, as a decision is. A named tuple,
+    not a frozen dataclass: one is made for every connection judged (every new name killed at
+    the front door, every passthrough), and a frozen dataclass's constructor, an attribute set
+    through object.__setattr__ per field, cost more than twice as many instructions."""
+
     decision: Decision
     target: Target  # what the client asked for (the SNI or Host, and the URL if visible)
     action: Action

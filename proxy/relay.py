@@ -21,11 +21,13 @@ Pure Linux: epoll, as the transparent proxy itself (SO_ORIGINAL_DST).
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import errno
 import logging
 import math
+import os
 import select
 import selectors
 import socket
@@ -253,19 +255,19 @@ class Relay:
     __slots__ = ("_door", "_open", "client", "conn_id", "destination", "device", "device_fd")
 
     def __init__(
-        self, door: FrontDoor, conn_id: str, device: socket.socket, client: connection.Client | None = None
+        self, door: FrontDoor, conn_id: str, device: socket.socket | int, client: connection.Client | None = None
     ) -> None:
         self._door = door
         self.conn_id = conn_id
         # mitmproxy's connection object, which the addons were told of; None for a pass carried
         # out at the front door (schoolgate.proxy.door_verdicts), which told them of nothing.
         self.client = client
-        # The front door leaves an accepted socket blocking (it reads the first bytes with
-        # MSG_DONTWAIT); a relay's must never block. Relays reads and sends with MSG_DONTWAIT
-        # too, so this is for anything else done with the descriptor while it lives.
-        device.setblocking(False)
-        self.device: socket.socket | None = device  # until the relay is handed to Relays
-        self.device_fd = -1  # the device's descriptor, once in Relays (which owns it)
+        # The device's connection: its socket, or (a pass at the front door, for which no socket
+        # object was made) its bare descriptor; the relay's until handed to Relays. It stays as
+        # the front door accepted it, blocking: Relays, the one reader and writer of it, reads
+        # and sends with MSG_DONTWAIT, so an ioctl to make it non-blocking would change nothing.
+        self.device: socket.socket | int | None = device
+        self.device_fd = device if isinstance(device, int) else device.fileno()
         self.destination: tuple[str, int] | None = None
         self._open = True
 
@@ -276,7 +278,10 @@ class Relay:
         self.destination = destination
         family = socket.AF_INET6 if ":" in destination[0] else socket.AF_INET
         try:
-            server = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            # The compiled socket type itself: socket.socket's Python-level constructor and
+            # detach were a tenth of the Python a passthrough runs, for a socket that is only
+            # dialled and handed to Relays.
+            server = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as err:
             log.warning("passthrough to %s: no socket: %s", destination, err)
             return False
@@ -287,14 +292,17 @@ class Relay:
             return False
         # As asyncio's transports do: no Nagle delay on a relay (the device's socket has it
         # from the front door's listener, schoolgate.proxy.front.listen_sockets).
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (contextlib.suppress is three Python calls more per passthrough)
             server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # a relay with Nagle's delay still relays
         device = self.device
         assert device is not None
         self.device = None
-        self.device_fd = device.fileno()
         try:  # both descriptors are the relays' from here, even if add fails
-            self._door.splices.relays.add(device.detach(), server.detach(), hello, self)
+            self._door.splices.relays.add(
+                device if isinstance(device, int) else device.detach(), server.detach(), hello, self
+            )
         except (OSError, ValueError, MemoryError) as err:
             log.warning("passthrough to %s: %s", destination, err)
             self.device_fd = -1
@@ -309,17 +317,21 @@ class Relay:
 
     def state(self) -> dict[str, int] | None:
         """What Relays holds of this relay (None once it has ended): see proxy/_relay.pyi."""
-        if self.device_fd < 0 or not self._open:
-            return None
+        if self.device is not None or self.device_fd < 0 or not self._open:
+            return None  # not (or no longer) in Relays
         return self._door.splices.relays.state(self.device_fd, self)
 
     def close(self) -> None:
         """End both sides now (what was not yet delivered is dropped)."""
         if not self._open:
             return
-        if self.device is not None:  # never handed to Relays
-            self.device.close()
+        device = self.device
+        if device is not None:  # never handed to Relays
             self.device = None
+            if isinstance(device, int):
+                os.close(device)
+            else:
+                device.close()
         elif self.device_fd >= 0 and not self._door.splices.relays.close(self.device_fd, self):
             return  # already ended in Relays: handed back by its wait
         self.ended(0)

@@ -1,7 +1,7 @@
 """Instructions per killed or passed-through connection in the proxy's front door, counted by
 callgrind: a figure that a shared, noisy machine does not move.
 
-    .venv/bin/python -P bench/proxy/instructions.py [--kind kill|kill-judged|pass|all] [--counts 100 700]
+    .venv/bin/python -P bench/proxy/instructions.py [--kind kill|kill-new|kill-judged|pass|all] [--counts 100 700]
 
 The lab benchmark (bench/proxy/run.py) measures CPU time per connection from /proc against
 Squid in the same run; on a machine that others are using its runs spread by 10-30%, more than
@@ -10,9 +10,11 @@ real addons and the tests' policy (tests/proxy/policy.toml), under valgrind's ca
 a device process outside valgrind (this script again, in its `devices` role) opens connections
 one at a time: each ClientHello is killed at the SNI (a pupil, Facebook) or spliced to a local
 echo server (staff, an allowed site), which it sends back before the device half-closes and
-reads to the end. The same run is made with two numbers of connections, so that the difference
-is the connections' own cost, free of the interpreter's start-up and imports. One at a time,
-every connection has the loop's wake-ups of its own, as on a lightly loaded appliance.
+reads to the end. `kill-new` names a new Facebook name on every connection (n1.www.facebook.com,
+n2...): each is judged at the door, none is a repeat. The same run is made with two numbers of
+connections, so that the difference is the connections' own cost, free of the interpreter's
+start-up and imports. One at a time, every connection has the loop's wake-ups of its own, as on
+a lightly loaded appliance.
 
 What is counted is user-space instructions in the proxy's process (the kernel's share of a
 system call is not); `strace -c -f -p PID` on the lab's proxy counts the system calls.
@@ -41,13 +43,14 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 POLICY = CHECKOUT / "tests" / "proxy" / "policy.toml"
 WHEN = datetime(2026, 11, 18, 11, 0, tzinfo=UTC)  # a Wednesday in term: the pupil is in a lesson
 FACEBOOK = "198.51.100.10"
-SNI = {"kill": "www.facebook.com", "pass": "allowed.test"}
+SNI = {"kill": "www.facebook.com", "kill-new": "n{index}.www.facebook.com", "pass": "allowed.test"}
 # What is measured: (the devices' connections, whether the front door remembers this minute's
 # kills as the daemon's does, the label). The device repeats one connection, so with the table
 # every kill but the first is a repeat killed from memory; without it each is judged the whole
 # way, as a device's first attempt at a site in a minute is.
 KINDS = {
     "kill": ("kill", True, "killed at the SNI, a repeat (from memory)"),
+    "kill-new": ("kill-new", True, "killed at the SNI, a new name each (at the door)"),
     "kill-judged": ("kill", False, "killed at the SNI, judged the whole way"),
     "pass": ("pass", True, "passed through (spliced)"),
 }
@@ -64,7 +67,9 @@ async def devices(proxy_port: int, origin_port: int, kind: str, count: int) -> N
 
     server = await asyncio.start_server(echo, "127.0.0.1", origin_port)
     hello = client_hello(SNI[kind])
-    for _ in range(count):
+    for index in range(count):
+        if "{index}" in SNI[kind]:
+            hello = client_hello(SNI[kind].format(index=index))
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
         writer.write(hello)
         await writer.drain()
@@ -95,7 +100,7 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
 
     policy = load_policy(POLICY)
     who = Client(ip="127.0.0.1", device_id="BENCH-1", person_id="bench", trusts_school_ca=False,
-                 role=Role.PUPIL if kind == "kill" else Role.STAFF)
+                 role=Role.STAFF if kind == "pass" else Role.PUPIL)
     book = AddressBook()
     book.learn("facebook.com", [FACEBOOK], 3600)
     services = Services(
@@ -108,7 +113,7 @@ async def front_door(kind: str, count: int, remember: bool) -> dict[str, int]:
     with socket.socket() as probe:  # a free port for the echo server
         probe.bind(("127.0.0.1", 0))
         origin_port = int(probe.getsockname()[1])
-    target = (FACEBOOK, 443) if kind == "kill" else ("127.0.0.1", origin_port)
+    target = ("127.0.0.1", origin_port) if kind == "pass" else (FACEBOOK, 443)
 
     async def handover(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()

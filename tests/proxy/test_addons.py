@@ -628,3 +628,20 @@ def test_the_event_log_hands_over_asks_that_stand_for_its_records(
     assert full == []
     assert len(allowed) == (0 if as_records else 2)  # plain allowed traffic: records either way
     assert services.counters.events_submitted == 2
+
+
+def test_a_judgement_and_a_connections_state_take_no_other_attributes(services: Services) -> None:
+    """A judgement is an immutable value (remembered verdicts share it across connections); a
+    connection's state holds its listed fields only (slots: no dictionary per connection)."""
+    from schoolgate.proxy.addons import ConnState
+    from schoolgate.proxy.judge import Action, judge_tls
+
+    judgement = judge_tls(services.decide, PUPIL, "www.facebook.com", dialled_ip=FACEBOOK_IP, book=services.book,
+                          now=services.now(), operator_of=services.operator_of)
+    assert judgement.action is Action.KILL and judgement.blocked
+    with pytest.raises(AttributeError):
+        judgement.action = Action.PASS  # type: ignore[misc]
+    state = ConnState(client=PUPIL, judgement=judgement)
+    state.passthrough = True
+    with pytest.raises(AttributeError):
+        state.verdict = "pass"  # type: ignore[attr-defined]

@@ -18,10 +18,11 @@ from proxy_testkit import FACEBOOK_IP, PUPIL, SITE, STAFF, TRUSTED_PUPIL, Settab
 from sqlalchemy.orm import Session, sessionmaker
 
 from schoolgate.policy.types import Client, Decision, Role, Target, Verdict
-from schoolgate.proxy.addons import Pipeline, Rejudge, Services, build_addons
+from schoolgate.proxy.addons import EventLog, Pipeline, Rejudge, Services, build_addons
 from schoolgate.proxy.allowed import AllowedPasses
-from schoolgate.proxy.door_verdicts import DoorVerdicts, Moment
+from schoolgate.proxy.door_verdicts import DoorPass, DoorVerdicts, Moment
 from schoolgate.proxy.front import FrontDoor, listen_sockets
+from schoolgate.proxy.judge import Action, Judgement
 from schoolgate.proxy.relay import new_event_loop
 from schoolgate.store.events import EventWriter
 
@@ -263,6 +264,64 @@ def test_the_table_is_bounded(remembering: Services, clock: SettableClock) -> No
     for index in range(7):
         assert table.judge(moment, (LOOPBACK, 50000), f"n{index}.test", KILL) is not None
         assert 1 <= len(table) <= 3
+
+
+def test_kills_of_one_devices_names_that_one_decision_blocks_share_their_facts(
+    remembering: Services, clock: SettableClock
+) -> None:
+    """A device's kills of many names of one blocked service carry one facts tuple (sent once per
+    batch, checked once by the writer), the facts EventLog makes; another device, or another
+    minute, has its own."""
+    asks: list[tuple[Any, ...]] = []
+    remembering.submit_ask = lambda ask: asks.append(ask) is None
+    pupils = {ip: dataclasses.replace(PUPIL, ip=ip) for ip in (LOOPBACK, "127.0.0.2")}
+    remembering.identify_cached = pupils.get
+    table = DoorVerdicts(remembering)
+    start = clock.instant.timestamp()
+
+    def kill(moment: Moment, ip: str, sni: str) -> None:
+        verdict = table.judge(moment, (ip, 50000), sni, (FACEBOOK_IP, 443))
+        assert verdict is not None and not isinstance(verdict, DoorPass)
+        table.replay(verdict, moment)
+
+    moment = Moment(start, remembering.policy_version())  # type: ignore[misc]
+    for index in range(3):
+        kill(moment, LOOPBACK, f"n{index}.www.facebook.com")
+    kill(moment, LOOPBACK, "n0.www.facebook.com")  # a repeat, from memory
+    kill(moment, "127.0.0.2", "www.facebook.com")
+    kill(Moment(start + 60, moment.version), LOOPBACK, "n9.www.facebook.com")
+    assert [ask[1] for ask in asks] == ["n0.www.facebook.com", "n1.www.facebook.com", "n2.www.facebook.com",
+                                        "n0.www.facebook.com", "www.facebook.com", "n9.www.facebook.com"]
+    first = asks[0][4]
+    assert all(ask[4] is first for ask in asks[1:4])
+    assert asks[4][4] is not first and asks[4][4][2] == "127.0.0.2"
+    assert asks[5][4] is not first and asks[5][4] == first  # a new minute's table: made again, the same
+    decision = remembering.decide(pupils[LOOPBACK], Target(host="n0.www.facebook.com"), clock.instant)
+    assert decision.blocked
+    assert first == EventLog(remembering).facts(pupils[LOOPBACK], Judgement(decision, Target(
+        host="n0.www.facebook.com"), Action.KILL))
+
+
+def test_the_door_judges_at_its_moments_instant(remembering: Services, clock: SettableClock) -> None:
+    """The connections of one wake-up are judged at the instant its moment read (the clock is
+    read once for them), not at whatever the clock says as each is judged."""
+    asked: list[datetime] = []
+
+    def decide(client: Client, target: Target, now: datetime) -> Decision:
+        asked.append(now)
+        return blocking()(client, target, now)
+
+    remembering.identify_cached = lambda ip: dataclasses.replace(PUPIL, ip=ip)
+    remembering.decide = decide
+    table = DoorVerdicts(remembering)
+    moment = table.moment()
+    assert moment.now == clock.instant and moment.ts == clock.instant.timestamp()
+    clock.instant += timedelta(seconds=30)  # the clock moves on while the wake-up's connections are judged
+    for index in range(3):
+        assert table.judge(moment, (LOOPBACK, 50000), f"n{index}.test", KILL) is not None
+    later = Moment(moment.ts + 45, moment.version)  # a moment made from an instant alone
+    assert table.judge(later, (LOOPBACK, 50000), "n9.test", KILL) is not None
+    assert asked == [moment.now] * 3 + [moment.now + timedelta(seconds=45)]
 
 
 def test_the_table_needs_what_the_daemon_gives(services: Services) -> None:

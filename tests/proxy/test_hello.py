@@ -9,10 +9,11 @@ import string
 import struct
 
 import pytest
+from mitmproxy.net.check import is_valid_host
 from mitmproxy.proxy.layers.tls import parse_client_hello as mitmproxy_parse
 from proxy_testkit import client_hello_bytes
 
-from schoolgate.proxy.hello import parse_client_hello
+from schoolgate.proxy.hello import _is_valid_host, first_valid_host, parse_client_hello
 
 # What a reader makes of a connection's first bytes: None (not all in yet), "refused", or the
 # SNI, the ALPN offers and the handshake's body.
@@ -307,3 +308,57 @@ def test_a_record_stream_as_mitmproxy_reads_it() -> None:
         parse_client_hello(b"\x16\x03\x01\x00\x06\x01\x00\x00\x02\x03\x03")
     with pytest.raises(ValueError, match="Expected TLS record"):
         parse_client_hello(b"\x17\x03\x01\x00\x06\x01\x00\x00\x02\x03\x03")
+
+
+# Names as a server_name extension may carry them, and what mitmproxy's check says of each: the
+# front door's quicker check must say the same (it answers plain names itself, asks mitmproxy's
+# check of the rest).
+HOSTS = {
+    "plain": (b"www.facebook.com", True),
+    "one label": (b"localhost", True),
+    "digits and dashes": (b"n42-edge.cdn-7.example.org", True),
+    "underscore": (b"_dmarc.example.org", True),
+    "trailing dot": (b"example.org.", True),
+    "two trailing dots": (b"example.org..", False),
+    "leading dot": (b".example.org", False),
+    "empty label": (b"a..b", False),
+    "empty": (b"", False),
+    "a dot alone": (b".", False),
+    "63-byte label": (b"a" * 63 + b".org", True),
+    "64-byte label": (b"a" * 64 + b".org", False),
+    "255 bytes": (b".".join([b"a" * 63] * 4), True),
+    "256 bytes": (b".".join([b"a" * 63] * 4) + b".", False),
+    "255 with its dot": (b".".join([b"a" * 63] * 3) + b"." + b"a" * 62 + b".", True),
+    "space": (b"www.face book.com", False),
+    "newline after a label": (b"example.org\n", True),  # mitmproxy's `$` allows one
+    "non-ASCII": ("bücher.example".encode(), False),
+    "IDNA, valid": (b"xn--bcher-kva.example", True),
+    "IDNA, invalid punycode": (b"xn--a-\xff.example", False),
+    "IDNA, refused by the codec": (b"xn--abc-.example", None),
+    "IDNA prefix in capitals": (b"XN--bcher-kva.example", True),
+    "IPv4": (b"192.0.2.7", True),
+    "IPv6": (b"2001:db8::1", True),
+    "IPv6 in brackets": (b"[2001:db8::1]", False),
+    "slash": (b"example.org/path", False),
+    "at sign": (b"user@example.org", False),
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), HOSTS.values(), ids=HOSTS)
+def test_a_name_is_a_valid_host_as_mitmproxy_says(name: bytes, expected: bool | None) -> None:
+    says = is_valid_host(name)
+    if expected is not None:
+        assert says is expected  # the table is mitmproxy's own answer
+    assert _is_valid_host(name) is says
+    assert first_valid_host([name]) == (name.decode("ascii") if says else None)
+
+
+def test_random_names_are_valid_hosts_as_mitmproxy_says() -> None:
+    rng = random.Random(14)
+    alphabet = string.ascii_letters + string.digits + "-_.:[]@/ \n" + "xn--"
+    for _ in range(20_000):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.choice((1, 3, 8, 20, 64, 70))))
+        if rng.random() < 0.1:
+            name = ".".join(["a" * 63] * 4)[: rng.randrange(250, 256)] + name[:2]
+        raw = name.encode()
+        assert _is_valid_host(raw) is is_valid_host(raw), raw
