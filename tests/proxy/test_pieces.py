@@ -119,6 +119,9 @@ def test_address_book_follows_new_ranges_after_an_address_was_looked_up() -> Non
     book.set_prefixes([parse_prefix_host("31.13.0.0/16 instagram.com")], [])
     assert book.hosts_for("31.13.70.1") == ["instagram.com"]
     assert book.hosts_for("::ffff:31.13.70.1") == ["instagram.com"]  # the same address, remembered once
+    book.hosts_for("31.13.70.1").append("changed by a caller")  # each answer is the caller's own list
+    assert book.hosts_for("31.13.70.1") == ["instagram.com"]
+    assert book.hosts_for("198.51.100.1") == []  # neither learnt nor in a range
     book.set_prefixes([parse_prefix_host("31.13.64.0/18 facebook.com")], [])
     assert book.hosts_for("31.13.70.1") == ["facebook.com"]
     book.set_prefixes([], [])
