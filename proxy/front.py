@@ -311,9 +311,9 @@ class FrontDoor:
         # destination and first bytes (TCP_DEFER_ACCEPT: nearly always its whole ClientHello):
         # per connection, a socket object, the getsockopt and the recv in Python were as much
         # again as killing a repeat from memory. A socket object is made only for a connection
-        # that is kept or judged the whole way; the new descriptors are left blocking (no ioctl):
-        # later reads use MSG_DONTWAIT, and only a connection that is kept (spliced or handed
-        # over) is made non-blocking.
+        # judged the whole way (a splice at the door hands its bare descriptor to the relays);
+        # the new descriptors are left blocking (no ioctl): the door and the relays read and send
+        # with MSG_DONTWAIT, and only a connection handed over to mitmproxy is made non-blocking.
         connections, stopped_by, skipped = accept_batch(
             listener.fileno(), ACCEPT_BATCH, MAX_HELLO, self._destination is None
         )
