@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,30 @@ def bind_none_directly() -> None:
     sqlite3.register_adapter(type(None), _NOTHING.get)
 
 
+def switch_to_wal(execute: Callable[[str], object], busy_timeout_ms: int) -> None:
+    """`PRAGMA journal_mode=WAL` on a new connection, retried while the file is locked, for up
+    to the busy timeout.
+
+    On a new database file (an appliance's first start, every daemon connecting at once) the
+    switch takes a read lock and then asks for the file alone. If another connection, doing
+    the same, already waits for that, SQLite answers "database is locked" at once rather than
+    calling the busy handler: both waiting would be a deadlock. This connection's read lock
+    goes with the failed statement, the other's switch then completes, and the retry finds
+    the file in WAL mode already (a switch that has nothing to do takes no lock)."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        time.sleep(_WAL_RETRY_S)
+
+
+_WAL_RETRY_S = 0.01
+
+
 def _setup_sqlite(engine: Engine, busy_timeout_ms: int, cache_kib: int | None = None) -> None:
     in_memory = engine.url.database in (None, "", ":memory:")
     bind_none_directly()
@@ -123,8 +149,8 @@ def _setup_sqlite(engine: Engine, busy_timeout_ms: int, cache_kib: int | None = 
         try:
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             if not in_memory:
-                # Persistent in the file; switching needs a moment alone with it (busy timeout).
-                cursor.execute("PRAGMA journal_mode=WAL")
+                # Persistent in the file; switching needs a moment alone with it.
+                switch_to_wal(cursor.execute, busy_timeout_ms)
             cursor.execute("PRAGMA foreign_keys=ON")
             # In WAL mode NORMAL is durable across application crashes; only an OS crash or
             # power cut can lose the last commits, never corrupt the file.

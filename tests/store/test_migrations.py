@@ -22,6 +22,7 @@ from schoolgate.store.db import (
     make_engine,
     schema_differences,
     session_factory,
+    switch_to_wal,
 )
 from schoolgate.store.models import AccessEvent, Base
 
@@ -340,3 +341,54 @@ def test_events_time_becomes_integer_microseconds_and_old_rows_read_back_identic
         assert _event_times(engine) == expected
     finally:
         engine.dispose()
+
+
+def test_a_connection_switching_to_wal_while_the_file_is_locked_tries_again(tmp_path: Path) -> None:
+    """On a new file, a connection's switch to WAL can be refused at once ("database is
+    locked") while another connection is switching it: SQLite does not wait there, since both
+    waiting would deadlock. The switch is tried again until the file is free (here another
+    connection's exclusive lock, released once the first try has been refused)."""
+    import threading
+
+    database = tmp_path / "new.db"
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    refused = threading.Event()
+    released = threading.Thread(target=lambda: (refused.wait(), holder.execute("COMMIT")))
+    released.start()
+    switching = sqlite3.connect(database, isolation_level=None, timeout=0)  # no busy handler: refused at once
+    tries: list[str] = []
+
+    def execute(statement: str) -> object:
+        tries.append(statement)
+        try:
+            return switching.execute(statement)
+        except sqlite3.OperationalError:
+            refused.set()
+            raise
+
+    try:
+        switch_to_wal(execute, busy_timeout_ms=60_000)
+        released.join()
+        assert len(tries) >= 2
+        assert switching.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        refused.set()
+        released.join()
+        switching.close()
+        holder.close()
+
+
+def test_a_switch_to_wal_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    database = tmp_path / "held.db"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    switching = sqlite3.connect(database, isolation_level=None, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            switch_to_wal(switching.execute, busy_timeout_ms=50)
+    finally:
+        switching.close()
+        holder.close()
