@@ -3,15 +3,10 @@ filtering can break is caught, recorded in the check log and e-mailed to the rig
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -20,9 +15,9 @@ from schoolgate.config import MailConfig
 from schoolgate.lab.client import LabClient
 from schoolgate.lab.internet import RESOLVER_IP
 from schoolgate.lab.netns import exec_in, run, wait_for
+from schoolgate.lab.pause import resume, stop_between_transactions
 from schoolgate.lab.selftest import run_lab_selftest
 from schoolgate.services.mailer import SmtpMailer
-from schoolgate.store.db import DEFAULT_BUSY_TIMEOUT_MS
 from schoolgate.store.models import CheckRecord, ConsoleUser, Generation, UserRole
 
 REFERENCE = sys.modules["schoolgate_tests_reference_data"]
@@ -118,26 +113,6 @@ def test_the_selftests_own_questions_raise_no_alert(staffed: LabClient) -> None:
         assert cases == []
 
 
-def _stopped(pid: int) -> bool:
-    """Whether every thread of the process is stopped by a signal (state T)."""
-    tasks = Path(f"/proc/{pid}/task")
-    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
-
-
-def _write_lock_free(database: Path) -> bool:
-    """Whether a writer can begin a transaction within the appliance's own busy timeout: what a
-    running writer's transaction is bounded by, and what every other writer would wait."""
-    with contextlib.closing(
-        sqlite3.connect(database, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    ) as db:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            return False
-        db.execute("ROLLBACK")
-        return True
-
-
 @pytest.fixture
 def dns_paused(staffed: LabClient) -> Iterator[int]:
     """The DNS daemon stopped dead (SIGSTOP to its supervising process and every worker): the
@@ -149,28 +124,14 @@ def dns_paused(staffed: LabClient) -> Iterator[int]:
     answering = worker_pids(pid)  # its workers, or the daemon itself when it is its one worker
     assert answering, "the DNS daemon has no process answering to stop"
     stopped = sorted({pid, *answering})
-    database = staffed.lab.data_dir / "schoolgate.db"
-    # A process stopped inside a transaction (its status row, written each second) would hold
-    # SQLite's write lock, and every writer of the appliance would wait for it: that is a
-    # stopped database, not the stopped DNS this test is about. So the stop is taken again
-    # until it lands between two of the daemon's transactions.
-    for _ in range(10):
-        for each in stopped:
-            os.kill(each, signal.SIGSTOP)
-        # kill() returns before the signal has stopped every thread: wait until it has.
-        wait_for(lambda: all(_stopped(each) for each in stopped), timeout=30, what="the DNS daemon to stop")
-        if _write_lock_free(database):
-            break
-        for each in stopped:
-            os.kill(each, signal.SIGCONT)
-    else:
-        pytest.fail("the DNS daemon held the database's write lock at every one of ten stops")
+    # Stopped inside a transaction (its status row, written each second), it would hold SQLite's
+    # write lock and stop every writer of the appliance: a stopped database, not the stopped DNS
+    # this test is about.
+    stop_between_transactions(stopped, staffed.lab.data_dir / "schoolgate.db")
     try:
         yield pid
     finally:
-        for each in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(each, signal.SIGCONT)
+        resume(stopped)
 
 
 def test_a_stopped_dns_daemon_is_filtering_down_and_mails_the_dsl_and_head(
