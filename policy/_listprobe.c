@@ -357,8 +357,10 @@ static inline void hash_suffixes(uint64_t *keys, const char *data, Py_ssize_t si
    a parent domain, or as the host itself for the whole host (exact entries too), and a hit with
    list bits adds them. The listed domain is the longest suffix that added list bits.
    url_entries: a store holds `host/path` entries under one of the suffixes looked up.
-   catalogued: one of all the suffixes (the last too) may be a name the catalogue knows; a
-   64-bit key says so, so a false "may" costs the caller its exact check, never a wrong answer. */
+   catalogued: the suffixes (of all of them, the last too; longest first) that may be names the
+   catalogue knows, as str: empty when none may be. A 64-bit key says so, so a false "may" costs
+   the caller its exact check of that suffix, never a wrong answer. The caller looks up only
+   these, rather than making and hashing every suffix of a name it has not seen. */
 static PyObject *prober_probe(ProberObject *self, PyObject *host) {
     if (!PyUnicode_Check(host)) {
         PyErr_Format(PyExc_TypeError, "probe() needs a str host, not %.100s", Py_TYPE(host)->tp_name);
@@ -376,11 +378,13 @@ static PyObject *prober_probe(ProberObject *self, PyObject *host) {
         count += data[i] == '.';
     Py_ssize_t stack_starts[MAX_LABELS], stack_chars[MAX_LABELS];
     uint64_t stack_keys[MAX_LABELS];
+    unsigned char stack_known[MAX_LABELS];
     Py_ssize_t *starts = stack_starts, *chars = stack_chars;
     uint64_t *keys = stack_keys;
+    unsigned char *known = stack_known;  /* which suffixes may be catalogue names */
     void *heap = NULL;
     if (count > MAX_LABELS) {  /* no real name; a hostile proxy host may be */
-        heap = PyMem_Malloc((size_t)count * (2 * sizeof(Py_ssize_t) + sizeof(uint64_t)));
+        heap = PyMem_Malloc((size_t)count * (2 * sizeof(Py_ssize_t) + sizeof(uint64_t) + 1));
         if (heap == NULL) {
             Py_XDECREF(encoded);
             return PyErr_NoMemory();
@@ -388,6 +392,7 @@ static PyObject *prober_probe(ProberObject *self, PyObject *host) {
         starts = heap;
         chars = starts + count;
         keys = (uint64_t *)(chars + count);
+        known = (unsigned char *)(keys + count);
     }
     starts[0] = 0;
     chars[0] = 0;
@@ -404,17 +409,30 @@ static PyObject *prober_probe(ProberObject *self, PyObject *host) {
         }
     }
     int probed = count > 1 ? count - 1 : 1;
-    PyObject *lists = NULL, *categories = NULL, *result = NULL;
+    PyObject *lists = NULL, *categories = NULL, *catalogued = NULL, *result = NULL;
     Py_ssize_t first = -1;
-    int url_entries = 0, catalogued = 0;
+    int url_entries = 0, candidates = 0;
     uint64_t hashed_seed = 0;
     int hashed = 0;  /* how many of the suffixes `keys` holds for hashed_seed */
     if (self->has_catalogue) {
         hash_suffixes(keys, data, size, starts, count, self->catalogue.seed);
         hashed = count;
         hashed_seed = self->catalogue.seed;
-        for (int p = 0; p < count && !catalogued; p++)
-            catalogued = store_find(&self->catalogue, keys[p]) >= 0;
+        for (int p = 0; p < count; p++) {
+            known[p] = store_find(&self->catalogue, keys[p]) >= 0;
+            candidates += known[p];
+        }
+    }
+    catalogued = PyTuple_New(candidates);
+    if (catalogued == NULL)
+        goto done;
+    for (int p = 0, made = 0; made < candidates; p++) {
+        if (!known[p])
+            continue;
+        PyObject *name = p ? PyUnicode_Substring(host, chars[p], PyUnicode_GET_LENGTH(host)) : Py_NewRef(host);
+        if (name == NULL)
+            goto done;
+        PyTuple_SET_ITEM(catalogued, made++, name);
     }
     lists = PyLong_FromLong(0);
     categories = PyLong_FromLong(0);
@@ -476,8 +494,9 @@ static PyObject *prober_probe(ProberObject *self, PyObject *host) {
     PyTuple_SET_ITEM(result, 1, Py_NewRef(categories));
     PyTuple_SET_ITEM(result, 2, domain);
     PyTuple_SET_ITEM(result, 3, PyBool_FromLong(url_entries));
-    PyTuple_SET_ITEM(result, 4, PyBool_FromLong(catalogued));
+    PyTuple_SET_ITEM(result, 4, Py_NewRef(catalogued));
 done:
+    Py_XDECREF(catalogued);
     Py_XDECREF(lists);
     Py_XDECREF(categories);
     Py_XDECREF(encoded);
@@ -487,7 +506,7 @@ done:
 
 static PyMethodDef prober_methods[] = {
     {"probe", (PyCFunction)prober_probe, METH_O,
-     "probe(host) -> (lists, categories, listed domain | None, url_entries, catalogued)"},
+     "probe(host) -> (lists, categories, listed domain | None, url_entries, catalogued suffixes)"},
     {NULL, NULL, 0, NULL},
 };
 

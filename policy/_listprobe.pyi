@@ -24,8 +24,8 @@ class Prober:
     """A policy's list stores, asked together about a host."""
 
     def __init__(self, stores: Sequence[StoreArrays], catalogue: KeySet | None = None) -> None: ...
-    def probe(self, host: str, /) -> tuple[int, int, str | None, bool, bool]:
+    def probe(self, host: str, /) -> tuple[int, int, str | None, bool, tuple[str, ...]]:
         """(list bits, category bits, the longest listed domain that added list bits,
-        whether a store holds `host/path` entries under a suffix, whether a suffix may be a
-        catalogue name). A top-level domain alone is never a list entry unless it is the
-        whole host; the catalogue is asked about every suffix."""
+        whether a store holds `host/path` entries under a suffix, the suffixes that may be
+        catalogue names, longest first). A top-level domain alone is never a list entry unless
+        it is the whole host; the catalogue is asked about every suffix."""

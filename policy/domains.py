@@ -86,8 +86,9 @@ _ClassBits = tuple[tuple[int, int], ...]
 
 
 # (list bits, category bits, the listed domain that matched, whether a list holds `host/path`
-# entries for the host or a domain above it, whether a suffix may be a name the catalogue knows)
-Classified = tuple[int, int, str | None, bool, bool]
+# entries for the host or a domain above it, the suffixes that may be names the catalogue knows,
+# longest first: none for most names)
+Classified = tuple[int, int, str | None, bool, tuple[str, ...]]
 
 
 class ListSet:
@@ -147,8 +148,8 @@ class ListSet:
         itself. The host's label suffixes are walked as `suffixes` walks them, and a top-level
         domain alone ("com", "uk") is never a list entry (one that would block a whole TLD is a
         broken or hostile list), unless it is the whole host asked about. `classify` answers
-        the same and, last, whether a suffix may be a catalogue name (a 64-bit key's word: a
-        caller checks a "may" exactly): the engine's hot path for a name it has not seen.
+        the same and, last, the suffixes that may be catalogue names (a 64-bit key's word: a
+        caller checks each exactly): the engine's hot path for a name it has not seen.
         """
         found_lists, found_categories, first, url_entries, _ = self.classify(host)
         return found_lists, found_categories, first, url_entries

@@ -332,6 +332,7 @@ class CompiledPolicy:
             list_bits, list_categories = self.entries.lookup_address(address)
             list_domain = host if list_bits else None
             url_entries = False
+            catalogued = tuple(name for name in suffixes(host) if name in self._catalogue_names)
         else:
             list_bits, list_categories, list_domain, url_entries, catalogued = self.entries.classify(host)
         if not maybe_literal and not catalogued:  # (classify ran: no literal)
@@ -350,32 +351,31 @@ class CompiledPolicy:
                 self._host_cache = {}
             self._host_cache[host] = entry
             return entry
-        names = suffixes(host)
+        # Only the suffixes that may be catalogue names are looked up (longest first, as the
+        # suffixes walk): every name the lookups below can find is one of the catalogue's.
         service = -1
         service_domain: str | None = None
-        known = not self._catalogue_names.isdisjoint(names)
-        if known:
+        builtin_bits = 0
+        builtin_domain = None
+        if catalogued:
             service = self._exact_service.get(host, -1)
             if service >= 0:
                 service_domain = host
             else:
                 lookup = self._suffix_service.get
-                for name in names:
+                for name in catalogued:
                     found = lookup(name)
                     if found is not None:
                         service, service_domain = found, name
                         break
-        builtin_bits = 0
-        builtin_domain = None
-        if known:
             builtin_bits = self._canaries.get(host, 0)
             builtin_domain = host if builtin_bits else None
-        if known and self._support_domains and not self._support_domains.isdisjoint(names):
-            for name in names:
-                if name in self._support_domains:
-                    builtin_bits |= self._support_bits
-                    builtin_domain = builtin_domain or name
-                    break
+            if self._support_domains:
+                for name in catalogued:
+                    if name in self._support_domains:
+                        builtin_bits |= self._support_bits
+                        builtin_domain = builtin_domain or name
+                        break
         if service < 0 and not list_bits and not builtin_bits and not url_entries:
             entry = _UNMATCHED
         else:

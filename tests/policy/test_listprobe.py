@@ -71,15 +71,15 @@ def store(seed: int) -> ListStore:
 
 # per store: (categories, lists) per source, as a policy's ListIndex says
 SOURCE_BITS = [((0b1, 0b1), (0b10, 0b10)), ((0b100, 0b100), (0b1000, 0)), ((0b10000, 0b10000), (0, 0b100000))]
-CATALOGUE = frozenset({"tiktok.com", "uk", "b.a..b", "bücher.example"})
+CATALOGUE = frozenset({"tiktok.com", "uk", "co.uk", "b.a..b", "bücher.example"})
 
 
 def reference(host: str, stores: list[ListStore], catalogue: frozenset[str] = frozenset()
-              ) -> tuple[int, int, str | None, bool, bool]:
+              ) -> tuple[int, int, str | None, bool, tuple[str, ...]]:
     """The walk the compiled probe replaced, in Python: the suffixes, each store's bucket
     bisected, a hit's class turned into the policy's bits."""
     names = suffixes(host)
-    catalogued = not catalogue.isdisjoint(names)
+    catalogued = tuple(name for name in names if name in catalogue)
     if len(names) > 1:
         names = names[:-1]
     found_lists = found_categories = 0
@@ -137,6 +137,7 @@ ODD_HOSTS = [
     "forum.example", "www.forum.example", "example", "tiktok.com", "www.tiktok.com", "tiktok.com.evil.example",
     ".".join(["a"] * 127) + ".example.com",  # a 255-byte name
     ".".join(["b"] * 400) + ".example.com",  # more labels than DNS allows (a proxy's host may)
+    ".".join(["x.tiktok.com.b.a..b"] * 100) + ".bücher.example.uk",  # ... with catalogue names among them
     "a" * 100_000 + ".example.com",
 ]
 
@@ -154,10 +155,27 @@ def test_generated_hosts_agree_with_the_reference(parts: list[str]) -> None:
     assert PROBER.probe(host) == reference(host, STORES, CATALOGUE)
 
 
+@pytest.mark.parametrize(("host", "catalogued"), [
+    ("tiktok.com", ("tiktok.com",)),
+    ("www.tiktok.com", ("tiktok.com",)),
+    ("nottiktok.com", ()),  # a label boundary, not a string ending
+    ("tiktok.com.uk", ("uk",)),
+    ("x.b.a..b", ("b.a..b",)),
+    ("www.bücher.example", ("bücher.example",)),  # cut at characters, not bytes
+    ("tiktok.com.bücher.example.uk", ("uk",)),
+    ("b.a..b.uk", ("uk",)),
+    ("uk", ("uk",)),
+    ("bbc.co.uk", ("co.uk", "uk")),  # longest first, as the suffixes walk
+    ("example.com", ()),
+])
+def test_the_probe_names_the_suffixes_that_may_be_catalogue_names(host: str, catalogued: tuple[str, ...]) -> None:
+    assert PROBER.probe(host)[4] == catalogued
+
+
 def test_without_a_catalogue_nothing_is_catalogued() -> None:
     bare = prober(STORES)
     for host in ODD_HOSTS:
-        assert bare.probe(host) == (*reference(host, STORES)[:4], False)
+        assert bare.probe(host) == (*reference(host, STORES)[:4], ())
 
 
 @pytest.mark.parametrize(("host", "expected"), [
@@ -247,13 +265,13 @@ def test_a_damaged_bucket_index_reads_nothing_outside_the_keys() -> None:
 def test_the_probe_takes_only_a_str() -> None:
     with pytest.raises(TypeError):
         PROBER.probe(b"example.com")  # type: ignore[arg-type]
-    assert Prober([]).probe("example.com") == (0, 0, None, False, False)
+    assert Prober([]).probe("example.com") == (0, 0, None, False, ())
 
 
 def test_a_prober_keeps_its_stores_alive() -> None:
     probe = prober([store(21)], CATALOGUE)  # nothing else holds the stores or their buffers
     gc.collect()
-    assert probe.probe("www.tiktok.com") == (0, 0, None, False, True)
-    assert probe.probe("www.example.com") == (0b1, 0b1, "example.com", False, False)
+    assert probe.probe("www.tiktok.com") == (0, 0, None, False, ("tiktok.com",))
+    assert probe.probe("www.example.com") == (0b1, 0b1, "example.com", False, ())
     del probe
     gc.collect()  # the buffers are released with the prober (a leak or a double release would show here)
