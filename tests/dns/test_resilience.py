@@ -193,3 +193,21 @@ def test_the_supervisor_restarts_a_worker_that_dies(fresh_daemon, authority) -> 
     for i in range(20):
         assert ask(d.port, f"after{i}.example.test").rcode() == dns.rcode.NXDOMAIN
     assert d.stop() == 0
+
+
+def test_a_one_worker_daemon_stops_when_its_event_writer_ends(fresh_daemon, authority) -> None:
+    """One worker forks its own event writer: if the writer ends, what the worker hands over
+    would be lost, so the worker stops too (1), for the appliance's supervisor to start both."""
+    import os
+    import signal
+
+    d = fresh_daemon([authority.address]).start()
+    found = wait_for(lambda: re.search(r"its event writer is (\d+)", d.log_text()), timeout=10)
+    writer = int(found.group(1))
+    assert ask(d.port, "before.example.test").rcode() == dns.rcode.NXDOMAIN  # answering meanwhile
+    os.kill(writer, signal.SIGKILL)
+    assert d.proc is not None
+    # However long it takes the worker to notice, it stops of itself: it is not sent a signal.
+    code = wait_for(d.proc.poll, timeout=60)
+    assert code == 1
+    assert f"DNS event writer {writer} exited with -9" in d.log_text()
