@@ -105,8 +105,8 @@ class Rate:
 
 class _Attempt:
     """One TLS connection of the load generator: a non-blocking socket and OpenSSL over memory
-    buffers (the handshake is real: a fresh ClientHello each time, the server's certificate
-    checked against the lab CA)."""
+    buffers (a passthrough's handshake is real: a fresh ClientHello each time, the server's
+    certificate checked against the lab CA; a kill's hello is ready-made, see _handshakes)."""
 
     __slots__ = ("incoming", "outgoing", "sock", "started", "tls")
 
@@ -126,8 +126,8 @@ def _handshakes(host: str, ip: str, expect_killed: bool, seconds: float, concurr
     and is shown: on asyncio's TLS streams it spent 390-480 µs of CPU per killed connection
     and 1.1-1.5 ms per completed handshake, more than either proxy, and that CPU was taken
     from whichever proxy was measured. Here one thread drives every connection from one epoll
-    loop, with OpenSSL over memory buffers: the same real handshake (a fresh ClientHello each
-    time, the site's certificate checked against the lab CA) without asyncio's transports,
+    loop, with OpenSSL over memory buffers: the same real handshake (for a passthrough a fresh
+    ClientHello each time, the site's certificate checked against the lab CA) without asyncio's transports,
     futures and per-connection tasks. Its CPU, and how much of it was in the kernel (the lab's
     packets are handled there, on the sender's CPU), is counted in `Rate` and printed.
 
